@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create the virtual environment they need; torch is pinned to the CPU build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+DEMO_DIR ?= demo-run
+export DEBIASKIT_DATA ?= $(CURDIR)/data-cache
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e '.[dev]' $(TORCH_PIN)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/debiaskit data prepare mnist
+	$(BIN)/debiaskit train --dataset biased-mnist --rho 0.99 --model simple-conv-small \
+		--epochs 6 --seed 0 --out $(DEMO_DIR)/vanilla --force
+	$(BIN)/debiaskit audit $(DEMO_DIR)/vanilla
+	@echo "Report: $(DEMO_DIR)/vanilla/audit/report.md (JSON: audit.json, plots: *.png)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,0 +1,18 @@
+"""Bias audit: group metrics, privacy-head probe, mutual information, counterfactual bias, reports.
+
+Example::
+
+    from debiaskit.audit import audit_model, write_report
+    report = audit_model(model, test=splits.test, unbiased_train=splits.unbiased_train,
+                         unbiased_val=splits.unbiased_val, head="fc")
+    write_report(report, "audit/")
+"""
+from ._audit import AttributeAudit, AuditReport, audit_model, counterfactual_bias
+from ._metrics import GroupMetrics, group_metrics, normalized_mutual_information
+from ._probe import ProbeResult, probe_bias, train_privacy_head
+from ._run import audit_run
+from ._report import CONVENTIONS, render_table, summary_rows, to_markdown, write_report
+
+__all__ = ["audit_run", "AttributeAudit", "AuditReport", "CONVENTIONS", "GroupMetrics", "ProbeResult", "audit_model",
+           "counterfactual_bias", "group_metrics", "normalized_mutual_information", "probe_bias", "render_table",
+           "summary_rows", "to_markdown", "train_privacy_head", "write_report"]

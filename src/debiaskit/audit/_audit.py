@@ -1,0 +1,138 @@
+"""The bias audit of any trained nn.Module with a named head."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data import BiasDataset
+from ..errors import DataError
+from ..models import collect_outputs
+from ._metrics import GroupMetrics, group_metrics
+from ._probe import probe_bias
+
+
+@dataclass
+class AttributeAudit:
+    """Audit numbers for one bias attribute."""
+
+    name: str
+    groups: GroupMetrics
+    bias_extractability: float | None = None
+    bias_mutual_information: float | None = None
+    privacy_head_val_accuracy: float | None = None
+    counterfactual_bias: float | None = None
+    pseudo_labels: bool = False   # True when the bias labels were discovered, not given
+
+
+@dataclass
+class AuditReport:
+    task_accuracy: float
+    attributes: list[AttributeAudit]
+    num_samples: int
+    eval_split: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    # kept for plots, not serialised
+    _z: Tensor | None = field(default=None, repr=False)
+    _y: Tensor | None = field(default=None, repr=False)
+    _pred: Tensor | None = field(default=None, repr=False)
+    _b: Tensor | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        return out
+
+    def headline(self) -> dict[str, float | None]:
+        """The main numbers of the first bias attribute, flat (for tables and benchmarks)."""
+        a = self.attributes[0]
+        return {"task_accuracy": self.task_accuracy, "aligned_accuracy": a.groups.aligned_accuracy,
+                "conflicting_accuracy": a.groups.conflicting_accuracy,
+                "worst_group_accuracy": a.groups.worst_group_accuracy,
+                "mean_group_accuracy": a.groups.mean_group_accuracy,
+                "bias_extractability": a.bias_extractability, "bias_mutual_information": a.bias_mutual_information,
+                "counterfactual_bias": a.counterfactual_bias}
+
+
+@torch.no_grad()
+def counterfactual_bias(model: nn.Module, dataset: BiasDataset, *, attribute: int = 0, max_samples: int = 2000,
+                        seed: int = 0, batch_size: int = 512, device="cpu") -> float:
+    """FMD's counterfactual bias: mean |p_y(x) - p_y(x_cf)| over pairs that differ only in the bias
+    attribute (x_cf = the same digit re-rendered with another, uniformly drawn, bias value)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = min(len(dataset), max_samples)
+    index = torch.randperm(len(dataset), generator=gen)[:n]
+    b = dataset.b[index].clone()
+    col = b if b.ndim == 1 else b[:, attribute]
+    shift = torch.randint(1, dataset.num_bias_classes, (n,), generator=gen)
+    new_col = (col + shift) % dataset.num_bias_classes
+    if b.ndim == 1:
+        b = new_col
+    else:
+        b[:, attribute] = new_col
+    was = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, n, batch_size):
+        idx = index[start : start + batch_size]
+        y = dataset.y[idx].to(device)
+        x = dataset.to_float(dataset.images[idx]).to(device)
+        x_cf = dataset.counterfactual(idx, b[start : start + len(idx)]).to(device)
+        p = model(x).softmax(1).gather(1, y[:, None])
+        p_cf = model(x_cf).softmax(1).gather(1, y[:, None])
+        total += float((p - p_cf).abs().sum())
+    model.train(was)
+    return total / n
+
+
+def audit_model(model: nn.Module, *, test: BiasDataset, unbiased_train: BiasDataset | None = None,
+                unbiased_val: BiasDataset | None = None, head: str | None = None, seed: int = 0,
+                device: str | torch.device = "cpu", batch_size: int = 512, counterfactual: bool = True,
+                eval_split: str = "test", probe_kwargs: dict | None = None) -> AuditReport:
+    """Audit ``model`` for bias.
+
+    Task accuracy, target x bias group accuracies (both averaging conventions), aligned vs
+    conflicting accuracy and worst group on ``test``; bias extractability = accuracy on ``test`` of a
+    privacy head (Linear of the head's shape) trained on the bottleneck of ``unbiased_train`` with early
+    stopping on ``unbiased_val``; counterfactual bias when the dataset can re-render samples.
+
+    Example::
+
+        report = audit_model(model, test=splits.test, unbiased_train=splits.unbiased_train,
+                             unbiased_val=splits.unbiased_val)
+        report.headline()["bias_extractability"]
+    """
+    start = time.perf_counter()
+    if test.b is None:
+        raise DataError(f"{test.name} has no bias labels; discover pseudo-bias labels first (debiaskit discover)")
+    out = collect_outputs(model, test, head=head, batch_size=batch_size, device=device)
+    pred = out.logits.argmax(1)
+    probe = unbiased_train is not None and unbiased_val is not None
+    if probe:
+        tr = collect_outputs(model, unbiased_train, head=head, batch_size=batch_size, device=device)
+        va = collect_outputs(model, unbiased_val, head=head, batch_size=batch_size, device=device)
+        if tr.b is None or va.b is None:
+            raise DataError("the unbiased train/val sets need bias labels to train the privacy head")
+    attributes = []
+    n_attr = 1 if test.b.ndim == 1 else test.b.shape[1]
+    for a in range(n_attr):
+        name = test.bias_names[a] if a < len(test.bias_names) else f"bias{a}"
+        b = test.bias(a)
+        groups = group_metrics(pred, out.y, b, num_classes=test.num_classes, num_bias=test.num_bias_classes,
+                               aligned=test.aligned_mask(a))
+        att = AttributeAudit(name=name, groups=groups, pseudo_labels=bool(test.info.get("pseudo_bias", False)))
+        if probe:
+            col = (lambda t: t if t.ndim == 1 else t[:, a])
+            res = probe_bias(tr.z, col(tr.b), va.z, col(va.b), out.z, b, num_bias=test.num_bias_classes,
+                             seed=seed, **(probe_kwargs or {}))
+            att.bias_extractability, att.bias_mutual_information = res.bias_extractability, res.mutual_information
+            att.privacy_head_val_accuracy = res.val_accuracy
+        if counterfactual and test.render is not None:
+            att.counterfactual_bias = counterfactual_bias(model, test, attribute=a, seed=seed, device=device)
+        attributes.append(att)
+    return AuditReport(task_accuracy=float((pred == out.y).float().mean()), attributes=attributes,
+                       num_samples=len(test), eval_split=eval_split, wall_time_s=time.perf_counter() - start,
+                       _z=out.z, _y=out.y, _pred=pred, _b=test.bias(0))

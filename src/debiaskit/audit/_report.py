@@ -1,0 +1,129 @@
+"""Audit reports: a terminal table, JSON, Markdown and PNG plots."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..runs import write_json, write_text
+from ._audit import AuditReport
+
+CONVENTIONS = ("accuracy = sample-weighted over the evaluation split; mean group = unweighted mean over "
+               "non-empty (target, bias) groups; worst group = minimum over non-empty groups; bias "
+               "extractability = privacy head (Linear, head-shaped) trained on D^u_train bottleneck features, "
+               "early-stopped on D^u_val, scored on the evaluation split")
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def summary_rows(report: AuditReport) -> list[tuple[str, str]]:
+    rows = [("task accuracy (unbiased test)", pct(report.task_accuracy))]
+    for a in report.attributes:
+        tag = f" [{a.name}{', pseudo-labels' if a.pseudo_labels else ''}]"
+        g = a.groups
+        rows += [
+            (f"aligned accuracy{tag}", f"{pct(g.aligned_accuracy)}  (n={g.aligned_count})"),
+            (f"conflicting accuracy{tag}", f"{pct(g.conflicting_accuracy)}  (n={g.conflicting_count})"),
+            (f"worst-group accuracy{tag}", f"{pct(g.worst_group_accuracy)}  (y={g.worst_group[0]}, b={g.worst_group[1]})"),
+            (f"mean group accuracy{tag}", pct(g.mean_group_accuracy)),
+            (f"bias extractability{tag}", pct(a.bias_extractability)),
+            (f"bias mutual information (normalised){tag}",
+             "-" if a.bias_mutual_information is None else f"{a.bias_mutual_information:.4f}"),
+            (f"counterfactual bias{tag}", "-" if a.counterfactual_bias is None else f"{a.counterfactual_bias:.4f}"),
+        ]
+    return rows
+
+
+def render_table(report: AuditReport, *, title: str = "Bias audit"):
+    from rich.table import Table
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value (%)", justify="right")
+    for k, v in summary_rows(report):
+        table.add_row(k, v)
+    return table
+
+
+def to_markdown(report: AuditReport, *, title: str = "Bias audit") -> str:
+    lines = [f"# {title}", "", f"Evaluation split: `{report.eval_split}` ({report.num_samples} samples).", "",
+             "| metric | value (%) |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary_rows(report)]
+    for a in report.attributes:
+        g = a.groups
+        nb = len(g.group_accuracy[0])
+        lines += ["", f"## Group accuracy, target x {a.name} (%; n in brackets)", "",
+                  "| y \\ b | " + " | ".join(str(j) for j in range(nb)) + " |", "|---" * (nb + 1) + "|"]
+        for i, row in enumerate(g.group_accuracy):
+            cells = [f"{pct(v)} ({g.group_counts[i][j]})" for j, v in enumerate(row)]
+            lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    lines += ["", f"Conventions: {CONVENTIONS}.", ""]
+    for k, v in report.meta.items():
+        lines.append(f"- {k}: {v}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_group_heatmap(report: AuditReport, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    a = report.attributes[0]
+    acc = torch.tensor(a.groups.group_accuracy) * 100
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(acc.numpy(), vmin=0, vmax=100, cmap="viridis")
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            if not math.isnan(acc[i, j]):
+                ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if acc[i, j] < 50 else "black")
+    ax.set_xlabel(f"bias ({a.name})")
+    ax.set_ylabel("target")
+    ax.set_title(f"Group accuracy (%), worst {pct(a.groups.worst_group_accuracy)}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bottleneck(report: AuditReport, path: Path, *, max_points: int = 3000) -> None:
+    """2-D PCA of the bottleneck features coloured by bias, with class centroids marked."""
+    if report._z is None:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    z = report._z - report._z.mean(0)
+    _, _, v = torch.pca_lowrank(z, q=2, center=False)
+    p = z @ v[:, :2]
+    n = min(len(p), max_points)
+    sel = torch.randperm(len(p), generator=torch.Generator().manual_seed(0))[:n]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(p[sel, 0], p[sel, 1], c=report._b[sel], cmap="tab10", s=4, alpha=0.6)
+    for k in torch.unique(report._y):
+        c = p[report._y == k].mean(0)
+        ax.scatter([c[0]], [c[1]], marker="X", s=120, c="black")
+        ax.annotate(str(int(k)), (float(c[0]), float(c[1])), fontsize=10, fontweight="bold",
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_title("Bottleneck (PCA), colour = bias, X = class centroid")
+    fig.colorbar(sc, ax=ax, label="bias label")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: AuditReport, folder: Path, *, title: str = "Bias audit", extra: dict[str, Any] | None = None) -> Path:
+    """Write ``audit.json``, ``report.md``, ``group_accuracy.png`` and ``bottleneck.png`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = report.as_dict()
+    payload["conventions"] = CONVENTIONS
+    if extra:
+        payload.update(extra)
+    write_json(folder / "audit.json", payload)
+    write_text(folder / "report.md", to_markdown(report, title=title))
+    plot_group_heatmap(report, folder / "group_accuracy.png")
+    plot_bottleneck(report, folder / "bottleneck.png")
+    return folder

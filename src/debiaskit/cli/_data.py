@@ -1,0 +1,85 @@
+"""`debiaskit data ...` and `debiaskit models ...`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ._common import app, console, parse_params
+
+data_app = typer.Typer(help="Biased benchmark datasets: list, show, prepare.", no_args_is_help=True)
+models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the datasets (recipe x image source)."""
+    from ..data import dataset_names, describe
+    table = Table(title="debiaskit datasets")
+    for col in ("name", "bias", "prepared", "description"):
+        table.add_column(col)
+    for name in dataset_names():
+        d = describe(name)
+        table.add_row(name, ", ".join(d["bias_attributes"]), "yes" if d["prepared"] else "no", d["description"])
+    console.print(table)
+
+
+@data_app.command("show")
+def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias correlation (share aligned)"),
+              param: Optional[List[str]] = typer.Option(None, "--param", help="recipe parameter KEY=VALUE"),
+              seed: int = 0, unbiased_size: int = 10000, as_json: bool = typer.Option(False, "--json")) -> None:
+    """What a dataset is, its splits, sizes, realised rho and where its files are."""
+    from ..data import describe, make_splits
+    info = describe(name)
+    if info["prepared"]:
+        splits = make_splits(name, params=parse_params(rho, param), seed=seed, unbiased_size=unbiased_size)
+        info["resolved_params"] = splits.spec["params"]
+        info["split_sizes"] = {n: s.summary() for n, s in splits.items()}
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    console.print(f"[bold]{name}[/bold]: {info['description']}")
+    for key in ("source", "files", "prepared", "bias_attributes", "num_classes", "normalisation"):
+        console.print(f"  {key}: {info[key]}")
+    for k, p in info["params"].items():
+        console.print(f"  param {k} (default {p['default']}): {p['help']}")
+    table = Table(title="splits")
+    for col in ("split", "size", "realised rho", "what"):
+        table.add_column(col)
+    for split, doc in info["splits"].items():
+        s = info.get("split_sizes", {}).get(split, {})
+        r = s.get("realised_rho", "-")
+        r = ", ".join(f"{k}={v:.4f}" for k, v in r.items()) if isinstance(r, dict) else (f"{r:.4f}" if r != "-" else r)
+        table.add_row(split, str(s.get("size", "-")), r, doc)
+    console.print(table)
+    if not info["prepared"]:
+        console.print(f"[yellow]not prepared: run `debiaskit data prepare {name}`[/yellow]")
+
+
+@data_app.command("prepare")
+def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--from", help="folder of IDX files"),
+                 force: bool = False) -> None:
+    """Obtain and cache the images behind a dataset (or an image source name: mnist, fashion-mnist)."""
+    from ..data import SOURCES, get_source, parse_name
+    source = get_source(name) if name in SOURCES else parse_name(name)[1]
+    folder = source.prepare(from_folder=from_folder, force=force)
+    console.print(f"[green]{source.name} ready[/green] in {folder} (checksums verified)")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the model zoo."""
+    from ..models import MODELS
+    table = Table(title="debiaskit models")
+    table.add_column("name")
+    table.add_column("description")
+    for spec in MODELS.values():
+        table.add_row(spec.name, spec.description)
+    console.print(table)
+
+

@@ -1,0 +1,59 @@
+"""`debiaskit train` and `debiaskit audit`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import DebiaskitError
+from ._common import app, console, parse_params
+
+
+@app.command()
+def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit data list`)"),
+          out: Path = typer.Option(..., help="run folder to create"),
+          rho: Optional[float] = typer.Option(None, help="bias correlation of the training set"),
+          param: Optional[List[str]] = typer.Option(None, "--param", help="recipe parameter KEY=VALUE"),
+          model: str = typer.Option("simple-conv-small", help="model name (see `debiaskit models list`)"),
+          method: str = typer.Option("vanilla", help="training method"),
+          epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
+          optimizer: str = "adam", seed: int = 0,
+          data_seed: Optional[int] = typer.Option(None, help="seed of the dataset draw (default: --seed)"),
+          unbiased_size: int = 10000, train_size: Optional[int] = None, test_size: Optional[int] = None,
+          device: str = "cpu", force: bool = typer.Option(False, help="replace an existing run folder"),
+          progress: bool = True) -> None:
+    """Train a model on a biased dataset and write a run folder."""
+    from ..train import TrainConfig, train_run
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      optimizer=optimizer, seed=seed)
+    method_obj, method_cfg = _method(method, dataset)
+    folder, result = train_run(dataset=dataset, out=out, model=model, params=parse_params(rho, param), config=cfg,
+                               method=method_obj, method_config=method_cfg, data_seed=data_seed,
+                               unbiased_size=unbiased_size, train_size=train_size, test_size=test_size,
+                               device=device, force=force, progress=progress)
+    last = result.history[-1]
+    console.print(f"[green]trained[/green] {model} on {dataset} in {result.wall_time_s:.1f}s "
+                  f"(final train loss {last.get('loss', float('nan')):.4f}); run folder: {folder}")
+
+
+def _method(name: str, dataset: str):
+    if name == "vanilla":
+        return None, {}
+    try:
+        from ..methods import build_method
+    except ImportError as exc:  # pragma: no cover - methods land in their own issue
+        raise DebiaskitError(f"unknown method {name!r}; available: vanilla") from exc
+    return build_method(name, dataset=dataset)
+
+
+@app.command()
+def audit(run_dir: Path, out: Optional[Path] = typer.Option(None, help="report folder (default RUN_DIR/audit)"),
+          seed: int = 0, device: str = "cpu") -> None:
+    """Audit a trained run for bias: table on the terminal, JSON + Markdown + plots on disk."""
+    from ..audit import audit_run, render_table
+    report, folder = audit_run(run_dir, out=out, seed=seed, device=device)
+    console.print(render_table(report, title=f"Bias audit of {run_dir}"))
+    console.print(f"report: {folder / 'report.md'}  json: {folder / 'audit.json'}  plots: {folder}/*.png")
+
+

@@ -1,0 +1,20 @@
+"""Biased benchmark data: image sources, bias recipes and splits.
+
+Example::
+
+    from debiaskit import data
+    splits = data.make_splits("biased-mnist", params={"rho": 0.99}, seed=0)
+    x, y, b = splits.test[0]
+"""
+from ._dataset import Batch, BiasDataset, check_labels, iterate_batches
+from ._idx import load_idx, parse_idx, write_idx
+from ._recipes import RECIPES, Param, Recipe, assign_by_rho, get_recipe, register_recipe
+from ._registry import SPLIT_DOCS, SPLIT_NAMES, Splits, dataset_names, describe, make_splits, parse_name, splits_from_spec
+from ._sources import SOURCES, ImageArrays, ImageSource, data_root, get_source, toy_digits
+
+__all__ = [
+    "Batch", "BiasDataset", "ImageArrays", "ImageSource", "Param", "RECIPES", "Recipe", "SOURCES",
+    "SPLIT_DOCS", "SPLIT_NAMES", "Splits", "assign_by_rho", "check_labels", "data_root", "dataset_names",
+    "describe", "get_recipe", "get_source", "iterate_batches", "load_idx", "make_splits", "parse_idx",
+    "parse_name", "register_recipe", "splits_from_spec", "toy_digits", "write_idx",
+]

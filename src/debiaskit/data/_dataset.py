@@ -1,0 +1,175 @@
+"""The sample container every layer speaks: images x, target y and bias label(s) b."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
+
+
+class Batch(NamedTuple):
+    """One mini-batch. ``b`` is None for data without bias labels; ``index`` points into the dataset."""
+
+    x: Tensor
+    y: Tensor
+    b: Tensor | None
+    index: Tensor
+
+
+@dataclass
+class BiasDataset(Dataset):
+    """In-memory samples with targets and bias labels.
+
+    ``images`` are stored as uint8 (N, C, H, W) - like the reference implementations store their
+    coloured digits - and turned into floats as ``(images / 255 - mean) / std`` per batch.
+    ``b`` is (N,) for one bias attribute or (N, A) for several (``bias_names`` names them).
+    ``aligned`` marks bias-aligned samples (b equals the bias value paired with y), per attribute.
+    ``render`` (optional) re-renders samples with other bias values: it gives counterfactual pairs.
+    """
+
+    images: Tensor
+    y: Tensor
+    b: Tensor | None
+    num_classes: int
+    num_bias_classes: int
+    name: str = "dataset"
+    bias_names: tuple[str, ...] = ("bias",)
+    mean: float = 0.0
+    std: float = 1.0
+    aligned: Tensor | None = None
+    render: Callable[[Tensor, Tensor], Tensor] | None = field(default=None, repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise DataError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != n or (self.b is not None and len(self.b) != n):
+            raise DataError(f"{self.name}: images, y and b must have the same length")
+        if n == 0:
+            raise DataError(f"{self.name}: the split is empty; use a larger size or another rho")
+        check_labels(self.y, self.num_classes, what=f"{self.name} targets")
+        if self.b is not None:
+            check_labels(self.b, self.num_bias_classes, what=f"{self.name} bias labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to_float(self, images: Tensor) -> Tensor:
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    def __getitem__(self, i: int):
+        b = self.b[i] if self.b is not None else torch.tensor(-1)
+        return self.to_float(self.images[i : i + 1])[0], self.y[i], b
+
+    @property
+    def x(self) -> Tensor:
+        """All inputs as floats (materialised; fine for evaluation-sized splits)."""
+        return self.to_float(self.images)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def bias(self, attribute: int | str = 0) -> Tensor:
+        """Bias labels of one attribute, as (N,)."""
+        if self.b is None:
+            raise DataError(f"{self.name} has no bias labels")
+        if self.b.ndim == 1:
+            return self.b
+        col = self.bias_names.index(attribute) if isinstance(attribute, str) else attribute
+        return self.b[:, col]
+
+    def aligned_mask(self, attribute: int | str = 0) -> Tensor | None:
+        if self.aligned is None:
+            return None
+        if self.aligned.ndim == 1:
+            return self.aligned
+        col = self.bias_names.index(attribute) if isinstance(attribute, str) else attribute
+        return self.aligned[:, col]
+
+    def subset(self, index: Tensor, *, name: str | None = None) -> "BiasDataset":
+        index = torch.as_tensor(index, dtype=torch.long)
+        render = None
+        if self.render is not None:
+            parent_render, parent_index = self.render, index
+            render = lambda idx, new_b: parent_render(parent_index[idx], new_b)  # noqa: E731
+        return BiasDataset(
+            images=self.images[index], y=self.y[index], b=None if self.b is None else self.b[index],
+            num_classes=self.num_classes, num_bias_classes=self.num_bias_classes,
+            name=name or self.name, bias_names=self.bias_names, mean=self.mean, std=self.std,
+            aligned=None if self.aligned is None else self.aligned[index], render=render, info=dict(self.info),
+        )
+
+    def without_bias_labels(self) -> "BiasDataset":
+        """The same samples with no bias labels (what a label-free method may see)."""
+        out = self.subset(torch.arange(len(self)))
+        out.b, out.aligned = None, None
+        return out
+
+    def counterfactual(self, index: Tensor, new_b: Tensor) -> Tensor:
+        """Float inputs of samples ``index`` re-rendered with bias labels ``new_b`` (same content)."""
+        if self.render is None:
+            raise DataError(f"{self.name} cannot render counterfactual samples (its recipe has no renderer)")
+        return self.to_float(self.render(torch.as_tensor(index), torch.as_tensor(new_b)))
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"size": len(self)}
+        if self.aligned is not None:
+            al = self.aligned if self.aligned.ndim == 1 else self.aligned.T
+            if al.ndim == 1:
+                out["realised_rho"] = float(al.float().mean())
+            else:
+                out["realised_rho"] = {n: float(a.float().mean()) for n, a in zip(self.bias_names, al)}
+        return out
+
+
+def check_labels(labels: Tensor, num: int, *, what: str) -> None:
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise DataError(f"{what} must be integer class indices, got dtype {labels.dtype}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num):
+        raise DataError(f"{what} must lie in [0, {num - 1}], found range [{int(labels.min())}, {int(labels.max())}]")
+
+
+class _Indexed(Dataset):
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        x, y, *rest = self.dataset[i]
+        b = rest[0] if rest else torch.tensor(-1)
+        return x, torch.as_tensor(y), torch.as_tensor(b), i
+
+
+def iterate_batches(dataset: Dataset, *, batch_size: int, shuffle: bool = False,
+                    generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+                    indices: Tensor | None = None, drop_last: bool = False) -> Iterator[Batch]:
+    """Yield :class:`Batch` es from a BiasDataset (fast path) or any dataset of (x, y, b) tuples.
+
+    ``indices`` restricts to (and, with ``shuffle``, permutes) a subset - e.g. one rank's shard or a
+    re-weighted sample drawn by a method.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    order = torch.arange(n) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    if shuffle:
+        order = order[torch.randperm(len(order), generator=generator)]
+    if isinstance(dataset, BiasDataset):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            if drop_last and len(idx) < batch_size:
+                break
+            b = None if dataset.b is None else dataset.b[idx].to(device)
+            yield Batch(dataset.to_float(dataset.images[idx]).to(device), dataset.y[idx].to(device), b, idx)
+        return
+    loader = DataLoader(torch.utils.data.Subset(_Indexed(dataset), order.tolist()), batch_size=batch_size,
+                        shuffle=False, drop_last=drop_last)
+    for x, y, b, idx in loader:
+        has_bias = bool((b >= 0).all())
+        yield Batch(x.to(device), y.long().to(device), b.long().to(device) if has_bias else None, idx)

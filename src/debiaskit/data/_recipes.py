@@ -1,0 +1,187 @@
+"""Bias recipes: turn grayscale images + labels into biased samples (x, y, b).
+
+A recipe has two halves, kept apart so that counterfactual pairs come for free:
+``assign_bias`` draws bias labels for targets at a correlation rho, and ``render`` draws an image
+for given (digit, bias) pairs. Any grayscale image source can be combined with any recipe.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+
+# Bahng et al. (ReBias) palette; note 225 (not 255) in entries 3 and 4, as in the original.
+BIASED_MNIST_PALETTE = (
+    (255, 0, 0), (0, 255, 0), (0, 0, 255), (225, 225, 0), (225, 0, 225),
+    (0, 255, 255), (255, 128, 0), (255, 0, 128), (128, 0, 255), (128, 128, 128),
+)
+# LfF Colored MNIST mean foreground colours (RGB in [0, 1]).
+COLORED_MNIST_MEANS = (
+    (0.984, 0.313, 0.169), (0.991, 0.916, 0.352), (0.673, 0.461, 0.580), (0.783, 0.832, 0.601),
+    (0.088, 0.778, 0.982), (0.321, 0.961, 0.446), (0.025, 0.236, 0.759), (0.555, 0.102, 0.762),
+    (0.208, 0.393, 0.019), (0.834, 0.202, 0.267),
+)
+COLORED_MNIST_SIGMA = {1: 0.05, 2: 0.02, 3: 0.01, 4: 0.005, 5: 0.002}
+# Right-half palette of Multi-Color MNIST: distinct from the left one so the two biases differ.
+MULTICOLOR_RIGHT_PALETTE = (
+    (128, 0, 0), (0, 128, 0), (0, 0, 128), (255, 255, 255), (64, 64, 64),
+    (0, 128, 128), (128, 128, 0), (255, 192, 203), (160, 82, 45), (173, 216, 230),
+)
+
+
+def assign_by_rho(y: np.ndarray, *, rho: float, num_bias: int, rng: np.random.Generator) -> np.ndarray:
+    """Bahng et al.'s rule, per class: shuffle the class's indices; the first int(n * rho) get the
+    class's own bias value; the rest are spread evenly, in chunks of ceil(rest / (N_B - 1)), over
+    bias values (y + 1 .. y + N_B - 1) mod N_B. rho = 1 / N_B gives uniform bias labels."""
+    b = np.empty(len(y), dtype=np.int64)
+    for k in np.unique(y):
+        idx = np.flatnonzero(y == k)
+        rng.shuffle(idx)
+        n_aligned = int(len(idx) * rho)
+        b[idx[:n_aligned]] = k % num_bias
+        rest = idx[n_aligned:]
+        if len(rest):
+            chunk = math.ceil(len(rest) / (num_bias - 1))
+            for j in range(num_bias - 1):
+                b[rest[j * chunk : (j + 1) * chunk]] = (k + 1 + j) % num_bias
+    return b
+
+
+def _check_rho(name: str, value: float, num_bias: int) -> float:
+    value = float(value)
+    if not (0.0 <= value <= 1.0) or math.isnan(value):
+        raise ConfigError(f"{name} must lie in [0, 1] (share of bias-aligned samples), got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Param:
+    default: float
+    help: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A bias recipe. ``params`` are the knobs of ``assign`` (rho-like, in [0, 1])."""
+
+    name: str
+    description: str
+    bias_names: tuple[str, ...]
+    channels: int
+    mean: float
+    std: float
+    params: dict[str, Param]
+    assign: Callable[[np.ndarray, dict, int, np.random.Generator], np.ndarray]
+    draw: Callable[[Tensor, Tensor, torch.Generator], Tensor]
+    unbiased: dict[str, float] = field(default_factory=dict)  # params giving uniform bias
+
+    def resolve(self, params: dict | None, num_bias: int) -> dict[str, float]:
+        params = dict(params or {})
+        unknown = set(params) - set(self.params)
+        if unknown:
+            raise ConfigError(
+                f"recipe {self.name} has no parameter(s) {sorted(unknown)}; it takes: {', '.join(self.params)}"
+            )
+        out = {k: p.default for k, p in self.params.items()}
+        out.update({k: _check_rho(k, v, num_bias) for k, v in params.items()})
+        return out
+
+    def uniform_params(self, num_bias: int) -> dict[str, float]:
+        return {k: 1.0 / num_bias for k in self.params}
+
+    def assign_bias(self, y: np.ndarray, *, params: dict, num_bias: int, seed: int) -> np.ndarray:
+        return self.assign(np.asarray(y), self.resolve(params, num_bias), num_bias, np.random.default_rng(seed))
+
+    def render(self, digits: Tensor, b: Tensor, *, seed: int) -> Tensor:
+        """uint8 (N, C, H, W) images of ``digits`` (uint8 N x H x W) with bias labels ``b``."""
+        gen = torch.Generator().manual_seed(int(seed))
+        return self.draw(digits, b, gen)
+
+
+def _single(rho_key: str = "rho"):
+    def assign(y, params, num_bias, rng):
+        return assign_by_rho(y, rho=params[rho_key], num_bias=num_bias, rng=rng)
+    return assign
+
+
+def _draw_background(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
+    """Biased MNIST: digit binarised to white, background (pixels == 0) in the bias colour."""
+    palette = torch.tensor(BIASED_MNIST_PALETTE, dtype=torch.uint8)
+    colour = palette[b % len(palette)][:, :, None, None]  # N,3,1,1
+    fg = (digits > 0)[:, None]
+    return torch.where(fg, torch.full_like(colour, 255), colour).expand(-1, -1, *digits.shape[1:]).contiguous()
+
+
+def _draw_foreground(severity: int) -> Callable:
+    sigma = COLORED_MNIST_SIGMA[severity]
+
+    def draw(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
+        """Colored MNIST (LfF): clamp(mean colour + N(0, sigma^2) per image, 0, 1) * digit."""
+        means = torch.tensor(COLORED_MNIST_MEANS)[b % 10]
+        colour = (means + sigma * torch.randn(means.shape, generator=gen)).clamp(0, 1)
+        img = colour[:, :, None, None] * (digits.float() / 255.0)[:, None]
+        return (img * 255).round().clamp(0, 255).to(torch.uint8)
+
+    return draw
+
+
+def _assign_two(y, params, num_bias, rng):
+    left = assign_by_rho(y, rho=params["rho"], num_bias=num_bias, rng=rng)
+    right = assign_by_rho(y, rho=params["rho_right"], num_bias=num_bias, rng=rng)
+    return np.stack([left, right], axis=1)
+
+
+def _draw_two_backgrounds(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
+    """Multi-Color MNIST: left half of the background in colour b_L, right half in colour b_R."""
+    left = torch.tensor(BIASED_MNIST_PALETTE, dtype=torch.uint8)[b[:, 0] % 10]
+    right = torch.tensor(MULTICOLOR_RIGHT_PALETTE, dtype=torch.uint8)[b[:, 1] % 10]
+    w = digits.shape[-1]
+    bg = torch.empty((len(digits), 3, *digits.shape[1:]), dtype=torch.uint8)
+    bg[..., : w // 2] = left[:, :, None, None]
+    bg[..., w // 2 :] = right[:, :, None, None]
+    fg = (digits > 0)[:, None].expand_as(bg)
+    return torch.where(fg, torch.full_like(bg, 255), bg)
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+register_recipe(Recipe(
+    name="biased",
+    description="Biased MNIST (Bahng et al. 2020): background colour correlated with the class at rho",
+    bias_names=("background",), channels=3, mean=0.5, std=0.5,
+    params={"rho": Param(0.99, "share of samples whose background has their class's colour")},
+    assign=_single(), draw=_draw_background,
+))
+register_recipe(Recipe(
+    name="colored",
+    description="Colored MNIST (Nam et al. 2020, LfF): noisy foreground colour, severity 4 (sigma 0.005)",
+    bias_names=("foreground",), channels=3, mean=0.0, std=1.0,
+    params={"rho": Param(0.99, "share of bias-aligned samples (1 - conflicting ratio)")},
+    assign=_single(), draw=_draw_foreground(4),
+))
+register_recipe(Recipe(
+    name="multicolor",
+    description="Multi-Color MNIST (Li et al. 2022, DebiAN): left/right background colours, two biases",
+    bias_names=("left", "right"), channels=3, mean=0.5, std=0.5,
+    params={"rho": Param(0.99, "rho_L, correlation of the left colour"),
+            "rho_right": Param(0.95, "rho_R, correlation of the right colour")},
+    assign=_assign_two, draw=_draw_two_backgrounds,
+))
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]

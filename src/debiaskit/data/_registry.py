@@ -1,0 +1,160 @@
+"""Named biased datasets = recipe x image source, and their splits (D^b, D^u train/val/test, test)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from ._dataset import BiasDataset
+from ._recipes import RECIPES, Recipe, get_recipe
+from ._sources import SOURCES, ImageSource, get_source
+
+SPLIT_NAMES = ("train", "unbiased_train", "unbiased_val", "unbiased_test", "test")
+SPLIT_DOCS = {
+    "train": "D^b: biased training set, official training digits not held out, bias at rho",
+    "unbiased_train": "D^u_train: 60% of the held-out training digits, uniform bias (rho = 1/N_B)",
+    "unbiased_val": "D^u_val: 20% of the held-out training digits, uniform bias; all selection happens here",
+    "unbiased_test": "D^u_test: 20% of the held-out training digits, uniform bias",
+    "test": "unbiased test: official test digits, uniform bias; reported, never used for selection",
+}
+
+
+@dataclass
+class Splits:
+    """The five splits of a biased benchmark, plus the recipe that rebuilds them exactly."""
+
+    train: BiasDataset
+    unbiased_train: BiasDataset
+    unbiased_val: BiasDataset
+    unbiased_test: BiasDataset
+    test: BiasDataset
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def items(self):
+        return [(n, getattr(self, n)) for n in SPLIT_NAMES]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def num_bias_classes(self) -> int:
+        return self.train.num_bias_classes
+
+
+def dataset_names() -> list[str]:
+    return sorted(f"{r}-{s}" for r in RECIPES for s in SOURCES)
+
+
+def parse_name(name: str) -> tuple[Recipe, ImageSource]:
+    for recipe in sorted(RECIPES, key=len, reverse=True):
+        if name.startswith(recipe + "-") and name[len(recipe) + 1 :] in SOURCES:
+            return get_recipe(recipe), get_source(name[len(recipe) + 1 :])
+    raise ConfigError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), stream])
+
+
+def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiased_size: int = 10000,
+                train_size: int | None = None, test_size: int | None = None,
+                unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Splits:
+    """Build the splits of dataset ``name`` deterministically from ``seed``.
+
+    Example::
+
+        splits = make_splits("biased-mnist", params={"rho": 0.99}, seed=0)
+        splits.train.summary()   # {'size': 50000, 'realised_rho': 0.99...}
+    """
+    recipe, source = parse_name(name)
+    num_bias = source.num_classes
+    resolved = recipe.resolve(params, num_bias)
+    arrays = source.load()
+    n_train = len(arrays.train_labels)
+    if not 0 < unbiased_size < n_train:
+        raise ConfigError(f"unbiased_size must lie in (0, {n_train}) for {source.name}, got {unbiased_size}")
+    if abs(sum(unbiased_fractions) - 1) > 1e-6 or min(unbiased_fractions) <= 0:
+        raise ConfigError(f"unbiased_fractions must be three positive shares summing to 1, got {unbiased_fractions}")
+
+    order = _rng(seed, 0).permutation(n_train)
+    held, rest = order[:unbiased_size], order[unbiased_size:]
+    if train_size is not None:
+        if not 0 < train_size <= len(rest):
+            raise ConfigError(f"train_size must lie in (0, {len(rest)}], got {train_size}")
+        rest = rest[:train_size]
+    cut1 = int(round(unbiased_fractions[0] * len(held)))
+    cut2 = cut1 + int(round(unbiased_fractions[1] * len(held)))
+    test_index = np.arange(len(arrays.test_labels))
+    if test_size is not None:
+        if not 0 < test_size <= len(test_index):
+            raise ConfigError(f"test_size must lie in (0, {len(test_index)}], got {test_size}")
+        test_index = _rng(seed, 1).permutation(test_index)[:test_size]
+
+    uniform = recipe.uniform_params(num_bias)
+    parts = {
+        "train": (arrays.train_images, arrays.train_labels, np.sort(rest), resolved, 10),
+        "unbiased_train": (arrays.train_images, arrays.train_labels, np.sort(held[:cut1]), uniform, 11),
+        "unbiased_val": (arrays.train_images, arrays.train_labels, np.sort(held[cut1:cut2]), uniform, 12),
+        "unbiased_test": (arrays.train_images, arrays.train_labels, np.sort(held[cut2:]), uniform, 13),
+        "test": (arrays.test_images, arrays.test_labels, np.sort(test_index), uniform, 14),
+    }
+    built = {}
+    for split, (images, labels, index, split_params, stream) in parts.items():
+        built[split] = _build(recipe, source, images[index], labels[index], split_params, seed, stream,
+                              name=f"{name}/{split}")
+    spec = {"dataset": name, "params": resolved, "seed": seed, "unbiased_size": unbiased_size,
+            "train_size": train_size, "test_size": test_size, "unbiased_fractions": list(unbiased_fractions)}
+    return Splits(**built, spec=spec)
+
+
+def splits_from_spec(spec: dict[str, Any]) -> Splits:
+    """Rebuild splits from the ``spec`` a run recorded."""
+    kwargs = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
+    if "unbiased_fractions" in spec:
+        kwargs["unbiased_fractions"] = tuple(spec["unbiased_fractions"])
+    return make_splits(spec["dataset"], params=spec.get("params"), **kwargs)
+
+
+def _build(recipe: Recipe, source: ImageSource, images: np.ndarray, labels: np.ndarray, params: dict,
+           seed: int, stream: int, *, name: str) -> BiasDataset:
+    y = labels.astype(np.int64)
+    num_bias = source.num_classes
+    if len(y) == 0:
+        raise DataError(f"{name}: the split is empty")
+    b = recipe.assign(y, params, num_bias, _rng(seed, stream))
+    digits = torch.from_numpy(np.ascontiguousarray(images))
+    bt = torch.from_numpy(b)
+    yt = torch.from_numpy(y)
+    rendered = recipe.render(digits, bt, seed=seed * 1000 + stream)
+    aligned = bt == (yt[:, None] if bt.ndim == 2 else yt) % num_bias
+
+    def render(index, new_b):  # counterfactual renderer: same digits, other bias labels
+        return recipe.render(digits[index], torch.as_tensor(new_b), seed=seed * 1000 + stream + 500)
+
+    return BiasDataset(
+        images=rendered, y=yt, b=bt, num_classes=source.num_classes, num_bias_classes=num_bias, name=name,
+        bias_names=recipe.bias_names, mean=recipe.mean, std=recipe.std, aligned=aligned, render=render,
+        info={"recipe": recipe.name, "source": source.name, "params": params},
+    )
+
+
+def describe(name: str) -> dict[str, Any]:
+    """What a dataset is: recipe, source, parameters, splits, and where its files are."""
+    recipe, source = parse_name(name)
+    return {
+        "name": name,
+        "description": recipe.description.replace("MNIST", source.name) if source.name != "mnist" else recipe.description,
+        "source": source.description,
+        "files": str(source.cache_dir()) if source.synthetic is None else "generated in memory",
+        "prepared": source.is_prepared(),
+        "bias_attributes": list(recipe.bias_names),
+        "num_classes": source.num_classes,
+        "num_bias_classes": source.num_classes,
+        "params": {k: {"default": p.default, "help": p.help} for k, p in recipe.params.items()},
+        "normalisation": f"(x/255 - {recipe.mean}) / {recipe.std}",
+        "splits": SPLIT_DOCS,
+    }

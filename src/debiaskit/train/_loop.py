@@ -1,0 +1,217 @@
+"""One training loop; methods plug into it through :class:`TrainingMethod`.
+
+The loop owns the epochs, shuffling, device placement, progress, logging and model selection;
+a method owns its losses, auxiliary models and optimisers. Nothing here is global: seeds, devices
+and paths are passed in, and under ``torch.distributed`` each rank trains on its own shard of the
+indices and only rank 0 logs.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import Batch, iterate_batches
+from ..errors import ConfigError, DebiaskitError
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every method (methods may read extra keys from ``extra``)."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size <= 0 or not self.lr > 0:
+            raise ConfigError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@dataclass
+class TrainContext:
+    """What a method sees: the model, data, config and the loop's state."""
+
+    model: nn.Module
+    train_data: Any
+    config: TrainConfig
+    device: torch.device
+    generator: torch.Generator
+    num_classes: int
+    head: str | None = None
+    val_data: Any = None
+    epoch: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+
+class TrainingMethod:
+    """Base class of training-time methods; the default is ERM (vanilla).
+
+    Subclasses override :meth:`setup`, :meth:`training_step` and optionally :meth:`epoch_indices`
+    (which samples this epoch visits, e.g. JTT's upsampling), :meth:`end_epoch` and
+    :meth:`final_model`. ``uses_bias_labels`` says whether the method reads ``batch.b``.
+    """
+
+    name = "vanilla"
+    uses_bias_labels = False
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
+
+    def epoch_indices(self, ctx: TrainContext) -> Tensor | None:
+        return None
+
+    def training_step(self, batch: Batch, ctx: TrainContext) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = ctx.model(batch.x)
+        loss = F.cross_entropy(logits, batch.y)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == batch.y).float().mean())}
+
+    def end_epoch(self, ctx: TrainContext) -> dict[str, float]:
+        return {}
+
+    def final_model(self, ctx: TrainContext) -> nn.Module:
+        return ctx.model
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able description recorded in the run (hyper-parameters, diagnostics)."""
+        return {}
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict[str, float]]
+    wall_time_s: float
+    selected_epoch: int
+    selection: str
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, config: TrainConfig | None = None,
+        num_classes: int | None = None, head: str | None = None, val_data=None,
+        select: Callable[[nn.Module], float] | None = None, device: str | torch.device = "cpu",
+        progress: bool = True, log: Callable[[dict], None] | None = None) -> FitResult:
+    """Train ``model`` on ``train_data`` (any dataset of (x, y, b)) with ``method`` (default ERM).
+
+    ``select``: optional score (higher is better) computed at the end of each epoch on data the
+    caller chose (never the test set); the best epoch's weights are returned. Without it the last
+    epoch is returned.
+
+    Example::
+
+        result = fit(model, splits.train, config=TrainConfig(epochs=5, seed=0), num_classes=10)
+    """
+    config = config or TrainConfig()
+    method = method or TrainingMethod()
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    rank, world = _dist_info()
+    model.to(device).train()
+    n = len(train_data)
+    ncls = num_classes or getattr(train_data, "num_classes", None)
+    if ncls is None:
+        raise ConfigError("num_classes is required for datasets that do not define it")
+    ctx = TrainContext(model=model, train_data=train_data, config=config, device=device, generator=generator,
+                       num_classes=ncls, head=head, val_data=val_data, rank=rank, world_size=world)
+    ctx.steps_per_epoch = math.ceil(n / world / config.batch_size)
+    method.setup(ctx)
+    history: list[dict[str, float]] = []
+    best_score, best_state, best_epoch = -math.inf, None, config.epochs
+    start = time.perf_counter()
+    bar = _progress(progress and rank == 0, config.epochs * ctx.steps_per_epoch, method.name)
+    try:
+        for epoch in range(config.epochs):
+            ctx.epoch = epoch
+            indices = method.epoch_indices(ctx)
+            order = torch.arange(n) if indices is None else indices
+            order = order[torch.randperm(len(order), generator=generator)][rank::world]
+            ctx.steps_per_epoch = math.ceil(len(order) / config.batch_size)
+            sums: dict[str, float] = {}
+            steps = 0
+            for batch in iterate_batches(train_data, batch_size=config.batch_size, indices=order, device=device):
+                if method.uses_bias_labels and batch.b is None:
+                    raise DebiaskitError(f"method {method.name} needs bias labels, but the training data has none")
+                stats = method.training_step(batch, ctx)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                steps += 1
+                ctx.step += 1
+                bar.advance(stats)
+            record = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
+            record.update(method.end_epoch(ctx))
+            if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
+                raise DebiaskitError(f"training diverged at epoch {epoch + 1}: {record}; lower the learning rate")
+            if select is not None:
+                score = float(select(method.final_model(ctx)))
+                record["selection_score"] = score
+                if score > best_score:
+                    best_score, best_epoch = score, epoch + 1
+                    best_state = copy.deepcopy(method.final_model(ctx).state_dict())
+            record["time_s"] = time.perf_counter() - start
+            history.append(record)
+            if log is not None and rank == 0:
+                log(record)
+    finally:
+        bar.close()
+    final = method.final_model(ctx)
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    final.eval()
+    return FitResult(model=final, history=history, wall_time_s=time.perf_counter() - start,
+                     selected_epoch=best_epoch, selection="best validation score" if select else "last epoch")
+
+
+class _progress:
+    """A rich progress bar (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total, stats="")
+
+    def advance(self, stats: dict[str, float]) -> None:
+        if self.bar is not None:
+            text = " ".join(f"{k}={v:.3f}" for k, v in list(stats.items())[:3])
+            self.bar.update(self.task, advance=1, stats=text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
