@@ -1,16 +1,22 @@
 """The ``debiaskit`` command line: thin parsing and printing over the Python API.
 
-Each command group lives in its own module and registers itself on ``app`` when imported.
+Each command group lives in its own module (``cmd_*.py``) and registers itself on ``app`` when
+imported; this package imports them all.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
 
 from rich.console import Console
 
 from ..errors import DebiaskitError
-from . import _data, _train  # noqa: F401  (register commands)
 from ._common import app
+
+for _mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _mod.name.startswith("cmd_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["app", "main"]
 

@@ -6,7 +6,6 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import DebiaskitError
 from ._common import app, console, parse_params
 
 
@@ -38,12 +37,7 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
 
 
 def _method(name: str, dataset: str):
-    if name == "vanilla":
-        return None, {}
-    try:
-        from ..methods import build_method
-    except ImportError as exc:  # pragma: no cover - methods land in their own issue
-        raise DebiaskitError(f"unknown method {name!r}; available: vanilla") from exc
+    from ..methods import build_method
     return build_method(name, dataset=dataset)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: suites that run methods x datasets x seeds, resumable, and write tables."""

@@ -1,0 +1,1 @@
+"""FFW - Finding Fantastic Weights (Nahon et al., ECCV 2024)."""

@@ -1,0 +1,19 @@
+"""Debiasing methods behind one registry (DomainBed style): every public module of this package
+registers its method on import.
+
+Example::
+
+    from debiaskit.methods import build_method, METHODS
+    method, config = build_method("vanilla", dataset="biased-mnist")
+"""
+import importlib
+import pkgutil
+
+from ._registry import METHODS, Default, MethodInfo, build_method, dataset_family, get_method, method_defaults, register_method
+
+for _mod in pkgutil.iter_modules(__path__):
+    if not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
+
+__all__ = ["METHODS", "Default", "MethodInfo", "build_method", "dataset_family", "get_method", "method_defaults",
+           "register_method"]
