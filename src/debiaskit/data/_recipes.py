@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ._corrupted import draw_corrupted
 
 # Bahng et al. (ReBias) palette; note 225 (not 255) in entries 3 and 4, as in the original.
 BIASED_MNIST_PALETTE = (
@@ -80,6 +81,7 @@ class Recipe:
     assign: Callable[[np.ndarray, dict, int, np.random.Generator], np.ndarray]
     draw: Callable[[Tensor, Tensor, torch.Generator], Tensor]
     unbiased: dict[str, float] = field(default_factory=dict)  # params giving uniform bias
+    color_input: bool = False  # True when ``draw`` also accepts colour images (N, H, W, 3) / (N, 3, H, W)
 
     def resolve(self, params: dict | None, num_bias: int) -> dict[str, float]:
         params = dict(params or {})
@@ -178,6 +180,14 @@ register_recipe(Recipe(
     params={"rho": Param(0.99, "rho_L, correlation of the left colour"),
             "rho_right": Param(0.95, "rho_R, correlation of the right colour")},
     assign=_assign_two, draw=_draw_two_backgrounds,
+))
+register_recipe(Recipe(
+    name="corrupted",
+    description="Corrupted CIFAR-10 protocol (Nam et al. 2020, LfF): corruption family k paired with class k "
+    "(gaussian/shot/impulse noise, gaussian/motion blur, contrast, brightness, pixelate, fog, wave)",
+    bias_names=("corruption",), channels=3, mean=0.5, std=0.5,
+    params={"rho": Param(0.99, "share of samples corrupted with their class's family (0.95/0.98/0.99/0.995 in the benchmark)")},
+    assign=_single(), draw=draw_corrupted, color_input=True,
 ))
 
 

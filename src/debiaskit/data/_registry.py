@@ -124,7 +124,9 @@ def _build(recipe: Recipe, source: ImageSource, images: np.ndarray, labels: np.n
     y = labels.astype(np.int64)
     num_bias = source.num_classes
     if len(y) == 0:
-        raise DataError(f"{name}: the split is empty")
+        raise DataError(f"{name}: the split is empty; use larger sizes")
+    if len(np.unique(y)) < 2:
+        raise DataError(f"{name}: the split holds a single class ({int(y[0])}); use larger sizes")
     b = recipe.assign(y, params, num_bias, _rng(seed, stream))
     digits = torch.from_numpy(np.ascontiguousarray(images))
     bt = torch.from_numpy(b)

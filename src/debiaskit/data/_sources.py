@@ -65,6 +65,7 @@ class ImageSource:
     obtain: Callable[[Path], None] | None = None  # fills a cache folder with the IDX files
     how_to_get: str = ""
     synthetic: Callable[..., ImageArrays] | None = None
+    channels: int = 1  # 3 for colour sources; only recipes with ``color_input`` combine with those
 
     def cache_dir(self) -> Path:
         return data_root() / self.name

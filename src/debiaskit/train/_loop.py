@@ -65,6 +65,11 @@ class TrainContext:
     world_size: int = 1
 
     @property
+    def unwrapped(self) -> nn.Module:
+        """The user's module (inside DistributedDataParallel when distributed): hook it, name its head."""
+        return _unwrap(self.model)
+
+    @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.config.epochs
 
@@ -141,6 +146,9 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     generator = torch.Generator().manual_seed(config.seed)
     rank, world = _dist_info()
     model.to(device).train()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # gradients are averaged across ranks; methods see the wrapped model as ctx.model
+        model = nn.parallel.DistributedDataParallel(model)
     n = len(train_data)
     ncls = num_classes or getattr(train_data, "num_classes", None)
     if ncls is None:
@@ -180,19 +188,23 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
                 record["selection_score"] = score
                 if score > best_score:
                     best_score, best_epoch = score, epoch + 1
-                    best_state = copy.deepcopy(method.final_model(ctx).state_dict())
+                    best_state = copy.deepcopy(_unwrap(method.final_model(ctx)).state_dict())
             record["time_s"] = time.perf_counter() - start
             history.append(record)
             if log is not None and rank == 0:
                 log(record)
     finally:
         bar.close()
-    final = method.final_model(ctx)
+    final = _unwrap(method.final_model(ctx))
     if best_state is not None:
         final.load_state_dict(best_state)
     final.eval()
     return FitResult(model=final, history=history, wall_time_s=time.perf_counter() - start,
                      selected_epoch=best_epoch, selection="best validation score" if select else "last epoch")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 class _progress:

@@ -1,0 +1,39 @@
+"""`debiaskit bench ...`: benchmark suites (each suite adds its command to ``bench_app``)."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import app, console
+
+bench_app = typer.Typer(help="Benchmark suites: resumable, cached, mean +- std over seeds.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def invoked_command() -> str:
+    return "debiaskit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@bench_app.command("vanilla")
+def bench_vanilla(out: Path = typer.Option(Path("runs/bench/vanilla"), help="suite folder (cells are cached)"),
+                  dataset: str = "biased-mnist",
+                  rho: Optional[List[float]] = typer.Option(None, help="rho values (default 0.99 0.995 0.997 0.999)"),
+                  seeds: int = typer.Option(3, help="number of seeds (0..N-1)"),
+                  model: str = "simple-conv-small", epochs: int = 10,
+                  full: bool = typer.Option(False, help="paper protocol: SimpleConvNet, 80 epochs"),
+                  progress: bool = True) -> None:
+    """Vanilla models across rho and seeds, audited; the baseline row of BENCHMARKS.md."""
+    from ..bench import run_vanilla_suite, write_vanilla_results
+    if full:
+        model, epochs = "simple-conv", 80
+    start = time.perf_counter()
+    cells = run_vanilla_suite(root=out, dataset=dataset, rhos=tuple(rho or (0.99, 0.995, 0.997, 0.999)),
+                              seeds=tuple(range(seeds)), model=model, epochs=epochs, progress=progress,
+                              echo=console.print)
+    path = write_vanilla_results(cells, root=out, command=invoked_command(), wall_time_s=time.perf_counter() - start)
+    console.print(path.read_text())
