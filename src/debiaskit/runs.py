@@ -143,7 +143,10 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
         raise ModelError(f"cannot read {path}: {exc}") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches are raised even with strict=False
+        raise ModelError(f"{path} does not match the model: {exc}") from exc
     if missing or unexpected:
         raise ModelError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     check_finite(model, what=str(path))

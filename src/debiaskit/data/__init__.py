@@ -6,6 +6,9 @@ Example::
     splits = data.make_splits("biased-mnist", params={"rho": 0.99}, seed=0)
     x, y, b = splits.test[0]
 """
+from ._celeba import load_celeba, load_celeba_splits
+from ._cifar import CIFAR10, CifarSource, parse_cifar_binary, read_cifar10, write_cifar_binary
+from ._corrupted import CORRUPTION_NAMES, draw_corrupted
 from ._dataset import Batch, BiasDataset, check_labels, iterate_batches
 from ._idx import load_idx, parse_idx, write_idx
 from ._recipes import RECIPES, Param, Recipe, assign_by_rho, get_recipe, register_recipe
@@ -13,6 +16,8 @@ from ._registry import SPLIT_DOCS, SPLIT_NAMES, Splits, dataset_names, describe,
 from ._sources import SOURCES, ImageArrays, ImageSource, data_root, get_source, toy_digits
 
 __all__ = [
+    "CIFAR10", "CORRUPTION_NAMES", "CifarSource", "draw_corrupted", "load_celeba", "load_celeba_splits",
+    "parse_cifar_binary", "read_cifar10", "write_cifar_binary",
     "Batch", "BiasDataset", "ImageArrays", "ImageSource", "Param", "RECIPES", "Recipe", "SOURCES",
     "SPLIT_DOCS", "SPLIT_NAMES", "Splits", "assign_by_rho", "check_labels", "data_root", "dataset_names",
     "describe", "get_recipe", "get_source", "iterate_batches", "load_idx", "make_splits", "parse_idx",

@@ -88,6 +88,9 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         allowed[(f"{mod}.multiarray", "scalar")] = multiarray.scalar
         if hasattr(numeric, "_frombuffer"):
             allowed[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
+    # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1"): pure data
+    import _codecs
+    allowed[("_codecs", "encode")] = _codecs.encode
     for mod in ("builtins", "__builtin__"):  # harmless containers only
         allowed.update({(mod, n): getattr(__import__("builtins"), n) for n in ("set", "frozenset", "bytearray")})
     return allowed

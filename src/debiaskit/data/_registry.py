@@ -10,7 +10,10 @@ import torch
 from ..errors import ConfigError, DataError
 from ._dataset import BiasDataset
 from ._recipes import RECIPES, Recipe, get_recipe
+from ._cifar import CIFAR10
 from ._sources import SOURCES, ImageSource, get_source
+
+SOURCES.setdefault(CIFAR10.name, CIFAR10)  # colour source: only recipes with color_input combine with it
 
 SPLIT_NAMES = ("train", "unbiased_train", "unbiased_val", "unbiased_test", "test")
 SPLIT_DOCS = {
@@ -45,14 +48,20 @@ class Splits:
         return self.train.num_bias_classes
 
 
+def compatible(recipe: Recipe, source: ImageSource) -> bool:
+    """Grayscale recipes (binarised digit + colour) need a one-channel source."""
+    return getattr(source, "channels", 1) == 1 or recipe.color_input
+
+
 def dataset_names() -> list[str]:
-    return sorted(f"{r}-{s}" for r in RECIPES for s in SOURCES)
+    return sorted(f"{r}-{s}" for r in RECIPES for s in SOURCES if compatible(RECIPES[r], SOURCES[s]))
 
 
 def parse_name(name: str) -> tuple[Recipe, ImageSource]:
     for recipe in sorted(RECIPES, key=len, reverse=True):
-        if name.startswith(recipe + "-") and name[len(recipe) + 1 :] in SOURCES:
-            return get_recipe(recipe), get_source(name[len(recipe) + 1 :])
+        source = name[len(recipe) + 1 :]
+        if name.startswith(recipe + "-") and source in SOURCES and compatible(RECIPES[recipe], SOURCES[source]):
+            return get_recipe(recipe), get_source(source)
     raise ConfigError(f"unknown dataset {name!r}; available: {', '.join(dataset_names())}")
 
 
