@@ -108,6 +108,9 @@ def atomic_folder(out: Path, *, force: bool = False) -> Iterator[Path]:
     check_writable(out, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a run folder gets the usual permissions
     try:
         yield staging
     except BaseException:

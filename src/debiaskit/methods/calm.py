@@ -1,0 +1,302 @@
+"""CALM - Centroid Attractors for Label-free logit Modulation (debiaskit's unsupervised online method).
+
+One ordinary training run, no bias labels anywhere (training, selection, stopping):
+
+1. warm-up (ERM, ``warmup_epochs``): the network learns the shortcut first. Running EMA class
+   centroids of correctly classified samples are kept at the bottleneck (the head's input).
+2. discovery (the last ``collect_epochs`` of the warm-up): every visited sample is scored by the
+   attractor rule (:func:`debiaskit.discover.attractor_rule`): b^ = nearest centroid (the class whose
+   bias pulls it), conflict score = signed normalised distance to the hyperplane between its own
+   class's centroid and the attractor. The per-sample votes are frozen at the end of the warm-up
+   (once the model starts to debias, the attractors fade: measured, see docs/unsupervised.md).
+3. correction (ramped in linearly over ``ramp_epochs``): group-balanced logit adjustment
+   ``logits + tau * log p(y | b^)`` with p from the (y, b^) table of the training samples (Laplace
+   smoothed), and capped sample weights ``min(cap, max_b n(y, b) / n(y, b^))``.
+4. selection: pseudo-group-balanced accuracy (mean over non-empty (y, b^) groups) on a held-out part
+   of the *biased training set* whose b^ come from the same attractor rule; optional DFR-style
+   last-layer refit on that held-out part with pseudo-group-balanced weights.
+
+Example::
+
+    from debiaskit.methods import build_method
+    from debiaskit.train import TrainConfig, fit
+    method, cfg = build_method("calm", dataset="biased-mnist")
+    result = fit(model, splits.train.without_bias_labels(), method=method, config=TrainConfig(epochs=10))
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import Batch, iterate_batches
+from ..discover import RunningCentroids, attractor_rule
+from ..errors import ConfigError
+from ..models import forward_with_bottleneck, resolve_head
+from ..train import TrainContext, TrainingMethod, make_optimizer
+from ._registry import Default, MethodInfo, register_method
+
+
+def pseudo_group_table(y: Tensor, pseudo: Tensor, *, num_classes: int) -> Tensor:
+    """Counts n(y, b^) as a (num_classes, num_classes) float table (rows y, columns b^)."""
+    flat = y.long() * num_classes + pseudo.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).float().view(num_classes, num_classes)
+
+
+def log_prior(table: Tensor, *, smoothing: float = 1.0) -> Tensor:
+    """log p(y | b^) from a (y, b^) count table, Laplace-smoothed; returned as (b^, y)."""
+    p = (table + smoothing) / (table.sum(0, keepdim=True) + smoothing * table.shape[0])
+    return p.T.log()
+
+
+def capped_weights(y: Tensor, pseudo: Tensor, table: Tensor, *, cap: float) -> Tensor:
+    """Per-sample weights ``min(cap, max_b n(y, b) / n(y, b^))``: 1 for the largest pseudo-group of
+    each class, larger for rarer (conflicting) ones, never above ``cap``."""
+    largest = table.max(1).values
+    w = largest[y] / table[y, pseudo].clamp(min=1)
+    return w.clamp(max=cap)
+
+
+def pseudo_group_balanced_accuracy(pred: Tensor, y: Tensor, pseudo: Tensor, *, num_classes: int) -> float:
+    """Mean accuracy over the non-empty (y, b^) pseudo-groups (uLA's label-free selection metric)."""
+    g = y.long() * num_classes + pseudo.long()
+    counts = torch.bincount(g, minlength=num_classes * num_classes).float()
+    hits = torch.bincount(g, weights=(pred == y).float(), minlength=num_classes * num_classes)
+    keep = counts > 0
+    return float((hits[keep] / counts[keep]).mean())
+
+
+class CALM(TrainingMethod):
+    """Label-free online debiasing by centroid attractors + group-balanced logit adjustment.
+
+    Never reads ``batch.b``: give it ``dataset.without_bias_labels()`` or any dataset.
+    """
+
+    name = "calm"
+    uses_bias_labels = False
+
+    def __init__(self, *, warmup_epochs: int = 2, collect_epochs: int = 1, centroid_momentum: float = 0.9,
+                 logit_adjust: bool = True, tau: float = 1.0, prior_smoothing: float = 1.0,
+                 reweight: bool = True, weight_cap: float = 20.0, ramp_epochs: float = 1.0,
+                 freeze: bool = True, val_fraction: float = 0.05, select: bool = True,
+                 refit: bool = False, refit_steps: int = 300, refit_lr: float = 1e-2) -> None:
+        if warmup_epochs < 1 or not 1 <= collect_epochs <= warmup_epochs:
+            raise ConfigError(f"need warmup_epochs >= 1 and 1 <= collect_epochs <= warmup_epochs, "
+                              f"got {warmup_epochs}, {collect_epochs}")
+        if weight_cap < 1 or tau < 0 or prior_smoothing <= 0 or ramp_epochs < 0:
+            raise ConfigError("weight_cap must be >= 1, tau >= 0, prior_smoothing > 0 and ramp_epochs >= 0")
+        if not 0 <= val_fraction < 0.5:
+            raise ConfigError(f"val_fraction must lie in [0, 0.5), got {val_fraction}")
+        if (select or refit) and val_fraction == 0:
+            raise ConfigError("selection and refit need a held-out part of the training set (val_fraction > 0)")
+        self.hp = dict(warmup_epochs=warmup_epochs, collect_epochs=collect_epochs,
+                       centroid_momentum=centroid_momentum, logit_adjust=logit_adjust, tau=tau,
+                       prior_smoothing=prior_smoothing, reweight=reweight, weight_cap=weight_cap,
+                       ramp_epochs=ramp_epochs, freeze=freeze, val_fraction=val_fraction, select=select,
+                       refit=refit, refit_steps=refit_steps, refit_lr=refit_lr)
+        for k, v in self.hp.items():
+            setattr(self, k, v)
+        self.diagnostics: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, ctx: TrainContext) -> None:
+        self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
+        resolve_head(ctx.model, ctx.head)  # clear error for a wrong head name before any step
+        n, k = len(ctx.train_data), ctx.num_classes
+        # the split uses its own generator so that the loop's shuffling matches vanilla's draws
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(ctx.config.seed + 7919))
+        n_val = int(round(self.val_fraction * n))
+        self.val_index, self.train_index = perm[:n_val].sort().values, perm[n_val:].sort().values
+        self.y_all = _targets(ctx.train_data)
+        self.votes = torch.zeros(n, k)
+        self.score_sum = torch.zeros(n)
+        self.visits = torch.zeros(n)
+        # the latest attraction of every sample (diagnostics: discovery quality over training time)
+        self.last_pseudo = torch.full((n,), -1, dtype=torch.long)
+        self.last_score = torch.zeros(n)
+        self.pseudo: Tensor | None = None          # b^ per training sample (None before discovery)
+        self.sample_weight = torch.ones(n)
+        self.prior = torch.zeros(k, k)              # log p(y | b^), rows b^
+        self.val_pseudo: Tensor | None = None
+        self.centroids = RunningCentroids(num_classes=k, momentum=self.centroid_momentum)
+        self.best_score, self.best_state, self.best_epoch = -math.inf, None, None
+        self._final_cache: tuple[int, nn.Module] | None = None
+
+    def epoch_indices(self, ctx: TrainContext) -> Tensor:
+        return self.train_index
+
+    # ---------------------------------------------------------------- one step
+    def _collecting(self, ctx: TrainContext) -> bool:
+        if not self.freeze:
+            return True
+        return self.warmup_epochs - self.collect_epochs <= ctx.epoch < self.warmup_epochs
+
+    def _ramp(self, ctx: TrainContext) -> float:
+        if self.pseudo is None:
+            return 0.0
+        start = self.warmup_epochs * ctx.steps_per_epoch
+        length = self.ramp_epochs * ctx.steps_per_epoch
+        return 1.0 if length <= 0 else min(1.0, max(0.0, (ctx.step - start + 1) / length))
+
+    def training_step(self, batch: Batch, ctx: TrainContext) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        logits, z = forward_with_bottleneck(ctx.model, batch.x, ctx.head)
+        y, idx = batch.y, batch.index.cpu()
+        with torch.no_grad():
+            correct = logits.argmax(1) == y
+            att = None
+            if self.centroids.ready:
+                att = attractor_rule(z, y, self.centroids.centroids, present=self.centroids.present)
+                self.last_pseudo[idx] = att.pseudo_bias.cpu()
+                self.last_score[idx] = att.conflict_score.cpu()
+            if att is not None and self._collecting(ctx):
+                onehot = F.one_hot(att.pseudo_bias, ctx.num_classes).float().cpu()
+                if self.freeze:
+                    self.votes[idx] += onehot
+                    self.score_sum[idx] += att.conflict_score.cpu()
+                    self.visits[idx] += 1
+                else:  # online variant: an exponentially fading memory of the latest attractions
+                    self.votes[idx] = 0.5 * self.votes[idx] + onehot
+                    self.score_sum[idx] = 0.5 * self.score_sum[idx] + att.conflict_score.cpu()
+                    self.visits[idx] = 0.5 * self.visits[idx] + 1
+            self.centroids.update(z, y, correct=correct)
+        r = self._ramp(ctx)
+        stats = {"acc": float(correct.float().mean())}
+        if r > 0:
+            pseudo = self.pseudo[idx].to(logits.device)
+            if self.logit_adjust:
+                logits = logits + (r * self.tau) * self.prior.to(logits.device)[pseudo]
+            per_sample = F.cross_entropy(logits, y, reduction="none")
+            w = torch.ones_like(per_sample)
+            if self.reweight:
+                w = 1 + r * (self.sample_weight[idx].to(per_sample.device) - 1)
+            loss = (w * per_sample).sum() / w.sum()
+        else:
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        stats.update(loss=float(loss.detach()), ramp=r)
+        return stats
+
+    # ---------------------------------------------------------------- epoch end
+    def end_epoch(self, ctx: TrainContext) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if ctx.epoch + 1 == self.warmup_epochs or (not self.freeze and ctx.epoch + 1 > self.warmup_epochs):
+            out.update(self._discover(ctx))
+        # candidates: epochs after the correction is fully ramped in (the warm-up model is the biased one)
+        ramped = ctx.epoch + 1 >= self.warmup_epochs + math.ceil(self.ramp_epochs) or ctx.epoch + 1 == ctx.config.epochs
+        if ramped and self.val_pseudo is not None and self.select:
+            score = self._val_score(ctx.model, ctx)
+            out["pseudo_group_val_acc"] = score
+            if score >= self.best_score:  # ties go to the later (longer-trained) epoch
+                self.best_score, self.best_epoch = score, ctx.epoch + 1
+                self.best_state = copy.deepcopy(ctx.model.state_dict())
+        return out
+
+    def _discover(self, ctx: TrainContext) -> dict[str, float]:
+        """Turn the collected votes into b^, the (y, b^) table, log-prior and capped weights."""
+        k = ctx.num_classes
+        seen = self.visits > 0
+        pseudo = torch.where(seen, self.votes.argmax(1), self.y_all)  # never scored: treated as aligned
+        self.pseudo = pseudo
+        tr = self.train_index
+        table = pseudo_group_table(self.y_all[tr], pseudo[tr], num_classes=k)
+        self.prior = log_prior(table, smoothing=self.prior_smoothing)
+        self.sample_weight = capped_weights(self.y_all, pseudo, table, cap=self.weight_cap)
+        if len(self.val_index) and self.centroids.ready:
+            z, y = _bottleneck(ctx.model, ctx.train_data, self.val_index, ctx)
+            self.val_pseudo = attractor_rule(z, y, self.centroids.centroids, present=self.centroids.present).pseudo_bias.cpu()
+        flagged = (pseudo[tr] != self.y_all[tr])
+        self.diagnostics.update(flagged=int(flagged.sum()), flagged_share=float(flagged.float().mean()),
+                                max_weight=float(self.sample_weight[tr].max()))
+        return {"flagged": float(flagged.sum()), "max_weight": float(self.sample_weight[tr].max())}
+
+    def _val_score(self, model: nn.Module, ctx: TrainContext) -> float:
+        logits = _logits(model, ctx.train_data, self.val_index, ctx)
+        return pseudo_group_balanced_accuracy(logits.argmax(1), self.y_all[self.val_index], self.val_pseudo,
+                                              num_classes=ctx.num_classes)
+
+    # ---------------------------------------------------------------- result
+    def final_model(self, ctx: TrainContext) -> nn.Module:
+        if self._final_cache is not None and self._final_cache[0] == ctx.step:
+            return self._final_cache[1]
+        model = copy.deepcopy(ctx.model)
+        if self.select and self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        if self.refit and self.val_pseudo is not None:
+            self._refit_head(model, ctx)
+        self._final_cache = (ctx.step, model)
+        return model
+
+    def _refit_head(self, model: nn.Module, ctx: TrainContext) -> None:
+        """DFR-style: retrain only the head on the held-out biased data, pseudo-group-balanced."""
+        _, head = resolve_head(model, ctx.head)
+        z, y = _bottleneck(model, ctx.train_data, self.val_index, ctx)
+        table = pseudo_group_table(y.cpu(), self.val_pseudo, num_classes=ctx.num_classes)
+        w = (1.0 / table[y.cpu(), self.val_pseudo]).to(z.device)
+        w = w / w.sum()
+        gen = torch.Generator().manual_seed(ctx.config.seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            opt = torch.optim.Adam(head.parameters(), lr=self.refit_lr)
+            for _ in range(self.refit_steps):
+                opt.zero_grad(set_to_none=True)
+                loss = (w * F.cross_entropy(head(z), y, reduction="none")).sum()
+                loss.backward()
+                opt.step()
+
+    def state(self) -> dict[str, Any]:
+        return {"hyper_parameters": self.hp, "selected_epoch": self.best_epoch,
+                "pseudo_group_val_acc": None if self.best_epoch is None else self.best_score,
+                "held_out_training_samples": int(len(getattr(self, "val_index", []))), **self.diagnostics}
+
+
+def _targets(data) -> Tensor:
+    y = getattr(data, "y", None)
+    if y is None:
+        y = torch.as_tensor([int(data[i][1]) for i in range(len(data))])
+    return torch.as_tensor(y).long().cpu()
+
+
+@torch.no_grad()
+def _bottleneck(model: nn.Module, data, index: Tensor, ctx: TrainContext) -> tuple[Tensor, Tensor]:
+    was = model.training
+    model.eval()
+    zs, ys = [], []
+    for batch in iterate_batches(data, batch_size=512, indices=index, device=ctx.device):
+        _, z = forward_with_bottleneck(model, batch.x, ctx.head)
+        zs.append(z)
+        ys.append(batch.y)
+    model.train(was)
+    return torch.cat(zs), torch.cat(ys)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, data, index: Tensor, ctx: TrainContext) -> Tensor:
+    was = model.training
+    model.eval()
+    out = [model(b.x).cpu() for b in iterate_batches(data, batch_size=512, indices=index, device=ctx.device)]
+    model.train(was)
+    return torch.cat(out)
+
+
+_OURS = "ours (design choice; see benchmarks/unsupervised.md)"
+register_method(MethodInfo(
+    name="calm",
+    description="CALM: label-free online debiasing (centroid attractors -> pseudo-bias -> group-balanced logit "
+                "adjustment + capped weights; pseudo-group-balanced selection on held-out biased training data)",
+    factory=lambda **kw: CALM(**kw),
+    uses_bias_labels=False, uses_unbiased_data=False,
+    defaults={"*": {
+        "warmup_epochs": Default(2, _OURS), "collect_epochs": Default(1, _OURS),
+        "centroid_momentum": Default(0.9, _OURS), "logit_adjust": Default(True, "uLA / BBal"),
+        "tau": Default(1.0, "uLA / BBal (tau = 1)"), "prior_smoothing": Default(1.0, _OURS),
+        "reweight": Default(True, _OURS), "weight_cap": Default(20.0, _OURS), "ramp_epochs": Default(1.0, _OURS),
+        "freeze": Default(True, _OURS), "val_fraction": Default(0.05, _OURS), "select": Default(True, "uLA"),
+        "refit": Default(False, _OURS), "refit_steps": Default(300, _OURS), "refit_lr": Default(1e-2, _OURS),
+    }},
+))
