@@ -4,3 +4,5 @@ from ._vanilla import PAPER_VANILLA, run_vanilla_suite, vanilla_table, write_van
 
 __all__ = ["PAPER_VANILLA", "fmt_pm", "load_cell", "machine_description", "mean_std", "run_vanilla_suite",
            "vanilla_table", "write_vanilla_results"]
+from ._compare import SUITES, Suite, available_methods, compare_table, run_compare, write_compare_results  # noqa: E402
+from ._ffw import run_ffw_bench  # noqa: E402

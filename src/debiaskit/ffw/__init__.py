@@ -1,1 +1,27 @@
-"""FFW - Finding Fantastic Weights (Nahon et al., ECCV 2024)."""
+"""FFW - Finding Fantastic Weights (Nahon et al., ECCV 2024): remove the sub-network that carries a bias.
+
+Given a vanilla-trained model and a small unbiased set with bias labels (D^u), learn a gate per
+weight (unstructured) or per unit (structured) of the frozen model so that a privacy head can no
+longer read the bias at the bottleneck, while the task still works; no weight is changed.
+
+Example::
+
+    from debiaskit.ffw import find_fantastic_weights, save_result, load_pruned_model
+    result = find_fantastic_weights(model, head="fc", train=splits.unbiased_train, val=splits.unbiased_val,
+                                    mode="unstructured", gamma=10)
+    result.model          # plain nn.Module with the pruned weights set to 0
+    result.masks          # {layer: uint8 mask}, 1 = kept
+    result.selected       # D^u_val numbers of the selected hard-masked model
+"""
+from ._export import (apply_unstructured_masks, count_parameters, inference_time, load_masks, module_shapes,
+                      prune_structured, resize_like, save_masks, structured_sparsity, unstructured_sparsity)
+from ._gates import GatedModel, GateState, UnitGate, WeightGate, gate_value, install_gates, trace_encoder
+from ._search import FFWConfig, FFWResult, find_fantastic_weights, ffw_step
+
+__all__ = ["FFWConfig", "FFWResult", "GateState", "GatedModel", "UnitGate", "WeightGate", "apply_unstructured_masks",
+           "count_parameters", "ffw_step", "find_fantastic_weights", "gate_value", "inference_time", "install_gates", "load_masks",
+           "module_shapes", "prune_structured", "resize_like", "save_masks", "structured_sparsity", "trace_encoder",
+           "unstructured_sparsity"]
+from ._run import FFWRun, default_out, ffw_run, load_ffw_model, load_pseudo_bias, with_pseudo_bias
+
+__all__ += ["FFWRun", "default_out", "ffw_run", "load_ffw_model", "load_pseudo_bias", "with_pseudo_bias"]

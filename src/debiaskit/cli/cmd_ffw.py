@@ -1,0 +1,90 @@
+"""`debiaskit ffw RUN_DIR` (FFW surgery on a trained run) and `debiaskit bench ffw` (its benchmark)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ._common import app, console
+from .cmd_bench import bench_app, invoked_command
+
+
+def _progress_line(event: dict) -> None:
+    if event.get("kind") != "epoch":
+        return
+    s, h = event["val_soft"], event["val_hard"]
+    console.print(f"epoch {event['epoch']:3d}  level {event['level']:2d}  tau {event['tau']:.3g}  | D^u_val "
+                  f"tau-model task {100 * s['task']:5.1f} bias {100 * s['bias']:5.1f}  | hard-masked task "
+                  f"{100 * h['task']:5.1f} bias {100 * h['bias']:5.1f}  | sparsity {100 * event['sparsity']:5.1f}% "
+                  f"(undecided {100 * event['undecided']:4.1f}%)  {event['time_s']:.0f}s", highlight=False)
+
+
+@app.command()
+def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit train`"),
+        mode: str = typer.Option(..., help="unstructured (a gate per weight) or structured (a gate per channel/neuron)"),
+        gamma: float = typer.Option(10.0, help="weight of the mutual-information term (paper: 10)"),
+        include_head: bool = typer.Option(False, help="also gate the classifier head's weights (unstructured; the public code does)"),
+        out: Optional[Path] = typer.Option(None, help="FFW folder (default RUN_DIR/ffw-MODE-gGAMMA)"),
+        resume: bool = typer.Option(False, help="continue an interrupted search (kept in .OUT.partial/)"),
+        force: bool = typer.Option(False, help="replace an existing FFW folder / discard an interrupted search"),
+        bias_labels: str = typer.Option("true", help="'true' bias labels of D^u, or 'discovered' pseudo-bias labels "
+                                                     "from RUN_DIR/discover/pseudo_bias.safetensors"),
+        tau_decay: float = typer.Option(0.5, help="tau *= this at each plateau (paper 0.5)"),
+        max_levels: int = typer.Option(20, help="at most this many tau levels"),
+        max_epochs_per_level: int = typer.Option(10, help="epochs per tau level at most"),
+        patience: int = typer.Option(2, help="epochs without improvement of the D^u_val objective that make a plateau"),
+        gate_lr: float = typer.Option(0.1, help="learning rate of the gates (SGD, momentum 0.9)"),
+        seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
+    """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
+    from ..ffw import ffw_run
+    from ..ffw._run import before_after_rows, partial_dir
+    try:
+        res = ffw_run(run_dir, mode=mode, gamma=gamma, include_head=include_head, out=out, resume=resume,
+                      force=force, bias_labels=bias_labels, seed=seed, device=device,
+                      callback=_progress_line if progress else None, command=invoked_command(),
+                      tau_decay=tau_decay, max_levels=max_levels, max_epochs_per_level=max_epochs_per_level,
+                      patience=patience, gate_lr=gate_lr)
+    except KeyboardInterrupt:
+        from ..ffw import default_out
+        target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)
+        console.print(f"[yellow]interrupted[/yellow]: the last finished epoch and the best hard-masked state so far "
+                      f"are kept in {partial_dir(target)}; continue with the same command plus --resume")
+        raise
+    info = res.info
+    table = Table(title=f"FFW {mode} (gamma {gamma:g}) on {run_dir}")
+    for col in ("", "before (vanilla)", "after (FFW)"):
+        table.add_column(col)
+    for row in before_after_rows(info):
+        table.add_row(*row)
+    console.print(table)
+    layers = Table(title="sparsity per layer (% removed)")
+    layers.add_column("layer")
+    layers.add_column("removed")
+    for k, v in info["search"]["sparsity"]["per_layer"].items():
+        layers.add_row(k, f"{100 * v:.2f}")
+    console.print(layers)
+    sel = info["search"]["selected"]
+    console.print(f"selected: {info['selection']} (epoch {sel['epoch']}, tau {sel['tau']:.3g}); "
+                  f"stop: {info['search']['stop_reason']}")
+    console.print(f"written: {res.out}/ (ffw.json, report.md, model.safetensors, masks.safetensors)")
+
+
+@bench_app.command("ffw")
+def bench_ffw(out: Path = typer.Option(Path("runs/bench/ffw"), help="suite folder (cells are cached)"),
+              vanilla_root: Path = typer.Option(Path("runs/bench/vanilla"), help="folder of the vanilla runs"),
+              tables: Optional[List[str]] = typer.Option(None, "--table", help="table2, baselines, cost, table1, table6, "
+                                                                              "colored, multicolor (default: all, in this order)"),
+              rho: Optional[List[float]] = typer.Option(None, help="rho values of Table 2 (default 0.99 0.995 0.997 0.999)"),
+              seeds: int = typer.Option(3, help="seeds 0..N-1"),
+              full: bool = typer.Option(False, help="paper protocol: SimpleConvNet (vanilla runs must be simple-conv), "
+                                                    "up to 10 epochs per tau level"),
+              deadline: Optional[str] = typer.Option(None, help="UTC HH:MM after which no new cell starts"),
+              wait: bool = typer.Option(True, help="wait for vanilla runs that are still training")) -> None:
+    """FFW benchmark (Tables 1, 2, 5, 6 of the paper, baselines, cost); writes OUT/results.md."""
+    from ..bench._ffw import run_ffw_bench
+    path = run_ffw_bench(root=out, vanilla_root=vanilla_root, tables=tuple(tables or ()), rhos=tuple(rho or ()),
+                         seeds=tuple(range(seeds)), full=full, deadline=deadline, wait=wait,
+                         command=invoked_command(), echo=console.print)
+    console.print(path.read_text())

@@ -1,0 +1,204 @@
+"""FFW on a run folder made by ``debiaskit train``: search, before/after audit, export, all written atomically.
+
+An FFW folder holds ``ffw.json`` (settings, history, selection, before/after numbers, sparsity,
+timings), ``report.md``, ``model.safetensors`` (the exported plain network) and
+``masks.safetensors`` (1 = kept). While the search runs, a resumable checkpoint lives in the hidden
+sibling ``.NAME.partial/`` (safetensors + JSON); it is removed once the folder is complete.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..audit import audit_model
+from ..data import BiasDataset, iterate_batches
+from ..errors import ConfigError, DataError, RunExistsError
+from ..runs import atomic_folder, check_writable, load_run, package_versions, read_json, save_weights, write_json, write_text
+from ._export import count_parameters, inference_time, resize_like, save_masks
+from ._search import FFWConfig, FFWResult, find_fantastic_weights
+
+FFW_FILE = "ffw.json"
+PSEUDO_BIAS_FILE = Path("discover") / "pseudo_bias.safetensors"
+
+
+def default_out(run_dir: Path, mode: str, gamma: float, include_head: bool = False, bias_labels: str = "true") -> Path:
+    g = f"{gamma:g}"
+    suffix = ("-head" if include_head else "") + ("-discovered" if bias_labels == "discovered" else "")
+    return Path(run_dir) / f"ffw-{mode}-g{g}{suffix}"
+
+
+def partial_dir(out: Path) -> Path:
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def with_pseudo_bias(data: BiasDataset, pseudo: torch.Tensor, *, what: str) -> BiasDataset:
+    """The same samples with ``pseudo`` as bias labels (aligned/conflicting is unknown then)."""
+    pseudo = torch.as_tensor(pseudo)
+    if pseudo.dtype != torch.int64 or pseudo.ndim != 1 or len(pseudo) != len(data):
+        raise DataError(f"pseudo-bias labels for {what} must be int64 of shape ({len(data)},), got "
+                        f"{pseudo.dtype} {tuple(pseudo.shape)}; re-run `debiaskit discover`")
+    if int(pseudo.min()) < 0:
+        raise DataError(f"pseudo-bias labels for {what} must be >= 0")
+    out = data.subset(torch.arange(len(data)))
+    return replace(out, b=pseudo.clone(), aligned=None, num_bias_classes=max(data.num_bias_classes, int(pseudo.max()) + 1),
+                   info={**data.info, "pseudo_bias": True})
+
+
+def load_pseudo_bias(run_dir: Path, splits) -> tuple[BiasDataset, BiasDataset]:
+    from safetensors.torch import load_file
+    path = Path(run_dir) / PSEUDO_BIAS_FILE
+    if not path.is_file():
+        raise DataError(f"--bias-labels discovered needs {path}; run `debiaskit discover {run_dir}` first")
+    tensors = load_file(str(path))
+    out = []
+    for split in ("unbiased_train", "unbiased_val"):
+        key = f"{split}.pseudo_bias"
+        if key not in tensors:
+            raise DataError(f"{path} has no {key!r} (keys: {', '.join(sorted(tensors))}); re-run `debiaskit discover {run_dir}`")
+        out.append(with_pseudo_bias(getattr(splits, split), tensors[key], what=split))
+    return out[0], out[1]
+
+
+@dataclass
+class FFWRun:
+    result: FFWResult
+    before: Any   # AuditReport of the vanilla model
+    after: Any    # AuditReport of the exported model
+    out: Path
+    info: dict[str, Any]
+
+
+def _speed(result: FFWResult, original: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Median forward time of the hard-masked original-size network vs the exported one."""
+    result.gated.state.hard = True
+    masked = inference_time(result.gated.model, x)
+    exported = inference_time(result.model, x)
+    dense = inference_time(original, x)
+    return {"batch": len(x), "original_s": dense, "masked_s": masked, "exported_s": exported,
+            "speedup_vs_original": dense / exported, "threads": torch.get_num_threads()}
+
+
+def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, include_head: bool = False,
+            out: Path | None = None, resume: bool = False, force: bool = False, bias_labels: str = "true",
+            seed: int = 0, device: str = "cpu", callback: Callable[[dict], None] | None = None,
+            audit_counterfactual: bool = True, command: str | None = None, **overrides) -> FFWRun:
+    """Run FFW on the vanilla model of ``run_dir`` and write an FFW folder (see module docstring).
+
+    Example::
+
+        run = ffw_run(Path("runs/vanilla"), mode="structured")
+        run.after.headline()["bias_extractability"], run.result.sparsity["overall"]
+    """
+    if bias_labels not in ("true", "discovered"):
+        raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
+    config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)  # fail fast
+    start = time.perf_counter()
+    out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels)
+    partial = partial_dir(out)
+    check_writable(out, force=force)
+    if partial.exists() and not resume:
+        if not force:
+            raise RunExistsError(f"an interrupted FFW search is kept in {partial}; pass --resume to continue it "
+                                 "or --force to start afresh")
+        shutil.rmtree(partial)
+    if resume and not partial.exists():
+        raise ConfigError(f"nothing to resume: {partial} does not exist (start without --resume)")
+    run = load_run(run_dir)
+    splits = run.splits()
+    train, val = splits.unbiased_train, splits.unbiased_val
+    if bias_labels == "discovered":
+        train, val = load_pseudo_bias(run_dir, splits)
+    audit_kw = dict(test=splits.test, unbiased_train=splits.unbiased_train, unbiased_val=splits.unbiased_val,
+                    head=run.head, seed=seed, counterfactual=audit_counterfactual, device=device)
+    before = audit_model(run.model, **audit_kw)
+    result = find_fantastic_weights(run.model, head=run.head, train=train, val=val, config=config, device=device,
+                                    checkpoint_dir=partial, resume=resume, callback=callback)
+    after = result.audit(**{k: v for k, v in audit_kw.items() if k != "head"})
+    x = next(iter(iterate_batches(splits.test, batch_size=256))).x
+    speed = _speed(result, run.model, x)
+    wall = time.perf_counter() - start
+    info = {
+        "kind": "ffw", "status": "finished",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "run": str(Path(run_dir)), "mode": mode, "bias_labels": bias_labels,
+        "model": {**run.meta["model"], "shapes": result.shapes}, "data": run.meta["data"],
+        "vanilla_train_time_s": run.meta.get("wall_time_s"),
+        "search": result.summary(), "history": result.history,
+        "before": before.headline(), "after": after.headline(),
+        "parameters": {"before": count_parameters(run.model), "after": count_parameters(result.model),
+                       "nonzero_after": sum(int((p != 0).sum()) for p in result.model.parameters())},
+        "inference": speed, "search_time_s": result.wall_time_s, "wall_time_s": wall,
+        "selection": ("hard-masked model with the lowest J = CE + gamma * MI on D^u_val" if config.selection == "objective"
+                      else "hard-masked model with the highest task accuracy on D^u_val"),
+        "bias_labels_note": ("MI term, privacy head and selection used discovered pseudo-bias labels; the before/after "
+                             "audit uses the true bias labels (reporting only)" if bias_labels == "discovered"
+                             else "true bias labels of D^u_train / D^u_val"),
+        "versions": package_versions(), "weights": "model.safetensors", "masks": "masks.safetensors",
+    }
+    with atomic_folder(out, force=force) as staging:
+        save_weights(result.model, staging / "model.safetensors")
+        save_masks(result.masks, staging / "masks.safetensors")
+        write_json(staging / FFW_FILE, info)
+        write_text(staging / "report.md", report_markdown(info))
+    shutil.rmtree(partial, ignore_errors=True)
+    return FFWRun(result=result, before=before, after=after, out=out, info=info)
+
+
+def load_ffw_model(folder: Path) -> nn.Module:
+    """Rebuild the exported network of an FFW folder (plain torch modules; no gate classes)."""
+    from ..models import build_model
+    from ..runs import load_weights
+    folder = Path(folder)
+    info = read_json(folder / FFW_FILE)
+    spec = info["model"]
+    model = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]))
+    if spec.get("shapes"):
+        resize_like(model, spec["shapes"])
+    load_weights(model, folder / info["weights"])
+    return model.eval()
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def before_after_rows(info: dict[str, Any]) -> list[tuple[str, str, str]]:
+    b, a = info["before"], info["after"]
+    sp = info["search"]["sparsity"]
+    rows = [(label, _pct(b.get(k)), _pct(a.get(k))) for label, k in (
+        ("unbiased task accuracy", "task_accuracy"), ("aligned accuracy", "aligned_accuracy"),
+        ("conflicting accuracy", "conflicting_accuracy"), ("worst-group accuracy", "worst_group_accuracy"),
+        ("bias extractability (fresh privacy head)", "bias_extractability"))]
+    unit = "units" if info["mode"] == "structured" else "gated weights"
+    rows.append((f"sparsity ({unit} removed)", "0.00", _pct(sp["overall"])))
+    par = info["parameters"]
+    rows.append(("parameters (non-zero)", str(par["before"]), f"{par['after']} ({par.get('nonzero_after', par['after'])})"))
+    sp_in = info["inference"]
+    rows.append(("inference ms / batch of %d" % sp_in["batch"], f"{1000 * sp_in['original_s']:.2f}", f"{1000 * sp_in['exported_s']:.2f}"))
+    rows.append(("wall time (s)", f"{info.get('vanilla_train_time_s') or 0:.0f} (training)", f"{info['wall_time_s']:.0f} (FFW total)"))
+    return rows
+
+
+def report_markdown(info: dict[str, Any]) -> str:
+    s = info["search"]
+    sel = s["selected"]
+    lines = [f"# FFW ({info['mode']}, gamma {s['config']['gamma']:g}) on {info['run']}", "",
+             f"Command: `{info.get('command')}`", "",
+             f"Selection: {info['selection']}; selected epoch {sel['epoch']} (tau {sel['tau']:.3g}); "
+             f"stop: {s['stop_reason']}. Bias labels: {info['bias_labels_note']}.", "",
+             "Task / group accuracies on the unbiased test set (sample-weighted; worst group = min over non-empty "
+             "(target, bias) groups). Bias extractability: privacy head trained afresh on D^u_train bottleneck "
+             "features, early-stopped on D^u_val, scored on the unbiased test.", "",
+             "| | before (vanilla) | after (FFW) |", "|---|---|---|"]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in before_after_rows(info)]
+    lines += ["", "Sparsity per layer (% removed):", "", "| layer | removed |", "|---|---|"]
+    lines += [f"| {k} | {100 * v:.2f} |" for k, v in s["sparsity"]["per_layer"].items()]
+    return "\n".join(lines) + "\n"

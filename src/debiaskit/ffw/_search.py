@@ -1,0 +1,485 @@
+"""Algorithm 1 of FFW: learn gates on a frozen model so that the bias cannot be read at the bottleneck.
+
+One step on a batch of D^u_train (x, y, b):
+
+    logits, z = f_gated(x)                       # weights, biases, BatchNorm frozen (eval mode)
+    J = CE(logits, y) + gamma * MI(P(z), b)      # MI: normalised empirical mutual information
+    gates  <- step on dJ/dm only                 # J's gradient on P is never computed (discarded)
+    P      <- step on CE(P(z.detach()), b)       # the privacy head never reaches the encoder
+
+Schedule: tau = 1; repeat { train until the objective on D^u_val plateaus; tau *= tau_decay } until
+the tau-model and the hard-masked model (tau -> 0) agree on D^u_val. After every epoch the
+*hard-masked* model is scored on D^u_val and the best one is kept: the soft model can be far better
+than its hard mask (methods.md), so only hard models are ever reported or selected.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..audit import normalized_mutual_information
+from ..data import iterate_batches
+from ..errors import ConfigError, DataError, ModelError
+from ..models import forward_with_bottleneck, head_shape, resolve_head
+from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
+from ._gates import GatedModel, GateState, freeze, install_gates
+
+CHECKPOINT_TENSORS = "checkpoint.safetensors"
+CHECKPOINT_JSON = "checkpoint.json"
+
+
+@dataclass
+class FFWConfig:
+    """Hyper-parameters of :func:`find_fantastic_weights` (paper defaults unless said otherwise).
+
+    gamma: weight of the MI term (paper: 10). tau_decay: tau *= tau_decay at each plateau (paper 0.5;
+    the public code uses 0.1). patience / plateau_threshold: a level ends when the D^u_val objective
+    has not improved by a relative ``plateau_threshold`` for ``patience`` epochs (or after
+    ``max_epochs_per_level``). agree_tol: stop when soft and hard model differ by at most this in
+    D^u_val task accuracy and in privacy-head accuracy. Privacy head: SGD lr 0.1, momentum 0.9,
+    wd 1e-4 (public code). Gates: ``gate_optimizer`` / ``gate_lr`` (our choice, documented in
+    benchmarks/ffw.md). selection: "objective" = lowest J = CE + gamma * MI of the hard-masked model on
+    D^u_val; "accuracy" = highest hard-masked D^u_val task accuracy.
+    """
+
+    mode: str = "unstructured"
+    gamma: float = 10.0
+    include_head: bool = False
+    tau_init: float = 1.0
+    tau_decay: float = 0.5
+    max_levels: int = 20
+    min_epochs_per_level: int = 1
+    max_epochs_per_level: int = 10
+    patience: int = 2
+    plateau_threshold: float = 1e-3
+    agree_tol: float = 0.01
+    batch_size: int = 256
+    gate_optimizer: str = "sgd"
+    gate_lr: float = 0.1
+    head_lr: float = 0.1
+    head_momentum: float = 0.9
+    head_weight_decay: float = 1e-4
+    head_pretrain_epochs: int = 30
+    head_pretrain_patience: int = 3
+    selection: str = "objective"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("unstructured", "structured"):
+            raise ConfigError(f"mode must be 'unstructured' or 'structured', got {self.mode!r}")
+        if not (self.gamma >= 0 and math.isfinite(self.gamma)):
+            raise ConfigError(f"gamma must be a finite number >= 0, got {self.gamma}")
+        if not 0 < self.tau_decay < 1:
+            raise ConfigError(f"tau_decay must lie in (0, 1), got {self.tau_decay}")
+        if self.tau_init <= 0 or self.max_levels < 1 or self.max_epochs_per_level < 1 or self.batch_size < 1:
+            raise ConfigError("tau_init, max_levels, max_epochs_per_level and batch_size must be positive")
+        if self.min_epochs_per_level > self.max_epochs_per_level:
+            raise ConfigError("min_epochs_per_level must not exceed max_epochs_per_level")
+        if self.gate_optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"gate_optimizer must be 'adam' or 'sgd', got {self.gate_optimizer!r}")
+        if self.selection not in ("objective", "accuracy"):
+            raise ConfigError(f"selection must be 'objective' or 'accuracy', got {self.selection!r}")
+
+
+@dataclass
+class FFWResult:
+    """What :func:`find_fantastic_weights` found.
+
+    ``model``: the exported plain network (unstructured: the original architecture with the zeros
+    baked in; structured: the physically smaller network). ``masks``: hard masks of the selected
+    state (1 = kept). ``gated``: the gated working copy, set to the selected hard masks (for checks).
+    ``selected``: the D^u_val record of the selected hard model; ``history``: one record per epoch.
+    """
+
+    model: nn.Module
+    masks: dict[str, Tensor]
+    config: FFWConfig
+    head: str
+    history: list[dict[str, Any]]
+    selected: dict[str, Any]
+    sparsity: dict[str, Any]
+    stop_reason: str
+    wall_time_s: float
+    gated: GatedModel
+    privacy_heads: list[nn.Linear]
+    shapes: dict[str, dict[str, int]] | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    def audit(self, *, test, unbiased_train, unbiased_val, seed: int = 0, **kwargs):
+        """Audit the exported model (fresh privacy head on its bottleneck): an ``AuditReport``."""
+        from ..audit import audit_model
+        return audit_model(self.model, test=test, unbiased_train=unbiased_train, unbiased_val=unbiased_val,
+                           head=self.head, seed=seed, **kwargs)
+
+    def summary(self) -> dict[str, Any]:
+        return {"mode": self.mode, "config": asdict(self.config), "selected": self.selected,
+                "sparsity": self.sparsity, "stop_reason": self.stop_reason, "wall_time_s": self.wall_time_s,
+                "epochs": len(self.history) - 1, "shapes": self.shapes}
+
+
+def _bias_columns(b: Tensor) -> list[Tensor]:
+    return [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
+
+
+def _check_data(train, val) -> int:
+    for name, data in (("train (D^u_train)", train), ("val (D^u_val)", val)):
+        b = getattr(data, "b", None)
+        if b is None:
+            raise DataError(f"FFW needs bias labels on its {name} data (the MI term, the privacy head and the "
+                            "selection all read them); pass a split with bias labels, or pseudo-bias labels "
+                            "from `debiaskit discover`")
+        for a, col in enumerate(_bias_columns(b)):
+            if len(torch.unique(col)) < 2:
+                raise DataError(f"the bias labels of {name} (attribute {a}) hold a single class: there is "
+                                "no bias to remove (MI is undefined with one bias class)")
+    n_bias = getattr(train, "num_bias_classes", None)
+    if n_bias is None or n_bias < 2:
+        raise DataError("FFW needs at least two bias classes (num_bias_classes of the data)")
+    return int(n_bias)
+
+
+def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], privacy_heads: list[nn.Linear],
+             x: Tensor, y: Tensor, b: Tensor, *, gamma: float, num_bias: int) -> dict[str, float]:
+    """Gradients of one FFW step, written into ``.grad`` (the caller steps the optimisers).
+
+    Gates get dJ/dm with J = CE(f(x), y) + gamma * sum_a MI(P_a(z), b_a): ``torch.autograd.grad`` with
+    the gates as the only inputs, so J's gradient on the privacy heads is never computed (discarded).
+    Each head P_a gets the gradient of CE(P_a(z.detach()), b_a): nothing flows back into the encoder
+    or the gates. Frozen weights receive no gradient at all.
+    """
+    logits, z = forward_with_bottleneck(model, x, head)
+    ce = F.cross_entropy(logits, y)
+    cols = _bias_columns(b)
+    mi = sum(normalized_mutual_information(h(z).softmax(1), col, num_bias) for h, col in zip(privacy_heads, cols))
+    loss = ce + gamma * mi
+    grads = torch.autograd.grad(loss, gate_params)
+    for p, g in zip(gate_params, grads):
+        p.grad = g
+    zd = z.detach()
+    head_loss = 0.0
+    for h, col in zip(privacy_heads, cols):
+        for p in h.parameters():
+            p.grad = None
+        hl = F.cross_entropy(h(zd), col)
+        hl.backward()
+        head_loss += float(hl.detach())
+    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "mi": float(mi.detach()), "head_loss": head_loss}
+
+
+class _Search:
+    """The state of one FFW search (kept in an object so that it can be checkpointed and resumed)."""
+
+    def __init__(self, model: nn.Module, *, head: str, train, val, config: FFWConfig, device, callback) -> None:
+        self.cfg, self.train, self.val, self.device, self.callback = config, train, val, torch.device(device), callback
+        self.num_bias = _check_data(train, val)
+        self.n_attr = len(_bias_columns(train.b))
+        self.head = head
+        self.work = copy.deepcopy(model).to(self.device)
+        freeze(self.work)
+        example = next(iter(iterate_batches(train, batch_size=2, device=self.device))).x
+        self.state = GateState(tau=config.tau_init)
+        self.gated = install_gates(self.work, mode=config.mode, head=head, example=example,
+                                   include_head=config.include_head, state=self.state)
+        d, _ = head_shape(self.work, head)
+        torch.manual_seed(config.seed)
+        self.heads = [nn.Linear(d, self.num_bias).to(self.device) for _ in range(self.n_attr)]
+        self.head_opts = [torch.optim.SGD(h.parameters(), lr=config.head_lr, momentum=config.head_momentum,
+                                          weight_decay=config.head_weight_decay) for h in self.heads]
+        opt = torch.optim.Adam if config.gate_optimizer == "adam" else (
+            lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
+        self.gate_opt = opt(self.gated.parameters(), lr=config.gate_lr)
+        self.progress = {"level": 0, "tau": config.tau_init, "epoch_in_level": 0, "epoch": 0,
+                         "plateau_best": None, "bad_epochs": 0, "done": False, "stop_reason": None}
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.best_gates: dict[str, Tensor] | None = None
+        self.step = 0
+
+    # ---- privacy head pre-training on the vanilla model (gates all at 1) ----
+    @torch.no_grad()
+    def _features(self, data, *, hard: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self.state.hard = hard
+        logits, zs, ys, bs = [], [], [], []
+        for batch in iterate_batches(data, batch_size=512, device=self.device):
+            out, z = forward_with_bottleneck(self.work, batch.x, self.head)
+            logits.append(out)
+            zs.append(z)
+            ys.append(batch.y)
+            bs.append(batch.b)
+        self.state.hard = False
+        return torch.cat(logits), torch.cat(zs), torch.cat(ys), torch.cat(bs)
+
+    def pretrain_heads(self) -> None:
+        """Train each privacy head on detached vanilla features until its D^u_val loss plateaus."""
+        _, z_tr, _, b_tr = self._features(self.train, hard=False)
+        _, z_va, _, b_va = self._features(self.val, hard=False)
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        for a, (head, opt) in enumerate(zip(self.heads, self.head_opts)):
+            bt, bv = _bias_columns(b_tr)[a], _bias_columns(b_va)[a]
+            best, bad = math.inf, 0
+            for _ in range(self.cfg.head_pretrain_epochs):
+                order = torch.randperm(len(z_tr), generator=gen)
+                for start in range(0, len(order), self.cfg.batch_size):
+                    idx = order[start:start + self.cfg.batch_size]
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(head(z_tr[idx]), bt[idx]).backward()
+                    opt.step()
+                with torch.no_grad():
+                    loss = float(F.cross_entropy(head(z_va), bv))
+                if loss < best * (1 - self.cfg.plateau_threshold):
+                    best, bad = loss, 0
+                else:
+                    bad += 1
+                    if bad >= self.cfg.head_pretrain_patience:
+                        break
+
+    # ---- one epoch of gates + privacy head on D^u_train ----
+    def train_epoch(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.state.tau, self.state.hard = self.progress["tau"], False
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.progress["epoch"])
+        sums = {"loss": 0.0, "ce": 0.0, "mi": 0.0, "head_loss": 0.0}
+        steps = 0
+        params = self.gated.parameters()
+        for batch in iterate_batches(self.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                                     device=self.device):
+            out = ffw_step(self.work, self.head, params, self.heads, batch.x, batch.y, batch.b,
+                           gamma=cfg.gamma, num_bias=self.num_bias)
+            for opt in self.head_opts:
+                opt.step()
+            self.gate_opt.step()
+            for k in sums:
+                sums[k] += out[k]
+            loss = out["loss"]
+            steps += 1
+            self.step += 1
+            if not math.isfinite(loss):
+                raise ModelError(f"FFW diverged (loss {loss}) at tau {self.state.tau}; lower gate_lr")
+            if self.callback is not None:
+                self.callback({"kind": "step", "step": self.step, "epoch": self.progress["epoch"] + 1,
+                               "loss": loss})
+        return {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def evaluate(self, *, hard: bool) -> dict[str, float]:
+        """Task accuracy, CE, privacy-head accuracy and MI (per attribute, summed) on D^u_val."""
+        self.state.tau = self.progress["tau"]
+        logits, z, y, b = self._features(self.val, hard=hard)
+        ce = float(F.cross_entropy(logits, y))
+        accs, mis = [], []
+        for h, col in zip(self.heads, _bias_columns(b)):
+            p = h(z)
+            accs.append(float((p.argmax(1) == col).float().mean()))
+            mis.append(float(normalized_mutual_information(p.softmax(1), col, self.num_bias)))
+        return {"task": float((logits.argmax(1) == y).float().mean()), "ce": ce, "bias": sum(accs) / len(accs),
+                "mi": sum(mis), "objective": ce + self.cfg.gamma * sum(mis)}
+
+    def gate_stats(self) -> dict[str, float]:
+        masks = self.gated.hard_masks()
+        total = sum(m.numel() for m in masks.values())
+        pruned = sum(int((m == 0).sum()) for m in masks.values())
+        tau = self.progress["tau"]
+        # gates that the hard mask prunes but the tau-model still mostly passes (the soft/hard gap)
+        undecided = sum(int(((g.m < 0) & (2 * torch.sigmoid(g.m / tau) > 0.5)).sum()) for g in self.gated.gates.values())
+        return {"sparsity": pruned / total, "undecided": undecided / total}
+
+    def _score(self, record: dict[str, Any]) -> float:
+        hard = record["val_hard"]
+        return -hard["objective"] if self.cfg.selection == "objective" else hard["task"]
+
+    def consider(self, record: dict[str, Any]) -> None:
+        """Keep the best hard-masked state on D^u_val."""
+        score = self._score(record)
+        record["selection_score"] = score
+        if self.best is None or score > self.best["selection_score"]:
+            self.best = record
+            self.best_gates = {k: v.clone() for k, v in self.gated.gate_tensors().items()}
+
+    def initial_record(self) -> None:
+        """Epoch 0: the vanilla model (every gate at 1) is a candidate too: FFW may not beat it."""
+        rec = {"epoch": 0, "level": 0, "tau": self.progress["tau"], "val_soft": self.evaluate(hard=False),
+               "val_hard": self.evaluate(hard=True), **self.gate_stats(), "time_s": 0.0}
+        self.history.append(rec)
+        self.consider(rec)
+
+    def end_level(self, soft: dict, hard: dict) -> None:
+        p, cfg = self.progress, self.cfg
+        agree = abs(soft["task"] - hard["task"]) <= cfg.agree_tol and abs(soft["bias"] - hard["bias"]) <= cfg.agree_tol
+        if agree:
+            p["done"], p["stop_reason"] = True, f"tau-model and hard-masked model agree on D^u_val at tau={p['tau']:.3g}"
+        elif p["level"] + 1 >= cfg.max_levels:
+            p["done"], p["stop_reason"] = True, f"max_levels={cfg.max_levels} reached (tau={p['tau']:.3g}) before agreement"
+        else:
+            p["level"] += 1
+            p["tau"] *= cfg.tau_decay
+            p["epoch_in_level"], p["plateau_best"], p["bad_epochs"] = 0, None, 0
+
+    def run_epoch(self, start_time: float, time_offset: float) -> dict[str, Any]:
+        p, cfg = self.progress, self.cfg
+        stats = self.train_epoch()
+        p["epoch"] += 1
+        p["epoch_in_level"] += 1
+        soft, hard = self.evaluate(hard=False), self.evaluate(hard=True)
+        rec = {"epoch": p["epoch"], "level": p["level"], "tau": p["tau"], **stats, "val_soft": soft, "val_hard": hard,
+               **self.gate_stats(), "time_s": time_offset + time.perf_counter() - start_time}
+        self.history.append(rec)
+        self.consider(rec)
+        best = p["plateau_best"]
+        if best is None or soft["objective"] < best - cfg.plateau_threshold * abs(best):
+            p["plateau_best"], p["bad_epochs"] = soft["objective"], 0
+        else:
+            p["bad_epochs"] += 1
+        plateau = p["bad_epochs"] >= cfg.patience and p["epoch_in_level"] >= cfg.min_epochs_per_level
+        if plateau or p["epoch_in_level"] >= cfg.max_epochs_per_level:
+            rec["level_end"] = True
+            self.end_level(soft, hard)
+        return rec
+
+    # ---- checkpoint (safetensors + JSON, no pickle) ----
+    def save_checkpoint(self, folder: Path, *, wall_time_s: float) -> None:
+        from safetensors.torch import save_file
+
+        from ..runs import write_json
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"gate.{k}": v.contiguous() for k, v in self.gated.gate_tensors().items()}
+        tensors.update({f"best.{k}": v.contiguous() for k, v in (self.best_gates or {}).items()})
+        meta: dict[str, Any] = {"optimizers": {}}
+        for i, h in enumerate(self.heads):
+            tensors.update({f"head{i}.{k}": v.detach().contiguous() for k, v in h.state_dict().items()})
+        for tag, opt in [("gateopt", self.gate_opt)] + [(f"headopt{i}", o) for i, o in enumerate(self.head_opts)]:
+            sd = opt.state_dict()
+            scalars = {}
+            for idx, st in sd["state"].items():
+                for k, v in st.items():
+                    if torch.is_tensor(v):
+                        tensors[f"{tag}.{idx}.{k}"] = v.detach().contiguous()
+                    else:
+                        scalars[f"{idx}.{k}"] = v
+            meta["optimizers"][tag] = {"param_groups": sd["param_groups"], "scalars": scalars}
+        tmp = folder / f".{CHECKPOINT_TENSORS}.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(folder / CHECKPOINT_TENSORS)
+        meta.update({"config": asdict(self.cfg), "progress": self.progress, "history": self.history,
+                     "best": self.best, "step": self.step, "wall_time_s": wall_time_s})
+        write_json(folder / CHECKPOINT_JSON, meta)
+
+    def load_checkpoint(self, folder: Path) -> float:
+        from safetensors.torch import load_file
+        folder = Path(folder)
+        if not (folder / CHECKPOINT_JSON).is_file() or not (folder / CHECKPOINT_TENSORS).is_file():
+            raise ConfigError(f"nothing to resume in {folder}: no {CHECKPOINT_JSON} / {CHECKPOINT_TENSORS}")
+        meta = json.loads((folder / CHECKPOINT_JSON).read_text())
+        saved = meta["config"]
+        ours = json.loads(json.dumps(asdict(self.cfg)))
+        diff = sorted(k for k in ours if saved.get(k) != ours[k])
+        if diff:
+            raise ConfigError(f"the checkpoint in {folder} was made with other settings ({', '.join(f'{k}={saved.get(k)!r}' for k in diff)}); "
+                              "resume with the same settings, or start afresh with --force")
+        tensors = load_file(str(folder / CHECKPOINT_TENSORS))
+        self.gated.load_gate_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.best_gates = best or None
+        for i, h in enumerate(self.heads):
+            h.load_state_dict({k[len(f"head{i}."):]: v for k, v in tensors.items() if k.startswith(f"head{i}.")})
+        for tag, opt in [("gateopt", self.gate_opt)] + [(f"headopt{i}", o) for i, o in enumerate(self.head_opts)]:
+            info = meta["optimizers"][tag]
+            state: dict[int, dict[str, Any]] = {}
+            for k, v in tensors.items():
+                if k.startswith(tag + "."):
+                    _, idx, name = k.split(".", 2)
+                    state.setdefault(int(idx), {})[name] = v
+            for k, v in info["scalars"].items():
+                idx, name = k.split(".", 1)
+                state.setdefault(int(idx), {})[name] = v
+            opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        self.progress, self.history, self.best, self.step = meta["progress"], meta["history"], meta["best"], meta["step"]
+        return float(meta.get("wall_time_s", 0.0))
+
+
+def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = None, mode: str = "unstructured",
+                           gamma: float = 10.0, include_head: bool = False, tau_decay: float = 0.5,
+                           config: FFWConfig | None = None, device: str | torch.device = "cpu",
+                           checkpoint_dir: Path | None = None, resume: bool = False, inplace: bool = False,
+                           callback: Callable[[dict[str, Any]], None] | None = None, **overrides) -> FFWResult:
+    """Find a sub-network of a frozen ``model`` whose bottleneck carries no bias (FFW, Algorithm 1).
+
+    ``train`` / ``val``: D^u_train / D^u_val, datasets of (x, y, b) with bias labels (``b`` may be
+    (N, A) for several bias attributes: one privacy head and one MI term per attribute). ``head``: name
+    of the classifier module (default ``model.head_name``); the bottleneck is its input. Keyword
+    ``overrides`` set any :class:`FFWConfig` field (or pass ``config``). ``checkpoint_dir``: write a
+    resumable checkpoint there after every epoch (also kept when interrupted with Ctrl-C);
+    ``resume=True`` continues from it. ``model`` itself is left untouched unless ``inplace=True``
+    (unstructured only: the hard masks are then baked into its weights). ``callback(event)`` is called
+    after every step (``kind="step"``) and epoch (``kind="epoch"``).
+
+    Example::
+
+        from debiaskit.ffw import find_fantastic_weights
+        result = find_fantastic_weights(model, head="fc", train=splits.unbiased_train,
+                                        val=splits.unbiased_val, mode="structured", gamma=10)
+        result.sparsity["overall"], result.selected["val_hard"]["task"]
+        report = result.audit(test=splits.test, unbiased_train=splits.unbiased_train,
+                              unbiased_val=splits.unbiased_val)
+    """
+    start = time.perf_counter()
+    if config is None:
+        config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, tau_decay=tau_decay, **overrides)
+    elif overrides:
+        raise ConfigError("pass either config= or keyword overrides, not both")
+    if inplace and config.mode == "structured":
+        raise ConfigError("inplace=True is for unstructured FFW; a structured result is a new, smaller network")
+    head_name, _ = resolve_head(model, head)
+    head_shape(model, head_name)  # the privacy head copies a Linear head's shape
+    search = _Search(model, head=head_name, train=train, val=val, config=config, device=device, callback=callback)
+    time_offset = 0.0
+    if resume:
+        if checkpoint_dir is None:
+            raise ConfigError("resume=True needs the checkpoint_dir of the interrupted search")
+        time_offset = search.load_checkpoint(checkpoint_dir)
+    else:
+        search.pretrain_heads()
+        search.initial_record()
+    try:
+        while not search.progress["done"]:
+            rec = search.run_epoch(start, time_offset)
+            if checkpoint_dir is not None:
+                search.save_checkpoint(checkpoint_dir, wall_time_s=time_offset + time.perf_counter() - start)
+            if callback is not None:
+                callback({"kind": "epoch", **rec})
+    except KeyboardInterrupt:
+        # the last completed epoch (and the best hard state so far) is already in checkpoint_dir
+        raise
+    return _finish(search, model, inplace=inplace, wall_time_s=time_offset + time.perf_counter() - start)
+
+
+def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: float) -> FFWResult:
+    cfg = search.cfg
+    search.gated.load_gate_tensors(search.best_gates)
+    search.state.hard = True
+    masks = search.gated.hard_masks()
+    shapes = None
+    if cfg.mode == "unstructured":
+        exported = apply_unstructured_masks(model, {f"{k}.weight": v for k, v in masks.items()}, copy_model=not inplace)
+        sparsity = unstructured_sparsity(masks)
+        sparsity["counts_head"] = cfg.include_head
+    else:
+        example = next(iter(iterate_batches(search.train, batch_size=2))).x
+        exported, shapes = prune_structured(model, masks, head=search.head, example=example)
+        sparsity = structured_sparsity(masks, model, exported)
+    exported.eval()
+    return FFWResult(model=exported, masks=masks, config=cfg, head=search.head, history=search.history,
+                     selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],
+                     wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes)
