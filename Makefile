@@ -24,7 +24,9 @@ demo: $(STAMP)
 	$(BIN)/debiaskit train --dataset biased-mnist --rho 0.99 --model simple-conv-small \
 		--epochs 6 --seed 0 --out $(DEMO_DIR)/vanilla --force
 	$(BIN)/debiaskit audit $(DEMO_DIR)/vanilla
-	@echo "Report: $(DEMO_DIR)/vanilla/audit/report.md (JSON: audit.json, plots: *.png)"
+	$(BIN)/debiaskit ffw $(DEMO_DIR)/vanilla --mode unstructured --out $(DEMO_DIR)/ffw --force
+	@echo "Audit report: $(DEMO_DIR)/vanilla/audit/report.md (JSON: audit.json, plots: *.png)"
+	@echo "FFW report:   $(DEMO_DIR)/ffw/report.md (pruned model: model.safetensors, masks: masks.safetensors)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests

@@ -30,6 +30,22 @@ class MethodInfo:
     retrains: bool = True                 # trains weights (vs post-hoc surgery)
     post_hoc: bool = False                # applied to a trained vanilla model
     defaults: dict[str, dict[str, Default]] = field(default_factory=dict)  # dataset family -> name -> Default
+    # Optional, additive fields (older registrations keep working without them):
+    uses_counterfactuals: bool = False    # needs the recipe's counterfactual renderer (pairs differing only in b)
+    selection: str = "last"               # model selection: "last" (label-free) or "val_worst_group" (D^u_val, bias labels)
+    apply: Callable[..., Any] | None = None  # post-hoc: apply(model, *, splits, head, seed, **config) -> (model, info)
+    reference: str = ""                   # paper the method comes from
+
+    @property
+    def selection_rule(self) -> str:
+        """The selection rule in words, for tables."""
+        return SELECTION_RULES.get(self.selection, self.selection)
+
+
+SELECTION_RULES = {
+    "last": "last epoch (label-free)",
+    "val_worst_group": "best worst-group accuracy on D^u_val (uses bias labels)",
+}
 
 
 METHODS: dict[str, MethodInfo] = {}
@@ -48,6 +64,7 @@ def dataset_family(dataset: str) -> str:
 
 
 def method_defaults(name: str, dataset: str) -> dict[str, Default]:
+    """Defaults of ``name`` for ``dataset``: the '*' entries overridden by the dataset family's."""
     info = get_method(name)
     fam = dataset_family(dataset)
     return {**info.defaults.get("*", {}), **info.defaults.get(fam, {})}

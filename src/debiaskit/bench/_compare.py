@@ -1,0 +1,444 @@
+"""The comparison harness: every method on the same data, model, budget and selection rule, one table.
+
+A suite is a dataset with one swept recipe parameter (rho = share of bias-aligned samples), a model
+and a training budget. Each (suite, parameter value, method, seed) cell is a folder holding
+``result.json`` (audit headline, wall time, method diagnostics) and, where the model has the zoo
+architecture, a loadable run (``run.json`` + ``model.safetensors``). Cells are written atomically;
+re-running a suite skips finished cells, so an interrupted suite resumes where it stopped.
+
+Rules that make the comparison fair:
+
+* same splits (``make_splits(dataset, params, seed=seed)``), same model, same optimiser, same
+  number of epochs for the model that is reported; auxiliary phases (JTT's identification model,
+  DCWP's mining + mask search, LfF's biased model) are extra and show up in the wall time;
+* post-hoc methods (FMD, FFW) start from the vanilla model of the same cell (its training time is
+  not counted in theirs);
+* selection on validation data only: label-free methods keep their last epoch (or their own
+  label-free criterion); methods that need bias labels for selection say so
+  (``MethodInfo.selection``); the test set is only ever used for the final numbers;
+* every model is evaluated by :func:`debiaskit.audit.audit_model` on the unbiased test set.
+
+Example::
+
+    from debiaskit.bench import run_compare, write_compare_results
+    cells = run_compare(suite="colored-mnist", root=Path("runs/bench/compare"), seeds=(0,), methods=["vanilla", "lff"])
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..audit import audit_model, group_metrics
+from ..data import make_splits
+from ..errors import ConfigError, DebiaskitError
+from ..methods import METHODS, Default, MethodInfo, build_method, get_method, method_defaults
+from ..models import build_model, collect_outputs, default_head_name
+from ..runs import (RUN_FILE, WEIGHTS_FILE, atomic_folder, is_finished, load_run, package_versions, read_json,
+                    save_weights, write_json, write_text)
+from ..train import TrainConfig, fit
+from ._common import fmt_pm, load_cell, machine_description, mean_std
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A comparison suite: dataset, swept parameter, model and budget (default and ``--full``)."""
+
+    name: str
+    dataset: str
+    values: tuple[float, ...]
+    model: str
+    epochs: int
+    train_size: int | None = None
+    param: str = "rho"
+    fixed: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 256
+    lr: float = 1e-3
+    unbiased_size: int = 10000
+    full_model: str | None = None
+    full_epochs: int | None = None
+    full_train_size: int | None = None
+    value_label: Callable[[float], str] = field(default=lambda v: f"rho {v}")
+    paper: dict[str, dict[float, str]] = field(default_factory=dict)   # method -> value -> published number
+    paper_source: str = ""
+    notes: str = ""
+
+    def at_full_budget(self) -> "Suite":
+        return replace(self, model=self.full_model or self.model, epochs=self.full_epochs or self.epochs,
+                       train_size=self.full_train_size)
+
+
+def _pct_conflicting(v: float) -> str:
+    return f"{100 * (1 - v):g}% conflicting"
+
+
+SUITES: dict[str, Suite] = {s.name: s for s in (
+    Suite(name="colored-mnist", dataset="colored-mnist", values=(0.995, 0.99, 0.98, 0.95), model="mlp", epochs=5,
+          full_epochs=100, value_label=_pct_conflicting,
+          paper={"vanilla": {0.995: "35.19", 0.99: "52.09", 0.98: "65.86", 0.95: "82.17"},
+                 "lff": {0.995: "52.50", 0.99: "61.89", 0.98: "71.03", 0.95: "80.57"},
+                 "dfa": {0.995: "65.22", 0.99: "81.58", 0.98: "84.79", 0.95: "89.66"},
+                 "dcwp": {0.95: "~98 (aggregator)"}},
+          paper_source="LfF protocol (MLP, 100 epochs), numbers as quoted by the DFA paper (unverified); "
+                       "DCWP from an aggregator (unverified)",
+          notes="LfF protocol: MLP 3x100, Adam 1e-3, batch 256; default budget 5 epochs (paper: 100)."),
+    Suite(name="biased-mnist", dataset="biased-mnist", values=(0.99, 0.995, 0.997, 0.999), model="simple-conv-small",
+          epochs=5, train_size=20000, full_model="simple-conv", full_epochs=80,
+          paper={"vanilla": {0.99: "88.46", 0.995: "74.23", 0.997: "46.04", 0.999: "10.02"},
+                 "lff": {0.99: "95.1", 0.995: "90.3", 0.997: "63.7", 0.999: "15.3"},
+                 "end": {0.99: "96.0", 0.995: "93.9", 0.997: "83.7", 0.999: "52.3"},
+                 "ffw": {0.99: "97.79", 0.995: "97.30", 0.997: "89.36", 0.999: "22.29"}},
+          paper_source="FFW paper Table 2 (SimpleConvNet, stride 1, 80 epochs)",
+          notes="default budget: simple-conv-small (stride 2), 5 epochs on 20000 biased training digits; "
+                "--full: SimpleConvNet, 80 epochs, all 50000 digits."),
+    Suite(name="multicolor-mnist", dataset="multicolor-mnist", values=(0.99,), fixed={"rho_right": 0.95},
+          model="simple-conv-small", epochs=5, train_size=20000, full_model="simple-conv", full_epochs=80,
+          value_label=lambda v: f"rho_L {v}, rho_R 0.95",
+          paper={"vanilla": {0.99: "58.9"}, "lff": {0.99: "52.0"}, "ffw": {0.99: "36.37"}},
+          paper_source="FFW paper Table 5 (mean of the 4 left/right subsets; our Task column is plain accuracy)"),
+    Suite(name="corrupted-mnist", dataset="corrupted-mnist", values=(0.95, 0.98, 0.99, 0.995), model="simple-conv-small",
+          epochs=5, train_size=20000, full_model="resnet18", full_epochs=100,
+          paper={"vanilla": {0.995: "20.50 (C-CIFAR)", 0.99: "23.90 (C-CIFAR)", 0.98: "29.92 (C-CIFAR)", 0.95: "43.03 (C-CIFAR)"},
+                 "lff": {0.995: "28.57 (C-CIFAR)", 0.99: "33.07 (C-CIFAR)", 0.98: "39.91 (C-CIFAR)", 0.95: "50.27 (C-CIFAR)"},
+                 "ffw": {0.995: "51.57 (C-CIFAR)", 0.99: "58.25 (C-CIFAR)", 0.98: "58.80 (C-CIFAR)", 0.95: "61.48 (C-CIFAR)"}},
+          paper_source="FFW paper Table 4 - Corrupted CIFAR-10, NOT MNIST: a different image source, shown for orientation only"),
+    Suite(name="toy", dataset="biased-toy", values=(0.95,), model="mlp", epochs=1, unbiased_size=600,
+          notes="debug suite: procedural toy digits, 1 epoch (seconds); not a benchmark"),
+)}
+
+# Budget-dependent method overrides: the default suites are CPU-sized, --full follows the papers.
+DEFAULT_OVERRIDES: dict[str, dict[str, Any]] = {"dcwp": {"mask_iters": 300}}
+FULL_OVERRIDES: dict[str, dict[str, Any]] = {"dcwp": {"mask_iters": 2000}}
+
+
+# -- FFW as a post-hoc entry (the FFW engineer owns debiaskit.ffw; we only call it) ---------------------------
+def _apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 0, **config) -> tuple[nn.Module, dict]:
+    from .. import ffw
+    result = ffw.find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
+                                        val=splits.unbiased_val, seed=seed, **config)
+    info = {"selected": getattr(result, "selected", None), "sparsity": getattr(result, "sparsity", None)}
+    return result.model, info
+
+
+def _ffw_entry() -> MethodInfo | None:
+    """FFW's harness entry: the registered one if the FFW module registered itself, else a local one
+    that calls ``debiaskit.ffw.find_fantastic_weights`` when it exists."""
+    if "ffw" in METHODS:
+        return METHODS["ffw"]
+    try:
+        from .. import ffw
+    except ImportError:
+        return None
+    if not hasattr(ffw, "find_fantastic_weights"):
+        return None
+    budget = "ours (CPU budget; paper: until plateau)"
+    return MethodInfo(
+        name="ffw", description="FFW: gates on the frozen vanilla weights so the bottleneck carries no bias",
+        factory=lambda **kw: None, uses_bias_labels=True, uses_unbiased_data=True, retrains=False, post_hoc=True,
+        apply=_apply_ffw, selection="ffw", reference="Nahon et al., ECCV 2024",
+        defaults={"*": {"mode": Default("unstructured", "paper (Table 2 main rows)"), "gamma": Default(10.0, "paper"),
+                        "max_epochs_per_level": Default(3, budget), "head_pretrain_epochs": Default(10, budget)}})
+
+
+FULL_FFW = {"max_epochs_per_level": 10, "head_pretrain_epochs": 30}
+
+
+def available_methods() -> dict[str, MethodInfo]:
+    """Registered methods plus harness-only entries (FFW), vanilla first."""
+    out = {"vanilla": get_method("vanilla")}
+    out.update({k: v for k, v in sorted(METHODS.items()) if k != "vanilla"})
+    ffw = _ffw_entry()
+    if ffw is not None:
+        out["ffw"] = ffw
+    return out
+
+
+def selection_rule(info: MethodInfo) -> str:
+    if info.selection == "ffw":
+        return "FFW's own rule: hard-masked model, lowest CE + gamma MI on D^u_val (uses bias labels of D^u)"
+    if info.name == "fmd":
+        return "step scale by accuracy on held-out counterfactual samples of D^b (label-free)"
+    if info.name == "calm":
+        return "its own label-free rule (pseudo-group-balanced accuracy on held-out D^b)"
+    return info.selection_rule
+
+
+# -- cells -------------------------------------------------------------------------------------------------
+def suite_folder(suite: Suite) -> str:
+    """Folder of a suite's cells: its name at the default budget, name@budget otherwise, so that cells
+    trained under different budgets (--full, --epochs, --train-size) are never mixed up by the cache."""
+    base = SUITES.get(suite.name)
+    keys = ("dataset", "model", "epochs", "train_size", "batch_size", "lr", "unbiased_size", "fixed")
+    if base is not None and all(getattr(base, k) == getattr(suite, k) for k in keys):
+        return suite.name
+    return f"{suite.name}@{suite.model}-{suite.epochs}ep-{suite.train_size or 'all'}-bs{suite.batch_size}-lr{suite.lr:g}-u{suite.unbiased_size}"
+
+
+def cell_dir(root: Path, suite: Suite, value: float, method: str, seed: int) -> Path:
+    return Path(root) / suite_folder(suite) / f"{suite.param}{value}" / method / f"seed{seed}"
+
+
+def _worst_group_on(dataset) -> Callable[[nn.Module], float]:
+    """Selection score: worst-group accuracy on D^u_val (min over bias attributes). Uses bias labels."""
+    def score(model: nn.Module) -> float:
+        out = collect_outputs(model, dataset, with_bottleneck=False)
+        b = out.b if out.b.ndim == 2 else out.b[:, None]
+        return min(group_metrics(out.logits.argmax(1), out.y, b[:, a], num_classes=dataset.num_classes,
+                                 num_bias=dataset.num_bias_classes).worst_group_accuracy for a in range(b.shape[1]))
+    return score
+
+
+def _headline(report) -> dict[str, Any]:
+    out = dict(report.headline())
+    if len(report.attributes) > 1:  # several bias attributes: worst group over all, per-attribute numbers
+        out["worst_group_accuracy"] = min(a.groups.worst_group_accuracy for a in report.attributes)
+        out["per_attribute"] = {a.name: {"conflicting_accuracy": a.groups.conflicting_accuracy,
+                                         "bias_extractability": a.bias_extractability,
+                                         "counterfactual_bias": a.counterfactual_bias} for a in report.attributes}
+    return out
+
+
+def _matches(meta: dict, suite: Suite, splits, config: TrainConfig) -> bool:
+    tr = meta.get("train", {})
+    return (meta.get("data") == splits.spec and meta.get("model", {}).get("name") == suite.model
+            and tr.get("epochs") == config.epochs and tr.get("batch_size") == config.batch_size
+            and tr.get("lr") == config.lr and tr.get("seed") == config.seed and meta.get("method", {}).get("name", "vanilla") == "vanilla")
+
+
+def _same_architecture(model: nn.Module, reference: nn.Module) -> bool:
+    a, b = model.state_dict(), reference.state_dict()
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+
+
+def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed: int, root: Path, splits,
+             full: bool, vanilla_from: Path | None = None, progress: bool = False,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train / derive one method on one (value, seed), audit it, write its cell atomically."""
+    folder = cell_dir(root, suite, value, method, seed)
+    config = TrainConfig(epochs=suite.epochs, batch_size=suite.batch_size, lr=suite.lr, seed=seed)
+    reference = build_model(suite.model, num_classes=splits.num_classes, input_shape=splits.train.input_shape)
+    head = default_head_name(reference)
+    overrides = dict((FULL_OVERRIDES if full else DEFAULT_OVERRIDES).get(method, {}))
+    if method == "ffw" and full:
+        overrides.update(FULL_FFW)
+    defaults = method_defaults(method, suite.dataset) if method in METHODS else {
+        k: d for k, d in info.defaults.get("*", {}).items()}
+    overrides = {k: v for k, v in overrides.items() if k in defaults}
+    method_config = {**{k: d.value for k, d in defaults.items()}, **overrides}
+    state: dict[str, Any] = {}
+    start = time.perf_counter()
+    reused = None
+    selected_epoch = None
+    if info.post_hoc and info.apply is not None:
+        base_dir = cell_dir(root, suite, value, "vanilla", seed)
+        vanilla = load_run(base_dir).model
+        model, state = info.apply(vanilla, splits=splits, head=head, seed=seed, **method_config)
+        wall = time.perf_counter() - start
+    else:
+        candidate = None if vanilla_from is None or method != "vanilla" else (
+            Path(vanilla_from) / f"{suite.dataset}-{suite.param}{value}-seed{seed}")
+        if candidate is not None and is_finished(candidate) and _matches(read_json(candidate / RUN_FILE), suite, splits, config):
+            run = load_run(candidate)
+            model, wall, reused = run.model, float(run.meta.get("wall_time_s", float("nan"))), str(candidate)
+            echo(f"  reusing vanilla run {candidate}")
+        else:
+            method_obj, method_config = build_method(method, dataset=suite.dataset, **overrides)
+            torch.manual_seed(seed)
+            model = build_model(suite.model, num_classes=splits.num_classes, input_shape=splits.train.input_shape)
+            select = _worst_group_on(splits.unbiased_val) if info.selection == "val_worst_group" else None
+            result = fit(model, splits.train, method=method_obj, config=config, num_classes=splits.num_classes,
+                         head=head, select=select, progress=progress)
+            model, wall, selected_epoch = result.model, result.wall_time_s, result.selected_epoch
+            state = method_obj.state()
+    model.eval()
+    report = audit_model(model, test=splits.test, unbiased_train=splits.unbiased_train,
+                         unbiased_val=splits.unbiased_val, head=head, seed=seed)
+    result = {"suite": suite.name, "dataset": suite.dataset, "param": suite.param, "value": value, "method": method,
+              "seed": seed, "wall_time_s": wall, "audit_time_s": report.wall_time_s, "reused_run": reused,
+              "selected_epoch": selected_epoch, "selection": selection_rule(info), "method_config": method_config,
+              "flags": _flags(info), **_headline(report), "method_state": state}
+    with atomic_folder(folder, force=True) as staging:
+        if _same_architecture(model, reference):
+            save_weights(model, staging / WEIGHTS_FILE)
+            write_json(staging / RUN_FILE, {
+                "kind": "compare-cell", "status": "finished",
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "model": {"name": suite.model, "num_classes": splits.num_classes,
+                          "input_shape": list(splits.train.input_shape), "head": head},
+                "data": splits.spec,
+                "train": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+                          "weight_decay": config.weight_decay, "optimizer": config.optimizer, "seed": seed,
+                          "extra": {}, "selection": selection_rule(info), "selected_epoch": selected_epoch},
+                "method": {"name": method, "uses_bias_labels": info.uses_bias_labels, "config": method_config,
+                           "state": state},
+                "wall_time_s": wall, "device": "cpu", "versions": package_versions(), "weights": WEIGHTS_FILE})
+        write_json(staging / RESULT_FILE, result)
+    echo(f"  {suite.name} {suite.param}={value} seed={seed} {method}: task {100 * result['task_accuracy']:.2f} "
+         f"conflicting {100 * (result['conflicting_accuracy'] or float('nan')):.2f} in {wall:.0f}s")
+    return result
+
+
+def _flags(info: MethodInfo) -> dict[str, bool]:
+    return {"uses_bias_labels": info.uses_bias_labels, "uses_unbiased_data": info.uses_unbiased_data,
+            "retrains": info.retrains, "post_hoc": info.post_hoc,
+            "uses_counterfactuals": getattr(info, "uses_counterfactuals", False)}
+
+
+def resolve_methods(names: Iterable[str] | None) -> dict[str, MethodInfo]:
+    avail = available_methods()
+    if not names:
+        return avail
+    wanted = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in avail]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; available: {', '.join(avail)}")
+    return {n: avail[n] for n in wanted}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ConfigError(f"unknown suite {name!r}; available: {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+def effective_suite(suite: str | Suite, *, full: bool = False, epochs: int | None = None,
+                    train_size: int | None | str = "suite", values: Iterable[float] | None = None) -> Suite:
+    """The suite with the budget actually run: ``--full``, then explicit overrides."""
+    s = get_suite(suite) if isinstance(suite, str) else suite
+    if full:
+        s = s.at_full_budget()
+    if epochs is not None:
+        s = replace(s, epochs=int(epochs))
+    if train_size != "suite":
+        s = replace(s, train_size=train_size)
+    if values is not None:
+        s = replace(s, values=tuple(float(v) for v in values))
+    return s
+
+
+def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1, 2), methods: Iterable[str] | None = None,
+                values: Iterable[float] | None = None, full: bool = False, epochs: int | None = None,
+                train_size: int | None | str = "suite", vanilla_from: Path | None = None, progress: bool = False,
+                keep_going: bool = True, report_only: bool = False,
+                echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run (or resume) a suite; returns every finished cell's result (cached cells are read, not rerun).
+
+    Order: seed-major (all values and methods of seed 0 first), so a partial run is a complete table
+    for its first seeds. Post-hoc methods train the cell's vanilla model first if it is missing.
+    With ``keep_going`` a failing cell is reported and skipped (not cached) instead of stopping the suite.
+    With ``report_only`` nothing is trained: the finished cells are collected (for tables).
+    """
+    s = effective_suite(suite, full=full, epochs=epochs, train_size=train_size, values=values)
+    chosen = resolve_methods(methods)
+    post_hoc = [m for m, i in chosen.items() if i.post_hoc and i.apply is not None]
+    order = [m for m in chosen if m not in post_hoc]
+    if post_hoc and "vanilla" not in order:
+        order.insert(0, "vanilla")   # post-hoc methods start from the vanilla model of their cell
+    order += post_hoc
+    infos = available_methods()
+    cells: list[dict[str, Any]] = []
+    for seed in seeds:
+        for value in s.values:
+            splits = None
+            for method in order:
+                folder = cell_dir(root, s, value, method, seed)
+                cached = load_cell(folder / RESULT_FILE)
+                if cached is None and report_only:
+                    continue
+                if cached is None:
+                    if splits is None:
+                        params = {s.param: value, **s.fixed}
+                        splits = make_splits(s.dataset, params=params, seed=seed, unbiased_size=s.unbiased_size,
+                                             train_size=s.train_size)
+                    try:
+                        cached = run_cell(suite=s, value=value, method=method, info=infos[method], seed=seed, root=root,
+                                          splits=splits, full=full, vanilla_from=vanilla_from, progress=progress,
+                                          echo=echo)
+                    except Exception as exc:  # noqa: BLE001 - any bug in one method
+                        # one failing method must not stop the suite; the cell stays unfinished (retried next time)
+                        echo(f"  FAILED {s.name} {s.param}={value} seed={seed} {method}: {type(exc).__name__}: {exc}")
+                        if not keep_going:
+                            raise
+                        continue
+                if method in chosen:
+                    cells.append(cached)
+    return cells
+
+
+# -- tables ------------------------------------------------------------------------------------------------
+def _yn(v: bool) -> str:
+    return "yes" if v else "no"
+
+
+def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: str, wall_time_s: float,
+                  budget: str = "") -> str:
+    """Markdown: method flags, one table per parameter value, a summary beside the published numbers."""
+    s = get_suite(suite) if isinstance(suite, str) else suite
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    values = [v for v in s.values if any(c["value"] == v for c in cells)] or sorted({c["value"] for c in cells})
+    seeds = sorted({c["seed"] for c in cells})
+    lines = [f"### Suite `{s.name}` ({s.dataset})", "",
+             f"Command: `{command}`  ",
+             f"Machine: {machine_description()}; this invocation's wall time {wall_time_s / 60:.1f} min (cached "
+             f"cells count 0); seeds {', '.join(map(str, seeds))}.  ",
+             f"Budget: {budget or s.notes}  ",
+             "Numbers: % on the unbiased test set (official test digits, uniform bias), mean +- sample std over "
+             "seeds (n in brackets where fewer than all seeds finished). Task = sample-weighted accuracy; conflicting = "
+             "accuracy on bias-conflicting test samples; worst group = min over non-empty (target, bias) groups; "
+             "bias = accuracy of a privacy head trained on D^u_train bottleneck features (early-stopped on D^u_val); "
+             "CF bias = mean |p_y(x) - p_y(x_cf)| over counterfactual pairs (x 100). Time = training/derivation "
+             "wall time per run in seconds (post-hoc: excluding the vanilla model it starts from).", "",
+             "| method | uses bias labels | uses D^u | retrains | post-hoc | counterfactual renderer | selection |",
+             "|---|---|---|---|---|---|---|"]
+    infos = {c["method"]: c for c in cells}
+    registry = available_methods()
+    for m in methods:
+        # flags from the registry as it is now (a cached cell keeps the flags of the code that wrote it)
+        f = _flags(registry[m]) if m in registry else infos[m]["flags"]
+        lines.append(f"| {m} | {_yn(f['uses_bias_labels'])} | {_yn(f['uses_unbiased_data'])} | {_yn(f['retrains'])} | "
+                     f"{_yn(f['post_hoc'])} | {_yn(f.get('uses_counterfactuals', False))} | {infos[m]['selection']} |")
+    for v in values:
+        lines += ["", f"#### {s.value_label(v)}", "",
+                  "| method | Task | conflicting | worst group | bias | CF bias | time (s) | n |", "|---|---|---|---|---|---|---|---|"]
+        for m in methods:
+            cs = [c for c in cells if c["method"] == m and c["value"] == v]
+            if not cs:
+                continue
+            t, ts, _ = mean_std(c["wall_time_s"] for c in cs)
+            lines.append(f"| {m} | {fmt_pm(c['task_accuracy'] for c in cs)} | {fmt_pm(c['conflicting_accuracy'] for c in cs)} | "
+                         f"{fmt_pm(c['worst_group_accuracy'] for c in cs)} | {fmt_pm(c['bias_extractability'] for c in cs)} | "
+                         f"{fmt_pm(c['counterfactual_bias'] for c in cs)} | {t:.0f} +- {ts:.0f} | {len(cs)} |")
+    lines += ["", f"#### Task accuracy (%) across {s.param}, ours vs published", "",
+              "| method | " + " | ".join(s.value_label(v) for v in values) + " |", "|---" * (len(values) + 1) + "|"]
+    for m in methods:
+        row = []
+        for v in values:
+            cs = [c for c in cells if c["method"] == m and c["value"] == v]
+            ours = fmt_pm(c["task_accuracy"] for c in cs) if cs else "-"
+            paper = s.paper.get(m, {}).get(v)
+            row.append(ours + (f" (paper {paper})" if paper else "") + (f" [n={len(cs)}]" if cs and len(cs) < len(seeds) else ""))
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    extra = [m for m in s.paper if m not in methods]
+    for m in extra:
+        lines.append(f"| {m} (paper only) | " + " | ".join(s.paper[m].get(v, "-") for v in values) + " |")
+    if s.paper_source:
+        lines += ["", f"Published numbers: {s.paper_source}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_compare_results(cells: list[dict[str, Any]], *, root: Path, suite: str | Suite, command: str,
+                          wall_time_s: float, budget: str = "") -> Path:
+    s = get_suite(suite) if isinstance(suite, str) else suite
+    folder = Path(root) / suite_folder(s)
+    write_json(folder / "results.json", {"suite": s.name, "cells": cells, "command": command,
+                                         "wall_time_s": wall_time_s, "machine": machine_description()})
+    write_text(folder / "results.md", compare_table(cells, suite=s, command=command, wall_time_s=wall_time_s, budget=budget))
+    return folder / "results.md"

@@ -1,0 +1,45 @@
+"""`debiaskit bench compare`: every method on one suite, same data/model/budget/selection, one table."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import console
+from .cmd_bench import bench_app, invoked_command
+
+
+@bench_app.command("compare")
+def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mnist | multicolor-mnist | corrupted-mnist | toy"),
+                  methods: Optional[List[str]] = typer.Option(None, "--methods", help="methods to run (repeat or comma-separate; default: all registered + ffw)"),
+                  seeds: int = typer.Option(3, help="number of seeds (0..N-1)"),
+                  full: bool = typer.Option(False, help="papers' budgets (e.g. 100 epochs MLP on colored-mnist, SimpleConvNet 80 epochs)"),
+                  value: Optional[List[float]] = typer.Option(None, "--value", help="only these values of the swept parameter (rho)"),
+                  epochs: Optional[int] = typer.Option(None, help="override the suite's epochs"),
+                  train_size: Optional[int] = typer.Option(None, help="override the suite's number of biased training digits (0 = all)"),
+                  out: Path = typer.Option(Path("runs/bench/compare"), help="root folder of the cached cells"),
+                  vanilla_from: Optional[Path] = typer.Option(Path("runs/bench/vanilla"), help="reuse finished vanilla runs from `bench vanilla` when their configuration matches exactly"),
+                  report_only: bool = typer.Option(False, "--report-only", help="train nothing: tabulate the finished cells"),
+                  list_methods: bool = typer.Option(False, "--list", help="list the methods and their flags, then exit"),
+                  progress: bool = False) -> None:
+    """Train/derive every method, audit it, write RESULTS (mean +- std over seeds); resumes finished cells."""
+    from ..bench import available_methods, run_compare, write_compare_results
+    from ..bench._compare import effective_suite, get_suite, selection_rule
+    if list_methods:
+        for name, info in available_methods().items():
+            console.print(f"{name}: bias labels={info.uses_bias_labels} D^u={info.uses_unbiased_data} "
+                          f"retrains={info.retrains} post-hoc={info.post_hoc}; selection: {selection_rule(info)}")
+        return
+    size = "suite" if train_size is None else (train_size or None)
+    s = effective_suite(get_suite(suite), full=full, epochs=epochs, train_size=size, values=value or None)
+    start = time.perf_counter()
+    cells = run_compare(suite=suite, root=out, seeds=tuple(range(seeds)), methods=methods, values=value or None,
+                        full=full, epochs=epochs, train_size=size, vanilla_from=vanilla_from, progress=progress,
+                        report_only=report_only, echo=console.print)
+    desc = (f"{s.model}, {s.epochs} epochs, batch {s.batch_size}, Adam lr {s.lr}, biased training digits: "
+            f"{s.train_size or 'all'}" + (" (--full)" if full else ""))
+    path = write_compare_results(cells, root=out, suite=s, command=invoked_command(),
+                                 wall_time_s=time.perf_counter() - start, budget=desc)
+    console.print(path.read_text())

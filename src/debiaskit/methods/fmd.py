@@ -1,0 +1,338 @@
+"""FMD - Fast Model Debias with machine unlearning (Chen et al., NeurIPS 2023), written from the formulas.
+
+On a trained model f (parameters theta of the layers we update):
+
+* Counterfactual bias  B(theta) = mean_m |p_y(x_m) - p_y(x_m^cf)| over pairs that differ only in the
+  bias attribute (the recipe re-renders the same digit with a random bias value; no bias labels read).
+* Influence of removing a training sample z_k on B:  dB_k = (1/n) grad B^T H^-1 grad L(z_k),
+  H = Hessian of the mean training loss (+ damping).
+* Unlearning (counterfactual-set variant): replace the K most harmful samples (most negative dB_k)
+  by their counterfactuals in one Newton step,
+      theta_new = theta + (s/n) H^-1 sum_k (grad L(z_k) - grad L(z_k^cf)),
+  s = 1 being the first-order estimate of the replacement; s is chosen from a grid by accuracy on
+  held-out counterfactual samples of D^b (label-free: they only need y), s = 0 included.
+* Exact Hessian for the last layer (closed form, checked against torch.func.hessian in the tests);
+  beyond the last layer, Hessian-vector products with torch.func and conjugate gradients.
+
+Example::
+
+    from debiaskit.methods.fmd import fmd_unlearn
+    result = fmd_unlearn(model, train=splits.train, head="fc", seed=0)
+    result.model, result.info["selected_scale"]
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from ..data import BiasDataset
+from ..errors import ConfigError, DataError
+from ..models import resolve_head, tap_bottleneck
+from ..train import TrainContext, TrainingMethod
+from ._registry import Default, MethodInfo, register_method
+
+SCALES = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+
+
+# -- last layer, exact ------------------------------------------------------------------------------
+def _aug(z: Tensor) -> Tensor:
+    return torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype, device=z.device)], 1)
+
+
+def head_logits(theta: Tensor, z: Tensor) -> Tensor:
+    """Logits of a linear head with parameters theta = [W | b] (C x (d+1)) on features z."""
+    return _aug(z) @ theta.T
+
+
+def head_per_sample_grads(z: Tensor, y: Tensor, theta: Tensor) -> Tensor:
+    """Per-sample gradients of CE wrt theta = [W | b], flattened: (p - e_y) outer [z, 1] -> (N, C (d+1))."""
+    p = head_logits(theta, z).softmax(1)
+    r = p - F.one_hot(y, theta.shape[0]).to(p.dtype)
+    return (r[:, :, None] * _aug(z)[:, None, :]).flatten(1)
+
+
+def head_hessian(z: Tensor, y: Tensor, theta: Tensor, *, damping: float = 0.0) -> Tensor:
+    """Exact Hessian of mean CE wrt flat theta = [W | b]: (1/N) sum_n (diag p_n - p_n p_n^T) (x) z~_n z~_n^T,
+    plus ``damping`` * I (a ridge term: the objective's own L2 or a numerical safeguard)."""
+    za = _aug(z)
+    p = head_logits(theta, z).softmax(1)
+    n, c = p.shape
+    k = za.shape[1]
+    diag = torch.einsum("nc,ni,nj->cij", p, za, za) / n                      # C x k x k
+    u = (p[:, :, None] * za[:, None, :]).reshape(n, c * k)
+    h = -(u.T @ u) / n
+    h = h.view(c, k, c, k)
+    idx = torch.arange(c)
+    h[idx, :, idx, :] += diag
+    h = h.reshape(c * k, c * k)
+    return h + damping * torch.eye(c * k, dtype=h.dtype, device=h.device)
+
+
+def influence_on_measure(grad_measure: Tensor, hessian: Tensor, per_sample_grads: Tensor, *, n: int) -> Tensor:
+    """Predicted change of a measure B when each training sample is removed:
+    dB_k = (1/n) grad B^T H^-1 grad L(z_k) (Koh & Liang; FMD's I(z) up to sign and 1/n)."""
+    v = torch.linalg.solve(hessian, grad_measure)
+    return per_sample_grads @ v / n
+
+
+def counterfactual_gap(probs: Tensor, probs_cf: Tensor, y: Tensor) -> Tensor:
+    """B = mean |p_y(x) - p_y(x_cf)| (differentiable)."""
+    return (probs.gather(1, y[:, None]) - probs_cf.gather(1, y[:, None])).abs().mean()
+
+
+# -- beyond the last layer: HVPs with torch.func -------------------------------------------------------
+def conjugate_gradient(hvp: Callable[[Tensor], Tensor], b: Tensor, *, iters: int = 100, tol: float = 1e-10) -> Tensor:
+    """Solve H x = b for symmetric positive definite H given only x -> H x."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rs = r @ r
+    for _ in range(iters):
+        hp = hvp(p)
+        alpha = rs / (p @ hp)
+        x = x + alpha * p
+        r = r - alpha * hp
+        rs_new = r @ r
+        if rs_new < tol * (b @ b):
+            break
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    return x
+
+
+class _FuncProblem:
+    """Parameters of the named modules as one flat vector; gradients/HVPs via torch.func."""
+
+    def __init__(self, model: nn.Module, layers: tuple[str, ...], damping: float, cg_iters: int) -> None:
+        self.model = model
+        names = [n for n, _ in model.named_parameters() if any(n == l or n.startswith(l + ".") for l in layers)]
+        if not names:
+            raise ConfigError(f"fmd: no parameters under layers {layers}")
+        self.names = names
+        params = dict(model.named_parameters())
+        self.shapes = [params[n].shape for n in names]
+        self.theta = torch.cat([params[n].detach().flatten() for n in names])
+        self.damping, self.cg_iters = damping, cg_iters
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        out, i = {}, 0
+        for n, s in zip(self.names, self.shapes):
+            k = int(torch.tensor(s).prod()) if len(s) else 1
+            out[n] = flat[i : i + k].view(s)
+            i += k
+        return out
+
+    def logits(self, flat: Tensor, x: Tensor) -> Tensor:
+        return functional_call(self.model, self.unflatten(flat), (x,))
+
+    def per_sample_grads(self, x: Tensor, y: Tensor) -> Tensor:
+        def one(flat, xi, yi):
+            return F.cross_entropy(self.logits(flat, xi[None]), yi[None])
+        return vmap(grad(one), in_dims=(None, 0, 0))(self.theta, x, y)
+
+    def solver(self, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
+        loss = lambda flat: F.cross_entropy(self.logits(flat, x), y)  # noqa: E731
+
+        def hvp(v: Tensor) -> Tensor:
+            return jvp(grad(loss), (self.theta,), (v,))[1] + self.damping * v
+        return lambda b: conjugate_gradient(hvp, b, iters=self.cg_iters)
+
+
+# -- the method ------------------------------------------------------------------------------------
+@dataclass
+class UnlearnResult:
+    model: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def counterfactual_inputs(dataset, index: Tensor, *, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """(x, x_cf, y) for samples ``index``: x_cf re-renders the same content with uniformly drawn bias
+    values (all attributes). The true bias labels are not read (a draw may equal the original value:
+    such a pair is identical and contributes nothing)."""
+    if not isinstance(dataset, BiasDataset) or dataset.render is None:
+        raise ConfigError("fmd needs counterfactual pairs (samples re-rendered with another bias value), but "
+                          f"{getattr(dataset, 'name', type(dataset).__name__)} has no counterfactual renderer; "
+                          "use a debiaskit recipe dataset (biased/colored/multicolor ...) or another method")
+    n_attr = len(dataset.bias_names)
+    shape = (len(index),) if n_attr == 1 else (len(index), n_attr)
+    new_b = torch.randint(dataset.num_bias_classes, shape, generator=generator)
+    try:
+        x_cf = dataset.counterfactual(index, new_b)
+    except DataError as exc:
+        raise ConfigError(f"fmd needs counterfactual pairs: {exc}") from exc
+    return dataset.to_float(dataset.images[index]), x_cf, dataset.y[index]
+
+
+@torch.no_grad()
+def _features(model: nn.Module, x: Tensor, head: str | None, device) -> tuple[Tensor, Tensor]:
+    zs, logits = [], []
+    for start in range(0, len(x), 512):
+        with tap_bottleneck(model, head) as tap:
+            out = model(x[start : start + 512].to(device))
+        zs.append(tap.z.flatten(1).cpu())
+        logits.append(out.cpu())
+    return torch.cat(zs), torch.cat(logits)
+
+
+def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int = 0, pool_size: int = 5000,
+                n_bias_pairs: int = 1000, n_val: int = 1000, top_k: int = 500, damping: float = 1e-2,
+                layers: tuple[str, ...] | None = None, hessian: str = "exact", cg_iters: int = 100,
+                scales: tuple[float, ...] = SCALES, device: str | torch.device = "cpu") -> UnlearnResult:
+    """Debias a trained ``model`` post hoc with FMD's counterfactual unlearning step (see module doc).
+
+    ``train`` is D^b (only its images, targets and counterfactual renderer are used). ``layers``
+    defaults to the head; ``hessian="exact"`` (head only, closed form) or ``"cg"`` (HVPs via torch.func).
+    Returns a new model (the input is not modified) and diagnostics: bias before/after on the held-out
+    pairs, the influence statistics, the selected step scale.
+    """
+    head_name, head_module = resolve_head(model, head)
+    layers = tuple(layers or (head_name,))
+    if hessian == "exact" and layers != (head_name,):
+        raise ConfigError("fmd: the exact Hessian is for the last layer only; use hessian='cg' for more layers")
+    if hessian not in ("exact", "cg"):
+        raise ConfigError(f"fmd: hessian must be 'exact' or 'cg', got {hessian!r}")
+    if hessian == "exact" and not isinstance(head_module, nn.Linear):
+        raise ConfigError(f"fmd's exact last-layer Hessian needs an nn.Linear head; {head_name!r} is {type(head_module).__name__}")
+    gen = torch.Generator().manual_seed(seed)
+    n_train = len(train)
+    need = pool_size + n_bias_pairs + n_val
+    order = torch.randperm(n_train, generator=gen)
+    if n_train < need:  # small data: shrink the three disjoint sets proportionally
+        f = n_train / need
+        pool_size, n_bias_pairs = max(int(pool_size * f), 2), max(int(n_bias_pairs * f), 2)
+        n_val = max(n_train - pool_size - n_bias_pairs, 1)
+    pool_idx, bias_idx = order[:pool_size], order[pool_size : pool_size + n_bias_pairs]
+    val_idx = order[pool_size + n_bias_pairs : pool_size + n_bias_pairs + n_val]
+    top_k = min(top_k, pool_size)
+    model = copy.deepcopy(model).to(device).eval()
+    xp, xp_cf, yp = counterfactual_inputs(train, pool_idx, generator=gen)
+    xb, xb_cf, yb = counterfactual_inputs(train, bias_idx, generator=gen)
+    _, xv_cf, yv = counterfactual_inputs(train, val_idx, generator=gen)
+
+    if hessian == "exact":
+        zp, _ = _features(model, xp, head_name, device)
+        zp_cf, _ = _features(model, xp_cf, head_name, device)
+        zb, _ = _features(model, xb, head_name, device)
+        zb_cf, _ = _features(model, xb_cf, head_name, device)
+        theta0 = torch.cat([head_module.weight.detach(), head_module.bias.detach()[:, None]], 1).cpu().double()
+        zp, zp_cf, zb, zb_cf = zp.double(), zp_cf.double(), zb.double(), zb_cf.double()
+        h = head_hessian(zp, yp, theta0, damping=damping)
+        solve = lambda v: torch.linalg.solve(h, v)  # noqa: E731
+        g_pool = head_per_sample_grads(zp, yp, theta0)
+        g_pool_cf = head_per_sample_grads(zp_cf, yp, theta0)
+        th = theta0.clone().requires_grad_(True)
+        bias = counterfactual_gap(head_logits(th, zb).softmax(1), head_logits(th, zb_cf).softmax(1), yb)
+        g_bias = torch.autograd.grad(bias, th)[0].flatten()
+        flat0 = theta0.flatten()
+    else:
+        prob = _FuncProblem(model, layers, damping, cg_iters)
+        xs = xp[: min(len(xp), 1024)].to(device)
+        solve = prob.solver(xs, yp[: len(xs)].to(device))
+        g_pool = torch.cat([prob.per_sample_grads(xp[i : i + 256].to(device), yp[i : i + 256].to(device))
+                            for i in range(0, len(xp), 256)])
+        g_pool_cf = torch.cat([prob.per_sample_grads(xp_cf[i : i + 256].to(device), yp[i : i + 256].to(device))
+                               for i in range(0, len(xp), 256)])
+        th = prob.theta.clone().requires_grad_(True)
+        bias = counterfactual_gap(prob.logits(th, xb.to(device)).softmax(1), prob.logits(th, xb_cf.to(device)).softmax(1),
+                                  yb.to(device))
+        g_bias = torch.autograd.grad(bias, th)[0]
+        flat0 = prob.theta
+
+    v = solve(g_bias)
+    influence = g_pool @ v / n_train                     # dB when removing each pool sample
+    harmful = torch.argsort(influence)[:top_k]           # most negative: removing them lowers the bias most
+    harmful = harmful[influence[harmful] < 0]
+    direction = solve((g_pool[harmful] - g_pool_cf[harmful]).sum(0)) / n_train if len(harmful) else torch.zeros_like(flat0)
+
+    def write(flat: Tensor) -> nn.Module:
+        out = copy.deepcopy(model)
+        with torch.no_grad():
+            if hessian == "exact":
+                t = flat.view_as(theta0).to(head_module.weight.dtype)
+                mod = dict(out.named_modules())[head_name]
+                mod.weight.copy_(t[:, :-1])
+                mod.bias.copy_(t[:, -1])
+            else:
+                params = dict(out.named_parameters())
+                for n, val in prob.unflatten(flat.to(params[prob.names[0]].dtype)).items():
+                    params[n].copy_(val)
+        return out.eval()
+
+    @torch.no_grad()
+    def score(m: nn.Module) -> tuple[float, float]:
+        acc = float((m(xv_cf.to(device)).argmax(1).cpu() == yv).float().mean())
+        gap = float(counterfactual_gap(m(xb.to(device)).softmax(1).cpu(), m(xb_cf.to(device)).softmax(1).cpu(), yb))
+        return acc, gap
+
+    trace, best = [], None
+    for s in scales:
+        cand = write(flat0 + s * direction.to(flat0.dtype))
+        acc, gap = score(cand)
+        trace.append({"scale": s, "cf_val_accuracy": acc, "cf_bias_pairs": gap})
+        if best is None or acc > best[0] + 1e-9:
+            best = (acc, s, cand)
+    info = {"bias_before": float(bias.detach()), "bias_after": next(t["cf_bias_pairs"] for t in trace if t["scale"] == best[1]),
+            "selected_scale": best[1], "selection": "max accuracy on held-out counterfactual samples of D^b",
+            "harmful_samples": int(len(harmful)), "influence_min": float(influence.detach().min()),
+            "influence_max": float(influence.detach().max()), "pool_size": int(len(pool_idx)), "n_bias_pairs": int(len(bias_idx)),
+            "n_val": int(len(val_idx)), "damping": damping, "layers": list(layers), "hessian": hessian, "trace": trace}
+    return UnlearnResult(model=best[2], info=info)
+
+
+def apply_fmd(model: nn.Module, *, splits, head: str | None = None, seed: int = 0, **config) -> tuple[nn.Module, dict]:
+    """Post-hoc entry used by the comparison harness and ``debiaskit unlearn`` (D^b only)."""
+    res = fmd_unlearn(model, train=splits.train, head=head, seed=seed, **config)
+    return res.model, res.info
+
+
+class FMD(TrainingMethod):
+    """``debiaskit train --method fmd``: ERM for the configured epochs, then the FMD unlearning step."""
+
+    name = "fmd"
+    uses_bias_labels = False
+
+    def __init__(self, **config) -> None:
+        self.config = config
+        self.info: dict[str, Any] = {}
+        self._done: nn.Module | None = None
+
+    def setup(self, ctx: TrainContext) -> None:
+        data = ctx.train_data
+        if not isinstance(data, BiasDataset) or data.render is None:
+            raise ConfigError("fmd needs counterfactual pairs, but the training data has no counterfactual renderer; "
+                              "use a debiaskit recipe dataset or another method")
+        super().setup(ctx)
+
+    def final_model(self, ctx: TrainContext) -> nn.Module:
+        if ctx.epoch < ctx.config.epochs - 1:
+            return ctx.model
+        if self._done is None:
+            res = fmd_unlearn(ctx.model, train=ctx.train_data, head=ctx.head, seed=ctx.config.seed,
+                              device=ctx.device, **self.config)
+            self.info = res.info
+            with torch.no_grad():  # write the unlearned weights back into the trained model object
+                ctx.model.load_state_dict(res.model.state_dict())
+            self._done = ctx.model
+        return self._done
+
+    def state(self) -> dict[str, Any]:
+        return {**self.config, "unlearning": {k: v for k, v in self.info.items() if k != "trace"},
+                "trace": self.info.get("trace")}
+
+
+_OURS = "ours (not tuned)"
+register_method(MethodInfo(
+    name="fmd", description="FMD: counterfactual bias, influence, Newton unlearning step on the last layer",
+    factory=lambda **kw: FMD(**kw), post_hoc=True, retrains=False, uses_counterfactuals=True, apply=apply_fmd,
+    reference="Chen et al., NeurIPS 2023",
+    defaults={"*": {"pool_size": Default(5000, _OURS), "n_bias_pairs": Default(1000, _OURS),
+                    "n_val": Default(1000, _OURS), "top_k": Default(500, _OURS + " (paper: a small counterfactual set)"),
+                    "damping": Default(1e-2, _OURS + " (H is near-singular on a fitted model)"),
+                    "hessian": Default("exact", "paper's public code (explicit last-layer Hessian)")}},
+))
