@@ -423,21 +423,16 @@ def _write(root: Path, cells: list[Cell], results: dict[str, Any], command: str,
           "epoch selected by D^u_val task accuracy). Their selection is by accuracy since they have no MI term; FFW's by "
           "its objective J.", "",
           "| method | rho | Task | Bias | worst group | time (s) |", "|---|---|---|---|---|---|"]
+    rows = (("base-lastlayer", "retrain last layer", "wall_time_s"), ("base-finetune", "fine-tune all", "wall_time_s"),
+            ("t2-unstructured", "FFW unstructured", "search_time_s"), ("t2-structured", "FFW structured", "search_time_s"))
     for rho in (0.99, 0.995):
-        for kind, label in (("lastlayer", "retrain last layer"), ("finetune", "fine-tune all")):
-            rs = [_get(results, k) for k in cells_by if k.startswith(f"base-{kind}-rho{rho}-")]
+        for prefix, label, time_key in rows:
+            rs = [_get(results, k) for k in cells_by if k.startswith(f"{prefix}-rho{rho}-")]
             rs = [r for r in rs if r]
             if rs:
                 L.append(f"| {label} | {rho} | {_pm(r['after']['task_accuracy'] for r in rs)} | "
                          f"{_pm(r['after']['bias_extractability'] for r in rs)} | {_pm(r['after']['worst_group_accuracy'] for r in rs)} | "
-                         f"{mean_std(r['wall_time_s'] for r in rs)[0]:.0f} |")
-        for mode in ("unstructured", "structured"):
-            rs = [_get(results, k) for k in cells_by if k.startswith(f"t2-{mode}-rho{rho}-")]
-            rs = [r for r in rs if r]
-            if rs:
-                L.append(f"| FFW {mode} | {rho} | {_pm(r['after']['task_accuracy'] for r in rs)} | "
-                         f"{_pm(r['after']['bias_extractability'] for r in rs)} | {_pm(r['after']['worst_group_accuracy'] for r in rs)} | "
-                         f"{mean_std(r['search_time_s'] for r in rs)[0]:.0f} |")
+                         f"{mean_std(r[time_key] for r in rs)[0]:.0f} |")
     # cost
     c = _get(results, "cost-rho0.99-seed0")
     L += ["", "## Cost", ""]
