@@ -96,3 +96,21 @@ def test_cells_of_other_budgets_are_kept_apart(tmp_path):
     full = effective_suite("colored-mnist", full=True)
     assert full.epochs == 100 and cell_dir(tmp_path, full, 0.99, "lff", 0).parts[-4] != "colored-mnist"
     assert effective_suite("colored-mnist", full=True, epochs=7).epochs == 7
+
+
+def test_parallel_groups_give_the_same_cells_as_a_sequential_run(tmp_path):
+    kwargs = dict(suite="toy", seeds=(0, 1), methods=["vanilla", "fmd"], echo=lambda s: None)
+    sequential = run_compare(root=tmp_path / "seq", **kwargs)
+    parallel = run_compare(root=tmp_path / "par", jobs=2, **kwargs)
+    drop = ("wall_time_s", "audit_time_s")
+    strip = lambda cells: [{k: v for k, v in c.items() if k not in drop and k != "method_state"} for c in cells]  # noqa: E731
+    assert strip(parallel) == strip(sequential) and len(parallel) == 4
+
+
+def test_parallel_groups_refuse_a_custom_suite_object(tmp_path):
+    import pytest
+
+    from debiaskit.errors import ConfigError
+    with pytest.raises(ConfigError, match="registered suite name"):
+        run_compare(suite=replace(SUITES["toy"], train_size=300), root=tmp_path, seeds=(0,), methods=["vanilla"],
+                    jobs=2, echo=lambda s: None)

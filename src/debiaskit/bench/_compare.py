@@ -327,7 +327,7 @@ def effective_suite(suite: str | Suite, *, full: bool = False, epochs: int | Non
 def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1, 2), methods: Iterable[str] | None = None,
                 values: Iterable[float] | None = None, full: bool = False, epochs: int | None = None,
                 train_size: int | None | str = "suite", vanilla_from: Path | None = None, progress: bool = False,
-                keep_going: bool = True, report_only: bool = False,
+                keep_going: bool = True, report_only: bool = False, jobs: int = 1,
                 echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run (or resume) a suite; returns every finished cell's result (cached cells are read, not rerun).
 
@@ -335,7 +335,15 @@ def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1,
     for its first seeds. Post-hoc methods train the cell's vanilla model first if it is missing.
     With ``keep_going`` a failing cell is reported and skipped (not cached) instead of stopping the suite.
     With ``report_only`` nothing is trained: the finished cells are collected (for tables).
+    With ``jobs > 1`` the (seed, value) groups run in that many worker processes, each with
+    ``cpu_count // jobs`` torch threads; a group's methods stay in one process (post-hoc methods need
+    the group's vanilla cell) and cells are written atomically, so results equal a sequential run's.
     """
+    if jobs > 1 and not report_only:
+        _run_groups_in_processes(suite=suite, root=root, seeds=tuple(seeds), methods=methods, values=values, full=full,
+                                 epochs=epochs, train_size=train_size, vanilla_from=vanilla_from, progress=progress,
+                                 keep_going=keep_going, jobs=jobs, echo=echo)
+        report_only = True   # every cell that could be computed is on disk now: collect them
     s = effective_suite(suite, full=full, epochs=epochs, train_size=train_size, values=values)
     chosen = resolve_methods(methods)
     post_hoc = [m for m, i in chosen.items() if i.post_hoc and i.apply is not None]
@@ -371,6 +379,42 @@ def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1,
                 if method in chosen:
                     cells.append(cached)
     return cells
+
+
+def _run_group(kwargs: dict[str, Any]) -> int:
+    """Worker-process entry: one (seed, value) group, sequentially, with a share of the CPU's threads."""
+    torch.set_num_threads(kwargs.pop("threads"))
+    tag = f"[seed {kwargs['seeds'][0]}, {kwargs['values'][0]}]"
+    return len(run_compare(**kwargs, echo=lambda msg: print(f"{tag} {msg}", flush=True)))
+
+
+def _run_groups_in_processes(*, suite: str | Suite, seeds: tuple[int, ...], values: Iterable[float] | None, jobs: int,
+                             echo: Callable[[str], None], **common: Any) -> None:
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if not isinstance(suite, str):   # Suite objects hold lambdas, which a spawned worker cannot unpickle
+        if SUITES.get(suite.name) is not suite:
+            raise ConfigError(f"jobs > 1 needs a registered suite name ({', '.join(SUITES)}), not a custom Suite "
+                              "object; run it with jobs=1")
+        suite = suite.name
+    s = effective_suite(suite, full=common["full"], epochs=common["epochs"], train_size=common["train_size"], values=values)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    groups = [dict(common, suite=suite, seeds=(seed,), values=(value,), threads=threads)
+              for seed in seeds for value in s.values]
+    echo(f"running {len(groups)} (seed, value) groups in {jobs} processes, {threads} torch thread(s) each")
+    # spawn: a fresh interpreter per worker (fork would copy the parent's torch thread pools and locks)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_group, g): g for g in groups}
+        for future in as_completed(futures):
+            g = futures[future]
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - a crashed worker must not lose the other groups
+                echo(f"  FAILED group seed={g['seeds'][0]} value={g['values'][0]}: {type(exc).__name__}: {exc}")
+                if not common["keep_going"]:
+                    raise
 
 
 # -- tables ------------------------------------------------------------------------------------------------

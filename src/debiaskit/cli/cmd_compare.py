@@ -23,6 +23,7 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
                   vanilla_from: Optional[Path] = typer.Option(Path("runs/bench/vanilla"), help="reuse finished vanilla runs from `bench vanilla` when their configuration matches exactly"),
                   report_only: bool = typer.Option(False, "--report-only", help="train nothing: tabulate the finished cells"),
                   list_methods: bool = typer.Option(False, "--list", help="list the methods and their flags, then exit"),
+                  jobs: int = typer.Option(1, min=1, help="worker processes; each runs whole (seed, value) groups with cpu_count/jobs threads"),
                   progress: bool = False) -> None:
     """Train/derive every method, audit it, write RESULTS (mean +- std over seeds); resumes finished cells."""
     from ..bench import available_methods, run_compare, write_compare_results
@@ -37,7 +38,7 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
     start = time.perf_counter()
     cells = run_compare(suite=suite, root=out, seeds=tuple(range(seeds)), methods=methods, values=value or None,
                         full=full, epochs=epochs, train_size=size, vanilla_from=vanilla_from, progress=progress,
-                        report_only=report_only, echo=console.print)
+                        report_only=report_only, jobs=jobs, echo=console.print)
     desc = (f"{s.model}, {s.epochs} epochs, batch {s.batch_size}, Adam lr {s.lr}, biased training digits: "
             f"{s.train_size or 'all'}" + (" (--full)" if full else ""))
     path = write_compare_results(cells, root=out, suite=s, command=invoked_command(),
