@@ -11,8 +11,11 @@ app = typer.Typer(help="Find and remove shortcut biases in trained neural networ
 console = Console()
 
 
-def parse_params(rho: Optional[float], params: Optional[List[str]]) -> dict:
-    """``--rho 0.99 --param rho_right=0.95`` -> {"rho": 0.99, "rho_right": 0.95}."""
+def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys: tuple[str, ...] = ()) -> dict:
+    """``--rho 0.99 --param rho_right=0.95`` -> {"rho": 0.99, "rho_right": 0.95}.
+
+    Keys in ``text_keys`` keep their value as text (``--param root=DIR`` of celeba); all others are numbers.
+    """
     from ..errors import ConfigError
     out: dict = {}
     if rho is not None:
@@ -21,6 +24,9 @@ def parse_params(rho: Optional[float], params: Optional[List[str]]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--param takes KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
+        if key.strip() in text_keys:
+            out[key.strip()] = value
+            continue
         try:
             out[key.strip()] = float(value)
         except ValueError as exc:

@@ -31,13 +31,17 @@ def data_list() -> None:
 
 @data_app.command("show")
 def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias correlation (share aligned)"),
-              param: Optional[List[str]] = typer.Option(None, "--param", help="recipe parameter KEY=VALUE"),
+              param: Optional[List[str]] = typer.Option(None, "--param", help="dataset parameter KEY=VALUE"),
+              root: Optional[Path] = typer.Option(None, "--root", help="your own dataset folder (celeba; same as --param root=DIR)"),
               seed: int = 0, unbiased_size: int = 10000, as_json: bool = typer.Option(False, "--json")) -> None:
     """What a dataset is, its splits, sizes, realised rho and where its files are."""
-    from ..data import describe, make_splits
-    info = describe(name)
+    from ..data import describe, make_splits, text_params
+    params = parse_params(rho, param, text_keys=text_params(name))
+    if root is not None:
+        params["root"] = str(root)
+    info = describe(name, params=params)
     if info["prepared"]:
-        splits = make_splits(name, params=parse_params(rho, param), seed=seed, unbiased_size=unbiased_size)
+        splits = make_splits(name, params=params, seed=seed, unbiased_size=unbiased_size)
         info["resolved_params"] = splits.spec["params"]
         info["split_sizes"] = {n: s.summary() for n, s in splits.items()}
     if as_json:
@@ -58,14 +62,22 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
         table.add_row(split, str(s.get("size", "-")), r, doc)
     console.print(table)
     if not info["prepared"]:
-        console.print(f"[yellow]not prepared: run `debiaskit data prepare {name}`[/yellow]")
+        hint = info.get("how_to_get") or f"run `debiaskit data prepare {name}`"
+        console.print(f"[yellow]not prepared: {hint}[/yellow]")
 
 
 @data_app.command("prepare")
 def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--from", help="folder of IDX files"),
                  force: bool = False) -> None:
-    """Obtain and cache the images behind a dataset (or an image source name: mnist, fashion-mnist)."""
-    from ..data import SOURCES, get_source, parse_name
+    """Obtain and cache the images behind a dataset (or an image source name: mnist, fashion-mnist).
+
+    celeba: checks your folder (--from DIR or $DEBIASKIT_CELEBA) and caches its resized images (64 x 64).
+    """
+    from ..data import DATASETS, SOURCES, get_source, parse_name
+    if name in DATASETS:
+        folder = DATASETS[name].prepare(from_folder=from_folder, force=force)
+        console.print(f"[green]{name} ready[/green]: resized images cached in {folder}")
+        return
     source = get_source(name) if name in SOURCES else parse_name(name)[1]
     folder = source.prepare(from_folder=from_folder, force=force)
     console.print(f"[green]{source.name} ready[/green] in {folder} (checksums verified)")

@@ -13,7 +13,7 @@ from ._common import app, console, parse_params
 def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit data list`)"),
           out: Path = typer.Option(..., help="run folder to create"),
           rho: Optional[float] = typer.Option(None, help="bias correlation of the training set"),
-          param: Optional[List[str]] = typer.Option(None, "--param", help="recipe parameter KEY=VALUE"),
+          param: Optional[List[str]] = typer.Option(None, "--param", help="dataset parameter KEY=VALUE (celeba: root=DIR, target=..., bias=..., size=64)"),
           model: str = typer.Option("simple-conv-small", help="model name (see `debiaskit models list`)"),
           method: str = typer.Option("vanilla", help="training method"),
           epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
@@ -21,16 +21,20 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           data_seed: Optional[int] = typer.Option(None, help="seed of the dataset draw (default: --seed)"),
           unbiased_size: int = 10000, train_size: Optional[int] = None, test_size: Optional[int] = None,
           device: str = "cpu", force: bool = typer.Option(False, help="replace an existing run folder"),
-          progress: bool = True) -> None:
+          progress: bool = True,
+          record_dynamics: bool = typer.Option(False, "--record-dynamics", help="also write RUN/dynamics.safetensors (per-sample loss, correctness and attractor per epoch) for `debiaskit discover`")) -> None:
     """Train a model on a biased dataset and write a run folder."""
+    from ..data import text_params
     from ..train import TrainConfig, train_run
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       optimizer=optimizer, seed=seed)
     method_obj, method_cfg = _method(method, dataset)
-    folder, result = train_run(dataset=dataset, out=out, model=model, params=parse_params(rho, param), config=cfg,
+    params = parse_params(rho, param, text_keys=text_params(dataset))
+    folder, result = train_run(dataset=dataset, out=out, model=model, params=params, config=cfg,
                                method=method_obj, method_config=method_cfg, data_seed=data_seed,
                                unbiased_size=unbiased_size, train_size=train_size, test_size=test_size,
-                               device=device, force=force, progress=progress)
+                               device=device, force=force, progress=progress,
+                               record_dynamics=record_dynamics)
     last = result.history[-1]
     console.print(f"[green]trained[/green] {model} on {dataset} in {result.wall_time_s:.1f}s "
                   f"(final train loss {last.get('loss', float('nan')):.4f}); run folder: {folder}")

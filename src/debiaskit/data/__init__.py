@@ -6,16 +6,19 @@ Example::
     splits = data.make_splits("biased-mnist", params={"rho": 0.99}, seed=0)
     x, y, b = splits.test[0]
 """
-from ._celeba import load_celeba, load_celeba_splits
+from ._celeba import CELEBA, load_celeba, load_celeba_splits, make_celeba_splits, read_celeba_index
 from ._cifar import CIFAR10, CifarSource, parse_cifar_binary, read_cifar10, write_cifar_binary
 from ._corrupted import CORRUPTION_NAMES, draw_corrupted
 from ._dataset import Batch, BiasDataset, check_labels, iterate_batches
 from ._idx import load_idx, parse_idx, write_idx
 from ._recipes import RECIPES, Param, Recipe, assign_by_rho, get_recipe, register_recipe
-from ._registry import SPLIT_DOCS, SPLIT_NAMES, Splits, dataset_names, describe, make_splits, parse_name, splits_from_spec
+from ._registry import (DATASETS, SPLIT_DOCS, SPLIT_NAMES, Splits, StandaloneDataset, dataset_names, describe,
+                        make_splits, parse_name, register_dataset, splits_from_spec, text_params)
 from ._sources import SOURCES, ImageArrays, ImageSource, data_root, get_source, toy_digits
 
 __all__ = [
+    "CELEBA", "DATASETS", "StandaloneDataset", "make_celeba_splits", "read_celeba_index", "register_dataset",
+    "text_params",
     "CIFAR10", "CORRUPTION_NAMES", "CifarSource", "draw_corrupted", "load_celeba", "load_celeba_splits",
     "parse_cifar_binary", "read_cifar10", "write_cifar_binary",
     "Batch", "BiasDataset", "ImageArrays", "ImageSource", "Param", "RECIPES", "Recipe", "SOURCES",

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,16 +49,50 @@ class Splits:
         return self.train.num_bias_classes
 
 
+@dataclass(frozen=True)
+class StandaloneDataset:
+    """A named dataset that is not recipe x source (CelebA: real attributes in the user's own folder).
+
+    ``make_splits`` takes the keywords of :func:`make_splits` (params, seed, unbiased_size, train_size,
+    test_size, unbiased_fractions); ``from_spec`` rebuilds a recorded ``Splits.spec``; ``describe``
+    takes ``params``; ``prepare`` takes ``from_folder`` and ``force``. ``text_params`` names the params
+    that are strings, not numbers (the CLI's ``--param KEY=VALUE`` keeps them as text).
+    """
+
+    name: str
+    make_splits: Callable[..., "Splits"]
+    from_spec: Callable[[dict], "Splits"]
+    describe: Callable[..., dict]
+    prepare: Callable[..., Path]
+    text_params: tuple[str, ...] = ()
+
+
+DATASETS: dict[str, StandaloneDataset] = {}
+
+
+def register_dataset(dataset: StandaloneDataset) -> StandaloneDataset:
+    DATASETS[dataset.name] = dataset
+    return dataset
+
+
+def text_params(name: str) -> tuple[str, ...]:
+    """Params of dataset ``name`` whose values are text (``root``, ``target`` ... of celeba); () otherwise."""
+    return DATASETS[name].text_params if name in DATASETS else ()
+
+
 def compatible(recipe: Recipe, source: ImageSource) -> bool:
     """Grayscale recipes (binarised digit + colour) need a one-channel source."""
     return getattr(source, "channels", 1) == 1 or recipe.color_input
 
 
 def dataset_names() -> list[str]:
-    return sorted(f"{r}-{s}" for r in RECIPES for s in SOURCES if compatible(RECIPES[r], SOURCES[s]))
+    names = [f"{r}-{s}" for r in RECIPES for s in SOURCES if compatible(RECIPES[r], SOURCES[s])]
+    return sorted(names + list(DATASETS))
 
 
 def parse_name(name: str) -> tuple[Recipe, ImageSource]:
+    if name in DATASETS:
+        raise ConfigError(f"dataset {name!r} is not a recipe x image source; use make_splits / describe with it")
     for recipe in sorted(RECIPES, key=len, reverse=True):
         source = name[len(recipe) + 1 :]
         if name.startswith(recipe + "-") and source in SOURCES and compatible(RECIPES[recipe], SOURCES[source]):
@@ -79,6 +114,10 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
         splits = make_splits("biased-mnist", params={"rho": 0.99}, seed=0)
         splits.train.summary()   # {'size': 50000, 'realised_rho': 0.99...}
     """
+    if name in DATASETS:
+        return DATASETS[name].make_splits(params=params, seed=seed, unbiased_size=unbiased_size,
+                                          train_size=train_size, test_size=test_size,
+                                          unbiased_fractions=unbiased_fractions)
     recipe, source = parse_name(name)
     num_bias = source.num_classes
     resolved = recipe.resolve(params, num_bias)
@@ -122,6 +161,8 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
 
 def splits_from_spec(spec: dict[str, Any]) -> Splits:
     """Rebuild splits from the ``spec`` a run recorded."""
+    if spec["dataset"] in DATASETS:
+        return DATASETS[spec["dataset"]].from_spec(spec)
     kwargs = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
     if "unbiased_fractions" in spec:
         kwargs["unbiased_fractions"] = tuple(spec["unbiased_fractions"])
@@ -153,8 +194,13 @@ def _build(recipe: Recipe, source: ImageSource, images: np.ndarray, labels: np.n
     )
 
 
-def describe(name: str) -> dict[str, Any]:
-    """What a dataset is: recipe, source, parameters, splits, and where its files are."""
+def describe(name: str, *, params: dict | None = None) -> dict[str, Any]:
+    """What a dataset is: recipe, source, parameters, splits, and where its files are.
+
+    ``params`` only matter for datasets in the user's own folder (celeba: ``root``).
+    """
+    if name in DATASETS:
+        return DATASETS[name].describe(params=params)
     recipe, source = parse_name(name)
     return {
         "name": name,
