@@ -189,3 +189,46 @@ def test_structured_refuses_branching_models_and_head_gating():
         install_gates(_model("mlp"), mode="structured", head="fc", example=_x(2), include_head=True)
     gm = install_gates(_Residual(), mode="unstructured", head="fc", example=_x(2))  # unstructured is fine
     assert list(gm.gates) == ["conv"]
+
+
+def _naive_mi(probs, b, num_bias, eps=1e-15):
+    """The textbook form sum(joint * log(joint / outer(r, c))): its backward overflows (see below)."""
+    import math
+    onehot = F.one_hot(b, num_bias).to(probs.dtype)
+    joint = torch.clamp(onehot.T @ probs, min=eps) / probs.shape[0]
+    return (joint * torch.log(joint / torch.outer(joint.sum(1), joint.sum(0)))).sum() / math.log(num_bias)
+
+
+def test_mi_term_equals_the_audit_mi_and_keeps_finite_gradients_when_a_bias_class_is_missing():
+    from debiaskit.audit import normalized_mutual_information
+    from debiaskit.ffw._search import mutual_information
+    gen = torch.Generator().manual_seed(0)
+    for scale in (0.1, 3.0, 20.0):
+        probs = (scale * torch.randn(64, 10, generator=gen)).softmax(1)
+        b = torch.randint(0, 10, (64,), generator=gen)
+        assert abs(float(mutual_information(probs, b, 10)) - float(normalized_mutual_information(probs, b, 10))) < 1e-6
+    # bias class 9 absent from the batch + a confident privacy head (logit gap 30): the naive form's
+    # backward computes joint / marg**2 with marg ~ 1e-33 and returns NaN (the NaN seen in FFW runs)
+    b = torch.randint(0, 9, (104,), generator=gen)
+    logits = 30.0 * F.one_hot(b, 10).float()
+    naive = logits.clone().requires_grad_(True)
+    _naive_mi(naive.softmax(1), b, 10).backward()
+    assert not torch.isfinite(naive.grad).all()  # the case really hits the overflow
+    ours = logits.clone().requires_grad_(True)
+    mi = mutual_information(ours.softmax(1), b, 10)
+    mi.backward()
+    assert torch.isfinite(ours.grad).all() and abs(float(mi.detach()) - float(_naive_mi(logits.softmax(1), b, 10))) < 1e-6
+
+
+def test_ffw_step_gives_finite_gate_gradients_on_a_batch_missing_a_bias_class():
+    net, gm, heads, x, y, _ = _step_setup()
+    b = torch.arange(32) % 9   # bias class 9 missing
+    with torch.no_grad():      # a privacy head that reads b from z with a logit gap of 30
+        _, z = forward_with_bottleneck(net, x, "fc")
+        za = torch.cat([z, torch.ones(32, 1)], 1)
+        sol = (torch.linalg.pinv(za.double()) @ (30.0 * F.one_hot(b, 10).double())).float()
+        heads[0].weight.copy_(sol[:-1].T)
+        heads[0].bias.copy_(sol[-1])
+        assert (heads[0](z).softmax(1).argmax(1) == b).all()
+    ffw_step(net, "fc", gm.parameters(), heads, x, y, b, gamma=10.0, num_bias=10)
+    assert all(torch.isfinite(p.grad).all() for p in gm.parameters())

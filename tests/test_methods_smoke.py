@@ -30,8 +30,12 @@ def toy_data():
     return get
 
 
+# ffw is post-hoc only (training with it is refused: `debiaskit ffw RUN_DIR`); tested in tests/test_ffw_*.py
+TRAINABLE = sorted(n for n in METHODS if n != "ffw")
+
+
 @pytest.mark.parametrize("dataset", TOY)
-@pytest.mark.parametrize("method_name", sorted(METHODS))
+@pytest.mark.parametrize("method_name", TRAINABLE)
 def test_method_runs_on_toy(method_name, dataset, toy_data):
     splits = toy_data(dataset)
     torch.manual_seed(0)

@@ -25,7 +25,6 @@ Example::
 """
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import time
 from dataclasses import dataclass, field, replace
@@ -38,7 +37,7 @@ from torch import nn
 from ..audit import audit_model, group_metrics
 from ..data import make_splits
 from ..errors import ConfigError, DebiaskitError
-from ..methods import METHODS, Default, MethodInfo, build_method, get_method, method_defaults
+from ..methods import METHODS, MethodInfo, build_method, get_method, method_defaults
 from ..models import build_model, collect_outputs, default_head_name
 from ..runs import (RUN_FILE, WEIGHTS_FILE, atomic_folder, is_finished, load_run, package_versions, read_json,
                     save_weights, write_json, write_text)
@@ -119,33 +118,10 @@ DEFAULT_OVERRIDES: dict[str, dict[str, Any]] = {"dcwp": {"mask_iters": 300}}
 FULL_OVERRIDES: dict[str, dict[str, Any]] = {"dcwp": {"mask_iters": 2000}}
 
 
-# -- FFW as a post-hoc entry (the FFW engineer owns debiaskit.ffw; we only call it) ---------------------------
-def _apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 0, **config) -> tuple[nn.Module, dict]:
-    from .. import ffw
-    result = ffw.find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
-                                        val=splits.unbiased_val, seed=seed, **config)
-    info = {"selected": getattr(result, "selected", None), "sparsity": getattr(result, "sparsity", None)}
-    return result.model, info
-
-
-def _ffw_entry() -> MethodInfo | None:
-    """FFW's harness entry: the registered one if the FFW module registered itself, else a local one
-    that calls ``debiaskit.ffw.find_fantastic_weights`` when it exists."""
-    if "ffw" in METHODS:
-        return METHODS["ffw"]
-    try:
-        from .. import ffw
-    except ImportError:
-        return None
-    if not hasattr(ffw, "find_fantastic_weights"):
-        return None
-    budget = "ours (CPU budget; paper: until plateau)"
-    return MethodInfo(
-        name="ffw", description="FFW: gates on the frozen vanilla weights so the bottleneck carries no bias",
-        factory=lambda **kw: None, uses_bias_labels=True, uses_unbiased_data=True, retrains=False, post_hoc=True,
-        apply=_apply_ffw, selection="ffw", reference="Nahon et al., ECCV 2024",
-        defaults={"*": {"mode": Default("unstructured", "paper (Table 2 main rows)"), "gamma": Default(10.0, "paper"),
-                        "max_epochs_per_level": Default(3, budget), "head_pretrain_epochs": Default(10, budget)}})
+# -- FFW: registered by debiaskit.methods.ffw as a post-hoc method (apply = FFW on the cell's vanilla model) ----
+def _ffw_entry() -> MethodInfo:
+    """FFW's registry entry (kept as a function for callers of the harness)."""
+    return METHODS["ffw"]
 
 
 FULL_FFW = {"max_epochs_per_level": 10, "head_pretrain_epochs": 30}

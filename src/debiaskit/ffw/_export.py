@@ -3,7 +3,9 @@
 - unstructured: the original architecture with the pruned weights set to 0 (kept weights unchanged);
 - structured: a physically smaller network: the pruned units (conv out-channels / linear neurons) are
   removed from their layer, from the BatchNorm between the layer and its activation, and the matching
-  input channels / columns are removed from the next conv/linear (the head included).
+  input channels / columns are removed from the next conv/linear (the head included). In a ResNet
+  (debiaskit's BasicBlock) these are each block's internal channels: conv1's outputs, bn1, conv2's
+  inputs; the residual stream keeps its width (see ``_structure.py``).
 
 Why the structured surgery is exact: a structured gate multiplies the *activation output* of a unit
 by 0, so the unit feeds exactly 0 into whatever comes next - whatever the BatchNorm shift before the
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
-from ._gates import GATED_TYPES, NORM_TYPES, Trace, trace_encoder
+from ._gates import NORM_TYPES
 
 
 def apply_unstructured_masks(model: nn.Module, masks: dict[str, Tensor], *, copy_model: bool = True) -> nn.Module:
@@ -96,22 +98,29 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor) -> tuple[nn.Module, dict[str, Any]]:
-    """Physically remove the pruned units of a chain-shaped model (see module docstring).
+    """Physically remove the pruned units of a structured FFW result (see module docstring).
 
-    ``masks`` maps a gated layer's name to a 0/1 vector over its output units. Returns the smaller
-    model (a deep copy: ``model`` is not modified) and its ``shapes`` (module name -> new sizes),
-    which :func:`resize_like` uses to rebuild the architecture before loading the weights.
+    ``masks`` maps a gated layer's name to a 0/1 vector over its output units (the gate points of
+    :func:`install_gates`: every layer of a chain-shaped encoder; the internal conv1 channels of each
+    residual BasicBlock). Returns the smaller model (a deep copy: ``model`` is not modified) and its
+    ``shapes`` (module name -> new sizes), which :func:`resize_like` uses to rebuild the architecture
+    before loading the weights.
+
+    Example::
+
+        pruned, shapes = prune_structured(vanilla, gated.hard_masks(), head="fc", example=x[:2])
+        count_parameters(pruned) < count_parameters(vanilla)
     """
-    trace = trace_encoder(model, example, head)
-    if not trace.is_chain:
-        raise ModelError("physical export of structured masks needs a chain-shaped encoder (conv/linear -> "
-                         "[BatchNorm] -> activation, pooling/flatten/dropout in between)")
+    from ._structure import analyse_structure
+    structure = analyse_structure(model, example, head)
     out = copy.deepcopy(model)
-    consumers = _consumer_chain(trace)
     modules = dict(model.named_modules())
     for layer, mask in masks.items():
-        if layer not in consumers:
-            raise ModelError(f"structured mask {layer!r} names no gated layer of this model")
+        if layer not in structure.points:
+            why = structure.ungated.get(layer)
+            raise ModelError(f"structured mask {layer!r} names no gated layer of this model"
+                             + (f" (it is not gated: {why})" if why else ""))
+        point = structure.points[layer]
         mask = mask.bool()
         if mask.numel() != _units(modules[layer]):
             raise ModelError(f"structured mask {layer!r} has {mask.numel()} units, the layer {_units(modules[layer])}")
@@ -119,10 +128,10 @@ def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, e
         dead = torch.zeros(0, dtype=torch.long)
         if len(keep) == 0:  # keep one unit so every layer stays valid; its consumer column is zeroed
             keep, dead = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-        norms, consumer = consumers[layer]
         _set_module(out, layer, _slice_out(out.get_submodule(layer), keep))
-        for norm in norms:
+        for norm in point.norms:
             _set_module(out, norm, _slice_out(out.get_submodule(norm), keep))
+        consumer = point.consumer
         target = out.get_submodule(consumer)
         units = _units(modules[layer])
         if isinstance(target, nn.Linear):
@@ -136,24 +145,6 @@ def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, e
         _set_module(out, consumer, _slice_in(target, cols, zero))
     out.eval()
     return out, module_shapes(out)
-
-
-def _consumer_chain(trace: Trace) -> dict[str, tuple[list[str], str]]:
-    """For each conv/linear of the chain: its BatchNorms (before the activation) and the next conv/linear."""
-    leaves = trace.leaves
-    result = {}
-    for i, leaf in enumerate(leaves):
-        if not isinstance(leaf.module, GATED_TYPES):
-            continue
-        norms, consumer = [], trace.head_name
-        for nxt in leaves[i + 1:]:
-            if isinstance(nxt.module, GATED_TYPES):
-                consumer = nxt.name
-                break
-            if isinstance(nxt.module, NORM_TYPES):
-                norms.append(nxt.name)
-        result[leaf.name] = (norms, consumer)
-    return result
 
 
 def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:

@@ -185,44 +185,27 @@ def _replays(model: nn.Module, trace: Trace, example: Tensor) -> bool:
     finally:
         handle.remove()
     h = example
-    for leaf in trace.leaves:
-        if isinstance(leaf.module, nn.Linear) and h.ndim > 2:
-            h = h.flatten(1)  # the functional flatten (torch.flatten) of forward() is invisible to hooks
-        h = leaf.module(h)
+    try:
+        for leaf in trace.leaves:
+            if isinstance(leaf.module, nn.Linear) and h.ndim > 2:
+                h = h.flatten(1)  # the functional flatten (torch.flatten) of forward() is invisible to hooks
+            h = leaf.module(h)
+    except RuntimeError:  # shapes that do not chain (e.g. a residual block's shortcut): not a chain
+        return False
     z = captured[0]
     return h.flatten(1).shape == z.flatten(1).shape and torch.equal(h.flatten(1), z.flatten(1))
-
-
-def structured_gate_points(trace: Trace) -> list[tuple[str, str]]:
-    """Pairs (layer, activation): each conv/linear followed (through BatchNorm only) by an activation.
-
-    Layers with no activation right after them (e.g. conv -> BN -> conv) are not gated: a gate must
-    sit after the non-linearity (eq. 9). Activation modules called more than once are skipped too
-    (their hook could not tell the calls apart).
-    """
-    points = []
-    leaves = trace.leaves
-    for i, leaf in enumerate(leaves):
-        if not isinstance(leaf.module, GATED_TYPES):
-            continue
-        units = leaf.out_shape[1]
-        j = i + 1
-        while j < len(leaves) and isinstance(leaves[j].module, NORM_TYPES) and leaves[j].module.num_features == units:
-            j += 1
-        if j < len(leaves) and isinstance(leaves[j].module, ACTIVATION_TYPES) and trace.calls.get(leaves[j].name) == 1 \
-                and leaves[j].out_shape[1] == units:
-            points.append((leaf.name, leaves[j].name))
-    return points
 
 
 class GatedModel:
     """A model with FFW gates installed; ``state`` switches temperature and soft/hard gates."""
 
     def __init__(self, model: nn.Module, *, mode: str, head: str, gates: dict[str, nn.Module],
-                 state: GateState, handles: list, units: dict[str, str] | None = None) -> None:
+                 state: GateState, handles: list, units: dict[str, str] | None = None,
+                 ungated: dict[str, str] | None = None) -> None:
         self.model, self.mode, self.head, self.gates, self.state = model, mode, head, gates, state
         self._handles = handles
         self.units = units or {}   # structured: layer name -> activation name
+        self.ungated = ungated or {}   # structured: conv/linear left ungated -> why (e.g. residual stream)
 
     def parameters(self) -> list[nn.Parameter]:
         return [g.m for g in self.gates.values()]
@@ -266,8 +249,18 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
 
     ``mode="unstructured"``: a :class:`WeightGate` parametrisation on the weight of every encoder
     conv/linear (and the head's with ``include_head``). ``mode="structured"``: a :class:`UnitGate` on
-    the output of the activation that follows each encoder conv/linear; needs a chain-shaped encoder
-    (see :func:`trace_encoder`) so that the result can be exported as a smaller network.
+    the output of the activation that follows each conv/linear whose units can be removed exactly
+    (see ``debiaskit.ffw._structure``): every layer of a chain-shaped encoder (SimpleConvNet, MLP), and
+    in a ResNet built from debiaskit's ``BasicBlock`` the internal channels of each block (conv1 ->
+    bn1 -> relu1 -> conv2). Channels tied to the residual stream (stem, conv2/bn2, downsample) stay
+    ungated and are listed with the reason in ``GatedModel.ungated``. Other branching or residual-like
+    modules raise a ModelError naming them (use unstructured mode for those models).
+
+    Example::
+
+        gm = install_gates(net, mode="structured", head="fc", example=x[:2])
+        gm.units        # {'layer1.0.conv1': 'layer1.0.relu1', ...}
+        gm.ungated      # {'stem.0': 'its activation feeds the residual block ...', ...}
     """
     state = state or GateState()
     layers = encoder_layers(model, head, include_head=include_head)
@@ -283,22 +276,19 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
         if include_head:
             raise ConfigError("include_head applies to unstructured FFW only: structured gates sit on encoder "
                               "units after a non-linearity, and the head's outputs (the logits) have none")
-        trace = trace_encoder(model, example, head)
-        if not trace.is_chain:
-            raise ModelError("structured FFW needs an encoder that is a chain of conv/linear -> [BatchNorm] -> "
-                             "activation blocks (with pooling/flatten/dropout in between), like SimpleConvNet and "
-                             "the MLP; this model has branches, reused modules or unsupported layers (e.g. residual "
-                             "blocks). Use mode='unstructured' for it.")
-        points = structured_gate_points(trace)
-        if not points:
-            raise ModelError("no conv/linear layer of the encoder is followed by an activation module; structured "
-                             "gates sit after the non-linearity (use mode='unstructured')")
+        from ._structure import analyse_structure  # late import: _structure builds on this module
+        structure = analyse_structure(model, example, head)
+        if not structure.points:
+            raise ModelError("no unit of this model can be gated exactly: structured gates sit after the "
+                             "non-linearity of a conv/linear whose activation feeds only the next conv/linear "
+                             f"(ungated: {'; '.join(f'{k}: {v}' for k, v in structure.ungated.items())}); "
+                             "use mode='unstructured'")
         modules = dict(model.named_modules())
         gates, handles, units = {}, [], {}
-        for layer, act in points:
-            n_units = modules[layer].out_channels if not isinstance(modules[layer], nn.Linear) else modules[layer].out_features
-            gate = UnitGate(n_units, state)
-            handles.append(modules[act].register_forward_hook(gate.hook))
-            gates[layer], units[layer] = gate, act
-        return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=handles, units=units)
+        for layer, point in structure.points.items():
+            gate = UnitGate(point.units, state)
+            handles.append(modules[point.activation].register_forward_hook(gate.hook))
+            gates[layer], units[layer] = gate, point.activation
+        return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=handles, units=units,
+                          ungated=structure.ungated)
     raise ConfigError(f"mode must be 'unstructured' or 'structured', got {mode!r}")

@@ -201,4 +201,8 @@ def report_markdown(info: dict[str, Any]) -> str:
     lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in before_after_rows(info)]
     lines += ["", "Sparsity per layer (% removed):", "", "| layer | removed |", "|---|---|"]
     lines += [f"| {k} | {100 * v:.2f} |" for k, v in s["sparsity"]["per_layer"].items()]
+    ungated = s["sparsity"].get("ungated") or {}
+    if ungated:  # structured FFW on a residual network: the residual stream keeps its width
+        lines += ["", f"Not gated ({len(ungated)} conv/linear layers; pruning their units is not free):", ""]
+        lines += [f"- {k}: {why}" for k, why in ungated.items()]
     return "\n".join(lines) + "\n"

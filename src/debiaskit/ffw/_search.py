@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..audit import normalized_mutual_information
 from ..data import iterate_batches
 from ..errors import ConfigError, DataError, ModelError
 from ..models import forward_with_bottleneck, head_shape, resolve_head
@@ -129,6 +128,28 @@ class FFWResult:
                 "epochs": len(self.history) - 1, "shapes": self.shapes}
 
 
+def mutual_information(probs: Tensor, b: Tensor, num_bias: int, *, eps: float = 1e-15) -> Tensor:
+    """FFW's information term: the normalised empirical MI of ``debiaskit.audit.normalized_mutual_information``
+    (same value up to float rounding), written so that its gradient stays finite.
+
+    joint = clamp(onehot(b)^T probs, eps) / N, r / c its row / column sums;
+    MI = sum(joint * (log joint - log r - log c)) / log(N_B).
+
+    Why not ``log(joint / outer(r, c))``: when a bias class is missing from the batch (r_i at its floor
+    N_B * eps / N) and a confident privacy head gives some class a column sum c_j near its floor too,
+    outer(r, c) falls to ~1e-33 and the backward pass of the division computes joint / marg**2, which
+    overflows float32: inf * 0 = NaN reaches the gates, and the next step's loss is NaN. Seen on
+    colored-mnist (MLP, batch 64): the first non-finite gradient came from such a batch, after ~500 steps.
+    Here every backward factor is bounded (d/d joint = log joint - log r - log c - 1).
+    """
+    if num_bias < 2:
+        raise ValueError("mutual information needs at least two bias classes")
+    onehot = F.one_hot(b.long(), num_bias).to(probs.dtype)
+    joint = torch.clamp(onehot.T @ probs, min=eps) / probs.shape[0]
+    log_r, log_c = joint.sum(1).log(), joint.sum(0).log()
+    return (joint * (joint.log() - log_r[:, None] - log_c[None, :])).sum() / math.log(num_bias)
+
+
 def _bias_columns(b: Tensor) -> list[Tensor]:
     return [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
 
@@ -162,7 +183,7 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
     logits, z = forward_with_bottleneck(model, x, head)
     ce = F.cross_entropy(logits, y)
     cols = _bias_columns(b)
-    mi = sum(normalized_mutual_information(h(z).softmax(1), col, num_bias) for h, col in zip(privacy_heads, cols))
+    mi = sum(mutual_information(h(z).softmax(1), col, num_bias) for h, col in zip(privacy_heads, cols))
     loss = ce + gamma * mi
     grads = torch.autograd.grad(loss, gate_params)
     for p, g in zip(gate_params, grads):
@@ -257,6 +278,9 @@ class _Search:
                                      device=self.device):
             out = ffw_step(self.work, self.head, params, self.heads, batch.x, batch.y, batch.b,
                            gamma=cfg.gamma, num_bias=self.num_bias)
+            if not all(bool(torch.isfinite(p.grad).all()) for p in params):  # never step into NaN gates
+                raise ModelError(f"FFW got a non-finite gate gradient at tau {self.progress['tau']}, step {self.step + 1} "
+                                 f"(loss {out['loss']}); try a lower gate_lr")
             for opt in self.head_opts:
                 opt.step()
             self.gate_opt.step()
@@ -266,7 +290,8 @@ class _Search:
             steps += 1
             self.step += 1
             if not math.isfinite(loss):
-                raise ModelError(f"FFW diverged (loss {loss}) at tau {self.state.tau}; lower gate_lr")
+                raise ModelError(f"FFW diverged (loss {loss}) at tau {self.state.tau}, step {self.step}; "
+                                 "try a lower gate_lr")
             if self.callback is not None:
                 self.callback({"kind": "step", "step": self.step, "epoch": self.progress["epoch"] + 1,
                                "loss": loss})
@@ -282,7 +307,7 @@ class _Search:
         for h, col in zip(self.heads, _bias_columns(b)):
             p = h(z)
             accs.append(float((p.argmax(1) == col).float().mean()))
-            mis.append(float(normalized_mutual_information(p.softmax(1), col, self.num_bias)))
+            mis.append(float(mutual_information(p.softmax(1), col, self.num_bias)))
         return {"task": float((logits.argmax(1) == y).float().mean()), "ce": ce, "bias": sum(accs) / len(accs),
                 "mi": sum(mis), "objective": ce + self.cfg.gamma * sum(mis)}
 
@@ -479,6 +504,7 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
         example = next(iter(iterate_batches(search.train, batch_size=2))).x
         exported, shapes = prune_structured(model, masks, head=search.head, example=example)
         sparsity = structured_sparsity(masks, model, exported)
+        sparsity["ungated"] = dict(search.gated.ungated)  # e.g. residual-stream channels of a ResNet, with why
     exported.eval()
     return FFWResult(model=exported, masks=masks, config=cfg, head=search.head, history=search.history,
                      selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],

@@ -1,0 +1,57 @@
+"""FFW (Nahon et al., ECCV 2024) in the method registry: a post-hoc method, it never trains.
+
+FFW learns gates on the weights (or units) of a *frozen* vanilla model with the bias labels of a
+small unbiased set D^u, and exports the hard-masked network; no weight changes. The registry entry
+lets the comparison harness run it on each cell's vanilla model (``apply``); training with it is
+refused: train a vanilla model, then run ``debiaskit ffw RUN_DIR --mode unstructured|structured``.
+
+Example::
+
+    from debiaskit.methods import get_method, method_defaults
+    info = get_method("ffw")
+    config = {k: d.value for k, d in method_defaults("ffw", "biased-mnist").items()}
+    pruned, state = info.apply(vanilla_model, splits=splits, head="fc", seed=0, **config)
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from ._registry import Default, MethodInfo, register_method
+
+
+def apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 0, **config) -> tuple[nn.Module, dict[str, Any]]:
+    """Post-hoc entry used by the comparison harness: FFW on a copy of ``model``, gates and privacy head
+    trained on ``splits.unbiased_train``, selection on ``splits.unbiased_val`` (bias labels of D^u).
+
+    Returns the exported hard-masked network and JSON-able diagnostics (selected D^u_val record,
+    sparsity, stop reason).
+    """
+    from ..ffw import find_fantastic_weights  # late import: the registry stays light to import
+    result = find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
+                                    val=splits.unbiased_val, seed=seed, **config)
+    info = {"selected": result.selected, "sparsity": result.sparsity, "stop_reason": result.stop_reason,
+            "search_time_s": result.wall_time_s}
+    return result.model, info
+
+
+def _refuse_training(**config) -> None:
+    raise ConfigError("ffw is a post-hoc method: it does not train a model, it prunes a trained one. Train a "
+                      "vanilla model first (`debiaskit train --method vanilla --out RUN_DIR ...`), then run "
+                      "`debiaskit ffw RUN_DIR --mode unstructured` (or `--mode structured`)")
+
+
+_BUDGET = "ours (CPU budget; paper: until plateau)"
+
+register_method(MethodInfo(
+    name="ffw", description="FFW: gates on the frozen vanilla weights so the bottleneck carries no bias",
+    factory=_refuse_training, uses_bias_labels=True, uses_unbiased_data=True, retrains=False, post_hoc=True,
+    apply=apply_ffw, selection="ffw", reference="Nahon et al., ECCV 2024",
+    defaults={"*": {"mode": Default("unstructured", "paper (Table 2 main rows)"), "gamma": Default(10.0, "paper"),
+                    "tau_decay": Default(0.5, "paper (Alg. 1; the public code uses 0.1)"),
+                    "include_head": Default(False, "paper text (encoder only; the public code also gates fc)"),
+                    "max_epochs_per_level": Default(3, _BUDGET), "head_pretrain_epochs": Default(10, _BUDGET)}},
+))

@@ -1,0 +1,192 @@
+"""Structured FFW on residual networks: internal block channels gated, residual stream untouched,
+exact export of the hard-masked model, clear refusals of unknown residual modules."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from debiaskit.data import BiasDataset
+from debiaskit.errors import ModelError
+from debiaskit.ffw import count_parameters, find_fantastic_weights, install_gates, prune_structured, resize_like
+from debiaskit.ffw._gates import freeze
+from debiaskit.models._zoo import BasicBlock, ResNet18
+
+SHAPE = (3, 16, 16)
+INTERNAL = {f"layer{i}.{j}.conv1": f"layer{i}.{j}.relu1" for i in range(1, 5) for j in range(2)}
+
+
+def _randomise_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial frozen BatchNorm (a pruned unit's BN shift must not leak into the export)."""
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def _resnet(stem: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return _randomise_bn(ResNet18(num_classes=10, in_channels=3, stem=stem, width=4))
+
+
+def _x(n: int = 6) -> torch.Tensor:
+    return torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(1))
+
+
+def _random_gates(gm, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for g in gm.gates.values():  # away from 0 so that a tiny tau reaches the hard limit
+            g.m.copy_(torch.randn(g.m.shape, generator=gen).sign() * (0.01 + torch.rand(g.m.shape, generator=gen)))
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_resnet_gates_only_the_internal_block_channels(stem):
+    vanilla = _resnet(stem)
+    net = copy.deepcopy(vanilla)
+    freeze(net)
+    x = _x()
+    gm = install_gates(net, mode="structured", head="fc", example=x[:2])
+    assert gm.units == INTERNAL  # the gate sits after each block's first activation
+    # everything that writes into the residual stream stays ungated, with the reason
+    assert {"stem.0", "layer1.0.conv2", "layer2.0.conv2", "layer2.0.downsample.0", "layer4.1.conv2"} <= set(gm.ungated)
+    assert "residual" in gm.ungated["stem.0"] and "residual" in gm.ungated["layer2.0.downsample.0"]
+    assert not set(gm.ungated) & set(gm.gates)
+    with torch.no_grad():
+        assert torch.equal(net(x), vanilla(x))  # all gates at 1: bit for bit
+        gm.state.hard = True
+        assert torch.equal(net(x), vanilla(x))
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_resnet_structured_export_is_smaller_and_equals_the_hard_masked_model(stem):
+    vanilla = _resnet(stem)
+    net = copy.deepcopy(vanilla)
+    freeze(net)
+    x = _x()
+    gm = install_gates(net, mode="structured", head="fc", example=x[:2])
+    _random_gates(gm, seed=4)
+    with torch.no_grad():
+        gm.gates["layer3.0.conv1"].m.fill_(-1.0)  # a whole block's internal channels pruned: one dead unit kept
+    masks = gm.hard_masks()
+    assert 0 < sum(int(m.sum()) for m in masks.values()) < sum(m.numel() for m in masks.values())
+    vanilla.train()  # the analysis runs in eval mode: BatchNorm statistics untouched, mode restored
+    pruned, shapes = prune_structured(vanilla, masks, head="fc", example=x[:2])
+    assert vanilla.training
+    vanilla.eval()
+    gm.state.hard = True
+    with torch.no_grad():
+        hard_out = net(x)
+        assert torch.allclose(pruned(x), hard_out, atol=1e-5, rtol=1e-5)
+        gm.state.hard, gm.state.tau = False, 1e-6
+        assert torch.equal(net(x), hard_out)  # tau -> 0 is the hard mask
+    for name, mask in masks.items():  # conv1 out, bn1 and conv2 in shrink together
+        block = pruned.get_submodule(name.rsplit(".", 1)[0])
+        kept = max(int(mask.sum()), 1)
+        assert block.conv1.out_channels == block.bn1.num_features == block.conv2.in_channels == kept
+        assert block.conv2.out_channels == vanilla.get_submodule(name.rsplit(".", 1)[0]).conv2.out_channels
+    assert pruned.stem[0].out_channels == 4 and pruned.fc.in_features == 32  # residual stream keeps its width
+    assert count_parameters(pruned) < 0.8 * count_parameters(vanilla)
+    fresh = resize_like(ResNet18(num_classes=10, in_channels=3, stem=stem, width=4), shapes).eval()
+    fresh.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), pruned(x))
+    assert not any(type(m).__module__.startswith("debiaskit.ffw") for m in pruned.modules())
+    assert all(torch.equal(p, q) for p, q in zip(vanilla.state_dict().values(), _resnet(stem).state_dict().values()))
+
+
+class _Mixed(nn.Module):
+    """Two plain conv blocks, then residual blocks: the first plain conv feeds a plain conv (gated),
+    the second feeds a residual block (ungated: its output is the block's shortcut too)."""
+
+    head_name = "fc"
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                      nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      BasicBlock(8, 8), BasicBlock(8, 12, 2), nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+def test_plain_layers_before_residual_blocks():
+    torch.manual_seed(0)
+    vanilla = _randomise_bn(_Mixed())
+    net = copy.deepcopy(vanilla)
+    freeze(net)
+    x = _x()
+    gm = install_gates(net, mode="structured", head="fc", example=x[:2])
+    assert gm.units == {"features.0": "features.2", "features.6.conv1": "features.6.relu1",
+                        "features.7.conv1": "features.7.relu1"}
+    assert "features.6" in gm.ungated["features.3"]
+    _random_gates(gm, seed=7)
+    gm.state.hard = True
+    pruned, _ = prune_structured(vanilla, gm.hard_masks(), head="fc", example=x[:2])
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), net(x), atol=1e-5, rtol=1e-5)
+    assert pruned.features[0].out_channels == pruned.features[3].in_channels == int(gm.hard_masks()["features.0"].sum())
+    with pytest.raises(ModelError, match="not gated.*residual"):
+        prune_structured(vanilla, {"features.3": torch.ones(8)}, head="fc", example=x[:2])
+
+
+class _MyBlock(nn.Module):
+    """A residual block debiaskit does not know."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.relu, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.relu(self.conv2(self.relu(self.conv1(x))) + x)
+
+
+class _PreActBlock(BasicBlock):
+    """Same layers as BasicBlock, another forward: not trusted either."""
+
+    def forward(self, x):
+        return x + self.conv2(self.relu1(self.bn1(self.conv1(x))))
+
+
+@pytest.mark.parametrize("block,name", [(_MyBlock(4), "_MyBlock"), (_PreActBlock(4, 4), "_PreActBlock")])
+def test_unknown_residual_modules_are_refused_by_name(block, name):
+    model = nn.Sequential()
+    model.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    model.body = nn.Sequential(block)
+    model.pool, model.flat, model.fc = nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    model.eval()
+    with pytest.raises(ModelError, match=rf"body\.0 \({name}\).*residual.*mode='unstructured'"):
+        install_gates(model, mode="structured", head="fc", example=_x(2))
+    gm = install_gates(model, mode="unstructured", head="fc", example=_x(2))  # unstructured still works
+    assert "body.0.conv1" in gm.gates
+
+
+def test_ffw_search_on_a_resnet_exports_the_selected_hard_model():
+    gen = torch.Generator().manual_seed(0)
+
+    def data(n, name):
+        y = torch.randint(0, 2, (n,), generator=gen)
+        b = torch.randint(0, 2, (n,), generator=gen)
+        images = (torch.rand(n, *SHAPE, generator=gen) * 255).to(torch.uint8)
+        images[:, 0] = torch.where(b[:, None, None] == 1, 255, 0).to(torch.uint8)  # channel 0 carries b
+        return BiasDataset(images=images, y=y, b=b, num_classes=2, num_bias_classes=2, name=name, aligned=(b == y),
+                           mean=0.5, std=0.5)
+
+    train, val = data(64, "u_train"), data(32, "u_val")
+    torch.manual_seed(0)
+    model = _randomise_bn(ResNet18(num_classes=2, in_channels=3, stem="cifar", width=4))
+    res = find_fantastic_weights(model, head="fc", train=train, val=val, mode="structured", max_levels=2,
+                                 max_epochs_per_level=1, head_pretrain_epochs=1, batch_size=32, gate_lr=1.0)
+    assert set(res.masks) == set(INTERNAL)
+    assert "stem.0" in res.sparsity["ungated"] and res.sparsity["parameters_after"] <= res.sparsity["parameters_before"]
+    res.gated.state.hard = True
+    x = val.x[:8]
+    with torch.no_grad():
+        assert torch.allclose(res.model(x), res.gated.model(x), atol=1e-5, rtol=1e-5)
