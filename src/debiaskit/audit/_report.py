@@ -21,7 +21,7 @@ def pct(v: float | None) -> str:
 
 
 def summary_rows(report: AuditReport) -> list[tuple[str, str]]:
-    rows = [("task accuracy (unbiased test)", pct(report.task_accuracy))]
+    rows = [(f"task accuracy ({report.eval_split} split, sample-weighted)", pct(report.task_accuracy))]
     for a in report.attributes:
         tag = f" [{a.name}{', pseudo-labels' if a.pseudo_labels else ''}]"
         g = a.groups
