@@ -12,16 +12,21 @@ from torch import Tensor
 def normalized_mutual_information(probs: Tensor, b: Tensor, num_bias: int, *, eps: float = 1e-15) -> Tensor:
     """Normalised empirical MI between bias labels ``b`` and soft predictions ``probs`` (N x N_B).
 
-    joint = clamp(onehot(b)^T probs, eps) / N;  marg = outer(joint.sum(1), joint.sum(0));
-    MI = sum(joint * log(joint / marg)) / log(N_B), in [0, 1]. Differentiable in ``probs`` (FFW's
-    information term, eq. 7 of Nahon et al.).
+    joint = clamp(onehot(b)^T probs, eps) / N, r / c its row / column sums;
+    MI = sum(joint * log(joint / outer(r, c))) / log(N_B), in [0, 1]. Differentiable in ``probs`` (FFW's
+    information term, eq. 7 of Nahon et al.; IRENE's and VCBA's too).
+
+    Evaluated as ``joint * (log joint - log r - log c)``: the literal ``log(joint / outer(r, c))`` has the
+    backward factor joint / marg**2, and marg underflows in float32 when a bias class is missing from a
+    batch and a confident head leaves a column near the clamp floor - inf * 0 = NaN gradients (seen in FFW
+    on colored-mnist and in IRENE on biased-mnist). In log space every gradient is bounded by |log eps| + 1.
     """
     if num_bias < 2:
         raise ValueError("mutual information needs at least two bias classes")
     onehot = torch.nn.functional.one_hot(b.long(), num_bias).to(probs.dtype)
     joint = torch.clamp(onehot.T @ probs, min=eps) / probs.shape[0]
-    marg = torch.outer(joint.sum(1), joint.sum(0))
-    return (joint * torch.log(joint / marg)).sum() / math.log(num_bias)
+    log_ratio = joint.log() - joint.sum(1, keepdim=True).log() - joint.sum(0, keepdim=True).log()
+    return (joint * log_ratio).sum() / math.log(num_bias)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..audit import normalized_mutual_information
 from ..data import iterate_batches
 from ..errors import ConfigError, DataError, ModelError
 from ..models import forward_with_bottleneck, head_shape, resolve_head
@@ -128,26 +129,10 @@ class FFWResult:
                 "epochs": len(self.history) - 1, "shapes": self.shapes}
 
 
-def mutual_information(probs: Tensor, b: Tensor, num_bias: int, *, eps: float = 1e-15) -> Tensor:
-    """FFW's information term: the normalised empirical MI of ``debiaskit.audit.normalized_mutual_information``
-    (same value up to float rounding), written so that its gradient stays finite.
-
-    joint = clamp(onehot(b)^T probs, eps) / N, r / c its row / column sums;
-    MI = sum(joint * (log joint - log r - log c)) / log(N_B).
-
-    Why not ``log(joint / outer(r, c))``: when a bias class is missing from the batch (r_i at its floor
-    N_B * eps / N) and a confident privacy head gives some class a column sum c_j near its floor too,
-    outer(r, c) falls to ~1e-33 and the backward pass of the division computes joint / marg**2, which
-    overflows float32: inf * 0 = NaN reaches the gates, and the next step's loss is NaN. Seen on
-    colored-mnist (MLP, batch 64): the first non-finite gradient came from such a batch, after ~500 steps.
-    Here every backward factor is bounded (d/d joint = log joint - log r - log c - 1).
-    """
-    if num_bias < 2:
-        raise ValueError("mutual information needs at least two bias classes")
-    onehot = F.one_hot(b.long(), num_bias).to(probs.dtype)
-    joint = torch.clamp(onehot.T @ probs, min=eps) / probs.shape[0]
-    log_r, log_c = joint.sum(1).log(), joint.sum(0).log()
-    return (joint * (joint.log() - log_r[:, None] - log_c[None, :])).sum() / math.log(num_bias)
+# FFW's information term (eq. 7): the audit's normalised empirical MI, computed in log space so that its
+# gradient stays finite (a NaN at tau 1 on colored-mnist came from the literal formula). One implementation
+# for FFW, IRENE, VCBA and the audit.
+mutual_information = normalized_mutual_information
 
 
 def _bias_columns(b: Tensor) -> list[Tensor]:
