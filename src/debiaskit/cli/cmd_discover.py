@@ -11,22 +11,38 @@ from ._common import app, console
 @app.command()
 def discover(run_dir: Path,
              force: bool = typer.Option(False, help="replace an existing RUN_DIR/discover"),
+             layer: str = typer.Option("auto", help="where to apply the attractor rule: auto (label-free choice among "
+                                                    "the activation layers + bottleneck), bottleneck, or a module name"),
+             dynamics: str = typer.Option("auto", help="RUN_DIR/dynamics.safetensors (train --record-dynamics): auto = "
+                                                       "extra train.dynamics row when present; use = train labels from it; off"),
              device: str = "cpu") -> None:
-    """Discover pseudo-bias labels of a trained run from its bottleneck geometry (attractor rule).
+    """Discover pseudo-bias labels of a trained run from its feature geometry (attractor rule), without bias labels.
 
     Writes RUN_DIR/discover/pseudo_bias.safetensors (<split>.pseudo_bias / .conflict_score / .confidence
     for train, unbiased_train, unbiased_val) and report.json / report.md (precision and recall against
     the true bias labels when the data has them; they are read for the report only).
+    A model trained to convergence memorises its conflicting training samples at the bottleneck;
+    --layer auto reads the earliest layers where they are still pulled to the other class.
     """
     from ..discover import discover_run
-    folder, report = discover_run(run_dir, force=force, device=device)
+    folder, report = discover_run(run_dir, force=force, device=device, layer=layer, dynamics=dynamics)
+    console.print(f"layer: {report['layer']['chosen']} ({report['layer']['selection']}); "
+                  f"training dynamics: {report['training_dynamics']}")
     for split, q in report["quality"].items():
         if q is None:
             console.print(f"{split}: {report['flagged'][split]} flagged (no bias labels to compare with)")
         else:
-            console.print(f"{split}: {q['flagged']} flagged / {q['true_conflicting']} truly conflicting; "
+            console.print(f"{split} ({report['sources'][split]}): {q['flagged']} flagged / {q['true_conflicting']} truly conflicting; "
                           f"precision {_pct(q['precision'])}, recall {_pct(q['recall'])}, "
                           f"b^ accuracy {_pct(q['pseudo_bias_accuracy'])}")
+    from ..discover._discover import WEAK_SCORE
+    chosen = [r for r in report["layer"]["scan"] if r["chosen"]]
+    if chosen and chosen[0]["flagged"] == 0:
+        console.print(f"[yellow]no training sample is pulled out of its class at {chosen[0]['layer']} (memorised?); "
+                      "try --layer auto or --record-dynamics[/yellow]")
+    elif chosen and (chosen[0].get("mean_flagged_score") or 0) < WEAK_SCORE:
+        console.print(f"[yellow]weak attraction at {chosen[0]['layer']} (mean flagged score "
+                      f"{chosen[0].get('mean_flagged_score') or 0:.2f} < {WEAK_SCORE}): low-precision flags; see the layer scan[/yellow]")
     console.print(f"pseudo-bias labels: {folder / 'pseudo_bias.safetensors'}  report: {folder / 'report.md'}")
 
 

@@ -5,11 +5,17 @@ Example::
     from debiaskit.discover import discover_pseudo_bias, with_pseudo_bias
     found = discover_pseudo_bias(model, train=splits.train, others={"unbiased_val": splits.unbiased_val}, head="fc")
     audit_data = with_pseudo_bias(splits.unbiased_val, found["unbiased_val"].pseudo_bias)
+
+    # a model trained to convergence: read an early layer, where memorisation has not hidden the conflicts
+    found = discover_pseudo_bias(model, train=splits.train, layer="auto")
 """
 from ._geometry import Attraction, RunningCentroids, attractor_rule, class_centroids
-from ._discover import (DISCOVER_DIR, PSEUDO_FILE, Discovery, discover_pseudo_bias, discover_run, discovery_quality,
-                        load_pseudo_bias, with_pseudo_bias)
+from ._discover import (DISCOVER_DIR, PSEUDO_FILE, Discovery, choose_layer, discover_from_dynamics, discover_pseudo_bias,
+                        discover_run, discovery_quality, load_pseudo_bias, otsu_threshold, scan_layers,
+                        with_pseudo_bias)
+from ._layers import BOTTLENECK, candidate_layers, collect_layer_features
 
-__all__ = ["Attraction", "DISCOVER_DIR", "Discovery", "PSEUDO_FILE", "RunningCentroids", "attractor_rule",
-           "class_centroids", "discover_pseudo_bias", "discover_run", "discovery_quality", "load_pseudo_bias",
+__all__ = ["Attraction", "BOTTLENECK", "DISCOVER_DIR", "Discovery", "PSEUDO_FILE", "RunningCentroids", "attractor_rule",
+           "candidate_layers", "choose_layer", "class_centroids", "collect_layer_features", "discover_from_dynamics",
+           "discover_pseudo_bias", "discover_run", "discovery_quality", "load_pseudo_bias", "otsu_threshold", "scan_layers",
            "with_pseudo_bias"]

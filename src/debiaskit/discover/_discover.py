@@ -7,18 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..data import BiasDataset
 from ..errors import DataError
-from ..models import collect_outputs
 from ..runs import atomic_folder, check_writable, load_run, write_json, write_text
 from ._geometry import attractor_rule, class_centroids
+from ._layers import BOTTLENECK, candidate_layers, collect_layer_features
 
 DISCOVER_DIR = "discover"
 PSEUDO_FILE = "pseudo_bias.safetensors"
 SPLITS = ("train", "unbiased_train", "unbiased_val")
+WEAK_SCORE = 0.5   # report-only: below it the chosen layer's flags are called low-confidence
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Discovery:
     pseudo_bias: Tensor      # int64: the attracting class b^
     conflict_score: Tensor   # float: > 0 when flagged as bias-conflicting
     confidence: Tensor       # float: normalised distance to the deciding hyperplane
+    source: str = BOTTLENECK  # where the scores come from: a layer name, "bottleneck" or "dynamics"
 
     @property
     def conflicting(self) -> Tensor:
@@ -36,35 +39,108 @@ class Discovery:
 
 @torch.no_grad()
 def discover_pseudo_bias(model: nn.Module, *, train, others: dict[str, Any] | None = None, head: str | None = None,
-                         device: str | torch.device = "cpu") -> dict[str, Discovery]:
+                         device: str | torch.device = "cpu", layer: str | None = None) -> dict[str, Discovery]:
     """Attractor rule with the centroids of the correctly classified samples of ``train``.
 
+    ``layer``: where to read the features - ``None`` / ``"bottleneck"`` (the head's input), a module
+    name (its output, spatially pooled), or ``"auto"`` (every candidate layer, picked by
+    :func:`choose_layer`; the choice is in ``found["train"].source``). A model trained to convergence
+    has memorised its conflicting training samples at the bottleneck; early layers still show them.
     Reads only images and targets (never bias labels). Returns ``{"train": Discovery, **others}``.
 
     Example::
 
-        found = discover_pseudo_bias(model, train=splits.train, others={"unbiased_val": splits.unbiased_val})
-        found["train"].conflicting.sum()
+        found = discover_pseudo_bias(model, train=splits.train, others={"unbiased_val": splits.unbiased_val},
+                                     layer="auto")
+        found["train"].conflicting.sum(), found["train"].source
     """
-    out_train = collect_outputs(model, _unlabelled(train), head=head, device=device)
-    correct = out_train.logits.argmax(1) == out_train.y
+    found, _ = scan_layers(model, train=train, others=others, head=head, device=device, layer=layer)
+    return found
+
+
+def scan_layers(model: nn.Module, *, train, others: dict[str, Any] | None = None, head: str | None = None,
+                device: str | torch.device = "cpu", layer: str | None = None, scan_samples: int = 10000,
+                seed: int = 0) -> tuple[dict[str, Discovery], list[dict]]:
+    """:func:`discover_pseudo_bias` plus the label-free statistics of the layers it tried (for reports).
+
+    With ``layer="auto"`` the candidate layers are compared on a seeded random subset of at most
+    ``scan_samples`` training samples (memory: N x the summed widths of all candidates), then the
+    chosen layer is computed on every sample.
+    """
+    layer = layer or BOTTLENECK
+    train = _unlabelled(train)
+    scan: list[dict] = []
+    full: tuple | None = None
+    if layer == "auto":
+        n = len(train)
+        subset = None if n <= scan_samples else torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:scan_samples]
+        feats, logits, y = collect_layer_features(model, train, layers=candidate_layers(model, head=head), head=head,
+                                                  device=device, indices=subset, strict=False)
+        for name, z in feats.items():
+            scan.append({"layer": name, **_flag_stats(_attract(z, logits, y, source=name)[0], dim=z.shape[1])})
+        chosen = choose_layer(scan)
+        if subset is None:
+            full = (feats[chosen], logits, y)
+        for row in scan:
+            row["chosen"] = row["layer"] == chosen
+            row["samples"] = n if subset is None else len(subset)
+    else:
+        chosen = layer
+    if full is None:
+        feats, logits, y = collect_layer_features(model, train, layers=[chosen], head=head, device=device)
+        full = (feats[chosen], logits, y)
+    d_train, centroids, present = _attract(*full, source=chosen)
+    if not scan:
+        scan = [{"layer": chosen, **_flag_stats(d_train, dim=full[0].shape[1]), "chosen": True, "samples": len(train)}]
+    found = {"train": d_train}
+    for name, data in (others or {}).items():
+        f, _, yo = collect_layer_features(model, _unlabelled(data), layers=[chosen], head=head, device=device)
+        found[name] = _apply(f[chosen], yo, centroids, present, source=chosen)
+    return found, scan
+
+
+def _attract(z: Tensor, logits: Tensor, y: Tensor, *, source: str) -> tuple[Discovery, Tensor, Tensor]:
+    """Centroids of the correctly classified samples and the attractor rule on the same samples."""
+    correct = logits.argmax(1) == y
     if not correct.any():
         raise DataError("the model classifies no training sample correctly; there are no attractors to discover")
-    centroids, present = class_centroids(out_train.z, out_train.y, num_classes=out_train.logits.shape[1], mask=correct)
-    found = {"train": _apply(out_train.z, out_train.y, centroids, present)}
-    for name, data in (others or {}).items():
-        o = collect_outputs(model, _unlabelled(data), head=head, device=device)
-        found[name] = _apply(o.z, o.y, centroids, present)
-    return found
+    centroids, present = class_centroids(z, y, num_classes=logits.shape[1], mask=correct)
+    return _apply(z, y, centroids, present, source=source), centroids, present
+
+
+def _flag_stats(found: Discovery, *, dim: int) -> dict[str, Any]:
+    # mean score of the flagged samples: label-free strength of the attraction (near 1 = they sit at
+    # the foreign centroid, near 0 = they straddle the hyperplanes: entangled features, weak evidence)
+    score = found.conflict_score
+    flags = score > 0
+    return {"dim": int(dim), "flagged": int(flags.sum()), "flagged_share": float(flags.float().mean()),
+            "mean_flagged_score": float(score[flags].mean()) if flags.any() else None}
+
+
+def choose_layer(scan: list[dict], *, max_share: float = 0.5) -> str:
+    """Label-free choice for ``layer="auto"``: the layer with the most training samples flagged, among
+    those that flag a minority (< ``max_share``; a shortcut is by definition followed by most samples,
+    so a layer that moves half the data out of its class cell is not class-structured yet).
+
+    Why the most flags: memorisation only ever pulls conflicting samples back into their own cell,
+    so the number of flags falls with depth once the shortcut is encoded (Biased MNIST rho 0.99,
+    simple-conv-small: 507, 506, 431, 0, 0 flags from the first ReLU to the bottleneck; 506 truly
+    conflicting). Ties go to the earlier layer. Falls back to the bottleneck when no layer qualifies.
+    """
+    ok = [r for r in scan if r["flagged_share"] < max_share and r["flagged"] > 0]
+    if not ok:
+        return scan[-1]["layer"]
+    return max(ok, key=lambda r: r["flagged"])["layer"]   # max keeps the first (earliest) of equal counts
 
 
 def _unlabelled(data):
     return data.without_bias_labels() if isinstance(data, BiasDataset) else data
 
 
-def _apply(z: Tensor, y: Tensor, centroids: Tensor, present: Tensor) -> Discovery:
+def _apply(z: Tensor, y: Tensor, centroids: Tensor, present: Tensor, *, source: str = BOTTLENECK) -> Discovery:
     att = attractor_rule(z, y, centroids, present=present)
-    return Discovery(att.pseudo_bias.long().cpu(), att.conflict_score.float().cpu(), att.confidence.float().cpu())
+    return Discovery(att.pseudo_bias.long().cpu(), att.conflict_score.float().cpu(), att.confidence.float().cpu(),
+                     source=source)
 
 
 def discovery_quality(found: Discovery, data: BiasDataset, *, attribute: int = 0) -> dict[str, Any] | None:
@@ -111,32 +187,106 @@ def with_pseudo_bias(data: BiasDataset, pseudo_bias: Tensor, *, name: str | None
     return out
 
 
-def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu") -> tuple[Path, dict[str, Any]]:
+def discover_from_dynamics(dynamics: dict[str, Tensor], y: Tensor, *, num_classes: int) -> Discovery:
+    """Pseudo-bias of the TRAINING samples from recorded training dynamics (``--record-dynamics``).
+
+    Each visit of a sample during training recorded its attractor (the nearest running centroid of
+    correctly classified samples at the bottleneck), before memorisation pulled it back into its class.
+    Rule: count the visits at which a sample was pulled to a foreign class; split the counts into two
+    populations with Otsu's threshold t >= 1 on their histogram (label-free; "rarely" vs "repeatedly"
+    pulled away, the split point depends on how fast the run fits its data); flagged when count >= t,
+    b^ = the most frequent foreign attractor (y otherwise), conflict score = (count - t + 1/2) / epochs.
+    Reads targets and the dynamics only.
+
+    Example::
+
+        from debiaskit.train import load_dynamics
+        found = discover_from_dynamics(load_dynamics(run_dir), splits.train.y, num_classes=10)
+    """
+    att = dynamics["attractor"].long()
+    y = torch.as_tensor(y).long().cpu()
+    if att.ndim != 2 or att.shape[1] != len(y):
+        raise DataError(f"dynamics cover {tuple(att.shape)} (epochs, samples) but the training set has {len(y)} samples")
+    epochs = att.shape[0]
+    votes = torch.zeros(len(y), num_classes)
+    for e in range(epochs):
+        ok = att[e] >= 0
+        votes[ok] += F.one_hot(att[e, ok], num_classes).float()
+    votes.scatter_(1, y[:, None], 0.0)                 # keep foreign attractions only
+    away = votes.sum(1)
+    t = otsu_threshold(away.long(), max_value=epochs)
+    flagged = away >= t
+    pseudo = torch.where(flagged, votes.argmax(1), y)
+    score = (away - t + 0.5) / epochs
+    return Discovery(pseudo.long(), score.float(), score.abs().float(), source="dynamics")
+
+
+def otsu_threshold(counts: Tensor, *, max_value: int) -> int:
+    """Integer t >= 1 maximising the between-class variance of {counts < t} vs {counts >= t} (Otsu)."""
+    hist = torch.bincount(counts.clamp(0, max_value), minlength=max_value + 1).double()
+    values = torch.arange(max_value + 1, dtype=torch.double)
+    best, best_t = -1.0, 1
+    for t in range(1, max_value + 1):
+        w0, w1 = hist[:t].sum(), hist[t:].sum()
+        if w0 == 0 or w1 == 0:
+            continue
+        m0, m1 = (hist[:t] * values[:t]).sum() / w0, (hist[t:] * values[t:]).sum() / w1
+        between = float(w0 * w1 * (m0 - m1) ** 2)
+        if between > best:
+            best, best_t = between, t
+    return best_t
+
+
+def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", layer: str | None = "auto",
+                 dynamics: str = "auto") -> tuple[Path, dict[str, Any]]:
     """``debiaskit discover``: write ``RUN_DIR/discover/`` (pseudo_bias.safetensors, report.json, report.md).
 
     Keys ``<split>.pseudo_bias`` (int64), ``<split>.conflict_score`` and ``<split>.confidence`` (float32)
-    for split in train, unbiased_train, unbiased_val. True bias labels are read only for the report.
+    for split in train, unbiased_train, unbiased_val, from the attractor rule at ``layer`` (``"auto"``:
+    see :func:`choose_layer`; ``None`` / ``"bottleneck"``: the head's input). ``dynamics``: ``"auto"``
+    scores the training split from ``RUN_DIR/dynamics.safetensors`` as well when the run recorded it
+    (keys ``train.dynamics.*``, a second row in the report); ``"use"`` makes those the ``train.*``
+    labels (requires the file); ``"off"`` ignores it. True bias labels are read only for the report.
     """
+    from ..train import load_dynamics
+    if dynamics not in ("auto", "use", "off"):
+        raise DataError(f"dynamics must be 'auto', 'use' or 'off', got {dynamics!r}")
     run_dir = Path(run_dir)
     target = run_dir / DISCOVER_DIR
     check_writable(target, force=force)
     run = load_run(run_dir)
+    dyn = None if dynamics == "off" else load_dynamics(run_dir)
+    if dynamics == "use" and dyn is None:
+        raise DataError(f"{run_dir} has no dynamics.safetensors; train it with `debiaskit train --record-dynamics`")
     splits = run.splits()
     data = {name: getattr(splits, name) for name in SPLITS}
-    found = discover_pseudo_bias(run.model, train=data["train"],
-                                 others={k: v for k, v in data.items() if k != "train"}, head=run.head, device=device)
+    found, scan = scan_layers(run.model, train=data["train"], others={k: v for k, v in data.items() if k != "train"},
+                              head=run.head, device=device, layer=layer)
+    extra: dict[str, Discovery] = {}
+    if dyn is not None:
+        by_dynamics = discover_from_dynamics(dyn, data["train"].y, num_classes=splits.num_classes)
+        if dynamics == "use":
+            extra["train.geometry"], found["train"] = found["train"], by_dynamics
+        else:
+            extra["train.dynamics"] = by_dynamics
     tensors: dict[str, Tensor] = {}
-    for name, f in found.items():
+    for name, f in {**found, **extra}.items():
         tensors[f"{name}.pseudo_bias"] = f.pseudo_bias.long().contiguous()
         tensors[f"{name}.conflict_score"] = f.conflict_score.float().contiguous()
         tensors[f"{name}.confidence"] = f.confidence.float().contiguous()
     quality = {name: discovery_quality(found[name], data[name]) for name in SPLITS}
+    quality.update({name: discovery_quality(f, data["train"]) for name, f in extra.items()})
+    chosen = found["unbiased_val"].source
     report = {"run": str(run_dir), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "rule": "attractor: centroids of correctly classified training samples at the bottleneck "
-                      f"(head {run.head!r}); b^ = nearest centroid; flagged when b^ != y",
-              "training_dynamics": "not used: a run folder stores only the final weights",
+              "rule": "attractor: centroids of correctly classified training samples at layer "
+                      f"{chosen!r} (head {run.head!r}; spatially pooled); b^ = nearest centroid; flagged when b^ != y",
+              "layer": {"requested": layer or BOTTLENECK, "chosen": chosen, "scan": scan,
+                        "selection": "label-free: most training samples flagged among layers flagging a minority"
+                                     if layer == "auto" else "given"},
+              "training_dynamics": _dynamics_note(dyn, dynamics),
+              "sources": {name: f.source for name, f in {**found, **extra}.items()},
               "true_labels_used_for": "this quality report only", "quality": quality,
-              "flagged": {name: int(f.conflicting.sum()) for name, f in found.items()}}
+              "flagged": {name: int(f.conflicting.sum()) for name, f in {**found, **extra}.items()}}
     with atomic_folder(target, force=force) as staging:
         save_file(tensors, str(staging / PSEUDO_FILE))
         write_json(staging / "report.json", report)
@@ -144,20 +294,44 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu") -> 
     return target, report
 
 
+def _dynamics_note(dyn, mode: str) -> str:
+    if mode == "off":
+        return "not used (--dynamics off)"
+    if dyn is None:
+        return "not recorded (train with --record-dynamics to add a dynamics-based row for the training split)"
+    how = "train.* labels" if mode == "use" else "extra row train.dynamics (train.* stay geometric)"
+    return f"used: {dyn['attractor'].shape[0]} epochs of per-visit attractors -> {how}"
+
+
 def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# Pseudo-bias discovery for `{report['run']}`", "", f"Rule: {report['rule']}.  ",
+             f"Layer: {report['layer']['chosen']} ({report['layer']['selection']}).  ",
              f"Training dynamics: {report['training_dynamics']}.  ",
              "Quality against the true bias labels (read for this report only):", "",
-             "| split | samples | flagged | true conflicting | precision | recall | F1 | b^ accuracy | b^ acc. (conflicting) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| split | source | samples | flagged | true conflicting | precision | recall | F1 | b^ accuracy | b^ acc. (conflicting) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, q in report["quality"].items():
+        src = report["sources"].get(name, "")
         if q is None:
-            lines.append(f"| {name} | - | {report['flagged'][name]} | no bias labels | - | - | - | - | - |")
+            lines.append(f"| {name} | {src} | - | {report['flagged'][name]} | no bias labels | - | - | - | - | - |")
             continue
-        f = lambda v: "-" if v != v else f"{100 * v:.1f}"  # noqa: E731 (NaN -> '-')
-        lines.append(f"| {name} | {q['samples']} | {q['flagged']} | {q['true_conflicting']} | {f(q['precision'])} | "
+        f = lambda v: "-" if v is None or v != v else f"{100 * v:.1f}"  # noqa: E731 (NaN / null -> '-')
+        lines.append(f"| {name} | {src} | {q['samples']} | {q['flagged']} | {q['true_conflicting']} | {f(q['precision'])} | "
                      f"{f(q['recall'])} | {f(q['f1'])} | {f(q['pseudo_bias_accuracy'])} | "
                      f"{f(q['pseudo_bias_accuracy_conflicting'])} |")
+    lines += ["", f"Layer scan (label-free, on {report['layer']['scan'][0].get('samples', '?')} training samples: flagged per "
+              "candidate layer; mean score of the flagged "
+              "samples: 1 = at the foreign centroid, near 0 = on the hyperplanes, weak evidence):", "",
+              "| layer | features | flagged | share | mean flagged score | chosen |", "|---|---|---|---|---|---|"]
+    for r in report["layer"]["scan"]:
+        m = r.get("mean_flagged_score")
+        lines.append(f"| {r['layer']} | {r['dim']} | {r['flagged']} | {100 * r['flagged_share']:.2f}% | "
+                     f"{'-' if m is None else f'{m:.2f}'} | {'yes' if r['chosen'] else ''} |")
+    weak = [r for r in report["layer"]["scan"] if r["chosen"] and r["flagged"] and (r.get("mean_flagged_score") or 0) < WEAK_SCORE]
+    if weak:
+        lines += ["", f"Warning: the flagged samples of the chosen layer have a mean score below {WEAK_SCORE}: the "
+                      "classes' centroids do not attract them clearly (entangled features); treat the flags as "
+                      "low-precision candidates."]
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ import torch
 from ..data import Splits, make_splits
 from ..models import build_model, default_head_name
 from ..runs import RUN_FILE, WEIGHTS_FILE, atomic_folder, check_writable, package_versions, save_weights, write_json
+from ._dynamics import DYNAMICS_FILE, DynamicsRecorder, save_dynamics
 from ._loop import FitResult, TrainConfig, TrainingMethod, fit
 
 
@@ -19,7 +20,7 @@ def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", para
               method_config: dict[str, Any] | None = None, data_seed: int | None = None,
               unbiased_size: int = 10000, train_size: int | None = None, test_size: int | None = None,
               splits: Splits | None = None, device: str = "cpu", force: bool = False,
-              progress: bool = True) -> tuple[Path, FitResult]:
+              progress: bool = True, record_dynamics: bool = False) -> tuple[Path, FitResult]:
     """Train ``model`` on ``dataset`` and write ``out`` atomically.
 
     The folder holds ``model.safetensors``, ``run.json`` (model spec, data spec, training config,
@@ -39,6 +40,7 @@ def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", para
                              unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
     torch.manual_seed(config.seed)
     net = build_model(model, num_classes=splits.num_classes, input_shape=splits.train.input_shape)
+    recorder = DynamicsRecorder(method) if record_dynamics else None
     with atomic_folder(out, force=force) as staging:
         log_path = staging / "train_log.jsonl"
         with open(log_path, "w") as log_file:
@@ -46,9 +48,12 @@ def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", para
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
 
-            result = fit(net, splits.train, method=method, config=config, num_classes=splits.num_classes,
+            result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
                          head=default_head_name(net), device=device, progress=progress, log=log)
         save_weights(result.model, staging / WEIGHTS_FILE)
+        if recorder is not None:
+            recorder.close()
+            save_dynamics(recorder.dynamics(), staging / DYNAMICS_FILE)
         meta = {
             "kind": "train",
             "status": "finished",
@@ -68,5 +73,7 @@ def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", para
             "versions": package_versions(),
             "weights": WEIGHTS_FILE,
         }
+        if recorder is not None:
+            meta["dynamics"] = DYNAMICS_FILE
         write_json(staging / RUN_FILE, meta)
     return out, result
