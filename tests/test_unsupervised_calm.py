@@ -1,6 +1,8 @@
 """CALM (label-free online debiasing): attractor mechanics, caps, and that bias labels are never read."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -8,8 +10,10 @@ from torch import nn
 from debiaskit.discover import RunningCentroids, attractor_rule, class_centroids
 from debiaskit.errors import ConfigError, ModelError
 from debiaskit.methods import build_method, get_method
-from debiaskit.methods.calm import (CALM, capped_weights, log_prior, pseudo_group_balanced_accuracy,
-                                    pseudo_group_table)
+from debiaskit.methods._gce import gce_loss
+from debiaskit.methods._registry import method_defaults
+from debiaskit.methods.calm import (CALM, capped_weights, guarded_gce, log_prior, pooled_balanced_accuracy,
+                                    pseudo_group_balanced_accuracy, pseudo_group_table)
 from debiaskit.models import build_model
 from debiaskit.train import TrainConfig, fit
 
@@ -80,6 +84,17 @@ def test_pseudo_group_balanced_accuracy_weights_groups_equally():
     assert pseudo_group_balanced_accuracy(pred, y, pseudo, num_classes=2) == pytest.approx((1 + 0 + 1) / 3)
 
 
+def test_pooled_balanced_accuracy_pools_aligned_and_conflicting():
+    y = torch.tensor([0, 0, 0, 0, 1, 1])
+    pseudo = torch.tensor([0, 0, 1, 2, 1, 0])       # aligned: 0, 1, 4; conflicting: 2, 3, 5
+    pred = torch.tensor([0, 1, 1, 2, 0, 1])         # aligned hits 1/3 (sample 0), conflicting 1/3 (sample 5)
+    assert pooled_balanced_accuracy(pred, y, pseudo, num_classes=3) == pytest.approx(1 / 3)
+    # the per-cell mean differs: cells (0,0) 1/2, (0,1) 0, (0,2) 0, (1,1) 0, (1,0) 1
+    assert pseudo_group_balanced_accuracy(pred, y, pseudo, num_classes=3) == pytest.approx(1.5 / 5)
+    # no pseudo-conflicting sample: plain accuracy
+    assert pooled_balanced_accuracy(pred[:2], y[:2], y[:2], num_classes=3) == pytest.approx(0.5)
+
+
 def _train_calm(data, *, epochs=3, seed=0, model_name="simple-conv-small", head="fc", model=None, **kw):
     torch.manual_seed(seed)
     model = model or build_model(model_name, num_classes=data.num_classes, input_shape=data.input_shape)
@@ -89,7 +104,8 @@ def _train_calm(data, *, epochs=3, seed=0, model_name="simple-conv-small", head=
     return result, method
 
 
-def test_calm_never_reads_bias_labels(toy_splits):
+@pytest.mark.parametrize("discovery", ["attractor", "gce"])
+def test_calm_never_reads_bias_labels(toy_splits, discovery):
     """Garbage bias labels (random, and a random 'aligned' mask) give bit-identical weights."""
     clean = toy_splits.train
     garbage = clean.subset(torch.arange(len(clean)))
@@ -97,8 +113,8 @@ def test_calm_never_reads_bias_labels(toy_splits):
     garbage.b = torch.randint(0, clean.num_bias_classes, (len(clean),), generator=g)
     garbage.aligned = torch.rand(len(clean), generator=g) > 0.5
     assert not torch.equal(garbage.b, clean.b)
-    r1, m1 = _train_calm(clean, model_name="mlp")
-    r2, m2 = _train_calm(garbage, model_name="mlp")
+    r1, m1 = _train_calm(clean, model_name="mlp", discovery=discovery)
+    r2, m2 = _train_calm(garbage, model_name="mlp", discovery=discovery)
     s1, s2 = r1.model.state_dict(), r2.model.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert torch.equal(m1.pseudo, m2.pseudo) and m1.best_epoch == m2.best_epoch
@@ -134,6 +150,16 @@ def test_calm_registry_and_config_errors():
         CALM(weight_cap=0.5)
     with pytest.raises(ConfigError):
         CALM(val_fraction=0.0, select=True)
+    with pytest.raises(ConfigError, match="discovery"):
+        CALM(discovery="oracle")
+    with pytest.raises(ConfigError, match="freeze"):
+        CALM(discovery="gce", freeze=False)
+    with pytest.raises(ConfigError):
+        CALM(discovery="gce", gce_q=0.0)
+    with pytest.raises(ConfigError):
+        CALM(discovery="gce", gce_guard=0.0)
+    with pytest.raises(ConfigError, match="select_metric"):
+        CALM(select_metric="worst")
 
 
 def test_calm_through_the_train_cli(tmp_path):
@@ -150,3 +176,47 @@ def test_calm_through_the_train_cli(tmp_path):
     state = meta["method"]["state"]
     assert meta["method"]["name"] == "calm" and meta["method"]["uses_bias_labels"] is False
     assert state["selected_epoch"] == 3 and state["held_out_training_samples"] == 70
+
+
+def test_calm_per_dataset_defaults():
+    """colored-* gets the GCE branch; the biased-* defaults stay those CALM was benchmarked with."""
+    colored = {k: d.value for k, d in method_defaults("calm", "colored-mnist").items()}
+    biased = {k: d.value for k, d in method_defaults("calm", "biased-mnist").items()}
+    assert colored["discovery"] == "gce" and colored["warmup_epochs"] == 1 and colored["tau"] == 0.5
+    assert colored["select_metric"] == "pooled" and biased["select_metric"] == "groups"
+    assert biased["discovery"] == "attractor"
+    assert {k: biased[k] for k in ("warmup_epochs", "collect_epochs", "tau", "weight_cap", "ramp_epochs", "select")} == {
+        "warmup_epochs": 2, "collect_epochs": 1, "tau": 1.0, "weight_cap": 20.0, "ramp_epochs": 1.0, "select": True}
+    assert all(d.source for d in method_defaults("calm", "colored-mnist").values())
+
+
+def test_guarded_gce_is_gce_and_the_guard_cuts_confident_mistakes():
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.2, 0.1, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 1])  # right; confidently wrong (p_max 0.96); unsure and wrong (p_max 0.37)
+    plain = guarded_gce(logits, y, q=0.7)
+    assert torch.allclose(plain, gce_loss(logits, y, q=0.7, reduction="none"))
+    g_plain = torch.autograd.grad(plain.sum(), logits)[0]
+    g_guard = torch.autograd.grad(guarded_gce(logits, y, q=0.7, guard=0.5).sum(), logits)[0]
+    assert g_plain[1].abs().sum() > 0 and g_guard[1].abs().sum() == 0
+    assert torch.allclose(g_guard[[0, 2]], g_plain[[0, 2]])
+    # GCE vs CE: the hard sample's gradient is scaled down by p_y^q (the branch keeps to the easy ones)
+    g_ce = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y, reduction="sum"), logits)[0]
+    p_y = logits.softmax(1)[1, 0].detach()
+    assert torch.allclose(g_plain[1], g_ce[1] * p_y ** 0.7)
+
+
+def test_calm_gce_branch_trains_in_the_warmup_only_then_is_dropped(toy_splits):
+    data = toy_splits.train.without_bias_labels()
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=data.num_classes, input_shape=data.input_shape)
+    method, cfg = build_method("calm", dataset="colored-toy", ramp_epochs=1)
+    assert cfg["discovery"] == "gce" and cfg["warmup_epochs"] == 1
+    calls = []
+    step = method._biased_step
+    method._biased_step = lambda batch: (calls.append(int(batch.index[0])), step(batch))
+    fit(model, data, method=method, config=TrainConfig(epochs=3, batch_size=128, seed=0), head="fc", progress=False)
+    assert len(calls) == math.ceil(len(method.train_index) / 128)   # one epoch of branch steps, no more
+    assert method.biased is None                                    # dropped after the discovery pass
+    assert method.pseudo is not None and torch.equal(method.val_pseudo, method.pseudo[method.val_index])
+    assert 1.0 <= float(method.sample_weight.min()) and float(method.sample_weight.max()) <= 20.0
+    assert method.state()["discovery"] == "gce"
