@@ -362,7 +362,7 @@ def _logits(model: nn.Module, data, index: Tensor, ctx: TrainContext) -> Tensor:
     return torch.cat(out)
 
 
-_OURS = "ours (design choice; see benchmarks/unsupervised.md)"
+_OURS = "ours (design choice; see BENCHMARKS.md section 4 and docs/unsupervised.md)"
 _TUNED = ("ours (chosen on D^u_val of colored-mnist, MLP 3x100, 5 epochs: seed-0 sweep, then 3-seed finalists; "
           "see docs/unsupervised.md)")
 register_method(MethodInfo(
