@@ -452,7 +452,26 @@ def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: s
         lines.append(f"| {m} (paper only) | " + " | ".join(s.paper[m].get(v, "-") for v in values) + " |")
     if s.paper_source:
         lines += ["", f"Published numbers: {s.paper_source}."]
+    lines += ["", hyperparameter_table(methods, dataset=s.dataset, cells=cells)]
     return "\n".join(lines) + "\n"
+
+
+def hyperparameter_table(methods: Iterable[str], *, dataset: str, cells: list[dict[str, Any]] = ()) -> str:
+    """Markdown: each method's hyper-parameters as the cells ran them, with the registry's source of each
+    default (paper, public code, or our tuning and on what), for ``dataset``'s family."""
+    lines = [f"#### Hyper-parameters for {dataset} (value as run - source)", "", "| method | hyper-parameters |", "|---|---|"]
+    registry = available_methods()
+    for m in methods:
+        info = registry.get(m)
+        if info is None:
+            continue
+        defaults = method_defaults(m, dataset) if m in METHODS else dict(info.defaults.get("*", {}))
+        ran = next((c.get("method_config") or {} for c in cells if c["method"] == m), {})
+        parts = [f"{k}={ran.get(k, d.value)!r} - {d.source}" + ("" if ran.get(k, d.value) == d.value else
+                                                                 f" (suite budget; default {d.value!r})")
+                 for k, d in defaults.items()]
+        lines.append(f"| {m} | {'; '.join(parts) or '-'} |")
+    return "\n".join(lines)
 
 
 def write_compare_results(cells: list[dict[str, Any]], *, root: Path, suite: str | Suite, command: str,
