@@ -452,8 +452,43 @@ def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: s
         lines.append(f"| {m} (paper only) | " + " | ".join(s.paper[m].get(v, "-") for v in values) + " |")
     if s.paper_source:
         lines += ["", f"Published numbers: {s.paper_source}."]
+    lines += ["", diagnostics_table(cells, suite=s, values=values)]
     lines += ["", hyperparameter_table(methods, dataset=s.dataset, cells=cells)]
     return "\n".join(lines) + "\n"
+
+
+_MINED = {"dcwp": "mining", "jtt": "error_set"}   # method -> method_state key of its conflicting-sample set
+
+
+def diagnostics_table(cells: list[dict[str, Any]], *, suite: Suite, values: list[float]) -> str:
+    """Markdown: how well the label-free methods found the bias-conflicting training samples (scored
+    against the true labels after training; no decision reads them) and FMD's unlearning step."""
+    lines = ["#### Diagnostics (true bias labels read only here, after training)", "",
+             "| method | setting | precision | recall | mined / flagged (% of D^b) | n |", "|---|---|---|---|---|---|"]
+    for m, key in _MINED.items():
+        for v in values:
+            found = [c["method_state"][key] for c in cells if c["method"] == m and c["value"] == v
+                     and isinstance((c.get("method_state") or {}).get(key), dict)]
+            if found:
+                lines.append(f"| {m} | {suite.value_label(v)} | {fmt_pm(f.get('precision') for f in found)} | "
+                             f"{fmt_pm(f.get('recall') for f in found)} | {fmt_pm(f.get('mined_share') for f in found)} | {len(found)} |")
+    for v in values:
+        calm = [c["method_state"] for c in cells if c["method"] == "calm" and c["value"] == v and c.get("method_state")]
+        if calm:
+            lines.append(f"| calm (pseudo-bias flags) | {suite.value_label(v)} | - | - | "
+                         f"{fmt_pm(st.get('flagged_share') for st in calm)} | {len(calm)} |")
+    fmd = [(v, [c["method_state"] for c in cells if c["method"] == "fmd" and c["value"] == v and c.get("method_state")])
+           for v in values]
+    if any(states for _, states in fmd):
+        lines += ["", "FMD unlearning step (counterfactual bias on held-out pairs of D^b, x 100; step scale chosen "
+                  "label-free by accuracy on held-out counterfactual samples):", "",
+                  "| setting | selected step scale per seed | CF bias before | CF bias after | n |", "|---|---|---|---|---|"]
+        for v, states in fmd:
+            if states:
+                scales = ", ".join(f"{st.get('selected_scale', float('nan')):g}" for st in states)
+                lines.append(f"| {suite.value_label(v)} | {scales} | {fmt_pm(st.get('bias_before') for st in states)} | "
+                             f"{fmt_pm(st.get('bias_after') for st in states)} | {len(states)} |")
+    return "\n".join(lines)
 
 
 def hyperparameter_table(methods: Iterable[str], *, dataset: str, cells: list[dict[str, Any]] = ()) -> str:
