@@ -365,11 +365,16 @@ def _run_group(kwargs: dict[str, Any]) -> int:
     return len(run_compare(**kwargs, echo=lambda msg: print(f"{tag} {msg}", flush=True)))
 
 
+def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _run_groups_in_processes(*, suite: str | Suite, seeds: tuple[int, ...], values: Iterable[float] | None, jobs: int,
                              echo: Callable[[str], None], **common: Any) -> None:
     import multiprocessing as mp
     import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import signal
+    import threading
 
     if not isinstance(suite, str):   # Suite objects hold lambdas, which a spawned worker cannot unpickle
         if SUITES.get(suite.name) is not suite:
@@ -382,16 +387,27 @@ def _run_groups_in_processes(*, suite: str | Suite, seeds: tuple[int, ...], valu
               for seed in seeds for value in s.values]
     echo(f"running {len(groups)} (seed, value) groups in {jobs} processes, {threads} torch thread(s) each")
     # spawn: a fresh interpreter per worker (fork would copy the parent's torch thread pools and locks)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_group, g): g for g in groups}
-        for future in as_completed(futures):
-            g = futures[future]
+    pool = mp.get_context("spawn").Pool(processes=jobs, maxtasksperchild=1)
+    # `kill PID` of the suite must stop its workers too (Ctrl-C reaches them through the process group)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    try:
+        pending = [(g, pool.apply_async(_run_group, (g,))) for g in groups]
+        for g, result in pending:
             try:
-                future.result()
-            except Exception as exc:  # noqa: BLE001 - a crashed worker must not lose the other groups
+                result.get()
+            except Exception as exc:  # noqa: BLE001 - a crashed group must not lose the other groups
                 echo(f"  FAILED group seed={g['seeds'][0]} value={g['values'][0]}: {type(exc).__name__}: {exc}")
                 if not common["keep_going"]:
                     raise
+        pool.close()
+    except BaseException:
+        pool.terminate()   # no orphaned worker keeps writing cells after the suite stopped
+        raise
+    finally:
+        pool.join()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # -- tables ------------------------------------------------------------------------------------------------
