@@ -224,6 +224,8 @@ def test_registry_and_text_params(celeba):
 def test_cli_list_show_prepare(celeba, monkeypatch):
     root, _ = celeba
     monkeypatch.setenv("COLUMNS", "300")
+    from debiaskit.cli._common import console
+    monkeypatch.setattr(console, "width", 300)   # the console may exist already, sized for an 80-column CI log
     res = runner.invoke(app, ["data", "list"])
     assert res.exit_code == 0 and "celeba" in res.output and "bring your own folder" in res.output
     res = runner.invoke(app, ["data", "show", "celeba", "--root", str(root), "--param", "size=8", "--json"])
