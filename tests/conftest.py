@@ -27,3 +27,16 @@ def toy_splits():
 @pytest.fixture(scope="session")
 def multicolor_toy_splits():
     return make_splits("multicolor-toy", params={"rho": 0.95, "rho_right": 0.9}, seed=0, unbiased_size=600)
+
+
+def randomise_batchnorm(model):
+    """Non-trivial frozen BatchNorm statistics (so eval-mode BN is really exercised and a pruned unit's
+    BN shift cannot leak into an export); returns the model in eval mode."""
+    import torch.nn as nn
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomise_batchnorm
 from torch import nn
 
 from debiaskit.errors import ConfigError, ModelError
@@ -19,14 +20,7 @@ def _model(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     shape = (3, 28, 28)
     m = build_model(name, num_classes=10, input_shape=shape)
-    # non-trivial BatchNorm statistics so that frozen eval-mode BN is really exercised
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.5, 0.5)
-    return m.eval()
+    return randomise_batchnorm(m)
 
 
 def _x(n: int = 8) -> torch.Tensor:

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import randomise_batchnorm
 from torch import nn
 
 from debiaskit.data import BiasDataset
@@ -18,20 +19,9 @@ SHAPE = (3, 16, 16)
 INTERNAL = {f"layer{i}.{j}.conv1": f"layer{i}.{j}.relu1" for i in range(1, 5) for j in range(2)}
 
 
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial frozen BatchNorm (a pruned unit's BN shift must not leak into the export)."""
-    for mod in model.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.5, 0.5)
-    return model.eval()
-
-
 def _resnet(stem: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return _randomise_bn(ResNet18(num_classes=10, in_channels=3, stem=stem, width=4))
+    return randomise_batchnorm(ResNet18(num_classes=10, in_channels=3, stem=stem, width=4))
 
 
 def _x(n: int = 6) -> torch.Tensor:
@@ -119,7 +109,7 @@ class _Mixed(nn.Module):
 
 def test_plain_layers_before_residual_blocks():
     torch.manual_seed(0)
-    vanilla = _randomise_bn(_Mixed())
+    vanilla = randomise_batchnorm(_Mixed())
     net = copy.deepcopy(vanilla)
     freeze(net)
     x = _x()
@@ -181,7 +171,7 @@ def test_ffw_search_on_a_resnet_exports_the_selected_hard_model():
 
     train, val = data(64, "u_train"), data(32, "u_val")
     torch.manual_seed(0)
-    model = _randomise_bn(ResNet18(num_classes=2, in_channels=3, stem="cifar", width=4))
+    model = randomise_batchnorm(ResNet18(num_classes=2, in_channels=3, stem="cifar", width=4))
     res = find_fantastic_weights(model, head="fc", train=train, val=val, mode="structured", max_levels=2,
                                  max_epochs_per_level=1, head_pretrain_epochs=1, batch_size=32, gate_lr=1.0)
     assert set(res.masks) == set(INTERNAL)
