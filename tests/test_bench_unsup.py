@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from debiaskit.bench import _unsup
+from debiaskit.bench._unsup import ATTRACTOR_RECIPE
 from debiaskit.bench import grid_cells, plan_cells, unsup_cell
 from debiaskit.cli import app
 from debiaskit.errors import ConfigError
@@ -37,8 +38,9 @@ def test_cli_writes_cells_table_json_and_plot(toy_bench):
     assert res["cell"]["epochs"] == 3 and len(res["history"]) == 3
     assert json.loads((vcba / "result.json").read_text())["cell"]["epochs"] == 5  # 3 + stage-1 epochs (2)
     assert [d["epoch"] for d in res["discovery"]] == [1, 2, 3]
-    assert all(0 <= d["online"]["precision"] <= 1 and 0 <= d["online"]["recall"] <= 1 for d in res["discovery"][1:])
-    assert "frozen" in res["discovery"][-1]   # pseudo-bias frozen after the 2 warm-up epochs
+    # default recipe: b^ from the GCE branch, frozen after the 1-epoch warm-up; no per-visit attraction to score
+    assert all("online" not in d and 0 <= d["frozen"]["precision"] <= 1 and 0 <= d["frozen"]["recall"] <= 1
+               for d in res["discovery"])
     summary = (out / "summary.md").read_text()
     assert "| biased-toy | 0.95 | calm | 0 |" in summary and "| biased-toy | 0.95 | vcba | 0 |" in summary
     assert summary.startswith("Command: `debiaskit") and "Selection: CALM" in summary
@@ -83,11 +85,14 @@ def test_cell_layout_matches_the_existing_cache():
     assert _unsup.cell_dir(Path("r"), unsup_cell("calm", 0.999, 2)) == Path("r/calm/biased-mnist-rho0.999-seed2")
     assert _unsup.cell_dir(Path("r"), unsup_cell("vcba", 0.997, 0)) == Path("r/vcba/biased-mnist-rho0.997-seed0")
     final = plan_cells("final")
-    assert final[0] == unsup_cell("calm", 0.999, 0) and len(final) == 26
-    assert any(c["tag"] == "calm-no-reweight" and c["overrides"] == {"reweight": False} for c in final)
-    old = {"method": "calm", "rho": 0.999, "seed": 0, "epochs": 10, "dataset": "biased-mnist", "tag": "calm",
-           "train_size": None, "overrides": {}}   # a cell written by the old script (no model / unbiased_size keys)
+    # the plan behind BENCHMARKS.md pins CALM's first (attractor) recipe, whatever the registry defaults are now
+    assert final[0] == unsup_cell("calm", 0.999, 0, tag="calm-attractor", **ATTRACTOR_RECIPE) and len(final) == 26
+    assert any(c["tag"] == "calm-attractor-no-reweight" and c["overrides"] == {**ATTRACTOR_RECIPE, "reweight": False}
+               for c in final)
+    old = {"method": "calm", "rho": 0.999, "seed": 0, "epochs": 10, "dataset": "biased-mnist", "tag": "calm-attractor",
+           "train_size": None, "overrides": ATTRACTOR_RECIPE}   # a cell without the model / unbiased_size keys
     assert _unsup._same_cell(old, final[0])
+    assert plan_cells("gce")[0] == unsup_cell("calm", 0.999, 0)   # the current defaults, no overrides
 
 
 def test_bad_input_is_a_clear_error(tmp_path):
@@ -104,3 +109,14 @@ def test_bad_input_is_a_clear_error(tmp_path):
     write_json(_unsup.cell_dir(tmp_path, cell) / "result.json", {"cell": {**cell, "overrides": {"tau": 2.0}}})
     with pytest.raises(ConfigError, match="another configuration"):
         _unsup.run_unsup_cell(cell, root=tmp_path)
+
+
+def test_attractor_recipe_cells_track_online_discovery(tmp_path):
+    """The first recipe (attractor rule) is scored per visit as well as frozen; this feeds the over-time plot."""
+    cell = unsup_cell("calm", 0.95, 0, epochs=3, tag="calm-attractor", dataset="biased-toy", model="mlp",
+                      unbiased_size=600, **ATTRACTOR_RECIPE)
+    (res,), failed = _unsup.run_unsup([cell], root=tmp_path, echo=lambda s: None, keep_going=False)
+    assert not failed and [d["epoch"] for d in res["discovery"]] == [1, 2, 3]
+    assert all(0 <= d["online"]["precision"] <= 1 and 0 <= d["online"]["recall"] <= 1 for d in res["discovery"][1:])
+    assert "frozen" not in res["discovery"][0] and "frozen" in res["discovery"][-1]   # frozen after 2 warm-up epochs
+    assert _unsup.plot_discovery(tmp_path, tmp_path / "plot.png").stat().st_size > 1000

@@ -116,3 +116,14 @@ def test_parallel_groups_refuse_a_custom_suite_object(tmp_path):
     with pytest.raises(ConfigError, match="registered suite name"):
         run_compare(suite=replace(SUITES["toy"], train_size=300), root=tmp_path, seeds=(0,), methods=["vanilla"],
                     jobs=2, echo=lambda s: None)
+
+
+def test_calm_pseudo_bias_flags_are_scored_by_the_harness(tmp_path):
+    """The harness (which holds the true labels) scores CALM's frozen flags; CALM itself only exposes them."""
+    suite = replace(SUITES["toy"], unbiased_size=300, train_size=500, epochs=2)
+    (cell,) = run_compare(suite=suite, root=tmp_path, seeds=(0,), methods=["calm"], echo=lambda s: None)
+    flags = cell["method_state"]["pseudo_bias_flags"]
+    assert flags["mined"] == round(flags["mined_share"] * 475) and flags["true_conflicting"] > 0
+    assert 0 <= flags["precision"] <= 1 and 0 <= flags["recall"] <= 1
+    md = write_compare_results([cell], root=tmp_path, suite=suite, command="test", wall_time_s=1.0).read_text()
+    assert "| calm | rho 0.95 |" in md and "calm (pseudo-bias flags)" not in md   # one row, with precision

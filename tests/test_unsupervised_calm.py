@@ -178,16 +178,18 @@ def test_calm_through_the_train_cli(tmp_path):
     assert state["selected_epoch"] == 3 and state["held_out_training_samples"] == 70
 
 
-def test_calm_per_dataset_defaults():
-    """colored-* gets the GCE branch; the biased-* defaults stay those CALM was benchmarked with."""
-    colored = {k: d.value for k, d in method_defaults("calm", "colored-mnist").items()}
-    biased = {k: d.value for k, d in method_defaults("calm", "biased-mnist").items()}
-    assert colored["discovery"] == "gce" and colored["warmup_epochs"] == 1 and colored["tau"] == 0.5
-    assert colored["select_metric"] == "pooled" and biased["select_metric"] == "groups"
-    assert biased["discovery"] == "attractor"
-    assert {k: biased[k] for k in ("warmup_epochs", "collect_epochs", "tau", "weight_cap", "ramp_epochs", "select")} == {
-        "warmup_epochs": 2, "collect_epochs": 1, "tau": 1.0, "weight_cap": 20.0, "ramp_epochs": 1.0, "select": True}
-    assert all(d.source for d in method_defaults("calm", "colored-mnist").values())
+def test_calm_defaults_are_one_recipe_for_every_dataset():
+    """One measured recipe (GCE branch, 1-epoch warm-up, tau 0.5, pooled selection) for every family; the class
+    defaults equal the registry's, and the first (attractor) recipe stays available by name."""
+    from debiaskit.bench._unsup import ATTRACTOR_RECIPE
+    for dataset in ("colored-mnist", "biased-mnist", "multicolor-mnist", "corrupted-mnist"):
+        cfg = {k: d.value for k, d in method_defaults("calm", dataset).items()}
+        assert {k: cfg[k] for k in ("discovery", "warmup_epochs", "tau", "select_metric")} == {
+            "discovery": "gce", "warmup_epochs": 1, "tau": 0.5, "select_metric": "pooled"}, dataset
+        assert all(d.source for d in method_defaults("calm", dataset).values())
+    assert CALM().hp == {k: d.value for k, d in method_defaults("calm", "biased-mnist").items()}
+    method, cfg = build_method("calm", dataset="biased-mnist", **ATTRACTOR_RECIPE)
+    assert method.discovery == "attractor" and cfg["warmup_epochs"] == 2 and cfg["tau"] == 1.0
 
 
 def test_guarded_gce_is_gce_and_the_guard_cuts_confident_mistakes():
@@ -211,6 +213,7 @@ def test_calm_gce_branch_trains_in_the_warmup_only_then_is_dropped(toy_splits):
     model = build_model("mlp", num_classes=data.num_classes, input_shape=data.input_shape)
     method, cfg = build_method("calm", dataset="colored-toy", ramp_epochs=1)
     assert cfg["discovery"] == "gce" and cfg["warmup_epochs"] == 1
+    assert method.conflict_flags() is None                          # nothing discovered yet
     calls = []
     step = method._biased_step
     method._biased_step = lambda batch: (calls.append(int(batch.index[0])), step(batch))
@@ -220,3 +223,5 @@ def test_calm_gce_branch_trains_in_the_warmup_only_then_is_dropped(toy_splits):
     assert method.pseudo is not None and torch.equal(method.val_pseudo, method.pseudo[method.val_index])
     assert 1.0 <= float(method.sample_weight.min()) and float(method.sample_weight.max()) <= 20.0
     assert method.state()["discovery"] == "gce"
+    index, flagged = method.conflict_flags()
+    assert torch.equal(index, method.train_index) and torch.equal(flagged, method.pseudo[index] != data.y[index])

@@ -38,6 +38,7 @@ from ..audit import audit_model, group_metrics
 from ..data import make_splits
 from ..errors import ConfigError, DebiaskitError
 from ..methods import METHODS, MethodInfo, build_method, get_method, method_defaults
+from ..methods._common import mining_report
 from ..models import build_model, collect_outputs, default_head_name
 from ..runs import (RUN_FILE, WEIGHTS_FILE, atomic_folder, is_finished, load_run, package_versions, read_json,
                     save_weights, write_json, write_text)
@@ -235,6 +236,10 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
                          head=head, select=select, progress=progress)
             model, wall, selected_epoch = result.model, result.wall_time_s, result.selected_epoch
             state = method_obj.state()
+            flags = method_obj.conflict_flags() if hasattr(method_obj, "conflict_flags") else None
+            if flags is not None:   # scored here, by the harness: the method never sees the true labels
+                index, flagged = flags
+                state["pseudo_bias_flags"] = mining_report(flagged, splits.train.subset(index))
     model.eval()
     report = audit_model(model, test=splits.test, unbiased_train=splits.unbiased_train,
                          unbiased_val=splits.unbiased_val, head=head, seed=seed)
@@ -473,7 +478,8 @@ def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: s
     return "\n".join(lines) + "\n"
 
 
-_MINED = {"dcwp": "mining", "jtt": "error_set"}   # method -> method_state key of its conflicting-sample set
+# method -> method_state key of its conflicting-sample set
+_MINED = {"dcwp": "mining", "jtt": "error_set", "calm": "pseudo_bias_flags"}
 
 
 def diagnostics_table(cells: list[dict[str, Any]], *, suite: Suite, values: list[float]) -> str:
@@ -488,8 +494,9 @@ def diagnostics_table(cells: list[dict[str, Any]], *, suite: Suite, values: list
             if found:
                 lines.append(f"| {m} | {suite.value_label(v)} | {fmt_pm(f.get('precision') for f in found)} | "
                              f"{fmt_pm(f.get('recall') for f in found)} | {fmt_pm(f.get('mined_share') for f in found)} | {len(found)} |")
-    for v in values:
-        calm = [c["method_state"] for c in cells if c["method"] == "calm" and c["value"] == v and c.get("method_state")]
+    for v in values:   # CALM cells from before the harness scored its flags: the flagged share only
+        calm = [c["method_state"] for c in cells if c["method"] == "calm" and c["value"] == v and c.get("method_state")
+                and "pseudo_bias_flags" not in c["method_state"]]
         if calm:
             lines.append(f"| calm (pseudo-bias flags) | {suite.value_label(v)} | - | - | "
                          f"{fmt_pm(st.get('flagged_share') for st in calm)} | {len(calm)} |")
