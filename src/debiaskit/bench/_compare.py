@@ -144,8 +144,8 @@ def selection_rule(info: MethodInfo) -> str:
     if info.name == "fmd":
         return "step scale by accuracy on held-out counterfactual samples of D^b (label-free)"
     if info.name == "calm":
-        return ("its own label-free rule: pseudo-group-balanced accuracy on held-out D^b (colored recipes: mean of "
-                "pseudo-aligned and pseudo-conflicting accuracy)")
+        return ("its own label-free rule: pseudo-group-balanced accuracy on held-out D^b (default recipe: mean of "
+                "pseudo-aligned and pseudo-conflicting accuracy; attractor recipe: mean over (y, b^) groups)")
     return info.selection_rule
 
 
