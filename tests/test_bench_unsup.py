@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from debiaskit.bench import _unsup
-from debiaskit.bench._unsup import ATTRACTOR_RECIPE
+from debiaskit.methods.calm import ATTRACTOR_RECIPE
 from debiaskit.bench import grid_cells, plan_cells, unsup_cell
 from debiaskit.cli import app
 from debiaskit.errors import ConfigError

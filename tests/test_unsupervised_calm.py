@@ -12,8 +12,8 @@ from debiaskit.errors import ConfigError, ModelError
 from debiaskit.methods import build_method, get_method
 from debiaskit.methods._gce import gce_loss
 from debiaskit.methods._registry import method_defaults
-from debiaskit.methods.calm import (CALM, capped_weights, guarded_gce, log_prior, pooled_balanced_accuracy,
-                                    pseudo_group_balanced_accuracy, pseudo_group_table)
+from debiaskit.methods.calm import (ATTRACTOR_RECIPE, CALM, capped_weights, guarded_gce, log_prior,
+                                    pooled_balanced_accuracy, pseudo_group_balanced_accuracy, pseudo_group_table)
 from debiaskit.models import build_model
 from debiaskit.train import TrainConfig, fit
 
@@ -181,7 +181,6 @@ def test_calm_through_the_train_cli(tmp_path):
 def test_calm_defaults_are_one_recipe_for_every_dataset():
     """One measured recipe (GCE branch, 1-epoch warm-up, tau 0.5, pooled selection) for every family; the class
     defaults equal the registry's, and the first (attractor) recipe stays available by name."""
-    from debiaskit.bench._unsup import ATTRACTOR_RECIPE
     for dataset in ("colored-mnist", "biased-mnist", "multicolor-mnist", "corrupted-mnist"):
         cfg = {k: d.value for k, d in method_defaults("calm", dataset).items()}
         assert {k: cfg[k] for k in ("discovery", "warmup_epochs", "tau", "select_metric")} == {

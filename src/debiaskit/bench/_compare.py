@@ -494,12 +494,6 @@ def diagnostics_table(cells: list[dict[str, Any]], *, suite: Suite, values: list
             if found:
                 lines.append(f"| {m} | {suite.value_label(v)} | {fmt_pm(f.get('precision') for f in found)} | "
                              f"{fmt_pm(f.get('recall') for f in found)} | {fmt_pm(f.get('mined_share') for f in found)} | {len(found)} |")
-    for v in values:   # CALM cells from before the harness scored its flags: the flagged share only
-        calm = [c["method_state"] for c in cells if c["method"] == "calm" and c["value"] == v and c.get("method_state")
-                and "pseudo_bias_flags" not in c["method_state"]]
-        if calm:
-            lines.append(f"| calm (pseudo-bias flags) | {suite.value_label(v)} | - | - | "
-                         f"{fmt_pm(st.get('flagged_share') for st in calm)} | {len(calm)} |")
     fmd = [(v, [c["method_state"] for c in cells if c["method"] == "fmd" and c["value"] == v and c.get("method_state")])
            for v in values]
     if any(states for _, states in fmd):

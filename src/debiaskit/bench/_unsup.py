@@ -32,7 +32,7 @@ from ..audit import group_metrics
 from ..data import make_splits
 from ..errors import ConfigError
 from ..methods import METHODS, build_method
-from ..methods.calm import CALM
+from ..methods.calm import ATTRACTOR_RECIPE, CALM
 from ..models import build_model, collect_outputs, default_head_name
 from ..runs import atomic_folder, is_finished, load_run, read_json, save_weights, write_json, write_text
 from ..train import TrainConfig, fit
@@ -74,15 +74,11 @@ def default_epochs(method: str, epochs: int, overrides: dict[str, Any] | None = 
     return epochs
 
 
-# CALM's first recipe (the registry defaults until the GCE-branch recipe replaced them): the plan "final"
-# was measured with it, so its cells pin it explicitly and keep reproducing BENCHMARKS.md section 4.
-ATTRACTOR_RECIPE = {"discovery": "attractor", "warmup_epochs": 2, "tau": 1.0, "select_metric": "groups"}
-
-
 def plan_cells(name: str) -> list[dict[str, Any]]:
     """A named plan, in priority order. ``final`` is the plan behind BENCHMARKS.md's label-free table."""
     c = unsup_cell
 
+    # the plan "final" was measured with CALM's first recipe: its cells pin it and keep reproducing BENCHMARKS.md
     def calm(rho: float, seed: int, suffix: str = "", **overrides: Any) -> dict[str, Any]:
         return c("calm", rho, seed, tag="calm-attractor" + suffix, **ATTRACTOR_RECIPE, **overrides)
 

@@ -49,6 +49,9 @@ from ._gce import gce_loss
 from ._registry import Default, MethodInfo, register_method
 
 DISCOVERY = ("attractor", "gce")
+# CALM's first recipe (its registry defaults until the GCE-branch recipe replaced them); still the better one for
+# long runs of a conv net on a strong colour shortcut (BENCHMARKS.md section 4).
+ATTRACTOR_RECIPE = {"discovery": "attractor", "warmup_epochs": 2, "tau": 1.0, "select_metric": "groups"}
 SELECT_METRICS = ("groups", "pooled")
 
 
