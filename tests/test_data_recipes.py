@@ -276,3 +276,17 @@ def test_unknown_dataset_lists_names():
     with pytest.raises(ConfigError, match="unknown dataset 'biased-svhn'.*corrupted-mnist"):
         make_splits("biased-svhn")
     assert {"corrupted-mnist", "corrupted-fashion-mnist", "corrupted-toy"} <= set(dataset_names())
+
+
+def test_bias_dataset_takes_float_inputs_of_any_shape():
+    """Tabular rows and feature vectors are inputs too: float data is normalised as (x - mean) / std."""
+    from debiaskit.data import iterate_batches
+    x = torch.randn(12, 7)
+    d = BiasDataset(images=x, y=torch.arange(12) % 3, b=torch.arange(12) % 2, num_classes=3, num_bias_classes=2,
+                    mean=0.5, std=2.0)
+    batch = next(iter(iterate_batches(d, batch_size=5)))
+    assert batch.x.shape == (5, 7) and d.input_shape == (7,)
+    assert torch.allclose(batch.x, (x[:5] - 0.5) / 2.0)
+    with pytest.raises(DataError, match="uint8 or floating-point"):
+        BiasDataset(images=torch.arange(12).view(12, 1), y=torch.arange(12) % 3, b=None, num_classes=3,
+                    num_bias_classes=2)

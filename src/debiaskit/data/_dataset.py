@@ -24,8 +24,10 @@ class Batch(NamedTuple):
 class BiasDataset(Dataset):
     """In-memory samples with targets and bias labels.
 
-    ``images`` are stored as uint8 (N, C, H, W) - like the reference implementations store their
-    coloured digits - and turned into floats as ``(images / 255 - mean) / std`` per batch.
+    ``images`` holds the inputs, (N, ...) of any shape: uint8 images (N, C, H, W) - stored compactly, like
+    the reference implementations store their coloured digits - are turned into floats as
+    ``(images / 255 - mean) / std`` per batch; floating-point inputs (images, tabular rows, feature
+    vectors) as ``(images - mean) / std``.
     ``b`` is (N,) for one bias attribute or (N, A) for several (``bias_names`` names them).
     ``aligned`` marks bias-aligned samples (b equals the bias value paired with y), per attribute.
     ``render`` (optional) re-renders samples with other bias values: it gives counterfactual pairs.
@@ -46,8 +48,10 @@ class BiasDataset(Dataset):
 
     def __post_init__(self) -> None:
         n = len(self.y)
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise DataError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if not isinstance(self.images, Tensor) or self.images.ndim < 2 or not (
+                self.images.dtype == torch.uint8 or self.images.is_floating_point()):
+            what = f"{self.images.dtype} {tuple(self.images.shape)}" if isinstance(self.images, Tensor) else type(self.images).__name__
+            raise DataError(f"{self.name}: inputs must be a uint8 or floating-point tensor of shape (N, ...), got {what}")
         if len(self.images) != n or (self.b is not None and len(self.b) != n):
             raise DataError(f"{self.name}: images, y and b must have the same length")
         if n == 0:
@@ -60,7 +64,9 @@ class BiasDataset(Dataset):
         return len(self.y)
 
     def to_float(self, images: Tensor) -> Tensor:
-        return (images.float() / 255.0 - self.mean) / self.std
+        if images.dtype == torch.uint8:
+            return (images.float() / 255.0 - self.mean) / self.std
+        return (images.float() - self.mean) / self.std
 
     def __getitem__(self, i: int):
         b = self.b[i] if self.b is not None else torch.tensor(-1)
