@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data import BiasDataset
+from ..data import BiasDataset, as_bias_datasets
 from ..errors import DataError
 from ..models import collect_outputs
 from ._metrics import GroupMetrics, group_metrics
@@ -88,8 +88,7 @@ def counterfactual_bias(model: nn.Module, dataset: BiasDataset, *, attribute: in
     return total / n
 
 
-def audit_model(model: nn.Module, *, test: BiasDataset, unbiased_train: BiasDataset | None = None,
-                unbiased_val: BiasDataset | None = None, head: str | None = None, seed: int = 0,
+def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=None, head: str | None = None, seed: int = 0,
                 device: str | torch.device = "cpu", batch_size: int = 512, counterfactual: bool = True,
                 eval_split: str = "test", probe_kwargs: dict | None = None) -> AuditReport:
     """Audit ``model`` for bias.
@@ -98,6 +97,7 @@ def audit_model(model: nn.Module, *, test: BiasDataset, unbiased_train: BiasData
     conflicting accuracy and worst group on ``test``; bias extractability = accuracy on ``test`` of a
     privacy head (Linear of the head's shape) trained on the bottleneck of ``unbiased_train`` with early
     stopping on ``unbiased_val``; counterfactual bias when the dataset can re-render samples.
+    The datasets are any ``(x, y, b)`` datasets (the data contract, :class:`debiaskit.data.BiasData`).
 
     Example::
 
@@ -106,6 +106,8 @@ def audit_model(model: nn.Module, *, test: BiasDataset, unbiased_train: BiasData
         report.headline()["bias_extractability"]
     """
     start = time.perf_counter()
+    # the data contract: any (x, y, b) datasets, with common metadata (classes, bias classes) over the three
+    test, unbiased_train, unbiased_val = as_bias_datasets(test, unbiased_train, unbiased_val)
     if test.b is None:
         raise DataError(f"{test.name} has no bias labels; discover pseudo-bias labels first (debiaskit discover)")
     out = collect_outputs(model, test, head=head, batch_size=batch_size, device=device)

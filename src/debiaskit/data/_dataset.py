@@ -124,14 +124,7 @@ class BiasDataset(Dataset):
         return self.to_float(self.render(torch.as_tensor(index), torch.as_tensor(new_b)))
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"size": len(self)}
-        if self.aligned is not None:
-            al = self.aligned if self.aligned.ndim == 1 else self.aligned.T
-            if al.ndim == 1:
-                out["realised_rho"] = float(al.float().mean())
-            else:
-                out["realised_rho"] = {n: float(a.float().mean()) for n, a in zip(self.bias_names, al)}
-        return out
+        return summarise(self)
 
 
 def check_labels(labels: Tensor, num: int, *, what: str) -> None:
@@ -139,6 +132,30 @@ def check_labels(labels: Tensor, num: int, *, what: str) -> None:
         raise DataError(f"{what} must be integer class indices, got dtype {labels.dtype}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num):
         raise DataError(f"{what} must lie in [0, {num - 1}], found range [{int(labels.min())}, {int(labels.max())}]")
+
+
+def summarise(data) -> dict[str, Any]:
+    out: dict[str, Any] = {"size": len(data)}
+    aligned = getattr(data, "aligned", None)
+    if aligned is not None:
+        if aligned.ndim == 1:
+            out["realised_rho"] = float(aligned.float().mean())
+        else:
+            out["realised_rho"] = {n: float(a.float().mean()) for n, a in zip(data.bias_names, aligned.T)}
+    b = getattr(data, "b", None)
+    if b is not None:
+        out["group_counts"] = group_counts(data.y, b, num_classes=data.num_classes, num_bias=data.num_bias_classes)
+    return out
+
+
+def group_counts(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int) -> list[list[int]] | dict[str, list]:
+    """Samples per (target, bias) group: [y][b] (per attribute for (N, A) bias labels)."""
+    if b.ndim == 2:
+        return {f"attribute{a}": group_counts(y, b[:, a], num_classes=num_classes, num_bias=num_bias)
+                for a in range(b.shape[1])}
+    flat = y.long() * num_bias + b.long()
+    return torch.bincount(flat, minlength=num_classes * num_bias).view(num_classes, num_bias).tolist()
+
 
 
 class _Indexed(Dataset):
@@ -174,8 +191,10 @@ def iterate_batches(dataset: Dataset, *, batch_size: int, shuffle: bool = False,
             b = None if dataset.b is None else dataset.b[idx].to(device)
             yield Batch(dataset.to_float(dataset.images[idx]).to(device), dataset.y[idx].to(device), b, idx)
         return
+    # any other map-style dataset (a LazyBiasDataset among them): items loaded and collated on demand, in
+    # DataLoader workers when the dataset asks for them (image decoding, resizing)
     loader = DataLoader(torch.utils.data.Subset(_Indexed(dataset), order.tolist()), batch_size=batch_size,
-                        shuffle=False, drop_last=drop_last)
+                        shuffle=False, drop_last=drop_last, num_workers=int(getattr(dataset, "num_workers", 0) or 0))
     for x, y, b, idx in loader:
         has_bias = bool((b >= 0).all())
         yield Batch(x.to(device), y.long().to(device), b.long().to(device) if has_bias else None, idx)

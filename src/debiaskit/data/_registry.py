@@ -28,17 +28,22 @@ SPLIT_DOCS = {
 
 @dataclass
 class Splits:
-    """The five splits of a biased benchmark, plus the recipe that rebuilds them exactly."""
+    """The five splits of a biased benchmark, plus the spec that rebuilds them exactly.
 
-    train: BiasDataset
-    unbiased_train: BiasDataset
-    unbiased_val: BiasDataset
-    unbiased_test: BiasDataset
-    test: BiasDataset
+    Each split is a :class:`BiasDataset` or any dataset of the data contract seen through
+    :func:`~debiaskit.data.as_bias_data` (build yours with :func:`~debiaskit.data.user_splits`);
+    ``unbiased_test`` may be None for user data (it is only reported).
+    """
+
+    train: Any
+    unbiased_train: Any
+    unbiased_val: Any
+    unbiased_test: Any
+    test: Any
     spec: dict[str, Any] = field(default_factory=dict)
 
     def items(self):
-        return [(n, getattr(self, n)) for n in SPLIT_NAMES]
+        return [(n, getattr(self, n)) for n in SPLIT_NAMES if getattr(self, n) is not None]
 
     @property
     def num_classes(self) -> int:

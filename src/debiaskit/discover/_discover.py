@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..data import BiasDataset
+from ..data import BiasDataset, as_bias_data, relabel_bias
 from ..errors import DataError
 from ..runs import atomic_folder, check_writable, load_run, write_json, write_text
 from ._geometry import attractor_rule, class_centroids
@@ -134,7 +134,8 @@ def choose_layer(scan: list[dict], *, max_share: float = 0.5) -> str:
 
 
 def _unlabelled(data):
-    return data.without_bias_labels() if isinstance(data, BiasDataset) else data
+    """The samples without their bias labels: discovery never reads them (any (x, y[, b]) dataset)."""
+    return as_bias_data(data).without_bias_labels()
 
 
 def _apply(z: Tensor, y: Tensor, centroids: Tensor, present: Tensor, *, source: str = BOTTLENECK) -> Discovery:
@@ -148,6 +149,7 @@ def discovery_quality(found: Discovery, data: BiasDataset, *, attribute: int = 0
 
     Only for reporting (never fed back into training or selection); None when the data has no labels.
     """
+    data = as_bias_data(data)
     if data.b is None or data.aligned is None:
         return None
     b = data.bias(attribute)
@@ -166,7 +168,7 @@ def discovery_quality(found: Discovery, data: BiasDataset, *, attribute: int = 0
             "pseudo_bias_accuracy_aligned": float(hit[~conflicting].float().mean()) if len(b) > n_conf else float("nan")}
 
 
-def with_pseudo_bias(data: BiasDataset, pseudo_bias: Tensor, *, name: str | None = None) -> BiasDataset:
+def with_pseudo_bias(data, pseudo_bias: Tensor, *, name: str | None = None):
     """A copy of ``data`` whose bias labels are the discovered ``pseudo_bias`` (marked as such).
 
     ``info["pseudo_bias"] = True`` makes :func:`debiaskit.audit.audit_model` label its bias section
@@ -176,15 +178,15 @@ def with_pseudo_bias(data: BiasDataset, pseudo_bias: Tensor, *, name: str | None
 
         report = audit_model(model, test=with_pseudo_bias(splits.unbiased_val, found["unbiased_val"].pseudo_bias))
     """
+    data = as_bias_data(data)
     pseudo_bias = torch.as_tensor(pseudo_bias).long().cpu()
     if pseudo_bias.shape != (len(data),):
         raise DataError(f"pseudo_bias must have shape ({len(data)},), got {tuple(pseudo_bias.shape)}")
-    out = data.subset(torch.arange(len(data)), name=name or f"{data.name} (pseudo-bias)")
-    out.b, out.num_bias_classes, out.bias_names = pseudo_bias, data.num_classes, ("pseudo_bias",)
-    out.aligned = pseudo_bias == data.y
-    out.render = None  # re-rendering acts on the true bias attribute, not on b^
-    out.info = {**data.info, "pseudo_bias": True}
-    return out
+    # aligned = b^ == y: the attractor of an aligned sample is its own class; re-rendering (counterfactuals)
+    # acts on the true bias attribute, not on b^, so it is dropped
+    return relabel_bias(data, pseudo_bias, num_bias_classes=data.num_classes, bias_names=("pseudo_bias",),
+                        aligned=pseudo_bias == data.y, info={**data.info, "pseudo_bias": True},
+                        name=name or f"{data.name} (pseudo-bias)")
 
 
 def discover_from_dynamics(dynamics: dict[str, Tensor], y: Tensor, *, num_classes: int) -> Discovery:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..audit import audit_model
-from ..data import BiasDataset, iterate_batches
+from ..data import BiasDataset, as_bias_data, iterate_batches, relabel_bias
 from ..errors import ConfigError, DataError, RunExistsError
 from ..runs import atomic_folder, check_writable, load_run, package_versions, read_json, save_weights, write_json, write_text
 from ._export import count_parameters, inference_time, resize_like, save_masks
@@ -41,15 +41,16 @@ def partial_dir(out: Path) -> Path:
 
 def with_pseudo_bias(data: BiasDataset, pseudo: torch.Tensor, *, what: str) -> BiasDataset:
     """The same samples with ``pseudo`` as bias labels (aligned/conflicting is unknown then)."""
+    data = as_bias_data(data)
     pseudo = torch.as_tensor(pseudo)
     if pseudo.dtype != torch.int64 or pseudo.ndim != 1 or len(pseudo) != len(data):
         raise DataError(f"pseudo-bias labels for {what} must be int64 of shape ({len(data)},), got "
                         f"{pseudo.dtype} {tuple(pseudo.shape)}; re-run `debiaskit discover`")
     if int(pseudo.min()) < 0:
         raise DataError(f"pseudo-bias labels for {what} must be >= 0")
-    out = data.subset(torch.arange(len(data)))
-    return replace(out, b=pseudo.clone(), aligned=None, num_bias_classes=max(data.num_bias_classes, int(pseudo.max()) + 1),
-                   info={**data.info, "pseudo_bias": True})
+    return relabel_bias(data, pseudo, num_bias_classes=max(data.num_bias_classes if data.b is not None else 2,
+                                                         int(pseudo.max()) + 1),
+                        info={**data.info, "pseudo_bias": True})
 
 
 def load_pseudo_bias(run_dir: Path, splits) -> tuple[BiasDataset, BiasDataset]:

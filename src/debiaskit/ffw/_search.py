@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..audit import normalized_mutual_information
-from ..data import iterate_batches
+from ..data import as_bias_datasets, iterate_batches
 from ..errors import ConfigError, DataError, ModelError
 from ..models import forward_with_bottleneck, head_shape, resolve_head
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
@@ -453,6 +453,7 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
         raise ConfigError("inplace=True is for unstructured FFW; a structured result is a new, smaller network")
     head_name, _ = resolve_head(model, head)
     head_shape(model, head_name)  # the privacy head copies a Linear head's shape
+    train, val = as_bias_datasets(train, val)   # any (x, y, b) datasets (the data contract), common metadata
     search = _Search(model, head=head_name, train=train, val=val, config=config, device=device, callback=callback)
     time_offset = 0.0
     if resume:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import Batch, iterate_batches
+from ..data import Batch, as_bias_data, iterate_batches
 from ..errors import ConfigError, DebiaskitError
 
 
@@ -141,6 +141,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     """
     config = config or TrainConfig()
     method = method or TrainingMethod()
+    train_data = as_bias_data(train_data)   # the data contract: any (x, y, b) or (x, y) dataset, kept lazy
     device = torch.device(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
