@@ -13,20 +13,21 @@ Example::
     result.masks          # {layer: uint8 mask}, 1 = kept
     result.selected       # D^u_val numbers of the selected hard-masked model
 
-Structured mode gates whole units and exports a physically smaller network: every layer of a chain
-(SimpleConvNet, MLP); in a ResNet (debiaskit's BasicBlock) the internal channels of each block, while
-the residual stream stays ungated (``result.sparsity["ungated"]`` says why, layer by layer).
+Structured mode gates whole units and exports a physically smaller network, on any network of
+standard layers: the units whose removal is exact are found in the torch.fx graph of its forward
+(chains, MLPs, torchvision-style ResNets - a residual stage's channels share one gate -, depthwise
+convs); what cannot be gated exactly is listed with the reason (``result.sparsity["ungated"]``).
 """
 from ._export import (apply_unstructured_masks, count_parameters, inference_time, load_masks, module_shapes,
                       prune_structured, resize_like, save_masks, structured_sparsity, unstructured_sparsity)
-from ._gates import GatedModel, GateState, UnitGate, WeightGate, gate_value, install_gates, trace_encoder
+from ._gates import GatedModel, GateState, UnitGate, WeightGate, gate_value, install_gates
 from ._search import FFWConfig, FFWResult, find_fantastic_weights, ffw_step, mutual_information
 from ._structure import GatePoint, Structure, analyse_structure
 
 __all__ = ["FFWConfig", "FFWResult", "GatePoint", "GateState", "GatedModel", "Structure", "analyse_structure",
            "mutual_information", "UnitGate", "WeightGate", "apply_unstructured_masks",
            "count_parameters", "ffw_step", "find_fantastic_weights", "gate_value", "inference_time", "install_gates", "load_masks",
-           "module_shapes", "prune_structured", "resize_like", "save_masks", "structured_sparsity", "trace_encoder",
+           "module_shapes", "prune_structured", "resize_like", "save_masks", "structured_sparsity",
            "unstructured_sparsity"]
 from ._run import FFWRun, default_out, ffw_run, load_ffw_model, load_pseudo_bias, with_pseudo_bias
 

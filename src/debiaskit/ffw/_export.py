@@ -1,22 +1,27 @@
 """Export FFW's hard masks as plain networks that load without any gate class.
 
 - unstructured: the original architecture with the pruned weights set to 0 (kept weights unchanged);
-- structured: a physically smaller network: the pruned units (conv out-channels / linear neurons) are
-  removed from their layer, from the BatchNorm between the layer and its activation, and the matching
-  input channels / columns are removed from the next conv/linear (the head included). In a ResNet
-  (debiaskit's BasicBlock) these are each block's internal channels: conv1's outputs, bn1, conv2's
-  inputs; the residual stream keeps its width (see ``_structure.py``).
+- structured: a physically smaller network. For each gate group found by ``_structure.py`` the
+  pruned units are removed from the conv/linear layers that produce them, from every per-channel
+  module on the way (BatchNorm, depthwise conv) and from the inputs of every conv/linear that reads
+  them (the head included). In a ResNet the channels of a residual stream are one group: a pruned
+  stream channel disappears from the stem, every block that adds into it, and every layer that reads it.
 
-Why the structured surgery is exact: a structured gate multiplies the *activation output* of a unit
-by 0, so the unit feeds exactly 0 into whatever comes next - whatever the BatchNorm shift before the
-activation was. Between the activation and the next conv/linear only zero-preserving, channel-wise
-layers are allowed (pooling, flatten, dropout), so the unit's input column in the next layer only
-ever multiplies zeros and can be deleted. A linear layer after a flatten of a (C, H, W) map reads
-channel c in columns [c*H*W, (c+1)*H*W).
+Why the structured surgery is exact: ``_structure.py`` only gates a unit when it has proved, on the
+traced graph, that the hard-masked unit reaches every layer that reads it as an exact zero; its
+input columns there then only ever multiply zeros, and everything upstream of the gate fed nothing
+else. A linear layer after a flatten of a (C, H, W) map reads channel c in columns [c*H*W, (c+1)*H*W).
+:func:`prune_structured` also checks the export against the hard-masked model on the example batch.
+
+A structured export is saved as a plain state_dict (safetensors) plus its per-module sizes
+(:func:`module_shapes`); :func:`resize_like` re-shapes a freshly built copy of the original model - any
+model made of standard conv/linear/BatchNorm layers, a user's own included - so that the state_dict
+loads into it. No pickle, no gate class.
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
-from ._gates import NORM_TYPES
+from ._structure import CONV_TYPES, NORM_TYPES, analyse_structure
 
 
 def apply_unstructured_masks(model: nn.Module, masks: dict[str, Tensor], *, copy_model: bool = True) -> nn.Module:
@@ -51,100 +56,128 @@ def _units(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
-def _slice_out(module: nn.Module, keep: Tensor) -> nn.Module:
-    """A copy of conv/linear/BatchNorm ``module`` with only the output units ``keep``."""
-    new = copy.deepcopy(module)
+def _param(module: nn.Module, name: str, value: Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
+
+
+def _slice_out(module: nn.Module, keep: Tensor) -> None:
+    """Keep only output units ``keep`` of a conv/linear (in place)."""
     with torch.no_grad():
-        if isinstance(module, NORM_TYPES):
-            new.num_features = len(keep)
-            for attr in ("weight", "bias"):
-                if getattr(module, attr) is not None:
-                    setattr(new, attr, nn.Parameter(getattr(module, attr)[keep].clone()))
-            for attr in ("running_mean", "running_var"):
-                if getattr(module, attr) is not None:
-                    setattr(new, attr, getattr(module, attr)[keep].clone())
-            return new
-        new.weight = nn.Parameter(module.weight[keep].clone())
+        _param(module, "weight", module.weight[keep])
         if module.bias is not None:
-            new.bias = nn.Parameter(module.bias[keep].clone())
-        if isinstance(module, nn.Linear):
-            new.out_features = len(keep)
-        else:
-            new.out_channels = len(keep)
-    return new
+            _param(module, "bias", module.bias[keep])
+    if isinstance(module, nn.Linear):
+        module.out_features = len(keep)
+    else:
+        module.out_channels = len(keep)
 
 
-def _slice_in(module: nn.Module, cols: Tensor, zero: Tensor | None = None) -> nn.Module:
-    """A copy of conv/linear ``module`` reading only input channels/columns ``cols``; columns listed
-    in ``zero`` (positions within ``cols``) are set to 0 (a layer whose units were all pruned keeps one
-    dead unit, and its consumer must ignore it)."""
-    new = copy.deepcopy(module)
+def _slice_in(module: nn.Module, cols: Tensor, zero: Tensor | None) -> None:
+    """Keep only input channels/columns ``cols`` of a conv/linear (in place); columns at positions
+    ``zero`` (within ``cols``) are set to 0 (a group whose units were all pruned keeps one dead unit)."""
     with torch.no_grad():
         weight = module.weight[:, cols].clone()
         if zero is not None and len(zero):
             weight[:, zero] = 0
-        new.weight = nn.Parameter(weight)
-        if isinstance(module, nn.Linear):
-            new.in_features = len(cols)
-        else:
-            new.in_channels = len(cols)
-    return new
+        _param(module, "weight", weight)
+    if isinstance(module, nn.Linear):
+        module.in_features = len(cols)
+    else:
+        module.in_channels = len(cols)
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+def _slice_channels(module: nn.Module, keep: Tensor) -> None:
+    """Keep only channels ``keep`` of a BatchNorm or depthwise conv (in place)."""
+    with torch.no_grad():
+        if isinstance(module, NORM_TYPES):
+            for attr in ("weight", "bias"):
+                if getattr(module, attr) is not None:
+                    _param(module, attr, getattr(module, attr)[keep])
+            for attr in ("running_mean", "running_var"):
+                if getattr(module, attr) is not None:
+                    setattr(module, attr, getattr(module, attr)[keep].clone())
+            module.num_features = len(keep)
+            return
+        _param(module, "weight", module.weight[keep])
+        if module.bias is not None:
+            _param(module, "bias", module.bias[keep])
+        module.in_channels = module.out_channels = module.groups = len(keep)
 
 
-def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor) -> tuple[nn.Module, dict[str, Any]]:
+def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor,
+                     check: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Physically remove the pruned units of a structured FFW result (see module docstring).
 
-    ``masks`` maps a gated layer's name to a 0/1 vector over its output units (the gate points of
-    :func:`install_gates`: every layer of a chain-shaped encoder; the internal conv1 channels of each
-    residual BasicBlock). Returns the smaller model (a deep copy: ``model`` is not modified) and its
-    ``shapes`` (module name -> new sizes), which :func:`resize_like` uses to rebuild the architecture
-    before loading the weights.
+    ``masks`` maps a gate's name (the first layer of its group, as in :func:`install_gates`) to a 0/1
+    vector over its units; groups without a mask are kept whole. Returns the smaller model (a deep
+    copy: ``model`` is not modified) and its ``shapes`` (module name -> sizes), which
+    :func:`resize_like` uses to rebuild the architecture before loading the weights. With ``check``
+    the export is compared with the hard-masked gated model on ``example`` (a ModelError if they differ).
 
     Example::
 
         pruned, shapes = prune_structured(vanilla, gated.hard_masks(), head="fc", example=x[:2])
         count_parameters(pruned) < count_parameters(vanilla)
     """
-    from ._structure import analyse_structure
     structure = analyse_structure(model, example, head)
-    out = copy.deepcopy(model)
-    modules = dict(model.named_modules())
+    outs: dict[str, Tensor] = {}
+    chans: dict[str, Tensor] = {}
+    ins: dict[str, tuple[Tensor, Tensor | None]] = {}
     for layer, mask in masks.items():
         if layer not in structure.points:
             why = structure.ungated.get(layer)
-            raise ModelError(f"structured mask {layer!r} names no gated layer of this model"
-                             + (f" (it is not gated: {why})" if why else ""))
+            raise ModelError(f"structured mask {layer!r} names no gate of this model"
+                             + (f" ({why})" if why else f"; its gates are {', '.join(structure.points)}"))
         point = structure.points[layer]
-        mask = mask.bool()
-        if mask.numel() != _units(modules[layer]):
-            raise ModelError(f"structured mask {layer!r} has {mask.numel()} units, the layer {_units(modules[layer])}")
+        mask = mask.bool().flatten()
+        if mask.numel() != point.units:
+            raise ModelError(f"structured mask {layer!r} has {mask.numel()} units, the layer {point.units}")
         keep = torch.nonzero(mask).flatten()
-        dead = torch.zeros(0, dtype=torch.long)
-        if len(keep) == 0:  # keep one unit so every layer stays valid; its consumer column is zeroed
+        dead = None
+        if len(keep) == 0:  # keep one unit so every layer stays valid; its readers' columns are zeroed
             keep, dead = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-        _set_module(out, layer, _slice_out(out.get_submodule(layer), keep))
-        for norm in point.norms:
-            _set_module(out, norm, _slice_out(out.get_submodule(norm), keep))
-        consumer = point.consumer
-        target = out.get_submodule(consumer)
-        units = _units(modules[layer])
-        if isinstance(target, nn.Linear):
-            fan = target.in_features // units   # spatial positions per channel after a flatten
-            if fan * units != target.in_features:
-                raise ModelError(f"cannot map the units of {layer!r} onto the inputs of {consumer!r}")
-            cols = (keep[:, None] * fan + torch.arange(fan)[None, :]).flatten()
-            zero = (dead[:, None] * fan + torch.arange(fan)[None, :]).flatten() if len(dead) else None
-        else:
-            cols, zero = keep, (dead if len(dead) else None)
-        _set_module(out, consumer, _slice_in(target, cols, zero))
+        for name in point.producers:
+            outs[name] = keep
+        for name in point.channel_modules:
+            chans[name] = keep
+        for name in point.consumers:
+            fan = point.fans.get(name, 1)
+            spread = torch.arange(fan)[None, :]
+            cols = (keep[:, None] * fan + spread).flatten()
+            zero = (dead[:, None] * fan + spread).flatten() if dead is not None else None
+            ins[name] = (cols, zero)
+    out = copy.deepcopy(model)
+    for name, keep in outs.items():
+        _slice_out(out.get_submodule(name), keep)
+    for name, keep in chans.items():
+        _slice_channels(out.get_submodule(name), keep)
+    for name, (cols, zero) in ins.items():
+        _slice_in(out.get_submodule(name), cols, zero)
     out.eval()
+    if check:
+        _check_export(model, out, masks, head=head, example=example)
     return out, module_shapes(out)
+
+
+@torch.no_grad()
+def _check_export(model: nn.Module, pruned: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor) -> None:
+    """The export must equal the hard-masked gated model on ``example`` (a bug otherwise: say so)."""
+    from ._gates import freeze, install_gates
+    net = copy.deepcopy(model)
+    freeze(net)
+    gated = install_gates(net, mode="structured", head=head, example=example)
+    for name, gate in gated.gates.items():
+        if name in masks:
+            gate.m.copy_(torch.where(masks[name].bool().flatten(), 0.0, -1.0))
+    gated.state.hard = True
+    want, got = net(example), pruned(example)
+    scale = float(want.abs().max()) + 1e-6
+    diff = float((want - got).abs().max()) if want.shape == got.shape else math.inf
+    if not diff <= 1e-4 * scale + 1e-5:
+        raise ModelError(f"the structured export differs from the hard-masked model on the example batch (max |diff| "
+                         f"{diff:.3g}): a debiaskit bug - please report it with the model's code; "
+                         "use mode='unstructured' meanwhile")
 
 
 def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -153,30 +186,42 @@ def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
             shapes[name] = {"in_features": m.in_features, "out_features": m.out_features}
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            shapes[name] = {"in_channels": m.in_channels, "out_channels": m.out_channels}
+        elif isinstance(m, CONV_TYPES):
+            shapes[name] = {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
         elif isinstance(m, NORM_TYPES):
             shapes[name] = {"num_features": m.num_features}
     return shapes
 
 
 def resize_like(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Module:
-    """Shrink the conv/linear/BatchNorm modules of a freshly built ``model`` to ``shapes`` (in place),
-    so that a structured FFW export's state_dict loads into it. Plain torch modules only."""
+    """Re-shape the conv/linear/BatchNorm modules of a freshly built ``model`` to ``shapes`` (in place),
+    so that a structured FFW export's state_dict loads into it. Works on any model whose pruned
+    modules are torch conv/linear/BatchNorm layers (subclasses included): the modules keep their type
+    and settings, only their sizes and the shapes of their parameters and buffers change."""
     for name, size in shapes.items():
-        m = model.get_submodule(name)
+        try:
+            m = model.get_submodule(name)
+        except AttributeError as err:
+            raise ModelError(f"cannot resize {name!r}: the rebuilt model has no such module (was it built with "
+                             "the same code and arguments as the exported one?)") from err
         if isinstance(m, nn.Linear):
-            new = nn.Linear(size["in_features"], size["out_features"], bias=m.bias is not None)
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            new = type(m)(size["in_channels"], size["out_channels"], m.kernel_size, stride=m.stride,
-                          padding=m.padding, dilation=m.dilation, groups=m.groups, bias=m.bias is not None,
-                          padding_mode=m.padding_mode)
+            m.in_features, m.out_features = size["in_features"], size["out_features"]
+            shape = {"weight": (m.out_features, m.in_features), "bias": (m.out_features,)}
+        elif isinstance(m, CONV_TYPES):
+            m.in_channels, m.out_channels = size["in_channels"], size["out_channels"]
+            m.groups = size.get("groups", m.groups)
+            shape = {"weight": (m.out_channels, m.in_channels // m.groups, *m.kernel_size), "bias": (m.out_channels,)}
         elif isinstance(m, NORM_TYPES):
-            new = type(m)(size["num_features"], eps=m.eps, momentum=m.momentum, affine=m.affine,
-                          track_running_stats=m.track_running_stats)
+            m.num_features = size["num_features"]
+            shape = {k: (m.num_features,) for k in ("weight", "bias", "running_mean", "running_var")}
         else:
             raise ModelError(f"cannot resize module {name!r} of type {type(m).__name__}")
-        _set_module(model, name, new)
+        for attr, dims in shape.items():
+            old = getattr(m, attr, None)
+            if isinstance(old, nn.Parameter):
+                setattr(m, attr, nn.Parameter(torch.zeros(dims, dtype=old.dtype), requires_grad=old.requires_grad))
+            elif isinstance(old, Tensor):
+                setattr(m, attr, torch.zeros(dims, dtype=old.dtype))
     return model
 
 

@@ -11,29 +11,26 @@ receives gradient (a straight-through estimator of the step). When ``GateState.h
 is the tau -> 0 limit, the binary mask ``m >= 0``.
 
 Unstructured gates are ``torch.nn.utils.parametrize`` parametrisations of every conv/linear
-``weight``; structured gates are forward hooks on the non-linearity that follows a conv/linear
-layer (optionally through its BatchNorm), i.e. they gate the layer's units *after* the activation.
+``weight``. Structured gates are forward hooks that multiply the output of a module by one gate per
+channel, on the units ``debiaskit.ffw._structure`` proves removable exactly: after the activation
+module where the network has one, else on the BatchNorm / conv output just before a functional or
+shared ReLU-like activation (the same function for g >= 0); channels coupled by a residual addition
+share one gate, applied at every layer that adds into them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, ModelError
+from ._structure import (ACTIVATION_TYPES, LAYER_TYPES, NORM_TYPES, ZERO_PRESERVING_TYPES,  # noqa: F401
+                         analyse_structure)
 
-GATED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
-                    nn.Sigmoid, nn.Hardswish, nn.Hardtanh, nn.Softplus)
-# Layers that map a zero channel to a zero channel and keep the channel order: a pruned unit stays
-# exactly zero through them, so removing it before the next conv/linear is exact.
-ZERO_PRESERVING_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-                         nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.Flatten)
+# Unit gates go where debiaskit.ffw._structure proves their removal exact; these names are re-exported.
+GATED_TYPES = LAYER_TYPES
 
 
 class _GateFunction(torch.autograd.Function):
@@ -92,27 +89,6 @@ class UnitGate(nn.Module):
         return output * g.view(1, -1, *([1] * (output.ndim - 2)))
 
 
-@dataclass
-class Leaf:
-    """One leaf module call seen while tracing a forward pass."""
-
-    name: str
-    module: nn.Module
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-
-
-@dataclass
-class Trace:
-    """The leaf modules of the encoder in call order (everything before the head is called)."""
-
-    leaves: list[Leaf]
-    head_name: str
-    head_in_shape: tuple[int, ...]
-    calls: dict[str, int] = field(default_factory=dict)
-    is_chain: bool = False     # replaying the leaves one after the other reproduces the bottleneck
-
-
 def encoder_layers(model: nn.Module, head: str, *, include_head: bool = False) -> list[tuple[str, nn.Module]]:
     """Every conv/linear module of ``model`` outside the head (plus the head's with ``include_head``)."""
     out = []
@@ -126,86 +102,16 @@ def encoder_layers(model: nn.Module, head: str, *, include_head: bool = False) -
     return out
 
 
-@torch.no_grad()
-def trace_encoder(model: nn.Module, example: Tensor, head: str) -> Trace:
-    """Record the leaf modules called before the head, with their input/output shapes."""
-    head_module = dict(model.named_modules())[head]
-    leaves: list[Leaf] = []
-    calls: dict[str, int] = {}
-    seen_head: list[tuple[int, ...]] = []
-    handles = []
-
-    def leaf_hook(name):
-        def hook(module, args, output):
-            calls[name] = calls.get(name, 0) + 1
-            if not seen_head and args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
-                leaves.append(Leaf(name, module, tuple(args[0].shape), tuple(output.shape)))
-        return hook
-
-    def head_hook(module, args):
-        if not seen_head:
-            seen_head.append(tuple(args[0].shape))
-
-    head_names = {n for n, _ in head_module.named_modules(prefix=head)}
-    for name, module in model.named_modules():
-        if name and not list(module.children()) and name not in head_names:
-            handles.append(module.register_forward_hook(leaf_hook(name)))
-    handles.append(head_module.register_forward_pre_hook(head_hook))
-    was = model.training
-    model.eval()
-    try:
-        model(example)
-        if not seen_head:
-            raise ModelError(f"the head {head!r} was not called in the forward pass")
-    finally:
-        for h in handles:
-            h.remove()
-    trace = Trace(leaves=leaves, head_name=head, head_in_shape=seen_head[0], calls=dict(calls))
-    try:
-        trace.is_chain = _replays(model, trace, example)
-    finally:
-        model.train(was)
-    return trace
-
-
-def _replays(model: nn.Module, trace: Trace, example: Tensor) -> bool:
-    """True when the encoder is a plain chain: calling its leaves in order gives the bottleneck."""
-    allowed = GATED_TYPES + NORM_TYPES + ACTIVATION_TYPES + ZERO_PRESERVING_TYPES
-    if any(trace.calls.get(leaf.name, 0) != 1 for leaf in trace.leaves):
-        return False
-    if any(not isinstance(leaf.module, allowed) for leaf in trace.leaves):
-        return False
-    if any(isinstance(leaf.module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and leaf.module.groups != 1 for leaf in trace.leaves):
-        return False
-    captured: list[Tensor] = []
-    handle = dict(model.named_modules())[trace.head_name].register_forward_pre_hook(
-        lambda m, args: captured.append(args[0]) if not captured else None)
-    try:
-        model(example)
-    finally:
-        handle.remove()
-    h = example
-    try:
-        for leaf in trace.leaves:
-            if isinstance(leaf.module, nn.Linear) and h.ndim > 2:
-                h = h.flatten(1)  # the functional flatten (torch.flatten) of forward() is invisible to hooks
-            h = leaf.module(h)
-    except RuntimeError:  # shapes that do not chain (e.g. a residual block's shortcut): not a chain
-        return False
-    z = captured[0]
-    return h.flatten(1).shape == z.flatten(1).shape and torch.equal(h.flatten(1), z.flatten(1))
-
-
 class GatedModel:
     """A model with FFW gates installed; ``state`` switches temperature and soft/hard gates."""
 
     def __init__(self, model: nn.Module, *, mode: str, head: str, gates: dict[str, nn.Module],
-                 state: GateState, handles: list, units: dict[str, str] | None = None,
+                 state: GateState, handles: list, units: dict[str, tuple[str, ...]] | None = None,
                  ungated: dict[str, str] | None = None) -> None:
         self.model, self.mode, self.head, self.gates, self.state = model, mode, head, gates, state
         self._handles = handles
-        self.units = units or {}   # structured: layer name -> activation name
-        self.ungated = ungated or {}   # structured: conv/linear left ungated -> why (e.g. residual stream)
+        self.units = units or {}   # structured: gate name -> the modules whose output it multiplies
+        self.ungated = ungated or {}   # structured: conv/linear left ungated -> why (e.g. a grouped conv reads it)
 
     def parameters(self) -> list[nn.Parameter]:
         return [g.m for g in self.gates.values()]
@@ -248,19 +154,17 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
     """Install FFW gates on ``model`` in place (freeze it first). Returns the :class:`GatedModel`.
 
     ``mode="unstructured"``: a :class:`WeightGate` parametrisation on the weight of every encoder
-    conv/linear (and the head's with ``include_head``). ``mode="structured"``: a :class:`UnitGate` on
-    the output of the activation that follows each conv/linear whose units can be removed exactly
-    (see ``debiaskit.ffw._structure``): every layer of a chain-shaped encoder (SimpleConvNet, MLP), and
-    in a ResNet built from debiaskit's ``BasicBlock`` the internal channels of each block (conv1 ->
-    bn1 -> relu1 -> conv2). Channels tied to the residual stream (stem, conv2/bn2, downsample) stay
-    ungated and are listed with the reason in ``GatedModel.ungated``. Other branching or residual-like
-    modules raise a ModelError naming them (use unstructured mode for those models).
+    conv/linear (and the head's with ``include_head``). ``mode="structured"``: a :class:`UnitGate`
+    on every group of units that ``debiaskit.ffw._structure.analyse_structure`` finds removable
+    exactly in the traced graph of ``model`` (any network of standard layers: chains, MLPs,
+    torchvision-style ResNets with shared or functional ReLUs, depthwise convolutions); the rest is
+    listed with the reason in ``GatedModel.ungated`` (e.g. the channels a grouped conv reads).
 
     Example::
 
         gm = install_gates(net, mode="structured", head="fc", example=x[:2])
-        gm.units        # {'layer1.0.conv1': 'layer1.0.relu1', ...}
-        gm.ungated      # {'stem.0': 'its activation feeds the residual block ...', ...}
+        gm.units        # {'layer1.0.conv1': ('layer1.0.bn1',), 'conv1': ('bn1', 'layer1.0.bn2', ...), ...}
+        gm.ungated      # {'layer1.0.conv1': 'not gated: it is read by the grouped convolution ...'}
     """
     state = state or GateState()
     layers = encoder_layers(model, head, include_head=include_head)
@@ -276,19 +180,18 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
         if include_head:
             raise ConfigError("include_head applies to unstructured FFW only: structured gates sit on encoder "
                               "units after a non-linearity, and the head's outputs (the logits) have none")
-        from ._structure import analyse_structure  # late import: _structure builds on this module
         structure = analyse_structure(model, example, head)
         if not structure.points:
-            raise ModelError("no unit of this model can be gated exactly: structured gates sit after the "
-                             "non-linearity of a conv/linear whose activation feeds only the next conv/linear "
-                             f"(ungated: {'; '.join(f'{k}: {v}' for k, v in structure.ungated.items())}); "
+            raise ModelError("no unit of this model can be removed exactly, so structured FFW has nothing to gate "
+                             f"({'; '.join(f'{k}: {v}' for k, v in structure.ungated.items()) or 'no conv/linear layer'}); "
                              "use mode='unstructured'")
         modules = dict(model.named_modules())
         gates, handles, units = {}, [], {}
         for layer, point in structure.points.items():
             gate = UnitGate(point.units, state)
-            handles.append(modules[point.activation].register_forward_hook(gate.hook))
-            gates[layer], units[layer] = gate, point.activation
+            for site in point.sites:
+                handles.append(modules[site].register_forward_hook(gate.hook))
+            gates[layer], units[layer] = gate, point.sites
         return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=handles, units=units,
                           ungated=structure.ungated)
     raise ConfigError(f"mode must be 'unstructured' or 'structured', got {mode!r}")
