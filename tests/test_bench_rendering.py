@@ -1,0 +1,58 @@
+"""Cached benchmark cells re-render identically: the tables are pinned on fixture cells written by an
+earlier version of the harness (tests/fixtures/bench), so a refactor of the harness cannot silently
+change what `bench compare --report-only` / `bench unsup --report-only` print for the same cells."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from debiaskit.bench import SUITES, _compare, _common, _unsup
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bench"
+MACHINE = "fixture machine"
+
+
+@pytest.fixture(autouse=True)
+def _fixed_machine(monkeypatch):
+    for module in (_compare, _unsup, _common):
+        monkeypatch.setattr(module, "machine_description", lambda: MACHINE, raising=False)
+
+
+def _render_compare() -> str:
+    cells = json.loads((FIXTURES / "compare_cells.json").read_text())
+    suite = replace(SUITES["toy"], unbiased_size=300, train_size=500, values=(0.95, 0.9))
+    return _compare.compare_table(cells, suite=suite, command="debiaskit bench compare --suite toy --report-only",
+                                  wall_time_s=12.0, budget="mlp, 1 epoch (fixture)")
+
+
+def _render_unsup(tmp_path: Path) -> tuple[str, dict]:
+    root = tmp_path / "unsup"
+    shutil.copytree(FIXTURES / "unsup", root)
+    _unsup.write_unsup_results(root=root, command="debiaskit bench unsup --report-only", wall_time_s=3.0,
+                               echo=lambda s: None)
+    return (root / "summary.md").read_text(), json.loads((root / "results.json").read_text())
+
+
+def test_compare_table_of_cached_cells_is_unchanged():
+    assert _render_compare() == (FIXTURES / "compare_results.md").read_text()
+
+
+def test_unsup_summary_of_cached_cells_is_unchanged(tmp_path):
+    summary, results = _render_unsup(tmp_path)
+    assert summary == (FIXTURES / "unsup_summary.md").read_text()
+    assert results == json.loads((FIXTURES / "unsup_results.json").read_text())
+
+
+if __name__ == "__main__":   # regenerate the golden files (only when a rendering change is intended)
+    import tempfile
+    for module in (_compare, _unsup, _common):
+        setattr(module, "machine_description", lambda: MACHINE)
+    (FIXTURES / "compare_results.md").write_text(_render_compare())
+    with tempfile.TemporaryDirectory() as tmp:
+        summary, results = _render_unsup(Path(tmp))
+    (FIXTURES / "unsup_summary.md").write_text(summary)
+    (FIXTURES / "unsup_results.json").write_text(json.dumps(results, indent=1) + "\n")
