@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from debiaskit.bench._compare import FULL_FFW, _ffw_entry, available_methods, selection_rule
+from debiaskit.bench._compare import available_methods
 from debiaskit.cli import main
 from debiaskit.errors import ConfigError
 from debiaskit.methods import METHODS, build_method, method_defaults
@@ -17,12 +17,13 @@ from debiaskit.models import build_model
 def test_ffw_is_registered_as_a_post_hoc_method():
     info = METHODS["ffw"]
     assert (info.uses_bias_labels, info.uses_unbiased_data, info.retrains, info.post_hoc) == (True, True, False, True)
-    assert info.apply is not None and _ffw_entry() is info and available_methods()["ffw"] is info
+    assert info.apply is not None and available_methods()["ffw"] is info
     defaults = method_defaults("ffw", "biased-mnist")
     assert defaults["mode"].value == "unstructured" and defaults["gamma"].value == 10.0
     assert all(d.source for d in defaults.values())
-    assert set(FULL_FFW) <= set(defaults)  # --full overrides reach FFW (the harness drops unknown keys)
-    assert "hard-masked" in selection_rule(info) and "D^u_val" in selection_rule(info)
+    assert set(info.budget("full")) <= set(defaults)  # --full overrides reach FFW (the harness drops unknown keys)
+    assert info.budget("full")["max_epochs_per_level"] > defaults["max_epochs_per_level"].value
+    assert "hard-masked" in info.selection_rule and "D^u_val" in info.selection_rule
 
 
 def test_training_with_ffw_is_refused_with_a_pointer_to_the_ffw_command(tmp_path, monkeypatch, capsys):

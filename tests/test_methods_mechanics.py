@@ -169,14 +169,20 @@ def test_groupdro_without_bias_labels_is_a_clear_error(toy_splits):
             fit(model, toy_splits.train.without_bias_labels(), method=method, config=TrainConfig(epochs=1), progress=False)
 
 
-def test_jtt_and_dcwp_report_mining_quality(toy_splits):
+def test_jtt_and_dcwp_expose_their_mined_samples_without_reading_bias_labels(toy_splits):
     torch.manual_seed(0)
     for name, kw in (("jtt", {"id_epochs": 2}), ("dcwp", {"erm_epochs": 2, "mask_iters": 5})):
         model = build_model("mlp", num_classes=10, input_shape=toy_splits.train.input_shape)
         method, _ = build_method(name, dataset="biased-toy", **kw)
-        fit(model, toy_splits.train, method=method, config=TrainConfig(epochs=1, batch_size=64, seed=0), progress=False)
-        rep = method.state()["error_set" if name == "jtt" else "mining"]
+        assert method.conflict_flags() is None   # nothing mined before setup
+        fit(model, toy_splits.train.without_bias_labels(), method=method,
+            config=TrainConfig(epochs=1, batch_size=64, seed=0), progress=False)
+        flags = method.conflict_flags()
+        assert torch.equal(flags.index, torch.arange(len(toy_splits.train))) and flags.flagged.any()
+        assert method.conflict_flags(online=True) is None
+        rep = flags.report(toy_splits.train)   # scored by whoever holds the true labels
         assert 0 <= rep["precision"] <= 1 and 0 <= rep["recall"] <= 1 and rep["true_conflicting"] > 0
+        assert rep["mined"] == int(flags.flagged.sum())
     assert 0 <= method.state()["sparsity"] < 1
 
 

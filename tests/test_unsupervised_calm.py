@@ -222,5 +222,6 @@ def test_calm_gce_branch_trains_in_the_warmup_only_then_is_dropped(toy_splits):
     assert method.pseudo is not None and torch.equal(method.val_pseudo, method.pseudo[method.val_index])
     assert 1.0 <= float(method.sample_weight.min()) and float(method.sample_weight.max()) <= 20.0
     assert method.state()["discovery"] == "gce"
-    index, flagged = method.conflict_flags()
+    index, flagged, pseudo = method.conflict_flags()
     assert torch.equal(index, method.train_index) and torch.equal(flagged, method.pseudo[index] != data.y[index])
+    assert torch.equal(pseudo, method.pseudo[index]) and method.conflict_flags(online=True) is None   # no per-visit flags

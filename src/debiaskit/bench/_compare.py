@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,8 +38,7 @@ from torch import nn
 from ..audit import audit_model, group_metrics
 from ..data import make_splits
 from ..errors import ConfigError, DebiaskitError
-from ..methods import METHODS, MethodInfo, build_method, get_method, method_defaults
-from ..methods._common import mining_report
+from ..methods import METHODS, REFERENCE_METHOD, MethodInfo, build_method, get_method, method_defaults
 from ..models import build_model, collect_outputs, default_head_name
 from ..runs import (RUN_FILE, WEIGHTS_FILE, atomic_folder, is_finished, load_run, package_versions, read_json,
                     save_weights, write_json, write_text)
@@ -76,6 +76,14 @@ class Suite:
                        train_size=self.full_train_size)
 
 
+def _published(suite: str) -> dict[str, Any]:
+    """The published numbers shown beside a suite's results, from ``published.json`` (data, not code):
+    ``{"paper": {method: {value: text}}, "paper_source": where they come from}``."""
+    entry = json.loads((Path(__file__).parent / "published.json").read_text())[suite]
+    return {"paper": {m: {float(v): text for v, text in vals.items()} for m, vals in entry["numbers"].items()},
+            "paper_source": entry["source"]}
+
+
 def _pct_conflicting(v: float) -> str:
     return f"{100 * (1 - v):g}% conflicting"
 
@@ -83,70 +91,30 @@ def _pct_conflicting(v: float) -> str:
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite(name="colored-mnist", dataset="colored-mnist", values=(0.995, 0.99, 0.98, 0.95), model="mlp", epochs=5,
           full_epochs=100, value_label=_pct_conflicting,
-          paper={"vanilla": {0.995: "35.19", 0.99: "52.09", 0.98: "65.86", 0.95: "82.17"},
-                 "lff": {0.995: "52.50", 0.99: "61.89", 0.98: "71.03", 0.95: "80.57"},
-                 "dfa": {0.995: "65.22", 0.99: "81.58", 0.98: "84.79", 0.95: "89.66"},
-                 "dcwp": {0.95: "~98 (aggregator)"}},
-          paper_source="LfF protocol (MLP, 100 epochs), numbers as quoted by the DFA paper (unverified); "
-                       "DCWP from an aggregator (unverified)",
+          **_published("colored-mnist"),
           notes="LfF protocol: MLP 3x100, Adam 1e-3, batch 256; default budget 5 epochs (paper: 100)."),
     Suite(name="biased-mnist", dataset="biased-mnist", values=(0.99, 0.995, 0.997, 0.999), model="simple-conv-small",
           epochs=5, train_size=20000, full_model="simple-conv", full_epochs=80,
-          paper={"vanilla": {0.99: "88.46", 0.995: "74.23", 0.997: "46.04", 0.999: "10.02"},
-                 "lff": {0.99: "95.1", 0.995: "90.3", 0.997: "63.7", 0.999: "15.3"},
-                 "end": {0.99: "96.0", 0.995: "93.9", 0.997: "83.7", 0.999: "52.3"},
-                 "ffw": {0.99: "97.79", 0.995: "97.30", 0.997: "89.36", 0.999: "22.29"}},
-          paper_source="FFW paper Table 2 (SimpleConvNet, stride 1, 80 epochs)",
+          **_published("biased-mnist"),
           notes="default budget: simple-conv-small (stride 2), 5 epochs on 20000 biased training digits; "
                 "--full: SimpleConvNet, 80 epochs, all 50000 digits."),
     Suite(name="multicolor-mnist", dataset="multicolor-mnist", values=(0.99,), fixed={"rho_right": 0.95},
           model="simple-conv-small", epochs=5, train_size=20000, full_model="simple-conv", full_epochs=80,
           value_label=lambda v: f"rho_L {v}, rho_R 0.95",
-          paper={"vanilla": {0.99: "58.9"}, "lff": {0.99: "52.0"}, "ffw": {0.99: "36.37"}},
-          paper_source="FFW paper Table 5 (mean of the 4 left/right subsets; our Task column is plain accuracy)"),
+          **_published("multicolor-mnist")),
     Suite(name="corrupted-mnist", dataset="corrupted-mnist", values=(0.95, 0.98, 0.99, 0.995), model="simple-conv-small",
           epochs=5, train_size=20000, full_model="resnet18", full_epochs=100,
-          paper={"vanilla": {0.995: "20.50 (C-CIFAR)", 0.99: "23.90 (C-CIFAR)", 0.98: "29.92 (C-CIFAR)", 0.95: "43.03 (C-CIFAR)"},
-                 "lff": {0.995: "28.57 (C-CIFAR)", 0.99: "33.07 (C-CIFAR)", 0.98: "39.91 (C-CIFAR)", 0.95: "50.27 (C-CIFAR)"},
-                 "ffw": {0.995: "51.57 (C-CIFAR)", 0.99: "58.25 (C-CIFAR)", 0.98: "58.80 (C-CIFAR)", 0.95: "61.48 (C-CIFAR)"}},
-          paper_source="FFW paper Table 4 - Corrupted CIFAR-10, NOT MNIST: a different image source, shown for orientation only"),
+          **_published("corrupted-mnist")),
     Suite(name="toy", dataset="biased-toy", values=(0.95,), model="mlp", epochs=1, unbiased_size=600,
           notes="debug suite: procedural toy digits, 1 epoch (seconds); not a benchmark"),
 )}
 
-# Budget-dependent method overrides: the default suites are CPU-sized, --full follows the papers.
-DEFAULT_OVERRIDES: dict[str, dict[str, Any]] = {"dcwp": {"mask_iters": 300}}
-FULL_OVERRIDES: dict[str, dict[str, Any]] = {"dcwp": {"mask_iters": 2000}}
-
-
-# -- FFW: registered by debiaskit.methods.ffw as a post-hoc method (apply = FFW on the cell's vanilla model) ----
-def _ffw_entry() -> MethodInfo:
-    """FFW's registry entry (kept as a function for callers of the harness)."""
-    return METHODS["ffw"]
-
-
-FULL_FFW = {"max_epochs_per_level": 10, "head_pretrain_epochs": 30}
-
 
 def available_methods() -> dict[str, MethodInfo]:
-    """Registered methods plus harness-only entries (FFW), vanilla first."""
-    out = {"vanilla": get_method("vanilla")}
-    out.update({k: v for k, v in sorted(METHODS.items()) if k != "vanilla"})
-    ffw = _ffw_entry()
-    if ffw is not None:
-        out["ffw"] = ffw
+    """Every registered method, the reference (ERM) first, then by name."""
+    out = {REFERENCE_METHOD: get_method(REFERENCE_METHOD)}
+    out.update({k: v for k, v in sorted(METHODS.items()) if k != REFERENCE_METHOD})
     return out
-
-
-def selection_rule(info: MethodInfo) -> str:
-    if info.selection == "ffw":
-        return "FFW's own rule: hard-masked model, lowest CE + gamma MI on D^u_val (uses bias labels of D^u)"
-    if info.name == "fmd":
-        return "step scale by accuracy on held-out counterfactual samples of D^b (label-free)"
-    if info.name == "calm":
-        return ("its own label-free rule: pseudo-group-balanced accuracy on held-out D^b (default recipe: mean of "
-                "pseudo-aligned and pseudo-conflicting accuracy; attractor recipe: mean over (y, b^) groups)")
-    return info.selection_rule
 
 
 # -- cells -------------------------------------------------------------------------------------------------
@@ -188,7 +156,8 @@ def _matches(meta: dict, suite: Suite, splits, config: TrainConfig) -> bool:
     tr = meta.get("train", {})
     return (meta.get("data") == splits.spec and meta.get("model", {}).get("name") == suite.model
             and tr.get("epochs") == config.epochs and tr.get("batch_size") == config.batch_size
-            and tr.get("lr") == config.lr and tr.get("seed") == config.seed and meta.get("method", {}).get("name", "vanilla") == "vanilla")
+            and tr.get("lr") == config.lr and tr.get("seed") == config.seed
+            and meta.get("method", {}).get("name", REFERENCE_METHOD) == REFERENCE_METHOD)
 
 
 def _same_architecture(model: nn.Module, reference: nn.Module) -> bool:
@@ -204,24 +173,20 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
     config = TrainConfig(epochs=suite.epochs, batch_size=suite.batch_size, lr=suite.lr, seed=seed)
     reference = build_model(suite.model, num_classes=splits.num_classes, input_shape=splits.train.input_shape)
     head = default_head_name(reference)
-    overrides = dict((FULL_OVERRIDES if full else DEFAULT_OVERRIDES).get(method, {}))
-    if method == "ffw" and full:
-        overrides.update(FULL_FFW)
-    defaults = method_defaults(method, suite.dataset) if method in METHODS else {
-        k: d for k, d in info.defaults.get("*", {}).items()}
-    overrides = {k: v for k, v in overrides.items() if k in defaults}
+    defaults = method_defaults(method, suite.dataset)
+    overrides = {k: v for k, v in info.budget("full" if full else "default").items() if k in defaults}
     method_config = {**{k: d.value for k, d in defaults.items()}, **overrides}
     state: dict[str, Any] = {}
     start = time.perf_counter()
     reused = None
     selected_epoch = None
     if info.post_hoc and info.apply is not None:
-        base_dir = cell_dir(root, suite, value, "vanilla", seed)
+        base_dir = cell_dir(root, suite, value, REFERENCE_METHOD, seed)
         vanilla = load_run(base_dir).model
         model, state = info.apply(vanilla, splits=splits, head=head, seed=seed, **method_config)
         wall = time.perf_counter() - start
     else:
-        candidate = None if vanilla_from is None or method != "vanilla" else (
+        candidate = None if vanilla_from is None or method != REFERENCE_METHOD else (
             Path(vanilla_from) / f"{suite.dataset}-{suite.param}{value}-seed{seed}")
         if candidate is not None and is_finished(candidate) and _matches(read_json(candidate / RUN_FILE), suite, splits, config):
             run = load_run(candidate)
@@ -236,16 +201,15 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
                          head=head, select=select, progress=progress)
             model, wall, selected_epoch = result.model, result.wall_time_s, result.selected_epoch
             state = method_obj.state()
-            flags = method_obj.conflict_flags() if hasattr(method_obj, "conflict_flags") else None
+            flags = method_obj.conflict_flags()
             if flags is not None:   # scored here, by the harness: the method never sees the true labels
-                index, flagged = flags
-                state["pseudo_bias_flags"] = mining_report(flagged, splits.train.subset(index))
+                state["pseudo_bias_flags"] = flags.report(splits.train)
     model.eval()
     report = audit_model(model, test=splits.test, unbiased_train=splits.unbiased_train,
                          unbiased_val=splits.unbiased_val, head=head, seed=seed)
     result = {"suite": suite.name, "dataset": suite.dataset, "param": suite.param, "value": value, "method": method,
               "seed": seed, "wall_time_s": wall, "audit_time_s": report.wall_time_s, "reused_run": reused,
-              "selected_epoch": selected_epoch, "selection": selection_rule(info), "method_config": method_config,
+              "selected_epoch": selected_epoch, "selection": info.selection_rule, "method_config": method_config,
               "flags": _flags(info), **_headline(report), "method_state": state}
     with atomic_folder(folder, force=True) as staging:
         if _same_architecture(model, reference):
@@ -258,7 +222,7 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
                 "data": splits.spec,
                 "train": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
                           "weight_decay": config.weight_decay, "optimizer": config.optimizer, "seed": seed,
-                          "extra": {}, "selection": selection_rule(info), "selected_epoch": selected_epoch},
+                          "extra": {}, "selection": info.selection_rule, "selected_epoch": selected_epoch},
                 "method": {"name": method, "uses_bias_labels": info.uses_bias_labels, "config": method_config,
                            "state": state},
                 "wall_time_s": wall, "device": "cpu", "versions": package_versions(), "weights": WEIGHTS_FILE})
@@ -271,7 +235,7 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
 def _flags(info: MethodInfo) -> dict[str, bool]:
     return {"uses_bias_labels": info.uses_bias_labels, "uses_unbiased_data": info.uses_unbiased_data,
             "retrains": info.retrains, "post_hoc": info.post_hoc,
-            "uses_counterfactuals": getattr(info, "uses_counterfactuals", False)}
+            "uses_counterfactuals": info.uses_counterfactuals}
 
 
 def resolve_methods(names: Iterable[str] | None) -> dict[str, MethodInfo]:
@@ -330,8 +294,8 @@ def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1,
     chosen = resolve_methods(methods)
     post_hoc = [m for m, i in chosen.items() if i.post_hoc and i.apply is not None]
     order = [m for m in chosen if m not in post_hoc]
-    if post_hoc and "vanilla" not in order:
-        order.insert(0, "vanilla")   # post-hoc methods start from the vanilla model of their cell
+    if post_hoc and REFERENCE_METHOD not in order:
+        order.insert(0, REFERENCE_METHOD)   # post-hoc methods start from the vanilla model of their cell
     order += post_hoc
     infos = available_methods()
     cells: list[dict[str, Any]] = []
@@ -478,33 +442,39 @@ def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: s
     return "\n".join(lines) + "\n"
 
 
-# method -> method_state key of its conflicting-sample set
-_MINED = {"dcwp": "mining", "jtt": "error_set", "calm": "pseudo_bias_flags"}
+# method-state keys of a conflict-flag report (ConflictFlags.report): the harness writes "pseudo_bias_flags";
+# cells of older versions hold the same report under the key their method used. Rows follow this order.
+FLAG_REPORT_KEYS = ("mining", "error_set", "pseudo_bias_flags")
+
+
+def _flag_report(cell: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    state = cell.get("method_state") or {}
+    return next(((rank, state[k]) for rank, k in enumerate(FLAG_REPORT_KEYS) if isinstance(state.get(k), dict)), None)
 
 
 def diagnostics_table(cells: list[dict[str, Any]], *, suite: Suite, values: list[float]) -> str:
-    """Markdown: how well the label-free methods found the bias-conflicting training samples (scored
-    against the true labels after training; no decision reads them) and FMD's unlearning step."""
+    """Markdown: how well the methods that flag bias-conflicting training samples found them (scored
+    against the true labels after training; no decision reads them), then each method's own report
+    (``MethodInfo.report``, e.g. FMD's unlearning step)."""
     lines = ["#### Diagnostics (true bias labels read only here, after training)", "",
              "| method | setting | precision | recall | mined / flagged (% of D^b) | n |", "|---|---|---|---|---|---|"]
-    for m, key in _MINED.items():
-        for v in values:
-            found = [c["method_state"][key] for c in cells if c["method"] == m and c["value"] == v
-                     and isinstance((c.get("method_state") or {}).get(key), dict)]
-            if found:
-                lines.append(f"| {m} | {suite.value_label(v)} | {fmt_pm(f.get('precision') for f in found)} | "
-                             f"{fmt_pm(f.get('recall') for f in found)} | {fmt_pm(f.get('mined_share') for f in found)} | {len(found)} |")
-    fmd = [(v, [c["method_state"] for c in cells if c["method"] == "fmd" and c["value"] == v and c.get("method_state")])
-           for v in values]
-    if any(states for _, states in fmd):
-        lines += ["", "FMD unlearning step (counterfactual bias on held-out pairs of D^b, x 100; step scale chosen "
-                  "label-free by accuracy on held-out counterfactual samples):", "",
-                  "| setting | selected step scale per seed | CF bias before | CF bias after | n |", "|---|---|---|---|---|"]
-        for v, states in fmd:
-            if states:
-                scales = ", ".join(f"{st.get('selected_scale', float('nan')):g}" for st in states)
-                lines.append(f"| {suite.value_label(v)} | {scales} | {fmt_pm(st.get('bias_before') for st in states)} | "
-                             f"{fmt_pm(st.get('bias_after') for st in states)} | {len(states)} |")
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    reports = [(c, _flag_report(c)) for c in cells]
+    for rank in range(len(FLAG_REPORT_KEYS)):
+        for m in methods:
+            for v in values:
+                found = [r[1] for c, r in reports if r is not None and r[0] == rank and c["method"] == m and c["value"] == v]
+                if found:
+                    lines.append(f"| {m} | {suite.value_label(v)} | {fmt_pm(f.get('precision') for f in found)} | "
+                                 f"{fmt_pm(f.get('recall') for f in found)} | {fmt_pm(f.get('mined_share') for f in found)} | {len(found)} |")
+    registry = available_methods()
+    for m in methods:
+        info = registry.get(m)
+        if info is not None and info.report is not None:
+            settings = [(suite.value_label(v), [c["method_state"] for c in cells
+                                                if c["method"] == m and c["value"] == v and c.get("method_state")])
+                        for v in values]
+            lines += info.report(settings, pm=fmt_pm)
     return "\n".join(lines)
 
 
@@ -517,7 +487,7 @@ def hyperparameter_table(methods: Iterable[str], *, dataset: str, cells: list[di
         info = registry.get(m)
         if info is None:
             continue
-        defaults = method_defaults(m, dataset) if m in METHODS else dict(info.defaults.get("*", {}))
+        defaults = method_defaults(m, dataset)
         ran = next((c.get("method_config") or {} for c in cells if c["method"] == m), {})
         parts = [f"{k}={ran.get(k, d.value)!r} - {d.source}" + ("" if ran.get(k, d.value) == d.value else
                                                                  f" (suite budget; default {d.value!r})")

@@ -20,7 +20,7 @@ Example::
 """
 from __future__ import annotations
 
-import copy
+import json
 import statistics
 import time
 from pathlib import Path
@@ -31,8 +31,7 @@ import torch
 from ..audit import group_metrics
 from ..data import make_splits
 from ..errors import ConfigError
-from ..methods import METHODS, build_method
-from ..methods.calm import ATTRACTOR_RECIPE, CALM
+from ..methods import METHODS, build_method, get_method, method_config
 from ..models import build_model, collect_outputs, default_head_name
 from ..runs import atomic_folder, is_finished, load_run, read_json, save_weights, write_json, write_text
 from ..train import TrainConfig, fit
@@ -43,8 +42,9 @@ VANILLA_CACHE = "_vanilla"
 DEFAULT_MODEL = "simple-conv-small"
 DEFAULT_EPOCHS = 10
 DEFAULT_UNBIASED_SIZE = 10000
-DEFAULT_METHODS = ("calm", "vcba", "jtt", "lff")
-PLANS = ("final", "gce", "smoke")
+_PLANS = json.loads((Path(__file__).parent / "unsup_plans.json").read_text())
+DEFAULT_METHODS = tuple(_PLANS["default_methods"])
+PLANS = tuple(_PLANS["plans"])
 VANILLA_LABEL = "vanilla (bench vanilla runs)"
 
 
@@ -54,7 +54,8 @@ def unsup_cell(method: str, rho: float, seed: int, *, epochs: int | None = None,
                unbiased_size: int = DEFAULT_UNBIASED_SIZE, **overrides: Any) -> dict[str, Any]:
     """One benchmark cell (a JSON-able dict, stored verbatim in its ``result.json``).
 
-    ``epochs`` defaults to 10, plus VCBA's stage-1 epochs for ``vcba`` (its stage 2 gets vanilla's budget).
+    ``epochs`` defaults to 10, plus the epochs the method trains before its reported model starts
+    (``MethodInfo.extra_epochs``: VCBA's stage 1, so that its re-initialised stage 2 gets vanilla's budget).
 
     Example::
 
@@ -68,38 +69,19 @@ def unsup_cell(method: str, rho: float, seed: int, *, epochs: int | None = None,
 
 
 def default_epochs(method: str, epochs: int, overrides: dict[str, Any] | None = None) -> int:
-    """Epochs of a cell: ``epochs`` for the reported model; VCBA adds its stage 1 (re-initialised stage 2)."""
-    if method == "vcba":
-        return epochs + int((overrides or {}).get("stage1_epochs", 2))
-    return epochs
+    """Epochs of a cell: ``epochs`` for the reported model, plus what the method trains before it starts."""
+    config = method_config(method, dataset="", **(overrides or {}))
+    return epochs + get_method(method).epochs_before_model(config)
 
 
 def plan_cells(name: str) -> list[dict[str, Any]]:
-    """A named plan, in priority order. ``final`` is the plan behind BENCHMARKS.md's label-free table."""
-    c = unsup_cell
-
-    # the plan "final" was measured with CALM's first recipe: its cells pin it and keep reproducing BENCHMARKS.md
-    def calm(rho: float, seed: int, suffix: str = "", **overrides: Any) -> dict[str, Any]:
-        return c("calm", rho, seed, tag="calm-attractor" + suffix, **ATTRACTOR_RECIPE, **overrides)
-
-    if name == "final":
-        cells = [calm(0.999, s) for s in (0, 1, 2)]
-        cells += [c("vcba", 0.999, 0), c("jtt", 0.999, 0)]
-        cells += [calm(0.997, s) for s in (0, 1, 2)]
-        cells += [c("lff", 0.999, 0), calm(0.999, 0, "-online-no-freeze", freeze=False)]
-        cells += [c("vcba", 0.999, s) for s in (1, 2)] + [c("jtt", 0.999, s) for s in (1, 2)]
-        cells += [c("vcba", 0.997, 0), c("jtt", 0.997, 0)]
-        cells += [calm(0.999, 0, "-no-logit-adjust", logit_adjust=False), calm(0.999, 0, "-no-reweight", reweight=False)]
-        cells += [calm(r, s) for r in (0.995, 0.99) for s in (0, 1, 2)]
-        cells += [c("lff", 0.999, s) for s in (1, 2)]
-        return cells
-    if name == "gce":
-        # the current CALM defaults (GCE-branch recipe) at the same 10-epoch / 50k budget
-        return [c("calm", 0.999, s) for s in (0, 1, 2)] + [c("calm", 0.997, s) for s in (0, 1, 2)]
-    if name == "smoke":
-        return [c("calm", 0.999, 0, epochs=3, tag="smoke-calm", train_size=3000, warmup_epochs=1),
-                c("vcba", 0.999, 0, epochs=2, tag="smoke-vcba", train_size=3000, stage1_epochs=1)]
-    raise ConfigError(f"unknown plan {name!r}; available: {', '.join(PLANS)}")
+    """A named plan of ``unsup_plans.json``, in priority order. ``final`` is the plan behind BENCHMARKS.md's
+    label-free table."""
+    if name not in _PLANS["plans"]:
+        raise ConfigError(f"unknown plan {name!r}; available: {', '.join(PLANS)}")
+    return [unsup_cell(g["method"], rho, seed, tag=g.get("tag"), epochs=g.get("epochs"), train_size=g.get("train_size"),
+                       **g.get("overrides", {}))
+            for g in _PLANS["plans"][name] for rho in g["rhos"] for seed in g["seeds"]]
 
 
 def label_free_methods() -> list[str]:
@@ -169,43 +151,31 @@ def evaluate(model: torch.nn.Module, test, *, head: str | None = None) -> dict[s
 
 
 def flag_quality(pseudo, flag, y, b, aligned) -> dict[str, Any]:
-    """Precision / recall of conflict flags and b^ accuracy against the true labels (report only)."""
-    seen = pseudo >= 0
-    pseudo, flag, b, conf = pseudo[seen], flag[seen], b[seen], ~aligned[seen].bool()
+    """Precision / recall of conflict flags and b^ accuracy against the true labels (report only).
+    ``pseudo`` (b^, -1 = not scored yet) may be None for methods that flag without a pseudo-bias."""
+    seen = torch.ones(len(flag), dtype=torch.bool) if pseudo is None else pseudo >= 0
+    flag, b, conf = flag[seen], b[seen], ~aligned[seen].bool()
+    pseudo = None if pseudo is None else pseudo[seen]
     tp = int((flag & conf).sum())
     return {"flagged": int(flag.sum()), "true_conflicting": int(conf.sum()), "tp": tp,
             "precision": tp / max(int(flag.sum()), 1), "recall": tp / max(int(conf.sum()), 1),
-            "b_acc": float((pseudo == b).float().mean()) if len(b) else None,
-            "b_acc_conflicting": float((pseudo[conf] == b[conf]).float().mean()) if conf.any() else None}
+            "b_acc": float((pseudo == b).float().mean()) if pseudo is not None and len(b) else None,
+            "b_acc_conflicting": (float((pseudo[conf] == b[conf]).float().mean())
+                                  if pseudo is not None and conf.any() else None)}
 
 
-class TrackedCALM(CALM):
-    """CALM plus bench-only diagnostics against the true labels.
-
-    The truth is held here, outside the training data, and only read after each epoch to score the
-    flags CALM has already made; nothing computed from it flows back into the method.
-    """
-
-    def __init__(self, *, truth: tuple, **config: Any) -> None:
-        super().__init__(**config)
-        self._truth = truth  # (y, b, aligned) of the training set
-
-    def setup(self, ctx):
-        super().setup(ctx)
-        self._ctx, self.track = ctx, []
-
-    def end_epoch(self, ctx):
-        out = super().end_epoch(ctx)
-        y, b, aligned = self._truth
-        idx = getattr(self, "train_index", torch.arange(len(y)))
-        rec: dict[str, Any] = {"epoch": ctx.epoch + 1}
-        if self.discovery == "attractor":  # the GCE branch has no per-visit attraction to score
-            rec["online"] = flag_quality(self.last_pseudo[idx], self.last_score[idx] > 0, y[idx], b[idx], aligned[idx])
-        if getattr(self, "pseudo", None) is not None:
-            p = self.pseudo[idx]
-            rec["frozen"] = flag_quality(p, p != y[idx], y[idx], b[idx], aligned[idx])
-        self.track.append(rec)
-        return out
+def track_flags(method, epoch: int, truth: tuple) -> dict[str, Any]:
+    """After an epoch: the quality of the method's conflict flags (``conflict_flags()``), per visit
+    (``online``) and frozen, against the true ``(y, b, aligned)`` of the training set. The truth is held
+    by the benchmark, outside the training data, and read only here; nothing flows back into the method."""
+    y, b, aligned = truth
+    rec: dict[str, Any] = {"epoch": epoch}
+    for key, online in (("online", True), ("frozen", False)):
+        flags = method.conflict_flags(online=online)
+        if flags is not None:
+            i = flags.index
+            rec[key] = flag_quality(flags.pseudo_bias, flags.flagged.bool(), y[i], b[i], aligned[i])
+    return rec
 
 
 # -- running ----------------------------------------------------------------------------------------------------
@@ -222,22 +192,22 @@ def run_unsup_cell(cell: dict[str, Any], *, root: Path, progress: bool = False,
     splits = make_splits(c["dataset"], params={"rho": c["rho"]}, seed=c["seed"], train_size=c["train_size"],
                          unbiased_size=c["unbiased_size"])
     method, config = build_method(c["method"], dataset=c["dataset"], **c["overrides"])
-    if c["method"] == "calm":
-        method = TrackedCALM(truth=(splits.train.y, splits.train.b, splits.train.aligned), **config)
     torch.manual_seed(c["seed"])
     model = build_model(c["model"], num_classes=splits.num_classes, input_shape=splits.train.input_shape)
     head = default_head_name(model)
+    truth = (splits.train.y, splits.train.b, splits.train.aligned)
+    track: list[dict[str, Any]] = []
     fitted = fit(model, splits.train.without_bias_labels(), method=method, head=head, progress=progress,
-                 num_classes=splits.num_classes, config=TrainConfig(epochs=c["epochs"], seed=c["seed"]))
+                 num_classes=splits.num_classes, config=TrainConfig(epochs=c["epochs"], seed=c["seed"]),
+                 log=lambda record: track.append(track_flags(method, record["epoch"], truth)))
     res = {"cell": cell, "config": config, "wall_time_s": fitted.wall_time_s, "history": fitted.history,
            "method_state": method.state(), "test": evaluate(fitted.model, splits.test, head=head)}
-    if isinstance(method, TrackedCALM):
-        res["discovery"] = method.track
-        res["test_last_epoch"] = evaluate(method._ctx.model.eval(), splits.test, head=head)
-        if hasattr(method, "_refit_head") and len(getattr(method, "val_index", [])):
-            refit = copy.deepcopy(fitted.model)
-            method._refit_head(refit, method._ctx)
-            res["test_selected_plus_refit"] = evaluate(refit.eval(), splits.test, head=head)
+    if any(len(rec) > 1 for rec in track):
+        res["discovery"] = track
+    if fitted.model is not model:   # the method selected another model than the last epoch's: report both
+        res["test_last_epoch"] = evaluate(model.eval(), splits.test, head=head)
+    for name, extra in method.extra_models(fitted.model).items():
+        res[f"test_{name}"] = evaluate(extra, splits.test, head=head)
     with atomic_folder(folder, force=True) as staging:   # force: replaces only a folder without result.json
         save_weights(fitted.model, staging / "model.safetensors")
         write_json(staging / RESULT_FILE, res)

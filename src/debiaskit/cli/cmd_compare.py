@@ -27,11 +27,11 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
                   progress: bool = False) -> None:
     """Train/derive every method, audit it, write RESULTS (mean +- std over seeds); resumes finished cells."""
     from ..bench import available_methods, run_compare, write_compare_results
-    from ..bench._compare import effective_suite, get_suite, selection_rule
+    from ..bench._compare import effective_suite, get_suite
     if list_methods:
         for name, info in available_methods().items():
             console.print(f"{name}: bias labels={info.uses_bias_labels} D^u={info.uses_unbiased_data} "
-                          f"retrains={info.retrains} post-hoc={info.post_hoc}; selection: {selection_rule(info)}")
+                          f"retrains={info.retrains} post-hoc={info.post_hoc}; selection: {info.selection_rule}")
         return
     size = "suite" if train_size is None else (train_size or None)
     s = effective_suite(get_suite(suite), full=full, epochs=epochs, train_size=size, values=value or None)

@@ -35,6 +35,7 @@ def bench_unsup(dataset: Optional[List[str]] = typer.Option(None, "--dataset", h
     """
 
     from ..bench import grid_cells, label_free_methods, plan_cells, run_unsup, write_unsup_results
+    from ..bench._unsup import DEFAULT_METHODS
     from ..errors import ConfigError
     if list_methods:
         console.print("label-free methods: " + ", ".join(label_free_methods()))
@@ -49,7 +50,7 @@ def bench_unsup(dataset: Optional[List[str]] = typer.Option(None, "--dataset", h
                 raise ConfigError("--plan fixes its own cells; drop --methods / --rho / --dataset (or drop --plan)")
             cells = plan_cells(plan)
         else:
-            cells = grid_cells(methods=methods or ["calm,vcba,jtt,lff"], rhos=rho or (0.999, 0.997),
+            cells = grid_cells(methods=methods or DEFAULT_METHODS, rhos=rho or (0.999, 0.997),
                                seeds=range(seeds), datasets=dataset or ("biased-mnist",), epochs=epochs,
                                train_size=train_size, model=model, unbiased_size=unbiased_size)
         console.print(f"{len(cells)} cells under {out} (finished cells are read, not retrained)")

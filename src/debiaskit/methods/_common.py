@@ -1,4 +1,4 @@
-"""Helpers shared by the method modules: fresh model copies, auxiliary training loops, mining reports."""
+"""Helpers shared by the method modules: fresh model copies, auxiliary training loops, sampling."""
 from __future__ import annotations
 
 import copy
@@ -43,23 +43,6 @@ def predict_train(model: nn.Module, ctx: TrainContext) -> tuple[Tensor, Tensor]:
         ys.append(batch.y.cpu())
     model.train(was)
     return torch.cat(preds), torch.cat(ys)
-
-
-def mining_report(mined: Tensor, dataset) -> dict[str, float]:
-    """Precision/recall of mined 'bias-conflicting' samples against the TRUE labels.
-
-    Reads the dataset's alignment flags for this report only; no training decision depends on it.
-    A sample counts as conflicting if it conflicts on any bias attribute.
-    """
-    aligned = getattr(dataset, "aligned", None)
-    out = {"mined": int(mined.sum()), "mined_share": float(mined.float().mean())}
-    if aligned is None:
-        return out
-    conflicting = ~(aligned.bool() if aligned.ndim == 1 else aligned.bool().all(1))
-    tp = int((mined & conflicting).sum())
-    out.update({"true_conflicting": int(conflicting.sum()),
-                "precision": tp / max(int(mined.sum()), 1), "recall": tp / max(int(conflicting.sum()), 1)})
-    return out
 
 
 def upweighted_indices(weights: Tensor, *, generator: torch.Generator) -> Tensor:

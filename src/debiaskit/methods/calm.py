@@ -43,7 +43,7 @@ from ..data import Batch, iterate_batches
 from ..discover import RunningCentroids, attractor_rule
 from ..errors import ConfigError
 from ..models import forward_with_bottleneck, resolve_head
-from ..train import TrainContext, TrainingMethod, make_optimizer
+from ..train import ConflictFlags, TrainContext, TrainingMethod, make_optimizer
 from ._common import fresh_copy
 from ._gce import gce_loss
 from ._registry import Default, MethodInfo, register_method
@@ -122,8 +122,6 @@ class CALM(TrainingMethod):
     Never reads ``batch.b``: give it ``dataset.without_bias_labels()`` or any dataset.
     """
 
-    name = "calm"
-    uses_bias_labels = False
 
     def __init__(self, *, warmup_epochs: int = 1, collect_epochs: int = 1, centroid_momentum: float = 0.9,
                  logit_adjust: bool = True, tau: float = 0.5, prior_smoothing: float = 1.0,
@@ -161,9 +159,12 @@ class CALM(TrainingMethod):
         for k, v in self.hp.items():
             setattr(self, k, v)
         self.diagnostics: dict[str, Any] = {}
+        self._ctx: TrainContext | None = None
+        self.val_pseudo: Tensor | None = None
 
     # ---------------------------------------------------------------- setup
     def setup(self, ctx: TrainContext) -> None:
+        self._ctx = ctx   # for extra_models(), after training
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
         resolve_head(ctx.model, ctx.head)  # clear error for a wrong head name before any step
         n, k = len(ctx.train_data), ctx.num_classes
@@ -329,13 +330,30 @@ class CALM(TrainingMethod):
                 loss.backward()
                 opt.step()
 
-    def conflict_flags(self) -> tuple[Tensor, Tensor] | None:
-        """(training-sample indices, flagged b^ != y) for the samples CALM trained on; None before discovery.
-        For reports that hold the true labels (the comparison harness): CALM itself never compares them."""
-        if getattr(self, "pseudo", None) is None:
+    def extra_models(self, model: nn.Module) -> dict[str, nn.Module]:
+        """``selected_plus_refit``: a copy of ``model`` with its head refit DFR-style on the held-out part of
+        D^b (pseudo-group-balanced), whether or not the run itself refits (``refit``)."""
+        if self._ctx is None or self.val_pseudo is None or not len(self.val_index):
+            return {}
+        refit = copy.deepcopy(model)
+        self._refit_head(refit, self._ctx)
+        return {"selected_plus_refit": refit.eval()}
+
+    def conflict_flags(self, *, online: bool = False) -> ConflictFlags | None:
+        """(training-sample indices, flagged b^ != y, b^) for the samples CALM trained on; None before
+        discovery. ``online=True`` (attractor discovery only): the latest per-visit attraction of every
+        sample (b^ = -1 where not scored yet), flagged where its conflict score is positive.
+        For reports that hold the true labels (the harnesses): CALM itself never compares them."""
+        idx = getattr(self, "train_index", None)
+        if idx is None:
             return None
-        idx = self.train_index
-        return idx, self.pseudo[idx] != self.y_all[idx]
+        if online:
+            if self.discovery != "attractor":
+                return None   # the GCE branch has no per-visit attraction
+            return ConflictFlags(idx, self.last_score[idx] > 0, self.last_pseudo[idx])
+        if self.pseudo is None:
+            return None
+        return ConflictFlags(idx, self.pseudo[idx] != self.y_all[idx], self.pseudo[idx])
 
     def state(self) -> dict[str, Any]:
         return {"hyper_parameters": self.hp, "selected_epoch": self.best_epoch,
@@ -382,7 +400,9 @@ register_method(MethodInfo(
     description="CALM: label-free online debiasing (pseudo-bias from a GCE-biased warm-up branch or centroid "
                 "attractors -> group-balanced logit adjustment + capped weights; pseudo-group-balanced selection "
                 "on held-out biased training data)",
-    factory=lambda **kw: CALM(**kw),
+    factory=CALM, selection="own",
+    selection_text=("its own label-free rule: pseudo-group-balanced accuracy on held-out D^b (default recipe: mean of "
+                    "pseudo-aligned and pseudo-conflicting accuracy; attractor recipe: mean over (y, b^) groups)"),
     uses_bias_labels=False, uses_unbiased_data=False,
     defaults={"*": {
         "warmup_epochs": Default(1, _TUNED), "collect_epochs": Default(1, _OURS),

@@ -49,7 +49,9 @@ _BUDGET = "ours (CPU budget; paper: until plateau)"
 register_method(MethodInfo(
     name="ffw", description="FFW: gates on the frozen vanilla weights so the bottleneck carries no bias",
     factory=_refuse_training, uses_bias_labels=True, uses_unbiased_data=True, retrains=False, post_hoc=True,
-    apply=apply_ffw, selection="ffw", reference="Nahon et al., ECCV 2024",
+    apply=apply_ffw, reference="Nahon et al., ECCV 2024", selection="own",
+    selection_text="FFW's own rule: hard-masked model, lowest CE + gamma MI on D^u_val (uses bias labels of D^u)",
+    budgets={"full": {"max_epochs_per_level": 10, "head_pretrain_epochs": 30}},   # --full: the paper's budget
     defaults={"*": {"mode": Default("unstructured", "paper (Table 2 main rows)"), "gamma": Default(10.0, "paper"),
                     "tau_decay": Default(0.5, "paper (Alg. 1; the public code uses 0.1)"),
                     "include_head": Default(False, "paper text (encoder only; the public code also gates fc)"),

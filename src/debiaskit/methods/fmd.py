@@ -294,12 +294,10 @@ def apply_fmd(model: nn.Module, *, splits, head: str | None = None, seed: int = 
 class FMD(TrainingMethod):
     """``debiaskit train --method fmd``: ERM for the configured epochs, then the FMD unlearning step."""
 
-    name = "fmd"
-    uses_bias_labels = False
 
     def __init__(self, **config) -> None:
         self.config = config
-        self.info: dict[str, Any] = {}
+        self.unlearning: dict[str, Any] = {}
         self._done: nn.Module | None = None
 
     def setup(self, ctx: TrainContext) -> None:
@@ -315,21 +313,39 @@ class FMD(TrainingMethod):
         if self._done is None:
             res = fmd_unlearn(ctx.model, train=ctx.train_data, head=ctx.head, seed=ctx.config.seed,
                               device=ctx.device, **self.config)
-            self.info = res.info
+            self.unlearning = res.info
             with torch.no_grad():  # write the unlearned weights back into the trained model object
                 ctx.model.load_state_dict(res.model.state_dict())
             self._done = ctx.model
         return self._done
 
     def state(self) -> dict[str, Any]:
-        return {**self.config, "unlearning": {k: v for k, v in self.info.items() if k != "trace"},
-                "trace": self.info.get("trace")}
+        return {**self.config, "unlearning": {k: v for k, v in self.unlearning.items() if k != "trace"},
+                "trace": self.unlearning.get("trace")}
+
+
+def unlearning_report(settings: list[tuple[str, list[dict[str, Any]]]], *, pm: Callable[..., str]) -> list[str]:
+    """Markdown lines for the comparison harness: FMD's unlearning step per setting (from each cell's state);
+    ``pm`` formats a list of fractions as the tables' "mean +- std" in %."""
+    if not any(states for _, states in settings):
+        return []
+    lines = ["", "FMD unlearning step (counterfactual bias on held-out pairs of D^b, x 100; step scale chosen "
+             "label-free by accuracy on held-out counterfactual samples):", "",
+             "| setting | selected step scale per seed | CF bias before | CF bias after | n |", "|---|---|---|---|---|"]
+    for label, states in settings:
+        if states:
+            scales = ", ".join(f"{st.get('selected_scale', float('nan')):g}" for st in states)
+            lines.append(f"| {label} | {scales} | {pm(st.get('bias_before') for st in states)} | "
+                         f"{pm(st.get('bias_after') for st in states)} | {len(states)} |")
+    return lines
 
 
 _OURS = "ours (not tuned)"
 register_method(MethodInfo(
     name="fmd", description="FMD: counterfactual bias, influence, Newton unlearning step on the last layer",
-    factory=lambda **kw: FMD(**kw), post_hoc=True, retrains=False, uses_counterfactuals=True, apply=apply_fmd,
+    factory=FMD, post_hoc=True, retrains=False, uses_counterfactuals=True, apply=apply_fmd,
+    selection="own", selection_text="step scale by accuracy on held-out counterfactual samples of D^b (label-free)",
+    report=unlearning_report,
     reference="Chen et al., NeurIPS 2023",
     defaults={"*": {"pool_size": Default(5000, _OURS), "n_bias_pairs": Default(1000, _OURS),
                     "n_val": Default(1000, _OURS), "top_k": Default(500, _OURS + " (paper: a small counterfactual set)"),

@@ -39,8 +39,6 @@ def update_group_weights(q: Tensor, group_loss: Tensor, *, eta: float) -> Tensor
 
 
 class GroupDRO(TrainingMethod):
-    name = "groupdro"
-    uses_bias_labels = True
 
     def __init__(self, *, eta: float = 0.01) -> None:
         if not eta > 0:
@@ -81,7 +79,7 @@ class GroupDRO(TrainingMethod):
 
 register_method(MethodInfo(
     name="groupdro", description="GroupDRO: online worst-group weights over (target, bias) groups",
-    factory=lambda **kw: GroupDRO(**kw), uses_bias_labels=True, selection="val_worst_group",
+    factory=GroupDRO, uses_bias_labels=True, selection="val_worst_group",
     uses_unbiased_data=True,  # only for model selection (worst group on D^u_val)
     reference="Sagawa et al., ICLR 2020",
     defaults={"*": {"eta": Default(0.01, "paper (Sagawa et al., group step size)")}},

@@ -55,8 +55,6 @@ class IRENE(TrainingMethod):
         method = IRENE(gamma=1.0, head_steps=5)
     """
 
-    name = "irene"
-    uses_bias_labels = True
 
     def __init__(self, *, gamma: float = 1.0, head_lr: float = 1e-3, head_optimizer: str = "adam",
                  head_steps: int = 5) -> None:
@@ -136,7 +134,7 @@ class IRENE(TrainingMethod):
 _TUNED = "ours, tuned on D^u_val only (seed 0, default budgets, single runs; test never read)"
 register_method(MethodInfo(
     name="irene", description="IRENE: privacy head + mutual-information penalty on the trained encoder",
-    factory=lambda **kw: IRENE(**kw), uses_bias_labels=True, reference="Tartaglione, BMVC 2022",
+    factory=IRENE, uses_bias_labels=True, reference="Tartaglione, BMVC 2022",
     defaults={"*": {
         "gamma": Default(1.0, f"{_TUNED}: colored-mnist 1% conflicting, head_steps 5: gamma 0.5/1/2 -> D^u_val task "
                               "57.2/62.5/43.5 % (vanilla 51.9); biased-mnist rho 0.99: gamma 1/3 -> 71.3/21.8 % "

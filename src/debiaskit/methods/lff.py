@@ -56,8 +56,6 @@ def relative_difficulty(loss_b: Tensor, loss_d: Tensor) -> Tensor:
 
 
 class LfF(TrainingMethod):
-    name = "lff"
-    uses_bias_labels = False
 
     def __init__(self, *, q: float = 0.7, ema_alpha: float = 0.7) -> None:
         if not 0 < q <= 1 or not 0 <= ema_alpha < 1:
@@ -109,6 +107,6 @@ class LfF(TrainingMethod):
 _PAPER = "paper (Nam et al. 2020) and its public code"
 register_method(MethodInfo(
     name="lff", description="Learning from Failure: GCE-biased model + relative-difficulty weights",
-    factory=lambda **kw: LfF(**kw), reference="Nam et al., NeurIPS 2020",
+    factory=LfF, reference="Nam et al., NeurIPS 2020",
     defaults={"*": {"q": Default(0.7, _PAPER), "ema_alpha": Default(0.7, _PAPER)}},
 ))

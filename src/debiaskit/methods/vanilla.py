@@ -1,5 +1,5 @@
-"""ERM: plain cross-entropy on the biased training set."""
+"""ERM: plain cross-entropy on the biased training set (the base :class:`~debiaskit.train.TrainingMethod`)."""
 from ..train import TrainingMethod
-from ._registry import MethodInfo, register_method
+from ._registry import REFERENCE_METHOD, MethodInfo, register_method
 
-register_method(MethodInfo(name="vanilla", description="ERM (plain cross-entropy)", factory=lambda: TrainingMethod()))
+register_method(MethodInfo(name=REFERENCE_METHOD, description="ERM (plain cross-entropy)", factory=TrainingMethod))

@@ -27,13 +27,11 @@ from ..data import Batch
 from ..discover import discover_pseudo_bias
 from ..errors import ConfigError
 from ..models import forward_with_bottleneck, head_shape
-from ..train import TrainContext, TrainingMethod, make_optimizer
+from ..train import ConflictFlags, TrainContext, TrainingMethod, make_optimizer
 from ._registry import Default, MethodInfo, register_method
 
 
 class VCBA(TrainingMethod):
-    name = "vcba"
-    uses_bias_labels = False
 
     def __init__(self, *, stage1_epochs: int = 2, gamma: float = 1.0, privacy_lr: float = 1e-3) -> None:
         if stage1_epochs < 1 or gamma < 0:
@@ -88,6 +86,7 @@ class VCBA(TrainingMethod):
         aligned = self.pseudo == _targets(ctx.train_data)
         rho = min(float(aligned.float().mean()), 1 - 1e-6)
         self.weight = torch.where(aligned, torch.tensor(1 / rho), torch.tensor(1 / max(1 - rho, 1e-6)))
+        self.pseudo_aligned = aligned
         self.diagnostics["rho_hat"] = rho
         with torch.random.fork_rng():
             torch.manual_seed(ctx.config.seed + 1)
@@ -100,6 +99,12 @@ class VCBA(TrainingMethod):
         self.privacy_opt = torch.optim.Adam(self.privacy.parameters(), lr=self.privacy_lr)
         self.stage = 2
 
+    def conflict_flags(self, *, online: bool = False) -> ConflictFlags | None:
+        """Samples whose pseudo-bias differs from their class (b^ != y), frozen at the start of stage 2."""
+        if online or getattr(self, "pseudo_aligned", None) is None:
+            return None
+        return ConflictFlags(torch.arange(len(self.pseudo)), ~self.pseudo_aligned, self.pseudo)
+
     def state(self) -> dict[str, Any]:
         return {"stage1_epochs": self.stage1_epochs, "gamma": self.gamma, **self.diagnostics}
 
@@ -108,7 +113,8 @@ register_method(MethodInfo(
     name="vcba",
     description="VCBA-style two-stage label-free baseline: attractor pseudo-bias from an ERM stage, then a "
                 "re-initialised, re-weighted training with an MI penalty on the pseudo-bias",
-    factory=lambda **kw: VCBA(**kw), uses_bias_labels=False, uses_unbiased_data=False,
+    factory=VCBA, uses_bias_labels=False, uses_unbiased_data=False,
+    extra_epochs=lambda config: config["stage1_epochs"],   # stage 2 re-initialises the network
     defaults={"*": {"stage1_epochs": Default(2, "ours (bias is learnt in 1-2 epochs)"),
                     "gamma": Default(1.0, "ours (IRENE uses an MI weight of order 1)"),
                     "privacy_lr": Default(1e-3, "ours")}},

@@ -1,7 +1,7 @@
 """Training: one loop (``fit``) that methods plug into, and run folders (``train_run``)."""
-from ._loop import FitResult, TrainConfig, TrainContext, TrainingMethod, fit, make_optimizer
+from ._loop import ConflictFlags, FitResult, TrainConfig, TrainContext, TrainingMethod, fit, make_optimizer
 from ._run import train_run
 from ._dynamics import DYNAMICS_FILE, DynamicsRecorder, load_dynamics, save_dynamics
 
-__all__ = ["FitResult", "TrainConfig", "TrainContext", "TrainingMethod", "fit", "make_optimizer", "train_run",
+__all__ = ["ConflictFlags", "FitResult", "TrainConfig", "TrainContext", "TrainingMethod", "fit", "make_optimizer", "train_run",
            "DYNAMICS_FILE", "DynamicsRecorder", "load_dynamics", "save_dynamics"]

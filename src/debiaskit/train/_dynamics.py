@@ -47,9 +47,15 @@ class DynamicsRecorder(TrainingMethod):
 
     def __init__(self, method: TrainingMethod, *, centroid_momentum: float = 0.9) -> None:
         self.inner = method
-        self.name = method.name
-        self.uses_bias_labels = method.uses_bias_labels
         self.centroid_momentum = centroid_momentum
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def uses_bias_labels(self) -> bool:
+        return self.inner.uses_bias_labels
 
     def setup(self, ctx: TrainContext) -> None:
         from ..discover import RunningCentroids
@@ -107,6 +113,12 @@ class DynamicsRecorder(TrainingMethod):
 
     def final_model(self, ctx: TrainContext) -> nn.Module:
         return self.inner.final_model(ctx)
+
+    def conflict_flags(self, *, online: bool = False):
+        return self.inner.conflict_flags(online=online)
+
+    def extra_models(self, model: nn.Module) -> dict[str, nn.Module]:
+        return self.inner.extra_models(model)
 
     def close(self) -> None:
         """Remove the hooks (call after ``fit``: the trained model must not keep them)."""

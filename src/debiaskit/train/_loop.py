@@ -11,7 +11,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -74,16 +74,55 @@ class TrainContext:
         return self.steps_per_epoch * self.config.epochs
 
 
+class ConflictFlags(NamedTuple):
+    """Training samples a method flagged as bias-conflicting (mined, error set, pseudo-bias b^ != y).
+
+    ``index``: training-sample indices the flags are about; ``flagged``: bool per index;
+    ``pseudo_bias``: the method's b^ per index where it has one (else None).
+    """
+
+    index: Tensor
+    flagged: Tensor
+    pseudo_bias: Tensor | None = None
+
+    def report(self, dataset) -> dict[str, float]:
+        """Precision / recall of the flags against the TRUE alignment of ``dataset`` (the training set).
+
+        For reports only (the comparison harness, run folders): no training decision reads it. A sample
+        counts as conflicting if it conflicts on any bias attribute. Without alignment flags only the
+        counts are returned.
+        """
+        flagged = self.flagged.bool().cpu()
+        out = {"mined": int(flagged.sum()), "mined_share": float(flagged.float().mean())}
+        aligned = getattr(dataset, "aligned", None)
+        if aligned is None:
+            return out
+        aligned = aligned[self.index.cpu()]
+        conflicting = ~(aligned.bool() if aligned.ndim == 1 else aligned.bool().all(1))
+        tp = int((flagged & conflicting).sum())
+        out.update({"true_conflicting": int(conflicting.sum()),
+                    "precision": tp / max(int(flagged.sum()), 1), "recall": tp / max(int(conflicting.sum()), 1)})
+        return out
+
+
 class TrainingMethod:
     """Base class of training-time methods; the default is ERM (vanilla).
 
     Subclasses override :meth:`setup`, :meth:`training_step` and optionally :meth:`epoch_indices`
-    (which samples this epoch visits, e.g. JTT's upsampling), :meth:`end_epoch` and
-    :meth:`final_model`. ``uses_bias_labels`` says whether the method reads ``batch.b``.
+    (which samples this epoch visits, e.g. JTT's upsampling), :meth:`end_epoch`,
+    :meth:`final_model`, :meth:`conflict_flags` and :meth:`extra_models`. The name and whether the
+    method reads ``batch.b`` come from its registry entry (``info``, set by ``register_method``).
     """
 
-    name = "vanilla"
-    uses_bias_labels = False
+    info: ClassVar[Any] = None   # the MethodInfo this class is registered with
+
+    @property
+    def name(self) -> str:
+        return self.info.name if self.info is not None else "vanilla"
+
+    @property
+    def uses_bias_labels(self) -> bool:
+        return bool(self.info.uses_bias_labels) if self.info is not None else False
 
     def setup(self, ctx: TrainContext) -> None:
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
@@ -104,6 +143,16 @@ class TrainingMethod:
 
     def final_model(self, ctx: TrainContext) -> nn.Module:
         return ctx.model
+
+    def conflict_flags(self, *, online: bool = False) -> ConflictFlags | None:
+        """The training samples this method treats as bias-conflicting, for reports that hold the true
+        labels (the method itself never compares them). ``online=True``: the latest per-visit flags of a
+        method that flags while it trains, before they are frozen. None when the method flags nothing."""
+        return None
+
+    def extra_models(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Variants of the returned ``model`` worth reporting beside it (e.g. CALM's head refit), by name."""
+        return {}
 
     def state(self) -> dict[str, Any]:
         """JSON-able description recorded in the run (hyper-parameters, diagnostics)."""

@@ -54,6 +54,10 @@ def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", para
         if recorder is not None:
             recorder.close()
             save_dynamics(recorder.dynamics(), staging / DYNAMICS_FILE)
+        state = method.state()
+        flags = method.conflict_flags()
+        if flags is not None:   # scored here against the true labels (report only); the method never reads them
+            state["pseudo_bias_flags"] = flags.report(splits.train)
         meta = {
             "kind": "train",
             "status": "finished",
@@ -66,7 +70,7 @@ def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", para
                       "weight_decay": config.weight_decay, "optimizer": config.optimizer, "seed": config.seed,
                       "extra": config.extra, "selection": result.selection, "selected_epoch": result.selected_epoch},
             "method": {"name": method.name, "uses_bias_labels": method.uses_bias_labels,
-                       "config": method_config or {}, "state": method.state()},
+                       "config": method_config or {}, "state": state},
             "final_train_metrics": result.history[-1] if result.history else {},
             "wall_time_s": result.wall_time_s,
             "device": device,
