@@ -18,7 +18,8 @@ app.add_typer(models_app, name="models")
 
 @data_app.command("list")
 def data_list() -> None:
-    """List the datasets (recipe x image source)."""
+    """List the datasets (recipe x image source, and the named real datasets); your own data is
+    tensors:PATH or folder:DIR (see `debiaskit data show tensors:PATH`)."""
     from ..data import dataset_names, describe
     table = Table(title="debiaskit datasets")
     for col in ("name", "bias", "prepared", "description"):
@@ -27,6 +28,8 @@ def data_list() -> None:
         d = describe(name)
         table.add_row(name, ", ".join(d["bias_attributes"]), "yes" if d["prepared"] else "no", d["description"])
     console.print(table)
+    console.print("your own data: --dataset tensors:PATH (.safetensors / .npz with x, y, b [, split]) or "
+                  "folder:DIR (images + metadata.csv: path, y, b [, split]); see `debiaskit data show tensors:PATH`")
 
 
 @data_app.command("show")
@@ -44,6 +47,7 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
         splits = make_splits(name, params=params, seed=seed, unbiased_size=unbiased_size)
         info["resolved_params"] = splits.spec["params"]
         info["split_sizes"] = {n: s.summary() for n, s in splits.items()}
+        info["splits_from_rule"] = splits.spec.get("splits_from")
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -61,9 +65,33 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
         r = ", ".join(f"{k}={v:.4f}" for k, v in r.items()) if isinstance(r, dict) else (f"{r:.4f}" if r != "-" else r)
         table.add_row(split, str(s.get("size", "-")), r, doc)
     console.print(table)
+    if info.get("split_sizes"):
+        _print_groups(info["split_sizes"], splits_from=info.get("splits_from_rule"))
     if not info["prepared"]:
         hint = info.get("how_to_get") or f"run `debiaskit data prepare {name}`"
         console.print(f"[yellow]not prepared: {hint}[/yellow]")
+
+
+def _print_groups(sizes: dict, *, splits_from: str | None) -> None:
+    """(target, bias) group counts per split: the grid when it is small, its extremes otherwise."""
+    if splits_from:
+        console.print(f"splits: {splits_from}", highlight=False)
+    for split, s in sizes.items():
+        counts = s.get("group_counts")
+        if counts is None:
+            continue
+        grids = counts if isinstance(counts, dict) else {"": counts}
+        for attr, grid in grids.items():
+            flat = [(y, b, n) for y, row in enumerate(grid) for b, n in enumerate(row)]
+            nonempty = [t for t in flat if t[2] > 0]
+            label = f"{split}{' ' + attr if attr else ''}"
+            if len(flat) <= 16:
+                cells = "  ".join(f"(y{y},b{b})={n}" for y, b, n in flat)
+                console.print(f"groups {label}: {cells}", highlight=False)
+            else:
+                lo, hi = min(nonempty, key=lambda t: t[2]), max(nonempty, key=lambda t: t[2])
+                console.print(f"groups {label}: {len(nonempty)} of {len(flat)} (y, b) groups non-empty; smallest "
+                              f"(y{lo[0]},b{lo[1]})={lo[2]}, largest (y{hi[0]},b{hi[1]})={hi[2]}", highlight=False)
 
 
 @data_app.command("prepare")

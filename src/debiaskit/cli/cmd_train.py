@@ -30,7 +30,9 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
                       optimizer=optimizer, seed=seed)
     method_obj, method_cfg = _method(method, dataset)
     params = parse_params(rho, param, text_keys=text_params(dataset))
-    folder, result = train_run(dataset=dataset, out=out, model=model, params=params, config=cfg,
+    splits = _user_splits(dataset, params=params, seed=seed if data_seed is None else data_seed, out=out, force=force,
+                          unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
+    folder, result = train_run(dataset=dataset, out=out, model=model, params=params, config=cfg, splits=splits,
                                method=method_obj, method_config=method_cfg, data_seed=data_seed,
                                unbiased_size=unbiased_size, train_size=train_size, test_size=test_size,
                                device=device, force=force, progress=progress,
@@ -38,6 +40,23 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
     last = result.history[-1]
     console.print(f"[green]trained[/green] {model} on {dataset} in {result.wall_time_s:.1f}s "
                   f"(final train loss {last.get('loss', float('nan')):.4f}); run folder: {folder}")
+
+
+def _user_splits(dataset: str, *, params: dict, seed: int, out: Path, force: bool, **sizes):
+    """Your own data (tensors:PATH, folder:DIR): its splits, said how they were made, with realised rho and
+    (target, bias) group counts, before training starts. None for the named datasets (train_run makes them)."""
+    from ..data import is_user_dataset, make_splits
+    from ..runs import check_writable
+    if not is_user_dataset(dataset):
+        return None
+    check_writable(out, force=force)
+    splits = make_splits(dataset, params=params, seed=seed, **sizes)
+    from .cmd_data import _print_groups
+    rho = {n: s.summary().get("realised_rho") for n, s in splits.items()}
+    console.print("realised rho (share of bias-aligned samples): " + ", ".join(
+        f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}" for n, v in rho.items()), highlight=False)
+    _print_groups({n: s.summary() for n, s in splits.items()}, splits_from=splits.spec.get("splits_from"))
+    return splits
 
 
 def _method(name: str, dataset: str):

@@ -14,6 +14,8 @@ from ._celeba import CELEBA, load_celeba, load_celeba_splits, make_celeba_splits
 from ._cifar import CIFAR10, CifarSource, parse_cifar_binary, read_cifar10, write_cifar_binary
 from ._corrupted import CORRUPTION_NAMES, draw_corrupted
 from ._dataset import Batch, BiasDataset, check_labels, group_counts, iterate_batches
+from ._user_files import (SPLIT_CODES, USER_FORMATS, draw_splits, is_user_dataset, load_image, read_tensor_file,
+                          save_tensor_file)
 from ._user import (BiasData, LazyBiasDataset, aligned_flags, as_bias_data, as_bias_datasets, bias_pairing,
                     relabel_bias, require_bias_labels, user_splits)
 from ._idx import load_idx, parse_idx, write_idx
@@ -33,4 +35,5 @@ __all__ = [
     "parse_name", "register_recipe", "splits_from_spec", "toy_digits", "write_idx",
     "BiasData", "LazyBiasDataset", "aligned_flags", "as_bias_data", "as_bias_datasets", "bias_pairing", "group_counts",
     "relabel_bias", "require_bias_labels", "user_splits",
+    "SPLIT_CODES", "USER_FORMATS", "draw_splits", "is_user_dataset", "load_image", "read_tensor_file", "save_tensor_file",
 ]

@@ -82,6 +82,9 @@ def register_dataset(dataset: StandaloneDataset) -> StandaloneDataset:
 
 def text_params(name: str) -> tuple[str, ...]:
     """Params of dataset ``name`` whose values are text (``root``, ``target`` ... of celeba); () otherwise."""
+    from ._user_files import is_user_dataset, user_text_params
+    if is_user_dataset(name):
+        return user_text_params(name)
     return DATASETS[name].text_params if name in DATASETS else ()
 
 
@@ -96,7 +99,8 @@ def dataset_names() -> list[str]:
 
 
 def parse_name(name: str) -> tuple[Recipe, ImageSource]:
-    if name in DATASETS:
+    from ._user_files import is_user_dataset
+    if name in DATASETS or is_user_dataset(name):
         raise ConfigError(f"dataset {name!r} is not a recipe x image source; use make_splits / describe with it")
     for recipe in sorted(RECIPES, key=len, reverse=True):
         source = name[len(recipe) + 1 :]
@@ -118,7 +122,12 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
 
         splits = make_splits("biased-mnist", params={"rho": 0.99}, seed=0)
         splits.train.summary()   # {'size': 50000, 'realised_rho': 0.99...}
+        splits = make_splits("tensors:my-data.safetensors", seed=0)   # your own file (see data._user_files)
     """
+    from ._user_files import is_user_dataset, make_user_splits
+    if is_user_dataset(name):
+        return make_user_splits(name, params=params, seed=seed, unbiased_size=unbiased_size, train_size=train_size,
+                                test_size=test_size)
     if name in DATASETS:
         return DATASETS[name].make_splits(params=params, seed=seed, unbiased_size=unbiased_size,
                                           train_size=train_size, test_size=test_size,
@@ -166,6 +175,13 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
 
 def splits_from_spec(spec: dict[str, Any]) -> Splits:
     """Rebuild splits from the ``spec`` a run recorded."""
+    from ._user_files import is_user_dataset, user_splits_from_spec
+    if spec.get("dataset") == "python":
+        raise DataError("this run's data was given as Python objects, which a run folder cannot rebuild: pass the "
+                        "splits again (splits=...), or save them with debiaskit.data.save_tensor_file and train on "
+                        "tensors:PATH")
+    if is_user_dataset(spec["dataset"]):
+        return user_splits_from_spec(spec)
     if spec["dataset"] in DATASETS:
         return DATASETS[spec["dataset"]].from_spec(spec)
     kwargs = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
@@ -202,8 +218,11 @@ def _build(recipe: Recipe, source: ImageSource, images: np.ndarray, labels: np.n
 def describe(name: str, *, params: dict | None = None) -> dict[str, Any]:
     """What a dataset is: recipe, source, parameters, splits, and where its files are.
 
-    ``params`` only matter for datasets in the user's own folder (celeba: ``root``).
+    ``params`` only matter for datasets in the user's own folder (celeba: ``root``; folder:DIR).
     """
+    from ._user_files import describe_user_dataset, is_user_dataset
+    if is_user_dataset(name):
+        return describe_user_dataset(name, params=params)
     if name in DATASETS:
         return DATASETS[name].describe(params=params)
     recipe, source = parse_name(name)
