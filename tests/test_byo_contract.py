@@ -191,8 +191,6 @@ def test_structured_ffw_on_a_plain_user_network_with_a_nested_head(user_data):
     assert result.sparsity["parameters_after"] <= result.sparsity["parameters_before"]
 
 
-@pytest.mark.xfail(reason="structured FFW on residual blocks with functional relu / 1x1 skip conv: issue 10 item 4 "
-                          "(engineer struct); this test passes once it lands", strict=False)
 def test_structured_ffw_on_the_user_residual_cnn(user_model, user_data):
     result = find_fantastic_weights(user_model, head="classifier", train=user_data["unbiased_train"],
                                     val=user_data["unbiased_val"], mode="structured", **FFW_FAST)
