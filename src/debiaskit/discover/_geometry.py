@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 
@@ -97,7 +97,7 @@ def attractor_rule(z: Tensor, y: Tensor, centroids: Tensor, *, present: Tensor |
     return Attraction(pseudo_bias=pseudo, conflict_score=score, confidence=score.abs())
 
 
-class RunningCentroids:
+class RunningCentroids(nn.Module):
     """EMA class centroids of correctly classified samples, updated batch by batch.
 
     ``c_k <- m c_k + (1 - m) mean(z_i : y_i = k, pred_i = k)``; the first batch that has class k sets c_k.
@@ -110,11 +110,12 @@ class RunningCentroids:
     """
 
     def __init__(self, *, num_classes: int, momentum: float = 0.9) -> None:
+        super().__init__()   # a module: its centroids are buffers of the method that holds it (checkpoints)
         if not 0 <= momentum < 1:
             raise ConfigError(f"centroid momentum must lie in [0, 1), got {momentum}")
         self.num_classes, self.momentum = num_classes, momentum
-        self.centroids: Tensor | None = None
-        self.present = torch.zeros(num_classes, dtype=torch.bool)
+        self.register_buffer("centroids", None)
+        self.register_buffer("present", torch.zeros(num_classes, dtype=torch.bool))
 
     @torch.no_grad()
     def update(self, z: Tensor, y: Tensor, *, correct: Tensor) -> None:

@@ -115,13 +115,16 @@ def guarded_gce(logits: Tensor, y: Tensor, *, q: float, guard: float = 1.0) -> T
     return per_sample * keep
 
 
+_BUFFERS = ("train_index", "val_index", "y_all", "votes", "score_sum", "visits", "last_pseudo", "last_score",
+            "pseudo", "val_pseudo", "sample_weight", "prior")
+
+
 class CALM(TrainingMethod):
     """Label-free online debiasing: pseudo-bias from centroid attractors (or a GCE-biased branch,
     ``discovery="gce"``) + group-balanced logit adjustment and capped weights.
 
     Never reads ``batch.b``: give it ``dataset.without_bias_labels()`` or any dataset.
     """
-
 
     def __init__(self, *, warmup_epochs: int = 1, collect_epochs: int = 1, centroid_momentum: float = 0.9,
                  logit_adjust: bool = True, tau: float = 0.5, prior_smoothing: float = 1.0,
@@ -130,6 +133,9 @@ class CALM(TrainingMethod):
                  refit: bool = False, refit_steps: int = 300, refit_lr: float = 1e-2,
                  discovery: str = "gce", gce_q: float = 0.7, gce_guard: float = 1.0,
                  select_metric: str = "pooled") -> None:
+        super().__init__()
+        for name in _BUFFERS:   # per-sample state, sized in setup: part of state_dict()
+            self.register_buffer(name, None)
         if discovery not in DISCOVERY:
             raise ConfigError(f"discovery must be one of {', '.join(DISCOVERY)}, got {discovery!r}")
         if not 0 < gce_q <= 1:
@@ -160,7 +166,6 @@ class CALM(TrainingMethod):
             setattr(self, k, v)
         self.diagnostics: dict[str, Any] = {}
         self._ctx: TrainContext | None = None
-        self.val_pseudo: Tensor | None = None
 
     # ---------------------------------------------------------------- setup
     def setup(self, ctx: TrainContext) -> None:

@@ -86,10 +86,10 @@ def prunable(model: nn.Module) -> dict[str, Tensor]:
 
 
 class DCWP(TrainingMethod):
-
     def __init__(self, *, q: float = 0.7, erm_epochs: int = 2, mask_iters: int = 300, mask_lr: float = 1e-2,
                  mask_init: float = 1.0, lambda_up: float | str = "auto", lambda_sparse: float = 1e-8,
                  lambda_con: float = 0.05, temperature: float = 0.1) -> None:
+        super().__init__()
         if erm_epochs < 1 or mask_iters < 0 or not 0 < q <= 1:
             raise ConfigError(f"dcwp needs erm_epochs >= 1, mask_iters >= 0 and q in (0, 1]; got {erm_epochs}, {mask_iters}, {q}")
         if lambda_up != "auto" and float(lambda_up) < 1:
@@ -97,7 +97,9 @@ class DCWP(TrainingMethod):
         self.q, self.erm_epochs, self.mask_iters, self.mask_lr, self.mask_init = q, int(erm_epochs), int(mask_iters), mask_lr, mask_init
         self.lambda_up, self.lambda_sparse, self.lambda_con, self.temperature = lambda_up, lambda_sparse, lambda_con, temperature
         self.report: dict[str, Any] = {}
-        self.mined: Tensor | None = None
+        self.masks: dict[str, Tensor] = {}          # 1 = kept, per prunable weight (fixed after phase 2)
+        self.register_buffer("mined", None)          # phase 1: samples the GCE-biased model misclassifies
+        self.register_buffer("sample_weights", None)  # lambda_up for mined samples, 1 otherwise
 
     # -- phase 1: ERM + GCE-biased model, mining ---------------------------------------------------
     def _mine(self, ctx: TrainContext) -> Tensor:
@@ -150,6 +152,9 @@ class DCWP(TrainingMethod):
         return {k: (p.detach() >= 0).to(weights[k].dtype) for k, p in pi.items()}
 
     def setup(self, ctx: TrainContext) -> None:
+        self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
+
+    def prepare(self, ctx: TrainContext) -> None:
         lam = auto_lambda_up(rho_of(ctx.train_data)) if self.lambda_up == "auto" else float(self.lambda_up)
         self.lambda_up_used = lam
         self.mined = self._mine(ctx).cpu()
@@ -162,7 +167,6 @@ class DCWP(TrainingMethod):
         total = sum(m.numel() for m in self.masks.values())
         self.report["sparsity"] = 1 - float(sum(m.sum() for m in self.masks.values())) / max(total, 1)
         self.report["mask_trace"] = self.mask_trace
-        self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
 
     # -- phase 3: fine-tune the masked network with upweighting ---------------------------------------
     def epoch_indices(self, ctx: TrainContext) -> Tensor | None:

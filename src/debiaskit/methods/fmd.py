@@ -296,9 +296,9 @@ class FMD(TrainingMethod):
 
 
     def __init__(self, **config) -> None:
+        super().__init__()
         self.config = config
-        self.unlearning: dict[str, Any] = {}
-        self._done: nn.Module | None = None
+        self.unlearning: dict[str, Any] = {}   # the step's diagnostics, once it is done
 
     def setup(self, ctx: TrainContext) -> None:
         data = ctx.train_data
@@ -310,14 +310,13 @@ class FMD(TrainingMethod):
     def final_model(self, ctx: TrainContext) -> nn.Module:
         if ctx.epoch < ctx.config.epochs - 1:
             return ctx.model
-        if self._done is None:
+        if not self.unlearning:
             res = fmd_unlearn(ctx.model, train=ctx.train_data, head=ctx.head, seed=ctx.config.seed,
                               device=ctx.device, **self.config)
             self.unlearning = res.info
             with torch.no_grad():  # write the unlearned weights back into the trained model object
                 ctx.model.load_state_dict(res.model.state_dict())
-            self._done = ctx.model
-        return self._done
+        return ctx.model
 
     def state(self) -> dict[str, Any]:
         return {**self.config, "unlearning": {k: v for k, v in self.unlearning.items() if k != "trace"},

@@ -39,11 +39,12 @@ def update_group_weights(q: Tensor, group_loss: Tensor, *, eta: float) -> Tensor
 
 
 class GroupDRO(TrainingMethod):
-
     def __init__(self, *, eta: float = 0.01) -> None:
+        super().__init__()
         if not eta > 0:
             raise ConfigError(f"groupdro needs eta > 0, got {eta}")
         self.eta = eta
+        self.register_buffer("q", None)   # online group weights
 
     def setup(self, ctx: TrainContext) -> None:
         data = ctx.train_data

@@ -55,9 +55,9 @@ class IRENE(TrainingMethod):
         method = IRENE(gamma=1.0, head_steps=5)
     """
 
-
     def __init__(self, *, gamma: float = 1.0, head_lr: float = 1e-3, head_optimizer: str = "adam",
                  head_steps: int = 5) -> None:
+        super().__init__()
         if not (gamma >= 0 and head_lr > 0):
             raise ConfigError(f"irene needs gamma >= 0 and head_lr > 0, got {gamma}, {head_lr}")
         if head_optimizer not in HEAD_OPTIMIZERS:

@@ -25,14 +25,15 @@ from ._registry import Default, MethodInfo, register_method
 
 
 class JTT(TrainingMethod):
-
     def __init__(self, *, id_epochs: int = 1, lambda_up: float = 50) -> None:
+        super().__init__()
         if id_epochs < 1 or lambda_up < 1:
             raise ConfigError(f"jtt needs id_epochs >= 1 and lambda_up >= 1, got {id_epochs}, {lambda_up}")
         self.id_epochs, self.lambda_up = int(id_epochs), float(lambda_up)
-        self.error_set: Tensor | None = None
+        self.register_buffer("error_set", None)   # misclassified by the identification model
+        self.register_buffer("indices", None)     # one epoch: every sample once, the error set lambda_up times
 
-    def setup(self, ctx: TrainContext) -> None:
+    def prepare(self, ctx: TrainContext) -> None:
         ident = fresh_copy(ctx.model, seed=ctx.config.seed + 1).to(ctx.device).train()
         opt = make_optimizer(ident.parameters(), ctx.config)
 
@@ -47,7 +48,6 @@ class JTT(TrainingMethod):
         # upsampling by repetition: every sample once, error-set samples lambda_up times in total
         extra = torch.nonzero(self.error_set).flatten().repeat(max(int(round(self.lambda_up)) - 1, 0))
         self.indices = torch.cat([torch.arange(len(y)), extra])
-        self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
 
     def epoch_indices(self, ctx: TrainContext) -> Tensor | None:
         return self.indices

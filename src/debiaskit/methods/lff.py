@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data import Batch
 from ..errors import ConfigError
@@ -28,13 +28,15 @@ from ._gce import gce_loss
 from ._registry import Default, MethodInfo, register_method
 
 
-class SampleEMA:
-    """Per-sample exponential moving average of a loss (LfF's ``EMA`` class, seeded by the first value)."""
+class SampleEMA(nn.Module):
+    """Per-sample exponential moving average of a loss (LfF's ``EMA`` class, seeded by the first value);
+    its values are buffers, so they are part of the method's ``state_dict``."""
 
     def __init__(self, n: int, *, alpha: float) -> None:
+        super().__init__()
         self.alpha = alpha
-        self.value = torch.zeros(n)
-        self.seen = torch.zeros(n, dtype=torch.bool)
+        self.register_buffer("value", torch.zeros(n))
+        self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
 
     def update(self, index: Tensor, loss: Tensor) -> None:
         index, loss = index.cpu(), loss.detach().float().cpu()
@@ -56,11 +58,12 @@ def relative_difficulty(loss_b: Tensor, loss_d: Tensor) -> Tensor:
 
 
 class LfF(TrainingMethod):
-
     def __init__(self, *, q: float = 0.7, ema_alpha: float = 0.7) -> None:
+        super().__init__()
         if not 0 < q <= 1 or not 0 <= ema_alpha < 1:
             raise ConfigError(f"lff needs q in (0, 1] and ema_alpha in [0, 1), got q={q}, ema_alpha={ema_alpha}")
         self.q, self.ema_alpha = q, ema_alpha
+        self.register_buffer("labels", None)   # the target of every training sample seen so far
 
     def setup(self, ctx: TrainContext) -> None:
         self.biased = fresh_copy(ctx.model, seed=ctx.config.seed + 1).to(ctx.device).train()

@@ -32,21 +32,26 @@ from ._registry import Default, MethodInfo, register_method
 
 
 class VCBA(TrainingMethod):
-
     def __init__(self, *, stage1_epochs: int = 2, gamma: float = 1.0, privacy_lr: float = 1e-3) -> None:
+        super().__init__()
         if stage1_epochs < 1 or gamma < 0:
             raise ConfigError(f"stage1_epochs must be >= 1 and gamma >= 0, got {stage1_epochs}, {gamma}")
         self.stage1_epochs, self.gamma, self.privacy_lr = stage1_epochs, gamma, privacy_lr
         self.diagnostics: dict[str, Any] = {}
+        self.register_buffer("pseudo", None)           # b^ of the most confident stage-1 epoch
+        self.register_buffer("weight", None)           # stage 2: 1 / rho^ (pseudo-aligned), 1 / (1 - rho^) otherwise
+        self.register_buffer("pseudo_aligned", None)   # b^ == y, frozen at the start of stage 2
 
     def setup(self, ctx: TrainContext) -> None:
         if ctx.config.epochs <= self.stage1_epochs:
             raise ConfigError(f"vcba needs more epochs ({ctx.config.epochs}) than its stage 1 ({self.stage1_epochs})")
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
-        self.pseudo: Tensor | None = None
         self.best_conf = -math.inf
-        self.weight: Tensor | None = None
         self.stage = 1
+        with torch.random.fork_rng():   # created now (so a checkpoint can be loaded), initialised in stage 2
+            d, _ = head_shape(ctx.unwrapped, ctx.head)
+            self.privacy = nn.Linear(d, ctx.num_classes).to(ctx.device)
+        self.privacy_opt = torch.optim.Adam(self.privacy.parameters(), lr=self.privacy_lr)
 
     def training_step(self, batch: Batch, ctx: TrainContext) -> dict[str, float]:
         if self.stage == 1:
@@ -93,15 +98,14 @@ class VCBA(TrainingMethod):
             for m in ctx.model.modules():
                 if hasattr(m, "reset_parameters") and m is not ctx.model:
                     m.reset_parameters()
-            d, _ = head_shape(ctx.model, ctx.head)
-            self.privacy = nn.Linear(d, ctx.num_classes).to(ctx.device)
+            self.privacy.reset_parameters()   # the same draws as a new nn.Linear here
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
         self.privacy_opt = torch.optim.Adam(self.privacy.parameters(), lr=self.privacy_lr)
         self.stage = 2
 
     def conflict_flags(self, *, online: bool = False) -> ConflictFlags | None:
         """Samples whose pseudo-bias differs from their class (b^ != y), frozen at the start of stage 2."""
-        if online or getattr(self, "pseudo_aligned", None) is None:
+        if online or self.pseudo_aligned is None:
             return None
         return ConflictFlags(torch.arange(len(self.pseudo)), ~self.pseudo_aligned, self.pseudo)
 

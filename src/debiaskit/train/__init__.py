@@ -2,6 +2,7 @@
 from ._loop import ConflictFlags, FitResult, TrainConfig, TrainContext, TrainingMethod, fit, make_optimizer
 from ._run import train_run
 from ._dynamics import DYNAMICS_FILE, DynamicsRecorder, load_dynamics, save_dynamics
+from ._state import flatten_state, unflatten_state
 
 __all__ = ["ConflictFlags", "FitResult", "TrainConfig", "TrainContext", "TrainingMethod", "fit", "make_optimizer", "train_run",
-           "DYNAMICS_FILE", "DynamicsRecorder", "load_dynamics", "save_dynamics"]
+           "DYNAMICS_FILE", "DynamicsRecorder", "load_dynamics", "save_dynamics", "flatten_state", "unflatten_state"]

@@ -46,7 +46,10 @@ class DynamicsRecorder(TrainingMethod):
     """
 
     def __init__(self, method: TrainingMethod, *, centroid_momentum: float = 0.9) -> None:
+        super().__init__()
         self.inner = method
+        for name in ("loss", "correct", "attractor"):   # (epochs, N), sized in setup
+            self.register_buffer(name, None)
         self.centroid_momentum = centroid_momentum
 
     @property
@@ -56,6 +59,9 @@ class DynamicsRecorder(TrainingMethod):
     @property
     def uses_bias_labels(self) -> bool:
         return self.inner.uses_bias_labels
+
+    def prepare(self, ctx: TrainContext) -> None:
+        self.inner.prepare(ctx)
 
     def setup(self, ctx: TrainContext) -> None:
         from ..discover import RunningCentroids

@@ -105,16 +105,28 @@ class ConflictFlags(NamedTuple):
         return out
 
 
-class TrainingMethod:
+class TrainingMethod(nn.Module):
     """Base class of training-time methods; the default is ERM (vanilla).
 
-    Subclasses override :meth:`setup`, :meth:`training_step` and optionally :meth:`epoch_indices`
-    (which samples this epoch visits, e.g. JTT's upsampling), :meth:`end_epoch`,
+    A method is an ``nn.Module`` (as in DomainBed): auxiliary models are sub-modules, per-sample or
+    per-group state is registered buffers, and ``state_dict()`` also holds its optimisers and every
+    other public attribute (counters, diagnostics), so a checkpoint of the model plus the method
+    resumes bit-identically. Rules for subclasses: call ``super().__init__()`` first; create every
+    sub-module and optimiser the method will ever use in :meth:`setup` (a later phase may
+    re-initialise them or set a sub-module to None); put expensive work whose result is state in
+    :meth:`prepare` (skipped on resume); keep objects that are not state in private attributes
+    (leading underscore).
+
+    Subclasses override :meth:`setup`, :meth:`training_step` and optionally :meth:`prepare`,
+    :meth:`epoch_indices` (which samples this epoch visits, e.g. JTT's upsampling), :meth:`end_epoch`,
     :meth:`final_model`, :meth:`conflict_flags` and :meth:`extra_models`. The name and whether the
     method reads ``batch.b`` come from its registry entry (``info``, set by ``register_method``).
     """
 
     info: ClassVar[Any] = None   # the MethodInfo this class is registered with
+
+    def __init__(self) -> None:
+        super().__init__()
 
     @property
     def name(self) -> str:
@@ -125,7 +137,12 @@ class TrainingMethod:
         return bool(self.info.uses_bias_labels) if self.info is not None else False
 
     def setup(self, ctx: TrainContext) -> None:
+        """Create the method's optimisers, sub-modules and buffers (cheap; also run before a resume)."""
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
+
+    def prepare(self, ctx: TrainContext) -> None:
+        """Work before the first epoch whose result is state (JTT's identification model, DCWP's mining
+        and mask search). Skipped on resume: the checkpoint holds its result."""
 
     def epoch_indices(self, ctx: TrainContext) -> Tensor | None:
         return None
@@ -157,6 +174,52 @@ class TrainingMethod:
     def state(self) -> dict[str, Any]:
         """JSON-able description recorded in the run (hyper-parameters, diagnostics)."""
         return {}
+
+    # -- checkpointing: nn.Module state plus optimisers and plain attributes -------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        """Optimisers (by attribute name), sub-modules dropped by a phase, and every public plain attribute."""
+        optimizers, attributes = {}, {}
+        for key, value in vars(self).items():
+            if key.startswith("_") or key == "training":
+                continue
+            if isinstance(value, torch.optim.Optimizer):
+                optimizers[key] = value.state_dict()
+            else:
+                attributes[key] = value
+        dropped = [name for name, module in self._modules.items() if module is None]
+        return {"optimizers": optimizers, "attributes": attributes, "dropped_modules": dropped}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        for key, value in state["attributes"].items():
+            setattr(self, key, value)
+        for key, value in state["optimizers"].items():
+            optimizer = vars(self).get(key)
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise ConfigError(f"the checkpoint holds optimiser {key!r} of method {self.name}, but setup() did not "
+                                  "create it; create every optimiser in setup()")
+            optimizer.load_state_dict(value)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` after shaping the method like the checkpoint: sub-modules that a
+        phase dropped are dropped, buffers are resized (their size is known only after setup or prepare)."""
+        _shape_like(self, "", state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _shape_like(module: nn.Module, prefix: str, state: dict[str, Any]) -> None:
+    extra = state.get(prefix + "_extra_state") if isinstance(module, TrainingMethod) else None
+    for name in (extra or {}).get("dropped_modules", []):
+        if name in module._modules:
+            module._modules[name] = None
+    for name, buf in module._buffers.items():
+        key = prefix + name
+        if key in state and name not in module._non_persistent_buffers_set:
+            saved = state[key]
+            if buf is None or buf.shape != saved.shape or buf.dtype != saved.dtype:
+                module._buffers[name] = torch.empty_like(saved, device=buf.device if buf is not None else "cpu")
+    for name, child in module._modules.items():
+        if child is not None:
+            _shape_like(child, f"{prefix}{name}.", state)
 
 
 @dataclass
@@ -207,6 +270,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
                        num_classes=ncls, head=head, val_data=val_data, rank=rank, world_size=world)
     ctx.steps_per_epoch = math.ceil(n / world / config.batch_size)
     method.setup(ctx)
+    method.prepare(ctx)
     history: list[dict[str, float]] = []
     best_score, best_state, best_epoch = -math.inf, None, config.epochs
     start = time.perf_counter()
