@@ -172,7 +172,7 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
         gates: dict[str, nn.Module] = {}
         for name, module in layers:
             gate = WeightGate(module.weight.shape, state)
-            parametrize.register_parametrization(module, "weight", gate, unsafe=True)
+            parametrize.register_parametrization(module, "weight", gate)
             module.parametrizations.weight.original.requires_grad_(False)
             gates[name] = gate
         return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=[])
