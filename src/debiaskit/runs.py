@@ -173,9 +173,14 @@ class Run:
         return splits_from_spec(self.meta["data"])
 
 
-def load_run(folder: Path) -> Run:
-    """Rebuild the model of a finished run folder and load its weights."""
-    from .models import build_model
+def load_run(folder: Path, *, model: nn.Module | None = None, source_changed: str = "warn") -> Run:
+    """Rebuild the model of a finished run folder and load its weights.
+
+    A user model (``package.module:factory``) is re-imported (see :func:`debiaskit.models.rebuild_model`:
+    ``source_changed`` = "warn" or "refuse" when its source file changed since training); ``model``: your
+    own instance (or factory) for a run whose model was given in Python.
+    """
+    from .models import rebuild_model
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -183,8 +188,8 @@ def load_run(folder: Path) -> Run:
     if not is_finished(folder):
         raise DataError(f"{folder} is not a finished debiaskit run (no {RUN_FILE} with status 'finished')")
     meta = read_json(folder / RUN_FILE)
-    spec = meta["model"]
-    model = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]))
-    load_weights(model, folder / meta.get("weights", WEIGHTS_FILE))
-    model.eval()
-    return Run(folder=folder, meta=meta, model=model)
+    weights = folder / meta.get("weights", WEIGHTS_FILE)
+    net = rebuild_model(meta["model"], load=lambda m: load_weights(m, weights), source_changed=source_changed,
+                        model=model)
+    net.eval()
+    return Run(folder=folder, meta=meta, model=net)

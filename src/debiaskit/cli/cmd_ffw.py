@@ -12,13 +12,9 @@ from .cmd_bench import bench_app, invoked_command
 
 
 def _progress_line(event: dict) -> None:
-    if event.get("kind") != "epoch":
-        return
-    s, h = event["val_soft"], event["val_hard"]
-    console.print(f"epoch {event['epoch']:3d}  level {event['level']:2d}  tau {event['tau']:.3g}  | D^u_val "
-                  f"tau-model task {100 * s['task']:5.1f} bias {100 * s['bias']:5.1f}  | hard-masked task "
-                  f"{100 * h['task']:5.1f} bias {100 * h['bias']:5.1f}  | sparsity {100 * event['sparsity']:5.1f}% "
-                  f"(undecided {100 * event['undecided']:4.1f}%)  {event['time_s']:.0f}s", highlight=False)
+    from ..ffw._progress import epoch_line
+    if event.get("kind") == "epoch":
+        console.print(epoch_line(event), highlight=False)
 
 
 @app.command()

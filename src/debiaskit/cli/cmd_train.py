@@ -14,7 +14,13 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           out: Path = typer.Option(..., help="run folder to create"),
           rho: Optional[float] = typer.Option(None, help="bias correlation of the training set"),
           param: Optional[List[str]] = typer.Option(None, "--param", help="dataset parameter KEY=VALUE (celeba: root=DIR, target=..., bias=..., size=64)"),
-          model: str = typer.Option("simple-conv-small", help="model name (see `debiaskit models list`)"),
+          model: str = typer.Option("simple-conv-small", help="zoo model (see `debiaskit models list`) or your own as "
+                                                                "package.module:factory (the current folder is importable)"),
+          model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help="argument of your model factory KEY=VALUE "
+                                                        "(Python literals; num_classes / in_channels / in_features / "
+                                                        "input_shape are filled in when the factory takes them)"),
+          head: Optional[str] = typer.Option(None, help="the classifier head module of your model (default: its "
+                                                        "head_name, or its only nn.Linear with num_classes outputs)"),
           method: str = typer.Option("vanilla", help="training method"),
           epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
           optimizer: str = "adam", seed: int = 0,
@@ -25,14 +31,17 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           record_dynamics: bool = typer.Option(False, "--record-dynamics", help="also write RUN/dynamics.safetensors (per-sample loss, correctness and attractor per epoch) for `debiaskit discover`")) -> None:
     """Train a model on a biased dataset and write a run folder."""
     from ..data import text_params
+    from ..models import parse_model_args
     from ..train import TrainConfig, train_run
+    model_args = parse_model_args(model_arg)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       optimizer=optimizer, seed=seed)
     method_obj, method_cfg = _method(method, dataset)
     params = parse_params(rho, param, text_keys=text_params(dataset))
     splits = _user_splits(dataset, params=params, seed=seed if data_seed is None else data_seed, out=out, force=force,
                           unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
-    folder, result = train_run(dataset=dataset, out=out, model=model, params=params, config=cfg, splits=splits,
+    folder, result = train_run(dataset=dataset, out=out, model=model, model_args=model_args, head=head, params=params,
+                               config=cfg, splits=splits,
                                method=method_obj, method_config=method_cfg, data_seed=data_seed,
                                unbiased_size=unbiased_size, train_size=train_size, test_size=test_size,
                                device=device, force=force, progress=progress,

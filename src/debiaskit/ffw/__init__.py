@@ -12,6 +12,10 @@ Example::
     result.model          # plain nn.Module with the pruned weights set to 0
     result.masks          # {layer: uint8 mask}, 1 = kept
     result.selected       # D^u_val numbers of the selected hard-masked model
+    save_result(result, "runs/ffw")          # model.safetensors + masks.safetensors + ffw.json
+    pruned = load_pruned_model("runs/ffw")   # the exported network again (zoo or your own model)
+
+Progress: one line per epoch on the terminal (``progress=False`` to silence it, ``callback=`` for your own).
 
 Structured mode gates whole units and exports a physically smaller network, on any network of
 standard layers: the units whose removal is exact are found in the torch.fx graph of its forward
@@ -30,5 +34,8 @@ __all__ = ["FFWConfig", "FFWResult", "GatePoint", "GateState", "GatedModel", "St
            "module_shapes", "prune_structured", "resize_like", "save_masks", "structured_sparsity",
            "unstructured_sparsity"]
 from ._run import FFWRun, default_out, ffw_run, load_ffw_model, load_pseudo_bias, with_pseudo_bias
+from ._save import load_pruned_model, save_result
+from ._progress import print_epoch
 
-__all__ += ["FFWRun", "default_out", "ffw_run", "load_ffw_model", "load_pseudo_bias", "with_pseudo_bias"]
+__all__ += ["FFWRun", "default_out", "ffw_run", "load_ffw_model", "load_pruned_model", "load_pseudo_bias",
+            "print_epoch", "save_result", "with_pseudo_bias"]

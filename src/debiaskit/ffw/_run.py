@@ -121,7 +121,8 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
                     head=run.head, seed=seed, counterfactual=audit_counterfactual, device=device)
     before = audit_model(run.model, **audit_kw)
     result = find_fantastic_weights(run.model, head=run.head, train=train, val=val, config=config, device=device,
-                                    checkpoint_dir=partial, resume=resume, callback=callback)
+                                    checkpoint_dir=partial, resume=resume, callback=callback,
+                                    progress=False)
     after = result.audit(**{k: v for k, v in audit_kw.items() if k != "head"})
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
     speed = _speed(result, run.model, x)
@@ -153,18 +154,11 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
     return FFWRun(result=result, before=before, after=after, out=out, info=info)
 
 
-def load_ffw_model(folder: Path) -> nn.Module:
-    """Rebuild the exported network of an FFW folder (plain torch modules; no gate classes)."""
-    from ..models import build_model
-    from ..runs import load_weights
-    folder = Path(folder)
-    info = read_json(folder / FFW_FILE)
-    spec = info["model"]
-    model = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]))
-    if spec.get("shapes"):
-        resize_like(model, spec["shapes"])
-    load_weights(model, folder / info["weights"])
-    return model.eval()
+def load_ffw_model(folder: Path, **kwargs) -> nn.Module:
+    """Rebuild the exported network of an FFW folder (plain torch modules; no gate classes); the same
+    as :func:`debiaskit.ffw.load_pruned_model` (zoo and user models alike)."""
+    from ._save import load_pruned_model
+    return load_pruned_model(folder, **kwargs)
 
 
 def _pct(v) -> str:

@@ -423,7 +423,8 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
                            gamma: float = 10.0, include_head: bool = False, tau_decay: float = 0.5,
                            config: FFWConfig | None = None, device: str | torch.device = "cpu",
                            checkpoint_dir: Path | None = None, resume: bool = False, inplace: bool = False,
-                           callback: Callable[[dict[str, Any]], None] | None = None, **overrides) -> FFWResult:
+                           callback: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
+                           **overrides) -> FFWResult:
     """Find a sub-network of a frozen ``model`` whose bottleneck carries no bias (FFW, Algorithm 1).
 
     ``train`` / ``val``: D^u_train / D^u_val, datasets of (x, y, b) with bias labels (``b`` may be
@@ -433,7 +434,8 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     resumable checkpoint there after every epoch (also kept when interrupted with Ctrl-C);
     ``resume=True`` continues from it. ``model`` itself is left untouched unless ``inplace=True``
     (unstructured only: the hard masks are then baked into its weights). ``callback(event)`` is called
-    after every step (``kind="step"``) and epoch (``kind="epoch"``).
+    after every step (``kind="step"``) and epoch (``kind="epoch"``); without one, ``progress`` prints a
+    line per epoch (D^u_val numbers of the tau-model and the hard-masked model, sparsity, time).
 
     Example::
 
@@ -445,6 +447,9 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
                               unbiased_val=splits.unbiased_val)
     """
     start = time.perf_counter()
+    if callback is None and progress:
+        from ._progress import print_epoch
+        callback = print_epoch
     if config is None:
         config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, tau_decay=tau_decay, **overrides)
     elif overrides:

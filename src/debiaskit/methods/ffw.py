@@ -32,7 +32,7 @@ def apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 
     """
     from ..ffw import find_fantastic_weights  # late import: the registry stays light to import
     result = find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
-                                    val=splits.unbiased_val, seed=seed, **config)
+                                    val=splits.unbiased_val, seed=seed, progress=False, **config)
     info = {"selected": result.selected, "sparsity": result.sparsity, "stop_reason": result.stop_reason,
             "search_time_s": result.wall_time_s}
     return result.model, info

@@ -1,4 +1,5 @@
-"""Train a model on a named dataset and write a complete, rebuildable run folder."""
+"""Train a model (zoo or your own) on a dataset (named, from disk, or your own splits) and write a complete,
+rebuildable run folder."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -9,13 +10,15 @@ from typing import Any
 import torch
 
 from ..data import Splits, make_splits
-from ..models import build_model, default_head_name
+from ..models import infer_head, resolve_head
+from ..models._user import instantiate
 from ..runs import RUN_FILE, WEIGHTS_FILE, atomic_folder, check_writable, package_versions, save_weights, write_json
 from ._dynamics import DYNAMICS_FILE, DynamicsRecorder, save_dynamics
 from ._loop import FitResult, TrainConfig, TrainingMethod, fit
 
 
-def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", params: dict | None = None,
+def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-small", model_args: dict | None = None,
+              head: str | None = None, params: dict | None = None,
               config: TrainConfig | None = None, method: TrainingMethod | None = None,
               method_config: dict[str, Any] | None = None, data_seed: int | None = None,
               unbiased_size: int = 10000, train_size: int | None = None, test_size: int | None = None,
@@ -26,20 +29,35 @@ def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", para
     The folder holds ``model.safetensors``, ``run.json`` (model spec, data spec, training config,
     method, seed, package versions, wall time) and ``train_log.jsonl``.
 
+    ``dataset``: a dataset name (``debiaskit data list``), your data on disk (``tensors:PATH``,
+    ``folder:DIR``) or your own :class:`~debiaskit.data.Splits` (``debiaskit.data.user_splits``; a run
+    folder cannot rebuild in-memory objects, so the CLI commands then need the data again - save it with
+    ``debiaskit.data.save_tensor_file`` to make the run self-contained). ``model``: a zoo name, your
+    ``package.module:factory`` (``model_args`` for it; ``num_classes`` / ``in_channels`` / ``in_features`` /
+    ``input_shape`` are filled in where the factory takes them), a factory, or an ``nn.Module`` (trained in
+    place). ``head``: the classifier module (default: ``model.head_name``, or the only nn.Linear with
+    ``num_classes`` outputs).
+
     Example::
 
         out, result = train_run(dataset="biased-mnist", params={"rho": 0.99}, out=Path("runs/v0"),
                                 config=TrainConfig(epochs=5, seed=0))
+        out, result = train_run(dataset="tensors:my-data.safetensors", model="mynets:resnet",
+                                model_args={"width": 32}, head="classifier", out=Path("runs/mine"))
     """
     out = Path(out)
     check_writable(out, force=force)  # fail before spending any compute
     config = config or TrainConfig()
     method = method or TrainingMethod()
+    if isinstance(dataset, Splits):
+        splits = dataset
     if splits is None:
         splits = make_splits(dataset, params=params, seed=config.seed if data_seed is None else data_seed,
                              unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
     torch.manual_seed(config.seed)
-    net = build_model(model, num_classes=splits.num_classes, input_shape=splits.train.input_shape)
+    net, model_spec = instantiate(model, args=model_args, num_classes=splits.num_classes,
+                                  input_shape=tuple(splits.train.input_shape))
+    head, _ = resolve_head(net, head or infer_head(net, num_classes=splits.num_classes))  # a wrong name: error now
     recorder = DynamicsRecorder(method) if record_dynamics else None
     with atomic_folder(out, force=force) as staging:
         log_path = staging / "train_log.jsonl"
@@ -49,7 +67,7 @@ def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", para
                 log_file.flush()
 
             result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
-                         head=default_head_name(net), device=device, progress=progress, log=log)
+                         head=head, device=device, progress=progress, log=log)
         save_weights(result.model, staging / WEIGHTS_FILE)
         if recorder is not None:
             recorder.close()
@@ -62,8 +80,8 @@ def train_run(*, dataset: str, out: Path, model: str = "simple-conv-small", para
             "kind": "train",
             "status": "finished",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {"name": model, "num_classes": splits.num_classes,
-                      "input_shape": list(splits.train.input_shape), "head": default_head_name(net)},
+            "model": {**model_spec, "num_classes": splits.num_classes,
+                      "input_shape": list(splits.train.input_shape), "head": head},
             "data": splits.spec,
             "data_summary": {name: split.summary() for name, split in splits.items()},
             "train": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,

@@ -1,0 +1,98 @@
+"""Save an FFW result to a folder and load the pruned network back: one documented pair of functions.
+
+A folder written by :func:`save_result` (or by ``debiaskit ffw`` / :func:`debiaskit.ffw.ffw_run`) holds
+``model.safetensors`` (the exported network: unstructured = the original architecture with the zeros baked
+in; structured = the physically smaller network), ``masks.safetensors`` (1 = kept) and ``ffw.json``
+(how to rebuild the architecture - a zoo name or your ``package.module:factory`` with its arguments and
+source checksum -, the new layer widths of a structured export, the head, the search settings and its
+D^u_val selection). :func:`load_pruned_model` rebuilds the architecture, re-shapes it and loads the
+weights (safetensors: no pickle).
+
+Example::
+
+    from debiaskit.ffw import find_fantastic_weights, save_result, load_pruned_model
+    result = find_fantastic_weights(model, head="classifier", train=d_u_train, val=d_u_val, mode="structured")
+    save_result(result, "runs/mine-ffw")
+    pruned = load_pruned_model("runs/mine-ffw")      # plain nn.Module, physically smaller
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ModelError
+from ..models import model_reference, rebuild_model
+from ..runs import atomic_folder, load_weights, package_versions, read_json, save_weights, write_json
+from ._export import resize_like, save_masks
+
+FFW_FILE = "ffw.json"
+
+
+def _model_record(result, model: str | Callable | None, model_args: dict | None) -> dict[str, Any]:
+    head = result.model.get_submodule(result.head)
+    if isinstance(model, str):
+        from ..models._user import import_factory, _file_sha256
+        _, file = import_factory(model)
+        spec = {"source": "import", "name": model, "args": dict(model_args or {}),
+                "source_file": str(file.resolve()) if file else None,
+                "sha256": _file_sha256(file) if file and file.is_file() else None}
+    elif model is not None:
+        spec = {**model_reference(model), "args": dict(model_args or {})}
+    else:
+        spec = model_reference(result.model)
+    spec.setdefault("num_classes", getattr(head, "out_features", None))
+    spec["head"] = result.head
+    spec["shapes"] = result.shapes
+    return spec
+
+
+def save_result(result, folder: Path | str, *, model: str | Callable | None = None, model_args: dict | None = None,
+                force: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``result`` (an :class:`~debiaskit.ffw.FFWResult`) to ``folder`` atomically (a finished folder is
+    replaced only with ``force``).
+
+    The architecture is recorded from how the model was built (zoo, ``package.module:factory`` through
+    debiaskit); for a model you built yourself, its class is recorded (rebuilt without arguments) unless you
+    name the factory: ``model="mynets:resnet", model_args={...}`` (or the factory itself).
+    """
+    folder = Path(folder)
+    spec = _model_record(result, model, model_args)
+    info = {"kind": "ffw", "status": "finished",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "mode": result.mode, "model": spec, "search": result.summary(), "history": result.history,
+            "selection": ("hard-masked model with the lowest J = CE + gamma * MI on D^u_val"
+                          if result.config.selection == "objective" else
+                          "hard-masked model with the highest task accuracy on D^u_val"),
+            "versions": package_versions(), "weights": "model.safetensors", "masks": "masks.safetensors",
+            **(extra or {})}
+    with atomic_folder(folder, force=force) as staging:
+        save_weights(result.model, staging / "model.safetensors")
+        save_masks(result.masks, staging / "masks.safetensors")
+        write_json(staging / FFW_FILE, info)
+    return folder
+
+
+def load_pruned_model(folder: Path | str, *, model: nn.Module | Callable[..., nn.Module] | None = None,
+                      source_changed: str = "warn") -> nn.Module:
+    """The exported network of an FFW folder (:func:`save_result`, ``debiaskit ffw``), in eval mode.
+
+    ``model``: a fresh instance (or factory) of the original architecture, for a folder whose model was
+    given in Python and cannot be rebuilt from the record alone; ``source_changed``: see
+    :func:`debiaskit.models.rebuild_model`.
+    """
+    folder = Path(folder)
+    info = read_json(folder / FFW_FILE)
+    if info.get("status") != "finished":
+        raise ModelError(f"{folder} is not a finished FFW folder ({FFW_FILE} says status {info.get('status')!r})")
+    spec = info["model"]
+    weights = folder / info.get("weights", "model.safetensors")
+
+    def load(net: nn.Module) -> None:
+        if spec.get("shapes"):
+            resize_like(net, spec["shapes"])
+        load_weights(net, weights)
+
+    return rebuild_model(spec, load=load, source_changed=source_changed, model=model).eval()

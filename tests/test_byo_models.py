@@ -1,0 +1,248 @@
+"""User models by import path (package.module:factory) in run folders, through every CLI command and in Python."""
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from debiaskit.data import save_tensor_file, user_splits
+from debiaskit.errors import ConfigError, DataError, ModelError
+from debiaskit.ffw import find_fantastic_weights, load_pruned_model, save_result
+from debiaskit.models import SourceChangedWarning, build_model, infer_head
+from debiaskit.runs import load_run
+from debiaskit.train import TrainConfig, train_run
+
+HERE = Path(__file__).parent
+_names = itertools.count()
+FFW_FAST = ["--max-levels", "1", "--max-epochs-per-level", "1", "--no-progress"]
+
+
+@pytest.fixture()
+def cli(monkeypatch, capsys):
+    """Run the console script in-process: (exit code, stdout, stderr on one line)."""
+    from debiaskit.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["debiaskit", *map(str, args)])
+        monkeypatch.setenv("COLUMNS", "1000")
+        with pytest.raises(SystemExit) as exc:
+            main()
+        out, err = capsys.readouterr()
+        return exc.value.code or 0, out, " ".join(err.split())
+    return run
+
+
+@pytest.fixture()
+def user_module(tmp_path, monkeypatch):
+    """tests/user_models.py copied to a fresh folder under a fresh module name; that folder is the cwd."""
+    name = f"mynets_{next(_names)}"
+    folder = tmp_path / "code"
+    folder.mkdir()
+    shutil.copy(HERE / "user_models.py", folder / f"{name}.py")
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    yield name, folder / f"{name}.py"
+    sys.modules.pop(name, None)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in (str(folder), "")])
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory, toy_splits):
+    """Float (x, y, b) images with a split array, as a user would save them."""
+    parts, codes = [], []
+    for code, name in enumerate(["train", "unbiased_train", "unbiased_val", "unbiased_test", "test"]):
+        split = getattr(toy_splits, name)
+        keep = torch.arange(min(len(split), 600 if name == "train" else 200))
+        parts.append((split.x[keep], split.y[keep], split.b[keep]))
+        codes.append(torch.full((len(keep),), code))
+    x, y, b = (torch.cat([p[i] for p in parts]) for i in range(3))
+    path = tmp_path_factory.mktemp("data") / "images.safetensors"
+    return save_tensor_file(path, x=x, y=y, b=b, split=torch.cat(codes), bias_names=("colour",))
+
+
+@pytest.fixture(scope="module")
+def tabular_file(tmp_path_factory):
+    g = np.random.default_rng(0)
+    n = 2400
+    y = g.integers(0, 2, n)
+    b = np.where(g.random(n) < 0.9, y, 1 - y)
+    x = np.concatenate([g.normal(size=(n, 4)) + y[:, None], g.normal(size=(n, 2)) + 2 * b[:, None]], 1).astype(np.float32)
+    path = tmp_path_factory.mktemp("data") / "rows.npz"
+    np.savez(path, x=x, y=y, b=b, bias_names=np.array(["sex"]))
+    return path
+
+
+def test_the_issue_model_through_every_cli_command(cli, user_module, image_file, tmp_path):
+    module, source = user_module
+    run = tmp_path / "run"
+    code, out, err = cli("train", "--dataset", f"tensors:{image_file}", "--model", f"{module}:residual_cnn",
+                         "--model-arg", "width=4", "--epochs", "1", "--out", run, "--no-progress")
+    assert code == 0, err
+    meta = json.loads((run / "run.json").read_text())
+    m = meta["model"]
+    assert (m["source"], m["name"], m["head"]) == ("import", f"{module}:residual_cnn", "classifier")
+    assert m["args"] == {"width": 4, "num_classes": 10, "in_channels": 3} and set(m["filled_args"]) == {"num_classes", "in_channels"}
+    assert m["sha256"] and m["source_file"] == str(source.resolve())
+    assert meta["data"]["dataset"] == f"tensors:{image_file.resolve()}" and meta["data"]["sha256"]
+    assert cli("audit", run)[0] == 0
+    code, out, err = cli("ffw", run, "--mode", "structured", *FFW_FAST)
+    assert code == 0, err
+    pruned = load_pruned_model(run / "ffw-structured-g10")
+    assert sum(p.numel() for p in pruned.parameters()) <= sum(p.numel() for p in load_run(run).model.parameters())
+    code, out, err = cli("discover", run)
+    assert code == 0, err
+    code, out, err = cli("ffw", run, "--mode", "unstructured", "--bias-labels", "discovered", *FFW_FAST)
+    assert code == 0, err
+    code, out, err = cli("unlearn", run)            # FMD needs counterfactual pairs, which plain tensors lack
+    assert code == 2 and "counterfactual" in err
+
+
+def test_a_tabular_model_and_a_nested_head_from_the_cli(cli, user_module, tabular_file, image_file, tmp_path):
+    module, _ = user_module
+    run = tmp_path / "tab"
+    code, _, err = cli("train", "--dataset", f"tensors:{tabular_file}", "--model", f"{module}:tabular_mlp",
+                       "--model-arg", "n_features=6", "--model-arg", "n_classes=2", "--epochs", "2", "--out", run,
+                       "--no-progress")
+    assert code == 0, err
+    assert json.loads((run / "run.json").read_text())["model"]["head"] == "out"
+    assert cli("audit", run)[0] == 0
+    assert cli("ffw", run, "--mode", "structured", *FFW_FAST)[0] == 0
+    seq = tmp_path / "seq"
+    code, _, err = cli("train", "--dataset", f"tensors:{image_file}", "--model", f"{module}:sequential_cnn",
+                       "--model-arg", "in_channels=3", "--head", "head.fc", "--epochs", "1", "--out", seq, "--no-progress")
+    assert code == 0, err
+    assert cli("ffw", seq, "--mode", "structured", *FFW_FAST)[0] == 0
+    assert cli("discover", seq)[0] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no_such_module_xyz:net"], "cannot import module no_such_module_xyz"),
+    (["--model", "{module}:nothing_here"], "has no 'nothing_here'"),
+    (["--model", "{module}:residual_cnn", "--model-arg", "depth=3"], "takes no argument(s) depth"),
+    (["--model", "{module}:tabular_mlp"], "needs argument(s) n_features"),
+    (["--model", "{module}:broken_factory"], "RuntimeError: this factory always fails"),
+    (["--model", "{module}:residual_cnn", "--head", "fc"], "no module named 'fc'"),
+    (["--model", "resnet7"], "unknown model 'resnet7'"),
+])
+def test_model_errors_before_any_training(cli, user_module, image_file, tmp_path, args, message):
+    module, _ = user_module
+    code, _, err = cli("train", "--dataset", f"tensors:{image_file}", *[a.format(module=module) for a in args],
+                       "--epochs", "1", "--out", tmp_path / "run", "--no-progress")
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ambiguous_head_is_named():
+    with pytest.raises(ModelError, match="name the classifier head"):
+        infer_head(torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2)), num_classes=2)
+
+
+def _train_user_run(module, image_file, out):
+    return train_run(dataset=f"tensors:{image_file}", model=f"{module}:residual_cnn", model_args={"width": 4},
+                     out=out, config=TrainConfig(epochs=1, seed=0), progress=False)[0]
+
+
+def test_load_run_imports_from_the_recorded_folder_when_not_importable(user_module, image_file, tmp_path, monkeypatch):
+    module, source = user_module
+    run = _train_user_run(module, image_file, tmp_path / "run")
+    reference = load_run(run).model
+    sys.modules.pop(module, None)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in (str(source.parent), "")])
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="where it was at training time"):
+        again = load_run(run).model
+    x = torch.randn(2, 3, 28, 28)
+    assert torch.equal(again(x), reference(x))
+    sys.modules.pop(module, None)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(source.parent)])
+    source.rename(tmp_path / "elsewhere.py")
+    with pytest.raises(ModelError, match="which is gone.*PYTHONPATH"):
+        load_run(run)
+
+
+def test_changed_source_warns_when_the_weights_fit_and_refuses_otherwise(user_module, image_file, tmp_path):
+    module, source = user_module
+    run = _train_user_run(module, image_file, tmp_path / "run")
+    original = source.read_text()
+    source.write_text(original + "\n# a comment added after training\n")
+    sys.modules.pop(module, None)
+    with pytest.warns(SourceChangedWarning, match="weights still fit"):
+        load_run(run)
+    with pytest.raises(ModelError, match="refusing to rebuild"):
+        load_run(run, source_changed="refuse")
+    source.write_text(original.replace("self.classifier = nn.Linear(4 * width", "self.classifier = nn.Linear(2 * width")
+                      .replace("self.block3 = ResBlock(2 * width, 4 * width", "self.block3 = ResBlock(2 * width, 2 * width"))
+    sys.modules.pop(module, None)
+    with pytest.raises(ModelError, match="no longer fit"):
+        load_run(run)
+
+
+def test_python_api_with_a_factory_user_splits_and_an_instance(user_module, image_file, tmp_path):
+    module, _ = user_module
+    mod = __import__(module)
+    from debiaskit.data import make_splits
+    file_splits = make_splits(f"tensors:{image_file}")
+    splits = user_splits(**{n: TensorDataset(d.x, d.y, d.b) for n, d in file_splits.items()})
+    run, _ = train_run(dataset=splits, model=mod.residual_cnn, model_args={"width": 4}, out=tmp_path / "f",
+                       config=TrainConfig(epochs=1, seed=0), progress=False)
+    loaded = load_run(run)
+    assert loaded.meta["model"]["name"] == f"{module}:residual_cnn" and loaded.head == "classifier"
+    with pytest.raises(DataError, match="given as Python objects"):
+        loaded.splits()
+    instance = mod.ResidualCNN(width=4)
+    run2, _ = train_run(dataset=splits, model=instance, out=tmp_path / "i", config=TrainConfig(epochs=1, seed=0),
+                        progress=False)
+    with pytest.raises(ModelError, match="pass model="):
+        load_run(run2)                                       # rebuilt as ResidualCNN(): width 16, not 4
+    assert torch.equal(load_run(run2, model=mod.ResidualCNN(width=4)).model.classifier.weight, instance.classifier.weight)
+
+
+@pytest.mark.parametrize("mode", ["unstructured", "structured"])
+def test_ffw_result_of_a_user_model_saves_and_reloads(user_module, image_file, tmp_path, mode):
+    module, _ = user_module
+    from debiaskit.data import make_splits
+    splits = make_splits(f"tensors:{image_file}")
+    model = build_model(f"{module}:residual_cnn", num_classes=10, input_shape=(3, 28, 28), args={"width": 4}).eval()
+    result = find_fantastic_weights(model, head="classifier", train=splits.unbiased_train, val=splits.unbiased_val,
+                                    mode=mode, max_levels=1, max_epochs_per_level=1, head_pretrain_epochs=1,
+                                    progress=False)
+    folder = save_result(result, tmp_path / "ffw")
+    with pytest.raises(Exception, match="--force"):
+        save_result(result, tmp_path / "ffw")
+    again = load_pruned_model(folder)
+    x = splits.test.x[:4]
+    assert torch.allclose(again(x), result.model(x), atol=1e-6)
+    mine = __import__(module).ResidualCNN(width=4)   # a model built without debiaskit: name its factory on saving
+    result2 = find_fantastic_weights(mine.eval(), head="classifier", train=splits.unbiased_train,
+                                     val=splits.unbiased_val, mode=mode, max_levels=1, max_epochs_per_level=1,
+                                     head_pretrain_epochs=1, progress=False)
+    save_result(result2, tmp_path / "ffw2", model=__import__(module).residual_cnn, model_args={"width": 4})
+    assert torch.allclose(load_pruned_model(tmp_path / "ffw2")(x), result2.model(x), atol=1e-6)
+
+
+def test_python_ffw_prints_progress(capsys, image_file):
+    from debiaskit.data import make_splits
+    splits = make_splits(f"tensors:{image_file}")
+    model = build_model("mlp", num_classes=10, input_shape=(3, 28, 28)).eval()
+    find_fantastic_weights(model, train=splits.unbiased_train, val=splits.unbiased_val, max_levels=1,
+                           max_epochs_per_level=1, head_pretrain_epochs=1)
+    assert "hard-masked task" in capsys.readouterr().out
+    find_fantastic_weights(model, train=splits.unbiased_train, val=splits.unbiased_val, max_levels=1,
+                           max_epochs_per_level=1, head_pretrain_epochs=1, progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_model_args_parse_as_python_literals():
+    from debiaskit.models import parse_model_args
+    assert parse_model_args(["width=32", "dropout=0.1", "norm=batch", "flag=true", "dims=[1, 2]"]) == {
+        "width": 32, "dropout": 0.1, "norm": "batch", "flag": True, "dims": [1, 2]}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_model_args(["width"])
