@@ -40,3 +40,44 @@ def randomise_batchnorm(model):
             mod.weight.data.uniform_(0.5, 1.5)
             mod.bias.data.uniform_(-0.5, 0.5)
     return model.eval()
+
+
+# -- fault-injection helpers (tests/test_faults_*.py) ----------------------------------------------------------------
+
+def tree_bytes(root):
+    """Every file under ``root`` (hidden ones included) -> its bytes: 'nothing lost' means this is unchanged."""
+    from pathlib import Path
+    root = Path(root)
+    if root.is_file():
+        return {".": root.read_bytes()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the console entry point in-process: returns (exit code, stdout+stderr on one line)."""
+    import sys
+
+    from debiaskit.cli import main
+
+    def invoke(*args):
+        monkeypatch.setattr(sys, "argv", ["debiaskit", *map(str, args)])
+        monkeypatch.setenv("COLUMNS", "1000")  # rich would otherwise wrap long paths
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return code, " ".join((out.out + out.err).split())
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def toy_run_dir(tmp_path_factory, toy_splits):
+    """A finished 1-epoch MLP run on the toy data (read-only: copy it before changing anything)."""
+    from debiaskit.train import TrainConfig, train_run
+    out = tmp_path_factory.mktemp("faults") / "run"
+    train_run(dataset="biased-toy", params={"rho": 0.95}, out=out, splits=toy_splits, model="mlp",
+              config=TrainConfig(epochs=1, seed=0), progress=False)
+    return out

@@ -34,7 +34,7 @@ def run_main(args, monkeypatch, capsys) -> tuple[int, str]:
 
 def _finished_run(folder: Path) -> dict:
     folder.mkdir(parents=True)
-    write_json(folder / RUN_FILE, {"status": "finished", "marker": "keep me"})
+    write_json(folder / RUN_FILE, {"kind": "train", "status": "finished", "marker": "keep me"})
     (folder / "model.safetensors").write_bytes(b"old weights")
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
 

@@ -93,7 +93,7 @@ def test_cli_interrupt_keeps_a_partial_folder_and_resume_finishes(toy_run, tmp_p
     res = runner.invoke(app, ["ffw", str(toy_run), "--mode", "structured", "--out", str(out), *FAST])
     assert res.exit_code != 0 and "--resume" in res.output
     partial = tmp_path / ".i.partial"
-    assert (partial / "checkpoint.json").is_file() and not out.exists()
+    assert (partial / "checkpoint.safetensors").is_file() and not out.exists()
     monkeypatch.setattr(search._Search, "run_epoch", real)
     res = runner.invoke(app, ["ffw", str(toy_run), "--mode", "structured", "--out", str(out), *FAST])
     assert res.exit_code != 0 and "--resume" in str(res.exception)

@@ -107,7 +107,7 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(planted, tmp_path):
     ckpt = tmp_path / "partial"
     with pytest.raises(KeyboardInterrupt):
         find_fantastic_weights(Planted(), checkpoint_dir=ckpt, callback=stop_at(8), **kw)
-    assert (ckpt / "checkpoint.safetensors").is_file() and (ckpt / "checkpoint.json").is_file()
+    assert (ckpt / "checkpoint.safetensors").is_file()
     with pytest.raises(ConfigError, match="other settings"):
         find_fantastic_weights(Planted(), checkpoint_dir=ckpt, resume=True, **{**kw, "gamma": 5})
     resumed = find_fantastic_weights(Planted(), checkpoint_dir=ckpt, resume=True, **kw)

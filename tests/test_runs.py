@@ -9,14 +9,19 @@ from safetensors.torch import save_file
 
 from debiaskit.errors import DataError, ModelError, RunExistsError
 from debiaskit.models import build_model
-from debiaskit.runs import (RUN_FILE, WEIGHTS_FILE, atomic_folder, check_writable, load_run, load_weights,
-                            read_json, save_weights, write_json)
+from debiaskit._io import RUN_FOLDER, check_output
+from debiaskit.runs import RUN_FILE, WEIGHTS_FILE, load_run, load_weights, read_json, save_weights, write_json
+from debiaskit.runs import atomic_folder as _atomic_folder
+
+
+def atomic_folder(out, **kw):
+    return _atomic_folder(out, kind=RUN_FOLDER, **kw)
 
 
 def _finished_run(folder, *, marker="old"):
     folder.mkdir(parents=True)
-    write_json(folder / RUN_FILE, {"status": "finished", "marker": marker})
-    (folder / "payload.txt").write_text(marker)
+    write_json(folder / RUN_FILE, {"kind": "train", "status": "finished", "marker": marker})
+    (folder / "result.json").write_text(marker)
 
 
 def _leftovers(parent, name):
@@ -46,11 +51,11 @@ def test_refuses_finished_run_without_force(tmp_path):
     with pytest.raises(RunExistsError, match="is a finished run; choose another --out or pass --force"):
         with atomic_folder(out) as staging:
             (staging / "new.txt").write_text("new")
-    assert (out / "payload.txt").read_text() == "old" and not (out / "new.txt").exists()
+    assert (out / "result.json").read_text() == "old" and not (out / "new.txt").exists()
     assert _leftovers(tmp_path, "run") == []
     (tmp_path / "plain").mkdir()
-    with pytest.raises(RunExistsError, match="an existing folder"):
-        check_writable(tmp_path / "plain", force=False)
+    with pytest.raises(RunExistsError, match="an existing folder that is not a finished run"):
+        check_output(tmp_path / "plain", kind=RUN_FOLDER, force=True)
 
 
 def test_force_replaces_and_failure_with_force_keeps_old(tmp_path):
@@ -58,12 +63,12 @@ def test_force_replaces_and_failure_with_force_keeps_old(tmp_path):
     _finished_run(out)
     with pytest.raises(ValueError):
         with atomic_folder(out, force=True) as staging:
-            (staging / "payload.txt").write_text("new")
+            (staging / "result.json").write_text("new")
             raise ValueError("fail midway")
-    assert (out / "payload.txt").read_text() == "old"  # a failed forced run keeps the old one
+    assert (out / "result.json").read_text() == "old"  # a failed forced run keeps the old one
     with atomic_folder(out, force=True) as staging:
-        (staging / "payload.txt").write_text("new")
-    assert (out / "payload.txt").read_text() == "new" and not (out / RUN_FILE).exists()
+        (staging / "result.json").write_text("new")
+    assert (out / "result.json").read_text() == "new" and not (out / RUN_FILE).exists()
     assert _leftovers(tmp_path, "run") == []
 
 
@@ -105,7 +110,7 @@ def test_load_run_round_trip(tmp_path, toy_splits):
     with atomic_folder(out) as staging:
         save_weights(model, staging / WEIGHTS_FILE)
         write_json(staging / RUN_FILE, {
-            "status": "finished", "weights": WEIGHTS_FILE, "data": toy_splits.spec,
+            "kind": "train", "status": "finished", "weights": WEIGHTS_FILE, "data": toy_splits.spec,
             "model": {"name": "simple-conv-small", "num_classes": 10, "input_shape": list(shape), "head": "fc"}})
     run = load_run(out)
     assert run.head == "fc" and not run.model.training
@@ -120,10 +125,10 @@ def test_load_run_errors(tmp_path):
         load_run(tmp_path / "missing")
     (tmp_path / "unfinished").mkdir()
     write_json(tmp_path / "unfinished" / RUN_FILE, {"status": "running"})
-    with pytest.raises(DataError, match="not a finished debiaskit run"):
+    with pytest.raises(DataError, match="not a finished debiaskit folder"):
         load_run(tmp_path / "unfinished")
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(DataError, match="not valid JSON"):
+    with pytest.raises(DataError, match="is damaged \\(not valid JSON"):
         read_json(tmp_path / "bad.json")
 
 

@@ -22,4 +22,16 @@ class ModelError(DebiaskitError):
 
 
 class RunExistsError(DebiaskitError):
-    """A finished run would be overwritten without ``force``."""
+    """An output folder exists and would be replaced without ``force`` (or cannot be replaced at all)."""
+
+
+class OutputError(DebiaskitError):
+    """An output cannot be written: refused destination, busy, read-only, disk full."""
+
+
+class OutputBusyError(OutputError):
+    """Another process is writing the same output right now."""
+
+
+class DamagedError(DataError):
+    """A file debiaskit wrote earlier is truncated, invalid or inconsistent."""

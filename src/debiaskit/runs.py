@@ -1,33 +1,40 @@
-"""Run folders: atomic writes, safetensors weights, and JSON metadata that rebuilds model and data.
+"""Run folders: safetensors weights and a typed ``run.json`` that rebuilds model and data exactly.
 
-A finished run folder holds ``run.json`` (with ``"status": "finished"``) and ``model.safetensors``.
-Folders are written into a hidden sibling and renamed into place only when complete, so an
-interrupted or failed command never leaves a half-written run behind, and a finished run is never
-replaced without ``force``.
+A finished run folder holds ``run.json`` (a :class:`~debiaskit._schema.RunRecord`, validated on every
+read) and ``model.safetensors``. It is written through :func:`debiaskit._io.atomic_folder` (atomic,
+exclusive, never replacing anything but a finished run, and that only with ``force``) by
+:func:`save_run`, the one writer of run folders.
+
+Example::
+
+    run = load_run("runs/r1")
+    run.record.model.num_classes, run.head, run.splits().test
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import platform
-import shutil
 import sys
-import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .errors import DataError, ModelError, RunExistsError
+from ._io import RUN_FOLDER, atomic_folder, read_json, save_tensors, write_json, write_text
+from ._schema import (SCHEMA_VERSION, DataRecord, FFWRecord, MethodRecord, ModelRecord, Record, RunRecord, SchemaError,
+                      TrainRecord, migrate)
+from .errors import DamagedError, DataError, ModelError
 
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
+
+__all__ = ["RUN_FILE", "WEIGHTS_FILE", "RUN_FOLDER", "SCHEMA_VERSION", "Run", "RunRecord", "ModelRecord", "DataRecord",
+           "TrainRecord", "MethodRecord", "FFWRecord", "SchemaError", "atomic_folder",
+           "check_finite", "inner_path", "is_finished", "load_run", "load_weights", "package_versions",
+           "read_json", "read_record", "read_run_record", "save_run", "save_weights", "write_json", "write_record",
+           "write_text"]
 
 
 def package_versions() -> dict[str, str]:
@@ -39,91 +46,7 @@ def package_versions() -> dict[str, str]:
             "safetensors": safetensors.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename); NaN becomes null so any JSON reader can load it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_json_safe(obj), f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from exc
-
-
-def is_finished(folder: Path) -> bool:
-    f = Path(folder) / RUN_FILE
-    if not f.is_file():
-        return False
-    try:
-        return json.loads(f.read_text()).get("status") == "finished"
-    except (json.JSONDecodeError, OSError):
-        return False
-
-
-def check_writable(out: Path, *, force: bool) -> None:
-    """Refuse early (before any work) to overwrite a finished run without ``force``."""
-    out = Path(out)
-    if out.exists() and not force:
-        what = "a finished run" if is_finished(out) else "an existing folder"
-        raise RunExistsError(f"{out} is {what}; choose another --out or pass --force to replace it")
-
-
-@contextmanager
-def atomic_folder(out: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a staging folder; on success it replaces ``out`` in one rename, on failure it is removed."""
-    out = Path(out)
-    check_writable(out, force=force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a run folder gets the usual permissions
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}-{int(time.time())}")
-        out.rename(trash)
-        staging.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        staging.rename(out)
-
+# -- weights -------------------------------------------------------------------------------------------------------
 
 def check_finite(model: nn.Module, *, what: str = "model") -> None:
     for name, tensor in list(model.state_dict().items()):
@@ -132,9 +55,9 @@ def check_finite(model: nn.Module, *, what: str = "model") -> None:
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
+    """safetensors weights (no pickle), written atomically; NaN weights are refused."""
     check_finite(model)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path))
+    save_tensors(path, model.state_dict())
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
@@ -145,7 +68,7 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
-        raise ModelError(f"cannot read {path}: {exc}") from exc
+        raise ModelError(f"cannot read {path}: {exc}; the file is damaged or not a safetensors file") from exc
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches are raised even with strict=False
@@ -156,40 +79,91 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+# -- records -------------------------------------------------------------------------------------------------------
+
+def inner_path(folder: Path, relative: str, *, file: Path, key: str) -> Path:
+    """``folder / relative``, refused when it leaves ``folder`` (``..``, absolute, or through a symlink)."""
+    folder = Path(folder)
+    path = folder / relative
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise SchemaError(f"{file}: {key} is {relative!r}, expected a path inside {folder} (it leads outside)")
+    return path
+
+
+def read_record(path: Path, cls: type[Record], *, default_kind: str) -> Record:
+    """Read, migrate and validate one record file (``run.json``, ``ffw.json``)."""
+    obj = migrate(read_json(path), file=path, default_kind=default_kind)
+    if obj.get("status", "finished") != "finished":
+        raise DataError(f"{path.parent} is not a finished debiaskit folder ({path.name} says status "
+                        f"{obj.get('status')!r}); rerun the command that writes it")
+    return cls.from_dict(obj, file=path)
+
+
+def write_record(path: Path, record: Record) -> None:
+    """Validate ``record`` exactly as a reader will, then write it atomically."""
+    write_json(path, record.validate(file=path).to_dict())
+
+
+def read_run_record(folder: Path) -> RunRecord:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"run folder {folder} does not exist")
+    if not (folder / RUN_FILE).is_file():
+        raise DataError(f"{folder} is not a finished debiaskit run (no {RUN_FILE}); train one with `debiaskit train`")
+    return read_record(folder / RUN_FILE, RunRecord, default_kind="train")
+
+
+def is_finished(folder: Path) -> bool:
+    """True for a folder holding a finished run (a damaged ``run.json`` is not finished)."""
+    try:
+        read_run_record(folder)
+    except (DataError, DamagedError):
+        return False
+    return True
+
+
+def save_run(staging: Path, *, model: nn.Module, record: RunRecord) -> None:
+    """The one writer of run folders: weights + validated ``run.json`` into ``staging`` (an atomic_folder)."""
+    record.schema_version = SCHEMA_VERSION
+    record.versions = record.versions or package_versions()
+    save_weights(model, inner_path(staging, record.weights, file=staging / RUN_FILE, key="weights"))
+    write_record(Path(staging) / RUN_FILE, record)
+
+
 @dataclass
 class Run:
-    """A loaded run: its folder, metadata and (rebuilt) model."""
+    """A loaded run: its folder, typed record and (rebuilt) model."""
 
     folder: Path
-    meta: dict[str, Any]
+    record: RunRecord
     model: nn.Module
 
     @property
+    def meta(self) -> dict[str, Any]:
+        """``run.json`` as a plain dict (the validated, migrated record)."""
+        return self.record.to_dict()
+
+    @property
     def head(self) -> str:
-        return self.meta["model"]["head"]
+        return self.record.model.head
 
     def splits(self):
         from .data import splits_from_spec
-        return splits_from_spec(self.meta["data"])
+        return splits_from_spec(self.record.data.spec())
 
 
 def load_run(folder: Path, *, model: nn.Module | None = None, source_changed: str = "warn") -> Run:
-    """Rebuild the model of a finished run folder and load its weights.
+    """Rebuild the model of a finished run folder and load its weights (``run.json`` validated first).
 
     A user model (``package.module:factory``) is re-imported (see :func:`debiaskit.models.rebuild_model`:
     ``source_changed`` = "warn" or "refuse" when its source file changed since training); ``model``: your
     own instance (or factory) for a run whose model was given in Python.
     """
     from .models import rebuild_model
-
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"run folder {folder} does not exist")
-    if not is_finished(folder):
-        raise DataError(f"{folder} is not a finished debiaskit run (no {RUN_FILE} with status 'finished')")
-    meta = read_json(folder / RUN_FILE)
-    weights = folder / meta.get("weights", WEIGHTS_FILE)
-    net = rebuild_model(meta["model"], load=lambda m: load_weights(m, weights), source_changed=source_changed,
+    record = read_run_record(folder)
+    weights = inner_path(folder, record.weights, file=folder / RUN_FILE, key="weights")
+    net = rebuild_model(record.model, load=lambda m: load_weights(m, weights), source_changed=source_changed,
                         model=model)
     net.eval()
-    return Run(folder=folder, meta=meta, model=net)
+    return Run(folder=folder, record=record, model=net)

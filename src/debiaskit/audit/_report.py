@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..runs import write_json, write_text
+from .._io import write_json, write_text
 from ._audit import AuditReport
 
 CONVENTIONS = ("accuracy = sample-weighted over the evaluation split; mean group = unweighted mean over "
@@ -118,7 +118,7 @@ def write_report(report: AuditReport, folder: Path, *, title: str = "Bias audit"
     """Write ``audit.json``, ``report.md``, ``group_accuracy.png`` and ``bottleneck.png`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    payload = report.as_dict()
+    payload = {"kind": "audit", "schema_version": 1, **report.as_dict()}  # kind: what `--force` may replace
     payload["conventions"] = CONVENTIONS
     if extra:
         payload.update(extra)

@@ -1,29 +1,31 @@
 """Audit a run folder made by ``debiaskit train`` (or any folder with run.json + weights)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from ..runs import atomic_folder, load_run
+from .._io import AUDIT_FOLDER, atomic_folder
+from .._validate import check_device
+from ..runs import load_run
 from ._audit import AuditReport, audit_model
 from ._report import write_report
 
 
 def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: str = "cpu",
-              counterfactual: bool = True) -> tuple[AuditReport, Path]:
-    """Rebuild the run's model and data, audit it, and write the report to ``RUN_DIR/audit``.
+              counterfactual: bool = True, force: bool = False) -> tuple[AuditReport, Path]:
+    """Rebuild the run's model and data, audit it, and write the report to ``out`` (default ``RUN_DIR/audit``).
 
-    The audit is a derived artefact: it replaces an earlier audit of the same run atomically.
+    ``out`` may only be a new folder or, with ``force``, an earlier audit report folder: never the run
+    itself, a folder holding it, or anything else (see :mod:`debiaskit._io`).
     """
-    run = load_run(run_dir)
-    splits = run.splits()
-    report = audit_model(run.model, test=splits.test, unbiased_train=splits.unbiased_train,
-                         unbiased_val=splits.unbiased_val, head=run.head, seed=seed, device=device,
-                         counterfactual=counterfactual)
-    report.meta = {"run": str(run.folder), "dataset": splits.spec["dataset"], "params": splits.spec["params"],
-                   "model": run.meta["model"]["name"], "method": run.meta.get("method", {}).get("name", "vanilla"),
-                   "seed": seed}
+    check_device(device)
     target = Path(out) if out is not None else Path(run_dir) / "audit"
-    with atomic_folder(target, force=True) as staging:
+    run = load_run(run_dir)  # the input is checked first, then the output, then the compute runs
+    with atomic_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:
+        splits = run.splits()
+        report = audit_model(run.model, test=splits.test, unbiased_train=splits.unbiased_train,
+                             unbiased_val=splits.unbiased_val, head=run.head, seed=seed, device=device,
+                             counterfactual=counterfactual)
+        report.meta = {"run": str(run.folder), "dataset": splits.spec["dataset"], "params": splits.spec["params"],
+                       "model": run.record.model.name, "method": run.record.method_name, "seed": seed}
         write_report(report, staging, title=f"Bias audit of {Path(run_dir).name}")
     return report, target

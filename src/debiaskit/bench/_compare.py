@@ -40,8 +40,9 @@ from ..data import make_splits
 from ..errors import ConfigError, DebiaskitError
 from ..methods import METHODS, REFERENCE_METHOD, MethodInfo, build_method, get_method, method_defaults
 from ..models import build_model, collect_outputs, default_head_name
-from ..runs import (RUN_FILE, WEIGHTS_FILE, atomic_folder, is_finished, load_run, package_versions, read_json,
-                    save_weights, write_json, write_text)
+from .._io import BENCH_CELL, atomic_folder
+from ..runs import (RUN_FILE, DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, is_finished, load_run,
+                    read_json, save_run, write_json, write_text)
 from ..train import TrainConfig, fit
 from ._common import fmt_pm, load_cell, machine_description, mean_std
 
@@ -211,21 +212,19 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
               "seed": seed, "wall_time_s": wall, "audit_time_s": report.wall_time_s, "reused_run": reused,
               "selected_epoch": selected_epoch, "selection": info.selection_rule, "method_config": method_config,
               "flags": _flags(info), **_headline(report), "method_state": state}
-    with atomic_folder(folder, force=True) as staging:
+    with atomic_folder(folder, kind=BENCH_CELL, force=True) as staging:
         if _same_architecture(model, reference):
-            save_weights(model, staging / WEIGHTS_FILE)
-            write_json(staging / RUN_FILE, {
-                "kind": "compare-cell", "status": "finished",
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "model": {"name": suite.model, "num_classes": splits.num_classes,
-                          "input_shape": list(splits.train.input_shape), "head": head},
-                "data": splits.spec,
-                "train": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
-                          "weight_decay": config.weight_decay, "optimizer": config.optimizer, "seed": seed,
-                          "extra": {}, "selection": info.selection_rule, "selected_epoch": selected_epoch},
-                "method": {"name": method, "uses_bias_labels": info.uses_bias_labels, "config": method_config,
-                           "state": state},
-                "wall_time_s": wall, "device": "cpu", "versions": package_versions(), "weights": WEIGHTS_FILE})
+            save_run(staging, model=model, record=RunRecord(
+                kind="compare-cell", created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                model=ModelRecord(name=suite.model, num_classes=splits.num_classes,
+                                  input_shape=list(splits.train.input_shape), head=head),
+                data=DataRecord.from_dict(splits.spec, file="the splits' spec", prefix="data"),
+                train=TrainRecord(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                                  weight_decay=config.weight_decay, optimizer=config.optimizer, seed=seed,
+                                  selection=info.selection_rule, selected_epoch=selected_epoch),
+                method=MethodRecord(name=method, uses_bias_labels=info.uses_bias_labels, config=method_config,
+                                    state=state),
+                wall_time_s=wall, device="cpu"))
         write_json(staging / RESULT_FILE, result)
     echo(f"  {suite.name} {suite.param}={value} seed={seed} {method}: task {100 * result['task_accuracy']:.2f} "
          f"conflicting {100 * (result['conflicting_accuracy'] or float('nan')):.2f} in {wall:.0f}s")

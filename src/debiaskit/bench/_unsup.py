@@ -33,7 +33,8 @@ from ..data import make_splits
 from ..errors import ConfigError
 from ..methods import METHODS, build_method, get_method, method_config
 from ..models import build_model, collect_outputs, default_head_name
-from ..runs import atomic_folder, is_finished, load_run, read_json, save_weights, write_json, write_text
+from .._io import BENCH_CELL, atomic_folder
+from ..runs import is_finished, load_run, read_json, save_weights, write_json, write_text
 from ..train import TrainConfig, fit
 from ._common import machine_description
 
@@ -208,7 +209,7 @@ def run_unsup_cell(cell: dict[str, Any], *, root: Path, progress: bool = False,
         res["test_last_epoch"] = evaluate(model.eval(), splits.test, head=head)
     for name, extra in method.extra_models(fitted.model).items():
         res[f"test_{name}"] = evaluate(extra, splits.test, head=head)
-    with atomic_folder(folder, force=True) as staging:   # force: replaces only a folder without result.json
+    with atomic_folder(folder, kind=BENCH_CELL, force=True) as staging:   # replaces only a benchmark cell
         save_weights(fitted.model, staging / "model.safetensors")
         write_json(staging / RESULT_FILE, res)
     echo(f"  {c['tag']} {c['dataset']} rho={c['rho']} seed={c['seed']}: task {100 * res['test']['task']:.2f} "

@@ -35,7 +35,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
     from ..ffw import ffw_run
-    from ..ffw._run import before_after_rows, partial_dir
+    from ..ffw._run import before_after_rows, has_checkpoint, partial_dir
     try:
         res = ffw_run(run_dir, mode=mode, gamma=gamma, include_head=include_head, out=out, resume=resume,
                       force=force, bias_labels=bias_labels, seed=seed, device=device,
@@ -45,8 +45,12 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)
-        console.print(f"[yellow]interrupted[/yellow]: the last finished epoch and the best hard-masked state so far "
-                      f"are kept in {partial_dir(target)}; continue with the same command plus --resume")
+        if has_checkpoint(partial_dir(target)):
+            console.print(f"[yellow]interrupted[/yellow]: the last finished epoch and the best hard-masked state so far "
+                          f"are kept in {partial_dir(target)}; continue with the same command plus --resume")
+        else:
+            console.print("[yellow]interrupted[/yellow] before the first search epoch finished: nothing to resume; "
+                          "rerun the same command to start again")
         raise
     info = res.info
     table = Table(title=f"FFW {mode} (gamma {gamma:g}) on {run_dir}")

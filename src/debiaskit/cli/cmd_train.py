@@ -26,7 +26,7 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           optimizer: str = "adam", seed: int = 0,
           data_seed: Optional[int] = typer.Option(None, help="seed of the dataset draw (default: --seed)"),
           unbiased_size: int = 10000, train_size: Optional[int] = None, test_size: Optional[int] = None,
-          device: str = "cpu", force: bool = typer.Option(False, help="replace an existing run folder"),
+          device: str = "cpu", force: bool = typer.Option(False, help="replace an existing run folder (only a finished run)"),
           progress: bool = True,
           record_dynamics: bool = typer.Option(False, "--record-dynamics", help="also write RUN/dynamics.safetensors (per-sample loss, correctness and attractor per epoch) for `debiaskit discover`")) -> None:
     """Train a model on a biased dataset and write a run folder."""
@@ -75,10 +75,11 @@ def _method(name: str, dataset: str):
 
 @app.command()
 def audit(run_dir: Path, out: Optional[Path] = typer.Option(None, help="report folder (default RUN_DIR/audit)"),
-          seed: int = 0, device: str = "cpu") -> None:
+          seed: int = 0, device: str = "cpu",
+          force: bool = typer.Option(False, help="replace an earlier audit report folder at --out")) -> None:
     """Audit a trained run for bias: table on the terminal, JSON + Markdown + plots on disk."""
     from ..audit import audit_run, render_table
-    report, folder = audit_run(run_dir, out=out, seed=seed, device=device)
+    report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force)
     console.print(render_table(report, title=f"Bias audit of {run_dir}"))
     console.print(f"report: {folder / 'report.md'}  json: {folder / 'audit.json'}  plots: {folder}/*.png")
 

@@ -8,12 +8,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..data import BiasDataset, as_bias_data, relabel_bias
 from ..errors import DataError
-from ..runs import atomic_folder, check_writable, load_run, write_json, write_text
+from .._io import DISCOVER_FOLDER, atomic_folder, save_tensors, write_json, write_text
+from .._validate import check_device
+from ..runs import load_run
 from ._geometry import attractor_rule, class_centroids
 from ._layers import BOTTLENECK, candidate_layers, collect_layer_features
 
@@ -255,42 +257,42 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
         raise DataError(f"dynamics must be 'auto', 'use' or 'off', got {dynamics!r}")
     run_dir = Path(run_dir)
     target = run_dir / DISCOVER_DIR
-    check_writable(target, force=force)
+    check_device(device)
     run = load_run(run_dir)
-    dyn = None if dynamics == "off" else load_dynamics(run_dir)
-    if dynamics == "use" and dyn is None:
-        raise DataError(f"{run_dir} has no dynamics.safetensors; train it with `debiaskit train --record-dynamics`")
-    splits = run.splits()
-    data = {name: getattr(splits, name) for name in SPLITS}
-    found, scan = scan_layers(run.model, train=data["train"], others={k: v for k, v in data.items() if k != "train"},
-                              head=run.head, device=device, layer=layer)
-    extra: dict[str, Discovery] = {}
-    if dyn is not None:
-        by_dynamics = discover_from_dynamics(dyn, data["train"].y, num_classes=splits.num_classes)
-        if dynamics == "use":
-            extra["train.geometry"], found["train"] = found["train"], by_dynamics
-        else:
-            extra["train.dynamics"] = by_dynamics
-    tensors: dict[str, Tensor] = {}
-    for name, f in {**found, **extra}.items():
-        tensors[f"{name}.pseudo_bias"] = f.pseudo_bias.long().contiguous()
-        tensors[f"{name}.conflict_score"] = f.conflict_score.float().contiguous()
-        tensors[f"{name}.confidence"] = f.confidence.float().contiguous()
-    quality = {name: discovery_quality(found[name], data[name]) for name in SPLITS}
-    quality.update({name: discovery_quality(f, data["train"]) for name, f in extra.items()})
-    chosen = found["unbiased_val"].source
-    report = {"run": str(run_dir), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "rule": "attractor: centroids of correctly classified training samples at layer "
-                      f"{chosen!r} (head {run.head!r}; spatially pooled); b^ = nearest centroid; flagged when b^ != y",
-              "layer": {"requested": layer or BOTTLENECK, "chosen": chosen, "scan": scan,
-                        "selection": "label-free: most training samples flagged among layers flagging a minority"
-                                     if layer == "auto" else "given"},
-              "training_dynamics": _dynamics_note(dyn, dynamics),
-              "sources": {name: f.source for name, f in {**found, **extra}.items()},
-              "true_labels_used_for": "this quality report only", "quality": quality,
-              "flagged": {name: int(f.conflicting.sum()) for name, f in {**found, **extra}.items()}}
-    with atomic_folder(target, force=force) as staging:
-        save_file(tensors, str(staging / PSEUDO_FILE))
+    with atomic_folder(target, kind=DISCOVER_FOLDER, force=force) as staging:  # before any compute
+        dyn = None if dynamics == "off" else load_dynamics(run_dir)
+        if dynamics == "use" and dyn is None:
+            raise DataError(f"{run_dir} has no dynamics.safetensors; train it with `debiaskit train --record-dynamics`")
+        splits = run.splits()
+        data = {name: getattr(splits, name) for name in SPLITS}
+        found, scan = scan_layers(run.model, train=data["train"], others={k: v for k, v in data.items() if k != "train"},
+                                  head=run.head, device=device, layer=layer)
+        extra: dict[str, Discovery] = {}
+        if dyn is not None:
+            by_dynamics = discover_from_dynamics(dyn, data["train"].y, num_classes=splits.num_classes)
+            if dynamics == "use":
+                extra["train.geometry"], found["train"] = found["train"], by_dynamics
+            else:
+                extra["train.dynamics"] = by_dynamics
+        tensors: dict[str, Tensor] = {}
+        for name, f in {**found, **extra}.items():
+            tensors[f"{name}.pseudo_bias"] = f.pseudo_bias.long().contiguous()
+            tensors[f"{name}.conflict_score"] = f.conflict_score.float().contiguous()
+            tensors[f"{name}.confidence"] = f.confidence.float().contiguous()
+        quality = {name: discovery_quality(found[name], data[name]) for name in SPLITS}
+        quality.update({name: discovery_quality(f, data["train"]) for name, f in extra.items()})
+        chosen = found["unbiased_val"].source
+        report = {"kind": "discover", "run": str(run_dir), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                  "rule": "attractor: centroids of correctly classified training samples at layer "
+                          f"{chosen!r} (head {run.head!r}; spatially pooled); b^ = nearest centroid; flagged when b^ != y",
+                  "layer": {"requested": layer or BOTTLENECK, "chosen": chosen, "scan": scan,
+                            "selection": "label-free: most training samples flagged among layers flagging a minority"
+                                         if layer == "auto" else "given"},
+                  "training_dynamics": _dynamics_note(dyn, dynamics),
+                  "sources": {name: f.source for name, f in {**found, **extra}.items()},
+                  "true_labels_used_for": "this quality report only", "quality": quality,
+                  "flagged": {name: int(f.conflicting.sum()) for name, f in {**found, **extra}.items()}}
+        save_tensors(staging / PSEUDO_FILE, tensors)
         write_json(staging / "report.json", report)
         write_text(staging / "report.md", _markdown(report))
     return target, report

@@ -271,8 +271,8 @@ def structured_sparsity(masks: dict[str, Tensor], model: nn.Module, pruned: nn.M
 
 
 def save_masks(masks: dict[str, Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous().to(torch.uint8) for k, v in masks.items()}, str(path))
+    from .._io import save_tensors
+    save_tensors(path, {k: v.to(torch.uint8) for k, v in masks.items()})
 
 
 def load_masks(path: Path) -> dict[str, Tensor]:

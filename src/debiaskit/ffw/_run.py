@@ -19,10 +19,12 @@ from torch import nn
 
 from ..audit import audit_model
 from ..data import BiasDataset, as_bias_data, iterate_batches, relabel_bias
+from .._io import FFW_FOLDER, atomic_folder, log, write_text
+from .._validate import check_device
 from ..errors import ConfigError, DataError, RunExistsError
-from ..runs import atomic_folder, check_writable, load_run, package_versions, read_json, save_weights, write_json, write_text
-from ._export import count_parameters, inference_time, resize_like, save_masks
-from ._search import FFWConfig, FFWResult, find_fantastic_weights
+from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record
+from ._export import count_parameters, inference_time, save_masks
+from ._search import CHECKPOINT_FILE, FFWConfig, FFWResult, find_fantastic_weights
 
 FFW_FILE = "ffw.json"
 PSEUDO_BIAS_FILE = Path("discover") / "pseudo_bias.safetensors"
@@ -102,17 +104,49 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
         raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
     config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)  # fail fast
     start = time.perf_counter()
+    check_device(device)
     out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels)
-    partial = partial_dir(out)
-    check_writable(out, force=force)
+    run = load_run(run_dir)
+    with atomic_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:  # before any compute
+        resume = _prepare_partial(partial_dir(out), resume=resume, force=force)
+        result, before, after, speed = _search_and_audit(run, run_dir, config, bias_labels=bias_labels, seed=seed,
+                                                         device=device, partial=partial_dir(out), resume=resume,
+                                                         callback=callback, audit_counterfactual=audit_counterfactual)
+        info = _ffw_info(run, run_dir, config, result, before, after, speed, command=command, mode=mode,
+                         bias_labels=bias_labels, wall=time.perf_counter() - start)
+        save_weights(result.model, staging / "model.safetensors")
+        save_masks(result.masks, staging / "masks.safetensors")
+        write_record(staging / FFW_FILE, FFWRecord.from_dict(info, file=staging / FFW_FILE))
+        write_text(staging / "report.md", report_markdown(info))
+    shutil.rmtree(partial_dir(out), ignore_errors=True)
+    return FFWRun(result=result, before=before, after=after, out=out, info=info)
+
+
+def has_checkpoint(partial: Path) -> bool:
+    """True when ``partial`` holds a checkpoint to resume from (an empty folder does not)."""
+    return (Path(partial) / CHECKPOINT_FILE).is_file()
+
+
+def _prepare_partial(partial: Path, *, resume: bool, force: bool) -> bool:
+    """Decide what to do with an interrupted search's folder; returns whether to resume."""
+    if partial.exists() and not has_checkpoint(partial):
+        # interrupted (or a disk error) before the first checkpoint: nothing to resume, nothing to lose
+        shutil.rmtree(partial)
+        if resume:
+            log.warning("nothing to resume in %s (interrupted before the first checkpoint); starting afresh", partial)
+            return False
+    if resume and not partial.exists():
+        raise ConfigError(f"nothing to resume: {partial} does not exist (start without --resume)")
     if partial.exists() and not resume:
         if not force:
             raise RunExistsError(f"an interrupted FFW search is kept in {partial}; pass --resume to continue it "
                                  "or --force to start afresh")
         shutil.rmtree(partial)
-    if resume and not partial.exists():
-        raise ConfigError(f"nothing to resume: {partial} does not exist (start without --resume)")
-    run = load_run(run_dir)
+    return resume
+
+
+def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str, seed: int, device: str,
+                      partial: Path, resume: bool, callback, audit_counterfactual: bool):
     splits = run.splits()
     train, val = splits.unbiased_train, splits.unbiased_val
     if bias_labels == "discovered":
@@ -120,14 +154,22 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
     audit_kw = dict(test=splits.test, unbiased_train=splits.unbiased_train, unbiased_val=splits.unbiased_val,
                     head=run.head, seed=seed, counterfactual=audit_counterfactual, device=device)
     before = audit_model(run.model, **audit_kw)
-    result = find_fantastic_weights(run.model, head=run.head, train=train, val=val, config=config, device=device,
-                                    checkpoint_dir=partial, resume=resume, callback=callback,
-                                    progress=False)
+    try:
+        result = find_fantastic_weights(run.model, head=run.head, train=train, val=val, config=config, device=device,
+                                        checkpoint_dir=partial, resume=resume, callback=callback,
+                                        progress=False)
+    except BaseException:
+        if partial.exists() and not has_checkpoint(partial):
+            shutil.rmtree(partial, ignore_errors=True)  # e.g. a full disk at the first checkpoint
+        raise
     after = result.audit(**{k: v for k, v in audit_kw.items() if k != "head"})
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
-    speed = _speed(result, run.model, x)
-    wall = time.perf_counter() - start
-    info = {
+    return result, before, after, _speed(result, run.model, x)
+
+
+def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, after, speed, *, command, mode: str,
+              bias_labels: str, wall: float) -> dict[str, Any]:
+    return {
         "kind": "ffw", "status": "finished",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "run": str(Path(run_dir)), "mode": mode, "bias_labels": bias_labels,
@@ -145,13 +187,6 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
                              else "true bias labels of D^u_train / D^u_val"),
         "versions": package_versions(), "weights": "model.safetensors", "masks": "masks.safetensors",
     }
-    with atomic_folder(out, force=force) as staging:
-        save_weights(result.model, staging / "model.safetensors")
-        save_masks(result.masks, staging / "masks.safetensors")
-        write_json(staging / FFW_FILE, info)
-        write_text(staging / "report.md", report_markdown(info))
-    shutil.rmtree(partial, ignore_errors=True)
-    return FFWRun(result=result, before=before, after=after, out=out, info=info)
 
 
 def load_ffw_model(folder: Path, **kwargs) -> nn.Module:

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..errors import ModelError
 from ..models import model_reference, rebuild_model
-from ..runs import atomic_folder, load_weights, package_versions, read_json, save_weights, write_json
+from .._io import FFW_FOLDER, atomic_folder
+from ..runs import FFWRecord, inner_path, load_weights, package_versions, read_record, save_weights, write_record
 from ._export import resize_like, save_masks
 
 FFW_FILE = "ffw.json"
@@ -68,10 +69,10 @@ def save_result(result, folder: Path | str, *, model: str | Callable | None = No
                           "hard-masked model with the highest task accuracy on D^u_val"),
             "versions": package_versions(), "weights": "model.safetensors", "masks": "masks.safetensors",
             **(extra or {})}
-    with atomic_folder(folder, force=force) as staging:
+    with atomic_folder(folder, kind=FFW_FOLDER, force=force) as staging:
         save_weights(result.model, staging / "model.safetensors")
         save_masks(result.masks, staging / "masks.safetensors")
-        write_json(staging / FFW_FILE, info)
+        write_record(staging / FFW_FILE, FFWRecord.from_dict(info, file=staging / FFW_FILE))
     return folder
 
 
@@ -84,15 +85,14 @@ def load_pruned_model(folder: Path | str, *, model: nn.Module | Callable[..., nn
     :func:`debiaskit.models.rebuild_model`.
     """
     folder = Path(folder)
-    info = read_json(folder / FFW_FILE)
-    if info.get("status") != "finished":
-        raise ModelError(f"{folder} is not a finished FFW folder ({FFW_FILE} says status {info.get('status')!r})")
-    spec = info["model"]
-    weights = folder / info.get("weights", "model.safetensors")
+    if not (folder / FFW_FILE).is_file():
+        raise ModelError(f"{folder} is not a finished FFW folder (no {FFW_FILE})")
+    record = read_record(folder / FFW_FILE, FFWRecord, default_kind="ffw")
+    weights = inner_path(folder, record.weights, file=folder / FFW_FILE, key="weights")
 
     def load(net: nn.Module) -> None:
-        if spec.get("shapes"):
-            resize_like(net, spec["shapes"])
+        if record.model.shapes:
+            resize_like(net, record.model.shapes)
         load_weights(net, weights)
 
-    return rebuild_model(spec, load=load, source_changed=source_changed, model=model).eval()
+    return rebuild_model(record.model, load=load, source_changed=source_changed, model=model).eval()

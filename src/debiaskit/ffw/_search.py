@@ -33,8 +33,8 @@ from ..models import forward_with_bottleneck, head_shape, resolve_head
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
 
-CHECKPOINT_TENSORS = "checkpoint.safetensors"
-CHECKPOINT_JSON = "checkpoint.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"   # tensors + JSON state in one file (debiaskit._io.save_checkpoint)
+CHECKPOINT_KIND = "ffw-search"
 
 
 @dataclass
@@ -357,48 +357,40 @@ class _Search:
             self.end_level(soft, hard)
         return rec
 
-    # ---- checkpoint (safetensors + JSON, no pickle) ----
+    # ---- checkpoint: one safetensors file, JSON state in its header (no pickle) ----
     def save_checkpoint(self, folder: Path, *, wall_time_s: float) -> None:
-        from safetensors.torch import save_file
-
-        from ..runs import write_json
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"gate.{k}": v.contiguous() for k, v in self.gated.gate_tensors().items()}
-        tensors.update({f"best.{k}": v.contiguous() for k, v in (self.best_gates or {}).items()})
+        from .._io import save_checkpoint
+        tensors = {f"gate.{k}": v for k, v in self.gated.gate_tensors().items()}
+        tensors.update({f"best.{k}": v for k, v in (self.best_gates or {}).items()})
         meta: dict[str, Any] = {"optimizers": {}}
         for i, h in enumerate(self.heads):
-            tensors.update({f"head{i}.{k}": v.detach().contiguous() for k, v in h.state_dict().items()})
+            tensors.update({f"head{i}.{k}": v.detach() for k, v in h.state_dict().items()})
         for tag, opt in [("gateopt", self.gate_opt)] + [(f"headopt{i}", o) for i, o in enumerate(self.head_opts)]:
             sd = opt.state_dict()
             scalars = {}
             for idx, st in sd["state"].items():
                 for k, v in st.items():
                     if torch.is_tensor(v):
-                        tensors[f"{tag}.{idx}.{k}"] = v.detach().contiguous()
+                        tensors[f"{tag}.{idx}.{k}"] = v.detach()
                     else:
                         scalars[f"{idx}.{k}"] = v
             meta["optimizers"][tag] = {"param_groups": sd["param_groups"], "scalars": scalars}
-        tmp = folder / f".{CHECKPOINT_TENSORS}.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(folder / CHECKPOINT_TENSORS)
         meta.update({"config": asdict(self.cfg), "progress": self.progress, "history": self.history,
                      "best": self.best, "step": self.step, "wall_time_s": wall_time_s})
-        write_json(folder / CHECKPOINT_JSON, meta)
+        save_checkpoint(Path(folder) / CHECKPOINT_FILE, tensors, meta, kind=CHECKPOINT_KIND)
 
     def load_checkpoint(self, folder: Path) -> float:
-        from safetensors.torch import load_file
-        folder = Path(folder)
-        if not (folder / CHECKPOINT_JSON).is_file() or not (folder / CHECKPOINT_TENSORS).is_file():
-            raise ConfigError(f"nothing to resume in {folder}: no {CHECKPOINT_JSON} / {CHECKPOINT_TENSORS}")
-        meta = json.loads((folder / CHECKPOINT_JSON).read_text())
+        from .._io import load_checkpoint
+        path = Path(folder) / CHECKPOINT_FILE
+        if not path.is_file():
+            raise ConfigError(f"nothing to resume in {folder}: no {CHECKPOINT_FILE}")
+        tensors, meta = load_checkpoint(path, kind=CHECKPOINT_KIND)
         saved = meta["config"]
         ours = json.loads(json.dumps(asdict(self.cfg)))
         diff = sorted(k for k in ours if saved.get(k) != ours[k])
         if diff:
             raise ConfigError(f"the checkpoint in {folder} was made with other settings ({', '.join(f'{k}={saved.get(k)!r}' for k in diff)}); "
                               "resume with the same settings, or start afresh with --force")
-        tensors = load_file(str(folder / CHECKPOINT_TENSORS))
         self.gated.load_gate_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         self.best_gates = best or None

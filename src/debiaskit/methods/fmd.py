@@ -23,7 +23,9 @@ Example::
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import datetime as _dt
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -283,6 +285,35 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
             "influence_max": float(influence.detach().max()), "pool_size": int(len(pool_idx)), "n_bias_pairs": int(len(bias_idx)),
             "n_val": int(len(val_idx)), "damping": damping, "layers": list(layers), "hessian": hessian, "trace": trace}
     return UnlearnResult(model=best[2], info=info)
+
+
+def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, seed: int = 0, top_k: int = 500,
+                pool_size: int = 5000, damping: float = 1e-2, device: str = "cpu") -> tuple[Path, UnlearnResult]:
+    """``debiaskit unlearn``: FMD's step on a finished run, written as a NEW run folder (default ``RUN_DIR-fmd``;
+    the input run is never modified). Its ``run.json`` keeps the parent's model, data and training record."""
+    from .._io import RUN_FOLDER, atomic_folder
+    from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
+    from ..runs import MethodRecord, load_run, save_run
+    for name, value, rule in (("seed", seed, SEED), ("top_k", top_k, POSITIVE_INT),
+                              ("pool_size", pool_size, POSITIVE_INT), ("damping", damping, NON_NEGATIVE)):
+        require(name, value, rule)
+    check_device(device)
+    run_dir = Path(run_dir)
+    target = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-fmd")
+    run = load_run(run_dir)
+    with atomic_folder(target, kind=RUN_FOLDER, force=force, inputs=(run_dir,)) as staging:
+        res = fmd_unlearn(run.model, train=run.splits().train, head=run.head, seed=seed, top_k=top_k,
+                          pool_size=pool_size, damping=damping, device=device)
+        parent = run.record
+        record = replace(parent, kind="unlearn", parent_run=str(run_dir), versions={}, device=str(device),
+                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         weights="model.safetensors", dynamics=None,
+                         method=MethodRecord(name="fmd", uses_bias_labels=False, post_hoc=True, state=res.info,
+                                             config={"seed": seed, "top_k": top_k, "pool_size": pool_size,
+                                                     "damping": damping},
+                                             parent_method=parent.method.to_dict() if parent.method else {}))
+        save_run(staging, model=res.model, record=record)
+    return target, res
 
 
 def apply_fmd(model: nn.Module, *, splits, head: str | None = None, seed: int = 0, **config) -> tuple[nn.Module, dict]:

@@ -141,8 +141,8 @@ class DynamicsRecorder(TrainingMethod):
 
 
 def save_dynamics(tensors: dict[str, Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    from .._io import save_tensors
+    save_tensors(path, tensors)
 
 
 def load_dynamics(run_dir: Path) -> dict[str, Tensor] | None:

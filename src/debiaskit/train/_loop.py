@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Batch, as_bias_data, iterate_batches
+from .._validate import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_device, check_targets, check_training_data,
+                         describe_divergence, require)
 from ..errors import ConfigError, DebiaskitError
 
 
@@ -34,8 +36,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.batch_size <= 0 or not self.lr > 0:
-            raise ConfigError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, {self.lr}")
+        for name, rule in (("epochs", POSITIVE_INT), ("batch_size", POSITIVE_INT), ("lr", POSITIVE),
+                           ("weight_decay", NON_NEGATIVE), ("seed", SEED)):
+            require(name, getattr(self, name), rule)
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
@@ -254,7 +257,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     config = config or TrainConfig()
     method = method or TrainingMethod()
     train_data = as_bias_data(train_data)   # the data contract: any (x, y, b) or (x, y) dataset, kept lazy
-    device = torch.device(device)
+    device = check_device(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     rank, world = _dist_info()
@@ -266,6 +269,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     ncls = num_classes or getattr(train_data, "num_classes", None)
     if ncls is None:
         raise ConfigError("num_classes is required for datasets that do not define it")
+    check_training_data(train_data, num_classes=ncls)
     ctx = TrainContext(model=model, train_data=train_data, config=config, device=device, generator=generator,
                        num_classes=ncls, head=head, val_data=val_data, rank=rank, world_size=world)
     ctx.steps_per_epoch = math.ceil(n / world / config.batch_size)
@@ -287,6 +291,8 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
             for batch in iterate_batches(train_data, batch_size=config.batch_size, indices=order, device=device):
                 if method.uses_bias_labels and batch.b is None:
                     raise DebiaskitError(f"method {method.name} needs bias labels, but the training data has none")
+                if not hasattr(train_data, "y"):  # in-memory targets were checked once, before training
+                    check_targets(batch.y, num_classes=ncls, index=batch.index)
                 stats = method.training_step(batch, ctx)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -296,7 +302,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
             record = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
             record.update(method.end_epoch(ctx))
             if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
-                raise DebiaskitError(f"training diverged at epoch {epoch + 1}: {record}; lower the learning rate")
+                raise DebiaskitError(describe_divergence(train_data, epoch + 1, record))
             if select is not None:
                 score = float(select(method.final_model(ctx)))
                 record["selection_score"] = score

@@ -10,11 +10,17 @@ from typing import Any
 import torch
 
 from ..data import Splits, make_splits
+from .._io import RUN_FOLDER, atomic_folder
+from .._validate import check_device
 from ..models import infer_head, resolve_head
 from ..models._user import instantiate
-from ..runs import RUN_FILE, WEIGHTS_FILE, atomic_folder, check_writable, package_versions, save_weights, write_json
+from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, save_run
 from ._dynamics import DYNAMICS_FILE, DynamicsRecorder, save_dynamics
 from ._loop import FitResult, TrainConfig, TrainingMethod, fit
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-small", model_args: dict | None = None,
@@ -46,29 +52,27 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
                                 model_args={"width": 32}, head="classifier", out=Path("runs/mine"))
     """
     out = Path(out)
-    check_writable(out, force=force)  # fail before spending any compute
     config = config or TrainConfig()
     method = method or TrainingMethod()
+    check_device(device)
     if isinstance(dataset, Splits):
         splits = dataset
-    if splits is None:
-        splits = make_splits(dataset, params=params, seed=config.seed if data_seed is None else data_seed,
-                             unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
-    torch.manual_seed(config.seed)
-    net, model_spec = instantiate(model, args=model_args, num_classes=splits.num_classes,
-                                  input_shape=tuple(splits.train.input_shape))
-    head, _ = resolve_head(net, head or infer_head(net, num_classes=splits.num_classes))  # a wrong name: error now
-    recorder = DynamicsRecorder(method) if record_dynamics else None
-    with atomic_folder(out, force=force) as staging:
-        log_path = staging / "train_log.jsonl"
-        with open(log_path, "w") as log_file:
+    with atomic_folder(out, kind=RUN_FOLDER, force=force) as staging:  # refuses a bad --out before any compute
+        if splits is None:
+            splits = make_splits(dataset, params=params, seed=config.seed if data_seed is None else data_seed,
+                                 unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
+        torch.manual_seed(config.seed)
+        net, model_spec = instantiate(model, args=model_args, num_classes=splits.num_classes,
+                                      input_shape=tuple(splits.train.input_shape))
+        head, _ = resolve_head(net, head or infer_head(net, num_classes=splits.num_classes))  # a wrong name: error now
+        recorder = DynamicsRecorder(method) if record_dynamics else None
+        with open(staging / "train_log.jsonl", "w") as log_file:
             def log(record: dict) -> None:
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
 
             result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
                          head=head, device=device, progress=progress, log=log)
-        save_weights(result.model, staging / WEIGHTS_FILE)
         if recorder is not None:
             recorder.close()
             save_dynamics(recorder.dynamics(), staging / DYNAMICS_FILE)
@@ -76,26 +80,20 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
         flags = method.conflict_flags()
         if flags is not None:   # scored here against the true labels (report only); the method never reads them
             state["pseudo_bias_flags"] = flags.report(splits.train)
-        meta = {
-            "kind": "train",
-            "status": "finished",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {**model_spec, "num_classes": splits.num_classes,
-                      "input_shape": list(splits.train.input_shape), "head": head},
-            "data": splits.spec,
-            "data_summary": {name: split.summary() for name, split in splits.items()},
-            "train": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
-                      "weight_decay": config.weight_decay, "optimizer": config.optimizer, "seed": config.seed,
-                      "extra": config.extra, "selection": result.selection, "selected_epoch": result.selected_epoch},
-            "method": {"name": method.name, "uses_bias_labels": method.uses_bias_labels,
-                       "config": method_config or {}, "state": state},
-            "final_train_metrics": result.history[-1] if result.history else {},
-            "wall_time_s": result.wall_time_s,
-            "device": device,
-            "versions": package_versions(),
-            "weights": WEIGHTS_FILE,
-        }
-        if recorder is not None:
-            meta["dynamics"] = DYNAMICS_FILE
-        write_json(staging / RUN_FILE, meta)
+        record = RunRecord(
+            kind="train", created=_now(),
+            model=ModelRecord.from_dict({**model_spec, "num_classes": splits.num_classes,
+                                         "input_shape": list(splits.train.input_shape), "head": head},
+                                        file="the model's record", prefix="model"),
+            data=DataRecord.from_dict(splits.spec, file="the splits' spec", prefix="data"),
+            data_summary={name: split.summary() for name, split in splits.items()},
+            train=TrainRecord(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                              weight_decay=config.weight_decay, optimizer=config.optimizer, seed=config.seed,
+                              extra=config.extra, selection=result.selection, selected_epoch=result.selected_epoch),
+            method=MethodRecord(name=method.name, uses_bias_labels=method.uses_bias_labels,
+                                config=method_config or {}, state=state),
+            final_train_metrics=result.history[-1] if result.history else {},
+            wall_time_s=result.wall_time_s, device=str(device),
+            dynamics=DYNAMICS_FILE if recorder is not None else None)
+        save_run(staging, model=result.model, record=record)
     return out, result
