@@ -30,9 +30,11 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           progress: bool = True,
           record_dynamics: bool = typer.Option(False, "--record-dynamics", help="also write RUN/dynamics.safetensors (per-sample loss, correctness and attractor per epoch) for `debiaskit discover`")) -> None:
     """Train a model on a biased dataset and write a run folder."""
+    from .._validate import check_device
     from ..data import text_params
     from ..models import parse_model_args
     from ..train import TrainConfig, train_run
+    check_device(device)
     model_args = parse_model_args(model_arg)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       optimizer=optimizer, seed=seed)
@@ -54,11 +56,11 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
 def _user_splits(dataset: str, *, params: dict, seed: int, out: Path, force: bool, **sizes):
     """Your own data (tensors:PATH, folder:DIR): its splits, said how they were made, with realised rho and
     (target, bias) group counts, before training starts. None for the named datasets (train_run makes them)."""
+    from .._io import RUN_FOLDER, check_output
     from ..data import is_user_dataset, make_splits
-    from ..runs import check_writable
     if not is_user_dataset(dataset):
         return None
-    check_writable(out, force=force)
+    check_output(out, kind=RUN_FOLDER, force=force)  # before reading the user's files
     splits = make_splits(dataset, params=params, seed=seed, **sizes)
     from .cmd_data import _print_groups
     rho = {n: s.summary().get("realised_rho") for n, s in splits.items()}
