@@ -52,14 +52,17 @@ def planted():
 FAST = dict(max_levels=8, max_epochs_per_level=3, patience=1, batch_size=100, gate_lr=0.5)
 
 
-@pytest.mark.parametrize("mode", ["structured", "unstructured"])
-def test_ffw_removes_a_planted_bias(planted, mode):
+@pytest.mark.parametrize("mode,adversary", [("structured", "head"), ("unstructured", "head"),
+                                            ("structured", "mmd"), ("unstructured", "mmd"),
+                                            ("unstructured", "lda"), ("unstructured", "refit")])
+def test_ffw_removes_a_planted_bias(planted, mode, adversary):
     model = Planted().eval()
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
     kw = dict(test=planted["test"], unbiased_train=planted["train"], unbiased_val=planted["val"], counterfactual=False,
               probe_kwargs={"lr": 0.05})  # a tiny set: a faster probe than the default
     before = audit_model(model, head="fc", **kw)
-    result = find_fantastic_weights(model, train=planted["train"], val=planted["val"], mode=mode, gamma=10, **FAST)
+    result = find_fantastic_weights(model, train=planted["train"], val=planted["val"], mode=mode, gamma=10,
+                                    adversary=adversary, **FAST)
     after = result.audit(**kw)
     assert before.attributes[0].bias_extractability > 0.95
     assert after.attributes[0].bias_extractability < 0.7
@@ -94,8 +97,9 @@ def test_error_paths(planted):
         find_fantastic_weights(model, train=planted["train"], val=planted["val"], tau_decay=1.5)
 
 
-def test_interrupt_then_resume_matches_an_uninterrupted_run(planted, tmp_path):
-    kw = dict(train=planted["train"], val=planted["val"], mode="unstructured", gamma=10, **FAST)
+@pytest.mark.parametrize("adversary", ["head", "mmd"])
+def test_interrupt_then_resume_matches_an_uninterrupted_run(planted, tmp_path, adversary):
+    kw = dict(train=planted["train"], val=planted["val"], mode="unstructured", gamma=10, adversary=adversary, **FAST)
     reference = find_fantastic_weights(Planted(), **kw)
 
     def stop_at(step):

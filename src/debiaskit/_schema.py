@@ -310,6 +310,9 @@ class FFWRecord(Record):
     search_time_s: float | None = opt(NON_NEGATIVE)
     wall_time_s: float | None = opt(NON_NEGATIVE)
     selection: str | None = opt(ANY_TEXT)
+    adversary: str | None = opt(ANY_TEXT)          # what the bias term of the search read
+    probes: dict | None = opt(OBJECT)              # bias extractability under stronger probes + verdict
+    diagnosis: list = opt(ARRAY, [])               # plain-language findings (e.g. no debiased sub-network)
     bias_labels_note: str | None = opt(ANY_TEXT)
     versions: dict = opt(OBJECT, {})
     other: dict = field(default_factory=dict)

@@ -32,6 +32,11 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         max_epochs_per_level: int = typer.Option(10, help="epochs per tau level at most"),
         patience: int = typer.Option(2, help="epochs without improvement of the D^u_val objective that make a plateau"),
         gate_lr: float = typer.Option(0.1, help="learning rate of the gates (SGD, momentum 0.9)"),
+        adversary: str = typer.Option("head", help="bias term of the objective: head (paper: MI of a co-trained linear "
+                                                   "head), refit, mlp, lda, mmd (probe-free; see docs)"),
+        max_epochs: Optional[int] = typer.Option(None, help="epoch budget of the search (spread over the tau levels)"),
+        selection: str = typer.Option("objective", help="objective, readability or accuracy (all on D^u_val)"),
+        strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
     from ..ffw import ffw_run
@@ -41,7 +46,8 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       force=force, bias_labels=bias_labels, seed=seed, device=device,
                       callback=_progress_line if progress else None, command=invoked_command(),
                       tau_decay=tau_decay, max_levels=max_levels, max_epochs_per_level=max_epochs_per_level,
-                      patience=patience, gate_lr=gate_lr)
+                      patience=patience, gate_lr=gate_lr, adversary=adversary, max_epochs=max_epochs,
+                      selection=selection, strong_probes=strong_probes)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)
@@ -68,6 +74,19 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
     sel = info["search"]["selected"]
     console.print(f"selected: {info['selection']} (epoch {sel['epoch']}, tau {sel['tau']:.3g}); "
                   f"stop: {info['search']['stop_reason']}")
+    probes = info.get("probes")
+    if probes:
+        ptable = Table(title="bias extractability under stronger probes (unbiased test)")
+        for col in ("probe", "before (vanilla)", "after (FFW)"):
+            ptable.add_column(col)
+        for k in probes["descriptions"]:
+            if k in probes["after"]:
+                ptable.add_row(k, f"{100 * probes['before'][k]:.2f}", f"{100 * probes['after'][k]:.2f}")
+        console.print(ptable)
+        verdict = probes["verdict"]
+        console.print(verdict["text"], style="green" if verdict["bias_unreadable"] else "yellow", highlight=False)
+    for note in info.get("diagnosis") or []:
+        console.print(f"[bold red]diagnosis:[/bold red] {note}", highlight=False)
     console.print(f"written: {res.out}/ (ffw.json, report.md, model.safetensors, masks.safetensors)")
 
 

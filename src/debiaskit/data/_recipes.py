@@ -151,6 +151,27 @@ def _draw_two_backgrounds(digits: Tensor, b: Tensor, gen: torch.Generator) -> Te
     return torch.where(fg, torch.full_like(bg, 255), bg)
 
 
+# Texture bias: stripes at 5 orientations x 2 periods (px); texture k is the bias value k.
+TEXTURE_STRIPES = tuple((angle, period) for period in (3.0, 6.0) for angle in (0.0, 36.0, 72.0, 108.0, 144.0))
+
+
+def _draw_texture(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
+    """Texture bias: binary stripes (orientation and period set by b, random phase per image) laid over the
+    whole grayscale image at half contrast, x = (image + 255 * stripes) / 2. A texture a convolution picks up
+    in one layer, while the shape is only half visible: a vanilla model learns the texture almost exclusively
+    (the case FFW cannot repair - the frozen model holds no debiased sub-network)."""
+    n, h, w = digits.shape
+    angle, period = (torch.tensor(v, dtype=torch.float32)[b % len(TEXTURE_STRIPES)]
+                     for v in zip(*TEXTURE_STRIPES))
+    theta = torch.deg2rad(angle)[:, None, None]
+    ii, jj = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    phase = torch.rand(n, generator=gen)[:, None, None] * period[:, None, None]
+    coord = ii * torch.cos(theta) + jj * torch.sin(theta) + phase
+    stripes = (torch.remainder(coord, period[:, None, None]) < period[:, None, None] / 2).float()
+    img = (digits.float() + 255.0 * stripes) / 2
+    return img.round().clamp(0, 255).to(torch.uint8)[:, None]
+
+
 RECIPES: dict[str, Recipe] = {}
 
 
@@ -180,6 +201,14 @@ register_recipe(Recipe(
     params={"rho": Param(0.99, "rho_L, correlation of the left colour"),
             "rho_right": Param(0.95, "rho_R, correlation of the right colour")},
     assign=_assign_two, draw=_draw_two_backgrounds,
+))
+register_recipe(Recipe(
+    name="texture",
+    description="Texture bias: stripes (5 orientations x 2 periods) over the whole image, correlated with the "
+    "class at rho; the vanilla model learns the texture almost exclusively (no debiased sub-network for FFW)",
+    bias_names=("texture",), channels=1, mean=0.5, std=0.5,
+    params={"rho": Param(0.995, "share of samples carrying their class's texture")},
+    assign=_single(), draw=_draw_texture,
 ))
 register_recipe(Recipe(
     name="corrupted",

@@ -17,14 +17,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..audit import audit_model
+from ..audit import PROBES, audit_model, probe_suite, readable
 from ..data import BiasDataset, as_bias_data, iterate_batches, relabel_bias
 from .._io import FFW_FOLDER, atomic_folder, log, write_text
 from .._validate import check_device
 from ..errors import ConfigError, DataError, RunExistsError
 from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record
+from ._adversary import ADVERSARIES
 from ._export import count_parameters, inference_time, save_masks
-from ._search import CHECKPOINT_FILE, FFWConfig, FFWResult, find_fantastic_weights
+from ._search import CHECKPOINT_FILE, SELECTIONS, FFWConfig, FFWResult, find_fantastic_weights
 
 FFW_FILE = "ffw.json"
 PSEUDO_BIAS_FILE = Path("discover") / "pseudo_bias.safetensors"
@@ -89,10 +90,70 @@ def _speed(result: FFWResult, original: nn.Module, x: torch.Tensor) -> dict[str,
             "speedup_vs_original": dense / exported, "threads": torch.get_num_threads()}
 
 
+# Diagnosis thresholds (D^u_val, hard-masked model vs the vanilla model = the search's epoch 0).
+NO_GAIN = 0.02          # task accuracy gain below 2 points: FFW found no better sub-network
+BIAS_DROP = 0.10        # bias readability fell by at least 10 points: the bias was removed all the same
+READABLE_MARGIN = 0.10  # a probe reads the bias when it beats chance (1 / N_B) by more than this
+
+
+@torch.no_grad()
+def probe_readings(model: nn.Module, splits, *, head: str, seed: int = 0, device: str = "cpu",
+                   probes: tuple[str, ...] = ("sgd5", "mlp", "linear")) -> dict[str, float]:
+    """Bias extractability of ``model``'s bottleneck on the unbiased test under the stronger probes of
+    ``debiaskit.audit.PROBES`` (learnt on D^u_train, selected on D^u_val; first bias attribute)."""
+    from ..models import collect_outputs
+    outs = [collect_outputs(model, getattr(splits, k), head=head, device=device)
+            for k in ("unbiased_train", "unbiased_val", "test")]
+    col = [o.b if o.b.ndim == 1 else o.b[:, 0] for o in outs]
+    return probe_suite(outs[0].z, col[0], outs[1].z, col[1], outs[2].z, col[2],
+                       num_bias=splits.test.num_bias_classes, seed=seed, probes=probes)
+
+
+def probe_verdict(after: dict[str, float], *, num_bias: int) -> dict[str, Any]:
+    """Whether "the bias can no longer be read" holds: every probe within READABLE_MARGIN of chance."""
+    still = {k: v for k, v in after.items() if readable(v, num_bias, margin=READABLE_MARGIN)}
+    chance = 1.0 / num_bias
+    if not still:
+        text = (f"The bias can no longer be read at the bottleneck: every probe stays within "
+                f"{100 * READABLE_MARGIN:.0f} points of chance ({100 * chance:.0f} %).")
+    else:
+        names = ", ".join(f"{k} {100 * v:.1f} %" for k, v in still.items())
+        text = (f"The bias can still be read at the bottleneck by stronger probes ({names}; chance "
+                f"{100 * chance:.0f} %): FFW made it harder to read, it did not erase it.")
+    return {"bias_unreadable": not still, "readable_by": sorted(still), "chance": chance,
+            "margin": READABLE_MARGIN, "text": text}
+
+
+def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: dict, after: dict) -> list[str]:
+    """Plain-language findings about the search (empty when nothing needs saying).
+
+    "No debiased sub-network": on D^u_val the selected hard-masked model is not above the vanilla model
+    (epoch 0) in task accuracy while the bias readability fell - the frozen model learnt (almost) nothing but
+    the bias, and pruning can only select among the features it has. Only retraining helps then."""
+    notes = []
+    v_task, s_task = history[0]["val_hard"]["task"], selected["val_hard"]["task"]
+    b0, b1 = before.get("bias_extractability"), after.get("bias_extractability")
+    if s_task < v_task + NO_GAIN:
+        if b0 is not None and b1 is not None and b1 <= b0 - BIAS_DROP:
+            notes.append(
+                f"No debiased sub-network: on D^u_val the FFW model's task accuracy ({100 * s_task:.1f} %) is not "
+                f"above the vanilla model's ({100 * v_task:.1f} %), while bias extractability fell "
+                f"({100 * b0:.1f} -> {100 * b1:.1f} %). The frozen model learnt (almost) nothing but the bias, and "
+                "FFW can only keep or remove what it learnt. Retrain instead: `debiaskit train --method calm` "
+                "(no bias labels needed) or `debiaskit train --method groupdro` (with bias labels).")
+        else:
+            notes.append(
+                f"FFW found no better sub-network: on D^u_val the FFW model's task accuracy ({100 * s_task:.1f} %) "
+                f"is not above the vanilla model's ({100 * v_task:.1f} %) and the bias was not removed. Retraining "
+                "methods (`debiaskit train --method calm` or `--method groupdro`) may help.")
+    return notes
+
+
 def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, include_head: bool = False,
             out: Path | None = None, resume: bool = False, force: bool = False, bias_labels: str = "true",
             seed: int = 0, device: str = "cpu", callback: Callable[[dict], None] | None = None,
-            audit_counterfactual: bool = True, command: str | None = None, **overrides) -> FFWRun:
+            audit_counterfactual: bool = True, strong_probes: bool = True, command: str | None = None,
+            **overrides) -> FFWRun:
     """Run FFW on the vanilla model of ``run_dir`` and write an FFW folder (see module docstring).
 
     Example::
@@ -109,10 +170,10 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
     run = load_run(run_dir)
     with atomic_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:  # before any compute
         resume = _prepare_partial(partial_dir(out), resume=resume, force=force)
-        result, before, after, speed = _search_and_audit(run, run_dir, config, bias_labels=bias_labels, seed=seed,
-                                                         device=device, partial=partial_dir(out), resume=resume,
-                                                         callback=callback, audit_counterfactual=audit_counterfactual)
-        info = _ffw_info(run, run_dir, config, result, before, after, speed, command=command, mode=mode,
+        result, before, after, speed, probes = _search_and_audit(
+            run, run_dir, config, bias_labels=bias_labels, seed=seed, device=device, partial=partial_dir(out),
+            resume=resume, callback=callback, audit_counterfactual=audit_counterfactual, strong_probes=strong_probes)
+        info = _ffw_info(run, run_dir, config, result, before, after, speed, probes, command=command, mode=mode,
                          bias_labels=bias_labels, wall=time.perf_counter() - start)
         save_weights(result.model, staging / "model.safetensors")
         save_masks(result.masks, staging / "masks.safetensors")
@@ -146,7 +207,7 @@ def _prepare_partial(partial: Path, *, resume: bool, force: bool) -> bool:
 
 
 def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str, seed: int, device: str,
-                      partial: Path, resume: bool, callback, audit_counterfactual: bool):
+                      partial: Path, resume: bool, callback, audit_counterfactual: bool, strong_probes: bool):
     splits = run.splits()
     train, val = splits.unbiased_train, splits.unbiased_val
     if bias_labels == "discovered":
@@ -163,12 +224,22 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
             shutil.rmtree(partial, ignore_errors=True)  # e.g. a full disk at the first checkpoint
         raise
     after = result.audit(**{k: v for k, v in audit_kw.items() if k != "head"})
+    before_h, after_h = before.headline(), after.headline()
+    probes = None
+    if strong_probes:  # the audit's probe is one reading; the claim must also hold for stronger ones
+        probes = {"before": {"audit": before_h["bias_extractability"],
+                             **probe_readings(run.model, splits, head=run.head, seed=seed, device=device)},
+                  "after": {"audit": after_h["bias_extractability"],
+                            **probe_readings(result.model, splits, head=run.head, seed=seed, device=device)},
+                  "descriptions": PROBES}
+        probes["verdict"] = probe_verdict(probes["after"], num_bias=splits.test.num_bias_classes)
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
-    return result, before, after, _speed(result, run.model, x)
+    return result, before, after, _speed(result, run.model, x), probes
 
 
-def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, after, speed, *, command, mode: str,
-              bias_labels: str, wall: float) -> dict[str, Any]:
+def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, after, speed, probes, *, command,
+              mode: str, bias_labels: str, wall: float) -> dict[str, Any]:
+    before_h, after_h = before.headline(), after.headline()
     return {
         "kind": "ffw", "status": "finished",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -176,12 +247,12 @@ def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, 
         "model": {**run.meta["model"], "shapes": result.shapes}, "data": run.meta["data"],
         "vanilla_train_time_s": run.meta.get("wall_time_s"),
         "search": result.summary(), "history": result.history,
-        "before": before.headline(), "after": after.headline(),
+        "before": before_h, "after": after_h, "probes": probes,
+        "diagnosis": diagnose(result.history, result.selected, before_h, after_h),
         "parameters": {"before": count_parameters(run.model), "after": count_parameters(result.model),
                        "nonzero_after": sum(int((p != 0).sum()) for p in result.model.parameters())},
         "inference": speed, "search_time_s": result.wall_time_s, "wall_time_s": wall,
-        "selection": ("hard-masked model with the lowest J = CE + gamma * MI on D^u_val" if config.selection == "objective"
-                      else "hard-masked model with the highest task accuracy on D^u_val"),
+        "selection": SELECTIONS[config.selection], "adversary": ADVERSARIES[config.adversary],
         "bias_labels_note": ("MI term, privacy head and selection used discovered pseudo-bias labels; the before/after "
                              "audit uses the true bias labels (reporting only)" if bias_labels == "discovered"
                              else "true bias labels of D^u_train / D^u_val"),
@@ -217,18 +288,36 @@ def before_after_rows(info: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def probe_lines(info: dict[str, Any]) -> list[str]:
+    """Markdown: bias extractability under every probe, before and after, and whether the claim holds."""
+    pr = info.get("probes")
+    if not pr:
+        return ["Stronger probes: not run (strong_probes=False); the audit's probe alone does not show that the "
+                "bias can no longer be read."]
+    lines = ["## Can the bias still be read? (unbiased test, first bias attribute)", "",
+             "| probe | before (vanilla) | after (FFW) |", "|---|---|---|"]
+    for k, desc in pr["descriptions"].items():
+        if k in pr["after"]:
+            lines.append(f"| {k}: {desc} | {_pct(pr['before'].get(k))} | {_pct(pr['after'][k])} |")
+    return lines + ["", pr["verdict"]["text"]]
+
+
 def report_markdown(info: dict[str, Any]) -> str:
     s = info["search"]
     sel = s["selected"]
     lines = [f"# FFW ({info['mode']}, gamma {s['config']['gamma']:g}) on {info['run']}", "",
              f"Command: `{info.get('command')}`", "",
              f"Selection: {info['selection']}; selected epoch {sel['epoch']} (tau {sel['tau']:.3g}); "
-             f"stop: {s['stop_reason']}. Bias labels: {info['bias_labels_note']}.", "",
-             "Task / group accuracies on the unbiased test set (sample-weighted; worst group = min over non-empty "
-             "(target, bias) groups). Bias extractability: privacy head trained afresh on D^u_train bottleneck "
-             "features, early-stopped on D^u_val, scored on the unbiased test.", "",
-             "| | before (vanilla) | after (FFW) |", "|---|---|---|"]
+             f"stop: {s['stop_reason']}. Bias term: {info.get('adversary', ADVERSARIES['head'])}. "
+             f"Bias labels: {info['bias_labels_note']}.", ""]
+    if info.get("diagnosis"):  # first thing a reader sees: FFW could not help, and what to do instead
+        lines += ["## Diagnosis", ""] + [f"- {d}" for d in info["diagnosis"]] + [""]
+    lines += ["Task / group accuracies on the unbiased test set (sample-weighted; worst group = min over non-empty "
+              "(target, bias) groups). Bias extractability: privacy head trained afresh on D^u_train bottleneck "
+              "features, early-stopped on D^u_val, scored on the unbiased test.", "",
+              "| | before (vanilla) | after (FFW) |", "|---|---|---|"]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in before_after_rows(info)]
+    lines += ["", *probe_lines(info)]
     lines += ["", "Sparsity per layer (% removed):", "", "| layer | removed |", "|---|---|"]
     lines += [f"| {k} | {100 * v:.2f} |" for k, v in s["sparsity"]["per_layer"].items()]
     ungated = s["sparsity"].get("ungated") or {}

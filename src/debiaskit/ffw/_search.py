@@ -30,25 +30,35 @@ from ..audit import normalized_mutual_information
 from ..data import as_bias_datasets, iterate_batches
 from ..errors import ConfigError, DataError, ModelError
 from ..models import forward_with_bottleneck, head_shape, resolve_head
+from ._adversary import (ADVERSARIES, KernelDependence, LinearDependence, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
+                         refit_linear_head)
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
 
 CHECKPOINT_FILE = "checkpoint.safetensors"   # tensors + JSON state in one file (debiaskit._io.save_checkpoint)
 CHECKPOINT_KIND = "ffw-search"
+SELECTIONS = {
+    "objective": "hard-masked model with the lowest J = CE + gamma * D on D^u_val (D: the search's own adversary)",
+    "readability": "hard-masked model with the lowest CE + gamma * R on D^u_val (R: closed-form linear readability "
+                   "of the bias, whatever the adversary)",
+    "accuracy": "hard-masked model with the highest task accuracy on D^u_val",
+}
 
 
 @dataclass
 class FFWConfig:
     """Hyper-parameters of :func:`find_fantastic_weights` (paper defaults unless said otherwise).
 
-    gamma: weight of the MI term (paper: 10). tau_decay: tau *= tau_decay at each plateau (paper 0.5;
-    the public code uses 0.1). patience / plateau_threshold: a level ends when the D^u_val objective
-    has not improved by a relative ``plateau_threshold`` for ``patience`` epochs (or after
-    ``max_epochs_per_level``). agree_tol: stop when soft and hard model differ by at most this in
-    D^u_val task accuracy and in privacy-head accuracy. Privacy head: SGD lr 0.1, momentum 0.9,
-    wd 1e-4 (public code). Gates: ``gate_optimizer`` / ``gate_lr`` (our choice, documented in
-    benchmarks/ffw.md). selection: "objective" = lowest J = CE + gamma * MI of the hard-masked model on
-    D^u_val; "accuracy" = highest hard-masked D^u_val task accuracy.
+    gamma: weight of the bias term D (paper: 10). adversary: what D reads (``ADVERSARIES``; "head" = the
+    paper's MI of a linear privacy head trained alongside the gates). tau_decay: tau *= tau_decay at each
+    plateau (paper 0.5; the public code uses 0.1). patience / plateau_threshold: a level ends when the
+    D^u_val objective has not improved by a relative ``plateau_threshold`` for ``patience`` epochs (or after
+    the level's epoch cap). max_epochs: the search's epoch budget (None: unbounded); it is spread over the
+    levels needed to bring tau from tau_init to tau_final, so a level never takes more than
+    max_epochs / planned_levels() epochs and the budget always reaches a near-hard temperature.
+    agree_tol: stop when soft and hard model differ by at most this in D^u_val task accuracy and in
+    privacy-head accuracy. Privacy head: SGD lr 0.1, momentum 0.9, wd 1e-4 (public code). Gates:
+    ``gate_optimizer`` / ``gate_lr`` (our choice). selection: see ``SELECTIONS``.
     """
 
     mode: str = "unstructured"
@@ -71,6 +81,11 @@ class FFWConfig:
     head_pretrain_epochs: int = 30
     head_pretrain_patience: int = 3
     selection: str = "objective"
+    adversary: str = "head"
+    lda_momentum: float = 0.1
+    lda_ridge: float = 1.0
+    max_epochs: int | None = None
+    tau_final: float = 2.0 ** -9
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,8 +101,26 @@ class FFWConfig:
             raise ConfigError("min_epochs_per_level must not exceed max_epochs_per_level")
         if self.gate_optimizer not in ("adam", "sgd"):
             raise ConfigError(f"gate_optimizer must be 'adam' or 'sgd', got {self.gate_optimizer!r}")
-        if self.selection not in ("objective", "accuracy"):
-            raise ConfigError(f"selection must be 'objective' or 'accuracy', got {self.selection!r}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.adversary not in ADVERSARIES:
+            raise ConfigError(f"adversary must be one of {', '.join(ADVERSARIES)}, got {self.adversary!r}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigError(f"max_epochs (the search's epoch budget) must be >= 1, got {self.max_epochs}")
+        if not 0 < self.tau_final <= self.tau_init:
+            raise ConfigError(f"tau_final must lie in (0, tau_init], got {self.tau_final}")
+        if not 0 < self.lda_momentum <= 1 or self.lda_ridge <= 0:
+            raise ConfigError("lda_momentum must lie in (0, 1] and lda_ridge be > 0")
+
+    def planned_levels(self) -> int:
+        """tau levels from tau_init down to tau_final (the temperature where soft and hard gates agree)."""
+        return int(math.ceil(math.log(self.tau_final / self.tau_init) / math.log(self.tau_decay) - 1e-9)) + 1
+
+    def level_cap(self) -> int:
+        """Epochs per tau level at most: the budget spread over the planned levels (at least 1)."""
+        if self.max_epochs is None:
+            return self.max_epochs_per_level
+        return max(1, min(self.max_epochs_per_level, self.max_epochs // self.planned_levels()))
 
 
 @dataclass
@@ -156,32 +189,39 @@ def _check_data(train, val) -> int:
     return int(n_bias)
 
 
-def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], privacy_heads: list[nn.Linear],
-             x: Tensor, y: Tensor, b: Tensor, *, gamma: float, num_bias: int) -> dict[str, float]:
+def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], privacy_heads: list[nn.Module],
+             x: Tensor, y: Tensor, b: Tensor, *, gamma: float, num_bias: int,
+             dependence: Callable[[Tensor, list[Tensor]], Tensor] | None = None) -> dict[str, Any]:
     """Gradients of one FFW step, written into ``.grad`` (the caller steps the optimisers).
 
-    Gates get dJ/dm with J = CE(f(x), y) + gamma * sum_a MI(P_a(z), b_a): ``torch.autograd.grad`` with
-    the gates as the only inputs, so J's gradient on the privacy heads is never computed (discarded).
-    Each head P_a gets the gradient of CE(P_a(z.detach()), b_a): nothing flows back into the encoder
-    or the gates. Frozen weights receive no gradient at all.
+    Gates get dJ/dm with J = CE(f(x), y) + gamma * D(z, b); D defaults to the paper's sum_a MI(P_a(z), b_a)
+    over the privacy heads, ``dependence(z, bias_columns)`` replaces it. ``torch.autograd.grad`` with the
+    gates as the only inputs: J's gradient on the heads is never computed (discarded). Each head P_a gets
+    the gradient of CE(P_a(z.detach()), b_a) (head i reads attribute i % A): nothing flows back into the encoder or the gates. Frozen
+    weights receive no gradient at all. The detached bottleneck comes back as ``"z"``.
     """
     logits, z = forward_with_bottleneck(model, x, head)
     ce = F.cross_entropy(logits, y)
     cols = _bias_columns(b)
-    mi = sum(mutual_information(h(z).softmax(1), col, num_bias) for h, col in zip(privacy_heads, cols))
+    if dependence is None:
+        mi = sum(mutual_information(h(z).softmax(1), col, num_bias) for h, col in zip(privacy_heads, cols))
+    else:
+        mi = dependence(z, cols)
     loss = ce + gamma * mi
     grads = torch.autograd.grad(loss, gate_params)
     for p, g in zip(gate_params, grads):
         p.grad = g
     zd = z.detach()
     head_loss = 0.0
-    for h, col in zip(privacy_heads, cols):
+    for i, h in enumerate(privacy_heads):  # head i reads attribute i % A (several heads per attribute allowed)
+        col = cols[i % len(cols)]
         for p in h.parameters():
             p.grad = None
         hl = F.cross_entropy(h(zd), col)
         hl.backward()
         head_loss += float(hl.detach())
-    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "mi": float(mi.detach()), "head_loss": head_loss}
+    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "mi": float(mi.detach()), "head_loss": head_loss,
+            "z": zd}
 
 
 class _Search:
@@ -203,6 +243,15 @@ class _Search:
         self.heads = [nn.Linear(d, self.num_bias).to(self.device) for _ in range(self.n_attr)]
         self.head_opts = [torch.optim.SGD(h.parameters(), lr=config.head_lr, momentum=config.head_momentum,
                                           weight_decay=config.head_weight_decay) for h in self.heads]
+        # adversaries beyond the paper's head (_adversary.py); the linear heads are always trained and reported
+        self.mlps = [mlp_head(d, self.num_bias).to(self.device) for _ in range(self.n_attr)] if config.adversary == "mlp" else []
+        self.mlp_opts = [torch.optim.Adam(h.parameters(), lr=1e-3) for h in self.mlps]
+        self.lda = None   # probe-free adversaries: running statistics of z, no parameters
+        if config.adversary == "lda":
+            self.lda = LinearDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge)
+        elif config.adversary == "mmd":
+            self.lda = KernelDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, seed=config.seed)
+        self._epoch_z: list[Tensor] = []
         opt = torch.optim.Adam if config.gate_optimizer == "adam" else (
             lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
         self.gate_opt = opt(self.gated.parameters(), lr=config.gate_lr)
@@ -232,8 +281,9 @@ class _Search:
         _, z_tr, _, b_tr = self._features(self.train, hard=False)
         _, z_va, _, b_va = self._features(self.val, hard=False)
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        for a, (head, opt) in enumerate(zip(self.heads, self.head_opts)):
-            bt, bv = _bias_columns(b_tr)[a], _bias_columns(b_va)[a]
+        pairs = list(zip(self.heads, self.head_opts)) + list(zip(self.mlps, self.mlp_opts))
+        for i, (head, opt) in enumerate(pairs):
+            bt, bv = _bias_columns(b_tr)[i % self.n_attr], _bias_columns(b_va)[i % self.n_attr]
             best, bad = math.inf, 0
             for _ in range(self.cfg.head_pretrain_epochs):
                 order = torch.randperm(len(z_tr), generator=gen)
@@ -250,6 +300,26 @@ class _Search:
                     bad += 1
                     if bad >= self.cfg.head_pretrain_patience:
                         break
+        if self.lda is not None:
+            self.lda.fit(z_tr.cpu())
+
+    def _dependence(self) -> Callable[[Tensor, list[Tensor]], Tensor] | None:
+        """The bias term D(z, b) of J for the configured adversary (None: the paper's linear-head MI)."""
+        kind, nb = self.cfg.adversary, self.num_bias
+        if kind == "mlp":
+            return lambda z, cols: sum(mi_term(h, z, c, nb) for h, c in zip(self.mlps, cols))
+        if kind in ("lda", "mmd"):
+            return lambda z, cols: sum(self.lda.penalty(z, c.to(z.device), nb) for c in cols)
+        return None
+
+    def _end_epoch_adversary(self) -> None:
+        """``refit``: re-fit the linear heads to convergence on this epoch's bottleneck features."""
+        if self.cfg.adversary == "refit" and self._epoch_z:
+            z = torch.cat([zb for zb, _ in self._epoch_z])
+            b = torch.cat([bb for _, bb in self._epoch_z])
+            for h, col in zip(self.heads, _bias_columns(b)):
+                refit_linear_head(h, z, col, weight_decay=self.cfg.head_weight_decay)
+        self._epoch_z = []
 
     # ---- one epoch of gates + privacy head on D^u_train ----
     def train_epoch(self) -> dict[str, float]:
@@ -259,14 +329,20 @@ class _Search:
         sums = {"loss": 0.0, "ce": 0.0, "mi": 0.0, "head_loss": 0.0}
         steps = 0
         params = self.gated.parameters()
+        dependence = self._dependence()
         for batch in iterate_batches(self.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                                      device=self.device):
-            out = ffw_step(self.work, self.head, params, self.heads, batch.x, batch.y, batch.b,
-                           gamma=cfg.gamma, num_bias=self.num_bias)
+            out = ffw_step(self.work, self.head, params, self.heads + self.mlps, batch.x, batch.y, batch.b,
+                           gamma=cfg.gamma, num_bias=self.num_bias, dependence=dependence)
+            z = out.pop("z")
+            if self.lda is not None:
+                self.lda.observe(z.cpu())
+            if cfg.adversary == "refit":
+                self._epoch_z.append((z, batch.b))
             if not all(bool(torch.isfinite(p.grad).all()) for p in params):  # never step into NaN gates
                 raise ModelError(f"FFW got a non-finite gate gradient at tau {self.progress['tau']}, step {self.step + 1} "
                                  f"(loss {out['loss']}); try a lower gate_lr")
-            for opt in self.head_opts:
+            for opt in self.head_opts + self.mlp_opts:
                 opt.step()
             self.gate_opt.step()
             for k in sums:
@@ -280,21 +356,34 @@ class _Search:
             if self.callback is not None:
                 self.callback({"kind": "step", "step": self.step, "epoch": self.progress["epoch"] + 1,
                                "loss": loss})
+        self._end_epoch_adversary()
         return {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
 
     @torch.no_grad()
     def evaluate(self, *, hard: bool) -> dict[str, float]:
-        """Task accuracy, CE, privacy-head accuracy and MI (per attribute, summed) on D^u_val."""
+        """On D^u_val: task accuracy and CE; the search's own linear head (accuracy ``bias``, ``mi``); the
+        adversary's term ``dependence``; the closed-form linear readability ``readability`` and the accuracy
+        of a cross-fitted LDA classifier ``lda_bias`` (adversary-free); all summed / averaged over attributes."""
         self.state.tau = self.progress["tau"]
         logits, z, y, b = self._features(self.val, hard=hard)
         ce = float(F.cross_entropy(logits, y))
-        accs, mis = [], []
-        for h, col in zip(self.heads, _bias_columns(b)):
-            p = h(z)
+        cols = _bias_columns(b)
+        accs, mis, reads, ldas, deps = [], [], [], [], []
+        for i, col in enumerate(cols):
+            p = self.heads[i](z)
             accs.append(float((p.argmax(1) == col).float().mean()))
             mis.append(float(mutual_information(p.softmax(1), col, self.num_bias)))
+            zc, cc = z.cpu(), col.cpu()
+            reads.append(lda_readability(zc, cc, self.num_bias, ridge=self.cfg.lda_ridge))
+            ldas.append(lda_crossfit_accuracy(zc, cc, self.num_bias, ridge=self.cfg.lda_ridge))
+            if self.cfg.adversary == "mlp":
+                deps.append(float(mi_term(self.mlps[i], z, col, self.num_bias)))
+            elif self.lda is not None:
+                deps.append(self.lda.measure(zc, cc, self.num_bias))
+        dependence = sum(deps) if deps else sum(mis)
         return {"task": float((logits.argmax(1) == y).float().mean()), "ce": ce, "bias": sum(accs) / len(accs),
-                "mi": sum(mis), "objective": ce + self.cfg.gamma * sum(mis)}
+                "mi": sum(mis), "dependence": dependence, "readability": sum(reads), "lda_bias": sum(ldas) / len(ldas),
+                "objective": ce + self.cfg.gamma * dependence}
 
     def gate_stats(self) -> dict[str, float]:
         masks = self.gated.hard_masks()
@@ -306,8 +395,12 @@ class _Search:
         return {"sparsity": pruned / total, "undecided": undecided / total}
 
     def _score(self, record: dict[str, Any]) -> float:
-        hard = record["val_hard"]
-        return -hard["objective"] if self.cfg.selection == "objective" else hard["task"]
+        hard, sel = record["val_hard"], self.cfg.selection
+        if sel == "objective":
+            return -hard["objective"]
+        if sel == "readability":
+            return -(hard["ce"] + self.cfg.gamma * hard["readability"])
+        return hard["task"]
 
     def consider(self, record: dict[str, Any]) -> None:
         """Keep the best hard-masked state on D^u_val."""
@@ -329,6 +422,9 @@ class _Search:
         agree = abs(soft["task"] - hard["task"]) <= cfg.agree_tol and abs(soft["bias"] - hard["bias"]) <= cfg.agree_tol
         if agree:
             p["done"], p["stop_reason"] = True, f"tau-model and hard-masked model agree on D^u_val at tau={p['tau']:.3g}"
+        elif cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs:
+            p["done"], p["stop_reason"] = True, (f"epoch budget max_epochs={cfg.max_epochs} spent (tau={p['tau']:.3g}) "
+                                                 "before agreement")
         elif p["level"] + 1 >= cfg.max_levels:
             p["done"], p["stop_reason"] = True, f"max_levels={cfg.max_levels} reached (tau={p['tau']:.3g}) before agreement"
         else:
@@ -352,12 +448,17 @@ class _Search:
         else:
             p["bad_epochs"] += 1
         plateau = p["bad_epochs"] >= cfg.patience and p["epoch_in_level"] >= cfg.min_epochs_per_level
-        if plateau or p["epoch_in_level"] >= cfg.max_epochs_per_level:
+        budget_spent = cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs
+        if plateau or budget_spent or p["epoch_in_level"] >= cfg.level_cap():
             rec["level_end"] = True
             self.end_level(soft, hard)
         return rec
 
     # ---- checkpoint: one safetensors file, JSON state in its header (no pickle) ----
+    def _optimizers(self) -> list[tuple[str, torch.optim.Optimizer]]:
+        return ([("gateopt", self.gate_opt)] + [(f"headopt{i}", o) for i, o in enumerate(self.head_opts)]
+                + [(f"mlpopt{i}", o) for i, o in enumerate(self.mlp_opts)])
+
     def save_checkpoint(self, folder: Path, *, wall_time_s: float) -> None:
         from .._io import save_checkpoint
         tensors = {f"gate.{k}": v for k, v in self.gated.gate_tensors().items()}
@@ -365,7 +466,11 @@ class _Search:
         meta: dict[str, Any] = {"optimizers": {}}
         for i, h in enumerate(self.heads):
             tensors.update({f"head{i}.{k}": v.detach() for k, v in h.state_dict().items()})
-        for tag, opt in [("gateopt", self.gate_opt)] + [(f"headopt{i}", o) for i, o in enumerate(self.head_opts)]:
+        for i, h in enumerate(self.mlps):
+            tensors.update({f"mlp{i}.{k}": v.detach() for k, v in h.state_dict().items()})
+        if self.lda is not None:
+            tensors.update({f"lda.{k}": v for k, v in self.lda.tensors().items()})
+        for tag, opt in self._optimizers():
             sd = opt.state_dict()
             scalars = {}
             for idx, st in sd["state"].items():
@@ -394,9 +499,13 @@ class _Search:
         self.gated.load_gate_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         self.best_gates = best or None
-        for i, h in enumerate(self.heads):
-            h.load_state_dict({k[len(f"head{i}."):]: v for k, v in tensors.items() if k.startswith(f"head{i}.")})
-        for tag, opt in [("gateopt", self.gate_opt)] + [(f"headopt{i}", o) for i, o in enumerate(self.head_opts)]:
+        for prefix, modules in (("head", self.heads), ("mlp", self.mlps)):
+            for i, h in enumerate(modules):
+                tag = f"{prefix}{i}."
+                h.load_state_dict({k[len(tag):]: v for k, v in tensors.items() if k.startswith(tag)})
+        if self.lda is not None:
+            self.lda.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("lda.")})
+        for tag, opt in self._optimizers():
             info = meta["optimizers"][tag]
             state: dict[int, dict[str, Any]] = {}
             for k, v in tensors.items():

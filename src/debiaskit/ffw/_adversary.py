@@ -1,0 +1,255 @@
+"""What the gates are trained against: how the bias term of FFW's objective J = CE + gamma * D(z, b) is read.
+
+The paper's term is the normalised MI between b and the soft output of a linear privacy head trained
+alongside the gates (``adversary="head"``). Measured here (BENCHMARKS.md, "Bias under stronger probes"), the
+gates learn to *fool that head* - its own accuracy falls to chance while a fresh probe still reads 40-50 % -
+so this module adds adversaries that keep up:
+
+- ``"lda"``: no probe at all. D = sum_k p_k (mu_k - mu)^T S^-1 (mu_k - mu) / (K - 1): the squared Mahalanobis
+  distance of the bias-class means at the bottleneck (Pillai's trace, the mean squared canonical correlation
+  between z and onehot(b)) - what a linear probe trained to convergence exploits. Computed on each batch with
+  an unbiased U-statistic (so the batch noise adds no drift), S a running estimate of the total covariance.
+  Scale-free: shrinking the features does not lower it.
+- ``"mmd"``: ``"lda"`` plus the same between-class variance of random Fourier features of the standardised
+  bottleneck (a Gaussian-kernel MMD between the bias classes): also what a non-linear probe reads.
+- ``"refit"``: the paper's MI, but the linear head is re-fitted to convergence (L-BFGS) on the epoch's
+  bottleneck features at the end of every epoch, then keeps training alongside the gates.
+- ``"mlp"``: the paper's MI read by a 2-layer MLP head trained alongside the gates.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..audit import normalized_mutual_information
+
+ADVERSARIES = {
+    "head": "MI of a linear privacy head trained alongside the gates (the paper)",
+    "refit": "MI of a linear privacy head re-fitted to convergence after every epoch",
+    "mlp": "MI of a 2-layer MLP privacy head trained alongside the gates",
+    "lda": "closed-form linear readability (whitened distance of the bias-class means; no probe to fool)",
+    "mmd": "lda + Gaussian-kernel MMD between the bias classes (random Fourier features; no probe to fool)",
+}
+
+
+def _scale(var: Tensor, floor: float = 0.1) -> Tensor:
+    """Per-feature standard deviations, at least ``floor`` x their mean: a feature that the gates have almost
+    switched off is not blown up to full scale (its gradient would swamp the rest), a dead one stays 0."""
+    std = (var + 1e-24).sqrt()
+    return std.clamp(min=floor * float(std.detach().mean().clamp(min=1e-12)))
+
+
+def whitener(cov: Tensor, *, ridge: float) -> tuple[Tensor, Tensor]:
+    """(std, L): per-feature scales and the lower-triangular L with corr + ridge * I = L L^T, corr the
+    correlation matrix of ``cov``. Whitening is L^-1 (z - mean) / std: per feature scale-free, ridge-damped
+    in the directions of small correlated variance (a converged probe cannot trust those either)."""
+    std = _scale(torch.diagonal(cov))
+    corr = cov / std[:, None] / std[None, :]
+    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    return std, torch.linalg.cholesky(corr + ridge * eye)
+
+
+def class_mean_distance(z: Tensor, b: Tensor, num_bias: int, *, mean: Tensor, chol: Tensor | None,
+                        std: Tensor | None = None) -> Tensor:
+    """Unbiased estimate of sum_k p_k |L^-1 (mu_k - mean) / std|^2 / (K - 1) from one batch (differentiable in z).
+
+    Per class, |sum_i a_i|^2 - sum_i |a_i|^2 = sum_{i != j} a_i . a_j, divided by n_k (n_k - 1): a U-statistic
+    whose mean is |mu_k - mean|^2 in whitened units; classes with fewer than 2 samples in the batch are skipped.
+    """
+    a = (z - mean) if std is None else (z - mean) / std
+    if chol is not None:
+        a = torch.linalg.solve_triangular(chol, a.T, upper=False).T
+    return _between_class(a, b, num_bias) / (num_bias - 1)
+
+
+def _pairs(a: Tensor) -> Tensor:
+    """sum_{i != j} a_i . a_j / (n (n - 1)): unbiased estimate of |E a|^2."""
+    n = len(a)
+    return (a.sum(0).pow(2).sum() - a.pow(2).sum()) / (n * (n - 1))
+
+
+def _between_class(a: Tensor, b: Tensor, num_bias: int) -> Tensor:
+    """Unbiased estimate of sum_k p_k |E[a | b=k] - E a|^2 (the between-class variance of a).
+
+    The centre ``mean`` used to build ``a`` may lag behind the batch (a running mean): subtracting the
+    global term |E a|^2 removes that lag's contribution, sum_k p_k (mu_k - mu) = 0."""
+    total = a.new_zeros(())
+    n = len(a)
+    for k in range(num_bias):
+        ak = a[b == k]
+        if len(ak) >= 2:
+            total = total + (len(ak) / n) * _pairs(ak)
+    return total - _pairs(a)
+
+
+@torch.no_grad()
+def lda_crossfit_accuracy(z: Tensor, b: Tensor, num_bias: int, *, ridge: float = 1e-2, folds: int = 2) -> float:
+    """Accuracy of a closed-form LDA classifier of b, fitted on one fold of (z, b) and scored on the other."""
+    n = len(z)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    hits = 0
+    for f in range(folds):
+        test = order[f::folds]
+        train = torch.cat([order[g::folds] for g in range(folds) if g != f])
+        zt, bt = z[train].double(), b[train]
+        means = torch.stack([zt[bt == k].mean(0) if (bt == k).any() else zt.mean(0) for k in range(num_bias)])
+        within = zt - means[bt]
+        cov = within.T @ within / max(len(zt) - num_bias, 1)
+        std, chol = whitener(cov, ridge=ridge)
+        prior = torch.bincount(bt, minlength=num_bias).double().clamp(min=1) / len(bt)
+        wz = torch.linalg.solve_triangular(chol, (z[test].double() / std).T, upper=False).T
+        wm = torch.linalg.solve_triangular(chol, (means / std).T, upper=False).T
+        score = wz @ wm.T - 0.5 * wm.pow(2).sum(1) + prior.log()
+        hits += int((score.argmax(1) == b[test]).sum())
+    return hits / n
+
+
+class LinearDependence:
+    """The ``"lda"`` adversary: running mean / total covariance of z (detached), one per search."""
+
+    def __init__(self, d: int, *, momentum: float = 0.1, ridge: float = 1e-2, refresh: int = 1) -> None:
+        self.momentum, self.ridge, self.refresh = momentum, ridge, refresh
+        self.mean = torch.zeros(d, dtype=torch.float64)
+        self.cov = torch.eye(d, dtype=torch.float64)
+        self._chol: Tensor | None = None
+        self._seen = 0
+
+    def fit(self, z: Tensor) -> None:
+        z = z.detach().double()
+        self.mean = z.mean(0)
+        zc = z - self.mean
+        self.cov = zc.T @ zc / max(len(z) - 1, 1)
+        self._chol = None
+
+    def observe(self, z: Tensor) -> None:
+        """Move the running statistics towards the batch (after the gates' step)."""
+        z = z.detach().double()
+        m = self.momentum
+        bm = z.mean(0)
+        zc = z - bm
+        self.cov = (1 - m) * self.cov + m * (zc.T @ zc / max(len(z) - 1, 1))
+        self.mean = (1 - m) * self.mean + m * bm
+        self._seen += 1
+        if self._seen % self.refresh == 0:  # the Cholesky factor is the costly part: refresh it every few steps
+            self._chol = None
+
+    def chol(self) -> tuple[Tensor, Tensor]:
+        if self._chol is None:
+            self._chol = whitener(self.cov, ridge=self.ridge)
+        return self._chol
+
+    def penalty(self, z: Tensor, b: Tensor, num_bias: int) -> Tensor:
+        std, chol = self.chol()
+        return class_mean_distance(z, b, num_bias, mean=self.mean.to(z.dtype), chol=chol.to(z.dtype),
+                                   std=std.to(z.dtype))
+
+    @torch.no_grad()
+    def measure(self, z: Tensor, b: Tensor, num_bias: int) -> float:
+        """The term on a whole split, with that split's own statistics (reporting / selection)."""
+        return lda_readability(z, b, num_bias, ridge=self.ridge)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"mean": self.mean.contiguous(), "cov": self.cov.contiguous()}
+
+    def load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.mean, self.cov, self._chol = tensors["mean"].double(), tensors["cov"].double(), None
+
+
+class KernelDependence:
+    """The ``"mmd"`` adversary: the ``"lda"`` term on z plus the same term on psi(z) = cos(u W + c), random
+    Fourier features of a Gaussian kernel on the (batch-)standardised bottleneck u (bandwidths: multiples of
+    the median distance of the vanilla features). The whitened distance of the bias-class means of psi is what
+    a converged linear probe on psi - a kernel probe - reads; it is zero only when the bias classes share
+    their distribution up to the kernel's resolution, which is what a non-linear probe needs (an MMD /
+    HSIC-style dependence measure, whitened so that no direction of psi is left unwatched)."""
+
+    def __init__(self, d: int, *, momentum: float = 0.1, ridge: float = 1.0, features: int = 256,
+                 bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0), seed: int = 0, refresh: int = 4) -> None:
+        self.momentum, self.bandwidths = momentum, bandwidths
+        gen = torch.Generator().manual_seed(seed)
+        per = max(1, features // len(bandwidths))
+        self.per = per
+        self.omega = torch.randn(d, per * len(bandwidths), generator=gen, dtype=torch.float64)
+        self.phase = 2 * math.pi * torch.rand(per * len(bandwidths), generator=gen, dtype=torch.float64)
+        self.width = torch.ones((), dtype=torch.float64)   # median distance of the standardised features
+        self.linear = LinearDependence(d, momentum=momentum, ridge=ridge)
+        self.psi = LinearDependence(per * len(bandwidths), momentum=momentum, ridge=ridge, refresh=refresh)
+
+    def features(self, z: Tensor) -> Tensor:
+        """psi(z) = cos(u W / (bandwidth * width) + c), u = z standardised with its own (batch) mean and std,
+        so that psi is unchanged when the gates rescale a feature (nothing to fool by inflating or damping)."""
+        u = (z - z.mean(0)) / _scale(z.var(0))
+        scales = torch.tensor(self.bandwidths, dtype=z.dtype).repeat_interleave(self.per) * self.width.to(z.dtype)
+        return torch.cos(u @ (self.omega.to(z.dtype) / scales) + self.phase.to(z.dtype))
+
+    @torch.no_grad()
+    def fit(self, z: Tensor) -> None:
+        z = z.detach().double()
+        u = ((z - z.mean(0)) / _scale(z.var(0)))[:1000]
+        dist = torch.cdist(u, u)
+        self.width = dist[dist > 0].median().clamp(min=1e-6)
+        self.linear.fit(z)
+        self.psi.fit(self.features(z))
+
+    @torch.no_grad()
+    def observe(self, z: Tensor) -> None:
+        self.linear.observe(z)
+        self.psi.observe(self.features(z.detach().double()))
+
+    def penalty(self, z: Tensor, b: Tensor, num_bias: int) -> Tensor:
+        # linear part with running statistics: a bias direction that shrinks is rewarded (on its way to a pruned,
+        # exactly-zero feature); kernel part scale-free: what is left must go by changing what the features mix
+        return self.linear.penalty(z, b, num_bias) + self.psi.penalty(self.features(z), b, num_bias)
+
+    @torch.no_grad()
+    def measure(self, z: Tensor, b: Tensor, num_bias: int) -> float:
+        z = z.double()
+        return (lda_readability(z, b, num_bias, ridge=self.linear.ridge)
+                + lda_readability(self.features(z), b, num_bias, ridge=self.psi.ridge))
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {**{f"psi.{k}": v for k, v in self.psi.tensors().items()},
+                **{f"linear.{k}": v for k, v in self.linear.tensors().items()}, "width": self.width.reshape(1)}
+
+    def load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.psi.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("psi.")})
+        self.linear.load_tensors({k[7:]: v for k, v in tensors.items() if k.startswith("linear.")})
+        self.width = tensors["width"].double()[0]
+
+
+@torch.no_grad()
+def lda_readability(z: Tensor, b: Tensor, num_bias: int, *, ridge: float = 1e-2) -> float:
+    """The ``"lda"`` term on a whole split, whitened by the split's own covariance (reporting / selection)."""
+    z = z.double()
+    mean = z.mean(0)
+    zc = z - mean
+    std, chol = whitener(zc.T @ zc / max(len(z) - 1, 1), ridge=ridge)
+    return float(class_mean_distance(z, b, num_bias, mean=mean, chol=chol, std=std))
+
+
+def mlp_head(d: int, num_bias: int, hidden: int = 256) -> nn.Module:
+    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, num_bias))
+
+
+def refit_linear_head(head: nn.Linear, z: Tensor, b: Tensor, *, weight_decay: float, max_iter: int = 200) -> None:
+    """Fit ``head`` to convergence on (z, b) (full-batch L-BFGS, warm start), in place."""
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
+                            tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+    z = z.detach()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(head(z), b) + 0.5 * weight_decay * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+
+
+def mi_term(head: nn.Module, z: Tensor, b: Tensor, num_bias: int) -> Tensor:
+    return normalized_mutual_information(head(z).softmax(1), b, num_bias)
+

@@ -1,0 +1,101 @@
+"""FFW's bias term beyond the paper: probe-free dependence measures, stronger probes, the epoch budget."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from debiaskit.audit import probe_suite, readable
+from debiaskit.errors import ConfigError
+from debiaskit.ffw import FFWConfig
+from debiaskit.ffw._adversary import KernelDependence, LinearDependence, class_mean_distance, lda_readability
+
+
+def _shifted(n: int, *, shift: float, seed: int, d: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian features; bias class k moves feature 0 by shift * k."""
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randint(0, 3, (n,), generator=g)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    z[:, 0] += shift * b
+    return z, b
+
+
+def test_the_linear_term_is_unbiased_on_independent_features_and_exact_on_a_known_shift():
+    # independent b: batch estimates average to 0 (a plain plug-in estimate would sit at about d * K / n)
+    est = []
+    for seed in range(200):
+        z, b = _shifted(64, shift=0.0, seed=seed)
+        est.append(float(class_mean_distance(z, b, 3, mean=torch.zeros(8, dtype=torch.float64),
+                                             chol=torch.eye(8, dtype=torch.float64))))
+    assert abs(sum(est) / len(est)) < 0.01
+    # known shift: sum_k p_k (k - 1)^2 shift^2 / (K - 1) with p_k = 1/3 and unit whitening
+    z, b = _shifted(200_000, shift=1.0, seed=0)
+    value = float(class_mean_distance(z, b, 3, mean=z.mean(0), chol=torch.eye(8, dtype=torch.float64)))
+    assert value == pytest.approx((1 / 3) * 2 / 2, rel=0.02)
+
+
+def test_the_split_measures_do_not_change_when_the_features_are_rescaled():
+    z, b = _shifted(3000, shift=0.5, seed=1)
+    k = KernelDependence(8, seed=0)
+    k.fit(z)
+    # a feature's own scale does not matter (down to 0.1 x the mean scale, where a floor takes over) ...
+    for scale in (torch.logspace(-0.5, 0.5, 8, dtype=torch.float64), 1e-3, 1e3):
+        assert lda_readability(z * scale, b, 3) == pytest.approx(lda_readability(z, b, 3), rel=1e-6)
+        assert k.measure(z * scale, b, 3) == pytest.approx(k.measure(z, b, 3), rel=1e-4)
+    # ... but a feature damped far below the others counts less: the gates are rewarded for switching it off
+    damped = z * torch.tensor([1e-3] + [1.0] * 7, dtype=torch.float64)
+    assert lda_readability(damped, b, 3) < 0.1 * lda_readability(z, b, 3)
+
+
+def test_the_kernel_term_sees_a_bias_that_has_no_linear_trace():
+    # bias = sign of feature 0 times feature 1 (XOR): equal class means, different distributions
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 4, generator=g, dtype=torch.float64)
+    b = ((z[:, 0] * z[:, 1]) > 0).long()
+    lin = LinearDependence(4, ridge=1.0)
+    ker = KernelDependence(4, ridge=1.0, seed=0)
+    lin.fit(z)
+    ker.fit(z)
+    assert lin.measure(z, b, 2) < 0.01
+    assert ker.measure(z, b, 2) > 0.1
+
+
+def test_the_terms_are_differentiable_and_finite_with_dead_features():
+    z, b = _shifted(256, shift=1.0, seed=2)
+    z[:, 3] = 0.0  # a pruned unit: constant zero
+    for adv in (LinearDependence(8, ridge=1.0), KernelDependence(8, ridge=1.0)):
+        adv.fit(z)
+        zz = z.clone().requires_grad_()
+        value = adv.penalty(zz, b, 3)
+        value.backward()
+        assert math.isfinite(float(value.detach())) and torch.isfinite(zz.grad).all() and zz.grad.abs().sum() > 0
+        adv.observe(z)
+
+
+def test_stronger_probes_read_what_the_weak_one_misses():
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    b = torch.randint(0, 4, (n,), generator=g)
+    noise = torch.randn(n, 16, generator=g)
+    tiny = noise.clone()
+    tiny[:, 0] += 2.0 * b  # a clear linear signal ...
+    tiny = tiny * 1e-3       # ... on features a weak SGD probe barely moves on
+    split = lambda t, c: (t[:2000], c[:2000], t[2000:2500], c[2000:2500], t[2500:], c[2500:])  # noqa: E731
+    weak = probe_suite(*split(tiny, b), num_bias=4, probes=("sgd5", "linear"))
+    assert not readable(weak["sgd5"], 4) and weak["linear"] > 0.6  # Bayes accuracy about 0.7
+    xor = (noise[:, 0] * noise[:, 1] > 0).long()  # same class means, no linear trace
+    nonlinear = probe_suite(*split(noise, xor), num_bias=2, probes=("linear", "mlp"))
+    assert nonlinear["mlp"] > 0.85 and not readable(nonlinear["linear"], 2)
+    with pytest.raises(ValueError, match="unknown probe"):
+        probe_suite(*split(tiny, b), num_bias=4, probes=("oracle",))
+
+
+def test_the_epoch_budget_is_spread_over_the_levels_down_to_tau_final():
+    cfg = FFWConfig(max_epochs=20, tau_final=2.0 ** -9, max_epochs_per_level=10)
+    assert cfg.planned_levels() == 10 and cfg.level_cap() == 2
+    assert FFWConfig(max_epochs=5, tau_final=2.0 ** -9).level_cap() == 1
+    assert FFWConfig(max_epochs=None, max_epochs_per_level=7).level_cap() == 7
+    for bad in (dict(max_epochs=0), dict(tau_final=2.0), dict(adversary="oracle"), dict(selection="test")):
+        with pytest.raises(ConfigError):
+            FFWConfig(**bad)

@@ -1,0 +1,61 @@
+"""FFW says when it cannot help: a texture bias the vanilla model learnt almost exclusively (no debiased
+sub-network), and stronger probes that still read the bias."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from debiaskit.cli import app
+from debiaskit.data import make_splits
+from debiaskit.ffw._run import diagnose, probe_verdict
+from debiaskit.train import TrainConfig, train_run
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def texture_splits():
+    return make_splits("texture-toy", params={"rho": 0.995}, seed=0, unbiased_size=600)
+
+
+def test_the_texture_recipe_renders_the_bias_as_stripes(texture_splits):
+    train = texture_splits.train
+    assert train.images.shape[1:] == (1, 28, 28) and train.images.dtype == torch.uint8
+    assert float(train.aligned.float().mean()) == pytest.approx(0.995, abs=0.003)
+    assert float(texture_splits.test.aligned.float().mean()) == pytest.approx(0.1, abs=0.03)
+    # the same digit with another texture: a different image (counterfactual pairs for the audit)
+    idx = torch.arange(8)
+    other = (train.b[idx] + 1) % 10
+    assert not torch.equal(train.counterfactual(idx, other), train.to_float(train.images[idx]))
+
+
+def test_diagnose_names_each_case():
+    hist = [{"val_hard": {"task": 0.30}}]
+    same = {"val_hard": {"task": 0.305}}
+    assert "No debiased sub-network" in diagnose(hist, same, {"bias_extractability": 0.99}, {"bias_extractability": 0.2})[0]
+    assert "no better sub-network" in diagnose(hist, same, {"bias_extractability": 0.99}, {"bias_extractability": 0.95})[0]
+    assert diagnose(hist, {"val_hard": {"task": 0.6}}, {"bias_extractability": 0.99}, {"bias_extractability": 0.2}) == []
+    assert probe_verdict({"mlp": 0.12, "linear": 0.15}, num_bias=10)["bias_unreadable"]
+    v = probe_verdict({"mlp": 0.45, "linear": 0.15}, num_bias=10)
+    assert not v["bias_unreadable"] and v["readable_by"] == ["mlp"] and "still be read" in v["text"]
+
+
+def test_ffw_on_a_texture_biased_model_says_there_is_no_debiased_sub_network(texture_splits, tmp_path):
+    run = tmp_path / "vanilla"
+    train_run(dataset="texture-toy", params={"rho": 0.995}, out=run, splits=texture_splits,
+              config=TrainConfig(epochs=2, seed=0), progress=False)
+    out = tmp_path / "ffw"
+    res = runner.invoke(app, ["ffw", str(run), "--mode", "unstructured", "--adversary", "mmd", "--max-epochs", "4",
+                              "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "ffw.json").read_text())
+    assert info["before"]["task_accuracy"] < 0.2 and info["before"]["bias_extractability"] > 0.9  # texture only
+    assert info["diagnosis"] and "No debiased sub-network" in info["diagnosis"][0]
+    for text in (res.output, (out / "report.md").read_text()):
+        flat = " ".join(text.split())
+        assert "No debiased sub-network" in flat and "--method calm" in flat and "--method groupdro" in flat
+    assert set(info["probes"]["after"]) == {"audit", "sgd5", "mlp", "linear"}
+    assert info["probes"]["verdict"]["text"] in " ".join((out / "report.md").read_text().split())
