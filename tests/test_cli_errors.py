@@ -41,7 +41,7 @@ def _finished_run(folder: Path) -> dict:
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--dataset", "nope-mnist", "--out", "{tmp}/r"], "unknown dataset 'nope-mnist'; available:"),
-    (["train", "--dataset", "biased-toy", "--rho", "1.5", "--out", "{tmp}/r"], "rho must lie in [0, 1]"),
+    (["train", "--dataset", "biased-toy", "--rho", "1.5", "--out", "{tmp}/r"], "rho is 1.5, expected a number in [0, 1]"),
     (["train", "--dataset", "biased-toy", "--param", "rho_left=0.9", "--out", "{tmp}/r"], "has no parameter(s) ['rho_left']"),
     (["train", "--dataset", "biased-toy", "--model", "vgg", "--unbiased-size", "600", "--out", "{tmp}/r"],
      "unknown model 'vgg'; available:"),
@@ -100,5 +100,5 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([str(script), "train", "--dataset", "biased-toy", "--rho", "1.5", "--out",
                            str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "rho must lie in [0, 1]" in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    assert "rho is 1.5, expected a number in [0, 1]" in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()

@@ -104,3 +104,21 @@ def test_forced_replacements_are_exclusive_too(cli, tmp_path, toy_run_dir):
         assert proc.wait(timeout=60) == 0
     assert '"by": "holder"' in (out / "run.json").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "ready", "run"]
+
+
+def test_ctrl_c_during_train_says_so_and_leaves_nothing(tmp_path):
+    script = Path(sys.executable).with_name("debiaskit")
+    if not script.is_file():
+        pytest.skip("the debiaskit console script is not installed next to this python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "1000"}
+    args = [a if a != "1" else "500" for a in TRAIN]   # long enough to be interrupted
+    proc = subprocess.Popen([str(script), *args, "--out", str(tmp_path / "run")], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not any(p.stat().st_size for p in tmp_path.glob(".run.staging-*/train_log.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted (Ctrl-C)" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,10 @@ for _mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
 __all__ = ["app", "main"]
 
 
+INTERRUPTED = ("[yellow]interrupted[/yellow] (Ctrl-C): the command stopped before finishing; its output folder "
+               "was not written (an existing one is unchanged)")
+
+
 def main() -> None:
     try:
         app()
@@ -28,8 +32,22 @@ def main() -> None:
         Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]interrupted[/yellow]")
+        Console(stderr=True).print(INTERRUPTED, highlight=False)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130 and _from_keyboard_interrupt(exc):  # typer turns Ctrl-C into a silent exit 130
+            Console(stderr=True).print(INTERRUPTED, highlight=False)
+        raise
+
+
+def _from_keyboard_interrupt(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validate import UNIT_INTERVAL, require
 from ..errors import ConfigError
 from ._corrupted import draw_corrupted
 
@@ -55,10 +56,7 @@ def assign_by_rho(y: np.ndarray, *, rho: float, num_bias: int, rng: np.random.Ge
 
 
 def _check_rho(name: str, value: float, num_bias: int) -> float:
-    value = float(value)
-    if not (0.0 <= value <= 1.0) or math.isnan(value):
-        raise ConfigError(f"{name} must lie in [0, 1] (share of bias-aligned samples), got {value}")
-    return value
+    return float(require(name, value, UNIT_INTERVAL, hint="the share of bias-aligned samples"))
 
 
 @dataclass(frozen=True)
