@@ -51,10 +51,14 @@ def check_device(device: Any) -> torch.device:
     raise ConfigError(f"--device {device}: not available here; use --device cpu (or cuda / cuda:N on a GPU machine)")
 
 
-def check_training_data(data: Any, *, num_classes: int, what: str = "training data") -> None:
-    """Non-empty, targets in [0, num_classes), finite inputs (when the dataset holds them in memory)."""
+def check_not_empty(data: Any, *, what: str = "training data") -> None:
     if len(data) == 0:
         raise DataError(f"the {what} is empty: nothing to train on; check the dataset and its sizes")
+
+
+def check_training_data(data: Any, *, num_classes: int, what: str = "training data") -> None:
+    """Non-empty, targets in [0, num_classes), finite inputs (when the dataset holds them in memory)."""
+    check_not_empty(data, what=what)
     y = getattr(data, "y", None)
     if isinstance(y, torch.Tensor):
         check_targets(y, num_classes=num_classes, index=torch.arange(len(y)), what=what)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._io import AUDIT_FOLDER, atomic_folder
-from .._validate import check_device
+from .._validate import SEED, check_device, require
 from ..runs import load_run
 from ._audit import AuditReport, audit_model
 from ._report import write_report
@@ -17,6 +17,7 @@ def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: 
     ``out`` may only be a new folder or, with ``force``, an earlier audit report folder: never the run
     itself, a folder holding it, or anything else (see :mod:`debiaskit._io`).
     """
+    require("seed", seed, SEED)
     check_device(device)
     target = Path(out) if out is not None else Path(run_dir) / "audit"
     run = load_run(run_dir)  # the input is checked first, then the output, then the compute runs

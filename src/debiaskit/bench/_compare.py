@@ -171,12 +171,14 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train / derive one method on one (value, seed), audit it, write its cell atomically."""
     folder = cell_dir(root, suite, value, method, seed)
-    config = TrainConfig(epochs=suite.epochs, batch_size=suite.batch_size, lr=suite.lr, seed=seed)
     reference = build_model(suite.model, num_classes=splits.num_classes, input_shape=splits.train.input_shape)
     head = default_head_name(reference)
     defaults = method_defaults(method, suite.dataset)
     overrides = {k: v for k, v in info.budget("full" if full else "default").items() if k in defaults}
     method_config = {**{k: d.value for k, d in defaults.items()}, **overrides}
+    # the reported model gets the suite's epochs; a method that trains before it starts (VCBA's stage 1) gets more
+    epochs = suite.epochs + (0 if info.post_hoc else info.epochs_before_model(method_config))
+    config = TrainConfig(epochs=epochs, batch_size=suite.batch_size, lr=suite.lr, seed=seed)
     state: dict[str, Any] = {}
     start = time.perf_counter()
     reused = None

@@ -36,7 +36,7 @@ def data_list() -> None:
 def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias correlation (share aligned)"),
               param: Optional[List[str]] = typer.Option(None, "--param", help="dataset parameter KEY=VALUE"),
               root: Optional[Path] = typer.Option(None, "--root", help="your own dataset folder (celeba; same as --param root=DIR)"),
-              seed: int = 0, unbiased_size: int = 10000, as_json: bool = typer.Option(False, "--json")) -> None:
+              seed: int = 0, unbiased_size: Optional[int] = typer.Option(None, help="held-out training samples for D^u (default 10000, or 30% of a smaller source: 600 for the toy digits)"), as_json: bool = typer.Option(False, "--json")) -> None:
     """What a dataset is, its splits, sizes, realised rho and where its files are."""
     from ..data import describe, make_splits, text_params
     params = parse_params(rho, param, text_keys=text_params(name))
@@ -108,7 +108,8 @@ def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--
         return
     source = get_source(name) if name in SOURCES else parse_name(name)[1]
     folder = source.prepare(from_folder=from_folder, force=force)
-    console.print(f"[green]{source.name} ready[/green] in {folder} (checksums verified)")
+    checked = "checksums verified" if source.md5 else "no published checksums: file structure and labels checked"
+    console.print(f"[green]{source.name} ready[/green] in {folder} ({checked})")
 
 
 @models_app.command("list")

@@ -25,7 +25,8 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
           optimizer: str = "adam", seed: int = 0,
           data_seed: Optional[int] = typer.Option(None, help="seed of the dataset draw (default: --seed)"),
-          unbiased_size: int = 10000, train_size: Optional[int] = None, test_size: Optional[int] = None,
+          unbiased_size: Optional[int] = typer.Option(None, help="held-out training samples for D^u (default 10000, or 30% of a smaller source: 600 for the toy digits)"),
+          train_size: Optional[int] = None, test_size: Optional[int] = None,
           device: str = "cpu", force: bool = typer.Option(False, help="replace an existing run folder (only a finished run)"),
           progress: bool = True,
           record_dynamics: bool = typer.Option(False, "--record-dynamics", help="also write RUN/dynamics.safetensors (per-sample loss, correctness and attractor per epoch) for `debiaskit discover`")) -> None:

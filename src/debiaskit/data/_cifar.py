@@ -162,7 +162,13 @@ def read_cifar10(path: Path) -> ImageArrays:
         if not tarfile.is_tarfile(path):
             raise DataError(f"{path} is neither a folder nor a tar archive. {HOW_TO_GET}")
         with tempfile.TemporaryDirectory(prefix="debiaskit-cifar-") as tmp, tarfile.open(path) as tar:
-            tar.extractall(tmp, filter="data")  # "data" filter: no absolute paths, links out, devices
+            try:
+                tar.extractall(tmp, filter="data")  # "data" filter: no absolute paths, links out, devices
+            except tarfile.FilterError as exc:
+                raise DataError(f"{path} holds an unsafe member ({exc}): refusing to unpack it; use the official "
+                                f"archive. {HOW_TO_GET}") from exc
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise DataError(f"{path} is a damaged archive ({exc}); download it again. {HOW_TO_GET}") from exc
             return _read_found(Path(tmp), shown=path)
     return _read_found(path, shown=path)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def parse_idx(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{name} is truncated (incomplete header)")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = header_len + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header_len + math.prod(shape) * dtype.itemsize   # Python ints: a forged header cannot overflow
     if len(data) != expected:
         raise DataError(
             f"{name} is truncated or corrupt: header announces shape {shape} "

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .._validate import SEED, require
 from ..errors import ConfigError, DataError
 from ._dataset import BiasDataset
 from ._recipes import RECIPES, Recipe, get_recipe
@@ -113,10 +114,16 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), stream])
 
 
-def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiased_size: int = 10000,
+DEFAULT_UNBIASED_SIZE = 10000
+
+
+def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiased_size: int | None = None,
                 train_size: int | None = None, test_size: int | None = None,
                 unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Splits:
     """Build the splits of dataset ``name`` deterministically from ``seed``.
+
+    ``unbiased_size`` (held-out training samples for D^u): default 10000, or 30% of the training samples of a
+    smaller source (600 for the toy digits).
 
     Example::
 
@@ -125,6 +132,9 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
         splits = make_splits("tensors:my-data.safetensors", seed=0)   # your own file (see data._user_files)
     """
     from ._user_files import is_user_dataset, make_user_splits
+    require("seed", seed, SEED)
+    if unbiased_size is None and (is_user_dataset(name) or name in DATASETS):
+        unbiased_size = DEFAULT_UNBIASED_SIZE
     if is_user_dataset(name):
         return make_user_splits(name, params=params, seed=seed, unbiased_size=unbiased_size, train_size=train_size,
                                 test_size=test_size)
@@ -137,6 +147,8 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
     resolved = recipe.resolve(params, num_bias)
     arrays = source.load()
     n_train = len(arrays.train_labels)
+    if unbiased_size is None:
+        unbiased_size = min(DEFAULT_UNBIASED_SIZE, int(0.3 * n_train))
     if not 0 < unbiased_size < n_train:
         raise ConfigError(f"unbiased_size must lie in (0, {n_train}) for {source.name}, got {unbiased_size}")
     if abs(sum(unbiased_fractions) - 1) > 1e-6 or min(unbiased_fractions) <= 0:

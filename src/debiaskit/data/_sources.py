@@ -90,6 +90,7 @@ class ImageSource:
                     raise DataError(
                         f"no IDX files ({', '.join(IDX_FILES.values())}, raw or .gz) under {from_folder}"
                     )
+                self._load_from(folder)  # verify the user's files where they are: errors name them, not a copy
                 for stem in IDX_FILES.values():
                     shutil.copy(_idx_path(folder, stem), staging / _idx_path(folder, stem).name)
             else:

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 from ..audit import normalized_mutual_information
 from ..data import as_bias_datasets, iterate_batches
+from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, SEED, UNIT_INTERVAL,
+                         require)
 from ..errors import ConfigError, DataError, ModelError
 from ..models import forward_with_bottleneck, head_shape, resolve_head
 from ._adversary import (ADVERSARIES, KernelDependence, LinearDependence, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
@@ -43,6 +45,14 @@ SELECTIONS = {
                    "of the bias, whatever the adversary)",
     "accuracy": "hard-masked model with the highest task accuracy on D^u_val",
 }
+
+
+_CONFIG_RULES = {"gamma": NON_NEGATIVE, "tau_init": POSITIVE, "tau_decay": OPEN_UNIT_INTERVAL, "max_levels": POSITIVE_INT,
+                 "min_epochs_per_level": POSITIVE_INT, "max_epochs_per_level": POSITIVE_INT, "patience": COUNT,
+                 "plateau_threshold": NON_NEGATIVE, "agree_tol": NON_NEGATIVE, "batch_size": POSITIVE_INT,
+                 "gate_lr": POSITIVE, "head_lr": POSITIVE, "head_momentum": UNIT_INTERVAL,
+                 "head_weight_decay": NON_NEGATIVE, "head_pretrain_epochs": COUNT, "head_pretrain_patience": COUNT,
+                 "seed": SEED}
 
 
 @dataclass
@@ -91,12 +101,8 @@ class FFWConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("unstructured", "structured"):
             raise ConfigError(f"mode must be 'unstructured' or 'structured', got {self.mode!r}")
-        if not (self.gamma >= 0 and math.isfinite(self.gamma)):
-            raise ConfigError(f"gamma must be a finite number >= 0, got {self.gamma}")
-        if not 0 < self.tau_decay < 1:
-            raise ConfigError(f"tau_decay must lie in (0, 1), got {self.tau_decay}")
-        if self.tau_init <= 0 or self.max_levels < 1 or self.max_epochs_per_level < 1 or self.batch_size < 1:
-            raise ConfigError("tau_init, max_levels, max_epochs_per_level and batch_size must be positive")
+        for name, rule in _CONFIG_RULES.items():  # the shared rules (debiaskit._validate): NaN, < 0, ... refused
+            require(name, getattr(self, name), rule)
         if self.min_epochs_per_level > self.max_epochs_per_level:
             raise ConfigError("min_epochs_per_level must not exceed max_epochs_per_level")
         if self.gate_optimizer not in ("adam", "sgd"):

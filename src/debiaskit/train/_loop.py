@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Batch, as_bias_data, iterate_batches
-from .._validate import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_device, check_targets, check_training_data,
-                         describe_divergence, require)
+from .._validate import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_device, check_not_empty, check_targets,
+                         check_training_data, describe_divergence, require)
 from ..errors import ConfigError, DebiaskitError
 
 
@@ -256,6 +256,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     """
     config = config or TrainConfig()
     method = method or TrainingMethod()
+    check_not_empty(train_data)
     train_data = as_bias_data(train_data)   # the data contract: any (x, y, b) or (x, y) dataset, kept lazy
     device = check_device(device)
     torch.manual_seed(config.seed)

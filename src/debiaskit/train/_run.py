@@ -27,7 +27,7 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
               head: str | None = None, params: dict | None = None,
               config: TrainConfig | None = None, method: TrainingMethod | None = None,
               method_config: dict[str, Any] | None = None, data_seed: int | None = None,
-              unbiased_size: int = 10000, train_size: int | None = None, test_size: int | None = None,
+              unbiased_size: int | None = None, train_size: int | None = None, test_size: int | None = None,
               splits: Splits | None = None, device: str = "cpu", force: bool = False,
               progress: bool = True, record_dynamics: bool = False) -> tuple[Path, FitResult]:
     """Train ``model`` on ``dataset`` and write ``out`` atomically.
