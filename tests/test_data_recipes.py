@@ -242,9 +242,9 @@ def test_splits_are_disjoint_and_cover_the_training_digits(monkeypatch):
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"rho": 1.5}, r"rho must lie in \[0, 1\]"),
-    ({"rho": -0.1}, r"rho must lie in \[0, 1\]"),
-    ({"rho": float("nan")}, r"rho must lie in \[0, 1\]"),
+    ({"rho": 1.5}, r"rho is .*, expected a number in \[0, 1\]"),
+    ({"rho": -0.1}, r"rho is .*, expected a number in \[0, 1\]"),
+    ({"rho": float("nan")}, r"rho is .*, expected a number in \[0, 1\]"),
     ({"rhoo": 0.9}, r"no parameter\(s\) \['rhoo'\]; it takes: rho"),
 ])
 def test_bad_params(params, match):
