@@ -289,3 +289,36 @@ def test_an_export_that_differs_from_the_hard_masked_model_is_refused(monkeypatc
     monkeypatch.setattr(_export, "_slice_in", off_by_one)
     with pytest.raises(ModelError, match="differs from the hard-masked model"):
         prune_structured(model, gm.hard_masks(), head=head, example=x[:2])
+
+
+def test_input_weights_gate_every_weight_of_the_layers_reading_the_input_and_export_exactly():
+    from debiaskit.errors import ConfigError
+    from debiaskit.ffw import FFWConfig, structured_sparsity
+    model, head, shape = _build("user-resnet")
+    x = _x(shape)
+    net = copy.deepcopy(model)
+    freeze(net)
+    gm = install_gates(net, mode="structured", head=head, example=x[:2], input_weights=True)
+    assert "stem.weight" in gm.gates and gm.gates["stem.weight"].m.shape == model.stem.weight.shape
+    assert "stem" in gm.gates   # the stem's units are gated too
+    with torch.no_grad():
+        assert torch.equal(net(x), model(x))
+    _random_hard_gates(gm, seed=4)
+    masks = gm.hard_masks()
+    pruned, _ = prune_structured(model, masks, head=head, example=x[:2])
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), net(x), atol=1e-5, rtol=1e-5)
+    kept = masks["stem"].bool()
+    expected = (model.stem.weight * masks["stem.weight"])[kept] if kept.any() else None
+    if expected is not None:
+        assert torch.equal(pruned.stem.weight, expected)   # weight zeros baked in, pruned units removed
+    sp = structured_sparsity(masks, model, pruned)
+    assert "stem.weight" not in sp["per_layer"] and 0 < sp["input_weights"]["overall"] < 1
+    gm.remove()
+    with torch.no_grad():
+        assert torch.equal(net(x), model(x))   # gates (hooks and parametrisations) taken out again
+    with pytest.raises(ConfigError, match="input_weights.*structured"):
+        FFWConfig(mode="unstructured", input_weights=True)
+    with pytest.raises(ModelError, match="weight mask 'blocks.0.c1.weight'"):
+        prune_structured(model, {"blocks.0.c1.weight": torch.ones_like(model.blocks[0].c1.weight)}, head=head,
+                         example=x[:2])

@@ -22,6 +22,8 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         mode: str = typer.Option(..., help="unstructured (a gate per weight) or structured (a gate per channel/neuron)"),
         gamma: float = typer.Option(10.0, help="weight of the mutual-information term (paper: 10)"),
         include_head: bool = typer.Option(False, help="also gate the classifier head's weights (unstructured; the public code does)"),
+        input_weights: bool = typer.Option(False, help="structured: also gate every weight of the layers that read the "
+                                                       "input (an input-level bias such as colour lives there)"),
         out: Optional[Path] = typer.Option(None, help="FFW folder (default RUN_DIR/ffw-MODE-gGAMMA)"),
         resume: bool = typer.Option(False, help="continue an interrupted search (kept in .OUT.partial/)"),
         force: bool = typer.Option(False, help="replace an existing FFW folder / discard an interrupted search"),
@@ -47,7 +49,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       callback=_progress_line if progress else None, command=invoked_command(),
                       tau_decay=tau_decay, max_levels=max_levels, max_epochs_per_level=max_epochs_per_level,
                       patience=patience, gate_lr=gate_lr, adversary=adversary, max_epochs=max_epochs,
-                      selection=selection, strong_probes=strong_probes)
+                      selection=selection, strong_probes=strong_probes, input_weights=input_weights)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)

@@ -110,7 +110,9 @@ def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, e
     """Physically remove the pruned units of a structured FFW result (see module docstring).
 
     ``masks`` maps a gate's name (the first layer of its group, as in :func:`install_gates`) to a 0/1
-    vector over its units; groups without a mask are kept whole. Returns the smaller model (a deep
+    vector over its units; groups without a mask are kept whole. Masks named ``"<layer>.weight"``
+    (``install_gates(input_weights=True)``) are weight masks of the layers that read the model's
+    input: their zeros are baked in before the units are removed. Returns the smaller model (a deep
     copy: ``model`` is not modified) and its ``shapes`` (module name -> sizes), which
     :func:`resize_like` uses to rebuild the architecture before loading the weights. With ``check``
     the export is compared with the hard-masked gated model on ``example`` (a ModelError if they differ).
@@ -121,10 +123,15 @@ def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, e
         count_parameters(pruned) < count_parameters(vanilla)
     """
     structure = analyse_structure(model, example, head)
+    weight_masks = {k: v for k, v in masks.items() if k.endswith(".weight") and k not in structure.points}
+    for key in weight_masks:
+        if key[: -len(".weight")] not in structure.input_layers:
+            raise ModelError(f"weight mask {key!r}: structured FFW gates weights only in the layers that read the "
+                             f"model's input ({', '.join(structure.input_layers) or 'none'})")
     outs: dict[str, Tensor] = {}
     chans: dict[str, Tensor] = {}
     ins: dict[str, tuple[Tensor, Tensor | None]] = {}
-    for layer, mask in masks.items():
+    for layer, mask in ((k, v) for k, v in masks.items() if k not in weight_masks):
         if layer not in structure.points:
             why = structure.ungated.get(layer)
             raise ModelError(f"structured mask {layer!r} names no gate of this model"
@@ -147,7 +154,7 @@ def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, e
             cols = (keep[:, None] * fan + spread).flatten()
             zero = (dead[:, None] * fan + spread).flatten() if dead is not None else None
             ins[name] = (cols, zero)
-    out = copy.deepcopy(model)
+    out = apply_unstructured_masks(model, weight_masks, copy_model=True)
     for name, keep in outs.items():
         _slice_out(out.get_submodule(name), keep)
     for name, keep in chans.items():
@@ -156,20 +163,21 @@ def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, e
         _slice_in(out.get_submodule(name), cols, zero)
     out.eval()
     if check:
-        _check_export(model, out, masks, head=head, example=example)
+        _check_export(model, out, masks, head=head, example=example, input_weights=bool(weight_masks))
     return out, module_shapes(out)
 
 
 @torch.no_grad()
-def _check_export(model: nn.Module, pruned: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor) -> None:
+def _check_export(model: nn.Module, pruned: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor,
+                  input_weights: bool) -> None:
     """The export must equal the hard-masked gated model on ``example`` (a bug otherwise: say so)."""
     from ._gates import freeze, install_gates
     net = copy.deepcopy(model)
     freeze(net)
-    gated = install_gates(net, mode="structured", head=head, example=example)
+    gated = install_gates(net, mode="structured", head=head, example=example, input_weights=input_weights)
     for name, gate in gated.gates.items():
         if name in masks:
-            gate.m.copy_(torch.where(masks[name].bool().flatten(), 0.0, -1.0))
+            gate.m.copy_(torch.where(masks[name].bool().reshape(gate.m.shape), 0.0, -1.0))
     gated.state.hard = True
     want, got = net(example), pruned(example)
     scale = float(want.abs().max()) + 1e-6
@@ -258,12 +266,17 @@ def unstructured_sparsity(masks: dict[str, Tensor]) -> dict[str, Any]:
 
 
 def structured_sparsity(masks: dict[str, Tensor], model: nn.Module, pruned: nn.Module | None = None) -> dict[str, Any]:
-    """Share of gated units removed (overall, per layer) and, with the exported network, of parameters."""
-    per_layer = {k: 1.0 - float(m.float().mean()) for k, m in masks.items()}
-    total = sum(m.numel() for m in masks.values())
-    zeros = sum(int((m == 0).sum()) for m in masks.values())
+    """Share of gated units removed (overall, per gate) and, with the exported network, of parameters;
+    weight masks of input layers (``"<layer>.weight"``, n-d) are counted apart."""
+    units = {k: m for k, m in masks.items() if m.ndim == 1}
+    weights = {k: m for k, m in masks.items() if m.ndim != 1}
+    per_layer = {k: 1.0 - float(m.float().mean()) for k, m in units.items()}
+    total = sum(m.numel() for m in units.values())
+    zeros = sum(int((m == 0).sum()) for m in units.values())
     out: dict[str, Any] = {"overall": zeros / max(total, 1), "per_layer": per_layer, "gated_units": total,
                            "pruned_units": zeros, "unit": "units (channels / neurons)"}
+    if weights:
+        out["input_weights"] = unstructured_sparsity(weights)
     if pruned is not None:
         before, after = count_parameters(model), count_parameters(pruned)
         out.update(parameters_before=before, parameters_after=after, parameter_sparsity=1.0 - after / before)

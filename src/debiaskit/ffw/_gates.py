@@ -134,12 +134,20 @@ class GatedModel:
         """Take the gates out again (the model gets its plain weights back)."""
         for h in self._handles:
             h.remove()
-        if self.mode == "unstructured":
-            modules = dict(self.model.named_modules())
-            for name in self.gates:
-                if parametrize.is_parametrized(modules[name], "weight"):
-                    parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=False)
+        modules = dict(self.model.named_modules())
+        for name, gate in self.gates.items():
+            layer = name[: -len(".weight")] if name.endswith(".weight") and self.mode == "structured" else name
+            if isinstance(gate, WeightGate) and parametrize.is_parametrized(modules[layer], "weight"):
+                parametrize.remove_parametrizations(modules[layer], "weight", leave_parametrized=False)
         self._handles = []
+
+
+def _weight_gate(module: nn.Module, state: GateState) -> WeightGate:
+    """Parametrise ``module.weight`` as ``weight * g(m)`` (one gate per weight); the weight stays frozen."""
+    gate = WeightGate(module.weight.shape, state)
+    parametrize.register_parametrization(module, "weight", gate)
+    module.parametrizations.weight.original.requires_grad_(False)
+    return gate
 
 
 def freeze(model: nn.Module) -> None:
@@ -150,7 +158,7 @@ def freeze(model: nn.Module) -> None:
 
 
 def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, include_head: bool = False,
-                  state: GateState | None = None) -> GatedModel:
+                  input_weights: bool = False, state: GateState | None = None) -> GatedModel:
     """Install FFW gates on ``model`` in place (freeze it first). Returns the :class:`GatedModel`.
 
     ``mode="unstructured"``: a :class:`WeightGate` parametrisation on the weight of every encoder
@@ -159,6 +167,9 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
     exactly in the traced graph of ``model`` (any network of standard layers: chains, MLPs,
     torchvision-style ResNets with shared or functional ReLUs, depthwise convolutions); the rest is
     listed with the reason in ``GatedModel.ungated`` (e.g. the channels a grouped conv reads).
+    ``input_weights=True`` (structured only) also puts a :class:`WeightGate` on every weight of the
+    conv/linear layers that read the model's input (gate name ``"<layer>.weight"``): an input-level bias
+    such as colour is mixed into every unit there, and removing whole units cannot undo that.
 
     Example::
 
@@ -168,13 +179,10 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
     """
     state = state or GateState()
     layers = encoder_layers(model, head, include_head=include_head)
+    if input_weights and mode != "structured":
+        raise ConfigError("input_weights applies to structured FFW only (unstructured FFW gates every weight already)")
     if mode == "unstructured":
-        gates: dict[str, nn.Module] = {}
-        for name, module in layers:
-            gate = WeightGate(module.weight.shape, state)
-            parametrize.register_parametrization(module, "weight", gate)
-            module.parametrizations.weight.original.requires_grad_(False)
-            gates[name] = gate
+        gates: dict[str, nn.Module] = {name: _weight_gate(module, state) for name, module in layers}
         return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=[])
     if mode == "structured":
         if include_head:
@@ -192,6 +200,11 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
             for site in point.sites:
                 handles.append(modules[site].register_forward_hook(gate.hook))
             gates[layer], units[layer] = gate, point.sites
+        if input_weights:
+            if not structure.input_layers:
+                raise ModelError("input_weights=True, but no conv/linear layer outside the head reads the model's input")
+            for layer in structure.input_layers:
+                gates[f"{layer}.weight"] = _weight_gate(modules[layer], state)
         return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=handles, units=units,
                           ungated=structure.ungated)
     raise ConfigError(f"mode must be 'unstructured' or 'structured', got {mode!r}")

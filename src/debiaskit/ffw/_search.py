@@ -74,6 +74,7 @@ class FFWConfig:
     mode: str = "unstructured"
     gamma: float = 10.0
     include_head: bool = False
+    input_weights: bool = False   # structured: also gate every weight of the layers reading the input (_gates.py)
     tau_init: float = 1.0
     tau_decay: float = 0.5
     max_levels: int = 20
@@ -107,6 +108,8 @@ class FFWConfig:
             raise ConfigError("min_epochs_per_level must not exceed max_epochs_per_level")
         if self.gate_optimizer not in ("adam", "sgd"):
             raise ConfigError(f"gate_optimizer must be 'adam' or 'sgd', got {self.gate_optimizer!r}")
+        if self.input_weights and self.mode != "structured":
+            raise ConfigError("input_weights applies to mode='structured' only (unstructured gates every weight)")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.adversary not in ADVERSARIES:
@@ -243,7 +246,8 @@ class _Search:
         example = next(iter(iterate_batches(train, batch_size=2, device=self.device))).x
         self.state = GateState(tau=config.tau_init)
         self.gated = install_gates(self.work, mode=config.mode, head=head, example=example,
-                                   include_head=config.include_head, state=self.state)
+                                   include_head=config.include_head, input_weights=config.input_weights,
+                                   state=self.state)
         d, _ = head_shape(self.work, head)
         torch.manual_seed(config.seed)
         self.heads = [nn.Linear(d, self.num_bias).to(self.device) for _ in range(self.n_attr)]

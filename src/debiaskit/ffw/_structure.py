@@ -135,6 +135,7 @@ class Structure:
 
     points: dict[str, GatePoint]
     ungated: dict[str, str]
+    input_layers: tuple[str, ...] = ()   # conv/linear outside the head that read the model's input
 
     @property
     def kind(self) -> str:
@@ -652,4 +653,8 @@ def analyse_structure(model: nn.Module, example: Tensor, head: str) -> Structure
                 ungated[name] = f"not gated: inside {owner}, whose forward torch.fx cannot trace ({opaque[owner]})"
             else:
                 ungated[name] = "not gated: not called in the forward pass"
-    return Structure(points=points, ungated=ungated)
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and n in spaces.of]
+    readers = [name for n in inputs for _, name, _ in spaces.get(n)[0].consumers]
+    input_layers = tuple(dict.fromkeys(r for r in sorted(readers, key=order.__getitem__)
+                                       if not (r == head or r.startswith(head + "."))))
+    return Structure(points=points, ungated=ungated, input_layers=input_layers)
