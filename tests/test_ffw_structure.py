@@ -248,7 +248,8 @@ def test_a_forward_torch_fx_cannot_trace_is_refused_clearly_and_unstructured_sti
     assert list(gm.gates) == ["conv"]
 
 
-def test_ffw_search_on_a_torchvision_resnet_exports_the_selected_hard_model():
+@pytest.mark.parametrize("input_weights", [False, True])
+def test_ffw_search_on_a_torchvision_resnet_exports_the_selected_hard_model(input_weights):
     gen = torch.Generator().manual_seed(0)
     shape = (3, 16, 16)
 
@@ -264,8 +265,10 @@ def test_ffw_search_on_a_torchvision_resnet_exports_the_selected_hard_model():
     torch.manual_seed(0)
     model = randomise_batchnorm(tv_resnet18(num_classes=2, width=4))
     res = find_fantastic_weights(model, head="fc", train=train, val=val, mode="structured", max_levels=2,
-                                 max_epochs_per_level=1, head_pretrain_epochs=1, batch_size=32, gate_lr=1.0)
-    assert set(res.masks) == set(TV18_UNITS)
+                                 max_epochs_per_level=1, head_pretrain_epochs=1, batch_size=32, gate_lr=1.0,
+                                 input_weights=input_weights)
+    assert set(res.masks) == set(TV18_UNITS) | ({"conv1.weight"} if input_weights else set())
+    assert ("input_weights" in res.sparsity) == input_weights
     res.gated.state.hard = True
     x = val.x[:8]
     with torch.no_grad():
