@@ -113,7 +113,7 @@ def test_symlink_out_is_refused(cli, tmp_path, toy_run_dir):
 def test_parent_that_is_a_file_is_refused_before_compute(cli, tmp_path):
     (tmp_path / "file").write_text("x")
     code, err = cli(*TRAIN, "--out", tmp_path / "file" / "run")
-    assert code == 2 and "file" in err and "Traceback" not in err, err
+    assert code == 2 and f"{tmp_path / 'file'} is a file, not a folder" in err and "Traceback" not in err, err
     assert (tmp_path / "file").read_text() == "x"
 
 
@@ -225,3 +225,35 @@ def test_file_too_large_is_a_clear_error_and_leaves_nothing(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert f"cannot write {tmp_path / 'run'}/model.safetensors: File too large" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_data_prepare_replaces_only_its_own_cache(cli, tmp_path, monkeypatch):
+    """DEBIASKIT_DATA pointed at a folder of the user's: `data prepare mnist --force` must not delete ~/mnist."""
+    import gzip
+
+    import numpy as np
+
+    from debiaskit.data import get_source, write_idx
+    from debiaskit.data._idx import md5
+    monkeypatch.setenv("DEBIASKIT_DATA", str(tmp_path / "home"))
+    raw = tmp_path / "download"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    for key, stem, shape in (("train_images", "train-images-idx3-ubyte", (60, 28, 28)),
+                             ("train_labels", "train-labels-idx1-ubyte", (60,)),
+                             ("test_images", "t10k-images-idx3-ubyte", (20, 28, 28)),
+                             ("test_labels", "t10k-labels-idx1-ubyte", (20,))):
+        write_idx(raw / f"{stem}.gz", rng.integers(0, 10, shape, dtype=np.uint8), compress=True)
+        monkeypatch.setitem(get_source("mnist").md5, key, md5(gzip.decompress((raw / f"{stem}.gz").read_bytes())))
+    mine = tmp_path / "home" / "mnist"
+    mine.mkdir(parents=True)
+    (mine / "my-notes.txt").write_text("mine")
+    before = tree_bytes(mine)
+    code, err = cli("data", "prepare", "mnist", "--from", raw, "--force")
+    assert code == 2 and "is an existing folder that is not a debiaskit data cache" in err, err
+    assert tree_bytes(mine) == before
+    (mine / "my-notes.txt").unlink()
+    mine.rmdir()
+    assert cli("data", "prepare", "mnist", "--from", raw)[0] == 0
+    assert cli("data", "prepare", "mnist", "--from", raw, "--force")[0] == 0   # its own cache: replaced
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["mnist"]

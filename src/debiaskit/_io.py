@@ -236,9 +236,10 @@ _DEBIASKIT_HIDDEN = (".*.tmp", ".*.staging-*", ".*.partial", ".*.lock", ".*.old-
 class FolderKind:
     """A kind of output folder: recognised by its ``marker`` file whose ``"kind"`` field is in ``kinds``.
 
-    ``files``: glob patterns of everything such a folder may hold (besides recognised debiaskit
-    sub-folders); anything else is a user's file and makes the folder irreplaceable. ``legacy``
-    recognises markers written before the ``kind`` field existed (debiaskit 0.1.0).
+    ``files``: glob patterns of everything such a folder may hold (files or folders, besides recognised
+    debiaskit sub-folders); anything else is a user's file and makes the folder irreplaceable. ``legacy``
+    recognises markers written before the ``kind`` field existed (debiaskit 0.1.0); ``legacy_by_files``: a
+    folder without marker is recognised when it holds only such files (0.1.0's data caches had no marker).
     """
 
     name: str
@@ -247,6 +248,12 @@ class FolderKind:
     files: tuple[str, ...]
     describe: str
     legacy: Callable[[dict], bool] | None = None
+    legacy_by_files: bool = False
+
+    def recognises_folder(self, folder: Path) -> bool:
+        if not (folder / self.marker).exists() and self.legacy_by_files:
+            return any(folder.iterdir()) and not foreign_entries(folder, self)
+        return self.recognises(_marker(folder, self))
 
     def recognises(self, meta: Any) -> bool:
         if not isinstance(meta, dict) or meta.get("status", "finished") != "finished":
@@ -279,6 +286,9 @@ DISCOVER_FOLDER = register_folder_kind(FolderKind(
     "discover", "report.json", ("discover",), describe="a discover folder",
     files=("pseudo_bias.safetensors", "report.json", "report.md"),
     legacy=lambda m: "rule" in m and "quality" in m))
+DATA_CACHE = register_folder_kind(FolderKind(
+    "data-cache", "source.json", ("data-cache",), describe="a debiaskit data cache",
+    files=("source.json", "*-ubyte", "*-ubyte.gz", "cifar-10-batches-bin"), legacy_by_files=True))
 BENCH_CELL = register_folder_kind(FolderKind(
     "bench-cell", "result.json", ("bench-cell",), describe="a benchmark cell",
     files=("result.json", "run.json", "model.safetensors", "*.png"),
@@ -298,7 +308,7 @@ def recognise(folder: Path) -> FolderKind | None:
     if not folder.is_dir() or folder.is_symlink():
         return None
     for kind in FOLDER_KINDS.values():
-        if kind.recognises(_marker(folder, kind)):
+        if kind.recognises_folder(folder):
             return kind
     return None
 
@@ -308,14 +318,13 @@ def foreign_entries(folder: Path, kind: FolderKind) -> list[str]:
     out = []
     for entry in sorted(Path(folder).iterdir()):
         name = entry.name
-        if any(fnmatch.fnmatchcase(name, p) for p in _DEBIASKIT_HIDDEN):
-            continue
         if entry.is_symlink():
             out.append(name)
-        elif entry.is_dir():
-            sub = recognise(entry)
-            out += [name] if sub is None else [f"{name}/{x}" for x in foreign_entries(entry, sub)]
-        elif not any(fnmatch.fnmatchcase(name, p) for p in kind.files):
+        elif any(fnmatch.fnmatchcase(name, p) for p in _DEBIASKIT_HIDDEN + kind.files):
+            continue
+        elif entry.is_dir() and recognise(entry) is not None:
+            out += [f"{name}/{x}" for x in foreign_entries(entry, recognise(entry))]
+        else:
             out.append(name)
     return out
 
@@ -362,7 +371,7 @@ def check_output(out: Path, *, kind: FolderKind, force: bool = False, inputs: tu
 
 def _check_replaceable(given: Path, out: Path, kind: FolderKind) -> None:
     never = "debiaskit never replaces it (with or without --force); choose another --out"
-    if not kind.recognises(_marker(out, kind)):
+    if not kind.recognises_folder(out):
         found = recognise(out)
         if found is None:
             raise RunExistsError(f"{given} is an existing folder that is not {kind.describe} (no finished "

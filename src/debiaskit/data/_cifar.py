@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import DATA_CACHE, atomic_folder, write_json
 from ..errors import DataError
 from ._sources import ImageArrays, ImageSource
 
@@ -199,19 +199,16 @@ class CifarSource(ImageSource):
                 return target
             raise DataError(f"{self.name} is not prepared. {HOW_TO_GET}")
         arrays = read_cifar10(Path(from_folder))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        swap = target.with_name(target.name + ".new")
-        shutil.rmtree(swap, ignore_errors=True)
-        out = swap / BIN_DIR
-        out.mkdir(parents=True)
-        # the binary cache keeps the official split of the training set into five batches
-        for stem, images, labels in zip(TRAIN_FILES, np.array_split(arrays.train_images, 5),
-                                        np.array_split(arrays.train_labels, 5)):
-            write_cifar_binary(out / f"{stem}.bin", images, labels)
-        write_cifar_binary(out / f"{TEST_FILE}.bin", arrays.test_images, arrays.test_labels)
-        _read_binary_folder(out)  # verify before anything is replaced
-        shutil.rmtree(target, ignore_errors=True)
-        swap.rename(target)
+        with atomic_folder(target, kind=DATA_CACHE, force=True, inputs=(Path(from_folder),)) as swap:
+            out = swap / BIN_DIR
+            out.mkdir(parents=True)
+            # the binary cache keeps the official split of the training set into five batches
+            for stem, images, labels in zip(TRAIN_FILES, np.array_split(arrays.train_images, 5),
+                                            np.array_split(arrays.train_labels, 5)):
+                write_cifar_binary(out / f"{stem}.bin", images, labels)
+            write_cifar_binary(out / f"{TEST_FILE}.bin", arrays.test_images, arrays.test_labels)
+            _read_binary_folder(out)  # verify before anything is replaced
+            write_json(swap / DATA_CACHE.marker, {"kind": "data-cache", "source": self.name})
         return target
 
     def load(self, **kwargs) -> ImageArrays:

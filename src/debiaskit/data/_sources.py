@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import platformdirs
 
+from .._io import DATA_CACHE, atomic_folder, write_json
 from ..errors import DataError
 from ._idx import load_idx
 
@@ -98,12 +99,10 @@ class ImageSource:
                     raise DataError(f"{self.name} cannot be obtained automatically. {self.how_to_get}")
                 self.obtain(staging)
             self._load_from(staging)  # verify before anything is replaced
-            target.parent.mkdir(parents=True, exist_ok=True)
-            swap = target.with_name(target.name + ".new")
-            shutil.rmtree(swap, ignore_errors=True)
-            shutil.copytree(staging, swap)
-            shutil.rmtree(target, ignore_errors=True)
-            swap.rename(target)
+            with atomic_folder(target, kind=DATA_CACHE, force=True,
+                               inputs=(Path(from_folder),) if from_folder is not None else ()) as swap:
+                shutil.copytree(staging, swap, dirs_exist_ok=True)
+                write_json(swap / DATA_CACHE.marker, {"kind": "data-cache", "source": self.name})
         return target
 
     def load(self, **kwargs) -> ImageArrays:
