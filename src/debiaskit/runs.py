@@ -25,7 +25,9 @@ from torch import nn
 from ._io import RUN_FOLDER, atomic_folder, read_json, save_tensors, write_json, write_text
 from ._schema import (SCHEMA_VERSION, DataRecord, FFWRecord, MethodRecord, ModelRecord, Record, RunRecord, SchemaError,
                       TrainRecord, migrate)
+from .data import splits_from_spec
 from .errors import DamagedError, DataError, ModelError
+from .models import rebuild_model
 
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -148,7 +150,6 @@ class Run:
         return self.record.model.head
 
     def splits(self):
-        from .data import splits_from_spec
         return splits_from_spec(self.record.data.spec())
 
 
@@ -159,7 +160,6 @@ def load_run(folder: Path, *, model: nn.Module | None = None, source_changed: st
     ``source_changed`` = "warn" or "refuse" when its source file changed since training); ``model``: your
     own instance (or factory) for a run whose model was given in Python.
     """
-    from .models import rebuild_model
     folder = Path(folder)
     record = read_run_record(folder)
     weights = inner_path(folder, record.weights, file=folder / RUN_FILE, key="weights")
