@@ -22,6 +22,7 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           head: Optional[str] = typer.Option(None, help="the classifier head module of your model (default: its "
                                                         "head_name, or its only nn.Linear with num_classes outputs)"),
           method: str = typer.Option("vanilla", help="training method"),
+          method_param: Optional[List[str]] = typer.Option(None, "--method-param", help="method hyper-parameter KEY=VALUE (repeat; see `debiaskit methods list`), e.g. --method-param lambda_up=20"),
           epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
           optimizer: str = "adam", seed: int = 0,
           data_seed: Optional[int] = typer.Option(None, help="seed of the dataset draw (default: --seed)"),
@@ -29,6 +30,7 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           train_size: Optional[int] = None, test_size: Optional[int] = None,
           device: str = "cpu", force: bool = typer.Option(False, help="replace an existing run folder (only a finished run)"),
           progress: bool = True,
+          resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (Ctrl-C, crash, kill) from its last finished epoch: the same command plus --resume; the result equals an uninterrupted run's"),
           record_dynamics: bool = typer.Option(False, "--record-dynamics", help="also write RUN/dynamics.safetensors (per-sample loss, correctness and attractor per epoch) for `debiaskit discover`")) -> None:
     """Train a model on a biased dataset and write a run folder."""
     from .._validate import check_device
@@ -39,16 +41,23 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
     model_args = parse_model_args(model_arg)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       optimizer=optimizer, seed=seed)
-    method_obj, method_cfg = _method(method, dataset)
+    method_obj, method_cfg = _method(method, dataset, method_param)
     params = parse_params(rho, param, text_keys=text_params(dataset))
     splits = _user_splits(dataset, params=params, seed=seed if data_seed is None else data_seed, out=out, force=force,
                           unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
-    folder, result = train_run(dataset=dataset, out=out, model=model, model_args=model_args, head=head, params=params,
-                               config=cfg, splits=splits,
-                               method=method_obj, method_config=method_cfg, data_seed=data_seed,
-                               unbiased_size=unbiased_size, train_size=train_size, test_size=test_size,
-                               device=device, force=force, progress=progress,
-                               record_dynamics=record_dynamics)
+    from ..train import partial_dir
+    try:
+        folder, result = train_run(dataset=dataset, out=out, model=model, model_args=model_args, head=head,
+                                   params=params, config=cfg, splits=splits,
+                                   method=method_obj, method_config=method_cfg, data_seed=data_seed,
+                                   unbiased_size=unbiased_size, train_size=train_size, test_size=test_size,
+                                   device=device, force=force, progress=progress,
+                                   record_dynamics=record_dynamics, resume=resume)
+    except KeyboardInterrupt:
+        if (partial_dir(out) / "checkpoint.safetensors").is_file():
+            console.print(f"[yellow]interrupted[/yellow]: the last finished epoch is kept in {partial_dir(out)}; "
+                          "continue with the same command plus --resume")
+        raise
     last = result.history[-1]
     console.print(f"[green]trained[/green] {model} on {dataset} in {result.wall_time_s:.1f}s "
                   f"(final train loss {last.get('loss', float('nan')):.4f}); run folder: {folder}")
@@ -71,9 +80,27 @@ def _user_splits(dataset: str, *, params: dict, seed: int, out: Path, force: boo
     return splits
 
 
-def _method(name: str, dataset: str):
+def _method(name: str, dataset: str, params: Optional[List[str]] = None):
     from ..methods import build_method
-    return build_method(name, dataset=dataset)
+    return build_method(name, dataset=dataset, **parse_method_params(params))
+
+
+def parse_method_params(items: Optional[List[str]]) -> dict:
+    """``["lambda_up=20", "refit=true", "discovery=gce"]`` -> {"lambda_up": 20, "refit": True, "discovery": "gce"}:
+    a value is read as JSON (numbers, true/false, null) and otherwise kept as text."""
+    import json
+
+    from ..errors import ConfigError
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--method-param takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 @app.command()

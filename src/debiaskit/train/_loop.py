@@ -10,17 +10,20 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._io import load_checkpoint, save_checkpoint
 from ..data import Batch, as_bias_data, iterate_batches
 from .._validate import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_device, check_not_empty, check_targets,
                          check_training_data, describe_divergence, require)
 from ..errors import ConfigError, DebiaskitError
+from ._state import flatten_state, rng_state, set_rng_state, unflatten_state
 
 
 @dataclass
@@ -183,7 +186,7 @@ class TrainingMethod(nn.Module):
         """Optimisers (by attribute name), sub-modules dropped by a phase, and every public plain attribute."""
         optimizers, attributes = {}, {}
         for key, value in vars(self).items():
-            if key.startswith("_") or key == "training":
+            if key.startswith("_") or key == "training" or callable(value):   # functions are behaviour, not state
                 continue
             if isinstance(value, torch.optim.Optimizer):
                 optimizers[key] = value.state_dict()
@@ -229,9 +232,10 @@ def _shape_like(module: nn.Module, prefix: str, state: dict[str, Any]) -> None:
 class FitResult:
     model: nn.Module
     history: list[dict[str, float]]
-    wall_time_s: float
+    wall_time_s: float   # the method's whole cost: setup, preparation and every epoch (across resumes)
     selected_epoch: int
     selection: str
+    resumed_from_epoch: int | None = None
 
 
 def _dist_info() -> tuple[int, int]:
@@ -240,25 +244,41 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+CHECKPOINT_KIND = "train"
+
+
 def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, config: TrainConfig | None = None,
         num_classes: int | None = None, head: str | None = None, val_data=None,
         select: Callable[[nn.Module], float] | None = None, device: str | torch.device = "cpu",
-        progress: bool = True, log: Callable[[dict], None] | None = None) -> FitResult:
+        progress: bool = True, log: Callable[[dict], None] | None = None,
+        checkpoint: str | Path | None = None, resume: bool = False,
+        checkpoint_meta: dict[str, Any] | None = None) -> FitResult:
     """Train ``model`` on ``train_data`` (any dataset of (x, y, b)) with ``method`` (default ERM).
 
     ``select``: optional score (higher is better) computed at the end of each epoch on data the
     caller chose (never the test set); the best epoch's weights are returned. Without it the last
     epoch is returned.
 
+    ``checkpoint``: a file written (atomically, as one unit) after the method's preparation and after
+    every epoch: model, method state (sub-modules, buffers, optimisers), random generators, history and
+    selection state. With ``resume=True`` training continues from it and ends with the weights an
+    uninterrupted run would have reached, bit for bit (same data, config, method and machine);
+    ``checkpoint_meta`` (JSON) identifies the run and must match on resume. The returned wall time is
+    the method's whole cost, setup and preparation included, summed over the interrupted sessions.
+
     Example::
 
         result = fit(model, splits.train, config=TrainConfig(epochs=5, seed=0), num_classes=10)
+        result = fit(model, splits.train, config=cfg, checkpoint="run/.ckpt.safetensors", resume=True)
     """
     config = config or TrainConfig()
     method = method or TrainingMethod()
     check_not_empty(train_data)
     train_data = as_bias_data(train_data)   # the data contract: any (x, y, b) or (x, y) dataset, kept lazy
     device = check_device(device)
+    if resume and checkpoint is None:
+        raise ConfigError("resume=True needs the checkpoint file of the interrupted run")
+    start = time.perf_counter()   # the method's whole cost: setup and preparation count
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     rank, world = _dist_info()
@@ -274,14 +294,26 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     ctx = TrainContext(model=model, train_data=train_data, config=config, device=device, generator=generator,
                        num_classes=ncls, head=head, val_data=val_data, rank=rank, world_size=world)
     ctx.steps_per_epoch = math.ceil(n / world / config.batch_size)
+    identity = {"config": asdict(config), "method": method.name, "num_samples": n, "num_classes": ncls,
+                "selection": select is not None, **(checkpoint_meta or {})}
+    loop = _LoopState(best_epoch=config.epochs)
     method.setup(ctx)
-    method.prepare(ctx)
-    history: list[dict[str, float]] = []
-    best_score, best_state, best_epoch = -math.inf, None, config.epochs
-    start = time.perf_counter()
+    if resume:
+        loop = _restore(Path(checkpoint), model=_unwrap(model), method=method, generator=generator, identity=identity)
+        ctx.step = loop.step
+    else:
+        method.prepare(ctx)
+    def elapsed() -> float:   # this session since before setup, plus what earlier sessions spent
+        return loop.elapsed_s + time.perf_counter() - start
+
+    if checkpoint is not None and not resume and rank == 0:   # after the preparation: JTT's or DCWP's can be long
+        _save(Path(checkpoint), loop, model=_unwrap(model), method=method, generator=generator, identity=identity,
+              elapsed_s=elapsed())
+    resumed_from = loop.epoch if resume else None
     bar = _progress(progress and rank == 0, config.epochs * ctx.steps_per_epoch, method.name)
+    bar.advance_by(loop.epoch * ctx.steps_per_epoch)
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(loop.epoch, config.epochs):
             ctx.epoch = epoch
             indices = method.epoch_indices(ctx)
             order = torch.arange(n) if indices is None else indices
@@ -307,21 +339,69 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
             if select is not None:
                 score = float(select(method.final_model(ctx)))
                 record["selection_score"] = score
-                if score > best_score:
-                    best_score, best_epoch = score, epoch + 1
-                    best_state = copy.deepcopy(_unwrap(method.final_model(ctx)).state_dict())
-            record["time_s"] = time.perf_counter() - start
-            history.append(record)
+                if score > loop.best_score:
+                    loop.best_score, loop.best_epoch = score, epoch + 1
+                    loop.best_state = copy.deepcopy(_unwrap(method.final_model(ctx)).state_dict())
+            record["time_s"] = elapsed()
+            loop.history.append(record)
+            loop.epoch, loop.step = epoch + 1, ctx.step
+            if checkpoint is not None and rank == 0:
+                _save(Path(checkpoint), loop, model=_unwrap(model), method=method, generator=generator,
+                      identity=identity, elapsed_s=elapsed())
             if log is not None and rank == 0:
                 log(record)
     finally:
         bar.close()
     final = _unwrap(method.final_model(ctx))
-    if best_state is not None:
-        final.load_state_dict(best_state)
+    if loop.best_state is not None:
+        final.load_state_dict(loop.best_state)
     final.eval()
-    return FitResult(model=final, history=history, wall_time_s=time.perf_counter() - start,
-                     selected_epoch=best_epoch, selection="best validation score" if select else "last epoch")
+    return FitResult(model=final, history=loop.history, wall_time_s=elapsed(), selected_epoch=loop.best_epoch,
+                     selection="best validation score" if select else "last epoch", resumed_from_epoch=resumed_from)
+
+
+@dataclass
+class _LoopState:
+    """What the loop itself carries from epoch to epoch (the rest is the model's and the method's state)."""
+
+    epoch: int = 0                      # finished epochs
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, Tensor] | None = None
+    elapsed_s: float = 0.0
+
+
+def _save(path: Path, loop: _LoopState, *, model: nn.Module, method: TrainingMethod, generator: torch.Generator,
+          identity: dict[str, Any], elapsed_s: float) -> None:
+    state = {"model": dict(model.state_dict()), "method": dict(method.state_dict()), "rng": rng_state(generator),
+             "best_state": loop.best_state}
+    tensors, skeleton = flatten_state(state)
+    meta = {"identity": identity, "state": skeleton, "epoch": loop.epoch, "step": loop.step, "history": loop.history,
+            "best_score": loop.best_score, "best_epoch": loop.best_epoch, "elapsed_s": elapsed_s}
+    _, meta = flatten_state(meta)   # non-finite floats (best_score = -inf before any selection) survive JSON
+    save_checkpoint(path, tensors, meta, kind=CHECKPOINT_KIND)
+
+
+def _restore(path: Path, *, model: nn.Module, method: TrainingMethod, generator: torch.Generator,
+             identity: dict[str, Any]) -> _LoopState:
+    if not path.is_file():
+        raise ConfigError(f"nothing to resume: {path} does not exist (start without resume)")
+    tensors, meta = load_checkpoint(path, kind=CHECKPOINT_KIND)
+    meta = unflatten_state({}, meta)
+    saved = meta["identity"]
+    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    if differ:
+        raise ConfigError(f"the checkpoint {path} belongs to another run: {', '.join(differ)} differ "
+                          f"({'; '.join(f'{k}: saved {saved.get(k)!r}, now {identity.get(k)!r}' for k in differ[:3])}); "
+                          "resume with the same settings, or start afresh")
+    state = unflatten_state(tensors, meta["state"])
+    model.load_state_dict(state["model"])
+    method.load_state_dict(state["method"])
+    set_rng_state(generator, state["rng"])
+    return _LoopState(epoch=meta["epoch"], step=meta["step"], history=meta["history"], best_score=meta["best_score"],
+                      best_epoch=meta["best_epoch"], best_state=state["best_state"], elapsed_s=meta["elapsed_s"])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -339,6 +419,10 @@ class _progress:
                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
             self.bar.start()
             self.task = self.bar.add_task(label, total=total, stats="")
+
+    def advance_by(self, steps: int) -> None:
+        if self.bar is not None and steps:
+            self.bar.update(self.task, advance=steps)
 
     def advance(self, stats: dict[str, float]) -> None:
         if self.bar is not None:

@@ -14,6 +14,7 @@ from .._io import RUN_FOLDER, atomic_folder
 from .._validate import check_device
 from ..models import infer_head, resolve_head
 from ..models._user import instantiate
+from ..errors import ConfigError, RunExistsError
 from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, save_run
 from ._dynamics import DYNAMICS_FILE, DynamicsRecorder, save_dynamics
 from ._loop import FitResult, TrainConfig, TrainingMethod, fit
@@ -29,11 +30,14 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
               method_config: dict[str, Any] | None = None, data_seed: int | None = None,
               unbiased_size: int | None = None, train_size: int | None = None, test_size: int | None = None,
               splits: Splits | None = None, device: str = "cpu", force: bool = False,
-              progress: bool = True, record_dynamics: bool = False) -> tuple[Path, FitResult]:
+              progress: bool = True, record_dynamics: bool = False, resume: bool = False) -> tuple[Path, FitResult]:
     """Train ``model`` on ``dataset`` and write ``out`` atomically.
 
     The folder holds ``model.safetensors``, ``run.json`` (model spec, data spec, training config,
-    method, seed, package versions, wall time) and ``train_log.jsonl``.
+    method, seed, package versions, wall time) and ``train_log.jsonl``. While training, a checkpoint
+    of the last finished epoch lives in the hidden sibling ``.OUT.partial/``; after an interruption
+    (Ctrl-C, a crash, a kill) ``resume=True`` with the same arguments continues from it and writes the
+    weights an uninterrupted run would have written.
 
     ``dataset``: a dataset name (``debiaskit data list``), your data on disk (``tensors:PATH``,
     ``folder:DIR``) or your own :class:`~debiaskit.data.Splits` (``debiaskit.data.user_splits``; a run
@@ -57,7 +61,9 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
     check_device(device)
     if isinstance(dataset, Splits):
         splits = dataset
+    checkpoint = partial_dir(out) / CHECKPOINT_FILE
     with atomic_folder(out, kind=RUN_FOLDER, force=force) as staging:  # refuses a bad --out before any compute
+        _check_partial(out, resume=resume, force=force)
         if splits is None:
             splits = make_splits(dataset, params=params, seed=config.seed if data_seed is None else data_seed,
                                  unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
@@ -66,13 +72,11 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
                                       input_shape=tuple(splits.train.input_shape))
         head, _ = resolve_head(net, head or infer_head(net, num_classes=splits.num_classes))  # a wrong name: error now
         recorder = DynamicsRecorder(method) if record_dynamics else None
-        with open(staging / "train_log.jsonl", "w") as log_file:
-            def log(record: dict) -> None:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-
-            result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
-                         head=head, device=device, progress=progress, log=log)
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
+                     head=head, device=device, progress=progress, checkpoint=checkpoint, resume=resume,
+                     checkpoint_meta={"data": splits.spec, "model": model_spec, "method_config": method_config or {}})
+        (staging / "train_log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in result.history))
         if recorder is not None:
             recorder.close()
             save_dynamics(recorder.dynamics(), staging / DYNAMICS_FILE)
@@ -96,4 +100,40 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
             wall_time_s=result.wall_time_s, device=str(device),
             dynamics=DYNAMICS_FILE if recorder is not None else None)
         save_run(staging, model=result.model, record=record)
+    _remove_partial(partial_dir(out))   # the finished folder supersedes its checkpoint
     return out, result
+
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def partial_dir(out: Path) -> Path:
+    """Where an unfinished run keeps its checkpoint: the hidden sibling ``.OUT.partial``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def _check_partial(out: Path, *, resume: bool, force: bool) -> None:
+    partial = partial_dir(out)
+    if resume:
+        if not (partial / CHECKPOINT_FILE).is_file():
+            raise ConfigError(f"nothing to resume: {partial / CHECKPOINT_FILE} does not exist; start without --resume")
+    elif partial.exists():
+        if not force:
+            raise RunExistsError(f"an interrupted run of {out} is kept in {partial}: pass --resume (with the same "
+                                 "arguments) to continue it, or --force to start afresh")
+        _remove_partial(partial)
+        if partial.exists():
+            raise RunExistsError(f"{partial} holds files train did not write; move them away first")
+
+
+def _remove_partial(partial: Path) -> None:
+    """Remove a checkpoint folder this command wrote - and nothing else: files train did not write stay
+    (and then so does the folder)."""
+    if not partial.is_dir():
+        return
+    for path in partial.iterdir():
+        if path.name == CHECKPOINT_FILE or path.name.startswith(f".{CHECKPOINT_FILE}."):
+            path.unlink()
+    if not any(partial.iterdir()):
+        partial.rmdir()
