@@ -187,3 +187,14 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
         train_run(dataset="biased-toy", params={"rho": 0.95}, out=out, model="mlp", unbiased_size=300, progress=False)
     with pytest.raises(ConfigError, match="nothing to resume"):
         train_run(dataset="biased-toy", out=tmp_path / "other", model="mlp", unbiased_size=300, resume=True)
+
+
+def test_a_damaged_checkpoint_is_a_clear_error_not_a_wrong_resume(splits, tmp_path):
+    from debiaskit.errors import DebiaskitError
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        _fit("lff", splits, checkpoint=checkpoint, interrupt_in_epoch=1)
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])   # a torn write (the helper's own writes are atomic)
+    with pytest.raises(DebiaskitError, match="damaged"):
+        _fit("lff", splits, checkpoint=checkpoint, resume=True)
