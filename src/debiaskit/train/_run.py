@@ -73,9 +73,15 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
         head, _ = resolve_head(net, head or infer_head(net, num_classes=splits.num_classes))  # a wrong name: error now
         recorder = DynamicsRecorder(method) if record_dynamics else None
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
-                     head=head, device=device, progress=progress, checkpoint=checkpoint, resume=resume,
-                     checkpoint_meta={"data": splits.spec, "model": model_spec, "method_config": method_config or {}})
+        try:
+            result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
+                         head=head, device=device, progress=progress, checkpoint=checkpoint, resume=resume,
+                         checkpoint_meta={"data": splits.spec, "model": model_spec,
+                                          "method_config": method_config or {}})
+        except BaseException:
+            if not any(checkpoint.parent.iterdir()):   # nothing resumable was written: leave nothing behind
+                checkpoint.parent.rmdir()
+            raise
         (staging / "train_log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in result.history))
         if recorder is not None:
             recorder.close()
