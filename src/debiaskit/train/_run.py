@@ -74,15 +74,21 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
         recorder = DynamicsRecorder(method) if record_dynamics else None
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         try:
-            result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
-                         head=head, device=device, progress=progress, checkpoint=checkpoint, resume=resume,
-                         checkpoint_meta={"data": splits.spec, "model": model_spec,
-                                          "method_config": method_config or {}})
+            with open(staging / "train_log.jsonl", "w") as log_file:
+                def log(record: dict) -> None:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+
+                result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
+                             head=head, device=device, progress=progress, log=log, checkpoint=checkpoint, resume=resume,
+                             checkpoint_meta={"data": splits.spec, "model": model_spec,
+                                              "method_config": method_config or {}})
         except BaseException:
             if not any(checkpoint.parent.iterdir()):   # nothing resumable was written: leave nothing behind
                 checkpoint.parent.rmdir()
             raise
-        (staging / "train_log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in result.history))
+        if result.resumed_from_epoch:   # the epochs before the interruption are in the history, not in the stream
+            (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.history))
         if recorder is not None:
             recorder.close()
             save_dynamics(recorder.dynamics(), staging / DYNAMICS_FILE)
