@@ -197,3 +197,17 @@ def test_structured_ffw_on_the_user_residual_cnn(user_model, user_data):
     x = user_data["test"].tensors[0][:8]
     result.gated.state.hard = True
     assert torch.allclose(result.model(x), result.gated.model(x), atol=1e-5)
+
+
+def test_build_method_says_which_defaults_it_uses_on_an_unknown_family():
+    from debiaskit.methods import DefaultsWarning
+    with pytest.warns(DefaultsWarning, match="no defaults for dataset family 'my'.*generic '\\*' defaults"):
+        method, config = build_method("calm", dataset="my-data")
+    assert "warmup_epochs=" in method.defaults_note
+    with pytest.warns(DefaultsWarning, match="family 'tensors'"):
+        build_method("lff", dataset="tensors:/data/x.npz")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method, _ = build_method("lff", dataset="colored-mnist")      # our own datasets: no note
+    assert getattr(method, "defaults_note", None) is None

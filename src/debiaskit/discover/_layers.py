@@ -26,21 +26,34 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tan
 BOTTLENECK = "bottleneck"
 
 
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 def candidate_layers(model: nn.Module, *, head: str | None = None) -> list[str]:
-    """Module names tried by ``layer="auto"``: the activation modules (all leaf modules if there are
-    none), in registration order, excluding the head; the bottleneck (``"bottleneck"``) last.
+    """Module names tried by ``layer="auto"``, in registration order, excluding the head; the bottleneck
+    (``"bottleneck"``) last. Candidates are the activation modules and the *blocks* - modules with
+    sub-modules that are not plain containers (Sequential / ModuleList / ModuleDict), e.g. a residual
+    block - whose output is what the block's forward computed, functional activations (``torch.relu``,
+    ``F.gelu``) and additions included. A model with neither: all its leaf modules.
 
     Example::
 
         candidate_layers(build_model("simple-conv-small", num_classes=10, input_shape=(3, 28, 28)))
         # ['extracter.2', 'extracter.5', 'extracter.8', 'extracter.11', 'bottleneck']
+        candidate_layers(resnet_with_functional_relu, head="classifier")
+        # ['block1', 'block2', 'block3', 'bottleneck']
     """
     head_name, _ = resolve_head(model, head)
     inside_head = lambda n: n == head_name or n.startswith(head_name + ".")  # noqa: E731
-    acts = [n for n, m in model.named_modules() if n and isinstance(m, ACTIVATIONS) and not inside_head(n)]
-    if not acts:
-        acts = [n for n, m in model.named_modules() if n and not list(m.children()) and not inside_head(n)]
-    return acts + [BOTTLENECK]
+    out = []
+    for n, m in model.named_modules():
+        if not n or inside_head(n):
+            continue
+        if isinstance(m, ACTIVATIONS) or (list(m.children()) and not isinstance(m, CONTAINERS)):
+            out.append(n)
+    if not out:
+        out = [n for n, m in model.named_modules() if n and not list(m.children()) and not inside_head(n)]
+    return out + [BOTTLENECK]
 
 
 def _pool(t: Tensor) -> Tensor:

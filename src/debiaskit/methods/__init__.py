@@ -10,11 +10,12 @@ import importlib
 import pkgutil
 
 from ._registry import (METHODS, PROTOCOLS, REFERENCE_METHOD, SELECTION_RULES, Default, MethodInfo, build_method,
-                        dataset_family, get_method, method_config, method_defaults, register_method)
+                        dataset_family, defaults_note, DefaultsWarning, get_method, method_config, method_defaults,
+                        register_method)
 
 for _mod in pkgutil.iter_modules(__path__):
     if not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["METHODS", "PROTOCOLS", "REFERENCE_METHOD", "SELECTION_RULES", "Default", "MethodInfo", "build_method",
-           "dataset_family", "get_method", "method_config", "method_defaults", "register_method"]
+           "dataset_family", "defaults_note", "DefaultsWarning", "get_method", "method_config", "method_defaults", "register_method"]

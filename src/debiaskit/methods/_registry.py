@@ -8,6 +8,8 @@ A method is therefore one file: its class and its :class:`MethodInfo`.
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -115,8 +117,26 @@ def register_method(info: MethodInfo) -> MethodInfo:
 
 
 def dataset_family(dataset: str) -> str:
-    """'biased-mnist' -> 'biased', 'colored-fashion-mnist' -> 'colored'."""
+    """'biased-mnist' -> 'biased', 'colored-fashion-mnist' -> 'colored'; your own data from disk
+    ('tensors:PATH', 'folder:DIR') -> 'tensors' / 'folder'."""
+    if ":" in dataset:
+        return dataset.split(":", 1)[0]
     return dataset.split("-", 1)[0]
+
+
+def defaults_note(name: str, dataset: str) -> str | None:
+    """Which defaults ``name`` uses on ``dataset`` when its family has none of its own (None otherwise):
+    printed by build_method (a warning) and recorded in run.json (``method.defaults``)."""
+    from ..data import DATASETS, RECIPES
+    info = get_method(name)
+    fam = dataset_family(dataset)
+    if fam in info.defaults or fam in RECIPES or fam in DATASETS or not info.defaults.get("*"):
+        return None   # defaults of its own, or the generic ones made for our datasets, or nothing to choose
+    families = sorted(set(k for k in info.defaults if k != "*") | set(RECIPES) | set(DATASETS))
+    used = ", ".join(f"{k}={d.value!r}" for k, d in info.defaults["*"].items())
+    return (f"{name} has no defaults for dataset family {fam!r} ({dataset}); it uses its generic '*' defaults, "
+            f"made on debiaskit's datasets ({', '.join(families)}): {used} (each value's source: "
+            f"debiaskit.methods.METHODS[{name!r}].defaults). Tune them on your D^u_val if they do not fit your data")
 
 
 def method_defaults(name: str, dataset: str) -> dict[str, Default]:
@@ -143,6 +163,10 @@ def method_config(name: str, *, dataset: str, **overrides) -> dict[str, Any]:
     return config
 
 
+class DefaultsWarning(UserWarning):
+    """A method runs with its generic defaults on a dataset family it has no tuned defaults for."""
+
+
 def build_method(name: str, *, dataset: str, **overrides):
     """Instantiate a training method with its defaults for ``dataset``; returns (method, config).
 
@@ -151,4 +175,9 @@ def build_method(name: str, *, dataset: str, **overrides):
         method, config = build_method("jtt", dataset="colored-mnist", lambda_up=20)
     """
     config = method_config(name, dataset=dataset, **overrides)
-    return get_method(name).factory(**config), config
+    method = get_method(name).factory(**config)
+    note = defaults_note(name, dataset)
+    if note is not None:
+        warnings.warn(note, DefaultsWarning, stacklevel=2)
+        method.defaults_note = note   # train_run records it in run.json
+    return method, config

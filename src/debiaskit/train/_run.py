@@ -107,7 +107,10 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
                               weight_decay=config.weight_decay, optimizer=config.optimizer, seed=config.seed,
                               extra=config.extra, selection=result.selection, selected_epoch=result.selected_epoch),
             method=MethodRecord(name=method.name, uses_bias_labels=method.uses_bias_labels,
-                                config=method_config or {}, state=state),
+                                config=method_config or {}, state=state,
+                                # which defaults it ran with when the dataset family has none of its own
+                                other={"defaults": getattr(method, "defaults_note", None)
+                                       or "the dataset family's own (or the only) defaults"}),
             final_train_metrics=result.history[-1] if result.history else {},
             wall_time_s=result.wall_time_s, device=str(device),
             dynamics=DYNAMICS_FILE if recorder is not None else None)
