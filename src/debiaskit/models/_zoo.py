@@ -35,7 +35,9 @@ class SimpleConvNet(nn.Module):
 
 
 class MLP(nn.Module):
-    """LfF's MLP: flatten, three hidden layers of 100 with ReLU, linear head ``fc``."""
+    """LfF's MLP: flatten, three hidden layers of 100 with ReLU, linear head ``fc``.
+
+    Any input shape: images (flattened) or tabular rows / feature vectors of shape (N, D) (UCI Adult)."""
 
     head_name = "fc"
 
@@ -123,7 +125,7 @@ MODELS: dict[str, ModelSpec] = {
                              lambda *, num_classes, input_shape: SimpleConvNet(num_classes=num_classes, in_channels=input_shape[0])),
     "simple-conv-small": ModelSpec("simple-conv-small", "CPU-sized SimpleConvNet: same depth and width, stride 2 in every block",
                                    lambda *, num_classes, input_shape: SimpleConvNet(num_classes=num_classes, in_channels=input_shape[0], strides=(2, 2, 2, 2))),
-    "mlp": ModelSpec("mlp", "LfF's MLP (flatten, 3 x 100 ReLU, fc)",
+    "mlp": ModelSpec("mlp", "LfF's MLP (flatten, 3 x 100 ReLU, fc): images or tabular rows (adult)",
                      lambda *, num_classes, input_shape: MLP(num_classes=num_classes, in_features=_flat_features(input_shape))),
     "resnet18": ModelSpec("resnet18", "ResNet-18, CIFAR stem (3x3, no max-pool)",
                           lambda *, num_classes, input_shape: ResNet18(num_classes=num_classes, in_channels=input_shape[0], stem="cifar")),
