@@ -291,7 +291,7 @@ DATA_CACHE = register_folder_kind(FolderKind(
     files=("source.json", "*-ubyte", "*-ubyte.gz", "cifar-10-batches-bin"), legacy_by_files=True))
 BENCH_CELL = register_folder_kind(FolderKind(
     "bench-cell", "result.json", ("bench-cell",), describe="a benchmark cell",
-    files=("result.json", "run.json", "model.safetensors", "*.png"),
+    files=("result.json", "run.json", "model.safetensors", "*.png", "test_predictions.safetensors"),
     legacy=lambda m: "method_state" in m or "cell" in m))
 
 

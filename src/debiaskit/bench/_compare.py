@@ -55,7 +55,7 @@ class Suite:
 
     name: str
     dataset: str
-    values: tuple[float, ...]
+    values: tuple[Any, ...]   # numbers (rho) or text (adult's bias attribute)
     model: str
     epochs: int
     train_size: int | None = None
@@ -71,6 +71,10 @@ class Suite:
     paper: dict[str, dict[float, str]] = field(default_factory=dict)   # method -> value -> published number
     paper_source: str = ""
     notes: str = ""
+    test_set: str = "the unbiased test set (official test digits, uniform bias)"
+    # cell_extras(model, *, splits, head, seed, folder) -> JSON-able dict stored as result["extras"]; it may write
+    # files into the cell's staging ``folder`` (adult: test predictions for fairlearn's metrics)
+    cell_extras: Callable[..., dict[str, Any]] | None = None
 
     def at_full_budget(self) -> "Suite":
         return replace(self, model=self.full_model or self.model, epochs=self.full_epochs or self.epochs,
@@ -87,6 +91,11 @@ def _published(suite: str) -> dict[str, Any]:
 
 def _pct_conflicting(v: float) -> str:
     return f"{100 * (1 - v):g}% conflicting"
+
+
+def _adult_extras(model: nn.Module, **kwargs: Any) -> dict[str, Any]:
+    from ._adult import adult_cell_extras   # late: the Adult bench module imports this one
+    return adult_cell_extras(model, **kwargs)
 
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
@@ -108,6 +117,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           **_published("corrupted-mnist")),
     Suite(name="toy", dataset="biased-toy", values=(0.95,), model="mlp", epochs=1, unbiased_size=600,
           notes="debug suite: procedural toy digits, 1 epoch (seconds); not a benchmark"),
+    Suite(name="adult", dataset="adult", param="bias", values=("sex", "race"), model="mlp", epochs=20,
+          value_label=lambda v: f"bias {v}", cell_extras=_adult_extras,
+          test_set="the official Adult test rows (NOT group-balanced: read worst group and group mean)",
+          notes="UCI Adult (see `debiaskit data show adult`): MLP 3x100 on 88 (sex) / 85 (race) tabular features, "
+                "Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult` adds fairlearn's rows"),
 )}
 
 
@@ -215,6 +229,8 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
               "selected_epoch": selected_epoch, "selection": info.selection_rule, "method_config": method_config,
               "flags": _flags(info), **_headline(report), "method_state": state}
     with atomic_folder(folder, kind=BENCH_CELL, force=True) as staging:
+        if suite.cell_extras is not None:
+            result["extras"] = suite.cell_extras(model, splits=splits, head=head, seed=seed, folder=staging)
         if _same_architecture(model, reference):
             save_run(staging, model=model, record=RunRecord(
                 kind="compare-cell", created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -267,7 +283,7 @@ def effective_suite(suite: str | Suite, *, full: bool = False, epochs: int | Non
     if train_size != "suite":
         s = replace(s, train_size=train_size)
     if values is not None:
-        s = replace(s, values=tuple(float(v) for v in values))
+        s = replace(s, values=tuple(v if isinstance(v, str) else float(v) for v in values))
     return s
 
 
@@ -397,7 +413,7 @@ def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: s
              f"Machine: {machine_description()}; this invocation's wall time {wall_time_s / 60:.1f} min (cached "
              f"cells count 0); seeds {', '.join(map(str, seeds))}.  ",
              f"Budget: {budget or s.notes}  ",
-             "Numbers: % on the unbiased test set (official test digits, uniform bias), mean +- sample std over "
+             f"Numbers: % on {s.test_set}, mean +- sample std over "
              "seeds (n in brackets where fewer than all seeds finished). Task = sample-weighted accuracy; conflicting = "
              "accuracy on bias-conflicting test samples; worst group = min over non-empty (target, bias) groups; "
              "bias = accuracy of a privacy head trained on D^u_train bottleneck features (early-stopped on D^u_val); "

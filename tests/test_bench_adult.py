@@ -1,0 +1,114 @@
+"""The Adult benchmark: harness suite + fairlearn rows + fairlearn's metrics, on the tiny Adult fixture."""
+from __future__ import annotations
+
+import builtins
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from _adult_fixture import write_adult_folder
+from debiaskit.bench import _adult as bench_adult
+from debiaskit.bench._compare import SUITES, cell_dir
+from debiaskit.cli import app
+from debiaskit.data import _adult, make_splits
+from debiaskit.errors import ConfigError
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def adult(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEBIASKIT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(_adult, "ADULT_SHA256", write_adult_folder(tmp_path / "uci"))
+    _adult.prepare_adult(from_folder=tmp_path / "uci")
+    return tmp_path
+
+
+def test_fairness_metrics_by_hand():
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    b = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    pred = np.array([0, 1, 1, 1, 0, 0, 0, 1])
+    m = bench_adult.fairness_metrics(y, pred, b)
+    # groups (y,b): (0,0) 1/2, (1,0) 2/2, (0,1) 2/2, (1,1) 1/2
+    assert m["accuracy"] == pytest.approx(6 / 8) and m["worst_group_accuracy"] == pytest.approx(0.5)
+    assert m["mean_group_accuracy"] == pytest.approx(0.75) and m["worst_bias_group_accuracy"] == pytest.approx(0.75)
+    assert m["dp_difference"] == pytest.approx(3 / 4 - 1 / 4)          # selection rates 3/4 vs 1/4
+    assert m["eo_difference"] == pytest.approx(0.5)                   # TPR 1 vs 1/2, FPR 1/2 vs 0
+
+
+def test_linear_probe_reads_separable_bias_and_not_noise():
+    gen = torch.Generator().manual_seed(0)
+    b = torch.arange(400) % 2
+    z = torch.randn(400, 5, generator=gen)
+    informative = z.clone()
+    informative[:, 0] += 4 * (2 * b - 1)
+    parts = (slice(0, 200), slice(200, 300), slice(300, 400))
+    good = bench_adult.linear_probe(*(t for p in parts for t in (informative[p], b[p])))
+    noise = bench_adult.linear_probe(*(t for p in parts for t in (z[p], b[p])))
+    assert good["test_accuracy"] > 0.95 and 0.3 < noise["test_accuracy"] < 0.7
+
+
+def test_missing_fairlearn_fails_before_any_compute(adult, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_fairlearn(name, *args, **kwargs):
+        if name.startswith("fairlearn"):
+            raise ImportError("No module named 'fairlearn'", name="fairlearn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_fairlearn)
+    with pytest.raises(ConfigError, match=r"bench extra \(fairlearn is missing\): pip install -e '\.\[bench\]'"):
+        bench_adult.run_adult_bench(root=adult / "bench", seeds=(0,))
+    assert not (adult / "bench").exists()
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    with pytest.raises(ConfigError, match="adult bias must be one of sex, race"):
+        bench_adult.run_adult_bench(root=adult / "bench", seeds=(0,), values=("age",))
+
+
+def test_adult_suite_end_to_end_beside_fairlearn(adult, monkeypatch):
+    monkeypatch.setitem(SUITES, "adult", SUITES["adult"].__class__(**{**SUITES["adult"].__dict__, "epochs": 2}))
+    monkeypatch.setitem(bench_adult.EG_OPTIONS, "max_iter", 5)   # CI time: the reductions' loop is the cost
+    root = adult / "bench"
+    records = bench_adult.run_adult_bench(root=root, seeds=(0,), values=("sex",),
+                                          methods=["vanilla", "fmd", "ffw-structured"], command="test",
+                                          echo=lambda msg: None)
+    rows = {(r["value"], r["method"]) for r in records}
+    assert rows == {("sex", m) for m in ("vanilla", "fmd", "ffw-structured", *bench_adult.FAIRLEARN_ROWS)}
+    by = {(r["value"], r["method"]): r for r in records}
+    vanilla = by[("sex", "vanilla")]
+    # fairlearn's MetricFrame agrees with the harness's audit on the same predictions
+    assert vanilla["metrics"]["accuracy"] == pytest.approx(vanilla["task_accuracy"], abs=1e-6)
+    assert vanilla["metrics"]["worst_group_accuracy"] == pytest.approx(vanilla["worst_group_accuracy"], abs=1e-6)
+    assert vanilla["metrics"]["mean_group_accuracy"] == pytest.approx(vanilla["mean_group_accuracy"], abs=1e-6)
+    assert 0.0 <= vanilla["extras"]["linear_probe"]["test_accuracy"] <= 1.0 and vanilla["extras"]["cf_bias_all"] > 0
+    # the structured export is physically smaller (no loadable run), yet its predictions were scored
+    structured = cell_dir(root, SUITES["adult"], "sex", "ffw-structured", 0)
+    assert (structured / bench_adult.PREDICTIONS_FILE).is_file()
+    to_mlp = by[("sex", "fairlearn-to-eo-mlp")]
+    assert to_mlp["uses_bias_at_inference"] and to_mlp["extras"]["cf_bias_all"] >= 0
+    test = make_splits("adult", seed=0).test
+    assert all(len(bench_adult._predictions(cell_dir(root, SUITES["adult"], v, m, 0))) == len(test) for v, m in rows)
+    path = bench_adult.write_adult_results(records, root=root, command="test", wall_time_s=1.0)
+    text = path.read_text()
+    assert "#### bias = sex" in text and "#### bias = race" not in text and "fairlearn-eg-eo" in text
+    assert "Best per column" in text and (root / "adult" / "results.md").is_file()
+    summary = json.loads((root / "adult" / "adult.json").read_text())["summary"]
+    assert summary["sex"]["fairlearn-eg-dp"]["dp_difference"]["n"] == 1
+    # cached: a second call recomputes nothing and gives the same numbers
+    again = bench_adult.run_adult_bench(root=root, seeds=(0,), methods=["vanilla", "fmd", "ffw-structured"],
+                                        report_only=True, echo=lambda msg: None)
+    assert sorted((r["value"], r["method"], r["metrics"]["accuracy"]) for r in again) == \
+        sorted((r["value"], r["method"], r["metrics"]["accuracy"]) for r in records)
+
+
+def test_cli_bench_adult_report_only_and_bad_bias(adult, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    res = runner.invoke(app, ["bench", "adult", "--out", str(adult / "bench"), "--seeds", "1", "--report-only",
+                              "--bias", "sex"])
+    assert res.exit_code == 0, res.output
+    assert "UCI Adult" in res.output and (adult / "bench" / "adult" / "adult.md").is_file()
+    res = runner.invoke(app, ["bench", "adult", "--out", str(adult / "bench"), "--bias", "age"])
+    assert isinstance(res.exception, ConfigError)
