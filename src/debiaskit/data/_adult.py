@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..runs import write_json
+from .._io import write_json
 from ._dataset import BiasDataset
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
