@@ -155,8 +155,8 @@ def test_records_round_trip_unchanged(toy_run_dir):
 
 def test_unknown_keys_are_kept_and_a_record_built_in_code_is_validated_before_writing():
     rec = RunRecord.from_dict({"kind": "train", "model": {"name": "mlp", "num_classes": 2, "input_shape": [4],
-                                                          "head": "fc"}, "data": {"dataset": "x"}, "world_size": 4})
-    assert rec.other == {"world_size": 4} and rec.to_dict()["world_size"] == 4
+                                                          "head": "fc"}, "data": {"dataset": "x"}, "future_field": 4})
+    assert rec.other == {"future_field": 4} and rec.to_dict()["future_field"] == 4
     rec.model.num_classes = 0
     with pytest.raises(SchemaError, match="model.num_classes is 0, expected a positive integer"):
         rec.validate(file="run.json")

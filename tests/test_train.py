@@ -56,7 +56,7 @@ def test_method_needing_bias_labels_refuses_unlabelled_data(toy_splits):
 
 
 def test_runs_under_torch_distributed(toy_splits):
-    """A one-process gloo group exercises the DistributedDataParallel path of the loop."""
+    """A one-process gloo group: the loop runs as on one process (no DDP wrapper, no-op collectives at world size 1)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

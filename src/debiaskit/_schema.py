@@ -239,6 +239,7 @@ class TrainRecord(Record):
     extra: dict = opt(OBJECT, {})
     selection: str | None = opt(ANY_TEXT)
     selected_epoch: int | None = opt(COUNT)
+    amp: str | None = opt(one_of("off", "bf16", "fp16"))   # mixed precision of the training steps
     other: dict = field(default_factory=dict)
 
 
@@ -276,6 +277,10 @@ class RunRecord(Record):
     data_summary: dict = opt(OBJECT, {})
     final_train_metrics: dict = opt(OBJECT, {})
     dynamics: str | None = opt(INNER_PATH)
+    # data-parallel training (torchrun): processes, their backend (absent on one process), samples per rank and step
+    world_size: int | None = opt(POSITIVE_INT)
+    backend: str | None = opt(TEXT)
+    per_rank_batch: int | None = opt(POSITIVE_INT)
     parent_run: str | None = opt(TEXT)
     other: dict = field(default_factory=dict)
 

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from ..data import BiasDataset, as_bias_datasets
 from ..errors import DataError
-from ..models import collect_outputs
+from ..models import Outputs, collect_outputs
+from .._dist import map_shards
 from ._metrics import GroupMetrics, group_metrics
 from ._probe import probe_bias
 
@@ -88,6 +89,12 @@ def counterfactual_bias(model: nn.Module, dataset: BiasDataset, *, attribute: in
     return total / n
 
 
+def _collect(model: nn.Module, data, **kwargs) -> Outputs:
+    """Outputs over ``data``; under torchrun each rank runs its share of the samples and the outputs
+    (logits, bottleneck features, y, b) are all-gathered in dataset order, so every rank holds all of them."""
+    return Outputs(*map_shards(len(data), lambda index: tuple(collect_outputs(model, data, indices=index, **kwargs))))
+
+
 def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=None, head: str | None = None, seed: int = 0,
                 device: str | torch.device = "cpu", batch_size: int = 512, counterfactual: bool = True,
                 eval_split: str = "test", probe_kwargs: dict | None = None) -> AuditReport:
@@ -98,6 +105,9 @@ def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=Non
     privacy head (Linear of the head's shape) trained on the bottleneck of ``unbiased_train`` with early
     stopping on ``unbiased_val``; counterfactual bias when the dataset can re-render samples.
     The datasets are any ``(x, y, b)`` datasets (the data contract, :class:`debiaskit.data.BiasData`).
+    Under torchrun the forward passes are split across ranks and the bottleneck features gathered; the
+    privacy head is then fitted on every rank from the same gathered features (same seed: the same head),
+    so every rank returns the same report.
 
     Example::
 
@@ -110,12 +120,12 @@ def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=Non
     test, unbiased_train, unbiased_val = as_bias_datasets(test, unbiased_train, unbiased_val)
     if test.b is None:
         raise DataError(f"{test.name} has no bias labels; discover pseudo-bias labels first (debiaskit discover)")
-    out = collect_outputs(model, test, head=head, batch_size=batch_size, device=device)
+    out = _collect(model, test, head=head, batch_size=batch_size, device=device)
     pred = out.logits.argmax(1)
     probe = unbiased_train is not None and unbiased_val is not None
     if probe:
-        tr = collect_outputs(model, unbiased_train, head=head, batch_size=batch_size, device=device)
-        va = collect_outputs(model, unbiased_val, head=head, batch_size=batch_size, device=device)
+        tr = _collect(model, unbiased_train, head=head, batch_size=batch_size, device=device)
+        va = _collect(model, unbiased_val, head=head, batch_size=batch_size, device=device)
         if tr.b is None or va.b is None:
             raise DataError("the unbiased train/val sets need bias labels to train the privacy head")
     attributes = []

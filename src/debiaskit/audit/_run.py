@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._io import AUDIT_FOLDER, atomic_folder
-from .._validate import SEED, check_device, require
+from .. import _dist
+from .._io import AUDIT_FOLDER
+from .._validate import SEED, require
 from ..runs import load_run
 from ._audit import AuditReport, audit_model
 from ._report import write_report
@@ -15,18 +16,21 @@ def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: 
     """Rebuild the run's model and data, audit it, and write the report to ``out`` (default ``RUN_DIR/audit``).
 
     ``out`` may only be a new folder or, with ``force``, an earlier audit report folder: never the run
-    itself, a folder holding it, or anything else (see :mod:`debiaskit._io`).
+    itself, a folder holding it, or anything else (see :mod:`debiaskit._io`). Under torchrun the ranks
+    share the forward passes and rank 0 writes the report.
     """
     require("seed", seed, SEED)
-    check_device(device)
+    device = _dist.check_device(device)
     target = Path(out) if out is not None else Path(run_dir) / "audit"
     run = load_run(run_dir)  # the input is checked first, then the output, then the compute runs
-    with atomic_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:
+    with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:
         splits = run.splits()
         report = audit_model(run.model, test=splits.test, unbiased_train=splits.unbiased_train,
                              unbiased_val=splits.unbiased_val, head=run.head, seed=seed, device=device,
                              counterfactual=counterfactual)
         report.meta = {"run": str(run.folder), "dataset": splits.spec["dataset"], "params": splits.spec["params"],
-                       "model": run.record.model.name, "method": run.record.method_name, "seed": seed}
-        write_report(report, staging, title=f"Bias audit of {Path(run_dir).name}")
+                       "model": run.record.model.name, "method": run.record.method_name, "seed": seed,
+                       **_dist.description()}
+        if staging is not None:
+            write_report(report, staging, title=f"Bias audit of {Path(run_dir).name}")
     return report, target

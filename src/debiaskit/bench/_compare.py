@@ -181,7 +181,7 @@ def _same_architecture(model: nn.Module, reference: nn.Module) -> bool:
 
 
 def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed: int, root: Path, splits,
-             full: bool, vanilla_from: Path | None = None, progress: bool = False,
+             full: bool, vanilla_from: Path | None = None, progress: bool = False, device: str = "cpu",
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train / derive one method on one (value, seed), audit it, write its cell atomically."""
     folder = cell_dir(root, suite, value, method, seed)
@@ -200,7 +200,7 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
     if info.post_hoc and info.apply is not None:
         base_dir = cell_dir(root, suite, value, REFERENCE_METHOD, seed)
         vanilla = load_run(base_dir).model
-        model, state = info.apply(vanilla, splits=splits, head=head, seed=seed, **method_config)
+        model, state = info.apply(vanilla, splits=splits, head=head, seed=seed, device=device, **method_config)
         wall = time.perf_counter() - start
     else:
         candidate = None if vanilla_from is None or method != REFERENCE_METHOD else (
@@ -215,7 +215,7 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
             model = build_model(suite.model, num_classes=splits.num_classes, input_shape=splits.train.input_shape)
             select = _worst_group_on(splits.unbiased_val) if info.selection == "val_worst_group" else None
             result = fit(model, splits.train, method=method_obj, config=config, num_classes=splits.num_classes,
-                         head=head, select=select, progress=progress)
+                         head=head, select=select, progress=progress, device=device)
             model, wall, selected_epoch = result.model, result.wall_time_s, result.selected_epoch
             state = method_obj.state()
             flags = method_obj.conflict_flags()
@@ -223,7 +223,7 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
                 state["pseudo_bias_flags"] = flags.report(splits.train)
     model.eval()
     report = audit_model(model, test=splits.test, unbiased_train=splits.unbiased_train,
-                         unbiased_val=splits.unbiased_val, head=head, seed=seed)
+                         unbiased_val=splits.unbiased_val, head=head, seed=seed, device=device)
     result = {"suite": suite.name, "dataset": suite.dataset, "param": suite.param, "value": value, "method": method,
               "seed": seed, "wall_time_s": wall, "audit_time_s": report.wall_time_s, "reused_run": reused,
               "selected_epoch": selected_epoch, "selection": info.selection_rule, "method_config": method_config,
@@ -242,7 +242,7 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
                                   selection=info.selection_rule, selected_epoch=selected_epoch),
                 method=MethodRecord(name=method, uses_bias_labels=info.uses_bias_labels, config=method_config,
                                     state=state),
-                wall_time_s=wall, device="cpu"))
+                wall_time_s=wall, device=str(device)))
         write_json(staging / RESULT_FILE, result)
     echo(f"  {suite.name} {suite.param}={value} seed={seed} {method}: task {100 * result['task_accuracy']:.2f} "
          f"conflicting {100 * (result['conflicting_accuracy'] or float('nan')):.2f} in {wall:.0f}s")
@@ -290,7 +290,8 @@ def effective_suite(suite: str | Suite, *, full: bool = False, epochs: int | Non
 def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1, 2), methods: Iterable[str] | None = None,
                 values: Iterable[float] | None = None, full: bool = False, epochs: int | None = None,
                 train_size: int | None | str = "suite", vanilla_from: Path | None = None, progress: bool = False,
-                keep_going: bool = True, report_only: bool = False, jobs: int = 1,
+                keep_going: bool = True, report_only: bool = False, jobs: int = 1, device: str = "cpu",
+                launcher: str = "local", slurm: Any = None,
                 echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run (or resume) a suite; returns every finished cell's result (cached cells are read, not rerun).
 
@@ -301,11 +302,24 @@ def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1,
     With ``jobs > 1`` the (seed, value) groups run in that many worker processes, each with
     ``cpu_count // jobs`` torch threads; a group's methods stay in one process (post-hoc methods need
     the group's vanilla cell) and cells are written atomically, so results equal a sequential run's.
+    With ``launcher="slurm"`` each unfinished (seed, value) group is a Slurm job submitted through submitit
+    (``slurm``: a :class:`~debiaskit.bench._launch.SlurmOptions`; see ``bench/_launch.py``); the call
+    waits for the jobs, then collects the finished cells.
     """
-    if jobs > 1 and not report_only:
+    from ._launch import LAUNCHERS
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    if launcher == "slurm" and not report_only:
+        from ._launch import SlurmOptions, run_groups_with_submitit
+        groups = _groups(suite=suite, seeds=tuple(seeds), values=values, threads=1, common=dict(
+            root=root, methods=methods, full=full, epochs=epochs, train_size=train_size, vanilla_from=vanilla_from,
+            progress=progress, keep_going=keep_going))
+        run_groups_with_submitit(groups, root=Path(root), options=slurm or SlurmOptions(), echo=echo)
+        report_only = True   # every cell that could be computed is on disk now: collect them
+    elif jobs > 1 and not report_only:
         _run_groups_in_processes(suite=suite, root=root, seeds=tuple(seeds), methods=methods, values=values, full=full,
                                  epochs=epochs, train_size=train_size, vanilla_from=vanilla_from, progress=progress,
-                                 keep_going=keep_going, jobs=jobs, echo=echo)
+                                 keep_going=keep_going, device=device, jobs=jobs, echo=echo)
         report_only = True   # every cell that could be computed is on disk now: collect them
     s = effective_suite(suite, full=full, epochs=epochs, train_size=train_size, values=values)
     chosen = resolve_methods(methods)
@@ -332,7 +346,7 @@ def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1,
                     try:
                         cached = run_cell(suite=s, value=value, method=method, info=infos[method], seed=seed, root=root,
                                           splits=splits, full=full, vanilla_from=vanilla_from, progress=progress,
-                                          echo=echo)
+                                          device=device, echo=echo)
                     except Exception as exc:  # noqa: BLE001 - any bug in one method
                         # one failing method must not stop the suite; the cell stays unfinished (retried next time)
                         echo(f"  FAILED {s.name} {s.param}={value} seed={seed} {method}: {type(exc).__name__}: {exc}")
@@ -355,6 +369,19 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _groups(*, suite: str | Suite, seeds: tuple[int, ...], values: Iterable[float] | None, threads: int,
+            common: dict[str, Any]) -> list[dict[str, Any]]:
+    """The (seed, value) groups of a suite as ``_run_group`` arguments (picklable: the suite by name)."""
+    if not isinstance(suite, str):   # Suite objects hold lambdas, which a spawned worker cannot unpickle
+        if SUITES.get(suite.name) is not suite:
+            raise ConfigError(f"jobs > 1 and --launcher slurm need a registered suite name ({', '.join(SUITES)}), "
+                              "not a custom Suite object; run it with jobs=1")
+        suite = suite.name
+    s = effective_suite(suite, full=common["full"], epochs=common["epochs"], train_size=common["train_size"], values=values)
+    return [dict(common, suite=suite, seeds=(seed,), values=(value,), threads=threads)
+            for seed in seeds for value in s.values]
+
+
 def _run_groups_in_processes(*, suite: str | Suite, seeds: tuple[int, ...], values: Iterable[float] | None, jobs: int,
                              echo: Callable[[str], None], **common: Any) -> None:
     import multiprocessing as mp
@@ -362,15 +389,8 @@ def _run_groups_in_processes(*, suite: str | Suite, seeds: tuple[int, ...], valu
     import signal
     import threading
 
-    if not isinstance(suite, str):   # Suite objects hold lambdas, which a spawned worker cannot unpickle
-        if SUITES.get(suite.name) is not suite:
-            raise ConfigError(f"jobs > 1 needs a registered suite name ({', '.join(SUITES)}), not a custom Suite "
-                              "object; run it with jobs=1")
-        suite = suite.name
-    s = effective_suite(suite, full=common["full"], epochs=common["epochs"], train_size=common["train_size"], values=values)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    groups = [dict(common, suite=suite, seeds=(seed,), values=(value,), threads=threads)
-              for seed in seeds for value in s.values]
+    groups = _groups(suite=suite, seeds=seeds, values=values, threads=threads, common=common)
     echo(f"running {len(groups)} (seed, value) groups in {jobs} processes, {threads} torch thread(s) each")
     # spawn: a fresh interpreter per worker (fork would copy the parent's torch thread pools and locks)
     pool = mp.get_context("spawn").Pool(processes=jobs, maxtasksperchild=1)

@@ -26,10 +26,17 @@ INTERRUPTED = ("[yellow]interrupted[/yellow] (Ctrl-C): the command stopped befor
 
 
 def main() -> None:
+    from .. import _dist
+    from ._common import console
+    where = ""
     try:
+        if _dist.init_from_env():   # started by torchrun: one process per rank
+            rank, world = _dist.rank_and_world()
+            where = f" (rank {rank} of {world})"
+            console.quiet = rank != 0   # rank 0 speaks for all; errors still come from every rank
         app()
     except DebiaskitError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error{where}:[/bold red] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print(INTERRUPTED, highlight=False)
@@ -38,6 +45,8 @@ def main() -> None:
         if exc.code == 130 and _from_keyboard_interrupt(exc):  # typer turns Ctrl-C into a silent exit 130
             Console(stderr=True).print(INTERRUPTED, highlight=False)
         raise
+    finally:
+        _dist.shutdown()
 
 
 def _from_keyboard_interrupt(exc: BaseException) -> bool:

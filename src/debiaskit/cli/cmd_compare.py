@@ -24,6 +24,14 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
                   report_only: bool = typer.Option(False, "--report-only", help="train nothing: tabulate the finished cells"),
                   list_methods: bool = typer.Option(False, "--list", help="list the methods and their flags, then exit"),
                   jobs: int = typer.Option(1, min=1, help="worker processes; each runs whole (seed, value) groups with cpu_count/jobs threads"),
+                  launcher: str = typer.Option("local", help="local: this machine (--jobs processes); slurm: one Slurm job per (seed, value) group, through submitit"),
+                  slurm_config: Optional[Path] = typer.Option(None, help="JSON/TOML file of Slurm options (partition, time_min, gpus_per_task, cpus_per_task, mem_gb, additional)"),
+                  slurm_partition: Optional[str] = typer.Option(None, help="Slurm partition (overrides --slurm-config)"),
+                  slurm_time: Optional[int] = typer.Option(None, help="minutes per job; a group that needs longer is requeued and resumes"),
+                  slurm_gpus_per_task: Optional[int] = typer.Option(None, help="GPUs per job (> 0: cells run on cuda)"),
+                  slurm_cpus_per_task: Optional[int] = typer.Option(None, help="CPUs (torch threads) per job"),
+                  slurm_mem_gb: Optional[int] = typer.Option(None, help="memory per job in GB"),
+                  device: str = typer.Option("cpu", help="device of the cells run here (--launcher local): cpu or cuda"),
                   progress: bool = False) -> None:
     """Train/derive every method, audit it, write RESULTS (mean +- std over seeds); resumes finished cells."""
     from ..bench import available_methods, run_compare, write_compare_results
@@ -33,12 +41,25 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
             console.print(f"{name}: bias labels={info.uses_bias_labels} D^u={info.uses_unbiased_data} "
                           f"retrains={info.retrains} post-hoc={info.post_hoc}; selection: {info.selection_rule}")
         return
+    slurm = None
+    if launcher == "slurm":
+        from ..bench._launch import load_slurm_options
+        slurm = load_slurm_options(slurm_config, partition=slurm_partition, time_min=slurm_time,
+                                   gpus_per_task=slurm_gpus_per_task, cpus_per_task=slurm_cpus_per_task, mem_gb=slurm_mem_gb)
+    elif any(v is not None for v in (slurm_config, slurm_partition, slurm_time, slurm_gpus_per_task,
+                                     slurm_cpus_per_task, slurm_mem_gb)):
+        from ..errors import ConfigError
+        raise ConfigError("--slurm-* options need --launcher slurm")
+    if device != "cpu":
+        from .._dist import check_device
+        check_device(device)
     size = "suite" if train_size is None else (train_size or None)
     s = effective_suite(get_suite(suite), full=full, epochs=epochs, train_size=size, values=value or None)
     start = time.perf_counter()
     cells = run_compare(suite=suite, root=out, seeds=tuple(range(seeds)), methods=methods, values=value or None,
                         full=full, epochs=epochs, train_size=size, vanilla_from=vanilla_from, progress=progress,
-                        report_only=report_only, jobs=jobs, echo=console.print)
+                        report_only=report_only, jobs=jobs, device=device, launcher=launcher, slurm=slurm,
+                        echo=console.print)
     desc = (f"{s.model}, {s.epochs} epochs, batch {s.batch_size}, Adam lr {s.lr}, biased training digits: "
             f"{s.train_size or 'all'}" + (" (--full)" if full else ""))
     path = write_compare_results(cells, root=out, suite=s, command=invoked_command(),

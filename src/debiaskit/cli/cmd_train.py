@@ -31,8 +31,11 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           device: str = "cpu", force: bool = typer.Option(False, help="replace an existing run folder (only a finished run)"),
           progress: bool = True,
           resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (Ctrl-C, crash, kill) from its last finished epoch: the same command plus --resume; the result equals an uninterrupted run's"),
-          record_dynamics: bool = typer.Option(False, "--record-dynamics", help="also write RUN/dynamics.safetensors (per-sample loss, correctness and attractor per epoch) for `debiaskit discover`")) -> None:
-    """Train a model on a biased dataset and write a run folder."""
+          record_dynamics: bool = typer.Option(False, "--record-dynamics", help="also write RUN/dynamics.safetensors (per-sample loss, correctness and attractor per epoch) for `debiaskit discover`"),
+          amp: str = typer.Option("off", help="mixed precision of the training steps: off, bf16 or fp16 (fp16 scales the loss)")) -> None:
+    """Train a model on a biased dataset and write a run folder.
+
+    Data-parallel: ``torchrun --nproc-per-node N -m debiaskit train ...`` (--batch-size is the global batch)."""
     from .._validate import check_device
     from ..data import text_params
     from ..models import parse_model_args
@@ -40,7 +43,7 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
     check_device(device)
     model_args = parse_model_args(model_arg)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      optimizer=optimizer, seed=seed)
+                      optimizer=optimizer, seed=seed, amp=amp)
     method_obj, method_cfg = _method(method, dataset, method_param)
     params = parse_params(rho, param, text_keys=text_params(dataset))
     splits = _user_splits(dataset, params=params, seed=seed if data_seed is None else data_seed, out=out, force=force,

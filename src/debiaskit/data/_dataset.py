@@ -193,8 +193,12 @@ def iterate_batches(dataset: Dataset, *, batch_size: int, shuffle: bool = False,
         return
     # any other map-style dataset (a LazyBiasDataset among them): items loaded and collated on demand, in
     # DataLoader workers when the dataset asks for them (image decoding, resizing)
+    # to a GPU: batches collated into pinned (page-locked) memory and copied asynchronously
+    cuda = torch.device(device).type == "cuda"
     loader = DataLoader(torch.utils.data.Subset(_Indexed(dataset), order.tolist()), batch_size=batch_size,
-                        shuffle=False, drop_last=drop_last, num_workers=int(getattr(dataset, "num_workers", 0) or 0))
+                        shuffle=False, drop_last=drop_last, num_workers=int(getattr(dataset, "num_workers", 0) or 0),
+                        pin_memory=cuda)
     for x, y, b, idx in loader:
         has_bias = bool((b >= 0).all())
-        yield Batch(x.to(device), y.long().to(device), b.long().to(device) if has_bias else None, idx)
+        yield Batch(x.to(device, non_blocking=cuda), y.long().to(device, non_blocking=cuda),
+                    b.long().to(device, non_blocking=cuda) if has_bias else None, idx)

@@ -19,8 +19,8 @@ from torch import nn
 
 from ..audit import PROBES, audit_model, probe_suite, readable
 from ..data import BiasDataset, as_bias_data, iterate_batches, relabel_bias
-from .._io import FFW_FOLDER, atomic_folder, log, write_text
-from .._validate import check_device
+from .. import _dist
+from .._io import FFW_FOLDER, log, write_text
 from ..errors import ConfigError, DataError, RunExistsError
 from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record
 from ._adversary import ADVERSARIES
@@ -156,6 +156,9 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
             **overrides) -> FFWRun:
     """Run FFW on the vanilla model of ``run_dir`` and write an FFW folder (see module docstring).
 
+    Under torchrun the ranks share the search (see :mod:`debiaskit.ffw._search`) and the audits; rank 0
+    alone keeps the interrupted-search folder and writes the FFW folder.
+
     Example::
 
         run = ffw_run(Path("runs/vanilla"), mode="structured")
@@ -165,21 +168,25 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
         raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
     config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)  # fail fast
     start = time.perf_counter()
-    check_device(device)
+    device = _dist.check_device(device)   # this rank's GPU under torchrun, before any collective
     out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels)
     run = load_run(run_dir)
-    with atomic_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:  # before any compute
-        resume = _prepare_partial(partial_dir(out), resume=resume, force=force)
+    # before any compute; under torchrun rank 0 writes and decides about the interrupted search, for every rank
+    with _dist.rank0_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:
+        main = staging is not None
+        resume = _dist.broadcast_object(_prepare_partial(partial_dir(out), resume=resume, force=force) if main else None)
         result, before, after, speed, probes = _search_and_audit(
             run, run_dir, config, bias_labels=bias_labels, seed=seed, device=device, partial=partial_dir(out),
             resume=resume, callback=callback, audit_counterfactual=audit_counterfactual, strong_probes=strong_probes)
         info = _ffw_info(run, run_dir, config, result, before, after, speed, probes, command=command, mode=mode,
                          bias_labels=bias_labels, wall=time.perf_counter() - start)
-        save_weights(result.model, staging / "model.safetensors")
-        save_masks(result.masks, staging / "masks.safetensors")
-        write_record(staging / FFW_FILE, FFWRecord.from_dict(info, file=staging / FFW_FILE))
-        write_text(staging / "report.md", report_markdown(info))
-    shutil.rmtree(partial_dir(out), ignore_errors=True)
+        if main:
+            save_weights(result.model, staging / "model.safetensors")
+            save_masks(result.masks, staging / "masks.safetensors")
+            write_record(staging / FFW_FILE, FFWRecord.from_dict(info, file=staging / FFW_FILE))
+            write_text(staging / "report.md", report_markdown(info))
+    if _dist.is_main_process():
+        shutil.rmtree(partial_dir(out), ignore_errors=True)
     return FFWRun(result=result, before=before, after=after, out=out, info=info)
 
 
@@ -220,7 +227,7 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
                                         checkpoint_dir=partial, resume=resume, callback=callback,
                                         progress=False)
     except BaseException:
-        if partial.exists() and not has_checkpoint(partial):
+        if _dist.is_main_process() and partial.exists() and not has_checkpoint(partial):
             shutil.rmtree(partial, ignore_errors=True)  # e.g. a full disk at the first checkpoint
         raise
     after = result.audit(**{k: v for k, v in audit_kw.items() if k != "head"})
@@ -257,6 +264,7 @@ def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, 
                              "audit uses the true bias labels (reporting only)" if bias_labels == "discovered"
                              else "true bias labels of D^u_train / D^u_val"),
         "versions": package_versions(), "weights": "model.safetensors", "masks": "masks.safetensors",
+        **_dist.description(),   # processes that ran the search (torchrun): world_size, backend
     }
 
 

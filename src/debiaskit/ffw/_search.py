@@ -11,6 +11,13 @@ Schedule: tau = 1; repeat { train until the objective on D^u_val plateaus; tau *
 the tau-model and the hard-masked model (tau -> 0) agree on D^u_val. After every epoch the
 *hard-masked* model is scored on D^u_val and the best one is kept: the soft model can be far better
 than its hard mask (methods.md), so only hard models are ever reported or selected.
+
+Under torchrun each rank takes its DistributedSampler share of every epoch's D^u_train order (batch_size
+is the global batch), the MI term is computed on the all-gathered head outputs of the global batch, and
+the gate and privacy-head gradients are all-reduced (averaged) before each step, so the gates stay
+identical on every rank; D^u_val (and the head pre-training features) are split across ranks and
+gathered, so the hard-mask selection and the stop rule are computed identically on every rank. Rank 0
+alone writes checkpoints and calls the callback.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _dist
 from ..audit import normalized_mutual_information
 from ..data import as_bias_datasets, iterate_batches
 from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, SEED, UNIT_INTERVAL,
@@ -200,7 +208,8 @@ def _check_data(train, val) -> int:
 
 def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], privacy_heads: list[nn.Module],
              x: Tensor, y: Tensor, b: Tensor, *, gamma: float, num_bias: int,
-             dependence: Callable[[Tensor, list[Tensor]], Tensor] | None = None) -> dict[str, Any]:
+             dependence: Callable[[Tensor, list[Tensor]], Tensor] | None = None,
+             order: Tensor | None = None) -> dict[str, Any]:
     """Gradients of one FFW step, written into ``.grad`` (the caller steps the optimisers).
 
     Gates get dJ/dm with J = CE(f(x), y) + gamma * D(z, b); D defaults to the paper's sum_a MI(P_a(z), b_a)
@@ -208,14 +217,23 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
     gates as the only inputs: J's gradient on the heads is never computed (discarded). Each head P_a gets
     the gradient of CE(P_a(z.detach()), b_a) (head i reads attribute i % A): nothing flows back into the encoder or the gates. Frozen
     weights receive no gradient at all. The detached bottleneck comes back as ``"z"``.
+
+    Under torchrun D is computed on the all-gathered global batch (``order``: where each gathered row goes, so
+    that the rows are in the 1-rank batch's order; see :func:`debiaskit._dist.global_batch_order`).
     """
     logits, z = forward_with_bottleneck(model, x, head)
     ce = F.cross_entropy(logits, y)
     cols = _bias_columns(b)
+    # D is a statistic of the whole batch: under torchrun, of the all-gathered global batch (gradient back to each
+    # rank's own samples; identity on one process)
     if dependence is None:
-        mi = sum(mutual_information(h(z).softmax(1), col, num_bias) for h, col in zip(privacy_heads, cols))
+        mi = sum(mutual_information(_dist.all_gather_with_grad(h(z).softmax(1)), _dist.all_gather(col), num_bias)
+                 for h, col in zip(privacy_heads, cols))
     else:
-        mi = dependence(z, cols)
+        z_all, cols_all = _dist.all_gather_with_grad(z), [_dist.all_gather(c) for c in cols]
+        if order is not None:
+            z_all, cols_all = z_all[order.to(z_all.device)], [c[order.to(c.device)] for c in cols_all]
+        mi = dependence(z_all, cols_all)
     loss = ce + gamma * mi
     grads = torch.autograd.grad(loss, gate_params)
     for p, g in zip(gate_params, grads):
@@ -275,16 +293,22 @@ class _Search:
     # ---- privacy head pre-training on the vanilla model (gates all at 1) ----
     @torch.no_grad()
     def _features(self, data, *, hard: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(logits, z, y, b) of ``data``; under torchrun split across ranks and gathered (the same everywhere)."""
+        def rows(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            logits, zs, ys, bs = [], [], [], []
+            for batch in iterate_batches(data, batch_size=512, device=self.device, indices=index):
+                out, z = forward_with_bottleneck(self.work, batch.x, self.head)
+                logits.append(out)
+                zs.append(z)
+                ys.append(batch.y)
+                bs.append(batch.b)
+            return torch.cat(logits), torch.cat(zs), torch.cat(ys), torch.cat(bs)
+
         self.state.hard = hard
-        logits, zs, ys, bs = [], [], [], []
-        for batch in iterate_batches(data, batch_size=512, device=self.device):
-            out, z = forward_with_bottleneck(self.work, batch.x, self.head)
-            logits.append(out)
-            zs.append(z)
-            ys.append(batch.y)
-            bs.append(batch.b)
-        self.state.hard = False
-        return torch.cat(logits), torch.cat(zs), torch.cat(ys), torch.cat(bs)
+        try:
+            return _dist.map_shards(len(data), rows)
+        finally:
+            self.state.hard = False
 
     def pretrain_heads(self) -> None:
         """Train each privacy head on detached vanilla features until its D^u_val loss plateaus."""
@@ -340,15 +364,25 @@ class _Search:
         steps = 0
         params = self.gated.parameters()
         dependence = self._dependence()
-        for batch in iterate_batches(self.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                                     device=self.device):
+        rank, world = _dist.rank_and_world()
+        perm = torch.randperm(len(self.train), generator=gen)
+        place = torch.empty_like(perm)
+        place[perm] = torch.arange(len(perm))   # each sample's position in this epoch's order
+        for batch in iterate_batches(self.train, batch_size=_dist.per_rank_batch(cfg.batch_size, world),
+                                     indices=_dist.shard(perm, rank=rank, world=world), device=self.device):
+            # under torchrun: the global batch in the 1-rank order, for the order-sensitive adversaries
+            order = _dist.global_batch_order(place[batch.index]) if world > 1 else None
             out = ffw_step(self.work, self.head, params, self.heads + self.mlps, batch.x, batch.y, batch.b,
-                           gamma=cfg.gamma, num_bias=self.num_bias, dependence=dependence)
-            z = out.pop("z")
+                           gamma=cfg.gamma, num_bias=self.num_bias, dependence=dependence, order=order)
+            # identical gates and heads on every rank (a no-op on one process)
+            _dist.average_gradients(list(params) + list(self.heads) + list(self.mlps))
+            z, b = out.pop("z"), batch.b
+            if world > 1:   # the global batch's features and labels on every rank, in the 1-rank order
+                z, b = _dist.all_gather(z)[order.to(z.device)], _dist.all_gather(b)[order.to(b.device)]
             if self.lda is not None:
                 self.lda.observe(z.cpu())
             if cfg.adversary == "refit":
-                self._epoch_z.append((z, batch.b))
+                self._epoch_z.append((z, b))
             if not all(bool(torch.isfinite(p.grad).all()) for p in params):  # never step into NaN gates
                 raise ModelError(f"FFW got a non-finite gate gradient at tau {self.progress['tau']}, step {self.step + 1} "
                                  f"(loss {out['loss']}); try a lower gate_lr")
@@ -363,11 +397,13 @@ class _Search:
             if not math.isfinite(loss):
                 raise ModelError(f"FFW diverged (loss {loss}) at tau {self.state.tau}, step {self.step}; "
                                  "try a lower gate_lr")
-            if self.callback is not None:
+            if self.callback is not None and _dist.is_main_process():
                 self.callback({"kind": "step", "step": self.step, "epoch": self.progress["epoch"] + 1,
                                "loss": loss})
         self._end_epoch_adversary()
-        return {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+        means = torch.tensor([sums[k] / max(steps, 1) for k in sums], dtype=torch.float64)
+        means = _dist.all_reduce_sum(means) / _dist.rank_and_world()[1]   # averaged over ranks
+        return {f"train_{k}": float(v) for k, v in zip(sums, means)}
 
     @torch.no_grad()
     def evaluate(self, *, hard: bool) -> dict[str, float]:
@@ -567,6 +603,8 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
         raise ConfigError("pass either config= or keyword overrides, not both")
     if inplace and config.mode == "structured":
         raise ConfigError("inplace=True is for unstructured FFW; a structured result is a new, smaller network")
+    device = _dist.check_device(device)
+    _dist.per_rank_batch(config.batch_size, _dist.rank_and_world()[1])   # the global batch must divide by the ranks
     head_name, _ = resolve_head(model, head)
     head_shape(model, head_name)  # the privacy head copies a Linear head's shape
     train, val = as_bias_datasets(train, val)   # any (x, y, b) datasets (the data contract), common metadata
@@ -582,9 +620,9 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     try:
         while not search.progress["done"]:
             rec = search.run_epoch(start, time_offset)
-            if checkpoint_dir is not None:
+            if checkpoint_dir is not None and _dist.is_main_process():
                 search.save_checkpoint(checkpoint_dir, wall_time_s=time_offset + time.perf_counter() - start)
-            if callback is not None:
+            if callback is not None and _dist.is_main_process():
                 callback({"kind": "epoch", **rec})
     except KeyboardInterrupt:
         # the last completed epoch (and the best hard state so far) is already in checkpoint_dir

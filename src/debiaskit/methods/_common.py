@@ -1,4 +1,9 @@
-"""Helpers shared by the method modules: fresh model copies, auxiliary training loops, sampling."""
+"""Helpers shared by the method modules: fresh model copies, auxiliary training loops, sampling.
+
+Under torchrun the auxiliary loops shard like the main loop (same permutation on every rank, rank r takes
+its DistributedSampler share with a per-rank batch of ``batch_size / W``) and whole-training-set passes
+are split across ranks and gathered, so their results are identical on every rank.
+"""
 from __future__ import annotations
 
 import copy
@@ -9,10 +14,14 @@ from torch import Tensor, nn
 
 from ..data import Batch, iterate_batches
 from ..train import TrainContext
+from .._dist import map_shards, shard
 
 
 def fresh_copy(model: nn.Module, *, seed: int) -> nn.Module:
-    """A copy of ``model`` with re-initialised parameters (an independent auxiliary model, e.g. LfF's f_B)."""
+    """A copy of ``model`` with re-initialised parameters (an independent auxiliary model, e.g. LfF's f_B).
+    Of the user's module when ``model`` is wrapped in DistributedDataParallel."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     clone = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -23,26 +32,34 @@ def fresh_copy(model: nn.Module, *, seed: int) -> nn.Module:
 
 
 def run_epochs(ctx: TrainContext, *, epochs: int, step: Callable[[Batch], None], indices: Tensor | None = None) -> None:
-    """Auxiliary epochs over ``ctx.train_data`` (shuffled with the loop's generator), outside the main loop."""
+    """Auxiliary epochs over ``ctx.train_data`` (shuffled with the loop's generator), outside the main loop.
+    Under torchrun each rank visits its shard; ``step`` must average the gradients of modules that are not
+    the DDP-wrapped ``ctx.model`` (``ctx.sync_grads``)."""
     n = len(ctx.train_data)
     for _ in range(epochs):
         order = torch.arange(n) if indices is None else indices
-        order = order[torch.randperm(len(order), generator=ctx.generator)]
-        for batch in iterate_batches(ctx.train_data, batch_size=ctx.config.batch_size, indices=order, device=ctx.device):
+        order = shard(order[torch.randperm(len(order), generator=ctx.generator)], rank=ctx.rank, world=ctx.world_size)
+        for batch in iterate_batches(ctx.train_data, batch_size=ctx.batch_size, indices=order, device=ctx.device):
             step(batch)
 
 
 @torch.no_grad()
 def predict_train(model: nn.Module, ctx: TrainContext) -> tuple[Tensor, Tensor]:
-    """(predicted class, true class) for every training sample, in dataset order, eval mode."""
+    """(predicted class, true class) for every training sample, in dataset order, eval mode (split across
+    ranks and gathered under torchrun: the same on every rank)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     was = model.training
     model.eval()
-    preds, ys = [], []
-    for batch in iterate_batches(ctx.train_data, batch_size=1024, device=ctx.device):
-        preds.append(model(batch.x).argmax(1).cpu())
-        ys.append(batch.y.cpu())
+
+    def rows(index: Tensor) -> Tensor:
+        out = [torch.stack([model(batch.x).argmax(1).cpu(), batch.y.cpu()], 1)
+               for batch in iterate_batches(ctx.train_data, batch_size=1024, indices=index, device=ctx.device)]
+        return torch.cat(out) if out else torch.zeros(0, 2, dtype=torch.long)
+
+    both = map_shards(len(ctx.train_data), rows)
     model.train(was)
-    return torch.cat(preds), torch.cat(ys)
+    return both[:, 0], both[:, 1]
 
 
 def upweighted_indices(weights: Tensor, *, generator: torch.Generator) -> Tensor:

@@ -67,7 +67,7 @@ class MethodInfo:
     uses_counterfactuals: bool = False    # needs the recipe's counterfactual renderer (pairs differing only in b)
     selection: str = "last"               # a key of SELECTION_RULES
     selection_text: str = ""              # the rule in words when selection == "own"
-    apply: Callable[..., Any] | None = None  # post-hoc: apply(model, *, splits, head, seed, **config) -> (model, info)
+    apply: Callable[..., Any] | None = None  # post-hoc: apply(model, *, splits, head, seed, device, **config) -> (model, info)
     reference: str = ""                   # paper the method comes from
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> hyper-parameter overrides
     extra_epochs: Callable[[dict[str, Any]], int] | None = None

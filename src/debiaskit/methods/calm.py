@@ -22,6 +22,12 @@ One ordinary training run, no bias labels anywhere (training, selection, stoppin
    held-out part of the *biased training set* whose b^ come from the same rule; optional DFR-style
    last-layer refit on that held-out part with pseudo-group-balanced weights.
 
+Under torchrun: the centroids, votes, scores and latest attractions are updated on every rank from the
+global batch (bottleneck features, targets, correctness and per-sample attractions are all-gathered);
+the GCE branch's gradients are averaged over ranks; whole-set passes (b^ from the branch, the held-out
+scores) are split across ranks and gathered; the weighted loss uses the global sum of weights. So b^,
+the prior, the weights and the selected epoch are the same on every rank.
+
 Example::
 
     from debiaskit.methods import build_method
@@ -44,6 +50,7 @@ from ..discover import RunningCentroids, attractor_rule
 from ..errors import ConfigError
 from ..models import forward_with_bottleneck, resolve_head
 from ..train import ConflictFlags, TrainContext, TrainingMethod, make_optimizer
+from .._dist import map_shards
 from ._common import fresh_copy
 from ._gce import gce_loss
 from ._registry import Default, MethodInfo, register_method
@@ -222,8 +229,11 @@ class CALM(TrainingMethod):
         with torch.no_grad():
             correct = logits.argmax(1) == y
             att = None
+            if self.discovery == "attractor":   # per-sample state from the global batch (identical on every rank)
+                z_all, y_all, correct_all, idx_all = ctx.gather(z.detach().float(), y, correct, batch.index.to(y.device))
+                idx = idx_all.cpu()
             if self.discovery == "attractor" and self.centroids.ready:
-                att = attractor_rule(z, y, self.centroids.centroids, present=self.centroids.present)
+                att = attractor_rule(z_all, y_all, self.centroids.centroids, present=self.centroids.present)
                 self.last_pseudo[idx] = att.pseudo_bias.cpu()
                 self.last_score[idx] = att.conflict_score.cpu()
             if att is not None and self._collecting(ctx):
@@ -237,7 +247,8 @@ class CALM(TrainingMethod):
                     self.score_sum[idx] = 0.5 * self.score_sum[idx] + att.conflict_score.cpu()
                     self.visits[idx] = 0.5 * self.visits[idx] + 1
             if self.discovery == "attractor":
-                self.centroids.update(z, y, correct=correct)
+                self.centroids.update(z_all, y_all, correct=correct_all)
+        idx = batch.index.cpu()   # this rank's samples
         r = self._ramp(ctx)
         stats = {"acc": float(correct.float().mean())}
         if r > 0:
@@ -248,11 +259,12 @@ class CALM(TrainingMethod):
             w = torch.ones_like(per_sample)
             if self.reweight:
                 w = 1 + r * (self.sample_weight[idx].to(per_sample.device) - 1)
-            loss = (w * per_sample).sum() / w.sum()
+            # normalised by the global sum of weights; x W so that DDP's average over ranks is the gradient
+            loss = ctx.world_size * (w * per_sample).sum() / ctx.global_sum(w.sum().detach())
         else:
             loss = F.cross_entropy(logits, y)
-        loss.backward()
-        self.optimizer.step()
+        ctx.backward(loss)
+        ctx.step_optimizer(self.optimizer)
         stats.update(loss=float(loss.detach()), ramp=r)
         return stats
 
@@ -260,8 +272,10 @@ class CALM(TrainingMethod):
         """One GCE step of the biased branch: it fits the easy (shortcut) samples first and the
         p_y^q factor starves the hard (conflicting) ones of gradient; it stops at the end of the warm-up."""
         self.optimizer_b.zero_grad(set_to_none=True)
-        guarded_gce(self.biased(batch.x), batch.y, q=self.gce_q, guard=self.gce_guard).mean().backward()
-        self.optimizer_b.step()
+        ctx = self._ctx
+        ctx.backward(guarded_gce(self.biased(batch.x), batch.y, q=self.gce_q, guard=self.gce_guard).mean())
+        ctx.sync_grads(self.biased)
+        ctx.step_optimizer(self.optimizer_b)
 
     # ---------------------------------------------------------------- epoch end
     def end_epoch(self, ctx: TrainContext) -> dict[str, float]:
@@ -271,11 +285,11 @@ class CALM(TrainingMethod):
         # candidates: epochs after the correction is fully ramped in (the warm-up model is the biased one)
         ramped = ctx.epoch + 1 >= self.warmup_epochs + math.ceil(self.ramp_epochs) or ctx.epoch + 1 == ctx.config.epochs
         if ramped and self.val_pseudo is not None and self.select:
-            score = self._val_score(ctx.model, ctx)
+            score = self._val_score(ctx.unwrapped, ctx)
             out["pseudo_group_val_acc"] = score
             if score >= self.best_score:  # ties go to the later (longer-trained) epoch
                 self.best_score, self.best_epoch = score, ctx.epoch + 1
-                self.best_state = copy.deepcopy(ctx.model.state_dict())
+                self.best_state = copy.deepcopy(ctx.unwrapped.state_dict())
         return out
 
     def _discover(self, ctx: TrainContext) -> dict[str, float]:
@@ -294,7 +308,7 @@ class CALM(TrainingMethod):
         self.prior = log_prior(table, smoothing=self.prior_smoothing)
         self.sample_weight = capped_weights(self.y_all, pseudo, table, cap=self.weight_cap)
         if self.discovery == "attractor" and len(self.val_index) and self.centroids.ready:
-            z, y = _bottleneck(ctx.model, ctx.train_data, self.val_index, ctx)
+            z, y = _bottleneck(ctx.unwrapped, ctx.train_data, self.val_index, ctx)
             self.val_pseudo = attractor_rule(z, y, self.centroids.centroids, present=self.centroids.present).pseudo_bias.cpu()
         flagged = (pseudo[tr] != self.y_all[tr])
         self.diagnostics.update(flagged=int(flagged.sum()), flagged_share=float(flagged.float().mean()),
@@ -310,7 +324,7 @@ class CALM(TrainingMethod):
     def final_model(self, ctx: TrainContext) -> nn.Module:
         if self._final_cache is not None and self._final_cache[0] == ctx.step:
             return self._final_cache[1]
-        model = copy.deepcopy(ctx.model)
+        model = copy.deepcopy(ctx.unwrapped)
         if self.select and self.best_state is not None:
             model.load_state_dict(self.best_state)
         if self.refit and self.val_pseudo is not None:
@@ -389,11 +403,17 @@ def _bottleneck(model: nn.Module, data, index: Tensor, ctx: TrainContext) -> tup
 
 @torch.no_grad()
 def _logits(model: nn.Module, data, index: Tensor, ctx: TrainContext) -> Tensor:
+    """Logits of samples ``index`` in eval mode (split across ranks and gathered under torchrun)."""
     was = model.training
     model.eval()
-    out = [model(b.x).cpu() for b in iterate_batches(data, batch_size=512, indices=index, device=ctx.device)]
+
+    def rows(part: Tensor) -> Tensor:
+        out = [model(b.x).float().cpu() for b in iterate_batches(data, batch_size=512, indices=index[part], device=ctx.device)]
+        return torch.cat(out) if out else torch.zeros(0, ctx.num_classes)
+
+    logits = map_shards(len(index), rows)
     model.train(was)
-    return torch.cat(out)
+    return logits
 
 
 _OURS = "ours (design choice; see BENCHMARKS.md section 4 and docs/unsupervised.md)"

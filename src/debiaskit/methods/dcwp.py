@@ -13,6 +13,12 @@
 
 The mined set is exposed through :meth:`DCWP.conflict_flags` (reports that hold the true labels score it).
 
+Under torchrun: phase 1 trains on each rank's shard (the ERM model is DDP-wrapped, the biased model's
+gradients are averaged over ranks) and the mined set comes from predictions split across ranks and
+all-gathered; phase 2 (a batch statistic: the contrastive loss pairs samples of the whole batch) runs
+the same draws on every rank and the resulting mask is broadcast from rank 0, so every rank prunes the
+same weights; phase 3 is the sharded main loop.
+
 Example::
 
     method, cfg = build_method("dcwp", dataset="colored-mnist", mask_iters=300)
@@ -31,6 +37,7 @@ from ..data import Batch, iterate_batches
 from ..errors import ConfigError
 from ..models import tap_bottleneck
 from ..train import ConflictFlags, TrainContext, TrainingMethod, make_optimizer
+from .._dist import broadcast_
 from ._common import fresh_copy, predict_train, rho_of, run_epochs, upweighted_indices
 from ._gce import gce_loss
 from ._registry import Default, MethodInfo, register_method
@@ -103,12 +110,13 @@ class DCWP(TrainingMethod):
 
     # -- phase 1: ERM + GCE-biased model, mining ---------------------------------------------------
     def _mine(self, ctx: TrainContext) -> Tensor:
-        biased = fresh_copy(ctx.model, seed=ctx.config.seed + 1).to(ctx.device).train()
+        biased = fresh_copy(ctx.unwrapped, seed=ctx.config.seed + 1).to(ctx.device).train()
         opt = make_optimizer(list(ctx.model.parameters()) + list(biased.parameters()), ctx.config)
 
         def step(batch: Batch) -> None:
             opt.zero_grad(set_to_none=True)
             (F.cross_entropy(ctx.model(batch.x), batch.y) + gce_loss(biased(batch.x), batch.y, q=self.q)).backward()
+            ctx.sync_grads(biased)
             opt.step()
 
         run_epochs(ctx, epochs=self.erm_epochs, step=step)
@@ -117,7 +125,7 @@ class DCWP(TrainingMethod):
 
     # -- phase 2: mask search ----------------------------------------------------------------------
     def _search_mask(self, ctx: TrainContext) -> dict[str, Tensor]:
-        model = ctx.model
+        model = ctx.unwrapped
         weights = {k: w.detach() for k, w in prunable(model).items()}
         pi = {k: torch.full_like(w, self.mask_init, requires_grad=True) for k, w in weights.items()}
         opt = torch.optim.Adam(pi.values(), lr=self.mask_lr)
@@ -149,7 +157,9 @@ class DCWP(TrainingMethod):
             model.train(was)
             for n, p in model.named_parameters():
                 p.requires_grad_(flags[n])
-        return {k: (p.detach() >= 0).to(weights[k].dtype) for k, p in pi.items()}
+        masks = {k: (p.detach() >= 0).to(weights[k].dtype) for k, p in pi.items()}
+        broadcast_(list(masks.values()))   # under torchrun: rank 0's mask on every rank
+        return masks
 
     def setup(self, ctx: TrainContext) -> None:
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
@@ -160,7 +170,7 @@ class DCWP(TrainingMethod):
         self.mined = self._mine(ctx).cpu()
         self.sample_weights = torch.where(self.mined, torch.tensor(lam), torch.tensor(1.0))
         self.masks = self._search_mask(ctx)
-        params = prunable(ctx.model)
+        params = prunable(ctx.unwrapped)
         with torch.no_grad():
             for k, m in self.masks.items():
                 params[k].mul_(m)
@@ -176,12 +186,12 @@ class DCWP(TrainingMethod):
         self.optimizer.zero_grad(set_to_none=True)
         logits = ctx.model(batch.x)
         loss = F.cross_entropy(logits, batch.y)
-        loss.backward()
-        params = prunable(ctx.model)
+        ctx.backward(loss)
+        params = prunable(ctx.unwrapped)
         for k, m in self.masks.items():   # pruned weights stay pruned
             if params[k].grad is not None:
                 params[k].grad.mul_(m)
-        self.optimizer.step()
+        ctx.step_optimizer(self.optimizer)
         with torch.no_grad():
             for k, m in self.masks.items():
                 params[k].mul_(m)

@@ -323,7 +323,10 @@ def apply_fmd(model: nn.Module, *, splits, head: str | None = None, seed: int = 
 
 
 class FMD(TrainingMethod):
-    """``debiaskit train --method fmd``: ERM for the configured epochs, then the FMD unlearning step."""
+    """``debiaskit train --method fmd``: ERM for the configured epochs, then the FMD unlearning step.
+
+    Under torchrun the ERM epochs are the sharded main loop; the unlearning step (seeded, deterministic, on
+    the plain module) runs the same computation on every rank, so every rank ends with the same weights."""
 
 
     def __init__(self, **config) -> None:
@@ -339,15 +342,16 @@ class FMD(TrainingMethod):
         super().setup(ctx)
 
     def final_model(self, ctx: TrainContext) -> nn.Module:
+        model = ctx.unwrapped
         if ctx.epoch < ctx.config.epochs - 1:
-            return ctx.model
+            return model
         if not self.unlearning:
-            res = fmd_unlearn(ctx.model, train=ctx.train_data, head=ctx.head, seed=ctx.config.seed,
+            res = fmd_unlearn(model, train=ctx.train_data, head=ctx.head, seed=ctx.config.seed,
                               device=ctx.device, **self.config)
             self.unlearning = res.info
             with torch.no_grad():  # write the unlearned weights back into the trained model object
-                ctx.model.load_state_dict(res.model.state_dict())
-        return ctx.model
+                model.load_state_dict(res.model.state_dict())
+        return model
 
     def state(self) -> dict[str, Any]:
         return {**self.config, "unlearning": {k: v for k, v in self.unlearning.items() if k != "trace"},

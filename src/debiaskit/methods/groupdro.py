@@ -59,19 +59,24 @@ class GroupDRO(TrainingMethod):
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
 
     def training_step(self, batch: Batch, ctx: TrainContext) -> dict[str, float]:
+        """One step. Under torchrun the group counts and losses are summed over ranks (the global batch), so
+        q is updated identically on every rank, and each rank's loss uses the global counts."""
         if batch.b is None:
             raise ConfigError("groupdro needs bias labels, but this batch has none")
         g, _ = group_ids(batch.y, batch.b, num_classes=self.num_classes, num_bias=self.num_bias)
         logits = ctx.model(batch.x)
         ce = F.cross_entropy(logits, batch.y, reduction="none")
-        counts = torch.bincount(g, minlength=self.num_groups).float()
-        group_loss = torch.zeros(self.num_groups, device=ce.device).index_add(0, g, ce) / counts.clamp(min=1)
+        # group losses of the global batch (summed over ranks under torchrun): q is the same on every rank
+        counts = ctx.global_sum(torch.bincount(g, minlength=self.num_groups).float()).clamp(min=1)
+        group_sum = torch.zeros(self.num_groups, device=ce.device).index_add(0, g, ce)
+        group_loss = ctx.global_sum(group_sum.detach()) / counts
         self.q = update_group_weights(self.q, group_loss, eta=self.eta)
-        loss = (group_loss * self.q).sum()
+        # sum_g q_g L_g; this rank's share of it times W, so that DDP's average over ranks is its gradient
+        loss = ctx.world_size * (group_sum / counts * self.q).sum()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": float(loss.detach()), "ce": float(ce.mean().detach()), "q_max": float(self.q.max()),
+        ctx.backward(loss)
+        ctx.step_optimizer(self.optimizer)
+        return {"loss": float((group_loss * self.q).sum()), "ce": float(ce.mean().detach()), "q_max": float(self.q.max()),
                 "acc": float((logits.argmax(1) == batch.y).float().mean())}
 
     def state(self) -> dict[str, Any]:

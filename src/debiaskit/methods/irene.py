@@ -9,6 +9,11 @@ One step: (1) forward the model, keep the bottleneck z; (2) ``head_steps`` updat
 ``z.detach()`` (so the encoder is penalised against a head that has already seen this batch, not one
 step behind it); (3) backward CE + gamma * MI into the model and step it.
 
+Under torchrun: the privacy heads' gradients are averaged over ranks (the heads stay identical), and the
+MI - a statistic of the whole batch - is computed on every rank from the all-gathered head outputs of
+the global batch, with its gradient sent back to each rank's own samples; with DDP's average this is the
+gradient of the 1-rank loss. Under ``--amp`` the heads train in float32 on the detached features.
+
 Example::
 
     method, cfg = build_method("irene", dataset="biased-mnist", gamma=1.0)
@@ -16,6 +21,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -80,19 +86,27 @@ class IRENE(TrainingMethod):
         else:
             self.head_optimizer = torch.optim.Adam(self.heads.parameters(), lr=self.head_lr)
 
-    def _head_step(self, z: Tensor, b: Tensor) -> Tensor:
-        """One update of every privacy head on detached features; returns the summed CE before it."""
-        self.head_optimizer.zero_grad(set_to_none=True)
-        head_loss = sum(F.cross_entropy(h(z), b[:, a]) for a, h in enumerate(self.heads))
-        head_loss.backward()
-        self.head_optimizer.step()
+    def _head_step(self, z: Tensor, b: Tensor, ctx: TrainContext) -> Tensor:
+        """One update of every privacy head on detached features (float32, gradients averaged over ranks);
+        returns the summed CE before it."""
+        with ctx.full_precision():
+            self.head_optimizer.zero_grad(set_to_none=True)
+            head_loss = sum(F.cross_entropy(h(z.float()), b[:, a]) for a, h in enumerate(self.heads))
+            head_loss.backward()
+            ctx.sync_grads(self.heads)
+            self.head_optimizer.step()
         return head_loss.detach()
 
-    def _mi(self, z: Tensor, b: Tensor) -> Tensor:
-        """Sum over attributes of MI(softmax(P_a(z)), b_a), with P_a's parameters detached: the MI gradient
-        reaches z (the encoder) and nothing else."""
-        return sum(stable_normalized_mi(F.linear(z, h.weight.detach(), h.bias.detach()).softmax(1), b[:, a], self.num_bias)
-                   for a, h in enumerate(self.heads))
+    def _mi(self, z: Tensor, b: Tensor, ctx: TrainContext | None = None) -> Tensor:
+        """Sum over attributes of MI(softmax(P_a(z)), b_a) on the global batch (``ctx``: the training context
+        under torchrun / --amp), with P_a's parameters detached: the MI gradient reaches z (the encoder) and
+        nothing else."""
+        gather = ctx.gather_with_grad if ctx is not None else (lambda t: t)
+        b_all = ctx.gather(b)[0] if ctx is not None else b
+        with ctx.full_precision() if ctx is not None else contextlib.nullcontext():   # float32 under --amp
+            return sum(stable_normalized_mi(gather(F.linear(z.float(), h.weight.detach(), h.bias.detach()).softmax(1)),
+                                            b_all[:, a], self.num_bias)
+                       for a, h in enumerate(self.heads))
 
     def training_step(self, batch: Batch, ctx: TrainContext) -> dict[str, float]:
         if batch.b is None:
@@ -100,16 +114,17 @@ class IRENE(TrainingMethod):
         b = batch.b if batch.b.ndim == 2 else batch.b[:, None]
         logits, z = forward_with_bottleneck(ctx.model, batch.x, ctx.head)
         zd = z.detach()
-        head_loss = self._head_step(zd, b)   # CE of the heads before this batch's updates (for the log)
+        head_loss = self._head_step(zd, b, ctx)   # CE of the heads before this batch's updates (for the log)
         for _ in range(self.head_steps - 1):
-            self._head_step(zd, b)
+            self._head_step(zd, b, ctx)
         ce = F.cross_entropy(logits, batch.y)
-        mi = self._mi(z, b)
+        mi = self._mi(z, b, ctx)
         loss = ce + self.gamma * mi
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._check_finite(ctx, ce, mi, head_loss)
-        self.optimizer.step()
+        ctx.backward(loss)
+        if ctx.precision is None or ctx.precision.scaler is None:   # fp16: the scaler skips non-finite steps
+            self._check_finite(ctx, ce, mi, head_loss)
+        ctx.step_optimizer(self.optimizer)
         with torch.no_grad():
             head_acc = float((self.heads[0](zd).argmax(1) == b[:, 0]).float().mean())
         return {"loss": float(ce.detach()), "mi": float(mi.detach()), "privacy_ce": float(head_loss),

@@ -5,6 +5,10 @@ Train an identification model with ERM for T epochs (``id_epochs``), take its er
 final model with the error set upsampled ``lambda_up`` times. No bias labels; the error set is
 exposed through :meth:`JTT.conflict_flags` so that reports holding the true labels can score it.
 
+Under torchrun: the identification model trains on each rank's shard with its gradients averaged over
+ranks, and its predictions on D^b are split across ranks and all-gathered, so the error set (and the
+upsampled epoch) is the same on every rank.
+
 Example::
 
     method, cfg = build_method("jtt", dataset="colored-mnist", id_epochs=2, lambda_up=50)
@@ -34,12 +38,13 @@ class JTT(TrainingMethod):
         self.register_buffer("indices", None)     # one epoch: every sample once, the error set lambda_up times
 
     def prepare(self, ctx: TrainContext) -> None:
-        ident = fresh_copy(ctx.model, seed=ctx.config.seed + 1).to(ctx.device).train()
+        ident = fresh_copy(ctx.unwrapped, seed=ctx.config.seed + 1).to(ctx.device).train()
         opt = make_optimizer(ident.parameters(), ctx.config)
 
         def step(batch: Batch) -> None:
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(ident(batch.x), batch.y).backward()
+            ctx.sync_grads(ident)
             opt.step()
 
         run_epochs(ctx, epochs=self.id_epochs, step=step)

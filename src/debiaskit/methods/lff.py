@@ -6,6 +6,10 @@ per-sample weight W(x) = L_B / (L_B + L_D + 1e-8), where L_B, L_D are per-sample
 moving averages (alpha) of each model's cross-entropy, normalised by the per-class maximum.
 Samples the biased model fails on (bias-conflicting ones) get W close to 1, aligned ones close to 0.
 
+Under torchrun: both EMAs and the label table are updated on every rank from the global batch (the
+per-sample losses and indices are all-gathered), so W is the same everywhere; f_D is DDP-wrapped and
+f_B's gradients are averaged over ranks before its step.
+
 Example::
 
     from debiaskit.methods import build_method
@@ -66,7 +70,7 @@ class LfF(TrainingMethod):
         self.register_buffer("labels", None)   # the target of every training sample seen so far
 
     def setup(self, ctx: TrainContext) -> None:
-        self.biased = fresh_copy(ctx.model, seed=ctx.config.seed + 1).to(ctx.device).train()
+        self.biased = fresh_copy(ctx.unwrapped, seed=ctx.config.seed + 1).to(ctx.device).train()
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
         self.optimizer_b = make_optimizer(self.biased.parameters(), ctx.config)
         n = len(ctx.train_data)
@@ -88,17 +92,19 @@ class LfF(TrainingMethod):
         logits_b = self.biased(batch.x)
         ce_d = F.cross_entropy(logits_d, batch.y, reduction="none")
         ce_b = F.cross_entropy(logits_b, batch.y, reduction="none")
-        self.labels[batch.index] = batch.y.cpu()
-        self.ema_b.update(batch.index, ce_b)
-        self.ema_d.update(batch.index, ce_d)
+        index, y, seen_b, seen_d = ctx.gather(batch.index.to(batch.y.device), batch.y, ce_b.detach(), ce_d.detach())
+        self.labels[index.cpu()] = y.cpu()   # the global batch: the same state on every rank
+        self.ema_b.update(index, seen_b)
+        self.ema_d.update(index, seen_d)
         w = self.weights(batch.index).to(ctx.device)
         loss_d = (ce_d * w).mean()
         loss_b = gce_loss(logits_b, batch.y, q=self.q)
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_b.zero_grad(set_to_none=True)
-        (loss_d + loss_b).backward()  # the two models share no parameters: one backward updates both
-        self.optimizer.step()
-        self.optimizer_b.step()
+        ctx.backward(loss_d + loss_b)  # the two models share no parameters: one backward updates both
+        ctx.sync_grads(self.biased)
+        ctx.step_optimizer(self.optimizer)
+        ctx.step_optimizer(self.optimizer_b)
         return {"loss": float(loss_d.detach()), "loss_biased": float(loss_b.detach()), "weight_mean": float(w.mean()),
                 "acc": float((logits_d.argmax(1) == batch.y).float().mean()),
                 "acc_biased": float((logits_b.argmax(1) == batch.y).float().mean())}

@@ -8,6 +8,11 @@ Stage 2: the network is re-initialised and retrained on the same data with per-s
 samples, plus an IRENE-style term ``gamma * MI(softmax(P(z)), b^)`` where the privacy head P is trained on
 ``z.detach()`` to predict b^. Two trainings; last epoch returned (no bias labels, no D^u).
 
+Under torchrun: stage 1's pseudo-bias comes from the same whole-set pass on every rank (identical); in
+stage 2 the weighted CE is normalised by the global sum of weights, the MI is computed on the all-gathered
+privacy outputs of the global batch (gradient back to each rank's samples) and the privacy head's
+gradients are averaged over ranks.
+
 Example::
 
     method, cfg = build_method("vcba", dataset="biased-mnist")
@@ -60,22 +65,28 @@ class VCBA(TrainingMethod):
         idx = batch.index.cpu()
         pseudo = self.pseudo[idx].to(z.device)
         w = self.weight[idx].to(z.device)
-        ce = (w * F.cross_entropy(logits, batch.y, reduction="none")).sum() / w.sum()
-        mi = normalized_mutual_information(self.privacy(z).softmax(1), pseudo, ctx.num_classes)
+        # global normaliser and global-batch MI; x W on the CE so that DDP's average over ranks is the gradient
+        ce = ctx.world_size * (w * F.cross_entropy(logits, batch.y, reduction="none")).sum() / ctx.global_sum(w.sum())
+        pseudo_all, = ctx.gather(pseudo)
+        with ctx.full_precision():   # a batch statistic of small probabilities: float32 under --amp
+            mi = normalized_mutual_information(ctx.gather_with_grad(self.privacy(z.float()).softmax(1)), pseudo_all,
+                                               ctx.num_classes)
         self.optimizer.zero_grad(set_to_none=True)
-        (ce + self.gamma * mi).backward()
-        self.optimizer.step()
+        ctx.backward(ce + self.gamma * mi)
+        ctx.step_optimizer(self.optimizer)
         # the privacy head learns on detached features: its loss never reaches the encoder
-        self.privacy_opt.zero_grad(set_to_none=True)
-        F.cross_entropy(self.privacy(z.detach()), pseudo).backward()
-        self.privacy_opt.step()
+        with ctx.full_precision():
+            self.privacy_opt.zero_grad(set_to_none=True)
+            F.cross_entropy(self.privacy(z.detach().float()), pseudo).backward()
+            ctx.sync_grads(self.privacy)
+            self.privacy_opt.step()
         return {"loss": float(ce.detach()), "mi": float(mi.detach()),
                 "acc": float((logits.argmax(1) == batch.y).float().mean())}
 
     def end_epoch(self, ctx: TrainContext) -> dict[str, float]:
         if self.stage != 1:
             return {}
-        found = discover_pseudo_bias(ctx.model, train=ctx.train_data, head=ctx.head, device=ctx.device)["train"]
+        found = discover_pseudo_bias(ctx.unwrapped, train=ctx.train_data, head=ctx.head, device=ctx.device)["train"]
         ctx.model.train()
         conf = float(found.confidence.mean())
         out = {"mean_confidence": conf, "flagged": float(found.conflicting.sum())}

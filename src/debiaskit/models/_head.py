@@ -19,6 +19,8 @@ def resolve_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Mod
 
     A wrong name raises an error listing the module names the user can choose from.
     """
+    if isinstance(model, nn.parallel.DistributedDataParallel):   # under torchrun: the user's module inside
+        model = model.module
     name = head or default_head_name(model)
     modules = dict(model.named_modules())
     if name is None:

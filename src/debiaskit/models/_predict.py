@@ -19,13 +19,14 @@ class Outputs(NamedTuple):
 
 @torch.no_grad()
 def collect_outputs(model: nn.Module, dataset, *, head: str | None = None, with_bottleneck: bool = True,
-                    batch_size: int = 512, device: str | torch.device = "cpu") -> Outputs:
-    """Run ``model`` in eval mode over ``dataset``; return logits, bottleneck z (flattened), y and b."""
+                    batch_size: int = 512, device: str | torch.device = "cpu", indices=None) -> Outputs:
+    """Run ``model`` in eval mode over ``dataset`` (or its samples ``indices``); return logits, bottleneck z
+    (flattened), y and b."""
     was_training = model.training
     model.eval()
     logits, zs, ys, bs = [], [], [], []
     try:
-        for batch in iterate_batches(dataset, batch_size=batch_size, device=device):
+        for batch in iterate_batches(dataset, batch_size=batch_size, device=device, indices=indices):
             if with_bottleneck:
                 with tap_bottleneck(model, head) as tap:
                     out = model(batch.x)

@@ -104,11 +104,15 @@ class DynamicsRecorder(TrainingMethod):
         y = batch.y
         if logits is None or logits.ndim != 2 or len(logits) != len(y):
             return  # the method did not run the model on this batch as a whole: nothing to record
-        idx, e = batch.index.cpu(), ctx.epoch
+        has_z = z is not None and len(z) == len(y)
+        # under torchrun: the global batch, so that every rank (rank 0 writes) holds every sample's record
+        idx, y, logits = ctx.gather(batch.index.to(y.device), y, logits.float())
+        z = ctx.gather(z.float())[0] if has_z else None
+        idx, e = idx.cpu(), ctx.epoch
         self.loss[e, idx] = F.cross_entropy(logits.float(), y, reduction="none").cpu()
         correct = logits.argmax(1) == y
         self.correct[e, idx] = correct.to(torch.uint8).cpu()
-        if z is not None and len(z) == len(y):
+        if has_z:
             if self.centroids.ready:
                 att = attractor_rule(z, y, self.centroids.centroids, present=self.centroids.present)
                 self.attractor[e, idx] = att.pseudo_bias.to(torch.int16).cpu()

@@ -7,6 +7,7 @@ indices and only rank 0 logs.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -20,9 +21,11 @@ from torch import Tensor, nn
 
 from .._io import load_checkpoint, save_checkpoint
 from ..data import Batch, as_bias_data, iterate_batches
-from .._validate import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_device, check_not_empty, check_targets,
+from .._validate import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_not_empty, check_targets,
                          check_training_data, describe_divergence, require)
 from ..errors import ConfigError, DebiaskitError
+from .. import _dist
+from ._amp import Precision, check_amp
 from ._state import flatten_state, rng_state, set_rng_state, unflatten_state
 
 
@@ -37,6 +40,7 @@ class TrainConfig:
     optimizer: str = "adam"
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    amp: str = "off"   # mixed precision of the training steps: off, bf16 or fp16 (see train._amp)
 
     def __post_init__(self) -> None:
         for name, rule in (("epochs", POSITIVE_INT), ("batch_size", POSITIVE_INT), ("lr", POSITIVE),
@@ -44,6 +48,7 @@ class TrainConfig:
             require(name, getattr(self, name), rule)
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        self.amp = check_amp(self.amp)
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -69,11 +74,55 @@ class TrainContext:
     steps_per_epoch: int = 0
     rank: int = 0
     world_size: int = 1
+    precision: Precision | None = None
 
     @property
     def unwrapped(self) -> nn.Module:
-        """The user's module (inside DistributedDataParallel when distributed): hook it, name its head."""
+        """The user's module (inside DistributedDataParallel when distributed): hook it, name its head,
+        evaluate it (DistributedDataParallel's forward is for training steps taken on every rank)."""
         return _unwrap(self.model)
+
+    @property
+    def batch_size(self) -> int:
+        """This rank's batch: ``config.batch_size`` (the global batch) / world size."""
+        return self.config.batch_size // self.world_size
+
+    # -- what methods call instead of loss.backward() / optimizer.step() (mixed precision, several ranks) --
+    def backward(self, loss: Tensor) -> None:
+        """``loss.backward()``, loss-scaled under ``--amp fp16``."""
+        if self.precision is None:
+            loss.backward()
+        else:
+            self.precision.backward(loss)
+
+    def step_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()`` (through the gradient scaler under ``--amp fp16``)."""
+        if self.precision is None:
+            optimizer.step()
+        else:
+            self.precision.step(optimizer)
+
+    def full_precision(self):
+        """Context with autocast off (small auxiliary heads on detached features train in float32)."""
+        return self.precision.full_precision() if self.precision is not None else contextlib.nullcontext()
+
+    def sync_grads(self, *modules: nn.Module) -> None:
+        """Average the gradients of auxiliary modules over ranks before stepping them (the model's own
+        gradients are averaged by DistributedDataParallel). A no-op on one process."""
+        _dist.average_gradients([m for m in modules if m is not None])
+
+    def gather(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The global batch of per-sample tensors (concatenated over ranks, no gradient): per-sample state is
+        updated from it on every rank, so it stays identical everywhere. Identity on one process."""
+        return tuple(_dist.all_gather(t) for t in tensors)
+
+    def gather_with_grad(self, tensor: Tensor) -> Tensor:
+        """The global batch of ``tensor`` with gradient to this rank's rows (batch statistics such as MI)."""
+        return _dist.all_gather_with_grad(tensor)
+
+    def global_sum(self, tensor: Tensor) -> Tensor:
+        """Sum over ranks, detached (global normalisers of weighted losses)."""
+        return _dist.all_reduce_sum(tensor)
 
     @property
     def total_steps(self) -> int:
@@ -157,8 +206,8 @@ class TrainingMethod(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         logits = ctx.model(batch.x)
         loss = F.cross_entropy(logits, batch.y)
-        loss.backward()
-        self.optimizer.step()
+        ctx.backward(loss)
+        ctx.step_optimizer(self.optimizer)
         return {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == batch.y).float().mean())}
 
     def end_epoch(self, ctx: TrainContext) -> dict[str, float]:
@@ -238,12 +287,6 @@ class FitResult:
     resumed_from_epoch: int | None = None
 
 
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 CHECKPOINT_KIND = "train"
 
 
@@ -266,6 +309,12 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     ``checkpoint_meta`` (JSON) identifies the run and must match on resume. The returned wall time is
     the method's whole cost, setup and preparation included, summed over the interrupted sessions.
 
+    Under ``torchrun`` (a process group is initialised) each rank trains on its shard of every epoch's
+    order with ``config.batch_size / world_size`` samples per step (``config.batch_size`` is the global
+    batch; see :mod:`debiaskit._dist` for the padding of remainders), the model is wrapped in
+    DistributedDataParallel, the logged epoch statistics are averaged over ranks and rank 0 alone writes
+    the checkpoint (every rank reads it on resume).
+
     Example::
 
         result = fit(model, splits.train, config=TrainConfig(epochs=5, seed=0), num_classes=10)
@@ -275,31 +324,34 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     method = method or TrainingMethod()
     check_not_empty(train_data)
     train_data = as_bias_data(train_data)   # the data contract: any (x, y, b) or (x, y) dataset, kept lazy
-    device = check_device(device)
+    device = _dist.check_device(device)   # checked (rel's rules), then this rank's GPU under torchrun
     if resume and checkpoint is None:
         raise ConfigError("resume=True needs the checkpoint file of the interrupted run")
     start = time.perf_counter()   # the method's whole cost: setup and preparation count
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    rank, world = _dist_info()
+    rank, world = _dist.rank_and_world()
+    per_rank_batch = _dist.per_rank_batch(config.batch_size, world)
     model.to(device).train()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if world > 1:
         # gradients are averaged across ranks; methods see the wrapped model as ctx.model
-        model = nn.parallel.DistributedDataParallel(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     n = len(train_data)
     ncls = num_classes or getattr(train_data, "num_classes", None)
     if ncls is None:
         raise ConfigError("num_classes is required for datasets that do not define it")
     check_training_data(train_data, num_classes=ncls)
     ctx = TrainContext(model=model, train_data=train_data, config=config, device=device, generator=generator,
-                       num_classes=ncls, head=head, val_data=val_data, rank=rank, world_size=world)
-    ctx.steps_per_epoch = math.ceil(n / world / config.batch_size)
+                       num_classes=ncls, head=head, val_data=val_data, rank=rank, world_size=world,
+                       precision=Precision(config.amp, device) if config.amp != "off" else None)
+    ctx.steps_per_epoch = math.ceil(math.ceil(n / world) / per_rank_batch)
     identity = {"config": asdict(config), "method": method.name, "num_samples": n, "num_classes": ncls,
                 "selection": select is not None, **(checkpoint_meta or {})}
     loop = _LoopState(best_epoch=config.epochs)
     method.setup(ctx)
     if resume:
-        loop = _restore(Path(checkpoint), model=_unwrap(model), method=method, generator=generator, identity=identity)
+        loop = _restore(Path(checkpoint), model=_unwrap(model), method=method, generator=generator, identity=identity,
+                        precision=ctx.precision)
         ctx.step = loop.step
     else:
         method.prepare(ctx)
@@ -308,7 +360,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
 
     if checkpoint is not None and not resume and rank == 0:   # after the preparation: JTT's or DCWP's can be long
         _save(Path(checkpoint), loop, model=_unwrap(model), method=method, generator=generator, identity=identity,
-              elapsed_s=elapsed())
+              elapsed_s=elapsed(), precision=ctx.precision)
     resumed_from = loop.epoch if resume else None
     bar = _progress(progress and rank == 0, config.epochs * ctx.steps_per_epoch, method.name)
     bar.advance_by(loop.epoch * ctx.steps_per_epoch)
@@ -317,27 +369,32 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
             ctx.epoch = epoch
             indices = method.epoch_indices(ctx)
             order = torch.arange(n) if indices is None else indices
-            order = order[torch.randperm(len(order), generator=generator)][rank::world]
-            ctx.steps_per_epoch = math.ceil(len(order) / config.batch_size)
+            order = _dist.shard(order[torch.randperm(len(order), generator=generator)], rank=rank, world=world)
+            ctx.steps_per_epoch = math.ceil(len(order) / per_rank_batch)
             sums: dict[str, float] = {}
             steps = 0
-            for batch in iterate_batches(train_data, batch_size=config.batch_size, indices=order, device=device):
+            for batch in iterate_batches(train_data, batch_size=per_rank_batch, indices=order, device=device):
                 if method.uses_bias_labels and batch.b is None:
                     raise DebiaskitError(f"method {method.name} needs bias labels, but the training data has none")
                 if not hasattr(train_data, "y"):  # in-memory targets were checked once, before training
                     check_targets(batch.y, num_classes=ncls, index=batch.index)
-                stats = method.training_step(batch, ctx)
+                if ctx.precision is None:
+                    stats = method.training_step(batch, ctx)
+                else:
+                    with ctx.precision.autocast():
+                        stats = method.training_step(batch, ctx)
+                    ctx.precision.update()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 steps += 1
                 ctx.step += 1
                 bar.advance(stats)
-            record = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
+            record = {"epoch": epoch + 1, **_mean_over_ranks({k: v / max(steps, 1) for k, v in sums.items()}, world)}
             record.update(method.end_epoch(ctx))
             if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
                 raise DebiaskitError(describe_divergence(train_data, epoch + 1, record))
-            if select is not None:
-                score = float(select(method.final_model(ctx)))
+            if select is not None:   # on the plain module, identically on every rank
+                score = float(select(_unwrap(method.final_model(ctx))))
                 record["selection_score"] = score
                 if score > loop.best_score:
                     loop.best_score, loop.best_epoch = score, epoch + 1
@@ -347,7 +404,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
             loop.epoch, loop.step = epoch + 1, ctx.step
             if checkpoint is not None and rank == 0:
                 _save(Path(checkpoint), loop, model=_unwrap(model), method=method, generator=generator,
-                      identity=identity, elapsed_s=elapsed())
+                      identity=identity, elapsed_s=elapsed(), precision=ctx.precision)
             if log is not None and rank == 0:
                 log(record)
     finally:
@@ -374,18 +431,19 @@ class _LoopState:
 
 
 def _save(path: Path, loop: _LoopState, *, model: nn.Module, method: TrainingMethod, generator: torch.Generator,
-          identity: dict[str, Any], elapsed_s: float) -> None:
+          identity: dict[str, Any], elapsed_s: float, precision: Precision | None = None) -> None:
     state = {"model": dict(model.state_dict()), "method": dict(method.state_dict()), "rng": rng_state(generator),
              "best_state": loop.best_state}
     tensors, skeleton = flatten_state(state)
     meta = {"identity": identity, "state": skeleton, "epoch": loop.epoch, "step": loop.step, "history": loop.history,
-            "best_score": loop.best_score, "best_epoch": loop.best_epoch, "elapsed_s": elapsed_s}
+            "best_score": loop.best_score, "best_epoch": loop.best_epoch, "elapsed_s": elapsed_s,
+            "amp_scaler": precision.state_dict() if precision is not None else {}}   # fp16's loss scale
     _, meta = flatten_state(meta)   # non-finite floats (best_score = -inf before any selection) survive JSON
     save_checkpoint(path, tensors, meta, kind=CHECKPOINT_KIND)
 
 
 def _restore(path: Path, *, model: nn.Module, method: TrainingMethod, generator: torch.Generator,
-             identity: dict[str, Any]) -> _LoopState:
+             identity: dict[str, Any], precision: Precision | None = None) -> _LoopState:
     if not path.is_file():
         raise ConfigError(f"nothing to resume: {path} does not exist (start without resume)")
     tensors, meta = load_checkpoint(path, kind=CHECKPOINT_KIND)
@@ -400,8 +458,19 @@ def _restore(path: Path, *, model: nn.Module, method: TrainingMethod, generator:
     model.load_state_dict(state["model"])
     method.load_state_dict(state["method"])
     set_rng_state(generator, state["rng"])
+    if precision is not None:
+        precision.load_state_dict(meta.get("amp_scaler") or {})
     return _LoopState(epoch=meta["epoch"], step=meta["step"], history=meta["history"], best_score=meta["best_score"],
                       best_epoch=meta["best_epoch"], best_state=state["best_state"], elapsed_s=meta["elapsed_s"])
+
+
+def _mean_over_ranks(stats: dict[str, float], world: int) -> dict[str, float]:
+    """Epoch statistics averaged over ranks (each rank's are means over equally many samples)."""
+    if world == 1 or not stats:
+        return stats
+    keys = sorted(stats)
+    total = _dist.all_reduce_sum(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64))
+    return {k: float(v) / world for k, v in zip(keys, total)}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

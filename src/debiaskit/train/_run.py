@@ -2,6 +2,7 @@
 rebuildable run folder."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 from pathlib import Path
@@ -10,12 +11,12 @@ from typing import Any
 import torch
 
 from ..data import Splits, make_splits
-from .._io import RUN_FOLDER, atomic_folder
-from .._validate import check_device
+from .._io import RUN_FOLDER
 from ..models import infer_head, resolve_head
 from ..models._user import instantiate
 from ..errors import ConfigError, RunExistsError
 from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, save_run
+from .. import _dist
 from ._dynamics import DYNAMICS_FILE, DynamicsRecorder, save_dynamics
 from ._loop import FitResult, TrainConfig, TrainingMethod, fit
 
@@ -48,6 +49,9 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
     place). ``head``: the classifier module (default: ``model.head_name``, or the only nn.Linear with
     ``num_classes`` outputs).
 
+    Under ``torchrun`` every rank trains its shard (``config.batch_size`` is the global batch) and rank 0
+    alone writes the folder; run.json records ``world_size``, ``backend`` and ``per_rank_batch``.
+
     Example::
 
         out, result = train_run(dataset="biased-mnist", params={"rho": 0.99}, out=Path("runs/v0"),
@@ -57,13 +61,18 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
     """
     out = Path(out)
     config = config or TrainConfig()
+    world = _dist.rank_and_world()[1]
+    per_rank_batch = _dist.per_rank_batch(config.batch_size, world)
     method = method or TrainingMethod()
-    check_device(device)
+    _dist.check_device(device)
     if isinstance(dataset, Splits):
         splits = dataset
     checkpoint = partial_dir(out) / CHECKPOINT_FILE
-    with atomic_folder(out, kind=RUN_FOLDER, force=force) as staging:  # refuses a bad --out before any compute
-        _check_partial(out, resume=resume, force=force)
+    # rank 0 writes (the folder is checked and locked before any compute); the other ranks train their shard
+    with _dist.rank0_folder(out, kind=RUN_FOLDER, force=force) as staging:
+        main = staging is not None
+        if main:
+            _check_partial(out, resume=resume, force=force)
         if splits is None:
             splits = make_splits(dataset, params=params, seed=config.seed if data_seed is None else data_seed,
                                  unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
@@ -72,25 +81,30 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
                                       input_shape=tuple(splits.train.input_shape))
         head, _ = resolve_head(net, head or infer_head(net, num_classes=splits.num_classes))  # a wrong name: error now
         recorder = DynamicsRecorder(method) if record_dynamics else None
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        if main:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(staging / "train_log.jsonl", "w") as log_file:
+            with (open(staging / "train_log.jsonl", "w") if main else contextlib.nullcontext()) as log_file:
                 def log(record: dict) -> None:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
 
                 result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
-                             head=head, device=device, progress=progress, log=log, checkpoint=checkpoint, resume=resume,
+                             head=head, device=device, progress=progress, log=log if main else None,
+                             checkpoint=checkpoint, resume=resume,   # rank 0 writes it, every rank reads it
                              checkpoint_meta={"data": splits.spec, "model": model_spec,
                                               "method_config": method_config or {}})
         except BaseException:
-            if not any(checkpoint.parent.iterdir()):   # nothing resumable was written: leave nothing behind
+            if main and not any(checkpoint.parent.iterdir()):   # nothing resumable was written: leave nothing behind
                 checkpoint.parent.rmdir()
             raise
-        if result.resumed_from_epoch:   # the epochs before the interruption are in the history, not in the stream
+        if main and result.resumed_from_epoch:   # the epochs before the interruption are in the history, not in the stream
             (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.history))
         if recorder is not None:
             recorder.close()
+        if staging is None:
+            return out, result   # rank0_folder waits for rank 0 to publish the folder
+        if recorder is not None:
             save_dynamics(recorder.dynamics(), staging / DYNAMICS_FILE)
         state = method.state()
         flags = method.conflict_flags()
@@ -105,7 +119,8 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
             data_summary={name: split.summary() for name, split in splits.items()},
             train=TrainRecord(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                               weight_decay=config.weight_decay, optimizer=config.optimizer, seed=config.seed,
-                              extra=config.extra, selection=result.selection, selected_epoch=result.selected_epoch),
+                              extra=config.extra, selection=result.selection, selected_epoch=result.selected_epoch,
+                              amp=config.amp),
             method=MethodRecord(name=method.name, uses_bias_labels=method.uses_bias_labels,
                                 config=method_config or {}, state=state,
                                 # which defaults it ran with when the dataset family has none of its own
@@ -113,6 +128,7 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
                                        or "the dataset family's own (or the only) defaults"}),
             final_train_metrics=result.history[-1] if result.history else {},
             wall_time_s=result.wall_time_s, device=str(device),
+            world_size=world, backend=_dist.backend(), per_rank_batch=per_rank_batch,
             dynamics=DYNAMICS_FILE if recorder is not None else None)
         save_run(staging, model=result.model, record=record)
     _remove_partial(partial_dir(out))   # the finished folder supersedes its checkpoint
