@@ -211,3 +211,9 @@ def test_build_method_says_which_defaults_it_uses_on_an_unknown_family():
         warnings.simplefilter("error")
         method, _ = build_method("lff", dataset="colored-mnist")      # our own datasets: no note
     assert getattr(method, "defaults_note", None) is None
+
+
+def test_discover_scans_the_blocks_of_a_model_with_functional_activations():
+    from debiaskit.discover import candidate_layers
+    model = user_models.residual_cnn(num_classes=10, in_channels=3, width=4)
+    assert candidate_layers(model, head="classifier") == ["block1", "block2", "block3", "bottleneck"]

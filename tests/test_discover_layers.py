@@ -67,11 +67,22 @@ def test_shared_module_is_skipped_by_auto_and_refused_by_name(toy_splits):
 
 
 def test_choose_layer_prefers_most_minority_flags():
-    scan = [{"layer": "a", "flagged": 700, "flagged_share": 0.7}, {"layer": "b", "flagged": 50, "flagged_share": 0.05},
-            {"layer": "c", "flagged": 50, "flagged_share": 0.05}, {"layer": "bottleneck", "flagged": 3, "flagged_share": 0.003}]
+    row = lambda layer, flagged, share, score=0.9: {"layer": layer, "flagged": flagged, "flagged_share": share,  # noqa: E731
+                                                    "mean_flagged_score": score}
+    scan = [row("a", 700, 0.7), row("b", 50, 0.05), row("c", 50, 0.05), row("bottleneck", 3, 0.003)]
     assert choose_layer(scan) == "b"   # 'a' moves most samples out of their class cell: not class-structured
-    assert choose_layer([{"layer": "a", "flagged": 0, "flagged_share": 0.0},
-                         {"layer": "bottleneck", "flagged": 0, "flagged_share": 0.0}]) == "bottleneck"
+    assert choose_layer([row("a", 0, 0.0, None), row("bottleneck", 0, 0.0, None)]) == "bottleneck"
+
+
+def test_choose_layer_ignores_layers_that_attract_their_flags_weakly():
+    # the texture-biased residual CNN of benchmarks/byo_fashion_stripes.py (seed 0, 10,000 samples of D^b)
+    scan = [{"layer": "block1", "flagged": 1747, "flagged_share": 0.175, "mean_flagged_score": 0.45},
+            {"layer": "block2", "flagged": 170, "flagged_share": 0.017, "mean_flagged_score": 0.37},
+            {"layer": "block3", "flagged": 42, "flagged_share": 0.004, "mean_flagged_score": 0.30},
+            {"layer": "bottleneck", "flagged": 42, "flagged_share": 0.004, "mean_flagged_score": 0.30}]
+    assert choose_layer(scan) == "bottleneck"
+    scan[1]["mean_flagged_score"] = 0.8
+    assert choose_layer(scan) == "block2"
 
 
 def test_candidate_layers_and_unknown_layer(toy_splits):
