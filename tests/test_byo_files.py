@@ -233,3 +233,17 @@ def test_cli_refuses_a_missing_file_before_any_work(tmp_path, cli):
     code, _, err = cli("train", "--dataset", f"tensors:{tmp_path / 'nope.npz'}", "--out", tmp_path / "run")
     assert code == 2 and "does not exist" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_bias_columns_give_counterfactual_rows(tmp_path):
+    x, y, b = _biased_rows(n=2000)
+    x = np.concatenate([x, np.eye(2)[b]], 1).astype(np.float32)
+    path = tmp_path / "rows.npz"
+    np.savez(path, x=x, y=y, b=b, bias_columns=np.array([6, 7]))
+    test = make_splits(f"tensors:{path}").test
+    rows = test.counterfactual(torch.arange(4), 1 - test.b[:4])
+    assert torch.equal(rows[:, :6], test.x[:4, :6])                         # every other column kept
+    assert torch.equal(rows[:, 6:].argmax(1), 1 - test.b[:4]) and torch.equal(rows[:, 6:].sum(1), torch.ones(4))
+    np.savez(path, x=x, y=y, b=b, bias_columns=np.array([6, 6]))
+    with pytest.raises(DataError, match="distinct column indices"):
+        make_splits(f"tensors:{path}")

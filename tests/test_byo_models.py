@@ -74,9 +74,10 @@ def tabular_file(tmp_path_factory):
     n = 2400
     y = g.integers(0, 2, n)
     b = np.where(g.random(n) < 0.9, y, 1 - y)
-    x = np.concatenate([g.normal(size=(n, 4)) + y[:, None], g.normal(size=(n, 2)) + 2 * b[:, None]], 1).astype(np.float32)
+    onehot = np.eye(2)[b]                      # the protected attribute is an input (as in UCI Adult)
+    x = np.concatenate([g.normal(size=(n, 4)) + y[:, None], onehot], 1).astype(np.float32)
     path = tmp_path_factory.mktemp("data") / "rows.npz"
-    np.savez(path, x=x, y=y, b=b, bias_names=np.array(["sex"]))
+    np.savez(path, x=x, y=y, b=b, bias_names=np.array(["sex"]), bias_columns=np.array([4, 5]))
     return path
 
 
@@ -114,7 +115,11 @@ def test_a_tabular_model_and_a_nested_head_from_the_cli(cli, user_module, tabula
     assert code == 0, err
     assert json.loads((run / "run.json").read_text())["model"]["head"] == "out"
     assert cli("audit", run)[0] == 0
+    assert json.loads((run / "audit" / "audit.json").read_text())["attributes"][0]["counterfactual_bias"] is not None
     assert cli("ffw", run, "--mode", "structured", *FFW_FAST)[0] == 0
+    code, _, err = cli("unlearn", run, "--pool-size", "500", "--top-k", "50")   # FMD: counterfactual = flipped columns
+    assert code == 0, err
+    assert load_run(tmp_path / "tab-fmd").record.method.name == "fmd"
     seq = tmp_path / "seq"
     code, _, err = cli("train", "--dataset", f"tensors:{image_file}", "--model", f"{module}:sequential_cnn",
                        "--model-arg", "in_channels=3", "--head", "head.fc", "--epochs", "1", "--out", seq, "--no-progress")
@@ -246,3 +251,35 @@ def test_model_args_parse_as_python_literals():
         "width": 32, "dropout": 0.1, "norm": "batch", "flag": True, "dims": [1, 2]}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_model_args(["width"])
+
+
+def test_the_comparison_harness_on_a_user_model_and_file(user_module, image_file, tmp_path):
+    from debiaskit.bench import run_compare
+    from debiaskit.bench._compare import Suite, compare_table
+    module, _ = user_module
+    suite = Suite(name="mine", dataset=f"tensors:{image_file}", param=None, values=(0.0,), model=f"{module}:residual_cnn",
+                  model_args={"width": 4}, head="classifier", epochs=1, unbiased_size=600)
+    cells = run_compare(suite=suite, root=tmp_path / "compare", seeds=(0,), methods=["vanilla", "calm", "ffw"],
+                        keep_going=False, echo=lambda msg: None)
+    assert [c["method"] for c in cells] == ["vanilla", "calm", "ffw"]
+    assert all(0 <= c["task_accuracy"] <= 1 and c["bias_extractability"] is not None for c in cells)
+    vanilla = load_run(next((tmp_path / "compare").rglob("vanilla/seed0")))     # the cell is an ordinary run folder
+    assert vanilla.record.model.source == "import" and vanilla.record.model.args["width"] == 4
+    assert "| calm |" in compare_table(cells, suite=suite, command="test", wall_time_s=1.0)
+
+
+def test_run_level_functions_take_the_splits_of_python_data(user_module, image_file, tmp_path):
+    from debiaskit.audit import audit_run
+    from debiaskit.data import make_splits
+    from debiaskit.discover import discover_run
+    module, _ = user_module
+    file_splits = make_splits(f"tensors:{image_file}")
+    splits = user_splits(**{n: TensorDataset(d.x, d.y, d.b) for n, d in file_splits.items()})
+    run, _ = train_run(dataset=splits, model=f"{module}:residual_cnn", model_args={"width": 4}, out=tmp_path / "r",
+                       config=TrainConfig(epochs=1, seed=0), progress=False)
+    with pytest.raises(DataError, match="given as Python objects"):
+        audit_run(run)
+    report, _ = audit_run(run, splits=splits)
+    assert report.num_samples == len(splits.test)
+    _, found = discover_run(run, splits=splits, layer="bottleneck")
+    assert found["layer"]["chosen"] == "bottleneck"

@@ -139,6 +139,7 @@ class Run:
     folder: Path
     record: RunRecord
     model: nn.Module
+    given_splits: Any = None   # the splits passed to load_run (a run trained on data given in Python)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -150,15 +151,19 @@ class Run:
         return self.record.model.head
 
     def splits(self):
+        """The run's splits: rebuilt from its record, or the ones given to :func:`load_run`."""
+        if self.given_splits is not None:
+            return self.given_splits
         return splits_from_spec(self.record.data.spec())
 
 
-def load_run(folder: Path, *, model: nn.Module | None = None, source_changed: str = "warn") -> Run:
+def load_run(folder: Path, *, model: nn.Module | None = None, splits: Any = None, source_changed: str = "warn") -> Run:
     """Rebuild the model of a finished run folder and load its weights (``run.json`` validated first).
 
     A user model (``package.module:factory``) is re-imported (see :func:`debiaskit.models.rebuild_model`:
     ``source_changed`` = "warn" or "refuse" when its source file changed since training); ``model``: your
-    own instance (or factory) for a run whose model was given in Python.
+    own instance (or factory) for a run whose model was given in Python; ``splits``: the splits of a run
+    whose data was given in Python (``debiaskit.data.user_splits``), which the folder cannot rebuild.
     """
     folder = Path(folder)
     record = read_run_record(folder)
@@ -166,4 +171,4 @@ def load_run(folder: Path, *, model: nn.Module | None = None, source_changed: st
     net = rebuild_model(record.model, load=lambda m: load_weights(m, weights), source_changed=source_changed,
                         model=model)
     net.eval()
-    return Run(folder=folder, record=record, model=net)
+    return Run(folder=folder, record=record, model=net, given_splits=splits)

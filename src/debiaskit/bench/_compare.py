@@ -39,7 +39,7 @@ from ..audit import audit_model, group_metrics
 from ..data import make_splits
 from ..errors import ConfigError, DebiaskitError
 from ..methods import METHODS, REFERENCE_METHOD, MethodInfo, build_method, get_method, method_defaults
-from ..models import build_model, collect_outputs, default_head_name
+from ..models import build_model, collect_outputs, infer_head
 from .._io import BENCH_CELL, atomic_folder
 from ..runs import (RUN_FILE, DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, is_finished, load_run,
                     read_json, save_run, write_json, write_text)
@@ -51,7 +51,17 @@ RESULT_FILE = "result.json"
 
 @dataclass(frozen=True)
 class Suite:
-    """A comparison suite: dataset, swept parameter, model and budget (default and ``--full``)."""
+    """A comparison suite: dataset, swept parameter, model and budget (default and ``--full``).
+
+    Your own data and model fit too: ``dataset="tensors:PATH"`` (or ``folder:DIR``) with ``param=None``
+    and one value (nothing is swept), ``model="package.module:factory"`` with ``model_args`` and ``head``.
+
+    Example::
+
+        mine = Suite(name="mine", dataset="tensors:my-data.safetensors", param=None, values=(0.0,),
+                     model="mynets:residual_cnn", model_args={"width": 16}, head="classifier", epochs=5)
+        cells = run_compare(suite=mine, root=Path("runs/compare"), seeds=(0, 1, 2))
+    """
 
     name: str
     dataset: str
@@ -59,7 +69,7 @@ class Suite:
     model: str
     epochs: int
     train_size: int | None = None
-    param: str = "rho"
+    param: str | None = "rho"     # None: nothing swept (your own data); ``values`` then holds one placeholder
     fixed: dict[str, float] = field(default_factory=dict)
     batch_size: int = 256
     lr: float = 1e-3
@@ -75,6 +85,8 @@ class Suite:
     # cell_extras(model, *, splits, head, seed, folder) -> JSON-able dict stored as result["extras"]; it may write
     # files into the cell's staging ``folder`` (adult: test predictions for fairlearn's metrics)
     cell_extras: Callable[..., dict[str, Any]] | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)   # for a package.module:factory model
+    head: str | None = None                                    # its head (default: inferred, see models.infer_head)
 
     def at_full_budget(self) -> "Suite":
         return replace(self, model=self.full_model or self.model, epochs=self.full_epochs or self.epochs,
@@ -144,7 +156,7 @@ def suite_folder(suite: Suite) -> str:
 
 
 def cell_dir(root: Path, suite: Suite, value: float, method: str, seed: int) -> Path:
-    return Path(root) / suite_folder(suite) / f"{suite.param}{value}" / method / f"seed{seed}"
+    return Path(root) / suite_folder(suite) / f"{suite.param or 'value'}{value}" / method / f"seed{seed}"
 
 
 def _worst_group_on(dataset) -> Callable[[nn.Module], float]:
@@ -185,8 +197,9 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train / derive one method on one (value, seed), audit it, write its cell atomically."""
     folder = cell_dir(root, suite, value, method, seed)
-    reference = build_model(suite.model, num_classes=splits.num_classes, input_shape=splits.train.input_shape)
-    head = default_head_name(reference)
+    reference = build_model(suite.model, num_classes=splits.num_classes, input_shape=splits.train.input_shape,
+                            args=suite.model_args)
+    head = suite.head or infer_head(reference, num_classes=splits.num_classes)
     defaults = method_defaults(method, suite.dataset)
     overrides = {k: v for k, v in info.budget("full" if full else "default").items() if k in defaults}
     method_config = {**{k: d.value for k, d in defaults.items()}, **overrides}
@@ -212,7 +225,8 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
         else:
             method_obj, method_config = build_method(method, dataset=suite.dataset, **overrides)
             torch.manual_seed(seed)
-            model = build_model(suite.model, num_classes=splits.num_classes, input_shape=splits.train.input_shape)
+            model = build_model(suite.model, num_classes=splits.num_classes, input_shape=splits.train.input_shape,
+                                args=suite.model_args)
             select = _worst_group_on(splits.unbiased_val) if info.selection == "val_worst_group" else None
             result = fit(model, splits.train, method=method_obj, config=config, num_classes=splits.num_classes,
                          head=head, select=select, progress=progress, device=device)
@@ -234,8 +248,10 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
         if _same_architecture(model, reference):
             save_run(staging, model=model, record=RunRecord(
                 kind="compare-cell", created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                model=ModelRecord(name=suite.model, num_classes=splits.num_classes,
-                                  input_shape=list(splits.train.input_shape), head=head),
+                model=ModelRecord.from_dict({**getattr(reference, "debiaskit_model_spec", {}), "name": suite.model,
+                                             "num_classes": splits.num_classes,
+                                             "input_shape": list(splits.train.input_shape), "head": head},
+                                            file="the model's record", prefix="model"),
                 data=DataRecord.from_dict(splits.spec, file="the splits' spec", prefix="data"),
                 train=TrainRecord(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                   weight_decay=config.weight_decay, optimizer=config.optimizer, seed=seed,
@@ -340,7 +356,7 @@ def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1,
                     continue
                 if cached is None:
                     if splits is None:
-                        params = {s.param: value, **s.fixed}
+                        params = {s.param: value, **s.fixed} if s.param else dict(s.fixed)
                         splits = make_splits(s.dataset, params=params, seed=seed, unbiased_size=s.unbiased_size,
                                              train_size=s.train_size)
                     try:

@@ -452,7 +452,7 @@ def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None
             raise DataError(f"user_splits needs {n}; got None")
     adapted = as_bias_datasets(*given, num_classes=num_classes, num_bias_classes=num_bias_classes, bias_names=bias_names)
     adapted = [d if d is None else _named(d, n) for n, d in zip(names, adapted)]
-    spec = dict(spec or {"dataset": "python"})
+    spec = dict(spec or {"dataset": "python", "params": {}})
     tr = adapted[0]
     if tr.b is not None:
         pairing = bias_pairing(tr.y, tr.b, num_classes=tr.num_classes, num_bias=tr.num_bias_classes)

@@ -18,6 +18,11 @@ rebuilds exactly the same splits, or refuses with the reason.
 ``aligned`` (opt.)    (N,) or (N, A) bool: which samples are bias-aligned (default: b equals the most
                       frequent bias value of the sample's class in D^b)
 ``bias_names`` (opt.) npz: an array of strings; safetensors: metadata ``bias_names`` = "name1,name2"
+``bias_columns``      (num_bias_classes,) integer (optional, tabular rows (N, F) with one bias attribute):
+                      column ``bias_columns[k]`` of x is the one-hot indicator of bias value k - the
+                      protected attribute is an input. It defines counterfactual rows (the same row with
+                      another bias value: those columns set to their off / on values, the file's min / max),
+                      which the audit's counterfactual bias and FMD (``debiaskit unlearn``) need
 ====================  =====================================================================================
 
 Without ``split``, debiaskit draws the splits itself (:func:`draw_splits`, stratified by (y, b)).
@@ -355,6 +360,7 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
     bias_names = tuple(meta["bias_names"].split(",")) if meta.get("bias_names") else None
     aligned = np.asarray(arrays["aligned"]) if "aligned" in arrays else None
     num_classes, num_bias = int(y.max()) + 1, max(int(b.max()) + 1, 2)
+    flip = _column_flipper(arrays, num_bias=num_bias, where=str(path))
     item_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize
     integer_inputs = np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8
     samples = ArraySamples(x, y, b)
@@ -372,7 +378,8 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
         else:
             built[name] = BiasDataset(images=torch.from_numpy(np.ascontiguousarray(x[idx])), y=samples.y[idx],
                                       b=samples.b[idx], num_classes=num_classes, num_bias_classes=num_bias,
-                                      name=f"{path.name}/{name}", bias_names=bias_names or _bias_names(b), aligned=al)
+                                      name=f"{path.name}/{name}", bias_names=bias_names or _bias_names(b), aligned=al,
+                                      render=None if flip is None else _renderer(flip, x, idx))
             if isinstance(x, np.memmap) and np.issubdtype(x.dtype, np.floating) and not torch.isfinite(built[name].images).all():
                 raise DataError(f"{path}: x holds NaN or infinite values in split {name}")
     spec = {"dataset": f"tensors:{path.resolve()}", "format": path.suffix.lower().lstrip("."),
@@ -380,6 +387,35 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
             "seed": seed, "unbiased_size": unbiased_size, "train_size": train_size, "test_size": test_size,
             "splits_from": rule}
     return user_splits(**built, num_classes=num_classes, num_bias_classes=num_bias, bias_names=bias_names, spec=spec)
+
+
+def _column_flipper(arrays: dict[str, np.ndarray], *, num_bias: int, where: str):
+    """From ``bias_columns``: rows -> the same rows with another bias value (None without the key)."""
+    if "bias_columns" not in arrays:
+        return None
+    cols = np.asarray(arrays["bias_columns"]).astype(np.int64)
+    x, b = arrays["x"], arrays["b"]
+    if x.ndim != 2 or b.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{where}: bias_columns is for tabular rows: float x (N, F) and one bias attribute b (N,); "
+                        f"got x {x.dtype} {x.shape}, b {b.shape}")
+    if cols.shape != (num_bias,) or cols.min() < 0 or cols.max() >= x.shape[1] or len(set(cols.tolist())) != len(cols):
+        raise DataError(f"{where}: bias_columns must hold {num_bias} distinct column indices of x (one per bias value), "
+                        f"got {cols.tolist()}")
+    off = torch.from_numpy(np.asarray(x[:, cols].min(0), dtype=np.float32))
+    on = torch.from_numpy(np.asarray(x[:, cols].max(0), dtype=np.float32))
+    index = torch.from_numpy(cols)
+
+    def flip(rows: Tensor, new_b: Tensor) -> Tensor:
+        out = rows.clone().float()
+        out[:, index] = off
+        out[torch.arange(len(out)), index[new_b.long()]] = on[new_b.long()]
+        return out
+    return flip
+
+
+def _renderer(flip, x: np.ndarray, idx: np.ndarray):
+    rows = torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32))
+    return lambda index, new_b: flip(rows[torch.as_tensor(index)], torch.as_tensor(new_b))
 
 
 def _bias_names(b: np.ndarray) -> tuple[str, ...]:

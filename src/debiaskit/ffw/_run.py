@@ -153,7 +153,7 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
             out: Path | None = None, resume: bool = False, force: bool = False, bias_labels: str = "true",
             seed: int = 0, device: str = "cpu", callback: Callable[[dict], None] | None = None,
             audit_counterfactual: bool = True, strong_probes: bool = True, command: str | None = None,
-            **overrides) -> FFWRun:
+            splits=None, model=None, **overrides) -> FFWRun:
     """Run FFW on the vanilla model of ``run_dir`` and write an FFW folder (see module docstring).
 
     Under torchrun the ranks share the search (see :mod:`debiaskit.ffw._search`) and the audits; rank 0
@@ -163,6 +163,9 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
 
         run = ffw_run(Path("runs/vanilla"), mode="structured")
         run.after.headline()["bias_extractability"], run.result.sparsity["overall"]
+
+    ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
+    cannot rebuild (see :func:`debiaskit.runs.load_run`).
     """
     if bias_labels not in ("true", "discovered"):
         raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
@@ -170,7 +173,7 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
     start = time.perf_counter()
     device = _dist.check_device(device)   # this rank's GPU under torchrun, before any collective
     out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels)
-    run = load_run(run_dir)
+    run = load_run(run_dir, splits=splits, model=model)
     # before any compute; under torchrun rank 0 writes and decides about the interrupted search, for every rank
     with _dist.rank0_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:
         main = staging is not None
