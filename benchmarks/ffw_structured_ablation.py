@@ -51,6 +51,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "first-kernels-capacity": ({"gamma": 0.0, "gate_optimizer": "adam", "gate_lr": 0.05}, "first-kernels"),
     "first": ({}, "first"),
     "first-kernels": ({}, "first-kernels"),
+    "first2": ({}, "first2"),
+    "first-long": ({"agree_tol": 0.0}, "first"),
     "kernels": ({}, "kernels"),
     "kernels-capacity": ({"gamma": 0.0, "gate_optimizer": "adam", "gate_lr": 0.05}, "kernels"),
     "unstructured-capacity": ({"mode": "unstructured", "gamma": 0.0, "gate_optimizer": "adam", "gate_lr": 0.05},
@@ -89,8 +91,9 @@ def _with_weight_gates(install, which: str):
         from torch.nn.utils import parametrize
         gm = install(model, mode=mode, head=head, example=example, include_head=False, state=state)
         convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        for name, module in convs[:1] if which.startswith("first") else convs:
-            shape = module.weight.shape if which == "first" else (*module.weight.shape[:2], 1, 1)
+        depth = 2 if which == "first2" else 1
+        for name, module in convs[:depth] if which.startswith("first") else convs:
+            shape = module.weight.shape if which in ("first", "first2") else (*module.weight.shape[:2], 1, 1)
             gate = _gates.WeightGate(shape, gm.state)
             parametrize.register_parametrization(module, "weight", gate, unsafe=True)
             module.parametrizations.weight.original.requires_grad_(False)
@@ -111,7 +114,7 @@ def run_variant(run_dir: Path, name: str, *, epochs: int, seed: int, schedule: d
         _gates.analyse_structure = _prebn
     if position == "head":
         _search.install_gates = _with_head_gates(original_install)
-    if position in ("first", "first-kernels", "kernels"):
+    if position in ("first", "first2", "first-kernels", "kernels"):
         _search.install_gates = _with_weight_gates(original_install, position)
     try:
         torch.manual_seed(seed)

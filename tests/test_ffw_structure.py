@@ -325,3 +325,9 @@ def test_input_weights_gate_every_weight_of_the_layers_reading_the_input_and_exp
     with pytest.raises(ModelError, match="weight mask 'blocks.0.c1.weight'"):
         prune_structured(model, {"blocks.0.c1.weight": torch.ones_like(model.blocks[0].c1.weight)}, head=head,
                          example=x[:2])
+
+
+def test_an_example_the_model_cannot_take_is_a_clear_error():
+    model, head, _ = _build("tabular-mlp")
+    with pytest.raises(ModelError, match=r"failed on an example batch of shape \(2, 5\)"):
+        analyse_structure(model, torch.randn(2, 5), head)

@@ -187,6 +187,9 @@ def trace_graph(model: nn.Module, example: Tensor) -> tuple[fx.GraphModule, dict
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(example)
+    except Exception as err:  # noqa: BLE001 - report which input broke the traced forward
+        raise ModelError(f"the traced forward of {type(model).__name__} failed on an example batch of shape "
+                         f"{tuple(example.shape)}: {type(err).__name__}: {err}") from err
     finally:
         model.train(was)
     return gm, tracer.opaque
