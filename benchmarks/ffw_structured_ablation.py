@@ -71,7 +71,7 @@ def _prebn(model, example, head):
 
 def _with_head_gates(install):
     """Structured unit gates in the encoder plus one weight gate per head weight (unstructured)."""
-    def wrapped(model, *, mode, head, example, include_head=False, state=None):
+    def wrapped(model, *, mode, head, example, include_head=False, state=None, **_):
         from torch.nn.utils import parametrize
         gm = install(model, mode=mode, head=head, example=example, include_head=False, state=state)
         module = model.get_submodule(head)
@@ -86,7 +86,7 @@ def _with_head_gates(install):
 def _with_weight_gates(install, which: str):
     """Structured unit gates plus weight gates on some convs: ``first`` = every weight of the first conv,
     ``kernels`` = one gate per (out, in) kernel of every conv (kernel-level sparsity)."""
-    def wrapped(model, *, mode, head, example, include_head=False, state=None):
+    def wrapped(model, *, mode, head, example, include_head=False, state=None, **_):
         from torch import nn
         from torch.nn.utils import parametrize
         gm = install(model, mode=mode, head=head, example=example, include_head=False, state=state)

@@ -331,6 +331,10 @@ def report_markdown(info: dict[str, Any]) -> str:
     lines += ["", *probe_lines(info)]
     lines += ["", "Sparsity per layer (% removed):", "", "| layer | removed |", "|---|---|"]
     lines += [f"| {k} | {100 * v:.2f} |" for k, v in s["sparsity"]["per_layer"].items()]
+    inputs = s["sparsity"].get("input_weights")
+    if inputs:  # structured --input-weights: weight masks of the layers reading the input
+        lines += ["", "Weights of the layers that read the input set to 0 (--input-weights): "
+                  + ", ".join(f"{k} {100 * v:.2f} %" for k, v in inputs["per_layer"].items())]
     ungated = s["sparsity"].get("ungated") or {}
     if ungated:  # structured FFW on a residual network: the residual stream keeps its width
         lines += ["", f"Not gated ({len(ungated)} conv/linear layers; pruning their units is not free):", ""]
