@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..ffw import FFWConfig
 from ..runs import is_finished, read_json, write_json, write_text
 from ._common import machine_description, mean_std
 
@@ -34,10 +35,13 @@ PAPER_T2 = {"structured": {0.99: (97.63, 16.89, 45.78), 0.995: (96.68, 19.03, 47
 PAPER_VANILLA = {0.99: (88.46, 98.45), 0.995: (74.23, 99.75), 0.997: (46.04, 99.96), 0.999: (10.02, 100.0)}
 PAPER_T1 = {2: (98.17, 21.49, 39.72), 5: (98.07, 15.94, 41.49), 10: (97.79, 15.74, 46.50), 20: (97.52, 17.10, 46.90),
             50: (93.68, 16.02, 51.81), 200: (23.31, 10.61, 52.13)}
-# CPU protocol: a few minutes per FFW run single-threaded; --full: the paper's budget.
-CPU_PROTOCOL = dict(max_levels=16, max_epochs_per_level=2, patience=1)
-FULL_PROTOCOL = dict(max_levels=20, max_epochs_per_level=10, patience=2)
-LONG_PROTOCOL = dict(max_levels=16, max_epochs_per_level=6, patience=2)
+# CPU protocol: the library's defaults (bounded epoch budget, probe-free bias term: see FFWConfig).
+# PAPER_OBJECTIVE: the same budget with the paper's bias term (MI of a linear privacy head trained alongside the
+# gates), to compare both under stronger probes. --full: the paper's budget (no epoch cap, 10 epochs per level).
+CPU_PROTOCOL: dict[str, Any] = {}
+PAPER_OBJECTIVE = dict(adversary="head")
+FULL_PROTOCOL = dict(max_epochs=None, max_levels=20, max_epochs_per_level=10, patience=2)
+LONG_PROTOCOL = dict(max_epochs=3 * (FFWConfig().max_epochs or 16))
 
 
 @dataclass
@@ -69,7 +73,8 @@ def vanilla_dir(root: Path, rho: float, seed: int, dataset: str = "biased-mnist"
 def plan(*, root: Path, vanilla_root: Path, tables: tuple[str, ...], rhos: tuple[float, ...], seeds: tuple[int, ...],
          full: bool) -> list[Cell]:
     """All cells in priority order."""
-    tables = tables or ("table2", "baselines", "cost", "long", "table1", "table6", "colored", "multicolor")
+    tables = tables or ("table2", "paper", "ratio", "baselines", "cost", "long", "table1", "table6", "colored",
+                        "multicolor")
     rhos = rhos or RHOS
     proto = FULL_PROTOCOL if full else CPU_PROTOCOL
     cells: list[Cell] = []
@@ -83,8 +88,21 @@ def plan(*, root: Path, vanilla_root: Path, tables: tuple[str, ...], rhos: tuple
                     cells.append(Cell(f"t2-{mode}-rho{rho}-seed{seed}", "table2", "ffw", v,
                                       {"mode": mode, "gamma": 10.0, "seed": seed, "rho": rho, **proto}))
 
+    def paper(rho_list, seed_list):  # the paper's bias term, same budget: for "Bias under stronger probes"
+        for seed in seed_list:
+            for rho in rho_list:
+                cells.append(Cell(f"t2paper-unstructured-rho{rho}-seed{seed}", "paper", "ffw",
+                                  vanilla_dir(vanilla_root, rho, seed),
+                                  {"mode": "unstructured", "gamma": 10.0, "seed": seed, "rho": rho, **proto,
+                                   **PAPER_OBJECTIVE}))
+
     if "table2" in tables:
         t2(first, seeds[:1])
+    if "paper" in tables:
+        paper(first, seeds[:1])
+    if "ratio" in tables:
+        cells.append(Cell(f"ratio-rho0.99-seed{seeds[0]}", "ratio", "ratio", vanilla_dir(vanilla_root, 0.99, seeds[0]),
+                          {"mode": "unstructured", "seed": seeds[0], **proto}))
     if "baselines" in tables:
         for rho in first:
             for kind in ("lastlayer", "finetune"):
@@ -94,6 +112,8 @@ def plan(*, root: Path, vanilla_root: Path, tables: tuple[str, ...], rhos: tuple
         cells.append(Cell("cost-rho0.99-seed0", "cost", "cost", vanilla_dir(vanilla_root, 0.99, seeds[0]), {}))
     if "table2" in tables:
         t2(first, seeds[1:])
+    if "paper" in tables:
+        paper(first, seeds[1:])
     if "baselines" in tables:
         for seed in seeds[1:]:
             for rho in first:
@@ -147,9 +167,7 @@ def _run_ffw(cell: Cell, root: Path, echo) -> dict[str, Any]:
             echo(f"  [{cell.key}] epoch {e['epoch']} tau {e['tau']:.3g} hard task {100 * e['val_hard']['task']:.1f} "
                  f"bias {100 * e['val_hard']['bias']:.1f} sparsity {100 * e['sparsity']:.1f}% {e['time_s']:.0f}s")
 
-    kw = dict(out=out, callback=progress, audit_counterfactual=False,
-              command=(f"debiaskit ffw {cell.run_dir} --mode {p['mode']} --gamma {p['gamma']:g} --max-levels {p['max_levels']} "
-                       f"--max-epochs-per-level {p['max_epochs_per_level']} --patience {p['patience']} --out {out}"), **p)
+    kw = dict(out=out, callback=progress, audit_counterfactual=False, command=_ffw_command(cell.run_dir, p, out), **p)
     try:
         res = ffw_run(cell.run_dir, resume=resume, force=not resume and out.exists(), **kw)
     except ConfigError:
@@ -162,7 +180,50 @@ def _run_ffw(cell: Cell, root: Path, echo) -> dict[str, Any]:
             "selected": info["search"]["selected"], "stop_reason": info["search"]["stop_reason"],
             "epochs": info["search"]["epochs"], "search_time_s": info["search_time_s"], "wall_time_s": info["wall_time_s"],
             "vanilla_train_time_s": info["vanilla_train_time_s"], "inference": info["inference"],
-            "parameters": info["parameters"], "folder": str(out)}
+            "parameters": info["parameters"], "folder": str(out), "probes": info.get("probes"),
+            "diagnosis": info.get("diagnosis"), "config": info["search"]["config"], "load": _load()}
+
+
+def _ffw_command(run_dir: Path, params: dict[str, Any], out: Path) -> str:
+    """The `debiaskit ffw` command line of a cell (settings other than the CLI's defaults spelled out)."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                     for k, v in params.items() if v is not None)
+    return f"debiaskit ffw {run_dir} {flags} --out {out}"
+
+
+def _load() -> list[float]:
+    """1/5/15-minute load averages of the machine (wall times on a shared machine need them)."""
+    import os
+    return list(os.getloadavg())
+
+
+def _run_ratio(cell: Cell, root: Path, echo) -> dict[str, Any]:
+    """FFW search time vs vanilla training time, both measured in this one process under the same load: one
+    vanilla training epoch on D^b (the vanilla run's model, data, batch 256, Adam 1e-3) timed and multiplied by
+    the vanilla run's epoch count, then the FFW search with the cell's settings."""
+    from ..data import iterate_batches
+    from ..ffw import find_fantastic_weights
+    from ..runs import load_run
+    run = load_run(cell.run_dir)
+    splits = run.splits()
+    epochs = int(run.meta.get("train", {}).get("epochs", 10))
+    model = copy.deepcopy(run.model).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    load0 = _load()
+    t0 = time.perf_counter()
+    for batch in iterate_batches(splits.train, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        opt.zero_grad()
+        F.cross_entropy(model(batch.x), batch.y).backward()
+        opt.step()
+    epoch_s = time.perf_counter() - t0
+    p = {k: v for k, v in cell.params.items() if k not in ("rho",)}
+    t1 = time.perf_counter()
+    res = find_fantastic_weights(run.model, head=run.head, train=splits.unbiased_train, val=splits.unbiased_val,
+                                 progress=False, **p)
+    search_s = time.perf_counter() - t1
+    return {"vanilla_epoch_s": epoch_s, "vanilla_epochs": epochs, "search_s": search_s, "search_epochs": len(res.history) - 1,
+            "ratio": search_s / (epochs * epoch_s), "load_before": load0, "load_after": _load(),
+            "config": res.summary()["config"]}
 
 
 def _select_acc(model, data) -> float:
@@ -309,7 +370,7 @@ def _run_cost(cell: Cell, root: Path, echo) -> dict[str, Any]:
 
 
 RUNNERS = {"ffw": _run_ffw, "lastlayer": _run_baseline, "finetune": _run_baseline, "cost": _run_cost,
-           "vanilla-train": _run_vanilla_train}
+           "vanilla-train": _run_vanilla_train, "ratio": _run_ratio}
 
 
 def _ready(cell: Cell, done: dict[str, Any]) -> bool:
@@ -372,40 +433,59 @@ def _pm(vals, scale=100.0) -> str:
     return "-" if n == 0 else f"{scale * m:.2f} +- {scale * s:.2f} (n={n})"
 
 
+def _probe(rs: list[dict], when: str, name: str) -> str:
+    return _pm((r.get("probes") or {}).get(when, {}).get(name) for r in rs)
+
+
 def _write(root: Path, cells: list[Cell], results: dict[str, Any], command: str, wall: float, full: bool) -> Path:
     proto = FULL_PROTOCOL if full else CPU_PROTOCOL
+    cfg = FFWConfig(**{k: v for k, v in proto.items()})
     L: list[str] = [f"Command: `{command}`  ", f"Machine: {machine_description()} (2-core VM shared with other jobs)  ",
-                    f"FFW protocol: tau_init 1, tau_decay 0.5, {proto}, gate SGD lr 0.1 momentum 0.9, privacy head SGD "
-                    "0.1/0.9/1e-4 pre-trained to a plateau on the vanilla model, batch 256, gamma 10 unless said.  ",
-                    "Selection: the hard-masked model with the lowest J = CE + gamma * MI on D^u_val (never the test set). "
+                    f"FFW protocol: tau_init {cfg.tau_init:g}, tau_decay {cfg.tau_decay:g}, epoch budget {cfg.max_epochs} "
+                    f"spread over the tau levels down to tau_final {cfg.tau_final:g} (at most {cfg.level_cap()} epoch(s) "
+                    f"per level, plateau patience {cfg.patience}), bias term '{cfg.adversary}' (the paper's: 'head'), "
+                    f"gate SGD lr {cfg.gate_lr:g} momentum 0.9, privacy head SGD 0.1/0.9/1e-4 pre-trained to a plateau "
+                    f"on the vanilla model and trained alongside (reported as the search's own head), batch "
+                    f"{cfg.batch_size}, gamma {cfg.gamma:g} unless said.  ",
+                    "Selection: the hard-masked model with the lowest J = CE + gamma * D on D^u_val (D: the search's "
+                    "bias term; never the test set). "
                     "Task = top-1 on the unbiased test set (official test digits, uniform colours), sample-weighted. "
-                    "Bias = privacy head (Linear, head-shaped) trained afresh on D^u_train bottleneck features of the "
-                    "exported model, early-stopped on D^u_val, scored on the unbiased test. Spars. = share of gated "
+                    "Bias = accuracy on the unbiased test of a probe trained on D^u_train bottleneck features of the "
+                    "exported model (selected on D^u_val where it selects): audit = Linear head, Adam, early-stopped "
+                    "(debiaskit's audit); MLP = 2-layer MLP on standardised features; lin. = multinomial logistic "
+                    "regression to convergence (L-BFGS); sgd5 = the public code's SGD probe after 5 epochs; own = the "
+                    "search's co-trained head on D^u_val at the selected state. Spars. = share of gated "
                     "encoder conv weights set to 0 (unstructured; the head is not gated) or of gated units removed "
                     "(structured). Mean +- sample std over seeds (n given).", ""]
     cells_by = {c.key: c for c in cells}
     # Table 2
     L += ["## Table 2 protocol: Biased MNIST, Task / Bias / Spars. (%)", "",
-          "| method | rho | Task (ours) | Bias (ours) | Spars. (ours) | conflicting acc. | worst group | paper Task / Bias / Spars. |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| method | rho | Task (ours) | Bias: audit | MLP | lin. | sgd5 | own | Spars. (ours) | worst group | "
+          "paper Task / Bias / Spars. |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for rho in RHOS:
-        by_run = {r["run_dir"]: r for k, r in results.items() if k.startswith("t2-") and f"-rho{rho}-" in k and _get(results, k)}
+        by_run: dict[str, dict] = {}   # one reading of each vanilla model; prefer a cell that ran the probes
+        for k, r in results.items():
+            if k.startswith("t2") and f"-rho{rho}-" in k and _get(results, k):
+                if r["run_dir"] not in by_run or (r.get("probes") and not by_run[r["run_dir"]].get("probes")):
+                    by_run[r["run_dir"]] = r
         van = list(by_run.values())
         if van:
             L.append(f"| vanilla | {rho} | {_pm(r['before']['task_accuracy'] for r in van)} | "
-                     f"{_pm(r['before']['bias_extractability'] for r in van)} | 0 | "
-                     f"{_pm(r['before']['conflicting_accuracy'] for r in van)} | "
+                     f"{_pm(r['before']['bias_extractability'] for r in van)} | {_probe(van, 'before', 'mlp')} | "
+                     f"{_probe(van, 'before', 'linear')} | {_probe(van, 'before', 'sgd5')} | - | 0 | "
                      f"{_pm(r['before']['worst_group_accuracy'] for r in van)} | {PAPER_VANILLA[rho][0]} / {PAPER_VANILLA[rho][1]} / - |")
-        for mode in ("unstructured", "structured"):
-            rs = [_get(results, k) for k in cells_by if k.startswith(f"t2-{mode}-rho{rho}-")]
+        for prefix, label in (("t2paper-unstructured", "FFW unstructured, paper's bias term"),
+                              ("t2-unstructured", "FFW unstructured"), ("t2-structured", "FFW structured")):
+            rs = [_get(results, k) for k in cells_by if k.startswith(f"{prefix}-rho{rho}-")]
             rs = [r for r in rs if r]
             if not rs:
                 continue
-            p = PAPER_T2[mode][rho]
-            L.append(f"| FFW {mode} | {rho} | {_pm(r['after']['task_accuracy'] for r in rs)} | "
-                     f"{_pm(r['after']['bias_extractability'] for r in rs)} | {_pm(r['sparsity'] for r in rs)} | "
-                     f"{_pm(r['after']['conflicting_accuracy'] for r in rs)} | {_pm(r['after']['worst_group_accuracy'] for r in rs)} | "
-                     f"{p[0]} / {p[1]} / {p[2]} |")
+            p = PAPER_T2[label.split()[1].rstrip(",")][rho]
+            L.append(f"| {label} | {rho} | {_pm(r['after']['task_accuracy'] for r in rs)} | "
+                     f"{_pm(r['after']['bias_extractability'] for r in rs)} | {_probe(rs, 'after', 'mlp')} | "
+                     f"{_probe(rs, 'after', 'linear')} | {_probe(rs, 'after', 'sgd5')} | "
+                     f"{_pm(r['selected']['val_hard']['bias'] for r in rs)} | {_pm(r['sparsity'] for r in rs)} | "
+                     f"{_pm(r['after']['worst_group_accuracy'] for r in rs)} | {p[0]} / {p[1]} / {p[2]} |")
     L += ["", "(vanilla rows: the audit of the founder's vanilla runs used by the FFW cells; n counts seeds.)", ""]
     # per-cell detail
     L += ["### Per-cell details", "", "| cell | Task | Bias | Spars. | selected epoch (tau) | stop | FFW search s | vanilla train s |",
@@ -450,6 +530,13 @@ def _write(root: Path, cells: list[Cell], results: dict[str, Any], command: str,
             ps = [r.get("parameter_sparsity") for r in rs]
             L.append(f"- structured export: parameters removed {_pm(ps)} %; inference speed-up of the smaller network "
                      f"vs the original (batch 256, 1 thread): {_pm(sp, scale=1.0)}x.")
+    ratio = _get(results, f"ratio-rho0.99-seed{cells[0].params.get('seed', 0) if cells else 0}")
+    if ratio:
+        L.append(f"- measured in one process (rho 0.99, seed 0): FFW search {ratio['search_s']:.0f} s "
+                 f"({ratio['search_epochs']} epochs) vs vanilla training {ratio['vanilla_epochs']} x "
+                 f"{ratio['vanilla_epoch_s']:.0f} s (one epoch on D^b timed, same process, same load) = "
+                 f"**{ratio['ratio']:.2f}x** the vanilla training time (load average before / after: "
+                 f"{ratio['load_before'][0]:.1f} / {ratio['load_after'][0]:.1f}).")
     if c:
         pl, un, st = c["plain"], c["unstructured"], c["structured"]
         L.append(f"- step time (batch 256, 1 thread, median of 15): plain vanilla step {1000 * pl['step_s']:.1f} ms; "

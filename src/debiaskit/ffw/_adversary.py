@@ -53,16 +53,27 @@ def whitener(cov: Tensor, *, ridge: float) -> tuple[Tensor, Tensor]:
 
 
 def class_mean_distance(z: Tensor, b: Tensor, num_bias: int, *, mean: Tensor, chol: Tensor | None,
-                        std: Tensor | None = None) -> Tensor:
+                        std: Tensor | None = None, given: Tensor | None = None) -> Tensor:
     """Unbiased estimate of sum_k p_k |L^-1 (mu_k - mean) / std|^2 / (K - 1) from one batch (differentiable in z).
 
     Per class, |sum_i a_i|^2 - sum_i |a_i|^2 = sum_{i != j} a_i . a_j, divided by n_k (n_k - 1): a U-statistic
     whose mean is |mu_k - mean|^2 in whitened units; classes with fewer than 2 samples in the batch are skipped.
+    ``given`` (e.g. the target y): the same within each of its groups, weighted by the group's share - the bias
+    read *once the target is known*. A bottleneck organised by digit can hold the colour in digit-specific
+    directions whose averages over digits cancel: the marginal term misses it, a non-linear probe does not.
+    On data where b and y are independent (D^u), z independent of b given y implies z independent of b.
     """
     a = (z - mean) if std is None else (z - mean) / std
     if chol is not None:
         a = torch.linalg.solve_triangular(chol, a.T, upper=False).T
-    return _between_class(a, b, num_bias) / (num_bias - 1)
+    if given is None:
+        return _between_class(a, b, num_bias) / (num_bias - 1)
+    total = a.new_zeros(())
+    for c in torch.unique(given):
+        sel = given == c
+        if int(sel.sum()) >= 2:
+            total = total + (float(sel.sum()) / len(a)) * _between_class(a[sel], b[sel], num_bias)
+    return total / (num_bias - 1)
 
 
 def _pairs(a: Tensor) -> Tensor:
@@ -141,15 +152,15 @@ class LinearDependence:
             self._chol = whitener(self.cov, ridge=self.ridge)
         return self._chol
 
-    def penalty(self, z: Tensor, b: Tensor, num_bias: int) -> Tensor:
+    def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> Tensor:
         std, chol = self.chol()
         return class_mean_distance(z, b, num_bias, mean=self.mean.to(z.dtype), chol=chol.to(z.dtype),
-                                   std=std.to(z.dtype))
+                                   std=std.to(z.dtype), given=given)
 
     @torch.no_grad()
-    def measure(self, z: Tensor, b: Tensor, num_bias: int) -> float:
+    def measure(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> float:
         """The term on a whole split, with that split's own statistics (reporting / selection)."""
-        return lda_readability(z, b, num_bias, ridge=self.ridge)
+        return lda_readability(z, b, num_bias, ridge=self.ridge, given=given)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"mean": self.mean.contiguous(), "cov": self.cov.contiguous()}
@@ -199,16 +210,17 @@ class KernelDependence:
         self.linear.observe(z)
         self.psi.observe(self.features(z.detach().double()))
 
-    def penalty(self, z: Tensor, b: Tensor, num_bias: int) -> Tensor:
+    def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> Tensor:
         # linear part with running statistics: a bias direction that shrinks is rewarded (on its way to a pruned,
         # exactly-zero feature); kernel part scale-free: what is left must go by changing what the features mix
-        return self.linear.penalty(z, b, num_bias) + self.psi.penalty(self.features(z), b, num_bias)
+        return (self.linear.penalty(z, b, num_bias, given=given)
+                + self.psi.penalty(self.features(z), b, num_bias, given=given))
 
     @torch.no_grad()
-    def measure(self, z: Tensor, b: Tensor, num_bias: int) -> float:
+    def measure(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> float:
         z = z.double()
-        return (lda_readability(z, b, num_bias, ridge=self.linear.ridge)
-                + lda_readability(self.features(z), b, num_bias, ridge=self.psi.ridge))
+        return (lda_readability(z, b, num_bias, ridge=self.linear.ridge, given=given)
+                + lda_readability(self.features(z), b, num_bias, ridge=self.psi.ridge, given=given))
 
     def tensors(self) -> dict[str, Tensor]:
         return {**{f"psi.{k}": v for k, v in self.psi.tensors().items()},
@@ -221,13 +233,13 @@ class KernelDependence:
 
 
 @torch.no_grad()
-def lda_readability(z: Tensor, b: Tensor, num_bias: int, *, ridge: float = 1e-2) -> float:
+def lda_readability(z: Tensor, b: Tensor, num_bias: int, *, ridge: float = 1e-2, given: Tensor | None = None) -> float:
     """The ``"lda"`` term on a whole split, whitened by the split's own covariance (reporting / selection)."""
     z = z.double()
     mean = z.mean(0)
     zc = z - mean
     std, chol = whitener(zc.T @ zc / max(len(z) - 1, 1), ridge=ridge)
-    return float(class_mean_distance(z, b, num_bias, mean=mean, chol=chol, std=std))
+    return float(class_mean_distance(z, b, num_bias, mean=mean, chol=chol, std=std, given=given))
 
 
 def mlp_head(d: int, num_bias: int, hidden: int = 256) -> nn.Module:

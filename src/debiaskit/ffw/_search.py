@@ -103,6 +103,10 @@ class FFWConfig:
     adversary: str = "head"
     lda_momentum: float = 0.1
     lda_ridge: float = 1.0
+    condition_on_target: bool = False
+    refine_patience: int = 0
+    mmd_features: int = 256
+    mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
     max_epochs: int | None = None
     tau_final: float = 2.0 ** -9
     seed: int = 0
@@ -126,6 +130,10 @@ class FFWConfig:
             raise ConfigError(f"max_epochs (the search's epoch budget) must be >= 1, got {self.max_epochs}")
         if not 0 < self.tau_final <= self.tau_init:
             raise ConfigError(f"tau_final must lie in (0, tau_init], got {self.tau_final}")
+        if self.condition_on_target and self.adversary not in ("lda", "mmd"):
+            raise ConfigError("condition_on_target applies to the probe-free adversaries 'lda' and 'mmd'")
+        if self.refine_patience < 0:
+            raise ConfigError(f"refine_patience must be >= 0, got {self.refine_patience}")
         if not 0 < self.lda_momentum <= 1 or self.lda_ridge <= 0:
             raise ConfigError("lda_momentum must lie in (0, 1] and lda_ridge be > 0")
 
@@ -208,12 +216,12 @@ def _check_data(train, val) -> int:
 
 def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], privacy_heads: list[nn.Module],
              x: Tensor, y: Tensor, b: Tensor, *, gamma: float, num_bias: int,
-             dependence: Callable[[Tensor, list[Tensor]], Tensor] | None = None,
+             dependence: Callable[[Tensor, list[Tensor], Tensor], Tensor] | None = None,
              order: Tensor | None = None) -> dict[str, Any]:
     """Gradients of one FFW step, written into ``.grad`` (the caller steps the optimisers).
 
     Gates get dJ/dm with J = CE(f(x), y) + gamma * D(z, b); D defaults to the paper's sum_a MI(P_a(z), b_a)
-    over the privacy heads, ``dependence(z, bias_columns)`` replaces it. ``torch.autograd.grad`` with the
+    over the privacy heads, ``dependence(z, bias_columns, y)`` replaces it. ``torch.autograd.grad`` with the
     gates as the only inputs: J's gradient on the heads is never computed (discarded). Each head P_a gets
     the gradient of CE(P_a(z.detach()), b_a) (head i reads attribute i % A): nothing flows back into the encoder or the gates. Frozen
     weights receive no gradient at all. The detached bottleneck comes back as ``"z"``.
@@ -230,10 +238,11 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
         mi = sum(mutual_information(_dist.all_gather_with_grad(h(z).softmax(1)), _dist.all_gather(col), num_bias)
                  for h, col in zip(privacy_heads, cols))
     else:
-        z_all, cols_all = _dist.all_gather_with_grad(z), [_dist.all_gather(c) for c in cols]
+        z_all, cols_all, y_all = _dist.all_gather_with_grad(z), [_dist.all_gather(c) for c in cols], _dist.all_gather(y)
         if order is not None:
             z_all, cols_all = z_all[order.to(z_all.device)], [c[order.to(c.device)] for c in cols_all]
-        mi = dependence(z_all, cols_all)
+            y_all = y_all[order.to(y_all.device)]
+        mi = dependence(z_all, cols_all, y_all)
     loss = ce + gamma * mi
     grads = torch.autograd.grad(loss, gate_params)
     for p, g in zip(gate_params, grads):
@@ -278,7 +287,8 @@ class _Search:
         if config.adversary == "lda":
             self.lda = LinearDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge)
         elif config.adversary == "mmd":
-            self.lda = KernelDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, seed=config.seed)
+            self.lda = KernelDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, seed=config.seed,
+                                        features=config.mmd_features, bandwidths=tuple(config.mmd_bandwidths))
         self._epoch_z: list[Tensor] = []
         opt = torch.optim.Adam if config.gate_optimizer == "adam" else (
             lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
@@ -337,13 +347,14 @@ class _Search:
         if self.lda is not None:
             self.lda.fit(z_tr.cpu())
 
-    def _dependence(self) -> Callable[[Tensor, list[Tensor]], Tensor] | None:
+    def _dependence(self) -> Callable[[Tensor, list[Tensor], Tensor], Tensor] | None:
         """The bias term D(z, b) of J for the configured adversary (None: the paper's linear-head MI)."""
-        kind, nb = self.cfg.adversary, self.num_bias
+        kind, nb, cond = self.cfg.adversary, self.num_bias, self.cfg.condition_on_target
         if kind == "mlp":
-            return lambda z, cols: sum(mi_term(h, z, c, nb) for h, c in zip(self.mlps, cols))
+            return lambda z, cols, y: sum(mi_term(h, z, c, nb) for h, c in zip(self.mlps, cols))
         if kind in ("lda", "mmd"):
-            return lambda z, cols: sum(self.lda.penalty(z, c.to(z.device), nb) for c in cols)
+            return lambda z, cols, y: sum(self.lda.penalty(z, c.to(z.device), nb, given=y if cond else None)
+                                          for c in cols)
         return None
 
     def _end_epoch_adversary(self) -> None:
@@ -425,7 +436,8 @@ class _Search:
             if self.cfg.adversary == "mlp":
                 deps.append(float(mi_term(self.mlps[i], z, col, self.num_bias)))
             elif self.lda is not None:
-                deps.append(self.lda.measure(zc, cc, self.num_bias))
+                deps.append(self.lda.measure(zc, cc, self.num_bias,
+                                             given=y.cpu() if self.cfg.condition_on_target else None))
         dependence = sum(deps) if deps else sum(mis)
         return {"task": float((logits.argmax(1) == y).float().mean()), "ce": ce, "bias": sum(accs) / len(accs),
                 "mi": sum(mis), "dependence": dependence, "readability": sum(reads), "lda_bias": sum(ldas) / len(ldas),
@@ -466,7 +478,12 @@ class _Search:
     def end_level(self, soft: dict, hard: dict) -> None:
         p, cfg = self.progress, self.cfg
         agree = abs(soft["task"] - hard["task"]) <= cfg.agree_tol and abs(soft["bias"] - hard["bias"]) <= cfg.agree_tol
-        if agree:
+        budget_spent = cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs
+        if agree and cfg.refine_patience > 0 and not budget_spent:
+            # the paper stops here; refining keeps this tau while the hard model still improves on D^u_val
+            p["refining"], p["refine_from"], p["refine_bad"] = True, p["epoch"], 0
+            p["refine_best"] = self.best["selection_score"]
+        elif agree:
             p["done"], p["stop_reason"] = True, f"tau-model and hard-masked model agree on D^u_val at tau={p['tau']:.3g}"
         elif cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs:
             p["done"], p["stop_reason"] = True, (f"epoch budget max_epochs={cfg.max_epochs} spent (tau={p['tau']:.3g}) "
@@ -488,6 +505,9 @@ class _Search:
                **self.gate_stats(), "time_s": time_offset + time.perf_counter() - start_time}
         self.history.append(rec)
         self.consider(rec)
+        if p.get("refining"):
+            self._refine_step()
+            return rec
         best = p["plateau_best"]
         if best is None or soft["objective"] < best - cfg.plateau_threshold * abs(best):
             p["plateau_best"], p["bad_epochs"] = soft["objective"], 0
@@ -499,6 +519,22 @@ class _Search:
             rec["level_end"] = True
             self.end_level(soft, hard)
         return rec
+
+    def _refine_step(self) -> None:
+        """After agreement: stop once the best hard-masked selection score has not improved for
+        ``refine_patience`` epochs (or the budget is spent)."""
+        p, cfg = self.progress, self.cfg
+        if self.best["selection_score"] > p["refine_best"]:
+            p["refine_best"], p["refine_bad"] = self.best["selection_score"], 0
+        else:
+            p["refine_bad"] += 1
+        budget_spent = cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs
+        if p["refine_bad"] >= cfg.refine_patience or budget_spent:
+            why = "the epoch budget was spent" if p["refine_bad"] < cfg.refine_patience else (
+                f"the D^u_val selection score stopped improving for {cfg.refine_patience} epoch(s)")
+            p["done"], p["stop_reason"] = True, (
+                f"tau-model and hard-masked model agree on D^u_val at tau={p['tau']:.3g} (epoch {p['refine_from']}); "
+                f"refined at that tau until {why}")
 
     # ---- checkpoint: one safetensors file, JSON state in its header (no pickle) ----
     def _optimizers(self) -> list[tuple[str, torch.optim.Optimizer]]:
