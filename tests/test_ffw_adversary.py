@@ -9,7 +9,8 @@ import torch
 from debiaskit.audit import probe_suite, readable
 from debiaskit.errors import ConfigError
 from debiaskit.ffw import FFWConfig
-from debiaskit.ffw._adversary import KernelDependence, LinearDependence, class_mean_distance, lda_readability
+from debiaskit.ffw._adversary import (KernelDependence, LinearDependence, class_mean_distance, cross_between,
+                                     lda_readability)
 
 
 def _shifted(n: int, *, shift: float, seed: int, d: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,6 +34,28 @@ def test_the_linear_term_is_unbiased_on_independent_features_and_exact_on_a_know
     z, b = _shifted(200_000, shift=1.0, seed=0)
     value = float(class_mean_distance(z, b, 3, mean=z.mean(0), chol=torch.eye(8, dtype=torch.float64)))
     assert value == pytest.approx((1 / 3) * 2 / 2, rel=0.02)
+
+
+def test_the_cross_estimate_against_remembered_batches_is_unbiased_and_less_noisy():
+    cross, own = [], []
+    for seed in range(100):
+        z, b = _shifted(64, shift=1.0, seed=seed)
+        ref, ref_b = _shifted(2000, shift=1.0, seed=1000 + seed)
+        cross.append(float(cross_between(z, b, ref, ref_b, 3)))
+        own.append(float(class_mean_distance(z, b, 3, mean=torch.zeros(8, dtype=torch.float64), chol=None)))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    spread = lambda v: (sum((x - mean(v)) ** 2 for x in v) / len(v)) ** 0.5  # noqa: E731
+    assert mean(cross) == pytest.approx(1 / 3, abs=0.02) and mean(own) == pytest.approx(1 / 3, abs=0.05)
+    assert spread(cross) < 0.6 * spread(own)
+    # conditioned on a target that the bias only shifts within one of its groups: seen when given, not without
+    g = torch.Generator().manual_seed(7)
+    y, b = torch.randint(0, 2, (4000,), generator=g), torch.randint(0, 2, (4000,), generator=g)
+    z = torch.randn(4000, 4, generator=g, dtype=torch.float64)
+    z[:, 0] += torch.where(y == 0, 1.0, -1.0) * (b * 2 - 1)  # +-1 by colour, opposite signs per digit: cancels
+    half = slice(0, 2000), slice(2000, 4000)
+    marginal = float(cross_between(z[half[0]], b[half[0]], z[half[1]], b[half[1]], 2))
+    given = float(cross_between(z[half[0]], b[half[0]], z[half[1]], b[half[1]], 2, given=y[half[0]], ref_given=y[half[1]]))
+    assert abs(marginal) < 0.05 and given > 0.8
 
 
 def test_the_split_measures_do_not_change_when_the_features_are_rescaled():

@@ -97,9 +97,10 @@ def test_error_paths(planted):
         find_fantastic_weights(model, train=planted["train"], val=planted["val"], tau_decay=1.5)
 
 
-@pytest.mark.parametrize("adversary", ["head", "mmd"])
-def test_interrupt_then_resume_matches_an_uninterrupted_run(planted, tmp_path, adversary):
-    kw = dict(train=planted["train"], val=planted["val"], mode="unstructured", gamma=10, adversary=adversary, **FAST)
+@pytest.mark.parametrize("settings", [{"adversary": "head"},
+                                      {"adversary": "mmd", "memory": 3, "condition_on_target": True}])
+def test_interrupt_then_resume_matches_an_uninterrupted_run(planted, tmp_path, settings):
+    kw = dict(train=planted["train"], val=planted["val"], mode="unstructured", gamma=10, **settings, **FAST)
     reference = find_fantastic_weights(Planted(), **kw)
 
     def stop_at(step):

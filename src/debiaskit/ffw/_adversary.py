@@ -49,7 +49,8 @@ def whitener(cov: Tensor, *, ridge: float) -> tuple[Tensor, Tensor]:
     std = _scale(torch.diagonal(cov))
     corr = cov / std[:, None] / std[None, :]
     eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-    return std, torch.linalg.cholesky(corr + ridge * eye)
+    # row-major like a factor read back from a checkpoint: the triangular solves then round identically on resume
+    return std, torch.linalg.cholesky(corr + ridge * eye).contiguous()
 
 
 def class_mean_distance(z: Tensor, b: Tensor, num_bias: int, *, mean: Tensor, chol: Tensor | None,
@@ -96,6 +97,65 @@ def _between_class(a: Tensor, b: Tensor, num_bias: int) -> Tensor:
     return total - _pairs(a)
 
 
+def cross_between(a: Tensor, b: Tensor, ref: Tensor, ref_b: Tensor, num_bias: int, *, given: Tensor | None = None,
+                  ref_given: Tensor | None = None) -> Tensor:
+    """Estimate of sum_k p_k |E[a | b=k] - E a|^2 / (K - 1) from the batch ``a`` against a reference sample
+    ``ref`` of the same distribution (the last few batches, detached): the inner product of the batch's and the
+    reference's class-mean deviations. Unbiased like the U-statistic, but the batch is paired with thousands of
+    reference samples instead of its own few dozens per class: far less noise in the gates' gradient, which
+    points along the reference's class-mean deviations (what a linear probe fitted on recent batches reads).
+    ``given``: the same within each group of ``given`` (e.g. the target), weighted by the group's share."""
+    groups = [None] if given is None else torch.unique(given).tolist()
+    total = a.new_zeros(())
+    for g in groups:
+        sel = slice(None) if g is None else given == g
+        rsel = slice(None) if g is None else ref_given == g
+        ag, bg, rg, rbg = a[sel], b[sel], ref[rsel], ref_b[rsel]
+        if len(ag) == 0 or len(rg) == 0:
+            continue
+        ma, mr = ag.mean(0), rg.mean(0)
+        inner = a.new_zeros(())
+        for k in range(num_bias):
+            ak, rk = ag[bg == k], rg[rbg == k]
+            if len(ak) and len(rk):
+                inner = inner + (len(ak) / len(ag)) * ((ak.mean(0) - ma) * (rk.mean(0) - mr)).sum()
+        total = total + (len(ag) / len(a)) * inner
+    return total / (num_bias - 1)
+
+
+class Memory:
+    """The last ``batches`` batches of bottleneck features with their labels (detached), for ``cross_between``."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.items: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def add(self, z: Tensor, b: Tensor, y: Tensor) -> None:
+        if self.batches > 0:
+            self.items = (self.items + [(z.detach().double().cpu(), b.detach().cpu(), y.detach().cpu())])[-self.batches:]
+
+    def get(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        if not self.items:
+            return None
+        return tuple(torch.cat(parts) for parts in zip(*self.items))
+
+    def tensors(self) -> dict[str, Tensor]:
+        if not self.items:
+            return {}
+        z, b, y = self.get()
+        return {"mem.z": z, "mem.b": b, "mem.y": y, "mem.sizes": torch.tensor([len(t[0]) for t in self.items])}
+
+    def load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.items = []
+        if "mem.sizes" in tensors:
+            sizes = tensors["mem.sizes"].tolist()
+            self.items = list(zip(*(torch.split(tensors[f"mem.{k}"], sizes) for k in ("z", "b", "y"))))
+
+
+def _column(b: Tensor, attr: int) -> Tensor:
+    return b if b.ndim == 1 else b[:, attr]
+
+
 @torch.no_grad()
 def lda_crossfit_accuracy(z: Tensor, b: Tensor, num_bias: int, *, ridge: float = 1e-2, folds: int = 2) -> float:
     """Accuracy of a closed-form LDA classifier of b, fitted on one fold of (z, b) and scored on the other."""
@@ -121,8 +181,9 @@ def lda_crossfit_accuracy(z: Tensor, b: Tensor, num_bias: int, *, ridge: float =
 class LinearDependence:
     """The ``"lda"`` adversary: running mean / total covariance of z (detached), one per search."""
 
-    def __init__(self, d: int, *, momentum: float = 0.1, ridge: float = 1e-2, refresh: int = 1) -> None:
+    def __init__(self, d: int, *, momentum: float = 0.1, ridge: float = 1e-2, refresh: int = 1, memory: int = 0) -> None:
         self.momentum, self.ridge, self.refresh = momentum, ridge, refresh
+        self.memory = Memory(memory)
         self.mean = torch.zeros(d, dtype=torch.float64)
         self.cov = torch.eye(d, dtype=torch.float64)
         self._chol: Tensor | None = None
@@ -135,8 +196,10 @@ class LinearDependence:
         self.cov = zc.T @ zc / max(len(z) - 1, 1)
         self._chol = None
 
-    def observe(self, z: Tensor) -> None:
-        """Move the running statistics towards the batch (after the gates' step)."""
+    def observe(self, z: Tensor, b: Tensor | None = None, y: Tensor | None = None) -> None:
+        """Move the running statistics towards the batch (after the gates' step); remember it (``memory``)."""
+        if b is not None and y is not None:
+            self.memory.add(z, b, y)
         z = z.detach().double()
         m = self.momentum
         bm = z.mean(0)
@@ -152,10 +215,23 @@ class LinearDependence:
             self._chol = whitener(self.cov, ridge=self.ridge)
         return self._chol
 
-    def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> Tensor:
+    def whiten(self, z: Tensor) -> Tensor:
         std, chol = self.chol()
-        return class_mean_distance(z, b, num_bias, mean=self.mean.to(z.dtype), chol=chol.to(z.dtype),
-                                   std=std.to(z.dtype), given=given)
+        a = (z - self.mean.to(z.dtype)) / std.to(z.dtype)
+        return torch.linalg.solve_triangular(chol.to(z.dtype), a.T, upper=False).T
+
+    def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None, attr: int = 0,
+                ref: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """The term on a batch: against the remembered batches when there are any (``cross_between``),
+        else the batch's own U-statistic. ``ref``: (z, b, y) to use instead of the memory."""
+        ref = ref if ref is not None else self.memory.get()
+        if ref is None:
+            std, chol = self.chol()
+            return class_mean_distance(z, b, num_bias, mean=self.mean.to(z.dtype), chol=chol.to(z.dtype),
+                                       std=std.to(z.dtype), given=given)
+        rz, rb, ry = ref
+        return cross_between(self.whiten(z), b, self.whiten(rz.to(z.dtype)), _column(rb, attr), num_bias,
+                             given=given, ref_given=None if given is None else ry)
 
     @torch.no_grad()
     def measure(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> float:
@@ -163,10 +239,17 @@ class LinearDependence:
         return lda_readability(z, b, num_bias, ridge=self.ridge, given=given)
 
     def tensors(self) -> dict[str, Tensor]:
-        return {"mean": self.mean.contiguous(), "cov": self.cov.contiguous()}
+        out = {"mean": self.mean.contiguous(), "cov": self.cov.contiguous(), "seen": torch.tensor([self._seen]),
+               **self.memory.tensors()}
+        if self._chol is not None:  # the factor in use may predate cov (refresh): keep it, resuming is exact
+            out.update({"chol.std": self._chol[0].contiguous(), "chol.L": self._chol[1].contiguous()})
+        return out
 
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        self.mean, self.cov, self._chol = tensors["mean"].double(), tensors["cov"].double(), None
+        self.mean, self.cov = tensors["mean"].double(), tensors["cov"].double()
+        self._seen = int(tensors["seen"][0]) if "seen" in tensors else 0
+        self._chol = (tensors["chol.std"], tensors["chol.L"]) if "chol.L" in tensors else None
+        self.memory.load_tensors(tensors)
 
 
 class KernelDependence:
@@ -178,7 +261,8 @@ class KernelDependence:
     HSIC-style dependence measure, whitened so that no direction of psi is left unwatched)."""
 
     def __init__(self, d: int, *, momentum: float = 0.1, ridge: float = 1.0, features: int = 256,
-                 bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0), seed: int = 0, refresh: int = 4) -> None:
+                 bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0), seed: int = 0, refresh: int = 4,
+                 memory: int = 0) -> None:
         self.momentum, self.bandwidths = momentum, bandwidths
         gen = torch.Generator().manual_seed(seed)
         per = max(1, features // len(bandwidths))
@@ -186,7 +270,7 @@ class KernelDependence:
         self.omega = torch.randn(d, per * len(bandwidths), generator=gen, dtype=torch.float64)
         self.phase = 2 * math.pi * torch.rand(per * len(bandwidths), generator=gen, dtype=torch.float64)
         self.width = torch.ones((), dtype=torch.float64)   # median distance of the standardised features
-        self.linear = LinearDependence(d, momentum=momentum, ridge=ridge)
+        self.linear = LinearDependence(d, momentum=momentum, ridge=ridge, memory=memory)
         self.psi = LinearDependence(per * len(bandwidths), momentum=momentum, ridge=ridge, refresh=refresh)
 
     def features(self, z: Tensor) -> Tensor:
@@ -206,15 +290,17 @@ class KernelDependence:
         self.psi.fit(self.features(z))
 
     @torch.no_grad()
-    def observe(self, z: Tensor) -> None:
-        self.linear.observe(z)
+    def observe(self, z: Tensor, b: Tensor | None = None, y: Tensor | None = None) -> None:
+        self.linear.observe(z, b, y)   # the raw features are remembered once, by the linear part
         self.psi.observe(self.features(z.detach().double()))
 
-    def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> Tensor:
+    def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None, attr: int = 0) -> Tensor:
         # linear part with running statistics: a bias direction that shrinks is rewarded (on its way to a pruned,
         # exactly-zero feature); kernel part scale-free: what is left must go by changing what the features mix
-        return (self.linear.penalty(z, b, num_bias, given=given)
-                + self.psi.penalty(self.features(z), b, num_bias, given=given))
+        ref = self.linear.memory.get()
+        psi_ref = None if ref is None else (self.features(ref[0]), ref[1], ref[2])
+        return (self.linear.penalty(z, b, num_bias, given=given, attr=attr)
+                + self.psi.penalty(self.features(z), b, num_bias, given=given, attr=attr, ref=psi_ref))
 
     @torch.no_grad()
     def measure(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> float:

@@ -105,6 +105,7 @@ class FFWConfig:
     lda_ridge: float = 1.0
     condition_on_target: bool = False
     refine_patience: int = 0
+    memory: int = 0
     mmd_features: int = 256
     mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
     max_epochs: int | None = None
@@ -132,6 +133,8 @@ class FFWConfig:
             raise ConfigError(f"tau_final must lie in (0, tau_init], got {self.tau_final}")
         if self.condition_on_target and self.adversary not in ("lda", "mmd"):
             raise ConfigError("condition_on_target applies to the probe-free adversaries 'lda' and 'mmd'")
+        if self.memory < 0:
+            raise ConfigError(f"memory (batches remembered by the probe-free bias term) must be >= 0, got {self.memory}")
         if self.refine_patience < 0:
             raise ConfigError(f"refine_patience must be >= 0, got {self.refine_patience}")
         if not 0 < self.lda_momentum <= 1 or self.lda_ridge <= 0:
@@ -285,10 +288,11 @@ class _Search:
         self.mlp_opts = [torch.optim.Adam(h.parameters(), lr=1e-3) for h in self.mlps]
         self.lda = None   # probe-free adversaries: running statistics of z, no parameters
         if config.adversary == "lda":
-            self.lda = LinearDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge)
+            self.lda = LinearDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, memory=config.memory)
         elif config.adversary == "mmd":
             self.lda = KernelDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, seed=config.seed,
-                                        features=config.mmd_features, bandwidths=tuple(config.mmd_bandwidths))
+                                        features=config.mmd_features, bandwidths=tuple(config.mmd_bandwidths),
+                                        memory=config.memory)
         self._epoch_z: list[Tensor] = []
         opt = torch.optim.Adam if config.gate_optimizer == "adam" else (
             lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
@@ -353,8 +357,8 @@ class _Search:
         if kind == "mlp":
             return lambda z, cols, y: sum(mi_term(h, z, c, nb) for h, c in zip(self.mlps, cols))
         if kind in ("lda", "mmd"):
-            return lambda z, cols, y: sum(self.lda.penalty(z, c.to(z.device), nb, given=y if cond else None)
-                                          for c in cols)
+            return lambda z, cols, y: sum(self.lda.penalty(z, c.to(z.device), nb, given=y if cond else None, attr=a)
+                                          for a, c in enumerate(cols))
         return None
 
     def _end_epoch_adversary(self) -> None:
@@ -391,7 +395,7 @@ class _Search:
             if world > 1:   # the global batch's features and labels on every rank, in the 1-rank order
                 z, b = _dist.all_gather(z)[order.to(z.device)], _dist.all_gather(b)[order.to(b.device)]
             if self.lda is not None:
-                self.lda.observe(z.cpu())
+                self.lda.observe(z.cpu(), batch.b.cpu(), batch.y.cpu())
             if cfg.adversary == "refit":
                 self._epoch_z.append((z, b))
             if not all(bool(torch.isfinite(p.grad).all()) for p in params):  # never step into NaN gates
