@@ -137,3 +137,13 @@ def test_the_search_stays_within_its_budget_and_can_refine_after_agreement():
     assert "refined at that tau" in refined.stop_reason and len(refined.history) - 1 <= 12
     epochs_at_agreement = int(refined.stop_reason.split("(epoch ")[1].split(")")[0])
     assert len(refined.history) - 1 >= epochs_at_agreement + 1
+
+
+def test_the_cli_defaults_are_the_library_defaults():
+    from debiaskit.cli.cmd_ffw import _D
+    cfg = FFWConfig()
+    for name in ("gamma", "tau_decay", "max_epochs", "max_levels", "max_epochs_per_level", "patience", "gate_lr",
+                 "adversary", "selection"):
+        assert getattr(_D, name) == getattr(cfg, name), name
+    assert cfg.adversary == "lda" and cfg.condition_on_target and cfg.memory == 8  # chosen on D^u_val (BENCHMARKS.md)
+    assert FFWConfig(adversary="head").condition_on_target is False

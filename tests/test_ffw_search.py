@@ -135,16 +135,23 @@ def test_pseudo_bias_labels_replace_the_true_ones(planted):
         with_pseudo_bias(planted["train"], pseudo.float(), what="unbiased_train")
 
 
-def test_a_non_finite_gate_gradient_stops_the_search_before_the_gates_are_stepped(planted, monkeypatch):
+@pytest.mark.parametrize("adversary", ["head", "lda"])
+def test_a_non_finite_gate_gradient_stops_the_search_before_the_gates_are_stepped(planted, monkeypatch, adversary):
+    import debiaskit.ffw._adversary as adversary_module
     import debiaskit.ffw._search as search_module
     seen = []
 
     def nan_mi(probs, b, num_bias):
         seen.append(1)
         return probs.sum() * float("nan")
+
+    def nan_term(self, z, b, num_bias, **kw):
+        seen.append(1)
+        return z.sum() * float("nan")
     monkeypatch.setattr(search_module, "mutual_information", nan_mi)
+    monkeypatch.setattr(adversary_module.LinearDependence, "penalty", nan_term)
     steps = []
     with pytest.raises(ModelError, match="non-finite gate gradient at tau 1.0, step 1"):
         find_fantastic_weights(Planted(), train=planted["train"], val=planted["val"], mode="structured",
-                               callback=lambda e: steps.append(e), **FAST)
+                               adversary=adversary, callback=lambda e: steps.append(e), **FAST)
     assert seen and not [e for e in steps if e["kind"] == "step"]  # stopped inside the first step

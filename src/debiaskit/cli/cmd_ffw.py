@@ -11,6 +11,12 @@ from ._common import app, console
 from .cmd_bench import bench_app, invoked_command
 
 
+class _D:
+    """The CLI's defaults: FFWConfig's (a test checks they agree; importing FFWConfig here would load torch)."""
+    gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 20, 20, 10, 1
+    gate_lr, adversary, selection = 0.1, "lda", "objective"
+
+
 def _progress_line(event: dict) -> None:
     from ..ffw._progress import epoch_line
     if event.get("kind") == "epoch":
@@ -20,7 +26,7 @@ def _progress_line(event: dict) -> None:
 @app.command()
 def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit train`"),
         mode: str = typer.Option(..., help="unstructured (a gate per weight) or structured (a gate per channel/neuron)"),
-        gamma: float = typer.Option(10.0, help="weight of the mutual-information term (paper: 10)"),
+        gamma: float = typer.Option(_D.gamma, help="weight of the bias term (paper: 10)"),
         include_head: bool = typer.Option(False, help="also gate the classifier head's weights (unstructured; the public code does)"),
         input_weights: bool = typer.Option(False, help="structured: also gate every weight of the layers that read the "
                                                        "input (an input-level bias such as colour lives there)"),
@@ -29,15 +35,17 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         force: bool = typer.Option(False, help="replace an existing FFW folder / discard an interrupted search"),
         bias_labels: str = typer.Option("true", help="'true' bias labels of D^u, or 'discovered' pseudo-bias labels "
                                                      "from RUN_DIR/discover/pseudo_bias.safetensors"),
-        tau_decay: float = typer.Option(0.5, help="tau *= this at each plateau (paper 0.5)"),
-        max_levels: int = typer.Option(20, help="at most this many tau levels"),
-        max_epochs_per_level: int = typer.Option(10, help="epochs per tau level at most"),
-        patience: int = typer.Option(2, help="epochs without improvement of the D^u_val objective that make a plateau"),
-        gate_lr: float = typer.Option(0.1, help="learning rate of the gates (SGD, momentum 0.9)"),
-        adversary: str = typer.Option("head", help="bias term of the objective: head (paper: MI of a co-trained linear "
-                                                   "head), refit, mlp, lda, mmd (probe-free; see docs)"),
-        max_epochs: Optional[int] = typer.Option(None, help="epoch budget of the search (spread over the tau levels)"),
-        selection: str = typer.Option("objective", help="objective, readability or accuracy (all on D^u_val)"),
+        tau_decay: float = typer.Option(_D.tau_decay, help="tau *= this at each plateau (paper 0.5)"),
+        max_epochs: int = typer.Option(_D.max_epochs, help="epoch budget of the search, spread over the tau levels "
+                                                           "(0: no budget, the paper's open-ended schedule)"),
+        max_levels: int = typer.Option(_D.max_levels, help="at most this many tau levels"),
+        max_epochs_per_level: int = typer.Option(_D.max_epochs_per_level, help="epochs per tau level at most"),
+        patience: int = typer.Option(_D.patience, help="epochs without improvement of the D^u_val objective that make a plateau"),
+        gate_lr: float = typer.Option(_D.gate_lr, help="learning rate of the gates (SGD, momentum 0.9)"),
+        adversary: str = typer.Option(_D.adversary, help="bias term: lda (default: closed-form linear readability given "
+                                                         "the target, no probe to fool), mmd (lda + a Gaussian-kernel term), "
+                                                         "head (the paper: MI of a co-trained linear head), refit, mlp"),
+        selection: str = typer.Option(_D.selection, help="objective, readability or accuracy (all on D^u_val)"),
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
@@ -48,7 +56,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       force=force, bias_labels=bias_labels, seed=seed, device=device,
                       callback=_progress_line if progress else None, command=invoked_command(),
                       tau_decay=tau_decay, max_levels=max_levels, max_epochs_per_level=max_epochs_per_level,
-                      patience=patience, gate_lr=gate_lr, adversary=adversary, max_epochs=max_epochs,
+                      patience=patience, gate_lr=gate_lr, adversary=adversary, max_epochs=max_epochs or None,
                       selection=selection, strong_probes=strong_probes, input_weights=input_weights)
     except KeyboardInterrupt:
         from ..ffw import default_out

@@ -30,7 +30,8 @@ ADVERSARIES = {
     "head": "MI of a linear privacy head trained alongside the gates (the paper)",
     "refit": "MI of a linear privacy head re-fitted to convergence after every epoch",
     "mlp": "MI of a 2-layer MLP privacy head trained alongside the gates",
-    "lda": "closed-form linear readability (whitened distance of the bias-class means; no probe to fool)",
+    "lda": "closed-form linear readability of the bias (whitened distance of the bias-class means, within each "
+           "target class by default; no probe to fool)",
     "mmd": "lda + Gaussian-kernel MMD between the bias classes (random Fourier features; no probe to fool)",
 }
 

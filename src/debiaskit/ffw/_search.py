@@ -3,12 +3,13 @@
 One step on a batch of D^u_train (x, y, b):
 
     logits, z = f_gated(x)                       # weights, biases, BatchNorm frozen (eval mode)
-    J = CE(logits, y) + gamma * MI(P(z), b)      # MI: normalised empirical mutual information
+    J = CE(logits, y) + gamma * D(z, b)          # D: the paper's MI(P(z), b), or a probe-free term (_adversary.py)
     gates  <- step on dJ/dm only                 # J's gradient on P is never computed (discarded)
     P      <- step on CE(P(z.detach()), b)       # the privacy head never reaches the encoder
 
 Schedule: tau = 1; repeat { train until the objective on D^u_val plateaus; tau *= tau_decay } until
-the tau-model and the hard-masked model (tau -> 0) agree on D^u_val. After every epoch the
+the tau-model and the hard-masked model (tau -> 0) agree on D^u_val, within an epoch budget spread over the
+levels (so a model whose objective keeps creeping down cannot hold the search at one level). After every epoch the
 *hard-masked* model is scored on D^u_val and the best one is kept: the soft model can be far better
 than its hard mask (methods.md), so only hard models are ever reported or selected.
 
@@ -67,13 +68,18 @@ _CONFIG_RULES = {"gamma": NON_NEGATIVE, "tau_init": POSITIVE, "tau_decay": OPEN_
 class FFWConfig:
     """Hyper-parameters of :func:`find_fantastic_weights` (paper defaults unless said otherwise).
 
-    gamma: weight of the bias term D (paper: 10). adversary: what D reads (``ADVERSARIES``; "head" = the
-    paper's MI of a linear privacy head trained alongside the gates). tau_decay: tau *= tau_decay at each
+    gamma: weight of the bias term D (paper: 10). adversary: what D reads (``ADVERSARIES``). Default "lda": the
+    closed-form linear readability of b at the bottleneck, within each target class (``condition_on_target``)
+    and against the last ``memory`` batches - no probe the gates could fool; chosen on D^u_val over the paper's
+    "head" (MI of a linear privacy head trained alongside the gates, which the gates learn to fool) and the other
+    adversaries (BENCHMARKS.md, section 2). tau_decay: tau *= tau_decay at each
     plateau (paper 0.5; the public code uses 0.1). patience / plateau_threshold: a level ends when the
     D^u_val objective has not improved by a relative ``plateau_threshold`` for ``patience`` epochs (or after
     the level's epoch cap). max_epochs: the search's epoch budget (None: unbounded); it is spread over the
     levels needed to bring tau from tau_init to tau_final, so a level never takes more than
-    max_epochs / planned_levels() epochs and the budget always reaches a near-hard temperature.
+    max_epochs / planned_levels() epochs and the budget always reaches a near-hard temperature (default: 20
+    epochs, 2 per level from tau 1 to 1/512). refine_patience > 0: after agreement, keep the last tau while the
+    hard-masked D^u_val selection score improves (the paper stops at agreement).
     agree_tol: stop when soft and hard model differ by at most this in D^u_val task accuracy and in
     privacy-head accuracy. Privacy head: SGD lr 0.1, momentum 0.9, wd 1e-4 (public code). Gates:
     ``gate_optimizer`` / ``gate_lr`` (our choice). selection: see ``SELECTIONS``.
@@ -88,7 +94,7 @@ class FFWConfig:
     max_levels: int = 20
     min_epochs_per_level: int = 1
     max_epochs_per_level: int = 10
-    patience: int = 2
+    patience: int = 1
     plateau_threshold: float = 1e-3
     agree_tol: float = 0.01
     batch_size: int = 256
@@ -100,15 +106,15 @@ class FFWConfig:
     head_pretrain_epochs: int = 30
     head_pretrain_patience: int = 3
     selection: str = "objective"
-    adversary: str = "head"
+    adversary: str = "lda"
     lda_momentum: float = 0.1
     lda_ridge: float = 1.0
-    condition_on_target: bool = False
+    condition_on_target: bool | None = None
     refine_patience: int = 0
-    memory: int = 0
+    memory: int = 8
     mmd_features: int = 256
     mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
-    max_epochs: int | None = None
+    max_epochs: int | None = 20
     tau_final: float = 2.0 ** -9
     seed: int = 0
 
@@ -131,7 +137,10 @@ class FFWConfig:
             raise ConfigError(f"max_epochs (the search's epoch budget) must be >= 1, got {self.max_epochs}")
         if not 0 < self.tau_final <= self.tau_init:
             raise ConfigError(f"tau_final must lie in (0, tau_init], got {self.tau_final}")
-        if self.condition_on_target and self.adversary not in ("lda", "mmd"):
+        probe_free = self.adversary in ("lda", "mmd")
+        if self.condition_on_target is None:   # default: on for the probe-free terms (where it applies)
+            self.condition_on_target = probe_free
+        if self.condition_on_target and not probe_free:
             raise ConfigError("condition_on_target applies to the probe-free adversaries 'lda' and 'mmd'")
         if self.memory < 0:
             raise ConfigError(f"memory (batches remembered by the probe-free bias term) must be >= 0, got {self.memory}")
