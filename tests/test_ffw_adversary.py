@@ -124,13 +124,16 @@ def test_the_epoch_budget_is_spread_over_the_levels_down_to_tau_final():
             FFWConfig(**bad)
 
 
-def test_the_search_stays_within_its_budget_and_can_refine_after_agreement():
+def test_the_search_stays_within_its_budget_and_can_refine_after_agreement(monkeypatch):
     from test_ffw_search import FAST, Planted, _planted
-    from debiaskit.ffw import find_fantastic_weights
+    from debiaskit.ffw import _search, find_fantastic_weights
     train, val = _planted(600, rho=0.5, seed=1, name="t"), _planted(300, rho=0.5, seed=2, name="v")
     fast = {**FAST, "max_levels": 20, "max_epochs_per_level": 10, "patience": 100}
-    # never plateaus (patience 100), never agrees (tolerance < 0): the budget alone moves tau, every epoch, and stops
-    tight = find_fantastic_weights(Planted(), train=train, val=val, max_epochs=3, agree_tol=-1.0, **fast)
+    # never plateaus (patience 100), never agrees (forced below): the budget alone moves tau, every epoch, and stops
+    end_level = _search._Search.end_level
+    with monkeypatch.context() as m:
+        m.setattr(_search._Search, "end_level", lambda self, soft, hard: end_level(self, {**soft, "task": -1.0}, hard))
+        tight = find_fantastic_weights(Planted(), train=train, val=val, max_epochs=3, **fast)
     assert len(tight.history) - 1 == 3 and [h["level"] for h in tight.history[1:]] == [0, 1, 2]
     assert "budget max_epochs=3" in tight.stop_reason
     refined = find_fantastic_weights(Planted(), train=train, val=val, max_epochs=12, refine_patience=1, **fast)
