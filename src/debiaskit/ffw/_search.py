@@ -400,11 +400,11 @@ class _Search:
                            gamma=cfg.gamma, num_bias=self.num_bias, dependence=dependence, order=order)
             # identical gates and heads on every rank (a no-op on one process)
             _dist.average_gradients(list(params) + list(self.heads) + list(self.mlps))
-            z, b = out.pop("z"), batch.b
+            z, b, y = out.pop("z"), batch.b, batch.y
             if world > 1:   # the global batch's features and labels on every rank, in the 1-rank order
-                z, b = _dist.all_gather(z)[order.to(z.device)], _dist.all_gather(b)[order.to(b.device)]
+                z, b, y = (_dist.all_gather(t)[order.to(t.device)] for t in (z, b, y))
             if self.lda is not None:
-                self.lda.observe(z.cpu(), batch.b.cpu(), batch.y.cpu())
+                self.lda.observe(z.cpu(), b.cpu(), y.cpu())
             if cfg.adversary == "refit":
                 self._epoch_z.append((z, b))
             if not all(bool(torch.isfinite(p.grad).all()) for p in params):  # never step into NaN gates
