@@ -161,6 +161,29 @@ def test_groupdro_weights_follow_the_worst_group():
     assert n == 8 and g.tolist() == [0 * 4 + 1, 1 * 4 + 2]
 
 
+def test_groupdro_weighs_only_the_groups_present_in_the_training_set(toy_splits):
+    from debiaskit.train import TrainContext
+    data = toy_splits.train.subset(torch.nonzero(toy_splits.train.y < 5).flatten())   # classes 5-9 absent
+    model = build_model("mlp", num_classes=10, input_shape=data.input_shape)
+    ctx = TrainContext(model=model, train_data=data, config=TrainConfig(), device=torch.device("cpu"),
+                       generator=torch.Generator().manual_seed(0), num_classes=10)
+    for balanced in (False, True):
+        method, _ = build_method("groupdro", dataset="biased-toy", group_balanced=balanced)
+        method.setup(ctx)
+        present = method.group_counts > 0
+        assert method.present_groups == int(present.sum()) < 50 and float(method.q[~present].sum()) == 0
+        assert torch.allclose(method.q[present], torch.full((int(present.sum()),), 1 / int(present.sum())))
+        order = method.epoch_indices(ctx)
+        if not balanced:
+            assert order is None   # the loop's plain shuffle
+            continue
+        g, _ = group_ids(data.y[order], data.b[order], num_classes=10, num_bias=10)
+        drawn = torch.bincount(g, minlength=100)[present].float()
+        # every non-empty group drawn about equally often, however rare in D^b (sizes here span 1 to ~140)
+        assert len(order) == len(data) and drawn.min() > 0.4 * drawn.mean() and drawn.max() < 1.8 * drawn.mean()
+        assert method.group_counts[present].max() > 20 * method.group_counts[present].min()
+
+
 def test_groupdro_without_bias_labels_is_a_clear_error(toy_splits):
     model = build_model("mlp", num_classes=10, input_shape=toy_splits.train.input_shape)
     for name in ("groupdro", "irene"):

@@ -541,12 +541,18 @@ def hyperparameter_table(methods: Iterable[str], *, dataset: str, cells: list[di
         if info is None:
             continue
         defaults = method_defaults(m, dataset)
-        ran = next((c.get("method_config") or {} for c in cells if c["method"] == m), {})
-        parts = [f"{k}={ran.get(k, d.value)!r} - {d.source}" + ("" if ran.get(k, d.value) == d.value else
-                                                                 f" (suite budget; default {d.value!r})")
-                 for k, d in defaults.items()]
+        ran = next((c.get("method_config") for c in cells if c["method"] == m and c.get("method_config")), None)
+        parts = [_hyperparameter(k, d, ran) for k, d in defaults.items()]
         lines.append(f"| {m} | {'; '.join(parts) or '-'} |")
     return "\n".join(lines)
+
+
+def _hyperparameter(key: str, default, ran: dict[str, Any] | None) -> str:
+    """``key=value - source`` as a cell ran it; a key the cell does not record was added to the method later."""
+    if ran is not None and key not in ran:
+        return f"{key}: not recorded by these cells (added later; default now {default.value!r} - {default.source})"
+    value = default.value if ran is None else ran[key]
+    return f"{key}={value!r} - {default.source}" + ("" if value == default.value else f" (suite budget; default {default.value!r})")
 
 
 def write_compare_results(cells: list[dict[str, Any]], *, root: Path, suite: str | Suite, command: str,
