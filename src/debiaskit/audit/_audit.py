@@ -31,6 +31,16 @@ class AttributeAudit:
 
 @dataclass
 class AuditReport:
+    """What :func:`audit_model` found: task accuracy, and per bias attribute its group metrics, bias
+    extractability (privacy head), mutual information and counterfactual bias.
+
+    Example::
+
+        report = audit_model(model, test=splits.test, unbiased_train=splits.unbiased_train,
+                             unbiased_val=splits.unbiased_val, head="fc")
+        report.headline()["worst_group_accuracy"], report.attributes[0].bias_extractability
+    """
+
     task_accuracy: float
     attributes: list[AttributeAudit]
     num_samples: int

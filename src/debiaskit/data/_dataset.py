@@ -31,6 +31,12 @@ class BiasDataset(Dataset):
     ``b`` is (N,) for one bias attribute or (N, A) for several (``bias_names`` names them).
     ``aligned`` marks bias-aligned samples (b equals the bias value paired with y), per attribute.
     ``render`` (optional) re-renders samples with other bias values: it gives counterfactual pairs.
+
+    Example::
+
+        data = make_splits("biased-mnist", params={"rho": 0.99}, seed=0).train
+        x, y, b = data[0]                       # one sample: float input, target, bias label
+        unlabelled = data.without_bias_labels()  # what a label-free method trains on
     """
 
     images: Tensor

@@ -34,6 +34,12 @@ class Splits:
     Each split is a :class:`BiasDataset` or any dataset of the data contract seen through
     :func:`~debiaskit.data.as_bias_data` (build yours with :func:`~debiaskit.data.user_splits`);
     ``unbiased_test`` may be None for user data (it is only reported).
+
+    Example::
+
+        splits = make_splits("colored-mnist", params={"rho": 0.99}, seed=0)
+        splits.train, splits.unbiased_train, splits.unbiased_val, splits.test   # D^b, D^u_train, D^u_val, test
+        same = splits_from_spec(splits.spec)                                   # rebuilt exactly
     """
 
     train: Any

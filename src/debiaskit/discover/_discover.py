@@ -27,7 +27,13 @@ WEAK_SCORE = 0.5   # below it a layer attracts its flagged samples weakly: not c
 
 @dataclass
 class Discovery:
-    """Discovered pseudo-bias of one split (one entry per sample)."""
+    """Discovered pseudo-bias of one split (one entry per sample).
+
+    Example::
+
+        found = discover_pseudo_bias(model, train=splits.train, head="fc")["train"]
+        found.pseudo_bias, found.conflicting.sum()   # b^ per sample, the number flagged as bias-conflicting
+    """
 
     pseudo_bias: Tensor      # int64: the attracting class b^
     conflict_score: Tensor   # float: > 0 when flagged as bias-conflicting

@@ -168,6 +168,11 @@ class FFWResult:
     baked in; structured: the physically smaller network). ``masks``: hard masks of the selected
     state (1 = kept). ``gated``: the gated working copy, set to the selected hard masks (for checks).
     ``selected``: the D^u_val record of the selected hard model; ``history``: one record per epoch.
+
+    Example::
+
+        result = find_fantastic_weights(model, head="fc", train=splits.unbiased_train, val=splits.unbiased_val)
+        result.model, result.sparsity["overall"], result.selected["val_hard"]["task"]
     """
 
     model: nn.Module

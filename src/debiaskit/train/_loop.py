@@ -31,7 +31,12 @@ from ._state import flatten_state, rng_state, set_rng_state, unflatten_state
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by every method (methods may read extra keys from ``extra``)."""
+    """Optimisation settings shared by every method (methods may read extra keys from ``extra``).
+
+    Example::
+
+        fit(model, splits.train, config=TrainConfig(epochs=5, batch_size=128, lr=1e-3, optimizer="adam", seed=0))
+    """
 
     epochs: int = 10
     batch_size: int = 256
@@ -176,6 +181,22 @@ class TrainingMethod(nn.Module):
     :meth:`epoch_indices` (which samples this epoch visits, e.g. JTT's upsampling), :meth:`end_epoch`,
     :meth:`final_model`, :meth:`conflict_flags` and :meth:`extra_models`. The name and whether the
     method reads ``batch.b`` come from its registry entry (``info``, set by ``register_method``).
+
+    Example (a method re-weighting the loss; see DEVELOPERS.md, "Add a method")::
+
+        class Focal(TrainingMethod):
+            def __init__(self, *, gamma: float = 2.0) -> None:
+                super().__init__()
+                self.gamma = gamma
+
+            def training_step(self, batch, ctx):
+                logits = ctx.model(batch.x)
+                ce = F.cross_entropy(logits, batch.y, reduction="none")
+                loss = ((1 - torch.exp(-ce)) ** self.gamma * ce).mean()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                return {"loss": float(loss)}
     """
 
     info: ClassVar[Any] = None   # the MethodInfo this class is registered with
@@ -279,6 +300,15 @@ def _shape_like(module: nn.Module, prefix: str, state: dict[str, Any]) -> None:
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns: the selected model (eval mode), one record per epoch, the method's whole
+    wall time and which epoch was selected by which rule.
+
+    Example::
+
+        result = fit(model, splits.train, config=TrainConfig(epochs=3))
+        result.model, result.history[-1]["loss"], result.wall_time_s, result.selected_epoch
+    """
+
     model: nn.Module
     history: list[dict[str, float]]
     wall_time_s: float   # the method's whole cost: setup, preparation and every epoch (across resumes)
