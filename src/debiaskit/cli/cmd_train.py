@@ -9,6 +9,16 @@ import typer
 from ._common import app, console, parse_params
 
 
+def _builtin_methods() -> list[str]:
+    """The built-in methods for the help text, read from the file names of debiaskit.methods (one file per method,
+    named after it) without importing them: `--help` stays fast. Methods you register yourself work too."""
+    import importlib.util
+    import pkgutil
+    spec = importlib.util.find_spec("debiaskit.methods")
+    names = [m.name for m in pkgutil.iter_modules(spec.submodule_search_locations) if not m.name.startswith("_")]
+    return sorted(names, key=lambda n: (n != "vanilla", n))
+
+
 @app.command()
 def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit data list`)"),
           out: Path = typer.Option(..., help="run folder to create"),
@@ -21,7 +31,8 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
                                                         "input_shape are filled in when the factory takes them)"),
           head: Optional[str] = typer.Option(None, help="the classifier head module of your model (default: its "
                                                         "head_name, or its only nn.Linear with num_classes outputs)"),
-          method: str = typer.Option("vanilla", help="training method"),
+          method: str = typer.Option("vanilla", help=f"training method: {', '.join(_builtin_methods())} "
+                                                         "(`debiaskit methods list` says what each needs)"),
           method_param: Optional[List[str]] = typer.Option(None, "--method-param", help="method hyper-parameter KEY=VALUE (repeat; see `debiaskit methods list`), e.g. --method-param lambda_up=20"),
           epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
           optimizer: str = "adam", seed: int = 0,

@@ -45,10 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import Batch, iterate_batches
+from ..data import Batch
 from ..discover import RunningCentroids, attractor_rule
 from ..errors import ConfigError
-from ..models import forward_with_bottleneck, resolve_head
+from ..models import collect_outputs, forward_with_bottleneck, resolve_head
 from ..train import ConflictFlags, TrainContext, TrainingMethod, make_optimizer
 from .._dist import map_shards
 from ._common import fresh_copy
@@ -388,32 +388,19 @@ def _targets(data) -> Tensor:
     return torch.as_tensor(y).long().cpu()
 
 
-@torch.no_grad()
 def _bottleneck(model: nn.Module, data, index: Tensor, ctx: TrainContext) -> tuple[Tensor, Tensor]:
-    was = model.training
-    model.eval()
-    zs, ys = [], []
-    for batch in iterate_batches(data, batch_size=512, indices=index, device=ctx.device):
-        _, z = forward_with_bottleneck(model, batch.x, ctx.head)
-        zs.append(z)
-        ys.append(batch.y)
-    model.train(was)
-    return torch.cat(zs), torch.cat(ys)
+    out = collect_outputs(model, data, head=ctx.head, indices=index, device=ctx.device)
+    return out.z.to(ctx.device), out.y.to(ctx.device)
 
 
-@torch.no_grad()
 def _logits(model: nn.Module, data, index: Tensor, ctx: TrainContext) -> Tensor:
     """Logits of samples ``index`` in eval mode (split across ranks and gathered under torchrun)."""
-    was = model.training
-    model.eval()
-
     def rows(part: Tensor) -> Tensor:
-        out = [model(b.x).float().cpu() for b in iterate_batches(data, batch_size=512, indices=index[part], device=ctx.device)]
-        return torch.cat(out) if out else torch.zeros(0, ctx.num_classes)
+        if not len(part):
+            return torch.zeros(0, ctx.num_classes)
+        return collect_outputs(model, data, with_bottleneck=False, indices=index[part], device=ctx.device).logits
 
-    logits = map_shards(len(index), rows)
-    model.train(was)
-    return logits
+    return map_shards(len(index), rows)
 
 
 _OURS = "ours (design choice; see BENCHMARKS.md section 4 and docs/unsupervised.md)"
@@ -425,7 +412,7 @@ register_method(MethodInfo(
     description="CALM: label-free online debiasing (pseudo-bias from a GCE-biased warm-up branch or centroid "
                 "attractors -> group-balanced logit adjustment + capped weights; pseudo-group-balanced selection "
                 "on held-out biased training data)",
-    factory=CALM, selection="own",
+    factory=CALM, selection="own", reference="debiaskit's own (docs/unsupervised.md)",
     selection_text=("its own label-free rule: pseudo-group-balanced accuracy on held-out D^b (default recipe: mean of "
                     "pseudo-aligned and pseudo-conflicting accuracy; attractor recipe: mean over (y, b^) groups)"),
     uses_bias_labels=False, uses_unbiased_data=False,

@@ -128,7 +128,7 @@ register_method(MethodInfo(
     name="vcba",
     description="VCBA-style two-stage label-free baseline: attractor pseudo-bias from an ERM stage, then a "
                 "re-initialised, re-weighted training with an MI penalty on the pseudo-bias",
-    factory=VCBA, uses_bias_labels=False, uses_unbiased_data=False,
+    factory=VCBA, uses_bias_labels=False, uses_unbiased_data=False, reference="after Nahon et al., ICCV 2023",
     extra_epochs=lambda config: config["stage1_epochs"],   # stage 2 re-initialises the network
     defaults={"*": {"stage1_epochs": Default(2, "ours (bias is learnt in 1-2 epochs)"),
                     "gamma": Default(1.0, "ours (IRENE uses an MI weight of order 1)"),
