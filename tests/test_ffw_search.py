@@ -124,15 +124,18 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(planted, tmp_path, s
 
 
 def test_pseudo_bias_labels_replace_the_true_ones(planted):
-    from debiaskit.ffw import with_pseudo_bias
+    from debiaskit.discover import with_pseudo_bias   # one implementation, shared with the audit (issue 12)
     pseudo = 1 - planted["train"].b
-    data = with_pseudo_bias(planted["train"], pseudo, what="unbiased_train")
-    assert torch.equal(data.b, pseudo) and data.aligned is None and data.info["pseudo_bias"]
+    data = with_pseudo_bias(planted["train"], pseudo, name="unbiased_train")
+    assert torch.equal(data.b, pseudo) and data.info["pseudo_bias"]
+    assert torch.equal(data.aligned, pseudo == data.y)   # pseudo-aligned: the attracting class is the sample's own
     assert torch.equal(planted["train"].b, 1 - pseudo)  # the original split is untouched
-    with pytest.raises(DataError, match="int64"):
-        with_pseudo_bias(planted["train"], pseudo[:10], what="unbiased_train")
-    with pytest.raises(DataError, match="int64"):
-        with_pseudo_bias(planted["train"], pseudo.float(), what="unbiased_train")
+    with pytest.raises(DataError, match="integer classes"):
+        with_pseudo_bias(planted["train"], pseudo[:10], name="unbiased_train")
+    with pytest.raises(DataError, match="integer classes"):
+        with_pseudo_bias(planted["train"], pseudo.float(), name="unbiased_train")
+    with pytest.raises(DataError, match=r"classes in \[0, 1\]"):
+        with_pseudo_bias(planted["train"], pseudo + 2, name="unbiased_train")
 
 
 @pytest.mark.parametrize("adversary", ["head", "lda"])

@@ -57,15 +57,24 @@ class AuditReport:
         out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         return out
 
-    def headline(self) -> dict[str, float | None]:
-        """The main numbers of the first bias attribute, flat (for tables and benchmarks)."""
+    def headline(self) -> dict[str, Any]:
+        """The main numbers, flat (for tables and benchmarks): those of the first bias attribute, except the
+        worst group, which is the worst over every attribute's (target, bias) groups; with several attributes,
+        ``per_attribute`` adds each one's conflicting accuracy, extractability and counterfactual bias."""
         a = self.attributes[0]
-        return {"task_accuracy": self.task_accuracy, "aligned_accuracy": a.groups.aligned_accuracy,
-                "conflicting_accuracy": a.groups.conflicting_accuracy,
-                "worst_group_accuracy": a.groups.worst_group_accuracy,
-                "mean_group_accuracy": a.groups.mean_group_accuracy,
-                "bias_extractability": a.bias_extractability, "bias_mutual_information": a.bias_mutual_information,
-                "counterfactual_bias": a.counterfactual_bias}
+        out: dict[str, Any] = {
+            "task_accuracy": self.task_accuracy, "aligned_accuracy": a.groups.aligned_accuracy,
+            "conflicting_accuracy": a.groups.conflicting_accuracy,
+            "worst_group_accuracy": a.groups.worst_group_accuracy,
+            "mean_group_accuracy": a.groups.mean_group_accuracy,
+            "bias_extractability": a.bias_extractability, "bias_mutual_information": a.bias_mutual_information,
+            "counterfactual_bias": a.counterfactual_bias}
+        if len(self.attributes) > 1:
+            out["worst_group_accuracy"] = min(x.groups.worst_group_accuracy for x in self.attributes)
+            out["per_attribute"] = {x.name: {"conflicting_accuracy": x.groups.conflicting_accuracy,
+                                             "bias_extractability": x.bias_extractability,
+                                             "counterfactual_bias": x.counterfactual_bias} for x in self.attributes}
+        return out
 
 
 @torch.no_grad()
@@ -76,14 +85,7 @@ def counterfactual_bias(model: nn.Module, dataset: BiasDataset, *, attribute: in
     gen = torch.Generator().manual_seed(seed)
     n = min(len(dataset), max_samples)
     index = torch.randperm(len(dataset), generator=gen)[:n]
-    b = dataset.b[index].clone()
-    col = b if b.ndim == 1 else b[:, attribute]
-    shift = torch.randint(1, dataset.num_bias_classes, (n,), generator=gen)
-    new_col = (col + shift) % dataset.num_bias_classes
-    if b.ndim == 1:
-        b = new_col
-    else:
-        b[:, attribute] = new_col
+    b = dataset.draw_counterfactual_bias(index, generator=gen, attribute=attribute)
     was = model.training
     model.eval()
     total = 0.0

@@ -169,16 +169,6 @@ def _worst_group_on(dataset) -> Callable[[nn.Module], float]:
     return score
 
 
-def _headline(report) -> dict[str, Any]:
-    out = dict(report.headline())
-    if len(report.attributes) > 1:  # several bias attributes: worst group over all, per-attribute numbers
-        out["worst_group_accuracy"] = min(a.groups.worst_group_accuracy for a in report.attributes)
-        out["per_attribute"] = {a.name: {"conflicting_accuracy": a.groups.conflicting_accuracy,
-                                         "bias_extractability": a.bias_extractability,
-                                         "counterfactual_bias": a.counterfactual_bias} for a in report.attributes}
-    return out
-
-
 def _matches(meta: dict, suite: Suite, splits, config: TrainConfig) -> bool:
     tr = meta.get("train", {})
     return (meta.get("data") == splits.spec and meta.get("model", {}).get("name") == suite.model
@@ -241,7 +231,7 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
     result = {"suite": suite.name, "dataset": suite.dataset, "param": suite.param, "value": value, "method": method,
               "seed": seed, "wall_time_s": wall, "audit_time_s": report.wall_time_s, "reused_run": reused,
               "selected_epoch": selected_epoch, "selection": info.selection_rule, "method_config": method_config,
-              "flags": _flags(info), **_headline(report), "method_state": state}
+              "flags": _flags(info), **report.headline(), "method_state": state}
     with atomic_folder(folder, kind=BENCH_CELL, force=True) as staging:
         if suite.cell_extras is not None:
             result["extras"] = suite.cell_extras(model, splits=splits, head=head, seed=seed, folder=staging)

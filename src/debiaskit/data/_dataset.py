@@ -123,6 +123,33 @@ class BiasDataset(Dataset):
         out.b, out.aligned = None, None
         return out
 
+    def draw_counterfactual_bias(self, index: Tensor, *, generator: torch.Generator,
+                                 attribute: int | None = None) -> Tensor:
+        """Bias labels for counterfactual copies of samples ``index``: each changed attribute moves to a
+        DIFFERENT value, uniformly among the other ``num_bias_classes - 1`` (a pair that differs in nothing
+        would only dilute a counterfactual measure). ``attribute``: change only that attribute (the audit,
+        per attribute); None: change every attribute (FMD's counterfactual samples). The one draw of
+        counterfactuals in debiaskit, so the audit's counterfactual bias and FMD's are comparable; the
+        caller gets new labels to render (:meth:`counterfactual`), never the old ones.
+
+        Example::
+
+            new_b = data.draw_counterfactual_bias(index, generator=torch.Generator().manual_seed(0))
+            x_cf = data.counterfactual(index, new_b)
+        """
+        if self.b is None:
+            raise DataError(f"{self.name} has no bias labels to change")
+        b = self.b[torch.as_tensor(index)].clone()
+        k = self.num_bias_classes
+        if b.ndim == 1 or attribute is not None:
+            column = b if b.ndim == 1 else b[:, attribute]
+            shifted = (column + torch.randint(1, k, (len(column),), generator=generator)) % k
+            if b.ndim == 1:
+                return shifted
+            b[:, attribute] = shifted
+            return b
+        return (b + torch.randint(1, k, b.shape, generator=generator)) % k
+
     def counterfactual(self, index: Tensor, new_b: Tensor) -> Tensor:
         """Float inputs of samples ``index`` re-rendered with bias labels ``new_b`` (same content)."""
         if self.render is None:

@@ -194,9 +194,15 @@ def with_pseudo_bias(data, pseudo_bias: Tensor, *, name: str | None = None):
         report = audit_model(model, test=with_pseudo_bias(splits.unbiased_val, found["unbiased_val"].pseudo_bias))
     """
     data = as_bias_data(data)
-    pseudo_bias = torch.as_tensor(pseudo_bias).long().cpu()
-    if pseudo_bias.shape != (len(data),):
-        raise DataError(f"pseudo_bias must have shape ({len(data)},), got {tuple(pseudo_bias.shape)}")
+    pseudo_bias = torch.as_tensor(pseudo_bias).cpu()
+    what = name or data.name
+    if pseudo_bias.is_floating_point() or pseudo_bias.is_complex() or pseudo_bias.shape != (len(data),):
+        raise DataError(f"pseudo-bias labels of {what} must be integer classes of shape ({len(data)},), got "
+                        f"{pseudo_bias.dtype} {tuple(pseudo_bias.shape)}; re-run `debiaskit discover`")
+    pseudo_bias = pseudo_bias.long()
+    if len(pseudo_bias) and (int(pseudo_bias.min()) < 0 or int(pseudo_bias.max()) >= data.num_classes):
+        raise DataError(f"pseudo-bias labels of {what} must be classes in [0, {data.num_classes - 1}] (the attracting "
+                        f"class), found [{int(pseudo_bias.min())}, {int(pseudo_bias.max())}]; re-run `debiaskit discover`")
     # aligned = b^ == y: the attractor of an aligned sample is its own class; re-rendering (counterfactuals)
     # acts on the true bias attribute, not on b^, so it is dropped
     return relabel_bias(data, pseudo_bias, num_bias_classes=data.num_classes, bias_names=("pseudo_bias",),

@@ -33,9 +33,8 @@ __all__ = ["FFWConfig", "FFWResult", "GatePoint", "GateState", "GatedModel", "St
            "count_parameters", "ffw_step", "find_fantastic_weights", "gate_value", "inference_time", "install_gates", "load_masks",
            "module_shapes", "prune_structured", "resize_like", "save_masks", "structured_sparsity",
            "unstructured_sparsity"]
-from ._run import FFWRun, default_out, ffw_run, load_ffw_model, load_pseudo_bias, with_pseudo_bias
+from ._run import FFWRun, default_out, ffw_run, load_ffw_model
 from ._save import load_pruned_model, save_result
 from ._progress import print_epoch
 
-__all__ += ["FFWRun", "default_out", "ffw_run", "load_ffw_model", "load_pruned_model", "load_pseudo_bias",
-            "print_epoch", "save_result", "with_pseudo_bias"]
+__all__ += ["FFWRun", "default_out", "ffw_run", "load_ffw_model", "load_pruned_model", "print_epoch", "save_result"]

@@ -18,17 +18,17 @@ import torch
 from torch import nn
 
 from ..audit import PROBES, audit_model, probe_suite, readable
-from ..data import BiasDataset, as_bias_data, iterate_batches, relabel_bias
+from ..data import BiasDataset, iterate_batches
+from ..discover import load_pseudo_bias, with_pseudo_bias
 from .. import _dist
 from .._io import FFW_FOLDER, log, write_text
-from ..errors import ConfigError, DataError, RunExistsError
+from ..errors import ConfigError, RunExistsError
 from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record
 from ._adversary import ADVERSARIES
 from ._export import count_parameters, inference_time, save_masks
 from ._search import CHECKPOINT_FILE, SELECTIONS, FFWConfig, FFWResult, find_fantastic_weights
 
 FFW_FILE = "ffw.json"
-PSEUDO_BIAS_FILE = Path("discover") / "pseudo_bias.safetensors"
 
 
 def default_out(run_dir: Path, mode: str, gamma: float, include_head: bool = False, bias_labels: str = "true") -> Path:
@@ -42,33 +42,10 @@ def partial_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def with_pseudo_bias(data: BiasDataset, pseudo: torch.Tensor, *, what: str) -> BiasDataset:
-    """The same samples with ``pseudo`` as bias labels (aligned/conflicting is unknown then)."""
-    data = as_bias_data(data)
-    pseudo = torch.as_tensor(pseudo)
-    if pseudo.dtype != torch.int64 or pseudo.ndim != 1 or len(pseudo) != len(data):
-        raise DataError(f"pseudo-bias labels for {what} must be int64 of shape ({len(data)},), got "
-                        f"{pseudo.dtype} {tuple(pseudo.shape)}; re-run `debiaskit discover`")
-    if int(pseudo.min()) < 0:
-        raise DataError(f"pseudo-bias labels for {what} must be >= 0")
-    return relabel_bias(data, pseudo, num_bias_classes=max(data.num_bias_classes if data.b is not None else 2,
-                                                         int(pseudo.max()) + 1),
-                        info={**data.info, "pseudo_bias": True})
-
-
-def load_pseudo_bias(run_dir: Path, splits) -> tuple[BiasDataset, BiasDataset]:
-    from safetensors.torch import load_file
-    path = Path(run_dir) / PSEUDO_BIAS_FILE
-    if not path.is_file():
-        raise DataError(f"--bias-labels discovered needs {path}; run `debiaskit discover {run_dir}` first")
-    tensors = load_file(str(path))
-    out = []
-    for split in ("unbiased_train", "unbiased_val"):
-        key = f"{split}.pseudo_bias"
-        if key not in tensors:
-            raise DataError(f"{path} has no {key!r} (keys: {', '.join(sorted(tensors))}); re-run `debiaskit discover {run_dir}`")
-        out.append(with_pseudo_bias(getattr(splits, split), tensors[key], what=split))
-    return out[0], out[1]
+def _discovered_splits(run_dir: Path, splits) -> tuple[BiasDataset, BiasDataset]:
+    """D^u_train and D^u_val with the pseudo-bias that ``debiaskit discover RUN_DIR`` wrote as bias labels."""
+    return tuple(with_pseudo_bias(getattr(splits, split), load_pseudo_bias(run_dir, split), name=split)
+                 for split in ("unbiased_train", "unbiased_val"))
 
 
 @dataclass
@@ -221,7 +198,7 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
     splits = run.splits()
     train, val = splits.unbiased_train, splits.unbiased_val
     if bias_labels == "discovered":
-        train, val = load_pseudo_bias(run_dir, splits)
+        train, val = _discovered_splits(run_dir, splits)
     audit_kw = dict(test=splits.test, unbiased_train=splits.unbiased_train, unbiased_val=splits.unbiased_val,
                     head=run.head, seed=seed, counterfactual=audit_counterfactual, device=device)
     before = audit_model(run.model, **audit_kw)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Batch, iterate_batches
+from ..models import collect_outputs
 from ..train import TrainContext
 from .._dist import map_shards, shard
 
@@ -49,16 +50,15 @@ def predict_train(model: nn.Module, ctx: TrainContext) -> tuple[Tensor, Tensor]:
     ranks and gathered under torchrun: the same on every rank)."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
-    was = model.training
-    model.eval()
 
     def rows(index: Tensor) -> Tensor:
-        out = [torch.stack([model(batch.x).argmax(1).cpu(), batch.y.cpu()], 1)
-               for batch in iterate_batches(ctx.train_data, batch_size=1024, indices=index, device=ctx.device)]
-        return torch.cat(out) if out else torch.zeros(0, 2, dtype=torch.long)
+        if not len(index):
+            return torch.zeros(0, 2, dtype=torch.long)
+        out = collect_outputs(model, ctx.train_data, with_bottleneck=False, batch_size=1024, device=ctx.device,
+                              indices=index)
+        return torch.stack([out.logits.argmax(1), out.y], 1)
 
     both = map_shards(len(ctx.train_data), rows)
-    model.train(was)
     return both[:, 0], both[:, 1]
 
 

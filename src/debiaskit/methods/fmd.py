@@ -35,7 +35,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..data import BiasDataset
 from ..errors import ConfigError, DataError
-from ..models import resolve_head, tap_bottleneck
+from ..models import collect_outputs, resolve_head
 from ..train import TrainContext, TrainingMethod
 from ._registry import Default, MethodInfo, register_method
 
@@ -154,32 +154,24 @@ class UnlearnResult:
 
 
 def counterfactual_inputs(dataset, index: Tensor, *, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """(x, x_cf, y) for samples ``index``: x_cf re-renders the same content with uniformly drawn bias
-    values (all attributes). The true bias labels are not read (a draw may equal the original value:
-    such a pair is identical and contributes nothing)."""
+    """(x, x_cf, y) for samples ``index``: x_cf re-renders the same content with every bias attribute
+    changed to another value (:meth:`~debiaskit.data.BiasDataset.draw_counterfactual_bias`, the draw the
+    audit's counterfactual bias uses too). The renderer knows each sample's bias; FMD sees only the pairs
+    and y, never a bias label."""
     if not isinstance(dataset, BiasDataset) or dataset.render is None:
         raise ConfigError("fmd needs counterfactual pairs (samples re-rendered with another bias value), but "
                           f"{getattr(dataset, 'name', type(dataset).__name__)} has no counterfactual renderer; "
                           "use a debiaskit recipe dataset (biased/colored/multicolor ...) or another method")
-    n_attr = len(dataset.bias_names)
-    shape = (len(index),) if n_attr == 1 else (len(index), n_attr)
-    new_b = torch.randint(dataset.num_bias_classes, shape, generator=generator)
     try:
-        x_cf = dataset.counterfactual(index, new_b)
+        x_cf = dataset.counterfactual(index, dataset.draw_counterfactual_bias(index, generator=generator))
     except DataError as exc:
         raise ConfigError(f"fmd needs counterfactual pairs: {exc}") from exc
     return dataset.to_float(dataset.images[index]), x_cf, dataset.y[index]
 
 
-@torch.no_grad()
 def _features(model: nn.Module, x: Tensor, head: str | None, device) -> tuple[Tensor, Tensor]:
-    zs, logits = [], []
-    for start in range(0, len(x), 512):
-        with tap_bottleneck(model, head) as tap:
-            out = model(x[start : start + 512].to(device))
-        zs.append(tap.z.flatten(1).cpu())
-        logits.append(out.cpu())
-    return torch.cat(zs), torch.cat(logits)
+    out = collect_outputs(model, x, head=head, device=device)
+    return out.z, out.logits
 
 
 def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int = 0, pool_size: int = 5000,

@@ -13,20 +13,33 @@ from ._head import tap_bottleneck
 class Outputs(NamedTuple):
     logits: Tensor
     z: Tensor | None
-    y: Tensor
+    y: Tensor | None   # None for raw input tensors
     b: Tensor | None
 
 
 @torch.no_grad()
 def collect_outputs(model: nn.Module, dataset, *, head: str | None = None, with_bottleneck: bool = True,
-                    batch_size: int = 512, device: str | torch.device = "cpu", indices=None) -> Outputs:
-    """Run ``model`` in eval mode over ``dataset`` (or its samples ``indices``); return logits, bottleneck z
-    (flattened), y and b."""
+                    batch_size: int = 512, device: str | torch.device = "cpu", indices: Tensor | None = None) -> Outputs:
+    """Run ``model`` in eval mode over ``dataset`` (or the samples ``indices`` of it, in that order); return
+    logits, bottleneck z (flattened, float32) and y and b, on the CPU; the model's training mode is restored.
+    ``dataset`` may also be a tensor of model inputs (then y and b are None). The one batched feature
+    collection of debiaskit: the audit, the harnesses and the methods (JTT, DCWP, CALM, FMD) use it.
+
+    Example::
+
+        out = collect_outputs(model, splits.unbiased_val, head="fc")
+        out.z.shape, (out.logits.argmax(1) == out.y).float().mean()
+    """
     was_training = model.training
     model.eval()
     logits, zs, ys, bs = [], [], [], []
+    if isinstance(dataset, Tensor):
+        inputs = dataset if indices is None else dataset[indices]
+        batches = (_Inputs(inputs[i:i + batch_size].to(device)) for i in range(0, len(inputs), batch_size))
+    else:
+        batches = iterate_batches(dataset, batch_size=batch_size, device=device, indices=indices)
     try:
-        for batch in iterate_batches(dataset, batch_size=batch_size, device=device, indices=indices):
+        for batch in batches:
             if with_bottleneck:
                 with tap_bottleneck(model, head) as tap:
                     out = model(batch.x)
@@ -34,12 +47,20 @@ def collect_outputs(model: nn.Module, dataset, *, head: str | None = None, with_
             else:
                 out = model(batch.x)
             logits.append(out.float().cpu())
-            ys.append(batch.y.cpu())
+            if batch.y is not None:
+                ys.append(batch.y.cpu())
             if batch.b is not None:
                 bs.append(batch.b.cpu())
     finally:
         model.train(was_training)
-    return Outputs(torch.cat(logits), torch.cat(zs) if zs else None, torch.cat(ys), torch.cat(bs) if bs else None)
+    return Outputs(torch.cat(logits), torch.cat(zs) if zs else None, torch.cat(ys) if ys else None,
+                   torch.cat(bs) if bs else None)
+
+
+class _Inputs(NamedTuple):
+    x: Tensor
+    y: None = None
+    b: None = None
 
 
 def accuracy(model: nn.Module, dataset, *, batch_size: int = 512, device: str | torch.device = "cpu") -> float:
