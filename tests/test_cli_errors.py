@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from debiaskit.cli import app, main
-from debiaskit.data import write_cifar_binary
+from debiaskit.data._cifar import write_cifar_binary
 from debiaskit.errors import ConfigError, DataError, RunExistsError
 from debiaskit.runs import RUN_FILE, write_json
 

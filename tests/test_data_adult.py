@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from _adult_fixture import LAYOUT, MISSING_ROWS, complete_counts, write_adult_folder, write_fake_wheel
 from debiaskit.audit import audit_model
 from debiaskit.cli import app
-from debiaskit.data import _adult, dataset_names, describe, make_splits, parse_adult, splits_from_spec
+from debiaskit.data import _adult, dataset_names, describe, make_splits, splits_from_spec
+from debiaskit.data._adult import parse_adult
 from debiaskit.errors import ConfigError, DataError
 from debiaskit.runs import load_run
 

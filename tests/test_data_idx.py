@@ -6,7 +6,7 @@ import gzip
 import numpy as np
 import pytest
 
-from debiaskit.data import load_idx, parse_idx, write_idx
+from debiaskit.data._idx import load_idx, parse_idx, write_idx
 from debiaskit.data._idx import md5, read_bytes
 from debiaskit.errors import DataError
 

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from debiaskit.data import (CORRUPTION_NAMES, SOURCES, BiasDataset, ImageArrays, ImageSource, assign_by_rho,
-                            dataset_names, draw_corrupted, get_recipe, make_splits, splits_from_spec)
+from debiaskit.data import SOURCES, BiasDataset, dataset_names, make_splits, splits_from_spec
+from debiaskit.data._corrupted import CORRUPTION_NAMES, draw_corrupted   # internals: tested through their modules
+from debiaskit.data._recipes import assign_by_rho, get_recipe
+from debiaskit.data._sources import ImageArrays, ImageSource
 from debiaskit.data._recipes import BIASED_MNIST_PALETTE, COLORED_MNIST_MEANS, MULTICOLOR_RIGHT_PALETTE
 from debiaskit.errors import ConfigError, DataError
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from debiaskit.data import (CIFAR10, SOURCES, get_source, load_celeba, load_celeba_splits, make_splits,
-                            parse_cifar_binary, read_cifar10, write_cifar_binary, write_idx)
+from debiaskit.data import SOURCES, get_source, make_splits
+from debiaskit.data._celeba import load_celeba, load_celeba_splits   # internals: tested through their modules
+from debiaskit.data._cifar import CIFAR10, parse_cifar_binary, read_cifar10, write_cifar_binary
+from debiaskit.data._idx import write_idx
 from debiaskit.data._idx import md5
 from debiaskit.errors import ConfigError, DataError
 

@@ -16,7 +16,9 @@ import torch
 from conftest import tree_bytes
 from torch.utils.data import TensorDataset
 
-from debiaskit.data import get_source, parse_idx, read_cifar10, write_idx
+from debiaskit.data import get_source
+from debiaskit.data._cifar import read_cifar10
+from debiaskit.data._idx import parse_idx, write_idx
 from debiaskit.data._idx import md5
 from debiaskit.errors import ConfigError, DataError
 from debiaskit.models import build_model
@@ -184,7 +186,7 @@ def test_prepare_from_a_folder_names_the_users_file_not_a_temporary_copy(tmp_pat
 
 
 def test_cifar_prepare_does_not_claim_checksums(cli, tmp_path, monkeypatch):
-    from debiaskit.data import write_cifar_binary
+    from debiaskit.data._cifar import write_cifar_binary
     monkeypatch.setenv("DEBIASKIT_DATA", str(tmp_path / "cache"))
     folder = tmp_path / "dl" / "cifar-10-batches-bin"
     folder.mkdir(parents=True)

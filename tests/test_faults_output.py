@@ -234,7 +234,8 @@ def test_data_prepare_replaces_only_its_own_cache(cli, tmp_path, monkeypatch):
 
     import numpy as np
 
-    from debiaskit.data import get_source, write_idx
+    from debiaskit.data import get_source
+    from debiaskit.data._idx import write_idx
     from debiaskit.data._idx import md5
     monkeypatch.setenv("DEBIASKIT_DATA", str(tmp_path / "home"))
     raw = tmp_path / "download"

@@ -11,7 +11,7 @@ Schedule: tau = 1; repeat { train until the objective on D^u_val plateaus; tau *
 the tau-model and the hard-masked model (tau -> 0) agree on D^u_val, within an epoch budget spread over the
 levels (so a model whose objective keeps creeping down cannot hold the search at one level). After every epoch the
 *hard-masked* model is scored on D^u_val and the best one is kept: the soft model can be far better
-than its hard mask (methods.md), so only hard models are ever reported or selected.
+than its hard mask (the gates are not yet binary), so only hard models are ever reported or selected.
 
 Under torchrun each rank takes its DistributedSampler share of every epoch's D^u_train order (batch_size
 is the global batch), the MI term is computed on the all-gathered head outputs of the global batch, and

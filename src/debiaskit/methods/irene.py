@@ -39,12 +39,6 @@ from ._registry import Default, MethodInfo, register_method
 HEAD_OPTIMIZERS = ("adam", "sgd")
 
 
-# The audit's normalised MI is computed in log space (finite gradients even when a bias class is absent
-# from a batch and the head is saturated - the old "irene diverged" / NaN-weights failure); kept under this
-# name for callers of the previous API.
-stable_normalized_mi = normalized_mutual_information
-
-
 class IRENE(TrainingMethod):
     """CE + gamma * normalised MI between a privacy head's output and the bias label.
 
@@ -104,7 +98,7 @@ class IRENE(TrainingMethod):
         gather = ctx.gather_with_grad if ctx is not None else (lambda t: t)
         b_all = ctx.gather(b)[0] if ctx is not None else b
         with ctx.full_precision() if ctx is not None else contextlib.nullcontext():   # float32 under --amp
-            return sum(stable_normalized_mi(gather(F.linear(z.float(), h.weight.detach(), h.bias.detach()).softmax(1)),
+            return sum(normalized_mutual_information(gather(F.linear(z.float(), h.weight.detach(), h.bias.detach()).softmax(1)),
                                             b_all[:, a], self.num_bias)
                        for a, h in enumerate(self.heads))
 
