@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from debiaskit.bench import SUITES, _compare, _common, _unsup
+from debiaskit.bench import SUITES, _common, _compare, _ffw, _unsup
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
 MACHINE = "fixture machine"
@@ -18,7 +18,7 @@ MACHINE = "fixture machine"
 
 @pytest.fixture(autouse=True)
 def _fixed_machine(monkeypatch):
-    for module in (_compare, _unsup, _common):
+    for module in (_compare, _unsup, _common, _ffw):
         monkeypatch.setattr(module, "machine_description", lambda: MACHINE, raising=False)
 
 
@@ -37,6 +37,16 @@ def _render_unsup(tmp_path: Path) -> tuple[str, dict]:
     return (root / "summary.md").read_text(), json.loads((root / "results.json").read_text())
 
 
+def _render_ffw(tmp_path: Path) -> str:
+    results = json.loads((FIXTURES / "ffw_cells.json").read_text())
+    cells = _ffw.plan(root=tmp_path, vanilla_root=tmp_path / "vanilla", tables=(), rhos=(), seeds=(0, 1), full=False)
+    return _ffw._write(tmp_path, cells, results, "debiaskit bench ffw --seeds 2", 90.0, False).read_text()
+
+
+def test_ffw_tables_of_cached_cells_are_unchanged(tmp_path):
+    assert _render_ffw(tmp_path) == (FIXTURES / "ffw_results.md").read_text()
+
+
 def test_compare_table_of_cached_cells_is_unchanged():
     assert _render_compare() == (FIXTURES / "compare_results.md").read_text()
 
@@ -49,10 +59,12 @@ def test_unsup_summary_of_cached_cells_is_unchanged(tmp_path):
 
 if __name__ == "__main__":   # regenerate the golden files (only when a rendering change is intended)
     import tempfile
-    for module in (_compare, _unsup, _common):
+    for module in (_compare, _unsup, _common, _ffw):
         setattr(module, "machine_description", lambda: MACHINE)
     (FIXTURES / "compare_results.md").write_text(_render_compare())
     with tempfile.TemporaryDirectory() as tmp:
         summary, results = _render_unsup(Path(tmp))
     (FIXTURES / "unsup_summary.md").write_text(summary)
     (FIXTURES / "unsup_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        (FIXTURES / "ffw_results.md").write_text(_render_ffw(Path(tmp)))

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from ..audit import audit_run
 from ..runs import is_finished, read_json, write_json, write_text
-from ..train import TrainConfig, train_run
+from ..train import TrainConfig, partial_dir, train_run
 from ._common import fmt_pm, load_cell, machine_description, mean_std
 
 # Paper's vanilla row (FFW Table 2, SimpleConvNet): rho -> (task, bias) in %.
@@ -21,7 +21,8 @@ def vanilla_cell_dir(root: Path, dataset: str, rho: float, seed: int) -> Path:
 def run_vanilla_suite(*, root: Path, dataset: str = "biased-mnist", rhos=(0.99, 0.995, 0.997, 0.999),
                       seeds=(0, 1, 2), model: str = "simple-conv-small", epochs: int = 10,
                       progress: bool = True, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train + audit every (rho, seed) cell; finished cells are reused, not retrained."""
+    """Train + audit every (rho, seed) cell; finished cells are reused, not retrained, and a cell whose
+    training was interrupted resumes from its last finished epoch (``train --resume``)."""
     cells = []
     for seed in seeds:
         for rho in rhos:
@@ -29,9 +30,10 @@ def run_vanilla_suite(*, root: Path, dataset: str = "biased-mnist", rhos=(0.99, 
             result_file = folder / "audit" / "audit.json"
             if not is_finished(folder):
                 start = time.perf_counter()
-                train_run(dataset=dataset, params={"rho": rho}, out=folder, model=model,
+                resume = (partial_dir(folder) / "checkpoint.safetensors").is_file()
+                train_run(dataset=dataset, params={"rho": rho}, out=folder, model=model, resume=resume,
                           config=TrainConfig(epochs=epochs, seed=seed), progress=progress, force=True)
-                echo(f"trained {folder.name} in {time.perf_counter() - start:.0f}s")
+                echo(f"trained {folder.name} in {time.perf_counter() - start:.0f}s" + (" (resumed)" if resume else ""))
             if load_cell(result_file) is None:
                 audit_run(folder)
             meta, audit = read_json(folder / "run.json"), read_json(result_file)
@@ -62,7 +64,7 @@ def vanilla_table(cells: list[dict[str, Any]], *, command: str, wall_time_s: flo
         paper = PAPER_VANILLA.get(rho)
         lines.append(f"| {rho} | {fmt_pm(c['task'] for c in cs)} | {fmt_pm(c['bias'] for c in cs)} | "
                      f"{fmt_pm(c['conflicting'] for c in cs)} | {fmt_pm(c['worst_group'] for c in cs)} | "
-                     f"{t:.0f} | {paper[0]} / {paper[1] if paper else '-'} |")
+                     f"{t:.0f} | {f'{paper[0]} / {paper[1]}' if paper else '-'} |")
     return "\n".join(lines) + "\n"
 
 
