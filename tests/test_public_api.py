@@ -2,7 +2,6 @@
 the methods and their choices."""
 from __future__ import annotations
 
-import importlib
 import inspect
 import subprocess
 import sys
@@ -47,10 +46,9 @@ def test_methods_list_shows_every_method_and_what_it_needs():
     assert "lambda_up = 50" in res.output and "(ours" in res.output
 
 
-def test_train_help_lists_the_methods_and_each_has_its_own_file():
+def test_train_help_lists_every_registered_method():
     res = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
     assert res.exit_code == 0
-    for name in METHODS:
-        assert name in res.output
-        # one file per method, named after it: the help reads the names without importing torch
-        assert importlib.import_module(f"debiaskit.methods.{name}") is not None
+    help_text = " ".join(res.output.split())
+    for name in METHODS:   # read from the method files, without importing torch
+        assert name in help_text, name

@@ -10,12 +10,23 @@ from ._common import app, console, parse_params
 
 
 def _builtin_methods() -> list[str]:
-    """The built-in methods for the help text, read from the file names of debiaskit.methods (one file per method,
-    named after it) without importing them: `--help` stays fast. Methods you register yourself work too."""
+    """The built-in methods for the help text, read from the ``MethodInfo(name=...)`` of the files of
+    debiaskit.methods without importing them (`--help` stays fast; a name that is not a literal is the file's
+    name). Methods you register yourself work too; `debiaskit methods list` shows every registered one."""
+    import ast
     import importlib.util
     import pkgutil
+    from pathlib import Path
     spec = importlib.util.find_spec("debiaskit.methods")
-    names = [m.name for m in pkgutil.iter_modules(spec.submodule_search_locations) if not m.name.startswith("_")]
+    names = []
+    for module in pkgutil.iter_modules(spec.submodule_search_locations):
+        if module.name.startswith("_"):
+            continue
+        tree = ast.parse((Path(module.module_finder.path) / f"{module.name}.py").read_text())
+        found = [kw.value.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and getattr(node.func, "id", None) == "MethodInfo" for kw in node.keywords
+                 if kw.arg == "name" and isinstance(kw.value, ast.Constant)]
+        names += found or [module.name]
     return sorted(names, key=lambda n: (n != "vanilla", n))
 
 
