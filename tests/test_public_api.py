@@ -36,13 +36,17 @@ def test_importing_debiaskit_stays_light():
     assert out.strip() == "False"   # the API is imported on first use
 
 
-def test_methods_list_shows_every_method_and_what_it_needs():
-    res = runner.invoke(app, ["methods", "list"], env={"COLUMNS": "250"})
+def test_methods_list_shows_every_method_and_what_it_needs(monkeypatch):
+    from rich.console import Console
+
+    from debiaskit.cli import cmd_methods
+    monkeypatch.setattr(cmd_methods, "console", Console(width=250))   # a wide table: one line per method
+    res = runner.invoke(app, ["methods", "list"])
     assert res.exit_code == 0, res.output
     for name in METHODS:
         assert f" {name} " in res.output
     assert "uses bias labels" in res.output and "post hoc" in res.output and "defaults from" in res.output
-    res = runner.invoke(app, ["methods", "list", "--verbose"], env={"COLUMNS": "250"})
+    res = runner.invoke(app, ["methods", "list", "--verbose"])
     assert "lambda_up = 50" in res.output and "(ours" in res.output
 
 
