@@ -55,9 +55,9 @@ def test_slurm_flags_need_the_slurm_launcher(monkeypatch, capsys, tmp_path):
 def test_a_requeued_job_is_the_same_group():
     """Preemption / timeout: submitit calls checkpoint() and resubmits what it returns - the same group,
     which then skips its finished cells."""
-    job = GroupJob({"suite": "toy", "seeds": (0,), "values": (0.95,)})
+    job = GroupJob({"suite": "toy", "seeds": (0,), "values": (0.95,)}, run=len)
     again = job.checkpoint()
-    assert again.function.group == job.group
+    assert again.function.group == job.group and again.function.run is len
 
 
 def test_compare_through_submitit_resumes_from_cached_cells(tmp_path):

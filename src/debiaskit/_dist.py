@@ -36,6 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ._io import atomic_folder, check_output
+from ._validate import check_device as _check_device
 from .errors import ConfigError
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -100,8 +102,7 @@ def check_device(device: str | torch.device) -> torch.device:
     """The torch device for ``device``, checked BEFORE any compute (:func:`debiaskit._validate.check_device`:
     a clear error when CUDA is not there). Under torchrun, ``cuda`` means this rank's GPU
     (``cuda:LOCAL_RANK``), which becomes the current CUDA device."""
-    from ._validate import check_device as _check
-    dev = _check(device)
+    dev = _check_device(device)
     if dev.type != "cuda":
         return dev
     if dev.index is None and launched_by_torchrun():
@@ -284,7 +285,6 @@ def rank0_folder(out: Path, *, kind: Any, force: bool = False, inputs: tuple[Pat
     ``None`` on the other ranks, which check the same output rule (so every rank refuses a bad ``--out``
     with the same message) and, on leaving, wait until rank 0 has published the folder. Without a process
     group: ``atomic_folder``."""
-    from ._io import atomic_folder, check_output
     if rank_and_world()[0] == 0:
         with atomic_folder(out, kind=kind, force=force, inputs=inputs) as staging:
             yield staging

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy
+import safetensors
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from . import __version__
 from ._io import RUN_FOLDER, atomic_folder, read_json, save_tensors, write_json, write_text
 from ._schema import (SCHEMA_VERSION, DataRecord, FFWRecord, MethodRecord, ModelRecord, Record, RunRecord, SchemaError,
                       TrainRecord, migrate)
@@ -40,10 +43,6 @@ __all__ = ["RUN_FILE", "WEIGHTS_FILE", "RUN_FOLDER", "SCHEMA_VERSION", "Run", "R
 
 
 def package_versions() -> dict[str, str]:
-    import numpy
-    import safetensors
-
-    from . import __version__
     return {"debiaskit": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "safetensors": safetensors.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
 

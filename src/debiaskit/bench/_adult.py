@@ -52,7 +52,8 @@ from ..models import collect_outputs
 from .._io import BENCH_CELL, atomic_folder
 from ..runs import load_run, write_json, write_text
 from ._common import load_cell, machine_description
-from ._compare import RESULT_FILE, cell_dir, effective_suite, get_suite, run_compare, write_compare_results
+from ._compare import (RESULT_FILE, SUITES, Suite, cell_dir, effective_suite, get_suite, run_compare,
+                       write_compare_results)
 
 PREDICTIONS_FILE = "test_predictions.safetensors"
 PROBE_L2 = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -142,6 +143,15 @@ def adult_cell_extras(model: nn.Module, *, splits: Splits, head: str | None, see
     probe = linear_probe(tr.z, tr.b, va.z, va.b, te.z, te.b, num_bias=splits.num_bias_classes)
     return {"cf_bias_all": counterfactual_gap(p1.numpy(), p1_cf.numpy(), test.y.numpy()), "linear_probe": probe,
             "bottleneck_width": int(out.z.shape[1])}
+
+
+# the adult suite of the comparison harness: registered here, beside its per-cell measurements (cell_extras)
+SUITES["adult"] = Suite(
+    name="adult", dataset="adult", param="bias", values=("sex", "race"), model="mlp", epochs=20,
+    value_label=lambda v: f"bias {v}", cell_extras=adult_cell_extras,
+    test_set="the official Adult test rows (NOT group-balanced: read worst group and group mean)",
+    notes="UCI Adult (see `debiaskit data show adult`): MLP 3x100 on 88 (sex) / 85 (race) tabular features, "
+          "Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult` adds fairlearn's rows")
 
 
 # -- fairlearn's rows ------------------------------------------------------------------------------------------

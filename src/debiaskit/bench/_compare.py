@@ -45,6 +45,7 @@ from ..runs import (RUN_FILE, DataRecord, MethodRecord, ModelRecord, RunRecord, 
                     read_json, save_run, write_json, write_text)
 from ..train import TrainConfig, fit
 from ._common import fmt_pm, load_cell, machine_description, mean_std
+from ._launch import LAUNCHERS, SlurmOptions, run_groups_with_submitit
 
 RESULT_FILE = "result.json"
 
@@ -105,11 +106,6 @@ def _pct_conflicting(v: float) -> str:
     return f"{100 * (1 - v):g}% conflicting"
 
 
-def _adult_extras(model: nn.Module, **kwargs: Any) -> dict[str, Any]:
-    from ._adult import adult_cell_extras   # late: the Adult bench module imports this one
-    return adult_cell_extras(model, **kwargs)
-
-
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite(name="colored-mnist", dataset="colored-mnist", values=(0.995, 0.99, 0.98, 0.95), model="mlp", epochs=5,
           full_epochs=100, value_label=_pct_conflicting,
@@ -129,12 +125,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           **_published("corrupted-mnist")),
     Suite(name="toy", dataset="biased-toy", values=(0.95,), model="mlp", epochs=1, unbiased_size=600,
           notes="debug suite: procedural toy digits, 1 epoch (seconds); not a benchmark"),
-    Suite(name="adult", dataset="adult", param="bias", values=("sex", "race"), model="mlp", epochs=20,
-          value_label=lambda v: f"bias {v}", cell_extras=_adult_extras,
-          test_set="the official Adult test rows (NOT group-balanced: read worst group and group mean)",
-          notes="UCI Adult (see `debiaskit data show adult`): MLP 3x100 on 88 (sex) / 85 (race) tabular features, "
-                "Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult` adds fairlearn's rows"),
-)}
+)}   # + "adult", registered by bench/_adult.py (its cells need the Adult module's per-cell measurements)
 
 
 def available_methods() -> dict[str, MethodInfo]:
@@ -312,15 +303,14 @@ def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1,
     (``slurm``: a :class:`~debiaskit.bench._launch.SlurmOptions`; see ``bench/_launch.py``); the call
     waits for the jobs, then collects the finished cells.
     """
-    from ._launch import LAUNCHERS
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     if launcher == "slurm" and not report_only:
-        from ._launch import SlurmOptions, run_groups_with_submitit
         groups = _groups(suite=suite, seeds=tuple(seeds), values=values, threads=1, common=dict(
             root=root, methods=methods, full=full, epochs=epochs, train_size=train_size, vanilla_from=vanilla_from,
             progress=progress, keep_going=keep_going))
-        run_groups_with_submitit(groups, root=Path(root), options=slurm or SlurmOptions(), echo=echo)
+        run_groups_with_submitit(groups, root=Path(root), options=slurm or SlurmOptions(), run=_run_group,
+                                 unfinished=lambda g: _unfinished(g, root=Path(root)), echo=echo)
         report_only = True   # every cell that could be computed is on disk now: collect them
     elif jobs > 1 and not report_only:
         _run_groups_in_processes(suite=suite, root=root, seeds=tuple(seeds), methods=methods, values=values, full=full,
@@ -369,6 +359,16 @@ def _run_group(kwargs: dict[str, Any]) -> int:
     torch.set_num_threads(kwargs.pop("threads"))
     tag = f"[seed {kwargs['seeds'][0]}, {kwargs['values'][0]}]"
     return len(run_compare(**kwargs, echo=lambda msg: print(f"{tag} {msg}", flush=True)))
+
+
+def _unfinished(group: dict[str, Any], *, root: Path) -> bool:
+    """Whether a (seed, value) group has a cell still to compute (the others are only read back)."""
+    g = group
+    s = effective_suite(g["suite"], full=g["full"], epochs=g["epochs"], train_size=g["train_size"], values=g["values"])
+    chosen = resolve_methods(g["methods"])
+    post_hoc = any(i.post_hoc and i.apply is not None for i in chosen.values())
+    needed = set(chosen) | ({REFERENCE_METHOD} if post_hoc else set())   # post-hoc cells start from its cell
+    return any(not (cell_dir(root, s, g["values"][0], m, g["seeds"][0]) / RESULT_FILE).is_file() for m in needed)
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature

@@ -21,9 +21,13 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from ..audit import audit_model
+from ..data import iterate_batches
 from ..errors import ConfigError
-from ..ffw import FFWConfig
-from ..runs import is_finished, read_json, write_json, write_text
+from ..ffw import FFWConfig, ffw_run, ffw_step, find_fantastic_weights, freeze, install_gates
+from ..models import accuracy, collect_outputs
+from ..runs import is_finished, load_run, read_json, write_json, write_text
+from ..train import TrainConfig, fit, train_run
 from ._common import machine_description, mean_std
 
 RHOS = (0.99, 0.995, 0.997, 0.999)
@@ -155,7 +159,6 @@ def plan(*, root: Path, vanilla_root: Path, tables: tuple[str, ...], rhos: tuple
 
 # ---------------------------------------------------------------- cell runners
 def _run_ffw(cell: Cell, root: Path, echo) -> dict[str, Any]:
-    from ..ffw import ffw_run
     p = dict(cell.params)
     for k in ("rho", "epochs"):
         p.pop(k, None)
@@ -201,9 +204,6 @@ def _run_ratio(cell: Cell, root: Path, echo) -> dict[str, Any]:
     """FFW search time vs vanilla training time, both measured in this one process under the same load: one
     vanilla training epoch on D^b (the vanilla run's model, data, batch 256, Adam 1e-3) timed and multiplied by
     the vanilla run's epoch count, then the FFW search with the cell's settings."""
-    from ..data import iterate_batches
-    from ..ffw import find_fantastic_weights
-    from ..runs import load_run
     run = load_run(cell.run_dir)
     splits = run.splits()
     epochs = int(run.meta.get("train", {}).get("epochs", 10))
@@ -227,15 +227,11 @@ def _run_ratio(cell: Cell, root: Path, echo) -> dict[str, Any]:
 
 
 def _select_acc(model, data) -> float:
-    from ..models import accuracy
     return accuracy(model, data)
 
 
 def _run_baseline(cell: Cell, root: Path, echo) -> dict[str, Any]:
     """Same data access as FFW (D^u_train to learn, D^u_val to select, by task accuracy)."""
-    from ..audit import audit_model
-    from ..runs import load_run
-    from ..train import TrainConfig, fit
     start = time.perf_counter()
     run = load_run(cell.run_dir)
     splits = run.splits()
@@ -243,7 +239,6 @@ def _run_baseline(cell: Cell, root: Path, echo) -> dict[str, Any]:
     torch.manual_seed(cell.params["seed"])
     if cell.kind == "lastlayer":
         # DFR-style: freeze the encoder (BN in eval mode), retrain the head on D^u_train bottleneck features
-        from ..models import collect_outputs
         tr = collect_outputs(model, splits.unbiased_train, head=run.head)
         va = collect_outputs(model, splits.unbiased_val, head=run.head)
         fc = model.get_submodule(run.head)
@@ -278,7 +273,6 @@ def _run_baseline(cell: Cell, root: Path, echo) -> dict[str, Any]:
 
 
 def _run_vanilla_train(cell: Cell, root: Path, echo) -> dict[str, Any]:
-    from ..train import TrainConfig, train_run
     p = cell.params
     if not is_finished(cell.run_dir):
         params = p.get("params") or {"rho": p["rho"]}
@@ -290,10 +284,6 @@ def _run_vanilla_train(cell: Cell, root: Path, echo) -> dict[str, Any]:
 def _cost_main() -> None:
     """Subprocess entry: one kind of training step on a fresh process; prints step time and peak RSS."""
     kind, run_dir = sys.argv[1], Path(sys.argv[2])
-    from ..data import iterate_batches
-    from ..ffw import ffw_step, install_gates
-    from ..ffw._gates import freeze
-    from ..runs import load_run
     torch.set_num_threads(1)
     run = load_run(run_dir)
     splits = run.splits()

@@ -2,7 +2,7 @@
 or a Slurm cluster through submitit (``--launcher slurm``), one job per (seed, value) group.
 
 The unit of work is the same in both: a (seed, value) group - the group's vanilla cell first, then its
-other methods, then the post-hoc methods on its vanilla model - run by ``_compare._run_group``. Cells are
+other methods, then the post-hoc methods on its vanilla model - run by the harness's group runner (``bench/_compare.py``). Cells are
 written atomically and skipped when finished, so a job that Slurm preempts or times out is requeued by
 submitit (:class:`GroupJob` is ``Checkpointable``) and resumes at its first unfinished cell, and a second
 ``bench compare`` submits only the groups that still have unfinished cells.
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from ..methods import REFERENCE_METHOD
 
 LAUNCHERS = ("local", "slurm")
 CLUSTERS = ("slurm", "local", "debug")
@@ -126,36 +125,24 @@ class GroupJob(_JobBase):
     preempts it or its time runs out, submitit requeues the same call - finished cells are on disk, so the
     requeued job resumes at the group's first unfinished cell."""
 
-    def __init__(self, group: dict[str, Any]) -> None:
+    def __init__(self, group: dict[str, Any], run: Callable[[dict[str, Any]], int]) -> None:
         self.group = group
+        self.run = run   # a module-level function (pickled by reference): the harness's group runner
 
     def __call__(self) -> int:
-        from ._compare import _run_group
-        return _run_group(dict(self.group))
-
-
-def pending_groups(groups: list[dict[str, Any]], *, root: Path) -> list[dict[str, Any]]:
-    """The groups with at least one unfinished cell (every other group is only read back)."""
-    from ._compare import RESULT_FILE, cell_dir, effective_suite, resolve_methods
-    out = []
-    for g in groups:
-        s = effective_suite(g["suite"], full=g["full"], epochs=g["epochs"], train_size=g["train_size"], values=g["values"])
-        chosen = resolve_methods(g["methods"])
-        post_hoc = any(i.post_hoc and i.apply is not None for i in chosen.values())
-        needed = set(chosen) | ({REFERENCE_METHOD} if post_hoc else set())   # post-hoc cells start from its cell
-        if any(not (cell_dir(root, s, g["values"][0], m, g["seeds"][0]) / RESULT_FILE).is_file() for m in needed):
-            out.append(g)
-    return out
+        return self.run(dict(self.group))
 
 
 def run_groups_with_submitit(groups: list[dict[str, Any]], *, root: Path, options: SlurmOptions,
+                             run: Callable[[dict[str, Any]], int], unfinished: Callable[[dict[str, Any]], bool],
                              echo: Callable[[str], None] = print) -> None:
-    """Submit every unfinished group as one job (a job array on Slurm), wait for all, report failures."""
+    """Submit every group with ``unfinished(group)`` as one job calling ``run(group)`` (a job array on Slurm),
+    wait for all, report failures. The harness passes both (it knows its cells; this module only launches)."""
     submitit = _submitit()
     if options.cluster == "slurm" and shutil.which("sbatch") is None:
         raise ConfigError("--launcher slurm: sbatch is not on this machine's PATH (not a Slurm login node); run "
                           "from the cluster's login node, or use --launcher local")
-    todo = pending_groups(groups, root=Path(root))
+    todo = [g for g in groups if unfinished(g)]
     if not todo:
         echo(f"every cell of the {len(groups)} (seed, value) groups is finished: nothing to submit")
         return
@@ -165,7 +152,7 @@ def run_groups_with_submitit(groups: list[dict[str, Any]], *, root: Path, option
     jobs = []
     with executor.batch():
         for g in todo:
-            jobs.append((g, executor.submit(GroupJob({**g, "threads": options.cpus_per_task, "device": options.device}))))
+            jobs.append((g, executor.submit(GroupJob({**g, "threads": options.cpus_per_task, "device": options.device}, run))))
     echo(f"submitted {len(jobs)} of {len(groups)} (seed, value) groups to {options.cluster} ({json.dumps(asdict(options))}); "
          f"job logs under {Path(root) / SUBMITIT_FOLDER}")
     failures = 0

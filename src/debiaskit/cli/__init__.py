@@ -1,7 +1,9 @@
 """The ``debiaskit`` command line: thin parsing and printing over the Python API.
 
 Each command group lives in its own module (``cmd_*.py``) and registers itself on ``app`` when
-imported; this package imports them all.
+imported; this package imports them all. The command modules import the library (and so torch) inside
+each command function, not at the top: ``debiaskit --help`` and argument errors then answer at once. That is
+the one place where imports are deferred on purpose; the layers below import at module level.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 from rich.console import Console
 
 from ..errors import DebiaskitError
-from ._common import app
+from ._common import app, console
 
 for _mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _mod.name.startswith("cmd_"):
@@ -26,8 +28,7 @@ INTERRUPTED = ("[yellow]interrupted[/yellow] (Ctrl-C): the command stopped befor
 
 
 def main() -> None:
-    from .. import _dist
-    from ._common import console
+    from .. import _dist   # late: it loads torch, which `debiaskit --help` does not need
     where = ""
     try:
         if _dist.init_from_env():   # started by torchrun: one process per rank

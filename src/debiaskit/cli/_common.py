@@ -6,6 +6,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from ..errors import ConfigError
+
 app = typer.Typer(help="Find and remove shortcut biases in trained neural networks.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 console = Console()
@@ -16,7 +18,6 @@ def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys
 
     Keys in ``text_keys`` keep their value as text (``--param root=DIR`` of celeba); all others are numbers.
     """
-    from ..errors import ConfigError
     out: dict = {}
     if rho is not None:
         out["rho"] = rho

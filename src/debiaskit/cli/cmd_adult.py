@@ -9,6 +9,7 @@ import typer
 
 from ._common import console
 from .cmd_bench import bench_app, invoked_command
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
 @bench_app.command("adult")
@@ -21,7 +22,7 @@ def bench_adult(out: Path = typer.Option(Path("runs/bench/compare"), help="root 
                 report_only: bool = typer.Option(False, "--report-only", help="train nothing: tabulate the finished cells"),
                 progress: bool = False) -> None:
     """UCI Adult: every method of the harness (audited; FFW in both modes) beside fairlearn; writes OUT/adult/adult.md + .json."""
-    from ..bench._adult import run_adult_bench, write_adult_results
+    from ..bench import run_adult_bench, write_adult_results
     start = time.perf_counter()
     records = run_adult_bench(root=out, seeds=tuple(range(seeds)), values=tuple(bias or ()) or None,
                               methods=methods or None, fairlearn=fairlearn, jobs=jobs, report_only=report_only,

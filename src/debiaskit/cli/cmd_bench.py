@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ._common import app, console
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 bench_app = typer.Typer(help="Benchmark suites: resumable, cached, mean +- std over seeds.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")

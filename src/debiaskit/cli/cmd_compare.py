@@ -7,8 +7,10 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import ConfigError
 from ._common import console
 from .cmd_bench import bench_app, invoked_command
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
 @bench_app.command("compare")
@@ -34,8 +36,7 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
                   device: str = typer.Option("cpu", help="device of the cells run here (--launcher local): cpu or cuda"),
                   progress: bool = False) -> None:
     """Train/derive every method, audit it, write RESULTS (mean +- std over seeds); resumes finished cells."""
-    from ..bench import available_methods, run_compare, write_compare_results
-    from ..bench._compare import effective_suite, get_suite
+    from ..bench import available_methods, effective_suite, get_suite, load_slurm_options, run_compare, write_compare_results
     if list_methods:
         for name, info in available_methods().items():
             console.print(f"{name}: bias labels={info.uses_bias_labels} D^u={info.uses_unbiased_data} "
@@ -43,12 +44,10 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
         return
     slurm = None
     if launcher == "slurm":
-        from ..bench._launch import load_slurm_options
         slurm = load_slurm_options(slurm_config, partition=slurm_partition, time_min=slurm_time,
                                    gpus_per_task=slurm_gpus_per_task, cpus_per_task=slurm_cpus_per_task, mem_gb=slurm_mem_gb)
     elif any(v is not None for v in (slurm_config, slurm_partition, slurm_time, slurm_gpus_per_task,
                                      slurm_cpus_per_task, slurm_mem_gb)):
-        from ..errors import ConfigError
         raise ConfigError("--slurm-* options need --launcher slurm")
     if device != "cpu":
         from .._dist import check_device

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ._common import app, console, parse_params
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 data_app = typer.Typer(help="Biased benchmark datasets: list, show, prepare.", no_args_is_help=True)
 models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)

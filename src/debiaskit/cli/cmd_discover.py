@@ -6,6 +6,7 @@ from pathlib import Path
 import typer
 
 from ._common import app, console
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
 @app.command()
@@ -35,7 +36,7 @@ def discover(run_dir: Path,
             console.print(f"{split} ({report['sources'][split]}): {q['flagged']} flagged / {q['true_conflicting']} truly conflicting; "
                           f"precision {_pct(q['precision'])}, recall {_pct(q['recall'])}, "
                           f"b^ accuracy {_pct(q['pseudo_bias_accuracy'])}")
-    from ..discover._discover import WEAK_SCORE
+    from ..discover import WEAK_SCORE
     chosen = [r for r in report["layer"]["scan"] if r["chosen"]]
     if chosen and chosen[0]["flagged"] == 0:
         console.print(f"[yellow]no training sample is pulled out of its class at {chosen[0]['layer']} (memorised?); "

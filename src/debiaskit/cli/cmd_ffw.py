@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ._common import app, console
 from .cmd_bench import bench_app, invoked_command
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
 class _D:
@@ -18,7 +19,7 @@ class _D:
 
 
 def _progress_line(event: dict) -> None:
-    from ..ffw._progress import epoch_line
+    from ..ffw import epoch_line
     if event.get("kind") == "epoch":
         console.print(epoch_line(event), highlight=False)
 
@@ -49,8 +50,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
-    from ..ffw import ffw_run
-    from ..ffw._run import before_after_rows, has_checkpoint, partial_dir
+    from ..ffw import before_after_rows, ffw_run, has_checkpoint, partial_dir
     try:
         res = ffw_run(run_dir, mode=mode, gamma=gamma, include_head=include_head, out=out, resume=resume,
                       force=force, bias_labels=bias_labels, seed=seed, device=device,
@@ -112,7 +112,7 @@ def bench_ffw(out: Path = typer.Option(Path("runs/bench/ffw"), help="suite folde
               deadline: Optional[str] = typer.Option(None, help="UTC HH:MM after which no new cell starts"),
               wait: bool = typer.Option(True, help="wait for vanilla runs that are still training")) -> None:
     """FFW benchmark (Tables 1, 2, 5, 6 of the paper, baselines, cost); writes OUT/results.md."""
-    from ..bench._ffw import run_ffw_bench
+    from ..bench import run_ffw_bench
     path = run_ffw_bench(root=out, vanilla_root=vanilla_root, tables=tuple(tables or ()), rhos=tuple(rho or ()),
                          seeds=tuple(range(seeds)), full=full, deadline=deadline, wait=wait,
                          command=invoked_command(), echo=console.print)

@@ -5,6 +5,7 @@ import typer
 from rich.table import Table
 
 from ._common import app, console
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 methods_app = typer.Typer(help="The debiasing methods (training-time and post-hoc).", no_args_is_help=True)
 app.add_typer(methods_app, name="methods")

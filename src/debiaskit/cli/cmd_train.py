@@ -6,7 +6,11 @@ from typing import List, Optional
 
 import typer
 
+from .._io import RUN_FOLDER, check_output
+from ..errors import ConfigError
 from ._common import app, console, parse_params
+from .cmd_data import _print_groups
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
 def _builtin_methods() -> list[str]:
@@ -61,7 +65,7 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
     from .._validate import check_device
     from ..data import text_params
     from ..models import parse_model_args
-    from ..train import TrainConfig, train_run
+    from ..train import TrainConfig, partial_dir, train_run
     check_device(device)
     model_args = parse_model_args(model_arg)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -70,7 +74,6 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
     params = parse_params(rho, param, text_keys=text_params(dataset))
     splits = _user_splits(dataset, params=params, seed=seed if data_seed is None else data_seed, out=out, force=force,
                           unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
-    from ..train import partial_dir
     try:
         folder, result = train_run(dataset=dataset, out=out, model=model, model_args=model_args, head=head,
                                    params=params, config=cfg, splits=splits,
@@ -91,13 +94,11 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
 def _user_splits(dataset: str, *, params: dict, seed: int, out: Path, force: bool, **sizes):
     """Your own data (tensors:PATH, folder:DIR): its splits, said how they were made, with realised rho and
     (target, bias) group counts, before training starts. None for the named datasets (train_run makes them)."""
-    from .._io import RUN_FOLDER, check_output
     from ..data import is_user_dataset, make_splits
     if not is_user_dataset(dataset):
         return None
     check_output(out, kind=RUN_FOLDER, force=force)  # before reading the user's files
     splits = make_splits(dataset, params=params, seed=seed, **sizes)
-    from .cmd_data import _print_groups
     rho = {n: s.summary().get("realised_rho") for n, s in splits.items()}
     console.print("realised rho (share of bias-aligned samples): " + ", ".join(
         f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}" for n, v in rho.items()), highlight=False)
@@ -115,7 +116,6 @@ def parse_method_params(items: Optional[List[str]]) -> dict:
     a value is read as JSON (numbers, true/false, null) and otherwise kept as text."""
     import json
 
-    from ..errors import ConfigError
     out: dict = {}
     for item in items or []:
         key, sep, value = item.partition("=")

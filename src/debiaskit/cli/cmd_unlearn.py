@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ._common import app, console
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
 @app.command()

@@ -7,8 +7,10 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import ConfigError
 from ._common import console
 from .cmd_bench import bench_app, invoked_command
+# debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
 @bench_app.command("unsup")
@@ -34,9 +36,7 @@ def bench_unsup(dataset: Optional[List[str]] = typer.Option(None, "--dataset", h
     cell under OUT, not only this invocation's.
     """
 
-    from ..bench import grid_cells, label_free_methods, plan_cells, run_unsup, write_unsup_results
-    from ..bench._unsup import DEFAULT_METHODS
-    from ..errors import ConfigError
+    from ..bench import DEFAULT_METHODS, grid_cells, label_free_methods, plan_cells, run_unsup, write_unsup_results
     if list_methods:
         console.print("label-free methods: " + ", ".join(label_free_methods()))
         return
@@ -69,7 +69,7 @@ def _print_table(rows) -> None:
     from rich import box
     from rich.table import Table
 
-    from ..bench._common import mean_std
+    from ..bench import mean_std
     datasets = sorted({r["dataset"] for r in rows})
 
     def short(values) -> str:

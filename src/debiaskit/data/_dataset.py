@@ -235,3 +235,40 @@ def iterate_batches(dataset: Dataset, *, batch_size: int, shuffle: bool = False,
         has_bias = bool((b >= 0).all())
         yield Batch(x.to(device, non_blocking=cuda), y.long().to(device, non_blocking=cuda),
                     b.long().to(device, non_blocking=cuda) if has_bias else None, idx)
+
+
+SPLIT_NAMES = ("train", "unbiased_train", "unbiased_val", "unbiased_test", "test")
+
+
+@dataclass
+class Splits:
+    """The five splits of a biased benchmark, plus the spec that rebuilds them exactly.
+
+    Each split is a :class:`BiasDataset` or any dataset of the data contract seen through
+    :func:`~debiaskit.data.as_bias_data` (build yours with :func:`~debiaskit.data.user_splits`);
+    ``unbiased_test`` may be None for user data (it is only reported).
+
+    Example::
+
+        splits = make_splits("colored-mnist", params={"rho": 0.99}, seed=0)
+        splits.train, splits.unbiased_train, splits.unbiased_val, splits.test   # D^b, D^u_train, D^u_val, test
+        same = splits_from_spec(splits.spec)                                   # rebuilt exactly
+    """
+
+    train: Any
+    unbiased_train: Any
+    unbiased_val: Any
+    unbiased_test: Any
+    test: Any
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def items(self):
+        return [(n, getattr(self, n)) for n in SPLIT_NAMES if getattr(self, n) is not None]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def num_bias_classes(self) -> int:
+        return self.train.num_bias_classes

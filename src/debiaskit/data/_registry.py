@@ -1,7 +1,7 @@
 """Named biased datasets = recipe x image source, and their splits (D^b, D^u train/val/test, test)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,14 +10,15 @@ import torch
 
 from .._validate import SEED, require
 from ..errors import ConfigError, DataError
-from ._dataset import BiasDataset
+from ._dataset import BiasDataset, Splits  # noqa: F401 - Splits: also imported from here by the dataset modules
 from ._recipes import RECIPES, Recipe, get_recipe
 from ._cifar import CIFAR10
 from ._sources import SOURCES, ImageSource, get_source
+from ._user_files import (describe_user_dataset, is_user_dataset, make_user_splits, user_splits_from_spec,
+                          user_text_params)
 
 SOURCES.setdefault(CIFAR10.name, CIFAR10)  # colour source: only recipes with color_input combine with it
 
-SPLIT_NAMES = ("train", "unbiased_train", "unbiased_val", "unbiased_test", "test")
 SPLIT_DOCS = {
     "train": "D^b: biased training set, official training digits not held out, bias at rho",
     "unbiased_train": "D^u_train: 60% of the held-out training digits, uniform bias (rho = 1/N_B)",
@@ -25,40 +26,6 @@ SPLIT_DOCS = {
     "unbiased_test": "D^u_test: 20% of the held-out training digits, uniform bias",
     "test": "unbiased test: official test digits, uniform bias; reported, never used for selection",
 }
-
-
-@dataclass
-class Splits:
-    """The five splits of a biased benchmark, plus the spec that rebuilds them exactly.
-
-    Each split is a :class:`BiasDataset` or any dataset of the data contract seen through
-    :func:`~debiaskit.data.as_bias_data` (build yours with :func:`~debiaskit.data.user_splits`);
-    ``unbiased_test`` may be None for user data (it is only reported).
-
-    Example::
-
-        splits = make_splits("colored-mnist", params={"rho": 0.99}, seed=0)
-        splits.train, splits.unbiased_train, splits.unbiased_val, splits.test   # D^b, D^u_train, D^u_val, test
-        same = splits_from_spec(splits.spec)                                   # rebuilt exactly
-    """
-
-    train: Any
-    unbiased_train: Any
-    unbiased_val: Any
-    unbiased_test: Any
-    test: Any
-    spec: dict[str, Any] = field(default_factory=dict)
-
-    def items(self):
-        return [(n, getattr(self, n)) for n in SPLIT_NAMES if getattr(self, n) is not None]
-
-    @property
-    def num_classes(self) -> int:
-        return self.train.num_classes
-
-    @property
-    def num_bias_classes(self) -> int:
-        return self.train.num_bias_classes
 
 
 @dataclass(frozen=True)
@@ -89,7 +56,6 @@ def register_dataset(dataset: StandaloneDataset) -> StandaloneDataset:
 
 def text_params(name: str) -> tuple[str, ...]:
     """Params of dataset ``name`` whose values are text (``root``, ``target`` ... of celeba); () otherwise."""
-    from ._user_files import is_user_dataset, user_text_params
     if is_user_dataset(name):
         return user_text_params(name)
     return DATASETS[name].text_params if name in DATASETS else ()
@@ -106,7 +72,6 @@ def dataset_names() -> list[str]:
 
 
 def parse_name(name: str) -> tuple[Recipe, ImageSource]:
-    from ._user_files import is_user_dataset
     if name in DATASETS or is_user_dataset(name):
         raise ConfigError(f"dataset {name!r} is not a recipe x image source; use make_splits / describe with it")
     for recipe in sorted(RECIPES, key=len, reverse=True):
@@ -137,7 +102,6 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
         splits.train.summary()   # {'size': 50000, 'realised_rho': 0.99...}
         splits = make_splits("tensors:my-data.safetensors", seed=0)   # your own file (see data._user_files)
     """
-    from ._user_files import is_user_dataset, make_user_splits
     require("seed", seed, SEED)
     if unbiased_size is None and (is_user_dataset(name) or name in DATASETS):
         unbiased_size = DEFAULT_UNBIASED_SIZE
@@ -193,7 +157,6 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
 
 def splits_from_spec(spec: dict[str, Any]) -> Splits:
     """Rebuild splits from the ``spec`` a run recorded."""
-    from ._user_files import is_user_dataset, user_splits_from_spec
     if spec.get("dataset") == "python":
         raise DataError("this run's data was given as Python objects, which a run folder cannot rebuild: pass the "
                         "splits again (splits=...), or save them with debiaskit.data.save_tensor_file and train on "
@@ -238,7 +201,6 @@ def describe(name: str, *, params: dict | None = None) -> dict[str, Any]:
 
     ``params`` only matter for datasets in the user's own folder (celeba: ``root``; folder:DIR).
     """
-    from ._user_files import describe_user_dataset, is_user_dataset
     if is_user_dataset(name):
         return describe_user_dataset(name, params=params)
     if name in DATASETS:

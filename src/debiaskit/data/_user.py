@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..errors import DataError
-from ._dataset import BiasDataset, _Indexed, group_counts, summarise
+from ._dataset import BiasDataset, Splits, _Indexed, group_counts, summarise
 
 
 @runtime_checkable
@@ -444,7 +444,6 @@ def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None
         splits = user_splits(train=TensorDataset(x_b, y_b, b_b), unbiased_train=TensorDataset(...),
                              unbiased_val=..., test=...)
     """
-    from ._registry import Splits
     names = ("train", "unbiased_train", "unbiased_val", "unbiased_test", "test")
     given = [train, unbiased_train, unbiased_val, unbiased_test, test]
     for n, d in zip(names, given):

@@ -16,6 +16,7 @@ from ..errors import DataError
 from .._io import DISCOVER_FOLDER, atomic_folder, save_tensors, write_json, write_text
 from .._validate import check_device
 from ..runs import load_run
+from ._dynamics import load_dynamics
 from ._geometry import attractor_rule, class_centroids
 from ._layers import BOTTLENECK, candidate_layers, collect_layer_features
 
@@ -223,7 +224,7 @@ def discover_from_dynamics(dynamics: dict[str, Tensor], y: Tensor, *, num_classe
 
     Example::
 
-        from debiaskit.train import load_dynamics
+        from debiaskit.discover import load_dynamics
         found = discover_from_dynamics(load_dynamics(run_dir), splits.train.y, num_classes=10)
     """
     att = dynamics["attractor"].long()
@@ -273,7 +274,6 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
     cannot rebuild (see :func:`debiaskit.runs.load_run`).
     """
-    from ..train import load_dynamics
     if dynamics not in ("auto", "use", "off"):
         raise DataError(f"dynamics must be 'auto', 'use' or 'off', got {dynamics!r}")
     run_dir = Path(run_dir)

@@ -24,17 +24,18 @@ convs); what cannot be gated exactly is listed with the reason (``result.sparsit
 """
 from ._export import (apply_unstructured_masks, count_parameters, inference_time, load_masks, module_shapes,
                       prune_structured, resize_like, save_masks, structured_sparsity, unstructured_sparsity)
-from ._gates import GatedModel, GateState, UnitGate, WeightGate, gate_value, install_gates
+from ._gates import GatedModel, GateState, UnitGate, WeightGate, freeze, gate_value, install_gates
 from ._search import FFWConfig, FFWResult, find_fantastic_weights, ffw_step, mutual_information
 from ._structure import GatePoint, Structure, analyse_structure
 
 __all__ = ["FFWConfig", "FFWResult", "GatePoint", "GateState", "GatedModel", "Structure", "analyse_structure",
            "mutual_information", "UnitGate", "WeightGate", "apply_unstructured_masks",
-           "count_parameters", "ffw_step", "find_fantastic_weights", "gate_value", "inference_time", "install_gates", "load_masks",
+           "count_parameters", "ffw_step", "find_fantastic_weights", "freeze", "gate_value", "inference_time", "install_gates", "load_masks",
            "module_shapes", "prune_structured", "resize_like", "save_masks", "structured_sparsity",
            "unstructured_sparsity"]
-from ._run import FFWRun, default_out, ffw_run, load_ffw_model
+from ._run import FFWRun, before_after_rows, default_out, ffw_run, has_checkpoint, load_ffw_model, partial_dir
 from ._save import load_pruned_model, save_result
-from ._progress import print_epoch
+from ._progress import epoch_line, print_epoch
 
-__all__ += ["FFWRun", "default_out", "ffw_run", "load_ffw_model", "load_pruned_model", "print_epoch", "save_result"]
+__all__ += ["FFWRun", "before_after_rows", "default_out", "epoch_line", "ffw_run", "has_checkpoint", "load_ffw_model",
+            "load_pruned_model", "partial_dir", "print_epoch", "save_result"]

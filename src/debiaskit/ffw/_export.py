@@ -30,6 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
+from .._io import save_tensors
+from ._gates import freeze, install_gates
 from ._structure import CONV_TYPES, NORM_TYPES, analyse_structure
 
 
@@ -171,7 +173,6 @@ def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, e
 def _check_export(model: nn.Module, pruned: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor,
                   input_weights: bool) -> None:
     """The export must equal the hard-masked gated model on ``example`` (a bug otherwise: say so)."""
-    from ._gates import freeze, install_gates
     net = copy.deepcopy(model)
     freeze(net)
     gated = install_gates(net, mode="structured", head=head, example=example, input_weights=input_weights)
@@ -284,7 +285,6 @@ def structured_sparsity(masks: dict[str, Tensor], model: nn.Module, pruned: nn.M
 
 
 def save_masks(masks: dict[str, Tensor], path: Path) -> None:
-    from .._io import save_tensors
     save_tensors(path, {k: v.to(torch.uint8) for k, v in masks.items()})
 
 

@@ -23,9 +23,11 @@ from ..discover import load_pseudo_bias, with_pseudo_bias
 from .. import _dist
 from .._io import FFW_FOLDER, log, write_text
 from ..errors import ConfigError, RunExistsError
+from ..models import collect_outputs
 from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record
 from ._adversary import ADVERSARIES
 from ._export import count_parameters, inference_time, save_masks
+from ._save import load_pruned_model
 from ._search import CHECKPOINT_FILE, SELECTIONS, FFWConfig, FFWResult, find_fantastic_weights
 
 FFW_FILE = "ffw.json"
@@ -78,7 +80,6 @@ def probe_readings(model: nn.Module, splits, *, head: str, seed: int = 0, device
                    probes: tuple[str, ...] = ("sgd5", "mlp", "linear")) -> dict[str, float]:
     """Bias extractability of ``model``'s bottleneck on the unbiased test under the stronger probes of
     ``debiaskit.audit.PROBES`` (learnt on D^u_train, selected on D^u_val; first bias attribute)."""
-    from ..models import collect_outputs
     outs = [collect_outputs(model, getattr(splits, k), head=head, device=device)
             for k in ("unbiased_train", "unbiased_val", "test")]
     col = [o.b if o.b.ndim == 1 else o.b[:, 0] for o in outs]
@@ -251,7 +252,6 @@ def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, 
 def load_ffw_model(folder: Path, **kwargs) -> nn.Module:
     """Rebuild the exported network of an FFW folder (plain torch modules; no gate classes); the same
     as :func:`debiaskit.ffw.load_pruned_model` (zoo and user models alike)."""
-    from ._save import load_pruned_model
     return load_pruned_model(folder, **kwargs)
 
 

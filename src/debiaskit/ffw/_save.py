@@ -24,7 +24,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ModelError
-from ..models import model_reference, rebuild_model
+from ..models import import_path_reference, model_reference, rebuild_model
 from .._io import FFW_FOLDER, atomic_folder
 from ..runs import FFWRecord, inner_path, load_weights, package_versions, read_record, save_weights, write_record
 from ._export import resize_like, save_masks
@@ -35,11 +35,7 @@ FFW_FILE = "ffw.json"
 def _model_record(result, model: str | Callable | None, model_args: dict | None) -> dict[str, Any]:
     head = result.model.get_submodule(result.head)
     if isinstance(model, str):
-        from ..models._user import import_factory, _file_sha256
-        _, file = import_factory(model)
-        spec = {"source": "import", "name": model, "args": dict(model_args or {}),
-                "source_file": str(file.resolve()) if file else None,
-                "sha256": _file_sha256(file) if file and file.is_file() else None}
+        spec = import_path_reference(model, args=model_args)
     elif model is not None:
         spec = {**model_reference(model), "args": dict(model_args or {})}
     else:

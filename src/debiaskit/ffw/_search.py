@@ -35,16 +35,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _dist
-from ..audit import normalized_mutual_information
+from ..audit import audit_model, normalized_mutual_information
 from ..data import as_bias_datasets, iterate_batches
 from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, SEED, UNIT_INTERVAL,
                          require)
 from ..errors import ConfigError, DataError, ModelError
+from .._io import load_checkpoint, save_checkpoint
 from ..models import forward_with_bottleneck, head_shape, resolve_head
 from ._adversary import (ADVERSARIES, KernelDependence, LinearDependence, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
                          refit_linear_head)
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
+from ._progress import print_epoch
 
 CHECKPOINT_FILE = "checkpoint.safetensors"   # tensors + JSON state in one file (debiaskit._io.save_checkpoint)
 CHECKPOINT_KIND = "ffw-search"
@@ -194,7 +196,6 @@ class FFWResult:
 
     def audit(self, *, test, unbiased_train, unbiased_val, seed: int = 0, **kwargs):
         """Audit the exported model (fresh privacy head on its bottleneck): an ``AuditReport``."""
-        from ..audit import audit_model
         return audit_model(self.model, test=test, unbiased_train=unbiased_train, unbiased_val=unbiased_val,
                            head=self.head, seed=seed, **kwargs)
 
@@ -560,7 +561,6 @@ class _Search:
                 + [(f"mlpopt{i}", o) for i, o in enumerate(self.mlp_opts)])
 
     def save_checkpoint(self, folder: Path, *, wall_time_s: float) -> None:
-        from .._io import save_checkpoint
         tensors = {f"gate.{k}": v for k, v in self.gated.gate_tensors().items()}
         tensors.update({f"best.{k}": v for k, v in (self.best_gates or {}).items()})
         meta: dict[str, Any] = {"optimizers": {}}
@@ -585,7 +585,6 @@ class _Search:
         save_checkpoint(Path(folder) / CHECKPOINT_FILE, tensors, meta, kind=CHECKPOINT_KIND)
 
     def load_checkpoint(self, folder: Path) -> float:
-        from .._io import load_checkpoint
         path = Path(folder) / CHECKPOINT_FILE
         if not path.is_file():
             raise ConfigError(f"nothing to resume in {folder}: no {CHECKPOINT_FILE}")
@@ -649,7 +648,6 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     """
     start = time.perf_counter()
     if callback is None and progress:
-        from ._progress import print_epoch
         callback = print_epoch
     if config is None:
         config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, tau_decay=tau_decay, **overrides)

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..data import DATASETS, RECIPES
 from ..errors import ConfigError
 
 # Plain ERM: the first row of every table and the trained model that post-hoc methods start from.
@@ -127,7 +128,6 @@ def dataset_family(dataset: str) -> str:
 def defaults_note(name: str, dataset: str) -> str | None:
     """Which defaults ``name`` uses on ``dataset`` when its family has none of its own (None otherwise):
     printed by build_method (a warning) and recorded in run.json (``method.defaults``)."""
-    from ..data import DATASETS, RECIPES
     info = get_method(name)
     fam = dataset_family(dataset)
     if fam in info.defaults or fam in RECIPES or fam in DATASETS or not info.defaults.get("*"):

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..ffw import find_fantastic_weights
 from ._registry import Default, MethodInfo, register_method
 
 
@@ -30,7 +31,6 @@ def apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 
     Returns the exported hard-masked network and JSON-able diagnostics (selected D^u_val record,
     sparsity, stop reason).
     """
-    from ..ffw import find_fantastic_weights  # late import: the registry stays light to import
     result = find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
                                     val=splits.unbiased_val, seed=seed, progress=False, **config)
     info = {"selected": result.selected, "sparsity": result.sparsity, "stop_reason": result.stop_reason,

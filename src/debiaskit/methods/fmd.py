@@ -35,7 +35,10 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..data import BiasDataset
 from ..errors import ConfigError, DataError
+from .._io import RUN_FOLDER, atomic_folder
+from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
 from ..models import collect_outputs, resolve_head
+from ..runs import MethodRecord, load_run, save_run
 from ..train import TrainContext, TrainingMethod
 from ._registry import Default, MethodInfo, register_method
 
@@ -287,9 +290,6 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
     cannot rebuild (see :func:`debiaskit.runs.load_run`).
     """
-    from .._io import RUN_FOLDER, atomic_folder
-    from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
-    from ..runs import MethodRecord, load_run, save_run
     for name, value, rule in (("seed", seed, SEED), ("top_k", top_k, POSITIVE_INT),
                               ("pool_size", pool_size, POSITIVE_INT), ("damping", damping, NON_NEGATIVE)):
         require(name, value, rule)

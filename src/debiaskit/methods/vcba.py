@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..models import forward_with_bottleneck, head_shape
 from ..train import ConflictFlags, TrainContext, TrainingMethod, make_optimizer
 from ._registry import Default, MethodInfo, register_method
+from .calm import _targets
 
 
 class VCBA(TrainingMethod):
@@ -98,7 +99,6 @@ class VCBA(TrainingMethod):
         return out
 
     def _start_stage2(self, ctx: TrainContext) -> None:
-        from .calm import _targets
         aligned = self.pseudo == _targets(ctx.train_data)
         rho = min(float(aligned.float().mean()), 1 - 1e-6)
         self.weight = torch.where(aligned, torch.tensor(1 / rho), torch.tensor(1 / max(1 - rho, 1e-6)))

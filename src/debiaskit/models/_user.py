@@ -162,6 +162,15 @@ def build_user_model(ref: str, *, args: Mapping[str, Any] | None = None, num_cla
     return model
 
 
+def import_path_reference(ref: str, *, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """How to rebuild the model ``pkg.mod:factory(**args)`` later: its import path, arguments, source file and the
+    file's SHA-256 (what a result records when it is given the factory's name, not a model debiaskit built)."""
+    _, file = import_factory(ref)
+    return {"source": "import", "name": ref, "args": dict(args or {}),
+            "source_file": str(file.resolve()) if file else None,
+            "sha256": _file_sha256(file) if file and file.is_file() else None}
+
+
 def model_reference(model: nn.Module | Callable) -> dict[str, Any]:
     """How a model given in Python can be rebuilt later: the spec of a debiaskit-built model, else the
     import path of its class / factory (called without arguments at rebuild time); ``source="python"``
@@ -250,66 +259,3 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
     return out
-
-
-def rebuild_model(spec: Mapping[str, Any] | Any, *, load: Callable[[nn.Module], Any] | None = None,
-                  source_changed: str = "warn", model: nn.Module | Callable[..., nn.Module] | None = None) -> nn.Module:
-    """The network a record describes (zoo name, user import path), with ``load(model)`` applied (weights).
-
-    ``model``: your own instance (or factory, called with the recorded arguments) instead of rebuilding;
-    what a run of a model given in Python needs. A user model whose source changed since training is
-    used with a :class:`SourceChangedWarning` when the weights still load exactly, refused otherwise
-    (and always with ``source_changed="refuse"``).
-    """
-    from ._zoo import build_model
-    spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
-    changed = None
-    if model is not None:
-        net = model if isinstance(model, nn.Module) else model(**dict(spec.get("args") or {}))
-        if not isinstance(net, nn.Module):
-            raise ModelError(f"model= must be an nn.Module or a factory returning one, got {type(net).__name__}")
-    elif spec.get("source", "zoo") == "zoo":
-        net = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]))
-    else:
-        net, changed = rebuild_user_model(spec, source_changed=source_changed)
-    if load is not None:
-        try:
-            load(net)
-        except ModelError as exc:
-            if changed:
-                raise ModelError(f"{changed}, and the recorded weights no longer fit the network it builds ({exc}); "
-                                 "refusing: restore the source file the run was trained with") from exc
-            if spec.get("note") and model is None:
-                raise ModelError(f"{exc} - the model was {spec['note']}; pass model=<an instance built like the "
-                                 "trained one> (or train with package.module:factory and its arguments)") from exc
-            raise
-    if changed:
-        warnings.warn(f"{changed}; the recorded weights still fit the network it builds exactly, so it is used - "
-                      "if the forward pass changed, results differ from the run's", SourceChangedWarning, stacklevel=2)
-    return net
-
-
-def instantiate(model: str | nn.Module | Callable[..., nn.Module], *, args: Mapping[str, Any] | None = None,
-                num_classes: int, input_shape: tuple[int, ...]) -> tuple[nn.Module, dict[str, Any]]:
-    """A network from what a user gives (zoo name, ``pkg.mod:factory``, a factory, an instance) and the
-    record fields that rebuild it (``source``, ``name``, ``args``, ``sha256``, ``source_file``, ...)."""
-    from ._zoo import build_model
-    if isinstance(model, str):
-        net = build_model(model, num_classes=num_classes, input_shape=input_shape, args=dict(args or {}))
-        spec = getattr(net, SPEC_ATTRIBUTE, None) or {"source": "zoo", "name": model, "args": {}}
-        return net, dict(spec)
-    if isinstance(model, nn.Module):
-        if args:
-            raise ConfigError("model_args are for a factory or an import path, not for a model instance")
-        return model, model_reference(model)
-    if callable(model):
-        full, filled = factory_arguments(model, args, num_classes=num_classes, input_shape=input_shape)
-        net = model(**full)
-        if not isinstance(net, nn.Module):
-            raise ModelError(f"{getattr(model, '__qualname__', model)} returned a {type(net).__name__}, expected an nn.Module")
-        spec = model_reference(model)
-        spec.update({"args": full, "filled_args": filled})
-        spec.pop("note", None) if spec["source"] == "import" else None
-        setattr(net, SPEC_ATTRIBUTE, {k: v for k, v in spec.items() if k != "note"})
-        return net, spec
-    raise ConfigError(f"model must be a zoo name, package.module:factory, a factory or an nn.Module, got {type(model).__name__}")

@@ -132,26 +132,3 @@ MODELS: dict[str, ModelSpec] = {
     "resnet18-imagenet": ModelSpec("resnet18-imagenet", "ResNet-18, ImageNet stem (7x7/2 + max-pool)",
                                    lambda *, num_classes, input_shape: ResNet18(num_classes=num_classes, in_channels=input_shape[0], stem="imagenet")),
 }
-
-
-def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], args: dict | None = None) -> nn.Module:
-    """Build a zoo model by name, or your own by import path ``package.module:factory`` (``args`` for the
-    factory; see :mod:`debiaskit.models._user`).
-
-    Example: ``build_model("simple-conv", num_classes=10, input_shape=(3, 28, 28))``,
-    ``build_model("mynets:resnet", num_classes=2, input_shape=(3, 64, 64), args={"width": 32})``.
-    """
-    from ._user import build_user_model, is_import_path
-    if is_import_path(name):
-        return build_user_model(name, args=args, num_classes=num_classes, input_shape=tuple(input_shape))
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(MODELS)}, or your own as "
-                          "package.module:factory")
-    if args:
-        raise ConfigError(f"zoo model {name!r} takes no arguments (got {', '.join(args)}); --model-arg is for "
-                          "package.module:factory models")
-    model = MODELS[name].factory(num_classes=num_classes, input_shape=tuple(input_shape))
-    # how to rebuild it (read by run writers and debiaskit.ffw.save_result)
-    model.debiaskit_model_spec = {"source": "zoo", "name": name, "args": {}, "num_classes": num_classes,
-                                  "input_shape": list(input_shape)}
-    return model

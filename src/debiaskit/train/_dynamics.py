@@ -23,17 +23,16 @@ Example::
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import DataError
+from ..discover import RunningCentroids, attractor_rule
+from ..models import resolve_head
 from ._loop import TrainContext, TrainingMethod
 
-DYNAMICS_FILE = "dynamics.safetensors"
 NOT_VISITED = 255
 
 
@@ -64,8 +63,6 @@ class DynamicsRecorder(TrainingMethod):
         self.inner.prepare(ctx)
 
     def setup(self, ctx: TrainContext) -> None:
-        from ..discover import RunningCentroids
-        from ..models import resolve_head
         self.inner.setup(ctx)
         n, e = len(ctx.train_data), ctx.config.epochs
         self.loss = torch.full((e, n), float("nan"))
@@ -99,7 +96,6 @@ class DynamicsRecorder(TrainingMethod):
 
     @torch.no_grad()
     def _record(self, batch, ctx: TrainContext) -> None:
-        from ..discover import attractor_rule
         logits, z = self._capture.get("logits"), self._capture.get("z")
         y = batch.y
         if logits is None or logits.ndim != 2 or len(logits) != len(y):
@@ -142,24 +138,3 @@ class DynamicsRecorder(TrainingMethod):
     def dynamics(self) -> dict[str, Tensor]:
         """The recorded tensors, ready for :func:`save_dynamics`."""
         return {"loss": self.loss.to(torch.float16), "correct": self.correct, "attractor": self.attractor}
-
-
-def save_dynamics(tensors: dict[str, Tensor], path: Path) -> None:
-    from .._io import save_tensors
-    save_tensors(path, tensors)
-
-
-def load_dynamics(run_dir: Path) -> dict[str, Tensor] | None:
-    """``RUN_DIR/dynamics.safetensors`` as tensors (loss float32, correct bool-or-255 uint8, attractor), or None."""
-    from safetensors.torch import load_file
-    path = Path(run_dir) / DYNAMICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        t = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types
-        raise DataError(f"cannot read {path}: {exc}") from exc
-    missing = {"loss", "correct", "attractor"} - set(t)
-    if missing:
-        raise DataError(f"{path} lacks {sorted(missing)}; it was not written by debiaskit train --record-dynamics")
-    return {"loss": t["loss"].float(), "correct": t["correct"], "attractor": t["attractor"].long()}

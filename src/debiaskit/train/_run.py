@@ -11,13 +11,13 @@ from typing import Any
 import torch
 
 from ..data import Splits, make_splits
+from ..discover import DYNAMICS_FILE, save_dynamics
 from .._io import RUN_FOLDER
-from ..models import infer_head, resolve_head
-from ..models._user import instantiate
+from ..models import infer_head, instantiate, resolve_head
 from ..errors import ConfigError, RunExistsError
 from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, save_run
 from .. import _dist
-from ._dynamics import DYNAMICS_FILE, DynamicsRecorder, save_dynamics
+from ._dynamics import DynamicsRecorder
 from ._loop import FitResult, TrainConfig, TrainingMethod, fit
 
 
