@@ -42,6 +42,9 @@ from typing import Any, Callable, Iterator
 
 from .errors import DamagedError, DataError, OutputBusyError, OutputError, RunExistsError
 
+# torch and safetensors are imported inside the functions that need them: the CLI imports this module to check
+# --out before anything else, and `debiaskit --help` must not load torch
+
 log = logging.getLogger("debiaskit")
 
 # -- files ---------------------------------------------------------------------------------------------------------

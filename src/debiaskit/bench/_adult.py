@@ -28,7 +28,7 @@ linear probe fitted to convergence (L2 chosen on D^u_val, accuracy on the balanc
 
 Example::
 
-    from debiaskit.bench._adult import run_adult_bench
+    from debiaskit.bench import run_adult_bench
     rows = run_adult_bench(root=Path("runs/bench/compare"), seeds=(0, 1, 2))
 """
 from __future__ import annotations

@@ -27,6 +27,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import multiprocessing as mp
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -390,11 +394,6 @@ def _groups(*, suite: str | Suite, seeds: tuple[int, ...], values: Iterable[floa
 
 def _run_groups_in_processes(*, suite: str | Suite, seeds: tuple[int, ...], values: Iterable[float] | None, jobs: int,
                              echo: Callable[[str], None], **common: Any) -> None:
-    import multiprocessing as mp
-    import os
-    import signal
-    import threading
-
     threads = max(1, (os.cpu_count() or 1) // jobs)
     groups = _groups(suite=suite, seeds=seeds, values=values, threads=threads, common=common)
     echo(f"running {len(groups)} (seed, value) groups in {jobs} processes, {threads} torch thread(s) each")
