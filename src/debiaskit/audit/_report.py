@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .._io import write_json, write_text
+from .._io import AUDIT_FOLDER, atomic_folder, write_json, write_text
 from ._audit import AuditReport
 
 CONVENTIONS = ("accuracy = sample-weighted over the evaluation split; mean group = unweighted mean over "
@@ -114,10 +114,23 @@ def plot_bottleneck(report: AuditReport, path: Path, *, max_points: int = 3000) 
     plt.close(fig)
 
 
-def write_report(report: AuditReport, folder: Path, *, title: str = "Bias audit", extra: dict[str, Any] | None = None) -> Path:
-    """Write ``audit.json``, ``report.md``, ``group_accuracy.png`` and ``bottleneck.png`` into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def write_report(report: AuditReport, folder: Path, *, title: str = "Bias audit", extra: dict[str, Any] | None = None,
+                 force: bool = False) -> Path:
+    """Write ``audit.json``, ``report.md``, ``group_accuracy.png`` and ``bottleneck.png`` as the folder ``folder``.
+
+    The same output rule as ``debiaskit audit --out`` (:mod:`debiaskit._io`): ``folder`` must be new or, with
+    ``force``, an earlier audit report folder (never a run, a user's folder or a file); it is written in a
+    hidden staging folder under a lock and renamed into place when complete, so a crash or a second writer
+    never leaves a half-written or mixed report.
+    """
+    with atomic_folder(Path(folder), kind=AUDIT_FOLDER, force=force) as staging:
+        write_report_files(report, staging, title=title, extra=extra)
+    return Path(folder)
+
+
+def write_report_files(report: AuditReport, folder: Path, *, title: str = "Bias audit",
+                       extra: dict[str, Any] | None = None) -> None:
+    """The report's files into ``folder``, a staging folder of :func:`~debiaskit._io.atomic_folder` (its caller)."""
     payload = {"kind": "audit", "schema_version": 1, **report.as_dict()}  # kind: what `--force` may replace
     payload["conventions"] = CONVENTIONS
     if extra:
@@ -126,4 +139,3 @@ def write_report(report: AuditReport, folder: Path, *, title: str = "Bias audit"
     write_text(folder / "report.md", to_markdown(report, title=title))
     plot_group_heatmap(report, folder / "group_accuracy.png")
     plot_bottleneck(report, folder / "bottleneck.png")
-    return folder

@@ -8,7 +8,7 @@ from .._io import AUDIT_FOLDER
 from .._validate import SEED, require
 from ..runs import load_run
 from ._audit import AuditReport, audit_model
-from ._report import write_report
+from ._report import write_report_files
 
 
 def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: str = "cpu",
@@ -34,5 +34,5 @@ def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: 
                        "model": run.record.model.name, "method": run.record.method_name, "seed": seed,
                        **_dist.description()}
         if staging is not None:
-            write_report(report, staging, title=f"Bias audit of {Path(run_dir).name}")
+            write_report_files(report, staging, title=f"Bias audit of {Path(run_dir).name}")
     return report, target
