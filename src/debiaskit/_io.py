@@ -290,8 +290,9 @@ DISCOVER_FOLDER = register_folder_kind(FolderKind(
     files=("pseudo_bias.safetensors", "report.json", "report.md"),
     legacy=lambda m: "rule" in m and "quality" in m))
 DATA_CACHE = register_folder_kind(FolderKind(
-    "data-cache", "source.json", ("data-cache",), describe="a debiaskit data cache",
-    files=("source.json", "*-ubyte", "*-ubyte.gz", "cifar-10-batches-bin"), legacy_by_files=True))
+    "data-cache", "source.json", ("data-cache", "debiaskit-adult-files"), describe="a debiaskit data cache",
+    files=("source.json", "*-ubyte", "*-ubyte.gz", "cifar-10-batches-bin", "adult.data", "adult.test", "adult.names"),
+    legacy_by_files=True))   # "debiaskit-adult-files": the Adult caches of earlier versions, still ours
 BENCH_CELL = register_folder_kind(FolderKind(
     "bench-cell", "result.json", ("bench-cell",), describe="a benchmark cell",
     files=("result.json", "run.json", "model.safetensors", "*.png", "test_predictions.safetensors"),

