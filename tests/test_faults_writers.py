@@ -113,3 +113,127 @@ def test_adult_cache_of_an_earlier_version_is_kept_not_fetched_again(adult_files
     _adult.prepare_adult(from_folder=adult_files, force=True)
     assert json.loads((cache / "source.json").read_text())["kind"] == "data-cache"
     _adult.verify_adult_files(cache)
+
+
+# -- bench suite roots: written only into a root the command created (or laid out as it lays them out) -----------
+
+VANILLA = ["bench", "vanilla", "--dataset", "biased-toy", "--rho", "0.95", "--seeds", "1", "--model", "mlp",
+           "--epochs", "1", "--no-progress"]
+
+
+def _bench_args(command, tmp_path):
+    none = tmp_path / "no-such-folder"
+    return {
+        "vanilla": VANILLA,
+        "compare": ["bench", "compare", "--suite", "toy", "--seeds", "1", "--methods", "vanilla", "--vanilla-from", none],
+        "unsup": ["bench", "unsup", "--dataset", "biased-toy", "--rho", "0.95", "--methods", "calm", "--seeds", "1",
+                  "--epochs", "1", "--unbiased-size", "600", "--vanilla-from", none],
+        "ffw": ["bench", "ffw", "--vanilla-root", none, "--table", "table2", "--rho", "0.99", "--seeds", "1", "--no-wait"],
+    }[command]
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Every bench's first step of compute fails the test: refusals must come before it."""
+    from debiaskit.bench import _compare, _ffw, _unsup, _vanilla
+
+    def computing(*args, **kwargs):
+        raise AssertionError("computed before refusing the output folder")
+    monkeypatch.setattr(_vanilla, "train_run", computing)
+    monkeypatch.setattr(_compare, "run_cell", computing)
+    monkeypatch.setattr(_compare, "make_splits", computing)
+    monkeypatch.setattr(_unsup, "run_unsup_cell", computing)
+    monkeypatch.setattr(_ffw, "plan", computing)
+
+
+def _marked(kind):
+    def make(p):
+        p.mkdir()
+        (p / "bench.json").write_text(json.dumps({"kind": kind}))
+        (p / "results.md").write_text("another suite's table")
+    return make
+
+
+@pytest.mark.parametrize("command", ["vanilla", "compare", "unsup", "ffw"])
+@pytest.mark.parametrize("make, message", [
+    (lambda p: (p.mkdir(), (p / "thesis.tex").write_text("chapter 1")),
+     "that is not a `debiaskit bench {command}` suite folder (no bench.json, and it holds files a bench suite does "
+     "not write (thesis.tex)); a bench command writes only into a suite folder it created"),
+    (lambda p: (p.mkdir(), (p / "results.md").write_text("my results")),   # a user's results.md is never overwritten
+     "is an existing folder that is not a `debiaskit bench {command}` suite folder (no bench.json, and it holds "),
+    (lambda p: p.write_text("a plain file"), "is a file, not a folder"),
+    (_marked("bench-other"), "is a folder of kind 'bench-other', not a `debiaskit bench {command}` suite folder"),
+])
+def test_bench_refuses_a_foreign_root_before_compute(cli, tmp_path, no_compute, command, make, message):
+    out = tmp_path / "out"
+    make(out)
+    before = tree_bytes(tmp_path)
+    code, err = cli(*_bench_args(command, tmp_path), "--out", out)
+    assert code == 2 and f"error: {out} " in err and message.format(command=command) in err, err
+    assert tree_bytes(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_bench_refuses_a_run_and_another_suites_root(cli, tmp_path, toy_run_dir, no_compute):
+    shutil.copytree(toy_run_dir, tmp_path / "run")
+    before = tree_bytes(tmp_path)
+    code, err = cli(*VANILLA, "--out", tmp_path / "run")
+    assert code == 2 and "is a finished run, not a `debiaskit bench vanilla` suite folder" in err, err
+    from debiaskit._io import BENCH_VANILLA_ROOT, open_root
+    open_root(tmp_path / "suite", kind=BENCH_VANILLA_ROOT)
+    code, err = cli(*_bench_args("ffw", tmp_path), "--out", tmp_path / "suite")
+    assert code == 2 and "is a `debiaskit bench vanilla` suite folder, not a `debiaskit bench ffw` suite folder" in err
+    assert tree_bytes(tmp_path) == {**before, "suite/bench.json": (tmp_path / "suite" / "bench.json").read_bytes()}
+
+
+def test_bench_root_created_marked_and_resumed_also_without_marker(cli, tmp_path, monkeypatch):
+    """A new root gets bench.json; its cached cells are reused; a root of an earlier version (no marker,
+    only what the suite writes) is still resumed, as it is; a user's file in it makes it foreign."""
+    from debiaskit.bench import _vanilla
+    out = tmp_path / "deep" / "vanilla"
+    code, err = cli(*VANILLA, "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "bench.json").read_text())["kind"] == "bench-vanilla"
+    assert recognise(out).name == "bench-vanilla"
+
+    def no_training(**kwargs):
+        raise AssertionError("a finished cell was trained again")
+    monkeypatch.setattr(_vanilla, "train_run", no_training)
+    assert cli(*VANILLA, "--out", out)[0] == 0
+    (out / "bench.json").unlink()              # a root written before markers existed
+    assert cli(*VANILLA, "--out", out)[0] == 0
+    assert not (out / "bench.json").exists()   # accepted as it is, not rewritten
+    (out / "NOTES.md").write_text("mine")
+    before = tree_bytes(out)
+    code, err = cli(*VANILLA, "--out", out)
+    assert code == 2 and "holds files a bench suite does not write (NOTES.md)" in err, err
+    assert tree_bytes(out) == before
+
+
+def test_bench_root_files_are_replaced_atomically(tmp_path, monkeypatch):
+    """A failure while rewriting results.md / results.json (disk full here) leaves the previous files whole."""
+    import errno
+
+    from debiaskit import _io
+    from debiaskit.bench import _vanilla
+    from debiaskit.errors import OutputError
+    cells = [{"rho": 0.99, "seed": 0, "task": 0.5, "bias": 0.9, "conflicting": 0.4, "worst_group": 0.1,
+              "train_time_s": 1.0}]
+    _vanilla.write_vanilla_results(cells, root=tmp_path / "v", command="debiaskit bench vanilla", wall_time_s=1.0)
+    before = tree_bytes(tmp_path)
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(_io.os, "fsync", disk_full)
+    with pytest.raises(OutputError, match="No space left on device; the disk is full"):
+        _vanilla.write_vanilla_results(cells * 2, root=tmp_path / "v", command="again", wall_time_s=2.0)
+    assert tree_bytes(tmp_path) == before   # no torn file, no temporary file left
+
+
+def test_a_folder_of_runs_is_not_taken_for_an_unmarked_data_cache(tmp_path, toy_run_dir):
+    """0.1.0's data caches had no marker and are recognised by their files; a folder holding only debiaskit
+    folders (runs, cells) has none of those files and must not pass for a replaceable cache."""
+    shutil.copytree(toy_run_dir, tmp_path / "runs" / "a")
+    assert recognise(tmp_path / "runs") is None
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "train-images-idx3-ubyte").write_bytes(b"")
+    assert recognise(tmp_path / "mnist") is DATA_CACHE

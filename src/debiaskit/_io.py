@@ -255,7 +255,9 @@ class FolderKind:
 
     def recognises_folder(self, folder: Path) -> bool:
         if not (folder / self.marker).exists() and self.legacy_by_files:
-            return any(folder.iterdir()) and not foreign_entries(folder, self)
+            # its own files, not only (recognised) sub-folders: a folder of runs is no data cache
+            own = any(any(fnmatch.fnmatchcase(e.name, p) for p in self.files) for e in folder.iterdir())
+            return own and not foreign_entries(folder, self)
         return self.recognises(_marker(folder, self))
 
     def recognises(self, meta: Any) -> bool:
@@ -296,7 +298,161 @@ DATA_CACHE = register_folder_kind(FolderKind(
 BENCH_CELL = register_folder_kind(FolderKind(
     "bench-cell", "result.json", ("bench-cell",), describe="a benchmark cell",
     files=("result.json", "run.json", "model.safetensors", "*.png", "test_predictions.safetensors"),
-    legacy=lambda m: "method_state" in m or "cell" in m))
+    # harness cells (method_state), unsup cells (cell), fairlearn rows of bench adult (suite/method/seed only)
+    legacy=lambda m: "method_state" in m or "cell" in m or {"suite", "method", "seed"} <= m.keys()))
+
+
+
+# -- suite roots: folders a command adds to over many invocations, never replaces -------------------------------
+
+@dataclass(frozen=True)
+class RootKind(FolderKind):
+    """A folder a command fills over many invocations: a benchmark suite's root (cached cells + reports).
+
+    It is never replaced as a whole: its command adds cells (atomic folders of their own kinds) and
+    rewrites its report files (atomic files) in it, and only in a root it created (marked by ``bench.json``
+    naming its kind) or, for roots written before the marker existed, one laid out as its command lays
+    them out: at the top level only ``files`` (patterns of report files), ``dirs`` (patterns of folders
+    holding only debiaskit folders and report files) and, with ``cells_at_top``, finished debiaskit folders.
+    """
+
+    dirs: tuple[str, ...] = ()
+    cells_at_top: bool = False
+    command: str = ""
+
+
+def _bench_root(command: str, files: tuple[str, ...], dirs: tuple[str, ...] = (), cells_at_top: bool = False) -> RootKind:
+    return register_folder_kind(RootKind(
+        f"bench-{command}", "bench.json", (f"bench-{command}",), files=("bench.json", *files) + dirs,
+        describe=f"a `debiaskit bench {command}` suite folder", dirs=dirs, cells_at_top=cells_at_top,
+        command=f"debiaskit bench {command}"))
+
+
+BENCH_VANILLA_ROOT = _bench_root("vanilla", ("results.md", "results.json"), cells_at_top=True)
+BENCH_COMPARE_ROOT = _bench_root("compare", (), dirs=("*",))   # `bench adult` shares it (the compare suite `adult`)
+BENCH_UNSUP_ROOT = _bench_root("unsup", ("summary.md", "results.json", "discovery_over_time.png"), dirs=("*",))
+BENCH_FFW_ROOT = _bench_root("ffw", ("results.md", "results.json"), dirs=("cells", "ffw", "vanilla-short", "vanilla-other"))
+_REPORT_FILES = ("*.json", "*.md", "*.png")   # what bench roots hold below the top besides debiaskit folders
+_ROOT_HIDDEN = (".submitit",)   # submitit's job logs (bench compare --launcher slurm)
+
+
+def open_root(root: Path, *, kind: RootKind, create: bool = True) -> Path:
+    """Check, before any compute, that ``root`` may receive ``kind``'s cells and reports; return it normalised.
+
+    A new or empty folder becomes a ``kind`` root (created with its marker when ``create``); a folder
+    marked as ``kind`` or laid out as ``kind`` lays out its roots (written before markers) is accepted
+    as it is. Anything else - a file, a user's folder, a run, another suite's root - is refused with
+    :class:`~debiaskit.errors.RunExistsError`.
+    """
+    given, root = root, normalise_out(root)
+    if root.exists() and not root.is_dir():
+        raise RunExistsError(f"{given} is a file, not a folder; choose another --out")
+    if root.is_dir() and any(not _hidden(e.name) for e in root.iterdir()):   # hidden: a cell's partial state, locks
+        _check_root(given, root, kind)
+        return root
+    if create:
+        _make_parents(root)
+        _mark_root(given, root, kind)
+    return root
+
+
+def _check_root(given: Path, root: Path, kind: RootKind) -> None:
+    never = "a bench command writes only into a suite folder it created; choose another --out"
+    marker = root / kind.marker
+    if marker.exists() or marker.is_symlink():
+        meta = _marker(root, kind)
+        if not isinstance(meta, dict) or not isinstance(meta.get("kind"), str):
+            raise RunExistsError(f"{marker} is damaged (expected a JSON object with a 'kind'); if {given} is a "
+                                 f"suite folder of yours, restore it, else {never}")
+        if meta["kind"] in kind.kinds:
+            return
+        other = FOLDER_KINDS.get(meta["kind"])
+        what = other.describe if other is not None else f"a folder of kind {meta['kind']!r}"
+        raise RunExistsError(f"{given} is {what}, not {kind.describe}; {never}")
+    found = recognise(root)
+    if found is not None:
+        raise RunExistsError(f"{given} is {found.describe}, not {kind.describe}; {never}")
+    foreign, cells = _root_layout(root, kind)
+    if foreign or not (cells or _is_bench_report(root / "results.json")):
+        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        why = f"holds files a bench suite does not write ({shown})" if foreign else "holds no benchmark cell"
+        raise RunExistsError(f"{given} is an existing folder that is not {kind.describe} (no {kind.marker}, and it "
+                             f"{why}); {never}")
+
+
+def _hidden(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in _DEBIASKIT_HIDDEN + _ROOT_HIDDEN)
+
+
+def _is_bench_report(path: Path) -> bool:
+    """A results.json a bench command wrote (it records the command and the machine)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "command" in meta and "machine" in meta
+
+
+def _root_layout(root: Path, kind: RootKind) -> tuple[list[str], int]:
+    """(entries ``kind``'s command does not write, number of debiaskit folders) of an unmarked ``root``."""
+    foreign, cells = [], 0
+    for entry in sorted(root.iterdir()):
+        name = entry.name
+        if _hidden(name):
+            continue
+        if entry.is_symlink():
+            foreign.append(name)
+        elif entry.is_dir() and recognise(entry) is not None:
+            cells += 1
+            if not kind.cells_at_top:
+                foreign.append(name)
+        elif entry.is_dir() and any(fnmatch.fnmatchcase(name, p) for p in kind.dirs):
+            below, n = _only_debiaskit(entry, depth=4)
+            foreign += [f"{name}/{x}" for x in below]
+            cells += n
+        elif not entry.is_file() or not any(fnmatch.fnmatchcase(name, p) for p in kind.files if p not in kind.dirs):
+            foreign.append(name)
+    return foreign, cells
+
+
+def _only_debiaskit(folder: Path, *, depth: int) -> tuple[list[str], int]:
+    """(entries that are neither debiaskit folders nor report files, number of debiaskit folders) below a root."""
+    foreign, cells = [], 0
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if any(fnmatch.fnmatchcase(name, p) for p in _DEBIASKIT_HIDDEN):
+            continue
+        if entry.is_symlink():
+            foreign.append(name)
+        elif entry.is_dir() and recognise(entry) is not None:
+            cells += 1
+        elif entry.is_dir() and depth > 0:
+            below, n = _only_debiaskit(entry, depth=depth - 1)
+            foreign += [f"{name}/{x}" for x in below]
+            cells += n
+        elif not entry.is_file() or not any(fnmatch.fnmatchcase(name, p) for p in _REPORT_FILES):
+            foreign.append(name)
+    return foreign, cells
+
+
+def _mark_root(given: Path, root: Path, kind: RootKind) -> None:
+    """Create ``root``'s marker if absent (no-replace: of two commands creating it at once, one marker wins)."""
+    text = json.dumps({"kind": kind.kinds[0], "schema_version": 1, "command": kind.command}, indent=2) + "\n"
+    try:
+        root.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=root, prefix=f".{kind.marker}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(name, file_mode())
+            os.link(name, root / kind.marker)   # fails if a marker is there: never replaced
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(name)
+    except OSError as exc:
+        raise _write_error(root, exc) from exc
+    _check_root(given, root, kind)   # the marker there now, ours or a concurrent command's, must be ours
 
 
 def _marker(folder: Path, kind: FolderKind) -> Any:

@@ -49,7 +49,7 @@ from ..data import BiasDataset, Splits, make_splits
 from ..errors import ConfigError
 from ..methods import REFERENCE_METHOD
 from ..models import collect_outputs
-from .._io import BENCH_CELL, atomic_folder
+from .._io import BENCH_CELL, BENCH_COMPARE_ROOT, atomic_folder, open_root
 from ..runs import load_run, write_json, write_text
 from ._common import load_cell, machine_description
 from ._compare import (RESULT_FILE, SUITES, Suite, cell_dir, effective_suite, get_suite, run_compare,
@@ -282,6 +282,7 @@ def run_adult_bench(*, root: Path, seeds: Iterable[int] = (0, 1, 2), values: Ite
     fairlearn's metrics. Returns one record per (value, method, seed) with the metrics filled in.
     The harness's own table (flags, hyper-parameters, diagnostics) is written too: ROOT/adult/results.md."""
     require_fairlearn()   # the metrics of every row, ours included, are fairlearn's
+    open_root(root, kind=BENCH_COMPARE_ROOT)   # the compare suite's root: never a user's folder
     start = time.perf_counter()
     seeds = tuple(seeds)
     suite = get_suite("adult")
@@ -417,6 +418,7 @@ def adult_table(records: list[dict[str, Any]], *, command: str, wall_time_s: flo
 
 
 def write_adult_results(records: list[dict[str, Any]], *, root: Path, command: str, wall_time_s: float) -> Path:
+    open_root(root, kind=BENCH_COMPARE_ROOT)
     folder = Path(root) / "adult"
     write_json(folder / "adult.json", {"suite": "adult", "command": command, "wall_time_s": wall_time_s,
                                        "machine": machine_description(), "summary": summary(records),

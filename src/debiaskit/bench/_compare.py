@@ -44,7 +44,7 @@ from ..data import make_splits
 from ..errors import ConfigError, DebiaskitError
 from ..methods import METHODS, REFERENCE_METHOD, MethodInfo, build_method, get_method, method_defaults
 from ..models import build_model, collect_outputs, infer_head
-from .._io import BENCH_CELL, atomic_folder
+from .._io import BENCH_CELL, BENCH_COMPARE_ROOT, atomic_folder, open_root
 from ..runs import (RUN_FILE, DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, is_finished, load_run,
                     read_json, save_run, write_json, write_text)
 from ..train import TrainConfig, fit
@@ -309,6 +309,7 @@ def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1,
     """
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    open_root(root, kind=BENCH_COMPARE_ROOT, create=False)   # before any compute: never a user's folder or another suite's
     if launcher == "slurm" and not report_only:
         groups = _groups(suite=suite, seeds=tuple(seeds), values=values, threads=1, common=dict(
             root=root, methods=methods, full=full, epochs=epochs, train_size=train_size, vanilla_from=vanilla_from,
@@ -340,6 +341,7 @@ def run_compare(*, suite: str | Suite, root: Path, seeds: Iterable[int] = (0, 1,
                     continue
                 if cached is None:
                     if splits is None:
+                        open_root(root, kind=BENCH_COMPARE_ROOT)   # a new root gets its marker with its first cell
                         params = {s.param: value, **s.fixed} if s.param else dict(s.fixed)
                         splits = make_splits(s.dataset, params=params, seed=seed, unbiased_size=s.unbiased_size,
                                              train_size=s.train_size)
@@ -547,6 +549,7 @@ def _hyperparameter(key: str, default, ran: dict[str, Any] | None) -> str:
 def write_compare_results(cells: list[dict[str, Any]], *, root: Path, suite: str | Suite, command: str,
                           wall_time_s: float, budget: str = "") -> Path:
     s = get_suite(suite) if isinstance(suite, str) else suite
+    open_root(root, kind=BENCH_COMPARE_ROOT)
     folder = Path(root) / suite_folder(s)
     write_json(folder / "results.json", {"suite": s.name, "cells": cells, "command": command,
                                          "wall_time_s": wall_time_s, "machine": machine_description()})

@@ -26,6 +26,7 @@ from ..data import iterate_batches
 from ..errors import ConfigError
 from ..ffw import FFWConfig, ffw_run, ffw_step, find_fantastic_weights, freeze, install_gates
 from ..models import accuracy, collect_outputs
+from .._io import BENCH_FFW_ROOT, open_root
 from ..runs import is_finished, load_run, read_json, write_json, write_text
 from ..train import TrainConfig, fit, train_run
 from ._common import machine_description, mean_std
@@ -373,7 +374,7 @@ def run_ffw_bench(*, root: Path, vanilla_root: Path, tables: tuple[str, ...] = (
                   seeds: tuple[int, ...] = (0, 1, 2), full: bool = False, deadline: str | None = None,
                   wait: bool = True, command: str = "", echo: Callable[[str], None] = print) -> Path:
     """Run (or continue) the FFW suite and write ``ROOT/results.md`` + ``ROOT/results.json``."""
-    root = Path(root)
+    root = open_root(root, kind=BENCH_FFW_ROOT)   # before any compute: never a user's folder or another suite's
     cells = plan(root=root, vanilla_root=vanilla_root, tables=tables, rhos=rhos, seeds=seeds, full=full)
     cell_dir = root / "cells"
     results: dict[str, Any] = {}

@@ -33,7 +33,7 @@ from ..data import make_splits
 from ..errors import ConfigError
 from ..methods import METHODS, build_method, get_method, method_config
 from ..models import build_model, collect_outputs, default_head_name
-from .._io import BENCH_CELL, atomic_folder
+from .._io import BENCH_CELL, BENCH_UNSUP_ROOT, atomic_file, atomic_folder, open_root
 from ..runs import is_finished, load_run, read_json, save_weights, write_json, write_text
 from ..train import TrainConfig, fit
 from ._common import machine_description
@@ -235,6 +235,7 @@ def run_unsup(cells: list[dict[str, Any]], *, root: Path, progress: bool = False
     ``deadline`` ("HH:MM", UTC): start no cell after it. A failing cell is reported, not cached, and
     retried next time (``keep_going=False`` raises instead).
     """
+    open_root(root, kind=BENCH_UNSUP_ROOT)   # before any compute: never a user's folder or another suite's
     done, missed = [], []
     for i, cell in enumerate(cells, 1):
         label = f"[{i}/{len(cells)}] {cell['tag']} {cell['dataset']} rho={cell['rho']} seed={cell['seed']}"
@@ -364,7 +365,7 @@ PROTOCOL = ("Protocol: every method trains on D^b without bias labels (`without_
 def write_unsup_results(*, root: Path, command: str, wall_time_s: float, vanilla_from: Path | None = None,
                         echo: Callable[[str], None] = print) -> tuple[Path, list[dict[str, Any]]]:
     """Write ``summary.md``, ``results.json`` and ``discovery_over_time.png`` from every cached cell of ``root``."""
-    root = Path(root)
+    root = open_root(root, kind=BENCH_UNSUP_ROOT)
     rows = summary_rows(root, vanilla_from=vanilla_from, echo=echo)
     header = [f"Command: `{command}`  ",
               f"Machine: {machine_description()}; this invocation's wall time {wall_time_s / 60:.1f} min "
@@ -403,7 +404,7 @@ def plot_discovery(root: Path, path: Path) -> Path | None:
         ax.set_ylim(-0.02, 1.02)
     axes[-1].legend(fontsize=6)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:   # a root file: replaced whole or not at all
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path

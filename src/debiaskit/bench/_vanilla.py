@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .._io import BENCH_VANILLA_ROOT, open_root
 from ..audit import audit_run
 from ..runs import is_finished, read_json, write_json, write_text
 from ..train import TrainConfig, partial_dir, train_run
@@ -23,6 +24,7 @@ def run_vanilla_suite(*, root: Path, dataset: str = "biased-mnist", rhos=(0.99, 
                       progress: bool = True, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train + audit every (rho, seed) cell; finished cells are reused, not retrained, and a cell whose
     training was interrupted resumes from its last finished epoch (``train --resume``)."""
+    open_root(root, kind=BENCH_VANILLA_ROOT)   # before any compute: never a user's folder or another suite's
     cells = []
     for seed in seeds:
         for rho in rhos:
@@ -69,6 +71,7 @@ def vanilla_table(cells: list[dict[str, Any]], *, command: str, wall_time_s: flo
 
 
 def write_vanilla_results(cells, *, root: Path, command: str, wall_time_s: float) -> Path:
+    open_root(root, kind=BENCH_VANILLA_ROOT)
     write_json(Path(root) / "results.json", {"cells": cells, "command": command, "wall_time_s": wall_time_s,
                                              "machine": machine_description()})
     write_text(Path(root) / "results.md", vanilla_table(cells, command=command, wall_time_s=wall_time_s))
