@@ -279,6 +279,50 @@ def replicas_agree(tensors: Sequence[Tensor]) -> bool:
     return bool(torch.equal(low, high))
 
 
+
+# -- BatchNorm statistics across ranks (opt-in: --sync-bn) ---------------------------------------------------
+# torch's SyncBatchNorm reduces batch statistics only for these device types; CPU tensors over gloo raise
+_SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
+
+
+def check_sync_bn(device: str | torch.device) -> None:
+    """Refuse ``sync_bn`` where torch cannot do it: under torchrun (a process group) with CPU tensors.
+
+    Without a process group SyncBatchNorm computes exactly what BatchNorm computes (nothing to synchronise),
+    so one process on any device is accepted."""
+    device = torch.device(device)
+    if is_distributed() and device.type not in (*_SYNC_BN_DEVICES, torch._C._get_privateuse1_backend_name()):
+        raise ConfigError(f"--sync-bn with --device {device} under torchrun: torch {torch.__version__.split('+')[0]}'s "
+                          "SyncBatchNorm synchronises statistics of GPU tensors only (cuda, xpu, hpu: NCCL), not of "
+                          "CPU tensors over gloo. Drop --sync-bn (each rank then normalises with its own batch "
+                          "statistics) or train with --device cuda")
+
+
+def convert_sync_batchnorm(model: nn.Module) -> dict[str, type]:
+    """Replace ``model``'s BatchNorm layers by SyncBatchNorm, in place, sharing their parameters and buffers
+    (torch's ``convert_sync_batchnorm``); returns {layer name: original class} for :func:`revert_sync_batchnorm`."""
+    if isinstance(model, nn.modules.batchnorm._BatchNorm):
+        raise ConfigError("--sync-bn: the model itself is a BatchNorm layer; wrap it in a module")
+    classes = {name: type(m) for name, m in model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)}
+    nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return classes
+
+
+def revert_sync_batchnorm(model: nn.Module, classes: dict[str, type]) -> nn.Module:
+    """Put plain BatchNorm layers (``classes``) back in place of SyncBatchNorm ones, sharing their tensors, so the
+    trained model is the user's architecture again (same state_dict; saved and reloaded as the plain model)."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.SyncBatchNorm) and name in classes:
+            bn = classes[name](m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                               track_running_stats=m.track_running_stats)
+            bn.weight, bn.bias = m.weight, m.bias
+            bn.running_mean, bn.running_var, bn.num_batches_tracked = m.running_mean, m.running_var, m.num_batches_tracked
+            bn.train(m.training)
+            model.set_submodule(name, bn)
+    return model
+
+
 @contextmanager
 def rank0_folder(out: Path, *, kind: Any, force: bool = False, inputs: tuple[Path, ...] = ()) -> Iterator[Path | None]:
     """``atomic_folder`` on rank 0 (the one writer: checked and locked before any compute, published on success);

@@ -240,6 +240,7 @@ class TrainRecord(Record):
     selection: str | None = opt(ANY_TEXT)
     selected_epoch: int | None = opt(COUNT)
     amp: str | None = opt(one_of("off", "bf16", "fp16"))   # mixed precision of the training steps
+    sync_bn: bool | None = opt(BOOL)   # BatchNorm statistics synchronised across ranks (None: before the flag)
     other: dict = field(default_factory=dict)
 
 

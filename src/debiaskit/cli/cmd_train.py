@@ -58,7 +58,8 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
           progress: bool = True,
           resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (Ctrl-C, crash, kill) from its last finished epoch: the same command plus --resume; the result equals an uninterrupted run's"),
           record_dynamics: bool = typer.Option(False, "--record-dynamics", help="also write RUN/dynamics.safetensors (per-sample loss, correctness and attractor per epoch) for `debiaskit discover`"),
-          amp: str = typer.Option("off", help="mixed precision of the training steps: off, bf16 or fp16 (fp16 scales the loss)")) -> None:
+          amp: str = typer.Option("off", help="mixed precision of the training steps: off, bf16 or fp16 (fp16 scales the loss)"),
+          sync_bn: bool = typer.Option(False, "--sync-bn", help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm) instead of each rank's shard; recorded in run.json")) -> None:
     """Train a model on a biased dataset and write a run folder.
 
     Data-parallel: ``torchrun --nproc-per-node N -m debiaskit train ...`` (--batch-size is the global batch)."""
@@ -66,10 +67,13 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
     from ..data import text_params
     from ..models import parse_model_args
     from ..train import TrainConfig, partial_dir, train_run
+    from .._dist import check_sync_bn
     check_device(device)
+    if sync_bn:
+        check_sync_bn(device)
     model_args = parse_model_args(model_arg)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      optimizer=optimizer, seed=seed, amp=amp)
+                      optimizer=optimizer, seed=seed, amp=amp, sync_bn=sync_bn)
     method_obj, method_cfg = _method(method, dataset, method_param)
     params = parse_params(rho, param, text_keys=text_params(dataset))
     splits = _user_splits(dataset, params=params, seed=seed if data_seed is None else data_seed, out=out, force=force,

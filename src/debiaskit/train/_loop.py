@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     amp: str = "off"   # mixed precision of the training steps: off, bf16 or fp16 (see train._amp)
+    sync_bn: bool = False   # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; GPU only)
 
     def __post_init__(self) -> None:
         for name, rule in (("epochs", POSITIVE_INT), ("batch_size", POSITIVE_INT), ("lr", POSITIVE),
@@ -355,6 +356,8 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     check_not_empty(train_data)
     train_data = as_bias_data(train_data)   # the data contract: any (x, y, b) or (x, y) dataset, kept lazy
     device = _dist.check_device(device)   # checked (rel's rules), then this rank's GPU under torchrun
+    if config.sync_bn:
+        _dist.check_sync_bn(device)
     if resume and checkpoint is None:
         raise ConfigError("resume=True needs the checkpoint file of the interrupted run")
     start = time.perf_counter()   # the method's whole cost: setup and preparation count
@@ -363,6 +366,8 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     rank, world = _dist.rank_and_world()
     per_rank_batch = _dist.per_rank_batch(config.batch_size, world)
     model.to(device).train()
+    # --sync-bn: batch statistics over all ranks (auxiliary models copied from it by methods sync too); undone at the end
+    bn_classes = _dist.convert_sync_batchnorm(model) if config.sync_bn else {}
     if world > 1:
         # gradients are averaged across ranks; methods see the wrapped model as ctx.model
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -375,7 +380,8 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
                        num_classes=ncls, head=head, val_data=val_data, rank=rank, world_size=world,
                        precision=Precision(config.amp, device) if config.amp != "off" else None)
     ctx.steps_per_epoch = math.ceil(math.ceil(n / world) / per_rank_batch)
-    identity = {"config": asdict(config), "method": method.name, "num_samples": n, "num_classes": ncls,
+    settings = {k: v for k, v in asdict(config).items() if k != "sync_bn" or v}   # checkpoints from before the flag resume
+    identity = {"config": settings, "method": method.name, "num_samples": n, "num_classes": ncls,
                 "selection": select is not None, **(checkpoint_meta or {})}
     loop = _LoopState(best_epoch=config.epochs)
     method.setup(ctx)
@@ -439,9 +445,13 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
                 log(record)
     finally:
         bar.close()
+        if bn_classes:   # also after an interruption: the user's module gets its own BatchNorm layers back
+            _dist.revert_sync_batchnorm(_unwrap(model), bn_classes)
     final = _unwrap(method.final_model(ctx))
     if loop.best_state is not None:
         final.load_state_dict(loop.best_state)
+    if bn_classes:   # a method's final model copied from the converted one: plain BatchNorm again too
+        _dist.revert_sync_batchnorm(final, bn_classes)
     final.eval()
     return FitResult(model=final, history=loop.history, wall_time_s=elapsed(), selected_epoch=loop.best_epoch,
                      selection="best validation score" if select else "last epoch", resumed_from_epoch=resumed_from)

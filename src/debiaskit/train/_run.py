@@ -65,6 +65,8 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
     per_rank_batch = _dist.per_rank_batch(config.batch_size, world)
     method = method or TrainingMethod()
     _dist.check_device(device)
+    if config.sync_bn:
+        _dist.check_sync_bn(device)   # before any data is loaded
     if isinstance(dataset, Splits):
         splits = dataset
     checkpoint = partial_dir(out) / CHECKPOINT_FILE
@@ -120,7 +122,7 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
             train=TrainRecord(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                               weight_decay=config.weight_decay, optimizer=config.optimizer, seed=config.seed,
                               extra=config.extra, selection=result.selection, selected_epoch=result.selected_epoch,
-                              amp=config.amp),
+                              amp=config.amp, sync_bn=config.sync_bn),
             method=MethodRecord(name=method.name, uses_bias_labels=method.uses_bias_labels,
                                 config=method_config or {}, state=state,
                                 # which defaults it ran with when the dataset family has none of its own
