@@ -237,3 +237,14 @@ def test_a_folder_of_runs_is_not_taken_for_an_unmarked_data_cache(tmp_path, toy_
     (tmp_path / "mnist").mkdir()
     (tmp_path / "mnist" / "train-images-idx3-ubyte").write_bytes(b"")
     assert recognise(tmp_path / "mnist") is DATA_CACHE
+
+
+def test_a_damaged_bench_marker_is_refused_not_overwritten(tmp_path):
+    from debiaskit._io import BENCH_COMPARE_ROOT, open_root
+    root = tmp_path / "suite"
+    root.mkdir()
+    (root / "bench.json").write_text('{"kind": ')   # torn
+    before = tree_bytes(tmp_path)
+    with pytest.raises(RunExistsError, match="bench.json is damaged"):
+        open_root(root, kind=BENCH_COMPARE_ROOT)
+    assert tree_bytes(tmp_path) == before
