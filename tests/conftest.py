@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
 
 from debiaskit.data import make_splits
+
+def interruptible() -> None:
+    """`preexec_fn` for a child that a test interrupts with SIGINT: a shell running `make test` in the
+    background (`&`) starts it with SIGINT ignored, an ignore inherited across exec, so Ctrl-C would not reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 # Two pytest-xdist workers on two cores: one thread each avoids oversubscription.
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tree_bytes
+from conftest import interruptible, tree_bytes
 
 from debiaskit.runs import load_run
 
@@ -113,7 +113,7 @@ def test_ctrl_c_during_train_says_so_and_leaves_only_its_checkpoint(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "1000"}
     args = [a if a != "1" else "500" for a in TRAIN]   # long enough to be interrupted
     proc = subprocess.Popen([str(script), *args, "--out", str(tmp_path / "run")], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible)
     deadline = time.time() + 120
     while not any(p.stat().st_size for p in tmp_path.glob(".run.staging-*/train_log.jsonl")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interruptible
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -139,7 +140,8 @@ def _cli_train(out: Path, method: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = "import torch; torch.set_num_threads(1); from debiaskit.cli import main; main()"
     return subprocess.Popen([sys.executable, "-c", code, "train", *TOY, "--method", method, "--out", str(out), *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
