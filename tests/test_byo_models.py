@@ -128,6 +128,100 @@ def test_a_tabular_model_and_a_nested_head_from_the_cli(cli, user_module, tabula
     assert cli("discover", seq)[0] == 0
 
 
+@pytest.fixture(scope="module")
+def two_attribute_rows(tmp_path_factory):
+    """Tabular rows, 3 classes, TWO bias attributes (region: 3 values, an input one-hot; sex: 2 values)."""
+    g = np.random.default_rng(1)
+    split = np.repeat([0, 5, 4], [1500, 600, 300])          # D^b, D^u (divided 60/20/20 by debiaskit), test
+    n = len(split)
+    y = g.integers(0, 3, n)
+    biased = split == 0
+    region = np.where(biased & (g.random(n) < 0.9), y, g.integers(0, 3, n))
+    sex = np.where(biased & (g.random(n) < 0.8), y % 2, g.integers(0, 2, n))
+    x = np.concatenate([g.normal(size=(n, 5)) + 0.7 * y[:, None], 2.0 * np.eye(3)[region], 1.5 * sex[:, None]], 1)
+    path = tmp_path_factory.mktemp("data") / "two_attributes.npz"
+    np.savez(path, x=x.astype(np.float32), y=y, b=np.stack([region, sex], 1), split=split,
+             bias_names=np.array(["region", "sex"]))
+    return path
+
+
+def test_tabular_rows_with_two_bias_attributes_and_a_layernorm_mlp(cli, user_module, two_attribute_rows, tmp_path):
+    """A model and data beyond the issue's: every command runs, the attributes keep their names, and structured
+    FFW says why it cannot remove a unit (LayerNorm normalises over all of them) before any search."""
+    module, _ = user_module
+    run = tmp_path / "rows"
+    code, _, err = cli("train", "--dataset", f"tensors:{two_attribute_rows}", "--model", f"{module}:residual_mlp",
+                       "--epochs", "2", "--out", run, "--no-progress")
+    assert code == 0, err
+    meta = json.loads((run / "run.json").read_text())["model"]
+    assert meta["head"] == "fc_out" and meta["args"] == {"in_features": 9, "num_classes": 3}
+    code, out, err = cli("audit", run)
+    assert code == 0, err
+    assert "bias extractability [region]" in out and "bias extractability [sex]" in out   # not eaten as markup
+    audit = json.loads((run / "audit" / "audit.json").read_text())
+    assert [a["name"] for a in audit["attributes"]] == ["region", "sex"]
+    code, _, err = cli("ffw", run, "--mode", "structured", *FFW_FAST)
+    assert code == 2 and "LayerNorm" in err and "mode='unstructured'" in err
+    assert not (run / "ffw-structured-g10").exists()
+    code, _, err = cli("ffw", run, "--mode", "unstructured", *FFW_FAST)
+    assert code == 0, err
+    assert json.loads((run / "ffw-unstructured-g10" / "ffw.json").read_text())["status"] == "finished"
+    code, out, err = cli("discover", run, "--layer", "auto")
+    assert code == 0, err
+    assert json.loads((run / "discover" / "report.json").read_text())["layer"]["requested"] == "auto"
+    code, _, err = cli("train", "--dataset", f"tensors:{two_attribute_rows}", "--model", f"{module}:residual_mlp",
+                       "--method", "calm", "--epochs", "2", "--out", tmp_path / "calm", "--no-progress")
+    assert code == 0, err
+    assert cli("audit", tmp_path / "calm")[0] == 0
+
+
+def _image_folder(root: Path, n: int = 160) -> Path:
+    """A Waterbirds-style folder with its own column names: the bias is the background grey level."""
+    from PIL import Image
+    g = np.random.default_rng(0)
+    (root / "pics").mkdir(parents=True)
+    rows = ["image,label,place,fold"]
+    for i in range(n):
+        fold = "train" if i < 100 else ("unbiased" if i < 130 else "test")
+        label = int(g.integers(0, 2))
+        place = label if fold == "train" and g.random() < 0.9 else int(g.integers(0, 2))
+        pixels = np.full((12, 12, 3), 60 + 120 * place, np.uint8)
+        pixels[3:9, 3:9, label] = 250
+        Image.fromarray(pixels).save(root / "pics" / f"{i}.png")
+        rows.append(f"pics/{i}.png,{label},{place},{fold}")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_an_image_folder_and_another_user_cnn_from_the_cli(cli, user_module, tmp_path):
+    module, _ = user_module
+    root = _image_folder(tmp_path / "folder")
+    data = ["--dataset", f"folder:{root}", "--param", "target_column=label", "--param", "bias_column=place",
+            "--param", "split_column=fold", "--param", "workers=0"]
+    run = tmp_path / "run"
+    code, _, err = cli("train", *data, "--model", f"{module}:small_vgg", "--epochs", "2", "--out", run, "--no-progress")
+    assert code == 0, err
+    assert json.loads((run / "run.json").read_text())["data"]["dataset"] == f"folder:{root.resolve()}"
+    code, out, err = cli("audit", run)
+    assert code == 0, err
+    assert "bias extractability [place]" in out
+    code, _, err = cli("ffw", run, "--mode", "structured", *FFW_FAST)
+    assert code == 0, err
+    pruned = load_pruned_model(run / "ffw-structured-g10")
+    assert sum(p.numel() for p in pruned.parameters()) <= sum(p.numel() for p in load_run(run).model.parameters())
+    code, _, err = cli("discover", run, "--layer", "auto")
+    assert code == 0, err
+    code, _, err = cli("train", *data, "--model", f"{module}:small_vgg", "--method", "calm", "--epochs", "2",
+                       "--out", tmp_path / "calm", "--no-progress")
+    assert code == 0, err
+    grouped = tmp_path / "grouped"
+    code, _, err = cli("train", *data, "--model", f"{module}:small_vgg", "--model-arg", "norm='group'", "--epochs", "1",
+                       "--out", grouped, "--no-progress")
+    assert code == 0, err
+    code, _, err = cli("ffw", grouped, "--mode", "structured", *FFW_FAST)   # GroupNorm mixes channels: named, exit 2
+    assert code == 2 and "GroupNorm" in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "no_such_module_xyz:net"], "cannot import module no_such_module_xyz"),
     (["--model", "{module}:nothing_here"], "has no 'nothing_here'"),

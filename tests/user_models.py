@@ -84,3 +84,42 @@ def sequential_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 
 def broken_factory(num_classes: int = 10) -> nn.Module:
     raise RuntimeError("this factory always fails (for the error-message tests)")
+
+
+class ResidualMLP(nn.Module):
+    """Tabular rows -> LayerNorm'd hidden layer, a residual hidden layer (functional GELU) -> head ``fc_out``.
+    The factory names its arguments as debiaskit does (``in_features``, ``num_classes``): both are filled in."""
+
+    def __init__(self, in_features: int, num_classes: int = 2, hidden: int = 24) -> None:
+        super().__init__()
+        self.inp = nn.Linear(in_features, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.hid = nn.Linear(hidden, hidden)
+        self.fc_out = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.norm(self.inp(x)))
+        return self.fc_out(h + F.gelu(self.hid(h)))
+
+
+def residual_mlp(in_features: int, num_classes: int = 2, hidden: int = 24) -> nn.Module:
+    return ResidualMLP(in_features=in_features, num_classes=num_classes, hidden=hidden)
+
+
+class SmallVGG(nn.Module):
+    """conv-norm-SiLU-maxpool twice, global pooling, head ``logits``; ``norm="group"`` uses GroupNorm, which
+    mixes channels (no channel can be removed exactly)."""
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 3, norm: str = "batch") -> None:
+        super().__init__()
+        make_norm = (lambda c: nn.BatchNorm2d(c)) if norm == "batch" else (lambda c: nn.GroupNorm(2, c))
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), make_norm(8), nn.SiLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 16, 3, padding=1), make_norm(16), nn.SiLU(), nn.MaxPool2d(2))
+        self.logits = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(torch.flatten(F.adaptive_max_pool2d(self.features(x), 1), 1))
+
+
+def small_vgg(num_classes: int = 2, in_channels: int = 3, norm: str = "batch") -> nn.Module:
+    return SmallVGG(num_classes=num_classes, in_channels=in_channels, norm=norm)

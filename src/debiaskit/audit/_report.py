@@ -40,11 +40,12 @@ def summary_rows(report: AuditReport) -> list[tuple[str, str]]:
 
 def render_table(report: AuditReport, *, title: str = "Bias audit"):
     from rich.table import Table
+    from rich.text import Text
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value (%)", justify="right")
     for k, v in summary_rows(report):
-        table.add_row(k, v)
+        table.add_row(Text(k), Text(v))   # plain text: a tag such as "[sex]" is an attribute's name, not markup
     return table
 
 
