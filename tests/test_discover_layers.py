@@ -159,3 +159,15 @@ def test_discover_cli_uses_dynamics(memorised_run, tmp_path):
     assert res.exit_code != 0 and isinstance(res.exception, DataError)
     res = runner.invoke(app, ["discover", str(no_dyn), "--dynamics", "sometimes"])
     assert isinstance(res.exception, DataError)
+
+
+@pytest.mark.parametrize("requested, hint", [("auto", "try --record-dynamics"), ("bottleneck", "try --layer auto or")])
+def test_cli_hint_when_nothing_is_flagged_does_not_suggest_what_ran(monkeypatch, tmp_path, requested, hint):
+    import debiaskit.discover as discover
+    report = {"layer": {"requested": requested, "chosen": "bottleneck", "selection": "test", "scan": [{"layer": "bottleneck", "flagged": 0,
+                                                                                "chosen": True}]},
+              "training_dynamics": "not recorded", "quality": {}}
+    monkeypatch.setattr(discover, "discover_run", lambda *a, **k: (tmp_path, report))
+    result = runner.invoke(app, ["discover", str(tmp_path), "--layer", requested], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert hint in result.output and "try --layer auto" not in result.output.replace(hint, "")

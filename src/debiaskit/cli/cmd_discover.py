@@ -39,8 +39,10 @@ def discover(run_dir: Path,
     from ..discover import WEAK_SCORE
     chosen = [r for r in report["layer"]["scan"] if r["chosen"]]
     if chosen and chosen[0]["flagged"] == 0:
+        # --layer auto already scanned every candidate layer: only the training dynamics are left to try
+        hint = "--record-dynamics" if report["layer"]["requested"] == "auto" else "--layer auto or --record-dynamics"
         console.print(f"[yellow]no training sample is pulled out of its class at {chosen[0]['layer']} (memorised?); "
-                      "try --layer auto or --record-dynamics[/yellow]")
+                      f"try {hint}[/yellow]")
     elif chosen and (chosen[0].get("mean_flagged_score") or 0) < WEAK_SCORE:
         console.print(f"[yellow]weak attraction at {chosen[0]['layer']} (mean flagged score "
                       f"{chosen[0].get('mean_flagged_score') or 0:.2f} < {WEAK_SCORE}): low-precision flags; see the layer scan[/yellow]")
