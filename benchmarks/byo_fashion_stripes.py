@@ -3,7 +3,8 @@ bias debiaskit does not ship (a striped background texture whose orientation x f
 
     python benchmarks/byo_fashion_stripes.py make --out /work/bench/byo/stripes-rho0.99.safetensors
     python benchmarks/byo_fashion_stripes.py run --data /work/bench/byo/stripes-rho0.99.safetensors \\
-        --root /work/bench/byo/runs --seeds 0 1 2
+        --root /work/bench/byo/runs --seeds 0 1 2 [--steps train audit ffw-structured ...] [--tag v2]
+    python benchmarks/byo_fashion_stripes.py report --data ... --root /work/bench/byo/runs --tag v2
 
 ``make`` writes one .safetensors file the way a user would (x uint8 (N, 1, 28, 28), y, b, split):
 D^b = ``--train-size`` official training images with bias rho (b = y with probability rho, else a uniformly
@@ -13,8 +14,11 @@ test images with uniform b (code 4). Bias b in 0..9: stripes of orientation 36 d
 4 px (b < 5) or 7 px (b >= 5), drawn on the background only (pixel = max(item, 110 * stripe)).
 
 ``run`` drives the CLI as a user would (subprocesses; PYTHONPATH=benchmarks for the model file) for each
-seed: train, audit, ffw --mode structured and --mode unstructured, discover (--layer auto and bottleneck),
-and writes ``ROOT/results.md`` + ``results.json`` (commands, wall times, numbers, mean +- std over seeds).
+seed: train, audit, ffw --mode structured and --mode unstructured, discover (--layer bottleneck and auto), and
+CALM trained on the same tensors (+ its audit). Outputs go to ROOT/seedS/<step>-TAG (CALM: ROOT/calm-seedS);
+a step whose output exists is skipped, so a sweep resumes and two processes can split the steps / seeds.
+Every command's wall time and the 1-minute load average go to ROOT/log-seedS.jsonl. ``report`` reads them
+all and writes ``ROOT/results-TAG.md`` + ``.json`` (mean +- sample std over the seeds that finished).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,86 +82,163 @@ def make(args) -> None:
     print(f"wrote {out} ({sum(len(y) for y in ys)} samples; D^b rho {args.rho})")
 
 
-def _cli(args: list[str], log: list[dict]) -> float:
+def _cli(args: list[str], log_path: Path) -> float:
+    """Run one ``debiaskit`` command as a user would; append its wall time and the load to ``log_path``."""
     env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [str(Path(sys.executable).parent / "debiaskit"), *args]
+    cmd = [sys.executable, "-m", "debiaskit", *args]
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    log.append({"command": "debiaskit " + " ".join(args), "wall_s": wall, "rc": proc.returncode})
+    entry = {"command": "debiaskit " + " ".join(args), "wall_s": wall, "rc": proc.returncode,
+             "load1_before": load_before, "load1_after": os.getloadavg()[0], "finished": time.strftime("%H:%M:%S")}
+    with open(log_path, "a") as fh:   # one short line per command; O_APPEND keeps parallel writers whole
+        fh.write(json.dumps(entry) + "\n")
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return wall
 
 
+STEPS = ("train", "audit", "ffw-structured", "ffw-unstructured", "discover", "calm")
+
+
+def _paths(root: Path, seed: int, tag: str) -> dict[str, Path]:
+    run_dir = root / f"seed{seed}"
+    return {"run": run_dir, "audit": run_dir / f"audit-{tag}",
+            "ffw-structured": run_dir / f"ffw-structured-{tag}", "ffw-unstructured": run_dir / f"ffw-unstructured-{tag}",
+            "discover-bottleneck": run_dir / f"discover-bottleneck-{tag}.json",
+            "discover-auto": run_dir / f"discover-auto-{tag}.json",
+            "calm": root / f"calm-seed{seed}", "calm-audit": root / f"calm-seed{seed}" / f"audit-{tag}"}
+
+
 def run(args) -> None:
+    """Each step is skipped when its output exists, so an interrupted sweep resumes and two processes
+    may share the seeds (``--steps`` picks what this process runs)."""
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    log: list[dict] = []
+    train_args = ["--dataset", f"tensors:{args.data}", "--model", "byo_user_model:residual_cnn",
+                  "--model-arg", f"width={args.width}", "--epochs", str(args.epochs)]
     for seed in args.seeds:
-        run_dir = root / f"seed{seed}"
-        if not (run_dir / "run.json").exists():
-            _cli(["train", "--dataset", f"tensors:{args.data}", "--model", "byo_user_model:residual_cnn",
-                  "--model-arg", f"width={args.width}", "--epochs", str(args.epochs), "--seed", str(seed),
-                  "--out", str(run_dir), "--no-progress"], log)
-        _cli(["audit", str(run_dir), "--seed", str(seed)], log)
-        for mode in ("structured", "unstructured"):
-            if not (run_dir / f"ffw-{mode}-g10" / "ffw.json").exists():
-                _cli(["ffw", str(run_dir), "--mode", mode, "--seed", str(seed), "--no-progress"], log)
+        p = _paths(root, seed, args.tag)
+        log = root / f"log-seed{seed}.jsonl"
+        s = str(seed)
+        for step in args.steps:
+            if step == "train" and not (p["run"] / "run.json").exists():
+                _cli(["train", *train_args, "--seed", s, "--out", str(p["run"]), "--no-progress"], log)
+            elif step == "audit" and not (p["audit"] / "audit.json").exists():
+                _cli(["audit", str(p["run"]), "--seed", s, "--out", str(p["audit"])], log)
+            elif step.startswith("ffw-") and not (p[step] / "ffw.json").exists():
+                _cli(["ffw", str(p["run"]), "--mode", step[4:], "--seed", s, "--out", str(p[step]), "--no-progress"], log)
+            elif step == "discover":
+                for layer in ("bottleneck", "auto"):
+                    if not p[f"discover-{layer}"].exists():
+                        # discover writes RUN/discover; --force replaces only the folder it wrote the step before
+                        _cli(["discover", str(p["run"]), "--layer", layer, "--force"], log)
+                        shutil.copyfile(p["run"] / "discover" / "report.json", p[f"discover-{layer}"])
+            elif step == "calm":
+                if not (p["calm"] / "run.json").exists():
+                    _cli(["train", *train_args, "--method", "calm", "--seed", s, "--out", str(p["calm"]), "--no-progress"], log)
+                if not (p["calm-audit"] / "audit.json").exists():
+                    _cli(["audit", str(p["calm"]), "--seed", s, "--out", str(p["calm-audit"])], log)
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def report(args) -> None:
+    root = Path(args.root)
+    rows = []
+    for seed in args.seeds:
+        p = _paths(root, seed, args.tag)
+        meta = _read(p["run"] / "run.json")
+        audit = _read(p["audit"] / "audit.json")
+        ffw = {m: _read(p[f"ffw-{m}"] / "ffw.json") for m in ("structured", "unstructured")}
+        calm = _read(p["calm-audit"] / "audit.json")
         discover = {}
         for layer in ("bottleneck", "auto"):
-            _cli(["discover", str(run_dir), "--layer", layer, "--force"], log)
-            report = json.loads((run_dir / "discover" / "report.json").read_text())
-            discover[layer] = {"layer": report["layer"]["chosen"], **(report["quality"]["train"] or {})}
-        meta = json.loads((run_dir / "run.json").read_text())
-        audit = json.loads((run_dir / "audit" / "audit.json").read_text())
-        ffw = {m: json.loads((run_dir / f"ffw-{m}-g10" / "ffw.json").read_text()) for m in ("structured", "unstructured")}
-        rows.append({"seed": seed, "train_s": meta["wall_time_s"], "audit": audit["attributes"][0], "task": audit["task_accuracy"],
-                     "ffw": {m: {"before": f["before"], "after": f["after"], "sparsity": f["search"]["sparsity"]["overall"],
-                                 "params": f["parameters"], "wall_s": f["wall_time_s"]} for m, f in ffw.items()},
+            rep = _read(p[f"discover-{layer}"])
+            if rep is not None:
+                discover[layer] = {"layer": rep["layer"]["chosen"], **(rep["quality"]["train"] or {})}
+        rows.append({"seed": seed, "train_s": meta and meta["wall_time_s"],
+                     "model_args": meta and meta["model"].get("args"), "epochs": meta and meta["train"].get("epochs"),
+                     "audit": audit and {"task": audit["task_accuracy"], **audit["attributes"][0]},
+                     "calm": calm and {"task": calm["task_accuracy"], **calm["attributes"][0]},
+                     "ffw": {m: f and {"after": f["after"], "sparsity": f["search"]["sparsity"]["overall"],
+                                       "params": f["parameters"], "wall_s": f["wall_time_s"],
+                                       "epochs": f["search"].get("epochs"), "stop": f["search"].get("stop_reason")}
+                             for m, f in ffw.items()},
                      "discover": discover})
-    (root / "results.json").write_text(json.dumps({"rows": rows, "log": log}, indent=2))
-    (root / "results.md").write_text(markdown(rows, log, args))
-    print((root / "results.md").read_text())
+    log = []
+    for seed in args.seeds:
+        path = root / f"log-seed{seed}.jsonl"
+        if path.exists():
+            log += [{**json.loads(line), "seed": seed} for line in path.read_text().splitlines() if line.strip()]
+    (root / f"results-{args.tag}.json").write_text(json.dumps({"rows": rows, "log": log}, indent=2))
+    (root / f"results-{args.tag}.md").write_text(markdown(rows, log, args))
+    print((root / f"results-{args.tag}.md").read_text())
 
 
 def _pm(values) -> str:
     values = [100 * v for v in values if v is not None and v == v]
     if not values:
-        return "-"
-    return f"{statistics.mean(values):.2f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+        return "not run"
+    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.2f} +- {spread:.2f} (n={len(values)})"
+
+
+def _group_row(name: str, audits, extra: str = "") -> str:
+    a = [x for x in audits if x is not None]
+    g = [x["groups"] for x in a]
+    return (f"| {name} | {_pm(x['task'] for x in a)} | {_pm(x['aligned_accuracy'] for x in g)} | "
+            f"{_pm(x['conflicting_accuracy'] for x in g)} | {_pm(x['worst_group_accuracy'] for x in g)} | "
+            f"{_pm(x['bias_extractability'] for x in a)} | {extra}")
+
+
+def args_width(rows) -> str:
+    return ", ".join(sorted({str(r["model_args"].get("width")) for r in rows if r.get("model_args")})) or "?"
+
+
+def args_epochs(rows) -> str:
+    return ", ".join(sorted({str(r["epochs"]) for r in rows if r.get("epochs")})) or "?"
 
 
 def markdown(rows, log, args) -> str:
-    lines = [f"Seeds {', '.join(str(r['seed']) for r in rows)} (n = {len(rows)}); mean +- sample std; test = "
-             f"{args.data} code 4 (uniform bias).", "",
+    lines = [f"Seeds {', '.join(str(r['seed']) for r in rows)}; mean +- sample std over the seeds that finished (n); "
+             f"test = {args.data} code 4 (uniform bias).", "",
              "| model | task | aligned | conflicting | worst group | bias extractability | sparsity | params |",
              "|---|---|---|---|---|---|---|---|"]
-    a = [r["audit"] for r in rows]
-    lines.append(f"| vanilla | {_pm(r['task'] for r in rows)} | {_pm(x['groups']['aligned_accuracy'] for x in a)} | "
-                 f"{_pm(x['groups']['conflicting_accuracy'] for x in a)} | {_pm(x['groups']['worst_group_accuracy'] for x in a)} | "
-                 f"{_pm(x['bias_extractability'] for x in a)} | - | {rows[0]['ffw']['structured']['params']['before']} |")
+    params = next((r["ffw"]["structured"]["params"]["before"] for r in rows if r["ffw"]["structured"]), "-")
+    lines.append(_group_row("vanilla", [r["audit"] for r in rows], f"- | {params} |"))
     for mode in ("structured", "unstructured"):
-        f = [r["ffw"][mode]["after"] for r in rows]
-        lines.append(f"| FFW {mode} | {_pm(x['task_accuracy'] for x in f)} | {_pm(x['aligned_accuracy'] for x in f)} | "
-                     f"{_pm(x['conflicting_accuracy'] for x in f)} | {_pm(x['worst_group_accuracy'] for x in f)} | "
-                     f"{_pm(x['bias_extractability'] for x in f)} | {_pm(r['ffw'][mode]['sparsity'] for r in rows)} | "
-                     f"{', '.join(str(r['ffw'][mode]['params']['after']) for r in rows)} |")
+        f = [r["ffw"][mode] for r in rows if r["ffw"][mode]]
+        after = [{"task": x["after"]["task_accuracy"], "groups": x["after"],
+                  "bias_extractability": x["after"]["bias_extractability"]} for x in f]
+        lines.append(_group_row(f"FFW {mode}", after, f"{_pm(x['sparsity'] for x in f)} | "
+                                f"{', '.join(str(x['params']['after']) for x in f) or '-'} |"))
+    lines.append(_group_row("CALM (label-free training)", [r["calm"] for r in rows], "- | - |"))
     lines += ["", "| discover | layer chosen per seed | flagged | precision | recall | F1 |", "|---|---|---|---|---|---|"]
     for layer in ("bottleneck", "auto"):
-        d = [r["discover"][layer] for r in rows]
-        lines.append(f"| --layer {layer} | {', '.join(x['layer'] for x in d)} | {', '.join(str(x.get('flagged')) for x in d)} | "
-                     f"{_pm(x.get('precision') for x in d)} | {_pm(x.get('recall') for x in d)} | {_pm(x.get('f1') for x in d)} |")
-    lines += ["", "| command | wall time (s), per seed |", "|---|---|"]
-    by_cmd: dict[str, list[float]] = {}
+        d = [r["discover"][layer] for r in rows if layer in r["discover"]]
+        lines.append(f"| --layer {layer} | {', '.join(x['layer'] for x in d) or '-'} | "
+                     f"{', '.join(str(x.get('flagged')) for x in d) or '-'} | {_pm(x.get('precision') for x in d)} | "
+                     f"{_pm(x.get('recall') for x in d)} | {_pm(x.get('f1') for x in d)} |")
+    lines += ["", "| command | wall time (s) per seed sN [1-min load average before -> after] |", "|---|---|"]
+    by_cmd: dict[str, list[str]] = {}
+    trained = [r for r in rows if r["train_s"] is not None]
+    if trained:   # the vanilla runs' own record (they may predate the log)
+        by_cmd[f"`debiaskit train --dataset tensors:DATA --model byo_user_model:residual_cnn --model-arg width={args_width(rows)} "
+               f"--epochs {args_epochs(rows)} --seed S --out ROOT/seedS --no-progress` (its run.json wall_time_s; load not "
+               f"recorded)"] = [
+            f"s{r['seed']}: {r['train_s']:.0f}" for r in trained]
     for entry in log:
-        key = " ".join(w if not w.startswith(str(args.root)) else "RUN" for w in entry["command"].split())
-        key = key.replace(str(args.data), "DATA")
+        key = entry["command"].replace(str(args.data), "DATA").replace(str(args.root), "ROOT")
         for s in args.seeds:
             key = key.replace(f"--seed {s}", "--seed S").replace(f"seed{s}", "seedS")
-        by_cmd.setdefault(key, []).append(entry["wall_s"])
-    lines += [f"| `{k}` | {', '.join(f'{v:.0f}' for v in vs)} |" for k, vs in by_cmd.items()]
+        by_cmd.setdefault(key, []).append(
+            f"s{entry['seed']}: {entry['wall_s']:.0f} [{entry.get('load1_before', float('nan')):.1f} -> "
+            f"{entry.get('load1_after', float('nan')):.1f}]")
+    lines += [f"| {k if k.startswith('`') else '`' + k + '`'} | {', '.join(vs)} |" for k, vs in by_cmd.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -177,7 +259,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--width", type=int, default=16)
+    p.add_argument("--tag", default="v2", help="suffix of the output folders of audit / ffw / discover")
+    p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     p.set_defaults(func=run)
+    p = sub.add_parser("report")
+    p.add_argument("--data", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--tag", default="v2")
+    p.set_defaults(func=report)
     args = parser.parse_args()
     args.func(args)
 
