@@ -82,7 +82,25 @@ def test_choose_layer_ignores_layers_that_attract_their_flags_weakly():
             {"layer": "bottleneck", "flagged": 42, "flagged_share": 0.004, "mean_flagged_score": 0.30}]
     assert choose_layer(scan) == "bottleneck"
     scan[1]["mean_flagged_score"] = 0.8
+    assert choose_layer(scan) == "bottleneck"        # block2's flags do not persist at block3 (170 -> 42)
+    scan[2]["flagged"] = 120
     assert choose_layer(scan) == "block2"
+
+
+def test_choose_layer_ignores_flags_that_vanish_at_the_next_layer():
+    # the same model, seed 1: block1 passes the score threshold, but 92 % of its flags are gone at block2
+    # (true F1 on these samples: block1 0.07, block2 0.53, block3 = bottleneck 0.52)
+    scan = [{"layer": "block1", "flagged": 2270, "flagged_share": 0.227, "mean_flagged_score": 0.571},
+            {"layer": "block2", "flagged": 187, "flagged_share": 0.0187, "mean_flagged_score": 0.394},
+            {"layer": "block3", "flagged": 37, "flagged_share": 0.0037, "mean_flagged_score": 0.313},
+            {"layer": "bottleneck", "flagged": 37, "flagged_share": 0.0037, "mean_flagged_score": 0.313}]
+    assert choose_layer(scan) == "bottleneck"
+    assert choose_layer(scan, persist_ratio=float("inf")) == "block1"     # the rule before
+    # Biased MNIST rho 0.99 (simple-conv-small, 10,000 samples of D^b): flags persist until memorised
+    mnist = [{"layer": f"extracter.{i}", "flagged": n, "flagged_share": n / 1e4, "mean_flagged_score": s}
+             for i, n, s in [(2, 110, 0.94), (5, 110, 0.81), (8, 96, 0.33), (11, 0, None)]]
+    assert choose_layer(mnist + [{"layer": "bottleneck", "flagged": 0, "flagged_share": 0.0,
+                                  "mean_flagged_score": None}]) == "extracter.2"
 
 
 def test_candidate_layers_and_unknown_layer(toy_splits):
