@@ -17,7 +17,7 @@ test images with uniform b (code 4). Bias b in 0..9: stripes of orientation 36 d
 seed: train, audit, ffw --mode structured and --mode unstructured, discover (--layer bottleneck and auto), and
 CALM trained on the same tensors (+ its audit). Outputs go to ROOT/seedS/<step>-TAG (CALM: ROOT/calm-seedS);
 a step whose output exists is skipped, so a sweep resumes and two processes can split the steps / seeds.
-Every command's wall time and the 1-minute load average go to ROOT/log-seedS.jsonl. ``report`` reads them
+Every command's wall time and the 1-minute load average go to ROOT/log-TAG-seedS.jsonl. ``report`` reads them
 all and writes ``ROOT/results-TAG.md`` + ``.json`` (mean +- sample std over the seeds that finished).
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ def run(args) -> None:
                   "--model-arg", f"width={args.width}", "--epochs", str(args.epochs)]
     for seed in args.seeds:
         p = _paths(root, seed, args.tag)
-        log = root / f"log-seed{seed}.jsonl"
+        log = root / f"log-{args.tag}-seed{seed}.jsonl"
         s = str(seed)
         for step in args.steps:
             if step == "train" and not (p["run"] / "run.json").exists():
@@ -155,6 +155,7 @@ def report(args) -> None:
         audit = _read(p["audit"] / "audit.json")
         ffw = {m: _read(p[f"ffw-{m}"] / "ffw.json") for m in ("structured", "unstructured")}
         calm = _read(p["calm-audit"] / "audit.json")
+        calm_state = (_read(p["calm"] / "run.json") or {}).get("method", {}).get("state", {})
         discover = {}
         for layer in ("bottleneck", "auto"):
             rep = _read(p[f"discover-{layer}"])
@@ -163,15 +164,18 @@ def report(args) -> None:
         rows.append({"seed": seed, "train_s": meta and meta["wall_time_s"],
                      "model_args": meta and meta["model"].get("args"), "epochs": meta and meta["train"].get("epochs"),
                      "audit": audit and {"task": audit["task_accuracy"], **audit["attributes"][0]},
-                     "calm": calm and {"task": calm["task_accuracy"], **calm["attributes"][0]},
+                     "calm": calm and {"task": calm["task_accuracy"], **calm["attributes"][0],
+                                       "selected_epoch": calm_state.get("selected_epoch"),
+                                       "flags": calm_state.get("pseudo_bias_flags")},
                      "ffw": {m: f and {"after": f["after"], "sparsity": f["search"]["sparsity"]["overall"],
-                                       "params": f["parameters"], "wall_s": f["wall_time_s"],
+                                       "params": f["parameters"], "wall_s": f["wall_time_s"], "probes": f.get("probes"),
+                                       "selected_epoch": f["search"]["selected"]["epoch"],
                                        "epochs": f["search"].get("epochs"), "stop": f["search"].get("stop_reason")}
                              for m, f in ffw.items()},
                      "discover": discover})
     log = []
     for seed in args.seeds:
-        path = root / f"log-seed{seed}.jsonl"
+        path = root / f"log-{args.tag}-seed{seed}.jsonl"
         if path.exists():
             log += [{**json.loads(line), "seed": seed} for line in path.read_text().splitlines() if line.strip()]
     (root / f"results-{args.tag}.json").write_text(json.dumps({"rows": rows, "log": log}, indent=2))
@@ -217,6 +221,23 @@ def markdown(rows, log, args) -> str:
         lines.append(_group_row(f"FFW {mode}", after, f"{_pm(x['sparsity'] for x in f)} | "
                                 f"{', '.join(str(x['params']['after']) for x in f) or '-'} |"))
     lines.append(_group_row("CALM (label-free training)", [r["calm"] for r in rows], "- | - |"))
+    probes = sorted({k for r in rows for m in ("structured", "unstructured") if r["ffw"][m] and r["ffw"][m]["probes"]
+                     for k in r["ffw"][m]["probes"]["after"]})
+    if probes:
+        lines += ["", "| bias extractability by probe (test) | " + " | ".join(probes) + " |", "|---" * (len(probes) + 1) + "|"]
+        for label, mode, when in [("vanilla", "unstructured", "before"), ("FFW structured", "structured", "after"),
+                                  ("FFW unstructured", "unstructured", "after")]:
+            got = [r["ffw"][mode]["probes"][when] for r in rows if r["ffw"][mode] and r["ffw"][mode]["probes"]]
+            lines.append(f"| {label} | " + " | ".join(_pm(g.get(k) for g in got) for k in probes) + " |")
+    epochs = {label: ", ".join(str(x["selected_epoch"]) for x in got if x) for label, got in [
+        ("FFW structured", [r["ffw"]["structured"] for r in rows]), ("FFW unstructured", [r["ffw"]["unstructured"] for r in rows]),
+        ("CALM (its own label-free rule)", [r["calm"] for r in rows])]}
+    lines += ["", "Selected epoch per seed: " + "; ".join(f"{k} {v or '-'}" for k, v in epochs.items()) + "."]
+    flags = [r["calm"]["flags"] for r in rows if r["calm"] and r["calm"].get("flags")]
+    if flags:
+        lines += ["", f"CALM's own conflict flags on D^b (true labels read by the report only): mined "
+                  f"{', '.join(str(f['mined']) for f in flags)} / truly conflicting {', '.join(str(f['true_conflicting']) for f in flags)}; "
+                  f"precision {_pm(f['precision'] for f in flags)}, recall {_pm(f['recall'] for f in flags)}"]
     lines += ["", "| discover | layer chosen per seed | flagged | precision | recall | F1 |", "|---|---|---|---|---|---|"]
     for layer in ("bottleneck", "auto"):
         d = [r["discover"][layer] for r in rows if layer in r["discover"]]
