@@ -33,6 +33,8 @@ def test_plan_puts_the_new_defaults_the_paper_term_and_the_cost_ratio_first(tmp_
     assert "adversary" not in next(c for c in cells if c.key.startswith("t2-")).params  # library defaults
     cmd = _ffw_command(Path("/v/r"), {"mode": "unstructured", "gamma": 10.0, "adversary": "head"}, Path("/o"))
     assert cmd == "debiaskit ffw /v/r --mode unstructured --gamma 10 --adversary head --out /o"
+    cmd = _ffw_command(Path("/v/r"), {"mode": "structured", "input_weights": True, "include_head": False}, Path("/o"))
+    assert cmd == "debiaskit ffw /v/r --mode structured --input-weights --no-include-head --out /o"  # typer's flags
 
 
 def test_tables_show_every_probe_and_the_one_process_cost_ratio(tmp_path):

@@ -190,8 +190,12 @@ def _run_ffw(cell: Cell, root: Path, echo) -> dict[str, Any]:
 
 def _ffw_command(run_dir: Path, params: dict[str, Any], out: Path) -> str:
     """The `debiaskit ffw` command line of a cell (settings other than the CLI's defaults spelled out)."""
-    flags = " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
-                     for k, v in params.items() if v is not None)
+    def flag(k: str, v: Any) -> str:
+        name = k.replace("_", "-")
+        if isinstance(v, bool):   # typer's boolean options are --name / --no-name, not "--name True"
+            return f"--{name}" if v else f"--no-{name}"
+        return f"--{name} {v:g}" if isinstance(v, float) else f"--{name} {v}"
+    flags = " ".join(flag(k, v) for k, v in params.items() if v is not None)
     return f"debiaskit ffw {run_dir} {flags} --out {out}"
 
 
