@@ -156,8 +156,9 @@ TEXTURE_STRIPES = tuple((angle, period) for period in (3.0, 6.0) for angle in (0
 def _draw_texture(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
     """Texture bias: binary stripes (orientation and period set by b, random phase per image) laid over the
     whole grayscale image at half contrast, x = (image + 255 * stripes) / 2. A texture a convolution picks up
-    in one layer, while the shape is only half visible: a vanilla model learns the texture almost exclusively
-    (the case FFW cannot repair - the frozen model holds no debiased sub-network)."""
+    in one layer, while the shape is only half visible. On ``texture-toy`` a short vanilla run learns the texture
+    almost exclusively (the case FFW cannot repair - no debiased sub-network; tests/test_ffw_diagnosis.py); on
+    fashion-mnist a 5-epoch simple-conv-small still learnt enough shape for FFW to help (BENCHMARKS.md, section 2)."""
     n, h, w = digits.shape
     angle, period = (torch.tensor(v, dtype=torch.float32)[b % len(TEXTURE_STRIPES)]
                      for v in zip(*TEXTURE_STRIPES))
@@ -203,7 +204,8 @@ register_recipe(Recipe(
 register_recipe(Recipe(
     name="texture",
     description="Texture bias: stripes (5 orientations x 2 periods) over the whole image, correlated with the "
-    "class at rho; the vanilla model learns the texture almost exclusively (no debiased sub-network for FFW)",
+    "class at rho; the vanilla model leans on the texture almost exclusively (on texture-toy: no debiased "
+    "sub-network for FFW)",
     bias_names=("texture",), channels=1, mean=0.5, std=0.5,
     params={"rho": Param(0.995, "share of samples carrying their class's texture")},
     assign=_single(), draw=_draw_texture,
