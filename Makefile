@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 DEMO_DIR ?= demo-run
 export DEBIASKIT_DATA ?= $(CURDIR)/data-cache
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-fast venv clean
 
 venv: $(STAMP)
 
@@ -28,13 +28,13 @@ demo: $(STAMP)
 	@echo "Audit report: $(DEMO_DIR)/vanilla/audit/report.md (JSON: audit.json, plots: *.png)"
 	@echo "FFW report:   $(DEMO_DIR)/ffw/report.md (pruned model: model.safetensors, masks: masks.safetensors)"
 
-# `make test` leaves out the tests marked slow (the same checks on more methods or larger data);
-# `make test-all` runs them too.
+# `make test` (CI) runs every test: the tests marked slow (the same checks on more methods or larger data)
+# add about 30 s of CPU. `make test-fast` leaves them out while developing.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
-
-test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
