@@ -51,7 +51,9 @@ from ._progress import print_epoch
 CHECKPOINT_FILE = "checkpoint.safetensors"   # tensors + JSON state in one file (debiaskit._io.save_checkpoint)
 CHECKPOINT_KIND = "ffw-search"
 SELECTIONS = {
-    "objective": "hard-masked model with the lowest J = CE + gamma * D on D^u_val (D: the search's own adversary)",
+    "objective": "hard-masked model with the lowest J = CE + gamma * D on D^u_val (D: the search's own adversary) "
+                 "among those whose D^u_val task accuracy is not below the vanilla model's (among all, the vanilla "
+                 "model included, when none is)",
     "readability": "hard-masked model with the lowest CE + gamma * R on D^u_val (R: closed-form linear readability "
                    "of the bias, whatever the adversary)",
     "accuracy": "hard-masked model with the highest task accuracy on D^u_val",
@@ -85,12 +87,21 @@ class FFWConfig:
     agree_tol: stop when soft and hard model differ by at most this in D^u_val task accuracy and in
     privacy-head accuracy. Privacy head: SGD lr 0.1, momentum 0.9, wd 1e-4 (public code). Gates:
     ``gate_optimizer`` / ``gate_lr`` (our choice). selection: see ``SELECTIONS``.
+    learn_temperature / scale_free_dependence (default: on for structured, off for unstructured): a unit gate can
+    rescale a whole channel, so J has two shortcuts that remove no bias - an overconfident model's CE falls when
+    every logit shrinks, and the bias term falls when the features it reads shrink; the hard mask turns such a
+    shrink into removal (a user residual CNN went to chance in one epoch, BENCHMARKS.md section 7). The first
+    divides the logits by a temperature fitted on the vanilla D^u_train logits and learnt with the gates (no argmax
+    sees it; only the CE of J does, in training); the second gives D no gradient along a bottleneck feature's own
+    scale (its value is unchanged: a probe undoes any rescaling).
     """
 
     mode: str = "unstructured"
     gamma: float = 10.0
     include_head: bool = False
     input_weights: bool = False   # structured: also gate every weight of the layers reading the input (_gates.py)
+    learn_temperature: bool | None = None   # None: on for structured (see FFWConfig's docstring)
+    scale_free_dependence: bool | None = None   # None: on for structured (see FFWConfig's docstring)
     tau_init: float = 1.0
     tau_decay: float = 0.5
     max_levels: int = 20
@@ -140,6 +151,10 @@ class FFWConfig:
         if not 0 < self.tau_final <= self.tau_init:
             raise ConfigError(f"tau_final must lie in (0, tau_init], got {self.tau_final}")
         probe_free = self.adversary in ("lda", "mmd")
+        if self.learn_temperature is None:
+            self.learn_temperature = self.mode == "structured"
+        if self.scale_free_dependence is None:
+            self.scale_free_dependence = self.mode == "structured"
         if self.condition_on_target is None:   # default: on for the probe-free terms (where it applies)
             self.condition_on_target = probe_free
         if self.condition_on_target and not probe_free:
@@ -232,10 +247,22 @@ def _check_data(train, val) -> int:
     return int(n_bias)
 
 
+def fit_log_temperature(logits: Tensor, y: Tensor) -> Tensor:
+    """log T minimising CE(logits / T, y) (a 1-D convex problem; a grid over T in [0.1, 100], then its best
+    neighbourhood): the calibration the gates would otherwise learn by shrinking every unit."""
+    def ce(log_t: Tensor) -> Tensor:
+        return torch.stack([F.cross_entropy(logits / t.exp(), y) for t in log_t])
+    grid = torch.linspace(math.log(0.1), math.log(100.0), 61, device=logits.device)
+    best = grid[int(ce(grid).argmin())]
+    fine = best + torch.linspace(-0.12, 0.12, 25, device=logits.device)
+    return fine[int(ce(fine).argmin())]
+
+
 def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], privacy_heads: list[nn.Module],
              x: Tensor, y: Tensor, b: Tensor, *, gamma: float, num_bias: int,
              dependence: Callable[[Tensor, list[Tensor], Tensor], Tensor] | None = None,
-             order: Tensor | None = None) -> dict[str, Any]:
+             order: Tensor | None = None, log_temperature: Tensor | None = None,
+             scale_free: bool = False) -> dict[str, Any]:
     """Gradients of one FFW step, written into ``.grad`` (the caller steps the optimisers).
 
     Gates get dJ/dm with J = CE(f(x), y) + gamma * D(z, b); D defaults to the paper's sum_a MI(P_a(z), b_a)
@@ -248,8 +275,14 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
     that the rows are in the 1-rank batch's order; see :func:`debiaskit._dist.global_batch_order`).
     """
     logits, z = forward_with_bottleneck(model, x, head)
+    if log_temperature is not None:   # CE of the calibrated logits (a learnt scale that no argmax sees)
+        logits = logits / log_temperature.exp()
     ce = F.cross_entropy(logits, y)
     cols = _bias_columns(b)
+    zd = z.detach()
+    if scale_free:   # same value; no gradient along a feature's own scale (a probe undoes any rescaling)
+        scale = z.std(0, keepdim=True).clamp_min(1e-6)
+        z = z / scale * scale.detach()
     # D is a statistic of the whole batch: under torchrun, of the all-gathered global batch (gradient back to each
     # rank's own samples; identity on one process)
     if dependence is None:
@@ -265,7 +298,6 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
     grads = torch.autograd.grad(loss, gate_params)
     for p, g in zip(gate_params, grads):
         p.grad = g
-    zd = z.detach()
     head_loss = 0.0
     for i, h in enumerate(privacy_heads):  # head i reads attribute i % A (several heads per attribute allowed)
         col = cols[i % len(cols)]
@@ -311,13 +343,20 @@ class _Search:
         self._epoch_z: list[Tensor] = []
         opt = torch.optim.Adam if config.gate_optimizer == "adam" else (
             lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
-        self.gate_opt = opt(self.gated.parameters(), lr=config.gate_lr)
+        # the logit temperature learnt with the gates (FFWConfig.learn_temperature); stepped by the gate optimiser
+        self.log_temperature = (torch.zeros((), device=self.device, requires_grad=True) if config.learn_temperature
+                                else None)
+        self.gate_opt = opt(self._trained(), lr=config.gate_lr)
         self.progress = {"level": 0, "tau": config.tau_init, "epoch_in_level": 0, "epoch": 0,
                          "plateau_best": None, "bad_epochs": 0, "done": False, "stop_reason": None}
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.best_gates: dict[str, Tensor] | None = None
         self.step = 0
+
+    def _trained(self) -> list[Tensor]:
+        """What the gate optimiser steps: the gates, and the logit temperature when it is learnt."""
+        return self.gated.parameters() + ([self.log_temperature] if self.log_temperature is not None else [])
 
     # ---- privacy head pre-training on the vanilla model (gates all at 1) ----
     @torch.no_grad()
@@ -341,7 +380,10 @@ class _Search:
 
     def pretrain_heads(self) -> None:
         """Train each privacy head on detached vanilla features until its D^u_val loss plateaus."""
-        _, z_tr, _, b_tr = self._features(self.train, hard=False)
+        logits_tr, z_tr, y_tr, b_tr = self._features(self.train, hard=False)
+        if self.log_temperature is not None:
+            with torch.no_grad():
+                self.log_temperature.copy_(fit_log_temperature(logits_tr, y_tr))
         _, z_va, _, b_va = self._features(self.val, hard=False)
         gen = torch.Generator().manual_seed(self.cfg.seed)
         pairs = list(zip(self.heads, self.head_opts)) + list(zip(self.mlps, self.mlp_opts))
@@ -392,7 +434,7 @@ class _Search:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.progress["epoch"])
         sums = {"loss": 0.0, "ce": 0.0, "mi": 0.0, "head_loss": 0.0}
         steps = 0
-        params = self.gated.parameters()
+        params = self._trained()
         dependence = self._dependence()
         rank, world = _dist.rank_and_world()
         perm = torch.randperm(len(self.train), generator=gen)
@@ -403,7 +445,8 @@ class _Search:
             # under torchrun: the global batch in the 1-rank order, for the order-sensitive adversaries
             order = _dist.global_batch_order(place[batch.index]) if world > 1 else None
             out = ffw_step(self.work, self.head, params, self.heads + self.mlps, batch.x, batch.y, batch.b,
-                           gamma=cfg.gamma, num_bias=self.num_bias, dependence=dependence, order=order)
+                           gamma=cfg.gamma, num_bias=self.num_bias, dependence=dependence, order=order,
+                           log_temperature=self.log_temperature, scale_free=cfg.scale_free_dependence)
             # identical gates and heads on every rank (a no-op on one process)
             _dist.average_gradients(list(params) + list(self.heads) + list(self.mlps))
             z, b, y = out.pop("z"), batch.b, batch.y
@@ -479,11 +522,20 @@ class _Search:
             return -(hard["ce"] + self.cfg.gamma * hard["readability"])
         return hard["task"]
 
+    def _keeps_task(self, record: dict[str, Any]) -> bool:
+        """A gated candidate whose D^u_val task accuracy is not below the vanilla model's (epoch 0)."""
+        return record["epoch"] > 0 and record["val_hard"]["task"] >= self.history[0]["val_hard"]["task"]
+
     def consider(self, record: dict[str, Any]) -> None:
-        """Keep the best hard-masked state on D^u_val."""
+        """Keep the best hard-masked state on D^u_val: by the selection score among the gated candidates that
+        keep the vanilla model's task accuracy; by the score alone while there is none. J alone prefers a dead
+        network (CE log K, D 0) to any model that still reads the bias - which an overconfident vanilla model's
+        CE makes easy to reach (BENCHMARKS.md, section 7)."""
         score = self._score(record)
         record["selection_score"] = score
-        if self.best is None or score > self.best["selection_score"]:
+        record["keeps_task"] = self._keeps_task(record)
+        key = (record["keeps_task"], score)
+        if self.best is None or key > (self.best.get("keeps_task", False), self.best["selection_score"]):
             self.best = record
             self.best_gates = {k: v.clone() for k, v in self.gated.gate_tensors().items()}
 
@@ -684,6 +736,10 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
 
 def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: float) -> FFWResult:
     cfg = search.cfg
+    if search.best["epoch"] > 0 and not search.best.get("keeps_task", False):
+        search.best["selection_note"] = (
+            "no gated candidate kept the vanilla model's D^u_val task accuracy "
+            f"({100 * search.history[0]['val_hard']['task']:.1f} %): selected by the score alone")
     search.gated.load_gate_tensors(search.best_gates)
     search.state.hard = True
     masks = search.gated.hard_masks()
