@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from debiaskit.ffw._gates import freeze, install_gates
+from debiaskit.ffw import find_fantastic_weights
 from debiaskit.ffw._search import FFWConfig, _Search, ffw_step, fit_log_temperature
 
 
@@ -104,3 +105,26 @@ def test_selection_falls_back_to_the_objective_when_no_candidate_keeps_the_task(
         s.history.append(rec)
         _Search.consider(s, rec)
     assert s.best["epoch"] == 1 and not s.best["keeps_task"]
+
+
+def test_the_learnt_temperature_survives_an_interrupt(tmp_path):
+    from test_ffw_search import FAST, Planted, _planted
+    train, val = _planted(600, rho=0.5, seed=1, name="u_train"), _planted(300, rho=0.5, seed=2, name="u_val")
+
+    def overconfident():
+        model = Planted().eval()
+        with torch.no_grad():
+            model.fc.weight.mul_(8.0)
+        return model
+
+    kw = dict(train=train, val=val, mode="structured", gamma=10, progress=False, **FAST)
+    reference = find_fantastic_weights(overconfident(), **kw)
+
+    def stop_at_step_8(event):
+        if event["kind"] == "step" and event["step"] == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        find_fantastic_weights(overconfident(), checkpoint_dir=tmp_path, callback=stop_at_step_8, **kw)
+    resumed = find_fantastic_weights(overconfident(), checkpoint_dir=tmp_path, resume=True, **kw)
+    assert [h.get("train_loss") for h in resumed.history] == [h.get("train_loss") for h in reference.history]

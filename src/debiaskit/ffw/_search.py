@@ -622,6 +622,8 @@ class _Search:
             tensors.update({f"mlp{i}.{k}": v.detach() for k, v in h.state_dict().items()})
         if self.lda is not None:
             tensors.update({f"lda.{k}": v for k, v in self.lda.tensors().items()})
+        if self.log_temperature is not None:
+            tensors["log_temperature"] = self.log_temperature.detach().reshape(1)
         for tag, opt in self._optimizers():
             sd = opt.state_dict()
             scalars = {}
@@ -656,6 +658,9 @@ class _Search:
                 h.load_state_dict({k[len(tag):]: v for k, v in tensors.items() if k.startswith(tag)})
         if self.lda is not None:
             self.lda.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("lda.")})
+        if self.log_temperature is not None:
+            with torch.no_grad():
+                self.log_temperature.copy_(tensors["log_temperature"].reshape(()))
         for tag, opt in self._optimizers():
             info = meta["optimizers"][tag]
             state: dict[int, dict[str, Any]] = {}
