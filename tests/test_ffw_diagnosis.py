@@ -38,6 +38,10 @@ def test_diagnose_names_each_case():
     assert "No debiased sub-network" in diagnose(hist, same, {"bias_extractability": 0.99}, {"bias_extractability": 0.2})[0]
     assert "no better sub-network" in diagnose(hist, same, {"bias_extractability": 0.99}, {"bias_extractability": 0.95})[0]
     assert diagnose(hist, {"val_hard": {"task": 0.6}}, {"bias_extractability": 0.99}, {"bias_extractability": 0.2}) == []
+    # structured: the frozen model may hold a sub-network that whole units cannot isolate - unstructured first
+    unit_note = diagnose(hist, same, {"bias_extractability": 0.99}, {"bias_extractability": 0.2}, mode="structured")
+    assert "unit granularity" in unit_note[0] and "--mode unstructured" in unit_note[0]
+    assert "nothing but the bias" not in unit_note[0]
     assert probe_verdict({"mlp": 0.12, "linear": 0.15}, num_bias=10)["bias_unreadable"]
     v = probe_verdict({"mlp": 0.45, "linear": 0.15}, num_bias=10)
     assert not v["bias_unreadable"] and v["readable_by"] == ["mlp"] and "still be read" in v["text"]

@@ -102,17 +102,28 @@ def probe_verdict(after: dict[str, float], *, num_bias: int) -> dict[str, Any]:
             "margin": READABLE_MARGIN, "text": text}
 
 
-def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: dict, after: dict) -> list[str]:
+def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: dict, after: dict, *,
+             mode: str = "unstructured") -> list[str]:
     """Plain-language findings about the search (empty when nothing needs saying).
 
     "No debiased sub-network": on D^u_val the selected hard-masked model is not above the vanilla model
     (epoch 0) in task accuracy while the bias readability fell - the frozen model learnt (almost) nothing but
-    the bias, and pruning can only select among the features it has. Only retraining helps then."""
+    the bias, and pruning can only select among the features it has. Only retraining helps then. In structured
+    mode that conclusion does not follow (whole units may be too coarse to separate the bias from the task: on the
+    user model of BENCHMARKS section 7 unstructured FFW found a sub-network structured FFW did not), so the note
+    points to unstructured FFW first."""
     notes = []
     v_task, s_task = history[0]["val_hard"]["task"], selected["val_hard"]["task"]
     b0, b1 = before.get("bias_extractability"), after.get("bias_extractability")
     if s_task < v_task + NO_GAIN:
-        if b0 is not None and b1 is not None and b1 <= b0 - BIAS_DROP:
+        if mode == "structured":
+            notes.append(
+                f"No debiased sub-network at unit granularity: on D^u_val the FFW model's task accuracy "
+                f"({100 * s_task:.1f} %) is not above the vanilla model's ({100 * v_task:.1f} %). Removing whole "
+                "units may be too coarse for this model: try `debiaskit ffw RUN --mode unstructured` (gates on "
+                "single weights). If that does not help either, retrain: `debiaskit train --method calm` (no bias "
+                "labels needed) or `debiaskit train --method groupdro` (with bias labels).")
+        elif b0 is not None and b1 is not None and b1 <= b0 - BIAS_DROP:
             notes.append(
                 f"No debiased sub-network: on D^u_val the FFW model's task accuracy ({100 * s_task:.1f} %) is not "
                 f"above the vanilla model's ({100 * v_task:.1f} %), while bias extractability fell "
@@ -236,7 +247,7 @@ def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, 
         "vanilla_train_time_s": run.meta.get("wall_time_s"),
         "search": result.summary(), "history": result.history,
         "before": before_h, "after": after_h, "probes": probes,
-        "diagnosis": diagnose(result.history, result.selected, before_h, after_h),
+        "diagnosis": diagnose(result.history, result.selected, before_h, after_h, mode=mode),
         "parameters": {"before": count_parameters(run.model), "after": count_parameters(result.model),
                        "nonzero_after": sum(int((p != 0).sum()) for p in result.model.parameters())},
         "inference": speed, "search_time_s": result.wall_time_s, "wall_time_s": wall,
