@@ -29,6 +29,16 @@ def require(name: str, value: Any, rule: Check, *, hint: str = "") -> Any:
     return value
 
 
+def check_param_names(params: dict | None, allowed, *, owner: str) -> dict:
+    """A copy of ``params`` (None: empty) after refusing names ``owner`` does not take, in one wording for
+    every dataset and recipe (``dataset adult has no parameter(s) ['bais']; it takes: bias, holdout``)."""
+    params = dict(params or {})
+    unknown = set(params) - set(allowed)
+    if unknown:
+        raise ConfigError(f"{owner} has no parameter(s) {sorted(unknown)}; it takes: {', '.join(allowed)}")
+    return params
+
+
 def check_device(device: Any) -> torch.device:
     """A device that exists on this machine, checked before any data is loaded."""
     try:

@@ -63,6 +63,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .._io import DATA_CACHE, atomic_folder, write_json
+from .._validate import check_param_names
 from ._dataset import BiasDataset
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
@@ -407,10 +408,7 @@ def majority_pairing(y: np.ndarray, b: np.ndarray) -> np.ndarray:
 # --- splits ---------------------------------------------------------------------------------------
 
 def resolve_adult_params(params: dict | None) -> dict[str, Any]:
-    params = dict(params or {})
-    unknown = set(params) - set(ADULT_PARAMS)
-    if unknown:
-        raise ConfigError(f"dataset adult has no parameter(s) {sorted(unknown)}; it takes: {', '.join(ADULT_PARAMS)}")
+    params = check_param_names(params, ADULT_PARAMS, owner="dataset adult")
     out = {k: params.get(k, default) for k, (default, _) in ADULT_PARAMS.items()}
     if out["bias"] not in BIAS_VALUES:
         raise ConfigError(f"adult param bias must be one of {', '.join(BIAS_VALUES)}, got {out['bias']!r}")

@@ -53,6 +53,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .._io import write_json
+from .._validate import check_param_names
 from ._dataset import BiasDataset
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
@@ -366,10 +367,7 @@ def celeba_root(root: Path | str | None = None) -> Path:
 
 def resolve_celeba_params(params: dict | None) -> dict[str, Any]:
     """Defaults filled in, types checked; ``root`` becomes the absolute folder actually used."""
-    params = dict(params or {})
-    unknown = set(params) - set(CELEBA_PARAMS)
-    if unknown:
-        raise ConfigError(f"dataset celeba has no parameter(s) {sorted(unknown)}; it takes: {', '.join(CELEBA_PARAMS)}")
+    params = check_param_names(params, CELEBA_PARAMS, owner="dataset celeba")
     out = {k: params.get(k, default) for k, (default, _) in CELEBA_PARAMS.items()}
     for key in ("target", "bias"):
         if not isinstance(out[key], str) or not out[key]:

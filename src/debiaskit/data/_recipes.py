@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validate import UNIT_INTERVAL, require
+from .._validate import UNIT_INTERVAL, check_param_names, require
 from ..errors import ConfigError
 from ._corrupted import draw_corrupted
 
@@ -82,12 +82,7 @@ class Recipe:
     color_input: bool = False  # True when ``draw`` also accepts colour images (N, H, W, 3) / (N, 3, H, W)
 
     def resolve(self, params: dict | None, num_bias: int) -> dict[str, float]:
-        params = dict(params or {})
-        unknown = set(params) - set(self.params)
-        if unknown:
-            raise ConfigError(
-                f"recipe {self.name} has no parameter(s) {sorted(unknown)}; it takes: {', '.join(self.params)}"
-            )
+        params = check_param_names(params, self.params, owner=f"recipe {self.name}")
         out = {k: p.default for k, p in self.params.items()}
         out.update({k: _check_rho(k, v, num_bias) for k, v in params.items()})
         return out
