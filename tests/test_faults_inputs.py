@@ -67,6 +67,32 @@ def test_train_parameters_are_refused_before_any_compute(cli, tmp_path, no_compu
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, message", [
+    # a mistyped key of a text-valued param is named as unknown, never as "'sex' is not a number"
+    (["train", "--dataset", "adult", "--param", "bais=sex"],
+     "dataset adult has no parameter(s) ['bais']; it takes: bias, holdout (did you mean bias?)"),
+    (["train", "--dataset", "celeba", "--param", "roots=/data", "--param", "size=abc"],
+     "dataset celeba has no parameter(s) ['roots']; it takes: root, target, bias, size, cache (did you mean root?)"),
+    (["train", "--dataset", "biased-toy", "--param", "rho_rigth=sixty"],
+     "recipe biased has no parameter(s) ['rho_rigth']; it takes: rho"),
+    (["data", "show", "adult", "--param", "bais=race"], "dataset adult has no parameter(s) ['bais']"),
+    (["train", "--dataset", "tensors:{tmp}/missing.safetensors", "--param", "lazzy=1"],
+     "tensors:PATH has no parameter(s) ['lazzy']; it takes: lazy"),
+    (["train", "--dataset", "folder:{tmp}/nothing", "--param", "bias_col=b"],
+     "folder:DIR has no parameter(s) ['bias_col']; it takes: size, mode"),
+    # a known key with a bad value still says which value is not a number
+    (["train", "--dataset", "adult", "--param", "holdout=lots"], "--param holdout: 'lots' is not a number"),
+])
+def test_unknown_param_names_are_refused_before_any_value_is_parsed(cli, tmp_path, monkeypatch, no_compute,
+                                                                     args, message):
+    monkeypatch.setenv("DEBIASKIT_DATA", str(tmp_path / "cache"))  # nothing prepared: no data is read
+    args = [a.format(tmp=tmp_path) for a in args] + (["--out", tmp_path / "r"] if args[0] == "train" else [])
+    code, err = cli(*args)
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err, err
+    assert message.format(tmp=tmp_path) in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def run(tmp_path, toy_run_dir):
     shutil.copytree(toy_run_dir, tmp_path / "run")

@@ -7,6 +7,7 @@ their own checks here; every one runs before any compute.
 """
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -31,11 +32,14 @@ def require(name: str, value: Any, rule: Check, *, hint: str = "") -> Any:
 
 def check_param_names(params: dict | None, allowed, *, owner: str) -> dict:
     """A copy of ``params`` (None: empty) after refusing names ``owner`` does not take, in one wording for
-    every dataset and recipe (``dataset adult has no parameter(s) ['bais']; it takes: bias, holdout``)."""
+    every dataset and recipe (``dataset adult has no parameter(s) ['bais']; it takes: bias, holdout (did you mean
+    bias?)``). Only the names are looked at, so the CLI can call it before it parses any value."""
     params = dict(params or {})
     unknown = set(params) - set(allowed)
     if unknown:
-        raise ConfigError(f"{owner} has no parameter(s) {sorted(unknown)}; it takes: {', '.join(allowed)}")
+        close = [m for name in sorted(unknown) for m in difflib.get_close_matches(name, list(allowed), n=1)]
+        raise ConfigError(f"{owner} has no parameter(s) {sorted(unknown)}; it takes: {', '.join(allowed)}"
+                          + (f" (did you mean {', '.join(close)}?)" if close else ""))
     return params
 
 

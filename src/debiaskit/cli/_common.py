@@ -13,25 +13,32 @@ app = typer.Typer(help="Find and remove shortcut biases in trained neural networ
 console = Console()
 
 
-def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys: tuple[str, ...] = ()) -> dict:
+def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys: tuple[str, ...] = (),
+                 names: Optional[tuple[str, tuple[str, ...]]] = None) -> dict:
     """``--rho 0.99 --param rho_right=0.95`` -> {"rho": 0.99, "rho_right": 0.95}.
 
     Keys in ``text_keys`` keep their value as text (``--param root=DIR`` of celeba); all others are numbers.
+    ``names`` = (owner, allowed names) of the dataset (``debiaskit.data.param_names``): every key is checked
+    against them before any value is parsed, so ``--param bais=sex`` says there is no parameter 'bais' (and
+    lists the valid ones) rather than that 'sex' is not a number.
     """
-    out: dict = {}
-    if rho is not None:
-        out["rho"] = rho
+    from .._validate import check_param_names
+    pairs = [] if rho is None else [("rho", rho)]
     for item in params or []:
         if "=" not in item:
             raise ConfigError(f"--param takes KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        if key.strip() in text_keys:
-            out[key.strip()] = value
+        pairs.append((key.strip(), value))
+    if names is not None:
+        owner, allowed = names
+        check_param_names(dict(pairs), allowed, owner=owner)
+    out: dict = {}
+    for key, value in pairs:
+        if key in text_keys or not isinstance(value, str):
+            out[key] = value
             continue
         try:
-            out[key.strip()] = float(value)
+            out[key] = float(value)
         except ValueError as exc:
             raise ConfigError(f"--param {key}: {value!r} is not a number") from exc
     return out
-
-

@@ -39,8 +39,8 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
               root: Optional[Path] = typer.Option(None, "--root", help="your own dataset folder (celeba; same as --param root=DIR)"),
               seed: int = 0, unbiased_size: Optional[int] = typer.Option(None, help="held-out training samples for D^u (default 10000, or 30% of a smaller source: 600 for the toy digits)"), as_json: bool = typer.Option(False, "--json")) -> None:
     """What a dataset is, its splits, sizes, realised rho and where its files are."""
-    from ..data import describe, make_splits, text_params
-    params = parse_params(rho, param, text_keys=text_params(name))
+    from ..data import describe, make_splits, param_names, text_params
+    params = parse_params(rho, param, text_keys=text_params(name), names=param_names(name))
     if root is not None:
         params["root"] = str(root)
     info = describe(name, params=params)

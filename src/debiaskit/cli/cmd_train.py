@@ -64,7 +64,7 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
 
     Data-parallel: ``torchrun --nproc-per-node N -m debiaskit train ...`` (--batch-size is the global batch)."""
     from .._validate import check_device
-    from ..data import text_params
+    from ..data import param_names, text_params
     from ..models import parse_model_args
     from ..train import TrainConfig, partial_dir, train_run
     from .._dist import check_sync_bn
@@ -75,7 +75,7 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       optimizer=optimizer, seed=seed, amp=amp, sync_bn=sync_bn)
     method_obj, method_cfg = _method(method, dataset, method_param)
-    params = parse_params(rho, param, text_keys=text_params(dataset))
+    params = parse_params(rho, param, text_keys=text_params(dataset), names=param_names(dataset))
     splits = _user_splits(dataset, params=params, seed=seed if data_seed is None else data_seed, out=out, force=force,
                           unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
     try:

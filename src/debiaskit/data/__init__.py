@@ -12,7 +12,7 @@ Your own data: any map-style dataset of ``(x, y, b)`` items (see :class:`BiasDat
 """
 from ._dataset import Batch, BiasDataset, group_counts, iterate_batches
 from ._registry import (DATASETS, Splits, dataset_names, describe, make_splits, parse_name, register_dataset,
-                        splits_from_spec, text_params)
+                        splits_from_spec, text_params, param_names)
 from ._recipes import RECIPES, register_recipe
 from ._sources import SOURCES, get_source
 from ._user import BiasData, LazyBiasDataset, as_bias_data, as_bias_datasets, bias_pairing, relabel_bias, user_splits
@@ -23,6 +23,6 @@ from . import _adult, _celeba, _cifar, _corrupted  # noqa: F401 - they register 
 __all__ = [
     "make_splits", "splits_from_spec", "user_splits", "Splits", "BiasDataset", "BiasData", "LazyBiasDataset",
     "Batch", "iterate_batches", "as_bias_data", "as_bias_datasets", "relabel_bias", "group_counts", "bias_pairing",
-    "dataset_names", "describe", "parse_name", "text_params", "is_user_dataset", "save_tensor_file",
+    "dataset_names", "describe", "parse_name", "text_params", "param_names", "is_user_dataset", "save_tensor_file",
     "register_dataset", "register_recipe", "DATASETS", "RECIPES", "SOURCES", "get_source",
 ]

@@ -560,5 +560,5 @@ def describe_adult(params: dict | None = None) -> dict[str, Any]:
 
 ADULT = register_dataset(StandaloneDataset(
     name="adult", make_splits=make_adult_splits, from_spec=adult_from_spec, describe=describe_adult,
-    prepare=prepare_adult, text_params=TEXT_PARAMS,
+    prepare=prepare_adult, text_params=TEXT_PARAMS, param_names=tuple(ADULT_PARAMS),
 ))

@@ -540,5 +540,5 @@ def prepare_celeba(*, from_folder: Path | None = None, force: bool = False, size
 
 CELEBA = register_dataset(StandaloneDataset(
     name="celeba", make_splits=make_celeba_splits, from_spec=celeba_from_spec, describe=describe_celeba,
-    prepare=prepare_celeba, text_params=TEXT_PARAMS,
+    prepare=prepare_celeba, text_params=TEXT_PARAMS, param_names=tuple(CELEBA_PARAMS),
 ))

@@ -14,8 +14,8 @@ from ._dataset import BiasDataset, Splits  # noqa: F401 - Splits: also imported 
 from ._recipes import RECIPES, Recipe, get_recipe
 from ._cifar import CIFAR10
 from ._sources import SOURCES, ImageSource, get_source
-from ._user_files import (describe_user_dataset, is_user_dataset, make_user_splits, user_splits_from_spec,
-                          user_text_params)
+from ._user_files import (describe_user_dataset, is_user_dataset, make_user_splits, user_param_names,
+                          user_splits_from_spec, user_text_params)
 
 SOURCES.setdefault(CIFAR10.name, CIFAR10)  # colour source: only recipes with color_input combine with it
 
@@ -35,7 +35,8 @@ class StandaloneDataset:
     ``make_splits`` takes the keywords of :func:`make_splits` (params, seed, unbiased_size, train_size,
     test_size, unbiased_fractions); ``from_spec`` rebuilds a recorded ``Splits.spec``; ``describe``
     takes ``params``; ``prepare`` takes ``from_folder`` and ``force``. ``text_params`` names the params
-    that are strings, not numbers (the CLI's ``--param KEY=VALUE`` keeps them as text).
+    that are strings, not numbers (the CLI's ``--param KEY=VALUE`` keeps them as text); ``param_names`` every
+    param it takes (the CLI refuses other names before parsing any value; None: the dataset checks alone).
     """
 
     name: str
@@ -44,6 +45,7 @@ class StandaloneDataset:
     describe: Callable[..., dict]
     prepare: Callable[..., Path]
     text_params: tuple[str, ...] = ()
+    param_names: tuple[str, ...] | None = None
 
 
 DATASETS: dict[str, StandaloneDataset] = {}
@@ -59,6 +61,19 @@ def text_params(name: str) -> tuple[str, ...]:
     if is_user_dataset(name):
         return user_text_params(name)
     return DATASETS[name].text_params if name in DATASETS else ()
+
+
+def param_names(name: str) -> tuple[str, tuple[str, ...]] | None:
+    """(owner, names of the params) of dataset ``name``, for checking names before values are parsed
+    (``("dataset adult", ("bias", "holdout"))``); None for a registered dataset that declares none.
+    An unknown dataset name is refused here, also before anything is read."""
+    if is_user_dataset(name):
+        return user_param_names(name)
+    if name in DATASETS:
+        names = DATASETS[name].param_names
+        return None if names is None else (f"dataset {name}", tuple(names))
+    recipe, _ = parse_name(name)
+    return f"recipe {recipe.name}", tuple(recipe.params)
 
 
 def compatible(recipe: Recipe, source: ImageSource) -> bool:

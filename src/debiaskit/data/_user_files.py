@@ -655,6 +655,12 @@ def user_text_params(name: str) -> tuple[str, ...]:
     return TEXT_PARAMS.get(kind, ())
 
 
+def user_param_names(name: str) -> tuple[str, tuple[str, ...]]:
+    """("tensors:PATH" or "folder:DIR", the params that kind takes), for the CLI's check of names."""
+    kind, _ = parse_user_dataset(name)
+    return ("tensors:PATH", tuple(TENSOR_PARAMS)) if kind == "tensors" else ("folder:DIR", tuple(FOLDER_PARAMS))
+
+
 def split_group_counts(splits) -> dict[str, Any]:
     """(y, b) group counts of every split (for ``data show`` and the train printout)."""
     return {name: group_counts(d.y, d.b, num_classes=d.num_classes, num_bias=d.num_bias_classes)
