@@ -160,6 +160,9 @@ def test_tabular_rows_with_two_bias_attributes_and_a_layernorm_mlp(cli, user_mod
     assert "bias extractability [region]" in out and "bias extractability [sex]" in out   # not eaten as markup
     audit = json.loads((run / "audit" / "audit.json").read_text())
     assert [a["name"] for a in audit["attributes"]] == ["region", "sex"]
+    # each attribute its own count: region's table has 3 columns, sex's 2 (not 3 with an empty one)
+    assert [len(a["groups"]["group_counts"][0]) for a in audit["attributes"]] == [3, 2]
+    assert [a["num_bias_classes"] for a in audit["attributes"]] == [3, 2]
     code, _, err = cli("ffw", run, "--mode", "structured", *FFW_FAST)
     assert code == 2 and "LayerNorm" in err and "mode='unstructured'" in err
     assert not (run / "ffw-structured-g10").exists()

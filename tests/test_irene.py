@@ -139,3 +139,21 @@ def test_irene_rejects_bad_hyper_parameters():
     for kw in ({"gamma": -1}, {"head_lr": 0}, {"head_optimizer": "rmsprop"}, {"head_steps": 0}):
         with pytest.raises(ConfigError):
             build_method("irene", dataset="biased-mnist", **kw)
+
+
+def test_one_privacy_head_per_attribute_as_wide_as_its_values():
+    """Two attributes, binary and 5 values: heads of 2 and 5 outputs, each MI normalised by its own log k."""
+    from torch.utils.data import TensorDataset
+    from debiaskit.data import as_bias_data
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
+    b = torch.stack([torch.randint(0, 2, (64,), generator=g), torch.randint(0, 5, (64,), generator=g)], 1)
+    data = as_bias_data(TensorDataset(x, y, b))
+    model = build_model("mlp", num_classes=3, input_shape=(6,))
+    ctx = TrainContext(model=model, train_data=data, config=TrainConfig(epochs=1, batch_size=32), device=torch.device("cpu"),
+                       generator=torch.Generator().manual_seed(0), num_classes=3, head="fc")
+    method = IRENE(gamma=1.0)
+    method.setup(ctx)
+    assert [h.out_features for h in method.heads] == [2, 5]
+    record = method.training_step(next(iter(iterate_batches(data, batch_size=32))), ctx)
+    assert math.isfinite(record["mi"])

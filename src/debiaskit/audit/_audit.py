@@ -27,6 +27,7 @@ class AttributeAudit:
     privacy_head_val_accuracy: float | None = None
     counterfactual_bias: float | None = None
     pseudo_labels: bool = False   # True when the bias labels were discovered, not given
+    num_bias_classes: int | None = None   # this attribute's own number of values (chance = 1 / it)
 
 
 @dataclass
@@ -145,13 +146,13 @@ def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=Non
     for a in range(n_attr):
         name = test.bias_names[a] if a < len(test.bias_names) else f"bias{a}"
         b = test.bias(a)
-        groups = group_metrics(pred, out.y, b, num_classes=test.num_classes, num_bias=test.num_bias_classes,
-                               aligned=test.aligned_mask(a))
-        att = AttributeAudit(name=name, groups=groups, pseudo_labels=bool(test.info.get("pseudo_bias", False)))
+        k = test.num_bias_classes_of(a)   # each attribute its own count: a binary one beside one with 5 values
+        groups = group_metrics(pred, out.y, b, num_classes=test.num_classes, num_bias=k, aligned=test.aligned_mask(a))
+        att = AttributeAudit(name=name, groups=groups, pseudo_labels=bool(test.info.get("pseudo_bias", False)),
+                             num_bias_classes=k)
         if probe:
             col = (lambda t: t if t.ndim == 1 else t[:, a])
-            res = probe_bias(tr.z, col(tr.b), va.z, col(va.b), out.z, b, num_bias=test.num_bias_classes,
-                             seed=seed, **(probe_kwargs or {}))
+            res = probe_bias(tr.z, col(tr.b), va.z, col(va.b), out.z, b, num_bias=k, seed=seed, **(probe_kwargs or {}))
             att.bias_extractability, att.bias_mutual_information = res.bias_extractability, res.mutual_information
             att.privacy_head_val_accuracy = res.val_accuracy
         if counterfactual and test.render is not None:

@@ -30,12 +30,19 @@ def summary_rows(report: AuditReport) -> list[tuple[str, str]]:
             (f"conflicting accuracy{tag}", f"{pct(g.conflicting_accuracy)}  (n={g.conflicting_count})"),
             (f"worst-group accuracy{tag}", f"{pct(g.worst_group_accuracy)}  (y={g.worst_group[0]}, b={g.worst_group[1]})"),
             (f"mean group accuracy{tag}", pct(g.mean_group_accuracy)),
-            (f"bias extractability{tag}", pct(a.bias_extractability)),
+            (f"bias extractability{tag}", pct(a.bias_extractability) + _chance(a)),
             (f"bias mutual information (normalised){tag}",
              "-" if a.bias_mutual_information is None else f"{a.bias_mutual_information:.4f}"),
             (f"counterfactual bias{tag}", "-" if a.counterfactual_bias is None else f"{a.counterfactual_bias:.4f}"),
         ]
     return rows
+
+
+def _chance(a) -> str:
+    """The attribute's chance level beside its extractability (a binary attribute reads 50 % by chance)."""
+    if a.bias_extractability is None or not a.num_bias_classes:
+        return ""
+    return f"  (chance {100 / a.num_bias_classes:.2f})"
 
 
 def render_table(report: AuditReport, *, title: str = "Bias audit"):

@@ -159,8 +159,9 @@ def _worst_group_on(dataset) -> Callable[[nn.Module], float]:
     def score(model: nn.Module) -> float:
         out = collect_outputs(model, dataset, with_bottleneck=False)
         b = out.b if out.b.ndim == 2 else out.b[:, None]
+        cards = getattr(dataset, "bias_cardinalities", None) or (dataset.num_bias_classes,) * b.shape[1]
         return min(group_metrics(out.logits.argmax(1), out.y, b[:, a], num_classes=dataset.num_classes,
-                                 num_bias=dataset.num_bias_classes).worst_group_accuracy for a in range(b.shape[1]))
+                                 num_bias=cards[a]).worst_group_accuracy for a in range(b.shape[1]))
     return score
 
 

@@ -29,6 +29,9 @@ class BiasDataset(Dataset):
     ``(images / 255 - mean) / std`` per batch; floating-point inputs (images, tabular rows, feature
     vectors) as ``(images - mean) / std``.
     ``b`` is (N,) for one bias attribute or (N, A) for several (``bias_names`` names them).
+    ``bias_cardinalities`` gives each attribute its own number of classes (a binary attribute beside one with
+    5 values: ``(2, 5)``); default ``num_bias_classes`` for every attribute. ``num_bias_classes`` is the
+    largest of them (what a reader of a single number gets); per attribute use :meth:`num_bias_classes_of`.
     ``aligned`` marks bias-aligned samples (b equals the bias value paired with y), per attribute.
     ``render`` (optional) re-renders samples with other bias values: it gives counterfactual pairs.
 
@@ -51,6 +54,7 @@ class BiasDataset(Dataset):
     aligned: Tensor | None = None
     render: Callable[[Tensor, Tensor], Tensor] | None = field(default=None, repr=False)
     info: dict[str, Any] = field(default_factory=dict)
+    bias_cardinalities: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.y)
@@ -63,8 +67,12 @@ class BiasDataset(Dataset):
         if n == 0:
             raise DataError(f"{self.name}: the split is empty; use a larger size or another rho")
         check_labels(self.y, self.num_classes, what=f"{self.name} targets")
+        self.bias_cardinalities = resolve_cardinalities(self.b, self.num_bias_classes, self.bias_cardinalities,
+                                                        name=self.name)
+        if self.bias_cardinalities:
+            self.num_bias_classes = max(self.bias_cardinalities)
         if self.b is not None:
-            check_labels(self.b, self.num_bias_classes, what=f"{self.name} bias labels")
+            check_bias_labels(self.b, self.bias_cardinalities, self.bias_names, name=self.name)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -96,6 +104,10 @@ class BiasDataset(Dataset):
         col = self.bias_names.index(attribute) if isinstance(attribute, str) else attribute
         return self.b[:, col]
 
+    def num_bias_classes_of(self, attribute: int | str = 0) -> int:
+        """Number of classes of one bias attribute."""
+        return attribute_cardinality(self, attribute)
+
     def aligned_mask(self, attribute: int | str = 0) -> Tensor | None:
         if self.aligned is None:
             return None
@@ -115,6 +127,7 @@ class BiasDataset(Dataset):
             num_classes=self.num_classes, num_bias_classes=self.num_bias_classes,
             name=name or self.name, bias_names=self.bias_names, mean=self.mean, std=self.std,
             aligned=None if self.aligned is None else self.aligned[index], render=render, info=dict(self.info),
+            bias_cardinalities=self.bias_cardinalities,
         )
 
     def without_bias_labels(self) -> "BiasDataset":
@@ -126,7 +139,7 @@ class BiasDataset(Dataset):
     def draw_counterfactual_bias(self, index: Tensor, *, generator: torch.Generator,
                                  attribute: int | None = None) -> Tensor:
         """Bias labels for counterfactual copies of samples ``index``: each changed attribute moves to a
-        DIFFERENT value, uniformly among the other ``num_bias_classes - 1`` (a pair that differs in nothing
+        DIFFERENT value, uniformly among the other values of that attribute (a pair that differs in nothing
         would only dilute a counterfactual measure). ``attribute``: change only that attribute (the audit,
         per attribute); None: change every attribute (FMD's counterfactual samples). The one draw of
         counterfactuals in debiaskit, so the audit's counterfactual bias and FMD's are comparable; the
@@ -140,15 +153,14 @@ class BiasDataset(Dataset):
         if self.b is None:
             raise DataError(f"{self.name} has no bias labels to change")
         b = self.b[torch.as_tensor(index)].clone()
-        k = self.num_bias_classes
-        if b.ndim == 1 or attribute is not None:
-            column = b if b.ndim == 1 else b[:, attribute]
-            shifted = (column + torch.randint(1, k, (len(column),), generator=generator)) % k
-            if b.ndim == 1:
-                return shifted
-            b[:, attribute] = shifted
-            return b
-        return (b + torch.randint(1, k, b.shape, generator=generator)) % k
+
+        def shift(column: Tensor, k: int) -> Tensor:   # each attribute within its own values
+            return (column + torch.randint(1, k, (len(column),), generator=generator)) % k
+        if b.ndim == 1:
+            return shift(b, self.num_bias_classes)
+        for a in range(b.shape[1]) if attribute is None else [attribute]:
+            b[:, a] = shift(b[:, a], self.num_bias_classes_of(a))
+        return b
 
     def counterfactual(self, index: Tensor, new_b: Tensor) -> Tensor:
         """Float inputs of samples ``index`` re-rendered with bias labels ``new_b`` (same content)."""
@@ -167,6 +179,43 @@ def check_labels(labels: Tensor, num: int, *, what: str) -> None:
         raise DataError(f"{what} must lie in [0, {num - 1}], found range [{int(labels.min())}, {int(labels.max())}]")
 
 
+def resolve_cardinalities(b: Tensor | None, num_bias_classes: int | None, given, *, name: str) -> tuple[int, ...]:
+    """Each bias attribute's number of classes: ``given`` (an int for all, or one per attribute) or else
+    ``num_bias_classes`` for all; () without bias labels. Refuses a count per attribute of the wrong length."""
+    if b is None:
+        return tuple(int(k) for k in given) if isinstance(given, (tuple, list)) else ()
+    n_attr = 1 if b.ndim == 1 else b.shape[1]
+    value = num_bias_classes if given is None else given
+    if isinstance(value, (tuple, list)):
+        if len(value) != n_attr:
+            raise DataError(f"{name}: one number of bias classes per attribute: {n_attr} attributes, got {len(value)} "
+                            f"({list(value)})")
+        return tuple(int(k) for k in value)
+    return (int(value),) * n_attr
+
+
+def infer_cardinalities(b: Tensor) -> tuple[int, ...]:
+    """max(b) + 1 of each attribute (at least 2: a bias needs two values)."""
+    columns = [b] if b.ndim == 1 else list(b.T)
+    return tuple(max(int(c.max()) + 1, 2) if c.numel() else 2 for c in columns)
+
+
+def attribute_cardinality(data, attribute: int | str = 0) -> int:
+    """Number of classes of one bias attribute of ``data`` (by index or name)."""
+    cards = data.bias_cardinalities
+    col = data.bias_names.index(attribute) if isinstance(attribute, str) else attribute
+    return cards[col] if cards and col < len(cards) else data.num_bias_classes
+
+
+def check_bias_labels(b: Tensor, cards: tuple[int, ...], names: tuple[str, ...], *, name: str) -> None:
+    if b.ndim == 1:
+        check_labels(b, cards[0], what=f"{name} bias labels")
+        return
+    for a, k in enumerate(cards):
+        label = names[a] if a < len(names) else f"bias{a}"
+        check_labels(b[:, a], k, what=f"{name} bias labels of attribute {a} ({label})")
+
+
 def summarise(data) -> dict[str, Any]:
     out: dict[str, Any] = {"size": len(data)}
     aligned = getattr(data, "aligned", None)
@@ -177,15 +226,21 @@ def summarise(data) -> dict[str, Any]:
             out["realised_rho"] = {n: float(a.float().mean()) for n, a in zip(data.bias_names, aligned.T)}
     b = getattr(data, "b", None)
     if b is not None:
-        out["group_counts"] = group_counts(data.y, b, num_classes=data.num_classes, num_bias=data.num_bias_classes)
+        out["group_counts"] = group_counts(data.y, b, num_classes=data.num_classes,
+                                           num_bias=getattr(data, "bias_cardinalities", None) or data.num_bias_classes)
     return out
 
 
-def group_counts(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int) -> list[list[int]] | dict[str, list]:
-    """Samples per (target, bias) group: [y][b] (per attribute for (N, A) bias labels)."""
+def group_counts(y: Tensor, b: Tensor, *, num_classes: int,
+                 num_bias: int | tuple[int, ...]) -> list[list[int]] | dict[str, list]:
+    """Samples per (target, bias) group: [y][b] (per attribute for (N, A) bias labels; ``num_bias`` one
+    number for all attributes or one per attribute)."""
     if b.ndim == 2:
-        return {f"attribute{a}": group_counts(y, b[:, a], num_classes=num_classes, num_bias=num_bias)
+        cards = num_bias if isinstance(num_bias, (tuple, list)) else (num_bias,) * b.shape[1]
+        return {f"attribute{a}": group_counts(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
                 for a in range(b.shape[1])}
+    if isinstance(num_bias, (tuple, list)):
+        num_bias = num_bias[0]
     flat = y.long() * num_bias + b.long()
     return torch.bincount(flat, minlength=num_classes * num_bias).view(num_classes, num_bias).tolist()
 
@@ -272,3 +327,8 @@ class Splits:
     @property
     def num_bias_classes(self) -> int:
         return self.train.num_bias_classes
+
+    @property
+    def bias_cardinalities(self) -> tuple[int, ...]:
+        """Each bias attribute's number of classes (common to every split)."""
+        return tuple(self.train.bias_cardinalities)

@@ -10,14 +10,16 @@ library reads (labels, number of classes, bias classes, names, aligned flags).
   (e.g. token ids, passed through unchanged). NumPy arrays are turned into tensors by the DataLoader.
 * ``y``: an integer class index in ``[0, num_classes)`` (int or 0-d integer tensor).
 * ``b``: an integer bias class in ``[0, num_bias_classes)``, or an integer tensor of shape ``(A,)`` for
-  ``A`` bias attributes (one privacy head / MI term / group table per attribute).
+  ``A`` bias attributes (one privacy head / MI term / group table per attribute), each attribute with its
+  own number of classes (``bias_cardinalities``, e.g. ``(2, 5)``: a binary attribute beside one with 5 values).
 
-Metadata is inferred where it is missing: ``num_classes = max(y) + 1``, ``num_bias_classes = max(b) + 1``
-(over every split given together), ``bias_names = ("bias",)`` (``bias0, bias1, ...`` for several
+Metadata is inferred where it is missing: ``num_classes = max(y) + 1``, each attribute's number of bias
+classes ``max(b[:, a]) + 1`` (over every split given together; ``num_bias_classes`` is the largest), ``bias_names = ("bias",)`` (``bias0, bias1, ...`` for several
 attributes). Reading the labels costs one pass over the dataset, made once and only when a label is
 needed, unless the dataset exposes them as attributes ``y`` and ``b`` (tensors or arrays of length N;
 ``targets`` is read as ``y``) - then no sample is loaded. A dataset may also carry ``num_classes``,
-``num_bias_classes``, ``bias_names`` and ``aligned`` ((N,) or (N, A) bool); passed keywords win.
+``num_bias_classes`` (an int for every attribute), ``bias_cardinalities`` (one per attribute),
+``bias_names`` and ``aligned`` ((N,) or (N, A) bool); passed keywords win.
 
 ``BiasDataset`` (in-memory tensors) is the fast path: batches are sliced, not collated.
 """
@@ -32,7 +34,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..errors import DataError
-from ._dataset import BiasDataset, Splits, _Indexed, group_counts, summarise
+from ._dataset import (BiasDataset, Splits, _Indexed, attribute_cardinality, group_counts, infer_cardinalities,
+                       resolve_cardinalities, summarise)
 
 
 @runtime_checkable
@@ -60,14 +63,14 @@ class LazyBiasDataset(Dataset):
     DataLoader workers when ``num_workers > 0``); labels are read once and kept (N integers each).
 
     Made by :func:`as_bias_data`; exposes what the library reads from :class:`BiasDataset`
-    (``y``, ``b``, ``num_classes``, ``num_bias_classes``, ``bias_names``, ``aligned``, ``bias()``,
+    (``y``, ``b``, ``num_classes``, ``num_bias_classes``, ``bias_cardinalities``, ``bias_names``, ``aligned``, ``bias()``,
     ``aligned_mask()``, ``subset()``, ``without_bias_labels()``, ``summary()``, ``input_shape``).
     """
 
     render = None   # no counterfactual renderer for user data: counterfactual metrics are left out
 
     def __init__(self, source, *, index: Tensor | None = None, name: str = "dataset", num_classes: int | None = None,
-                 num_bias_classes: int | None = None, bias_names: Sequence[str] | None = None,
+                 num_bias_classes: int | Sequence[int] | None = None, bias_names: Sequence[str] | None = None,
                  aligned: Tensor | None = None, labels: tuple[Tensor, Tensor | None] | None = None,
                  has_bias: bool = True, num_workers: int = 0, info: dict[str, Any] | None = None,
                  bias_override: Tensor | None = None) -> None:
@@ -76,7 +79,7 @@ class LazyBiasDataset(Dataset):
         self.index = None if index is None else torch.as_tensor(index, dtype=torch.long)
         self.name = name
         self._num_classes = num_classes
-        self._num_bias_classes = num_bias_classes
+        self._num_bias_classes = num_bias_classes   # None (inferred), an int for every attribute, or one per attribute
         self._bias_names = tuple(bias_names) if bias_names is not None else None
         self.aligned = aligned
         self._labels = labels
@@ -137,18 +140,32 @@ class LazyBiasDataset(Dataset):
         self._num_classes = int(value)
 
     @property
-    def num_bias_classes(self) -> int:
-        if self._num_bias_classes is None:
-            b = self.b
-            if b is None:
+    def bias_cardinalities(self) -> tuple[int, ...]:
+        """Each bias attribute's number of classes (inferred from the labels where not given)."""
+        b = self.b
+        if b is None:
+            if self._num_bias_classes is None:
                 raise DataError(f"{self.name} has no bias labels (its items are (x, y)); num_bias_classes is unknown. "
                                 "Give items (x, y, b) or pass num_bias_classes= to as_bias_data")
-            self._num_bias_classes = max(int(b.max()) + 1, 2) if b.numel() else 2
+            k = self._num_bias_classes
+            return (k,) if isinstance(k, int) else tuple(k)
+        if self._num_bias_classes is None:
+            self._num_bias_classes = infer_cardinalities(b)
+        self._num_bias_classes = resolve_cardinalities(b, None, self._num_bias_classes, name=self.name)
         return self._num_bias_classes
 
+    @property
+    def num_bias_classes(self) -> int:
+        """The largest attribute's number of bias classes (per attribute: :meth:`num_bias_classes_of`)."""
+        return max(self.bias_cardinalities)
+
     @num_bias_classes.setter
-    def num_bias_classes(self, value: int) -> None:
-        self._num_bias_classes = int(value)
+    def num_bias_classes(self, value: int | Sequence[int]) -> None:
+        self._num_bias_classes = int(value) if isinstance(value, (int, np.integer)) else tuple(int(k) for k in value)
+
+    def num_bias_classes_of(self, attribute: int | str = 0) -> int:
+        """Number of classes of one bias attribute."""
+        return attribute_cardinality(self, attribute)
 
     @property
     def bias_names(self) -> tuple[str, ...]:
@@ -194,7 +211,7 @@ class LazyBiasDataset(Dataset):
                           aligned=None if self.aligned is None else self.aligned[index],
                           bias_override=None if self.bias_override is None else self.bias_override[index])
 
-    def with_bias_labels(self, b: Tensor, *, num_bias_classes: int, bias_names: Sequence[str] | None = None,
+    def with_bias_labels(self, b: Tensor, *, num_bias_classes: int | Sequence[int], bias_names: Sequence[str] | None = None,
                          aligned: Tensor | None = None, info: dict[str, Any] | None = None,
                          name: str | None = None) -> "LazyBiasDataset":
         """The same samples with other bias labels (e.g. discovered pseudo-bias labels)."""
@@ -293,8 +310,10 @@ def as_bias_data(dataset, *, num_classes: int | None = None, num_bias_classes: i
         changes: dict[str, Any] = {}
         if num_classes is not None and num_classes != dataset.num_classes:
             changes["num_classes"] = int(num_classes)
-        if num_bias_classes is not None and num_bias_classes != dataset.num_bias_classes:
-            changes["num_bias_classes"] = int(num_bias_classes)
+        if num_bias_classes is not None and dataset.b is not None:
+            cards = resolve_cardinalities(dataset.b, None, num_bias_classes, name=dataset.name)
+            if cards != dataset.bias_cardinalities:
+                changes.update(num_bias_classes=max(cards), bias_cardinalities=cards)
         if bias_names is not None:
             changes["bias_names"] = tuple(bias_names)
         if name is not None:
@@ -318,12 +337,15 @@ def as_bias_data(dataset, *, num_classes: int | None = None, num_bias_classes: i
         b = None if len(dataset.tensors) == 2 else _as_label_tensor(dataset.tensors[2], what=f"{label} bias labels b",
                                                                    n=len(dataset))
         n_cls = num_classes if num_classes is not None else int(y.max()) + 1
-        n_bias = num_bias_classes if num_bias_classes is not None else (max(int(b.max()) + 1, 2) if b is not None else 2)
         names = tuple(bias_names) if bias_names is not None else _default_bias_names(b)
-        return BiasDataset(images=x, y=y, b=b, num_classes=n_cls, num_bias_classes=n_bias, name=label,
-                           bias_names=names)
+        if b is None:
+            return BiasDataset(images=x, y=y, b=None, num_classes=n_cls, num_bias_classes=2, name=label, bias_names=names)
+        cards = resolve_cardinalities(b, None, num_bias_classes if num_bias_classes is not None
+                                      else infer_cardinalities(b), name=label)
+        return BiasDataset(images=x, y=y, b=b, num_classes=n_cls, num_bias_classes=max(cards), name=label,
+                           bias_names=names, bias_cardinalities=cards)
     return LazyBiasDataset(dataset, name=label, num_classes=num_classes if num_classes is not None else _attr_int(dataset, "num_classes"),
-                           num_bias_classes=num_bias_classes if num_bias_classes is not None else _attr_int(dataset, "num_bias_classes"),
+                           num_bias_classes=num_bias_classes if num_bias_classes is not None else _attr_cards(dataset),
                            bias_names=bias_names if bias_names is not None else getattr(dataset, "bias_names", None),
                            aligned=_attr_tensor(dataset, "aligned"), num_workers=num_workers)
 
@@ -339,6 +361,14 @@ def _attr_int(dataset, key: str) -> int | None:
     return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else None
 
 
+def _attr_cards(dataset) -> int | tuple[int, ...] | None:
+    """The dataset's own ``bias_cardinalities`` (one per attribute) or ``num_bias_classes``, if it says."""
+    cards = getattr(dataset, "bias_cardinalities", None)
+    if isinstance(cards, (tuple, list)) and cards and all(isinstance(k, (int, np.integer)) for k in cards):
+        return tuple(int(k) for k in cards)
+    return _attr_int(dataset, "num_bias_classes")
+
+
 def _attr_tensor(dataset, key: str) -> Tensor | None:
     v = getattr(dataset, key, None)
     if v is None or callable(v):
@@ -347,11 +377,12 @@ def _attr_tensor(dataset, key: str) -> Tensor | None:
     return t.bool() if len(t) == len(dataset) else None
 
 
-def as_bias_datasets(*datasets, num_classes: int | None = None, num_bias_classes: int | None = None,
+def as_bias_datasets(*datasets, num_classes: int | None = None, num_bias_classes: int | Sequence[int] | None = None,
                      bias_names: Sequence[str] | None = None) -> list:
     """Several splits of one dataset through :func:`as_bias_data` with COMMON metadata: the number of
-    classes and of bias classes inferred over all of them (a class missing from one split is still
-    counted), so a privacy head trained on one split can be scored on another. ``None`` stays ``None``."""
+    classes and each attribute's number of bias classes inferred over all of them (a class missing from one
+    split is still counted), so a privacy head trained on one split can be scored on another. ``None``
+    stays ``None``."""
     adapted = [as_bias_data(d, bias_names=bias_names) for d in datasets]
     present = [d for d in adapted if d is not None]
     if not present:
@@ -361,7 +392,7 @@ def as_bias_datasets(*datasets, num_classes: int | None = None, num_bias_classes
     if num_bias_classes is not None:
         n_bias = num_bias_classes
     elif labelled:
-        n_bias = max(d.num_bias_classes for d in labelled)
+        n_bias = _common_cardinalities([d.bias_cardinalities for d in labelled])
     else:
         n_bias = None
     out = []
@@ -373,10 +404,18 @@ def as_bias_datasets(*datasets, num_classes: int | None = None, num_bias_classes
     return out
 
 
-def relabel_bias(data, b: Tensor, *, num_bias_classes: int, bias_names: Sequence[str] | None = None,
+def _common_cardinalities(per_split: list[tuple[int, ...]]) -> int | tuple[int, ...]:
+    """Each attribute's largest count over the splits (one int when the splits disagree on the attributes)."""
+    if len({len(c) for c in per_split}) != 1:
+        return max(max(c) for c in per_split)
+    return tuple(max(col) for col in zip(*per_split))
+
+
+def relabel_bias(data, b: Tensor, *, num_bias_classes: int | Sequence[int], bias_names: Sequence[str] | None = None,
                  aligned: Tensor | None = None, info: dict[str, Any] | None = None, name: str | None = None):
     """A copy of any contract dataset whose bias labels are ``b`` (N,) or (N, A) (e.g. pseudo-bias labels);
-    the samples are shared, not copied. ``aligned`` / ``render`` of the old labels do not carry over."""
+    the samples are shared, not copied. ``aligned`` / ``render`` of the old labels do not carry over.
+    ``num_bias_classes``: an int for every attribute, or one per attribute."""
     data = as_bias_data(data)
     b = torch.as_tensor(b)
     if len(b) != len(data):
@@ -384,10 +423,11 @@ def relabel_bias(data, b: Tensor, *, num_bias_classes: int, bias_names: Sequence
     b = _as_label_tensor(b, what=f"bias labels of {data.name}", n=len(data))
     if isinstance(data, BiasDataset):
         out = data.subset(torch.arange(len(data)), name=name)
-        return replace(out, b=b.clone(), num_bias_classes=int(num_bias_classes), aligned=aligned, render=None,
-                       bias_names=tuple(bias_names) if bias_names is not None else out.bias_names,
+        cards = resolve_cardinalities(b, None, num_bias_classes, name=out.name)
+        return replace(out, b=b.clone(), num_bias_classes=max(cards), bias_cardinalities=cards, aligned=aligned,
+                       render=None, bias_names=tuple(bias_names) if bias_names is not None else out.bias_names,
                        info=dict(data.info if info is None else info))
-    return data.with_bias_labels(b.clone(), num_bias_classes=int(num_bias_classes), bias_names=bias_names,
+    return data.with_bias_labels(b.clone(), num_bias_classes=num_bias_classes, bias_names=bias_names,
                                  aligned=aligned, info=dict(data.info if info is None else info), name=name)
 
 
@@ -398,11 +438,15 @@ def require_bias_labels(data, *, what: str, split: str) -> None:
                         "give items (x, y, b), or pseudo-bias labels from `debiaskit discover`")
 
 
-def bias_pairing(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int) -> Tensor:
+def bias_pairing(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int | Sequence[int]) -> Tensor:
     """The bias value each class is paired with in a biased set: the most frequent b of each y
     ((num_classes,) per attribute -> (num_classes,) or (A, num_classes)); -1 for a class with no sample."""
     if b.ndim == 2:
-        return torch.stack([bias_pairing(y, b[:, a], num_classes=num_classes, num_bias=num_bias) for a in range(b.shape[1])])
+        cards = num_bias if isinstance(num_bias, (tuple, list)) else (num_bias,) * b.shape[1]
+        return torch.stack([bias_pairing(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
+                            for a in range(b.shape[1])])
+    if isinstance(num_bias, (tuple, list)):
+        num_bias = num_bias[0]
     counts = torch.bincount(y * num_bias + b, minlength=num_classes * num_bias).view(num_classes, num_bias)
     pairing = counts.argmax(1)
     pairing[counts.sum(1) == 0] = -1
@@ -429,7 +473,7 @@ def with_aligned(data, pairing: Tensor):
 
 
 def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None,
-                num_classes: int | None = None, num_bias_classes: int | None = None,
+                num_classes: int | None = None, num_bias_classes: int | Sequence[int] | None = None,
                 bias_names: Sequence[str] | None = None, spec: dict[str, Any] | None = None):
     """:class:`~debiaskit.data.Splits` from your own datasets (D^b, D^u train / val / test, test).
 
@@ -454,7 +498,7 @@ def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None
     spec = dict(spec or {"dataset": "python", "params": {}})
     tr = adapted[0]
     if tr.b is not None:
-        pairing = bias_pairing(tr.y, tr.b, num_classes=tr.num_classes, num_bias=tr.num_bias_classes)
+        pairing = bias_pairing(tr.y, tr.b, num_classes=tr.num_classes, num_bias=tr.bias_cardinalities)
         adapted = [d if d is None else with_aligned(d, pairing) for d in adapted]
         spec.setdefault("bias_pairing", pairing.tolist())
     return Splits(*adapted, spec=spec)

@@ -59,7 +59,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from ._dataset import BiasDataset, group_counts
+from ._dataset import BiasDataset, group_counts, infer_cardinalities
 from ._user import LazyBiasDataset, user_splits
 
 USER_FORMATS = ("tensors", "folder")
@@ -359,8 +359,8 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
     index = _split_indices(codes, y, b, seed=seed, train_size=train_size, test_size=test_size, where=str(path))
     bias_names = tuple(meta["bias_names"].split(",")) if meta.get("bias_names") else None
     aligned = np.asarray(arrays["aligned"]) if "aligned" in arrays else None
-    num_classes, num_bias = int(y.max()) + 1, max(int(b.max()) + 1, 2)
-    flip = _column_flipper(arrays, num_bias=num_bias, where=str(path))
+    num_classes, num_bias = int(y.max()) + 1, infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))   # one count per attribute
+    flip = _column_flipper(arrays, num_bias=num_bias[0], where=str(path))
     item_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize
     integer_inputs = np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8
     samples = ArraySamples(x, y, b)
@@ -377,7 +377,8 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
                                           num_classes=num_classes, num_bias_classes=num_bias, bias_names=bias_names)
         else:
             built[name] = BiasDataset(images=torch.from_numpy(np.ascontiguousarray(x[idx])), y=samples.y[idx],
-                                      b=samples.b[idx], num_classes=num_classes, num_bias_classes=num_bias,
+                                      b=samples.b[idx], num_classes=num_classes, num_bias_classes=max(num_bias),
+                                      bias_cardinalities=num_bias,
                                       name=f"{path.name}/{name}", bias_names=bias_names or _bias_names(b), aligned=al,
                                       render=None if flip is None else _renderer(flip, x, idx))
             if isinstance(x, np.memmap) and np.issubdtype(x.dtype, np.floating) and not torch.isfinite(built[name].images).all():
@@ -579,7 +580,7 @@ def make_folder_splits(root: Path | str, *, params: dict | None = None, seed: in
         codes, rule = draw_splits(y, b, seed=seed, unbiased_size=unbiased_size)
     index = _split_indices(codes, y, b, seed=seed, train_size=train_size, test_size=test_size, where=str(info["csv"]))
     samples = ImageFolderSamples(info["root"], info["paths"], y, b, size=info["size"], mode=info["params"]["mode"])
-    num_classes, num_bias = int(y.max()) + 1, max(int(b.max()) + 1, 2)
+    num_classes, num_bias = int(y.max()) + 1, infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))   # one count per attribute
     built = {name: None if len(idx) == 0 else LazyBiasDataset(
         samples, index=torch.from_numpy(idx), name=f"{info['root'].name}/{name}", labels=(samples.y[idx], samples.b[idx]),
         num_classes=num_classes, num_bias_classes=num_bias, bias_names=info["bias_names"],
@@ -645,7 +646,8 @@ def describe_user_dataset(name: str, *, params: dict | None = None) -> dict[str,
     n_attr = 1 if b.ndim == 1 else b.shape[1]
     info.update({"name": name, "prepared": True,
                  "bias_attributes": names.split(",") if names else list(_bias_names(b)),
-                 "num_classes": int(y.max()) + 1, "num_bias_classes": max(int(b.max()) + 1, 2), "attributes": n_attr,
+                 "num_classes": int(y.max()) + 1, "num_bias_classes": max(infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))),
+                 "bias_cardinalities": list(infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))), "attributes": n_attr,
                  "splits": USER_SPLIT_DOCS})
     return info
 
@@ -663,7 +665,7 @@ def user_param_names(name: str) -> tuple[str, tuple[str, ...]]:
 
 def split_group_counts(splits) -> dict[str, Any]:
     """(y, b) group counts of every split (for ``data show`` and the train printout)."""
-    return {name: group_counts(d.y, d.b, num_classes=d.num_classes, num_bias=d.num_bias_classes)
+    return {name: group_counts(d.y, d.b, num_classes=d.num_classes, num_bias=d.bias_cardinalities)
             for name, d in splits.items() if d.b is not None}
 
 

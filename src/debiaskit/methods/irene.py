@@ -73,7 +73,9 @@ class IRENE(TrainingMethod):
         d, _ = head_shape(ctx.unwrapped, ctx.head)
         self.num_bias = getattr(data, "num_bias_classes", ctx.num_classes)
         n_attr = 1 if getattr(data, "b", None) is None or data.b.ndim == 1 else data.b.shape[1]
-        self.heads = nn.ModuleList(nn.Linear(d, self.num_bias) for _ in range(n_attr)).to(ctx.device)
+        # one head per attribute, as wide as that attribute has values (a binary one beside one with 5 values)
+        self.bias_cardinalities = tuple(getattr(data, "bias_cardinalities", None) or (self.num_bias,) * n_attr)
+        self.heads = nn.ModuleList(nn.Linear(d, k) for k in self.bias_cardinalities).to(ctx.device)
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
         if self.head_optimizer_name == "sgd":  # the public code's optimiser (momentum 0.9, wd 1e-4)
             self.head_optimizer = torch.optim.SGD(self.heads.parameters(), lr=self.head_lr, momentum=0.9, weight_decay=1e-4)
@@ -99,7 +101,7 @@ class IRENE(TrainingMethod):
         b_all = ctx.gather(b)[0] if ctx is not None else b
         with ctx.full_precision() if ctx is not None else contextlib.nullcontext():   # float32 under --amp
             return sum(normalized_mutual_information(gather(F.linear(z.float(), h.weight.detach(), h.bias.detach()).softmax(1)),
-                                            b_all[:, a], self.num_bias)
+                                            b_all[:, a], self.bias_cardinalities[a])
                        for a, h in enumerate(self.heads))
 
     def training_step(self, batch: Batch, ctx: TrainContext) -> dict[str, float]:
