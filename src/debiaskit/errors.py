@@ -1,7 +1,8 @@
-"""Exceptions raised by debiaskit.
+"""Exceptions and warnings raised by debiaskit.
 
 Every error says what was wrong and what to do about it; the CLI prints the message
-without a traceback.
+without a traceback. A warning (:class:`DebiaskitWarning`) is said before any compute and the work goes on;
+``warnings.simplefilter("error", SmallSplitWarning)`` turns one into an error in Python.
 """
 
 
@@ -35,3 +36,11 @@ class OutputBusyError(OutputError):
 
 class DamagedError(DataError):
     """A file debiaskit wrote earlier is truncated, invalid or inconsistent."""
+
+
+class DebiaskitWarning(UserWarning):
+    """Base class of debiaskit's warnings (the CLI prints them as ``warning: ...``, without a source line)."""
+
+
+class SmallSplitWarning(DebiaskitWarning):
+    """D^u_train or D^u_val is too small for what is selected or fitted on it (numbers and remedies inside)."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from rich.console import Console
 
-from ..errors import DebiaskitError
+from ..errors import DebiaskitError, DebiaskitWarning
 from ._common import app, console
 
 for _mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -27,8 +28,18 @@ INTERRUPTED = ("[yellow]interrupted[/yellow] (Ctrl-C): the command stopped befor
                "was not written (an existing one is unchanged)")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, _default=warnings.showwarning):
+    """debiaskit's own warnings as plain ``warning: ...`` lines (they carry their numbers and remedies; the
+    source line would only be noise); every other warning as Python shows it."""
+    if issubclass(category, DebiaskitWarning):
+        Console(stderr=True).print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
     from .. import _dist   # late: it loads torch, which `debiaskit --help` does not need
+    warnings.showwarning = _show_warning
     where = ""
     try:
         if _dist.init_from_env():   # started by torchrun: one process per rank

@@ -64,7 +64,7 @@ import torch
 from ..errors import ConfigError, DataError
 from .._io import DATA_CACHE, atomic_folder, write_json
 from .._validate import check_param_names
-from ._dataset import BiasDataset
+from ._dataset import BiasDataset, warn_small_unbiased
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
 
@@ -450,6 +450,17 @@ def balanced_holdout(y: np.ndarray, b: np.ndarray, *, unbiased_size: int, holdou
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def _holdout_remedy(y: np.ndarray, b: np.ndarray, parts: list[np.ndarray], holdout: float, unbiased_size: int,
+                    bias: str) -> str:
+    """How Adult's D^u was drawn and what gives a larger one (for the small-split warning)."""
+    smallest = min(int(((y == t) & (b == a)).sum()) for t in (0, 1) for a in (0, 1))
+    per_group = sum(len(p) for p in parts) // 4
+    return (f"D^u holds min(unbiased_size / 4 = {unbiased_size // 4}, holdout {holdout} x the smallest (income x {bias}) "
+            f"group of {smallest} rows) = {per_group} rows per group, 60/20/20 into D^u train / val / test. For larger "
+            f"ones: raise --param holdout (now {holdout}; the rest of that group stays in D^b) or --unbiased-size (now "
+            f"{unbiased_size})")
+
+
 def _subsample(count: int, size: int | None, *, what: str, seed: int, stream: int) -> np.ndarray:
     if size is None:
         return np.arange(count)
@@ -500,6 +511,8 @@ def make_adult_splits(*, params: dict | None = None, seed: int = 0, unbiased_siz
     pairing = majority_pairing(y_tr, b_tr)
     u_parts = balanced_holdout(y_tr, b_tr, unbiased_size=unbiased_size, holdout=resolved["holdout"],
                                fractions=tuple(unbiased_fractions), seed=seed)
+    warn_small_unbiased(y_tr, b_tr, dict(zip(("unbiased_train", "unbiased_val"), u_parts)), dataset=f"adult (bias {bias})",
+                        remedy=_holdout_remedy(y_tr, b_tr, u_parts, resolved["holdout"], unbiased_size, bias))
     rest = np.setdiff1d(np.arange(len(y_tr)), np.concatenate(u_parts))
     rest = rest[_subsample(len(rest), train_size, what="train_size", seed=seed, stream=0)]
     x_te, y_te, b_te = rows["test"]

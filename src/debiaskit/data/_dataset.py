@@ -1,14 +1,16 @@
 """The sample container every layer speaks: images x, target y and bias label(s) b."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError
+from ..errors import DataError, SmallSplitWarning
 
 
 class Batch(NamedTuple):
@@ -244,6 +246,49 @@ def group_counts(y: Tensor, b: Tensor, *, num_classes: int,
     flat = y.long() * num_bias + b.long()
     return torch.bincount(flat, minlength=num_classes * num_bias).view(num_classes, num_bias).tolist()
 
+
+
+# D^u_train / D^u_val below these sizes are said before any compute (SmallSplitWarning): with 25 samples a
+# group's accuracy has a standard error of up to 10 points (sqrt(0.25 / 25)), and one sample moves it by 4
+# points, so a worst-group selection on D^u_val (early stopping, FFW's tau level, hyper-parameters) is mostly
+# noise; with 100 in all the unbiased accuracy moves by a point per sample and its standard error reaches 5.
+MIN_UNBIASED_PER_GROUP = 25
+MIN_UNBIASED_TOTAL = 100
+
+
+def small_unbiased_splits(y: np.ndarray, b: np.ndarray, index: dict[str, np.ndarray]) -> list[str]:
+    """What is too small in D^u_train / D^u_val (``index``: split name -> sample positions in ``y`` / ``b``):
+    their size and smallest (target, bias) group, over the groups present anywhere in ``y`` / ``b`` (per
+    attribute for (N, A) bias labels). Empty when both are large enough."""
+    y, b = np.asarray(y), np.asarray(b)
+    cols = b[:, None] if b.ndim == 1 else b
+    present = [np.unique(np.stack([y, cols[:, a]], 1), axis=0).tolist() for a in range(cols.shape[1])]
+    found = []
+    for split, label in (("unbiased_train", "D^u_train"), ("unbiased_val", "D^u_val")):
+        idx = index.get(split)
+        if idx is None:
+            continue
+        idx = np.asarray(idx)
+        smallest = min(((int(((y[idx] == t) & (cols[idx, a] == v)).sum()), t, v, a)
+                        for a, pairs in enumerate(present) for t, v in pairs))
+        n, t, v, a = smallest
+        if n < MIN_UNBIASED_PER_GROUP or len(idx) < MIN_UNBIASED_TOTAL:
+            which = f"b={v}" if cols.shape[1] == 1 else f"b[{a}]={v}"
+            found.append(f"{label} holds {len(idx)} samples, {n} in its smallest (y, b) group (y={t}, {which})")
+    return found
+
+
+def warn_small_unbiased(y: np.ndarray, b: np.ndarray, index: dict[str, np.ndarray], *, dataset: str,
+                        remedy: str) -> None:
+    """A :class:`SmallSplitWarning` (before any compute) when D^u_train or D^u_val is small; ``remedy`` says
+    how these splits were made and what gives larger ones."""
+    found = small_unbiased_splits(y, b, index)
+    if found:
+        warnings.warn(SmallSplitWarning(
+            f"{dataset}: the unbiased splits are small: {'; '.join(found)}. Everything selected on D^u_val "
+            f"(early stopping, FFW's tau level, hyper-parameters) and the audit's privacy head (fitted on "
+            f"D^u_train) want at least {MIN_UNBIASED_PER_GROUP} per (y, b) group and {MIN_UNBIASED_TOTAL} in all: "
+            f"below that a group's accuracy has a standard error above 10 points. {remedy}"), stacklevel=3)
 
 
 class _Indexed(Dataset):

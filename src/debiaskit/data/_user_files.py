@@ -25,7 +25,11 @@ rebuilds exactly the same splits, or refuses with the reason.
                       which the audit's counterfactual bias and FMD (``debiaskit unlearn``) need
 ====================  =====================================================================================
 
-Without ``split``, debiaskit draws the splits itself (:func:`draw_splits`, stratified by (y, b)).
+Without ``split``, debiaskit draws the splits itself (:func:`draw_splits`, stratified by (y, b)): the same
+number c of samples is held out from every (y, b) group, c = ``holdout`` (``--param holdout``, default 0.5)
+times the smallest group, at most ``unbiased_size`` / groups. D^u_train / D^u_val smaller than 25 per (y, b)
+group or 100 in all (skewed data) are said before any compute (:class:`~debiaskit.errors.SmallSplitWarning`,
+with the numbers and the remedies), for splits drawn here and splits from the file alike.
 A ``.safetensors`` file is memory-mapped: splits of more than ``IN_MEMORY_BYTES`` of inputs (or any with
 ``--param lazy=1``) stay on disk and are read item by item; smaller ones are sliced into memory (the fast
 path). ``.npz`` members are read whole by NumPy (use .safetensors for data larger than memory).
@@ -48,6 +52,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -58,8 +63,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._validate import OPEN_UNIT_INTERVAL, require
 from ..errors import ConfigError, DataError
-from ._dataset import BiasDataset, group_counts, infer_cardinalities
+from ._dataset import BiasDataset, group_counts, infer_cardinalities, warn_small_unbiased
 from ._user import LazyBiasDataset, user_splits
 
 USER_FORMATS = ("tensors", "folder")
@@ -69,9 +75,10 @@ UNBIASED_SHARES = (0.6, 0.2, 0.2)   # code 5 / "unbiased": divided into D^u trai
 REQUIRED_SPLITS = ("train", "unbiased_train", "unbiased_val", "test")
 IN_MEMORY_BYTES = 2 << 30   # inputs of a split above this stay memory-mapped (lazy)
 DRAW_SHARES = {"unbiased_train": 0.36, "unbiased_val": 0.12, "unbiased_test": 0.12, "test": 0.40}
+DEFAULT_HOLDOUT = 0.5
 DRAW_RULE = ("drawn by debiaskit (no `split` in the data), stratified by (y, b) with seed {seed}: from every "
-             "non-empty (y, b) group the same number c of samples is held out (c = half the smallest group, at most "
-             "unbiased_size / groups), so the held-out sets are group-balanced: 40% of them are the test set, 36% "
+             "non-empty (y, b) group the same number c of samples is held out (c = --param holdout x the smallest "
+             "group, at most unbiased_size / groups), so the held-out sets are group-balanced: 40% of them are the test set, 36% "
              "D^u_train, 12% D^u_val, 12% D^u_test (per group); every other sample is D^b (train), with the data's "
              "own bias")
 USER_SPLIT_DOCS = {
@@ -81,9 +88,12 @@ USER_SPLIT_DOCS = {
     "unbiased_test": "D^u_test: reported only (optional)",
     "test": "test: reported, never used for selection",
 }
+HOLDOUT_HELP = (f"when debiaskit draws the splits (no `split` in the data): the share of the smallest (y, b) group "
+                f"held out from every group for test and D^u (default {DEFAULT_HOLDOUT}); raise it for larger D^u")
 TENSOR_PARAMS: dict[str, tuple[Any, str]] = {
     "lazy": ("auto", "1: keep every split on disk (memory-mapped .safetensors); 0: load into memory; "
                      f"auto: lazy when a split holds more than {IN_MEMORY_BYTES >> 30} GiB of inputs"),
+    "holdout": (None, HOLDOUT_HELP),
 }
 FOLDER_PARAMS: dict[str, tuple[Any, str]] = {
     "size": (None, "resize every image to size x size (default: the first image's size)"),
@@ -94,6 +104,7 @@ FOLDER_PARAMS: dict[str, tuple[Any, str]] = {
     "bias_column": ("b", "metadata.csv column(s) of the bias labels, comma-separated for several attributes"),
     "split_column": ("split", "metadata.csv column of the splits (optional)"),
     "split_names": (None, "comma-separated split names for the integer codes 0, 1, 2, ... of the split column"),
+    "holdout": (None, HOLDOUT_HELP),
 }
 TEXT_PARAMS = {"tensors": ("lazy",), "folder": ("mode", "path_column", "target_column", "bias_column",
                                                  "split_column", "split_names")}
@@ -264,20 +275,26 @@ def _group_keys(y: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unique(np.stack(cols, 1), axis=0, return_inverse=True)[1].reshape(-1)
 
 
-def draw_splits(y: np.ndarray, b: np.ndarray, *, seed: int, unbiased_size: int = 10000) -> tuple[np.ndarray, str]:
-    """Split codes for data without a ``split`` array (see ``DRAW_RULE``) and the rule in words."""
+def draw_splits(y: np.ndarray, b: np.ndarray, *, seed: int, unbiased_size: int = 10000,
+                holdout: float = DEFAULT_HOLDOUT) -> tuple[np.ndarray, str, str]:
+    """Split codes for data without a ``split`` array (see ``DRAW_RULE``), the rule in words, and what gives
+    larger D^u splits (for the warning when they are small)."""
     groups = _group_keys(y, b)
     rng = np.random.default_rng([int(seed), 20])
     members = [rng.permutation(np.flatnonzero(groups == g)) for g in range(int(groups.max()) + 1)]
     sizes = [len(m) for m in members]
     smallest = int(np.argmin(sizes))
-    c = min(sizes[smallest] // 2, max(4, unbiased_size // len(members)))
+    cap = max(4, unbiased_size // len(members))
+    c = min(int(holdout * sizes[smallest]), cap)
+    first = members[smallest][0]
+    where = f"the smallest group (y={int(y[first])}, b={b[first].tolist()}) has {sizes[smallest]} samples"
     if c < 4:
-        first = members[smallest][0]
-        raise DataError(f"the smallest (y, b) group (y={int(y[first])}, b={b[first].tolist()}) has {sizes[smallest]} "
-                        "samples: too few to draw group-balanced D^u and test sets (at least 8 per group). Add a "
-                        "`split` array to the file (codes " + ", ".join(f"{k} = {v}" for k, v in SPLIT_CODES.items())
-                        + ", -1 = not used) or use more samples")
+        needed = 4 / sizes[smallest]   # the holdout that would reach c = 4, if any below 1 does
+        todo = (f"raise --param holdout to at least {math.ceil(needed * 100) / 100:g}, " if needed < 0.99 else "") + \
+            "add a `split` array / column (codes " + ", ".join(f"{k} = {v}" for k, v in SPLIT_CODES.items()) + \
+            ", -1 = not used) or use more samples"
+        raise DataError(f"{where}: holdout {holdout} of it is {c} sample(s), too few to hold out group-balanced D^u "
+                        f"and test sets (at least 4 per group). {todo[0].upper()}{todo[1:]}")
     counts = {k: max(1, int(round(share * c))) for k, share in DRAW_SHARES.items() if k != "unbiased_train"}
     counts["unbiased_train"] = c - sum(counts.values())
     if counts["unbiased_train"] < 1:
@@ -290,7 +307,35 @@ def draw_splits(y: np.ndarray, b: np.ndarray, *, seed: int, unbiased_size: int =
         for name in ("test", "unbiased_train", "unbiased_val", "unbiased_test"):
             codes[m[start:start + counts[name]]] = inverse[name]
             start += counts[name]
-    return codes, DRAW_RULE.format(seed=seed) + f"; here c = {c} per group, {len(members)} non-empty groups"
+    rule = (DRAW_RULE.format(seed=seed) + f"; here c = {c} per group (holdout {holdout} x {sizes[smallest]}, at most "
+            f"{cap}), {len(members)} non-empty groups")
+    remedy = (f"They were drawn by debiaskit: c = {c} samples held out from every (y, b) group, of which D^u_train "
+              f"gets {counts['unbiased_train']} and D^u_val {counts['unbiased_val']}. For larger ones: raise --param "
+              f"holdout (now {holdout}, the share held out of the smallest group; {where}), raise --unbiased-size "
+              f"(now {unbiased_size}: c is at most unbiased_size / {len(members)} groups = {cap}), give your own "
+              "`split` array / column (1 = D^u_train, 2 = D^u_val, 5 = unbiased rows divided 60/20/20 per group), "
+              "or use more samples")
+    return codes, rule, remedy
+
+
+GIVEN_REMEDY = ("They come from your `split` array / column: put more rows into D^u_train / D^u_val (codes 1 / 2, "
+                "or 5 = unbiased rows divided 60/20/20 per (y, b) group), or use more samples")
+
+
+def _holdout(params: dict, *, given_split: bool, where: str) -> float:
+    """--param holdout: a share in (0, 1), only for splits debiaskit draws (refused, not ignored, otherwise)."""
+    value = params.get("holdout")
+    if value is None:
+        return DEFAULT_HOLDOUT
+    if given_split:
+        raise ConfigError(f"{where}: --param holdout only applies when debiaskit draws the splits; this data has its "
+                          "own split (array / column): drop holdout, or change the split")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return float(require("holdout", value, OPEN_UNIT_INTERVAL, hint=HOLDOUT_HELP))
 
 
 def _cap(index: np.ndarray, size: int | None, *, seed: int, stream: int, what: str) -> np.ndarray:
@@ -351,12 +396,15 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
         raise DataError(f"{path} is not the file this run was made from (SHA-256 {sha[:12]}... != recorded "
                         f"{expected_sha256[:12]}...): restore the original file to rebuild the run's data")
     x, y, b = arrays["x"], np.asarray(arrays["y"]), np.asarray(arrays["b"])
+    holdout = _holdout(params, given_split="split" in arrays, where=str(path))
     if "split" in arrays:
         codes, rule = np.asarray(arrays["split"]), "from the file's `split` array (codes " + ", ".join(
             f"{k} = {v}" for k, v in SPLIT_CODES.items()) + ", -1 = not used)"
+        remedy = GIVEN_REMEDY
     else:
-        codes, rule = draw_splits(y, b, seed=seed, unbiased_size=unbiased_size)
+        codes, rule, remedy = draw_splits(y, b, seed=seed, unbiased_size=unbiased_size, holdout=holdout)
     index = _split_indices(codes, y, b, seed=seed, train_size=train_size, test_size=test_size, where=str(path))
+    warn_small_unbiased(y, b, index, dataset=path.name, remedy=remedy)
     bias_names = tuple(meta["bias_names"].split(",")) if meta.get("bias_names") else None
     aligned = np.asarray(arrays["aligned"]) if "aligned" in arrays else None
     num_classes, num_bias = int(y.max()) + 1, infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))   # one count per attribute
@@ -574,11 +622,14 @@ def make_folder_splits(root: Path | str, *, params: dict | None = None, seed: in
             raise DataError(f"{info['root']}: {what} changed since this run was made ({info[key][:12]}... != recorded "
                             f"{expected[key][:12]}...): restore the original data to rebuild the run's splits")
     y, b = info["y"], info["b"]
+    holdout = _holdout(info["params"], given_split=info["codes"] is not None, where=str(info["csv"]))
     if info["codes"] is not None:
         codes, rule = info["codes"], f"from the {info['params']['split_column']!r} column of metadata.csv"
+        remedy = GIVEN_REMEDY
     else:
-        codes, rule = draw_splits(y, b, seed=seed, unbiased_size=unbiased_size)
+        codes, rule, remedy = draw_splits(y, b, seed=seed, unbiased_size=unbiased_size, holdout=holdout)
     index = _split_indices(codes, y, b, seed=seed, train_size=train_size, test_size=test_size, where=str(info["csv"]))
+    warn_small_unbiased(y, b, index, dataset=info["root"].name, remedy=remedy)
     samples = ImageFolderSamples(info["root"], info["paths"], y, b, size=info["size"], mode=info["params"]["mode"])
     num_classes, num_bias = int(y.max()) + 1, infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))   # one count per attribute
     built = {name: None if len(idx) == 0 else LazyBiasDataset(
