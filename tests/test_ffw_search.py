@@ -69,7 +69,7 @@ def test_ffw_removes_a_planted_bias(planted, mode, adversary):
     assert after.task_accuracy > before.task_accuracy + 0.1 and after.task_accuracy > 0.9
     if mode == "structured":
         assert result.masks["body.1"].tolist() == [1, 1, 0, 0]  # exactly the planted bias units are removed
-        assert result.model.fc.in_features == 2
+        assert result.model.get_submodule(result.head).in_features == 2   # "fc.head" behind the default eraser
     else:
         assert float(result.model.body[1].weight.detach()[2:, 1].abs().sum()) == 0.0
     # the user's model is untouched; the selected state is a hard-masked one, scored on D^u_val

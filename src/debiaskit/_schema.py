@@ -199,6 +199,7 @@ class ModelRecord(Record):
     sha256: str | None = opt(ANY_TEXT)
     note: str | None = opt(ANY_TEXT)
     shapes: dict | None = opt(OBJECT)   # layer widths of a physically smaller (structured FFW) export
+    eraser: dict | None = opt(OBJECT)   # FFW's linear eraser in front of the head ({"head": original head, "dim", ...})
     other: dict = field(default_factory=dict)
 
     def check(self, *, file: str | Path, prefix: str) -> None:

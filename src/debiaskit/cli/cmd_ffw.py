@@ -15,7 +15,7 @@ from .cmd_bench import bench_app, invoked_command
 class _D:
     """The CLI's defaults: FFWConfig's (a test checks they agree; importing FFWConfig here would load torch)."""
     gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 20, 20, 10, 1
-    gate_lr, adversary, selection = 0.1, "lda", "objective"
+    gate_lr, adversary, selection, erase = 0.1, "lda", "objective", "linear"
 
 
 def _progress_line(event: dict) -> None:
@@ -47,6 +47,9 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                                                          "the target, no probe to fool), mmd (lda + a Gaussian-kernel term), "
                                                          "head (the paper: MI of a co-trained linear head), refit, mlp"),
         selection: str = typer.Option(_D.selection, help="objective, readability or accuracy (all on D^u_val)"),
+        erase: str = typer.Option(_D.erase, help="linear (default): after the gates, a closed-form linear eraser (LEACE) "
+                                                 "in front of the head makes the bias classes' means equal at the "
+                                                 "bottleneck on D^u_train; none: the pruned sub-network alone"),
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
@@ -57,7 +60,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       callback=_progress_line if progress else None, command=invoked_command(),
                       tau_decay=tau_decay, max_levels=max_levels, max_epochs_per_level=max_epochs_per_level,
                       patience=patience, gate_lr=gate_lr, adversary=adversary, max_epochs=max_epochs or None,
-                      selection=selection, strong_probes=strong_probes, input_weights=input_weights)
+                      selection=selection, strong_probes=strong_probes, input_weights=input_weights, erase=erase)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)

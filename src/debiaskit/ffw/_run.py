@@ -229,7 +229,7 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
         probes = {"before": {"audit": before_h["bias_extractability"],
                              **probe_readings(run.model, splits, head=run.head, seed=seed, device=device)},
                   "after": {"audit": after_h["bias_extractability"],
-                            **probe_readings(result.model, splits, head=run.head, seed=seed, device=device)},
+                            **probe_readings(result.model, splits, head=result.head, seed=seed, device=device)},
                   "descriptions": PROBES}
         probes["verdict"] = probe_verdict(probes["after"], num_bias=splits.test.num_bias_classes)
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
@@ -243,7 +243,8 @@ def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, 
         "kind": "ffw", "status": "finished",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "run": str(Path(run_dir)), "mode": mode, "bias_labels": bias_labels,
-        "model": {**run.meta["model"], "shapes": result.shapes}, "data": run.meta["data"],
+        "model": {**run.meta["model"], "shapes": result.shapes, "head": result.head, "eraser": result.eraser},
+        "data": run.meta["data"],
         "vanilla_train_time_s": run.meta.get("wall_time_s"),
         "search": result.summary(), "history": result.history,
         "before": before_h, "after": after_h, "probes": probes,
@@ -301,6 +302,19 @@ def probe_lines(info: dict[str, Any]) -> list[str]:
     return lines + ["", pr["verdict"]["text"]]
 
 
+def eraser_lines(eraser: dict[str, Any] | None) -> list[str]:
+    """What the linear eraser (FFWConfig.erase) did, in words, with its effect on D^u_val."""
+    if not eraser:
+        return ["No eraser (`--erase none`): the exported network is the pruned sub-network alone."]
+    return [f"Linear eraser (LEACE, `--erase linear`): a closed-form module in front of the head `{eraser['head']}` "
+            f"(the bottleneck is now the input of `{eraser['head']}.head`) removes a rank-{eraser['rank']} subspace "
+            f"({100 * eraser['variance_removed']:.2f} % of the bottleneck's variance) so that every bias class has the "
+            f"same mean on D^u_train. D^u_val task accuracy {100 * eraser['val_task_before']:.2f} % without it, "
+            f"{100 * eraser['val_task_after']:.2f} % with it; closed-form linear readability of the bias on D^u_val "
+            f"{eraser['val_readability_before']:.4f} -> {eraser['val_readability_after']:.4f}. "
+            "`--erase none` exports the pruned sub-network alone."]
+
+
 def report_markdown(info: dict[str, Any]) -> str:
     s = info["search"]
     sel = s["selected"]
@@ -317,6 +331,7 @@ def report_markdown(info: dict[str, Any]) -> str:
               "| | before (vanilla) | after (FFW) |", "|---|---|---|"]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in before_after_rows(info)]
     lines += ["", *probe_lines(info)]
+    lines += ["", *eraser_lines(s.get("eraser"))]
     lines += ["", "Sparsity per layer (% removed):", "", "| layer | removed |", "|---|---|"]
     lines += [f"| {k} | {100 * v:.2f} |" for k, v in s["sparsity"]["per_layer"].items()]
     inputs = s["sparsity"].get("input_weights")

@@ -27,6 +27,7 @@ from ..errors import ModelError
 from ..models import import_path_reference, model_reference, rebuild_model
 from .._io import FFW_FOLDER, atomic_folder
 from ..runs import FFWRecord, inner_path, load_weights, package_versions, read_record, save_weights, write_record
+from ._erase import attach_empty_eraser
 from ._export import resize_like, save_masks
 
 FFW_FILE = "ffw.json"
@@ -43,6 +44,7 @@ def _model_record(result, model: str | Callable | None, model_args: dict | None)
     spec.setdefault("num_classes", getattr(head, "out_features", None))
     spec["head"] = result.head
     spec["shapes"] = result.shapes
+    spec["eraser"] = result.eraser
     return spec
 
 
@@ -89,6 +91,8 @@ def load_pruned_model(folder: Path | str, *, model: nn.Module | Callable[..., nn
     def load(net: nn.Module) -> None:
         if record.model.shapes:
             resize_like(net, record.model.shapes)
+        if record.model.eraser:
+            attach_empty_eraser(net, record.model.eraser)
         load_weights(net, weights)
 
     return rebuild_model(record.model, load=load, source_changed=source_changed, model=model).eval()

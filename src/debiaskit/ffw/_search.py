@@ -41,9 +41,10 @@ from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSI
                          require)
 from ..errors import ConfigError, DataError, ModelError
 from .._io import load_checkpoint, save_checkpoint
-from ..models import forward_with_bottleneck, head_shape, resolve_head
+from ..models import collect_outputs, forward_with_bottleneck, head_shape, resolve_head
 from ._adversary import (ADVERSARIES, KernelDependence, LinearDependence, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
                          refit_linear_head)
+from ._erase import ERASERS, attach_eraser, fit_linear_eraser
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
 from ._progress import print_epoch
@@ -129,6 +130,7 @@ class FFWConfig:
     mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
     max_epochs: int | None = 20
     tau_final: float = 2.0 ** -9
+    erase: str = "linear"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -146,6 +148,8 @@ class FFWConfig:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.adversary not in ADVERSARIES:
             raise ConfigError(f"adversary must be one of {', '.join(ADVERSARIES)}, got {self.adversary!r}")
+        if self.erase not in ERASERS:
+            raise ConfigError(f"erase must be one of {', '.join(ERASERS)}, got {self.erase!r}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ConfigError(f"max_epochs (the search's epoch budget) must be >= 1, got {self.max_epochs}")
         if not 0 < self.tau_final <= self.tau_init:
@@ -204,6 +208,7 @@ class FFWResult:
     gated: GatedModel
     privacy_heads: list[nn.Linear]
     shapes: dict[str, dict[str, int]] | None = None
+    eraser: dict[str, Any] | None = None   # the linear eraser in front of the head (_erase.py), None without one
 
     @property
     def mode(self) -> str:
@@ -217,7 +222,7 @@ class FFWResult:
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, "config": asdict(self.config), "selected": self.selected,
                 "sparsity": self.sparsity, "stop_reason": self.stop_reason, "wall_time_s": self.wall_time_s,
-                "epochs": len(self.history) - 1, "shapes": self.shapes}
+                "epochs": len(self.history) - 1, "shapes": self.shapes, "eraser": self.eraser}
 
 
 # FFW's information term (eq. 7): the audit's normalised empirical MI, computed in log space so that its
@@ -712,6 +717,9 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
         raise ConfigError("pass either config= or keyword overrides, not both")
     if inplace and config.mode == "structured":
         raise ConfigError("inplace=True is for unstructured FFW; a structured result is a new, smaller network")
+    if inplace and config.erase != "none":
+        raise ConfigError("inplace=True bakes the masks into your model's weights, but the linear eraser would also "
+                          "change its architecture (a module in front of the head): pass erase='none' with inplace=True")
     device = _dist.check_device(device)
     _dist.per_rank_batch(config.batch_size, _dist.rank_and_world()[1])   # the global batch must divide by the ranks
     head_name, _ = resolve_head(model, head)
@@ -759,6 +767,30 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
         sparsity = structured_sparsity(masks, model, exported)
         sparsity["ungated"] = dict(search.gated.ungated)  # e.g. residual-stream channels of a ResNet, with why
     exported.eval()
-    return FFWResult(model=exported, masks=masks, config=cfg, head=search.head, history=search.history,
+    head, eraser = search.head, None
+    if cfg.erase == "linear":
+        head, eraser = _erase(exported, search)
+    return FFWResult(model=exported, masks=masks, config=cfg, head=head, history=search.history,
                      selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],
-                     wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes)
+                     wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes,
+                     eraser=eraser)
+
+
+def _erase(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any]]:
+    """Fit the linear eraser on the exported model's D^u_train bottleneck (the search's bias labels) and put it in
+    front of the head (in place); returns the new head name and what the eraser did, with its effect on D^u_val."""
+    device = next(exported.parameters()).device
+    train = collect_outputs(exported, search.train, head=search.head, device=device)
+    val_before = collect_outputs(exported, search.val, head=search.head, device=device)
+    eraser, fit = fit_linear_eraser(train.z, train.b, search.num_bias)
+    head = attach_eraser(exported, search.head, eraser.to(device))
+    val_after = collect_outputs(exported, search.val, head=head, device=device)
+    cols = lambda b: [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]   # noqa: E731
+    def readability(z: Tensor, b: Tensor) -> float:   # the search's closed-form reading, whole split, ridge 1e-2
+        return sum(lda_readability(z, c, search.num_bias) for c in cols(b))
+    return head, {
+        "kind": "linear", "head": search.head, "dim": int(train.z.shape[1]), **fit,
+        "val_task_before": float((val_before.logits.argmax(1) == val_before.y).float().mean()),
+        "val_task_after": float((val_after.logits.argmax(1) == val_after.y).float().mean()),
+        "val_readability_before": readability(val_before.z, val_before.b),
+        "val_readability_after": readability(val_after.z, val_after.b)}

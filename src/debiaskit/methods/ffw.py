@@ -48,7 +48,9 @@ _BUDGET = "ours (CPU budget; paper: until plateau)"
 
 _FFW_DEFAULTS = {"gamma": Default(10.0, "paper"), "tau_decay": Default(0.5, "paper (Alg. 1; the public code uses 0.1)"),
                  "include_head": Default(False, "paper text (encoder only; the public code also gates fc)"),
-                 "max_epochs_per_level": Default(3, _BUDGET), "head_pretrain_epochs": Default(10, _BUDGET)}
+                 "max_epochs_per_level": Default(3, _BUDGET), "head_pretrain_epochs": Default(10, _BUDGET),
+                 # the harness audits the head it names: the pruned sub-network alone (`debiaskit ffw` adds the eraser)
+                 "erase": Default("none", "paper (pruning only; `debiaskit ffw` adds a linear eraser by default)")}
 _FFW_SELECTION = "FFW's own rule: hard-masked model, lowest CE + gamma MI on D^u_val (uses bias labels of D^u)"
 _FFW_BUDGETS = {"full": {"max_epochs_per_level": 10, "head_pretrain_epochs": 30}}   # --full: the paper's budget
 

@@ -1,0 +1,101 @@
+"""Closed-form linear erasure of the bias at the bottleneck, after the gates (``FFWConfig.erase="linear"``).
+
+Measured (BENCHMARKS.md, section 2.1): FFW's gates remove most of what an MLP probe reads, but the bias-class means
+of the bottleneck features still differ along low-variance directions, and a linear probe trained to convergence
+reads them (37-49 % on Biased MNIST, chance 10 %). The gates fit these means on D^u_train only approximately; a
+closed-form map does it exactly. LEACE (least-squares concept erasure, Belrose et al., NeurIPS 2023):
+
+    r(z) = z - W^+ P W (z - mu),   W = Sigma^-1/2,   P = orthogonal projection onto the column space of W Sigma_zb
+
+(Sigma the covariance of z, Sigma_zb its cross-covariance with onehot(b), on D^u_train). After r every bias class has
+the same mean on D^u_train, so no linear classifier reads b better than a constant there (linear guardedness), and
+r is the smallest such affine change in the Mahalanobis metric: directions that do not covary with b are left alone,
+so the task usually loses (almost) nothing. It has rank <= K - 1 per attribute and is fitted in one pass, no
+training. It is inserted in front of the head as a module (:class:`ErasedHead`): the exported network's bottleneck
+(the input of ``<head>.head``) is the erased one, which is what the audit and the probes read.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ERASERS = {
+    "linear": "closed-form linear concept erasure (LEACE) of the bias at the bottleneck, fitted on D^u_train after "
+              "the gates (a module in front of the head)",
+    "none": "no eraser: the exported network is the pruned sub-network alone",
+}
+INNER_HEAD = "head"   # the original head inside ErasedHead: the exported model's head is f"{head}.{INNER_HEAD}"
+
+
+class LinearEraser(nn.Module):
+    """z -> z - (z - mean) P^T on the flattened features (buffers only: nothing to train)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("proj", torch.zeros(dim, dim))
+
+    def forward(self, z: Tensor) -> Tensor:
+        flat = z.flatten(1)
+        return (flat - (flat - self.mean) @ self.proj.T).view_as(z)
+
+
+class ErasedHead(nn.Module):
+    """The original head behind a :class:`LinearEraser`; the bottleneck is the input of ``.head``."""
+
+    def __init__(self, eraser: LinearEraser, head: nn.Module) -> None:
+        super().__init__()
+        self.eraser = eraser
+        self.head = head
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.head(self.eraser(z))
+
+
+def _bias_onehot(b: Tensor, num_bias: int) -> Tensor:
+    cols = [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
+    return torch.cat([F.one_hot(c.long(), num_bias).double() for c in cols], dim=1)
+
+
+@torch.no_grad()
+def fit_linear_eraser(z: Tensor, b: Tensor, num_bias: int, *, rel_eps: float = 1e-6) -> tuple[LinearEraser, dict[str, Any]]:
+    """LEACE fitted on (z, b) (float64): the eraser and what it did (rank, share of the variance it removed).
+
+    ``b``: (N,) or (N, A) bias labels (every attribute is erased). Directions of z with variance below
+    ``rel_eps`` x the largest are treated as constant (pseudo-inverse square root)."""
+    x = z.flatten(1).double()
+    mean = x.mean(0)
+    xc = x - mean
+    onehot = _bias_onehot(b, num_bias)
+    cov = xc.T @ xc / len(x)
+    cross = xc.T @ (onehot - onehot.mean(0)) / len(x)
+    evals, evecs = torch.linalg.eigh(cov)
+    keep = evals > rel_eps * evals.max().clamp_min(1e-300)
+    u, ev = evecs[:, keep], evals[keep]
+    whiten, unwhiten = u @ torch.diag(ev.rsqrt()) @ u.T, u @ torch.diag(ev.sqrt()) @ u.T
+    basis, sing, _ = torch.linalg.svd(whiten @ cross, full_matrices=False)
+    basis = basis[:, sing > 1e-10 * sing.max().clamp_min(1e-300)]
+    proj = unwhiten @ basis @ basis.T @ whiten
+    eraser = LinearEraser(x.shape[1])
+    eraser.mean.copy_(mean.float())
+    eraser.proj.copy_(proj.float())
+    removed = float((xc @ proj.T).pow(2).sum() / xc.pow(2).sum().clamp_min(1e-300))
+    return eraser, {"rank": int(basis.shape[1]), "variance_removed": removed}
+
+
+def attach_eraser(model: nn.Module, head: str, eraser: LinearEraser) -> str:
+    """Put ``eraser`` in front of the module ``head`` of ``model`` (in place); returns the new head name."""
+    model.set_submodule(head, ErasedHead(eraser, model.get_submodule(head)))
+    new = f"{head}.{INNER_HEAD}"
+    if isinstance(getattr(model, "head_name", None), str):   # zoo models name their head: keep it pointing right
+        model.head_name = new
+    return new
+
+
+def attach_empty_eraser(model: nn.Module, record: dict[str, Any]) -> str:
+    """Rebuild the eraser slot recorded in an FFW folder (``record``: ffw.json's ``model.eraser``) before its
+    weights are loaded into ``model``."""
+    return attach_eraser(model, record["head"], LinearEraser(int(record["dim"])))
