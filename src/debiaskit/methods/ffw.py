@@ -31,6 +31,12 @@ def apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 
     Returns the exported hard-masked network and JSON-able diagnostics (selected D^u_val record,
     sparsity, stop reason).
     """
+    # the harness audits the head it names and compares pruned sub-networks (the paper's FFW): no linear eraser in
+    # front of that head (`debiaskit ffw` adds one by default and audits behind it)
+    if config.get("erase", "none") != "none":
+        raise ConfigError("the comparison harness runs FFW without the linear eraser (it audits the head it names); "
+                          "use `debiaskit ffw RUN_DIR` for FFW with the eraser")
+    config = {**config, "erase": "none"}
     result = find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
                                     val=splits.unbiased_val, seed=seed, progress=False, **config)
     info = {"selected": result.selected, "sparsity": result.sparsity, "stop_reason": result.stop_reason,
@@ -48,9 +54,7 @@ _BUDGET = "ours (CPU budget; paper: until plateau)"
 
 _FFW_DEFAULTS = {"gamma": Default(10.0, "paper"), "tau_decay": Default(0.5, "paper (Alg. 1; the public code uses 0.1)"),
                  "include_head": Default(False, "paper text (encoder only; the public code also gates fc)"),
-                 "max_epochs_per_level": Default(3, _BUDGET), "head_pretrain_epochs": Default(10, _BUDGET),
-                 # the harness audits the head it names: the pruned sub-network alone (`debiaskit ffw` adds the eraser)
-                 "erase": Default("none", "paper (pruning only; `debiaskit ffw` adds a linear eraser by default)")}
+                 "max_epochs_per_level": Default(3, _BUDGET), "head_pretrain_epochs": Default(10, _BUDGET)}
 _FFW_SELECTION = "FFW's own rule: hard-masked model, lowest CE + gamma MI on D^u_val (uses bias labels of D^u)"
 _FFW_BUDGETS = {"full": {"max_epochs_per_level": 10, "head_pretrain_epochs": 30}}   # --full: the paper's budget
 
