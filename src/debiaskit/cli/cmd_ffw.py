@@ -15,7 +15,7 @@ from .cmd_bench import bench_app, invoked_command
 class _D:
     """The CLI's defaults: FFWConfig's (a test checks they agree; importing FFWConfig here would load torch)."""
     gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 20, 20, 10, 1
-    gate_lr, adversary, selection, erase = 0.1, "lda", "objective", "linear"
+    gate_lr, adversary, selection, erase, refine_patience = 0.1, "lda", "objective", "linear", 0
 
 
 def _progress_line(event: dict) -> None:
@@ -42,6 +42,9 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         max_levels: int = typer.Option(_D.max_levels, help="at most this many tau levels"),
         max_epochs_per_level: int = typer.Option(_D.max_epochs_per_level, help="epochs per tau level at most"),
         patience: int = typer.Option(_D.patience, help="epochs without improvement of the D^u_val objective that make a plateau"),
+        refine_patience: int = typer.Option(_D.refine_patience, help="after soft/hard agreement, keep training at that tau "
+                                                                     "while the D^u_val selection score improves (stop after "
+                                                                     "this many epochs without; 0: stop at agreement, the paper)"),
         gate_lr: float = typer.Option(_D.gate_lr, help="learning rate of the gates (SGD, momentum 0.9)"),
         adversary: str = typer.Option(_D.adversary, help="bias term: lda (default: closed-form linear readability given "
                                                          "the target, no probe to fool), mmd (lda + a Gaussian-kernel term), "
@@ -60,7 +63,8 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       callback=_progress_line if progress else None, command=invoked_command(),
                       tau_decay=tau_decay, max_levels=max_levels, max_epochs_per_level=max_epochs_per_level,
                       patience=patience, gate_lr=gate_lr, adversary=adversary, max_epochs=max_epochs or None,
-                      selection=selection, strong_probes=strong_probes, input_weights=input_weights, erase=erase)
+                      selection=selection, strong_probes=strong_probes, input_weights=input_weights, erase=erase,
+                      refine_patience=refine_patience)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)
