@@ -98,6 +98,13 @@ def test_adult_suite_end_to_end_beside_fairlearn(adult, monkeypatch):
     assert "Best per column" in text and (root / "adult" / "results.md").is_file()
     summary = json.loads((root / "adult" / "adult.json").read_text())["summary"]
     assert summary["sex"]["fairlearn-eg-dp"]["dp_difference"]["n"] == 1
+    # another `bench adult` on this root holding only one row in memory: every finished row stays in the report,
+    # scored from its predictions on disk exactly as this process scored it
+    bench_adult.write_adult_results([by[("sex", "vanilla")]], root=root, command="other", wall_time_s=1.0)
+    rewritten = json.loads((root / "adult" / "adult.json").read_text())
+    assert {r["method"] for r in rewritten["rows"]} == {m for _, m in rows} and rewritten["command"] == "other"
+    assert {m: st["accuracy"]["mean"] for m, st in rewritten["summary"]["sex"].items()} == \
+        {m: st["accuracy"]["mean"] for m, st in summary["sex"].items()}
     # cells holding test predictions stay recognised benchmark cells: a rerun may replace them
     from debiaskit._io import BENCH_CELL, foreign_entries, recognise
     for method in ("vanilla", "ffw-structured", "fairlearn-lr"):

@@ -577,6 +577,33 @@ def output_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
+REPORTS_LOCK = ".reports.lock"
+
+
+@contextmanager
+def report_lock(root: Path) -> Iterator[None]:
+    """Serialise the rewrites of a suite root's report files: an exclusive advisory lock on
+    ``ROOT/.reports.lock``, waited for (a rewrite takes a moment). A suite reads every finished cell on disk
+    and rewrites its reports while holding it, so a cell that finished before a rewrite began is in that
+    report and in every later one: two ``debiaskit bench`` processes sharing a root never drop each other's
+    cells (each rewrite also stays whole and atomic, :func:`write_text`)."""
+    path = Path(root) / REPORTS_LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+        except OSError as exc:
+            raise _write_error(Path(root), exc) from exc
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, path):  # not a lock file a finishing holder has just unlinked
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # unlinked while held: a waiter re-checks the inode and retries
+        os.close(fd)
+
+
 def _same_file(fd: int, path: Path) -> bool:
     try:
         return os.fstat(fd).st_ino == os.stat(path).st_ino

@@ -49,10 +49,10 @@ from ..data import BiasDataset, Splits, make_splits
 from ..errors import ConfigError
 from ..methods import REFERENCE_METHOD
 from ..models import collect_outputs
-from .._io import BENCH_CELL, BENCH_COMPARE_ROOT, atomic_folder, open_root
-from ..runs import load_run, write_json, write_text
-from ._common import load_cell, machine_description
-from ._compare import (RESULT_FILE, SUITES, Suite, cell_dir, effective_suite, get_suite, run_compare,
+from .._io import BENCH_CELL, BENCH_COMPARE_ROOT, atomic_folder, open_root, report_lock
+from ..runs import load_run, read_json, write_json, write_text
+from ._common import load_cell, machine_description, with_cells_on_disk
+from ._compare import (RESULT_FILE, SUITES, Suite, cell_dir, effective_suite, get_suite, run_compare, suite_folder,
                        write_compare_results)
 
 PREDICTIONS_FILE = "test_predictions.safetensors"
@@ -417,11 +417,43 @@ def adult_table(records: list[dict[str, Any]], *, command: str, wall_time_s: flo
     return "\n".join(lines) + "\n"
 
 
+def _record_key(r: dict[str, Any]) -> tuple:
+    return str(r["value"]), r["method"], int(r["seed"])
+
+
+def adult_records_on_disk(root: Path, *, skip: set = frozenset()) -> list[dict[str, Any]]:
+    """Every finished Adult cell of ``root`` (our rows and fairlearn's, whichever process wrote them) whose
+    key is not in ``skip``, scored by fairlearn's metrics from its test predictions."""
+    s = effective_suite(get_suite("adult"), values=None)
+    folder = Path(root) / suite_folder(s)
+    tests: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    records = []
+    for f in sorted(folder.glob(f"*/*/seed*/{RESULT_FILE}")):
+        cell = read_json(f)
+        if any(p.startswith(".") for p in f.relative_to(folder).parts) or not isinstance(cell, dict) \
+                or "method" not in cell or _record_key(cell) in skip:
+            continue
+        pred = _predictions(f.parent)
+        if pred is None:
+            continue
+        if (cell["value"], cell["seed"]) not in tests:
+            test = _splits(cell["value"], cell["seed"]).test
+            tests[cell["value"], cell["seed"]] = (test.y.numpy(), test.b.numpy())
+        y, b = tests[cell["value"], cell["seed"]]
+        records.append({**cell, "metrics": fairness_metrics(y, pred, b)})
+    return records
+
+
 def write_adult_results(records: list[dict[str, Any]], *, root: Path, command: str, wall_time_s: float) -> Path:
+    """``adult/adult.json`` / ``adult.md`` from ``records`` and every other finished Adult cell of ``root``
+    (another process's included), under the root's report lock."""
     open_root(root, kind=BENCH_COMPARE_ROOT)
     folder = Path(root) / "adult"
-    write_json(folder / "adult.json", {"suite": "adult", "command": command, "wall_time_s": wall_time_s,
-                                       "machine": machine_description(), "summary": summary(records),
-                                       "rows": [{k: v for k, v in r.items() if k != "method_state"} for r in records]})
-    write_text(folder / "adult.md", adult_table(records, command=command, wall_time_s=wall_time_s))
+    with report_lock(root):
+        records = with_cells_on_disk(records, adult_records_on_disk(root, skip={_record_key(r) for r in records}),
+                                     key=_record_key)
+        write_json(folder / "adult.json", {"suite": "adult", "command": command, "wall_time_s": wall_time_s,
+                                           "machine": machine_description(), "summary": summary(records),
+                                           "rows": [{k: v for k, v in r.items() if k != "method_state"} for r in records]})
+        write_text(folder / "adult.md", adult_table(records, command=command, wall_time_s=wall_time_s))
     return folder / "adult.md"

@@ -5,7 +5,7 @@ import math
 import platform
 import statistics
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 import torch
 
@@ -33,3 +33,12 @@ def fmt_pm(values: Iterable[float | None], *, scale: float = 100.0, digits: int 
 def load_cell(path: Path) -> dict[str, Any] | None:
     """A finished cell's JSON result, or None (so re-running a suite skips finished cells)."""
     return read_json(path) if Path(path).is_file() else None
+
+
+def with_cells_on_disk(given: list[dict[str, Any]], on_disk: Iterable[dict[str, Any]],
+                       key: Callable[[dict[str, Any]], Hashable]) -> list[dict[str, Any]]:
+    """``given`` (this process's cells) plus every finished cell on disk it lacks: what a suite renders its
+    reports from, under :func:`debiaskit._io.report_lock`, so a report never drops a cell that another
+    process sharing the root finished (a finished cell never changes, so either copy is the same)."""
+    seen = {key(c) for c in given}
+    return list(given) + [c for c in on_disk if key(c) not in seen]

@@ -44,11 +44,11 @@ from ..data import make_splits
 from ..errors import ConfigError, DebiaskitError
 from ..methods import METHODS, REFERENCE_METHOD, MethodInfo, build_method, get_method, method_defaults
 from ..models import build_model, collect_outputs, infer_head
-from .._io import BENCH_CELL, BENCH_COMPARE_ROOT, atomic_folder, open_root
+from .._io import BENCH_CELL, BENCH_COMPARE_ROOT, atomic_folder, open_root, report_lock
 from ..runs import (RUN_FILE, DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, is_finished, load_run,
                     read_json, save_run, write_json, write_text)
 from ..train import TrainConfig, fit
-from ._common import fmt_pm, load_cell, machine_description, mean_std
+from ._common import fmt_pm, load_cell, machine_description, mean_std, with_cells_on_disk
 from ._launch import LAUNCHERS, SlurmOptions, run_groups_with_submitit
 
 RESULT_FILE = "result.json"
@@ -434,7 +434,8 @@ def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: s
     """Markdown: method flags, one table per parameter value, a summary beside the published numbers."""
     s = get_suite(suite) if isinstance(suite, str) else suite
     methods = list(dict.fromkeys(c["method"] for c in cells))
-    values = [v for v in s.values if any(c["value"] == v for c in cells)] or sorted({c["value"] for c in cells})
+    present = list(dict.fromkeys(c["value"] for c in cells))
+    values = [v for v in s.values if v in present] + sorted(v for v in present if v not in s.values)
     seeds = sorted({c["seed"] for c in cells})
     lines = [f"### Suite `{s.name}` ({s.dataset})", "",
              f"Command: `{command}`  ",
@@ -547,12 +548,35 @@ def _hyperparameter(key: str, default, ran: dict[str, Any] | None) -> str:
     return f"{key}={value!r} - {default.source}" + ("" if value == default.value else f" (suite budget; default {default.value!r})")
 
 
+def compare_cells_on_disk(root: Path, suite: Suite) -> list[dict[str, Any]]:
+    """Every finished harness cell of ``suite``'s folder in ``root`` (whichever process wrote it; cells are
+    atomic folders, so a result file is a finished cell), in seed / value / method order; fairlearn's rows of
+    `bench adult`, which live beside them, are not the harness's."""
+    folder = Path(root) / suite_folder(suite)
+    found = [read_json(f) for f in folder.glob(f"*/*/seed*/{RESULT_FILE}")
+             if not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+    cells = [c for c in found if isinstance(c, dict) and "method" in c and not c.get("fairlearn")]
+    rank = {m: i for i, m in enumerate(METHODS)}
+    position = {v: i for i, v in enumerate(suite.values)}
+    return sorted(cells, key=lambda c: (c["seed"], position.get(c["value"], len(position)), str(c["value"]),
+                                        rank.get(c["method"], len(rank)), c["method"]))
+
+
+def _compare_key(c: dict[str, Any]) -> tuple:
+    return str(c["value"]), c["method"], int(c["seed"])
+
+
 def write_compare_results(cells: list[dict[str, Any]], *, root: Path, suite: str | Suite, command: str,
                           wall_time_s: float, budget: str = "") -> Path:
+    """``results.json`` / ``results.md`` of the suite's folder from ``cells`` and every other finished cell on
+    disk (another process's included), under the root's report lock."""
     s = get_suite(suite) if isinstance(suite, str) else suite
     open_root(root, kind=BENCH_COMPARE_ROOT)
     folder = Path(root) / suite_folder(s)
-    write_json(folder / "results.json", {"suite": s.name, "cells": cells, "command": command,
-                                         "wall_time_s": wall_time_s, "machine": machine_description()})
-    write_text(folder / "results.md", compare_table(cells, suite=s, command=command, wall_time_s=wall_time_s, budget=budget))
+    with report_lock(root):
+        cells = with_cells_on_disk(cells, compare_cells_on_disk(root, s), key=_compare_key)
+        write_json(folder / "results.json", {"suite": s.name, "cells": cells, "command": command,
+                                             "wall_time_s": wall_time_s, "machine": machine_description()})
+        write_text(folder / "results.md", compare_table(cells, suite=s, command=command, wall_time_s=wall_time_s,
+                                                        budget=budget))
     return folder / "results.md"

@@ -26,7 +26,7 @@ from ..data import iterate_batches
 from ..errors import ConfigError
 from ..ffw import FFWConfig, ffw_run, ffw_step, find_fantastic_weights, freeze, install_gates
 from ..models import accuracy, collect_outputs
-from .._io import BENCH_FFW_ROOT, open_root
+from .._io import BENCH_FFW_ROOT, open_root, report_lock
 from ..runs import is_finished, load_run, read_json, write_json, write_text
 from ..train import TrainConfig, fit, train_run
 from ._common import machine_description, mean_std
@@ -433,6 +433,27 @@ def _probe(rs: list[dict], when: str, name: str) -> str:
 
 
 def _write(root: Path, cells: list[Cell], results: dict[str, Any], command: str, wall: float, full: bool) -> Path:
+    """``results.md`` / ``results.json`` from this invocation's cells and every other finished cell of ``root``
+    (another process's, another plan's), under the root's report lock: a rewrite never drops a cell."""
+    with report_lock(root):
+        cells, results = _with_cells_on_disk(Path(root), cells, results)
+        return _render(root, cells, results, command, wall, full)
+
+
+def _with_cells_on_disk(root: Path, cells: list[Cell], results: dict[str, Any]) -> tuple[list[Cell], dict[str, Any]]:
+    results, cells, planned = dict(results), list(cells), {c.key for c in cells}
+    for f in sorted((root / "cells").glob("*.json")):
+        r = read_json(f)
+        key = r.get("key", f.stem) if isinstance(r, dict) else None
+        if key is None or key in results:
+            continue
+        results[key] = r
+        if key not in planned and all(k in r for k in ("table", "kind", "run_dir")):
+            cells.append(Cell(key, r["table"], r["kind"], Path(r["run_dir"]), dict(r.get("params") or {})))
+    return cells, results
+
+
+def _render(root: Path, cells: list[Cell], results: dict[str, Any], command: str, wall: float, full: bool) -> Path:
     proto = FULL_PROTOCOL if full else CPU_PROTOCOL
     cfg = FFWConfig(**{k: v for k, v in proto.items()})
     L: list[str] = [f"Command: `{command}`  ", f"Machine: {machine_description()} (2-core VM shared with other jobs)  ",

@@ -33,7 +33,7 @@ from ..data import make_splits
 from ..errors import ConfigError
 from ..methods import METHODS, build_method, get_method, method_config
 from ..models import build_model, collect_outputs, default_head_name
-from .._io import BENCH_CELL, BENCH_UNSUP_ROOT, atomic_file, atomic_folder, open_root
+from .._io import BENCH_CELL, BENCH_UNSUP_ROOT, atomic_file, atomic_folder, open_root, report_lock
 from ..runs import is_finished, load_run, read_json, save_weights, write_json, write_text
 from ..train import TrainConfig, fit
 from ._common import machine_description
@@ -364,8 +364,16 @@ PROTOCOL = ("Protocol: every method trains on D^b without bias labels (`without_
 
 def write_unsup_results(*, root: Path, command: str, wall_time_s: float, vanilla_from: Path | None = None,
                         echo: Callable[[str], None] = print) -> tuple[Path, list[dict[str, Any]]]:
-    """Write ``summary.md``, ``results.json`` and ``discovery_over_time.png`` from every cached cell of ``root``."""
+    """Write ``summary.md``, ``results.json`` and ``discovery_over_time.png`` from every cached cell of ``root``
+    (another process's included), under the root's report lock (a later rewrite never drops a cell)."""
     root = open_root(root, kind=BENCH_UNSUP_ROOT)
+    with report_lock(root):
+        return _write_unsup_results(root=root, command=command, wall_time_s=wall_time_s, vanilla_from=vanilla_from,
+                                    echo=echo)
+
+
+def _write_unsup_results(*, root: Path, command: str, wall_time_s: float, vanilla_from: Path | None,
+                         echo: Callable[[str], None]) -> tuple[Path, list[dict[str, Any]]]:
     rows = summary_rows(root, vanilla_from=vanilla_from, echo=echo)
     header = [f"Command: `{command}`  ",
               f"Machine: {machine_description()}; this invocation's wall time {wall_time_s / 60:.1f} min "
