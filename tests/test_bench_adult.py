@@ -39,16 +39,20 @@ def test_fairness_metrics_by_hand():
     assert m["eo_difference"] == pytest.approx(0.5)                   # TPR 1 vs 1/2, FPR 1/2 vs 0
 
 
-def test_linear_probe_reads_separable_bias_and_not_noise():
+def test_the_probe_column_is_the_audits_converged_linear_probe():
+    from debiaskit.audit import probe_suite
     gen = torch.Generator().manual_seed(0)
     b = torch.arange(400) % 2
     z = torch.randn(400, 5, generator=gen)
     informative = z.clone()
     informative[:, 0] += 4 * (2 * b - 1)
     parts = (slice(0, 200), slice(200, 300), slice(300, 400))
-    good = bench_adult.linear_probe(*(t for p in parts for t in (informative[p], b[p])))
-    noise = bench_adult.linear_probe(*(t for p in parts for t in (z[p], b[p])))
+    good = bench_adult.bottleneck_probe(*(t for p in parts for t in (informative[p], b[p])))
+    noise = bench_adult.bottleneck_probe(*(t for p in parts for t in (z[p], b[p])))
     assert good["test_accuracy"] > 0.95 and 0.3 < noise["test_accuracy"] < 0.7
+    audit = probe_suite(*(t for p in parts for t in (z[p], b[p])), num_bias=2, probes=("linear",))
+    assert noise["test_accuracy"] == audit["linear"]   # one implementation: the audit's, not a twin
+    assert not hasattr(bench_adult, "linear_probe")
 
 
 def test_missing_fairlearn_fails_before_any_compute(adult, monkeypatch):

@@ -23,8 +23,9 @@ Every row - ours and fairlearn's - is scored by fairlearn's metrics on the offic
 bias groups alone, ``demographic_parity_difference`` and ``equalized_odds_difference`` (between groups, worst
 case). Also, for every row, the counterfactual bias on all test rows (mean |p_y(x) - p_y(x_cf)|, x_cf = the
 same row with the protected attribute flipped; for ThresholdOptimizer the attribute it reads is flipped too)
-and, where a bottleneck exists, the bias extractability: the audit's privacy head (on the test rows) and a
-linear probe fitted to convergence (L2 chosen on D^u_val, accuracy on the balanced D^u_test: 50 % = chance).
+and, where a bottleneck exists, the bias extractability: the audit's privacy head (on the test rows) and the
+audit's converged linear probe (``debiaskit.audit.PROBES["linear"]``: L-BFGS to convergence on standardised
+features, L2 chosen on D^u_val; accuracy on the balanced D^u_test: 50 % = chance).
 
 Example::
 
@@ -42,9 +43,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..audit import probe_suite
 from ..data import BiasDataset, Splits, make_splits
 from ..errors import ConfigError
 from ..methods import REFERENCE_METHOD
@@ -56,7 +57,6 @@ from ._compare import (RESULT_FILE, SUITES, Suite, cell_dir, effective_suite, ge
                        write_compare_results)
 
 PREDICTIONS_FILE = "test_predictions.safetensors"
-PROBE_L2 = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 EG_OPTIONS = {"eps": 0.01, "max_iter": 50}   # fairlearn's defaults, written out so the table can say so
 
 # name -> (description, uses the protected attribute at prediction time, selection rule in words)
@@ -100,31 +100,12 @@ def counterfactual_gap(p1: np.ndarray, p1_cf: np.ndarray, y: np.ndarray) -> floa
     return float(np.abs(p_y - p_y_cf).mean())
 
 
-def linear_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, z_test: Tensor, b_test: Tensor,
-                 *, l2_grid: Iterable[float] = PROBE_L2, num_bias: int = 2) -> dict[str, float]:
-    """Multinomial logistic regression on standardised bottleneck features, fitted to convergence (L-BFGS)
-    for each L2 strength; the strength with the best D^u_val accuracy is reported on ``z_test``."""
-    mean, std = z_train.mean(0), z_train.std(0).clamp(min=1e-6)
-    zs = [(z - mean) / std for z in (z_train, z_val, z_test)]
-    best = None
-    for l2 in l2_grid:
-        torch.manual_seed(0)
-        head = nn.Linear(zs[0].shape[1], num_bias).double()
-        opt = torch.optim.LBFGS(head.parameters(), max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
-        x = zs[0].double()
-
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(head(x), b_train) + l2 * head.weight.pow(2).sum()
-            loss.backward()
-            return loss
-        opt.step(closure)
-        with torch.no_grad():
-            val = float((head(zs[1].double()).argmax(1) == b_val).float().mean())
-            test = float((head(zs[2].double()).argmax(1) == b_test).float().mean())
-        if best is None or val > best["val_accuracy"]:
-            best = {"l2": l2, "val_accuracy": val, "test_accuracy": test}
-    return best
+def bottleneck_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, z_test: Tensor, b_test: Tensor,
+                     *, num_bias: int = 2) -> dict[str, Any]:
+    """The probe column: the audit's converged linear probe (``probe_suite``'s ``linear``, the one the FFW
+    tables use), fitted on D^u_train features, L2 chosen on D^u_val, accuracy on ``z_test`` (D^u_test)."""
+    accuracy = probe_suite(z_train, b_train, z_val, b_val, z_test, b_test, num_bias=num_bias, probes=("linear",))
+    return {"test_accuracy": accuracy["linear"], "probe": "debiaskit.audit.probe_suite linear"}
 
 
 def adult_cell_extras(model: nn.Module, *, splits: Splits, head: str | None, seed: int, folder: Path) -> dict[str, Any]:
@@ -140,7 +121,7 @@ def adult_cell_extras(model: nn.Module, *, splits: Splits, head: str | None, see
     save_file({"pred": out.logits.argmax(1).to(torch.int64).contiguous(), "prob1": p1.contiguous(),
                "prob1_cf": p1_cf.contiguous()}, str(Path(folder) / PREDICTIONS_FILE))
     tr, va, te = (collect_outputs(model, s, head=head) for s in (splits.unbiased_train, splits.unbiased_val, splits.unbiased_test))
-    probe = linear_probe(tr.z, tr.b, va.z, va.b, te.z, te.b, num_bias=splits.num_bias_classes)
+    probe = bottleneck_probe(tr.z, tr.b, va.z, va.b, te.z, te.b, num_bias=splits.num_bias_classes)
     return {"cf_bias_all": counterfactual_gap(p1.numpy(), p1_cf.numpy(), test.y.numpy()), "linear_probe": probe,
             "bottleneck_width": int(out.z.shape[1])}
 
@@ -393,8 +374,9 @@ def adult_table(records: list[dict[str, Any]], *, command: str, wall_time_s: flo
              "bias) groups; group mean = their unweighted mean; worst bias group = min over the 2 bias groups; DP / EO "
              "diff = largest between-group gap of selection rate / of TPR and FPR (lower is fairer). CF bias = mean "
              "|p_y(x) - p_y(x_cf)| over all test rows, x_cf = the row with the protected attribute flipped (x 100). "
-             "Probe = converged linear probe on the bottleneck (L2 chosen on D^u_val), accuracy on the balanced "
-             "D^u_test (50 = chance); audit probe = the audit's privacy head (early-stopped Adam, accuracy on the "
+             "Probe = the audit's converged linear probe on the bottleneck (debiaskit.audit.probe_suite 'linear': "
+             "logistic regression on standardised features, L-BFGS to convergence, L2 in {1e-4, 1e-3, 1e-2} chosen "
+             "on D^u_val), accuracy on the balanced D^u_test (50 = chance); audit probe = the audit's privacy head (early-stopped Adam, accuracy on the "
              "unbalanced test rows). Time = training / fitting seconds per run (post-hoc rows: excluding the vanilla "
              "model).", ""]
     for value in [v for v in suite.values if v in stats]:
