@@ -779,6 +779,7 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
 def _erase(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any]]:
     """Fit the linear eraser on the exported model's D^u_train bottleneck (the search's bias labels) and put it in
     front of the head (in place); returns the new head name and what the eraser did, with its effect on D^u_val."""
+    start = time.perf_counter()
     device = next(exported.parameters()).device
     train = collect_outputs(exported, search.train, head=search.head, device=device)
     val_before = collect_outputs(exported, search.val, head=search.head, device=device)
@@ -793,4 +794,5 @@ def _erase(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any]]:
         "val_task_before": float((val_before.logits.argmax(1) == val_before.y).float().mean()),
         "val_task_after": float((val_after.logits.argmax(1) == val_after.y).float().mean()),
         "val_readability_before": readability(val_before.z, val_before.b),
-        "val_readability_after": readability(val_after.z, val_after.b)}
+        "val_readability_after": readability(val_after.z, val_after.b),
+        "time_s": time.perf_counter() - start}   # not in the search's wall time: the fit and its D^u_val check
