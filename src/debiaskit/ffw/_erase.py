@@ -16,7 +16,7 @@ training. It is inserted in front of the head as a module (:class:`ErasedHead`):
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,17 +55,23 @@ class ErasedHead(nn.Module):
         return self.head(self.eraser(z))
 
 
-def _bias_onehot(b: Tensor, num_bias: int) -> Tensor:
+def _bias_onehot(b: Tensor, num_bias: int | Sequence[int]) -> Tensor:
+    """onehot(b) of every attribute side by side, each with its own number of classes."""
     cols = [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
-    return torch.cat([F.one_hot(c.long(), num_bias).double() for c in cols], dim=1)
+    cards = [int(k) for k in num_bias] if isinstance(num_bias, (tuple, list)) else [int(num_bias)] * len(cols)
+    if len(cards) != len(cols):
+        raise ValueError(f"one number of bias classes per attribute: {len(cols)} attributes, got {len(cards)}")
+    return torch.cat([F.one_hot(c.long(), k).double() for c, k in zip(cols, cards)], dim=1)
 
 
 @torch.no_grad()
-def fit_linear_eraser(z: Tensor, b: Tensor, num_bias: int, *, rel_eps: float = 1e-6) -> tuple[LinearEraser, dict[str, Any]]:
+def fit_linear_eraser(z: Tensor, b: Tensor, num_bias: int | Sequence[int], *,
+                      rel_eps: float = 1e-6) -> tuple[LinearEraser, dict[str, Any]]:
     """LEACE fitted on (z, b) (float64): the eraser and what it did (rank, share of the variance it removed).
 
-    ``b``: (N,) or (N, A) bias labels (every attribute is erased). Directions of z with variance below
-    ``rel_eps`` x the largest are treated as constant (pseudo-inverse square root)."""
+    ``b``: (N,) or (N, A) bias labels (every attribute is erased); ``num_bias``: one number of classes for
+    every attribute, or one per attribute (the data's ``bias_cardinalities``). Directions of z with variance
+    below ``rel_eps`` x the largest are treated as constant (pseudo-inverse square root)."""
     x = z.flatten(1).double()
     mean = x.mean(0)
     xc = x - mean

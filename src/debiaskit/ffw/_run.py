@@ -84,7 +84,15 @@ def probe_readings(model: nn.Module, splits, *, head: str, seed: int = 0, device
             for k in ("unbiased_train", "unbiased_val", "test")]
     col = [o.b if o.b.ndim == 1 else o.b[:, 0] for o in outs]
     return probe_suite(outs[0].z, col[0], outs[1].z, col[1], outs[2].z, col[2],
-                       num_bias=splits.test.num_bias_classes, seed=seed, probes=probes)
+                       num_bias=first_attribute_classes(splits), seed=seed, probes=probes)
+
+
+def first_attribute_classes(splits) -> int:
+    """The number of classes of the first bias attribute (the one the stronger probes read): its own count, not
+    the largest over the attributes (a binary first attribute beside one with 5 values has chance 1/2, not 1/5)."""
+    test = splits.test
+    of = getattr(test, "num_bias_classes_of", None)
+    return int(of(0)) if of is not None else int(test.num_bias_classes)
 
 
 def probe_verdict(after: dict[str, float], *, num_bias: int) -> dict[str, Any]:
@@ -231,7 +239,7 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
                   "after": {"audit": after_h["bias_extractability"],
                             **probe_readings(result.model, splits, head=result.head, seed=seed, device=device)},
                   "descriptions": PROBES}
-        probes["verdict"] = probe_verdict(probes["after"], num_bias=splits.test.num_bias_classes)
+        probes["verdict"] = probe_verdict(probes["after"], num_bias=first_attribute_classes(splits))
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
     return result, before, after, _speed(result, run.model, x), probes
 

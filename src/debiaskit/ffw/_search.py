@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -235,7 +235,9 @@ def _bias_columns(b: Tensor) -> list[Tensor]:
     return [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
 
 
-def _check_data(train, val) -> int:
+def _check_data(train, val) -> tuple[int, ...]:
+    """Refuse data FFW cannot debias; each bias attribute's own number of classes (a binary attribute beside one
+    with 5 values: (2, 5)): its privacy head, MI and dependence terms, readability and eraser use its own count."""
     for name, data in (("train (D^u_train)", train), ("val (D^u_val)", val)):
         b = getattr(data, "b", None)
         if b is None:
@@ -246,10 +248,23 @@ def _check_data(train, val) -> int:
             if len(torch.unique(col)) < 2:
                 raise DataError(f"the bias labels of {name} (attribute {a}) hold a single class: there is "
                                 "no bias to remove (MI is undefined with one bias class)")
-    n_bias = getattr(train, "num_bias_classes", None)
-    if n_bias is None or n_bias < 2:
-        raise DataError("FFW needs at least two bias classes (num_bias_classes of the data)")
-    return int(n_bias)
+    n_attr = len(_bias_columns(train.b))
+    cards = getattr(train, "bias_cardinalities", None)
+    if not cards:   # data that states one count: the same for every attribute
+        n_bias = getattr(train, "num_bias_classes", None)
+        cards = None if n_bias is None else (int(n_bias),) * n_attr
+    if cards is None or len(cards) != n_attr or min(cards) < 2:
+        raise DataError("FFW needs at least two bias classes per bias attribute (bias_cardinalities / "
+                        f"num_bias_classes of the data), got {cards} for {n_attr} attribute(s)")
+    return tuple(int(k) for k in cards)
+
+
+def _per_attribute(num_bias: int | Sequence[int], n_attr: int) -> tuple[int, ...]:
+    """One number of bias classes per attribute (an int: the same for all)."""
+    cards = tuple(int(k) for k in num_bias) if isinstance(num_bias, (tuple, list)) else (int(num_bias),) * n_attr
+    if len(cards) != n_attr:
+        raise ValueError(f"one number of bias classes per attribute: {n_attr} attributes, got {len(cards)}")
+    return cards
 
 
 def fit_log_temperature(logits: Tensor, y: Tensor) -> Tensor:
@@ -264,17 +279,18 @@ def fit_log_temperature(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], privacy_heads: list[nn.Module],
-             x: Tensor, y: Tensor, b: Tensor, *, gamma: float, num_bias: int,
+             x: Tensor, y: Tensor, b: Tensor, *, gamma: float, num_bias: int | Sequence[int],
              dependence: Callable[[Tensor, list[Tensor], Tensor], Tensor] | None = None,
              order: Tensor | None = None, log_temperature: Tensor | None = None,
              scale_free: bool = False) -> dict[str, Any]:
     """Gradients of one FFW step, written into ``.grad`` (the caller steps the optimisers).
 
     Gates get dJ/dm with J = CE(f(x), y) + gamma * D(z, b); D defaults to the paper's sum_a MI(P_a(z), b_a)
-    over the privacy heads, ``dependence(z, bias_columns, y)`` replaces it. ``torch.autograd.grad`` with the
-    gates as the only inputs: J's gradient on the heads is never computed (discarded). Each head P_a gets
-    the gradient of CE(P_a(z.detach()), b_a) (head i reads attribute i % A): nothing flows back into the encoder or the gates. Frozen
-    weights receive no gradient at all. The detached bottleneck comes back as ``"z"``.
+    over the privacy heads (``num_bias``: one number of classes for every attribute, or one per attribute: each
+    MI is normalised by its own attribute's log K), ``dependence(z, bias_columns, y)`` replaces it.
+    ``torch.autograd.grad`` with the gates as the only inputs: J's gradient on the heads is never computed
+    (discarded). Each head P_a gets the gradient of CE(P_a(z.detach()), b_a) (head i reads attribute i % A):
+    nothing flows back into the encoder or the gates. Frozen weights receive no gradient at all. The detached bottleneck comes back as ``"z"``.
 
     Under torchrun D is computed on the all-gathered global batch (``order``: where each gathered row goes, so
     that the rows are in the 1-rank batch's order; see :func:`debiaskit._dist.global_batch_order`).
@@ -284,6 +300,7 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
         logits = logits / log_temperature.exp()
     ce = F.cross_entropy(logits, y)
     cols = _bias_columns(b)
+    cards = _per_attribute(num_bias, len(cols))
     zd = z.detach()
     if scale_free:   # same value; no gradient along a feature's own scale (a probe undoes any rescaling)
         scale = z.std(0, keepdim=True).clamp_min(1e-6)
@@ -291,8 +308,8 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
     # D is a statistic of the whole batch: under torchrun, of the all-gathered global batch (gradient back to each
     # rank's own samples; identity on one process)
     if dependence is None:
-        mi = sum(mutual_information(_dist.all_gather_with_grad(h(z).softmax(1)), _dist.all_gather(col), num_bias)
-                 for h, col in zip(privacy_heads, cols))
+        mi = sum(mutual_information(_dist.all_gather_with_grad(h(z).softmax(1)), _dist.all_gather(col), k)
+                 for h, col, k in zip(privacy_heads, cols, cards))
     else:
         z_all, cols_all, y_all = _dist.all_gather_with_grad(z), [_dist.all_gather(c) for c in cols], _dist.all_gather(y)
         if order is not None:
@@ -320,8 +337,8 @@ class _Search:
 
     def __init__(self, model: nn.Module, *, head: str, train, val, config: FFWConfig, device, callback) -> None:
         self.cfg, self.train, self.val, self.device, self.callback = config, train, val, torch.device(device), callback
-        self.num_bias = _check_data(train, val)
-        self.n_attr = len(_bias_columns(train.b))
+        self.bias_cardinalities = _check_data(train, val)   # each attribute its own number of classes
+        self.n_attr = len(self.bias_cardinalities)
         self.head = head
         self.work = copy.deepcopy(model).to(self.device)
         freeze(self.work)
@@ -332,11 +349,12 @@ class _Search:
                                    state=self.state)
         d, _ = head_shape(self.work, head)
         torch.manual_seed(config.seed)
-        self.heads = [nn.Linear(d, self.num_bias).to(self.device) for _ in range(self.n_attr)]
+        self.heads = [nn.Linear(d, k).to(self.device) for k in self.bias_cardinalities]
         self.head_opts = [torch.optim.SGD(h.parameters(), lr=config.head_lr, momentum=config.head_momentum,
                                           weight_decay=config.head_weight_decay) for h in self.heads]
         # adversaries beyond the paper's head (_adversary.py); the linear heads are always trained and reported
-        self.mlps = [mlp_head(d, self.num_bias).to(self.device) for _ in range(self.n_attr)] if config.adversary == "mlp" else []
+        self.mlps = ([mlp_head(d, k).to(self.device) for k in self.bias_cardinalities] if config.adversary == "mlp"
+                     else [])
         self.mlp_opts = [torch.optim.Adam(h.parameters(), lr=1e-3) for h in self.mlps]
         self.lda = None   # probe-free adversaries: running statistics of z, no parameters
         if config.adversary == "lda":
@@ -415,11 +433,12 @@ class _Search:
 
     def _dependence(self) -> Callable[[Tensor, list[Tensor], Tensor], Tensor] | None:
         """The bias term D(z, b) of J for the configured adversary (None: the paper's linear-head MI)."""
-        kind, nb, cond = self.cfg.adversary, self.num_bias, self.cfg.condition_on_target
+        kind, cards, cond = self.cfg.adversary, self.bias_cardinalities, self.cfg.condition_on_target
         if kind == "mlp":
-            return lambda z, cols, y: sum(mi_term(h, z, c, nb) for h, c in zip(self.mlps, cols))
+            return lambda z, cols, y: sum(mi_term(h, z, c, k) for h, c, k in zip(self.mlps, cols, cards))
         if kind in ("lda", "mmd"):
-            return lambda z, cols, y: sum(self.lda.penalty(z, c.to(z.device), nb, given=y if cond else None, attr=a)
+            return lambda z, cols, y: sum(self.lda.penalty(z, c.to(z.device), cards[a], given=y if cond else None,
+                                                           attr=a)
                                           for a, c in enumerate(cols))
         return None
 
@@ -450,7 +469,7 @@ class _Search:
             # under torchrun: the global batch in the 1-rank order, for the order-sensitive adversaries
             order = _dist.global_batch_order(place[batch.index]) if world > 1 else None
             out = ffw_step(self.work, self.head, params, self.heads + self.mlps, batch.x, batch.y, batch.b,
-                           gamma=cfg.gamma, num_bias=self.num_bias, dependence=dependence, order=order,
+                           gamma=cfg.gamma, num_bias=self.bias_cardinalities, dependence=dependence, order=order,
                            log_temperature=self.log_temperature, scale_free=cfg.scale_free_dependence)
             # identical gates and heads on every rank (a no-op on one process)
             _dist.average_gradients(list(params) + list(self.heads) + list(self.mlps))
@@ -493,17 +512,17 @@ class _Search:
         ce = float(F.cross_entropy(logits, y))
         cols = _bias_columns(b)
         accs, mis, reads, ldas, deps = [], [], [], [], []
-        for i, col in enumerate(cols):
+        for i, (col, k) in enumerate(zip(cols, self.bias_cardinalities)):   # each attribute its own K
             p = self.heads[i](z)
             accs.append(float((p.argmax(1) == col).float().mean()))
-            mis.append(float(mutual_information(p.softmax(1), col, self.num_bias)))
+            mis.append(float(mutual_information(p.softmax(1), col, k)))
             zc, cc = z.cpu(), col.cpu()
-            reads.append(lda_readability(zc, cc, self.num_bias, ridge=self.cfg.lda_ridge))
-            ldas.append(lda_crossfit_accuracy(zc, cc, self.num_bias, ridge=self.cfg.lda_ridge))
+            reads.append(lda_readability(zc, cc, k, ridge=self.cfg.lda_ridge))
+            ldas.append(lda_crossfit_accuracy(zc, cc, k, ridge=self.cfg.lda_ridge))
             if self.cfg.adversary == "mlp":
-                deps.append(float(mi_term(self.mlps[i], z, col, self.num_bias)))
+                deps.append(float(mi_term(self.mlps[i], z, col, k)))
             elif self.lda is not None:
-                deps.append(self.lda.measure(zc, cc, self.num_bias,
+                deps.append(self.lda.measure(zc, cc, k,
                                              given=y.cpu() if self.cfg.condition_on_target else None))
         dependence = sum(deps) if deps else sum(mis)
         return {"task": float((logits.argmax(1) == y).float().mean()), "ce": ce, "bias": sum(accs) / len(accs),
@@ -690,7 +709,8 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     """Find a sub-network of a frozen ``model`` whose bottleneck carries no bias (FFW, Algorithm 1).
 
     ``train`` / ``val``: D^u_train / D^u_val, datasets of (x, y, b) with bias labels (``b`` may be
-    (N, A) for several bias attributes: one privacy head and one MI term per attribute). ``head``: name
+    (N, A) for several bias attributes: one privacy head and one MI term per attribute, each with that attribute's
+    own number of classes, the data's ``bias_cardinalities``). ``head``: name
     of the classifier module (default ``model.head_name``); the bottleneck is its input. Keyword
     ``overrides`` set any :class:`FFWConfig` field (or pass ``config``). ``checkpoint_dir``: write a
     resumable checkpoint there after every epoch (also kept when interrupted with Ctrl-C);
@@ -783,12 +803,12 @@ def _erase(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any]]:
     device = next(exported.parameters()).device
     train = collect_outputs(exported, search.train, head=search.head, device=device)
     val_before = collect_outputs(exported, search.val, head=search.head, device=device)
-    eraser, fit = fit_linear_eraser(train.z, train.b, search.num_bias)
+    cards = search.bias_cardinalities   # each attribute's one-hot and readability with its own K
+    eraser, fit = fit_linear_eraser(train.z, train.b, cards)
     head = attach_eraser(exported, search.head, eraser.to(device))
     val_after = collect_outputs(exported, search.val, head=head, device=device)
-    cols = lambda b: [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]   # noqa: E731
     def readability(z: Tensor, b: Tensor) -> float:   # the search's closed-form reading, whole split, ridge 1e-2
-        return sum(lda_readability(z, c, search.num_bias) for c in cols(b))
+        return sum(lda_readability(z, c, k) for c, k in zip(_bias_columns(b), cards))
     return head, {
         "kind": "linear", "head": search.head, "dim": int(train.z.shape[1]), **fit,
         "val_task_before": float((val_before.logits.argmax(1) == val_before.y).float().mean()),
