@@ -142,6 +142,26 @@ def test_corruption_chunking_does_not_change_deterministic_families():
     assert torch.equal(a, c)
 
 
+def test_texture_contrast_weighs_stripes_against_the_item_in_every_split():
+    recipe = get_recipe("texture")
+    digits, b = _textured(n=6), torch.arange(6)
+    half = recipe.render(digits, b, seed=0)                     # default 0.5: (item + 255 * stripes) / 2
+    stripes = ((2 * half.float()[:, 0] - digits.float()) / 255).round()
+    assert set(stripes.unique().tolist()) == {0.0, 1.0}
+    assert (half.float()[:, 0] - (digits.float() + 255 * stripes) / 2).abs().max() <= 0.5
+    strong = recipe.render(digits, b, seed=0, params={"contrast": 0.9})
+    assert (strong.float()[:, 0] - (0.1 * digits.float() + 229.5 * stripes)).abs().max() <= 0.5
+    # the unbiased splits get uniform bias but keep the image's contrast
+    splits = make_splits("texture-toy", params={"rho": 0.99, "contrast": 0.9}, seed=0, unbiased_size=300, test_size=100)
+    assert splits.spec["params"] == {"rho": 0.99, "contrast": 0.9}
+    for split in (splits.train, splits.unbiased_val, splits.test):
+        assert split.info["params"]["contrast"] == 0.9
+        assert split.images.float().std() > 100  # mostly stripes (0 / 229.5 + 10 % of the item)
+    assert splits.test.info["params"]["rho"] == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match=r"contrast is .*, expected a number in \[0, 1\].*weight of the stripes"):
+        make_splits("texture-toy", params={"contrast": 1.5}, seed=0, unbiased_size=300)
+
+
 # --- splits ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["corrupted-toy", "biased-toy", "multicolor-toy"])

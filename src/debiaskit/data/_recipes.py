@@ -59,6 +59,10 @@ def _check_rho(name: str, value: float, num_bias: int) -> float:
     return float(require(name, value, UNIT_INTERVAL, hint="the share of bias-aligned samples"))
 
 
+def _check_unit(name: str, value: float, param: "Param") -> float:
+    return float(require(name, value, UNIT_INTERVAL, hint=param.help))
+
+
 @dataclass(frozen=True)
 class Param:
     default: float
@@ -80,23 +84,32 @@ class Recipe:
     draw: Callable[[Tensor, Tensor, torch.Generator], Tensor]
     unbiased: dict[str, float] = field(default_factory=dict)  # params giving uniform bias
     color_input: bool = False  # True when ``draw`` also accepts colour images (N, H, W, 3) / (N, 3, H, W)
+    # params of the image, not of the correlation (e.g. texture contrast): passed to ``draw`` as keywords and
+    # kept as given in the unbiased splits, which only make the correlation params uniform
+    render_params: tuple[str, ...] = ()
 
     def resolve(self, params: dict | None, num_bias: int) -> dict[str, float]:
         params = check_param_names(params, self.params, owner=f"recipe {self.name}")
         out = {k: p.default for k, p in self.params.items()}
-        out.update({k: _check_rho(k, v, num_bias) for k, v in params.items()})
+        out.update({k: _check_rho(k, v, num_bias) if k not in self.render_params else _check_unit(k, v, self.params[k])
+                    for k, v in params.items()})
         return out
 
-    def uniform_params(self, num_bias: int) -> dict[str, float]:
-        return {k: 1.0 / num_bias for k in self.params}
+    def uniform_params(self, num_bias: int, resolved: dict | None = None) -> dict[str, float]:
+        """The params of the unbiased splits: uniform bias, the image params of ``resolved`` (default theirs)."""
+        resolved = resolved or {}
+        return {k: (resolved.get(k, p.default) if k in self.render_params else 1.0 / num_bias)
+                for k, p in self.params.items()}
 
     def assign_bias(self, y: np.ndarray, *, params: dict, num_bias: int, seed: int) -> np.ndarray:
         return self.assign(np.asarray(y), self.resolve(params, num_bias), num_bias, np.random.default_rng(seed))
 
-    def render(self, digits: Tensor, b: Tensor, *, seed: int) -> Tensor:
-        """uint8 (N, C, H, W) images of ``digits`` (uint8 N x H x W) with bias labels ``b``."""
+    def render(self, digits: Tensor, b: Tensor, *, seed: int, params: dict | None = None) -> Tensor:
+        """uint8 (N, C, H, W) images of ``digits`` (uint8 N x H x W) with bias labels ``b``; ``params``: the
+        resolved params, of which the ``render_params`` reach ``draw`` (defaults when absent)."""
         gen = torch.Generator().manual_seed(int(seed))
-        return self.draw(digits, b, gen)
+        kwargs = {k: (params or {}).get(k, self.params[k].default) for k in self.render_params}
+        return self.draw(digits, b, gen, **kwargs)
 
 
 def _single(rho_key: str = "rho"):
@@ -148,12 +161,13 @@ def _draw_two_backgrounds(digits: Tensor, b: Tensor, gen: torch.Generator) -> Te
 TEXTURE_STRIPES = tuple((angle, period) for period in (3.0, 6.0) for angle in (0.0, 36.0, 72.0, 108.0, 144.0))
 
 
-def _draw_texture(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
+def _draw_texture(digits: Tensor, b: Tensor, gen: torch.Generator, *, contrast: float = 0.5) -> Tensor:
     """Texture bias: binary stripes (orientation and period set by b, random phase per image) laid over the
-    whole grayscale image at half contrast, x = (image + 255 * stripes) / 2. A texture a convolution picks up
-    in one layer, while the shape is only half visible. On ``texture-toy`` a short vanilla run learns the texture
-    almost exclusively (the case FFW cannot repair - no debiased sub-network; tests/test_ffw_diagnosis.py); on
-    fashion-mnist a 5-epoch simple-conv-small still learnt enough shape for FFW to help (BENCHMARKS.md, section 2)."""
+    whole grayscale image, x = (1 - contrast) * image + contrast * 255 * stripes (default 0.5: both at half
+    contrast). A texture a convolution picks up in one layer, while the shape is only partly visible. On
+    ``texture-toy`` a short vanilla run learns the texture almost exclusively (the case FFW cannot repair - no
+    debiased sub-network; tests/test_ffw_diagnosis.py); on fashion-mnist see BENCHMARKS.md section 2.1,
+    "Diagnosis, not silence", for the contrast that leaves FFW nothing to find."""
     n, h, w = digits.shape
     angle, period = (torch.tensor(v, dtype=torch.float32)[b % len(TEXTURE_STRIPES)]
                      for v in zip(*TEXTURE_STRIPES))
@@ -162,7 +176,7 @@ def _draw_texture(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
     phase = torch.rand(n, generator=gen)[:, None, None] * period[:, None, None]
     coord = ii * torch.cos(theta) + jj * torch.sin(theta) + phase
     stripes = (torch.remainder(coord, period[:, None, None]) < period[:, None, None] / 2).float()
-    img = (digits.float() + 255.0 * stripes) / 2
+    img = (1.0 - contrast) * digits.float() + (255.0 * contrast) * stripes
     return img.round().clamp(0, 255).to(torch.uint8)[:, None]
 
 
@@ -199,11 +213,12 @@ register_recipe(Recipe(
 register_recipe(Recipe(
     name="texture",
     description="Texture bias: stripes (5 orientations x 2 periods) over the whole image, correlated with the "
-    "class at rho; the vanilla model leans on the texture almost exclusively (on texture-toy: no debiased "
-    "sub-network for FFW)",
+    "class at rho; the vanilla model leans on the texture almost exclusively (on texture-toy, and on "
+    "texture-fashion-mnist with contrast=0.8 after 1 epoch: no debiased sub-network for FFW)",
     bias_names=("texture",), channels=1, mean=0.5, std=0.5,
-    params={"rho": Param(0.995, "share of samples carrying their class's texture")},
-    assign=_single(), draw=_draw_texture,
+    params={"rho": Param(0.995, "share of samples carrying their class's texture"),
+            "contrast": Param(0.5, "weight of the stripes in the image, 1 - that of the item (all splits)")},
+    assign=_single(), draw=_draw_texture, render_params=("contrast",),
 ))
 register_recipe(Recipe(
     name="corrupted",

@@ -153,7 +153,7 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
             raise ConfigError(f"test_size must lie in (0, {len(test_index)}], got {test_size}")
         test_index = _rng(seed, 1).permutation(test_index)[:test_size]
 
-    uniform = recipe.uniform_params(num_bias)
+    uniform = recipe.uniform_params(num_bias, resolved)
     parts = {
         "train": (arrays.train_images, arrays.train_labels, np.sort(rest), resolved, 10),
         "unbiased_train": (arrays.train_images, arrays.train_labels, np.sort(held[:cut1]), uniform, 11),
@@ -198,11 +198,11 @@ def _build(recipe: Recipe, source: ImageSource, images: np.ndarray, labels: np.n
     digits = torch.from_numpy(np.ascontiguousarray(images))
     bt = torch.from_numpy(b)
     yt = torch.from_numpy(y)
-    rendered = recipe.render(digits, bt, seed=seed * 1000 + stream)
+    rendered = recipe.render(digits, bt, seed=seed * 1000 + stream, params=params)
     aligned = bt == (yt[:, None] if bt.ndim == 2 else yt) % num_bias
 
     def render(index, new_b):  # counterfactual renderer: same digits, other bias labels
-        return recipe.render(digits[index], torch.as_tensor(new_b), seed=seed * 1000 + stream + 500)
+        return recipe.render(digits[index], torch.as_tensor(new_b), seed=seed * 1000 + stream + 500, params=params)
 
     return BiasDataset(
         images=rendered, y=yt, b=bt, num_classes=source.num_classes, num_bias_classes=num_bias, name=name,
