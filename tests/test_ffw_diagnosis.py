@@ -63,3 +63,16 @@ def test_ffw_on_a_texture_biased_model_says_there_is_no_debiased_sub_network(tex
         assert "No debiased sub-network" in flat and "--method calm" in flat and "--method groupdro" in flat
     assert set(info["probes"]["after"]) == {"audit", "sgd5", "mlp", "linear"}
     assert info["probes"]["verdict"]["text"] in " ".join((out / "report.md").read_text().split())
+
+
+def test_the_rule_reads_both_halves_on_d_u_val_not_on_the_test_set():
+    vanilla = {"epoch": 0, "val_hard": {"task": 0.10, "lda_bias": 0.99}}
+    selected = {"epoch": 5, "val_hard": {"task": 0.105, "lda_bias": 0.12}}
+    # the test-set audit says nothing fell; D^u_val says the bias fell: the D^u_val reading decides
+    notes = diagnose([vanilla, selected], selected, {"bias_extractability": 0.99}, {"bias_extractability": 0.99})
+    assert len(notes) == 1 and notes[0].startswith("No debiased sub-network:") and "99.0 -> 12.0 %" in notes[0]
+    assert "train it longer" in notes[0] and "--method calm" in notes[0]
+    # and the other way round: a test-set drop alone does not make the note
+    kept = {"epoch": 5, "val_hard": {"task": 0.105, "lda_bias": 0.98}}
+    notes = diagnose([vanilla, kept], kept, {"bias_extractability": 0.99}, {"bias_extractability": 0.10})
+    assert len(notes) == 1 and notes[0].startswith("FFW found no better sub-network")
