@@ -259,3 +259,17 @@ def test_data_prepare_replaces_only_its_own_cache(cli, tmp_path, monkeypatch):
     assert cli("data", "prepare", "mnist", "--from", raw)[0] == 0
     assert cli("data", "prepare", "mnist", "--from", raw, "--force")[0] == 0   # its own cache: replaced
     assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["mnist"]
+
+
+def test_a_ctrl_c_right_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    import debiaskit._io as io_mod
+    real_close = io_mod.os.close
+
+    def interrupted_close(fd):
+        real_close(fd)
+        raise KeyboardInterrupt   # what a SIGINT between mkstemp and the write looks like
+    monkeypatch.setattr(io_mod.os, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt):
+        with io_mod.atomic_file(tmp_path / "checkpoint.safetensors"):
+            pass
+    assert list(tmp_path.iterdir()) == []

@@ -89,13 +89,20 @@ def atomic_file(path: Path) -> Iterator[Path]:
     A failure (disk full, file too large, read-only) leaves no file behind and raises :class:`OutputError`.
     """
     path = Path(path)
+    name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-    except OSError as exc:
-        raise _write_error(path, exc) from exc
-    tmp = Path(name)
+        tmp = Path(name)   # no call between here and the try below: no Ctrl-C lands in between
+    except BaseException as exc:
+        # a Ctrl-C lands between bytecodes: once mkstemp has returned, its file is ours to remove (a test that sends
+        # SIGINT during a training run's per-epoch checkpoint found it left behind, raised at os.close)
+        if name is not None:
+            Path(name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
+        raise
     try:
         yield tmp
         os.chmod(tmp, file_mode())  # mkstemp makes 0600; outputs get the usual permissions
