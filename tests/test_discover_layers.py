@@ -66,9 +66,12 @@ def test_shared_module_is_skipped_by_auto_and_refused_by_name(toy_splits):
         discover_pseudo_bias(net, train=toy_splits.train, head="fc", layer="act")
 
 
+def row(layer: str, flagged: int, share: float, score: float | None = 0.9) -> dict:
+    """One layer's line of a discover scan, as choose_layer reads it."""
+    return {"layer": layer, "flagged": flagged, "flagged_share": share, "mean_flagged_score": score}
+
+
 def test_choose_layer_prefers_most_minority_flags():
-    row = lambda layer, flagged, share, score=0.9: {"layer": layer, "flagged": flagged, "flagged_share": share,  # noqa: E731
-                                                    "mean_flagged_score": score}
     scan = [row("a", 700, 0.7), row("b", 50, 0.05), row("c", 50, 0.05), row("bottleneck", 3, 0.003)]
     assert choose_layer(scan) == "b"   # 'a' moves most samples out of their class cell: not class-structured
     assert choose_layer([row("a", 0, 0.0, None), row("bottleneck", 0, 0.0, None)]) == "bottleneck"
@@ -76,10 +79,8 @@ def test_choose_layer_prefers_most_minority_flags():
 
 def test_choose_layer_ignores_layers_that_attract_their_flags_weakly():
     # the texture-biased residual CNN of benchmarks/byo_fashion_stripes.py (seed 0, 10,000 samples of D^b)
-    scan = [{"layer": "block1", "flagged": 1747, "flagged_share": 0.175, "mean_flagged_score": 0.45},
-            {"layer": "block2", "flagged": 170, "flagged_share": 0.017, "mean_flagged_score": 0.37},
-            {"layer": "block3", "flagged": 42, "flagged_share": 0.004, "mean_flagged_score": 0.30},
-            {"layer": "bottleneck", "flagged": 42, "flagged_share": 0.004, "mean_flagged_score": 0.30}]
+    scan = [row("block1", 1747, 0.175, 0.45), row("block2", 170, 0.017, 0.37), row("block3", 42, 0.004, 0.30),
+            row("bottleneck", 42, 0.004, 0.30)]
     assert choose_layer(scan) == "bottleneck"
     scan[1]["mean_flagged_score"] = 0.8
     assert choose_layer(scan) == "bottleneck"        # block2's flags do not persist at block3 (170 -> 42)
@@ -90,17 +91,13 @@ def test_choose_layer_ignores_layers_that_attract_their_flags_weakly():
 def test_choose_layer_ignores_flags_that_vanish_at_the_next_layer():
     # the same model, seed 1: block1 passes the score threshold, but 92 % of its flags are gone at block2
     # (true F1 on these samples: block1 0.07, block2 0.53, block3 = bottleneck 0.52)
-    scan = [{"layer": "block1", "flagged": 2270, "flagged_share": 0.227, "mean_flagged_score": 0.571},
-            {"layer": "block2", "flagged": 187, "flagged_share": 0.0187, "mean_flagged_score": 0.394},
-            {"layer": "block3", "flagged": 37, "flagged_share": 0.0037, "mean_flagged_score": 0.313},
-            {"layer": "bottleneck", "flagged": 37, "flagged_share": 0.0037, "mean_flagged_score": 0.313}]
+    scan = [row("block1", 2270, 0.227, 0.571), row("block2", 187, 0.0187, 0.394), row("block3", 37, 0.0037, 0.313),
+            row("bottleneck", 37, 0.0037, 0.313)]
     assert choose_layer(scan) == "bottleneck"
     assert choose_layer(scan, persist_ratio=float("inf")) == "block1"     # the rule before
     # Biased MNIST rho 0.99 (simple-conv-small, 10,000 samples of D^b): flags persist until memorised
-    mnist = [{"layer": f"extracter.{i}", "flagged": n, "flagged_share": n / 1e4, "mean_flagged_score": s}
-             for i, n, s in [(2, 110, 0.94), (5, 110, 0.81), (8, 96, 0.33), (11, 0, None)]]
-    assert choose_layer(mnist + [{"layer": "bottleneck", "flagged": 0, "flagged_share": 0.0,
-                                  "mean_flagged_score": None}]) == "extracter.2"
+    mnist = [row(f"extracter.{i}", n, n / 1e4, s) for i, n, s in [(2, 110, 0.94), (5, 110, 0.81), (8, 96, 0.33), (11, 0, None)]]
+    assert choose_layer(mnist + [row("bottleneck", 0, 0.0, None)]) == "extracter.2"
 
 
 def test_candidate_layers_and_unknown_layer(toy_splits):
