@@ -15,7 +15,7 @@ from .cmd_bench import bench_app, invoked_command
 class _D:
     """The CLI's defaults: FFWConfig's (a test checks they agree; importing FFWConfig here would load torch)."""
     gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 20, 20, 10, 1
-    gate_lr, adversary, selection, erase, refine_patience = 0.1, "lda", "objective", "linear", 0
+    gate_lr, adversary, selection, erase, refine_patience, refit_head = 0.1, "lda", "objective", "linear", 0, True
 
 
 def _progress_line(event: dict) -> None:
@@ -53,6 +53,9 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         erase: str = typer.Option(_D.erase, help="linear (default): after the gates, a closed-form linear eraser (LEACE) "
                                                  "in front of the head makes the bias classes' means equal at the "
                                                  "bottleneck on D^u_train; none: the pruned sub-network alone"),
+        refit_head: bool = typer.Option(_D.refit_head, help="after the gates (and the eraser), refit the head on the "
+                                                            "D^u_train bottleneck (group-balanced, regularisation picked "
+                                                            "on D^u_val; kept only if D^u_val task accuracy improves)"),
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
@@ -64,7 +67,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       tau_decay=tau_decay, max_levels=max_levels, max_epochs_per_level=max_epochs_per_level,
                       patience=patience, gate_lr=gate_lr, adversary=adversary, max_epochs=max_epochs or None,
                       selection=selection, strong_probes=strong_probes, input_weights=input_weights, erase=erase,
-                      refine_patience=refine_patience)
+                      refine_patience=refine_patience, refit_head=refit_head)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)

@@ -329,6 +329,22 @@ def eraser_lines(eraser: dict[str, Any] | None) -> list[str]:
             "`--erase none` exports the pruned sub-network alone."]
 
 
+def head_refit_lines(refit: dict[str, Any] | None) -> list[str]:
+    """What the head's refit on D^u_train (FFWConfig.refit_head) did, with its D^u_val effect."""
+    if not refit:
+        return ["No head refit (`--no-refit-head`): the head is the vanilla model's."]
+    how = ("logistic regression on standardised features" if refit["kind"] == "linear-dfr"
+           else "all its parameters, pulled back towards where they were")
+    tried = ", ".join(f"{g['lam']:g}: {100 * g['val_task']:.2f} %" for g in refit["grid"])
+    kept = (f"kept lambda {refit['kept_lam']:g}" if refit["kept_lam"] is not None
+            else "no lambda beat the head as it was on D^u_val: the head is unchanged")
+    return [f"Head refit (`--refit-head`): the head `{refit['head']}` refit on the D^u_train bottleneck "
+            f"({refit['train_samples']} samples, every (target, bias) group weighted equally; {how}); D^u_val task "
+            f"accuracy {100 * refit['val_task_before']:.2f} % before, {100 * refit['val_task_after']:.2f} % after "
+            f"({kept}; D^u_val task accuracy per lambda: {tried}). The bottleneck is not changed, so the bias "
+            "readings above are those of the gates (and eraser) alone. `--no-refit-head` keeps the vanilla head."]
+
+
 def report_markdown(info: dict[str, Any]) -> str:
     s = info["search"]
     sel = s["selected"]
@@ -346,6 +362,7 @@ def report_markdown(info: dict[str, Any]) -> str:
     lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in before_after_rows(info)]
     lines += ["", *probe_lines(info)]
     lines += ["", *eraser_lines(s.get("eraser"))]
+    lines += ["", *head_refit_lines(s.get("head_refit"))]
     lines += ["", "Sparsity per layer (% removed):", "", "| layer | removed |", "|---|---|"]
     lines += [f"| {k} | {100 * v:.2f} |" for k, v in s["sparsity"]["per_layer"].items()]
     inputs = s["sparsity"].get("input_weights")

@@ -45,6 +45,7 @@ from ..models import collect_outputs, forward_with_bottleneck, head_shape, resol
 from ._adversary import (ADVERSARIES, KernelDependence, LinearDependence, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
                          refit_linear_head)
 from ._erase import ERASERS, attach_eraser, fit_linear_eraser
+from ._refit import refit_head
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
 from ._progress import print_epoch
@@ -131,6 +132,7 @@ class FFWConfig:
     max_epochs: int | None = 20
     tau_final: float = 2.0 ** -9
     erase: str = "linear"
+    refit_head: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -209,6 +211,7 @@ class FFWResult:
     privacy_heads: list[nn.Linear]
     shapes: dict[str, dict[str, int]] | None = None
     eraser: dict[str, Any] | None = None   # the linear eraser in front of the head (_erase.py), None without one
+    head_refit: dict[str, Any] | None = None   # the head's refit on D^u_train (_refit.py), None when off
 
     @property
     def mode(self) -> str:
@@ -222,7 +225,8 @@ class FFWResult:
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, "config": asdict(self.config), "selected": self.selected,
                 "sparsity": self.sparsity, "stop_reason": self.stop_reason, "wall_time_s": self.wall_time_s,
-                "epochs": len(self.history) - 1, "shapes": self.shapes, "eraser": self.eraser}
+                "epochs": len(self.history) - 1, "shapes": self.shapes, "eraser": self.eraser,
+                "head_refit": self.head_refit}
 
 
 # FFW's information term (eq. 7): the audit's normalised empirical MI, computed in log space so that its
@@ -787,22 +791,42 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
         sparsity = structured_sparsity(masks, model, exported)
         sparsity["ungated"] = dict(search.gated.ungated)  # e.g. residual-stream channels of a ResNet, with why
     exported.eval()
-    head, eraser = search.head, None
-    if cfg.erase == "linear":
-        head, eraser = _erase(exported, search)
+    head, eraser, head_refit = _after_gates(exported, search)
     return FFWResult(model=exported, masks=masks, config=cfg, head=head, history=search.history,
                      selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],
                      wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes,
-                     eraser=eraser)
+                     eraser=eraser, head_refit=head_refit)
 
 
-def _erase(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any]]:
-    """Fit the linear eraser on the exported model's D^u_train bottleneck (the search's bias labels) and put it in
-    front of the head (in place); returns the new head name and what the eraser did, with its effect on D^u_val."""
+def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
+    """The closed-form steps on the exported model (in place), from one pass over D^u_train and D^u_val: the
+    linear eraser in front of the head (``erase="linear"``), then the head's refit on the (erased) bottleneck
+    (``refit_head``). Returns the head's name and what each step did (None when off); neither is in the search's
+    wall time."""
+    cfg = search.cfg
+    if cfg.erase == "none" and not cfg.refit_head:
+        return search.head, None, None
     start = time.perf_counter()
     device = next(exported.parameters()).device
     train = collect_outputs(exported, search.train, head=search.head, device=device)
-    val_before = collect_outputs(exported, search.val, head=search.head, device=device)
+    val = collect_outputs(exported, search.val, head=search.head, device=device)
+    head, eraser, head_refit = search.head, None, None
+    train_z, val_z = train.z, val.z
+    if cfg.erase == "linear":
+        head, eraser, train_z, val_z = _erase(exported, search, train, val)
+        eraser["time_s"] = time.perf_counter() - start
+    if cfg.refit_head:
+        head_refit = {"head": head, **refit_head(exported.get_submodule(head), train_z=train_z, train_y=train.y,
+                                                 train_b=train.b, val_z=val_z, val_y=val.y,
+                                                 keep_zeros=cfg.include_head)}   # a gated head keeps its pruned zeros
+    return head, eraser, head_refit
+
+
+def _erase(exported: nn.Module, search: _Search, train, val_before) -> tuple[str, dict[str, Any], Tensor, Tensor]:
+    """Fit the linear eraser on the exported model's D^u_train bottleneck (the search's bias labels) and put it in
+    front of the head (in place); returns the new head name, what the eraser did with its effect on D^u_val, and
+    the erased D^u_train and D^u_val bottlenecks."""
+    device = next(exported.parameters()).device
     cards = search.bias_cardinalities   # each attribute's one-hot and readability with its own K
     eraser, fit = fit_linear_eraser(train.z, train.b, cards)
     head = attach_eraser(exported, search.head, eraser.to(device))
@@ -811,6 +835,7 @@ def _erase(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any]]:
         z_after = erased.eraser(val_before.z.to(device))
         logits_after = erased.head(z_after).cpu()
         z_after = z_after.cpu()
+        train_after = erased.eraser(train.z.to(device)).cpu()
     def readability(z: Tensor, b: Tensor) -> float:   # the search's closed-form reading, whole split, ridge 1e-2
         return sum(lda_readability(z, c, k) for c, k in zip(_bias_columns(b), cards))
     return head, {
@@ -818,5 +843,4 @@ def _erase(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any]]:
         "val_task_before": float((val_before.logits.argmax(1) == val_before.y).float().mean()),
         "val_task_after": float((logits_after.argmax(1) == val_before.y).float().mean()),
         "val_readability_before": readability(val_before.z, val_before.b),
-        "val_readability_after": readability(z_after, val_before.b),
-        "time_s": time.perf_counter() - start}   # not in the search's wall time: the fit and its D^u_val check
+        "val_readability_after": readability(z_after, val_before.b)}, train_after, z_after

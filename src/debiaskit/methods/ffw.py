@@ -32,11 +32,14 @@ def apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 
     sparsity, stop reason).
     """
     # the harness audits the head it names and compares pruned sub-networks (the paper's FFW): no linear eraser in
-    # front of that head (`debiaskit ffw` adds one by default and audits behind it)
+    # front of that head (`debiaskit ffw` adds one by default and audits behind it), and no refit of that head
     if config.get("erase", "none") != "none":
         raise ConfigError("the comparison harness runs FFW without the linear eraser (it audits the head it names); "
                           "use `debiaskit ffw RUN_DIR` for FFW with the eraser")
-    config = {**config, "erase": "none"}
+    if config.get("refit_head", False):
+        raise ConfigError("the comparison harness runs FFW without the head refit (it compares pruned sub-networks; "
+                          "'retrain last layer' is its own row); use `debiaskit ffw RUN_DIR` for FFW with it")
+    config = {**config, "erase": "none", "refit_head": False}
     result = find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
                                     val=splits.unbiased_val, seed=seed, progress=False, **config)
     info = {"selected": result.selected, "sparsity": result.sparsity, "stop_reason": result.stop_reason,
