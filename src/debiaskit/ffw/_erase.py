@@ -25,6 +25,9 @@ from torch import Tensor, nn
 ERASERS = {
     "linear": "closed-form linear concept erasure (LEACE) of the bias at the bottleneck, fitted on D^u_train after "
               "the gates (a module in front of the head)",
+    "conditional": "'linear', plus the strongest directions along which the bias classes' means still differ within "
+                   "a target class (what a non-linear probe reads): as many as D^u_val task accuracy allows "
+                   "(one-standard-error rule)",
     "none": "no eraser: the exported network is the pruned sub-network alone",
 }
 INNER_HEAD = "head"   # the original head inside ErasedHead: the exported model's head is f"{head}.{INNER_HEAD}"
@@ -64,6 +67,28 @@ def _bias_onehot(b: Tensor, num_bias: int | Sequence[int]) -> Tensor:
     return torch.cat([F.one_hot(c.long(), k).double() for c, k in zip(cols, cards)], dim=1)
 
 
+def _leace_basis(xc: Tensor, onehot: Tensor, rel_eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Whitening W, its inverse, and the orthonormal basis of W Sigma_zb (columns by decreasing singular value)
+    for centred features ``xc`` and label columns ``onehot`` (float64)."""
+    cov = xc.T @ xc / len(xc)
+    cross = xc.T @ (onehot - onehot.mean(0)) / len(xc)
+    evals, evecs = torch.linalg.eigh(cov)
+    keep = evals > rel_eps * evals.max().clamp_min(1e-300)
+    u, ev = evecs[:, keep], evals[keep]
+    whiten, unwhiten = u @ torch.diag(ev.rsqrt()) @ u.T, u @ torch.diag(ev.sqrt()) @ u.T
+    basis, sing, _ = torch.linalg.svd(whiten @ cross, full_matrices=False)
+    strong = sing > 1e-10 * sing.max().clamp_min(1e-300)
+    return whiten, unwhiten, basis[:, strong], sing[strong]
+
+
+def _eraser(mean: Tensor, proj: Tensor, xc: Tensor) -> tuple[LinearEraser, float]:
+    """The module for r(z) = z - (z - mean) proj^T, and the share of the variance of ``xc`` it removes."""
+    eraser = LinearEraser(len(mean))
+    eraser.mean.copy_(mean.float())
+    eraser.proj.copy_(proj.float())
+    return eraser, float((xc @ proj.T).pow(2).sum() / xc.pow(2).sum().clamp_min(1e-300))
+
+
 @torch.no_grad()
 def fit_linear_eraser(z: Tensor, b: Tensor, num_bias: int | Sequence[int], *,
                       rel_eps: float = 1e-6) -> tuple[LinearEraser, dict[str, Any]]:
@@ -75,21 +100,50 @@ def fit_linear_eraser(z: Tensor, b: Tensor, num_bias: int | Sequence[int], *,
     x = z.flatten(1).double()
     mean = x.mean(0)
     xc = x - mean
-    onehot = _bias_onehot(b, num_bias)
-    cov = xc.T @ xc / len(x)
-    cross = xc.T @ (onehot - onehot.mean(0)) / len(x)
-    evals, evecs = torch.linalg.eigh(cov)
-    keep = evals > rel_eps * evals.max().clamp_min(1e-300)
-    u, ev = evecs[:, keep], evals[keep]
-    whiten, unwhiten = u @ torch.diag(ev.rsqrt()) @ u.T, u @ torch.diag(ev.sqrt()) @ u.T
-    basis, sing, _ = torch.linalg.svd(whiten @ cross, full_matrices=False)
-    basis = basis[:, sing > 1e-10 * sing.max().clamp_min(1e-300)]
-    proj = unwhiten @ basis @ basis.T @ whiten
-    eraser = LinearEraser(x.shape[1])
-    eraser.mean.copy_(mean.float())
-    eraser.proj.copy_(proj.float())
-    removed = float((xc @ proj.T).pow(2).sum() / xc.pow(2).sum().clamp_min(1e-300))
+    whiten, unwhiten, basis, _ = _leace_basis(xc, _bias_onehot(b, num_bias), rel_eps)
+    eraser, removed = _eraser(mean, unwhiten @ basis @ basis.T @ whiten, xc)
     return eraser, {"rank": int(basis.shape[1]), "variance_removed": removed}
+
+
+def _within_target_onehot(y: Tensor, b: Tensor, num_bias: int | Sequence[int]) -> Tensor:
+    """onehot(b) centred within each target class, one block of columns per class: its cross-covariance with z is
+    how far each bias class's mean lies from its target class's mean."""
+    onehot = _bias_onehot(b, num_bias)
+    classes = torch.unique(y)
+    cols = torch.zeros(len(y), len(classes) * onehot.shape[1], dtype=torch.double)
+    for i, c in enumerate(classes):
+        rows = y == c
+        block = onehot[rows]
+        cols[rows, i * onehot.shape[1]:(i + 1) * onehot.shape[1]] = block - block.mean(0)
+    return cols
+
+
+@torch.no_grad()
+def conditional_erasers(z: Tensor, y: Tensor, b: Tensor, num_bias: int | Sequence[int], *, ranks: Sequence[int],
+                        rel_eps: float = 1e-6) -> list[tuple[LinearEraser, dict[str, Any]]]:
+    """The linear eraser followed by the ``k`` strongest within-target bias directions, for every ``k`` of
+    ``ranks`` (clipped to how many there are; k = 0 is the linear eraser alone): candidates, erasing more and more.
+
+    After the linear eraser every bias class has the same mean, but within a target class the bias classes' means
+    can still differ - a non-linear probe reads the bias there (find the class, then look along that class's bias
+    direction). LEACE of the within-target-centred one-hot removes those directions; all of them (up to
+    classes x (K - 1)) can take much of the task with them, hence ranked candidates, chosen on D^u_val by the
+    caller. The composed map is still an affine eraser r(z) = z - (z - mean) P^T (P = P1 + P2 - P2 P1), so every
+    bias class keeps the same mean on D^u_train (linear guardedness)."""
+    x = z.flatten(1).double()
+    mean = x.mean(0)
+    xc = x - mean
+    whiten, unwhiten, basis, _ = _leace_basis(xc, _bias_onehot(b, num_bias), rel_eps)
+    p1 = unwhiten @ basis @ basis.T @ whiten
+    x1 = xc - xc @ p1.T   # after the linear eraser (its mean is still ``mean``)
+    w2, u2, basis2, _ = _leace_basis(x1, _within_target_onehot(y.long(), b, num_bias), rel_eps)
+    out = []
+    for k in sorted({min(int(k), basis2.shape[1]) for k in ranks}):
+        p2 = u2 @ basis2[:, :k] @ basis2[:, :k].T @ w2
+        eraser, removed = _eraser(mean, p1 + p2 - p2 @ p1, xc)
+        out.append((eraser, {"rank": int(basis.shape[1]) + k, "within_target_rank": k,
+                             "within_target_available": int(basis2.shape[1]), "variance_removed": removed}))
+    return out
 
 
 def attach_eraser(model: nn.Module, head: str, eraser: LinearEraser) -> str:

@@ -44,8 +44,8 @@ from .._io import load_checkpoint, save_checkpoint
 from ..models import collect_outputs, forward_with_bottleneck, head_shape, resolve_head
 from ._adversary import (ADVERSARIES, KernelDependence, LinearDependence, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
                          refit_linear_head)
-from ._erase import ERASERS, attach_eraser, fit_linear_eraser
-from ._refit import refit_head
+from ._erase import ERASERS, LinearEraser, attach_eraser, conditional_erasers, fit_linear_eraser
+from ._refit import REFIT_GRID, refit_head
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
 from ._progress import print_epoch
@@ -800,9 +800,8 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
 
 def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
     """The closed-form steps on the exported model (in place), from one pass over D^u_train and D^u_val: the
-    linear eraser in front of the head (``erase="linear"``), then the head's refit on the (erased) bottleneck
-    (``refit_head``). Returns the head's name and what each step did (None when off); neither is in the search's
-    wall time."""
+    eraser in front of the head (``erase``), then the head's refit on the (erased) bottleneck (``refit_head``).
+    Returns the head's name and what each step did (None when off); neither is in the search's wall time."""
     cfg = search.cfg
     if cfg.erase == "none" and not cfg.refit_head:
         return search.head, None, None
@@ -812,7 +811,7 @@ def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, A
     val = collect_outputs(exported, search.val, head=search.head, device=device)
     head, eraser, head_refit = search.head, None, None
     train_z, val_z = train.z, val.z
-    if cfg.erase == "linear":
+    if cfg.erase != "none":
         head, eraser, train_z, val_z = _erase(exported, search, train, val)
         eraser["time_s"] = time.perf_counter() - start
     if cfg.refit_head:
@@ -822,13 +821,53 @@ def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, A
     return head, eraser, head_refit
 
 
+# within-target directions tried by erase="conditional" (clipped to how many there are), fewest first
+CONDITIONAL_RANKS = (0, 5, 10, 20, 40, 80, 10_000)
+
+
+def _accuracy(logits: Tensor, y: Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[LinearEraser, dict[str, Any]]:
+    """erase="conditional": the candidate erasers (the linear one plus k within-target directions) scored by
+    D^u_val task accuracy - through the head refit on each erased D^u_train when ``refit_head`` (the lambda the
+    full refit picks for k = 0, one fit per candidate), else through the head as it is - and the one that erases
+    most among those within one standard error of the best (the one-standard-error rule: no tolerance to tune)."""
+    cards = search.bias_cardinalities
+    candidates = conditional_erasers(train.z, train.y, train.b, cards, ranks=CONDITIONAL_RANKS)
+    scored, lam = [], None
+    for eraser, info in candidates:
+        with torch.no_grad():
+            zt, zv = eraser(train.z), eraser(val.z)
+        work = copy.deepcopy(head).cpu()
+        if search.cfg.refit_head:
+            grid = REFIT_GRID if lam is None else ((lam,) if lam != "kept" else ())
+            fit = refit_head(work, train_z=zt, train_y=train.y, train_b=train.b, val_z=zv, val_y=val.y,
+                             keep_zeros=search.cfg.include_head, grid=grid)
+            if lam is None:   # k = 0 first: its lambda (or the original head, "kept") scores the others
+                lam = fit["kept_lam"] if fit["kept_lam"] is not None else "kept"
+        with torch.no_grad():
+            scored.append({"within_target_rank": info["within_target_rank"], "val_task": _accuracy(work(zv), val.y)})
+    best = max(c["val_task"] for c in scored)
+    stderr = math.sqrt(best * (1 - best) / len(val.y))
+    pick = max(i for i, c in enumerate(scored) if c["val_task"] >= best - stderr)
+    eraser, info = candidates[pick]
+    return eraser, {**info, "candidates": scored, "val_task_stderr": stderr,
+                    "selection": "most within-target directions whose D^u_val task accuracy is within one standard "
+                                 "error of the best candidate's"}
+
+
 def _erase(exported: nn.Module, search: _Search, train, val_before) -> tuple[str, dict[str, Any], Tensor, Tensor]:
-    """Fit the linear eraser on the exported model's D^u_train bottleneck (the search's bias labels) and put it in
+    """Fit the eraser on the exported model's D^u_train bottleneck (the search's bias labels) and put it in
     front of the head (in place); returns the new head name, what the eraser did with its effect on D^u_val, and
     the erased D^u_train and D^u_val bottlenecks."""
     device = next(exported.parameters()).device
     cards = search.bias_cardinalities   # each attribute's one-hot and readability with its own K
-    eraser, fit = fit_linear_eraser(train.z, train.b, cards)
+    if search.cfg.erase == "conditional":
+        eraser, fit = _choose_conditional(exported.get_submodule(search.head), search, train, val_before)
+    else:
+        eraser, fit = fit_linear_eraser(train.z, train.b, cards)
     head = attach_eraser(exported, search.head, eraser.to(device))
     with torch.no_grad():   # D^u_val behind the eraser from the features already collected: no second forward pass
         erased = exported.get_submodule(search.head)   # the ErasedHead now standing there
@@ -839,8 +878,8 @@ def _erase(exported: nn.Module, search: _Search, train, val_before) -> tuple[str
     def readability(z: Tensor, b: Tensor) -> float:   # the search's closed-form reading, whole split, ridge 1e-2
         return sum(lda_readability(z, c, k) for c, k in zip(_bias_columns(b), cards))
     return head, {
-        "kind": "linear", "head": search.head, "dim": int(train.z.shape[1]), **fit,
-        "val_task_before": float((val_before.logits.argmax(1) == val_before.y).float().mean()),
-        "val_task_after": float((logits_after.argmax(1) == val_before.y).float().mean()),
+        "kind": search.cfg.erase, "head": search.head, "dim": int(train.z.shape[1]), **fit,
+        "val_task_before": _accuracy(val_before.logits, val_before.y),
+        "val_task_after": _accuracy(logits_after, val_before.y),
         "val_readability_before": readability(val_before.z, val_before.b),
         "val_readability_after": readability(z_after, val_before.b)}, train_after, z_after
