@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from debiaskit.cli import app
 from debiaskit.errors import ConfigError
-from debiaskit.ffw import ErasedHead, attach_eraser, find_fantastic_weights, fit_linear_eraser, load_ffw_model
+from debiaskit.ffw import (ErasedHead, attach_eraser, conditional_erasers, find_fantastic_weights, fit_linear_eraser,
+                           load_ffw_model)
 from debiaskit.models import collect_outputs
 from debiaskit.runs import load_run
 
@@ -101,5 +102,55 @@ def test_the_cli_exports_the_eraser_records_it_and_reloads_the_same_network(toy_
 def test_the_cli_refuses_an_unknown_eraser_before_any_compute(toy_run_dir, tmp_path, cli):
     out = tmp_path / "ffw"
     code, text = cli("ffw", toy_run_dir, "--mode", "unstructured", "--erase", "quadratic", "--out", out, *FAST)
-    assert code == 2 and "erase must be one of linear, none" in text and "Traceback" not in text
+    assert code == 2 and "erase must be one of linear, conditional, none" in text and "Traceback" not in text
     assert not out.exists()
+
+
+def _within_target_bias(n: int = 3000, seed: int = 0):
+    """8-d features: dim 0 the class (3), dim 1 a bias (2 classes) whose sign flips with the class, so the bias
+    classes' overall means are equal-ish but differ within each class (what an MLP reads, not a linear probe)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    b = torch.randint(0, 2, (n,), generator=g)
+    z = torch.randn(n, 8, generator=g)
+    z[:, 0] += 3 * y
+    z[:, 1] += (2 * b - 1) * (2 * y.float() - 2)
+    return z, y, b
+
+
+def _within_gap(z: torch.Tensor, y: torch.Tensor, b: torch.Tensor) -> float:
+    return max(float((z[(y == c) & (b == 1)].mean(0) - z[(y == c) & (b == 0)].mean(0)).abs().max()) for c in range(3))
+
+
+def test_conditional_candidates_start_at_the_linear_eraser_and_remove_the_within_target_gaps():
+    z, y, b = _within_target_bias()
+    linear, _ = fit_linear_eraser(z, b, 2)
+    candidates = conditional_erasers(z, y, b, 2, ranks=(0, 1, 100))
+    assert [info["within_target_rank"] for _, info in candidates] == [0, 1, 3]   # clipped to 3 x (2 - 1)
+    assert torch.allclose(candidates[0][0].proj, linear.proj, atol=1e-6)
+    assert _within_gap(candidates[0][0](z), y, b) > 3.0                           # the linear eraser leaves them
+    removed = [info["variance_removed"] for _, info in candidates]
+    assert removed == sorted(removed)                                              # erasing more and more
+    for eraser, _ in candidates:
+        erased = eraser(z).double()
+        means = _class_means(erased, b, 2)
+        assert float((means - means.mean(0)).abs().max()) < 1e-4                  # still linearly guarded
+    assert _within_gap(candidates[-1][0](z), y, b) < 1e-3                         # all within-target gaps gone
+
+
+def test_the_conditional_eraser_is_chosen_by_the_one_standard_error_rule_and_reloads(toy_run_dir, tmp_path):
+    out = tmp_path / "ffw"
+    res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--erase", "conditional",
+                              "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "ffw.json").read_text())
+    eraser = info["model"]["eraser"]
+    assert eraser["kind"] == "conditional" and "Conditional eraser" in (out / "report.md").read_text()
+    scores = [c["val_task"] for c in eraser["candidates"]]
+    ranks = [c["within_target_rank"] for c in eraser["candidates"]]
+    allowed = [k for k, s in zip(ranks, scores) if s >= max(scores) - eraser["val_task_stderr"]]
+    assert eraser["within_target_rank"] == max(allowed) and ranks == sorted(ranks) and ranks[0] == 0
+    test = load_run(toy_run_dir).splits().test
+    with torch.no_grad():   # the reloaded network is the audited one (eraser, refit head and all)
+        task = float((load_ffw_model(out)(test.x).argmax(1) == test.y).float().mean())
+    assert task == pytest.approx(info["after"]["task_accuracy"], abs=1e-6)

@@ -52,7 +52,10 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         selection: str = typer.Option(_D.selection, help="objective, readability or accuracy (all on D^u_val)"),
         erase: str = typer.Option(_D.erase, help="linear (default): after the gates, a closed-form linear eraser (LEACE) "
                                                  "in front of the head makes the bias classes' means equal at the "
-                                                 "bottleneck on D^u_train; none: the pruned sub-network alone"),
+                                                 "bottleneck on D^u_train; conditional: also the strongest directions "
+                                                 "along which they differ within a target class (what an MLP probe "
+                                                 "reads), as many as D^u_val task accuracy allows; none: the pruned "
+                                                 "sub-network alone"),
         refit_head: bool = typer.Option(_D.refit_head, help="after the gates (and the eraser), refit the head on the "
                                                             "D^u_train bottleneck (group-balanced, regularisation picked "
                                                             "on D^u_val; kept only if D^u_val task accuracy improves)"),

@@ -22,14 +22,14 @@ standard layers: the units whose removal is exact are found in the torch.fx grap
 (chains, MLPs, torchvision-style ResNets - a residual stage's channels share one gate -, depthwise
 convs); what cannot be gated exactly is listed with the reason (``result.sparsity["ungated"]``).
 """
-from ._erase import ERASERS, ErasedHead, LinearEraser, attach_eraser, fit_linear_eraser
+from ._erase import ERASERS, ErasedHead, LinearEraser, attach_eraser, conditional_erasers, fit_linear_eraser
 from ._export import (apply_unstructured_masks, count_parameters, inference_time, load_masks, module_shapes,
                       prune_structured, resize_like, save_masks, structured_sparsity, unstructured_sparsity)
 from ._gates import GatedModel, GateState, UnitGate, WeightGate, freeze, gate_value, install_gates
 from ._search import FFWConfig, FFWResult, find_fantastic_weights, ffw_step, mutual_information
 from ._structure import GatePoint, Structure, analyse_structure
 
-__all__ = ["ERASERS", "ErasedHead", "LinearEraser", "attach_eraser", "fit_linear_eraser", "FFWConfig", "FFWResult", "GatePoint", "GateState", "GatedModel", "Structure", "analyse_structure",
+__all__ = ["ERASERS", "ErasedHead", "LinearEraser", "attach_eraser", "conditional_erasers", "fit_linear_eraser", "FFWConfig", "FFWResult", "GatePoint", "GateState", "GatedModel", "Structure", "analyse_structure",
            "mutual_information", "UnitGate", "WeightGate", "apply_unstructured_masks",
            "count_parameters", "ffw_step", "find_fantastic_weights", "freeze", "gate_value", "inference_time", "install_gates", "load_masks",
            "module_shapes", "prune_structured", "resize_like", "save_masks", "structured_sparsity",

@@ -317,16 +317,25 @@ def probe_lines(info: dict[str, Any]) -> list[str]:
 
 
 def eraser_lines(eraser: dict[str, Any] | None) -> list[str]:
-    """What the linear eraser (FFWConfig.erase) did, in words, with its effect on D^u_val."""
+    """What the eraser (FFWConfig.erase) did, in words, with its effect on D^u_val."""
     if not eraser:
         return ["No eraser (`--erase none`): the exported network is the pruned sub-network alone."]
-    return [f"Linear eraser (LEACE, `--erase linear`): a closed-form module in front of the head `{eraser['head']}` "
-            f"(the bottleneck is now the input of `{eraser['head']}.head`) removes a rank-{eraser['rank']} subspace "
-            f"({100 * eraser['variance_removed']:.2f} % of the bottleneck's variance) so that every bias class has the "
-            f"same mean on D^u_train. D^u_val task accuracy {100 * eraser['val_task_before']:.2f} % without it, "
-            f"{100 * eraser['val_task_after']:.2f} % with it; closed-form linear readability of the bias on D^u_val "
-            f"{eraser['val_readability_before']:.4f} -> {eraser['val_readability_after']:.4f}. "
-            "`--erase none` exports the pruned sub-network alone."]
+    conditional = eraser.get("kind") == "conditional"
+    name = ("Conditional eraser (`--erase conditional`)" if conditional else "Linear eraser (LEACE, `--erase linear`)")
+    lines = [f"{name}: a closed-form module in front of the head `{eraser['head']}` "
+             f"(the bottleneck is now the input of `{eraser['head']}.head`) removes a rank-{eraser['rank']} subspace "
+             f"({100 * eraser['variance_removed']:.2f} % of the bottleneck's variance) so that every bias class has the "
+             "same mean on D^u_train"
+             + (f", and the {eraser['within_target_rank']} strongest of the {eraser['within_target_available']} "
+                "directions along which the bias classes' means differ within a target class are gone too (chosen on "
+                "D^u_val: " + eraser["selection"] + "; D^u_val task accuracy per number of directions: "
+                + ", ".join(f"{c['within_target_rank']}: {100 * c['val_task']:.2f} %" for c in eraser["candidates"])
+                + ")" if conditional else "")
+             + f". D^u_val task accuracy {100 * eraser['val_task_before']:.2f} % without it, "
+             f"{100 * eraser['val_task_after']:.2f} % with it (before any head refit); closed-form linear readability "
+             f"of the bias on D^u_val {eraser['val_readability_before']:.4f} -> {eraser['val_readability_after']:.4f}. "
+             "`--erase none` exports the pruned sub-network alone."]
+    return lines
 
 
 def head_refit_lines(refit: dict[str, Any] | None) -> list[str]:
