@@ -110,7 +110,7 @@ def test_ffw_step_takes_one_class_count_per_attribute():
 def test_the_eraser_and_its_readings_cover_each_attribute_with_its_own_classes():
     train, val = _data()
     result = find_fantastic_weights(Model(), head="fc", train=train, val=val, gamma=0.0, max_epochs=1,
-                                    batch_size=200, progress=False)
+                                    batch_size=200, progress=False, erase="linear")
     assert [h.out_features for h in result.privacy_heads] == list(CARDS)
     eraser = result.eraser
     assert eraser["rank"] == (2 - 1) + (5 - 1)                          # K - 1 directions per attribute

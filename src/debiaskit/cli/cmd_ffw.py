@@ -15,7 +15,7 @@ from .cmd_bench import bench_app, invoked_command
 class _D:
     """The CLI's defaults: FFWConfig's (a test checks they agree; importing FFWConfig here would load torch)."""
     gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 20, 20, 10, 1
-    gate_lr, adversary, selection, erase, refine_patience, refit_head = 0.1, "lda", "objective", "linear", 0, True
+    gate_lr, adversary, selection, erase, refine_patience, refit_head = 0.1, "lda", "objective", "conditional", 0, True
 
 
 def _progress_line(event: dict) -> None:
@@ -50,12 +50,12 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                                                          "the target, no probe to fool), mmd (lda + a Gaussian-kernel term), "
                                                          "head (the paper: MI of a co-trained linear head), refit, mlp"),
         selection: str = typer.Option(_D.selection, help="objective, readability or accuracy (all on D^u_val)"),
-        erase: str = typer.Option(_D.erase, help="linear (default): after the gates, a closed-form linear eraser (LEACE) "
-                                                 "in front of the head makes the bias classes' means equal at the "
-                                                 "bottleneck on D^u_train; conditional: also the strongest directions "
+        erase: str = typer.Option(_D.erase, help="conditional (default): after the gates, a closed-form eraser in "
+                                                 "front of the head makes the bias classes' means equal at the "
+                                                 "bottleneck on D^u_train (LEACE) and removes the strongest directions "
                                                  "along which they differ within a target class (what an MLP probe "
-                                                 "reads), as many as D^u_val task accuracy allows; none: the pruned "
-                                                 "sub-network alone"),
+                                                 "reads), as many as D^u_val task accuracy allows; linear: the first "
+                                                 "part alone; none: the pruned sub-network alone"),
         refit_head: bool = typer.Option(_D.refit_head, help="after the gates (and the eraser), refit the head on the "
                                                             "D^u_train bottleneck (group-balanced, regularisation picked "
                                                             "on D^u_val; kept only if D^u_val task accuracy improves)"),

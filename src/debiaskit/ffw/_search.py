@@ -131,7 +131,7 @@ class FFWConfig:
     mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
     max_epochs: int | None = 20
     tau_final: float = 2.0 ** -9
-    erase: str = "linear"
+    erase: str = "conditional"
     refit_head: bool = True
     seed: int = 0
 
