@@ -131,3 +131,17 @@ def test_the_stronger_probes_read_the_first_attribute_with_its_own_chance(monkey
     monkeypatch.setattr(run_module, "probe_suite", lambda *a, **k: seen.append(k["num_bias"]) or {})
     probe_readings(Model(), splits, head="fc")
     assert seen == [2]
+
+
+def test_the_default_conditional_eraser_and_head_refit_handle_every_attribute():
+    train, val = _data()
+    result = find_fantastic_weights(Model(), head="fc", train=train, val=val, gamma=0.0, max_epochs=1,
+                                    batch_size=200, progress=False)
+    eraser = result.eraser
+    assert eraser["kind"] == "conditional" and eraser["rank"] >= (2 - 1) + (5 - 1)
+    assert eraser["within_target_available"] <= 3 * ((2 - 1) + (5 - 1))   # per target class: K - 1 per attribute
+    assert result.head_refit["head"] == result.head and result.head_refit["train_samples"] == len(train)
+    z = collect_outputs(result.model, train, head=result.head)
+    for a, k in enumerate(CARDS):   # linear guardedness of each attribute survives the within-target directions
+        means = torch.stack([z.z[z.b[:, a] == c].double().mean(0) for c in range(k)])
+        assert float((means - means.mean(0)).abs().max()) < 1e-4
