@@ -168,7 +168,7 @@ def test_sigkill_after_the_first_checkpoint_then_resume(name, tmp_path):
     res = CliRunner().invoke(app, ["train", *TOY, "--method", name, "--out", str(out), "--resume",
                                    *(f"--method-param={k}={v}" for k, v in FAST.get(name, {}).items())])
     assert res.exit_code == 0, res.output
-    assert not partial_dir(out).exists()   # the finished run supersedes its checkpoint
+    assert not partial_dir(out).exists(), sorted(p.name for p in partial_dir(out).iterdir())   # the finished run supersedes its checkpoint
     ref = tmp_path / "reference"
     res = CliRunner().invoke(app, ["train", *TOY, "--method", name, "--out", str(ref),
                                    *(f"--method-param={k}={v}" for k, v in FAST.get(name, {}).items())])
