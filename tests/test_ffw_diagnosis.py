@@ -52,8 +52,9 @@ def test_ffw_on_a_texture_biased_model_says_there_is_no_debiased_sub_network(tex
     train_run(dataset="texture-toy", params={"rho": 0.995}, out=run, splits=texture_splits,
               config=TrainConfig(epochs=2, seed=0), progress=False)
     out = tmp_path / "ffw"
+    # the gates alone (no head refit): what the search itself can do with the frozen model
     res = runner.invoke(app, ["ffw", str(run), "--mode", "unstructured", "--adversary", "mmd", "--max-epochs", "4",
-                              "--out", str(out), "--no-progress"])
+                              "--no-refit-head", "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     info = json.loads((out / "ffw.json").read_text())
     assert info["before"]["task_accuracy"] < 0.2 and info["before"]["bias_extractability"] > 0.9  # texture only
@@ -61,8 +62,18 @@ def test_ffw_on_a_texture_biased_model_says_there_is_no_debiased_sub_network(tex
     for text in (res.output, (out / "report.md").read_text()):
         flat = " ".join(text.split())
         assert "No debiased sub-network" in flat and "--method calm" in flat and "--method groupdro" in flat
+        assert "--no-refit-head" in flat   # which it suggests first
     assert set(info["probes"]["after"]) == {"audit", "sgd5", "mlp", "linear"}
     assert info["probes"]["verdict"]["text"] in " ".join((out / "report.md").read_text().split())
+    # the default (head refit on): here the bottleneck holds the shape and only the vanilla head read the texture,
+    # so the refit head recovers the task - and the exported model, judged on D^u_val, gets no such note
+    refit = tmp_path / "ffw-refit"
+    res = runner.invoke(app, ["ffw", str(run), "--mode", "unstructured", "--adversary", "mmd", "--max-epochs", "4",
+                              "--out", str(refit), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((refit / "ffw.json").read_text())
+    assert info["search"]["head_refit"]["val_task_after"] > info["history"][0]["val_hard"]["task"] + 0.2
+    assert info["after"]["task_accuracy"] > info["before"]["task_accuracy"] + 0.2 and not info["diagnosis"]
 
 
 def test_the_rule_reads_both_halves_on_d_u_val_not_on_the_test_set():
@@ -76,3 +87,12 @@ def test_the_rule_reads_both_halves_on_d_u_val_not_on_the_test_set():
     kept = {"epoch": 5, "val_hard": {"task": 0.105, "lda_bias": 0.98}}
     notes = diagnose([vanilla, kept], kept, {"bias_extractability": 0.99}, {"bias_extractability": 0.10})
     assert len(notes) == 1 and notes[0].startswith("FFW found no better sub-network")
+
+
+def test_the_rule_judges_the_exported_model_after_the_eraser_and_the_head_refit():
+    vanilla = {"epoch": 0, "val_hard": {"task": 0.10, "lda_bias": 0.99}}
+    selected = {"epoch": 5, "val_hard": {"task": 0.105, "lda_bias": 0.12}}
+    audits = ({"bias_extractability": 0.99}, {"bias_extractability": 0.12})
+    assert diagnose([vanilla, selected], selected, *audits, final_val_task=0.105)[0].startswith("No debiased")
+    # the refit head lifted the exported model on D^u_val: the gates' record alone no longer decides
+    assert diagnose([vanilla, selected], selected, *audits, final_val_task=0.60) == []
