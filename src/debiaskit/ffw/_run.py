@@ -125,9 +125,14 @@ def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: di
     ``head_refit=False``: the head was not refit, which the note then suggests first (a refit head may read a task
     the vanilla head ignored: BENCHMARKS.md, section 2.1)."""
     notes = []
-    v_task, s_task = history[0]["val_hard"]["task"], selected["val_hard"]["task"]
-    if final_val_task is not None:
-        s_task = final_val_task
+    v_task, g_task = history[0]["val_hard"]["task"], selected["val_hard"]["task"]
+    s_task = g_task if final_val_task is None else final_val_task
+    if g_task < v_task + NO_GAIN <= s_task:   # the gates found nothing better; the steps after them did
+        return [f"Only the head refit helped: on D^u_val the gates alone reach {100 * g_task:.1f} % task accuracy, "
+                f"no more than the vanilla model ({100 * v_task:.1f} %); the exported model reaches "
+                f"{100 * s_task:.1f} % because its head was refit on D^u_train - the frozen features hold some of "
+                "the task that the vanilla head ignored. FFW found no debiased sub-network; retraining "
+                "(`debiaskit train --method calm`, no bias labels needed, or `--method groupdro`) may recover more."]
     # both halves of the rule on D^u_val: the bias read there by a cross-fitted linear (LDA) read-out of the vanilla
     # and the selected model (the audit's test-set reading only when a record predates that field)
     b0, b1 = history[0]["val_hard"].get("lda_bias"), selected["val_hard"].get("lda_bias")
