@@ -81,8 +81,9 @@ def _standardise(z_train: Tensor, *others: Tensor) -> list[Tensor]:
     return [(z - mean) / std for z in (z_train, *others)]
 
 
-def _accuracy(logits: Tensor, b: Tensor) -> float:
-    return float((logits.argmax(1) == b).float().mean())
+def logits_accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy of ``logits`` against ``labels`` (the probes', FFW's eraser and head refit's)."""
+    return float((logits.argmax(1) == labels).float().mean())
 
 
 def sgd_probe(z_train: Tensor, b_train: Tensor, *, num_bias: int, seed: int = 0, epochs: int = 5,
@@ -119,7 +120,7 @@ def mlp_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, *,
             F.cross_entropy(mlp(z_train[idx]), b_train[idx]).backward()
             opt.step()
         with torch.no_grad():
-            val = _accuracy(mlp(z_val), b_val)
+            val = logits_accuracy(mlp(z_val), b_val)
         if val > best:
             best, best_state, bad = val, copy.deepcopy(mlp.state_dict()), 0
         else:
@@ -151,7 +152,7 @@ def converged_linear_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_va
 
         opt.step(closure)
         with torch.no_grad():
-            val = _accuracy(head(z_val), b_val)
+            val = logits_accuracy(head(z_val), b_val)
         if val > best:
             best, best_head = val, head
     return best_head, best
@@ -174,17 +175,17 @@ def probe_suite(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, 
     with torch.enable_grad():
         if "sgd5" in probes:
             head = sgd_probe(z_train, b_train, num_bias=num_bias, seed=seed)
-            out["sgd5"] = _accuracy(head(z_eval).detach(), b_eval)
+            out["sgd5"] = logits_accuracy(head(z_eval).detach(), b_eval)
         if "audit" in probes:
             head, _, _ = train_privacy_head(z_train, b_train, z_val, b_val, num_bias=num_bias, seed=seed)
-            out["audit"] = _accuracy(head(z_eval).detach(), b_eval)
+            out["audit"] = logits_accuracy(head(z_eval).detach(), b_eval)
         s_train, s_val, s_eval = _standardise(z_train, z_val, z_eval)
         if "mlp" in probes:
             mlp, _ = mlp_probe(s_train, b_train, s_val, b_val, num_bias=num_bias, seed=seed)
-            out["mlp"] = _accuracy(mlp(s_eval).detach(), b_eval)
+            out["mlp"] = logits_accuracy(mlp(s_eval).detach(), b_eval)
         if "linear" in probes:
             head, _ = converged_linear_probe(s_train, b_train, s_val, b_val, num_bias=num_bias)
-            out["linear"] = _accuracy(head(s_eval).detach(), b_eval)
+            out["linear"] = logits_accuracy(head(s_eval).detach(), b_eval)
     return out
 
 

@@ -67,7 +67,7 @@ def _bias_onehot(b: Tensor, num_bias: int | Sequence[int]) -> Tensor:
     return torch.cat([F.one_hot(c.long(), k).double() for c, k in zip(cols, cards)], dim=1)
 
 
-def _leace_basis(xc: Tensor, onehot: Tensor, rel_eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _leace_basis(xc: Tensor, onehot: Tensor, rel_eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Whitening W, its inverse, and the orthonormal basis of W Sigma_zb (columns by decreasing singular value)
     for centred features ``xc`` and label columns ``onehot`` (float64)."""
     cov = xc.T @ xc / len(xc)
@@ -77,8 +77,7 @@ def _leace_basis(xc: Tensor, onehot: Tensor, rel_eps: float) -> tuple[Tensor, Te
     u, ev = evecs[:, keep], evals[keep]
     whiten, unwhiten = u @ torch.diag(ev.rsqrt()) @ u.T, u @ torch.diag(ev.sqrt()) @ u.T
     basis, sing, _ = torch.linalg.svd(whiten @ cross, full_matrices=False)
-    strong = sing > 1e-10 * sing.max().clamp_min(1e-300)
-    return whiten, unwhiten, basis[:, strong], sing[strong]
+    return whiten, unwhiten, basis[:, sing > 1e-10 * sing.max().clamp_min(1e-300)]
 
 
 def _eraser(mean: Tensor, proj: Tensor, xc: Tensor) -> tuple[LinearEraser, float]:
@@ -100,7 +99,7 @@ def fit_linear_eraser(z: Tensor, b: Tensor, num_bias: int | Sequence[int], *,
     x = z.flatten(1).double()
     mean = x.mean(0)
     xc = x - mean
-    whiten, unwhiten, basis, _ = _leace_basis(xc, _bias_onehot(b, num_bias), rel_eps)
+    whiten, unwhiten, basis = _leace_basis(xc, _bias_onehot(b, num_bias), rel_eps)
     eraser, removed = _eraser(mean, unwhiten @ basis @ basis.T @ whiten, xc)
     return eraser, {"rank": int(basis.shape[1]), "variance_removed": removed}
 
@@ -133,10 +132,10 @@ def conditional_erasers(z: Tensor, y: Tensor, b: Tensor, num_bias: int | Sequenc
     x = z.flatten(1).double()
     mean = x.mean(0)
     xc = x - mean
-    whiten, unwhiten, basis, _ = _leace_basis(xc, _bias_onehot(b, num_bias), rel_eps)
+    whiten, unwhiten, basis = _leace_basis(xc, _bias_onehot(b, num_bias), rel_eps)
     p1 = unwhiten @ basis @ basis.T @ whiten
     x1 = xc - xc @ p1.T   # after the linear eraser (its mean is still ``mean``)
-    w2, u2, basis2, _ = _leace_basis(x1, _within_target_onehot(y.long(), b, num_bias), rel_eps)
+    w2, u2, basis2 = _leace_basis(x1, _within_target_onehot(y.long(), b, num_bias), rel_eps)
     out = []
     for k in sorted({min(int(k), basis2.shape[1]) for k in ranks}):
         p2 = u2 @ basis2[:, :k] @ basis2[:, :k].T @ w2

@@ -7,11 +7,12 @@ Re-fitting the last layer on a small bias-balanced set is the known cheap repair
 of task accuracy for seconds of compute, and the bottleneck - what the probes read - is not touched, so the bias
 readability of the exported model is unchanged.
 
-How: the head's parameters theta (any head module: a Linear, an MLP, ...) minimise the group-balanced cross-entropy
-on the D^u_train bottleneck plus ``lam * ||theta - theta_0||^2`` (theta_0 the head as it was: a large lam leaves it
-alone), full batch with L-BFGS in float64, for each lam of a grid. The lam with the best D^u_val task accuracy is
-kept, and only if it beats the head as it was on D^u_val (ties keep the original head): no test data, no
-threshold. A head the gates pruned (``include_head``) keeps its zeros: ``keep_zeros``.
+How: the head's parameters minimise the group-balanced cross-entropy on the D^u_train bottleneck plus lam times a
+penalty, full batch with L-BFGS in float64, for each lam of a grid: a Linear head as DFR does (logistic regression
+on standardised features from zero, ridge on the standardised weights), any other head (an MLP, ...) from where it
+was, pulled back there (``lam * ||theta - theta_0||^2``): see :class:`_Problem`. The lam with the best D^u_val
+task accuracy is kept, and only if it beats the head as it was on D^u_val (ties keep the original head): no test
+data, no threshold. A head the gates pruned (``include_head``) keeps its zeros: ``keep_zeros``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..audit import logits_accuracy
+
 REFIT_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)   # strongest regularisation first (ties keep the stronger)
 REFIT_MAX_ITER = 100   # converged: the same D^u_val choice as 300 on the Table 2 folders, in half the time
 
@@ -34,10 +37,6 @@ def group_balanced_weights(y: Tensor, b: Tensor) -> Tensor:
     _, group, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
     weights = 1.0 / counts[group].double()
     return weights * (len(weights) / weights.sum())
-
-
-def _accuracy(logits: Tensor, y: Tensor) -> float:
-    return float((logits.argmax(1) == y).double().mean())
 
 
 class _Problem:
@@ -55,7 +54,8 @@ class _Problem:
             self.mean, self.std = z.mean(0), z.std(0).clamp_min(1e-8)
             weight = head.weight.detach().double()
             self.start = {"weight": torch.zeros_like(weight), "bias": torch.zeros(weight.shape[0], dtype=torch.double)}
-            self.keep = {"weight": mask(weight), "bias": torch.ones(weight.shape[0], dtype=torch.double)}
+            has_bias = torch.ones if head.bias is not None else torch.zeros   # no bias to fit: it stays 0
+            self.keep = {"weight": mask(weight), "bias": has_bias(weight.shape[0], dtype=torch.double)}
         else:
             self.start = {n: p.detach().double() for n, p in head.named_parameters()}
             self.keep = {n: mask(p) for n, p in self.start.items()}
@@ -81,10 +81,7 @@ class _Problem:
 
 def _fit(problem: _Problem, z: Tensor, y: Tensor, weights: Tensor, lam: float) -> dict[str, Tensor]:
     """Parameters after full-batch L-BFGS on the group-balanced cross-entropy + lam * penalty."""
-    keep = problem.keep
-    if problem.linear and problem.head.bias is None:
-        keep = {**keep, "bias": torch.zeros_like(keep["bias"])}   # no bias to fit
-    free = {n: p.clone().requires_grad_(True) for n, p in problem.start.items()}
+    keep, free = problem.keep, {n: p.clone().requires_grad_(True) for n, p in problem.start.items()}
     opt = torch.optim.LBFGS(list(free.values()), max_iter=REFIT_MAX_ITER, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
 
@@ -109,22 +106,23 @@ def refit_head(head: nn.Module, *, train_z: Tensor, train_y: Tensor, train_b: Te
     zero. Returns what was done: the D^u_val task accuracy of the
     original head and of every lam, the lam kept (None: the original head kept)."""
     start_time = time.perf_counter()
-    if not any(True for _ in head.parameters()):
+    first = next(head.parameters(), None)
+    if first is None:
         raise ValueError("the head has no parameters to refit")
-    device, dtype = next(head.parameters()).device, next(head.parameters()).dtype
+    device, dtype = first.device, first.dtype
     work = copy.deepcopy(head).double().cpu().eval()   # the fit in float64 on the CPU: small, deterministic
     z, zv = train_z.flatten(1).double().cpu(), val_z.flatten(1).double().cpu()
     y, yv = train_y.long().cpu(), val_y.long().cpu()
     weights = group_balanced_weights(y, train_b.cpu())
     problem = _Problem(work, z, keep_zeros=keep_zeros)
     with torch.no_grad():
-        before = _accuracy(work(zv), yv)
+        before = logits_accuracy(work(zv), yv)
     tried, best, best_params, kept = [], before, None, None
     for lam in grid:
         params = _fit(problem, z, y, weights, lam)
         with torch.no_grad():
-            acc = _accuracy(problem.logits(params, zv), yv)
-            train_acc = _accuracy(problem.logits(params, z), y)
+            acc = logits_accuracy(problem.logits(params, zv), yv)
+            train_acc = logits_accuracy(problem.logits(params, z), y)
         tried.append({"lam": lam, "val_task": acc, "train_task": train_acc})
         if acc > best:   # strictly better on D^u_val, else the stronger regularisation (earlier lam) or the original
             best, best_params, kept = acc, params, lam

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _dist
-from ..audit import audit_model, normalized_mutual_information
+from ..audit import audit_model, logits_accuracy, normalized_mutual_information
 from ..data import as_bias_datasets, iterate_batches
 from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, SEED, UNIT_INTERVAL,
                          require)
@@ -825,10 +825,6 @@ def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, A
 CONDITIONAL_RANKS = (0, 5, 10, 20, 40, 80, 10_000)
 
 
-def _accuracy(logits: Tensor, y: Tensor) -> float:
-    return float((logits.argmax(1) == y).float().mean())
-
-
 def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[LinearEraser, dict[str, Any]]:
     """erase="conditional": the candidate erasers (the linear one plus k within-target directions) scored by
     D^u_val task accuracy - through the head refit on each erased D^u_train when ``refit_head`` (the lambda the
@@ -836,19 +832,18 @@ def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[L
     most among those within one standard error of the best (the one-standard-error rule: no tolerance to tune)."""
     cards = search.bias_cardinalities
     candidates = conditional_erasers(train.z, train.y, train.b, cards, ranks=CONDITIONAL_RANKS)
-    scored, lam = [], None
-    for eraser, info in candidates:
+    scored, grid = [], REFIT_GRID
+    for i, (eraser, info) in enumerate(candidates):
         with torch.no_grad():
             zt, zv = eraser(train.z), eraser(val.z)
         work = copy.deepcopy(head).cpu()
         if search.cfg.refit_head:
-            grid = REFIT_GRID if lam is None else ((lam,) if lam != "kept" else ())
             fit = refit_head(work, train_z=zt, train_y=train.y, train_b=train.b, val_z=zv, val_y=val.y,
                              keep_zeros=search.cfg.include_head, grid=grid)
-            if lam is None:   # k = 0 first: its lambda (or the original head, "kept") scores the others
-                lam = fit["kept_lam"] if fit["kept_lam"] is not None else "kept"
+            if i == 0:   # k = 0 first: its lambda scores the others (none kept: the original head does)
+                grid = () if fit["kept_lam"] is None else (fit["kept_lam"],)
         with torch.no_grad():
-            scored.append({"within_target_rank": info["within_target_rank"], "val_task": _accuracy(work(zv), val.y)})
+            scored.append({"within_target_rank": info["within_target_rank"], "val_task": logits_accuracy(work(zv), val.y)})
     best = max(c["val_task"] for c in scored)
     stderr = math.sqrt(best * (1 - best) / len(val.y))
     pick = max(i for i, c in enumerate(scored) if c["val_task"] >= best - stderr)
@@ -879,7 +874,7 @@ def _erase(exported: nn.Module, search: _Search, train, val_before) -> tuple[str
         return sum(lda_readability(z, c, k) for c, k in zip(_bias_columns(b), cards))
     return head, {
         "kind": search.cfg.erase, "head": search.head, "dim": int(train.z.shape[1]), **fit,
-        "val_task_before": _accuracy(val_before.logits, val_before.y),
-        "val_task_after": _accuracy(logits_after, val_before.y),
+        "val_task_before": logits_accuracy(val_before.logits, val_before.y),
+        "val_task_after": logits_accuracy(logits_after, val_before.y),
         "val_readability_before": readability(val_before.z, val_before.b),
         "val_readability_after": readability(z_after, val_before.b)}, train_after, z_after
