@@ -66,6 +66,25 @@ def test_a_wrong_linear_head_is_refit_and_the_head_module_gives_the_fitted_logit
     assert [g["lam"] for g in rec["grid"]] == sorted((g["lam"] for g in rec["grid"]), reverse=True)
 
 
+def test_fits_already_made_are_reused_not_redone_and_give_the_same_head(monkeypatch):
+    """The conditional eraser's scoring fits its chosen candidate's head for some lambdas already; the final
+    refit reuses them (``fits``) and must end exactly where a refit from scratch ends."""
+    import debiaskit.ffw._refit as refit_module
+    (z, y, b), (zv, yv, _) = _task(600, 0), _task(400, 1)
+    scratch, reused = _wrong_linear_head(), _wrong_linear_head()
+    rec_scratch = refit_head(scratch, train_z=z, train_y=y, train_b=b, val_z=zv, val_y=yv)
+    fits: dict = {}
+    refit_head(_wrong_linear_head(), train_z=z, train_y=y, train_b=b, val_z=zv, val_y=yv, grid=(1e-3,), fits=fits)
+    assert list(fits) == [1e-3]
+    calls = []
+    real_fit = refit_module._fit
+    monkeypatch.setattr(refit_module, "_fit", lambda *a, **k: calls.append(a[-1]) or real_fit(*a, **k))
+    rec_reused = refit_head(reused, train_z=z, train_y=y, train_b=b, val_z=zv, val_y=yv, fits=fits)
+    assert 1e-3 not in calls and len(calls) == len(refit_module.REFIT_GRID) - 1
+    assert [g["val_task"] for g in rec_reused["grid"]] == [g["val_task"] for g in rec_scratch["grid"]]
+    assert torch.equal(reused.weight, scratch.weight) and torch.equal(reused.bias, scratch.bias)
+
+
 def test_a_head_that_no_lambda_improves_on_d_u_val_is_left_bit_identical():
     (z, y, b), (zv, yv, _) = _task(600, 0), _task(400, 1)
     g = torch.Generator().manual_seed(2)

@@ -158,3 +158,28 @@ def test_a_non_finite_gate_gradient_stops_the_search_before_the_gates_are_steppe
         find_fantastic_weights(Planted(), train=planted["train"], val=planted["val"], mode="structured",
                                adversary=adversary, callback=lambda e: steps.append(e), **FAST)
     assert seen and not [e for e in steps if e["kind"] == "step"]  # stopped inside the first step
+
+
+def test_the_tau_model_is_evaluated_only_where_it_decides_and_the_search_is_unchanged(planted, monkeypatch):
+    """With a level cap of 2 epochs (the default budget) no plateau can end a level early, so the tau-model's
+    D^u_val pass is needed only at each level's end (the agreement test): skipping it elsewhere must not change
+    a single decision of the search."""
+    from debiaskit.ffw._progress import epoch_line
+    from debiaskit.ffw._search import _Search
+    kw = dict(train=planted["train"], val=planted["val"], mode="unstructured", gamma=10, adversary="lda",
+              erase="none", refit_head=False, **FAST)
+    lean = find_fantastic_weights(Planted(), progress=False, **kw)
+    skipped = [r for r in lean.history if r["val_soft"] is None]
+    assert skipped and all(r["val_soft"] is not None for r in lean.history if r.get("level_end"))
+    assert "not evaluated" in epoch_line(skipped[0])
+    monkeypatch.setattr(_Search, "_soft_decides", lambda self: True)
+    full = find_fantastic_weights(Planted(), progress=False, **kw)
+    assert all(r["val_soft"] is not None for r in full.history)
+    assert [r["val_hard"] for r in lean.history] == [r["val_hard"] for r in full.history]
+    assert [r.get("level_end") for r in lean.history] == [r.get("level_end") for r in full.history]
+    assert lean.stop_reason == full.stop_reason and lean.selected["epoch"] == full.selected["epoch"]
+    assert all(torch.equal(lean.masks[k], full.masks[k]) for k in full.masks)
+    monkeypatch.undo()
+    # a cap of 3 epochs lets a plateau end a level early: then the tau-model is evaluated every epoch
+    capped = find_fantastic_weights(Planted(), progress=False, **{**kw, "max_epochs": 30})
+    assert all(r["val_soft"] is not None for r in capped.history)

@@ -60,10 +60,15 @@ class _Problem:
             self.start = {n: p.detach().double() for n, p in head.named_parameters()}
             self.keep = {n: mask(p) for n, p in self.start.items()}
 
-    def logits(self, params: dict[str, Tensor], z: Tensor) -> Tensor:
+    def inputs(self, z: Tensor) -> Tensor:
+        """What :meth:`logits` reads: a Linear head's standardised features (computed once per split, not at
+        every L-BFGS evaluation), any other head's own input."""
+        return (z - self.mean) / self.std if self.linear else z
+
+    def logits(self, params: dict[str, Tensor], u: Tensor) -> Tensor:
         if self.linear:
-            return ((z - self.mean) / self.std) @ params["weight"].T + params["bias"]
-        return functional_call(self.head, params, (z,))
+            return u @ params["weight"].T + params["bias"]
+        return functional_call(self.head, params, (u,))
 
     def penalty(self, params: dict[str, Tensor]) -> Tensor:
         if self.linear:
@@ -79,8 +84,9 @@ class _Problem:
         return {"weight": weight, "bias": bias} if self.head.bias is not None else {"weight": weight}
 
 
-def _fit(problem: _Problem, z: Tensor, y: Tensor, weights: Tensor, lam: float) -> dict[str, Tensor]:
-    """Parameters after full-batch L-BFGS on the group-balanced cross-entropy + lam * penalty."""
+def _fit(problem: _Problem, u: Tensor, y: Tensor, weights: Tensor, lam: float) -> dict[str, Tensor]:
+    """Parameters after full-batch L-BFGS on the group-balanced cross-entropy + lam * penalty (``u``: the
+    problem's :meth:`~_Problem.inputs`)."""
     keep, free = problem.keep, {n: p.clone().requires_grad_(True) for n, p in problem.start.items()}
     opt = torch.optim.LBFGS(list(free.values()), max_iter=REFIT_MAX_ITER, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
@@ -88,7 +94,7 @@ def _fit(problem: _Problem, z: Tensor, y: Tensor, weights: Tensor, lam: float) -
     def loss() -> Tensor:
         opt.zero_grad()
         params = {n: free[n] * keep[n] for n in free}
-        ce = (F.cross_entropy(problem.logits(params, z), y, reduction="none") * weights).mean()
+        ce = (F.cross_entropy(problem.logits(params, u), y, reduction="none") * weights).mean()
         value = ce + lam * problem.penalty(params)
         value.backward()
         return value
@@ -98,12 +104,14 @@ def _fit(problem: _Problem, z: Tensor, y: Tensor, weights: Tensor, lam: float) -
 
 
 def refit_head(head: nn.Module, *, train_z: Tensor, train_y: Tensor, train_b: Tensor, val_z: Tensor,
-               val_y: Tensor, keep_zeros: bool = False, grid: tuple[float, ...] = REFIT_GRID) -> dict[str, Any]:
+               val_y: Tensor, keep_zeros: bool = False, grid: tuple[float, ...] = REFIT_GRID,
+               fits: dict[float, dict[str, Tensor]] | None = None) -> dict[str, Any]:
     """Refit ``head`` (in place) on the D^u_train bottleneck, keep it only if D^u_val task accuracy improves.
 
     ``train_z`` / ``val_z``: the head's inputs (the bottleneck, after the eraser if any); ``train_b``: the bias
     labels, (N,) or (N, A), for the group balance; ``keep_zeros``: weights that are exactly zero (pruned) stay
-    zero. Returns what was done: the D^u_val task accuracy of the
+    zero. ``fits``: lam -> parameters already fitted to these same inputs and head (reused, not refitted);
+    every new fit is added to it. Returns what was done: the D^u_val task accuracy of the
     original head and of every lam, the lam kept (None: the original head kept)."""
     start_time = time.perf_counter()
     first = next(head.parameters(), None)
@@ -117,12 +125,16 @@ def refit_head(head: nn.Module, *, train_z: Tensor, train_y: Tensor, train_b: Te
     problem = _Problem(work, z, keep_zeros=keep_zeros)
     with torch.no_grad():
         before = logits_accuracy(work(zv), yv)
+    u, uv = problem.inputs(z), problem.inputs(zv)
+    fits = {} if fits is None else fits
     tried, best, best_params, kept = [], before, None, None
     for lam in grid:
-        params = _fit(problem, z, y, weights, lam)
+        if lam not in fits:
+            fits[lam] = _fit(problem, u, y, weights, lam)
+        params = fits[lam]
         with torch.no_grad():
-            acc = logits_accuracy(problem.logits(params, zv), yv)
-            train_acc = logits_accuracy(problem.logits(params, z), y)
+            acc = logits_accuracy(problem.logits(params, uv), yv)
+            train_acc = logits_accuracy(problem.logits(params, u), y)
         tried.append({"lam": lam, "val_task": acc, "train_task": train_acc})
         if acc > best:   # strictly better on D^u_val, else the stronger regularisation (earlier lam) or the original
             best, best_params, kept = acc, params, lam

@@ -368,6 +368,7 @@ class _Search:
                                         features=config.mmd_features, bandwidths=tuple(config.mmd_bandwidths),
                                         memory=config.memory)
         self._epoch_z: list[Tensor] = []
+        self._vanilla_val: tuple[Tensor, Tensor, Tensor, Tensor] | None = None   # pretrain_heads -> initial_record
         opt = torch.optim.Adam if config.gate_optimizer == "adam" else (
             lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
         # the logit temperature learnt with the gates (FFWConfig.learn_temperature); stepped by the gate optimiser
@@ -411,7 +412,8 @@ class _Search:
         if self.log_temperature is not None:
             with torch.no_grad():
                 self.log_temperature.copy_(fit_log_temperature(logits_tr, y_tr))
-        _, z_va, _, b_va = self._features(self.val, hard=False)
+        self._vanilla_val = self._features(self.val, hard=False)   # also epoch 0's record (initial_record)
+        _, z_va, _, b_va = self._vanilla_val
         gen = torch.Generator().manual_seed(self.cfg.seed)
         pairs = list(zip(self.heads, self.head_opts)) + list(zip(self.mlps, self.mlp_opts))
         for i, (head, opt) in enumerate(pairs):
@@ -506,13 +508,16 @@ class _Search:
         means = _dist.all_reduce_sum(means) / _dist.rank_and_world()[1]   # averaged over ranks
         return {f"train_{k}": float(v) for k, v in zip(sums, means)}
 
-    @torch.no_grad()
     def evaluate(self, *, hard: bool) -> dict[str, float]:
         """On D^u_val: task accuracy and CE; the search's own linear head (accuracy ``bias``, ``mi``); the
         adversary's term ``dependence``; the closed-form linear readability ``readability`` and the accuracy
         of a cross-fitted LDA classifier ``lda_bias`` (adversary-free); all summed / averaged over attributes."""
         self.state.tau = self.progress["tau"]
-        logits, z, y, b = self._features(self.val, hard=hard)
+        return self._summarise(*self._features(self.val, hard=hard))
+
+    @torch.no_grad()
+    def _summarise(self, logits: Tensor, z: Tensor, y: Tensor, b: Tensor) -> dict[str, float]:
+        """:meth:`evaluate`'s numbers from D^u_val outputs already computed."""
         ce = float(F.cross_entropy(logits, y))
         cols = _bias_columns(b)
         accs, mis, reads, ldas, deps = [], [], [], [], []
@@ -569,8 +574,12 @@ class _Search:
 
     def initial_record(self) -> None:
         """Epoch 0: the vanilla model (every gate at 1) is a candidate too: FFW may not beat it."""
-        rec = {"epoch": 0, "level": 0, "tau": self.progress["tau"], "val_soft": self.evaluate(hard=False),
-               "val_hard": self.evaluate(hard=True), **self.gate_stats(), "time_s": 0.0}
+        # every gate is exactly 1 before the first step (m = 0: soft 2 sigmoid(0) = 1, hard m >= 0), so the tau-model
+        # and the hard-masked model are both the vanilla model, whose D^u_val outputs pretrain_heads already has
+        vanilla = self._summarise(*self._vanilla_val)
+        self._vanilla_val = None
+        rec = {"epoch": 0, "level": 0, "tau": self.progress["tau"], "val_soft": vanilla, "val_hard": dict(vanilla),
+               **self.gate_stats(), "time_s": 0.0}
         self.history.append(rec)
         self.consider(rec)
 
@@ -599,7 +608,9 @@ class _Search:
         stats = self.train_epoch()
         p["epoch"] += 1
         p["epoch_in_level"] += 1
-        soft, hard = self.evaluate(hard=False), self.evaluate(hard=True)
+        hard = self.evaluate(hard=True)
+        # the tau-model on D^u_val only where it decides something: the plateau test, the level's end (agreement)
+        soft = self.evaluate(hard=False) if self._soft_decides() else None
         rec = {"epoch": p["epoch"], "level": p["level"], "tau": p["tau"], **stats, "val_soft": soft, "val_hard": hard,
                **self.gate_stats(), "time_s": time_offset + time.perf_counter() - start_time}
         self.history.append(rec)
@@ -607,17 +618,35 @@ class _Search:
         if p.get("refining"):
             self._refine_step()
             return rec
-        best = p["plateau_best"]
-        if best is None or soft["objective"] < best - cfg.plateau_threshold * abs(best):
-            p["plateau_best"], p["bad_epochs"] = soft["objective"], 0
-        else:
-            p["bad_epochs"] += 1
-        plateau = p["bad_epochs"] >= cfg.patience and p["epoch_in_level"] >= cfg.min_epochs_per_level
-        budget_spent = cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs
-        if plateau or budget_spent or p["epoch_in_level"] >= cfg.level_cap():
+        plateau = False
+        if self._plateau_decides():
+            best = p["plateau_best"]
+            if best is None or soft["objective"] < best - cfg.plateau_threshold * abs(best):
+                p["plateau_best"], p["bad_epochs"] = soft["objective"], 0
+            else:
+                p["bad_epochs"] += 1
+            plateau = p["bad_epochs"] >= cfg.patience and p["epoch_in_level"] >= cfg.min_epochs_per_level
+        if plateau or self._level_must_end():
             rec["level_end"] = True
             self.end_level(soft, hard)
         return rec
+
+    def _level_must_end(self) -> bool:
+        """The level ends after this epoch whatever the tau-model does: its epoch cap, or the budget, is reached."""
+        p, cfg = self.progress, self.cfg
+        return (cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs) or p["epoch_in_level"] >= cfg.level_cap()
+
+    def _plateau_decides(self) -> bool:
+        """Whether a plateau can end a level before its cap: the first epoch that can see one (the level's first
+        epoch sets the reference, ``patience`` epochs without improvement follow) comes before the cap. With the
+        default budget (2 epochs per level, patience 1) it cannot: the cap ends every level first."""
+        cfg = self.cfg
+        return max(cfg.patience + 1, cfg.min_epochs_per_level) < cfg.level_cap()
+
+    def _soft_decides(self) -> bool:
+        """Whether this epoch needs the tau-model's D^u_val numbers (not while refining: only the hard model
+        counts there)."""
+        return not self.progress.get("refining") and (self._plateau_decides() or self._level_must_end())
 
     def _refine_step(self) -> None:
         """After agreement: stop once the best hard-masked selection score has not improved for
@@ -809,15 +838,15 @@ def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, A
     device = next(exported.parameters()).device
     train = collect_outputs(exported, search.train, head=search.head, device=device)
     val = collect_outputs(exported, search.val, head=search.head, device=device)
-    head, eraser, head_refit = search.head, None, None
+    head, eraser, head_refit, fits = search.head, None, None, None
     train_z, val_z = train.z, val.z
     if cfg.erase != "none":
-        head, eraser, train_z, val_z = _erase(exported, search, train, val)
+        head, eraser, train_z, val_z, fits = _erase(exported, search, train, val)
         eraser["time_s"] = time.perf_counter() - start
-    if cfg.refit_head:
+    if cfg.refit_head:   # a gated head keeps its pruned zeros; the eraser's scoring fits are reused, not redone
         head_refit = {"head": head, **refit_head(exported.get_submodule(head), train_z=train_z, train_y=train.y,
                                                  train_b=train.b, val_z=val_z, val_y=val.y,
-                                                 keep_zeros=cfg.include_head)}   # a gated head keeps its pruned zeros
+                                                 keep_zeros=cfg.include_head, fits=fits)}
     return head, eraser, head_refit
 
 
@@ -825,21 +854,24 @@ def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, A
 CONDITIONAL_RANKS = (0, 5, 10, 20, 40, 80, 10_000)
 
 
-def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[LinearEraser, dict[str, Any]]:
+def _choose_conditional(head: nn.Module, search: _Search, train,
+                        val) -> tuple[LinearEraser, dict[str, Any], dict[float, dict[str, Tensor]]]:
     """erase="conditional": the candidate erasers (the linear one plus k within-target directions) scored by
     D^u_val task accuracy - through the head refit on each erased D^u_train when ``refit_head`` (the lambda the
     full refit picks for k = 0, one fit per candidate), else through the head as it is - and the one that erases
-    most among those within one standard error of the best (the one-standard-error rule: no tolerance to tune)."""
+    most among those within one standard error of the best (the one-standard-error rule: no tolerance to tune).
+    Also returns the head fits made for the chosen candidate (lam -> parameters), for the final refit to reuse."""
     cards = search.bias_cardinalities
     candidates = conditional_erasers(train.z, train.y, train.b, cards, ranks=CONDITIONAL_RANKS)
-    scored, grid = [], REFIT_GRID
+    scored, grid, fits = [], REFIT_GRID, []
     for i, (eraser, info) in enumerate(candidates):
         with torch.no_grad():
             zt, zv = eraser(train.z), eraser(val.z)
         work = copy.deepcopy(head).cpu()
+        fits.append({})
         if search.cfg.refit_head:
             fit = refit_head(work, train_z=zt, train_y=train.y, train_b=train.b, val_z=zv, val_y=val.y,
-                             keep_zeros=search.cfg.include_head, grid=grid)
+                             keep_zeros=search.cfg.include_head, grid=grid, fits=fits[-1])
             if i == 0:   # k = 0 first: its lambda scores the others (none kept: the original head does)
                 grid = () if fit["kept_lam"] is None else (fit["kept_lam"],)
         with torch.no_grad():
@@ -850,17 +882,19 @@ def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[L
     eraser, info = candidates[pick]
     return eraser, {**info, "candidates": scored, "val_task_stderr": stderr,
                     "selection": "most within-target directions whose D^u_val task accuracy is within one standard "
-                                 "error of the best candidate's"}
+                                 "error of the best candidate's"}, fits[pick]
 
 
-def _erase(exported: nn.Module, search: _Search, train, val_before) -> tuple[str, dict[str, Any], Tensor, Tensor]:
+def _erase(exported: nn.Module, search: _Search, train,
+           val_before) -> tuple[str, dict[str, Any], Tensor, Tensor, dict[float, dict[str, Tensor]]]:
     """Fit the eraser on the exported model's D^u_train bottleneck (the search's bias labels) and put it in
-    front of the head (in place); returns the new head name, what the eraser did with its effect on D^u_val, and
-    the erased D^u_train and D^u_val bottlenecks."""
+    front of the head (in place); returns the new head name, what the eraser did with its effect on D^u_val,
+    the erased D^u_train and D^u_val bottlenecks, and the head fits already made behind it (for the refit)."""
     device = next(exported.parameters()).device
     cards = search.bias_cardinalities   # each attribute's one-hot and readability with its own K
+    fits: dict[float, dict[str, Tensor]] = {}
     if search.cfg.erase == "conditional":
-        eraser, fit = _choose_conditional(exported.get_submodule(search.head), search, train, val_before)
+        eraser, fit, fits = _choose_conditional(exported.get_submodule(search.head), search, train, val_before)
     else:
         eraser, fit = fit_linear_eraser(train.z, train.b, cards)
     head = attach_eraser(exported, search.head, eraser.to(device))
@@ -877,4 +911,4 @@ def _erase(exported: nn.Module, search: _Search, train, val_before) -> tuple[str
         "val_task_before": logits_accuracy(val_before.logits, val_before.y),
         "val_task_after": logits_accuracy(logits_after, val_before.y),
         "val_readability_before": readability(val_before.z, val_before.b),
-        "val_readability_after": readability(z_after, val_before.b)}, train_after, z_after
+        "val_readability_after": readability(z_after, val_before.b)}, train_after, z_after, fits
