@@ -27,7 +27,7 @@ def test_plan_puts_the_new_defaults_the_paper_term_and_the_cost_ratio_first(tmp_
     assert keys[:6] == ["t2-unstructured-rho0.99-seed0", "t2-structured-rho0.99-seed0", "t2-unstructured-rho0.995-seed0",
                         "t2-structured-rho0.995-seed0", "t2paper-unstructured-rho0.99-seed0",
                         "t2paper-unstructured-rho0.995-seed0"]
-    assert keys[6] == "ratio-rho0.99-seed0"
+    assert keys[6:9] == ["ratio-rho0.99-seed0", "ratio-rho0.99-seed1", "ratio-rho0.99-seed2"]   # every seed
     paper = next(c for c in cells if c.key.startswith("t2paper"))
     assert paper.params["adversary"] == PAPER_OBJECTIVE["adversary"] == "head"
     assert "adversary" not in next(c for c in cells if c.key.startswith("t2-")).params  # library defaults
@@ -53,3 +53,14 @@ def test_tables_show_every_probe_and_the_one_process_cost_ratio(tmp_path):
     structured = next(line for line in text.splitlines() if line.startswith("| FFW structured | 0.99"))
     assert "| - | - | - |" in structured  # a cell without probe readings shows dashes, not zeros
     assert "**0.24x** the vanilla training time" in text
+
+
+def test_the_cost_ratio_is_given_per_seed_and_as_mean_and_spread(tmp_path):
+    cells = plan(root=tmp_path, vanilla_root=Path("/v"), tables=("ratio",), rhos=(0.99,), seeds=(0, 1), full=False)
+    one = {"search_epochs": 16, "vanilla_epochs": 10, "vanilla_epoch_s": 25.0, "load_before": [1.0, 1, 1],
+           "load_after": [1.0, 1, 1]}
+    results = {"ratio-rho0.99-seed0": {**one, "search_s": 70.0, "ratio": 0.28},
+               "ratio-rho0.99-seed1": {**one, "search_s": 80.0, "ratio": 0.32}}
+    text = _write(tmp_path, cells, results, "debiaskit bench ffw", 1.0, False).read_text()
+    assert "**0.30 +- 0.03x (n=2)** the vanilla training time" in text
+    assert "seed 0: FFW 70 s (16 epochs) vs 10 x 25.0 s = 0.28x" in text and "seed 1:" in text

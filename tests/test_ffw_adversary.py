@@ -150,3 +150,39 @@ def test_the_cli_defaults_are_the_library_defaults():
         assert getattr(_D, name) == getattr(cfg, name), name
     assert cfg.adversary == "lda" and cfg.condition_on_target and cfg.memory == 8  # chosen on D^u_val (BENCHMARKS.md)
     assert FFWConfig(adversary="head").condition_on_target is False
+
+
+def _cross_between_by_definition(a, b, ref, ref_b, num_bias, given=None, ref_given=None):
+    """The term written out group by group and class by class (what the vectorised version must equal)."""
+    groups = [None] if given is None else torch.unique(given).tolist()
+    total = torch.zeros((), dtype=a.dtype)
+    for g in groups:
+        sel = slice(None) if g is None else given == g
+        rsel = slice(None) if g is None else ref_given == g
+        ag, bg, rg, rbg = a[sel], b[sel], ref[rsel], ref_b[rsel]
+        if len(ag) == 0 or len(rg) == 0:
+            continue
+        inner = torch.zeros((), dtype=a.dtype)
+        for k in range(num_bias):
+            ak, rk = ag[bg == k], rg[rbg == k]
+            if len(ak) and len(rk):
+                inner = inner + len(ak) / len(ag) * ((ak.mean(0) - ag.mean(0)) * (rk.mean(0) - rg.mean(0))).sum()
+        total = total + len(ag) / len(a) * inner
+    return total / (num_bias - 1)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_cross_between_over_all_cells_at_once_equals_its_definition_and_whitens_the_means_only(conditional):
+    g = torch.Generator().manual_seed(0)
+    z, ref = torch.randn(60, 5, generator=g, dtype=torch.float64), torch.randn(200, 5, generator=g, dtype=torch.float64)
+    b, ref_b = torch.randint(0, 3, (60,), generator=g), torch.randint(0, 3, (200,), generator=g)
+    y, ref_y = torch.randint(0, 4, (60,), generator=g), torch.randint(0, 4, (200,), generator=g)
+    y[y == 3] = 7   # a group label the reference lacks, and labels that are not 0..G-1
+    b[(y == 0) & (b == 2)] = 1   # a (group, class) cell empty in the batch only
+    kw = dict(given=y, ref_given=ref_y) if conditional else {}
+    lda = LinearDependence(5, ridge=0.5)
+    lda.fit(torch.randn(100, 5, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3, 0.5, 2, 1]))
+    expected = _cross_between_by_definition(lda.whiten(z), b, lda.whiten(ref), ref_b, 3, **kw)
+    got = cross_between(z, b, ref, ref_b, 3, linear=lda.whiten_linear, **kw)
+    assert float(expected) != 0 and torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(cross_between(z, b, ref, ref_b, 3, **kw), _cross_between_by_definition(z, b, ref, ref_b, 3, **kw))

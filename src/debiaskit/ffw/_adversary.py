@@ -19,6 +19,7 @@ so this module adds adversaries that keep up:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -99,29 +100,40 @@ def _between_class(a: Tensor, b: Tensor, num_bias: int) -> Tensor:
 
 
 def cross_between(a: Tensor, b: Tensor, ref: Tensor, ref_b: Tensor, num_bias: int, *, given: Tensor | None = None,
-                  ref_given: Tensor | None = None) -> Tensor:
+                  ref_given: Tensor | None = None, linear: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Estimate of sum_k p_k |E[a | b=k] - E a|^2 / (K - 1) from the batch ``a`` against a reference sample
     ``ref`` of the same distribution (the last few batches, detached): the inner product of the batch's and the
     reference's class-mean deviations. Unbiased like the U-statistic, but the batch is paired with thousands of
     reference samples instead of its own few dozens per class: far less noise in the gates' gradient, which
     points along the reference's class-mean deviations (what a linear probe fitted on recent batches reads).
-    ``given``: the same within each group of ``given`` (e.g. the target), weighted by the group's share."""
-    groups = [None] if given is None else torch.unique(given).tolist()
-    total = a.new_zeros(())
-    for g in groups:
-        sel = slice(None) if g is None else given == g
-        rsel = slice(None) if g is None else ref_given == g
-        ag, bg, rg, rbg = a[sel], b[sel], ref[rsel], ref_b[rsel]
-        if len(ag) == 0 or len(rg) == 0:
-            continue
-        ma, mr = ag.mean(0), rg.mean(0)
-        inner = a.new_zeros(())
-        for k in range(num_bias):
-            ak, rk = ag[bg == k], rg[rbg == k]
-            if len(ak) and len(rk):
-                inner = inner + (len(ak) / len(ag)) * ((ak.mean(0) - ma) * (rk.mean(0) - mr)).sum()
-        total = total + (len(ag) / len(a)) * inner
-    return total / (num_bias - 1)
+    ``given``: the same within each group of ``given`` (e.g. the target), weighted by the group's share.
+    ``linear``: a linear map of the features (a whitening's linear part) applied to the class-mean deviations -
+    the value of mapping every row first, at the cost of one row per (group, class) cell.
+
+    All cells at once: a (group, class) cell present in both the batch and the reference contributes
+    n_cell / n times the inner product of its two deviations from their group's mean."""
+    if given is None:
+        ga, gr = (torch.zeros(len(t), dtype=torch.long, device=a.device) for t in (a, ref))
+    else:
+        _, groups = torch.unique(torch.cat([given.to(a.device), ref_given.to(a.device)]), return_inverse=True)
+        ga, gr = groups[:len(a)], groups[len(a):]
+    n_groups = int(torch.cat([ga, gr]).max()) + 1 if len(a) and len(ref) else 1
+    dev_a, count_a = _cell_deviations(a, ga, b.to(a.device), n_groups, num_bias)
+    dev_r, count_r = _cell_deviations(ref, gr, ref_b.to(a.device), n_groups, num_bias)
+    if linear is not None:
+        dev_a, dev_r = linear(dev_a), linear(dev_r)
+    weight = ((count_a > 0) & (count_r > 0)).to(a.dtype) * count_a.to(a.dtype) / max(len(a), 1)
+    return (weight * (dev_a * dev_r).sum(1)).sum() / (num_bias - 1)
+
+
+def _cell_deviations(x: Tensor, group: Tensor, b: Tensor, n_groups: int, num_bias: int) -> tuple[Tensor, Tensor]:
+    """Each (group, class) cell's mean minus its group's mean (rows ordered group-major), and the cells' counts."""
+    cell = group * num_bias + b.long()
+    sums = x.new_zeros(n_groups * num_bias, x.shape[1]).index_add(0, cell, x)
+    counts = torch.bincount(cell, minlength=n_groups * num_bias)
+    means = sums / counts.clamp_min(1).to(x.dtype)[:, None]
+    group_means = sums.view(n_groups, num_bias, -1).sum(1) / counts.view(n_groups, num_bias).sum(1).clamp_min(1).to(x.dtype)[:, None]
+    return means - group_means.repeat_interleave(num_bias, 0), counts
 
 
 class Memory:
@@ -217,9 +229,12 @@ class LinearDependence:
         return self._chol
 
     def whiten(self, z: Tensor) -> Tensor:
+        return self.whiten_linear(z - self.mean.to(z.dtype))
+
+    def whiten_linear(self, d: Tensor) -> Tensor:
+        """The whitening's linear part, L^-1 d / std (for differences of features, where the shift cancels)."""
         std, chol = self.chol()
-        a = (z - self.mean.to(z.dtype)) / std.to(z.dtype)
-        return torch.linalg.solve_triangular(chol.to(z.dtype), a.T, upper=False).T
+        return torch.linalg.solve_triangular(chol.to(d.dtype), (d / std.to(d.dtype)).T, upper=False).T
 
     def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None, attr: int = 0,
                 ref: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
@@ -231,8 +246,9 @@ class LinearDependence:
             return class_mean_distance(z, b, num_bias, mean=self.mean.to(z.dtype), chol=chol.to(z.dtype),
                                        std=std.to(z.dtype), given=given)
         rz, rb, ry = ref
-        return cross_between(self.whiten(z), b, self.whiten(rz.to(z.dtype)), _column(rb, attr), num_bias,
-                             given=given, ref_given=None if given is None else ry)
+        # deviations of class means: the whitening's shift cancels, only its linear part is applied (to the means)
+        return cross_between(z, b, rz.to(z.dtype), _column(rb, attr), num_bias, given=given,
+                             ref_given=None if given is None else ry, linear=self.whiten_linear)
 
     @torch.no_grad()
     def measure(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> float:
