@@ -26,7 +26,7 @@ from ..audit import audit_model
 from ..data import iterate_batches
 from ..errors import ConfigError
 from ..ffw import FFWConfig, ffw_run, ffw_step, find_fantastic_weights, freeze, install_gates
-from ..models import accuracy, collect_outputs
+from ..models import accuracy, batch_memory_format, collect_outputs, laid_out
 from .._io import BENCH_FFW_ROOT, open_root, report_lock
 from ..runs import is_finished, load_run, read_json, write_json, write_text
 from ..train import TrainConfig, fit, train_run
@@ -216,11 +216,13 @@ def _run_ratio(cell: Cell, root: Path, echo) -> dict[str, Any]:
     epochs = int(run.meta.get("train", {}).get("epochs", 10))
     model = copy.deepcopy(run.model).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # the batch layout debiaskit's training loop uses (fit: channels-last on a CPU where the model takes it)
+    layout = batch_memory_format(model, next(iter(iterate_batches(splits.train, batch_size=2))).x)
     load0 = _load()
     t0 = time.perf_counter()
     for batch in iterate_batches(splits.train, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0)):
         opt.zero_grad()
-        F.cross_entropy(model(batch.x), batch.y).backward()
+        F.cross_entropy(model(laid_out(batch.x, layout)), batch.y).backward()
         opt.step()
     epoch_s = time.perf_counter() - t0
     p = {k: v for k, v in cell.params.items() if k not in ("rho",)}

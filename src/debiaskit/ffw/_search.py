@@ -41,7 +41,7 @@ from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSI
                          require)
 from ..errors import ConfigError, DataError, ModelError
 from .._io import load_checkpoint, save_checkpoint
-from ..models import collect_outputs, forward_with_bottleneck, head_shape, resolve_head
+from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out, resolve_head
 from ._adversary import (ADVERSARIES, KernelDependence, LinearDependence, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
                          refit_linear_head)
 from ._erase import ERASERS, LinearEraser, attach_eraser, conditional_erasers, fit_linear_eraser
@@ -347,6 +347,9 @@ class _Search:
         self.work = copy.deepcopy(model).to(self.device)
         freeze(self.work)
         example = next(iter(iterate_batches(train, batch_size=2, device=self.device))).x
+        # channels-last image batches where the model takes them unchanged (CPU; models/_layout.py), decided
+        # before the gates go in: a 2-3x faster convolution for the search's steps and D^u_val passes
+        self.memory_format = batch_memory_format(self.work, example, device=self.device)
         self.state = GateState(tau=config.tau_init)
         self.gated = install_gates(self.work, mode=config.mode, head=head, example=example,
                                    include_head=config.include_head, input_weights=config.input_weights,
@@ -393,7 +396,7 @@ class _Search:
         def rows(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             logits, zs, ys, bs = [], [], [], []
             for batch in iterate_batches(data, batch_size=512, device=self.device, indices=index):
-                out, z = forward_with_bottleneck(self.work, batch.x, self.head)
+                out, z = forward_with_bottleneck(self.work, laid_out(batch.x, self.memory_format), self.head)
                 logits.append(out)
                 zs.append(z)
                 ys.append(batch.y)
@@ -474,8 +477,8 @@ class _Search:
                                      indices=_dist.shard(perm, rank=rank, world=world), device=self.device):
             # under torchrun: the global batch in the 1-rank order, for the order-sensitive adversaries
             order = _dist.global_batch_order(place[batch.index]) if world > 1 else None
-            out = ffw_step(self.work, self.head, params, self.heads + self.mlps, batch.x, batch.y, batch.b,
-                           gamma=cfg.gamma, num_bias=self.bias_cardinalities, dependence=dependence, order=order,
+            out = ffw_step(self.work, self.head, params, self.heads + self.mlps, laid_out(batch.x, self.memory_format),
+                           batch.y, batch.b, gamma=cfg.gamma, num_bias=self.bias_cardinalities, dependence=dependence, order=order,
                            log_temperature=self.log_temperature, scale_free=cfg.scale_free_dependence)
             # identical gates and heads on every rank (a no-op on one process)
             _dist.average_gradients(list(params) + list(self.heads) + list(self.mlps))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Batch, iterate_batches
-from ..models import collect_outputs
+from ..models import collect_outputs, laid_out
 from ..train import TrainContext
 from .._dist import map_shards, shard
 
@@ -41,7 +41,7 @@ def run_epochs(ctx: TrainContext, *, epochs: int, step: Callable[[Batch], None],
         order = torch.arange(n) if indices is None else indices
         order = shard(order[torch.randperm(len(order), generator=ctx.generator)], rank=ctx.rank, world=ctx.world_size)
         for batch in iterate_batches(ctx.train_data, batch_size=ctx.batch_size, indices=order, device=ctx.device):
-            step(batch)
+            step(batch._replace(x=laid_out(batch.x, ctx.memory_format)))   # the main loop's layout
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..data import iterate_batches
 from ._head import tap_bottleneck
+from ._layout import batch_memory_format, laid_out
 
 
 class Outputs(NamedTuple):
@@ -38,14 +39,18 @@ def collect_outputs(model: nn.Module, dataset, *, head: str | None = None, with_
         batches = (_Inputs(inputs[i:i + batch_size].to(device)) for i in range(0, len(inputs), batch_size))
     else:
         batches = iterate_batches(dataset, batch_size=batch_size, device=device, indices=indices)
+    layout = None   # decided on the first batch (models/_layout.py): channels-last image batches on a CPU
     try:
         for batch in batches:
+            if layout is None:
+                layout = batch_memory_format(model, batch.x[:2], device=device)
+            x = laid_out(batch.x, layout)
             if with_bottleneck:
                 with tap_bottleneck(model, head) as tap:
-                    out = model(batch.x)
+                    out = model(x)
                 zs.append(tap.z.flatten(1).float().cpu())
             else:
-                out = model(batch.x)
+                out = model(x)
             logits.append(out.float().cpu())
             if batch.y is not None:
                 ys.append(batch.y.cpu())

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .._io import load_checkpoint, save_checkpoint
 from ..data import Batch, as_bias_data, iterate_batches
+from ..models import batch_memory_format, laid_out
 from .._validate import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_not_empty, check_targets,
                          check_training_data, describe_divergence, require)
 from ..errors import ConfigError, DebiaskitError
@@ -81,6 +82,7 @@ class TrainContext:
     rank: int = 0
     world_size: int = 1
     precision: Precision | None = None
+    memory_format: torch.memory_format | None = None   # of the input batches (models/_layout.py)
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -368,6 +370,10 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     model.to(device).train()
     # --sync-bn: batch statistics over all ranks (auxiliary models copied from it by methods sync too); undone at the end
     bn_classes = _dist.convert_sync_batchnorm(model) if config.sync_bn else {}
+    # channels-last image batches where the model takes them unchanged (CPU): decided before any DDP wrapping,
+    # identically on every rank
+    layout = batch_memory_format(model, next(iter(iterate_batches(train_data, batch_size=2, device=device))).x,
+                                 device=device)
     if world > 1:
         # gradients are averaged across ranks; methods see the wrapped model as ctx.model
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -378,7 +384,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     check_training_data(train_data, num_classes=ncls)
     ctx = TrainContext(model=model, train_data=train_data, config=config, device=device, generator=generator,
                        num_classes=ncls, head=head, val_data=val_data, rank=rank, world_size=world,
-                       precision=Precision(config.amp, device) if config.amp != "off" else None)
+                       precision=Precision(config.amp, device) if config.amp != "off" else None, memory_format=layout)
     ctx.steps_per_epoch = math.ceil(math.ceil(n / world) / per_rank_batch)
     settings = {k: v for k, v in asdict(config).items() if k != "sync_bn" or v}   # checkpoints from before the flag resume
     identity = {"config": settings, "method": method.name, "num_samples": n, "num_classes": ncls,
@@ -410,6 +416,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
             sums: dict[str, float] = {}
             steps = 0
             for batch in iterate_batches(train_data, batch_size=per_rank_batch, indices=order, device=device):
+                batch = batch._replace(x=laid_out(batch.x, layout))
                 if method.uses_bias_labels and batch.b is None:
                     raise DebiaskitError(f"method {method.name} needs bias labels, but the training data has none")
                 if not hasattr(train_data, "y"):  # in-memory targets were checked once, before training
