@@ -50,8 +50,9 @@ def test_models_that_cannot_take_channels_last_keep_the_default_layout():
     x = torch.randn(4, 3, 8, 8)
     assert batch_memory_format(ViewsItsActivation(), x) == torch.contiguous_format   # the .view fails: fallback
     assert batch_memory_format(MLP(in_features=3 * 8 * 8, num_classes=10), x) == torch.contiguous_format   # no conv
-    assert batch_memory_format(SimpleConvNet(num_classes=10, in_channels=3), torch.randn(4, 3 * 64)) == torch.contiguous_format
-    assert batch_memory_format(SimpleConvNet(num_classes=10, in_channels=3), x, device="meta") == torch.contiguous_format
+    conv = SimpleConvNet(num_classes=10, in_channels=3)
+    assert batch_memory_format(conv, torch.randn(4, 3 * 64)) == torch.contiguous_format   # not an image batch
+    assert batch_memory_format(conv, x, device="meta") == torch.contiguous_format          # not a CPU
     flat = torch.randn(4, 7)
     assert laid_out(flat, torch.channels_last) is flat and laid_out(x, None) is x
 

@@ -557,11 +557,12 @@ def _render(root: Path, cells: list[Cell], results: dict[str, Any], command: str
                  else f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}x (n={len(values)})")
         per_seed = "; ".join(
             f"seed {seed}: FFW {r['search_s']:.0f} s ({r['search_epochs']} epochs) vs {r['vanilla_epochs']} x "
-            f"{r['vanilla_epoch_s']:.1f} s = {r['ratio']:.2f}x, load {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f}"
-            for seed, r in ratios)
-        L.append(f"- measured in one process per seed (rho 0.99; the whole find_fantastic_weights call - search, eraser "
-                 f"and head refit - against one vanilla epoch on D^b timed in the same process, times the vanilla "
-                 f"run's epoch count): **{total}** the vanilla training time ({per_seed}; load average before / after).")
+            f"{r['vanilla_epoch_s']:.1f} s = {r['ratio']:.2f}x, "
+            f"load {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f}" for seed, r in ratios)
+        L.append(f"- measured in one process per seed (rho 0.99; the whole find_fantastic_weights call - search, "
+                 f"eraser and head refit - against one vanilla epoch on D^b timed in the same process, times the "
+                 f"vanilla run's epoch count): **{total}** the vanilla training time ({per_seed}; load average "
+                 f"before / after).")
     if c:
         pl, un, st = c["plain"], c["unstructured"], c["structured"]
         L.append(f"- step time (batch 256, 1 thread, median of 15): plain vanilla step {1000 * pl['step_s']:.1f} ms; "

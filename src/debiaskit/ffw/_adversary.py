@@ -132,7 +132,8 @@ def _cell_deviations(x: Tensor, group: Tensor, b: Tensor, n_groups: int, num_bia
     sums = x.new_zeros(n_groups * num_bias, x.shape[1]).index_add(0, cell, x)
     counts = torch.bincount(cell, minlength=n_groups * num_bias)
     means = sums / counts.clamp_min(1).to(x.dtype)[:, None]
-    group_means = sums.view(n_groups, num_bias, -1).sum(1) / counts.view(n_groups, num_bias).sum(1).clamp_min(1).to(x.dtype)[:, None]
+    group_counts = counts.view(n_groups, num_bias).sum(1).clamp_min(1).to(x.dtype)
+    group_means = sums.view(n_groups, num_bias, -1).sum(1) / group_counts[:, None]
     return means - group_means.repeat_interleave(num_bias, 0), counts
 
 

@@ -477,8 +477,9 @@ class _Search:
                                      indices=_dist.shard(perm, rank=rank, world=world), device=self.device):
             # under torchrun: the global batch in the 1-rank order, for the order-sensitive adversaries
             order = _dist.global_batch_order(place[batch.index]) if world > 1 else None
-            out = ffw_step(self.work, self.head, params, self.heads + self.mlps, laid_out(batch.x, self.memory_format),
-                           batch.y, batch.b, gamma=cfg.gamma, num_bias=self.bias_cardinalities, dependence=dependence, order=order,
+            x = laid_out(batch.x, self.memory_format)
+            out = ffw_step(self.work, self.head, params, self.heads + self.mlps, x, batch.y, batch.b,
+                           gamma=cfg.gamma, num_bias=self.bias_cardinalities, dependence=dependence, order=order,
                            log_temperature=self.log_temperature, scale_free=cfg.scale_free_dependence)
             # identical gates and heads on every rank (a no-op on one process)
             _dist.average_gradients(list(params) + list(self.heads) + list(self.mlps))

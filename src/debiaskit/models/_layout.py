@@ -15,7 +15,8 @@ DEFAULT = torch.contiguous_format
 CHANNELS_LAST = torch.channels_last
 
 
-def batch_memory_format(model: nn.Module, example: Tensor, *, device: str | torch.device = "cpu") -> torch.memory_format:
+def batch_memory_format(model: nn.Module, example: Tensor, *,
+                        device: str | torch.device = "cpu") -> torch.memory_format:
     """``torch.channels_last`` for ``model``'s input batches when they are 4-D images on a CPU, the model has a
     2-D convolution, and its forward on ``example`` laid out that way succeeds and matches the default layout's
     output to float rounding; else ``torch.contiguous_format``. The check runs in eval mode without gradients
