@@ -1,8 +1,10 @@
 """The memory layout of image batches: channels-last where it is faster and changes nothing but rounding.
 
-Why: on a CPU, PyTorch's oneDNN convolutions run 2-3x faster on channels-last (NHWC) inputs than on the default
-NCHW ones (measured: simple-conv-small, batch 256, 1 thread: forward 64 -> 21 ms, training step 127 -> 72 ms;
-BENCHMARKS.md). The model's parameters are left as they are - a saved or exported model is unchanged - only
+Why: on a CPU, PyTorch's oneDNN convolutions often run faster on channels-last (NHWC) inputs than on the default
+NCHW ones (1 thread, median step: simple-conv-small, batch 256: training 117 -> 71 ms, forward 63 -> 21 ms; ResNet18
+on 32x32, batch 64: training 2.27 -> 2.05 s; the stride-1 SimpleConvNet: training +1 %, forward +5-10 %;
+BENCHMARKS.md, section 2.1). The decision depends on the model alone, never on a timing, so a run stays
+reproducible. The model's parameters are left as they are - a saved or exported model is unchanged - only
 the batches fed to it are laid out differently, and only where the model's own forward accepts them and gives
 the same outputs: a model that calls ``.view`` on a 4-D activation, say, keeps the default layout.
 """
