@@ -125,9 +125,11 @@ def run_variant(run_dir: Path, name: str, *, epochs: int, seed: int, schedule: d
         search.initial_record()
         while not search.progress["done"]:
             rec = search.run_epoch(start, 0.0)
-            soft, hard = rec["val_soft"], rec["val_hard"]
-            print(f"[{name}] epoch {rec['epoch']} tau {rec['tau']:.3g}: soft task {100 * soft['task']:.2f} "
-                  f"bias {100 * soft['bias']:.1f} | hard task {100 * hard['task']:.2f} bias {100 * hard['bias']:.1f} "
+            soft, hard = rec["val_soft"], rec["val_hard"]   # soft: None where the schedule did not evaluate it
+            soft_text = (f"soft task {100 * soft['task']:.2f} bias {100 * soft['bias']:.1f}" if soft is not None
+                         else "soft not evaluated")
+            print(f"[{name}] epoch {rec['epoch']} tau {rec['tau']:.3g}: {soft_text} | "
+                  f"hard task {100 * hard['task']:.2f} bias {100 * hard['bias']:.1f} "
                   f"sparsity {100 * rec['sparsity']:.1f} ({time.perf_counter() - start:.0f} s)", flush=True)
     finally:
         _gates.analyse_structure, _search.install_gates = original, original_install
@@ -140,14 +142,16 @@ def run_variant(run_dir: Path, name: str, *, epochs: int, seed: int, schedule: d
 
 def report(out: Path) -> str:
     """Markdown table of every variant JSON in ``out`` (D^u_val numbers only)."""
-    rows = ["| variant | gate position | epochs | soft task, last epoch | soft task, best epoch | selected hard task "
+    rows = ["| variant | gate position | epochs | soft task, last evaluated epoch | soft task, best evaluated epoch "
+            "| selected hard task "
             "| its privacy-head acc. | its unit sparsity | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(out.glob("*.json")):
         r = json.loads(path.read_text())
         hist = r["history"][1:]
+        softs = [h["val_soft"]["task"] for h in hist if h["val_soft"] is not None]   # the epochs that evaluated it
         sel = next(h for h in r["history"] if h["epoch"] == r["selected"]["epoch"])
         rows.append(f"| {path.stem[len(Path(r['run']).name) + 1:]} | {r['position']} | {len(hist)} | "
-                    f"{100 * hist[-1]['val_soft']['task']:.2f} | {100 * max(h['val_soft']['task'] for h in hist):.2f} | "
+                    f"{100 * softs[-1]:.2f} | {100 * max(softs):.2f} | "
                     f"{100 * sel['val_hard']['task']:.2f} | {100 * sel['val_hard']['bias']:.1f} | "
                     f"{100 * sel['sparsity']:.1f} | {r['wall_time_s']:.0f} |")
     return "\n".join(rows)

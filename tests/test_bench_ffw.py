@@ -64,3 +64,7 @@ def test_the_cost_ratio_is_given_per_seed_and_as_mean_and_spread(tmp_path):
     text = _write(tmp_path, cells, results, "debiaskit bench ffw", 1.0, False).read_text()
     assert "**0.30 +- 0.03x (n=2)** the vanilla training time" in text
     assert "seed 0: FFW 70 s (16 epochs) vs 10 x 25.0 s = 0.28x" in text and "seed 1:" in text
+    # a failed cell is left out of the ratio (and the report is still written)
+    results["ratio-rho0.99-seed1"] = {"error": "killed"}
+    text = _write(tmp_path, cells, results, "debiaskit bench ffw", 1.0, False).read_text()
+    assert "**0.28x** the vanilla training time" in text and "seed 1: FFW" not in text

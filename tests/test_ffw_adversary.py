@@ -187,3 +187,10 @@ def test_cross_between_over_all_cells_at_once_equals_its_definition_and_whitens_
     assert float(expected) != 0 and torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
     unwhitened = cross_between(z, b, ref, ref_b, 3, **kw)
     assert torch.allclose(unwhitened, _cross_between_by_definition(z, b, ref, ref_b, 3, **kw))
+
+
+def test_cross_between_of_an_empty_side_is_zero():
+    z, b, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 0, 1]), torch.tensor([0, 1, 2, 0, 1, 2])
+    empty, none = torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+    assert float(cross_between(empty, none, z, b, 2, given=none, ref_given=y)) == 0.0
+    assert float(cross_between(z, b, empty, none, 2, given=y, ref_given=none)) == 0.0

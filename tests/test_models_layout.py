@@ -23,6 +23,14 @@ class ViewsItsActivation(nn.Module):
         return self.fc(self.conv(x).view(x.shape[0], -1))
 
 
+class AssertsContiguous(ViewsItsActivation):
+    """Refuses any input that is not in the default layout, with a plain assert."""
+
+    def forward(self, x):
+        assert x.is_contiguous()
+        return super().forward(x)
+
+
 def _images(n: int = 64, seed: int = 0) -> BiasDataset:
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 10, (n,), generator=g)
@@ -49,6 +57,7 @@ def test_a_conv_net_on_the_cpu_gets_channels_last_and_the_same_outputs():
 def test_models_that_cannot_take_channels_last_keep_the_default_layout():
     x = torch.randn(4, 3, 8, 8)
     assert batch_memory_format(ViewsItsActivation(), x) == torch.contiguous_format   # the .view fails: fallback
+    assert batch_memory_format(AssertsContiguous(), x) == torch.contiguous_format    # any error: fallback
     assert batch_memory_format(MLP(in_features=3 * 8 * 8, num_classes=10), x) == torch.contiguous_format   # no conv
     conv = SimpleConvNet(num_classes=10, in_channels=3)
     assert batch_memory_format(conv, torch.randn(4, 3 * 64)) == torch.contiguous_format   # not an image batch

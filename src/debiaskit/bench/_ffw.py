@@ -107,7 +107,7 @@ def plan(*, root: Path, vanilla_root: Path, tables: tuple[str, ...], rhos: tuple
     if "paper" in tables:
         paper(first, seeds[:1])
     if "ratio" in tables:
-        for seed in seeds:   # one process per cell: the vanilla epoch and the search timed under the same load
+        for seed in seeds:   # each cell times its vanilla epoch and its search back to back, under the same load
             cells.append(Cell(f"ratio-rho0.99-seed{seed}", "ratio", "ratio", vanilla_dir(vanilla_root, 0.99, seed),
                               {"mode": "unstructured", "seed": seed, **proto}))
     if "baselines" in tables:
@@ -550,7 +550,7 @@ def _render(root: Path, cells: list[Cell], results: dict[str, Any], command: str
             ps = [r.get("parameter_sparsity") for r in rs]
             L.append(f"- structured export: parameters removed {_pm(ps)} %; inference speed-up of the smaller network "
                      f"vs the original (batch 256, 1 thread): {_pm(sp, scale=1.0)}x.")
-    ratios = [(c.params["seed"], results[c.key]) for c in cells if c.kind == "ratio" and results.get(c.key)]
+    ratios = [(c.params["seed"], _get(results, c.key)) for c in cells if c.kind == "ratio" and _get(results, c.key)]
     if ratios:
         values = [r["ratio"] for _, r in ratios]
         total = (f"{values[0]:.2f}x" if len(values) == 1

@@ -117,7 +117,7 @@ def cross_between(a: Tensor, b: Tensor, ref: Tensor, ref_b: Tensor, num_bias: in
     else:
         _, groups = torch.unique(torch.cat([given.to(a.device), ref_given.to(a.device)]), return_inverse=True)
         ga, gr = groups[:len(a)], groups[len(a):]
-    n_groups = int(torch.cat([ga, gr]).max()) + 1 if len(a) and len(ref) else 1
+    n_groups = int(torch.cat([ga, gr]).max()) + 1 if len(ga) + len(gr) else 1
     dev_a, count_a = _cell_deviations(a, ga, b.to(a.device), n_groups, num_bias)
     dev_r, count_r = _cell_deviations(ref, gr, ref_b.to(a.device), n_groups, num_bias)
     if linear is not None:

@@ -5,7 +5,8 @@ from typing import Any
 
 
 def epoch_line(event: dict[str, Any]) -> str:
-    """One epoch of the search: D^u_val numbers of the tau-model and of the hard-masked model, sparsity, time."""
+    """One epoch of the search: D^u_val numbers of the hard-masked model and, where the schedule evaluated it, of
+    the tau-model; sparsity, time."""
     s, h = event["val_soft"], event["val_hard"]
     # the tau-model is evaluated only where it decides something (the level's end, a possible plateau)
     soft = (f"tau-model task {100 * s['task']:5.1f} bias {100 * s['bias']:5.1f}" if s is not None

@@ -754,7 +754,8 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     ``resume=True`` continues from it. ``model`` itself is left untouched unless ``inplace=True``
     (unstructured only: the hard masks are then baked into its weights). ``callback(event)`` is called
     after every step (``kind="step"``) and epoch (``kind="epoch"``); without one, ``progress`` prints a
-    line per epoch (D^u_val numbers of the tau-model and the hard-masked model, sparsity, time).
+    line per epoch (D^u_val numbers of the hard-masked model - and of the tau-model where the schedule reads
+    them: each level's end, or every epoch when a plateau can end a level -, sparsity, time).
 
     Example::
 
@@ -858,19 +859,21 @@ def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, A
 CONDITIONAL_RANKS = (0, 5, 10, 20, 40, 80, 10_000)
 
 
-def _choose_conditional(head: nn.Module, search: _Search, train,
-                        val) -> tuple[LinearEraser, dict[str, Any], dict[float, dict[str, Tensor]]]:
+def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[
+        LinearEraser, dict[str, Any], dict[float, dict[str, Tensor]], tuple[Tensor, Tensor]]:
     """erase="conditional": the candidate erasers (the linear one plus k within-target directions) scored by
     D^u_val task accuracy - through the head refit on each erased D^u_train when ``refit_head`` (the lambda the
     full refit picks for k = 0, one fit per candidate), else through the head as it is - and the one that erases
     most among those within one standard error of the best (the one-standard-error rule: no tolerance to tune).
-    Also returns the head fits made for the chosen candidate (lam -> parameters), for the final refit to reuse."""
+    Also returns the head fits made for the chosen candidate (lam -> parameters) and the erased D^u_train / D^u_val
+    bottlenecks they were made on (on the CPU): the final refit reuses both, so the fits match their inputs exactly."""
     cards = search.bias_cardinalities
     candidates = conditional_erasers(train.z, train.y, train.b, cards, ranks=CONDITIONAL_RANKS)
-    scored, grid, fits = [], REFIT_GRID, []
+    scored, grid, fits, erased = [], REFIT_GRID, [], []
     for i, (eraser, info) in enumerate(candidates):
         with torch.no_grad():
             zt, zv = eraser(train.z), eraser(val.z)
+        erased.append((zt, zv))
         work = copy.deepcopy(head).cpu()
         fits.append({})
         if search.cfg.refit_head:
@@ -886,7 +889,7 @@ def _choose_conditional(head: nn.Module, search: _Search, train,
     eraser, info = candidates[pick]
     return eraser, {**info, "candidates": scored, "val_task_stderr": stderr,
                     "selection": "most within-target directions whose D^u_val task accuracy is within one standard "
-                                 "error of the best candidate's"}, fits[pick]
+                                 "error of the best candidate's"}, fits[pick], erased[pick]
 
 
 def _erase(exported: nn.Module, search: _Search, train,
@@ -898,16 +901,15 @@ def _erase(exported: nn.Module, search: _Search, train,
     cards = search.bias_cardinalities   # each attribute's one-hot and readability with its own K
     fits: dict[float, dict[str, Tensor]] = {}
     if search.cfg.erase == "conditional":
-        eraser, fit, fits = _choose_conditional(exported.get_submodule(search.head), search, train, val_before)
+        eraser, fit, fits, (train_after, z_after) = _choose_conditional(exported.get_submodule(search.head), search,
+                                                                        train, val_before)
     else:
         eraser, fit = fit_linear_eraser(train.z, train.b, cards)
+        with torch.no_grad():   # on the CPU, where the collected features are
+            train_after, z_after = eraser(train.z), eraser(val_before.z)
     head = attach_eraser(exported, search.head, eraser.to(device))
     with torch.no_grad():   # D^u_val behind the eraser from the features already collected: no second forward pass
-        erased = exported.get_submodule(search.head)   # the ErasedHead now standing there
-        z_after = erased.eraser(val_before.z.to(device))
-        logits_after = erased.head(z_after).cpu()
-        z_after = z_after.cpu()
-        train_after = erased.eraser(train.z.to(device)).cpu()
+        logits_after = exported.get_submodule(head)(z_after.to(device)).cpu()   # HEAD.head, behind the eraser
     def readability(z: Tensor, b: Tensor) -> float:   # the search's closed-form reading, whole split, ridge 1e-2
         return sum(lda_readability(z, c, k) for c, k in zip(_bias_columns(b), cards))
     return head, {
