@@ -194,3 +194,12 @@ def test_cross_between_of_an_empty_side_is_zero():
     empty, none = torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
     assert float(cross_between(empty, none, z, b, 2, given=none, ref_given=y)) == 0.0
     assert float(cross_between(z, b, empty, none, 2, given=y, ref_given=none)) == 0.0
+
+
+def test_the_whitening_follows_the_batch_device_and_dtype():
+    """The running statistics live on the CPU; a GPU search's features must be whitened where they are (a "meta"
+    batch stands in for a GPU one here: mixing it with CPU tensors raises, as a CUDA batch would)."""
+    lda = LinearDependence(4, ridge=1.0)
+    lda.fit(torch.randn(50, 4))
+    z = torch.randn(8, 4, device="meta")
+    assert lda.whiten(z).device.type == "meta" and lda.whiten_linear(z).dtype == torch.float32

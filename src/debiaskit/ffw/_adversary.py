@@ -230,12 +230,13 @@ class LinearDependence:
         return self._chol
 
     def whiten(self, z: Tensor) -> Tensor:
-        return self.whiten_linear(z - self.mean.to(z.dtype))
+        return self.whiten_linear(z - self.mean.to(z))
 
     def whiten_linear(self, d: Tensor) -> Tensor:
         """The whitening's linear part, L^-1 d / std (for differences of features, where the shift cancels)."""
         std, chol = self.chol()
-        return torch.linalg.solve_triangular(chol.to(d.dtype), (d / std.to(d.dtype)).T, upper=False).T
+        # the running statistics live on the CPU (observe); .to(d): d's dtype and device (a GPU search's features)
+        return torch.linalg.solve_triangular(chol.to(d), (d / std.to(d)).T, upper=False).T
 
     def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None, attr: int = 0,
                 ref: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
@@ -244,11 +245,11 @@ class LinearDependence:
         ref = ref if ref is not None else self.memory.get()
         if ref is None:
             std, chol = self.chol()
-            return class_mean_distance(z, b, num_bias, mean=self.mean.to(z.dtype), chol=chol.to(z.dtype),
-                                       std=std.to(z.dtype), given=given)
+            return class_mean_distance(z, b, num_bias, mean=self.mean.to(z), chol=chol.to(z), std=std.to(z),
+                                       given=given)
         rz, rb, ry = ref
         # deviations of class means: the whitening's shift cancels, only its linear part is applied (to the means)
-        return cross_between(z, b, rz.to(z.dtype), _column(rb, attr), num_bias, given=given,
+        return cross_between(z, b, rz.to(z), _column(rb, attr), num_bias, given=given,
                              ref_given=None if given is None else ry, linear=self.whiten_linear)
 
     @torch.no_grad()
@@ -295,8 +296,9 @@ class KernelDependence:
         """psi(z) = cos(u W / (bandwidth * width) + c), u = z standardised with its own (batch) mean and std,
         so that psi is unchanged when the gates rescale a feature (nothing to fool by inflating or damping)."""
         u = (z - z.mean(0)) / _scale(z.var(0))
-        scales = torch.tensor(self.bandwidths, dtype=z.dtype).repeat_interleave(self.per) * self.width.to(z.dtype)
-        return torch.cos(u @ (self.omega.to(z.dtype) / scales) + self.phase.to(z.dtype))
+        scales = (torch.tensor(self.bandwidths, dtype=z.dtype, device=z.device).repeat_interleave(self.per)
+                  * self.width.to(z))   # the random features live on the CPU; z may be on a GPU
+        return torch.cos(u @ (self.omega.to(z) / scales) + self.phase.to(z))
 
     @torch.no_grad()
     def fit(self, z: Tensor) -> None:
