@@ -273,3 +273,30 @@ def test_a_ctrl_c_right_after_the_temporary_file_is_made_leaves_nothing(tmp_path
         with io_mod.atomic_file(tmp_path / "checkpoint.safetensors"):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writing_tensors_creates_no_file_but_its_own_temporary_name(tmp_path):
+    """safetensors' save_file writes a .tmpXXXXXX of its own beside the target and renames it: a SIGKILL in
+    between left that file in a training run's checkpoint folder, which then could never be cleared (it is not
+    a name debiaskit writes, so no cleanup may remove it). Every name that appears during our writes must be ours."""
+    import threading
+    import torch
+    from debiaskit._io import save_tensors
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(os.listdir(tmp_path))
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        x = {"a": torch.randn(4_000_000)}
+        for _ in range(15):
+            save_tensors(tmp_path / "checkpoint.safetensors", x)
+    finally:
+        done.set()
+        watcher.join()
+    assert "checkpoint.safetensors" in seen
+    assert all(n == "checkpoint.safetensors" or (n.startswith(".checkpoint.safetensors.") and n.endswith(".tmp"))
+               for n in seen), sorted(seen)

@@ -155,11 +155,17 @@ def read_json(path: Path) -> Any:
 
 
 def save_tensors(path: Path, tensors: dict[str, Any], *, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written atomically (no pickle); contiguous CPU copies of ``tensors``."""
-    from safetensors.torch import save_file
+    """safetensors file written atomically (no pickle); contiguous CPU copies of ``tensors``.
+
+    Serialised in memory and written through :func:`atomic_file`: safetensors' own ``save_file`` writes a
+    ``.tmpXXXXXX`` file of its own next to the target and renames it, which a killed process leaves behind -
+    a file no debiaskit cleanup may remove (it cannot tell it from a user's), that kept a killed run's
+    checkpoint folder from ever being cleared (tests/test_faults_output.py)."""
+    from safetensors.torch import save
     state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    data = save(state, metadata=metadata)
     with atomic_file(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        tmp.write_bytes(data)
 
 
 # -- checkpoints: tensors and their metadata in one file -------------------------------------------------------

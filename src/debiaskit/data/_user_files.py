@@ -728,7 +728,7 @@ def save_tensor_file(path: Path | str, *, x: Tensor, y: Tensor, b: Tensor, split
 
         save_tensor_file("my-data.safetensors", x=x, y=y, b=b, split=split)   # split: codes SPLIT_CODES
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ConfigError(f"save_tensor_file writes .safetensors, got {path}")
@@ -739,7 +739,8 @@ def save_tensor_file(path: Path | str, *, x: Tensor, y: Tensor, b: Tensor, split
         tensors["split"] = split.long().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"bias_names": ",".join(bias_names)} if bias_names else None)
+    # serialised in memory: safetensors' save_file would leave its own .tmpXXXXXX beside the user's files if killed
+    tmp.write_bytes(save(tensors, metadata={"bias_names": ",".join(bias_names)} if bias_names else None))
     try:
         os.link(tmp, path)   # exclusive: fails if the path appeared meanwhile
     finally:
