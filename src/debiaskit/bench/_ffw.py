@@ -550,7 +550,7 @@ def _render(root: Path, cells: list[Cell], results: dict[str, Any], command: str
             ps = [r.get("parameter_sparsity") for r in rs]
             L.append(f"- structured export: parameters removed {_pm(ps)} %; inference speed-up of the smaller network "
                      f"vs the original (batch 256, 1 thread): {_pm(sp, scale=1.0)}x.")
-    ratios = [(c.params["seed"], _get(results, c.key)) for c in cells if c.kind == "ratio" and _get(results, c.key)]
+    ratios = [(c.params["seed"], r) for c in cells if c.kind == "ratio" and (r := _get(results, c.key))]
     if ratios:
         values = [r["ratio"] for _, r in ratios]
         total = (f"{values[0]:.2f}x" if len(values) == 1

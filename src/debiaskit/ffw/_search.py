@@ -866,14 +866,14 @@ def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[
     full refit picks for k = 0, one fit per candidate), else through the head as it is - and the one that erases
     most among those within one standard error of the best (the one-standard-error rule: no tolerance to tune).
     Also returns the head fits made for the chosen candidate (lam -> parameters) and the erased D^u_train / D^u_val
-    bottlenecks they were made on (on the CPU): the final refit reuses both, so the fits match their inputs exactly."""
+    bottlenecks they were made on (on the CPU, recomputed bit for bit rather than kept for every candidate): the
+    final refit reuses both, so the fits match their inputs exactly."""
     cards = search.bias_cardinalities
     candidates = conditional_erasers(train.z, train.y, train.b, cards, ranks=CONDITIONAL_RANKS)
-    scored, grid, fits, erased = [], REFIT_GRID, [], []
+    scored, grid, fits = [], REFIT_GRID, []
     for i, (eraser, info) in enumerate(candidates):
         with torch.no_grad():
             zt, zv = eraser(train.z), eraser(val.z)
-        erased.append((zt, zv))
         work = copy.deepcopy(head).cpu()
         fits.append({})
         if search.cfg.refit_head:
@@ -887,9 +887,11 @@ def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[
     stderr = math.sqrt(best * (1 - best) / len(val.y))
     pick = max(i for i, c in enumerate(scored) if c["val_task"] >= best - stderr)
     eraser, info = candidates[pick]
+    with torch.no_grad():
+        erased = eraser(train.z), eraser(val.z)
     return eraser, {**info, "candidates": scored, "val_task_stderr": stderr,
                     "selection": "most within-target directions whose D^u_val task accuracy is within one standard "
-                                 "error of the best candidate's"}, fits[pick], erased[pick]
+                                 "error of the best candidate's"}, fits[pick], erased
 
 
 def _erase(exported: nn.Module, search: _Search, train,
