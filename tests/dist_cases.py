@@ -72,8 +72,12 @@ def ffw_case(model, splits) -> dict[str, torch.Tensor]:
     from debiaskit.ffw import find_fantastic_weights
     result = find_fantastic_weights(model, head="fc", train=splits.unbiased_train, val=splits.unbiased_val,
                                     mode="unstructured", max_levels=2, max_epochs_per_level=2, head_pretrain_epochs=2,
-                                    batch_size=GLOBAL_BATCH, seed=0, progress=False)
+                                    batch_size=GLOBAL_BATCH, seed=0, progress=False, tune_epochs=2)
     out = {f"mask.{k}": v.detach().cpu().clone() for k, v in result.masks.items()}
+    # the kept weights tuned under J (each rank its share of the batches, D on the gathered global batch)
+    out.update({f"model.{k}": v.detach().cpu().clone() for k, v in result.model.state_dict().items()})
+    out["tune.val"] = torch.tensor([[h["val"][k] for k in ("task", "ce", "dependence")]
+                                    for h in result.tune["history"]], dtype=torch.float64)
     out.update({f"gate.{k}": v.detach().cpu().clone() for k, v in result.gated.gate_tensors().items()})
     out["history.val_hard"] = torch.tensor([[r["val_hard"][k] for k in ("task", "ce", "bias", "mi")]
                                             for r in result.history], dtype=torch.float64)

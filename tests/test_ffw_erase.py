@@ -73,7 +73,7 @@ def test_inplace_search_with_the_eraser_is_refused(toy_splits):
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 8), nn.ReLU(), nn.Linear(8, 10))
     with pytest.raises(ConfigError, match="erase='none'"):
         find_fantastic_weights(model, head="3", train=toy_splits.unbiased_train, val=toy_splits.unbiased_val,
-                               inplace=True)
+                               inplace=True, tune_epochs=0)
     with pytest.raises(ConfigError, match="erase must be one of"):
         find_fantastic_weights(model, head="3", train=toy_splits.unbiased_train, val=toy_splits.unbiased_val,
                                erase="quadratic")

@@ -45,7 +45,8 @@ PAPER_T1 = {2: (98.17, 21.49, 39.72), 5: (98.07, 15.94, 41.49), 10: (97.79, 15.7
 # PAPER_OBJECTIVE: the same budget with the paper's bias term (MI of a linear privacy head trained alongside the
 # gates), to compare both under stronger probes. --full: the paper's budget (no epoch cap, 10 epochs per level).
 CPU_PROTOCOL: dict[str, Any] = {}
-PAPER_OBJECTIVE = dict(adversary="head")
+# the paper's method: the gates alone (no weight tuning, which would add our probe-free term), the previous budget
+PAPER_OBJECTIVE = dict(adversary="head", tune_epochs=0, max_epochs=20)
 FULL_PROTOCOL = dict(max_epochs=None, max_levels=20, max_epochs_per_level=10, patience=2)
 LONG_PROTOCOL = dict(max_epochs=3 * (FFWConfig().max_epochs or 16))
 
@@ -466,7 +467,10 @@ def _render(root: Path, cells: list[Cell], results: dict[str, Any], command: str
                     f"per level, plateau patience {cfg.patience}), bias term '{cfg.adversary}' (the paper's: 'head'), "
                     f"gate SGD lr {cfg.gate_lr:g} momentum 0.9, privacy head SGD 0.1/0.9/1e-4 pre-trained to a plateau "
                     f"on the vanilla model and trained alongside (reported as the search's own head), batch "
-                    f"{cfg.batch_size}, gamma {cfg.gamma:g} unless said.  ",
+                    f"{cfg.batch_size}, gamma {cfg.gamma:g} unless said; then the kept weights trained "
+                    f"{cfg.tune_epochs} epoch(s) under J with gamma {cfg.tune_gamma:g} (Adam {cfg.tune_lr:g}, "
+                    f"{cfg.tune_schedule} schedule, pruned weights held at 0, the epoch chosen on D^u_val; the paper "
+                    f"objective's rows: the gates alone), then the conditional eraser and the head refit.  ",
                     "Selection: the hard-masked model with the lowest J = CE + gamma * D on D^u_val (D: the search's "
                     "bias term; never the test set). "
                     "Task = top-1 on the unbiased test set (official test digits, uniform colours), sample-weighted. "

@@ -14,14 +14,16 @@ from .cmd_bench import bench_app, invoked_command
 
 class _D:
     """The CLI's defaults: FFWConfig's (a test checks they agree; importing FFWConfig here would load torch)."""
-    gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 20, 20, 10, 1
+    gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 10, 20, 10, 1
     gate_lr, adversary, selection, erase, refine_patience, refit_head = 0.1, "lda", "objective", "conditional", 0, True
+    tune_epochs, tune_gamma, tune_lr, tune_schedule = 8, 3.0, 2e-3, "cosine"
 
 
 def _progress_line(event: dict) -> None:
-    from ..ffw import epoch_line
-    if event.get("kind") == "epoch":
-        console.print(epoch_line(event), highlight=False)
+    from ..ffw._progress import progress_line
+    line = progress_line(event)
+    if line is not None:
+        console.print(line, highlight=False)
 
 
 @app.command()
@@ -59,6 +61,14 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         refit_head: bool = typer.Option(_D.refit_head, help="after the gates (and the eraser), refit the head on the "
                                                             "D^u_train bottleneck (group-balanced, regularisation picked "
                                                             "on D^u_val; kept only if D^u_val task accuracy improves)"),
+        tune_epochs: int = typer.Option(_D.tune_epochs, help="after the gates, train the kept weights this many epochs on "
+                                                             "D^u_train under J = CE + tune-gamma x the bias term (pruned "
+                                                             "weights stay 0; the epoch, or none, chosen on D^u_val by the "
+                                                             "selection rule; 0: the gates alone)"),
+        tune_gamma: float = typer.Option(_D.tune_gamma, help="weight of the bias term while the kept weights are tuned"),
+        tune_lr: float = typer.Option(_D.tune_lr, help="learning rate of the weight tuning (Adam)"),
+        tune_schedule: str = typer.Option(_D.tune_schedule, help="learning-rate schedule of the weight tuning: cosine "
+                                                                 "(to 0 at the last step) or constant"),
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
@@ -70,7 +80,8 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       tau_decay=tau_decay, max_levels=max_levels, max_epochs_per_level=max_epochs_per_level,
                       patience=patience, gate_lr=gate_lr, adversary=adversary, max_epochs=max_epochs or None,
                       selection=selection, strong_probes=strong_probes, input_weights=input_weights, erase=erase,
-                      refine_patience=refine_patience, refit_head=refit_head)
+                      refine_patience=refine_patience, refit_head=refit_head, tune_epochs=tune_epochs,
+                      tune_gamma=tune_gamma, tune_lr=tune_lr, tune_schedule=tune_schedule)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)

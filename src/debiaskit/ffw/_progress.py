@@ -17,8 +17,21 @@ def epoch_line(event: dict[str, Any]) -> str:
             f"(undecided {100 * event['undecided']:4.1f}%)  {event['time_s']:.0f}s")
 
 
+def tune_line(event: dict[str, Any]) -> str:
+    """One epoch of training the kept weights under J (after the gates): D^u_val task, bias term, J."""
+    v = event["val"]
+    return (f"tune {event['epoch']:2d}/{event['epochs']}  kept weights under J  | D^u_val task "
+            f"{100 * v['task']:5.1f}  bias term {v['dependence']:.4f}  J {v['objective']:.4f}  {event['time_s']:.0f}s")
+
+
+def progress_line(event: dict[str, Any]) -> str | None:
+    """The line an event prints (None: a step, which prints nothing)."""
+    return {"epoch": epoch_line, "tune": tune_line}.get(event.get("kind"), lambda e: None)(event)
+
+
 def print_epoch(event: dict[str, Any]) -> None:
     """A ``callback`` for :func:`~debiaskit.ffw.find_fantastic_weights` that prints each epoch's line."""
-    if event.get("kind") == "epoch":
+    line = progress_line(event)
+    if line is not None:
         from rich.console import Console
-        Console().print(epoch_line(event), highlight=False)
+        Console().print(line, highlight=False)

@@ -112,7 +112,7 @@ def probe_verdict(after: dict[str, float], *, num_bias: int) -> dict[str, Any]:
 
 def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: dict, after: dict, *,
              mode: str = "unstructured", final_val_task: float | None = None,
-             head_refit: bool = True) -> list[str]:
+             head_refit: bool = True, tuned_val_task: float | None = None) -> list[str]:
     """Plain-language findings about the search (empty when nothing needs saying).
 
     "No debiased sub-network": on D^u_val the selected hard-masked model is not above the vanilla model
@@ -123,10 +123,18 @@ def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: di
     points to unstructured FFW first. ``final_val_task``: the exported model's D^u_val task accuracy after the
     steps that follow the gates (eraser, head refit), when there were any: the model the user gets is judged;
     ``head_refit=False``: the head was not refit, which the note then suggests first (a refit head may read a task
-    the vanilla head ignored: BENCHMARKS.md, section 2.1)."""
+    the vanilla head ignored: BENCHMARKS.md, section 2.1). ``tuned_val_task``: D^u_val task accuracy after the
+    weight tuning (``tune_epochs``; None: no tuning), which then takes the credit the gates did not earn."""
     notes = []
     v_task, g_task = history[0]["val_hard"]["task"], selected["val_hard"]["task"]
     s_task = g_task if final_val_task is None else final_val_task
+    if g_task < v_task + NO_GAIN <= s_task and tuned_val_task is not None and tuned_val_task >= v_task + NO_GAIN:
+        return [f"Only the weight tuning helped: on D^u_val the gates alone reach {100 * g_task:.1f} % task accuracy, "
+                f"no more than the vanilla model ({100 * v_task:.1f} %); training the kept weights on D^u_train "
+                f"lifted it to {100 * tuned_val_task:.1f} % and the exported model reaches {100 * s_task:.1f} %. FFW "
+                "found no debiased sub-network of the frozen model: what you get is a briefly fine-tuned model. "
+                "Retraining (`debiaskit train --method calm`, no bias labels needed, or `--method groupdro`) may "
+                "recover more."]
     if g_task < v_task + NO_GAIN <= s_task:   # the gates found nothing better; the steps after them did
         return [f"Only the head refit helped: on D^u_val the gates alone reach {100 * g_task:.1f} % task accuracy, "
                 f"no more than the vanilla model ({100 * v_task:.1f} %); the exported model reaches "
@@ -167,11 +175,12 @@ def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: di
 
 
 def final_val_task(result: FFWResult) -> float | None:
-    """D^u_val task accuracy of the exported model after the eraser and the head refit (None: the gates alone)."""
+    """D^u_val task accuracy of the exported model after the weight tuning, the eraser and the head refit (None:
+    the gates alone)."""
     for step in (result.head_refit, result.eraser):
         if step:
             return step["val_task_after"]
-    return None
+    return result.tune["val_after"]["task"] if result.tune else None
 
 
 def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, include_head: bool = False,
@@ -285,7 +294,8 @@ def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, 
         "search": result.summary(), "history": result.history,
         "before": before_h, "after": after_h, "probes": probes,
         "diagnosis": diagnose(result.history, result.selected, before_h, after_h, mode=mode,
-                              final_val_task=final_val_task(result), head_refit=result.head_refit is not None),
+                              final_val_task=final_val_task(result), head_refit=result.head_refit is not None,
+                              tuned_val_task=result.tune["val_after"]["task"] if result.tune else None),
         "parameters": {"before": count_parameters(run.model), "after": count_parameters(result.model),
                        "nonzero_after": sum(int((p != 0).sum()) for p in result.model.parameters())},
         "inference": speed, "search_time_s": result.wall_time_s, "wall_time_s": wall,
@@ -361,6 +371,21 @@ def eraser_lines(eraser: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def tune_lines(tune: dict[str, Any] | None) -> list[str]:
+    """What training the kept weights under J (FFWConfig.tune_epochs) did, with its D^u_val effect."""
+    if not tune:
+        return ["No weight tuning (`--tune-epochs 0`): the kept weights are the vanilla model's."]
+    per = ", ".join(f"{h['epoch']}: {100 * h['val']['task']:.2f} %" for h in tune["history"])
+    chosen = (f"epoch {tune['chosen_epoch']} chosen" if tune["chosen_epoch"]
+              else "no tuned epoch beat the gates' state on D^u_val: the weights are unchanged")
+    return [f"Weight tuning (`--tune-epochs {tune['epochs']}`): the kept weights trained on D^u_train under "
+            f"J = CE + {tune['gamma']:g} x the bias term (Adam {tune['lr']:g}; BatchNorm statistics frozen; the "
+            f"{tune['held_zero']} pruned weights held at 0); {chosen} ({tune['selection']}). D^u_val task accuracy "
+            f"{100 * tune['val_before']['task']:.2f} % before, {100 * tune['val_after']['task']:.2f} % after; bias "
+            f"term {tune['val_before']['dependence']:.4f} -> {tune['val_after']['dependence']:.4f} (D^u_val task "
+            f"accuracy per epoch: {per}). `--tune-epochs 0` keeps the kept weights as they were."]
+
+
 def head_refit_lines(refit: dict[str, Any] | None) -> list[str]:
     """What the head's refit on D^u_train (FFWConfig.refit_head) did, with its D^u_val effect."""
     if not refit:
@@ -393,6 +418,7 @@ def report_markdown(info: dict[str, Any]) -> str:
               "| | before (vanilla) | after (FFW) |", "|---|---|---|"]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in before_after_rows(info)]
     lines += ["", *probe_lines(info)]
+    lines += ["", *tune_lines(s.get("tune"))]
     lines += ["", *eraser_lines(s.get("eraser"))]
     lines += ["", *head_refit_lines(s.get("head_refit"))]
     lines += ["", "Sparsity per layer (% removed):", "", "| layer | removed |", "|---|---|"]

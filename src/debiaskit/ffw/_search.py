@@ -49,6 +49,7 @@ from ._refit import REFIT_GRID, refit_head
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
 from ._progress import print_epoch
+from ._tune import tune_kept_weights
 
 CHECKPOINT_FILE = "checkpoint.safetensors"   # tensors + JSON state in one file (debiaskit._io.save_checkpoint)
 CHECKPOINT_KIND = "ffw-search"
@@ -67,7 +68,7 @@ _CONFIG_RULES = {"gamma": NON_NEGATIVE, "tau_init": POSITIVE, "tau_decay": OPEN_
                  "plateau_threshold": NON_NEGATIVE, "agree_tol": NON_NEGATIVE, "batch_size": POSITIVE_INT,
                  "gate_lr": POSITIVE, "head_lr": POSITIVE, "head_momentum": UNIT_INTERVAL,
                  "head_weight_decay": NON_NEGATIVE, "head_pretrain_epochs": COUNT, "head_pretrain_patience": COUNT,
-                 "seed": SEED}
+                 "tune_epochs": COUNT, "tune_gamma": NON_NEGATIVE, "tune_lr": POSITIVE, "seed": SEED}
 
 
 @dataclass
@@ -83,8 +84,9 @@ class FFWConfig:
     D^u_val objective has not improved by a relative ``plateau_threshold`` for ``patience`` epochs (or after
     the level's epoch cap). max_epochs: the search's epoch budget (None: unbounded); it is spread over the
     levels needed to bring tau from tau_init to tau_final, so a level never takes more than
-    max_epochs / planned_levels() epochs and the budget always reaches a near-hard temperature (default: 20
-    epochs, 2 per level from tau 1 to 1/512). refine_patience > 0: after agreement, keep the last tau while the
+    max_epochs / planned_levels() epochs and the budget always reaches a near-hard temperature (default: 10
+    epochs, 1 per level from tau 1 to 1/512, then ``tune_epochs`` 8 epochs of weight tuning: chosen on D^u_val over
+    20 epochs of gates alone at the same cost, BENCHMARKS.md section 2.1). refine_patience > 0: after agreement, keep the last tau while the
     hard-masked D^u_val selection score improves (the paper stops at agreement).
     agree_tol: stop when soft and hard model differ by at most this in D^u_val task accuracy and in
     privacy-head accuracy. Privacy head: SGD lr 0.1, momentum 0.9, wd 1e-4 (public code). Gates:
@@ -96,6 +98,12 @@ class FFWConfig:
     divides the logits by a temperature fitted on the vanilla D^u_train logits and learnt with the gates (no argmax
     sees it; only the CE of J does, in training); the second gives D no gradient along a bottleneck feature's own
     scale (its value is unchanged: a probe undoes any rescaling).
+    tune_epochs > 0: after the gates, the kept weights (every parameter of the exported network; pruned weights
+    held at exactly 0, BatchNorm statistics frozen) are trained that many epochs on D^u_train under
+    J = CE + tune_gamma * D (D: the probe-free linear readability of the bias within each target class, as the
+    search's default), Adam ``tune_lr`` with a ``tune_schedule`` ('cosine' to 0, or 'constant'); the epoch kept is
+    the best by ``selection`` on D^u_val, the gates' state (epoch 0) included (``_tune.py``). The eraser and the
+    head refit then run on the tuned network. Not the paper's (it keeps the vanilla weights).
     """
 
     mode: str = "unstructured"
@@ -129,10 +137,14 @@ class FFWConfig:
     memory: int = 8
     mmd_features: int = 256
     mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
-    max_epochs: int | None = 20
+    max_epochs: int | None = 10
     tau_final: float = 2.0 ** -9
     erase: str = "conditional"
     refit_head: bool = True
+    tune_epochs: int = 8
+    tune_gamma: float = 3.0
+    tune_lr: float = 2e-3
+    tune_schedule: str = "cosine"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -150,6 +162,8 @@ class FFWConfig:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.adversary not in ADVERSARIES:
             raise ConfigError(f"adversary must be one of {', '.join(ADVERSARIES)}, got {self.adversary!r}")
+        if self.tune_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"tune_schedule must be 'constant' or 'cosine', got {self.tune_schedule!r}")
         if self.erase not in ERASERS:
             raise ConfigError(f"erase must be one of {', '.join(ERASERS)}, got {self.erase!r}")
         if self.max_epochs is not None and self.max_epochs < 1:
@@ -212,6 +226,7 @@ class FFWResult:
     shapes: dict[str, dict[str, int]] | None = None
     eraser: dict[str, Any] | None = None   # the linear eraser in front of the head (_erase.py), None without one
     head_refit: dict[str, Any] | None = None   # the head's refit on D^u_train (_refit.py), None when off
+    tune: dict[str, Any] | None = None   # the kept weights trained under J (_tune.py), None when off
 
     @property
     def mode(self) -> str:
@@ -226,7 +241,7 @@ class FFWResult:
         return {"mode": self.mode, "config": asdict(self.config), "selected": self.selected,
                 "sparsity": self.sparsity, "stop_reason": self.stop_reason, "wall_time_s": self.wall_time_s,
                 "epochs": len(self.history) - 1, "shapes": self.shapes, "eraser": self.eraser,
-                "head_refit": self.head_refit}
+                "head_refit": self.head_refit, "tune": self.tune}
 
 
 # FFW's information term (eq. 7): the audit's normalised empirical MI, computed in log space so that its
@@ -775,6 +790,9 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
         raise ConfigError("pass either config= or keyword overrides, not both")
     if inplace and config.mode == "structured":
         raise ConfigError("inplace=True is for unstructured FFW; a structured result is a new, smaller network")
+    if inplace and config.tune_epochs:
+        raise ConfigError("inplace=True bakes the masks into your model's weights; tuning the kept weights "
+                          "(tune_epochs) would change the rest of them too: pass tune_epochs=0 with inplace=True")
     if inplace and config.erase != "none":
         raise ConfigError("inplace=True bakes the masks into your model's weights, but the linear eraser would also "
                           "change its architecture (a module in front of the head): pass erase='none' with inplace=True")
@@ -825,11 +843,12 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
         sparsity = structured_sparsity(masks, model, exported)
         sparsity["ungated"] = dict(search.gated.ungated)  # e.g. residual-stream channels of a ResNet, with why
     exported.eval()
+    tune = tune_kept_weights(exported, search, callback=search.callback)
     head, eraser, head_refit = _after_gates(exported, search)
     return FFWResult(model=exported, masks=masks, config=cfg, head=head, history=search.history,
                      selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],
                      wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes,
-                     eraser=eraser, head_refit=head_refit)
+                     eraser=eraser, head_refit=head_refit, tune=tune)
 
 
 def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:

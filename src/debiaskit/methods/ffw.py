@@ -39,7 +39,10 @@ def apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 
     if config.get("refit_head", False):
         raise ConfigError("the comparison harness runs FFW without the head refit (it compares pruned sub-networks; "
                           "'retrain last layer' is its own row); use `debiaskit ffw RUN_DIR` for FFW with it")
-    config = {**config, "erase": "none", "refit_head": False}
+    if config.get("tune_epochs", 0):
+        raise ConfigError("the comparison harness runs FFW as the pruned sub-network alone (the kept weights as "
+                          "they were); use `debiaskit ffw RUN_DIR --tune-epochs N` for FFW with weight tuning")
+    config = {**config, "erase": "none", "refit_head": False, "tune_epochs": 0}
     result = find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
                                     val=splits.unbiased_val, seed=seed, progress=False, **config)
     info = {"selected": result.selected, "sparsity": result.sparsity, "stop_reason": result.stop_reason,

@@ -1,0 +1,172 @@
+"""After the gates: train the kept weights a few epochs under the search's own objective J (``tune_epochs``).
+
+The gates choose a sub-network; they cannot move a weight. Fine-tuning the kept weights on D^u_train with the
+cross-entropy alone lifts task accuracy but teaches the bottleneck the bias again (an MLP probe read 25-54 %,
+BENCHMARKS.md section 2.1, "Where 96.5 % is"); under J = CE + gamma * D, with D the probe-free linear readability
+of the bias within each target class, it lifts task accuracy while D holds the bias down. One epoch:
+
+    logits, z = f(x)                       # the exported network; BatchNorm statistics frozen (eval mode)
+    J = CE(logits, y) + tune_gamma * D(z, b)
+    every parameter <- Adam step on dJ   # weights pruned by the gates (exact zeros) stay exactly zero
+
+After every epoch the model is scored on D^u_val by the search's own selection rule (``FFWConfig.selection``; J with
+the search's gamma by default, D measured on the whole split) and the best state is kept; the gates' state (epoch
+0) is a candidate, so tuning can only be chosen where D^u_val prefers it. The test set chooses nothing.
+
+Under torchrun each rank takes its share of every epoch's order (the global batch in the 1-rank order for D), the
+gradients are averaged before each step, and D^u_val is scored identically on every rank.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import _dist
+from ..data import iterate_batches
+from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out
+from ._adversary import KernelDependence, LinearDependence, lda_readability
+
+
+def _zeros_held(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
+    """(weight, mask) of every weight matrix / kernel with exact zeros: the pruned weights, held at zero."""
+    held = []
+    for p in model.parameters():
+        if p.dim() > 1:
+            mask = p.detach() != 0
+            if not bool(mask.all()):
+                held.append((p, mask.to(p.dtype)))
+    return held
+
+
+def _bias_term(search, d: int):
+    """A fresh probe-free bias term on the exported bottleneck (width ``d``: a structured export is narrower): the
+    search's own kind when it is probe-free ('lda' / 'mmd'), else the closed-form linear one ('lda')."""
+    cfg = search.cfg
+    if cfg.adversary == "mmd":
+        return KernelDependence(d, momentum=cfg.lda_momentum, ridge=cfg.lda_ridge, seed=cfg.seed,
+                                features=cfg.mmd_features, bandwidths=tuple(cfg.mmd_bandwidths), memory=cfg.memory)
+    return LinearDependence(d, momentum=cfg.lda_momentum, ridge=cfg.lda_ridge, memory=cfg.memory)
+
+
+def _columns(b: Tensor) -> list[Tensor]:
+    return [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
+
+
+def _score_val(model: nn.Module, search, device) -> dict[str, float]:
+    """D^u_val numbers of ``model``: task accuracy, CE, the bias term measured on the whole split (each attribute
+    with its own number of classes, given the target when the search conditions on it), J and the selection
+    score."""
+    cfg, cards = search.cfg, search.bias_cardinalities
+    out = collect_outputs(model, search.val, head=search.head, device=device)
+    given = out.y if cfg.condition_on_target else None
+    dependence = sum(lda_readability(out.z, col, k, ridge=cfg.lda_ridge, given=given)
+                     for col, k in zip(_columns(out.b), cards))
+    ce = float(F.cross_entropy(out.logits, out.y))
+    task = float((out.logits.argmax(1) == out.y).float().mean())
+    rec = {"task": task, "ce": ce, "dependence": dependence, "objective": ce + cfg.gamma * dependence}
+    rec["selection_score"] = {"objective": -rec["objective"], "accuracy": task}.get(
+        cfg.selection, -(ce + cfg.gamma * dependence))   # 'readability': the same closed-form reading
+    return rec
+
+
+def tune_kept_weights(exported: nn.Module, search, *,
+                      callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """Train ``exported`` (in place) for ``tune_epochs`` epochs under J on D^u_train and keep its best state on
+    D^u_val (see the module docstring). Returns what it did (None when ``tune_epochs`` is 0)."""
+    cfg = search.cfg
+    if cfg.tune_epochs == 0:
+        return None
+    start = time.perf_counter()
+    device = next(exported.parameters()).device
+    exported.eval()   # BatchNorm statistics and dropout as in the search: the frozen model's
+    params = list(exported.parameters())
+    held = _zeros_held(exported)
+    example = next(iter(iterate_batches(search.train, batch_size=2, device=device))).x
+    fmt = batch_memory_format(exported, example, device=device)
+    d, _ = head_shape(exported, search.head)
+    term = _bias_term(search, d)
+    term.fit(collect_outputs(exported, search.train, head=search.head, device=device).z)
+    cards, cond = search.bias_cardinalities, cfg.condition_on_target
+    rank, world = _dist.rank_and_world()
+    history = [{"epoch": 0, "val": _score_val(exported, search, device)}]
+    best, best_state = history[0], copy.deepcopy(exported.state_dict())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=cfg.tune_lr)
+    steps = cfg.tune_epochs * -(-len(search.train) // (cfg.batch_size))
+    # cosine: the learning rate falls to 0 by the last step, so the last epochs move the model little (less noise
+    # between the epochs D^u_val chooses from)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.tune_schedule == "cosine"
+                else None)
+    stopped = None
+    try:
+        for epoch in range(1, cfg.tune_epochs + 1):
+            train = _tune_epoch(exported, search, opt, schedule, term, held, fmt, epoch=epoch, rank=rank,
+                                world=world, cards=cards, cond=cond, device=device)
+            if train.get("diverged"):   # keep the best state so far; say so
+                stopped = f"the loss became non-finite in epoch {epoch} (try a lower tune_lr): stopped there"
+                break
+            rec = {"epoch": epoch, **train, "val": _score_val(exported, search, device),
+                   "time_s": time.perf_counter() - start}
+            history.append(rec)
+            if rec["val"]["selection_score"] > best["val"]["selection_score"]:
+                best, best_state = rec, copy.deepcopy(exported.state_dict())
+            if callback is not None and _dist.is_main_process():
+                callback({"kind": "tune", **rec, "epochs": cfg.tune_epochs})
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    exported.load_state_dict(best_state)
+    exported.eval()
+    return {"epochs": cfg.tune_epochs, "chosen_epoch": best["epoch"], "gamma": cfg.tune_gamma, "lr": cfg.tune_lr,
+            "val_before": history[0]["val"], "val_after": best["val"], "history": history,
+            "held_zero": sum(int((m == 0).sum()) for _, m in held), "stopped": stopped,
+            "selection": f"the epoch (0: the gates' state) with the best D^u_val selection score ({cfg.selection})",
+            "time_s": time.perf_counter() - start}
+
+
+def _tune_epoch(model: nn.Module, search, opt: torch.optim.Optimizer, schedule, term, held, fmt, *, epoch: int, rank: int,
+                world: int, cards, cond: bool, device) -> dict[str, float]:
+    cfg = search.cfg
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + epoch)   # apart from the search's orders
+    perm = torch.randperm(len(search.train), generator=gen)
+    place = torch.empty_like(perm)
+    place[perm] = torch.arange(len(perm))
+    sums, steps = {"loss": 0.0, "ce": 0.0, "dependence": 0.0}, 0
+    for batch in iterate_batches(search.train, batch_size=_dist.per_rank_batch(cfg.batch_size, world),
+                                 indices=_dist.shard(perm, rank=rank, world=world), device=device):
+        logits, z = forward_with_bottleneck(model, laid_out(batch.x, fmt), search.head)
+        ce = F.cross_entropy(logits, batch.y)
+        z_all, b_all, y_all = z, batch.b, batch.y
+        if world > 1:   # D on the global batch, in the 1-rank order (gradient back to each rank's own rows)
+            order = _dist.global_batch_order(place[batch.index]).to(z.device)
+            z_all = _dist.all_gather_with_grad(z)[order]
+            b_all, y_all = (_dist.all_gather(t)[order.to(t.device)] for t in (batch.b, batch.y))
+        dep = sum(term.penalty(z_all, col.to(z.device), cards[a], given=y_all if cond else None, attr=a)
+                  for a, col in enumerate(_columns(b_all)))
+        loss = ce + cfg.tune_gamma * dep
+        bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
+        if float(_dist.all_reduce_sum(bad)) > 0:   # every rank stops together (CE is each rank's own)
+            return {"diverged": True}
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _dist.average_gradients(list(model.parameters()))
+        opt.step()
+        if schedule is not None:
+            schedule.step()
+        with torch.no_grad():
+            for p, mask in held:
+                p.mul_(mask)
+        term.observe(z_all.detach().cpu(), b_all.cpu(), y_all.cpu())
+        sums["loss"] += float(loss.detach())
+        sums["ce"] += float(ce.detach())
+        sums["dependence"] += float(dep.detach())
+        steps += 1
+    means = torch.tensor([sums[k] / max(steps, 1) for k in sums], dtype=torch.float64)
+    means = _dist.all_reduce_sum(means) / world
+    return {f"train_{k}": float(v) for k, v in zip(sums, means)}

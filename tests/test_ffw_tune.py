@@ -1,0 +1,148 @@
+"""FFW's weight tuning after the gates (``tune_epochs``): what it trains, what it holds, what D^u_val chooses."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import randomise_batchnorm
+from debiaskit.cli import app
+from debiaskit.errors import ConfigError
+from debiaskit.ffw import FFWConfig, find_fantastic_weights
+from debiaskit.ffw import _tune
+from debiaskit.models import accuracy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from user_models import small_vgg  # noqa: E402  (a user's model: conv-BN-SiLU, head "logits")
+
+runner = CliRunner()
+FAST = dict(max_levels=2, max_epochs_per_level=1, head_pretrain_epochs=2, batch_size=64, progress=False)
+PLAIN = dict(erase="none", refit_head=False)   # the tuned network itself, nothing after it
+SCORE_VAL = _tune._score_val
+
+
+def _model():
+    torch.manual_seed(0)
+    return randomise_batchnorm(small_vgg(num_classes=10, in_channels=3))
+
+
+def _run(splits, **kw):
+    return find_fantastic_weights(_model(), head="logits", train=splits.unbiased_train, val=splits.unbiased_val,
+                                  **{**FAST, **PLAIN, **kw})
+
+
+def _scores_by_epoch(monkeypatch, scores):
+    """Make D^u_val's selection score of tuning epoch e equal scores[e] (the other numbers stay real)."""
+    real, calls = SCORE_VAL, []
+
+    def scored(model, search, device):
+        rec = real(model, search, device)
+        rec["selection_score"] = scores[len(calls)]
+        calls.append(rec)
+        return rec
+    monkeypatch.setattr(_tune, "_score_val", scored)
+
+
+def _gated_weights(model):
+    return {n: p.detach() for n, p in model.named_parameters() if p.dim() > 1}
+
+
+def test_the_kept_weights_move_the_pruned_ones_stay_zero_and_batchnorm_statistics_are_kept(toy_splits, monkeypatch):
+    untuned = _run(toy_splits)
+    _scores_by_epoch(monkeypatch, [0.0, 1.0, 2.0])   # D^u_val prefers the last epoch
+    tuned = _run(toy_splits, tune_epochs=2)
+    assert all(torch.equal(untuned.masks[k], tuned.masks[k]) for k in untuned.masks)   # the same search
+    assert tuned.tune["chosen_epoch"] == 2 and [h["epoch"] for h in tuned.tune["history"]] == [0, 1, 2]
+    before, after = _gated_weights(untuned.model), _gated_weights(tuned.model)
+    pruned = sum(int((w == 0).sum()) for w in before.values())
+    assert pruned > 0 and tuned.tune["held_zero"] == pruned
+    for name, w in before.items():
+        assert torch.equal(after[name][w == 0], torch.zeros_like(after[name][w == 0])), name   # pruned: still 0
+    assert any(not torch.equal(before[n][before[n] != 0], after[n][before[n] != 0]) for n in before)   # kept: trained
+    buffers = dict(untuned.model.named_buffers())
+    assert all(torch.equal(buffers[n], b) for n, b in tuned.model.named_buffers())   # BN running statistics frozen
+    assert not any(p.requires_grad for p in tuned.model.parameters()) and not tuned.model.training
+    # the network returned is the chosen epoch's: its D^u_val accuracy is the one recorded for it
+    assert accuracy(tuned.model, toy_splits.unbiased_val) == pytest.approx(tuned.tune["val_after"]["task"], abs=1e-6)
+    assert tuned.tune["val_after"] is not tuned.tune["history"][0]["val"]
+
+
+def test_the_state_d_u_val_prefers_is_kept_and_the_gates_state_when_no_epoch_beats_it(toy_splits, monkeypatch):
+    untuned = _run(toy_splits)
+    _scores_by_epoch(monkeypatch, [0.0, 5.0, 1.0, 2.0])   # the first tuned epoch is the best
+    middle = _run(toy_splits, tune_epochs=3)
+    assert middle.tune["chosen_epoch"] == 1
+    assert accuracy(middle.model, toy_splits.unbiased_val) == pytest.approx(middle.tune["history"][1]["val"]["task"],
+                                                                          abs=1e-6)
+    _scores_by_epoch(monkeypatch, [9.0, 1.0, 2.0])   # nothing beats the gates' state: the weights are unchanged
+    kept = _run(toy_splits, tune_epochs=2)
+    assert kept.tune["chosen_epoch"] == 0
+    ref = untuned.model.state_dict()
+    assert all(torch.equal(ref[k], v) for k, v in kept.model.state_dict().items())
+
+
+def test_the_selection_score_is_the_search_rule_on_d_u_val(toy_splits):
+    res = _run(toy_splits, tune_epochs=2, tune_schedule="cosine")
+    for h in res.tune["history"]:
+        v = h["val"]
+        assert v["objective"] == pytest.approx(v["ce"] + 10.0 * v["dependence"])
+        assert v["selection_score"] == pytest.approx(-v["objective"])
+    best = max(res.tune["history"], key=lambda h: h["val"]["selection_score"])
+    assert res.tune["chosen_epoch"] == best["epoch"]
+    acc = _run(toy_splits, tune_epochs=2, selection="accuracy")
+    assert all(h["val"]["selection_score"] == h["val"]["task"] for h in acc.tune["history"])
+
+
+def test_tuning_is_reproducible_and_off_means_the_gates_alone(toy_splits):
+    a, b = _run(toy_splits, tune_epochs=1), _run(toy_splits, tune_epochs=1)
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+    off = _run(toy_splits, tune_epochs=0)
+    assert off.tune is None and off.summary()["tune"] is None
+
+
+def test_structured_tuning_with_two_bias_attributes_holds_the_input_weights_zeros(multicolor_toy_splits):
+    def run(epochs):
+        torch.manual_seed(0)
+        return find_fantastic_weights(randomise_batchnorm(small_vgg(num_classes=10, in_channels=3)), head="logits",
+                                      train=multicolor_toy_splits.unbiased_train,
+                                      val=multicolor_toy_splits.unbiased_val, mode="structured", input_weights=True,
+                                      tune_epochs=epochs, **FAST, **PLAIN)
+    untuned, tuned = run(0), run(1)
+    assert tuned.tune is not None and len(tuned.tune["history"]) == 2
+    before, after = _gated_weights(untuned.model), _gated_weights(tuned.model)
+    zeros = {n: w == 0 for n, w in before.items()}
+    assert tuned.tune["held_zero"] == sum(int(z.sum()) for z in zeros.values()) > 0   # the input weights' zeros
+    assert all(not bool(after[n][z].any()) for n, z in zeros.items())
+
+
+def test_bad_tuning_settings_are_refused(toy_splits):
+    for bad in (dict(tune_epochs=-1), dict(tune_lr=0.0), dict(tune_gamma=-1.0), dict(tune_schedule="step")):
+        with pytest.raises(ConfigError):
+            FFWConfig(**bad)
+    with pytest.raises(ConfigError, match="tune_epochs=0"):
+        find_fantastic_weights(_model(), head="logits", train=toy_splits.unbiased_train, val=toy_splits.unbiased_val,
+                               inplace=True, tune_epochs=1, **{**FAST, **PLAIN})
+
+
+def test_the_cli_tunes_reports_and_records_it(toy_run_dir, tmp_path):
+    out = tmp_path / "ffw"
+    res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--out", str(out), "--tune-epochs", "2",
+                              "--tune-gamma", "2", "--max-levels", "2", "--max-epochs-per-level", "1",
+                              "--no-strong-probes"])
+    assert res.exit_code == 0, res.output
+    assert "tune  1/2" in res.output and "tune  2/2" in res.output
+    tune = json.loads((out / "ffw.json").read_text())["search"]["tune"]
+    assert tune["epochs"] == 2 and tune["gamma"] == 2.0 and len(tune["history"]) == 3
+    assert "Weight tuning (`--tune-epochs 2`)" in (out / "report.md").read_text()
+    info = json.loads((out / "ffw.json").read_text())["search"]
+    assert info["eraser"] is not None and info["head_refit"] is not None   # the steps after it ran on the tuned net
+
+
+def test_the_cli_refuses_bad_tuning_settings_before_any_compute(toy_run_dir, tmp_path, cli):
+    code, text = cli("ffw", toy_run_dir, "--mode", "unstructured", "--out", tmp_path / "x", "--tune-epochs", "-2")
+    assert code == 2 and "tune_epochs" in text and "Traceback" not in text
+    assert not (tmp_path / "x").exists()
