@@ -20,7 +20,7 @@ class _D:
 
 
 def _progress_line(event: dict) -> None:
-    from ..ffw._progress import progress_line
+    from ..ffw import progress_line
     line = progress_line(event)
     if line is not None:
         console.print(line, highlight=False)

@@ -36,7 +36,7 @@ __all__ = ["ERASERS", "ErasedHead", "LinearEraser", "attach_eraser", "conditiona
            "unstructured_sparsity"]
 from ._run import FFWRun, before_after_rows, default_out, ffw_run, has_checkpoint, load_ffw_model, partial_dir
 from ._save import load_pruned_model, save_result
-from ._progress import epoch_line, print_epoch
+from ._progress import epoch_line, print_epoch, progress_line
 
 __all__ += ["FFWRun", "before_after_rows", "default_out", "epoch_line", "ffw_run", "has_checkpoint", "load_ffw_model",
-            "load_pruned_model", "partial_dir", "print_epoch", "save_result"]
+            "load_pruned_model", "partial_dir", "print_epoch", "progress_line", "save_result"]
