@@ -95,6 +95,8 @@ def test_the_selection_score_is_the_search_rule_on_d_u_val(toy_splits):
     assert res.tune["chosen_epoch"] == best["epoch"]
     acc = _run(toy_splits, tune_epochs=2, selection="accuracy")
     assert all(h["val"]["selection_score"] == h["val"]["task"] for h in acc.tune["history"])
+    read = _run(toy_splits, tune_epochs=1, selection="readability")   # the unconditioned reading, as the search's
+    assert all(h["val"]["selection_score"] != -h["val"]["objective"] for h in read.tune["history"])
 
 
 def test_tuning_is_reproducible_and_off_means_the_gates_alone(toy_splits):
@@ -102,6 +104,21 @@ def test_tuning_is_reproducible_and_off_means_the_gates_alone(toy_splits):
     assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
     off = _run(toy_splits, tune_epochs=0)
     assert off.tune is None and off.summary()["tune"] is None
+
+
+def test_a_diverging_tuning_stops_and_keeps_the_best_state_so_far(toy_splits, monkeypatch):
+    untuned = _run(toy_splits)
+    real = _tune._bias_term
+
+    def nan_term(search, d):   # the tuning's bias term goes non-finite (the search's is untouched)
+        term = real(search, d)
+        term.penalty = lambda z, *a, **k: z.sum() * float("nan")
+        return term
+    monkeypatch.setattr(_tune, "_bias_term", nan_term)
+    res = _run(toy_splits, tune_epochs=3)
+    assert res.tune["chosen_epoch"] == 0 and len(res.tune["history"]) == 1 and "non-finite" in res.tune["stopped"]
+    ref = untuned.model.state_dict()
+    assert all(torch.equal(ref[k], v) for k, v in res.model.state_dict().items())   # no NaN step was taken
 
 
 def test_structured_tuning_with_two_bias_attributes_holds_the_input_weights_zeros(multicolor_toy_splits):

@@ -383,7 +383,8 @@ def tune_lines(tune: dict[str, Any] | None) -> list[str]:
             f"{tune['held_zero']} pruned weights held at 0); {chosen} ({tune['selection']}). D^u_val task accuracy "
             f"{100 * tune['val_before']['task']:.2f} % before, {100 * tune['val_after']['task']:.2f} % after; bias "
             f"term {tune['val_before']['dependence']:.4f} -> {tune['val_after']['dependence']:.4f} (D^u_val task "
-            f"accuracy per epoch: {per}). `--tune-epochs 0` keeps the kept weights as they were."]
+            f"accuracy per epoch: {per})." + (f" Stopped early: {tune['stopped']}." if tune.get("stopped") else "")
+            + " `--tune-epochs 0` keeps the kept weights as they were."]
 
 
 def head_refit_lines(refit: dict[str, Any] | None) -> list[str]:

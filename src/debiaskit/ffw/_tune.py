@@ -69,8 +69,11 @@ def _score_val(model: nn.Module, search, device) -> dict[str, float]:
     ce = float(F.cross_entropy(out.logits, out.y))
     task = float((out.logits.argmax(1) == out.y).float().mean())
     rec = {"task": task, "ce": ce, "dependence": dependence, "objective": ce + cfg.gamma * dependence}
-    rec["selection_score"] = {"objective": -rec["objective"], "accuracy": task}.get(
-        cfg.selection, -(ce + cfg.gamma * dependence))   # 'readability': the same closed-form reading
+    if cfg.selection == "readability":   # as the search's rule: the reading not conditioned on the target
+        readability = sum(lda_readability(out.z, col, k, ridge=cfg.lda_ridge) for col, k in zip(_columns(out.b), cards))
+        rec["selection_score"] = -(ce + cfg.gamma * readability)
+    else:
+        rec["selection_score"] = task if cfg.selection == "accuracy" else -rec["objective"]
     return rec
 
 
