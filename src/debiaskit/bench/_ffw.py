@@ -564,8 +564,8 @@ def _render(root: Path, cells: list[Cell], results: dict[str, Any], command: str
             f"{r['vanilla_epoch_s']:.1f} s = {r['ratio']:.2f}x, "
             f"load {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f}" for seed, r in ratios)
         L.append(f"- measured in one process per seed (rho 0.99; the whole find_fantastic_weights call - search, "
-                 f"eraser and head refit - against one vanilla epoch on D^b timed in the same process, times the "
-                 f"vanilla run's epoch count): **{total}** the vanilla training time ({per_seed}; load average "
+                 f"weight tuning, eraser and head refit - against one vanilla epoch on D^b timed in the same process, "
+                 f"times the vanilla run's epoch count): **{total}** the vanilla training time ({per_seed}; load average "
                  f"before / after).")
     if c:
         pl, un, st = c["plain"], c["unstructured"], c["structured"]
