@@ -163,3 +163,18 @@ def test_the_cli_refuses_bad_tuning_settings_before_any_compute(toy_run_dir, tmp
     code, text = cli("ffw", toy_run_dir, "--mode", "unstructured", "--out", tmp_path / "x", "--tune-epochs", "-2")
     assert code == 2 and "tune_epochs" in text and "Traceback" not in text
     assert not (tmp_path / "x").exists()
+
+
+def test_interrupted_during_the_tuning_the_resumed_run_ends_with_the_same_network(toy_splits, tmp_path):
+    reference = _run(toy_splits, tune_epochs=2)
+    ckpt = tmp_path / "partial"
+
+    def stop_in_tuning(event):
+        if event["kind"] == "tune":
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _run(toy_splits, tune_epochs=2, checkpoint_dir=ckpt, callback=stop_in_tuning)
+    resumed = _run(toy_splits, tune_epochs=2, checkpoint_dir=ckpt, resume=True)   # the search is done: tuning again
+    assert resumed.tune["chosen_epoch"] == reference.tune["chosen_epoch"]
+    ref = reference.model.state_dict()
+    assert all(torch.equal(ref[k], v) for k, v in resumed.model.state_dict().items())
