@@ -108,13 +108,13 @@ def test_tuning_is_reproducible_and_off_means_the_gates_alone(toy_splits):
 
 def test_a_diverging_tuning_stops_and_keeps_the_best_state_so_far(toy_splits, monkeypatch):
     untuned = _run(toy_splits)
-    real = _tune._bias_term
+    real = _tune.probe_free_term
 
-    def nan_term(search, d):   # the tuning's bias term goes non-finite (the search's is untouched)
-        term = real(search, d)
+    def nan_term(config, d, kind):   # the tuning's bias term goes non-finite (the search's is untouched)
+        term = real(config, d, kind)
         term.penalty = lambda z, *a, **k: z.sum() * float("nan")
         return term
-    monkeypatch.setattr(_tune, "_bias_term", nan_term)
+    monkeypatch.setattr(_tune, "probe_free_term", nan_term)
     res = _run(toy_splits, tune_epochs=3)
     assert res.tune["chosen_epoch"] == 0 and len(res.tune["history"]) == 1 and "non-finite" in res.tune["stopped"]
     ref = untuned.model.state_dict()

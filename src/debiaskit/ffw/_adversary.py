@@ -170,6 +170,11 @@ def _column(b: Tensor, attr: int) -> Tensor:
     return b if b.ndim == 1 else b[:, attr]
 
 
+def bias_columns(b: Tensor) -> list[Tensor]:
+    """The bias labels of each attribute: ``b`` of shape (N,) or (N, A) -> A tensors of shape (N,)."""
+    return [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
+
+
 @torch.no_grad()
 def lda_crossfit_accuracy(z: Tensor, b: Tensor, num_bias: int, *, ridge: float = 1e-2, folds: int = 2) -> float:
     """Accuracy of a closed-form LDA classifier of b, fitted on one fold of (z, b) and scored on the other."""
@@ -371,3 +376,20 @@ def refit_linear_head(head: nn.Linear, z: Tensor, b: Tensor, *, weight_decay: fl
 def mi_term(head: nn.Module, z: Tensor, b: Tensor, num_bias: int) -> Tensor:
     return normalized_mutual_information(head(z).softmax(1), b, num_bias)
 
+
+def probe_free_term(config, d: int, kind: str) -> LinearDependence | KernelDependence:
+    """The probe-free bias term ``kind`` ('lda' or 'mmd') with the settings of an FFWConfig, on a bottleneck of
+    width ``d`` (the search's, and the weight tuning's fresh one on the exported network)."""
+    if kind == "mmd":
+        return KernelDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, seed=config.seed,
+                                features=config.mmd_features, bandwidths=tuple(config.mmd_bandwidths),
+                                memory=config.memory)
+    return LinearDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, memory=config.memory)
+
+
+def probe_free_penalty(term: LinearDependence | KernelDependence, z: Tensor, cols: list[Tensor], y: Tensor,
+                       cards, *, given_target: bool) -> Tensor:
+    """The term on a batch, summed over the bias attributes (``cols``; each with its own number of classes
+    ``cards[a]``), within each target class when ``given_target``."""
+    return sum(term.penalty(z, c.to(z.device), cards[a], given=y if given_target else None, attr=a)
+               for a, c in enumerate(cols))

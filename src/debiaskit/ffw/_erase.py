@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._adversary import bias_columns
+
 ERASERS = {
     "linear": "closed-form linear concept erasure (LEACE) of the bias at the bottleneck, fitted on D^u_train after "
               "the gates (a module in front of the head)",
@@ -60,7 +62,7 @@ class ErasedHead(nn.Module):
 
 def _bias_onehot(b: Tensor, num_bias: int | Sequence[int]) -> Tensor:
     """onehot(b) of every attribute side by side, each with its own number of classes."""
-    cols = [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
+    cols = bias_columns(b)
     cards = [int(k) for k in num_bias] if isinstance(num_bias, (tuple, list)) else [int(num_bias)] * len(cols)
     if len(cards) != len(cols):
         raise ValueError(f"one number of bias classes per attribute: {len(cols)} attributes, got {len(cards)}")

@@ -42,8 +42,8 @@ from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSI
 from ..errors import ConfigError, DataError, ModelError
 from .._io import load_checkpoint, save_checkpoint
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out, resolve_head
-from ._adversary import (ADVERSARIES, KernelDependence, LinearDependence, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
-                         refit_linear_head)
+from ._adversary import (ADVERSARIES, bias_columns, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
+                         probe_free_penalty, probe_free_term, refit_linear_head)
 from ._erase import ERASERS, LinearEraser, attach_eraser, conditional_erasers, fit_linear_eraser
 from ._refit import REFIT_GRID, refit_head
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
@@ -86,8 +86,8 @@ class FFWConfig:
     levels needed to bring tau from tau_init to tau_final, so a level never takes more than
     max_epochs / planned_levels() epochs and the budget always reaches a near-hard temperature (default: 10
     epochs, 1 per level from tau 1 to 1/512, then ``tune_epochs`` 8 epochs of weight tuning: chosen on D^u_val over
-    20 epochs of gates alone at the same cost, BENCHMARKS.md section 2.1). refine_patience > 0: after agreement, keep the last tau while the
-    hard-masked D^u_val selection score improves (the paper stops at agreement).
+    20 epochs of gates alone at the same cost, BENCHMARKS.md section 2.1). refine_patience > 0: after agreement,
+    keep the last tau while the hard-masked D^u_val selection score improves (the paper stops at agreement).
     agree_tol: stop when soft and hard model differ by at most this in D^u_val task accuracy and in
     privacy-head accuracy. Privacy head: SGD lr 0.1, momentum 0.9, wd 1e-4 (public code). Gates:
     ``gate_optimizer`` / ``gate_lr`` (our choice). selection: see ``SELECTIONS``.
@@ -250,10 +250,6 @@ class FFWResult:
 mutual_information = normalized_mutual_information
 
 
-def _bias_columns(b: Tensor) -> list[Tensor]:
-    return [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
-
-
 def _check_data(train, val) -> tuple[int, ...]:
     """Refuse data FFW cannot debias; each bias attribute's own number of classes (a binary attribute beside one
     with 5 values: (2, 5)): its privacy head, MI and dependence terms, readability and eraser use its own count."""
@@ -263,11 +259,11 @@ def _check_data(train, val) -> tuple[int, ...]:
             raise DataError(f"FFW needs bias labels on its {name} data (the MI term, the privacy head and the "
                             "selection all read them); pass a split with bias labels, or pseudo-bias labels "
                             "from `debiaskit discover`")
-        for a, col in enumerate(_bias_columns(b)):
+        for a, col in enumerate(bias_columns(b)):
             if len(torch.unique(col)) < 2:
                 raise DataError(f"the bias labels of {name} (attribute {a}) hold a single class: there is "
                                 "no bias to remove (MI is undefined with one bias class)")
-    n_attr = len(_bias_columns(train.b))
+    n_attr = len(bias_columns(train.b))
     cards = getattr(train, "bias_cardinalities", None)
     if not cards:   # data that states one count: the same for every attribute
         n_bias = getattr(train, "num_bias_classes", None)
@@ -318,7 +314,7 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
     if log_temperature is not None:   # CE of the calibrated logits (a learnt scale that no argmax sees)
         logits = logits / log_temperature.exp()
     ce = F.cross_entropy(logits, y)
-    cols = _bias_columns(b)
+    cols = bias_columns(b)
     cards = _per_attribute(num_bias, len(cols))
     zd = z.detach()
     if scale_free:   # same value; no gradient along a feature's own scale (a probe undoes any rescaling)
@@ -378,13 +374,8 @@ class _Search:
         self.mlps = ([mlp_head(d, k).to(self.device) for k in self.bias_cardinalities] if config.adversary == "mlp"
                      else [])
         self.mlp_opts = [torch.optim.Adam(h.parameters(), lr=1e-3) for h in self.mlps]
-        self.lda = None   # probe-free adversaries: running statistics of z, no parameters
-        if config.adversary == "lda":
-            self.lda = LinearDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, memory=config.memory)
-        elif config.adversary == "mmd":
-            self.lda = KernelDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, seed=config.seed,
-                                        features=config.mmd_features, bandwidths=tuple(config.mmd_bandwidths),
-                                        memory=config.memory)
+        # probe-free adversaries: running statistics of z, no parameters
+        self.lda = probe_free_term(config, d, config.adversary) if config.adversary in ("lda", "mmd") else None
         self._epoch_z: list[Tensor] = []
         self._vanilla_val: tuple[Tensor, Tensor, Tensor, Tensor] | None = None   # pretrain_heads -> initial_record
         opt = torch.optim.Adam if config.gate_optimizer == "adam" else (
@@ -435,7 +426,7 @@ class _Search:
         gen = torch.Generator().manual_seed(self.cfg.seed)
         pairs = list(zip(self.heads, self.head_opts)) + list(zip(self.mlps, self.mlp_opts))
         for i, (head, opt) in enumerate(pairs):
-            bt, bv = _bias_columns(b_tr)[i % self.n_attr], _bias_columns(b_va)[i % self.n_attr]
+            bt, bv = bias_columns(b_tr)[i % self.n_attr], bias_columns(b_va)[i % self.n_attr]
             best, bad = math.inf, 0
             for _ in range(self.cfg.head_pretrain_epochs):
                 order = torch.randperm(len(z_tr), generator=gen)
@@ -461,9 +452,7 @@ class _Search:
         if kind == "mlp":
             return lambda z, cols, y: sum(mi_term(h, z, c, k) for h, c, k in zip(self.mlps, cols, cards))
         if kind in ("lda", "mmd"):
-            return lambda z, cols, y: sum(self.lda.penalty(z, c.to(z.device), cards[a], given=y if cond else None,
-                                                           attr=a)
-                                          for a, c in enumerate(cols))
+            return lambda z, cols, y: probe_free_penalty(self.lda, z, cols, y, cards, given_target=cond)
         return None
 
     def _end_epoch_adversary(self) -> None:
@@ -471,7 +460,7 @@ class _Search:
         if self.cfg.adversary == "refit" and self._epoch_z:
             z = torch.cat([zb for zb, _ in self._epoch_z])
             b = torch.cat([bb for _, bb in self._epoch_z])
-            for h, col in zip(self.heads, _bias_columns(b)):
+            for h, col in zip(self.heads, bias_columns(b)):
                 refit_linear_head(h, z, col, weight_decay=self.cfg.head_weight_decay)
         self._epoch_z = []
 
@@ -538,7 +527,7 @@ class _Search:
     def _summarise(self, logits: Tensor, z: Tensor, y: Tensor, b: Tensor) -> dict[str, float]:
         """:meth:`evaluate`'s numbers from D^u_val outputs already computed."""
         ce = float(F.cross_entropy(logits, y))
-        cols = _bias_columns(b)
+        cols = bias_columns(b)
         accs, mis, reads, ldas, deps = [], [], [], [], []
         for i, (col, k) in enumerate(zip(cols, self.bias_cardinalities)):   # each attribute its own K
             p = self.heads[i](z)
@@ -932,7 +921,7 @@ def _erase(exported: nn.Module, search: _Search, train,
     with torch.no_grad():   # D^u_val behind the eraser from the features already collected: no second forward pass
         logits_after = exported.get_submodule(head)(z_after.to(device)).cpu()   # HEAD.head, behind the eraser
     def readability(z: Tensor, b: Tensor) -> float:   # the search's closed-form reading, whole split, ridge 1e-2
-        return sum(lda_readability(z, c, k) for c, k in zip(_bias_columns(b), cards))
+        return sum(lda_readability(z, c, k) for c, k in zip(bias_columns(b), cards))
     return head, {
         "kind": search.cfg.erase, "head": search.head, "dim": int(train.z.shape[1]), **fit,
         "val_task_before": logits_accuracy(val_before.logits, val_before.y),

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .. import _dist
 from ..data import iterate_batches
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out
-from ._adversary import KernelDependence, LinearDependence, lda_readability
+from ._adversary import bias_columns, lda_readability, probe_free_penalty, probe_free_term
 
 
 def _zeros_held(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
@@ -43,20 +43,6 @@ def _zeros_held(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
     return held
 
 
-def _bias_term(search, d: int):
-    """A fresh probe-free bias term on the exported bottleneck (width ``d``: a structured export is narrower): the
-    search's own kind when it is probe-free ('lda' / 'mmd'), else the closed-form linear one ('lda')."""
-    cfg = search.cfg
-    if cfg.adversary == "mmd":
-        return KernelDependence(d, momentum=cfg.lda_momentum, ridge=cfg.lda_ridge, seed=cfg.seed,
-                                features=cfg.mmd_features, bandwidths=tuple(cfg.mmd_bandwidths), memory=cfg.memory)
-    return LinearDependence(d, momentum=cfg.lda_momentum, ridge=cfg.lda_ridge, memory=cfg.memory)
-
-
-def _columns(b: Tensor) -> list[Tensor]:
-    return [b] if b.ndim == 1 else [b[:, a] for a in range(b.shape[1])]
-
-
 def _score_val(model: nn.Module, search, device) -> dict[str, float]:
     """D^u_val numbers of ``model``: task accuracy, CE, the bias term measured on the whole split (each attribute
     with its own number of classes, given the target when the search conditions on it), J and the selection
@@ -65,12 +51,13 @@ def _score_val(model: nn.Module, search, device) -> dict[str, float]:
     out = collect_outputs(model, search.val, head=search.head, device=device)
     given = out.y if cfg.condition_on_target else None
     dependence = sum(lda_readability(out.z, col, k, ridge=cfg.lda_ridge, given=given)
-                     for col, k in zip(_columns(out.b), cards))
+                     for col, k in zip(bias_columns(out.b), cards))
     ce = float(F.cross_entropy(out.logits, out.y))
     task = float((out.logits.argmax(1) == out.y).float().mean())
     rec = {"task": task, "ce": ce, "dependence": dependence, "objective": ce + cfg.gamma * dependence}
     if cfg.selection == "readability":   # as the search's rule: the reading not conditioned on the target
-        readability = sum(lda_readability(out.z, col, k, ridge=cfg.lda_ridge) for col, k in zip(_columns(out.b), cards))
+        readability = sum(lda_readability(out.z, col, k, ridge=cfg.lda_ridge)
+                          for col, k in zip(bias_columns(out.b), cards))
         rec["selection_score"] = -(ce + cfg.gamma * readability)
     else:
         rec["selection_score"] = task if cfg.selection == "accuracy" else -rec["objective"]
@@ -92,7 +79,9 @@ def tune_kept_weights(exported: nn.Module, search, *,
     example = next(iter(iterate_batches(search.train, batch_size=2, device=device))).x
     fmt = batch_memory_format(exported, example, device=device)
     d, _ = head_shape(exported, search.head)
-    term = _bias_term(search, d)
+    # a fresh probe-free term on the exported bottleneck (a structured export is narrower): the search's own kind
+    # when it is probe-free, else the closed-form linear one
+    term = probe_free_term(cfg, d, "mmd" if cfg.adversary == "mmd" else "lda")
     term.fit(collect_outputs(exported, search.train, head=search.head, device=device).z)
     cards, cond = search.bias_cardinalities, cfg.condition_on_target
     rank, world = _dist.rank_and_world()
@@ -101,7 +90,7 @@ def tune_kept_weights(exported: nn.Module, search, *,
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.tune_lr)
-    steps = cfg.tune_epochs * -(-len(search.train) // (cfg.batch_size))
+    steps = cfg.tune_epochs * -(-len(search.train) // cfg.batch_size)
     # cosine: the learning rate falls to 0 by the last step, so the last epochs move the model little (less noise
     # between the epochs D^u_val chooses from)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.tune_schedule == "cosine"
@@ -125,7 +114,6 @@ def tune_kept_weights(exported: nn.Module, search, *,
         for p in params:
             p.requires_grad_(False)
     exported.load_state_dict(best_state)
-    exported.eval()
     return {"epochs": cfg.tune_epochs, "chosen_epoch": best["epoch"], "gamma": cfg.tune_gamma, "lr": cfg.tune_lr,
             "val_before": history[0]["val"], "val_after": best["val"], "history": history,
             "held_zero": sum(int((m == 0).sum()) for _, m in held), "stopped": stopped,
@@ -133,8 +121,8 @@ def tune_kept_weights(exported: nn.Module, search, *,
             "time_s": time.perf_counter() - start}
 
 
-def _tune_epoch(model: nn.Module, search, opt: torch.optim.Optimizer, schedule, term, held, fmt, *, epoch: int, rank: int,
-                world: int, cards, cond: bool, device) -> dict[str, float]:
+def _tune_epoch(model: nn.Module, search, opt: torch.optim.Optimizer, schedule, term, held, fmt, *, epoch: int,
+                rank: int, world: int, cards, cond: bool, device) -> dict[str, float]:
     cfg = search.cfg
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + epoch)   # apart from the search's orders
     perm = torch.randperm(len(search.train), generator=gen)
@@ -150,8 +138,7 @@ def _tune_epoch(model: nn.Module, search, opt: torch.optim.Optimizer, schedule, 
             order = _dist.global_batch_order(place[batch.index]).to(z.device)
             z_all = _dist.all_gather_with_grad(z)[order]
             b_all, y_all = (_dist.all_gather(t)[order.to(t.device)] for t in (batch.b, batch.y))
-        dep = sum(term.penalty(z_all, col.to(z.device), cards[a], given=y_all if cond else None, attr=a)
-                  for a, col in enumerate(_columns(b_all)))
+        dep = probe_free_penalty(term, z_all, bias_columns(b_all), y_all, cards, given_target=cond)
         loss = ce + cfg.tune_gamma * dep
         bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
         if float(_dist.all_reduce_sum(bad)) > 0:   # every rank stops together (CE is each rank's own)
