@@ -137,12 +137,45 @@ def test_structured_tuning_with_two_bias_attributes_holds_the_input_weights_zero
 
 
 def test_bad_tuning_settings_are_refused(toy_splits):
-    for bad in (dict(tune_epochs=-1), dict(tune_lr=0.0), dict(tune_gamma=-1.0), dict(tune_schedule="step")):
+    for bad in (dict(tune_epochs=-1), dict(tune_lr=0.0), dict(tune_gamma=-1.0), dict(tune_schedule="step"),
+                dict(tune_batch_size=0)):
         with pytest.raises(ConfigError):
             FFWConfig(**bad)
     with pytest.raises(ConfigError, match="tune_epochs=0"):
         find_fantastic_weights(_model(), head="logits", train=toy_splits.unbiased_train, val=toy_splits.unbiased_val,
                                inplace=True, tune_epochs=1, **{**FAST, **PLAIN})
+
+
+def test_a_tuning_batch_that_does_not_divide_by_the_ranks_is_refused_before_the_search(toy_splits, monkeypatch):
+    from debiaskit import _dist
+    monkeypatch.setattr(_dist, "rank_and_world", lambda: (0, 3))   # as if under torchrun with 3 ranks
+    from debiaskit.ffw import _search
+    searched = []
+    monkeypatch.setattr(_search, "install_gates", lambda *a, **k: searched.append(1))
+    with pytest.raises(ConfigError, match="batch size 128"):
+        find_fantastic_weights(_model(), head="logits", train=toy_splits.unbiased_train, val=toy_splits.unbiased_val,
+                               tune_epochs=1, **{**FAST, **PLAIN, "batch_size": 63})
+    assert not searched
+
+
+def test_tuning_runs_on_its_own_batch_size_and_its_term_remembers_the_search_s_rows(toy_splits, monkeypatch):
+    sizes, memories = [], []
+    real_forward, real_term = _tune.forward_with_bottleneck, _tune.probe_free_term
+
+    def forward(model, x, head):
+        sizes.append(len(x))
+        return real_forward(model, x, head)
+
+    def term(cfg, d, kind):
+        memories.append(cfg.memory)
+        return real_term(cfg, d, kind)
+    monkeypatch.setattr(_tune, "forward_with_bottleneck", forward)
+    monkeypatch.setattr(_tune, "probe_free_term", term)
+    res = _run(toy_splits, tune_epochs=1, tune_batch_size=16)   # the search: batches of 64, memory 8
+    n = len(toy_splits.unbiased_train)
+    assert sizes == [16] * (n // 16) + ([n % 16] if n % 16 else [])
+    assert memories == [32]   # 8 x 64 rows, in batches of 16
+    assert res.tune["batch_size"] == 16 and FFWConfig().tune_batch_size == 128
 
 
 def test_the_cli_tunes_reports_and_records_it(toy_run_dir, tmp_path):
@@ -162,6 +195,9 @@ def test_the_cli_tunes_reports_and_records_it(toy_run_dir, tmp_path):
 def test_the_cli_refuses_bad_tuning_settings_before_any_compute(toy_run_dir, tmp_path, cli):
     code, text = cli("ffw", toy_run_dir, "--mode", "unstructured", "--out", tmp_path / "x", "--tune-epochs", "-2")
     assert code == 2 and "tune_epochs" in text and "Traceback" not in text
+    assert not (tmp_path / "x").exists()
+    code, text = cli("ffw", toy_run_dir, "--mode", "unstructured", "--out", tmp_path / "x", "--tune-batch-size", "0")
+    assert code == 2 and "tune_batch_size" in text and "Traceback" not in text
     assert not (tmp_path / "x").exists()
 
 

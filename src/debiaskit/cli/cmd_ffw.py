@@ -16,7 +16,7 @@ class _D:
     """The CLI's defaults: FFWConfig's (a test checks they agree; importing FFWConfig here would load torch)."""
     gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 10, 20, 10, 1
     gate_lr, adversary, selection, erase, refine_patience, refit_head = 0.1, "lda", "objective", "conditional", 0, True
-    tune_epochs, tune_gamma, tune_lr, tune_schedule = 8, 3.0, 2e-3, "cosine"
+    tune_epochs, tune_gamma, tune_lr, tune_schedule, tune_batch_size = 8, 3.0, 2e-3, "cosine", 128
 
 
 def _progress_line(event: dict) -> None:
@@ -69,6 +69,8 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         tune_lr: float = typer.Option(_D.tune_lr, help="learning rate of the weight tuning (Adam)"),
         tune_schedule: str = typer.Option(_D.tune_schedule, help="learning-rate schedule of the weight tuning: cosine "
                                                                  "(to 0 at the last step) or constant"),
+        tune_batch_size: int = typer.Option(_D.tune_batch_size, help="batch size of the weight tuning (the global "
+                                                                      "batch under torchrun)"),
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
@@ -81,7 +83,8 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       patience=patience, gate_lr=gate_lr, adversary=adversary, max_epochs=max_epochs or None,
                       selection=selection, strong_probes=strong_probes, input_weights=input_weights, erase=erase,
                       refine_patience=refine_patience, refit_head=refit_head, tune_epochs=tune_epochs,
-                      tune_gamma=tune_gamma, tune_lr=tune_lr, tune_schedule=tune_schedule)
+                      tune_gamma=tune_gamma, tune_lr=tune_lr, tune_schedule=tune_schedule,
+                      tune_batch_size=tune_batch_size)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)

@@ -19,6 +19,7 @@ gradients are averaged before each step, and D^u_val is scored identically on ev
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -30,6 +31,11 @@ from .. import _dist
 from ..data import iterate_batches
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out
 from ._adversary import bias_columns, lda_readability, probe_free_penalty, probe_free_term
+
+
+def tuning_memory(cfg) -> int:
+    """Batches the tuning's bias term remembers: the search's ``memory`` x ``batch_size`` rows, in tuning batches."""
+    return -(-cfg.memory * cfg.batch_size // cfg.tune_batch_size)
 
 
 def _zeros_held(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
@@ -81,7 +87,11 @@ def tune_kept_weights(exported: nn.Module, search, *,
     d, _ = head_shape(exported, search.head)
     # a fresh probe-free term on the exported bottleneck (a structured export is narrower): the search's own kind
     # when it is probe-free, else the closed-form linear one
-    term = probe_free_term(cfg, d, "mmd" if cfg.adversary == "mmd" else "lda")
+    batch = cfg.tune_batch_size
+    # the term's reference sample holds as many rows as the search's (memory x batch_size), whatever the batch:
+    # smaller batches would otherwise pair each batch with fewer remembered samples (a noisier gradient)
+    term = probe_free_term(dataclasses.replace(cfg, memory=tuning_memory(cfg)), d,
+                           "mmd" if cfg.adversary == "mmd" else "lda")
     term.fit(collect_outputs(exported, search.train, head=search.head, device=device).z)
     cards, cond = search.bias_cardinalities, cfg.condition_on_target
     rank, world = _dist.rank_and_world()
@@ -90,7 +100,7 @@ def tune_kept_weights(exported: nn.Module, search, *,
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.tune_lr)
-    steps = cfg.tune_epochs * -(-len(search.train) // cfg.batch_size)
+    steps = cfg.tune_epochs * -(-len(search.train) // batch)
     # cosine: the learning rate falls to 0 by the last step, so the last epochs move the model little (less noise
     # between the epochs D^u_val chooses from)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.tune_schedule == "cosine"
@@ -99,7 +109,7 @@ def tune_kept_weights(exported: nn.Module, search, *,
     try:
         for epoch in range(1, cfg.tune_epochs + 1):
             train = _tune_epoch(exported, search, opt, schedule, term, held, fmt, epoch=epoch, rank=rank,
-                                world=world, cards=cards, cond=cond, device=device)
+                                batch_size=batch, world=world, cards=cards, cond=cond, device=device)
             if train.get("diverged"):   # keep the best state so far; say so
                 stopped = f"the loss became non-finite in epoch {epoch} (try a lower tune_lr): stopped there"
                 break
@@ -115,6 +125,7 @@ def tune_kept_weights(exported: nn.Module, search, *,
             p.requires_grad_(False)
     exported.load_state_dict(best_state)
     return {"epochs": cfg.tune_epochs, "chosen_epoch": best["epoch"], "gamma": cfg.tune_gamma, "lr": cfg.tune_lr,
+            "batch_size": batch,
             "val_before": history[0]["val"], "val_after": best["val"], "history": history,
             "held_zero": sum(int((m == 0).sum()) for _, m in held), "stopped": stopped,
             "selection": f"the epoch (0: the gates' state) with the best D^u_val selection score ({cfg.selection})",
@@ -122,14 +133,14 @@ def tune_kept_weights(exported: nn.Module, search, *,
 
 
 def _tune_epoch(model: nn.Module, search, opt: torch.optim.Optimizer, schedule, term, held, fmt, *, epoch: int,
-                rank: int, world: int, cards, cond: bool, device) -> dict[str, float]:
+                batch_size: int, rank: int, world: int, cards, cond: bool, device) -> dict[str, float]:
     cfg = search.cfg
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + epoch)   # apart from the search's orders
     perm = torch.randperm(len(search.train), generator=gen)
     place = torch.empty_like(perm)
     place[perm] = torch.arange(len(perm))
     sums, steps = {"loss": 0.0, "ce": 0.0, "dependence": 0.0}, 0
-    for batch in iterate_batches(search.train, batch_size=_dist.per_rank_batch(cfg.batch_size, world),
+    for batch in iterate_batches(search.train, batch_size=_dist.per_rank_batch(batch_size, world),
                                  indices=_dist.shard(perm, rank=rank, world=world), device=device):
         logits, z = forward_with_bottleneck(model, laid_out(batch.x, fmt), search.head)
         ce = F.cross_entropy(logits, batch.y)
