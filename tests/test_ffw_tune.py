@@ -188,6 +188,7 @@ def test_the_cli_tunes_reports_and_records_it(toy_run_dir, tmp_path):
     tune = json.loads((out / "ffw.json").read_text())["search"]["tune"]
     assert tune["epochs"] == 2 and tune["gamma"] == 2.0 and len(tune["history"]) == 3
     assert "Weight tuning (`--tune-epochs 2`)" in (out / "report.md").read_text()
+    assert "batches of 128" in (out / "report.md").read_text() and tune["batch_size"] == 128
     info = json.loads((out / "ffw.json").read_text())["search"]
     assert info["eraser"] is not None and info["head_refit"] is not None   # the steps after it ran on the tuned net
 
