@@ -52,7 +52,7 @@ def _gated_weights(model):
 
 
 def test_the_kept_weights_move_the_pruned_ones_stay_zero_and_batchnorm_statistics_are_kept(toy_splits, monkeypatch):
-    untuned = _run(toy_splits)
+    untuned = _run(toy_splits, tune_epochs=0)
     _scores_by_epoch(monkeypatch, [0.0, 1.0, 2.0])   # D^u_val prefers the last epoch
     tuned = _run(toy_splits, tune_epochs=2)
     assert all(torch.equal(untuned.masks[k], tuned.masks[k]) for k in untuned.masks)   # the same search
@@ -72,7 +72,7 @@ def test_the_kept_weights_move_the_pruned_ones_stay_zero_and_batchnorm_statistic
 
 
 def test_the_state_d_u_val_prefers_is_kept_and_the_gates_state_when_no_epoch_beats_it(toy_splits, monkeypatch):
-    untuned = _run(toy_splits)
+    untuned = _run(toy_splits, tune_epochs=0)
     _scores_by_epoch(monkeypatch, [0.0, 5.0, 1.0, 2.0])   # the first tuned epoch is the best
     middle = _run(toy_splits, tune_epochs=3)
     assert middle.tune["chosen_epoch"] == 1
@@ -107,7 +107,7 @@ def test_tuning_is_reproducible_and_off_means_the_gates_alone(toy_splits):
 
 
 def test_a_diverging_tuning_stops_and_keeps_the_best_state_so_far(toy_splits, monkeypatch):
-    untuned = _run(toy_splits)
+    untuned = _run(toy_splits, tune_epochs=0)
     real = _tune.probe_free_term
 
     def nan_term(config, d, kind):   # the tuning's bias term goes non-finite (the search's is untouched)

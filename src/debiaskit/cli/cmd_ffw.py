@@ -16,7 +16,7 @@ class _D:
     """The CLI's defaults: FFWConfig's (a test checks they agree; importing FFWConfig here would load torch)."""
     gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 10, 20, 10, 1
     gate_lr, adversary, selection, erase, refine_patience, refit_head = 0.1, "lda", "objective", "conditional", 0, True
-    tune_epochs, tune_gamma, tune_lr, tune_schedule, tune_batch_size = 8, 3.0, 2e-3, "cosine", 128
+    tune_epochs, tune_gamma, tune_lr, tune_schedule, tune_batch_size, tune_shift = 8, 3.0, 2e-3, "cosine", 128, 1
 
 
 def _progress_line(event: dict) -> None:
@@ -71,6 +71,9 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                                                                  "(to 0 at the last step) or constant"),
         tune_batch_size: int = typer.Option(_D.tune_batch_size, help="batch size of the weight tuning (the global "
                                                                       "batch under torchrun)"),
+        tune_shift: int = typer.Option(_D.tune_shift, help="while tuning, shift image inputs by up to this many pixels "
+                                                            "at random (edges replicated; 0: never; non-image inputs "
+                                                            "are never shifted)"),
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
@@ -84,7 +87,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       selection=selection, strong_probes=strong_probes, input_weights=input_weights, erase=erase,
                       refine_patience=refine_patience, refit_head=refit_head, tune_epochs=tune_epochs,
                       tune_gamma=tune_gamma, tune_lr=tune_lr, tune_schedule=tune_schedule,
-                      tune_batch_size=tune_batch_size)
+                      tune_batch_size=tune_batch_size, tune_shift=tune_shift)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)

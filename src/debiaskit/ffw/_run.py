@@ -380,7 +380,8 @@ def tune_lines(tune: dict[str, Any] | None) -> list[str]:
               else "no tuned epoch beat the gates' state on D^u_val: the weights are unchanged")
     return [f"Weight tuning (`--tune-epochs {tune['epochs']}`): the kept weights trained on D^u_train under "
             f"J = CE + {tune['gamma']:g} x the bias term (Adam {tune['lr']:g}"
-            + (f", batches of {tune['batch_size']}" if tune.get("batch_size") else "")   # absent from records made before tune_batch_size
+            + (f", batches of {tune['batch_size']}" if tune.get("batch_size") else "")   # absent from older records
+            + (f", images shifted by up to {tune['shift']} pixel(s)" if tune.get("shift") else "")
             + f"; BatchNorm statistics frozen; the "
             f"{tune['held_zero']} pruned weights held at 0); {chosen} ({tune['selection']}). D^u_val task accuracy "
             f"{100 * tune['val_before']['task']:.2f} % before, {100 * tune['val_after']['task']:.2f} % after; bias "

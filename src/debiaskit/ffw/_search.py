@@ -69,7 +69,7 @@ _CONFIG_RULES = {"gamma": NON_NEGATIVE, "tau_init": POSITIVE, "tau_decay": OPEN_
                  "gate_lr": POSITIVE, "head_lr": POSITIVE, "head_momentum": UNIT_INTERVAL,
                  "head_weight_decay": NON_NEGATIVE, "head_pretrain_epochs": COUNT, "head_pretrain_patience": COUNT,
                  "tune_epochs": COUNT, "tune_gamma": NON_NEGATIVE, "tune_lr": POSITIVE, "tune_batch_size": POSITIVE_INT,
-                 "seed": SEED}
+                 "tune_shift": COUNT, "seed": SEED}
 
 
 @dataclass
@@ -104,7 +104,8 @@ class FFWConfig:
     J = CE + tune_gamma * D (D: the probe-free linear readability of the bias within each target class, as the
     search's default), Adam ``tune_lr`` with a ``tune_schedule`` ('cosine' to 0, or 'constant') on batches of
     ``tune_batch_size`` (default 128: twice the search's steps per epoch at the same cost; the bias term's reference
-    sample keeps the search's memory x batch_size rows); the epoch kept is
+    sample keeps the search's memory x batch_size rows), image inputs (N, C, H, W) shifted by up to ``tune_shift``
+    pixels at random (default 1, edges replicated; 0: none; other inputs never); the epoch kept is
     the best by ``selection`` on D^u_val, the gates' state (epoch 0) included (``_tune.py``). The eraser and the
     head refit then run on the tuned network. Not the paper's (it keeps the vanilla weights).
     """
@@ -149,6 +150,7 @@ class FFWConfig:
     tune_lr: float = 2e-3
     tune_schedule: str = "cosine"
     tune_batch_size: int = 128
+    tune_shift: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -5,7 +5,8 @@ cross-entropy alone lifts task accuracy but teaches the bottleneck the bias agai
 BENCHMARKS.md section 2.1, "Where 96.5 % is"); under J = CE + gamma * D, with D the probe-free linear readability
 of the bias within each target class, it lifts task accuracy while D holds the bias down. One epoch:
 
-    logits, z = f(x)                       # the exported network; BatchNorm statistics frozen (eval mode)
+    logits, z = f(shift(x))                # the exported network; BatchNorm statistics frozen (eval mode);
+                                           # images shifted by up to tune_shift pixels (a small-data prior)
     J = CE(logits, y) + tune_gamma * D(z, b)
     every parameter <- Adam step on dJ   # weights pruned by the gates (exact zeros) stay exactly zero
 
@@ -31,6 +32,22 @@ from .. import _dist
 from ..data import iterate_batches
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out
 from ._adversary import bias_columns, lda_readability, probe_free_penalty, probe_free_term
+
+
+def shift_images(x: Tensor, offsets: Tensor, k: int) -> Tensor:
+    """Each image of ``x`` (N, C, H, W) translated by (offsets[i] - k) pixels down and right, the edges replicated:
+    ``offsets`` (N, 2) in [0, 2k]. Other inputs (tabular rows, sequences) are returned as they are.
+
+    One gather over the padded batch (no loop over the images): ~0.02 s per epoch of 6,000 28 x 28 images."""
+    if x.dim() != 4 or k == 0:
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (k, k, k, k), mode="replicate")
+    width = w + 2 * k
+    offsets = offsets.to(x.device)
+    base = (torch.arange(h, device=x.device)[:, None] * width + torch.arange(w, device=x.device)[None]).view(1, 1, -1)
+    index = (base + (offsets[:, 0] * width + offsets[:, 1]).view(n, 1, 1)).expand(n, c, h * w)
+    return padded.flatten(2).gather(2, index).view(n, c, h, w)
 
 
 def tuning_memory(cfg) -> int:
@@ -125,7 +142,7 @@ def tune_kept_weights(exported: nn.Module, search, *,
             p.requires_grad_(False)
     exported.load_state_dict(best_state)
     return {"epochs": cfg.tune_epochs, "chosen_epoch": best["epoch"], "gamma": cfg.tune_gamma, "lr": cfg.tune_lr,
-            "batch_size": batch,
+            "batch_size": batch, "shift": cfg.tune_shift,
             "val_before": history[0]["val"], "val_after": best["val"], "history": history,
             "held_zero": sum(int((m == 0).sum()) for _, m in held), "stopped": stopped,
             "selection": f"the epoch (0: the gates' state) with the best D^u_val selection score ({cfg.selection})",
@@ -137,12 +154,15 @@ def _tune_epoch(model: nn.Module, search, opt: torch.optim.Optimizer, schedule, 
     cfg = search.cfg
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + epoch)   # apart from the search's orders
     perm = torch.randperm(len(search.train), generator=gen)
+    # each sample's shift for this epoch, drawn by its index in the split: the same on any number of ranks
+    offsets = torch.randint(0, 2 * cfg.tune_shift + 1, (len(search.train), 2), generator=gen)
     place = torch.empty_like(perm)
     place[perm] = torch.arange(len(perm))
     sums, steps = {"loss": 0.0, "ce": 0.0, "dependence": 0.0}, 0
     for batch in iterate_batches(search.train, batch_size=_dist.per_rank_batch(batch_size, world),
                                  indices=_dist.shard(perm, rank=rank, world=world), device=device):
-        logits, z = forward_with_bottleneck(model, laid_out(batch.x, fmt), search.head)
+        x = shift_images(batch.x, offsets[batch.index], cfg.tune_shift)
+        logits, z = forward_with_bottleneck(model, laid_out(x, fmt), search.head)
         ce = F.cross_entropy(logits, batch.y)
         z_all, b_all, y_all = z, batch.b, batch.y
         if world > 1:   # D on the global batch, in the 1-rank order (gradient back to each rank's own rows)
