@@ -138,7 +138,7 @@ def test_structured_tuning_with_two_bias_attributes_holds_the_input_weights_zero
 
 def test_bad_tuning_settings_are_refused(toy_splits):
     for bad in (dict(tune_epochs=-1), dict(tune_lr=0.0), dict(tune_gamma=-1.0), dict(tune_schedule="step"),
-                dict(tune_batch_size=0)):
+                dict(tune_batch_size=0), dict(tune_shift=-1)):
         with pytest.raises(ConfigError):
             FFWConfig(**bad)
     with pytest.raises(ConfigError, match="tune_epochs=0"):
@@ -178,6 +178,44 @@ def test_tuning_runs_on_its_own_batch_size_and_its_term_remembers_the_search_s_r
     assert res.tune["batch_size"] == 16 and FFWConfig().tune_batch_size == 128
 
 
+def test_shift_images_translates_each_image_with_replicated_edges_and_leaves_other_inputs_alone():
+    x = torch.arange(2 * 2 * 3 * 3, dtype=torch.float32).view(2, 2, 3, 3)
+    out = _tune.shift_images(x, torch.tensor([[0, 2], [1, 1]]), 1)
+    # image 0: moved 1 down and 1 left (the top row and right column replicated); image 1: unchanged
+    expected0 = torch.stack([torch.tensor([[1., 2, 2], [1, 2, 2], [4, 5, 5]]) + 9 * c for c in range(2)])
+    assert torch.equal(out[0], expected0) and torch.equal(out[1], x[1])
+    rows = torch.randn(4, 7)   # tabular rows, sequences: never shifted
+    assert _tune.shift_images(rows, torch.zeros(4, 2, dtype=torch.long), 1) is rows
+    assert _tune.shift_images(x, torch.zeros(2, 2, dtype=torch.long), 0) is x
+
+
+def test_tuning_shifts_each_image_by_at_most_tune_shift_pixels_and_not_at_all_when_off(toy_splits, monkeypatch):
+    calls, fed = [], []
+    real_shift, real_forward = _tune.shift_images, _tune.forward_with_bottleneck
+
+    def shift(x, offsets, k):
+        out = real_shift(x, offsets, k)
+        calls.append((x, offsets, k, out))
+        return out
+
+    def forward(model, x, head):
+        fed.append(x)
+        return real_forward(model, x, head)
+    monkeypatch.setattr(_tune, "shift_images", shift)
+    monkeypatch.setattr(_tune, "forward_with_bottleneck", forward)
+    _run(toy_splits, tune_epochs=1, tune_shift=1)
+    offsets = torch.cat([c[1] for c in calls])
+    assert len(offsets) == len(toy_splits.unbiased_train) and all(c[2] == 1 for c in calls)
+    assert int(offsets.min()) == 0 and int(offsets.max()) == 2   # up to one pixel either way ...
+    assert bool((offsets != 1).any(1).float().mean() > 0.5)     # ... and most images moved (8 of 9 offsets do)
+    tuned_inputs = fed[-len(calls):]   # the tuning's forwards (after the search's and the scoring's)
+    assert all(torch.equal(f, c[3]) for f, c in zip(tuned_inputs, calls))
+    assert any(not torch.equal(c[0], c[3]) for c in calls)
+    calls.clear()
+    _run(toy_splits, tune_epochs=1, tune_shift=0)
+    assert calls and all(c[3] is c[0] for c in calls)   # off: the batch itself
+
+
 def test_the_cli_tunes_reports_and_records_it(toy_run_dir, tmp_path):
     out = tmp_path / "ffw"
     res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--out", str(out), "--tune-epochs", "2",
@@ -188,7 +226,9 @@ def test_the_cli_tunes_reports_and_records_it(toy_run_dir, tmp_path):
     tune = json.loads((out / "ffw.json").read_text())["search"]["tune"]
     assert tune["epochs"] == 2 and tune["gamma"] == 2.0 and len(tune["history"]) == 3
     assert "Weight tuning (`--tune-epochs 2`)" in (out / "report.md").read_text()
-    assert "batches of 128" in (out / "report.md").read_text() and tune["batch_size"] == 128
+    report = (out / "report.md").read_text()
+    assert "batches of 128" in report and "shifted by up to 1 pixel" in report
+    assert tune["batch_size"] == 128 and tune["shift"] == 1
     info = json.loads((out / "ffw.json").read_text())["search"]
     assert info["eraser"] is not None and info["head_refit"] is not None   # the steps after it ran on the tuned net
 
