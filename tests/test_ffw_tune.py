@@ -255,3 +255,26 @@ def test_interrupted_during_the_tuning_the_resumed_run_ends_with_the_same_networ
     assert resumed.tune["chosen_epoch"] == reference.tune["chosen_epoch"]
     ref = reference.model.state_dict()
     assert all(torch.equal(ref[k], v) for k, v in resumed.model.state_dict().items())
+
+
+def test_tabular_rows_are_tuned_as_they_are(monkeypatch):
+    """A user's tabular model (rows, not images): the tuning runs and never shifts its inputs."""
+    from collections import OrderedDict
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    gen = torch.Generator().manual_seed(0)
+    y, b = torch.randint(0, 2, (400,), generator=gen), torch.randint(0, 2, (400,), generator=gen)
+    x = torch.randn(400, 12, generator=gen) + torch.stack([2.0 * y, 2.0 * b], 1).repeat(1, 6)
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(body=nn.Sequential(nn.Linear(12, 32), nn.ReLU()), out=nn.Linear(32, 2)))
+    calls, real = [], _tune.shift_images
+
+    def shift(x, offsets, k):
+        out = real(x, offsets, k)
+        calls.append((x, out))
+        return out
+    monkeypatch.setattr(_tune, "shift_images", shift)
+    res = find_fantastic_weights(model, head="out", train=TensorDataset(x[:300], y[:300], b[:300]),
+                                 val=TensorDataset(x[300:], y[300:], b[300:]), tune_epochs=1,
+                                 **{**FAST, **PLAIN})
+    assert res.tune["shift"] == 1 and calls and all(out is rows for rows, out in calls)
