@@ -561,13 +561,18 @@ class _Search:
         undecided = sum(int(((g.m < 0) & (2 * torch.sigmoid(g.m / tau) > 0.5)).sum()) for g in self.gated.gates.values())
         return {"sparsity": pruned / total, "undecided": undecided / total}
 
-    def _score(self, record: dict[str, Any]) -> float:
-        hard, sel = record["val_hard"], self.cfg.selection
+    def selection_score(self, val: dict[str, float]) -> float:
+        """The selection rule (``SELECTIONS``) on D^u_val numbers (task, ce, objective; readability for
+        'readability'): higher is better. The search's states and the weight tuning's epochs are both judged by it."""
+        sel = self.cfg.selection
         if sel == "objective":
-            return -hard["objective"]
+            return -val["objective"]
         if sel == "readability":
-            return -(hard["ce"] + self.cfg.gamma * hard["readability"])
-        return hard["task"]
+            return -(val["ce"] + self.cfg.gamma * val["readability"])
+        return val["task"]
+
+    def _score(self, record: dict[str, Any]) -> float:
+        return self.selection_score(record["val_hard"])
 
     def _keeps_task(self, record: dict[str, Any]) -> bool:
         """A gated candidate whose D^u_val task accuracy is not below the vanilla model's (epoch 0)."""

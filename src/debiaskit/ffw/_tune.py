@@ -68,8 +68,8 @@ def _zeros_held(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
 
 def _score_val(model: nn.Module, search, device) -> dict[str, float]:
     """D^u_val numbers of ``model``: task accuracy, CE, the bias term measured on the whole split (each attribute
-    with its own number of classes, given the target when the search conditions on it), J and the selection
-    score."""
+    with its own number of classes, given the target when the search conditions on it), J (and the unconditioned
+    readability under selection='readability') and the selection score."""
     cfg, cards = search.cfg, search.bias_cardinalities
     out = collect_outputs(model, search.val, head=search.head, device=device)
     given = out.y if cfg.condition_on_target else None
@@ -79,11 +79,9 @@ def _score_val(model: nn.Module, search, device) -> dict[str, float]:
     task = float((out.logits.argmax(1) == out.y).float().mean())
     rec = {"task": task, "ce": ce, "dependence": dependence, "objective": ce + cfg.gamma * dependence}
     if cfg.selection == "readability":   # as the search's rule: the reading not conditioned on the target
-        readability = sum(lda_readability(out.z, col, k, ridge=cfg.lda_ridge)
-                          for col, k in zip(bias_columns(out.b), cards))
-        rec["selection_score"] = -(ce + cfg.gamma * readability)
-    else:
-        rec["selection_score"] = task if cfg.selection == "accuracy" else -rec["objective"]
+        rec["readability"] = sum(lda_readability(out.z, col, k, ridge=cfg.lda_ridge)
+                                 for col, k in zip(bias_columns(out.b), cards))
+    rec["selection_score"] = search.selection_score(rec)   # the search's own rule
     return rec
 
 
@@ -102,11 +100,11 @@ def tune_kept_weights(exported: nn.Module, search, *,
     example = next(iter(iterate_batches(search.train, batch_size=2, device=device))).x
     fmt = batch_memory_format(exported, example, device=device)
     d, _ = head_shape(exported, search.head)
-    # a fresh probe-free term on the exported bottleneck (a structured export is narrower): the search's own kind
-    # when it is probe-free, else the closed-form linear one
     batch = cfg.tune_batch_size
-    # the term's reference sample holds as many rows as the search's (memory x batch_size), whatever the batch:
-    # smaller batches would otherwise pair each batch with fewer remembered samples (a noisier gradient)
+    # a fresh probe-free term on the exported bottleneck (a structured export is narrower): the search's own kind
+    # when it is probe-free, else the closed-form linear one. Its reference sample holds as many rows as the
+    # search's (memory x batch_size), whatever the batch: smaller batches would otherwise pair each batch with fewer
+    # remembered samples (a noisier gradient)
     term = probe_free_term(dataclasses.replace(cfg, memory=tuning_memory(cfg)), d,
                            "mmd" if cfg.adversary == "mmd" else "lda")
     term.fit(collect_outputs(exported, search.train, head=search.head, device=device).z)
