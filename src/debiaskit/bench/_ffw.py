@@ -469,8 +469,8 @@ def _render(root: Path, cells: list[Cell], results: dict[str, Any], command: str
                     f"on the vanilla model and trained alongside (reported as the search's own head), batch "
                     f"{cfg.batch_size}, gamma {cfg.gamma:g} unless said; then the kept weights trained "
                     f"{cfg.tune_epochs} epoch(s) under J with gamma {cfg.tune_gamma:g} (Adam {cfg.tune_lr:g}, "
-                    f"{cfg.tune_schedule} schedule, batch {cfg.tune_batch_size}, pruned weights held at 0, the epoch chosen "
-                    f"on D^u_val; the paper "
+                    f"{cfg.tune_schedule} schedule, batch {cfg.tune_batch_size}, images shifted by up to "
+                    f"{cfg.tune_shift} pixel(s), pruned weights held at 0, the epoch chosen on D^u_val; the paper "
                     f"objective's rows: the gates alone), then the conditional eraser and the head refit.  ",
                     "Selection: the hard-masked model with the lowest J = CE + gamma * D on D^u_val (D: the search's "
                     "bias term; never the test set). "
