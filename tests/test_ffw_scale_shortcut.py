@@ -81,6 +81,7 @@ def test_the_bias_term_gives_no_gradient_along_a_unit_scale(scale_free):
 def _fake_search():
     s = SimpleNamespace(cfg=FFWConfig(mode="structured"), history=[], best=None, best_gates=None,
                         gated=SimpleNamespace(gate_tensors=lambda: {"g": torch.zeros(1)}))
+    s.selection_score = lambda v: _Search.selection_score(s, v)
     s._score = lambda r: _Search._score(s, r)
     s._keeps_task = lambda r: _Search._keeps_task(s, r)
     return s
