@@ -181,6 +181,54 @@ def check_labels(labels: Tensor, num: int, *, what: str) -> None:
         raise DataError(f"{what} must lie in [0, {num - 1}], found range [{int(labels.min())}, {int(labels.max())}]")
 
 
+def check_user_labels(y: np.ndarray, b: np.ndarray | None, *, where: str,
+                      bias_names: tuple[str, ...] | None = None) -> None:
+    """Refuse labels nothing can be learned or audited from, at the edge (before any compute): targets that
+    are not class indices 0..K-1, a single target class, a bias attribute with a single value. A class index
+    above the number of samples is refused too: K classes cannot be realised by fewer samples (it is a typo
+    or another column, and would size a head or a group table by it)."""
+    y = np.asarray(y)
+    n = len(y)
+    _check_indices(y, what="targets y", where=where, n=n)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DataError(f"{where}: every sample has target y = {int(classes[0])}: a classifier needs at least two "
+                        "target classes (y holds class indices 0..K-1, K >= 2); check the target column / array")
+    if b is None:
+        return
+    b = np.asarray(b)
+    cols = b[:, None] if b.ndim == 1 else b
+    for a in range(cols.shape[1]):
+        name = bias_names[a] if bias_names and a < len(bias_names) else ("b" if b.ndim == 1 else f"b[:, {a}]")
+        _check_indices(cols[:, a], what=f"bias labels {name}", where=where, n=n)
+        values = np.unique(cols[:, a])
+        if len(values) < 2:
+            raise DataError(f"{where}: bias attribute {name} has one value (b = {int(values[0])} in every sample): "
+                            "there is no bias to measure or remove; a bias attribute needs at least two values")
+
+
+def _check_indices(values: np.ndarray, *, what: str, where: str, n: int) -> None:
+    if not np.issubdtype(values.dtype, np.integer):
+        raise DataError(f"{where}: {what} must be integer class indices 0..K-1, got {values.dtype}")
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0:
+        raise DataError(f"{where}: {what} must be class indices 0..K-1, found {lo} (sample {int(np.argmin(values))})")
+    if hi >= n:
+        raise DataError(f"{where}: {what} holds class index {hi} (sample {int(np.argmax(values))}) but there are only "
+                        f"{n} samples: class indices are 0..K-1 for K classes (is it another column?)")
+
+
+def check_bias_names(names, *, attributes: int, values: int, where: str) -> None:
+    """``bias_names`` names the bias attributes (columns of b), one name each; a list as long as the number of
+    bias *values* is the usual mix-up, said as such."""
+    if names is None or len(names) == attributes:
+        return
+    hint = (" - did you mean to name the values? bias_names names the attributes (columns)"
+            if len(names) == values else "")
+    raise DataError(f"{where}: bias_names has {len(names)} name(s) ({', '.join(map(str, names))}) for {attributes} "
+                    f"bias attribute(s){hint}; give one name per column of b")
+
+
 def resolve_cardinalities(b: Tensor | None, num_bias_classes: int | None, given, *, name: str) -> tuple[int, ...]:
     """Each bias attribute's number of classes: ``given`` (an int for all, or one per attribute) or else
     ``num_bias_classes`` for all; () without bias labels. Refuses a count per attribute of the wrong length."""

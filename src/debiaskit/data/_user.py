@@ -34,8 +34,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..errors import DataError
-from ._dataset import (BiasDataset, Splits, _Indexed, attribute_cardinality, group_counts, infer_cardinalities,
-                       resolve_cardinalities, summarise)
+from ._dataset import (BiasDataset, Splits, _Indexed, attribute_cardinality, check_bias_names, check_user_labels,
+                       group_counts, infer_cardinalities, resolve_cardinalities, summarise, warn_small_unbiased)
 
 
 @runtime_checkable
@@ -495,6 +495,8 @@ def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None
             raise DataError(f"user_splits needs {n}; got None")
     adapted = as_bias_datasets(*given, num_classes=num_classes, num_bias_classes=num_bias_classes, bias_names=bias_names)
     adapted = [d if d is None else _named(d, n) for n, d in zip(names, adapted)]
+    if spec is None:   # built in Python: the checks make_splits makes of a file's labels, and its warning
+        _check_python_splits(dict(zip(names, adapted)), bias_names=bias_names)
     spec = dict(spec or {"dataset": "python", "params": {}})
     tr = adapted[0]
     if tr.b is not None:
@@ -502,6 +504,31 @@ def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None
         adapted = [d if d is None else with_aligned(d, pairing) for d in adapted]
         spec.setdefault("bias_pairing", pairing.tolist())
     return Splits(*adapted, spec=spec)
+
+
+PYTHON_REMEDY = ("They are the datasets you gave user_splits: pass larger unbiased_train / unbiased_val datasets "
+                 "(more samples from every (y, b) group), or use more samples")
+
+
+def _check_python_splits(splits: dict[str, Any], *, bias_names: Sequence[str] | None) -> None:
+    """Labels of every split together: at least two classes, each bias attribute with two values, indices
+    0..K-1, ``bias_names`` one per attribute; small D^u_train / D^u_val said (:class:`SmallSplitWarning`)."""
+    present = {n: d for n, d in splits.items() if d is not None}
+    y = torch.cat([d.y for d in present.values()]).numpy()
+    bs = [d.b for d in present.values()]
+    b = None if any(v is None for v in bs) or len({v.ndim for v in bs}) != 1 else torch.cat(bs).numpy()
+    if b is not None:
+        cols = b[:, None] if b.ndim == 1 else b
+        check_bias_names(bias_names, attributes=cols.shape[1], where="user_splits",
+                         values=max(len(np.unique(cols[:, a])) for a in range(cols.shape[1])))
+    check_user_labels(y, b, where="user_splits", bias_names=None if bias_names is None else tuple(bias_names))
+    if b is None:
+        return
+    index, start = {}, 0
+    for n, d in present.items():
+        index[n] = np.arange(start, start + len(d))
+        start += len(d)
+    warn_small_unbiased(y, b, index, dataset="user_splits", remedy=PYTHON_REMEDY)
 
 
 def _named(data, split: str):

@@ -45,17 +45,30 @@ names (train, unbiased_train, unbiased_val, unbiased_test, test, unbiased, or em
 integer codes above; ``--param split_names=train,unbiased,test`` maps codes 0, 1, 2 to other names
 (Waterbirds' 0/1/2: its validation rows become D^u, divided 60/20/20 per group). Images are decoded with Pillow in DataLoader workers (``--param workers=N``), converted to
 ``mode`` (RGB; ``L`` for grayscale) and resized to ``size`` x ``size`` (default: the first image's size),
-as float (C, H, W) in [0, 1]. Labels come from the CSV: no image is decoded to read them.
+as float (C, H, W) in [0, 1]. Labels come from the CSV.
+
+Checked once, at the edge (``data show``, ``train``, ``make_splits``, a run's rebuild), before any compute:
+metadata.csv is a regular UTF-8 file inside DIR (a BOM is fine; duplicated columns, rows with another number
+of fields are refused with their line); every row's path is relative and its real path (every symbolic link
+followed) lies inside DIR; every image is decoded completely once (a text file, a truncated image is refused
+with its line and row, not in a DataLoader worker). A run records a fingerprint of the images: their names and
+sizes (default), or names and SHA-256 of every file with ``--param hash=content`` (images replaced by others of
+the same size are then refused when the run's data is rebuilt). Labels of both kinds (and of
+:func:`~debiaskit.data.user_splits`) need two target classes and two values per bias attribute.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
+import re
+import stat
 import struct
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -65,7 +78,8 @@ from torch.utils.data import Dataset
 
 from .._validate import OPEN_UNIT_INTERVAL, require
 from ..errors import ConfigError, DataError
-from ._dataset import BiasDataset, group_counts, infer_cardinalities, warn_small_unbiased
+from ._dataset import (BiasDataset, check_bias_names, check_user_labels, group_counts, infer_cardinalities,
+                       warn_small_unbiased)
 from ._user import LazyBiasDataset, user_splits
 
 USER_FORMATS = ("tensors", "folder")
@@ -105,9 +119,11 @@ FOLDER_PARAMS: dict[str, tuple[Any, str]] = {
     "split_column": ("split", "metadata.csv column of the splits (optional)"),
     "split_names": (None, "comma-separated split names for the integer codes 0, 1, 2, ... of the split column"),
     "holdout": (None, HOLDOUT_HELP),
+    "hash": ("names", "what a run's fingerprint of the images covers: names (names and sizes, fast) or content "
+                      "(SHA-256 of every file: a run refuses images replaced by others of the same size)"),
 }
 TEXT_PARAMS = {"tensors": ("lazy",), "folder": ("mode", "path_column", "target_column", "bias_column",
-                                                 "split_column", "split_names")}
+                                                 "split_column", "split_names", "hash")}
 
 
 # -- names ------------------------------------------------------------------------------------------------
@@ -208,7 +224,16 @@ def read_tensor_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
     else:
         raise DataError(f"{path}: a tensors file is .safetensors or .npz, got {suffix or 'no suffix'}")
     _validate_arrays(arrays, where=str(path))
+    names = tuple(meta["bias_names"].split(",")) if meta.get("bias_names") else None
+    _check_bias_names(names, np.asarray(arrays["b"]), where=str(path))
+    check_user_labels(np.asarray(arrays["y"]), np.asarray(arrays["b"]), where=str(path), bias_names=names)
     return arrays, meta
+
+
+def _check_bias_names(names: tuple[str, ...] | None, b: np.ndarray, *, where: str) -> None:
+    cols = b[:, None] if b.ndim == 1 else b
+    values = max(len(np.unique(cols[:, a])) for a in range(cols.shape[1]))
+    check_bias_names(names, attributes=cols.shape[1], values=values, where=where)
 
 
 def _validate_arrays(arrays: dict[str, np.ndarray], *, where: str) -> None:
@@ -217,8 +242,12 @@ def _validate_arrays(arrays: dict[str, np.ndarray], *, where: str) -> None:
         raise DataError(f"{where} lacks {', '.join(missing)} (it holds: {', '.join(sorted(arrays)) or 'nothing'}); "
                         "a tensors file holds x (N, ...), y (N,), b (N,) or (N, A), optional split (N,)")
     x, y, b = arrays["x"], arrays["y"], arrays["b"]
+    for key, arr in (("x", x), ("y", y), ("b", b)):
+        if arr.ndim == 0:   # len() of a 0-d array is a TypeError
+            raise DataError(f"{where}: {key} is a single value (0 dimensions); a tensors file holds x (N, ...), "
+                            "y (N,), b (N,) or (N, A) - one entry per sample along the first axis")
     n = len(y)
-    if x.ndim < 1 or len(x) != n or len(b) != n:
+    if len(x) != n or len(b) != n:
         raise DataError(f"{where}: x, y and b must have the same length N, got {len(x)}, {n}, {len(b)}")
     if n == 0:
         raise DataError(f"{where} holds no samples")
@@ -476,35 +505,118 @@ PATH_COLUMNS = ("path", "image", "filename", "img_filename", "file")
 
 
 class ImageFolderSamples(Dataset):
-    """Images listed in metadata.csv, decoded and resized on access (in DataLoader workers)."""
+    """Images listed in metadata.csv, decoded and resized on access (in DataLoader workers). ``files`` are the
+    real paths checked at the edge (inside DIR, no symbolic link on the way), opened without following a link."""
 
-    def __init__(self, root: Path, paths: list[str], y: np.ndarray, b: np.ndarray, *, size: tuple[int, int],
-                 mode: str) -> None:
-        self.root, self.paths, self.size, self.mode = Path(root), paths, size, mode
+    def __init__(self, files: list[str], y: np.ndarray, b: np.ndarray, *, size: tuple[int, int], mode: str) -> None:
+        self.files, self.size, self.mode = files, size, mode
         self.y = torch.from_numpy(y.astype(np.int64))
         self.b = torch.from_numpy(b.astype(np.int64))
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
 
     def __getitem__(self, i: int):
-        return load_image(self.root / self.paths[i], size=self.size, mode=self.mode), self.y[i], self.b[i]
+        return load_image(Path(self.files[i]), size=self.size, mode=self.mode), self.y[i], self.b[i]
+
+
+def _read_no_follow(path: Path | str) -> bytes:
+    """A regular file's bytes, refusing a symbolic link in its last component (one swapped in after the check)
+    and anything that is not a regular file (a FIFO would block: opened non-blocking, then refused)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read()
 
 
 def load_image(path: Path, *, size: tuple[int, int] | None, mode: str) -> Tensor:
     """One image as float (C, H, W) in [0, 1]: converted to ``mode`` and resized (bilinear) to ``size`` (H, W)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(_read_no_follow(path))) as img:
             img = img.convert(mode)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, Image.DecompressionBombError) as exc:   # UnidentifiedImageError is an OSError
         raise DataError(f"cannot read image {path}: {exc}") from exc
     t = torch.from_numpy(arr.copy())
     t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
     return t.float() / 255.0
+
+
+# -- metadata.csv: read once, checked at the edge ----------------------------------------------------------
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_ .()#%/+\-]{1,64}")   # no ":" or "=": a config / password line is not a header
+
+
+def _show(value: str) -> str:
+    """A value of the user's file, short and printable, for an error message."""
+    value = "".join(c if c.isprintable() else "?" for c in value)
+    return repr(value if len(value) <= 80 else value[:77] + "...")
+
+
+def _describe_header(header: list[str]) -> str:
+    """The columns, only when the first line looks like column names: a file that is not a metadata file
+    (a config, a password file) is described, never echoed."""
+    if header and len(header) <= 64 and all(_SAFE_NAME.fullmatch(c) for c in header):
+        return f"its columns: {', '.join(header)}"
+    return (f"its first line is not a header of column names ({len(header)} field(s)); metadata.csv starts with "
+            "a header such as path,y,b,split")
+
+
+def _metadata_text(root: Path) -> tuple[Path, str, str]:
+    """(DIR's real path, metadata.csv's text, its SHA-256): a regular file inside DIR (a symbolic link leaving DIR is
+    refused), UTF-8 with or without a BOM."""
+    csv_path = root / "metadata.csv"
+    if not root.is_dir() or not (csv_path.is_file() or csv_path.is_symlink()):
+        raise DataError(f"{csv_path} does not exist; folder:DIR needs DIR/metadata.csv with columns path, y, b [, split]")
+    real_root = root.resolve()
+    real = Path(os.path.realpath(csv_path))
+    if not real.is_relative_to(real_root):
+        raise DataError(f"{csv_path} is a symbolic link leading outside {root}: metadata.csv must be a file inside "
+                        "the dataset folder")
+    try:
+        raw = _read_no_follow(real)
+    except OSError as exc:
+        raise DataError(f"{csv_path} cannot be read as a metadata file ({exc.strerror or exc}); it must be a regular "
+                        "file inside the dataset folder") from exc
+    try:
+        return real_root, raw.decode("utf-8-sig"), hashlib.sha256(raw).hexdigest()   # Excel writes a BOM
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{csv_path} line {line}: not UTF-8 text (byte {exc.start}); save metadata.csv as UTF-8 "
+                        "CSV (path, y, b [, split])") from exc
+
+
+def _parse_metadata(text: str, *, csv_path: Path) -> tuple[list[str], list[dict], list[int]]:
+    """(header, rows as dicts, each row's line number); a clear error, with the line, for anything that is not
+    a CSV table with one value per column."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, lines = [], []
+    try:
+        header = [c.strip() for c in next(reader, [])]
+        if not header or header == [""]:
+            raise DataError(f"{csv_path} line 1: expected a header of column names (path, y, b [, split]), got an "
+                            "empty line")
+        dups = sorted({c for c in header if header.count(c) > 1})
+        if dups:
+            shown = ", ".join(c if _SAFE_NAME.fullmatch(c) else _show(c) for c in dups)
+            raise DataError(f"{csv_path} line 1: duplicated column(s) {shown}: every column name must appear once")
+        for row in reader:
+            if not row:
+                continue   # a blank line
+            if len(row) != len(header):
+                raise DataError(f"{csv_path} line {reader.line_num}: {len(row)} field(s), expected {len(header)} "
+                                f"(one per column of the header); {_describe_header(header)}")
+            rows.append(dict(zip(header, row)))
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise DataError(f"{csv_path} line {reader.line_num}: not valid CSV ({exc}); expected rows of "
+                        "comma-separated values under a header (path, y, b [, split])") from exc
+    if not rows:
+        raise DataError(f"{csv_path} lists no images (a header and one row per image expected)")
+    return header, rows, lines
 
 
 def _column(header: list[str], wanted: str | None, fallbacks: tuple[str, ...], *, what: str, csv_path: Path) -> str:
@@ -512,23 +624,105 @@ def _column(header: list[str], wanted: str | None, fallbacks: tuple[str, ...], *
     for c in options:
         if c in header:
             return c
-    raise DataError(f"{csv_path} has no {what} column ({' / '.join(options)}); its columns: {', '.join(header)}. "
+    raise DataError(f"{csv_path} line 1: no {what} ({' / '.join(options)}); {_describe_header(header)}. "
                     f"Name it with --param {what.split()[0]}_column=NAME")
 
 
-def _int_column(rows: list[dict], column: str, *, csv_path: Path) -> np.ndarray:
+def _int_column(rows: list[dict], column: str, *, csv_path: Path, lines: list[int]) -> np.ndarray:
     out = np.empty(len(rows), dtype=np.int64)
     for i, row in enumerate(rows):
         try:
             out[i] = int(str(row[column]).strip())
         except ValueError as exc:
-            raise DataError(f"{csv_path} line {i + 2}: {column} = {row[column]!r} is not an integer class index") from exc
+            raise DataError(f"{csv_path} line {lines[i]}: {column} = {_show(row[column])} is not an integer class "
+                            "index (0..K-1 expected)") from exc
     if len(out) and out.min() < 0:
-        raise DataError(f"{csv_path}: {column} must be class indices >= 0, found {int(out.min())}")
+        i = int(np.argmin(out))
+        raise DataError(f"{csv_path} line {lines[i]}: {column} = {int(out[i])}; class indices are 0..K-1 (>= 0)")
     return out
 
 
-def _split_codes(rows: list[dict], column: str, names: list[str] | None, *, csv_path: Path) -> np.ndarray:
+def _image_files(root: Path, real_root: Path, paths: list[str], *, csv_path: Path, lines: list[int]) -> list[str]:
+    """Each row's real path: relative, inside DIR after every symbolic link is followed, an existing regular
+    file. Refused with the row's line and value (a listed path is never opened before this check)."""
+    out, missing = [], []
+    for i, q in enumerate(paths):
+        where = f"{csv_path} line {lines[i]} (row {i + 1})"
+        if not q:
+            raise DataError(f"{where}: the path is empty; every row names an image file relative to {root}")
+        if os.path.isabs(q) or q.startswith(("/", "\\")) or PureWindowsPath(q).drive:
+            raise DataError(f"{where}: path {_show(q)} is absolute; paths in metadata.csv are relative to {root} "
+                            "and stay inside it")
+        if os.path.normpath(q).split(os.sep)[0] == "..":
+            raise DataError(f"{where}: path {_show(q)} climbs out of {root} with '..'; images must lie inside the "
+                            "dataset folder")
+        real = Path(os.path.realpath(real_root / q))
+        if not real.is_relative_to(real_root):
+            raise DataError(f"{where}: path {_show(q)} leads outside {root} through a symbolic link (to a file "
+                            "elsewhere); images must lie inside the dataset folder")
+        if not real.exists():
+            missing.append(f"line {lines[i]}: {_show(q)}")
+        elif not real.is_file():
+            raise DataError(f"{where}: path {_show(q)} is not a file (a folder or a device); every row names an image")
+        out.append(str(real))
+    if missing:
+        raise DataError(f"{len(missing)} image(s) listed in {csv_path} do not exist under {root}, e.g. {missing[0]}")
+    return out
+
+
+_DECODED: dict[tuple[str, int, int], str] = {}
+
+
+def _decode_once(file: str) -> str:
+    """Decode one image completely (a truncated file fails here, not in a DataLoader worker); its SHA-256.
+    Remembered per path, size and modification time within this process (``data show`` reads twice)."""
+    from PIL import Image
+    st = os.stat(file)
+    key = (file, st.st_size, st.st_mtime_ns)
+    if key not in _DECODED:
+        raw = _read_no_follow(file)
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+        _DECODED[key] = hashlib.sha256(raw).hexdigest()
+    return _DECODED[key]
+
+
+def _check_images(files: list[str], paths: list[str], *, csv_path: Path, lines: list[int]) -> list[str]:
+    """Every image decoded once, at the edge (threads: Pillow decodes without the GIL); each file's SHA-256.
+    The first bad one (in row order) is refused with its line and path."""
+    from PIL import Image
+
+    def one(i: int):
+        try:
+            return _decode_once(files[i])
+        except Image.UnidentifiedImageError:
+            return DataError(f"{csv_path} line {lines[i]} (row {i + 1}): {_show(paths[i])} is not an image Pillow "
+                             "can read (PNG, JPEG, BMP, ...); every row must list an image file")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            return DataError(f"{csv_path} line {lines[i]} (row {i + 1}): {_show(paths[i])} is a damaged or "
+                             f"unreadable image ({type(exc).__name__}: {str(exc)[:120]}); replace or drop it")
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(one, range(len(files))))
+    for r in results:
+        if isinstance(r, DataError):
+            raise r
+    return results
+
+
+def _fingerprint(paths: list[str], files: list[str], digests: list[str], *, how: str) -> str:
+    """What a run records of the images: names and sizes (default, the format of earlier runs) or names and
+    contents (``--param hash=content``)."""
+    if how == "content":
+        return hashlib.sha256("\n".join(f"{q}|sha256:{d}" for q, d in zip(paths, digests)).encode()).hexdigest()
+    return hashlib.sha256("\n".join(f"{q}|{os.stat(f).st_size}" for q, f in zip(paths, files)).encode()).hexdigest()
+
+
+FINGERPRINT_TEXT = {"names": "names and sizes; pass --param hash=content to cover contents",
+                    "content": "names and contents (SHA-256 of every image file)"}
+
+
+def _split_codes(rows: list[dict], column: str, names: list[str] | None, *, csv_path: Path,
+                 lines: list[int]) -> np.ndarray:
     by_name = {v: k for k, v in SPLIT_CODES.items()}
     out = np.empty(len(rows), dtype=np.int64)
     for i, row in enumerate(rows):
@@ -538,9 +732,10 @@ def _split_codes(rows: list[dict], column: str, names: list[str] | None, *, csv_
         elif v in by_name:
             out[i] = by_name[v]
         elif v.lstrip("-").isdigit():
-            out[i] = _code_to_split(int(v), names, by_name, where=f"{csv_path} line {i + 2}")
+            out[i] = _code_to_split(int(v), names, by_name, where=f"{csv_path} line {lines[i]}")
         else:
-            raise DataError(f"{csv_path} line {i + 2}: split {v!r} is not one of {', '.join(by_name)} (or a code)")
+            raise DataError(f"{csv_path} line {lines[i]}: split {_show(v)} is not one of {', '.join(by_name)} "
+                            "(or a code)")
     return out
 
 
@@ -574,42 +769,40 @@ def _folder_params(params: dict | None) -> dict[str, Any]:
     out["workers"] = int(out["workers"])
     if out["mode"] not in ("RGB", "L"):
         raise ConfigError(f"--param mode must be RGB or L, got {out['mode']!r}")
+    if out["hash"] not in FINGERPRINT_TEXT:
+        raise ConfigError(f"--param hash must be names (the default: names and sizes) or content (SHA-256 of every "
+                          f"image), got {out['hash']!r}")
     return out
 
 
 def read_image_folder(root: Path | str, params: dict | None = None) -> dict[str, Any]:
-    """Parse and check DIR/metadata.csv (every listed image must exist); nothing is decoded but one image."""
+    """Parse and check DIR/metadata.csv and every image it lists (inside DIR, decodable), at the edge."""
     root = Path(root).expanduser()
     p = _folder_params(params)
+    real_root, text, sha = _metadata_text(root)
     csv_path = root / "metadata.csv"
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path} does not exist; folder:DIR needs DIR/metadata.csv with columns path, y, b [, split]")
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        rows = list(reader)
-    if not rows:
-        raise DataError(f"{csv_path} lists no images")
+    header, rows, lines = _parse_metadata(text, csv_path=csv_path)
     path_col = _column(header, p["path_column"], PATH_COLUMNS, what="path column", csv_path=csv_path)
     y_col = _column(header, p["target_column"], (), what="target column", csv_path=csv_path)
     b_cols = [_column(header, c.strip(), (), what="bias column", csv_path=csv_path) for c in str(p["bias_column"]).split(",")]
-    y = _int_column(rows, y_col, csv_path=csv_path)
-    b = np.stack([_int_column(rows, c, csv_path=csv_path) for c in b_cols], 1)
+    y = _int_column(rows, y_col, csv_path=csv_path, lines=lines)
+    b = np.stack([_int_column(rows, c, csv_path=csv_path, lines=lines) for c in b_cols], 1)
     b = b[:, 0] if len(b_cols) == 1 else b
+    check_user_labels(y, b, where=str(csv_path), bias_names=tuple(b_cols))
     paths = [str(r[path_col]).strip() for r in rows]
-    missing = [q for q in paths if not (root / q).is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} image(s) listed in {csv_path} do not exist under {root}, e.g. {missing[0]}")
+    files = _image_files(root, real_root, paths, csv_path=csv_path, lines=lines)
     codes = None
     if p["split_column"] in header:
         names = [s.strip() for s in p["split_names"].split(",")] if p["split_names"] else None
-        codes = _split_codes(rows, p["split_column"], names, csv_path=csv_path)
-    first = load_image(root / paths[0], size=None, mode=p["mode"])
+        codes = _split_codes(rows, p["split_column"], names, csv_path=csv_path, lines=lines)
+    digests = _check_images(files, paths, csv_path=csv_path, lines=lines)
+    first = load_image(Path(files[0]), size=None, mode=p["mode"])
     size = (p["size"], p["size"]) if p["size"] else tuple(first.shape[1:])
-    fingerprint = hashlib.sha256("\n".join(f"{q}|{(root / q).stat().st_size}" for q in paths).encode()).hexdigest()
-    return {"root": root, "csv": csv_path, "paths": paths, "y": y, "b": b, "codes": codes, "size": size,
-            "channels": int(first.shape[0]), "params": p, "bias_names": tuple(b_cols) if len(b_cols) > 1 or b_cols[0] != "b" else None,
-            "metadata_sha256": file_sha256(csv_path), "images_fingerprint": fingerprint}
+    return {"root": root, "csv": csv_path, "paths": paths, "files": files, "y": y, "b": b, "codes": codes,
+            "size": size, "channels": int(first.shape[0]), "params": p,
+            "bias_names": tuple(b_cols) if len(b_cols) > 1 or b_cols[0] != "b" else None,
+            "metadata_sha256": sha,
+            "images_fingerprint": _fingerprint(paths, files, digests, how=p["hash"])}
 
 
 def make_folder_splits(root: Path | str, *, params: dict | None = None, seed: int = 0, unbiased_size: int = 10000,
@@ -617,7 +810,8 @@ def make_folder_splits(root: Path | str, *, params: dict | None = None, seed: in
                        expected: dict[str, str] | None = None, **_ignored):
     """The splits of an image folder (see the module docstring); ``expected`` checksums refuse changed data."""
     info = read_image_folder(root, params)
-    for key, what in (("metadata_sha256", "metadata.csv"), ("images_fingerprint", "the image files (names and sizes)")):
+    covered = "contents" if info["params"]["hash"] == "content" else "names and sizes"
+    for key, what in (("metadata_sha256", "metadata.csv"), ("images_fingerprint", f"the image files ({covered})")):
         if expected and expected.get(key) and expected[key] != info[key]:
             raise DataError(f"{info['root']}: {what} changed since this run was made ({info[key][:12]}... != recorded "
                             f"{expected[key][:12]}...): restore the original data to rebuild the run's splits")
@@ -630,7 +824,7 @@ def make_folder_splits(root: Path | str, *, params: dict | None = None, seed: in
         codes, rule, remedy = draw_splits(y, b, seed=seed, unbiased_size=unbiased_size, holdout=holdout)
     index = _split_indices(codes, y, b, seed=seed, train_size=train_size, test_size=test_size, where=str(info["csv"]))
     warn_small_unbiased(y, b, index, dataset=info["root"].name, remedy=remedy)
-    samples = ImageFolderSamples(info["root"], info["paths"], y, b, size=info["size"], mode=info["params"]["mode"])
+    samples = ImageFolderSamples(info["files"], y, b, size=info["size"], mode=info["params"]["mode"])
     num_classes, num_bias = int(y.max()) + 1, infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))   # one count per attribute
     built = {name: None if len(idx) == 0 else LazyBiasDataset(
         samples, index=torch.from_numpy(idx), name=f"{info['root'].name}/{name}", labels=(samples.y[idx], samples.b[idx]),
@@ -687,8 +881,10 @@ def describe_user_dataset(name: str, *, params: dict | None = None) -> dict[str,
         y, b = folder["y"], folder["b"]
         info = {"description": f"your image folder ({len(y)} images, {folder['channels']} x {folder['size'][0]} x "
                                f"{folder['size'][1]} after resizing)",
-                "source": "images listed in metadata.csv, decoded with Pillow in DataLoader workers",
+                "source": "images listed in metadata.csv (each decoded once when the folder is read), decoded with "
+                          "Pillow in DataLoader workers",
                 "files": str(where.resolve()), "metadata_sha256": folder["metadata_sha256"],
+                "fingerprint": FINGERPRINT_TEXT[folder["params"]["hash"]],
                 "normalisation": "pixel / 255 (float in [0, 1])",
                 "params": {k: {"default": d, "help": h} for k, (d, h) in FOLDER_PARAMS.items()},
                 "splits_from": "the split column of metadata.csv" if folder["codes"] is not None
