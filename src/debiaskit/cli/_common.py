@@ -13,6 +13,17 @@ app = typer.Typer(help="Find and remove shortcut biases in trained neural networ
 console = Console()
 
 
+def _refuse_twice(pairs: list, *, rho_option: bool) -> None:
+    """One value per key: ``--rho 0.99 --param rho=0.5`` (or a --param repeated) is refused, never one silently
+    winning."""
+    said = {}
+    for i, (key, value) in enumerate(pairs):
+        text = f"--rho {value}" if i == 0 and rho_option else f"--param {key}={value}"
+        if key in said:
+            raise ConfigError(f"{said[key]} and {text} both set {key}: give it once")
+        said[key] = text
+
+
 def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys: tuple[str, ...] = (),
                  names: Optional[tuple[str, tuple[str, ...]]] = None) -> dict:
     """``--rho 0.99 --param rho_right=0.95`` -> {"rho": 0.99, "rho_right": 0.95}.
@@ -29,6 +40,7 @@ def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys
             raise ConfigError(f"--param takes KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         pairs.append((key.strip(), value))
+    _refuse_twice(pairs, rho_option=rho is not None)
     if names is not None:
         owner, allowed = names
         check_param_names(dict(pairs), allowed, owner=owner)

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ..errors import ConfigError
 from ._common import app, console, parse_params
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -42,6 +43,8 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
     from ..data import describe, make_splits, param_names, text_params
     params = parse_params(rho, param, text_keys=text_params(name), names=param_names(name))
     if root is not None:
+        if "root" in params:
+            raise ConfigError(f"--root {root} and --param root={params['root']} both set root: give it once")
         params["root"] = str(root)
     info = describe(name, params=params)
     if info["prepared"]:
@@ -55,6 +58,8 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
     console.print(f"[bold]{name}[/bold]: {info['description']}")
     for key in ("source", "files", "prepared", "bias_attributes", "num_classes", "normalisation"):
         console.print(f"  {key}: {info[key]}")
+    if info.get("fingerprint"):   # what a run made from this folder checks when it rebuilds the data
+        console.print(f"  fingerprint: {info['fingerprint']}", highlight=False)
     for k, p in info["params"].items():
         console.print(f"  param {k} (default {p['default']}): {p['help']}")
     table = Table(title="splits")

@@ -125,6 +125,8 @@ def parse_method_params(items: Optional[List[str]]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--method-param takes KEY=VALUE, got {item!r}")
+        if key.strip() in out:   # refused, never the last one silently winning
+            raise ConfigError(f"--method-param {key.strip()} is given twice ({out[key.strip()]} and {value}): give it once")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
