@@ -139,7 +139,7 @@ def _step_setup():
 
 def test_mi_term_gives_no_gradient_to_the_privacy_head():
     net, gm, heads, x, y, b = _step_setup()
-    ffw_step(net, "fc", gm.parameters(), heads, x, y, b, gamma=10.0, num_bias=10)
+    ffw_step(net, "fc", gm.gate_parameters(), heads, x, y, b, gamma=10.0, num_bias=10)
     with torch.no_grad():
         _, z = forward_with_bottleneck(net, x, "fc")
     expected = torch.autograd.grad(F.cross_entropy(heads[0](z), b), list(heads[0].parameters()))
@@ -150,11 +150,11 @@ def test_mi_term_gives_no_gradient_to_the_privacy_head():
 def test_privacy_head_sends_no_gradient_into_the_encoder():
     from debiaskit.audit import normalized_mutual_information
     net, gm, heads, x, y, b = _step_setup()
-    ffw_step(net, "fc", gm.parameters(), heads, x, y, b, gamma=10.0, num_bias=10)
-    got = [p.grad.clone() for p in gm.parameters()]
+    ffw_step(net, "fc", gm.gate_parameters(), heads, x, y, b, gamma=10.0, num_bias=10)
+    got = [p.grad.clone() for p in gm.gate_parameters()]
     logits, z = forward_with_bottleneck(net, x, "fc")
     j = F.cross_entropy(logits, y) + 10.0 * normalized_mutual_information(heads[0](z).softmax(1), b, 10)
-    expected = torch.autograd.grad(j, gm.parameters())
+    expected = torch.autograd.grad(j, gm.gate_parameters())
     for g, e in zip(got, expected):
         assert torch.allclose(g, e, atol=1e-6)  # the head's CE added nothing to the gates
     assert any(float(g.abs().sum()) > 0 for g in got)
@@ -225,5 +225,5 @@ def test_ffw_step_gives_finite_gate_gradients_on_a_batch_missing_a_bias_class():
         heads[0].weight.copy_(sol[:-1].T)
         heads[0].bias.copy_(sol[-1])
         assert (heads[0](z).softmax(1).argmax(1) == b).all()
-    ffw_step(net, "fc", gm.parameters(), heads, x, y, b, gamma=10.0, num_bias=10)
-    assert all(torch.isfinite(p.grad).all() for p in gm.parameters())
+    ffw_step(net, "fc", gm.gate_parameters(), heads, x, y, b, gamma=10.0, num_bias=10)
+    assert all(torch.isfinite(p.grad).all() for p in gm.gate_parameters())

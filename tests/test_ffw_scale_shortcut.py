@@ -64,7 +64,7 @@ def test_the_bias_term_gives_no_gradient_along_a_unit_scale(scale_free):
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
     y, b = (x[:, 0] > 0).long(), (x[:, 1] > 0).long()
     gm = install_gates(model, mode="structured", head="fc", example=x[:2])
-    params = gm.parameters()
+    params = gm.gate_parameters()
 
     def d_grad(gamma):
         ffw_step(model, "fc", params, [], x, y, b, gamma=gamma, num_bias=2, dependence=_dependence,

@@ -314,12 +314,12 @@ def _cost_main() -> None:
         freeze(model)
         gm = install_gates(model, mode=kind, head=run.head, example=batch.x[:2])
         heads = [torch.nn.Linear(model.get_submodule(run.head).in_features, num_bias)]
-        gopt = torch.optim.SGD(gm.parameters(), lr=0.1, momentum=0.9)
+        gopt = torch.optim.SGD(gm.gate_parameters(), lr=0.1, momentum=0.9)
         hopt = torch.optim.SGD(heads[0].parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         gm.state.tau = 0.5
 
         def step():
-            ffw_step(model, run.head, gm.parameters(), heads, batch.x, batch.y, batch.b, gamma=10.0,
+            ffw_step(model, run.head, gm.gate_parameters(), heads, batch.x, batch.y, batch.b, gamma=10.0,
                      num_bias=num_bias)
             hopt.step()
             gopt.step()

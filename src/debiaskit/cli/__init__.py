@@ -12,10 +12,8 @@ import pkgutil
 import sys
 import warnings
 
-from rich.console import Console
-
-from ..errors import DebiaskitError, DebiaskitWarning
-from ._common import app, console
+from ..errors import DebiaskitError
+from ._common import app, console, esc, make_console
 
 for _mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _mod.name.startswith("cmd_"):
@@ -28,18 +26,17 @@ INTERRUPTED = ("[yellow]interrupted[/yellow] (Ctrl-C): the command stopped befor
                "was not written (an existing one is unchanged)")
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None, *, _default=warnings.showwarning):
-    """debiaskit's own warnings as plain ``warning: ...`` lines (they carry their numbers and remedies; the
-    source line would only be noise); every other warning as Python shows it."""
-    if issubclass(category, DebiaskitWarning):
-        Console(stderr=True).print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False)
-    else:
-        _default(message, category, filename, lineno, file, line)
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning as one ``warning: ...`` line on stderr: debiaskit's carry their numbers and remedies, and a
+    source path and line (Python's format) would only be noise in a command's output. Installed by ``main``
+    only: the library raises ordinary warnings, which Python code sees and filters as usual."""
+    make_console(stderr=True).print(f"[bold yellow]warning:[/bold yellow] {esc(message)}", highlight=False,
+                                    soft_wrap=True)
 
 
 def main() -> None:
     from .. import _dist   # late: it loads torch, which `debiaskit --help` does not need
-    warnings.showwarning = _show_warning
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     where = ""
     try:
         if _dist.init_from_env():   # started by torchrun: one process per rank
@@ -48,16 +45,17 @@ def main() -> None:
             console.quiet = rank != 0   # rank 0 speaks for all; errors still come from every rank
         app()
     except DebiaskitError as exc:
-        Console(stderr=True).print(f"[bold red]error{where}:[/bold red] {exc}", highlight=False)
+        make_console(stderr=True).print(f"[bold red]error{where}:[/bold red] {esc(exc)}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        Console(stderr=True).print(INTERRUPTED, highlight=False)
+        make_console(stderr=True).print(INTERRUPTED, highlight=False)
         sys.exit(130)
     except SystemExit as exc:
         if exc.code == 130 and _from_keyboard_interrupt(exc):  # typer turns Ctrl-C into a silent exit 130
-            Console(stderr=True).print(INTERRUPTED, highlight=False)
+            make_console(stderr=True).print(INTERRUPTED, highlight=False)
         raise
     finally:
+        warnings.showwarning = shown   # in-process callers (tests, notebooks) get Python's format back
         _dist.shutdown()
 
 

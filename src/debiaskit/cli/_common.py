@@ -1,16 +1,51 @@
-"""Shared pieces of the command line: the app, the console and parameter parsing."""
+"""Shared pieces of the command line: the app, the consoles, safe printing and parameter parsing.
+
+Every printed string the user chose (a path, a name, a value) goes through :func:`esc` (or is printed with
+``markup=False``): a folder named ``x[bold]y`` must print as ``x[bold]y``, not as ``xy`` in bold, so that
+the path the user copies exists. The consoles have emoji codes off (``a:smile:b`` stays text).
+"""
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import ConfigError
 
 app = typer.Typer(help="Find and remove shortcut biases in trained neural networks.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console()
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console that prints ``:name:`` as text (no emoji); markup stays on for our own styling."""
+    return Console(stderr=stderr, emoji=False)
+
+
+console = make_console()
+
+
+def esc(value: object) -> str:
+    """``value`` as text that rich prints literally (its ``[`` markup escaped)."""
+    return escape(str(value))
+
+
+def say(text: object) -> None:
+    """Print text that is not ours to style (a library message, a report file) exactly as it is."""
+    console.print(str(text), markup=False, highlight=False)
+
+
+def finite_number(option: str, key: str, value: str) -> float:
+    """``value`` as a finite float, or a ConfigError naming ``option KEY`` (nan, inf, '' and words refused)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option} {key}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{option} {key}: {value!r} is not a finite number")
+    return number
 
 
 def _refuse_twice(pairs: list, *, rho_option: bool) -> None:
@@ -36,9 +71,9 @@ def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys
     from .._validate import check_param_names
     pairs = [] if rho is None else [("rho", rho)]
     for item in params or []:
-        if "=" not in item:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
             raise ConfigError(f"--param takes KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
         pairs.append((key.strip(), value))
     _refuse_twice(pairs, rho_option=rho is not None)
     if names is not None:
@@ -46,11 +81,10 @@ def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys
         check_param_names(dict(pairs), allowed, owner=owner)
     out: dict = {}
     for key, value in pairs:
+        if key in text_keys and isinstance(value, str) and not value.strip():
+            raise ConfigError(f"--param {key}: the value is empty")
         if key in text_keys or not isinstance(value, str):
             out[key] = value
             continue
-        try:
-            out[key] = float(value)
-        except ValueError as exc:
-            raise ConfigError(f"--param {key}: {value!r} is not a number") from exc
+        out[key] = finite_number("--param", key, value)
     return out

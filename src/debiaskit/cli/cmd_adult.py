@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import console
+from ._common import console, esc, say
 from .cmd_bench import bench_app, invoked_command
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -26,7 +26,7 @@ def bench_adult(out: Path = typer.Option(Path("runs/bench/compare"), help="root 
     start = time.perf_counter()
     records = run_adult_bench(root=out, seeds=tuple(range(seeds)), values=tuple(bias or ()) or None,
                               methods=methods or None, fairlearn=fairlearn, jobs=jobs, report_only=report_only,
-                              progress=progress, command=invoked_command(), echo=console.print)
+                              progress=progress, command=invoked_command(), echo=say)
     path = write_adult_results(records, root=out, command=invoked_command(), wall_time_s=time.perf_counter() - start)
-    console.print(path.read_text())
-    console.print(f"written: {path} and {path.with_suffix('.json')}")
+    say(path.read_text())
+    console.print(f"written: {esc(path)} and {esc(path.with_suffix('.json'))}", soft_wrap=True)

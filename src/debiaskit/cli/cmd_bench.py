@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import app, console
+from ._common import app, say
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 bench_app = typer.Typer(help="Benchmark suites: resumable, cached, mean +- std over seeds.", no_args_is_help=True)
@@ -35,6 +35,6 @@ def bench_vanilla(out: Path = typer.Option(Path("runs/bench/vanilla"), help="sui
     start = time.perf_counter()
     cells = run_vanilla_suite(root=out, dataset=dataset, rhos=tuple(rho or (0.99, 0.995, 0.997, 0.999)),
                               seeds=tuple(range(seeds)), model=model, epochs=epochs, progress=progress,
-                              echo=console.print)
+                              echo=say)
     path = write_vanilla_results(cells, root=out, command=invoked_command(), wall_time_s=time.perf_counter() - start)
-    console.print(path.read_text())
+    say(path.read_text())

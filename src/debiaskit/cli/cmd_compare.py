@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError
-from ._common import console
+from ._common import console, esc, say
 from .cmd_bench import bench_app, invoked_command
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -39,8 +39,8 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
     from ..bench import available_methods, effective_suite, get_suite, load_slurm_options, run_compare, write_compare_results
     if list_methods:
         for name, info in available_methods().items():
-            console.print(f"{name}: bias labels={info.uses_bias_labels} D^u={info.uses_unbiased_data} "
-                          f"retrains={info.retrains} post-hoc={info.post_hoc}; selection: {info.selection_rule}")
+            console.print(f"{esc(name)}: bias labels={info.uses_bias_labels} D^u={info.uses_unbiased_data} "
+                          f"retrains={info.retrains} post-hoc={info.post_hoc}; selection: {esc(info.selection_rule)}")
         return
     slurm = None
     if launcher == "slurm":
@@ -58,9 +58,9 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
     cells = run_compare(suite=suite, root=out, seeds=tuple(range(seeds)), methods=methods, values=value or None,
                         full=full, epochs=epochs, train_size=size, vanilla_from=vanilla_from, progress=progress,
                         report_only=report_only, jobs=jobs, device=device, launcher=launcher, slurm=slurm,
-                        echo=console.print)
+                        echo=say)
     desc = (f"{s.model}, {s.epochs} epochs, batch {s.batch_size}, Adam lr {s.lr}, biased training digits: "
             f"{s.train_size or 'all'}" + (" (--full)" if full else ""))
     path = write_compare_results(cells, root=out, suite=s, command=invoked_command(),
                                  wall_time_s=time.perf_counter() - start, budget=desc)
-    console.print(path.read_text())
+    say(path.read_text())

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError
-from ._common import app, console, parse_params
+from ._common import app, console, esc, parse_params
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 data_app = typer.Typer(help="Biased benchmark datasets: list, show, prepare.", no_args_is_help=True)
@@ -28,10 +28,10 @@ def data_list() -> None:
         table.add_column(col)
     for name in dataset_names():
         d = describe(name)
-        table.add_row(name, ", ".join(d["bias_attributes"]), "yes" if d["prepared"] else "no", d["description"])
+        table.add_row(esc(name), esc(", ".join(d["bias_attributes"])), "yes" if d["prepared"] else "no", esc(d["description"]))
     console.print(table)
     console.print("your own data: --dataset tensors:PATH (.safetensors / .npz with x, y, b [, split]) or "
-                  "folder:DIR (images + metadata.csv: path, y, b [, split]); see `debiaskit data show tensors:PATH`")
+                  "folder:DIR (images + metadata.csv: path, y, b [, split]); see `debiaskit data show tensors:PATH`", markup=False)
 
 
 @data_app.command("show")
@@ -55,13 +55,13 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
     if as_json:
         print(json.dumps(info, indent=2))
         return
-    console.print(f"[bold]{name}[/bold]: {info['description']}")
+    console.print(f"[bold]{esc(name)}[/bold]: {esc(info['description'])}")
     for key in ("source", "files", "prepared", "bias_attributes", "num_classes", "normalisation"):
-        console.print(f"  {key}: {info[key]}")
+        console.print(f"  {key}: {esc(info[key])}", soft_wrap=True)
     if info.get("fingerprint"):   # what a run made from this folder checks when it rebuilds the data
-        console.print(f"  fingerprint: {info['fingerprint']}", highlight=False)
+        console.print(f"  fingerprint: {esc(info['fingerprint'])}", highlight=False)
     for k, p in info["params"].items():
-        console.print(f"  param {k} (default {p['default']}): {p['help']}")
+        console.print(f"  param {esc(k)} (default {esc(p['default'])}): {esc(p['help'])}")
     table = Table(title="splits")
     for col in ("split", "size", "realised rho", "what"):
         table.add_column(col)
@@ -69,19 +69,19 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
         s = info.get("split_sizes", {}).get(split, {})
         r = s.get("realised_rho", "-")
         r = ", ".join(f"{k}={v:.4f}" for k, v in r.items()) if isinstance(r, dict) else (f"{r:.4f}" if r != "-" else r)
-        table.add_row(split, str(s.get("size", "-")), r, doc)
+        table.add_row(esc(split), str(s.get("size", "-")), esc(r), esc(doc))
     console.print(table)
     if info.get("split_sizes"):
         _print_groups(info["split_sizes"], splits_from=info.get("splits_from_rule"))
     if not info["prepared"]:
         hint = info.get("how_to_get") or f"run `debiaskit data prepare {name}`"
-        console.print(f"[yellow]not prepared: {hint}[/yellow]")
+        console.print(f"[yellow]not prepared: {esc(hint)}[/yellow]")
 
 
 def _print_groups(sizes: dict, *, splits_from: str | None) -> None:
     """(target, bias) group counts per split: the grid when it is small, its extremes otherwise."""
     if splits_from:
-        console.print(f"splits: {splits_from}", highlight=False)
+        console.print(f"splits: {esc(splits_from)}", highlight=False)
     for split, s in sizes.items():
         counts = s.get("group_counts")
         if counts is None:
@@ -90,7 +90,7 @@ def _print_groups(sizes: dict, *, splits_from: str | None) -> None:
         for attr, grid in grids.items():
             flat = [(y, b, n) for y, row in enumerate(grid) for b, n in enumerate(row)]
             nonempty = [t for t in flat if t[2] > 0]
-            label = f"{split}{' ' + attr if attr else ''}"
+            label = esc(f"{split}{' ' + attr if attr else ''}")
             if len(flat) <= 16:
                 cells = "  ".join(f"(y{y},b{b})={n}" for y, b, n in flat)
                 console.print(f"groups {label}: {cells}", highlight=False)
@@ -111,12 +111,12 @@ def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--
     from ..data import DATASETS, SOURCES, get_source, parse_name
     if name in DATASETS:
         folder = DATASETS[name].prepare(from_folder=from_folder, force=force)
-        console.print(f"[green]{name} ready[/green]: cached in {folder} (checksums verified)")
+        console.print(f"[green]{esc(name)} ready[/green]: cached in {esc(folder)} (checksums verified)", soft_wrap=True)
         return
     source = get_source(name) if name in SOURCES else parse_name(name)[1]
     folder = source.prepare(from_folder=from_folder, force=force)
     checked = "checksums verified" if source.md5 else "no published checksums: file structure and labels checked"
-    console.print(f"[green]{source.name} ready[/green] in {folder} ({checked})")
+    console.print(f"[green]{esc(source.name)} ready[/green] in {esc(folder)} ({checked})", soft_wrap=True)
 
 
 @models_app.command("list")
@@ -127,7 +127,7 @@ def models_list() -> None:
     table.add_column("name")
     table.add_column("description")
     for spec in MODELS.values():
-        table.add_row(spec.name, spec.description)
+        table.add_row(esc(spec.name), esc(spec.description))
     console.print(table)
 
 

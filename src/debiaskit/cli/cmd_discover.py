@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import app, console
+from ._common import app, console, esc
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
@@ -27,13 +27,13 @@ def discover(run_dir: Path,
     """
     from ..discover import discover_run
     folder, report = discover_run(run_dir, force=force, device=device, layer=layer, dynamics=dynamics)
-    console.print(f"layer: {report['layer']['chosen']} ({report['layer']['selection']}); "
-                  f"training dynamics: {report['training_dynamics']}")
+    console.print(f"layer: {esc(report['layer']['chosen'])} ({esc(report['layer']['selection'])}); "
+                  f"training dynamics: {esc(report['training_dynamics'])}")
     for split, q in report["quality"].items():
         if q is None:
             console.print(f"{split}: {report['flagged'][split]} flagged (no bias labels to compare with)")
         else:
-            console.print(f"{split} ({report['sources'][split]}): {q['flagged']} flagged / {q['true_conflicting']} truly conflicting; "
+            console.print(f"{split} ({esc(report['sources'][split])}): {q['flagged']} flagged / {q['true_conflicting']} truly conflicting; "
                           f"precision {_pct(q['precision'])}, recall {_pct(q['recall'])}, "
                           f"b^ accuracy {_pct(q['pseudo_bias_accuracy'])}")
     from ..discover import WEAK_SCORE
@@ -41,12 +41,13 @@ def discover(run_dir: Path,
     if chosen and chosen[0]["flagged"] == 0:
         # --layer auto already scanned every candidate layer: only the training dynamics are left to try
         hint = "--record-dynamics" if report["layer"]["requested"] == "auto" else "--layer auto or --record-dynamics"
-        console.print(f"[yellow]no training sample is pulled out of its class at {chosen[0]['layer']} (memorised?); "
+        console.print(f"[yellow]no training sample is pulled out of its class at {esc(chosen[0]['layer'])} (memorised?); "
                       f"try {hint}[/yellow]")
     elif chosen and (chosen[0].get("mean_flagged_score") or 0) < WEAK_SCORE:
-        console.print(f"[yellow]weak attraction at {chosen[0]['layer']} (mean flagged score "
+        console.print(f"[yellow]weak attraction at {esc(chosen[0]['layer'])} (mean flagged score "
                       f"{chosen[0].get('mean_flagged_score') or 0:.2f} < {WEAK_SCORE}): low-precision flags; see the layer scan[/yellow]")
-    console.print(f"pseudo-bias labels: {folder / 'pseudo_bias.safetensors'}  report: {folder / 'report.md'}")
+    console.print(f"pseudo-bias labels: {esc(folder / 'pseudo_bias.safetensors')}  report: {esc(folder / 'report.md')}",
+                  highlight=False, soft_wrap=True)
 
 
 def _pct(v: float) -> str:

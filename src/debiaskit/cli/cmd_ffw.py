@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._common import app, console
+from ._common import app, console, esc, say
 from .cmd_bench import bench_app, invoked_command
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -23,7 +23,7 @@ def _progress_line(event: dict) -> None:
     from ..ffw import progress_line
     line = progress_line(event)
     if line is not None:
-        console.print(line, highlight=False)
+        say(line)
 
 
 @app.command()
@@ -33,7 +33,8 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         include_head: bool = typer.Option(False, help="also gate the classifier head's weights (unstructured; the public code does)"),
         input_weights: bool = typer.Option(False, help="structured: also gate every weight of the layers that read the "
                                                        "input (an input-level bias such as colour lives there)"),
-        out: Optional[Path] = typer.Option(None, help="FFW folder (default RUN_DIR/ffw-MODE-gGAMMA)"),
+        out: Optional[Path] = typer.Option(None, help="FFW folder (default RUN_DIR/ffw-MODE-gGAMMA, plus -head, "
+                                                   "-input-weights, -discovered when those options are set)"),
         resume: bool = typer.Option(False, help="continue an interrupted search (kept in .OUT.partial/)"),
         force: bool = typer.Option(False, help="replace an existing FFW folder / discard an interrupted search"),
         bias_labels: str = typer.Option("true", help="'true' bias labels of D^u, or 'discovered' pseudo-bias labels "
@@ -90,30 +91,30 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       tune_batch_size=tune_batch_size, tune_shift=tune_shift)
     except KeyboardInterrupt:
         from ..ffw import default_out
-        target = out or default_out(run_dir, mode, gamma, include_head, bias_labels)
+        target = out or default_out(run_dir, mode, gamma, include_head, bias_labels, input_weights=input_weights)
         if has_checkpoint(partial_dir(target)):
             console.print(f"[yellow]interrupted[/yellow]: the last finished epoch and the best hard-masked state so far "
-                          f"are kept in {partial_dir(target)}; continue with the same command plus --resume")
+                          f"are kept in {esc(partial_dir(target))}; continue with the same command plus --resume")
         else:
             console.print("[yellow]interrupted[/yellow] before the first search epoch finished: nothing to resume; "
                           "rerun the same command to start again")
         raise
     info = res.info
-    table = Table(title=f"FFW {mode} (gamma {gamma:g}) on {run_dir}")
+    table = Table(title=f"FFW {esc(mode)} (gamma {gamma:g}) on {esc(run_dir)}")
     for col in ("", "before (vanilla)", "after (FFW)"):
         table.add_column(col)
     for row in before_after_rows(info):
-        table.add_row(*row)
+        table.add_row(*map(esc, row))
     console.print(table)
     layers = Table(title="sparsity per layer (% removed)")
     layers.add_column("layer")
     layers.add_column("removed")
     for k, v in info["search"]["sparsity"]["per_layer"].items():
-        layers.add_row(k, f"{100 * v:.2f}")
+        layers.add_row(esc(k), f"{100 * v:.2f}")
     console.print(layers)
     sel = info["search"]["selected"]
-    console.print(f"selected: {info['selection']} (epoch {sel['epoch']}, tau {sel['tau']:.3g}); "
-                  f"stop: {info['search']['stop_reason']}")
+    console.print(f"selected: {esc(info['selection'])} (epoch {sel['epoch']}, tau {sel['tau']:.3g}); "
+                  f"stop: {esc(info['search']['stop_reason'])}", highlight=False)
     probes = info.get("probes")
     if probes:
         ptable = Table(title="bias extractability under stronger probes (unbiased test)")
@@ -121,13 +122,14 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
             ptable.add_column(col)
         for k in probes["descriptions"]:
             if k in probes["after"]:
-                ptable.add_row(k, f"{100 * probes['before'][k]:.2f}", f"{100 * probes['after'][k]:.2f}")
+                ptable.add_row(esc(k), f"{100 * probes['before'][k]:.2f}", f"{100 * probes['after'][k]:.2f}")
         console.print(ptable)
         verdict = probes["verdict"]
-        console.print(verdict["text"], style="green" if verdict["bias_unreadable"] else "yellow", highlight=False)
+        console.print(verdict["text"], style="green" if verdict["bias_unreadable"] else "yellow", highlight=False,
+                      markup=False)
     for note in info.get("diagnosis") or []:
-        console.print(f"[bold red]diagnosis:[/bold red] {note}", highlight=False)
-    console.print(f"written: {res.out}/ (ffw.json, report.md, model.safetensors, masks.safetensors)")
+        console.print(f"[bold red]diagnosis:[/bold red] {esc(note)}", highlight=False)
+    console.print(f"written: {esc(res.out)}/ (ffw.json, report.md, model.safetensors, masks.safetensors)", highlight=False, soft_wrap=True)
 
 
 @bench_app.command("ffw")
@@ -145,5 +147,5 @@ def bench_ffw(out: Path = typer.Option(Path("runs/bench/ffw"), help="suite folde
     from ..bench import run_ffw_bench
     path = run_ffw_bench(root=out, vanilla_root=vanilla_root, tables=tuple(tables or ()), rhos=tuple(rho or ()),
                          seeds=tuple(range(seeds)), full=full, deadline=deadline, wait=wait,
-                         command=invoked_command(), echo=console.print)
-    console.print(path.read_text())
+                         command=invoked_command(), echo=say)
+    say(path.read_text())

@@ -1,6 +1,7 @@
 """`debiaskit train` and `debiaskit audit`."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -8,7 +9,7 @@ import typer
 
 from .._io import RUN_FOLDER, check_output
 from ..errors import ConfigError
-from ._common import app, console, parse_params
+from ._common import app, console, esc, parse_params
 from .cmd_data import _print_groups
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -87,12 +88,12 @@ def train(dataset: str = typer.Option(..., help="dataset name (see `debiaskit da
                                    record_dynamics=record_dynamics, resume=resume)
     except KeyboardInterrupt:
         if (partial_dir(out) / "checkpoint.safetensors").is_file():
-            console.print(f"[yellow]interrupted[/yellow]: the last finished epoch is kept in {partial_dir(out)}; "
+            console.print(f"[yellow]interrupted[/yellow]: the last finished epoch is kept in {esc(partial_dir(out))}; "
                           "continue with the same command plus --resume")
         raise
     last = result.history[-1]
-    console.print(f"[green]trained[/green] {model} on {dataset} in {result.wall_time_s:.1f}s "
-                  f"(final train loss {last.get('loss', float('nan')):.4f}); run folder: {folder}")
+    console.print(f"[green]trained[/green] {esc(model)} on {esc(dataset)} in {result.wall_time_s:.1f}s "
+                  f"(final train loss {last.get('loss', float('nan')):.4f}); run folder: {esc(folder)}", soft_wrap=True)
 
 
 def _user_splits(dataset: str, *, params: dict, seed: int, out: Path, force: bool, **sizes):
@@ -104,20 +105,26 @@ def _user_splits(dataset: str, *, params: dict, seed: int, out: Path, force: boo
     check_output(out, kind=RUN_FOLDER, force=force)  # before reading the user's files
     splits = make_splits(dataset, params=params, seed=seed, **sizes)
     rho = {n: s.summary().get("realised_rho") for n, s in splits.items()}
-    console.print("realised rho (share of bias-aligned samples): " + ", ".join(
-        f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}" for n, v in rho.items()), highlight=False)
+    console.print("realised rho (share of bias-aligned samples): " + esc(", ".join(
+        f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}" for n, v in rho.items())), highlight=False)
     _print_groups({n: s.summary() for n, s in splits.items()}, splits_from=splits.spec.get("splits_from"))
     return splits
 
 
 def _method(name: str, dataset: str, params: Optional[List[str]] = None):
-    from ..methods import build_method
-    return build_method(name, dataset=dataset, **parse_method_params(params))
+    from ..methods import build_method, method_defaults
+    given = parse_method_params(params)
+    defaults = method_defaults(name, dataset) if given else {}
+    for key, value in given.items():
+        if key in defaults:   # an unknown key is refused by build_method, listing the valid ones
+            check_method_value(key, value, defaults[key].value)
+    return build_method(name, dataset=dataset, **given)
 
 
 def parse_method_params(items: Optional[List[str]]) -> dict:
     """``["lambda_up=20", "refit=true", "discovery=gce"]`` -> {"lambda_up": 20, "refit": True, "discovery": "gce"}:
-    a value is read as JSON (numbers, true/false, null) and otherwise kept as text."""
+    a value is read as JSON (numbers, true/false, null) and otherwise kept as text; an empty value and a
+    non-finite number (nan, inf) are refused."""
     import json
 
     out: dict = {}
@@ -125,13 +132,40 @@ def parse_method_params(items: Optional[List[str]]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--method-param takes KEY=VALUE, got {item!r}")
-        if key.strip() in out:   # refused, never the last one silently winning
-            raise ConfigError(f"--method-param {key.strip()} is given twice ({out[key.strip()]} and {value}): give it once")
+        key = key.strip()
+        if key in out:   # refused, never the last one silently winning
+            raise ConfigError(f"--method-param {key} is given twice ({out[key]} and {value}): give it once")
+        if not value.strip():
+            raise ConfigError(f"--method-param {key}: the value is empty")
         try:
-            out[key.strip()] = json.loads(value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip()] = value
+            out[key] = value
+        if _non_finite(out[key]):
+            raise ConfigError(f"--method-param {key}: {value!r} is not a finite number")
     return out
+
+
+def _non_finite(value: object) -> bool:
+    """nan / inf as a number or as text (float() reads 'nan', 'inf', 'Infinity')."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            return not math.isfinite(float(value))
+        except ValueError:
+            return False
+    return False
+
+
+def check_method_value(key: str, value: object, default: object) -> None:
+    """A hyper-parameter whose default is a number takes a number, a flag takes true/false: said before the
+    method is built (a text 'abc' would otherwise end in a TypeError inside it)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"--method-param {key}: {value!r} is not true or false")
+    elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"--method-param {key}: {value!r} is not a number (default {default!r})")
 
 
 @app.command()
@@ -141,7 +175,8 @@ def audit(run_dir: Path, out: Optional[Path] = typer.Option(None, help="report f
     """Audit a trained run for bias: table on the terminal, JSON + Markdown + plots on disk."""
     from ..audit import audit_run, render_table
     report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force)
-    console.print(render_table(report, title=f"Bias audit of {run_dir}"))
-    console.print(f"report: {folder / 'report.md'}  json: {folder / 'audit.json'}  plots: {folder}/*.png")
+    console.print(render_table(report, title=f"Bias audit of {esc(run_dir)}"))
+    console.print(f"report: {esc(folder / 'report.md')}  json: {esc(folder / 'audit.json')}  plots: {esc(folder)}/*.png",
+                  highlight=False, soft_wrap=True)
 
 

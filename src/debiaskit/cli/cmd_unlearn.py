@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ._common import app, console
+from ._common import app, console, esc
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
@@ -24,6 +24,6 @@ def unlearn(run_dir: Path = typer.Argument(..., help="a finished run folder (deb
     target, res = unlearn_run(run_dir, out=out, force=force, seed=seed, top_k=top_k, pool_size=pool_size,
                               damping=damping, device=device)
     info = res.info
-    console.print(f"[green]unlearned[/green] {run_dir} -> {target}: counterfactual bias on held-out pairs "
+    console.print(f"[green]unlearned[/green] {esc(run_dir)} -> {esc(target)}: counterfactual bias on held-out pairs "
                   f"{info['bias_before']:.4f} -> {info['bias_after']:.4f} (step scale {info['selected_scale']}, "
-                  f"{info['harmful_samples']} harmful samples replaced); audit it with `debiaskit audit {target}`")
+                  f"{info['harmful_samples']} harmful samples replaced); audit it with `debiaskit audit {esc(target)}`", highlight=False, soft_wrap=True)

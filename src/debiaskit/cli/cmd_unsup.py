@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import ConfigError
-from ._common import console
+from ._common import console, esc, say
 from .cmd_bench import bench_app, invoked_command
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -38,7 +38,7 @@ def bench_unsup(dataset: Optional[List[str]] = typer.Option(None, "--dataset", h
 
     from ..bench import DEFAULT_METHODS, grid_cells, label_free_methods, plan_cells, run_unsup, write_unsup_results
     if list_methods:
-        console.print("label-free methods: " + ", ".join(label_free_methods()))
+        say("label-free methods: " + ", ".join(label_free_methods()))
         return
     if deadline is not None and not _is_hhmm(deadline):
         raise ConfigError(f"--deadline takes UTC HH:MM, got {deadline!r}")
@@ -53,12 +53,13 @@ def bench_unsup(dataset: Optional[List[str]] = typer.Option(None, "--dataset", h
             cells = grid_cells(methods=methods or DEFAULT_METHODS, rhos=rho or (0.999, 0.997),
                                seeds=range(seeds), datasets=dataset or ("biased-mnist",), epochs=epochs,
                                train_size=train_size, model=model, unbiased_size=unbiased_size)
-        console.print(f"{len(cells)} cells under {out} (finished cells are read, not retrained)")
-        _, failed = run_unsup(cells, root=out, progress=progress, deadline=deadline, echo=console.print)
+        console.print(f"{len(cells)} cells under {esc(out)} (finished cells are read, not retrained)")
+        _, failed = run_unsup(cells, root=out, progress=progress, deadline=deadline, echo=say)
     path, rows = write_unsup_results(root=out, command=invoked_command(), wall_time_s=time.perf_counter() - start,
-                                     vanilla_from=vanilla_from, echo=console.print)
+                                     vanilla_from=vanilla_from, echo=say)
     _print_table(rows)
-    console.print(f"summary: {path}  json: {out / 'results.json'}  plot: {out / 'discovery_over_time.png'}")
+    console.print(f"summary: {esc(path)}  json: {esc(out / 'results.json')}  plot: {esc(out / 'discovery_over_time.png')}",
+                  highlight=False, soft_wrap=True)
     if failed:
         console.print(f"[yellow]{len(failed)} cell(s) failed or were not started; rerun the same command to retry[/yellow]")
         raise typer.Exit(1)
@@ -76,13 +77,13 @@ def _print_table(rows) -> None:
         m, s, n = mean_std(v for v in values or [] if v is not None)
         return "-" if n == 0 else f"{100 * m:.1f}±{100 * s:.1f}"
 
-    table = Table(title=f"{', '.join(datasets)}: unbiased test accuracy (%), mean±std over seeds", box=box.SIMPLE,
+    table = Table(title=f"{esc(', '.join(datasets))}: unbiased test accuracy (%), mean±std over seeds", box=box.SIMPLE,
                   collapse_padding=True, pad_edge=False)
     many = len(datasets) > 1
     for c in (["dataset"] if many else []) + ["rho", "method", "seeds", "task", "conflict.", "worst grp", "time s", "x van."]:
         table.add_column(c, no_wrap=True)
     for r in rows:
-        table.add_row(*([r["dataset"]] if many else []), f"{r['rho']}", r["method"].replace(" (bench vanilla runs)", " (reused)"),
+        table.add_row(*([esc(r["dataset"])] if many else []), esc(r["rho"]), esc(r["method"].replace(" (bench vanilla runs)", " (reused)")),
                       ",".join(map(str, r["seeds"])), short(r["task"]), short(r["conflicting"]), short(r["worst_group"]),
                       f"{r['train_time_s']:.0f}", "-" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}")
     console.print(table)

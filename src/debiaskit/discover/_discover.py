@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..data import BiasDataset, as_bias_data, relabel_bias
-from ..errors import DataError
+from ..errors import DataError, OutputError, RunExistsError
 from .._io import DISCOVER_FOLDER, atomic_folder, save_tensors, write_json, write_text
 from .._validate import check_device
 from ..runs import load_run
@@ -274,6 +275,26 @@ def otsu_threshold(counts: Tensor, *, max_value: int) -> int:
     return best_t
 
 
+NO_OUT = ("clear that path or copy the run folder elsewhere (discover has no --out: it always writes "
+          "RUN_DIR/discover, where `debiaskit ffw --bias-labels discovered` reads the labels)")
+
+
+@contextmanager
+def _discover_folder(target: Path, *, force: bool) -> Iterator[Path]:
+    """``atomic_folder`` for RUN_DIR/discover. Its refusals advise "choose another --out", an option discover does
+    not have on purpose: the folder's place is fixed so that `ffw --bias-labels discovered` finds it; they are
+    reworded to what the user can do instead."""
+    try:
+        with atomic_folder(target, kind=DISCOVER_FOLDER, force=force) as staging:
+            yield staging
+    except (OutputError, RunExistsError) as exc:
+        if "--out" not in str(exc):
+            raise
+        text = str(exc).replace("Choose another --out", NO_OUT[0].upper() + NO_OUT[1:])
+        text = text.replace("choose another --out", NO_OUT).replace("--out ", "")
+        raise type(exc)(text) from exc
+
+
 def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", layer: str | None = "auto",
                  dynamics: str = "auto", splits=None, model=None) -> tuple[Path, dict[str, Any]]:
     """``debiaskit discover``: write ``RUN_DIR/discover/`` (pseudo_bias.safetensors, report.json, report.md).
@@ -293,7 +314,7 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
     target = run_dir / DISCOVER_DIR
     check_device(device)
     run = load_run(run_dir, splits=splits, model=model)
-    with atomic_folder(target, kind=DISCOVER_FOLDER, force=force) as staging:  # before any compute
+    with _discover_folder(target, force=force) as staging:  # before any compute
         dyn = None if dynamics == "off" else load_dynamics(run_dir)
         if dynamics == "use" and dyn is None:
             raise DataError(f"{run_dir} has no dynamics.safetensors; train it with `debiaskit train --record-dynamics`")

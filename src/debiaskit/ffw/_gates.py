@@ -102,18 +102,33 @@ def encoder_layers(model: nn.Module, head: str, *, include_head: bool = False) -
     return out
 
 
-class GatedModel:
-    """A model with FFW gates installed; ``state`` switches temperature and soft/hard gates."""
+class GatedModel(nn.Module):
+    """A model with FFW gates installed, as an ``nn.Module``: calling it runs the gated model, ``.to()`` /
+    ``.eval()`` / ``state_dict()`` work as on any module; ``state`` switches temperature and soft/hard gates.
+
+    ``model`` is the network the gates sit in (its weights frozen); ``gates`` maps a gate's name to its
+    module (registered under ``gate_modules``, dots spelt ``__``); ``gate_parameters()`` are what FFW trains.
+    ``parameters()`` is nn.Module's: every parameter, the frozen weights included.
+    """
 
     def __init__(self, model: nn.Module, *, mode: str, head: str, gates: dict[str, nn.Module],
                  state: GateState, handles: list, units: dict[str, tuple[str, ...]] | None = None,
                  ungated: dict[str, str] | None = None) -> None:
-        self.model, self.mode, self.head, self.gates, self.state = model, mode, head, gates, state
+        super().__init__()
+        self.model = model
+        # registered so that .to(device) / state_dict() reach the gates; a ModuleDict key cannot hold a dot
+        self.gate_modules = nn.ModuleDict({name.replace(".", "__"): gate for name, gate in gates.items()})
+        self.mode, self.head, self.gates, self.state = mode, head, dict(gates), state
         self._handles = handles
         self.units = units or {}   # structured: gate name -> the modules whose output it multiplies
-        self.ungated = ungated or {}   # structured: conv/linear left ungated -> why (e.g. a grouped conv reads it)
+        self.ungated = ungated or {}   # conv/linear (structured) or parameters (unstructured) left ungated -> why
+        self.train(model.training)
 
-    def parameters(self) -> list[nn.Parameter]:
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """The gating parameters ``m`` (what FFW trains; the model's own weights stay frozen)."""
         return [g.m for g in self.gates.values()]
 
     def gate_tensors(self) -> dict[str, Tensor]:
@@ -140,6 +155,30 @@ class GatedModel:
             if isinstance(gate, WeightGate) and parametrize.is_parametrized(modules[layer], "weight"):
                 parametrize.remove_parametrizations(modules[layer], "weight", leave_parametrized=False)
         self._handles = []
+
+
+# Parameters FFW never gates, by design (the paper gates conv/linear weights): biases and normalisation scales.
+_NEVER_GATED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d,
+                nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def ungated_parameters(model: nn.Module, head: str, *, gated: list[str]) -> dict[str, str]:
+    """Unstructured FFW: every weight-like parameter outside the head that carries no gate, with why (an
+    attention's ``in_proj_weight``, a positional embedding, an nn.Embedding). Biases and normalisation
+    parameters are never gated and not listed."""
+    out: dict[str, str] = {}
+    done = set(gated)
+    for mname, module in model.named_modules():
+        inside = [mname] + [mname[:i] for i, c in enumerate(mname) if c == "."]   # it and its parents
+        if done.intersection(inside) or head in inside or isinstance(module, _NEVER_GATED):
+            continue   # a gated layer (its gate's own modules too), the head, a normalisation
+        for pname, _ in module.named_parameters(recurse=False):
+            if pname == "bias" or pname.endswith("_bias"):
+                continue
+            full = f"{mname}.{pname}" if mname else pname
+            out[full] = (f"not gated: a parameter of {type(module).__name__}, not the weight of a conv/linear module "
+                         "(unstructured FFW gates the weights of nn.Conv1d/2d/3d and nn.Linear modules)")
+    return out
 
 
 def _weight_gate(module: nn.Module, state: GateState) -> WeightGate:
@@ -183,7 +222,8 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
         raise ConfigError("input_weights applies to structured FFW only (unstructured FFW gates every weight already)")
     if mode == "unstructured":
         gates: dict[str, nn.Module] = {name: _weight_gate(module, state) for name, module in layers}
-        return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=[])
+        return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=[],
+                          ungated=ungated_parameters(model, head, gated=[n for n, _ in layers]))
     if mode == "structured":
         if include_head:
             raise ConfigError("include_head applies to unstructured FFW only: structured gates sit on encoder "

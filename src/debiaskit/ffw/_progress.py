@@ -34,4 +34,4 @@ def print_epoch(event: dict[str, Any]) -> None:
     line = progress_line(event)
     if line is not None:
         from rich.console import Console
-        Console().print(line, highlight=False)
+        Console(emoji=False).print(line, highlight=False, markup=False)   # text: a layer may be named [x]

@@ -33,9 +33,13 @@ from ._search import CHECKPOINT_FILE, SELECTIONS, FFWConfig, FFWResult, find_fan
 FFW_FILE = "ffw.json"
 
 
-def default_out(run_dir: Path, mode: str, gamma: float, include_head: bool = False, bias_labels: str = "true") -> Path:
+def default_out(run_dir: Path, mode: str, gamma: float, include_head: bool = False, bias_labels: str = "true", *,
+                input_weights: bool = False) -> Path:
+    """RUN_DIR/ffw-MODE-gGAMMA plus one tag per option that changes what is gated or read (two different
+    searches never share a default folder: the second would stop at "exists, pass --force")."""
     g = f"{gamma:g}"
-    suffix = ("-head" if include_head else "") + ("-discovered" if bias_labels == "discovered" else "")
+    suffix = (("-head" if include_head else "") + ("-input-weights" if input_weights else "")
+              + ("-discovered" if bias_labels == "discovered" else ""))
     return Path(run_dir) / f"ffw-{mode}-g{g}{suffix}"
 
 
@@ -206,7 +210,8 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
     config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)  # fail fast
     start = time.perf_counter()
     device = _dist.check_device(device)   # this rank's GPU under torchrun, before any collective
-    out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels)
+    out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels,
+                                                                   input_weights=config.input_weights)
     run = load_run(run_dir, splits=splits, model=model)
     # before any compute; under torchrun rank 0 writes and decides about the interrupted search, for every rank
     with _dist.rank0_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:
@@ -432,7 +437,11 @@ def report_markdown(info: dict[str, Any]) -> str:
         lines += ["", "Weights of the layers that read the input set to 0 (--input-weights): "
                   + ", ".join(f"{k} {100 * v:.2f} %" for k, v in inputs["per_layer"].items())]
     ungated = s["sparsity"].get("ungated") or {}
-    if ungated:  # structured FFW on a residual network: the residual stream keeps its width
+    if ungated and info["mode"] == "unstructured":  # e.g. an attention's in_proj_weight: kept whole
+        lines += ["", f"Not gated ({len(ungated)} parameters, kept as they are; biases and normalisation "
+                  "parameters are never gated):", ""]
+        lines += [f"- {k}: {why}" for k, why in ungated.items()]
+    elif ungated:  # structured FFW on a residual network: the residual stream keeps its width
         lines += ["", f"Not gated ({len(ungated)} conv/linear layers; pruning their units is not free):", ""]
         lines += [f"- {k}: {why}" for k, why in ungated.items()]
     return "\n".join(lines) + "\n"

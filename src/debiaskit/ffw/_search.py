@@ -399,7 +399,7 @@ class _Search:
 
     def _trained(self) -> list[Tensor]:
         """What the gate optimiser steps: the gates, and the logit temperature when it is learnt."""
-        return self.gated.parameters() + ([self.log_temperature] if self.log_temperature is not None else [])
+        return self.gated.gate_parameters() + ([self.log_temperature] if self.log_temperature is not None else [])
 
     # ---- privacy head pre-training on the vanilla model (gates all at 1) ----
     @torch.no_grad()
@@ -839,6 +839,8 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
         exported = apply_unstructured_masks(model, {f"{k}.weight": v for k, v in masks.items()}, copy_model=not inplace)
         sparsity = unstructured_sparsity(masks)
         sparsity["counts_head"] = cfg.include_head
+        if search.gated.ungated:   # e.g. an attention's in_proj_weight, a positional embedding, with why
+            sparsity["ungated"] = dict(search.gated.ungated)
     else:
         example = next(iter(iterate_batches(search.train, batch_size=2))).x
         exported, shapes = prune_structured(model, masks, head=search.head, example=example)

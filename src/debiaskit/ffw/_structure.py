@@ -147,14 +147,22 @@ class Structure:
 
 class _Tracer(fx.Tracer):
     """fx tracer that keeps torch.nn modules as leaves and turns a sub-module whose forward cannot be
-    traced into one opaque node (recorded in ``opaque`` with the error) instead of failing."""
+    traced into one opaque node (recorded in ``opaque`` with the error) instead of failing.
+
+    A torch.nn module that holds conv/linear layers (``nn.TransformerEncoderLayer``, ``nn.MultiheadAttention``)
+    is not a leaf: fx's default would keep it as one call, and its layers would look unused. It is traced
+    into; where that fails (the transformer layers branch on tensor values) it is opaque, with the reason."""
 
     def __init__(self) -> None:
         super().__init__()
         self.opaque: dict[str, str] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.opaque or super().is_leaf_module(m, module_qualified_name)
+        if module_qualified_name in self.opaque:
+            return True
+        if not isinstance(m, LAYER_TYPES) and any(isinstance(c, LAYER_TYPES) for c in m.modules()):
+            return False
+        return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)
@@ -587,6 +595,20 @@ def _culprit(node: fx.Node, zero: dict[fx.Node, bool], members: set[fx.Node], ki
         node = ins[0]
 
 
+def _uncalled(name: str, opaque: dict[str, str], called: set[str], modules: dict[str, nn.Module]) -> str:
+    """Why a conv/linear has no call of its own in the graph: it sits inside a module the graph holds as one
+    call (whose forward fx cannot trace, or a leaf), or it is really never called."""
+    owner = next((o for o in opaque if name.startswith(o + ".")), None)
+    if owner is not None:
+        return (f"not gated: inside {owner} ({type(modules[owner]).__name__}), whose forward torch.fx cannot trace "
+                f"({opaque[owner]}): one opaque call, so what it reads and writes is not gated")
+    owner = next((o for o in called if name.startswith(o + ".")), None)
+    if owner is not None:
+        return (f"not gated: inside {owner} ({type(modules[owner]).__name__}), which torch.fx keeps as one opaque "
+                "call")
+    return "not gated: not called in the forward pass"
+
+
 def analyse_structure(model: nn.Module, example: Tensor, head: str) -> Structure:
     """Find the structured gate points of ``model`` (see the module docstring). The trace runs in eval
     mode (BatchNorm statistics untouched, no dropout); the model's mode is restored.
@@ -651,11 +673,7 @@ def analyse_structure(model: nn.Module, example: Tensor, head: str) -> Structure
         if isinstance(m, LAYER_TYPES) and not (name == head or name.startswith(head + ".")):
             if name in called or any(name in points[p].producers for p in points):
                 continue
-            owner = next((o for o in opaque if name.startswith(o + ".")), None)
-            if owner is not None:
-                ungated[name] = f"not gated: inside {owner}, whose forward torch.fx cannot trace ({opaque[owner]})"
-            else:
-                ungated[name] = "not gated: not called in the forward pass"
+            ungated[name] = _uncalled(name, opaque, called, modules)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and n in spaces.of]
     readers = [name for n in inputs for _, name, _ in spaces.get(n)[0].consumers]
     input_layers = tuple(dict.fromkeys(r for r in sorted(readers, key=order.__getitem__)

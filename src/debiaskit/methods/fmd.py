@@ -37,7 +37,7 @@ from ..data import BiasDataset
 from ..errors import ConfigError, DataError
 from .._io import RUN_FOLDER, atomic_folder
 from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
-from ..models import collect_outputs, resolve_head
+from ..models import collect_outputs, not_linear_head, resolve_head
 from ..runs import MethodRecord, load_run, save_run
 from ..train import TrainContext, TrainingMethod
 from ._registry import Default, MethodInfo, register_method
@@ -195,7 +195,7 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
     if hessian not in ("exact", "cg"):
         raise ConfigError(f"fmd: hessian must be 'exact' or 'cg', got {hessian!r}")
     if hessian == "exact" and not isinstance(head_module, nn.Linear):
-        raise ConfigError(f"fmd's exact last-layer Hessian needs an nn.Linear head; {head_name!r} is {type(head_module).__name__}")
+        raise ConfigError(f"fmd's exact last-layer Hessian: {not_linear_head(head_name, head_module)}")
     gen = torch.Generator().manual_seed(seed)
     n_train = len(train)
     need = pool_size + n_bias_pairs + n_val

@@ -70,6 +70,20 @@ def head_shape(model: nn.Module, head: str | None = None) -> tuple[int, int]:
     """(in_features, out_features) of a linear head, used to build a same-shaped privacy head."""
     name, module = resolve_head(model, head)
     if not isinstance(module, nn.Linear):
-        raise ModelError(f"the head {name!r} is a {type(module).__name__}; debiaskit needs an nn.Linear head "
-                         "(wrap any other head so that its first layer is named)")
+        raise ModelError(not_linear_head(name, module))
     return module.in_features, module.out_features
+
+
+def not_linear_head(name: str, module: nn.Module) -> str:
+    """Why ``module`` cannot be the head, and the exact name to use instead when it holds nn.Linear layers (a
+    ``Sequential(Dropout, Linear)`` head: name its Linear, ``classifier.1``)."""
+    inner = [f"{name}.{n}" for n, m in module.named_modules() if n and isinstance(m, nn.Linear)]
+    text = f"the head {name!r} is a {type(module).__name__}; debiaskit needs an nn.Linear head (the layer that computes the logits"
+    if not inner:
+        return text + "; wrap any other head so that its linear layer is a named module)"
+    last = inner[-1]
+    text += f"): name the Linear inside it, --head {last} when training (head={last!r} in Python)"
+    if len(inner) > 1:
+        text += (f"; {name!r} holds {len(inner)} Linear layers ({', '.join(inner)}), the last computes the logits "
+                 "and its input is the bottleneck")
+    return text

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import math
 import re
 import sys
 import warnings
@@ -254,8 +255,24 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
         key, value = (s.strip() for s in item.split("=", 1))
         if not key.isidentifier():
             raise ConfigError(f"--model-arg: {key!r} is not a Python argument name")
+        if not value:
+            raise ConfigError(f"--model-arg {key}: the value is empty (a text value is quoted: {key}='')")
         try:
             out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             out[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
+        if _non_finite(out[key]):
+            raise ConfigError(f"--model-arg {key}: {value!r} is not a finite number")
     return out
+
+
+def _non_finite(value: Any) -> bool:
+    """nan / inf as a number (1e999 reads as inf) or as text (float() reads 'nan', 'inf', 'Infinity')."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            return not math.isfinite(float(value))
+        except ValueError:
+            return False
+    return False

@@ -530,11 +530,16 @@ class _progress:
     def __init__(self, enabled: bool, total: int, label: str) -> None:
         self.bar = None
         if enabled:
+            from rich.console import Console
+            from rich.markup import escape
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            # the label and stats are text, not markup or emoji codes (a method may be named anything)
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
+                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                                console=Console(emoji=False))
             self.bar.start()
-            self.task = self.bar.add_task(label, total=total, stats="")
+            self.task = self.bar.add_task(escape(label), total=total, stats="")
+            self._escape = escape
 
     def advance_by(self, steps: int) -> None:
         if self.bar is not None and steps:
@@ -543,7 +548,7 @@ class _progress:
     def advance(self, stats: dict[str, float]) -> None:
         if self.bar is not None:
             text = " ".join(f"{k}={v:.3f}" for k, v in list(stats.items())[:3])
-            self.bar.update(self.task, advance=1, stats=text)
+            self.bar.update(self.task, advance=1, stats=self._escape(text))
 
     def close(self) -> None:
         if self.bar is not None:
