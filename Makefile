@@ -8,7 +8,9 @@ TORCH_PIN := torch==2.13.0
 DEMO_DIR ?= demo-run
 export DEBIASKIT_DATA ?= $(CURDIR)/data-cache
 
-.PHONY: demo test test-fast venv clean
+DOCS_STAMP := $(VENV)/.docs-installed
+
+.PHONY: demo test test-fast venv docs clean
 
 venv: $(STAMP)
 
@@ -36,5 +38,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
+# The documentation site into ./site (mkdocs.yml); warnings are errors. The API reference is read from the source
+# (no torch import), the CLI reference from the typer app.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[docs]' $(TORCH_PIN)
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)
+	rm -rf $(VENV) $(DEMO_DIR) site

@@ -1,8 +1,8 @@
 """Re-measure the probe column of BENCHMARKS.md section 5 (UCI Adult) with the audit's converged linear probe,
 on the models cached in the Adult bench's cells: nothing is retrained and nothing is written into that root.
 
-    OMP_NUM_THREADS=1 DEBIASKIT_DATA=/work/data-cache nice -n 10 .venv/bin/python benchmarks/adult_probe.py \\
-        --root /work/bench/adult/run2 --out /work/bench/rel/adult-probe
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/adult_probe.py \\
+        --root runs/bench/adult --out runs/adult-probe
 
 For every harness cell (bias, method, seed) of the root's adult suite folder whose cell keeps its model (a run
 folder: model.safetensors + run.json), the model is loaded (``load_run``), its splits are rebuilt from what its

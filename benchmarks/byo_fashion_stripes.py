@@ -1,10 +1,10 @@
 """Bring your own model and data, end to end on real data: a user residual CNN on Fashion-MNIST with a
 bias debiaskit does not ship (a striped background texture whose orientation x frequency is the bias).
 
-    python benchmarks/byo_fashion_stripes.py make --out /work/bench/byo/stripes-rho0.99.safetensors
-    python benchmarks/byo_fashion_stripes.py run --data /work/bench/byo/stripes-rho0.99.safetensors \\
-        --root /work/bench/byo/runs --seeds 0 1 2 [--steps train audit ffw-structured ...] [--tag v2]
-    python benchmarks/byo_fashion_stripes.py report --data ... --root /work/bench/byo/runs --tag v2
+    python benchmarks/byo_fashion_stripes.py make --out runs/byo/stripes-rho0.99.safetensors
+    python benchmarks/byo_fashion_stripes.py run --data runs/byo/stripes-rho0.99.safetensors \\
+        --root runs/byo --seeds 0 1 2 [--steps train audit ffw-structured ...] [--tag v2]
+    python benchmarks/byo_fashion_stripes.py report --data ... --root runs/byo --tag v2
 
 ``make`` writes one .safetensors file the way a user would (x uint8 (N, 1, 28, 28), y, b, split):
 D^b = ``--train-size`` official training images with bias rho (b = y with probability rho, else a uniformly

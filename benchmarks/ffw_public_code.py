@@ -3,9 +3,9 @@
 The public code (github: renahon/debiasing_surgeon_ffw, commit 22e824b) is NOT part of debiaskit and is never
 copied into this repository: bring it into a scratch folder outside the repository and pass its path::
 
-    # the public code in /work/scratch/ffw/public (a clone of the authors' repository)
-    python benchmarks/ffw_public_code.py --public /work/scratch/ffw/public \\
-        --run /work/bench/vanilla/biased-mnist-rho0.99-seed0 --epochs 12 --out /work/bench/ffw/public
+    # the public code in a clone of the authors' repository (renahon/debiasing_surgeon_ffw), e.g. ../ffw-public
+    python benchmarks/ffw_public_code.py --public ../ffw-public \\
+        --run runs/bench/vanilla/biased-mnist-rho0.99-seed0 --epochs 12 --out runs/ffw-public
 
 What it does: builds the authors' objects around *our* frozen model (debiaskit's simple-conv-small has the
 same module names as their SimpleConvNet: ``extracter``, ``avgpool``, ``fc``) and our D^u_train / D^u_val,

@@ -7,7 +7,7 @@ rate, gamma, the schedule. Results: one JSON per variant in --out (resumable: a 
 skipped).
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/ffw_structured_ablation.py \\
-        --run /work/bench/vanilla/biased-mnist-rho0.99-seed0 --out /work/bench/struct/ablation \\
+        --run runs/bench/vanilla/biased-mnist-rho0.99-seed0 --out runs/struct/ablation \\
         --variants base gamma0 unstructured --epochs 6
 
 Gate positions other than debiaskit's (``prebn``: gate the conv output, before BatchNorm) are

@@ -1,6 +1,6 @@
 """Table 2 rows (mean +- sample std over seeds) from a folder of `debiaskit ffw` outputs.
 
-    python benchmarks/ffw_structured_table.py /work/bench/struct/t2 --prefix structured-inputw
+    python benchmarks/ffw_structured_table.py runs/struct/t2 --prefix structured-inputw
 
 Reads every PREFIX-rho{RHO}-seed{SEED}/ffw.json: Task / conflicting / worst group on the unbiased test,
 bias extractability by the audit probe and the stronger probes (2-layer MLP, linear to convergence),

@@ -11,7 +11,7 @@ Usage, from the repository root::
 
     python benchmarks/gpu_table2_cell.py --prepare-cache          # here: gzipped MNIST into ./data-cache (~11 MB)
     DEBIASKIT_DATA=data-cache PYTHONPATH=src python benchmarks/gpu_table2_cell.py --device cuda --out OUT
-    python benchmarks/gpu_table2_cell.py --smoke --device cpu --out /tmp/smoke   # the same pipeline in seconds
+    python benchmarks/gpu_table2_cell.py --smoke --device cpu --out runs/gpu-smoke   # the same pipeline in seconds
 
 ``benchmarks/gpu_table2_cell.sh`` is the device-machine entry (checks, then this script into $OUT).
 """
@@ -34,6 +34,13 @@ PAPER = {0.99: {"vanilla": (88.46, 98.45), "ffw": (97.79, 15.74, 46.50)},
          0.999: {"vanilla": (10.02, 100.0), "ffw": (22.29, 23.13, 43.11)}}
 FFW_FULL = dict(max_levels=20, max_epochs_per_level=10, patience=2, head_pretrain_epochs=30)   # bench ffw --full
 FFW_SMOKE = dict(max_levels=1, max_epochs_per_level=1, patience=1, head_pretrain_epochs=1)
+
+
+def _data_root() -> Path:
+    """Where `debiaskit data prepare` put MNIST: $DEBIASKIT_DATA, else the user's cache folder (the library's rule)."""
+    import platformdirs
+    env = os.environ.get("DEBIASKIT_DATA")
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("debiaskit")) / "data"
 
 
 def prepare_cache(source: Path, target: Path) -> None:
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prepare-cache", action="store_true", help="gzip MNIST from $DEBIASKIT_DATA into ./data-cache")
     args = parser.parse_args(argv)
     if args.prepare_cache:
-        prepare_cache(Path(os.environ.get("DEBIASKIT_DATA", "/work/data-cache")), Path("data-cache"))
+        prepare_cache(_data_root(), Path("data-cache"))
         return {}
 
     from debiaskit import _dist

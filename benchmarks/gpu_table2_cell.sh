@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device-machine entry of benchmarks/gpu_table2_cell.py (one Table 2 cell at the paper's protocol + FFW).
 #
-# Here, once:    DEBIASKIT_DATA=/work/data-cache .venv/bin/python benchmarks/gpu_table2_cell.py --prepare-cache
+# Here, once:    .venv/bin/python benchmarks/gpu_table2_cell.py --prepare-cache
 # Then (device): bash benchmarks/gpu_table2_cell.sh      with the ignored ./data-cache carried along, $OUT set
 #
 # Needs on the GPU machine: python3 with a CUDA build of torch and debiaskit's dependencies (numpy, safetensors,

@@ -150,7 +150,7 @@ def test_the_cli_defaults_are_the_library_defaults():
                  "adversary", "selection", "erase", "refine_patience", "refit_head", "tune_epochs", "tune_gamma",
                  "tune_lr", "tune_schedule", "tune_batch_size", "tune_shift"):
         assert getattr(_D, name) == getattr(cfg, name), name
-    assert cfg.adversary == "lda" and cfg.condition_on_target and cfg.memory == 8  # chosen on D^u_val (BENCHMARKS.md)
+    assert cfg.adversary == "lda" and cfg.condition_on_target and cfg.memory == 8  # chosen on D^u_val (docs/design/ffw-defaults.md)
     assert FFWConfig(adversary="head").condition_on_target is False
 
 

@@ -1,4 +1,4 @@
-"""Structured FFW must not win its objective by shrinking units (BENCHMARKS.md, section 7).
+"""Structured FFW must not win its objective by shrinking units (docs/design/ffw-structured.md).
 
 A unit gate can rescale a whole channel, the bottleneck's own channels included. J = CE + gamma * D then has two
 shortcuts that remove nothing: an overconfident vanilla model's CE falls when every logit shrinks (a temperature),

@@ -1,9 +1,10 @@
-"""The README cannot drift from the code: its "Bring your own model and data" section runs as written.
+"""The README and the user guide cannot drift from the code.
 
-Its Python snippets are executed in order, in a folder holding what they refer to (``mynets.py`` - the
-benchmark's user model - and a small ``my-data.safetensors``), and its shell commands are run through the
-CLI. Every other Python snippet of the README is compiled and its imports are resolved (they need the
-real datasets and minutes of training).
+The guide's "Your own model and data" page runs as written: its Python snippets are executed in order, in a
+folder holding what they refer to (``mynets.py`` - the benchmark's user model - and a small
+``my-data.safetensors``), and its shell commands are run through the CLI. Every other Python snippet of the
+README and of the guide is compiled and its imports are resolved (they need the real datasets and minutes of
+training), and every ``debiaskit`` command line in them names commands and options the CLI has.
 """
 from __future__ import annotations
 
@@ -20,17 +21,25 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SECTION = "## Bring your own model and data"
+RUNNABLE = ROOT / "docs" / "guide" / "your-model-and-data.md"
+# the pages a user reads first: the README, the getting-started page and the user guide
+PAGES = [README, ROOT / "docs" / "index.md", ROOT / "docs" / "getting-started.md",
+         *sorted((ROOT / "docs" / "guide").glob("*.md"))]
 
 
 def _blocks(text: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
-def _section(text: str) -> str:
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return text[start:end if end > 0 else None]
+def _command_lines(text: str) -> list[str]:
+    """Every `debiaskit ...` line of the bash blocks (continuations joined, comments dropped)."""
+    lines = []
+    for block in _blocks(text, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "debiaskit " in line and not line.startswith(("pip", "make", "export")):
+                lines.append(line[line.index("debiaskit "):])
+    return lines
 
 
 @pytest.fixture()
@@ -72,13 +81,13 @@ def _short_ffw_schedule(monkeypatch):
     monkeypatch.setattr(FFWConfig.__init__, "__defaults__", defaults)
 
 
-def test_bring_your_own_section_runs_as_written(user_folder, monkeypatch, capsys):
+def test_your_own_model_and_data_page_runs_as_written(user_folder, monkeypatch, capsys):
     from debiaskit.cli import main
-    section = _section(README.read_text())
+    section = RUNNABLE.read_text()
     namespace: dict = {"__name__": "readme"}
     _short_ffw_schedule(monkeypatch)
     for block in _blocks(section, "python"):
-        exec(compile(block, "README.md", "exec"), namespace)     # noqa: S102 - our own README
+        exec(compile(block, RUNNABLE.name, "exec"), namespace)   # noqa: S102 - our own guide
     assert (user_folder / "runs" / "mine-ffw" / "ffw.json").is_file() and (user_folder / "runs" / "mine" / "discover").is_dir()
     commands = [line for block in _blocks(section, "bash")
                 for line in block.replace("\\\n", " ").splitlines() if line.strip().startswith("debiaskit")]
@@ -98,11 +107,45 @@ def test_bring_your_own_section_runs_as_written(user_folder, monkeypatch, capsys
 
 
 def test_every_other_python_snippet_compiles_and_imports():
-    text = README.read_text()
-    other = text.replace(_section(text), "")
-    blocks = _blocks(other, "python")
-    assert blocks
-    for block in blocks:
-        compile(block, "README.md", "exec")
+    blocks = [(page, block) for page in PAGES if page != RUNNABLE for block in _blocks(page.read_text(), "python")]
+    assert {page.name for page, _ in blocks} >= {"README.md", "audit.md", "ffw.md"}
+    for page, block in blocks:
+        compile(block, page.name, "exec")
         imports = "\n".join(line for line in block.splitlines() if line.startswith(("from debiaskit", "import debiaskit")))
-        exec(compile(imports, "README.md", "exec"), {})       # noqa: S102 - names that no longer exist fail here
+        exec(compile(imports, page.name, "exec"), {})       # noqa: S102 - names that no longer exist fail here
+
+
+def _resolve(words: list[str]):
+    """The click command a command line names, and the option words it gives (values dropped)."""
+    import typer
+
+    from debiaskit.cli import app
+    command = typer.main.get_command(app)     # typer's own click classes: duck-typed, not isinstance(click.Group)
+    rest = list(words)
+    while rest and hasattr(command, "list_commands") and not rest[0].startswith("-"):
+        sub = command.get_command(command.context_class(command), rest[0])
+        assert sub is not None, f"no command {rest[0]!r} in `{' '.join(words)}`"
+        command, rest = sub, rest[1:]
+    return command, [w.split("=", 1)[0] for w in rest if w.startswith("--")]
+
+
+def test_every_command_line_names_commands_and_options_that_exist():
+    checked = 0
+    for page in PAGES:
+        for line in _command_lines(page.read_text()):
+            words = shlex.split(re.split(r"\s(?:&&|\||;)\s", line)[0])[1:]
+            command, options = _resolve(words)
+            known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+            unknown = [opt for opt in options if opt not in known]
+            assert not unknown, f"{page.name}: `{line}`: no option {unknown} (known: {sorted(known)})"
+            checked += 1
+    assert checked > 20
+
+
+def test_a_wrong_command_line_is_caught():
+    with pytest.raises(AssertionError, match="no command"):
+        _resolve(["ffww", "runs/v0"])
+    command, options = _resolve(["ffw", "runs/v0", "--mode", "structured", "--no-such-option"])
+    assert command.name == "ffw" and "--no-such-option" in options
+    known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    assert "--no-such-option" not in known and "--mode" in known

@@ -64,7 +64,7 @@ def probe_bias(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, z
 
 
 # ---------------------------------------------------------------- stronger probes
-# How much bias a probe reads depends on how hard it is trained (BENCHMARKS.md, "Bias under stronger probes"):
+# How much bias a probe reads depends on how hard it is trained (docs/design/ffw-defaults.md, "Probes in the report"):
 # a linear head trained a few SGD epochs on raw features reads chance where a converged one reads 50 %. A
 # claim "the bias can no longer be read" is only made when every probe below stays near chance.
 PROBES = {

@@ -76,8 +76,8 @@ def default_epochs(method: str, epochs: int, overrides: dict[str, Any] | None = 
 
 
 def plan_cells(name: str) -> list[dict[str, Any]]:
-    """A named plan of ``unsup_plans.json``, in priority order. ``final`` is the plan behind BENCHMARKS.md's
-    label-free table."""
+    """A named plan of ``unsup_plans.json``, in priority order. ``final`` pins CALM's first recipe
+    (docs/design/calm-recipe.md)."""
     if name not in _PLANS["plans"]:
         raise ConfigError(f"unknown plan {name!r}; available: {', '.join(PLANS)}")
     return [unsup_cell(g["method"], rho, seed, tag=g.get("tag"), epochs=g.get("epochs"), train_size=g.get("train_size"),

@@ -19,7 +19,7 @@ def bench_unsup(dataset: Optional[List[str]] = typer.Option(None, "--dataset", h
                 methods: Optional[List[str]] = typer.Option(None, "--methods", help="label-free methods (repeat or comma-separate; default calm,vcba,jtt,lff)"),
                 seeds: int = typer.Option(3, min=1, help="number of seeds (0..N-1)"),
                 epochs: int = typer.Option(10, min=1, help="epochs of the reported model (vcba adds its stage-1 epochs)"),
-                plan: Optional[str] = typer.Option(None, help="a named cell list instead of the grid: final (BENCHMARKS.md's plan, CALM pinned to its first attractor recipe, with ablations) | gce (current CALM defaults, rho 0.999 / 0.997) | smoke"),
+                plan: Optional[str] = typer.Option(None, help="a named cell list instead of the grid: final (the first recipe's benchmark, CALM pinned to its first attractor recipe, with ablations) | gce (current CALM defaults, rho 0.999 / 0.997) | smoke"),
                 model: str = typer.Option("simple-conv-small", help="network (see `debiaskit models list`)"),
                 train_size: Optional[int] = typer.Option(None, help="use only this many biased training samples"),
                 unbiased_size: int = typer.Option(10000, help="held-out training digits for D^u (toy datasets: <= 600)"),

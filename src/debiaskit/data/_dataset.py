@@ -283,7 +283,7 @@ def summarise(data) -> dict[str, Any]:
 
 def group_counts(y: Tensor, b: Tensor, *, num_classes: int,
                  num_bias: int | tuple[int, ...]) -> list[list[int]] | dict[str, list]:
-    """Samples per (target, bias) group: [y][b] (per attribute for (N, A) bias labels; ``num_bias`` one
+    """Samples per (target, bias) group: ``counts[y][b]`` (per attribute for (N, A) bias labels; ``num_bias`` one
     number for all attributes or one per attribute)."""
     if b.ndim == 2:
         cards = num_bias if isinstance(num_bias, (tuple, list)) else (num_bias,) * b.shape[1]

@@ -166,8 +166,8 @@ def _draw_texture(digits: Tensor, b: Tensor, gen: torch.Generator, *, contrast: 
     whole grayscale image, x = (1 - contrast) * image + contrast * 255 * stripes (default 0.5: both at half
     contrast). A texture a convolution picks up in one layer, while the shape is only partly visible. On
     ``texture-toy`` a short vanilla run learns the texture almost exclusively (the case FFW cannot repair - no
-    debiased sub-network; tests/test_ffw_diagnosis.py); on fashion-mnist see BENCHMARKS.md section 2.1,
-    "Diagnosis, not silence", for the contrast that leaves FFW nothing to find."""
+    debiased sub-network; tests/test_ffw_diagnosis.py); on fashion-mnist see docs/design/ffw-diagnosis.md
+    for the contrast that leaves FFW nothing to find."""
     n, h, w = digits.shape
     angle, period = (torch.tensor(v, dtype=torch.float32)[b % len(TEXTURE_STRIPES)]
                      for v in zip(*TEXTURE_STRIPES))

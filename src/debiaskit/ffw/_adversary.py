@@ -1,7 +1,7 @@
 """What the gates are trained against: how the bias term of FFW's objective J = CE + gamma * D(z, b) is read.
 
 The paper's term is the normalised MI between b and the soft output of a linear privacy head trained
-alongside the gates (``adversary="head"``). Measured here (BENCHMARKS.md, "Bias under stronger probes"), the
+alongside the gates (``adversary="head"``). Measured here (docs/design/ffw-defaults.md, "The bias term"), the
 gates learn to *fool that head* - its own accuracy falls to chance while a fresh probe still reads 40-50 % -
 so this module adds adversaries that keep up:
 

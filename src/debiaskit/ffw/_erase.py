@@ -1,6 +1,6 @@
 """Closed-form linear erasure of the bias at the bottleneck, after the gates (``FFWConfig.erase="linear"``).
 
-Measured (BENCHMARKS.md, section 2.1): FFW's gates remove most of what an MLP probe reads, but the bias-class means
+Measured (docs/design/ffw-defaults.md): FFW's gates remove most of what an MLP probe reads, but the bias-class means
 of the bottleneck features still differ along low-variance directions, and a linear probe trained to convergence
 reads them (37-49 % on Biased MNIST, chance 10 %). The gates fit these means on D^u_train only approximately; a
 closed-form map does it exactly. LEACE (least-squares concept erasure, Belrose et al., NeurIPS 2023):

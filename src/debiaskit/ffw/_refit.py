@@ -3,7 +3,7 @@
 Why: the gates keep the vanilla model's head, which was fitted to the *biased* training features; once the gates
 (and the eraser) have changed the bottleneck, that head is no longer the best linear read-out of the task there.
 Re-fitting the last layer on a small bias-balanced set is the known cheap repair (DFR, Kirichenko et al., ICLR
-2023); D^u_train is such a set and FFW already holds it. Measured (BENCHMARKS.md, section 2.1): +0.6 to +5 points
+2023); D^u_train is such a set and FFW already holds it. Measured (docs/design/ffw-defaults.md): +0.6 to +5 points
 of task accuracy for seconds of compute, and the bottleneck - what the probes read - is not touched, so the bias
 readability of the exported model is unchanged.
 
@@ -119,7 +119,7 @@ def refit_head(head: nn.Module, *, train_z: Tensor, train_y: Tensor, train_b: Te
         raise ValueError("the head has no parameters to refit")
     device, dtype = first.device, first.dtype
     # the fit in float32 on the CPU: small, deterministic; float64 took twice the time and chose the same lambda on
-    # 22 of 24 Table 2 folders, D^u_val within 0.2 points (BENCHMARKS.md, section 2.1)
+    # 22 of 24 Table 2 folders, D^u_val within 0.2 points (docs/design/ffw-defaults.md)
     work = copy.deepcopy(head).float().cpu().eval()
     z, zv = train_z.flatten(1).float().cpu(), val_z.flatten(1).float().cpu()
     y, yv = train_y.long().cpu(), val_y.long().cpu()

@@ -123,11 +123,11 @@ def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: di
     (epoch 0) in task accuracy while the bias readability fell - the frozen model learnt (almost) nothing but
     the bias, and pruning can only select among the features it has. Only retraining helps then. In structured
     mode that conclusion does not follow (whole units may be too coarse to separate the bias from the task: on the
-    user model of BENCHMARKS section 7 unstructured FFW found a sub-network structured FFW did not), so the note
+    user model of docs/design/ffw-structured.md unstructured FFW found a sub-network structured FFW did not), so the note
     points to unstructured FFW first. ``final_val_task``: the exported model's D^u_val task accuracy after the
     steps that follow the gates (eraser, head refit), when there were any: the model the user gets is judged;
     ``head_refit=False``: the head was not refit, which the note then suggests first (a refit head may read a task
-    the vanilla head ignored: BENCHMARKS.md, section 2.1). ``tuned_val_task``: D^u_val task accuracy after the
+    the vanilla head ignored: docs/design/ffw-defaults.md). ``tuned_val_task``: D^u_val task accuracy after the
     weight tuning (``tune_epochs``; None: no tuning), which then takes the credit the gates did not earn."""
     notes = []
     v_task, g_task = history[0]["val_hard"]["task"], selected["val_hard"]["task"]
@@ -166,7 +166,7 @@ def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: di
                 "FFW can only keep or remove what it learnt. Retrain instead: `debiaskit train --method calm` "
                 "(no bias labels needed) or `debiaskit train --method groupdro` (with bias labels) - or, if the "
                 "vanilla model was trained briefly, train it longer and run FFW again (a model that learnt some of "
-                "the task too may hold a sub-network: BENCHMARKS.md, section 2.1).")
+                "the task too may hold a sub-network: docs/design/ffw-diagnosis.md).")
         else:
             notes.append(
                 f"FFW found no better sub-network: on D^u_val the FFW model's task accuracy ({100 * s_task:.1f} %) "

@@ -80,14 +80,14 @@ class FFWConfig:
     closed-form linear readability of b at the bottleneck, within each target class (``condition_on_target``)
     and against the last ``memory`` batches - no probe the gates could fool; chosen on D^u_val over the paper's
     "head" (MI of a linear privacy head trained alongside the gates, which the gates learn to fool) and the other
-    adversaries (BENCHMARKS.md, section 2). tau_decay: tau *= tau_decay at each
+    adversaries (docs/design/ffw-defaults.md). tau_decay: tau *= tau_decay at each
     plateau (paper 0.5; the public code uses 0.1). patience / plateau_threshold: a level ends when the
     D^u_val objective has not improved by a relative ``plateau_threshold`` for ``patience`` epochs (or after
     the level's epoch cap). max_epochs: the search's epoch budget (None: unbounded); it is spread over the
     levels needed to bring tau from tau_init to tau_final, so a level never takes more than
     max_epochs / planned_levels() epochs and the budget always reaches a near-hard temperature (default: 10
     epochs, 1 per level from tau 1 to 1/512, then ``tune_epochs`` 8 epochs of weight tuning: chosen on D^u_val over
-    20 epochs of gates alone at the same cost, BENCHMARKS.md section 2.1). refine_patience > 0: after agreement,
+    20 epochs of gates alone at the same cost, docs/design/ffw-defaults.md). refine_patience > 0: after agreement,
     keep the last tau while the hard-masked D^u_val selection score improves (the paper stops at agreement).
     agree_tol: stop when soft and hard model differ by at most this in D^u_val task accuracy and in
     privacy-head accuracy. Privacy head: SGD lr 0.1, momentum 0.9, wd 1e-4 (public code). Gates:
@@ -95,7 +95,7 @@ class FFWConfig:
     learn_temperature / scale_free_dependence (default: on for structured, off for unstructured): a unit gate can
     rescale a whole channel, so J has two shortcuts that remove no bias - an overconfident model's CE falls when
     every logit shrinks, and the bias term falls when the features it reads shrink; the hard mask turns such a
-    shrink into removal (a user residual CNN went to chance in one epoch, BENCHMARKS.md section 7). The first
+    shrink into removal (a user residual CNN went to chance in one epoch, docs/design/ffw-structured.md). The first
     divides the logits by a temperature fitted on the vanilla D^u_train logits and learnt with the gates (no argmax
     sees it; only the CE of J does, in training); the second gives D no gradient along a bottleneck feature's own
     scale (its value is unchanged: a probe undoes any rescaling).
@@ -582,7 +582,7 @@ class _Search:
         """Keep the best hard-masked state on D^u_val: by the selection score among the gated candidates that
         keep the vanilla model's task accuracy; by the score alone while there is none. J alone prefers a dead
         network (CE log K, D 0) to any model that still reads the bias - which an overconfident vanilla model's
-        CE makes easy to reach (BENCHMARKS.md, section 7)."""
+        CE makes easy to reach (docs/design/ffw-structured.md)."""
         score = self._score(record)
         record["selection_score"] = score
         record["keeps_task"] = self._keeps_task(record)

@@ -2,7 +2,7 @@
 
 The gates choose a sub-network; they cannot move a weight. Fine-tuning the kept weights on D^u_train with the
 cross-entropy alone lifts task accuracy but teaches the bottleneck the bias again (an MLP probe read 25-54 %,
-BENCHMARKS.md section 2.1, "Where 96.5 % is"); under J = CE + gamma * D, with D the probe-free linear readability
+docs/design/ffw-defaults.md, "Why tune the kept weights"); under J = CE + gamma * D, with D the probe-free linear readability
 of the bias within each target class, it lifts task accuracy while D holds the bias down. One epoch:
 
     logits, z = f(shift(x))                # the exported network; BatchNorm statistics frozen (eval mode);

@@ -57,7 +57,7 @@ from ._registry import Default, MethodInfo, register_method
 
 DISCOVERY = ("attractor", "gce")
 # CALM's first recipe (its registry defaults until the GCE-branch recipe replaced them); still the better one for
-# long runs of a conv net on a strong colour shortcut (BENCHMARKS.md section 4).
+# long runs of a conv net on a strong colour shortcut (docs/design/calm-recipe.md).
 ATTRACTOR_RECIPE = {"discovery": "attractor", "warmup_epochs": 2, "tau": 1.0, "select_metric": "groups"}
 SELECT_METRICS = ("groups", "pooled")
 
@@ -403,7 +403,7 @@ def _logits(model: nn.Module, data, index: Tensor, ctx: TrainContext) -> Tensor:
     return map_shards(len(index), rows)
 
 
-_OURS = "ours (design choice; see BENCHMARKS.md section 4 and docs/unsupervised.md)"
+_OURS = "ours (design choice; see docs/design/calm-recipe.md and docs/unsupervised.md)"
 _TUNED = ("ours (chosen on D^u_val of the harness cells - colored-mnist, biased-mnist, multicolor-mnist, "
           "corrupted-mnist, 5 epochs - by the smallest margin over the best label-free baseline; "
           "see docs/unsupervised.md, 'Default recipe')")

@@ -3,7 +3,7 @@
 Why: on a CPU, PyTorch's oneDNN convolutions often run faster on channels-last (NHWC) inputs than on the default
 NCHW ones (1 thread, median step: simple-conv-small, batch 256: training 117 -> 71 ms, forward 63 -> 21 ms; ResNet18
 on 32x32, batch 64: training 2.27 -> 2.05 s; the stride-1 SimpleConvNet: training +1 %, forward +5-10 %;
-BENCHMARKS.md, section 2.1). The decision depends on the model alone, never on a timing, so a run stays
+docs/design/cpu-layout.md). The decision depends on the model alone, never on a timing, so a run stays
 reproducible. The model's parameters are left as they are - a saved or exported model is unchanged - only
 the batches fed to it are laid out differently, and only where the model's own forward accepts them and gives
 the same outputs: a model that calls ``.view`` on a 4-D activation, say, keeps the default layout.

@@ -1,14 +1,15 @@
-"""Issue 12 measurements on the comparison harness's biased-mnist default budget (rho 0.99).
+"""GroupDRO variants and the share of setup in a method's cost, on the comparison harness's biased-mnist
+default budget (rho 0.99).
 
 ``groupdro TAG SEED``: one GroupDRO cell, with its D^u_val worst group and task accuracy next to the test
 numbers. TAG ``balanced`` = the registry default (non-empty groups, group-balanced sampling), ``nonempty`` =
-non-empty groups with plain shuffling; the ``old`` rows of BENCHMARKS.md ran this script on the code before
+non-empty groups with plain shuffling; the ``old`` row of docs/design/groupdro.md ran this script on the code before
 the change (`git show 1d472d4:src` unpacked on PYTHONPATH).
-``setup METHOD``: how much of a method's whole cost (clock started before setup, issue 12) is its setup:
+``setup METHOD``: how much of a method's whole cost (clock started before setup) is its setup:
 first epoch's time minus the mean of the others.
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/issue12_groupdro_and_setup_time.py groupdro balanced 0 --out runs/issue12
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/issue12_groupdro_and_setup_time.py setup jtt --out runs/issue12
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/groupdro_variants_and_setup_time.py groupdro balanced 0 --out runs/groupdro-setup
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/groupdro_variants_and_setup_time.py setup jtt --out runs/groupdro-setup
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=("groupdro", "setup"))
     parser.add_argument("args", nargs="+")
-    parser.add_argument("--out", type=Path, default=Path("runs/issue12"))
+    parser.add_argument("--out", type=Path, default=Path("runs/groupdro-setup"))
     a = parser.parse_args()
     start = time.perf_counter()
     res = groupdro(a.args[0], int(a.args[1]), a.out) if a.what == "groupdro" else setup_time(a.args[0])
