@@ -293,7 +293,7 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
     target = run_dir / DISCOVER_DIR
     check_device(device)
     run = load_run(run_dir, splits=splits, model=model)
-    with atomic_folder(target, kind=DISCOVER_FOLDER, force=force) as staging:  # before any compute
+    with atomic_folder(target, kind=DISCOVER_FOLDER, force=force, pinned=(run.identity,)) as staging:  # before any compute
         dyn = None if dynamics == "off" else load_dynamics(run_dir)
         if dynamics == "use" and dyn is None:
             raise DataError(f"{run_dir} has no dynamics.safetensors; train it with `debiaskit train --record-dynamics`")
