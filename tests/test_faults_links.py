@@ -120,7 +120,10 @@ def test_a_linked_lock_is_refused_and_its_target_not_truncated(cli, tmp_path, mo
     assert target.read_text() == "chapter 1"
 
 
-def test_a_staging_named_sibling_holding_a_users_file_is_reported_not_deleted(tmp_path, caplog):
+def test_a_staging_named_sibling_holding_a_users_file_is_reported_not_deleted(tmp_path, caplog, monkeypatch):
+    import logging
+    monkeypatch.setattr(logging.getLogger("debiaskit"), "disabled", False)   # a logging.config elsewhere may disable it
+    caplog.set_level(logging.WARNING, logger="debiaskit")
     mine = tmp_path / ".run.staging-999999999-abcd"   # a dead pid, but no debiaskit marker
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
