@@ -13,7 +13,7 @@ import stat
 import pytest
 from conftest import tree_bytes
 
-from debiaskit._io import AUDIT_FOLDER, RUN_FOLDER, atomic_folder, check_output, clean_stale, file_mode
+from debiaskit._io import AUDIT_FOLDER, RUN_FOLDER, STAGING_MARKER, atomic_folder, check_output, clean_stale, file_mode
 from debiaskit.errors import OutputError, RunExistsError
 from debiaskit.runs import RUN_FILE, write_json
 
@@ -157,14 +157,16 @@ def test_stale_staging_of_a_dead_process_is_removed(tmp_path):
     out = tmp_path / "run"
     dead = tmp_path / ".run.staging-999999999-abcd"  # no such pid
     old_style = tmp_path / ".run.staging-k2j3h4"     # debiaskit 0.1.0's name: reported, kept
-    for d in (dead, old_style):
+    unmarked = tmp_path / ".run.staging-999999999-ef01"   # a dead pid, but no debiaskit marker: not ours, kept
+    for d in (dead, old_style, unmarked):
         d.mkdir()
         (d / "model.safetensors").write_text("half")
-    assert clean_stale(out) == [old_style]
-    assert not dead.exists() and old_style.exists()
+    (dead / STAGING_MARKER).write_text('{"kind": "run", "pid": 999999999}')   # what debiaskit's staging carries
+    assert clean_stale(out) == [old_style, unmarked]
+    assert not dead.exists() and old_style.exists() and unmarked.exists()
     with atomic_folder(out, kind=RUN_FOLDER) as staging:
         (staging / "run.json").write_text("{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.staging-k2j3h4", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.staging-999999999-ef01", ".run.staging-k2j3h4", "run"]
 
 
 def test_check_output_rules_from_python(tmp_path):

@@ -324,13 +324,14 @@ def revert_sync_batchnorm(model: nn.Module, classes: dict[str, type]) -> nn.Modu
 
 
 @contextmanager
-def rank0_folder(out: Path, *, kind: Any, force: bool = False, inputs: tuple[Path, ...] = ()) -> Iterator[Path | None]:
+def rank0_folder(out: Path, *, kind: Any, force: bool = False, inputs: tuple[Path, ...] = (),
+                 pinned: tuple[Any, ...] = ()) -> Iterator[Path | None]:
     """``atomic_folder`` on rank 0 (the one writer: checked and locked before any compute, published on success);
     ``None`` on the other ranks, which check the same output rule (so every rank refuses a bad ``--out``
     with the same message) and, on leaving, wait until rank 0 has published the folder. Without a process
     group: ``atomic_folder``."""
     if rank_and_world()[0] == 0:
-        with atomic_folder(out, kind=kind, force=force, inputs=inputs) as staging:
+        with atomic_folder(out, kind=kind, force=force, inputs=inputs, pinned=pinned) as staging:
             yield staging
     else:
         check_output(out, kind=kind, force=force, inputs=inputs)

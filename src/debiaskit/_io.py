@@ -16,7 +16,12 @@ may use it.
 - Writes are exclusive: an advisory lock on the sibling ``.OUT.lock`` is held from the early check
   (before any compute) to the final rename, and the destination is checked again under the lock; a second
   writer fails at once with :class:`~debiaskit.errors.OutputBusyError`.
-- Staging folders of a dead process (SIGKILL) are removed by the next writer of the same ``OUT``.
+- Staging folders of a dead process (SIGKILL) are removed by the next writer of the same ``OUT``, and only
+  when they carry debiaskit's marker and hold nothing but what their kind writes; hidden working folders
+  (staging, ``.OUT.partial``, the lock) are never followed through a symbolic link: a link in their place is
+  refused, its target left untouched.
+- Commit identity: the folder ``OUT`` is in, and every input pinned when it was read, must still be the same
+  folder at the final rename; one moved or replaced meanwhile is never written into (nothing is published).
 - Files get the usual permissions under the umask, and a full disk or a file-size limit is a clear
   :class:`~debiaskit.errors.OutputError`, never a half-written file.
 """
@@ -34,6 +39,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,6 +96,10 @@ def atomic_file(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     name = None
+    gone = _vanished(path)
+    if gone is not None:
+        raise OutputError(f"cannot write {path}: {gone} was moved or removed while debiaskit was writing into it; "
+                          "debiaskit never recreates it, nothing was written there")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -115,6 +125,18 @@ def atomic_file(path: Path) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _vanished(path: Path) -> Path | None:
+    """A folder debiaskit is working in that is gone (moved away mid-command): a staging folder, or the folder a
+    staging or partial folder lives in. Recreating it would rebuild the old path, or write into whatever
+    replaced it, so :func:`atomic_file` refuses instead."""
+    for p in path.parents:
+        if fnmatch.fnmatchcase(p.name, ".*.staging-*") and not p.exists():
+            return p
+        if fnmatch.fnmatchcase(p.name, ".*.partial") and not p.parent.exists():
+            return p.parent
+    return None
 
 
 def json_safe(obj: Any) -> Any:
@@ -289,11 +311,15 @@ def register_folder_kind(kind: FolderKind) -> FolderKind:
     return kind
 
 
+_RUN_FILES = ("run.json", "model.safetensors", "train_log.jsonl", "dynamics.safetensors", "result.json",
+              "checkpoint*.safetensors")
+# one kind per writer: `train --force` never replaces an unlearn run, nor `unlearn --force` a training run (both are
+# run.json folders, told apart by run.json's `kind`); a compare cell's run.json (`compare-cell`) is a bench cell's
 RUN_FOLDER = register_folder_kind(FolderKind(
-    "run", "run.json", ("train", "unlearn", "compare-cell"), describe="a finished run",
-    files=("run.json", "model.safetensors", "train_log.jsonl", "dynamics.safetensors", "result.json",
-           "checkpoint*.safetensors"),
-    legacy=lambda m: m.get("status") == "finished" and "model" in m))
+    "run", "run.json", ("train",), describe="a finished run", files=_RUN_FILES,
+    legacy=lambda m: m.get("status") == "finished" and "model" in m))   # 0.1.0's runs, before `kind`: training runs
+UNLEARN_FOLDER = register_folder_kind(FolderKind(
+    "unlearn", "run.json", ("unlearn",), describe="a finished unlearn run (`debiaskit unlearn`)", files=_RUN_FILES))
 AUDIT_FOLDER = register_folder_kind(FolderKind(
     "audit", "audit.json", ("audit",), describe="an audit report folder",
     files=("audit.json", "report.md", "*.png"), legacy=lambda m: "attributes" in m and "task_accuracy" in m))
@@ -493,13 +519,159 @@ def foreign_entries(folder: Path, kind: FolderKind) -> list[str]:
         name = entry.name
         if entry.is_symlink():
             out.append(name)
-        elif any(fnmatch.fnmatchcase(name, p) for p in _DEBIASKIT_HIDDEN + kind.files):
+        elif any(fnmatch.fnmatchcase(name, p) for p in _DEBIASKIT_HIDDEN):
+            out += hidden_foreign(entry)   # named like debiaskit's working files: ours only if they hold only ours
+        elif any(fnmatch.fnmatchcase(name, p) for p in kind.files):
             continue
         elif entry.is_dir() and recognise(entry) is not None:
             out += [f"{name}/{x}" for x in foreign_entries(entry, recognise(entry))]
         else:
             out.append(name)
     return out
+
+
+# -- hidden working folders: staging, partial, old copies (never followed through a link) -------------------------
+
+STAGING_MARKER = ".debiaskit-staging"   # in a staging folder while it is built ({"kind", "pid"}); gone once published
+PARTIAL_FILES = ("checkpoint.safetensors", ".checkpoint.safetensors.*.tmp")   # what a .OUT.partial folder holds
+_TEMP_FILES = (".*.tmp",)   # atomic_file's temporary names
+
+
+def _link_error(path: Path, what: str) -> OutputError:
+    return OutputError(f"{path} is a symbolic link where debiaskit keeps {what}; debiaskit never follows it (its "
+                       f"target is left untouched). Remove the link (`rm {path}`) and run again")
+
+
+def real_dir(path: Path, *, what: str) -> bool:
+    """True when ``path`` is a real folder, False when it is absent; a symbolic link or a file in its place (a
+    folder debiaskit works in: ``what``) is refused with :class:`OutputError`, and never followed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise _link_error(path, what)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{path} is a file where debiaskit keeps {what}; move it away and run again")
+    return True
+
+
+def _open_dir(path: Path | str, *, what: str, dir_fd: int | None = None) -> int:
+    """A descriptor of the real folder ``path`` (O_NOFOLLOW: a link swapped in is refused, not followed)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _link_error(Path(path), what) from exc
+        raise _write_error(Path(path), exc) from exc
+
+
+def remove_owned(folder: Path, patterns: tuple[str, ...], *, what: str) -> list[str]:
+    """Remove the regular files of ``folder`` matching ``patterns`` (the files a command wrote there), then the
+    folder itself if that left it empty; return the names left (files the command did not write). Nothing is
+    followed through a link: a link at ``folder`` is refused (:func:`real_dir`), links inside it stay."""
+    if not real_dir(folder, what=what):
+        return []
+    fd = _open_dir(folder, what=what)
+    left = []
+    try:
+        for name in os.listdir(fd):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                os.unlink(name, dir_fd=fd)
+            else:
+                left.append(name)
+    finally:
+        os.close(fd)
+    if not left:
+        try:
+            os.rmdir(folder)   # a link swapped in meanwhile is not removed (ENOTDIR)
+        except OSError:
+            pass
+    return sorted(left)
+
+
+def _staging_marker(folder: Path) -> dict | None:
+    try:
+        fd = os.open(folder / STAGING_MARKER, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _staging_foreign(folder: Path) -> list[str]:
+    """Entries of a staging-named real folder that debiaskit did not write: all of them when it lacks debiaskit's
+    marker (a user's folder that only looks like ours), else those its kind does not write."""
+    names = sorted(os.listdir(folder))
+    meta = _staging_marker(folder)
+    kind = FOLDER_KINDS.get(meta.get("kind")) if meta else None
+    if kind is None:
+        return names
+    return [n for n in names if n != STAGING_MARKER and (os.path.islink(folder / n) or not any(
+        fnmatch.fnmatchcase(n, p) for p in kind.files + _TEMP_FILES))]
+
+
+def hidden_foreign(entry: Path) -> list[str]:
+    """What an entry named like debiaskit's working files (``.X.staging-*``, ``.X.partial``, ``.X.lock``, ...)
+    holds that debiaskit did not write, as paths relative to the entry's folder ([]: all of it is debiaskit's)."""
+    name = entry.name
+    if entry.is_symlink():
+        return [name]
+    if fnmatch.fnmatchcase(name, ".*.tmp") or fnmatch.fnmatchcase(name, ".*.lock"):
+        return [] if entry.is_file() else [name]
+    if not entry.is_dir():
+        return [name]
+    if fnmatch.fnmatchcase(name, ".*.staging-*"):
+        return [f"{name}/{x}" for x in _staging_foreign(entry)]
+    if fnmatch.fnmatchcase(name, ".*.partial"):
+        return [f"{name}/{e.name}" for e in sorted(entry.iterdir()) if e.is_symlink() or not e.is_file()
+                or not any(fnmatch.fnmatchcase(e.name, p) for p in PARTIAL_FILES)]
+    kind = recognise(entry)   # .X.old-*: the replaced folder, moved aside
+    return [name] if kind is None else [f"{name}/{x}" for x in foreign_entries(entry, kind)]
+
+
+# -- commit identity: an input read at the start is the one there at the end ------------------------------------
+
+@dataclass(frozen=True)
+class FolderIdentity:
+    """An input folder as it was read: its path, (st_dev, st_ino) and the sha256 of its record file."""
+
+    path: Path
+    marker: str
+    dev: int | None
+    ino: int | None
+    digest: str | None
+
+
+def folder_identity(folder: Path, marker: str) -> FolderIdentity:
+    """Identify ``folder`` (a missing one too: then everything is None) by inode and its ``marker`` file's hash."""
+    folder = Path(folder)
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return FolderIdentity(folder, marker, None, None, None)
+    try:
+        digest = hashlib.sha256((folder / marker).read_bytes()).hexdigest()
+    except OSError:
+        digest = None
+    return FolderIdentity(folder, marker, st.st_dev, st.st_ino, digest)
+
+
+def _moved(out: Path, parent_fd: int, pinned: tuple[FolderIdentity, ...]) -> str | None:
+    """Why publishing now would write into the wrong folder (None: it would not)."""
+    for ident in pinned:
+        if ident.ino is not None and folder_identity(ident.path, ident.marker) != ident:
+            return f"{ident.path} was moved or replaced while debiaskit was running; nothing was written"
+    try:
+        here = os.stat(out.parent)
+    except OSError:
+        here = None
+    there = os.fstat(parent_fd)
+    if here is None or (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+        return f"{out.parent} (the folder {out.name} goes in) was moved or replaced while debiaskit was running; nothing was written"
+    return None
 
 
 # -- the output rule ------------------------------------------------------------------------------------------------
@@ -534,12 +706,36 @@ def check_output(out: Path, *, kind: FolderKind, force: bool = False, inputs: tu
         what = "a symbolic link" if out.is_symlink() else "a file, not a folder"
         raise RunExistsError(f"{given} is {what}; debiaskit never replaces it (with or without --force). "
                              "Choose another --out")
+    _check_name_length(given, out)
     if not out.exists():
         return out
     _check_replaceable(given, out, kind)
     if not force:
         raise RunExistsError(f"{given} is {kind.describe}; choose another --out or pass --force to replace it")
     return out
+
+
+# the longest hidden sibling debiaskit makes beside OUT: ".OUT.staging-PID-TOKEN" (a pid of up to 10 digits)
+_SIBLING_EXTRA = len(".") + len(".staging-") + 10 + len("-") + 8
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` (or its nearest existing parent) allows."""
+    for p in (folder, *folder.parents):
+        try:
+            return os.pathconf(p, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            continue
+    return 255
+
+
+def _check_name_length(given: Path, out: Path) -> None:
+    """Before any compute: OUT's hidden siblings (.OUT.staging-..., .OUT.partial, .OUT.lock) must fit NAME_MAX."""
+    limit, size = _name_max(out.parent), len(os.fsencode(out.name))
+    if size + _SIBLING_EXTRA > limit:
+        raise OutputError(f"--out {given}: its name is {size} bytes long; debiaskit keeps hidden working folders "
+                          f"beside it (.NAME.staging-PID-TOKEN, .NAME.partial, .NAME.lock) whose names must fit this "
+                          f"file system's limit of {limit} bytes: choose a name of at most {limit - _SIBLING_EXTRA} bytes")
 
 
 def _check_replaceable(given: Path, out: Path, kind: FolderKind) -> None:
@@ -563,14 +759,16 @@ def sibling(out: Path, tag: str) -> Path:
 
 
 @contextmanager
-def output_lock(out: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``.OUT.lock``; a second holder fails at once with OutputBusyError."""
+def output_lock(out: Path, *, dir_fd: int | None = None) -> Iterator[None]:
+    """Exclusive advisory lock on ``.OUT.lock``; a second holder fails at once with OutputBusyError.
+
+    ``dir_fd``: the folder ``out`` is in, opened: the lock is made and removed there even if that folder is
+    moved meanwhile (never in a folder put at its old path). A link at ``.OUT.lock`` is refused, not followed
+    (opening it would create or truncate its target)."""
     path = sibling(out, "lock")
+    where = path.name if dir_fd is not None else path
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
-        except OSError as exc:
-            raise _write_error(out, exc) from exc
+        fd = _open_lock(path, where, report=out, dir_fd=dir_fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -578,7 +776,7 @@ def output_lock(out: Path) -> Iterator[None]:
             os.close(fd)
             raise OutputBusyError(f"another process (pid {holder}) is writing {out} right now; wait for it to "
                                   "finish or choose another --out") from None
-        if _same_file(fd, path):  # not a lock file a finishing holder has just unlinked
+        if _same_file(fd, where, dir_fd=dir_fd):  # not a lock file a finishing holder has just unlinked
             break
         os.close(fd)
     try:
@@ -586,8 +784,20 @@ def output_lock(out: Path) -> Iterator[None]:
         os.write(fd, str(os.getpid()).encode())
         yield
     finally:
-        path.unlink(missing_ok=True)  # unlinked while held: a waiter re-checks the inode and retries
+        try:  # unlinked while held: a waiter re-checks the inode and retries
+            os.unlink(where, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
         os.close(fd)
+
+
+def _open_lock(path: Path, where: Path | str, *, report: Path, dir_fd: int | None = None) -> int:
+    try:
+        return os.open(where, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, file_mode(), dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _link_error(path, "a lock file") from exc
+        raise _write_error(report, exc) from exc
 
 
 REPORTS_LOCK = ".reports.lock"
@@ -602,10 +812,7 @@ def report_lock(root: Path) -> Iterator[None]:
     cells (each rewrite also stays whole and atomic, :func:`write_text`)."""
     path = Path(root) / REPORTS_LOCK
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
-        except OSError as exc:
-            raise _write_error(Path(root), exc) from exc
+        fd = _open_lock(path, path, report=Path(root))
         fcntl.flock(fd, fcntl.LOCK_EX)
         if _same_file(fd, path):  # not a lock file a finishing holder has just unlinked
             break
@@ -617,9 +824,9 @@ def report_lock(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def _same_file(fd: int, path: Path | str, *, dir_fd: int | None = None) -> bool:
     try:
-        return os.fstat(fd).st_ino == os.stat(path).st_ino
+        return os.fstat(fd).st_ino == os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_ino
     except FileNotFoundError:
         return False
 
@@ -638,23 +845,38 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale(out: Path) -> list[Path]:
-    """Under ``out``'s lock: remove staging folders of dead processes; report (return) what must stay."""
-    kept = []
-    for entry in out.parent.glob(f".{glob_escape(out.name)}.staging-*"):
+    """Under ``out``'s lock: remove staging folders of dead processes (only real folders carrying debiaskit's
+    marker and holding only what their kind writes) and old copies of a finished replacement; report (return)
+    what must stay. A symbolic link named like one of them is refused, never followed."""
+    kept, not_ours = [], []
+    for entry in sorted(out.parent.glob(f".{glob_escape(out.name)}.staging-*")):
+        real_dir(entry, what="a staging folder")
         match = _STAGING.search(entry.name[len(out.name) + 1:])
-        if match and not _pid_alive(int(match.group(1))):
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
+        if not match or _pid_alive(int(match.group(1))):
             kept.append(entry)
-    for entry in out.parent.glob(f".{glob_escape(out.name)}.old-*"):
-        if out.exists():  # the replacement finished; the old copy was meant to go
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
+        elif not _remove_if_ours(entry, _staging_foreign(entry)):
+            not_ours.append(entry)
+    for entry in sorted(out.parent.glob(f".{glob_escape(out.name)}.old-*")):
+        real_dir(entry, what="the old copy of a replaced folder")
+        if not out.exists():   # the replacement did not finish: the old copy may be the only one
             kept.append(entry)
+        elif not _remove_if_ours(entry, hidden_foreign(entry)):
+            not_ours.append(entry)
     for entry in kept:
         log.warning("%s was left by an interrupted debiaskit command (an older version, or another machine); "
                     "remove it, or rename it to %s if it holds the folder you want", entry, out.name)
-    return kept
+    return kept + not_ours
+
+
+def _remove_if_ours(entry: Path, foreign: list[str]) -> bool:
+    """Remove ``entry`` (a real folder) when nothing in it is foreign; else warn, naming what is not ours."""
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        log.warning("%s is named like a debiaskit working folder but holds files debiaskit did not write (%s); it "
+                    "is left as it is: move those files out and remove it", entry, shown)
+        return False
+    shutil.rmtree(entry, ignore_errors=True)   # rmtree never follows links (and refuses one at the top)
+    return True
 
 
 def glob_escape(name: str) -> str:
@@ -678,63 +900,72 @@ def _make_parents(folder: Path) -> list[Path]:
     return created
 
 
-def _new_staging(out: Path) -> Path:
-    staging = sibling(out, f"staging-{os.getpid()}-{secrets.token_hex(4)}")
+def _new_staging(out: Path, *, kind: FolderKind, dir_fd: int) -> Path:
+    """A new staging folder beside ``out`` (in the opened folder ``dir_fd``), carrying debiaskit's marker: the proof,
+    for a later cleanup, that debiaskit made it (a folder merely named like one is never removed)."""
+    name = f".{out.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        staging.mkdir()  # the umask gives it the usual permissions
-        probe = staging / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        os.mkdir(out.parent / name)  # the umask gives it the usual permissions
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)   # made in the folder held open (not one put in its place)
+        fd = os.open(f"{name}/{STAGING_MARKER}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, file_mode(),
+                     dir_fd=dir_fd)   # also the probe that the folder is writable
+        with os.fdopen(fd, "w") as f:
+            json.dump({"kind": kind.name, "pid": os.getpid()}, f)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)
         raise _write_error(out.parent, exc) from exc
-    return staging
+    return out.parent / name
 
 
 # renameat2(2) flags: swap two paths atomically, or rename only if the target is absent.
-_RENAME_NOREPLACE, _RENAME_EXCHANGE, _AT_FDCWD = 1, 2, -100
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 
 
-def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+def _renameat2(src: str, dst: str, flags: int, *, dir_fd: int) -> bool:
     """True when done; False when the OS or file system lacks renameat2 (callers fall back)."""
     func = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     if func is None:
         return False
-    if func(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+    if func(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), flags) == 0:
         return True
     code = ctypes.get_errno()
     if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
         return False
-    raise OSError(code, os.strerror(code), str(dst))
+    raise OSError(code, os.strerror(code), dst)
 
 
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished ``staging`` to ``out``; an old ``out`` (already checked replaceable) goes away."""
-    if not out.exists():
-        if not _renameat2(staging, out, _RENAME_NOREPLACE):
-            os.rename(staging, out)
+def _publish(name: str, out: Path, *, dir_fd: int) -> None:
+    """Move the finished staging folder ``name`` to ``out``, both in the opened folder ``dir_fd``; an old ``out``
+    (already checked replaceable) goes away."""
+    try:
+        os.stat(out.name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        if not _renameat2(name, out.name, _RENAME_NOREPLACE, dir_fd=dir_fd):
+            os.rename(name, out.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         return
-    if _renameat2(staging, out, _RENAME_EXCHANGE):  # staging now holds the old folder
-        shutil.rmtree(staging, ignore_errors=True)
+    if _renameat2(name, out.name, _RENAME_EXCHANGE, dir_fd=dir_fd):  # staging now holds the old folder
+        shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)
         return
-    trash = sibling(out, f"old-{os.getpid()}-{secrets.token_hex(4)}")
-    os.rename(out, trash)
-    os.rename(staging, out)
-    shutil.rmtree(trash, ignore_errors=True)
+    trash = f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(out.name, trash, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.rename(name, out.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    shutil.rmtree(trash, dir_fd=dir_fd, ignore_errors=True)
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 @contextmanager
-def atomic_folder(out: Path, *, kind: FolderKind, force: bool = False,
-                  inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
+def atomic_folder(out: Path, *, kind: FolderKind, force: bool = False, inputs: tuple[Path, ...] = (),
+                  pinned: tuple[FolderIdentity, ...] = ()) -> Iterator[Path]:
     """Yield an empty staging folder for a new ``kind`` folder at ``out``; publish it atomically on success.
 
     Open it *before* any compute: the output rule (see the module docstring) is checked at once, the
     lock is held until the final rename, and the destination is checked again under the lock and just
     before the rename. On failure the staging folder (and any parent created for it) is removed and an
-    existing ``out`` is left untouched.
+    existing ``out`` is left untouched. The folder ``out`` goes in is held open from the start: staging, lock
+    and the final rename all happen in it, and if it (or an input in ``pinned``, see :func:`folder_identity`)
+    was moved or replaced meanwhile, nothing is published (:class:`OutputError`).
 
     Example::
 
@@ -744,25 +975,39 @@ def atomic_folder(out: Path, *, kind: FolderKind, force: bool = False,
     out = check_output(out, kind=kind, force=force, inputs=inputs)
     created = _make_parents(out.parent)
     try:
-        with output_lock(out):
-            check_output(out, kind=kind, force=force, inputs=inputs)
-            clean_stale(out)
-            staging = _new_staging(out)
-            try:
-                yield staging
+        parent = _open_dir(out.parent, what="the folder of --out")
+        try:
+            with output_lock(out, dir_fd=parent):
                 check_output(out, kind=kind, force=force, inputs=inputs)
-                _publish(staging, out)
-            except BaseException as exc:
-                shutil.rmtree(staging, ignore_errors=True)
-                if isinstance(exc, OutputError):  # name the destination the user gave, not our staging folder
-                    raise type(exc)(str(exc).replace(str(staging), str(out))) from exc
-                if _is_write_failure(exc) and getattr(exc, "errno", None) in _FULL:
-                    raise _write_error(out, exc) from exc
-                raise
+                clean_stale(out)
+                staging = _new_staging(out, kind=kind, dir_fd=parent)
+                try:
+                    yield staging
+                    moved = _moved(out, parent, pinned)
+                    if moved:
+                        raise OutputError(moved)
+                    check_output(out, kind=kind, force=force, inputs=inputs)
+                    os.unlink(f"{staging.name}/{STAGING_MARKER}", dir_fd=parent)
+                    _publish(staging.name, out, dir_fd=parent)
+                except BaseException as exc:
+                    shutil.rmtree(staging.name, dir_fd=parent, ignore_errors=True)   # wherever the folder is now
+                    _reraise(exc, out, staging, _moved(out, parent, pinned) if isinstance(exc, Exception) else None)
+        finally:
+            os.close(parent)
     except BaseException:
         for p in reversed(created):
             _rmdir_if_empty(p)
         raise
+
+
+def _reraise(exc: BaseException, out: Path, staging: Path, moved: str | None) -> None:
+    if moved and not (isinstance(exc, OutputError) and str(exc) == moved):
+        raise OutputError(moved) from exc   # the write that failed mid-move is a symptom; the move is the cause
+    if isinstance(exc, OutputError):  # name the destination the user gave, not our staging folder
+        raise type(exc)(str(exc).replace(str(staging), str(out))) from exc
+    if _is_write_failure(exc) and getattr(exc, "errno", None) in _FULL:
+        raise _write_error(out, exc) from exc
+    raise exc
 
 
 def _rmdir_if_empty(p: Path) -> None:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
-from ._io import RUN_FOLDER, atomic_folder, read_json, save_tensors, write_json, write_text
+from ._io import RUN_FOLDER, FolderIdentity, atomic_folder, folder_identity, read_json, save_tensors, write_json, write_text
 from ._schema import (SCHEMA_VERSION, DataRecord, FFWRecord, MethodRecord, ModelRecord, Record, RunRecord, SchemaError,
                       TrainRecord, migrate)
 from .data import splits_from_spec
@@ -139,6 +139,7 @@ class Run:
     record: RunRecord
     model: nn.Module
     given_splits: Any = None   # the splits passed to load_run (a run trained on data given in Python)
+    identity: FolderIdentity | None = None   # the folder as read: a command writing from it re-checks it at commit
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -165,9 +166,12 @@ def load_run(folder: Path, *, model: nn.Module | None = None, splits: Any = None
     whose data was given in Python (``debiaskit.data.user_splits``), which the folder cannot rebuild.
     """
     folder = Path(folder)
+    identity = folder_identity(folder, RUN_FILE)
     record = read_run_record(folder)
     weights = inner_path(folder, record.weights, file=folder / RUN_FILE, key="weights")
     net = rebuild_model(record.model, load=lambda m: load_weights(m, weights), source_changed=source_changed,
                         model=model)
     net.eval()
-    return Run(folder=folder, record=record, model=net, given_splits=splits)
+    if folder_identity(folder, RUN_FILE) != identity:
+        raise DataError(f"{folder} was moved or replaced while debiaskit was reading it; run the command again")
+    return Run(folder=folder, record=record, model=net, given_splits=splits, identity=identity)

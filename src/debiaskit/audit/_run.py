@@ -25,7 +25,8 @@ def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: 
     device = _dist.check_device(device)
     target = Path(out) if out is not None else Path(run_dir) / "audit"
     run = load_run(run_dir, splits=splits, model=model)  # the input is checked first, then the output, then the compute runs
-    with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:
+    with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),),
+                           pinned=(run.identity,)) as staging:   # a moved RUN: nothing written
         splits = run.splits()
         report = audit_model(run.model, test=splits.test, unbiased_train=splits.unbiased_train,
                              unbiased_val=splits.unbiased_val, head=run.head, seed=seed, device=device,

@@ -16,7 +16,7 @@ def unlearn(run_dir: Path = typer.Argument(..., help="a finished run folder (deb
             seed: int = 0, top_k: int = typer.Option(500, help="number of harmful training samples replaced"),
             pool_size: int = typer.Option(5000, help="training samples scored by influence"),
             damping: float = typer.Option(1e-2, help="Hessian damping"),
-            force: bool = typer.Option(False, help="replace an existing run folder at --out"),
+            force: bool = typer.Option(False, help="replace an earlier unlearn run at --out (never a training run)"),
             device: str = "cpu") -> None:
     """Debias a trained model with FMD (counterfactual bias -> influence -> Newton step on the last layer)
     and write a NEW run folder (the input run is not modified)."""

@@ -280,12 +280,12 @@ NO_OUT = ("clear that path or copy the run folder elsewhere (discover has no --o
 
 
 @contextmanager
-def _discover_folder(target: Path, *, force: bool) -> Iterator[Path]:
+def _discover_folder(target: Path, *, force: bool, pinned: tuple = ()) -> Iterator[Path]:
     """``atomic_folder`` for RUN_DIR/discover. Its refusals advise "choose another --out", an option discover does
     not have on purpose: the folder's place is fixed so that `ffw --bias-labels discovered` finds it; they are
     reworded to what the user can do instead."""
     try:
-        with atomic_folder(target, kind=DISCOVER_FOLDER, force=force) as staging:
+        with atomic_folder(target, kind=DISCOVER_FOLDER, force=force, pinned=pinned) as staging:
             yield staging
     except (OutputError, RunExistsError) as exc:
         if "--out" not in str(exc):
@@ -314,7 +314,7 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
     target = run_dir / DISCOVER_DIR
     check_device(device)
     run = load_run(run_dir, splits=splits, model=model)
-    with _discover_folder(target, force=force) as staging:  # before any compute
+    with _discover_folder(target, force=force, pinned=(run.identity,)) as staging:  # before any compute
         dyn = None if dynamics == "off" else load_dynamics(run_dir)
         if dynamics == "use" and dyn is None:
             raise DataError(f"{run_dir} has no dynamics.safetensors; train it with `debiaskit train --record-dynamics`")

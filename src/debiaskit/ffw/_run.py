@@ -8,7 +8,6 @@ sibling ``.NAME.partial/`` (safetensors + JSON); it is removed once the folder i
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..audit import PROBES, audit_model, probe_suite, readable
 from ..data import BiasDataset, iterate_batches
 from ..discover import load_pseudo_bias, with_pseudo_bias
 from .. import _dist
-from .._io import FFW_FOLDER, log, write_text
+from .._io import FFW_FOLDER, PARTIAL_FILES, log, real_dir, remove_owned, write_text
 from ..errors import ConfigError, RunExistsError
 from ..models import collect_outputs
 from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record
@@ -214,7 +213,8 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
                                                                    input_weights=config.input_weights)
     run = load_run(run_dir, splits=splits, model=model)
     # before any compute; under torchrun rank 0 writes and decides about the interrupted search, for every rank
-    with _dist.rank0_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:
+    with _dist.rank0_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),),
+                           pinned=(run.identity,)) as staging:
         main = staging is not None
         resume = _dist.broadcast_object(_prepare_partial(partial_dir(out), resume=resume, force=force) if main else None)
         result, before, after, speed, probes = _search_and_audit(
@@ -228,7 +228,7 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
             write_record(staging / FFW_FILE, FFWRecord.from_dict(info, file=staging / FFW_FILE))
             write_text(staging / "report.md", report_markdown(info))
     if _dist.is_main_process():
-        shutil.rmtree(partial_dir(out), ignore_errors=True)
+        _remove_partial(partial_dir(out))
     return FFWRun(result=result, before=before, after=after, out=out, info=info)
 
 
@@ -237,21 +237,38 @@ def has_checkpoint(partial: Path) -> bool:
     return (Path(partial) / CHECKPOINT_FILE).is_file()
 
 
+_PARTIAL = "an interrupted FFW search's checkpoint"
+
+
+def _remove_partial(partial: Path) -> list[str]:
+    """Remove the search's checkpoint folder - only the files the search writes, never through a link; returns
+    what is left (files FFW did not write, which stay, and so does the folder)."""
+    left = remove_owned(partial, PARTIAL_FILES, what=_PARTIAL)
+    if left:
+        log.warning("%s holds files FFW did not write (%s); it is left as it is", partial, ", ".join(left[:5]))
+    return left
+
+
 def _prepare_partial(partial: Path, *, resume: bool, force: bool) -> bool:
-    """Decide what to do with an interrupted search's folder; returns whether to resume."""
-    if partial.exists() and not has_checkpoint(partial):
+    """Decide what to do with an interrupted search's folder; returns whether to resume. A symbolic link in its
+    place is refused (never followed), and files FFW did not write there are never deleted."""
+    exists = real_dir(partial, what=_PARTIAL)
+    if exists and not has_checkpoint(partial):
         # interrupted (or a disk error) before the first checkpoint: nothing to resume, nothing to lose
-        shutil.rmtree(partial)
+        if _remove_partial(partial):
+            raise RunExistsError(f"{partial} holds files FFW did not write; move them away first")
+        exists = False
         if resume:
             log.warning("nothing to resume in %s (interrupted before the first checkpoint); starting afresh", partial)
             return False
-    if resume and not partial.exists():
+    if resume and not exists:
         raise ConfigError(f"nothing to resume: {partial} does not exist (start without --resume)")
-    if partial.exists() and not resume:
+    if exists and not resume:
         if not force:
             raise RunExistsError(f"an interrupted FFW search is kept in {partial}; pass --resume to continue it "
                                  "or --force to start afresh")
-        shutil.rmtree(partial)
+        if _remove_partial(partial):
+            raise RunExistsError(f"{partial} holds files FFW did not write; move them away first")
     return resume
 
 
@@ -269,8 +286,8 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
                                         checkpoint_dir=partial, resume=resume, callback=callback,
                                         progress=False)
     except BaseException:
-        if _dist.is_main_process() and partial.exists() and not has_checkpoint(partial):
-            shutil.rmtree(partial, ignore_errors=True)  # e.g. a full disk at the first checkpoint
+        if _dist.is_main_process() and not has_checkpoint(partial):
+            remove_owned(partial, PARTIAL_FILES, what=_PARTIAL)  # e.g. a full disk at the first checkpoint
         raise
     after = result.audit(**{k: v for k, v in audit_kw.items() if k != "head"})
     before_h, after_h = before.headline(), after.headline()

@@ -35,7 +35,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..data import BiasDataset
 from ..errors import ConfigError, DataError
-from .._io import RUN_FOLDER, atomic_folder
+from .._io import UNLEARN_FOLDER, atomic_folder
 from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
 from ..models import collect_outputs, not_linear_head, resolve_head
 from ..runs import MethodRecord, load_run, save_run
@@ -297,7 +297,7 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-fmd")
     run = load_run(run_dir, splits=splits, model=model)
-    with atomic_folder(target, kind=RUN_FOLDER, force=force, inputs=(run_dir,)) as staging:
+    with atomic_folder(target, kind=UNLEARN_FOLDER, force=force, inputs=(run_dir,), pinned=(run.identity,)) as staging:
         res = fmd_unlearn(run.model, train=run.splits().train, head=run.head, seed=seed, top_k=top_k,
                           pool_size=pool_size, damping=damping, device=device)
         parent = run.record

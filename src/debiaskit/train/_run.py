@@ -12,7 +12,7 @@ import torch
 
 from ..data import Splits, make_splits
 from ..discover import DYNAMICS_FILE, save_dynamics
-from .._io import RUN_FOLDER
+from .._io import PARTIAL_FILES, RUN_FOLDER, log as _log, real_dir, remove_owned
 from ..models import infer_head, instantiate, resolve_head
 from ..errors import ConfigError, RunExistsError
 from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, save_run
@@ -85,6 +85,7 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
         recorder = DynamicsRecorder(method) if record_dynamics else None
         if main:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            real_dir(checkpoint.parent, what=_PARTIAL)   # a link planted meanwhile: refused, never written through
         try:
             with (open(staging / "train_log.jsonl", "w") if main else contextlib.nullcontext()) as log_file:
                 def log(record: dict) -> None:
@@ -97,8 +98,8 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
                              checkpoint_meta={"data": splits.spec, "model": model_spec,
                                               "method_config": method_config or {}})
         except BaseException:
-            if main and not any(checkpoint.parent.iterdir()):   # nothing resumable was written: leave nothing behind
-                checkpoint.parent.rmdir()
+            if main:   # nothing resumable was written: leave nothing behind (an empty folder only)
+                remove_owned(checkpoint.parent, (), what=_PARTIAL)
             raise
         if main and result.resumed_from_epoch:   # the epochs before the interruption are in the history, not in the stream
             (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.history))
@@ -138,6 +139,7 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
 
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+_PARTIAL = "an interrupted run's checkpoint"
 
 
 def partial_dir(out: Path) -> Path:
@@ -148,25 +150,23 @@ def partial_dir(out: Path) -> Path:
 
 def _check_partial(out: Path, *, resume: bool, force: bool) -> None:
     partial = partial_dir(out)
+    exists = real_dir(partial, what=_PARTIAL)   # a symbolic link in its place: refused, its target untouched
     if resume:
-        if not (partial / CHECKPOINT_FILE).is_file():
+        if not (exists and (partial / CHECKPOINT_FILE).is_file()):
             raise ConfigError(f"nothing to resume: {partial / CHECKPOINT_FILE} does not exist; start without --resume")
-    elif partial.exists():
+    elif exists:
         if not force:
             raise RunExistsError(f"an interrupted run of {out} is kept in {partial}: pass --resume (with the same "
                                  "arguments) to continue it, or --force to start afresh")
-        _remove_partial(partial)
-        if partial.exists():
-            raise RunExistsError(f"{partial} holds files train did not write; move them away first")
+        left = remove_owned(partial, PARTIAL_FILES, what=_PARTIAL)
+        if left:
+            raise RunExistsError(f"{partial} holds files train did not write ({', '.join(left[:5])}); move them "
+                                 "away first")
 
 
 def _remove_partial(partial: Path) -> None:
     """Remove a checkpoint folder this command wrote - and nothing else: files train did not write stay
     (and then so does the folder)."""
-    if not partial.is_dir():
-        return
-    for path in partial.iterdir():
-        if path.name == CHECKPOINT_FILE or path.name.startswith(f".{CHECKPOINT_FILE}."):
-            path.unlink()
-    if not any(partial.iterdir()):
-        partial.rmdir()
+    left = remove_owned(partial, PARTIAL_FILES, what=_PARTIAL)
+    if left:
+        _log.warning("%s holds files train did not write (%s); it is left as it is", partial, ", ".join(left[:5]))
