@@ -247,3 +247,38 @@ def test_cli_list_show_prepare(compas_files, monkeypatch):
     res = runner.invoke(app, ["data", "show", "compas", "--param", "bias=sex", "--json"])
     info = json.loads(res.output)
     assert info["bias_attributes"] == ["sex"] and "cramers_v" in info["split_sizes"]["train"]["bias_strength"]
+
+
+# --- every method on COMPAS (the DomainBed-style smoke test covers only the toy recipes) -------------------
+
+@pytest.fixture(scope="module")
+def compas_splits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compas")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEBIASKIT_DATA", str(folder / "cache"))
+        mp.setattr(_compas, "COMPAS_SHA256", write_compas_folder(folder / "propublica"))
+        _compas.prepare_compas(from_folder=folder / "propublica")
+        return make_splits("compas", seed=0)
+
+
+def _trainable():
+    from test_methods_smoke import TRAINABLE
+    return TRAINABLE
+
+
+@pytest.mark.parametrize("method_name", _trainable())
+def test_every_method_runs_on_compas(method_name, compas_splits):
+    from test_methods_smoke import FAST
+    from debiaskit.methods import build_method
+    from debiaskit.models import build_model
+    from debiaskit.train import TrainConfig, fit
+    small = {"pool_size": 40, "n_bias_pairs": 20, "n_val": 10, "top_k": 10}   # fmd: the fixture's D^b is ~60 rows
+    wanted = {**FAST.get(method_name, {}), **(small if method_name == "fmd" else {})}
+    overrides = {k: v for k, v in wanted.items() if k in build_method(method_name, dataset="compas")[1]}
+    method, _ = build_method(method_name, dataset="compas", **overrides)
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=2, input_shape=compas_splits.train.input_shape)
+    result = fit(model, compas_splits.train, method=method, config=TrainConfig(epochs=2, batch_size=16, seed=0),
+                 head="fc", progress=False)
+    logits = result.model(compas_splits.test.x)
+    assert logits.shape == (len(compas_splits.test), 2) and torch.isfinite(logits).all()

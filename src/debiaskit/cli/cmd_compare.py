@@ -14,7 +14,7 @@ from .cmd_bench import bench_app, invoked_command
 
 
 @bench_app.command("compare")
-def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mnist | multicolor-mnist | corrupted-mnist | adult | toy"),
+def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mnist | multicolor-mnist | corrupted-mnist | adult | compas | toy"),
                   methods: Optional[List[str]] = typer.Option(None, "--methods", help="methods to run (repeat or comma-separate; default: all registered + ffw)"),
                   seeds: int = typer.Option(3, help="number of seeds (0..N-1)"),
                   full: bool = typer.Option(False, help="papers' budgets (e.g. 100 epochs MLP on colored-mnist, SimpleConvNet 80 epochs)"),

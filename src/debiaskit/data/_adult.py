@@ -24,11 +24,13 @@ Preprocessing (the same for every split; statistics fitted on D^b only):
   ``bias=race`` race enters as the binary White / non-White one-hot pair (the bias label), not as its five
   categories, so that the counterfactual is defined: 88 input features for ``sex``, 85 for ``race``.
 
-Labels: y = 1 for income > 50K; b (sex) = 0 Female, 1 Male; b (race) = 0 non-White, 1 White. ``aligned``
-pairs each income class with the bias value that makes it more likely in the official training rows
-(> 50K with Male / White, <= 50K with Female / non-White): Adult is not a rho-style dataset, its realised
-rho is ~0.5 and its bias shows in the group accuracies and demographic-parity gaps, so read worst-group and
-group-mean accuracy.
+Labels: y = 1 for income > 50K; b (sex) = 0 Female, 1 Male; b (race) = 0 non-White, 1 White. Adult is not a
+rho-style dataset: y and b do not share their value sets (``info["bias_kind"] = "attribute"``), so ``data show``
+and the audit report P(y = 1 | b) per bias value and Cramer's V of (y, b), not a realised rho, and no aligned /
+conflicting accuracy; its bias shows in the group accuracies and demographic-parity gaps, so read worst-group
+and group-mean accuracy. ``aligned`` is still set (each income class paired with the bias value that makes it
+more likely in the official training rows: > 50K with Male / White), only for scoring the methods that flag
+"bias-conflicting" training rows (the harness's diagnostics).
 
 Counterfactual renderer (audit's counterfactual bias, FMD): x_cf = the same row with only the protected
 attribute's one-hot columns set to the new bias value (Male <-> Female; White <-> non-White). Proxies
@@ -440,7 +442,7 @@ def make_adult_splits(*, params: dict | None = None, seed: int = 0, unbiased_siz
     Example::
 
         splits = make_adult_splits(params={"bias": "sex"}, seed=0)
-        splits.train.summary()   # {'size': 29050, 'realised_rho': 0.5...}
+        splits.train.summary()   # {'size': 29050, 'bias_strength': {'p_y1_given_b': [...], 'cramers_v': ...}, ...}
     """
     resolved = resolve_adult_params(params)
     if abs(sum(unbiased_fractions) - 1) > 1e-6 or min(unbiased_fractions) <= 0:
