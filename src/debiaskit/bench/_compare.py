@@ -248,8 +248,11 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
                                     state=state),
                 wall_time_s=wall, device=str(device)))
         write_json(staging / RESULT_FILE, result)
+    # conflicting accuracy where y and b share their values, else the group mean (a protected attribute)
+    second = ("conflicting", result["conflicting_accuracy"]) if result["conflicting_accuracy"] is not None else (
+        "group mean", result["mean_group_accuracy"])
     echo(f"  {suite.name} {suite.param}={value} seed={seed} {method}: task {100 * result['task_accuracy']:.2f} "
-         f"conflicting {100 * (result['conflicting_accuracy'] or float('nan')):.2f} in {wall:.0f}s")
+         f"{second[0]} {100 * (second[1] if second[1] is not None else float('nan')):.2f} in {wall:.0f}s")
     return result
 
 
