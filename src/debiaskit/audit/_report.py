@@ -71,8 +71,9 @@ def render_table(report: AuditReport, *, title: str = "Bias audit"):
     table.add_column("unit")
     for k, v, unit in summary_rows(report):
         table.add_row(Text(k), Text(v), Text(unit))   # plain text: a tag such as "[sex]" is an attribute's name, not markup
-    table.caption = ("bias extractability = the audit's privacy head (early-stopped, on the evaluation split); "
-                     "benchmark tables also show a converged linear probe under that name")
+    table.caption = ("bias extractability = the audit's privacy head (early-stopped, scored on the evaluation split); "
+                     "the tabular benchmark tables show it as 'privacy head' beside a 'linear probe' fitted to "
+                     "convergence (a stronger reader of the same features)")
     return table
 
 
