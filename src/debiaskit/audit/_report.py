@@ -17,7 +17,12 @@ CONVENTIONS = ("accuracy = sample-weighted over the evaluation split; mean group
                "probe, debiaskit.audit.probe_suite 'linear', which is fitted to convergence with L2 chosen on D^u_val "
                "and scored on the balanced D^u_test: the two read the same features but need not agree)")
 PERCENT = "%"
-FRACTION = "fraction (0-1)"
+FRACTION = "0-1"   # a fraction, not a percentage
+
+UNITS = (f"Units: % = percent; {FRACTION} = a fraction (normalised MI; counterfactual bias = mean |p_y(x) - p_y(x_cf)|). "
+         "Bias extractability = the audit's privacy head (early-stopped, scored on the evaluation split); the tabular "
+         "benchmark tables show it as 'privacy head' beside a 'linear probe' fitted to convergence (a stronger reader "
+         "of the same features).")
 
 
 def pct(v: float | None) -> str:
@@ -48,9 +53,9 @@ def summary_rows(report: AuditReport) -> list[tuple[str, str, str]]:
             (f"worst-group accuracy{tag}", f"{pct(g.worst_group_accuracy)}  (y={g.worst_group[0]}, b={g.worst_group[1]})",
              PERCENT),
             (f"mean group accuracy{tag}", pct(g.mean_group_accuracy), PERCENT),
-            (f"bias extractability{tag}", pct(a.bias_extractability) + _chance(a), PERCENT + " (privacy head)"),
+            (f"bias extractability{tag}", pct(a.bias_extractability) + _chance(a), PERCENT),
             (f"bias mutual information (normalised){tag}", _fraction(a.bias_mutual_information), FRACTION),
-            (f"counterfactual bias{tag}", _fraction(a.counterfactual_bias), FRACTION + ", mean |p_y(x) - p_y(x_cf)|"),
+            (f"counterfactual bias{tag}", _fraction(a.counterfactual_bias), FRACTION),
         ]
     return rows
 
@@ -71,9 +76,7 @@ def render_table(report: AuditReport, *, title: str = "Bias audit"):
     table.add_column("unit")
     for k, v, unit in summary_rows(report):
         table.add_row(Text(k), Text(v), Text(unit))   # plain text: a tag such as "[sex]" is an attribute's name, not markup
-    table.caption = ("bias extractability = the audit's privacy head (early-stopped, scored on the evaluation split); "
-                     "the tabular benchmark tables show it as 'privacy head' beside a 'linear probe' fitted to "
-                     "convergence (a stronger reader of the same features)")
+    table.caption = UNITS
     return table
 
 
@@ -81,6 +84,7 @@ def to_markdown(report: AuditReport, *, title: str = "Bias audit") -> str:
     lines = [f"# {title}", "", f"Evaluation split: `{report.eval_split}` ({report.num_samples} samples).", "",
              "| metric | value | unit |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {unit} |" for k, v, unit in summary_rows(report)]
+    lines += ["", UNITS]
     for a in report.attributes:
         g = a.groups
         nb = len(g.group_accuracy[0])
