@@ -332,7 +332,8 @@ DISCOVER_FOLDER = register_folder_kind(FolderKind(
     legacy=lambda m: "rule" in m and "quality" in m))
 DATA_CACHE = register_folder_kind(FolderKind(
     "data-cache", "source.json", ("data-cache", "debiaskit-adult-files"), describe="a debiaskit data cache",
-    files=("source.json", "*-ubyte", "*-ubyte.gz", "cifar-10-batches-bin", "adult.data", "adult.test", "adult.names"),
+    files=("source.json", "*-ubyte", "*-ubyte.gz", "cifar-10-batches-bin", "adult.data", "adult.test", "adult.names",
+           "compas-scores-two-years.csv"),
     legacy_by_files=True))   # "debiaskit-adult-files": the Adult caches of earlier versions, still ours
 BENCH_CELL = register_folder_kind(FolderKind(
     "bench-cell", "result.json", ("bench-cell",), describe="a benchmark cell",

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data import BiasDataset, as_bias_datasets
+from ..data import BiasDataset, as_bias_datasets, bias_strength, is_attribute_bias
 from ..errors import DataError
 from ..models import Outputs, collect_outputs
 from .._dist import map_shards
@@ -28,6 +28,9 @@ class AttributeAudit:
     counterfactual_bias: float | None = None
     pseudo_labels: bool = False   # True when the bias labels were discovered, not given
     num_bias_classes: int | None = None   # this attribute's own number of values (chance = 1 / it)
+    # a protected attribute (y and b have different value sets: no aligned / conflicting): P(y = 1 | b) per
+    # value and Cramer's V of (y, b) in the evaluation split (data.bias_strength)
+    bias_strength: dict[str, Any] | None = None
 
 
 @dataclass
@@ -147,9 +150,13 @@ def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=Non
         name = test.bias_names[a] if a < len(test.bias_names) else f"bias{a}"
         b = test.bias(a)
         k = test.num_bias_classes_of(a)   # each attribute its own count: a binary one beside one with 5 values
-        groups = group_metrics(pred, out.y, b, num_classes=test.num_classes, num_bias=k, aligned=test.aligned_mask(a))
+        attribute = is_attribute_bias(test)   # aligned / conflicting only where y and b share their values
+        groups = group_metrics(pred, out.y, b, num_classes=test.num_classes, num_bias=k,
+                               aligned=None if attribute else test.aligned_mask(a))
         att = AttributeAudit(name=name, groups=groups, pseudo_labels=bool(test.info.get("pseudo_bias", False)),
                              num_bias_classes=k)
+        if attribute and test.num_classes == 2:
+            att.bias_strength = bias_strength(out.y.numpy(), b.numpy(), num_bias=k)
         if probe:
             col = (lambda t: t if t.ndim == 1 else t[:, a])
             res = probe_bias(tr.z, col(tr.b), va.z, col(va.b), out.z, b, num_bias=k, seed=seed, **(probe_kwargs or {}))

@@ -266,15 +266,53 @@ def check_bias_labels(b: Tensor, cards: tuple[int, ...], names: tuple[str, ...],
         check_labels(b[:, a], k, what=f"{name} bias labels of attribute {a} ({label})")
 
 
+# ``info["bias_kind"]`` of datasets whose bias is a protected attribute with its own values (Adult's sex,
+# COMPAS's race), not a recoloured copy of the target's value set: "aligned" / "realised rho" mean nothing there,
+# the bias strength is P(y = 1 | b) per bias value and Cramer's V of (y, b)
+ATTRIBUTE_BIAS = "attribute"
+
+
+def is_attribute_bias(data) -> bool:
+    """Whether ``data``'s bias is a protected attribute (y and b do not share their value sets)."""
+    return (getattr(data, "info", None) or {}).get("bias_kind") == ATTRIBUTE_BIAS
+
+
+def cramers_v(y, b) -> float:
+    """Cramer's V of the (y, b) contingency table: sqrt(chi^2 / (n (min(r, c) - 1))) over the values present,
+    in [0, 1] (0: independent; for two binary variables it is |phi|). 0 when either is constant."""
+    y, b = np.asarray(y).astype(np.int64), np.asarray(b).astype(np.int64)
+    _, yi = np.unique(y, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((yi.max() + 1, bi.max() + 1)) if len(y) else np.zeros((1, 1))
+    np.add.at(table, (yi, bi), 1)
+    r, c = table.shape
+    if min(r, c) < 2:
+        return 0.0
+    n = table.sum()
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
+    chi2 = float(((table - expected) ** 2 / expected).sum())
+    return float(np.sqrt(chi2 / (n * (min(r, c) - 1))))
+
+
+def bias_strength(y, b, *, num_bias: int) -> dict[str, Any]:
+    """How strongly a (binary-target) split ties y to a protected attribute b: P(y = 1 | b = v) per bias value
+    (None where no row has that value) and Cramer's V of (y, b)."""
+    y, b = np.asarray(y), np.asarray(b)
+    rates = [float((y[b == v] == 1).mean()) if (b == v).any() else None for v in range(num_bias)]
+    return {"p_y1_given_b": rates, "cramers_v": cramers_v(y, b)}
+
+
 def summarise(data) -> dict[str, Any]:
     out: dict[str, Any] = {"size": len(data)}
     aligned = getattr(data, "aligned", None)
-    if aligned is not None:
+    b = getattr(data, "b", None)
+    if is_attribute_bias(data) and b is not None and b.ndim == 1:
+        out["bias_strength"] = bias_strength(data.y.numpy(), b.numpy(), num_bias=data.num_bias_classes)
+    elif aligned is not None:
         if aligned.ndim == 1:
             out["realised_rho"] = float(aligned.float().mean())
         else:
             out["realised_rho"] = {n: float(a.float().mean()) for n, a in zip(data.bias_names, aligned.T)}
-    b = getattr(data, "b", None)
     if b is not None:
         out["group_counts"] = group_counts(data.y, b, num_classes=data.num_classes,
                                            num_bias=getattr(data, "bias_cardinalities", None) or data.num_bias_classes)
