@@ -16,7 +16,8 @@ def discover(run_dir: Path,
                                                     "the activation layers + bottleneck), bottleneck, or a module name"),
              dynamics: str = typer.Option("auto", help="RUN_DIR/dynamics.safetensors (train --record-dynamics): auto = "
                                                        "extra train.dynamics row when present; use = train labels from it; off"),
-             device: str = "cpu") -> None:
+             device: str = "cpu",
+             trust_code: bool = typer.Option(False, "--trust-code", help="import the user model (package.module:factory) that RUN_DIR names although its record is not signed with your key - review that code first (without this flag the refusal shows it); `debiaskit trust RUN_DIR` trusts it for good")) -> None:
     """Discover pseudo-bias labels of a trained run from its feature geometry (attractor rule), without bias labels.
 
     Writes RUN_DIR/discover/pseudo_bias.safetensors (<split>.pseudo_bias / .conflict_score / .confidence
@@ -26,7 +27,8 @@ def discover(run_dir: Path,
     --layer auto reads the earliest layers where they are still pulled to the other class.
     """
     from ..discover import discover_run
-    folder, report = discover_run(run_dir, force=force, device=device, layer=layer, dynamics=dynamics)
+    folder, report = discover_run(run_dir, force=force, device=device, layer=layer, dynamics=dynamics,
+                                  trust_code=trust_code)
     console.print(f"layer: {report['layer']['chosen']} ({report['layer']['selection']}); "
                   f"training dynamics: {report['training_dynamics']}")
     for split, q in report["quality"].items():

@@ -135,10 +135,11 @@ def parse_method_params(items: Optional[List[str]]) -> dict:
 @app.command()
 def audit(run_dir: Path, out: Optional[Path] = typer.Option(None, help="report folder (default RUN_DIR/audit)"),
           seed: int = 0, device: str = "cpu",
-          force: bool = typer.Option(False, help="replace an earlier audit report folder at --out")) -> None:
+          force: bool = typer.Option(False, help="replace an earlier audit report folder at --out"),
+          trust_code: bool = typer.Option(False, "--trust-code", help="import the user model (package.module:factory) that RUN_DIR names although its record is not signed with your key - review that code first (without this flag the refusal shows it); `debiaskit trust RUN_DIR` trusts it for good")) -> None:
     """Audit a trained run for bias: table on the terminal, JSON + Markdown + plots on disk."""
     from ..audit import audit_run, render_table
-    report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force)
+    report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force, trust_code=trust_code)
     console.print(render_table(report, title=f"Bias audit of {run_dir}"))
     console.print(f"report: {folder / 'report.md'}  json: {folder / 'audit.json'}  plots: {folder}/*.png")
 

@@ -17,12 +17,13 @@ def unlearn(run_dir: Path = typer.Argument(..., help="a finished run folder (deb
             pool_size: int = typer.Option(5000, help="training samples scored by influence"),
             damping: float = typer.Option(1e-2, help="Hessian damping"),
             force: bool = typer.Option(False, help="replace an existing run folder at --out"),
-            device: str = "cpu") -> None:
+            device: str = "cpu",
+            trust_code: bool = typer.Option(False, "--trust-code", help="import the user model (package.module:factory) that RUN_DIR names although its record is not signed with your key - review that code first (without this flag the refusal shows it); `debiaskit trust RUN_DIR` trusts it for good")) -> None:
     """Debias a trained model with FMD (counterfactual bias -> influence -> Newton step on the last layer)
     and write a NEW run folder (the input run is not modified)."""
     from ..methods.fmd import unlearn_run
     target, res = unlearn_run(run_dir, out=out, force=force, seed=seed, top_k=top_k, pool_size=pool_size,
-                              damping=damping, device=device)
+                              damping=damping, device=device, trust_code=trust_code)
     info = res.info
     console.print(f"[green]unlearned[/green] {run_dir} -> {target}: counterfactual bias on held-out pairs "
                   f"{info['bias_before']:.4f} -> {info['bias_after']:.4f} (step scale {info['selected_scale']}, "

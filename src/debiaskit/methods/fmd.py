@@ -284,11 +284,12 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
 
 def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, seed: int = 0, top_k: int = 500,
                 pool_size: int = 5000, damping: float = 1e-2, device: str = "cpu", splits=None,
-                model=None) -> tuple[Path, UnlearnResult]:
+                model=None, trust_code: bool = False) -> tuple[Path, UnlearnResult]:
     """``debiaskit unlearn``: FMD's step on a finished run, written as a NEW run folder (default ``RUN_DIR-fmd``;
     the input run is never modified). Its ``run.json`` keeps the parent's model, data and training record.
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
-    cannot rebuild (see :func:`debiaskit.runs.load_run`).
+    cannot rebuild (see :func:`debiaskit.runs.load_run`); ``trust_code``: import the user model of a run whose
+    ``run.json`` is not signed with your key (see :func:`debiaskit.runs.load_run`).
     """
     for name, value, rule in (("seed", seed, SEED), ("top_k", top_k, POSITIVE_INT),
                               ("pool_size", pool_size, POSITIVE_INT), ("damping", damping, NON_NEGATIVE)):
@@ -296,7 +297,7 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
     check_device(device)
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-fmd")
-    run = load_run(run_dir, splits=splits, model=model)
+    run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     with atomic_folder(target, kind=RUN_FOLDER, force=force, inputs=(run_dir,)) as staging:
         res = fmd_unlearn(run.model, train=run.splits().train, head=run.head, seed=seed, top_k=top_k,
                           pool_size=pool_size, damping=damping, device=device)
