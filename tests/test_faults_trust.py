@@ -93,6 +93,20 @@ def test_a_source_file_in_the_folder_is_not_imported(run, tmp_path, monkeypatch)
     assert not marker.exists() and name not in sys.modules
 
 
+def test_an_ffw_json_naming_os_system_runs_nothing(tmp_path):
+    from debiaskit.ffw import load_ffw_model
+    from debiaskit.models import build_model
+    from debiaskit.runs import save_weights
+    folder, marker = tmp_path / "ffw", tmp_path / "pwned"
+    folder.mkdir()
+    info = json.loads((Path(__file__).parent / "fixtures" / "v0" / "ffw.json").read_text())
+    save_weights(build_model("mlp", num_classes=10, input_shape=(3, 28, 28)), folder / "model.safetensors")
+    (folder / "ffw.json").write_text(json.dumps(_os_system(marker)(info)))
+    with pytest.raises(UntrustedCodeError, match="ffw.json names code"):
+        load_ffw_model(folder)
+    assert not marker.exists()
+
+
 # -- signed own runs, tampering, `debiaskit trust` -----------------------------------------------------------------
 
 @pytest.fixture
@@ -173,6 +187,9 @@ def test_the_key_is_created_once_private_and_a_bad_key_file_is_refused(tmp_path,
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="readable by you alone.*chmod 600"):
         _trust.user_key()
+    with pytest.raises(ConfigError, match="chmod 600"):      # said before training, not when run.json is written
+        train_run(dataset="biased-toy", out=tmp_path / "run", model="mlp", unbiased_size=600, progress=False)
+    assert not (tmp_path / "run").exists()
     path.chmod(0o600)
     path.write_text("not a key\n")
     with pytest.raises(ConfigError, match="not a debiaskit signing key"):
@@ -206,6 +223,9 @@ def test_swapped_or_edited_weights_are_refused(run, tmp_path, toy_splits, cli):
     (run / WEIGHTS_FILE).write_bytes(bytes(edited))
     with pytest.raises(DamagedError, match="SHA-256"):
         load_run(run)
+    before = (run / RUN_FILE).read_bytes()
+    code, out = cli("trust", run)
+    assert code == 2 and "SHA-256" in out and (run / RUN_FILE).read_bytes() == before, out   # not signed
     (run / WEIGHTS_FILE).write_bytes(original)
     assert load_run(run).weights_sha256 == json.loads((run / RUN_FILE).read_text())["weights_sha256"]
 

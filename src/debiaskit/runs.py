@@ -45,7 +45,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 __all__ = ["RUN_FILE", "WEIGHTS_FILE", "RUN_FOLDER", "SCHEMA_VERSION", "Run", "RunRecord", "ModelRecord", "DataRecord",
            "TrainRecord", "MethodRecord", "FFWRecord", "SchemaError", "atomic_folder",
-           "TrustReport", "check_finite", "inner_path", "is_finished", "load_run", "load_state", "load_weights", "package_versions",
+           "TrustReport", "check_finite", "check_signing_key", "inner_path", "is_finished", "load_run", "load_state", "load_weights", "package_versions",
            "read_json", "read_record", "read_run_record", "read_trusted_record", "read_weights", "rebuild_from_record",
            "save_run", "save_weights", "trust_folder", "weights_file", "write_json", "write_record", "write_text"]
 
@@ -140,6 +140,12 @@ def _read_record(path: Path, cls: type[Record], default_kind: str) -> tuple[Reco
 def read_record(path: Path, cls: type[Record], *, default_kind: str) -> Record:
     """Read, migrate and validate one record file (``run.json``, ``ffw.json``)."""
     return _read_record(path, cls, default_kind)[0]
+
+
+def check_signing_key() -> None:
+    """Refuse a bad signing key (wrong mode, not a key, a symlink) before any compute, not when the record that
+    needs it is written at the end (creates the key on first use)."""
+    _trust.user_key()
 
 
 def write_record(path: Path, record: Record) -> None:

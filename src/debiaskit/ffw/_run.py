@@ -24,7 +24,7 @@ from .. import _dist
 from .._io import FFW_FOLDER, json_safe, log, tensors_sha256, write_text
 from ..errors import ConfigError, RunExistsError
 from ..models import collect_outputs
-from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record
+from ..runs import FFWRecord, check_signing_key, load_run, package_versions, save_weights, write_record
 from ._adversary import ADVERSARIES
 from ._export import count_parameters, inference_time, save_masks
 from ._save import load_pruned_model
@@ -208,6 +208,7 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
     config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)  # fail fast
     start = time.perf_counter()
     device = _dist.check_device(device)   # this rank's GPU under torchrun, before any collective
+    check_signing_key()   # ffw.json is signed at the end: a bad key is said now, not after the search
     out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels)
     run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     # before any compute; under torchrun rank 0 writes and decides about the interrupted search, for every rank

@@ -38,7 +38,7 @@ from ..errors import ConfigError, DataError
 from .._io import RUN_FOLDER, atomic_folder
 from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
 from ..models import collect_outputs, resolve_head
-from ..runs import MethodRecord, load_run, save_run
+from ..runs import MethodRecord, check_signing_key, load_run, save_run
 from ..train import TrainContext, TrainingMethod
 from ._registry import Default, MethodInfo, register_method
 
@@ -295,6 +295,7 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
                               ("pool_size", pool_size, POSITIVE_INT), ("damping", damping, NON_NEGATIVE)):
         require(name, value, rule)
     check_device(device)
+    check_signing_key()   # the new run.json is signed at the end
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-fmd")
     run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)

@@ -248,7 +248,10 @@ def describe_import(spec: Mapping[str, Any]) -> list[str]:
     file, how = source_to_import(ref, recorded_file=source)
     if file is None or not file.is_file():
         return lines + [f"file Python would import now: none ({how})"]
-    now = _file_sha256(file)
+    try:
+        now = _file_sha256(file)
+    except OSError as exc:
+        return lines + [f"file Python would import now: {file} ({how}), which cannot be read: {exc.strerror}"]
     same = "the recorded one" if now == recorded else "DIFFERENT from the recorded one"
     return lines + [f"file Python would import now: {file} ({how}); SHA-256 {now}, {same}"]
 
@@ -259,7 +262,10 @@ def _source_change_before_import(ref: str, spec: Mapping[str, Any], source_chang
     file, _ = source_to_import(ref, recorded_file=spec.get("source_file"))
     if not recorded or file is None or not file.is_file():
         return None
-    now = _file_sha256(file)
+    try:
+        now = _file_sha256(file)
+    except OSError as exc:
+        raise ModelError(f"cannot read {file}, the source of {ref}, to check it against the record: {exc.strerror}") from exc
     if now == recorded:
         return None
     changed = (f"the source of {ref} ({file}) changed since training (SHA-256 {now[:12]}... != recorded "
