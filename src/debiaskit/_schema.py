@@ -84,7 +84,8 @@ FRACTIONS = Check("a list of 3 positive numbers summing to 1",
                   and abs(sum(v) - 1) < 1e-6)
 OBJECT = Check("an object", lambda v: isinstance(v, dict))
 ARRAY = Check("a list", lambda v: isinstance(v, list))
-INNER_PATH = Check("a relative path inside the folder (no '..', not absolute, not the folder itself)", _is_relative_inside)
+INNER_PATH = Check("a relative path inside the folder (no '..', not absolute, not the folder itself)",
+                   _is_relative_inside)
 SHA256 = Check("a SHA-256 (64 lowercase hexadecimal characters)",
                lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v))
 FINISHED = Check('"finished"', lambda v: v == "finished")

@@ -63,9 +63,9 @@ def _check_folder(folder: Path) -> None:
         raise ConfigError(f"{folder} (debiaskit's configuration folder) is not a folder (a symbolic link or a file); "
                           f"remove it or set {CONFIG_ENV} to a folder of yours")
     if info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise ConfigError(f"{folder} (debiaskit's configuration folder, which holds your signing key) can be written by "
-                          f"other users (mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}); make it yours "
-                          f"alone (chmod 700 {folder}) or set {CONFIG_ENV} to a folder of yours")
+        raise ConfigError(f"{folder} (debiaskit's configuration folder, which holds your signing key) can be written "
+                          f"by other users (mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}); make it "
+                          f"yours alone (chmod 700 {folder}) or set {CONFIG_ENV} to a folder of yours")
 
 
 def _create_key(path: Path) -> None:

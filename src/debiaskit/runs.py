@@ -45,8 +45,8 @@ WEIGHTS_FILE = "model.safetensors"
 
 __all__ = ["RUN_FILE", "WEIGHTS_FILE", "RUN_FOLDER", "SCHEMA_VERSION", "Run", "RunRecord", "ModelRecord", "DataRecord",
            "TrainRecord", "MethodRecord", "FFWRecord", "SchemaError", "atomic_folder",
-           "TrustReport", "check_finite", "check_signing_key", "inner_path", "is_finished", "load_run", "load_state", "load_weights", "package_versions",
-           "read_json", "read_record", "read_run_record", "read_trusted_record", "read_weights", "rebuild_from_record",
+           "TrustReport", "check_finite", "check_signing_key", "inner_path", "is_finished", "load_run", "load_state",
+           "load_weights", "package_versions", "read_json", "read_record", "read_run_record", "read_trusted_record", "read_weights", "rebuild_from_record",
            "save_run", "save_weights", "trust_folder", "weights_file", "write_json", "write_record", "write_text"]
 
 

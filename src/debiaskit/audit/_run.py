@@ -26,7 +26,8 @@ def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: 
     require("seed", seed, SEED)
     device = _dist.check_device(device)
     target = Path(out) if out is not None else Path(run_dir) / "audit"
-    run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)  # the input is checked first, then the output, then the compute runs
+    # the input is checked first, then the output, then the compute runs
+    run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),)) as staging:
         splits = run.splits()
         report = audit_model(run.model, test=splits.test, unbiased_train=splits.unbiased_train,

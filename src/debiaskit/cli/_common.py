@@ -11,6 +11,9 @@ from ..errors import ConfigError
 app = typer.Typer(help="Find and remove shortcut biases in trained neural networks.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 console = Console()
+TRUST_CODE_HELP = ("import the user model (package.module:factory) that RUN_DIR names although its record is not signed "
+                   "with your key - review that code first (without this flag the refusal shows it); `debiaskit trust "
+                   "RUN_DIR` trusts it for good")
 
 
 def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys: tuple[str, ...] = (),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import app, console
+from ._common import TRUST_CODE_HELP, app, console
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
@@ -17,7 +17,7 @@ def discover(run_dir: Path,
              dynamics: str = typer.Option("auto", help="RUN_DIR/dynamics.safetensors (train --record-dynamics): auto = "
                                                        "extra train.dynamics row when present; use = train labels from it; off"),
              device: str = "cpu",
-             trust_code: bool = typer.Option(False, "--trust-code", help="import the user model (package.module:factory) that RUN_DIR names although its record is not signed with your key - review that code first (without this flag the refusal shows it); `debiaskit trust RUN_DIR` trusts it for good")) -> None:
+             trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP)) -> None:
     """Discover pseudo-bias labels of a trained run from its feature geometry (attractor rule), without bias labels.
 
     Writes RUN_DIR/discover/pseudo_bias.safetensors (<split>.pseudo_bias / .conflict_score / .confidence

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._common import app, console
+from ._common import TRUST_CODE_HELP, app, console
 from .cmd_bench import bench_app, invoked_command
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -75,7 +75,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                                                             "at random (edges replicated; 0: never; non-image inputs "
                                                             "are never shifted)"),
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
-        trust_code: bool = typer.Option(False, "--trust-code", help="import the user model (package.module:factory) that RUN_DIR names although its record is not signed with your key - review that code first (without this flag the refusal shows it); `debiaskit trust RUN_DIR` trusts it for good"),
+        trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
     from ..ffw import before_after_rows, ffw_run, has_checkpoint, partial_dir

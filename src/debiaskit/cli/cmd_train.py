@@ -8,7 +8,7 @@ import typer
 
 from .._io import RUN_FOLDER, check_output
 from ..errors import ConfigError
-from ._common import app, console, parse_params
+from ._common import TRUST_CODE_HELP, app, console, parse_params
 from .cmd_data import _print_groups
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -136,7 +136,7 @@ def parse_method_params(items: Optional[List[str]]) -> dict:
 def audit(run_dir: Path, out: Optional[Path] = typer.Option(None, help="report folder (default RUN_DIR/audit)"),
           seed: int = 0, device: str = "cpu",
           force: bool = typer.Option(False, help="replace an earlier audit report folder at --out"),
-          trust_code: bool = typer.Option(False, "--trust-code", help="import the user model (package.module:factory) that RUN_DIR names although its record is not signed with your key - review that code first (without this flag the refusal shows it); `debiaskit trust RUN_DIR` trusts it for good")) -> None:
+          trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP)) -> None:
     """Audit a trained run for bias: table on the terminal, JSON + Markdown + plots on disk."""
     from ..audit import audit_run, render_table
     report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force, trust_code=trust_code)

@@ -29,6 +29,8 @@ def trust(folder: Path = typer.Argument(..., help="a run folder (run.json) or FF
     for line in report.lines:
         console.print(f"  - {escape(line)}", highlight=False)
     if report.signed:
-        console.print(f"[green]trusted[/green]: {escape(str(report.file))} is now signed with your key", highlight=False)
+        console.print(f"[green]trusted[/green]: {escape(str(report.file))} is now signed with your key",
+                      highlight=False)
     else:
-        console.print(f"nothing signed (--show); trust it with `debiaskit trust {escape(str(folder))}`", highlight=False)
+        console.print(f"nothing signed (--show); trust it with `debiaskit trust {escape(str(folder))}`",
+                      highlight=False)

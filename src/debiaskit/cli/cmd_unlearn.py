@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ._common import app, console
+from ._common import TRUST_CODE_HELP, app, console
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
@@ -18,7 +18,7 @@ def unlearn(run_dir: Path = typer.Argument(..., help="a finished run folder (deb
             damping: float = typer.Option(1e-2, help="Hessian damping"),
             force: bool = typer.Option(False, help="replace an existing run folder at --out"),
             device: str = "cpu",
-            trust_code: bool = typer.Option(False, "--trust-code", help="import the user model (package.module:factory) that RUN_DIR names although its record is not signed with your key - review that code first (without this flag the refusal shows it); `debiaskit trust RUN_DIR` trusts it for good")) -> None:
+            trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP)) -> None:
     """Debias a trained model with FMD (counterfactual bias -> influence -> Newton step on the last layer)
     and write a NEW run folder (the input run is not modified)."""
     from ..methods.fmd import unlearn_run
