@@ -107,6 +107,26 @@ def test_an_ffw_json_naming_os_system_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+def test_trusting_an_old_ffw_folder_pins_its_weights(tmp_path):
+    from debiaskit.ffw import load_ffw_model
+    from debiaskit.models import build_model
+    from debiaskit.runs import save_weights
+    folder = tmp_path / "ffw"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "v0" / "ffw.json", folder / "ffw.json")   # 0.1.0: no hashes
+    torch.manual_seed(0)
+    save_weights(build_model("mlp", num_classes=10, input_shape=(3, 28, 28)), folder / "model.safetensors")
+    load_ffw_model(folder)                                           # old records load unchecked (migration)
+    report = trust_folder(folder)
+    assert report.before == "unsigned" and not report.needs_code and report.signed
+    info = json.loads((folder / "ffw.json").read_text())
+    assert _trust.signature_state(info) == "signed" and len(info["weights_sha256"]) == 64
+    torch.manual_seed(1)
+    save_weights(build_model("mlp", num_classes=10, input_shape=(3, 28, 28)), folder / "model.safetensors")
+    with pytest.raises(DamagedError, match="ffw.json was written with"):
+        load_ffw_model(folder)
+
+
 # -- signed own runs, tampering, `debiaskit trust` -----------------------------------------------------------------
 
 @pytest.fixture
