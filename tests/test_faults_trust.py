@@ -47,7 +47,7 @@ def _os_system(marker: Path, *, source="import", **extra):
     def change(meta):
         meta.pop("signature", None)
         meta["model"] = {**meta["model"], "name": "os:system", "source": source,
-                         "args": {"command": f"touch {marker}"}, **extra}
+                         "args": {"command": f"touch {marker} # [bold]x[/bold]"}, **extra}
         return meta
     return change
 
@@ -60,7 +60,8 @@ def test_a_run_json_naming_os_system_runs_nothing_on_any_command(cli, run, tmp_p
     _edit(run, _os_system(marker))
     code, out = cli(command[0], run, *command[1:])
     assert code == 2 and not marker.exists(), out
-    assert "not trusted" in out and "os:system(command='touch" in out and f"debiaskit trust {run}" in out, out
+    assert "not trusted" in out and f"os:system(command='touch {marker} # [bold]x[/bold]')" in out, out   # as it is
+    assert f"debiaskit trust {run}" in out
     assert "Nothing was imported" in out and "--trust-code" in out
 
 

@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import DebiaskitError, DebiaskitWarning
 from ._common import app, console
@@ -32,7 +33,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, *, 
     """debiaskit's own warnings as plain ``warning: ...`` lines (they carry their numbers and remedies; the
     source line would only be noise); every other warning as Python shows it."""
     if issubclass(category, DebiaskitWarning):
-        Console(stderr=True).print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False)
+        Console(stderr=True).print(f"[bold yellow]warning:[/bold yellow] {escape(str(message))}", highlight=False)
     else:
         _default(message, category, filename, lineno, file, line)
 
@@ -48,7 +49,8 @@ def main() -> None:
             console.quiet = rank != 0   # rank 0 speaks for all; errors still come from every rank
         app()
     except DebiaskitError as exc:
-        Console(stderr=True).print(f"[bold red]error{where}:[/bold red] {exc}", highlight=False)
+        # escaped: a message may quote a file's contents (a record's command), which must show as it is
+        Console(stderr=True).print(f"[bold red]error{where}:[/bold red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print(INTERRUPTED, highlight=False)

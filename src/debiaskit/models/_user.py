@@ -235,14 +235,23 @@ def source_to_import(ref: str, *, recorded_file: str | None = None) -> tuple[Pat
     return None, "not importable here, and the recorded file is gone"
 
 
+def _shown(text: Any) -> str:
+    """Text from a record as it is: quoted with escapes when it holds control characters (which could hide or
+    rewrite what a terminal shows)."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)
+
+
 def describe_import(spec: Mapping[str, Any]) -> list[str]:
     """What rebuilding ``spec`` would run, in lines: the call, the recorded source file and its SHA-256, and the
     file Python would import now (found and hashed without importing it)."""
     ref, args = spec.get("name"), dict(spec.get("args") or {})
     recorded, source = spec.get("sha256"), spec.get("source_file")
-    lines = [f"import {str(ref).split(':', 1)[0]} and call {ref}({', '.join(f'{k}={v!r}' for k, v in args.items())})",
-             f"source file recorded: {source or '(none)'}",
-             f"its recorded SHA-256: {recorded or '(none: the code cannot be checked against the record)'}"]
+    call = f"{_shown(ref)}({', '.join(f'{_shown(k)}={v!r}' for k, v in args.items())})"
+    lines = [f"import {_shown(str(ref).split(':', 1)[0])} and call {call}",
+             f"source file recorded: {_shown(source) if source else '(none)'}",
+             "its recorded SHA-256: " + (_shown(recorded) if recorded else
+                                         "(none: the code cannot be checked against the record)")]
     if not is_import_path(ref):
         return lines
     file, how = source_to_import(ref, recorded_file=source)
@@ -252,8 +261,9 @@ def describe_import(spec: Mapping[str, Any]) -> list[str]:
         now = _file_sha256(file)
     except OSError as exc:
         return lines + [f"file Python would import now: {file} ({how}), which cannot be read: {exc.strerror}"]
-    same = "the recorded one" if now == recorded else "DIFFERENT from the recorded one"
-    return lines + [f"file Python would import now: {file} ({how}); SHA-256 {now}, {same}"]
+    same = ("nothing recorded to compare it with" if not recorded else
+            "the recorded one" if now == recorded else "DIFFERENT from the recorded one")
+    return lines + [f"file Python would import now: {_shown(file)} ({how}); SHA-256 {now}, {same}"]
 
 
 def _source_change_before_import(ref: str, spec: Mapping[str, Any], source_changed: str) -> str | None:
