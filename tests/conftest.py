@@ -19,6 +19,15 @@ def interruptible() -> None:
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_config_dir(tmp_path_factory):
+    """Tests never read or write the user's configuration (their signing key): one key per test session (and
+    xdist worker), set before any session fixture writes a run, inherited by the CLI subprocesses."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEBIASKIT_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_root(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's data cache."""

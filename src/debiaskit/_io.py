@@ -176,8 +176,9 @@ def read_json(path: Path) -> Any:
                            "Recreate it with the command that wrote it") from exc
 
 
-def save_tensors(path: Path, tensors: dict[str, Any], *, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written atomically (no pickle); contiguous CPU copies of ``tensors``.
+def save_tensors(path: Path, tensors: dict[str, Any], *, metadata: dict[str, str] | None = None) -> str:
+    """safetensors file written atomically (no pickle); contiguous CPU copies of ``tensors``. Returns the file's
+    SHA-256 (records keep it to recognise the file later).
 
     Serialised in memory and written through :func:`atomic_file`: safetensors' own ``save_file`` writes a
     ``.tmpXXXXXX`` file of its own next to the target and renames it, which a killed process leaves behind -
@@ -188,6 +189,7 @@ def save_tensors(path: Path, tensors: dict[str, Any], *, metadata: dict[str, str
     data = save(state, metadata=metadata)
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 # -- checkpoints: tensors and their metadata in one file -------------------------------------------------------

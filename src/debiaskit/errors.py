@@ -44,3 +44,7 @@ class DebiaskitWarning(UserWarning):
 
 class SmallSplitWarning(DebiaskitWarning):
     """D^u_train or D^u_val is too small for what is selected or fitted on it (numbers and remedies inside)."""
+
+
+class UntrustedCodeError(ModelError):
+    """A record names code to import (a user model) and is neither signed by this user nor trusted explicitly."""

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._common import app, console, esc, say
+from ._common import TRUST_CODE_HELP, app, console, esc, say
 from .cmd_bench import bench_app, invoked_command
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -76,6 +76,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                                                             "at random (edges replicated; 0: never; non-image inputs "
                                                             "are never shifted)"),
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
+        trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
     """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
     from ..ffw import before_after_rows, ffw_run, has_checkpoint, partial_dir
@@ -88,7 +89,7 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       selection=selection, strong_probes=strong_probes, input_weights=input_weights, erase=erase,
                       refine_patience=refine_patience, refit_head=refit_head, tune_epochs=tune_epochs,
                       tune_gamma=tune_gamma, tune_lr=tune_lr, tune_schedule=tune_schedule,
-                      tune_batch_size=tune_batch_size, tune_shift=tune_shift)
+                      tune_batch_size=tune_batch_size, tune_shift=tune_shift, trust_code=trust_code)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels, input_weights=input_weights)

@@ -9,7 +9,7 @@ import typer
 
 from .._io import RUN_FOLDER, check_output
 from ..errors import ConfigError
-from ._common import app, console, esc, parse_params
+from ._common import TRUST_CODE_HELP, app, console, esc, parse_params
 from .cmd_data import _print_groups
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -171,10 +171,11 @@ def check_method_value(key: str, value: object, default: object) -> None:
 @app.command()
 def audit(run_dir: Path, out: Optional[Path] = typer.Option(None, help="report folder (default RUN_DIR/audit)"),
           seed: int = 0, device: str = "cpu",
-          force: bool = typer.Option(False, help="replace an earlier audit report folder at --out")) -> None:
+          force: bool = typer.Option(False, help="replace an earlier audit report folder at --out"),
+          trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP)) -> None:
     """Audit a trained run for bias: table on the terminal, JSON + Markdown + plots on disk."""
     from ..audit import audit_run, render_table
-    report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force)
+    report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force, trust_code=trust_code)
     console.print(render_table(report, title=f"Bias audit of {esc(run_dir)}"))
     console.print(f"report: {esc(folder / 'report.md')}  json: {esc(folder / 'audit.json')}  plots: {esc(folder)}/*.png",
                   highlight=False, soft_wrap=True)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ._common import app, console, esc
+from ._common import TRUST_CODE_HELP, app, console, esc
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
@@ -17,12 +17,13 @@ def unlearn(run_dir: Path = typer.Argument(..., help="a finished run folder (deb
             pool_size: int = typer.Option(5000, help="training samples scored by influence"),
             damping: float = typer.Option(1e-2, help="Hessian damping"),
             force: bool = typer.Option(False, help="replace an earlier unlearn run at --out (never a training run)"),
-            device: str = "cpu") -> None:
+            device: str = "cpu",
+            trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP)) -> None:
     """Debias a trained model with FMD (counterfactual bias -> influence -> Newton step on the last layer)
     and write a NEW run folder (the input run is not modified)."""
     from ..methods.fmd import unlearn_run
     target, res = unlearn_run(run_dir, out=out, force=force, seed=seed, top_k=top_k, pool_size=pool_size,
-                              damping=damping, device=device)
+                              damping=damping, device=device, trust_code=trust_code)
     info = res.info
     console.print(f"[green]unlearned[/green] {esc(run_dir)} -> {esc(target)}: counterfactual bias on held-out pairs "
                   f"{info['bias_before']:.4f} -> {info['bias_after']:.4f} (step scale {info['selected_scale']}, "

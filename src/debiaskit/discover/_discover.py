@@ -296,7 +296,8 @@ def _discover_folder(target: Path, *, force: bool, pinned: tuple = ()) -> Iterat
 
 
 def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", layer: str | None = "auto",
-                 dynamics: str = "auto", splits=None, model=None) -> tuple[Path, dict[str, Any]]:
+                 dynamics: str = "auto", splits=None, model=None,
+                 trust_code: bool = False) -> tuple[Path, dict[str, Any]]:
     """``debiaskit discover``: write ``RUN_DIR/discover/`` (pseudo_bias.safetensors, report.json, report.md).
 
     Keys ``<split>.pseudo_bias`` (int64), ``<split>.conflict_score`` and ``<split>.confidence`` (float32)
@@ -306,14 +307,15 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
     (keys ``train.dynamics.*``, a second row in the report); ``"use"`` makes those the ``train.*``
     labels (requires the file); ``"off"`` ignores it. True bias labels are read only for the report.
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
-    cannot rebuild (see :func:`debiaskit.runs.load_run`).
+    cannot rebuild (see :func:`debiaskit.runs.load_run`); ``trust_code``: import the user model of a run whose
+    ``run.json`` is not signed with your key (see :func:`debiaskit.runs.load_run`).
     """
     if dynamics not in ("auto", "use", "off"):
         raise DataError(f"dynamics must be 'auto', 'use' or 'off', got {dynamics!r}")
     run_dir = Path(run_dir)
     target = run_dir / DISCOVER_DIR
     check_device(device)
-    run = load_run(run_dir, splits=splits, model=model)
+    run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     with _discover_folder(target, force=force, pinned=(run.identity,)) as staging:  # before any compute
         dyn = None if dynamics == "off" else load_dynamics(run_dir)
         if dynamics == "use" and dyn is None:

@@ -284,8 +284,9 @@ def structured_sparsity(masks: dict[str, Tensor], model: nn.Module, pruned: nn.M
     return out
 
 
-def save_masks(masks: dict[str, Tensor], path: Path) -> None:
-    save_tensors(path, {k: v.to(torch.uint8) for k, v in masks.items()})
+def save_masks(masks: dict[str, Tensor], path: Path) -> str:
+    """Write the masks (uint8, 1 = kept); returns the file's SHA-256 (ffw.json records it)."""
+    return save_tensors(path, {k: v.to(torch.uint8) for k, v in masks.items()})
 
 
 def load_masks(path: Path) -> dict[str, Tensor]:

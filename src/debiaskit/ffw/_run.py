@@ -20,10 +20,10 @@ from ..audit import PROBES, audit_model, probe_suite, readable
 from ..data import BiasDataset, iterate_batches
 from ..discover import load_pseudo_bias, with_pseudo_bias
 from .. import _dist
-from .._io import FFW_FOLDER, PARTIAL_FILES, log, real_dir, remove_owned, write_text
+from .._io import FFW_FOLDER, PARTIAL_FILES, json_safe, log, real_dir, remove_owned, tensors_sha256, write_text
 from ..errors import ConfigError, RunExistsError
 from ..models import collect_outputs
-from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record
+from ..runs import FFWRecord, check_signing_key, load_run, package_versions, save_weights, write_record
 from ._adversary import ADVERSARIES
 from ._export import count_parameters, inference_time, save_masks
 from ._save import load_pruned_model
@@ -190,7 +190,7 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
             out: Path | None = None, resume: bool = False, force: bool = False, bias_labels: str = "true",
             seed: int = 0, device: str = "cpu", callback: Callable[[dict], None] | None = None,
             audit_counterfactual: bool = True, strong_probes: bool = True, command: str | None = None,
-            splits=None, model=None, **overrides) -> FFWRun:
+            splits=None, model=None, trust_code: bool = False, **overrides) -> FFWRun:
     """Run FFW on the vanilla model of ``run_dir`` and write an FFW folder (see module docstring).
 
     Under torchrun the ranks share the search (see :mod:`debiaskit.ffw._search`) and the audits; rank 0
@@ -202,16 +202,19 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
         run.after.headline()["bias_extractability"], run.result.sparsity["overall"]
 
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
-    cannot rebuild (see :func:`debiaskit.runs.load_run`).
+    cannot rebuild (see :func:`debiaskit.runs.load_run`); ``trust_code``: import the user model of a run whose
+    ``run.json`` is not signed with your key (see :func:`debiaskit.runs.load_run`). ``resume`` continues only the
+    search of this very run: its weights file (SHA-256), model and data are recorded in the checkpoint.
     """
     if bias_labels not in ("true", "discovered"):
         raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
     config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)  # fail fast
     start = time.perf_counter()
     device = _dist.check_device(device)   # this rank's GPU under torchrun, before any collective
+    check_signing_key()   # ffw.json is signed at the end: a bad key is said now, not after the search
     out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels,
                                                                    input_weights=config.input_weights)
-    run = load_run(run_dir, splits=splits, model=model)
+    run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     # before any compute; under torchrun rank 0 writes and decides about the interrupted search, for every rank
     with _dist.rank0_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),),
                            pinned=(run.identity,)) as staging:
@@ -223,8 +226,8 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
         info = _ffw_info(run, run_dir, config, result, before, after, speed, probes, command=command, mode=mode,
                          bias_labels=bias_labels, wall=time.perf_counter() - start)
         if main:
-            save_weights(result.model, staging / "model.safetensors")
-            save_masks(result.masks, staging / "masks.safetensors")
+            info["weights_sha256"] = save_weights(result.model, staging / "model.safetensors")
+            info["masks_sha256"] = save_masks(result.masks, staging / "masks.safetensors")
             write_record(staging / FFW_FILE, FFWRecord.from_dict(info, file=staging / FFW_FILE))
             write_text(staging / "report.md", report_markdown(info))
     if _dist.is_main_process():
@@ -284,7 +287,8 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
     try:
         result = find_fantastic_weights(run.model, head=run.head, train=train, val=val, config=config, device=device,
                                         checkpoint_dir=partial, resume=resume, callback=callback,
-                                        progress=False)
+                                        progress=False, checkpoint_meta=_input_identity(run, splits, bias_labels,
+                                                                                        train, val))
     except BaseException:
         if _dist.is_main_process() and not has_checkpoint(partial):
             remove_owned(partial, PARTIAL_FILES, what=_PARTIAL)  # e.g. a full disk at the first checkpoint
@@ -301,6 +305,16 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
         probes["verdict"] = probe_verdict(probes["after"], num_bias=first_attribute_classes(splits))
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
     return result, before, after, _speed(result, run.model, x), probes
+
+
+def _input_identity(run, splits, bias_labels: str, train, val) -> dict[str, Any]:
+    """What an interrupted search is tied to: the run's weights file, model record and data (a resumed search on
+    another run, or on this path retrained in place, is refused; see ``find_fantastic_weights``)."""
+    labels = {n: d.b for n, d in (("train", train), ("val", val)) if getattr(d, "b", None) is not None}
+    return {"run_weights_sha256": run.weights_sha256,
+            "model": {k: v for k, v in run.record.model.to_dict().items()},
+            "data": json_safe(splits.spec), "bias_labels": bias_labels,
+            "bias_labels_sha256": tensors_sha256(labels) if labels else None}
 
 
 def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, after, speed, probes, *, command,

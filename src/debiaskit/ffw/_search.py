@@ -40,7 +40,7 @@ from ..data import as_bias_datasets, iterate_batches
 from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, SEED, UNIT_INTERVAL,
                          require)
 from ..errors import ConfigError, DataError, ModelError
-from .._io import load_checkpoint, save_checkpoint
+from .._io import json_safe, load_checkpoint, save_checkpoint, tensors_sha256
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out, resolve_head
 from ._adversary import (ADVERSARIES, bias_columns, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
                          probe_free_penalty, probe_free_term, refit_linear_head)
@@ -353,8 +353,15 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
             "z": zd}
 
 
+_INPUT_PARTS = {"weights": "the frozen model's weights", "run_weights_sha256": "the run's weights file",
+                "model": "the model's record", "data": "the data", "bias_labels": "the kind of bias labels",
+                "bias_labels_sha256": "the bias labels"}
+
+
 class _Search:
     """The state of one FFW search (kept in an object so that it can be checkpointed and resumed)."""
+
+    input_identity: dict[str, Any] | None = None   # what the search runs on (see find_fantastic_weights)
 
     def __init__(self, model: nn.Module, *, head: str, train, val, config: FFWConfig, device, callback) -> None:
         self.cfg, self.train, self.val, self.device, self.callback = config, train, val, torch.device(device), callback
@@ -710,15 +717,33 @@ class _Search:
                     else:
                         scalars[f"{idx}.{k}"] = v
             meta["optimizers"][tag] = {"param_groups": sd["param_groups"], "scalars": scalars}
-        meta.update({"config": asdict(self.cfg), "progress": self.progress, "history": self.history,
-                     "best": self.best, "step": self.step, "wall_time_s": wall_time_s})
+        meta.update({"input": self.input_identity, "config": asdict(self.cfg), "progress": self.progress,
+                     "history": self.history, "best": self.best, "step": self.step, "wall_time_s": wall_time_s})
         save_checkpoint(Path(folder) / CHECKPOINT_FILE, tensors, meta, kind=CHECKPOINT_KIND)
+
+    def _check_input(self, folder: Path, saved: dict[str, Any] | None) -> None:
+        """A checkpoint resumes only the search of the same frozen model on the same data: gates learnt on
+        another run (or on this path before it was retrained) would be continued as if they were this one's."""
+        ours = json.loads(json.dumps(json_safe(self.input_identity)))
+        if ours is None:
+            return
+        if not isinstance(saved, dict):
+            raise ConfigError(f"the checkpoint in {folder} does not record which model and data it searched (written "
+                              "by an earlier debiaskit), so it cannot be resumed safely; start afresh with --force")
+        differ = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+        if differ:
+            what = ", ".join(dict.fromkeys(_INPUT_PARTS.get(k, k) for k in differ))
+            raise ConfigError(f"the interrupted search in {folder} was started on another input ({what} differ): the "
+                              "run was retrained or replaced since, or this output belongs to another run's search. "
+                              "Resuming would continue that search on this model; start afresh with --force (discards "
+                              "it) or choose another --out")
 
     def load_checkpoint(self, folder: Path) -> float:
         path = Path(folder) / CHECKPOINT_FILE
         if not path.is_file():
             raise ConfigError(f"nothing to resume in {folder}: no {CHECKPOINT_FILE}")
         tensors, meta = load_checkpoint(path, kind=CHECKPOINT_KIND)
+        self._check_input(folder, meta.get("input"))
         saved = meta["config"]
         ours = json.loads(json.dumps(asdict(self.cfg)))
         diff = sorted(k for k in ours if saved.get(k) != ours[k])
@@ -757,7 +782,7 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
                            config: FFWConfig | None = None, device: str | torch.device = "cpu",
                            checkpoint_dir: Path | None = None, resume: bool = False, inplace: bool = False,
                            callback: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
-                           **overrides) -> FFWResult:
+                           checkpoint_meta: dict[str, Any] | None = None, **overrides) -> FFWResult:
     """Find a sub-network of a frozen ``model`` whose bottleneck carries no bias (FFW, Algorithm 1).
 
     ``train`` / ``val``: D^u_train / D^u_val, datasets of (x, y, b) with bias labels (``b`` may be
@@ -766,7 +791,9 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     of the classifier module (default ``model.head_name``); the bottleneck is its input. Keyword
     ``overrides`` set any :class:`FFWConfig` field (or pass ``config``). ``checkpoint_dir``: write a
     resumable checkpoint there after every epoch (also kept when interrupted with Ctrl-C);
-    ``resume=True`` continues from it. ``model`` itself is left untouched unless ``inplace=True``
+    ``resume=True`` continues from it - only a search of the same model (its weights' digest) and of the same
+    ``checkpoint_meta`` (JSON identifying the input: ``debiaskit ffw`` records the run's weights file, model and
+    data). ``model`` itself is left untouched unless ``inplace=True``
     (unstructured only: the hard masks are then baked into its weights). ``callback(event)`` is called
     after every step (``kind="step"``) and epoch (``kind="epoch"``); without one, ``progress`` prints a
     line per epoch (D^u_val numbers of the hard-masked model - and of the tau-model where the schedule reads
@@ -803,7 +830,9 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     head_name, _ = resolve_head(model, head)
     head_shape(model, head_name)  # the privacy head copies a Linear head's shape
     train, val = as_bias_datasets(train, val)   # any (x, y, b) datasets (the data contract), common metadata
+    identity = {"weights": tensors_sha256(model.state_dict()), **(checkpoint_meta or {})}   # before any change
     search = _Search(model, head=head_name, train=train, val=val, config=config, device=device, callback=callback)
+    search.input_identity = identity
     time_offset = 0.0
     if resume:
         if checkpoint_dir is None:

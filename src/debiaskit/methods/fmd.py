@@ -38,7 +38,7 @@ from ..errors import ConfigError, DataError
 from .._io import UNLEARN_FOLDER, atomic_folder
 from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
 from ..models import collect_outputs, not_linear_head, resolve_head
-from ..runs import MethodRecord, load_run, save_run
+from ..runs import MethodRecord, check_signing_key, load_run, save_run
 from ..train import TrainContext, TrainingMethod
 from ._registry import Default, MethodInfo, register_method
 
@@ -284,19 +284,21 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
 
 def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, seed: int = 0, top_k: int = 500,
                 pool_size: int = 5000, damping: float = 1e-2, device: str = "cpu", splits=None,
-                model=None) -> tuple[Path, UnlearnResult]:
+                model=None, trust_code: bool = False) -> tuple[Path, UnlearnResult]:
     """``debiaskit unlearn``: FMD's step on a finished run, written as a NEW run folder (default ``RUN_DIR-fmd``;
     the input run is never modified). Its ``run.json`` keeps the parent's model, data and training record.
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
-    cannot rebuild (see :func:`debiaskit.runs.load_run`).
+    cannot rebuild (see :func:`debiaskit.runs.load_run`); ``trust_code``: import the user model of a run whose
+    ``run.json`` is not signed with your key (see :func:`debiaskit.runs.load_run`).
     """
     for name, value, rule in (("seed", seed, SEED), ("top_k", top_k, POSITIVE_INT),
                               ("pool_size", pool_size, POSITIVE_INT), ("damping", damping, NON_NEGATIVE)):
         require(name, value, rule)
     check_device(device)
+    check_signing_key()   # the new run.json is signed at the end
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-fmd")
-    run = load_run(run_dir, splits=splits, model=model)
+    run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     with atomic_folder(target, kind=UNLEARN_FOLDER, force=force, inputs=(run_dir,), pinned=(run.identity,)) as staging:
         res = fmd_unlearn(run.model, train=run.splits().train, head=run.head, seed=seed, top_k=top_k,
                           pool_size=pool_size, damping=damping, device=device)

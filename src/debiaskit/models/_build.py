@@ -51,6 +51,9 @@ def rebuild_model(spec: Mapping[str, Any] | Any, *, load: Callable[[nn.Module], 
         if not isinstance(net, nn.Module):
             raise ModelError(f"model= must be an nn.Module or a factory returning one, got {type(net).__name__}")
     elif spec.get("source", "zoo") == "zoo":
+        if spec.get("name") not in MODELS:   # never an import path: only source="import" may name code (and is trusted)
+            raise ModelError(f"the recorded zoo model {spec.get('name')!r} is not in debiaskit's zoo (available: "
+                             f"{', '.join(MODELS)}); the record is damaged, or was written by a newer debiaskit")
         net = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]))
     else:
         net, changed = rebuild_user_model(spec, source_changed=source_changed)

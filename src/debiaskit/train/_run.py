@@ -15,7 +15,7 @@ from ..discover import DYNAMICS_FILE, save_dynamics
 from .._io import PARTIAL_FILES, RUN_FOLDER, log as _log, real_dir, remove_owned
 from ..models import infer_head, instantiate, resolve_head
 from ..errors import ConfigError, RunExistsError
-from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, save_run
+from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, check_signing_key, save_run
 from .. import _dist
 from ._dynamics import DynamicsRecorder
 from ._loop import FitResult, TrainConfig, TrainingMethod, fit
@@ -65,6 +65,7 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
     per_rank_batch = _dist.per_rank_batch(config.batch_size, world)
     method = method or TrainingMethod()
     _dist.check_device(device)
+    check_signing_key()   # run.json is signed at the end: a bad key is said now, not after training
     if config.sync_bn:
         _dist.check_sync_bn(device)   # before any data is loaded
     if isinstance(dataset, Splits):
