@@ -292,7 +292,7 @@ def register_folder_kind(kind: FolderKind) -> FolderKind:
 RUN_FOLDER = register_folder_kind(FolderKind(
     "run", "run.json", ("train", "unlearn", "compare-cell"), describe="a finished run",
     files=("run.json", "model.safetensors", "train_log.jsonl", "dynamics.safetensors", "result.json",
-           "checkpoint*.safetensors"),
+           "checkpoint*.safetensors", "unlearn.md", "unlearn_tradeoff.png"),
     legacy=lambda m: m.get("status") == "finished" and "model" in m))
 AUDIT_FOLDER = register_folder_kind(FolderKind(
     "audit", "audit.json", ("audit",), describe="an audit report folder",

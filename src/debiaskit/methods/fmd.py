@@ -9,8 +9,20 @@ On a trained model f (parameters theta of the layers we update):
 * Unlearning (counterfactual-set variant): replace the K most harmful samples (most negative dB_k)
   by their counterfactuals in one Newton step,
       theta_new = theta + (s/n) H^-1 sum_k (grad L(z_k) - grad L(z_k^cf)),
-  s = 1 being the first-order estimate of the replacement; s is chosen from a grid by accuracy on
-  held-out counterfactual samples of D^b (label-free: they only need y), s = 0 included.
+  s = 1 being the first-order estimate of the replacement. The Newton step is a first-order estimate on a
+  fitted, near-singular Hessian, so s = 1 rarely is the operating point: s is chosen on a log grid
+  (``SCALES``: 0 and 1e-3 .. 1e3, four steps a decade) by :func:`choose_step` on a held-out part of D^b
+  that neither the influence nor grad B saw - the step with the LOWEST held-out counterfactual bias among
+  those whose held-out accuracy and class-mean accuracy stay within ``tolerance`` of the input model
+  (ties: the larger step). (A bisection towards the tolerance's boundary was tried on Adult: it landed on
+  the cliff past the best step and cost more test accuracy than held-out D^b promised.) Label-free: held-out D^b needs only y and the renderer, no bias labels, so the
+  "group-mean" guard is the mean over classes. No qualifying step lowers the bias -> s = 0 (the input
+  model), ``info["improved"]`` False (``debiaskit unlearn`` then refuses to write a model, exit 3).
+  The whole trade-off (held-out CF bias and accuracy per step) is in ``info["trace"]``.
+* Paper (Chen et al., NeurIPS 2023, arXiv 2310.12560): Colored MNIST, CelebA, Adult (sex) and LLMs, with
+  the counterfactual-set variant updating only the last layer(s). Its public code has no Adult script;
+  debiaskit's Adult protocol is in ``debiaskit.data`` (``_adult.py``: the counterfactual flips the sex
+  one-hot pair) and the measured operating point in BENCHMARKS.md.
 * Exact Hessian for the last layer (closed form, checked against torch.func.hessian in the tests);
   beyond the last layer, Hessian-vector products with torch.func and conjugate gradients.
 
@@ -34,7 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from ..data import BiasDataset
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, NothingBetterError
 from .._io import RUN_FOLDER, atomic_folder
 from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
 from ..models import collect_outputs, resolve_head
@@ -42,7 +54,10 @@ from ..runs import MethodRecord, load_run, save_run
 from ..train import TrainContext, TrainingMethod
 from ._registry import Default, MethodInfo, register_method
 
-SCALES = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+# 0 (the input model) and a log grid 1e-3 .. 1e3, four steps a decade: the first grid stopped at 3 and left
+# FMD a near no-op on Adult, whose useful steps lie near 10 (BENCHMARKS.md)
+SCALES = (0.0,) + tuple(float(f"{10 ** (k / 4):.4g}") for k in range(-12, 13))
+ACCURACY_TOLERANCE = 0.01   # held-out accuracy (and class-mean accuracy) may fall at most 1 point
 
 
 # -- last layer, exact ------------------------------------------------------------------------------
@@ -178,15 +193,17 @@ def _features(model: nn.Module, x: Tensor, head: str | None, device) -> tuple[Te
 
 
 def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int = 0, pool_size: int = 5000,
-                n_bias_pairs: int = 1000, n_val: int = 1000, top_k: int = 500, damping: float = 1e-2,
+                n_bias_pairs: int = 1000, n_val: int = 2000, top_k: int = 500, damping: float = 1e-2,
                 layers: tuple[str, ...] | None = None, hessian: str = "exact", cg_iters: int = 100,
-                scales: tuple[float, ...] = SCALES, device: str | torch.device = "cpu") -> UnlearnResult:
+                scales: tuple[float, ...] = SCALES, tolerance: float = ACCURACY_TOLERANCE,
+                device: str | torch.device = "cpu") -> UnlearnResult:
     """Debias a trained ``model`` post hoc with FMD's counterfactual unlearning step (see module doc).
 
     ``train`` is D^b (only its images, targets and counterfactual renderer are used). ``layers``
     defaults to the head; ``hessian="exact"`` (head only, closed form) or ``"cg"`` (HVPs via torch.func).
-    Returns a new model (the input is not modified) and diagnostics: bias before/after on the held-out
-    pairs, the influence statistics, the selected step scale.
+    Returns a new model (the input is not modified) and diagnostics: bias and accuracy before/after on the
+    held-out part of D^b, the influence statistics, the selected step scale and the whole trade-off
+    (``info["trace"]``); ``tolerance``: see :func:`choose_step`.
     """
     head_name, head_module = resolve_head(model, head)
     layers = tuple(layers or (head_name,))
@@ -210,7 +227,7 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
     model = copy.deepcopy(model).to(device).eval()
     xp, xp_cf, yp = counterfactual_inputs(train, pool_idx, generator=gen)
     xb, xb_cf, yb = counterfactual_inputs(train, bias_idx, generator=gen)
-    _, xv_cf, yv = counterfactual_inputs(train, val_idx, generator=gen)
+    xv, xv_cf, yv = counterfactual_inputs(train, val_idx, generator=gen)
 
     if hessian == "exact":
         zp, _ = _features(model, xp, head_name, device)
@@ -262,36 +279,73 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
         return out.eval()
 
     @torch.no_grad()
-    def score(m: nn.Module) -> tuple[float, float]:
-        acc = float((m(xv_cf.to(device)).argmax(1).cpu() == yv).float().mean())
-        gap = float(counterfactual_gap(m(xb.to(device)).softmax(1).cpu(), m(xb_cf.to(device)).softmax(1).cpu(), yb))
-        return acc, gap
+    def score(m: nn.Module) -> dict[str, float]:
+        pred = torch.cat([m(part.to(device)).argmax(1).cpu() for part in xv.split(4096)])
+        p, p_cf = (torch.cat([m(part.to(device)).softmax(1).cpu() for part in xs.split(4096)]) for xs in (xv, xv_cf))
+        return {"heldout_accuracy": float((pred == yv).float().mean()),
+                "heldout_class_mean_accuracy": class_mean_accuracy(pred, yv),
+                "heldout_cf_bias": float(counterfactual_gap(p, p_cf, yv)),
+                "cf_bias_pairs": float(counterfactual_gap(m(xb.to(device)).softmax(1).cpu(),
+                                                          m(xb_cf.to(device)).softmax(1).cpu(), yb))}
 
-    trace, best = [], None
-    for s in scales:
-        cand = write(flat0 + s * direction.to(flat0.dtype))
-        acc, gap = score(cand)
-        trace.append({"scale": s, "cf_val_accuracy": acc, "cf_bias_pairs": gap})
-        if best is None or acc > best[0] + 1e-9:
-            best = (acc, s, cand)
-    info = {"bias_before": float(bias.detach()), "bias_after": next(t["cf_bias_pairs"] for t in trace if t["scale"] == best[1]),
-            "selected_scale": best[1], "selection": "max accuracy on held-out counterfactual samples of D^b",
+    def at(s: float) -> dict[str, Any]:
+        return {"scale": s, **score(write(flat0 + s * direction.to(flat0.dtype)))}
+
+    trace = [at(s) for s in sorted(set(scales) | {0.0})]
+    chosen = choose_step(trace, tolerance=tolerance)
+    before = next(t for t in trace if t["scale"] == 0.0)
+    info = {"bias_before": before["heldout_cf_bias"], "bias_after": chosen["heldout_cf_bias"],
+            "accuracy_before": before["heldout_accuracy"], "accuracy_after": chosen["heldout_accuracy"],
+            "selected_scale": chosen["scale"], "improved": chosen["scale"] != 0.0, "tolerance": tolerance,
+            "selection": SELECTION_TEXT, "gradient_pairs_bias_before": float(bias.detach()),
             "harmful_samples": int(len(harmful)), "influence_min": float(influence.detach().min()),
             "influence_max": float(influence.detach().max()), "pool_size": int(len(pool_idx)), "n_bias_pairs": int(len(bias_idx)),
             "n_val": int(len(val_idx)), "damping": damping, "layers": list(layers), "hessian": hessian, "trace": trace}
-    return UnlearnResult(model=best[2], info=info)
+    return UnlearnResult(model=write(flat0 + chosen["scale"] * direction.to(flat0.dtype)), info=info)
+
+
+SELECTION_TEXT = ("step scale with the lowest counterfactual bias on held-out pairs of D^b among those whose held-out "
+                  "D^b accuracy and class-mean accuracy stay within the tolerance of the input model (label-free; "
+                  "ties: the larger step; none lower the bias: the input model)")
+
+
+def class_mean_accuracy(pred: Tensor, y: Tensor) -> float:
+    """Mean over the classes present of their accuracy (the label-free stand-in for group-mean accuracy:
+    a step that buys accuracy on the majority class with the minority one is caught)."""
+    return float(torch.stack([(pred[y == c] == c).float().mean() for c in y.unique()]).mean())
+
+
+def choose_step(trace: list[dict[str, Any]], *, tolerance: float = ACCURACY_TOLERANCE) -> dict[str, Any]:
+    """The trace entry FMD keeps: among steps whose ``heldout_accuracy`` and ``heldout_class_mean_accuracy``
+    are at most ``tolerance`` below the input model's (scale 0) and whose ``heldout_cf_bias`` is below it,
+    the lowest bias (the largest reduction; ties: the larger step). None qualifies: the input model's entry.
+    Marks every entry with ``qualifies`` (the plot and the report show which steps were allowed)."""
+    base = next(t for t in trace if t["scale"] == 0.0)
+    for t in trace:
+        t["qualifies"] = bool(t["scale"] != 0.0
+                              and t["heldout_accuracy"] >= base["heldout_accuracy"] - tolerance - 1e-12
+                              and t["heldout_class_mean_accuracy"] >= base["heldout_class_mean_accuracy"] - tolerance - 1e-12
+                              and t["heldout_cf_bias"] < base["heldout_cf_bias"] - 1e-12)
+    allowed = [t for t in trace if t["qualifies"]]
+    if not allowed:
+        return base
+    return min(allowed, key=lambda t: (t["heldout_cf_bias"], -t["scale"]))
 
 
 def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, seed: int = 0, top_k: int = 500,
-                pool_size: int = 5000, damping: float = 1e-2, device: str = "cpu", splits=None,
-                model=None) -> tuple[Path, UnlearnResult]:
+                pool_size: int = 5000, damping: float = 1e-2, tolerance: float = ACCURACY_TOLERANCE,
+                device: str = "cpu", splits=None, model=None) -> tuple[Path, UnlearnResult]:
     """``debiaskit unlearn``: FMD's step on a finished run, written as a NEW run folder (default ``RUN_DIR-fmd``;
-    the input run is never modified). Its ``run.json`` keeps the parent's model, data and training record.
+    the input run is never modified). Its ``run.json`` keeps the parent's model, data and training record; beside
+    it ``unlearn.md`` and ``unlearn_tradeoff.png`` show the step choice (held-out CF bias and accuracy per step).
+    Do no harm: when no step lowers the held-out counterfactual bias within ``tolerance`` of the input model's
+    held-out accuracy, :class:`~debiaskit.errors.NothingBetterError` is raised and nothing is written.
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
     cannot rebuild (see :func:`debiaskit.runs.load_run`).
     """
     for name, value, rule in (("seed", seed, SEED), ("top_k", top_k, POSITIVE_INT),
-                              ("pool_size", pool_size, POSITIVE_INT), ("damping", damping, NON_NEGATIVE)):
+                              ("pool_size", pool_size, POSITIVE_INT), ("damping", damping, NON_NEGATIVE),
+                              ("tolerance", tolerance, NON_NEGATIVE)):
         require(name, value, rule)
     check_device(device)
     run_dir = Path(run_dir)
@@ -299,17 +353,77 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
     run = load_run(run_dir, splits=splits, model=model)
     with atomic_folder(target, kind=RUN_FOLDER, force=force, inputs=(run_dir,)) as staging:
         res = fmd_unlearn(run.model, train=run.splits().train, head=run.head, seed=seed, top_k=top_k,
-                          pool_size=pool_size, damping=damping, device=device)
+                          pool_size=pool_size, damping=damping, tolerance=tolerance, device=device)
+        if not res.info["improved"]:
+            raise NothingBetterError(_nothing_better(res.info, run_dir))
         parent = run.record
         record = replace(parent, kind="unlearn", parent_run=str(run_dir), versions={}, device=str(device),
                          created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          weights="model.safetensors", dynamics=None,
                          method=MethodRecord(name="fmd", uses_bias_labels=False, post_hoc=True, state=res.info,
                                              config={"seed": seed, "top_k": top_k, "pool_size": pool_size,
-                                                     "damping": damping},
+                                                     "damping": damping, "tolerance": tolerance},
                                              parent_method=parent.method.to_dict() if parent.method else {}))
         save_run(staging, model=res.model, record=record)
+        (staging / "unlearn.md").write_text("\n".join(step_report(res.info)) + "\n")
+        plot_tradeoff(res.info, staging / "unlearn_tradeoff.png")
     return target, res
+
+
+def _nothing_better(info: dict[str, Any], run_dir: Path) -> str:
+    """What was tried, what the best step would have cost, and what the user can do."""
+    scales = [t["scale"] for t in info["trace"] if t["scale"] > 0]
+    lower = [t for t in info["trace"] if t["heldout_cf_bias"] < info["bias_before"] - 1e-12]
+    if lower:
+        best = min(lower, key=lambda t: t["heldout_cf_bias"])
+        seen = (f"the largest reduction, {info['bias_before']:.4f} -> {best['heldout_cf_bias']:.4f} at step {best['scale']:g}, "
+                f"costs {100 * (info['accuracy_before'] - best['heldout_accuracy']):.2f} points of held-out accuracy")
+    else:
+        seen = f"no step lowered it below {info['bias_before']:.4f} (the model may not use the attribute)"
+    return (f"FMD found nothing better than {run_dir}: it tried {len(scales)} step scales ({min(scales):g} .. "
+            f"{max(scales):g}) on {info['harmful_samples']} harmful samples, scored on {info['n_val']} held-out "
+            f"training samples; {seen}, over the allowed {100 * info['tolerance']:g} points. No model was written. "
+            "You can allow a larger accuracy drop (--max-accuracy-drop), replace more samples (--top-k, "
+            "--pool-size), or keep the input model")
+
+
+def step_report(info: dict[str, Any]) -> list[str]:
+    """Markdown lines of the step choice: the trade-off FMD saw on held-out D^b, per step scale."""
+    lines = ["# FMD unlearning step", "", f"Selection: {info['selection']}; tolerance {100 * info['tolerance']:g} points.",
+             f"Selected step scale {info['selected_scale']:g}: held-out counterfactual bias {info['bias_before']:.4f} -> "
+             f"{info['bias_after']:.4f}, held-out accuracy {100 * info['accuracy_before']:.2f} -> "
+             f"{100 * info['accuracy_after']:.2f} % ({info['n_val']} held-out training samples; the test set is not used).",
+             "", "| step scale | held-out CF bias | held-out accuracy (%) | class-mean accuracy (%) | allowed |",
+             "|---|---|---|---|---|"]
+    for t in info["trace"]:
+        lines.append(f"| {t['scale']:g} | {t['heldout_cf_bias']:.4f} | {100 * t['heldout_accuracy']:.2f} | "
+                     f"{100 * t['heldout_class_mean_accuracy']:.2f} | {'yes' if t['qualifies'] else '-'} |")
+    return lines
+
+
+def plot_tradeoff(info: dict[str, Any], path: Path) -> None:
+    """PNG: held-out counterfactual bias and accuracy against the step scale (log axis; the input model at the
+    left edge), the allowed accuracy band shaded and the selected step marked."""
+    import matplotlib   # late, as the audit's plots: only the writers need it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    trace = info["trace"]
+    x = [max(t["scale"], min(t2["scale"] for t2 in trace if t2["scale"] > 0) / 3) for t in trace]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(x, [t["heldout_cf_bias"] for t in trace], "o-", color="tab:red", label="held-out CF bias")
+    ax.set_xscale("log")
+    ax.set_xlabel("step scale s (leftmost point: the input model, s = 0)")
+    ax.set_ylabel("counterfactual bias", color="tab:red")
+    ax2 = ax.twinx()
+    ax2.plot(x, [100 * t["heldout_accuracy"] for t in trace], "s-", color="tab:blue", label="held-out accuracy")
+    ax2.axhspan(100 * (info["accuracy_before"] - info["tolerance"]), 100 * info["accuracy_before"], color="tab:blue", alpha=0.1)
+    ax2.set_ylabel("held-out accuracy (%)", color="tab:blue")
+    sel = x[[t["scale"] for t in trace].index(info["selected_scale"])]
+    ax.axvline(sel, color="k", ls="--", lw=1)
+    ax.set_title(f"FMD step choice (selected s = {info['selected_scale']:g})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def apply_fmd(model: nn.Module, *, splits, head: str | None = None, seed: int = 0, **config) -> tuple[nn.Module, dict]:
@@ -359,8 +473,7 @@ def unlearning_report(settings: list[tuple[str, list[dict[str, Any]]]], *, pm: C
     ``pm`` formats a list of fractions as the tables' "mean +- std" in %."""
     if not any(states for _, states in settings):
         return []
-    lines = ["", "FMD unlearning step (counterfactual bias on held-out pairs of D^b, x 100; step scale chosen "
-             "label-free by accuracy on held-out counterfactual samples):", "",
+    lines = ["", "FMD unlearning step (counterfactual bias on held-out pairs of D^b, x 100; " + SELECTION_TEXT + "):", "",
              "| setting | selected step scale per seed | CF bias before | CF bias after | n |", "|---|---|---|---|---|"]
     for label, states in settings:
         if states:
@@ -374,11 +487,12 @@ _OURS = "ours (not tuned)"
 register_method(MethodInfo(
     name="fmd", description="FMD: counterfactual bias, influence, Newton unlearning step on the last layer",
     factory=FMD, post_hoc=True, retrains=False, uses_counterfactuals=True, apply=apply_fmd,
-    selection="own", selection_text="step scale by accuracy on held-out counterfactual samples of D^b (label-free)",
+    selection="own", selection_text=SELECTION_TEXT,
     report=unlearning_report,
     reference="Chen et al., NeurIPS 2023",
     defaults={"*": {"pool_size": Default(5000, _OURS), "n_bias_pairs": Default(1000, _OURS),
-                    "n_val": Default(1000, _OURS), "top_k": Default(500, _OURS + " (paper: a small counterfactual set)"),
+                    "n_val": Default(2000, _OURS + " (held-out D^b of the step choice: 1 point of accuracy must be measurable)"), "top_k": Default(500, _OURS + " (paper: a small counterfactual set)"),
                     "damping": Default(1e-2, _OURS + " (H is near-singular on a fitted model)"),
-                    "hessian": Default("exact", "paper's public code (explicit last-layer Hessian)")}},
+                    "hessian": Default("exact", "paper's public code (explicit last-layer Hessian)"),
+                    "tolerance": Default(ACCURACY_TOLERANCE, _OURS + " (do no harm: held-out accuracy within 1 point)")}},
 ))
