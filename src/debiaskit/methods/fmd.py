@@ -179,7 +179,9 @@ def counterfactual_inputs(dataset, index: Tensor, *, generator: torch.Generator)
     if not isinstance(dataset, BiasDataset) or dataset.render is None:
         raise ConfigError("fmd needs counterfactual pairs (samples re-rendered with another bias value), but "
                           f"{getattr(dataset, 'name', type(dataset).__name__)} has no counterfactual renderer; "
-                          "use a debiaskit recipe dataset (biased/colored/multicolor ...) or another method")
+                          "use a debiaskit recipe dataset (biased/colored/multicolor ...), Adult, or for your own data a "
+                          "tensors file with a `cf` array (the counterfactual input of each row, same shape as x) or "
+                          "`bias_columns` (tabular), small enough to be held in memory; or another method")
     try:
         x_cf = dataset.counterfactual(index, dataset.draw_counterfactual_bias(index, generator=generator))
     except DataError as exc:
@@ -448,7 +450,8 @@ class FMD(TrainingMethod):
         data = ctx.train_data
         if not isinstance(data, BiasDataset) or data.render is None:
             raise ConfigError("fmd needs counterfactual pairs, but the training data has no counterfactual renderer; "
-                              "use a debiaskit recipe dataset or another method")
+                              "use a debiaskit recipe dataset, Adult, or a tensors file with a `cf` array (the "
+                              "counterfactual input of each row) or `bias_columns`; or another method")
         super().setup(ctx)
 
     def final_model(self, ctx: TrainContext) -> nn.Module:
