@@ -109,7 +109,7 @@ def test_unlearn_writes_its_trade_off_and_checks_the_tolerance(cli, tmp_path):
     folder = tmp_path / "run-fmd"
     assert (folder / "unlearn_tradeoff.png").stat().st_size > 1000
     md = (folder / "unlearn.md").read_text()
-    assert "| step scale | held-out CF bias |" in md and md.count("\n| ") == len(SCALES) + 1
+    assert "| step scale | damping | held-out CF bias |" in md and md.count("\n| ") == 2 + 3 * (len(SCALES) - 1)
     code, out = cli("unlearn", run, "--pool-size", "300", "--top-k", "50", "--force")   # its own files: replaced
     assert code == 0, out
 

@@ -15,7 +15,8 @@ def unlearn(run_dir: Path = typer.Argument(..., help="a finished run folder (deb
             out: Optional[Path] = typer.Option(None, help="new run folder (default RUN_DIR-fmd)"),
             seed: int = 0, top_k: int = typer.Option(500, help="number of harmful training samples replaced"),
             pool_size: int = typer.Option(5000, help="training samples scored by influence"),
-            damping: float = typer.Option(1e-2, help="Hessian damping"),
+            damping: Optional[float] = typer.Option(
+                None, help="Hessian damping (default: chosen with the step among 1e-2, 1e-3, 1e-4)"),
             max_accuracy_drop: float = typer.Option(
                 1.0, help="points of held-out accuracy (and class-mean accuracy) the step may cost"),
             force: bool = typer.Option(False, help="replace an existing run folder at --out"),

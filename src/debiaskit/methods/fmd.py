@@ -14,7 +14,8 @@ On a trained model f (parameters theta of the layers we update):
   (``SCALES``: 0 and 1e-3 .. 1e3, four steps a decade) by :func:`choose_step` on a held-out part of D^b
   that neither the influence nor grad B saw - the step with the LOWEST held-out counterfactual bias among
   those whose held-out accuracy and class-mean accuracy stay within ``tolerance`` of the input model
-  (ties: the larger step). (A bisection towards the tolerance's boundary was tried on Adult: it landed on
+  (ties: the larger step), jointly with the Hessian damping (``DAMPINGS``: one Newton direction each).
+  (A bisection towards the tolerance's boundary was tried on Adult: it landed on
   the cliff past the best step and cost more test accuracy than held-out D^b promised.) Label-free: held-out D^b needs only y and the renderer, no bias labels, so the
   "group-mean" guard is the mean over classes. No qualifying step lowers the bias -> s = 0 (the input
   model), ``info["improved"]`` False (``debiaskit unlearn`` then refuses to write a model, exit 3).
@@ -58,6 +59,9 @@ from ._registry import Default, MethodInfo, register_method
 # FMD a near no-op on Adult, whose useful steps lie near 10 (BENCHMARKS.md)
 SCALES = (0.0,) + tuple(float(f"{10 ** (k / 4):.4g}") for k in range(-12, 13))
 ACCURACY_TOLERANCE = 0.01   # held-out accuracy (and class-mean accuracy) may fall at most 1 point
+# Hessian damping, chosen with the step on held-out D^b: a fitted head's H is near-singular and the damping that
+# keeps the Newton direction from being a plain gradient step depends on the model (Adult: 1e-4 or 1e-3)
+DAMPINGS = (1e-2, 1e-3, 1e-4)
 
 
 # -- last layer, exact ------------------------------------------------------------------------------
@@ -156,11 +160,12 @@ class _FuncProblem:
             return F.cross_entropy(self.logits(flat, xi[None]), yi[None])
         return vmap(grad(one), in_dims=(None, 0, 0))(self.theta, x, y)
 
-    def solver(self, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
+    def solver(self, x: Tensor, y: Tensor, damping: float | None = None) -> Callable[[Tensor], Tensor]:
         loss = lambda flat: F.cross_entropy(self.logits(flat, x), y)  # noqa: E731
+        damping = self.damping if damping is None else damping
 
         def hvp(v: Tensor) -> Tensor:
-            return jvp(grad(loss), (self.theta,), (v,))[1] + self.damping * v
+            return jvp(grad(loss), (self.theta,), (v,))[1] + damping * v
         return lambda b: conjugate_gradient(hvp, b, iters=self.cg_iters)
 
 
@@ -195,13 +200,15 @@ def _features(model: nn.Module, x: Tensor, head: str | None, device) -> tuple[Te
 
 
 def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int = 0, pool_size: int = 5000,
-                n_bias_pairs: int = 1000, n_val: int = 2000, top_k: int = 500, damping: float = 1e-2,
+                n_bias_pairs: int = 1000, n_val: int = 2000, top_k: int = 500,
+                damping: float | tuple[float, ...] | list[float] = DAMPINGS,
                 layers: tuple[str, ...] | None = None, hessian: str = "exact", cg_iters: int = 100,
                 scales: tuple[float, ...] = SCALES, tolerance: float = ACCURACY_TOLERANCE,
                 device: str | torch.device = "cpu") -> UnlearnResult:
     """Debias a trained ``model`` post hoc with FMD's counterfactual unlearning step (see module doc).
 
-    ``train`` is D^b (only its images, targets and counterfactual renderer are used). ``layers``
+    ``train`` is D^b (only its images, targets and counterfactual renderer are used). ``damping``: one value
+    or several (chosen with the step on held-out D^b). ``layers``
     defaults to the head; ``hessian="exact"`` (head only, closed form) or ``"cg"`` (HVPs via torch.func).
     Returns a new model (the input is not modified) and diagnostics: bias and accuracy before/after on the
     held-out part of D^b, the influence statistics, the selected step scale and the whole trade-off
@@ -238,8 +245,9 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
         zb_cf, _ = _features(model, xb_cf, head_name, device)
         theta0 = torch.cat([head_module.weight.detach(), head_module.bias.detach()[:, None]], 1).cpu().double()
         zp, zp_cf, zb, zb_cf = zp.double(), zp_cf.double(), zb.double(), zb_cf.double()
-        h = head_hessian(zp, yp, theta0, damping=damping)
-        solve = lambda v: torch.linalg.solve(h, v)  # noqa: E731
+        h = head_hessian(zp, yp, theta0)
+        eye = torch.eye(len(h), dtype=h.dtype)
+        solver = lambda d: (lambda v: torch.linalg.solve(h + d * eye, v))  # noqa: E731
         g_pool = head_per_sample_grads(zp, yp, theta0)
         g_pool_cf = head_per_sample_grads(zp_cf, yp, theta0)
         th = theta0.clone().requires_grad_(True)
@@ -247,9 +255,9 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
         g_bias = torch.autograd.grad(bias, th)[0].flatten()
         flat0 = theta0.flatten()
     else:
-        prob = _FuncProblem(model, layers, damping, cg_iters)
+        prob = _FuncProblem(model, layers, 0.0, cg_iters)
         xs = xp[: min(len(xp), 1024)].to(device)
-        solve = prob.solver(xs, yp[: len(xs)].to(device))
+        solver = lambda d: prob.solver(xs, yp[: len(xs)].to(device), damping=d)  # noqa: E731
         g_pool = torch.cat([prob.per_sample_grads(xp[i : i + 256].to(device), yp[i : i + 256].to(device))
                             for i in range(0, len(xp), 256)])
         g_pool_cf = torch.cat([prob.per_sample_grads(xp_cf[i : i + 256].to(device), yp[i : i + 256].to(device))
@@ -260,11 +268,15 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
         g_bias = torch.autograd.grad(bias, th)[0]
         flat0 = prob.theta
 
-    v = solve(g_bias)
-    influence = g_pool @ v / n_train                     # dB when removing each pool sample
-    harmful = torch.argsort(influence)[:top_k]           # most negative: removing them lowers the bias most
-    harmful = harmful[influence[harmful] < 0]
-    direction = solve((g_pool[harmful] - g_pool_cf[harmful]).sum(0)) / n_train if len(harmful) else torch.zeros_like(flat0)
+    def newton(d: float) -> dict[str, Any]:
+        solve = solver(d)
+        influence = g_pool @ solve(g_bias) / n_train         # dB when removing each pool sample
+        harmful = torch.argsort(influence)[:top_k]           # most negative: removing them lowers the bias most
+        harmful = harmful[influence[harmful] < 0]
+        direction = (solve((g_pool[harmful] - g_pool_cf[harmful]).sum(0)) / n_train if len(harmful)
+                     else torch.zeros_like(flat0))
+        return {"direction": direction, "harmful_samples": int(len(harmful)),
+                "influence_min": float(influence.detach().min()), "influence_max": float(influence.detach().max())}
 
     def write(flat: Tensor) -> nn.Module:
         out = copy.deepcopy(model)
@@ -290,23 +302,29 @@ def fmd_unlearn(model: nn.Module, *, train, head: str | None = None, seed: int =
                 "cf_bias_pairs": float(counterfactual_gap(m(xb.to(device)).softmax(1).cpu(),
                                                           m(xb_cf.to(device)).softmax(1).cpu(), yb))}
 
-    def at(s: float) -> dict[str, Any]:
-        return {"scale": s, **score(write(flat0 + s * direction.to(flat0.dtype)))}
+    dampings = [float(d) for d in ((damping,) if isinstance(damping, (int, float)) else damping)]
+    steps = {d: newton(d) for d in dampings}
 
-    trace = [at(s) for s in sorted(set(scales) | {0.0})]
+    def moved(d: float, s: float) -> nn.Module:
+        return write(flat0 + s * steps[d]["direction"].to(flat0.dtype))
+
+    trace = [{"scale": 0.0, "damping": None, **score(moved(dampings[0], 0.0))}]   # the input model, once
+    trace += [{"scale": s, "damping": d, **score(moved(d, s))} for d in dampings for s in sorted(set(scales) - {0.0})]
     chosen = choose_step(trace, tolerance=tolerance)
-    before = next(t for t in trace if t["scale"] == 0.0)
+    before = trace[0]
+    used = steps[chosen["damping"] if chosen["damping"] is not None else dampings[0]]
     info = {"bias_before": before["heldout_cf_bias"], "bias_after": chosen["heldout_cf_bias"],
             "accuracy_before": before["heldout_accuracy"], "accuracy_after": chosen["heldout_accuracy"],
-            "selected_scale": chosen["scale"], "improved": chosen["scale"] != 0.0, "tolerance": tolerance,
-            "selection": SELECTION_TEXT, "gradient_pairs_bias_before": float(bias.detach()),
-            "harmful_samples": int(len(harmful)), "influence_min": float(influence.detach().min()),
-            "influence_max": float(influence.detach().max()), "pool_size": int(len(pool_idx)), "n_bias_pairs": int(len(bias_idx)),
-            "n_val": int(len(val_idx)), "damping": damping, "layers": list(layers), "hessian": hessian, "trace": trace}
-    return UnlearnResult(model=write(flat0 + chosen["scale"] * direction.to(flat0.dtype)), info=info)
+            "selected_scale": chosen["scale"], "selected_damping": chosen["damping"], "improved": chosen["scale"] != 0.0,
+            "tolerance": tolerance, "selection": SELECTION_TEXT, "gradient_pairs_bias_before": float(bias.detach()),
+            **{k: v for k, v in used.items() if k != "direction"}, "pool_size": int(len(pool_idx)),
+            "n_bias_pairs": int(len(bias_idx)), "n_val": int(len(val_idx)), "damping": dampings, "layers": list(layers),
+            "hessian": hessian, "trace": trace}
+    return UnlearnResult(model=moved(dampings[0], 0.0) if chosen["damping"] is None else moved(chosen["damping"], chosen["scale"]),
+                         info=info)
 
 
-SELECTION_TEXT = ("step scale with the lowest counterfactual bias on held-out pairs of D^b among those whose held-out "
+SELECTION_TEXT = ("step scale (and Hessian damping) with the lowest counterfactual bias on held-out pairs of D^b among those whose held-out "
                   "D^b accuracy and class-mean accuracy stay within the tolerance of the input model (label-free; "
                   "ties: the larger step; none lower the bias: the input model)")
 
@@ -335,7 +353,7 @@ def choose_step(trace: list[dict[str, Any]], *, tolerance: float = ACCURACY_TOLE
 
 
 def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, seed: int = 0, top_k: int = 500,
-                pool_size: int = 5000, damping: float = 1e-2, tolerance: float = ACCURACY_TOLERANCE,
+                pool_size: int = 5000, damping: float | None = None, tolerance: float = ACCURACY_TOLERANCE,
                 device: str = "cpu", splits=None, model=None) -> tuple[Path, UnlearnResult]:
     """``debiaskit unlearn``: FMD's step on a finished run, written as a NEW run folder (default ``RUN_DIR-fmd``;
     the input run is never modified). Its ``run.json`` keeps the parent's model, data and training record; beside
@@ -346,9 +364,10 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
     cannot rebuild (see :func:`debiaskit.runs.load_run`).
     """
     for name, value, rule in (("seed", seed, SEED), ("top_k", top_k, POSITIVE_INT),
-                              ("pool_size", pool_size, POSITIVE_INT), ("damping", damping, NON_NEGATIVE),
+                              ("pool_size", pool_size, POSITIVE_INT), ("damping", damping or 0.0, NON_NEGATIVE),
                               ("tolerance", tolerance, NON_NEGATIVE)):
         require(name, value, rule)
+    damping = DAMPINGS if damping is None else damping   # None: chosen with the step
     check_device(device)
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-fmd")
@@ -364,7 +383,8 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
                          weights="model.safetensors", dynamics=None,
                          method=MethodRecord(name="fmd", uses_bias_labels=False, post_hoc=True, state=res.info,
                                              config={"seed": seed, "top_k": top_k, "pool_size": pool_size,
-                                                     "damping": damping, "tolerance": tolerance},
+                                                     "damping": list(DAMPINGS) if isinstance(damping, tuple) else damping,
+                                                     "tolerance": tolerance},
                                              parent_method=parent.method.to_dict() if parent.method else {}))
         save_run(staging, model=res.model, record=record)
         (staging / "unlearn.md").write_text("\n".join(step_report(res.info)) + "\n")
@@ -374,7 +394,7 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
 
 def _nothing_better(info: dict[str, Any], run_dir: Path) -> str:
     """What was tried, what the best step would have cost, and what the user can do."""
-    scales = [t["scale"] for t in info["trace"] if t["scale"] > 0]
+    scales = sorted({t["scale"] for t in info["trace"] if t["scale"] > 0})
     lower = [t for t in info["trace"] if t["heldout_cf_bias"] < info["bias_before"] - 1e-12]
     if lower:
         best = min(lower, key=lambda t: t["heldout_cf_bias"])
@@ -383,7 +403,7 @@ def _nothing_better(info: dict[str, Any], run_dir: Path) -> str:
     else:
         seen = f"no step lowered it below {info['bias_before']:.4f} (the model may not use the attribute)"
     return (f"FMD found nothing better than {run_dir}: it tried {len(scales)} step scales ({min(scales):g} .. "
-            f"{max(scales):g}) on {info['harmful_samples']} harmful samples, scored on {info['n_val']} held-out "
+            f"{max(scales):g}) x Hessian dampings {', '.join(f'{d:g}' for d in info['damping'])} on {info['harmful_samples']} harmful samples, scored on {info['n_val']} held-out "
             f"training samples; {seen}, over the allowed {100 * info['tolerance']:g} points. No model was written. "
             "You can allow a larger accuracy drop (--max-accuracy-drop), replace more samples (--top-k, "
             "--pool-size), or keep the input model")
@@ -392,13 +412,14 @@ def _nothing_better(info: dict[str, Any], run_dir: Path) -> str:
 def step_report(info: dict[str, Any]) -> list[str]:
     """Markdown lines of the step choice: the trade-off FMD saw on held-out D^b, per step scale."""
     lines = ["# FMD unlearning step", "", f"Selection: {info['selection']}; tolerance {100 * info['tolerance']:g} points.",
-             f"Selected step scale {info['selected_scale']:g}: held-out counterfactual bias {info['bias_before']:.4f} -> "
+             f"Selected step scale {info['selected_scale']:g} (damping {info['selected_damping']}): held-out counterfactual bias {info['bias_before']:.4f} -> "
              f"{info['bias_after']:.4f}, held-out accuracy {100 * info['accuracy_before']:.2f} -> "
              f"{100 * info['accuracy_after']:.2f} % ({info['n_val']} held-out training samples; the test set is not used).",
-             "", "| step scale | held-out CF bias | held-out accuracy (%) | class-mean accuracy (%) | allowed |",
-             "|---|---|---|---|---|"]
+             "", "| step scale | damping | held-out CF bias | held-out accuracy (%) | class-mean accuracy (%) | allowed |",
+             "|---|---|---|---|---|---|"]
     for t in info["trace"]:
-        lines.append(f"| {t['scale']:g} | {t['heldout_cf_bias']:.4f} | {100 * t['heldout_accuracy']:.2f} | "
+        damping = "-" if t["damping"] is None else f"{t['damping']:g}"
+        lines.append(f"| {t['scale']:g} | {damping} | {t['heldout_cf_bias']:.4f} | {100 * t['heldout_accuracy']:.2f} | "
                      f"{100 * t['heldout_class_mean_accuracy']:.2f} | {'yes' if t['qualifies'] else '-'} |")
     return lines
 
@@ -410,18 +431,23 @@ def plot_tradeoff(info: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     trace = info["trace"]
-    x = [max(t["scale"], min(t2["scale"] for t2 in trace if t2["scale"] > 0) / 3) for t in trace]
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    ax.plot(x, [t["heldout_cf_bias"] for t in trace], "o-", color="tab:red", label="held-out CF bias")
+    base = trace[0]
+    left = min(t["scale"] for t in trace if t["scale"] > 0) / 3   # where the input model (s = 0) is drawn
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    ax2 = ax.twinx()
+    for i, d in enumerate(info["damping"]):
+        line = [base] + [t for t in trace if t["damping"] == d]
+        x = [max(t["scale"], left) for t in line]
+        ax.plot(x, [t["heldout_cf_bias"] for t in line], "o-", ms=3, color=plt.cm.Reds(0.9 - 0.25 * i), label=f"CF bias, damping {d:g}")
+        ax2.plot(x, [100 * t["heldout_accuracy"] for t in line], "s--", ms=3, color=plt.cm.Blues(0.9 - 0.25 * i),
+                 label=f"accuracy, damping {d:g}")
     ax.set_xscale("log")
     ax.set_xlabel("step scale s (leftmost point: the input model, s = 0)")
-    ax.set_ylabel("counterfactual bias", color="tab:red")
-    ax2 = ax.twinx()
-    ax2.plot(x, [100 * t["heldout_accuracy"] for t in trace], "s-", color="tab:blue", label="held-out accuracy")
+    ax.set_ylabel("held-out counterfactual bias", color="tab:red")
     ax2.axhspan(100 * (info["accuracy_before"] - info["tolerance"]), 100 * info["accuracy_before"], color="tab:blue", alpha=0.1)
     ax2.set_ylabel("held-out accuracy (%)", color="tab:blue")
-    sel = x[[t["scale"] for t in trace].index(info["selected_scale"])]
-    ax.axvline(sel, color="k", ls="--", lw=1)
+    ax.axvline(max(info["selected_scale"], left), color="k", ls="--", lw=1)
+    ax.legend(loc="upper left", fontsize=7)
     ax.set_title(f"FMD step choice (selected s = {info['selected_scale']:g})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -495,7 +521,7 @@ register_method(MethodInfo(
     reference="Chen et al., NeurIPS 2023",
     defaults={"*": {"pool_size": Default(5000, _OURS), "n_bias_pairs": Default(1000, _OURS),
                     "n_val": Default(2000, _OURS + " (held-out D^b of the step choice: 1 point of accuracy must be measurable)"), "top_k": Default(500, _OURS + " (paper: a small counterfactual set)"),
-                    "damping": Default(1e-2, _OURS + " (H is near-singular on a fitted model)"),
+                    "damping": Default(list(DAMPINGS), "ours: chosen with the step on held-out D^b (H is near-singular on a fitted model)"),
                     "hessian": Default("exact", "paper's public code (explicit last-layer Hessian)"),
                     "tolerance": Default(ACCURACY_TOLERANCE, _OURS + " (do no harm: held-out accuracy within 1 point)")}},
 ))
