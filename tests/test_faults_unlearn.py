@@ -81,11 +81,12 @@ def test_fmd_on_biased_rows_lowers_the_held_out_bias(tmp_path):
     from debiaskit.train import TrainConfig, fit
     model = build_model("mlp", num_classes=2, input_shape=splits.train.input_shape)
     fit(model, splits.train, config=TrainConfig(epochs=3, batch_size=64, seed=0), progress=False)
-    res = fmd_unlearn(model, train=splits.train, head="fc", pool_size=400, n_bias_pairs=100, top_k=100)
+    res = fmd_unlearn(model, train=splits.train, head="fc", pool_size=400, n_bias_pairs=100, top_k=100, damping=(1e-2, 1e-3))
     info = res.info
     assert info["improved"] and info["selected_scale"] > 0 and info["bias_after"] < info["bias_before"]
     assert info["accuracy_after"] >= info["accuracy_before"] - info["tolerance"]
-    assert {t["scale"] for t in info["trace"]} == set(SCALES)
+    assert {t["scale"] for t in info["trace"]} == set(SCALES) and info["damping"] == [1e-2, 1e-3]
+    assert len(info["trace"]) == 1 + 2 * (len(SCALES) - 1) and info["selected_damping"] in (1e-2, 1e-3)
 
 
 # -- do no harm: exit 3, nothing written ------------------------------------------------------------------
@@ -104,13 +105,13 @@ def test_unlearn_writes_its_trade_off_and_checks_the_tolerance(cli, tmp_path):
     _train(cli, _rows(tmp_path / "rows.npz"), run)
     code, out = cli("unlearn", run, "--max-accuracy-drop", "-1")
     assert code == 2 and "max_accuracy_drop is -1.0" in out
-    code, out = cli("unlearn", run, "--pool-size", "300", "--top-k", "50")
+    code, out = cli("unlearn", run, "--pool-size", "300", "--top-k", "50", "--damping", "0.001")
     assert code == 0, out
     folder = tmp_path / "run-fmd"
     assert (folder / "unlearn_tradeoff.png").stat().st_size > 1000
     md = (folder / "unlearn.md").read_text()
-    assert "| step scale | damping | held-out CF bias |" in md and md.count("\n| ") == 2 + 3 * (len(SCALES) - 1)
-    code, out = cli("unlearn", run, "--pool-size", "300", "--top-k", "50", "--force")   # its own files: replaced
+    assert "| step scale | damping | held-out CF bias |" in md and md.count("\n| ") == 2 + (len(SCALES) - 1)
+    code, out = cli("unlearn", run, "--pool-size", "300", "--top-k", "50", "--damping", "0.001", "--force")   # replaced
     assert code == 0, out
 
 
@@ -134,6 +135,7 @@ def test_a_cf_array_gives_the_audit_and_fmd_their_pairs(cli, tmp_path):
     ({"cf": np.zeros((1600, 5), np.float32)}, "cf must have the shape and dtype of x"),
     ({"cf": np.zeros((1600, 6), np.float64)}, "cf must have the shape and dtype of x"),
     ({"bias_columns": np.array([4, 5])}, "holds both cf and bias_columns"),
+    ({"b": np.zeros((1600, 2), np.int64)}, "cf is the counterfactual for one bias attribute"),
 ])
 def test_a_bad_cf_array_is_refused(tmp_path, extra, message):
     data = _rows(tmp_path / "rows.npz", extra=extra)
