@@ -32,8 +32,9 @@ One ordinary training run, no bias labels anywhere (training, selection, stoppin
 Under torchrun: the centroids, votes, scores and latest attractions are updated on every rank from the
 global batch (bottleneck features, targets, correctness and per-sample attractions are all-gathered);
 the GCE branch's gradients are averaged over ranks; whole-set passes (b^ from the branch, the held-out
-scores) are split across ranks and gathered; the weighted loss uses the global sum of weights. So b^,
-the prior, the weights and the selected epoch are the same on every rank.
+scores) are split across ranks and gathered; the weighted loss uses the global sum of weights; the guard's
+ERM copy averages its gradients over ranks like the branch and is scored on gathered held-out logits. So b^,
+the prior, the weights, the selected epoch and the guard's choice are the same on every rank.
 
 Example::
 
