@@ -321,7 +321,7 @@ RUN_FOLDER = register_folder_kind(FolderKind(
     "run", "run.json", ("train",), describe="a finished run", files=_RUN_FILES,
     legacy=lambda m: m.get("status") == "finished" and "model" in m))   # 0.1.0's runs, before `kind`: training runs
 UNLEARN_FOLDER = register_folder_kind(FolderKind(
-    "unlearn", "run.json", ("unlearn",), describe="a finished unlearn run (`debiaskit unlearn`)", files=_RUN_FILES))
+    "unlearn", "run.json", ("unlearn",), describe="a finished unlearn run (`debiaskit unlearn`)", files=_RUN_FILES + ("unlearn.md", "unlearn_tradeoff.png")))
 AUDIT_FOLDER = register_folder_kind(FolderKind(
     "audit", "audit.json", ("audit",), describe="an audit report folder",
     files=("audit.json", "report.md", "*.png"), legacy=lambda m: "attributes" in m and "task_accuracy" in m))

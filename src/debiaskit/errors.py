@@ -34,6 +34,13 @@ class OutputBusyError(OutputError):
     """Another process is writing the same output right now."""
 
 
+class NothingBetterError(DebiaskitError):
+    """A post-hoc step found no model better than its input under the stated tolerance; nothing was written
+    (``debiaskit unlearn`` exits with ``EXIT_CODE``, distinct from the 2 of bad input)."""
+
+    EXIT_CODE = 3
+
+
 class DamagedError(DataError):
     """A file debiaskit wrote earlier is truncated, invalid or inconsistent."""
 
