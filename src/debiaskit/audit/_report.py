@@ -57,8 +57,10 @@ def render_table(report: AuditReport, *, title: str = "Bias audit"):
 
 
 def to_markdown(report: AuditReport, *, title: str = "Bias audit") -> str:
-    lines = [f"# {title}", "", f"Evaluation split: `{report.eval_split}` ({report.num_samples} samples).", "",
-             "| metric | value (%) |", "|---|---|"]
+    lines = [f"# {title}", "", f"Evaluation split: `{report.eval_split}` ({report.num_samples} samples).", ""]
+    if report.below_majority():   # first: the numbers below describe a model a constant answer beats
+        lines += [f"**{report.below_majority()}**", ""]
+    lines += ["| metric | value (%) |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(report)]
     for a in report.attributes:
         g = a.groups

@@ -49,7 +49,7 @@ def main() -> None:
         app()
     except DebiaskitError as exc:
         Console(stderr=True).print(f"[bold red]error{where}:[/bold red] {exc}", highlight=False)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))   # 2: bad input; NoImprovementError: errors.NO_IMPROVEMENT_EXIT
     except KeyboardInterrupt:
         Console(stderr=True).print(INTERRUPTED, highlight=False)
         sys.exit(130)

@@ -136,10 +136,17 @@ def parse_method_params(items: Optional[List[str]]) -> dict:
 def audit(run_dir: Path, out: Optional[Path] = typer.Option(None, help="report folder (default RUN_DIR/audit)"),
           seed: int = 0, device: str = "cpu",
           force: bool = typer.Option(False, help="replace an earlier audit report folder at --out")) -> None:
-    """Audit a trained run for bias: table on the terminal, JSON + Markdown + plots on disk."""
+    """Audit a trained run (or an FFW folder's exported model) for bias: table on the terminal, JSON + Markdown +
+    plots on disk."""
     from ..audit import audit_run, render_table
-    report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force)
+    if (run_dir / "ffw.json").is_file():   # an FFW folder: its exported network, on the run's data
+        from ..ffw import audit_ffw_folder
+        report, folder = audit_ffw_folder(run_dir, out=out, seed=seed, device=device, force=force)
+    else:
+        report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force)
     console.print(render_table(report, title=f"Bias audit of {run_dir}"))
+    if report.below_majority():
+        console.print(f"[bold yellow]warning:[/bold yellow] {report.below_majority()}", highlight=False)
     console.print(f"report: {folder / 'report.md'}  json: {folder / 'audit.json'}  plots: {folder}/*.png")
 
 
