@@ -893,7 +893,9 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, 
                                                                     else ", hard mask)"), exported, search))
     tune = tune_kept_weights(exported, search, callback=search.callback)
     if tune is not None:
-        stages.append(_stage(f"weight tuning (epoch {tune['chosen_epoch']} of {tune['epochs']})", exported, search))
+        kept = (f"epoch {tune['chosen_epoch']} of {tune['epochs']}" if tune["chosen_epoch"]
+                else f"none of {tune['epochs']} epochs beat the gates' state")
+        stages.append(_stage(f"weight tuning ({kept})", exported, search))
     head, eraser, head_refit = _after_gates(exported, search)
     if eraser is not None or head_refit is not None:
         steps = " + ".join(n for n, on in (("eraser", eraser), ("head refit", head_refit)) if on is not None)
