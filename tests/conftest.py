@@ -97,3 +97,12 @@ def toy_run_dir(tmp_path_factory, toy_splits):
     train_run(dataset="biased-toy", params={"rho": 0.95}, out=out, splits=toy_splits, model="mlp",
               config=TrainConfig(epochs=1, seed=0), progress=False)
     return out
+
+
+@pytest.fixture
+def allow_harm(monkeypatch):
+    """FFW's do-no-harm verdict recorded but not enforced (``no_harm=False`` for the CLI): for tests of a stage's
+    mechanics on the 1-epoch toy models, which are near chance themselves, so the guard would refuse their output.
+    The guard itself is tested in tests/test_ffw_no_harm.py."""
+    from debiaskit.ffw import _search
+    monkeypatch.setattr(_search, "enforce", lambda record, result: None)

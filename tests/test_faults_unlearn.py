@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from debiaskit.data import make_splits
-from debiaskit.errors import DataError, NothingBetterError
+from debiaskit.errors import NO_IMPROVEMENT_EXIT, DataError, NoImprovementError
 from debiaskit.methods.fmd import SCALES, choose_step, fmd_unlearn
 
 
@@ -95,7 +95,7 @@ def test_unlearn_refuses_when_no_step_helps(cli, tmp_path):
     run = tmp_path / "run"
     _train(cli, _rows(tmp_path / "same.npz", cf="same"), run)
     code, out = cli("unlearn", run, "--out", tmp_path / "unl", "--pool-size", "300", "--top-k", "50")
-    assert code == NothingBetterError.EXIT_CODE == 3, out
+    assert code == NO_IMPROVEMENT_EXIT == 3, out
     assert "found nothing better" in out and "No model was written" in out and "--max-accuracy-drop" in out
     assert not (tmp_path / "unl").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run", "same.npz"]
 

@@ -34,13 +34,6 @@ class OutputBusyError(OutputError):
     """Another process is writing the same output right now."""
 
 
-class NothingBetterError(DebiaskitError):
-    """A post-hoc step found no model better than its input under the stated tolerance; nothing was written
-    (``debiaskit unlearn`` exits with ``EXIT_CODE``, distinct from the 2 of bad input)."""
-
-    EXIT_CODE = 3
-
-
 class DamagedError(DataError):
     """A file debiaskit wrote earlier is truncated, invalid or inconsistent."""
 
@@ -55,3 +48,22 @@ class SmallSplitWarning(DebiaskitWarning):
 
 class UntrustedCodeError(ModelError):
     """A record names code to import (a user model) and is neither signed by this user nor trusted explicitly."""
+
+
+# `debiaskit ffw` (and any command that refuses to write a model worse than its input): the exit status that says
+# "nothing was written because no output was better than the input" - not bad input (2), not a crash (1)
+NO_IMPROVEMENT_EXIT = 3
+
+
+class NoImprovementError(DebiaskitError):
+    """A post-hoc step found no output that is not worse than the model it was given (do no harm: FFW,
+    ``ffw/_harm.py``; FMD's ``unlearn``, its step choice): no model is returned or written. ``record``: what
+    each stage reached against the input (JSON-able); ``result``: the refused :class:`~debiaskit.ffw.FFWResult`,
+    for inspection only (FFW). The CLI exits with :data:`NO_IMPROVEMENT_EXIT`."""
+
+    exit_code = NO_IMPROVEMENT_EXIT
+
+    def __init__(self, message: str, *, record: dict | None = None, result=None) -> None:
+        super().__init__(message)
+        self.record = record or {}
+        self.result = result

@@ -51,6 +51,7 @@ class AuditReport:
     eval_split: str
     meta: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    majority_rate: float | None = None   # share of the evaluation split's most frequent target class
     # kept for plots, not serialised
     _z: Tensor | None = field(default=None, repr=False)
     _y: Tensor | None = field(default=None, repr=False)
@@ -60,6 +61,12 @@ class AuditReport:
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         return out
+
+    def below_majority(self) -> str | None:
+        """The flag for a model that always answering the most frequent class would beat (None when it does not)."""
+        if self.majority_rate is None or self.task_accuracy >= self.majority_rate:
+            return None
+        return below_majority_text(self.task_accuracy, self.majority_rate, split=f"the {self.eval_split} split")
 
     def headline(self) -> dict[str, Any]:
         """The main numbers, flat (for tables and benchmarks): those of the first bias attribute, except the
@@ -79,6 +86,13 @@ class AuditReport:
                                              "bias_extractability": x.bias_extractability,
                                              "counterfactual_bias": x.counterfactual_bias} for x in self.attributes}
         return out
+
+
+def below_majority_text(accuracy: float, majority: float, *, split: str) -> str:
+    """The flag for an input model below the majority-class rate (the audit report's and FFW's, one wording)."""
+    return (f"The input model is below the majority-class rate ({100 * accuracy:.1f} % vs {100 * majority:.1f} % on "
+            f"{split}): always answering the most frequent class would do better. It has learnt little of the task; "
+            "its bias numbers describe a model that does not work, and debiasing cannot add what it did not learn.")
 
 
 @torch.no_grad()
@@ -165,6 +179,8 @@ def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=Non
         if counterfactual and test.render is not None:
             att.counterfactual_bias = counterfactual_bias(model, test, attribute=a, seed=seed, device=device)
         attributes.append(att)
+    majority = float(torch.bincount(out.y.long()).max()) / len(out.y)
     return AuditReport(task_accuracy=float((pred == out.y).float().mean()), attributes=attributes,
                        num_samples=len(test), eval_split=eval_split, wall_time_s=time.perf_counter() - start,
+                       majority_rate=majority,
                        _z=out.z, _y=out.y, _pred=pred, _b=test.bias(0))

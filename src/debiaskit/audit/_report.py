@@ -81,8 +81,10 @@ def render_table(report: AuditReport, *, title: str = "Bias audit"):
 
 
 def to_markdown(report: AuditReport, *, title: str = "Bias audit") -> str:
-    lines = [f"# {title}", "", f"Evaluation split: `{report.eval_split}` ({report.num_samples} samples).", "",
-             "| metric | value | unit |", "|---|---|---|"]
+    lines = [f"# {title}", "", f"Evaluation split: `{report.eval_split}` ({report.num_samples} samples).", ""]
+    if report.below_majority():   # first: the numbers below describe a model a constant answer beats
+        lines += [f"**{report.below_majority()}**", ""]
+    lines += ["| metric | value | unit |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {unit} |" for k, v, unit in summary_rows(report)]
     lines += ["", UNITS]
     for a in report.attributes:

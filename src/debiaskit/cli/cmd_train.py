@@ -173,10 +173,18 @@ def audit(run_dir: Path, out: Optional[Path] = typer.Option(None, help="report f
           seed: int = 0, device: str = "cpu",
           force: bool = typer.Option(False, help="replace an earlier audit report folder at --out"),
           trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP)) -> None:
-    """Audit a trained run for bias: table on the terminal, JSON + Markdown + plots on disk."""
+    """Audit a trained run (or an FFW folder's exported model) for bias: table on the terminal, JSON + Markdown +
+    plots on disk."""
     from ..audit import audit_run, render_table
-    report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force, trust_code=trust_code)
+    if (run_dir / "ffw.json").is_file():   # an FFW folder: its exported network, on the run's data
+        from ..ffw import audit_ffw_folder
+        report, folder = audit_ffw_folder(run_dir, out=out, seed=seed, device=device, force=force,
+                                          trust_code=trust_code)
+    else:
+        report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force, trust_code=trust_code)
     console.print(render_table(report, title=f"Bias audit of {esc(run_dir)}"))
+    if report.below_majority():
+        console.print(f"[bold yellow]warning:[/bold yellow] {esc(report.below_majority())}", highlight=False)
     console.print(f"report: {esc(folder / 'report.md')}  json: {esc(folder / 'audit.json')}  plots: {esc(folder)}/*.png",
                   highlight=False, soft_wrap=True)
 

@@ -31,15 +31,15 @@ def unlearn(run_dir: Path = typer.Argument(..., help="a finished run folder (deb
     Counterfactuals come from the dataset: a debiaskit recipe, Adult, or a tensors file with `cf`
     (the counterfactual input of each row) or `bias_columns`."""
     from .._validate import NON_NEGATIVE, require
-    from ..errors import NothingBetterError
+    from ..errors import NO_IMPROVEMENT_EXIT, NoImprovementError
     from ..methods.fmd import unlearn_run
     require("max_accuracy_drop", max_accuracy_drop, NON_NEGATIVE)
     try:
         target, res = unlearn_run(run_dir, out=out, force=force, seed=seed, top_k=top_k, pool_size=pool_size,
                                   damping=damping, tolerance=max_accuracy_drop / 100, device=device, trust_code=trust_code)
-    except NothingBetterError as exc:
+    except NoImprovementError as exc:
         console.print(f"[bold yellow]nothing better:[/bold yellow] {esc(exc)}", highlight=False)
-        raise typer.Exit(NothingBetterError.EXIT_CODE) from exc
+        raise typer.Exit(NO_IMPROVEMENT_EXIT) from exc
     info = res.info
     console.print(f"[green]unlearned[/green] {esc(run_dir)} -> {esc(target)}: held-out counterfactual bias "
                   f"{info['bias_before']:.4f} -> {info['bias_after']:.4f}, held-out accuracy "

@@ -34,9 +34,10 @@ __all__ = ["ERASERS", "ErasedHead", "LinearEraser", "attach_eraser", "conditiona
            "count_parameters", "ffw_step", "find_fantastic_weights", "freeze", "gate_value", "inference_time", "install_gates", "load_masks",
            "module_shapes", "prune_structured", "resize_like", "save_masks", "structured_sparsity",
            "unstructured_sparsity"]
-from ._run import FFWRun, before_after_rows, default_out, ffw_run, has_checkpoint, load_ffw_model, partial_dir
+from ._run import (FFWRun, audit_ffw_folder, before_after_rows, default_out, ffw_run, has_checkpoint, load_ffw_model,
+                   no_harm_lines, partial_dir)
 from ._save import load_pruned_model, save_result
 from ._progress import epoch_line, print_epoch, progress_line
 
-__all__ += ["FFWRun", "before_after_rows", "default_out", "epoch_line", "ffw_run", "has_checkpoint", "load_ffw_model",
+__all__ += ["FFWRun", "audit_ffw_folder", "before_after_rows", "default_out", "epoch_line", "ffw_run", "has_checkpoint", "load_ffw_model", "no_harm_lines",
             "load_pruned_model", "partial_dir", "print_epoch", "progress_line", "save_result"]

@@ -48,18 +48,23 @@ from ._erase import ERASERS, LinearEraser, attach_eraser, conditional_erasers, f
 from ._refit import REFIT_GRID, refit_head
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
+from ._harm import chance_floor, enforce, group_accuracy, near_chance, verdict
 from ._progress import print_epoch
 from ._tune import tune_kept_weights
 
 CHECKPOINT_FILE = "checkpoint.safetensors"   # tensors + JSON state in one file (debiaskit._io.save_checkpoint)
 CHECKPOINT_KIND = "ffw-search"
+# every rule first drops the near-chance candidates (a collapsed network: D^u_val accuracy below max(chance,
+# majority-class rate) + a margin, ffw/_harm.py): a constant bottleneck makes any bias term 0, so J would prefer it
+NEAR_CHANCE_EXCLUDED = ("; a candidate whose D^u_val accuracy is near chance (below max(chance, majority-class rate) "
+                        "+ max(2 points, 2 standard errors)) is never selected")
 SELECTIONS = {
     "objective": "hard-masked model with the lowest J = CE + gamma * D on D^u_val (D: the search's own adversary) "
                  "among those whose D^u_val task accuracy is not below the vanilla model's (among all, the vanilla "
-                 "model included, when none is)",
+                 "model included, when none is)" + NEAR_CHANCE_EXCLUDED,
     "readability": "hard-masked model with the lowest CE + gamma * R on D^u_val (R: closed-form linear readability "
-                   "of the bias, whatever the adversary)",
-    "accuracy": "hard-masked model with the highest task accuracy on D^u_val",
+                   "of the bias, whatever the adversary)" + NEAR_CHANCE_EXCLUDED,
+    "accuracy": "hard-masked model with the highest task accuracy on D^u_val" + NEAR_CHANCE_EXCLUDED,
 }
 
 
@@ -233,6 +238,7 @@ class FFWResult:
     eraser: dict[str, Any] | None = None   # the linear eraser in front of the head (_erase.py), None without one
     head_refit: dict[str, Any] | None = None   # the head's refit on D^u_train (_refit.py), None when off
     tune: dict[str, Any] | None = None   # the kept weights trained under J (_tune.py), None when off
+    no_harm: dict[str, Any] | None = None   # the do-no-harm verdict on D^u_val, every stage vs the input (_harm.py)
 
     @property
     def mode(self) -> str:
@@ -247,7 +253,7 @@ class FFWResult:
         return {"mode": self.mode, "config": asdict(self.config), "selected": self.selected,
                 "sparsity": self.sparsity, "stop_reason": self.stop_reason, "wall_time_s": self.wall_time_s,
                 "epochs": len(self.history) - 1, "shapes": self.shapes, "eraser": self.eraser,
-                "head_refit": self.head_refit, "tune": self.tune}
+                "head_refit": self.head_refit, "tune": self.tune, "no_harm": self.no_harm}
 
 
 # FFW's information term (eq. 7): the audit's normalised empirical MI, computed in log space so that its
@@ -378,7 +384,9 @@ class _Search:
         self.gated = install_gates(self.work, mode=config.mode, head=head, example=example,
                                    include_head=config.include_head, input_weights=config.input_weights,
                                    state=self.state)
-        d, _ = head_shape(self.work, head)
+        d, num_classes = head_shape(self.work, head)
+        # below this D^u_val accuracy a candidate is collapsed (ffw/_harm.py): never selected, never handed back
+        self.floor = chance_floor(val.y, max(num_classes, 2))
         torch.manual_seed(config.seed)
         self.heads = [nn.Linear(d, k).to(self.device) for k in self.bias_cardinalities]
         self.head_opts = [torch.optim.SGD(h.parameters(), lr=config.head_lr, momentum=config.head_momentum,
@@ -578,6 +586,11 @@ class _Search:
             return -(val["ce"] + self.cfg.gamma * val["readability"])
         return val["task"]
 
+    def usable(self, val: dict[str, float]) -> bool:
+        """Whether a candidate's D^u_val numbers clear the near-chance floor (``ffw/_harm.py``): a collapsed network
+        (J's favourite: a constant bottleneck makes D 0) is excluded before any score is compared."""
+        return not near_chance(val["task"], self.floor)
+
     def _score(self, record: dict[str, Any]) -> float:
         return self.selection_score(record["val_hard"])
 
@@ -586,15 +599,17 @@ class _Search:
         return record["epoch"] > 0 and record["val_hard"]["task"] >= self.history[0]["val_hard"]["task"]
 
     def consider(self, record: dict[str, Any]) -> None:
-        """Keep the best hard-masked state on D^u_val: by the selection score among the gated candidates that
-        keep the vanilla model's task accuracy; by the score alone while there is none. J alone prefers a dead
-        network (CE log K, D 0) to any model that still reads the bias - which an overconfident vanilla model's
-        CE makes easy to reach (docs/design/ffw-structured.md)."""
+        """Keep the best hard-masked state on D^u_val: near-chance candidates never (while any other exists); then
+        by the selection score among the gated candidates that keep the vanilla model's task accuracy; by the score
+        alone while there is none. J alone prefers a dead network (CE log K, D 0) to any model that still reads the
+        bias - which an overconfident vanilla model's CE makes easy to reach (docs/design/ffw-structured.md)."""
         score = self._score(record)
         record["selection_score"] = score
         record["keeps_task"] = self._keeps_task(record)
-        key = (record["keeps_task"], score)
-        if self.best is None or key > (self.best.get("keeps_task", False), self.best["selection_score"]):
+        record["near_chance"] = not self.usable(record["val_hard"])
+        key = (not record["near_chance"], record["keeps_task"], score)
+        if self.best is None or key > (not self.best.get("near_chance", False), self.best.get("keeps_task", False),
+                                       self.best["selection_score"]):
             self.best = record
             self.best_gates = {k: v.clone() for k, v in self.gated.gate_tensors().items()}
 
@@ -782,7 +797,8 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
                            config: FFWConfig | None = None, device: str | torch.device = "cpu",
                            checkpoint_dir: Path | None = None, resume: bool = False, inplace: bool = False,
                            callback: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
-                           checkpoint_meta: dict[str, Any] | None = None, **overrides) -> FFWResult:
+                           checkpoint_meta: dict[str, Any] | None = None, no_harm: bool = True,
+                           **overrides) -> FFWResult:
     """Find a sub-network of a frozen ``model`` whose bottleneck carries no bias (FFW, Algorithm 1).
 
     ``train`` / ``val``: D^u_train / D^u_val, datasets of (x, y, b) with bias labels (``b`` may be
@@ -798,6 +814,16 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     after every step (``kind="step"``) and epoch (``kind="epoch"``); without one, ``progress`` prints a
     line per epoch (D^u_val numbers of the hard-masked model - and of the tau-model where the schedule reads
     them: each level's end, or every epoch when a plateau can end a level -, sparsity, time).
+
+    Do no harm (``ffw/_harm.py``): the final output (after the gates, the weight tuning, the eraser and the head
+    refit) is compared with ``model`` on D^u_val. When its group-mean accuracy (mean over the (y, b) groups) falls
+    below the input's by more than one standard error of the input's (SE = sqrt(sum_g q_g (1 - q_g) / n_g) / G,
+    q_g = (right_g + 1) / (n_g + 2): each group's accuracy smoothed by one right and one wrong answer),
+    when its accuracy is near chance (below max(1 / C, majority-class rate) + max(2 points, 2 standard errors of
+    that rate)), or when it is ``model`` unchanged, :class:`~debiaskit.errors.NoImprovementError` is raised: no model
+    is returned, so a worse one cannot be used by mistake; the error carries every stage's D^u_val numbers
+    (``.record``) and the refused result (``.result``, for inspection). ``no_harm=False`` returns the output all the
+    same (the benchmark harnesses measure FFW as published); the verdict is in ``result.no_harm`` either way.
 
     Example::
 
@@ -851,11 +877,29 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     except KeyboardInterrupt:
         # the last completed epoch (and the best hard state so far) is already in checkpoint_dir
         raise
-    return _finish(search, model, inplace=inplace, wall_time_s=time_offset + time.perf_counter() - start)
+    return _finish(search, model, inplace=inplace, no_harm=no_harm,
+                   wall_time_s=time_offset + time.perf_counter() - start)
 
 
-def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: float) -> FFWResult:
+def _stage(name: str, model: nn.Module, search: _Search, **extra) -> dict[str, Any]:
+    """One stage of the do-no-harm record: ``model``'s D^u_val group-mean accuracy, its standard error, accuracy."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = collect_outputs(model, search.val, with_bottleneck=False, device=device)
+    return {"stage": name, **group_accuracy(out.logits.argmax(1), out.y, out.b), **extra}
+
+
+def _unchanged(search: _Search, tune, eraser, head_refit) -> bool:
+    """The exported model is the input model: the gates kept every weight (epoch 0 selected) and no later step
+    changed anything (no tuned epoch chosen, no eraser, the head refit kept the head)."""
+    return (search.best["epoch"] == 0 and (tune is None or tune["chosen_epoch"] == 0) and eraser is None
+            and (head_refit is None or head_refit["kept_lam"] is None))
+
+
+def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, wall_time_s: float) -> FFWResult:
     cfg = search.cfg
+    # the input model's D^u_val numbers, measured on the model itself (also after a resume)
+    stages = [_stage("input model", model, search)]
     if search.best["epoch"] > 0 and not search.best.get("keeps_task", False):
         search.best["selection_note"] = (
             "no gated candidate kept the vanilla model's D^u_val task accuracy "
@@ -865,7 +909,8 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
     masks = search.gated.hard_masks()
     shapes = None
     if cfg.mode == "unstructured":
-        exported = apply_unstructured_masks(model, {f"{k}.weight": v for k, v in masks.items()}, copy_model=not inplace)
+        # on a copy, also with inplace=True: the user's model takes the result only once do-no-harm accepted it
+        exported = apply_unstructured_masks(model, {f"{k}.weight": v for k, v in masks.items()}, copy_model=True)
         sparsity = unstructured_sparsity(masks)
         sparsity["counts_head"] = cfg.include_head
         if search.gated.ungated:   # e.g. an attention's in_proj_weight, a positional embedding, with why
@@ -876,12 +921,28 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
         sparsity = structured_sparsity(masks, model, exported)
         sparsity["ungated"] = dict(search.gated.ungated)  # e.g. residual-stream channels of a ResNet, with why
     exported.eval()
+    stages.append(_stage(f"gates (epoch {search.best['epoch']}" + (", the model as given)" if search.best["epoch"] == 0
+                                                                    else ", hard mask)"), exported, search))
     tune = tune_kept_weights(exported, search, callback=search.callback)
+    if tune is not None:
+        kept = (f"epoch {tune['chosen_epoch']} of {tune['epochs']}" if tune["chosen_epoch"]
+                else f"none of {tune['epochs']} epochs beat the gates' state")
+        stages.append(_stage(f"weight tuning ({kept})", exported, search))
     head, eraser, head_refit = _after_gates(exported, search)
-    return FFWResult(model=exported, masks=masks, config=cfg, head=head, history=search.history,
-                     selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],
-                     wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes,
-                     eraser=eraser, head_refit=head_refit, tune=tune)
+    if eraser is not None or head_refit is not None:
+        steps = " + ".join(n for n, on in (("eraser", eraser), ("head refit", head_refit)) if on is not None)
+        stages.append(_stage(steps, exported, search))
+    judged = verdict(stages, search.floor, unchanged=_unchanged(search, tune, eraser, head_refit))
+    result = FFWResult(model=exported, masks=masks, config=cfg, head=head, history=search.history,
+                       selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],
+                       wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes,
+                       eraser=eraser, head_refit=head_refit, tune=tune, no_harm=judged)
+    if no_harm:
+        enforce(judged, result)   # raises NoImprovementError: nothing returned, the user's model untouched
+    if inplace:   # unstructured, no tuning, no eraser: the same architecture, the masks (and a refit head) baked in
+        model.load_state_dict(exported.state_dict())
+        result.model = model.eval()
+    return result
 
 
 def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from ..data import BiasDataset
-from ..errors import ConfigError, DataError, NothingBetterError
+from ..errors import ConfigError, DataError, NoImprovementError
 from .._io import UNLEARN_FOLDER, atomic_folder
 from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
 from ..models import collect_outputs, not_linear_head, resolve_head
@@ -365,7 +365,7 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
     the input run is never modified). Its ``run.json`` keeps the parent's model, data and training record; beside
     it ``unlearn.md`` and ``unlearn_tradeoff.png`` show the step choice (held-out CF bias and accuracy per step).
     Do no harm: when no step lowers the held-out counterfactual bias within ``tolerance`` of the input model's
-    held-out accuracy, :class:`~debiaskit.errors.NothingBetterError` is raised and nothing is written.
+    held-out accuracy, :class:`~debiaskit.errors.NoImprovementError` is raised and nothing is written.
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
     cannot rebuild (see :func:`debiaskit.runs.load_run`); ``trust_code``: import the user model of a run whose
     ``run.json`` is not signed with your key (see :func:`debiaskit.runs.load_run`).
@@ -384,7 +384,7 @@ def unlearn_run(run_dir: Path, *, out: Path | None = None, force: bool = False, 
         res = fmd_unlearn(run.model, train=run.splits().train, head=run.head, seed=seed, top_k=top_k,
                           pool_size=pool_size, damping=damping, tolerance=tolerance, device=device)
         if not res.info["improved"]:
-            raise NothingBetterError(_nothing_better(res.info, run_dir))
+            raise NoImprovementError(_nothing_better(res.info, run_dir))
         parent = run.record
         record = replace(parent, kind="unlearn", parent_run=str(run_dir), versions={}, device=str(device),
                          created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
