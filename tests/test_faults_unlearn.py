@@ -135,7 +135,7 @@ def test_a_cf_array_gives_the_audit_and_fmd_their_pairs(cli, tmp_path):
     ({"cf": np.zeros((1600, 5), np.float32)}, "cf must have the shape and dtype of x"),
     ({"cf": np.zeros((1600, 6), np.float64)}, "cf must have the shape and dtype of x"),
     ({"bias_columns": np.array([4, 5])}, "holds both cf and bias_columns"),
-    ({"b": np.zeros((1600, 2), np.int64)}, "cf is the counterfactual for one bias attribute"),
+    ({"b": np.tile(np.array([[0, 1], [1, 0]], np.int64), (800, 1))}, "cf is the counterfactual for one bias attribute"),
 ])
 def test_a_bad_cf_array_is_refused(tmp_path, extra, message):
     data = _rows(tmp_path / "rows.npz", extra=extra)
