@@ -23,6 +23,6 @@ run() {
     "$PYTHON" -m "$@" || status=1
 }
 run ruff format --check .   # the formatter's output is the house style (line length 120, pyproject.toml)
-run ruff check .
+run ruff check --output-format concise .
 run mypy                    # the files and the modules not yet covered: [tool.mypy] in pyproject.toml
 exit $status
