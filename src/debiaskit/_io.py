@@ -41,10 +41,11 @@ import secrets
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, TypeVar
 
 from .errors import DamagedError, DataError, OutputBusyError, OutputError, RunExistsError
 
@@ -79,7 +80,8 @@ def _write_error(path: Path, exc: BaseException) -> OutputError:
     if code is None:  # safetensors wraps the OS error in its own type: find the code in the text
         match = re.search(r"os error (\d+)", text)
         code = int(match.group(1)) if match else None
-    hint = _WRITE_HINTS.get(code, "check the destination and try again")
+    fallback = "check the destination and try again"
+    hint = _WRITE_HINTS.get(code, fallback) if isinstance(code, int) else fallback
     reason = os.strerror(code) if code else text
     return OutputError(f"cannot write {path}: {reason}; {hint}")
 
@@ -308,7 +310,10 @@ class FolderKind:
 FOLDER_KINDS: dict[str, FolderKind] = {}
 
 
-def register_folder_kind(kind: FolderKind) -> FolderKind:
+_Kind = TypeVar("_Kind", bound=FolderKind)
+
+
+def register_folder_kind(kind: _Kind) -> _Kind:
     FOLDER_KINDS[kind.name] = kind
     return kind
 
@@ -526,8 +531,8 @@ def foreign_entries(folder: Path, kind: FolderKind) -> list[str]:
             out += hidden_foreign(entry)   # named like debiaskit's working files: ours only if they hold only ours
         elif any(fnmatch.fnmatchcase(name, p) for p in kind.files):
             continue
-        elif entry.is_dir() and recognise(entry) is not None:
-            out += [f"{name}/{x}" for x in foreign_entries(entry, recognise(entry))]
+        elif entry.is_dir() and (inner := recognise(entry)) is not None:
+            out += [f"{name}/{x}" for x in foreign_entries(entry, inner)]
         else:
             out.append(name)
     return out
@@ -609,7 +614,8 @@ def _staging_foreign(folder: Path) -> list[str]:
     marker (a user's folder that only looks like ours), else those its kind does not write."""
     names = sorted(os.listdir(folder))
     meta = _staging_marker(folder)
-    kind = FOLDER_KINDS.get(meta.get("kind")) if meta else None
+    name = meta.get("kind") if meta else None
+    kind = FOLDER_KINDS.get(name) if isinstance(name, str) else None
     if kind is None:
         return names
     return [n for n in names if n != STAGING_MARKER and (os.path.islink(folder / n) or not any(

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ class Batch(NamedTuple):
     x: Tensor
     y: Tensor
     b: Tensor | None
-    index: Tensor
+    # a field named like tuple.index (a public name since the first release): the field wins at runtime
+    index: Tensor  # type: ignore[assignment]
 
 
 @dataclass
@@ -118,7 +120,7 @@ class BiasDataset(Dataset):
         col = self.bias_names.index(attribute) if isinstance(attribute, str) else attribute
         return self.aligned[:, col]
 
-    def subset(self, index: Tensor, *, name: str | None = None) -> "BiasDataset":
+    def subset(self, index: Tensor, *, name: str | None = None) -> BiasDataset:
         index = torch.as_tensor(index, dtype=torch.long)
         render = None
         if self.render is not None:
@@ -132,7 +134,7 @@ class BiasDataset(Dataset):
             bias_cardinalities=self.bias_cardinalities,
         )
 
-    def without_bias_labels(self) -> "BiasDataset":
+    def without_bias_labels(self) -> BiasDataset:
         """The same samples with no bias labels (what a label-free method may see)."""
         out = self.subset(torch.arange(len(self)))
         out.b, out.aligned = None, None
@@ -236,6 +238,8 @@ def resolve_cardinalities(b: Tensor | None, num_bias_classes: int | None, given,
         return tuple(int(k) for k in given) if isinstance(given, (tuple, list)) else ()
     n_attr = 1 if b.ndim == 1 else b.shape[1]
     value = num_bias_classes if given is None else given
+    if value is None:
+        raise DataError(f"{name}: bias labels without a number of bias classes; give num_bias_classes")
     if isinstance(value, (tuple, list)):
         if len(value) != n_attr:
             raise DataError(f"{name}: one number of bias classes per attribute: {n_attr} attributes, got {len(value)} "
@@ -320,15 +324,18 @@ def summarise(data) -> dict[str, Any]:
 
 
 def group_counts(y: Tensor, b: Tensor, *, num_classes: int,
-                 num_bias: int | tuple[int, ...]) -> list[list[int]] | dict[str, list]:
+                 num_bias: int | tuple[int, ...]) -> list[list[int]] | dict[str, list[list[int]]]:
     """Samples per (target, bias) group: ``counts[y][b]`` (per attribute for (N, A) bias labels; ``num_bias`` one
     number for all attributes or one per attribute)."""
     if b.ndim == 2:
         cards = num_bias if isinstance(num_bias, (tuple, list)) else (num_bias,) * b.shape[1]
-        return {f"attribute{a}": group_counts(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
+        return {f"attribute{a}": _group_counts_1d(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
                 for a in range(b.shape[1])}
-    if isinstance(num_bias, (tuple, list)):
-        num_bias = num_bias[0]
+    return _group_counts_1d(y, b, num_classes=num_classes,
+                            num_bias=num_bias[0] if isinstance(num_bias, (tuple, list)) else num_bias)
+
+
+def _group_counts_1d(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int) -> list[list[int]]:
     flat = y.long() * num_bias + b.long()
     return torch.bincount(flat, minlength=num_classes * num_bias).view(num_classes, num_bias).tolist()
 

@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..data import BiasDataset, as_bias_data, relabel_bias
-from ..errors import DataError, OutputError, RunExistsError
 from .._io import DISCOVER_FOLDER, atomic_folder, save_tensors, write_json, write_text
 from .._validate import check_device
+from ..data import BiasDataset, as_bias_data, relabel_bias
+from ..errors import DataError, OutputError, RunExistsError
 from ..runs import load_run
 from ._dynamics import load_dynamics
 from ._geometry import attractor_rule, class_centroids
@@ -180,10 +181,11 @@ def discovery_quality(found: Discovery, data: BiasDataset, *, attribute: int = 0
     Only for reporting (never fed back into training or selection); None when the data has no labels.
     """
     data = as_bias_data(data)
-    if data.b is None or data.aligned is None:
+    aligned = data.aligned_mask(attribute)
+    if data.b is None or aligned is None:
         return None
     b = data.bias(attribute)
-    conflicting = ~data.aligned_mask(attribute).bool()
+    conflicting = ~aligned.bool()
     flag = found.conflicting
     tp = int((flag & conflicting).sum())
     n_flag, n_conf = int(flag.sum()), int(conflicting.sum())
@@ -339,7 +341,7 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
         quality = {name: discovery_quality(found[name], data[name]) for name in SPLITS}
         quality.update({name: discovery_quality(f, data["train"]) for name, f in extra.items()})
         chosen = found["unbiased_val"].source
-        report = {"kind": "discover", "run": str(run_dir), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        report = {"kind": "discover", "run": str(run_dir), "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                   "rule": "attractor: centroids of correctly classified training samples at layer "
                           f"{chosen!r} (head {run.head!r}; spatially pooled); b^ = nearest centroid; flagged when b^ != y",
                   "layer": {"requested": layer or BOTTLENECK, "chosen": chosen, "scan": scan,
