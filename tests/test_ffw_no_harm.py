@@ -14,7 +14,8 @@ from debiaskit.data import make_splits
 from debiaskit.errors import NO_IMPROVEMENT_EXIT, NoImprovementError
 from debiaskit.ffw import FFWConfig, find_fantastic_weights, save_result
 from debiaskit.ffw import _search
-from debiaskit.ffw._harm import chance_floor, group_accuracy, verdict
+from debiaskit.audit import chance_floor
+from debiaskit.ffw._harm import group_accuracy, verdict
 from debiaskit.ffw._run import probe_verdict, report_markdown
 from debiaskit.train import TrainConfig, train_run
 from test_ffw_search import Planted, _planted

@@ -8,7 +8,7 @@ Example::
     write_report(report, "audit/")
 """
 from ._audit import AttributeAudit, AuditReport, audit_model, below_majority_text, counterfactual_bias
-from ._metrics import GroupMetrics, group_metrics, normalized_mutual_information
+from ._metrics import CHANCE_MARGIN, GroupMetrics, chance_floor, group_metrics, normalized_mutual_information
 from ._probe import PROBES, ProbeResult, logits_accuracy, probe_bias, probe_suite, readable, train_privacy_head
 from ._run import audit_run
 from ._report import CONVENTIONS, render_table, summary_rows, to_markdown, write_report, write_report_files

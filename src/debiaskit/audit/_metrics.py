@@ -78,3 +78,22 @@ def group_metrics(pred: Tensor, y: Tensor, b: Tensor, *, num_classes: int, num_b
         out.aligned_accuracy = float(correct[aligned].mean()) if out.aligned_count else float("nan")
         out.conflicting_accuracy = float(correct[~aligned].mean()) if out.conflicting_count else float("nan")
     return out
+
+
+CHANCE_MARGIN = 0.02   # the near-chance floor's smallest margin above max(chance, majority rate): 2 points
+
+
+def chance_floor(y: Tensor, num_classes: int, *, margin: float = CHANCE_MARGIN) -> dict[str, float]:
+    """The accuracy a model must clear on labels ``y`` to read more than a constant answer does:
+    ``floor = base + max(margin, 2 * sqrt(base * (1 - base) / n))`` with ``base = max(1 / C, majority-class rate)``
+    (the second term: two standard errors of a constant predictor's accuracy on n samples). Used by FFW's do-no-harm
+    rule (on D^u_val) and CALM's guard (on held-out D^b), so that neither hands back a collapsed model.
+
+    Example:
+        >>> chance_floor(torch.tensor([0, 0, 0, 1]), 2)["floor"] > 0.75
+        True
+    """
+    rate = float(torch.bincount(y.long().cpu(), minlength=num_classes).max()) / len(y)
+    base = max(1.0 / num_classes, rate)
+    extra = max(margin, 2 * math.sqrt(base * (1 - base) / len(y)))
+    return {"chance": 1.0 / num_classes, "majority_rate": rate, "base": base, "margin": extra, "floor": base + extra}

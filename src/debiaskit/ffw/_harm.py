@@ -34,10 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..audit import below_majority_text
+from ..audit import CHANCE_MARGIN, below_majority_text, chance_floor
 from ..errors import NoImprovementError
 
-CHANCE_MARGIN = 0.02   # the floor's smallest margin above max(chance, majority rate): 2 points
 REMEDIES = ("retrain instead: `debiaskit train --method groupdro` (with bias labels) or `--method calm` (no bias "
             "labels needed); try `debiaskit ffw RUN --mode structured` (or `--mode unstructured` if you ran "
             "structured); or give FFW more bias-labelled unbiased data (a larger D^u: `debiaskit train ... --unbiased-size N`, "
@@ -56,14 +55,6 @@ def group_accuracy(pred: Tensor, y: Tensor, b: Tensor) -> dict[str, Any]:
     se = float(torch.sqrt((q * (1 - q) / n).sum()) / len(counts))
     return {"group_mean": float(p.mean()), "group_mean_se": se, "groups": int(len(counts)),
             "smallest_group": int(counts.min()), "accuracy": float((pred.cpu() == y.cpu()).double().mean())}
-
-
-def chance_floor(y: Tensor, num_classes: int) -> dict[str, float]:
-    """The near-chance floor of D^u_val (module docstring): base = max(1 / C, majority-class rate) and the floor."""
-    rate = float(torch.bincount(y.long().cpu(), minlength=num_classes).max()) / len(y)
-    base = max(1.0 / num_classes, rate)
-    margin = max(CHANCE_MARGIN, 2 * math.sqrt(base * (1 - base) / len(y)))
-    return {"chance": 1.0 / num_classes, "majority_rate": rate, "base": base, "margin": margin, "floor": base + margin}
 
 
 def near_chance(accuracy: float, floor: dict[str, float]) -> bool:
