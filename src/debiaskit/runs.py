@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
-from ._io import RUN_FOLDER, FolderIdentity, atomic_folder, folder_identity, read_json, save_tensors, write_json, write_text
+from ._io import FolderIdentity, atomic_folder, folder_identity, read_json, save_tensors, write_json, write_text
 from ._schema import (SCHEMA_VERSION, DataRecord, FFWRecord, MethodRecord, ModelRecord, Record, RunRecord, SchemaError,
                       TrainRecord, migrate)
 from .data import splits_from_spec
@@ -35,11 +35,11 @@ from .models import rebuild_model
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
 
-__all__ = ["RUN_FILE", "WEIGHTS_FILE", "RUN_FOLDER", "SCHEMA_VERSION", "Run", "RunRecord", "ModelRecord", "DataRecord",
-           "TrainRecord", "MethodRecord", "FFWRecord", "SchemaError", "atomic_folder",
-           "check_finite", "inner_path", "is_finished", "load_run", "load_weights", "package_versions",
-           "read_json", "read_record", "read_run_record", "save_run", "save_weights", "write_json", "write_record",
-           "write_text"]
+__all__ = ["RUN_FILE", "WEIGHTS_FILE", "SCHEMA_VERSION", "Run", "RunRecord", "ModelRecord", "DataRecord",
+           "TrainRecord", "MethodRecord", "FFWRecord", "SchemaError", "is_finished", "load_run", "load_weights",
+           "read_run_record", "save_run", "save_weights"]
+# also importable, internal (for debiaskit's packages): atomic_folder, check_finite, inner_path, package_versions,
+# read_json, read_record, write_json, write_record, write_text
 
 
 def package_versions() -> dict[str, str]:

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from .._io import AUDIT_FOLDER, atomic_folder, write_json, write_text
+from .._io import atomic_folder, write_json, write_text
+from ._folders import AUDIT_FOLDER
 from ._audit import AuditReport
 
 CONVENTIONS = ("accuracy = sample-weighted over the evaluation split; mean group = unweighted mean over "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import _dist
-from .._io import AUDIT_FOLDER
+from ._folders import AUDIT_FOLDER
 from .._validate import SEED, require
 from ..runs import load_run
 from ._audit import AuditReport, audit_model

@@ -50,10 +50,11 @@ from ..data import BiasDataset, Splits, make_splits
 from ..errors import ConfigError
 from ..methods import REFERENCE_METHOD
 from ..models import collect_outputs
-from .._io import BENCH_CELL, BENCH_COMPARE_ROOT, atomic_folder, open_root, report_lock
+from .._io import atomic_folder, open_root, report_lock
+from ._folders import BENCH_CELL, BENCH_COMPARE_ROOT
 from ..runs import load_run, read_json, write_json, write_text
 from ._common import load_cell, machine_description, with_cells_on_disk
-from ._compare import (RESULT_FILE, SUITES, Suite, cell_dir, effective_suite, get_suite, run_compare, suite_folder,
+from ._compare import (RESULT_FILE, Suite, cell_dir, effective_suite, get_suite, run_compare, suite_folder,
                        write_compare_results)
 
 PREDICTIONS_FILE = "test_predictions.safetensors"
@@ -126,8 +127,9 @@ def adult_cell_extras(model: nn.Module, *, splits: Splits, head: str | None, see
             "bottleneck_width": int(out.z.shape[1])}
 
 
-# the adult suite of the comparison harness: registered here, beside its per-cell measurements (cell_extras)
-SUITES["adult"] = Suite(
+# the adult suite of the comparison harness, defined beside its per-cell measurements (cell_extras); registered by
+# bench/__init__.py with the harness's other suites
+ADULT_SUITE = Suite(
     name="adult", dataset="adult", param="bias", values=("sex", "race"), model="mlp", epochs=20,
     value_label=lambda v: f"bias {v}", cell_extras=adult_cell_extras,
     test_set="the official Adult test rows (NOT group-balanced: read worst group and group mean)",

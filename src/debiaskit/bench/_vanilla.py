@@ -5,7 +5,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .._io import BENCH_VANILLA_ROOT, open_root, report_lock
+from .._io import open_root, report_lock
+from ._folders import BENCH_VANILLA_ROOT
 from ..audit import audit_run
 from ..runs import is_finished, read_json, write_json, write_text
 from ..train import TrainConfig, partial_dir, train_run

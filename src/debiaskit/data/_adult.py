@@ -62,7 +62,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .._io import DATA_CACHE, atomic_folder, write_json
+from .._io import atomic_folder, write_json
+from ._folders import DATA_CACHE
 from .._validate import check_param_names
 from ._dataset import BiasDataset, warn_small_unbiased
 from ._registry import Splits, StandaloneDataset, register_dataset

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import DATA_CACHE, atomic_folder, write_json
+from .._io import atomic_folder, write_json
+from ._folders import DATA_CACHE
 from ..errors import DataError
 from ._sources import ImageArrays, ImageSource
 

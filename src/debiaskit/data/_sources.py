@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 import platformdirs
 
-from .._io import DATA_CACHE, atomic_folder, write_json
+from .._io import atomic_folder, write_json
+from ._folders import DATA_CACHE
 from ..errors import DataError
 from ._idx import load_idx
 

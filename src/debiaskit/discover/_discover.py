@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from ..data import BiasDataset, as_bias_data, relabel_bias
 from ..errors import DataError, OutputError, RunExistsError
-from .._io import DISCOVER_FOLDER, atomic_folder, save_tensors, write_json, write_text
+from .._io import atomic_folder, save_tensors, write_json, write_text
+from ._folders import DISCOVER_FOLDER
 from .._validate import check_device
 from ..runs import load_run
 from ._dynamics import load_dynamics

@@ -20,7 +20,8 @@ from ..audit import PROBES, audit_model, probe_suite, readable
 from ..data import BiasDataset, iterate_batches
 from ..discover import load_pseudo_bias, with_pseudo_bias
 from .. import _dist
-from .._io import FFW_FOLDER, PARTIAL_FILES, log, real_dir, remove_owned, write_text
+from .._io import PARTIAL_FILES, log, real_dir, remove_owned, write_text
+from ._folders import FFW_FOLDER
 from ..errors import ConfigError, RunExistsError
 from ..models import collect_outputs
 from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record

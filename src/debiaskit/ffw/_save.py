@@ -25,7 +25,8 @@ from torch import nn
 
 from ..errors import ModelError
 from ..models import import_path_reference, model_reference, rebuild_model
-from .._io import FFW_FOLDER, atomic_folder
+from .._io import atomic_folder
+from ._folders import FFW_FOLDER
 from ..runs import FFWRecord, inner_path, load_weights, package_versions, read_record, save_weights, write_record
 from ._erase import attach_empty_eraser
 from ._export import resize_like, save_masks

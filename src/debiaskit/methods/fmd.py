@@ -35,7 +35,8 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..data import BiasDataset
 from ..errors import ConfigError, DataError
-from .._io import UNLEARN_FOLDER, atomic_folder
+from .._io import atomic_folder
+from ._folders import UNLEARN_FOLDER
 from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
 from ..models import collect_outputs, not_linear_head, resolve_head
 from ..runs import MethodRecord, load_run, save_run

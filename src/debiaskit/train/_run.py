@@ -12,7 +12,8 @@ import torch
 
 from ..data import Splits, make_splits
 from ..discover import DYNAMICS_FILE, save_dynamics
-from .._io import PARTIAL_FILES, RUN_FOLDER, log as _log, real_dir, remove_owned
+from .._io import PARTIAL_FILES, log as _log, real_dir, remove_owned
+from ._folders import RUN_FOLDER
 from ..models import infer_head, instantiate, resolve_head
 from ..errors import ConfigError, RunExistsError
 from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, save_run

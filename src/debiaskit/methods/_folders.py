@@ -1,0 +1,7 @@
+"""The kind of folder ``debiaskit unlearn`` (FMD, ``methods/fmd.py``) writes: a run folder of its own kind."""
+from .._io import FolderKind, register_folder_kind
+from ..train import RUN_FOLDER
+
+UNLEARN_FOLDER = register_folder_kind(FolderKind(
+    "unlearn", "run.json", ("unlearn",), describe="a finished unlearn run (`debiaskit unlearn`)",
+    files=RUN_FOLDER.files))
