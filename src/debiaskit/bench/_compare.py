@@ -286,6 +286,7 @@ def resolve_methods(names: Iterable[str] | None) -> dict[str, MethodInfo]:
 
 
 def get_suite(name: str) -> Suite:
+    """The registered suite ``name``; an unknown name is a ``ConfigError`` listing the registered ones."""
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}; available: {', '.join(SUITES)}")
     return SUITES[name]

@@ -9,6 +9,12 @@ Example::
 Your own data: any map-style dataset of ``(x, y, b)`` items (see :class:`BiasData`)::
 
     splits = data.user_splits(train=TensorDataset(x, y, b), unbiased_train=..., unbiased_val=..., test=...)
+
+A named dataset is a bias recipe of ``RECIPES`` over an image source of ``SOURCES`` (``biased-mnist``: recipe
+``biased``, source ``mnist``), or one of ``DATASETS``, those that registered themselves (``register_dataset``)::
+
+    sorted(data.RECIPES), sorted(data.SOURCES)   # ["biased", "colored", ...], ["cifar10", "fashion-mnist", ...]
+    sorted(data.DATASETS)                        # ["adult", "celeba"]
 """
 from ._folders import DATA_CACHE
 from ._dataset import Batch, BiasDataset, group_counts, iterate_batches

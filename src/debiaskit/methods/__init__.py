@@ -3,8 +3,10 @@ registers its method on import.
 
 Example::
 
-    from debiaskit.methods import build_method, METHODS
+    from debiaskit.methods import METHODS, build_method, method_defaults
     method, config = build_method("vanilla", dataset="biased-mnist")
+
+    method_defaults("lff", "colored-mnist")   # {name: Default(value, source)}: where each default comes from
 """
 import importlib
 import pkgutil

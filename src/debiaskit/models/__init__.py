@@ -1,4 +1,12 @@
-"""Model zoo and helpers to name the head / read the bottleneck of any nn.Module."""
+"""Model zoo and helpers to name the head / read the bottleneck of any nn.Module.
+
+Example::
+
+    from debiaskit.models import MODELS, build_model, infer_head
+    sorted(MODELS)                     # the zoo: "mlp", "simple-conv", "simple-conv-small", "resnet18", ...
+    model = build_model("mlp", num_classes=10, input_shape=(3, 28, 28))
+    head = infer_head(model, num_classes=10)   # "fc": the name of the last Linear layer
+"""
 from ._predict import Outputs, accuracy, collect_outputs
 from ._layout import batch_memory_format, laid_out
 from ._head import (BottleneckTap, default_head_name, forward_with_bottleneck, head_shape, not_linear_head, resolve_head,
