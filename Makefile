@@ -10,7 +10,7 @@ export DEBIASKIT_DATA ?= $(CURDIR)/data-cache
 
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: demo test test-fast venv docs clean
+.PHONY: demo test test-fast lint venv docs clean
 
 venv: $(STAMP)
 
@@ -30,13 +30,18 @@ demo: $(STAMP)
 	@echo "Audit report: $(DEMO_DIR)/vanilla/audit/report.md (JSON: audit.json, plots: *.png)"
 	@echo "FFW report:   $(DEMO_DIR)/ffw/report.md (pruned model: model.safetensors, masks: masks.safetensors)"
 
-# `make test` (CI) runs every test: the tests marked slow (the same checks on more methods or larger data)
-# add about 30 s of CPU. `make test-fast` leaves them out while developing.
+# `make test` (CI) runs the static checks (tools/lint.sh), then every test (it fails when either fails): the tests marked slow (the same checks on
+# more methods or larger data) add about 30 s of CPU. `make test-fast` leaves them out while developing.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	PYTHON=$(BIN)/python tools/lint.sh; lint=$$?; \
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests && exit $$lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+# ruff (format check, lint) and mypy: docs/design/static-checks.md. `make lint FIX=1` applies the automatic fixes first.
+lint: $(STAMP)
+	PYTHON=$(BIN)/python tools/lint.sh $(if $(FIX),--fix)
 
 # The documentation site into ./site (mkdocs.yml); warnings are errors. The API reference is read from the source
 # (no torch import), the CLI reference from the typer app.

@@ -220,7 +220,7 @@ def run_ours(run_dir: Path, *, epochs: int, seed: int, overrides: dict) -> dict:
     splits = run.splits()
     start = time.perf_counter()
     res = find_fantastic_weights(run.model, head=run.head, train=splits.unbiased_train, val=splits.unbiased_val,
-                                 seed=seed, progress=False, **{"max_epochs": epochs, **overrides})
+                                 seed=seed, progress=False, no_harm=False, **{"max_epochs": epochs, **overrides})
     wall = time.perf_counter() - start
     sel = res.selected
     out = {"epochs": len(res.history) - 1, "search_s": wall, "stop": res.stop_reason, "settings": overrides,

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     stage("audit", t)
     t = time.perf_counter()
     run = ffw_run(out / "vanilla", mode="unstructured", gamma=10.0, out=out / "ffw", seed=args.seed, device=device,
-                  force=True, **ffw_budget)
+                  force=True, no_harm=False, **ffw_budget)
     results["ffw"] = {**run.info["after"], "sparsity": run.info["search"]["sparsity"]["overall"],
                       "selected_epoch": run.info["search"]["selected"]["epoch"],
                       "stop_reason": run.info["search"]["stop_reason"]}

@@ -19,6 +19,15 @@ def interruptible() -> None:
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_config_dir(tmp_path_factory):
+    """Tests never read or write the user's configuration (their signing key): one key per test session (and
+    xdist worker), set before any session fixture writes a run, inherited by the CLI subprocesses."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEBIASKIT_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_root(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's data cache."""
@@ -88,3 +97,12 @@ def toy_run_dir(tmp_path_factory, toy_splits):
     train_run(dataset="biased-toy", params={"rho": 0.95}, out=out, splits=toy_splits, model="mlp",
               config=TrainConfig(epochs=1, seed=0), progress=False)
     return out
+
+
+@pytest.fixture
+def allow_harm(monkeypatch):
+    """FFW's do-no-harm verdict recorded but not enforced (``no_harm=False`` for the CLI): for tests of a stage's
+    mechanics on the 1-epoch toy models, which are near chance themselves, so the guard would refuse their output.
+    The guard itself is tested in tests/test_ffw_no_harm.py."""
+    from debiaskit.ffw import _search
+    monkeypatch.setattr(_search, "enforce", lambda record, result: None)

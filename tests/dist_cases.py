@@ -73,6 +73,7 @@ def ffw_case(model, splits) -> dict[str, torch.Tensor]:
     result = find_fantastic_weights(model, head="fc", train=splits.unbiased_train, val=splits.unbiased_val,
                                     mode="unstructured", max_levels=2, max_epochs_per_level=2, head_pretrain_epochs=2,
                                     batch_size=GLOBAL_BATCH, seed=0, progress=False, tune_epochs=2,
+                                    no_harm=False,   # ranks' parity, not the guard (test_ffw_no_harm.py)
                                     # the tuned network itself: a refit Linear head on 360 separable toy samples has
                                     # weights in the hundreds, which amplify float-order differences of its inputs
                                     erase="none", refit_head=False)

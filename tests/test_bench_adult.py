@@ -100,13 +100,23 @@ def test_adult_suite_end_to_end_beside_fairlearn(adult, monkeypatch):
     text = path.read_text()
     assert "#### bias = sex" in text and "#### bias = race" not in text and "fairlearn-eg-eo" in text
     assert "Best per column" in text and (root / "adult" / "results.md").is_file()
+    # the trivial baselines head the table; one seed: values with n=1, never "+- 0.00"
+    body = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert body[0].startswith("| majority class | ") and body[1].startswith("| vanilla")
+    assert "(n=1)" in body[0] and not any("+- 0.00" in line for line in body)
+    assert any(line.startswith("| fairlearn-lr-full") for line in body) and "↓maj / ↓van" in text
+    majority = next(r for r in json.loads((root / "adult" / "adult.json").read_text())["rows"]
+                    if r["method"] == "majority class")
+    assert majority["metrics"]["worst_group_accuracy"] == 0 and majority["metrics"]["mean_group_accuracy"] == 0.5
+    assert majority["metrics"]["dp_difference"] == 0 and majority["extras"]["cf_bias_all"] == 0
     summary = json.loads((root / "adult" / "adult.json").read_text())["summary"]
     assert summary["sex"]["fairlearn-eg-dp"]["dp_difference"]["n"] == 1
     # another `bench adult` on this root holding only one row in memory: every finished row stays in the report,
     # scored from its predictions on disk exactly as this process scored it
     bench_adult.write_adult_results([by[("sex", "vanilla")]], root=root, command="other", wall_time_s=1.0)
     rewritten = json.loads((root / "adult" / "adult.json").read_text())
-    assert {r["method"] for r in rewritten["rows"]} == {m for _, m in rows} and rewritten["command"] == "other"
+    assert {r["method"] for r in rewritten["rows"]} == {m for _, m in rows} | {"majority class"}
+    assert rewritten["command"] == "other"
     assert {m: st["accuracy"]["mean"] for m, st in rewritten["summary"]["sex"].items()} == \
         {m: st["accuracy"]["mean"] for m, st in summary["sex"].items()}
     # cells holding test predictions stay recognised benchmark cells: a rerun may replace them
@@ -131,3 +141,71 @@ def test_cli_bench_adult_report_only_and_bad_bias(adult, monkeypatch):
     assert "UCI Adult" in res.output and (adult / "bench" / "adult" / "adult.md").is_file()
     res = runner.invoke(app, ["bench", "adult", "--out", str(adult / "bench"), "--bias", "age"])
     assert isinstance(res.exception, ConfigError)
+
+
+def test_the_full_training_set_row_fits_on_every_non_test_row(adult, monkeypatch):
+    splits = make_splits("adult", seed=0)
+    seen = []
+    from sklearn.linear_model import LogisticRegression
+    real_fit = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, x, y, **kw: (seen.append(len(y)), real_fit(self, x, y, **kw))[1])
+    bench_adult.fit_fairlearn_row("fairlearn-lr", splits, seed=0, vanilla=None)
+    bench_adult.fit_fairlearn_row("fairlearn-lr-full", splits, seed=0, vanilla=None)
+    du = len(splits.unbiased_train) + len(splits.unbiased_val) + len(splits.unbiased_test)
+    assert seen == [len(splits.train), len(splits.train) + du]
+
+
+def _record(method, value, seed, worst, mean, **extra):
+    metrics = {"accuracy": 0.8, "worst_group_accuracy": worst, "mean_group_accuracy": mean,
+               "worst_bias_group_accuracy": 0.7, "dp_difference": 0.1, "eo_difference": 0.1}
+    return {"method": method, "value": value, "seed": seed, "metrics": metrics, "wall_time_s": 1.0, **extra}
+
+
+def test_rows_below_a_trivial_baseline_are_marked():
+    records = []
+    for seed in (0, 1):
+        records += [_record("majority class", "sex", seed, 0.0, 0.5, trivial=True),
+                    _record("vanilla", "sex", seed, 0.6, 0.75),
+                    _record("good", "sex", seed, 0.65, 0.78),
+                    _record("worse-than-erm", "sex", seed, 0.55, 0.76),      # below vanilla on the worst group only
+                    _record("worse-than-trivial", "sex", seed, 0.0, 0.45)]   # below both
+    text = bench_adult.adult_table(records, command="test", wall_time_s=1.0)
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert "| good | " in rows["good"] and "| vanilla | " in rows["vanilla"]
+    assert "worse-than-erm ↓van" in rows and "worse-than-trivial ↓maj ↓van" in rows
+    assert list(rows)[1:3] == ["majority class", "vanilla"]   # after the header: the baselines first
+    assert "assume the bias is easier to learn than the target" in text
+    assert "- worst (y,b) group: **good**" in text   # the majority class is a baseline, never a winner
+
+
+def test_compas_suite_beside_fairlearn(tmp_path, monkeypatch):
+    from _compas_fixture import write_compas_folder
+    from debiaskit.data import _compas
+    monkeypatch.setenv("DEBIASKIT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(_compas, "COMPAS_SHA256", write_compas_folder(tmp_path / "propublica"))
+    _compas.prepare_compas(from_folder=tmp_path / "propublica")
+    monkeypatch.setitem(SUITES, "compas", SUITES["compas"].__class__(**{**SUITES["compas"].__dict__, "epochs": 1}))
+    monkeypatch.setitem(bench_adult.EG_OPTIONS, "max_iter", 3)
+    monkeypatch.setattr(bench_adult, "FAIRLEARN_ROWS", {k: v for k, v in bench_adult.FAIRLEARN_ROWS.items()
+                                                        if k in ("fairlearn-lr", "fairlearn-lr-full", "fairlearn-eg-dp")})
+    root = tmp_path / "bench"
+    with pytest.warns(Warning):   # the fixture's D^u is tiny (SmallSplitWarning)
+        records = bench_adult.run_adult_bench(root=root, seeds=(0,), values=("race",), methods=["vanilla"],
+                                              dataset="compas", command="test", echo=lambda msg: None)
+    assert {r["method"] for r in records} == {"vanilla", "fairlearn-lr", "fairlearn-lr-full", "fairlearn-eg-dp"}
+    assert all(r["dataset"] == "compas" for r in records)
+    path = bench_adult.write_adult_results(records, root=root, command="test", wall_time_s=1.0, dataset="compas")
+    assert path == root / "compas" / "compas.md" and (root / "compas" / "results.md").is_file()
+    text = path.read_text()
+    assert "ProPublica COMPAS" in text and "#### bias = race" in text and "| majority class |" in text
+    assert "fixed COMPAS test part" in text
+    cells = json.loads((root / "compas" / "results.json").read_text())["cells"]
+    assert cells[0]["majority_class"]["mean_group_accuracy"] == pytest.approx(0.5)   # recorded by the harness
+    assert cells[0]["conflicting_accuracy"] is None   # a protected attribute: no aligned / conflicting split
+    with pytest.raises(ConfigError, match="compas bias must be one of race, race_binary, sex"):
+        bench_adult.run_adult_bench(root=root, seeds=(0,), values=("age",), dataset="compas")
+    with pytest.raises(ConfigError, match="runs on adult or compas"):
+        bench_adult.run_adult_bench(root=root, seeds=(0,), dataset="german")
+    res = runner.invoke(app, ["bench", "adult", "--dataset", "compas", "--out", str(root), "--seeds", "1",
+                              "--report-only", "--bias", "race"])
+    assert res.exit_code == 0, res.output

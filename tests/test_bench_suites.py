@@ -111,13 +111,13 @@ def test_bench_ffw_cost_cell_measures_step_time_in_fresh_processes(toy_vanilla_r
 
 
 def test_every_suite_is_registered_whichever_bench_module_is_imported_first():
-    """The adult suite is registered by bench/__init__ (register_suite), not as a side effect of an import order."""
+    """The tabular suites are registered by bench/__init__ (register_suite), not as a side effect of an import order."""
     import subprocess
     import sys
     code = ("from debiaskit.bench._compare import SUITES, get_suite\n"
-            "print(get_suite('adult').dataset, sorted(SUITES))")
+            "print(get_suite('adult').dataset, get_suite('compas').dataset, sorted(SUITES))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.startswith("adult ") and "'toy'" in out
+    assert out.startswith("adult compas ") and "'toy'" in out
 
 
 def test_register_suite_refuses_a_name_taken_by_another_suite():

@@ -19,7 +19,8 @@ from debiaskit.train import TrainConfig, fit
 sys.path.insert(0, str(Path(__file__).parent))
 import user_models  # noqa: E402
 
-FFW_FAST = dict(max_levels=1, max_epochs_per_level=1, head_pretrain_epochs=1, batch_size=128)
+# no_harm=False: the data contract on untrained models (the guard, tested in test_ffw_no_harm.py, would refuse them)
+FFW_FAST = dict(max_levels=1, max_epochs_per_level=1, head_pretrain_epochs=1, batch_size=128, no_harm=False)
 
 
 def _tensors(split) -> TensorDataset:

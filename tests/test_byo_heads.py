@@ -64,7 +64,7 @@ def test_a_sequential_head_error_names_its_linear(toy_splits):
     assert head_shape(model, "classifier.1") == (8, 10)
 
 
-def test_the_gated_model_is_an_nn_module(toy_splits):
+def test_the_gated_model_is_an_nn_module(toy_splits, allow_harm):   # mechanics on a near-chance toy model
     model = SequentialHead().eval()
     result = find_fantastic_weights(model, head="classifier.1", train=toy_splits.unbiased_train,
                                     val=toy_splits.unbiased_val, mode="unstructured", **FAST)
@@ -92,7 +92,7 @@ def test_transformer_layers_are_listed_as_opaque_never_as_uncalled(toy_splits):
 
 
 @pytest.mark.parametrize("mode", ["structured", "unstructured"])
-def test_ffw_on_a_tiny_vit(toy_splits, mode):
+def test_ffw_on_a_tiny_vit(toy_splits, mode, allow_harm):   # mechanics on a near-chance toy model
     torch.manual_seed(0)
     model = TinyViT().eval()
     result = find_fantastic_weights(model, head="head", train=toy_splits.unbiased_train,

@@ -34,6 +34,9 @@ def test_compare_suite_is_cached_and_resumable(tmp_path):
     md = write_compare_results(cells, root=tmp_path, suite=suite, command="test", wall_time_s=1.0).read_text()
     assert "| groupdro | yes | yes | yes | no |" in md and "| fmd | no | no | no | yes |" in md
     assert "mean +- sample std" in md
+    assert all(c["majority_class"]["class"] in range(10) for c in cells)   # the trivial baseline, recorded per cell
+    section = md.split("#### rho 0.95")[1]
+    assert section.index("| majority class |") < section.index("| vanilla")
     # every default is listed with its source, as the cell ran it
     assert "#### Hyper-parameters for biased-toy" in md and "| groupdro | eta=0.01 - paper" in md
 

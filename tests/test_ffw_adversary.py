@@ -129,7 +129,7 @@ def test_the_search_stays_within_its_budget_and_can_refine_after_agreement(monke
     from debiaskit.ffw import _search, find_fantastic_weights
     train, val = _planted(600, rho=0.5, seed=1, name="t"), _planted(300, rho=0.5, seed=2, name="v")
     fast = {**{k: v for k, v in FAST.items() if k != "max_epochs"}, "max_levels": 20, "max_epochs_per_level": 10,
-            "patience": 100}
+            "patience": 100, "no_harm": False}   # the schedule, not the guard (test_ffw_no_harm.py)
     # never plateaus (patience 100), never agrees (forced below): the budget alone moves tau, every epoch, and stops
     end_level = _search._Search.end_level
     with monkeypatch.context() as m:

@@ -110,7 +110,7 @@ def test_ffw_step_takes_one_class_count_per_attribute():
 def test_the_eraser_and_its_readings_cover_each_attribute_with_its_own_classes():
     train, val = _data()
     result = find_fantastic_weights(Model(), head="fc", train=train, val=val, gamma=0.0, max_epochs=1,
-                                    batch_size=200, progress=False, erase="linear")
+                                    batch_size=200, progress=False, erase="linear", no_harm=False)
     assert [h.out_features for h in result.privacy_heads] == list(CARDS)
     eraser = result.eraser
     assert eraser["rank"] == (2 - 1) + (5 - 1)                          # K - 1 directions per attribute
@@ -136,7 +136,7 @@ def test_the_stronger_probes_read_the_first_attribute_with_its_own_chance(monkey
 def test_the_default_conditional_eraser_and_head_refit_handle_every_attribute():
     train, val = _data()
     result = find_fantastic_weights(Model(), head="fc", train=train, val=val, gamma=0.0, max_epochs=1,
-                                    batch_size=200, progress=False)
+                                    batch_size=200, progress=False, no_harm=False)
     eraser = result.eraser
     assert eraser["kind"] == "conditional" and eraser["rank"] >= (2 - 1) + (5 - 1)
     assert eraser["within_target_available"] <= 3 * ((2 - 1) + (5 - 1))   # per target class: K - 1 per attribute

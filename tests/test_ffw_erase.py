@@ -79,7 +79,7 @@ def test_inplace_search_with_the_eraser_is_refused(toy_splits):
                                erase="quadratic")
 
 
-def test_the_cli_exports_the_eraser_records_it_and_reloads_the_same_network(toy_run_dir, tmp_path):
+def test_the_cli_exports_the_eraser_records_it_and_reloads_the_same_network(toy_run_dir, tmp_path, allow_harm):
     out = tmp_path / "ffw"
     res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--erase", "linear", "--out", str(out),
                               *FAST])
@@ -139,7 +139,8 @@ def test_conditional_candidates_start_at_the_linear_eraser_and_remove_the_within
     assert _within_gap(candidates[-1][0](z), y, b) < 1e-3                         # all within-target gaps gone
 
 
-def test_the_default_conditional_eraser_is_chosen_by_the_one_standard_error_rule_and_reloads(toy_run_dir, tmp_path):
+def test_the_default_conditional_eraser_is_chosen_by_the_one_standard_error_rule_and_reloads(toy_run_dir, tmp_path,
+                                                                                            allow_harm):
     out = tmp_path / "ffw"
     res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--out", str(out), *FAST])   # default
     assert res.exit_code == 0, res.output

@@ -123,7 +123,7 @@ def test_any_head_module_is_refit_from_where_it_was():
     assert _accuracy(head, zv / 50, yv) == pytest.approx(rec["val_task_after"])
 
 
-def test_the_cli_refits_the_head_records_it_and_reloads_the_refit_network(toy_run_dir, tmp_path):
+def test_the_cli_refits_the_head_records_it_and_reloads_the_refit_network(toy_run_dir, tmp_path, allow_harm):
     out = tmp_path / "ffw"
     res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--out", str(out), *FAST])
     assert res.exit_code == 0, res.output

@@ -191,7 +191,7 @@ def test_ffw_search_on_a_resnet_exports_the_selected_hard_model():
     train, val = data(64, "u_train"), data(32, "u_val")
     torch.manual_seed(0)
     model = randomise_batchnorm(ResNet18(num_classes=2, in_channels=3, stem="cifar", width=4))
-    res = find_fantastic_weights(model, head="fc", train=train, val=val, mode="structured", erase="none", refit_head=False, tune_epochs=0, max_levels=2,
+    res = find_fantastic_weights(model, head="fc", train=train, val=val, mode="structured", erase="none", refit_head=False, tune_epochs=0, max_levels=2, no_harm=False,
                                  max_epochs_per_level=1, head_pretrain_epochs=1, batch_size=32, gate_lr=1.0)
     assert set(res.masks) == set(INTERNAL) | set(STREAMS)
     assert res.sparsity["ungated"] == {} and res.sparsity["parameters_after"] <= res.sparsity["parameters_before"]

@@ -80,7 +80,9 @@ def test_the_bias_term_gives_no_gradient_along_a_unit_scale(scale_free):
 
 def _fake_search():
     s = SimpleNamespace(cfg=FFWConfig(mode="structured"), history=[], best=None, best_gates=None,
+                        floor={"floor": 0.0},   # no candidate is near chance here (test_ffw_no_harm.py: when one is)
                         gated=SimpleNamespace(gate_tensors=lambda: {"g": torch.zeros(1)}))
+    s.usable = lambda v: _Search.usable(s, v)
     s.selection_score = lambda v: _Search.selection_score(s, v)
     s._score = lambda r: _Search._score(s, r)
     s._keeps_task = lambda r: _Search._keeps_task(s, r)

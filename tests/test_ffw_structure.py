@@ -264,7 +264,7 @@ def test_ffw_search_on_a_torchvision_resnet_exports_the_selected_hard_model(inpu
     train, val = data(64, "u_train"), data(32, "u_val")
     torch.manual_seed(0)
     model = randomise_batchnorm(tv_resnet18(num_classes=2, width=4))
-    res = find_fantastic_weights(model, head="fc", train=train, val=val, mode="structured", erase="none", refit_head=False, tune_epochs=0, max_levels=2,
+    res = find_fantastic_weights(model, head="fc", train=train, val=val, mode="structured", erase="none", refit_head=False, tune_epochs=0, max_levels=2, no_harm=False,
                                  max_epochs_per_level=1, head_pretrain_epochs=1, batch_size=32, gate_lr=1.0,
                                  input_weights=input_weights)
     assert set(res.masks) == set(TV18_UNITS) | ({"conv1.weight"} if input_weights else set())

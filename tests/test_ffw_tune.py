@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from user_models import small_vgg  # noqa: E402  (a user's model: conv-BN-SiLU, head "logits")
 
 runner = CliRunner()
-FAST = dict(max_levels=2, max_epochs_per_level=1, head_pretrain_epochs=2, batch_size=64, progress=False)
+# no_harm=False: the tuning's mechanics on untrained models (near chance: the guard would refuse them; it is tested in
+# test_ffw_no_harm.py)
+FAST = dict(max_levels=2, max_epochs_per_level=1, head_pretrain_epochs=2, batch_size=64, progress=False, no_harm=False)
 PLAIN = dict(erase="none", refit_head=False)   # the tuned network itself, nothing after it
 SCORE_VAL = _tune._score_val
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -147,8 +148,10 @@ def average_gradients(modules: nn.Module | Sequence[nn.Module] | Sequence[nn.Par
     """Average the ``.grad`` of auxiliary modules over ranks (the DDP-wrapped model averages its own)."""
     if not _several_ranks():
         return
-    items = [modules] if isinstance(modules, nn.Module) else list(modules)
-    params = [p for m in items for p in (m.parameters() if isinstance(m, nn.Module) else [m])]
+    items: list[nn.Module | nn.Parameter] = [modules] if isinstance(modules, nn.Module) else list(modules)
+    params: list[Tensor] = []
+    for m in items:
+        params += m.parameters() if isinstance(m, nn.Module) else [m]
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
@@ -255,7 +258,7 @@ def map_shards(n: int, compute: Callable[[Tensor], Any]) -> Any:
     rows = compute(index)
     parts = rows if isinstance(rows, tuple) else (rows,)
     where = all_gather(index)
-    out = []
+    out: list[Tensor | None] = []
     for part in parts:
         if part is None:
             out.append(None)

@@ -44,10 +44,11 @@ import secrets
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, TypeVar
 
 from .errors import DamagedError, DataError, OutputBusyError, OutputError, RunExistsError
 
@@ -82,7 +83,8 @@ def _write_error(path: Path, exc: BaseException) -> OutputError:
     if code is None:  # safetensors wraps the OS error in its own type: find the code in the text
         match = re.search(r"os error (\d+)", text)
         code = int(match.group(1)) if match else None
-    hint = _WRITE_HINTS.get(code, "check the destination and try again")
+    fallback = "check the destination and try again"
+    hint = _WRITE_HINTS.get(code, fallback) if isinstance(code, int) else fallback
     reason = os.strerror(code) if code else text
     return OutputError(f"cannot write {path}: {reason}; {hint}")
 
@@ -179,8 +181,9 @@ def read_json(path: Path) -> Any:
                            "Recreate it with the command that wrote it") from exc
 
 
-def save_tensors(path: Path, tensors: dict[str, Any], *, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written atomically (no pickle); contiguous CPU copies of ``tensors``.
+def save_tensors(path: Path, tensors: dict[str, Any], *, metadata: dict[str, str] | None = None) -> str:
+    """safetensors file written atomically (no pickle); contiguous CPU copies of ``tensors``. Returns the file's
+    SHA-256 (records keep it to recognise the file later).
 
     Serialised in memory and written through :func:`atomic_file`: safetensors' own ``save_file`` writes a
     ``.tmpXXXXXX`` file of its own next to the target and renames it, which a killed process leaves behind -
@@ -191,6 +194,7 @@ def save_tensors(path: Path, tensors: dict[str, Any], *, metadata: dict[str, str
     data = save(state, metadata=metadata)
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 # -- checkpoints: tensors and their metadata in one file -------------------------------------------------------
@@ -309,7 +313,10 @@ class FolderKind:
 FOLDER_KINDS: dict[str, FolderKind] = {}
 
 
-def register_folder_kind(kind: FolderKind) -> FolderKind:
+_Kind = TypeVar("_Kind", bound=FolderKind)
+
+
+def register_folder_kind(kind: _Kind) -> _Kind:
     """Register a kind of output folder; the package that writes such folders calls it (in its ``_folders.py``)."""
     FOLDER_KINDS[kind.name] = kind
     return kind
@@ -335,7 +342,7 @@ def folder_kinds() -> list[FolderKind]:
     return sorted(FOLDER_KINDS.values(), key=lambda k: k.name)
 
 
-def folder_kind(name: Any) -> FolderKind | None:
+def folder_kind(name: object) -> FolderKind | None:
     """The registered kind called ``name`` (a marker's ``kind`` field), or None."""
     return next((k for k in folder_kinds() if k.name == name), None)
 
@@ -510,8 +517,8 @@ def foreign_entries(folder: Path, kind: FolderKind) -> list[str]:
             out += hidden_foreign(entry)   # named like debiaskit's working files: ours only if they hold only ours
         elif any(fnmatch.fnmatchcase(name, p) for p in kind.files):
             continue
-        elif entry.is_dir() and recognise(entry) is not None:
-            out += [f"{name}/{x}" for x in foreign_entries(entry, recognise(entry))]
+        elif entry.is_dir() and (inner := recognise(entry)) is not None:
+            out += [f"{name}/{x}" for x in foreign_entries(entry, inner)]
         else:
             out.append(name)
     return out
@@ -593,7 +600,8 @@ def _staging_foreign(folder: Path) -> list[str]:
     marker (a user's folder that only looks like ours), else those its kind does not write."""
     names = sorted(os.listdir(folder))
     meta = _staging_marker(folder)
-    kind = folder_kind(meta.get("kind")) if meta else None
+    name = meta.get("kind") if meta else None
+    kind = folder_kind(name) if isinstance(name, str) else None
     if kind is None:
         return names
     return [n for n in names if n != STAGING_MARKER and (os.path.islink(folder / n) or not any(

@@ -65,7 +65,7 @@ def _is_relative_inside(v: Any) -> bool:
     if not isinstance(v, str) or not v or "\\" in v or "\x00" in v:
         return False
     p = PurePosixPath(v)
-    return not p.is_absolute() and ".." not in p.parts
+    return not p.is_absolute() and ".." not in p.parts and bool(p.parts)   # "." or "./" is the folder itself
 
 
 TEXT = Check("a non-empty string", lambda v: isinstance(v, str) and bool(v))
@@ -84,7 +84,10 @@ FRACTIONS = Check("a list of 3 positive numbers summing to 1",
                   and abs(sum(v) - 1) < 1e-6)
 OBJECT = Check("an object", lambda v: isinstance(v, dict))
 ARRAY = Check("a list", lambda v: isinstance(v, list))
-INNER_PATH = Check("a relative path inside the folder (no '..', not absolute)", _is_relative_inside)
+INNER_PATH = Check("a relative path inside the folder (no '..', not absolute, not the folder itself)",
+                   _is_relative_inside)
+SHA256 = Check("a SHA-256 (64 lowercase hexadecimal characters)",
+               lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v))
 FINISHED = Check('"finished"', lambda v: v == "finished")
 
 
@@ -271,6 +274,7 @@ class RunRecord(Record):
     schema_version: int = opt(COUNT, SCHEMA_VERSION)
     created: str | None = opt(ANY_TEXT)
     weights: str = opt(INNER_PATH, "model.safetensors")
+    weights_sha256: str | None = opt(SHA256)   # of the weights file, checked on load (absent before it was recorded)
     train: TrainRecord | None = opt(TrainRecord)
     method: MethodRecord | None = opt(MethodRecord)
     device: str = opt(TEXT, "cpu")
@@ -284,6 +288,7 @@ class RunRecord(Record):
     backend: str | None = opt(TEXT)
     per_rank_batch: int | None = opt(POSITIVE_INT)
     parent_run: str | None = opt(TEXT)
+    signature: dict | None = opt(OBJECT)   # this user's HMAC of the record (debiaskit._trust); absent: unsigned
     other: dict = field(default_factory=dict)
 
     @property
@@ -307,6 +312,8 @@ class FFWRecord(Record):
     bias_labels: str = opt(one_of("true", "discovered"), "true")
     weights: str = opt(INNER_PATH, "model.safetensors")
     masks: str = opt(INNER_PATH, "masks.safetensors")
+    weights_sha256: str | None = opt(SHA256)   # of the weights / masks files, checked on load (absent: older record)
+    masks_sha256: str | None = opt(SHA256)
     search: dict = opt(OBJECT, {})
     history: list = opt(ARRAY, [])
     before: dict = opt(OBJECT, {})
@@ -322,6 +329,7 @@ class FFWRecord(Record):
     diagnosis: list = opt(ARRAY, [])               # plain-language findings (e.g. no debiased sub-network)
     bias_labels_note: str | None = opt(ANY_TEXT)
     versions: dict = opt(OBJECT, {})
+    signature: dict | None = opt(OBJECT)   # this user's HMAC of the record (debiaskit._trust); absent: unsigned
     other: dict = field(default_factory=dict)
 
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from ._schema import (COUNT, NON_NEGATIVE, NUMBER, POSITIVE, POSITIVE_INT, SEED, Check,  # noqa: F401 (re-exported)
-                      MAX_SEED)
+from ._schema import COUNT, MAX_SEED, NON_NEGATIVE, NUMBER, POSITIVE, POSITIVE_INT, SEED, Check  # noqa: F401 - re-exported
 from .errors import ConfigError, DataError
 
 UNIT_INTERVAL = Check("a number in [0, 1]", lambda v: NUMBER.ok(v) and 0 <= v <= 1)

@@ -44,3 +44,26 @@ class DebiaskitWarning(UserWarning):
 
 class SmallSplitWarning(DebiaskitWarning):
     """D^u_train or D^u_val is too small for what is selected or fitted on it (numbers and remedies inside)."""
+
+
+class UntrustedCodeError(ModelError):
+    """A record names code to import (a user model) and is neither signed by this user nor trusted explicitly."""
+
+
+# `debiaskit ffw` (and any command that refuses to write a model worse than its input): the exit status that says
+# "nothing was written because no output was better than the input" - not bad input (2), not a crash (1)
+NO_IMPROVEMENT_EXIT = 3
+
+
+class NoImprovementError(DebiaskitError):
+    """A post-hoc step found no output that is not worse than the model it was given (do no harm: FFW,
+    ``ffw/_harm.py``; FMD's ``unlearn``, its step choice): no model is returned or written. ``record``: what
+    each stage reached against the input (JSON-able); ``result``: the refused :class:`~debiaskit.ffw.FFWResult`,
+    for inspection only (FFW). The CLI exits with :data:`NO_IMPROVEMENT_EXIT`."""
+
+    exit_code = NO_IMPROVEMENT_EXIT
+
+    def __init__(self, message: str, *, record: dict | None = None, result=None) -> None:
+        super().__init__(message)
+        self.record = record or {}
+        self.result = result

@@ -8,11 +8,11 @@ Example::
     write_report(report, "audit/")
 """
 from ._folders import AUDIT_FOLDER
-from ._audit import AttributeAudit, AuditReport, audit_model, counterfactual_bias
+from ._audit import AttributeAudit, AuditReport, audit_model, below_majority_text, counterfactual_bias
 from ._metrics import GroupMetrics, group_metrics, normalized_mutual_information
 from ._probe import PROBES, ProbeResult, logits_accuracy, probe_bias, probe_suite, readable, train_privacy_head
 from ._run import audit_run
-from ._report import CONVENTIONS, render_table, summary_rows, to_markdown, write_report
+from ._report import CONVENTIONS, render_table, summary_rows, to_markdown, write_report, write_report_files
 
 __all__ = ["audit_model", "audit_run", "AuditReport", "AttributeAudit", "GroupMetrics", "ProbeResult", "group_metrics",
            "counterfactual_bias", "normalized_mutual_information", "probe_bias", "probe_suite", "PROBES", "readable",

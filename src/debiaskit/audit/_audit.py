@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data import BiasDataset, as_bias_datasets
+from ..data import BiasDataset, as_bias_datasets, bias_strength, is_attribute_bias
 from ..errors import DataError
 from ..models import Outputs, collect_outputs
 from .._dist import map_shards
@@ -28,6 +28,9 @@ class AttributeAudit:
     counterfactual_bias: float | None = None
     pseudo_labels: bool = False   # True when the bias labels were discovered, not given
     num_bias_classes: int | None = None   # this attribute's own number of values (chance = 1 / it)
+    # a protected attribute (y and b have different value sets: no aligned / conflicting): P(y = 1 | b) per
+    # value and Cramer's V of (y, b) in the evaluation split (data.bias_strength)
+    bias_strength: dict[str, Any] | None = None
 
 
 @dataclass
@@ -48,6 +51,7 @@ class AuditReport:
     eval_split: str
     meta: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    majority_rate: float | None = None   # share of the evaluation split's most frequent target class
     # kept for plots, not serialised
     _z: Tensor | None = field(default=None, repr=False)
     _y: Tensor | None = field(default=None, repr=False)
@@ -57,6 +61,12 @@ class AuditReport:
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         return out
+
+    def below_majority(self) -> str | None:
+        """The flag for a model that always answering the most frequent class would beat (None when it does not)."""
+        if self.majority_rate is None or self.task_accuracy >= self.majority_rate:
+            return None
+        return below_majority_text(self.task_accuracy, self.majority_rate, split=f"the {self.eval_split} split")
 
     def headline(self) -> dict[str, Any]:
         """The main numbers, flat (for tables and benchmarks): those of the first bias attribute, except the
@@ -76,6 +86,13 @@ class AuditReport:
                                              "bias_extractability": x.bias_extractability,
                                              "counterfactual_bias": x.counterfactual_bias} for x in self.attributes}
         return out
+
+
+def below_majority_text(accuracy: float, majority: float, *, split: str) -> str:
+    """The flag for an input model below the majority-class rate (the audit report's and FFW's, one wording)."""
+    return (f"The input model is below the majority-class rate ({100 * accuracy:.1f} % vs {100 * majority:.1f} % on "
+            f"{split}): always answering the most frequent class would do better. It has learnt little of the task; "
+            "its bias numbers describe a model that does not work, and debiasing cannot add what it did not learn.")
 
 
 @torch.no_grad()
@@ -147,9 +164,13 @@ def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=Non
         name = test.bias_names[a] if a < len(test.bias_names) else f"bias{a}"
         b = test.bias(a)
         k = test.num_bias_classes_of(a)   # each attribute its own count: a binary one beside one with 5 values
-        groups = group_metrics(pred, out.y, b, num_classes=test.num_classes, num_bias=k, aligned=test.aligned_mask(a))
+        attribute = is_attribute_bias(test)   # aligned / conflicting only where y and b share their values
+        groups = group_metrics(pred, out.y, b, num_classes=test.num_classes, num_bias=k,
+                               aligned=None if attribute else test.aligned_mask(a))
         att = AttributeAudit(name=name, groups=groups, pseudo_labels=bool(test.info.get("pseudo_bias", False)),
                              num_bias_classes=k)
+        if attribute and test.num_classes == 2:
+            att.bias_strength = bias_strength(out.y.numpy(), b.numpy(), num_bias=k)
         if probe:
             col = (lambda t: t if t.ndim == 1 else t[:, a])
             res = probe_bias(tr.z, col(tr.b), va.z, col(va.b), out.z, b, num_bias=k, seed=seed, **(probe_kwargs or {}))
@@ -158,6 +179,8 @@ def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=Non
         if counterfactual and test.render is not None:
             att.counterfactual_bias = counterfactual_bias(model, test, attribute=a, seed=seed, device=device)
         attributes.append(att)
+    majority = float(torch.bincount(out.y.long()).max()) / len(out.y)
     return AuditReport(task_accuracy=float((pred == out.y).float().mean()), attributes=attributes,
                        num_samples=len(test), eval_split=eval_split, wall_time_s=time.perf_counter() - start,
+                       majority_rate=majority,
                        _z=out.z, _y=out.y, _pred=pred, _b=test.bias(0))

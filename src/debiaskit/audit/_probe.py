@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ._metrics import normalized_mutual_information
 
 
@@ -34,7 +34,8 @@ def train_privacy_head(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: T
     torch.manual_seed(seed)
     head = nn.Linear(z_train.shape[1], num_bias)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
-    best, best_state, best_epoch, bad = -1.0, None, 0, 0
+    # the initial state stands in until an epoch beats it (always the first one: accuracies are >= 0)
+    best, best_state, best_epoch, bad = -1.0, copy.deepcopy(head.state_dict()), 0, 0
     for epoch in range(max_epochs):
         order = torch.randperm(len(z_train), generator=gen)
         for start in range(0, len(order), batch_size):
@@ -113,7 +114,7 @@ def mlp_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, *,
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Linear(z_train.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, num_bias))
     opt = torch.optim.Adam(mlp.parameters(), lr=lr, weight_decay=1e-5)
-    best, best_state, bad = -1.0, None, 0
+    best, best_state, bad = -1.0, copy.deepcopy(mlp.state_dict()), 0
     for _ in range(max_epochs):
         order = torch.randperm(len(z_train), generator=gen)
         for start in range(0, len(order), batch_size):
@@ -137,27 +138,34 @@ def converged_linear_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_va
                            l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2), max_iter: int = 500) -> tuple[nn.Linear, float]:
     """Multinomial logistic regression trained to convergence (full-batch L-BFGS, features already
     standardised), one fit per L2 strength; the strength with the best validation accuracy is kept."""
-    best, best_head = -1.0, None
+    if not l2_grid:
+        raise ConfigError("converged_linear_probe needs at least one L2 strength in l2_grid")
+    scored = []
     for l2 in l2_grid:
-        torch.manual_seed(0)
-        head = nn.Linear(z_train.shape[1], num_bias)
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
-        opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
-                                tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(head(z_train), b_train) + l2 * head.weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        head = _lbfgs_linear(z_train, b_train, num_bias=num_bias, l2=l2, max_iter=max_iter)
         with torch.no_grad():
-            val = logits_accuracy(head(z_val), b_val)
-        if val > best:
-            best, best_head = val, head
+            scored.append((logits_accuracy(head(z_val), b_val), head))
+    best, best_head = max(scored, key=lambda s: s[0])   # the first of equals: ties keep the smaller L2 strength
     return best_head, best
+
+
+def _lbfgs_linear(z: Tensor, b: Tensor, *, num_bias: int, l2: float, max_iter: int) -> nn.Linear:
+    """One full-batch L-BFGS fit of a zero-initialised Linear(d, num_bias) with an L2 penalty on its weight."""
+    torch.manual_seed(0)
+    head = nn.Linear(z.shape[1], num_bias)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
+                            tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(head(z), b) + l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head
 
 
 def probe_suite(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, z_eval: Tensor, b_eval: Tensor,

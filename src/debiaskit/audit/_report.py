@@ -8,33 +8,55 @@ from typing import Any
 import torch
 
 from .._io import atomic_folder, write_json, write_text
-from ._folders import AUDIT_FOLDER
 from ._audit import AuditReport
+from ._folders import AUDIT_FOLDER
 
 CONVENTIONS = ("accuracy = sample-weighted over the evaluation split; mean group = unweighted mean over "
                "non-empty (target, bias) groups; worst group = minimum over non-empty groups; bias "
                "extractability = privacy head (Linear, head-shaped) trained on D^u_train bottleneck features, "
-               "early-stopped on D^u_val, scored on the evaluation split")
+               "early-stopped on D^u_val, scored on the evaluation split (not the benchmarks' converged linear "
+               "probe, debiaskit.audit.probe_suite 'linear', which is fitted to convergence with L2 chosen on D^u_val "
+               "and scored on the balanced D^u_test: the two read the same features but need not agree)")
+PERCENT = "%"
+FRACTION = "0-1"   # a fraction, not a percentage
+
+UNITS = (f"Units: % = percent; {FRACTION} = a fraction (normalised MI; counterfactual bias = mean |p_y(x) - p_y(x_cf)|). "
+         "Bias extractability = the audit's privacy head (early-stopped, scored on the evaluation split); the tabular "
+         "benchmark tables show it as 'privacy head' beside a 'linear probe' fitted to convergence (a stronger reader "
+         "of the same features).")
 
 
 def pct(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
-def summary_rows(report: AuditReport) -> list[tuple[str, str]]:
-    rows = [(f"task accuracy ({report.eval_split} split, sample-weighted)", pct(report.task_accuracy))]
+def _fraction(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def summary_rows(report: AuditReport) -> list[tuple[str, str, str]]:
+    """(metric, value, unit) rows: one unit per row, stated (accuracies in %, MI and counterfactual bias as
+    fractions). Aligned / conflicting rows only where y and b share their values (image recipes); for a
+    protected attribute, P(y=1 | b) per value and Cramer's V of (y, b) instead."""
+    rows = [(f"task accuracy ({report.eval_split} split, sample-weighted)", pct(report.task_accuracy), PERCENT)]
     for a in report.attributes:
         tag = f" [{a.name}{', pseudo-labels' if a.pseudo_labels else ''}]"
         g = a.groups
+        if a.bias_strength is not None:
+            st = a.bias_strength
+            rows += [(f"P(y=1 | b={v}) in the {report.eval_split} split{tag}", pct(p), PERCENT)
+                     for v, p in enumerate(st["p_y1_given_b"])]
+            rows.append((f"Cramer's V of (y, b) in the {report.eval_split} split{tag}", _fraction(st["cramers_v"]), FRACTION))
+        if g.aligned_accuracy is not None:
+            rows += [(f"aligned accuracy{tag}", f"{pct(g.aligned_accuracy)}  (n={g.aligned_count})", PERCENT),
+                     (f"conflicting accuracy{tag}", f"{pct(g.conflicting_accuracy)}  (n={g.conflicting_count})", PERCENT)]
         rows += [
-            (f"aligned accuracy{tag}", f"{pct(g.aligned_accuracy)}  (n={g.aligned_count})"),
-            (f"conflicting accuracy{tag}", f"{pct(g.conflicting_accuracy)}  (n={g.conflicting_count})"),
-            (f"worst-group accuracy{tag}", f"{pct(g.worst_group_accuracy)}  (y={g.worst_group[0]}, b={g.worst_group[1]})"),
-            (f"mean group accuracy{tag}", pct(g.mean_group_accuracy)),
-            (f"bias extractability{tag}", pct(a.bias_extractability) + _chance(a)),
-            (f"bias mutual information (normalised){tag}",
-             "-" if a.bias_mutual_information is None else f"{a.bias_mutual_information:.4f}"),
-            (f"counterfactual bias{tag}", "-" if a.counterfactual_bias is None else f"{a.counterfactual_bias:.4f}"),
+            (f"worst-group accuracy{tag}", f"{pct(g.worst_group_accuracy)}  (y={g.worst_group[0]}, b={g.worst_group[1]})",
+             PERCENT),
+            (f"mean group accuracy{tag}", pct(g.mean_group_accuracy), PERCENT),
+            (f"bias extractability{tag}", pct(a.bias_extractability) + _chance(a), PERCENT),
+            (f"bias mutual information (normalised){tag}", _fraction(a.bias_mutual_information), FRACTION),
+            (f"counterfactual bias{tag}", _fraction(a.counterfactual_bias), FRACTION),
         ]
     return rows
 
@@ -51,16 +73,21 @@ def render_table(report: AuditReport, *, title: str = "Bias audit"):
     from rich.text import Text
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("value (%)", justify="right")
-    for k, v in summary_rows(report):
-        table.add_row(Text(k), Text(v))   # plain text: a tag such as "[sex]" is an attribute's name, not markup
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    for k, v, unit in summary_rows(report):
+        table.add_row(Text(k), Text(v), Text(unit))   # plain text: a tag such as "[sex]" is an attribute's name, not markup
+    table.caption = UNITS
     return table
 
 
 def to_markdown(report: AuditReport, *, title: str = "Bias audit") -> str:
-    lines = [f"# {title}", "", f"Evaluation split: `{report.eval_split}` ({report.num_samples} samples).", "",
-             "| metric | value (%) |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in summary_rows(report)]
+    lines = [f"# {title}", "", f"Evaluation split: `{report.eval_split}` ({report.num_samples} samples).", ""]
+    if report.below_majority():   # first: the numbers below describe a model a constant answer beats
+        lines += [f"**{report.below_majority()}**", ""]
+    lines += ["| metric | value | unit |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {unit} |" for k, v, unit in summary_rows(report)]
+    lines += ["", UNITS]
     for a in report.attributes:
         g = a.groups
         nb = len(g.group_accuracy[0])

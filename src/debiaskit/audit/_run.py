@@ -4,27 +4,30 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import _dist
-from ._folders import AUDIT_FOLDER
 from .._validate import SEED, require
 from ..runs import load_run
 from ._audit import AuditReport, audit_model
+from ._folders import AUDIT_FOLDER
 from ._report import write_report_files
 
 
 def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: str = "cpu",
-              counterfactual: bool = True, force: bool = False, splits=None, model=None) -> tuple[AuditReport, Path]:
+              counterfactual: bool = True, force: bool = False, splits=None, model=None,
+              trust_code: bool = False) -> tuple[AuditReport, Path]:
     """Rebuild the run's model and data, audit it, and write the report to ``out`` (default ``RUN_DIR/audit``).
 
     ``out`` may only be a new folder or, with ``force``, an earlier audit report folder: never the run
     itself, a folder holding it, or anything else (see :mod:`debiaskit._io`). Under torchrun the ranks
     share the forward passes and rank 0 writes the report.
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
-    cannot rebuild (see :func:`debiaskit.runs.load_run`).
+    cannot rebuild (see :func:`debiaskit.runs.load_run`); ``trust_code``: import the user model of a run whose
+    ``run.json`` is not signed with your key (see :func:`debiaskit.runs.load_run`).
     """
     require("seed", seed, SEED)
     device = _dist.check_device(device)
     target = Path(out) if out is not None else Path(run_dir) / "audit"
-    run = load_run(run_dir, splits=splits, model=model)  # the input is checked first, then the output, then the compute runs
+    # the input is checked first, then the output, then the compute runs
+    run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),),
                            pinned=(run.identity,)) as staging:   # a moved RUN: nothing written
         splits = run.splits()

@@ -6,7 +6,7 @@ cell in its root folder (an interrupted suite resumes where it stopped) and writ
 - vanilla models over rho: :func:`run_vanilla_suite`, :func:`write_vanilla_results`;
 - FFW beside the published table: :func:`run_ffw_bench`;
 - label-free methods: :func:`plan_cells` (a named plan), :func:`run_unsup`, :func:`write_unsup_results`;
-- UCI Adult beside fairlearn: :func:`run_adult_bench`, :func:`write_adult_results`.
+- tabular data (UCI Adult, COMPAS) beside fairlearn: :func:`run_adult_bench`, :func:`write_adult_results`.
 
 Example::
 
@@ -23,13 +23,15 @@ from ._vanilla import PAPER_VANILLA, run_vanilla_suite, vanilla_table, write_van
 from ._launch import load_slurm_options
 from ._compare import (SUITES, Suite, available_methods, compare_table, effective_suite, get_suite, register_suite,
                        run_compare, write_compare_results)
-from ._adult import ADULT_SUITE, run_adult_bench, write_adult_results
+from ._adult import ADULT_SUITE, COMPAS_SUITE, run_adult_bench, tabular_suite, write_adult_results
 from ._ffw import run_ffw_bench
 from ._unsup import (DEFAULT_METHODS, PLANS, grid_cells, label_free_methods, plan_cells, run_unsup, run_unsup_cell,
                      summary_rows, summary_table, unsup_cell, write_unsup_results)
 
-# every suite of the comparison harness, registered here in one place (adult's is defined beside its measurements)
+# every suite of the comparison harness, registered here in one place (the tabular ones are defined beside their
+# per-cell measurements)
 register_suite(ADULT_SUITE)
+register_suite(COMPAS_SUITE)
 
 __all__ = ["Suite", "SUITES", "get_suite", "register_suite", "effective_suite", "run_compare", "write_compare_results",
            "run_vanilla_suite", "write_vanilla_results", "run_ffw_bench", "plan_cells", "run_unsup",

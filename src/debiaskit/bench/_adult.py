@@ -1,11 +1,14 @@
-"""The UCI Adult benchmark: debiaskit's methods (through the comparison harness) beside fairlearn's mitigations.
+"""The tabular benchmarks (UCI Adult, ProPublica COMPAS): debiaskit's methods (through the comparison harness)
+beside fairlearn's mitigations and the trivial baselines.
 
-Our rows are the cells of ``bench compare --suite adult`` (every registered method by default: the same
-splits, MLP, budget, selection rules and audit as every other suite). fairlearn's rows (a benchmark extra: ``pip install -e '.[bench]'``) are fitted on the
-same D^b of the same seed:
+Our rows are the cells of ``bench compare --suite adult`` / ``--suite compas`` (every registered method by default:
+the same splits, MLP, budget, selection rules and audit as every other suite). fairlearn's rows (a benchmark extra:
+``pip install -e '.[bench]'``) are fitted on the same D^b of the same seed:
 
-* ``fairlearn-lr``: scikit-learn LogisticRegression (C = 1, lbfgs) on the same 88 / 85 standardised features:
+* ``fairlearn-lr``: scikit-learn LogisticRegression (C = 1, lbfgs) on the same standardised features:
   the unconstrained base estimator of the reductions;
+* ``fairlearn-lr-full``: the same LogisticRegression on the full training set (D^b and all of D^u: every row
+  that is not test), a reference for what the rows that D^u takes from D^b cost;
 * ``fairlearn-eg-dp`` / ``fairlearn-eg-eo``: ExponentiatedGradient(LogisticRegression, DemographicParity() /
   EqualizedOdds()), fairlearn's defaults (eps 0.01, 50 iterations); a randomised classifier, predictions drawn
   with the seed;
@@ -17,7 +20,11 @@ same D^b of the same seed:
 ThresholdOptimizer reads the protected attribute at prediction time (its thresholds are per group); no other
 row does (the attribute is an input feature of every model, as in FMD's setting).
 
-Every row - ours and fairlearn's - is scored by fairlearn's metrics on the official test rows: accuracy
+Trivial baselines, in every table: ``majority class`` (predicts D^b's majority class for every row: its
+accuracy, worst group and group mean are what any method must beat) and our ``vanilla`` MLP. A row below
+either of them on worst-group or group-mean accuracy is marked (``↓maj`` / ``↓van``).
+
+Every row - ours and fairlearn's - is scored by fairlearn's metrics on the test rows: accuracy
 (``MetricFrame``, overall), worst-group and group-mean accuracy over the (income x bias) groups
 (``MetricFrame`` with both as sensitive features: ``group_min`` / mean of ``by_group``), worst accuracy over the
 bias groups alone, ``demographic_parity_difference`` and ``equalized_odds_difference`` (between groups, worst
@@ -31,6 +38,7 @@ Example::
 
     from debiaskit.bench import run_adult_bench
     rows = run_adult_bench(root=Path("runs/bench/compare"), seeds=(0, 1, 2))
+    rows = run_adult_bench(root=Path("runs/bench/compare"), seeds=(0, 1, 2), dataset="compas")
 """
 from __future__ import annotations
 
@@ -53,7 +61,8 @@ from ..models import collect_outputs
 from .._io import atomic_folder, open_root, report_lock
 from ._folders import BENCH_CELL, BENCH_COMPARE_ROOT
 from ..runs import load_run, read_json, write_json, write_text
-from ._common import load_cell, machine_description, with_cells_on_disk
+from ._common import (MAJORITY, MARKED_ON, BELOW_NOTE, below_marks, fmt_stat, load_cell, machine_description,
+                      with_cells_on_disk)
 from ._compare import (RESULT_FILE, Suite, cell_dir, effective_suite, get_suite, run_compare, suite_folder,
                        write_compare_results)
 
@@ -64,6 +73,8 @@ EG_OPTIONS = {"eps": 0.01, "max_iter": 50}   # fairlearn's defaults, written out
 FAIRLEARN_ROWS: dict[str, tuple[str, bool, str]] = {
     "fairlearn-lr": ("LogisticRegression (C = 1), the base estimator, no constraint", False,
                      "none (fitted on D^b)"),
+    "fairlearn-lr-full": ("LogisticRegression (C = 1) on the full training set (D^b + D^u), no constraint", False,
+                          "none (fitted on every non-test row)"),
     "fairlearn-eg-dp": ("ExponentiatedGradient(LogisticRegression, DemographicParity)", False,
                         "fairlearn defaults (eps 0.01, 50 iterations) on D^b"),
     "fairlearn-eg-eo": ("ExponentiatedGradient(LogisticRegression, EqualizedOdds)", False,
@@ -85,8 +96,9 @@ def require_fairlearn() -> None:
         import fairlearn  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"the Adult benchmark's fairlearn rows need the bench extra ({exc.name} is missing): "
-                          "pip install -e '.[bench]' (every row of the Adult table is scored by fairlearn's metrics)") from exc
+        raise ConfigError(f"the tabular benchmark's fairlearn rows need the bench extra ({exc.name} is missing): "
+                          "pip install -e '.[bench]' (every row of the Adult / COMPAS table is scored by fairlearn's "
+                          "metrics)") from exc
 
 
 # -- per cell: what the harness stores for each of our models ---------------------------------------------------
@@ -127,14 +139,23 @@ def adult_cell_extras(model: nn.Module, *, splits: Splits, head: str | None, see
             "bottleneck_width": int(out.z.shape[1])}
 
 
-# the adult suite of the comparison harness, defined beside its per-cell measurements (cell_extras); registered by
-# bench/__init__.py with the harness's other suites
+# the adult and compas suites of the comparison harness, defined beside their per-cell measurements (cell_extras);
+# registered by bench/__init__.py with the harness's other suites
 ADULT_SUITE = Suite(
     name="adult", dataset="adult", param="bias", values=("sex", "race"), model="mlp", epochs=20,
     value_label=lambda v: f"bias {v}", cell_extras=adult_cell_extras,
     test_set="the official Adult test rows (NOT group-balanced: read worst group and group mean)",
     notes="UCI Adult (see `debiaskit data show adult`): MLP 3x100 on 88 (sex) / 85 (race) tabular features, "
           "Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult` adds fairlearn's rows")
+COMPAS_SUITE = Suite(
+    name="compas", dataset="compas", param="bias", values=("race", "race_binary", "sex"), model="mlp", epochs=20,
+    value_label=lambda v: f"bias {v}", cell_extras=adult_cell_extras,
+    test_set="the fixed COMPAS test part (20% of every (y, sex, race) cell, the same for every seed; NOT "
+             "group-balanced: read worst group and group mean)",
+    notes="ProPublica COMPAS (see `debiaskit data show compas`): MLP 3x100 on 11 (race, race_binary) / 15 (sex) "
+          "tabular features, Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult --dataset compas` adds "
+          "fairlearn's rows")
+TABULAR_SUITES = ("adult", "compas")
 
 
 # -- fairlearn's rows ------------------------------------------------------------------------------------------
@@ -178,7 +199,11 @@ def fit_fairlearn_row(name: str, splits: Splits, *, seed: int, vanilla: nn.Modul
     xt_cf, bt_cf = flipped(test).numpy().astype(np.float64), 1 - bt
     rng = np.random.RandomState(seed)
     lr = lambda: LogisticRegression(C=1.0, max_iter=2000)  # noqa: E731
-    if name == "fairlearn-lr":
+    if name in ("fairlearn-lr", "fairlearn-lr-full"):
+        if name.endswith("-full"):   # every non-test row: D^b and the three parts of D^u
+            parts = (train, splits.unbiased_train, splits.unbiased_val, splits.unbiased_test)
+            x = np.concatenate([p.x.numpy().astype(np.float64) for p in parts])
+            y = np.concatenate([p.y.numpy() for p in parts])
         est = lr().fit(x, y)
         return {"pred": est.predict(xt), "prob1": est.predict_proba(xt)[:, 1], "prob1_cf": est.predict_proba(xt_cf)[:, 1]}
     if name in ("fairlearn-eg-dp", "fairlearn-eg-eo"):
@@ -221,19 +246,26 @@ def fairness_metrics(y: np.ndarray, pred: np.ndarray, b: np.ndarray) -> dict[str
             "eo_difference": float(equalized_odds_difference(y, pred, sensitive_features=b))}
 
 
-def _fairlearn_cell(root: Path, value: str, name: str, seed: int) -> Path:
-    return cell_dir(root, get_suite("adult"), value, name, seed)
+def tabular_suite(dataset: str) -> Suite:
+    """The harness suite of a tabular benchmark (adult, compas)."""
+    if dataset not in TABULAR_SUITES:
+        raise ConfigError(f"the tabular benchmark runs on {' or '.join(TABULAR_SUITES)}, got {dataset!r}")
+    return get_suite(dataset)
+
+
+def _fairlearn_cell(root: Path, value: str, name: str, seed: int, dataset: str = "adult") -> Path:
+    return cell_dir(root, tabular_suite(dataset), value, name, seed)
 
 
 def run_fairlearn_cell(*, root: Path, value: str, name: str, seed: int, splits: Splits,
-                       vanilla: nn.Module | None) -> dict[str, Any]:
+                       vanilla: nn.Module | None, dataset: str = "adult") -> dict[str, Any]:
     """Fit, predict and cache one fairlearn row (atomic cell folder beside the harness's cells)."""
     from safetensors.numpy import save_file
-    folder = _fairlearn_cell(root, value, name, seed)
+    folder = _fairlearn_cell(root, value, name, seed, dataset)
     start = time.perf_counter()
     out = fit_fairlearn_row(name, splits, seed=seed, vanilla=vanilla)
     wall = time.perf_counter() - start
-    result = {"kind": "bench-cell", "suite": "adult", "dataset": "adult", "param": "bias", "value": value, "method": name, "seed": seed,
+    result = {"kind": "bench-cell", "suite": dataset, "dataset": dataset, "param": "bias", "value": value, "method": name, "seed": seed,
               "wall_time_s": wall, "selection": FAIRLEARN_ROWS[name][2], "description": FAIRLEARN_ROWS[name][0],
               "uses_bias_at_inference": FAIRLEARN_ROWS[name][1], "fairlearn": True,
               "extras": {"cf_bias_all": counterfactual_gap(out["prob1"], out["prob1_cf"], splits.test.y.numpy())}}
@@ -245,10 +277,21 @@ def run_fairlearn_cell(*, root: Path, value: str, name: str, seed: int, splits: 
 
 
 # -- the benchmark ---------------------------------------------------------------------------------------------
-def _splits(value: str, seed: int) -> Splits:
-    s = get_suite("adult")
+def _splits(value: str, seed: int, dataset: str = "adult") -> Splits:
+    s = tabular_suite(dataset)
     return make_splits(s.dataset, params={s.param: value}, seed=seed, unbiased_size=s.unbiased_size,
                        train_size=s.train_size)
+
+
+def majority_record(splits: Splits, *, dataset: str, value: str, seed: int) -> dict[str, Any]:
+    """The trivial baseline of one (value, seed): D^b's majority class predicted for every test row, scored by
+    the same metrics (its counterfactual bias is 0: a constant prediction never moves)."""
+    majority = int(np.bincount(splits.train.y.numpy(), minlength=2).argmax())
+    y, b = splits.test.y.numpy(), splits.test.b.numpy()
+    return {"suite": dataset, "dataset": dataset, "param": "bias", "value": value, "method": MAJORITY, "seed": seed,
+            "wall_time_s": 0.0, "selection": f"none (D^b's majority class, y = {majority})", "trivial": True,
+            "description": "predicts D^b's majority class for every row", "extras": {"cf_bias_all": 0.0},
+            "metrics": fairness_metrics(y, np.full(len(y), majority), b)}
 
 
 def _predictions(folder: Path) -> np.ndarray | None:
@@ -259,20 +302,21 @@ def _predictions(folder: Path) -> np.ndarray | None:
 
 def run_adult_bench(*, root: Path, seeds: Iterable[int] = (0, 1, 2), values: Iterable[str] | None = None,
                     methods: Iterable[str] | None = None, fairlearn: bool = True, jobs: int = 1,
-                    report_only: bool = False, progress: bool = False, command: str = "",
+                    report_only: bool = False, progress: bool = False, command: str = "", dataset: str = "adult",
                     echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Our methods through the harness, then fairlearn's rows on the same splits; every row scored by
     fairlearn's metrics. Returns one record per (value, method, seed) with the metrics filled in.
-    The harness's own table (flags, hyper-parameters, diagnostics) is written too: ROOT/adult/results.md."""
+    ``dataset``: adult or compas. The harness's own table (flags, hyper-parameters, diagnostics) is written too:
+    ROOT/DATASET/results.md."""
+    suite = tabular_suite(dataset)
     require_fairlearn()   # the metrics of every row, ours included, are fairlearn's
-    open_root(root, kind=BENCH_COMPARE_ROOT)   # the compare suite's root: never a user's folder
-    start = time.perf_counter()
-    seeds = tuple(seeds)
-    suite = get_suite("adult")
     values = tuple(values or suite.values)
     unknown = [v for v in values if v not in suite.values]
     if unknown:
-        raise ConfigError(f"adult bias must be one of {', '.join(suite.values)}, got {unknown}")
+        raise ConfigError(f"{dataset} bias must be one of {', '.join(suite.values)}, got {unknown}")
+    open_root(root, kind=BENCH_COMPARE_ROOT)   # the compare suite's root: never a user's folder
+    start = time.perf_counter()
+    seeds = tuple(seeds)
     s = effective_suite(suite, values=None)
     ours = run_compare(suite=s, root=root, seeds=seeds, methods=list(methods) if methods else None, values=values,
                        jobs=jobs, report_only=report_only, progress=progress, echo=echo)
@@ -281,7 +325,7 @@ def run_adult_bench(*, root: Path, seeds: Iterable[int] = (0, 1, 2), values: Ite
     records = []
     for seed in seeds:
         for value in values:
-            splits = _splits(value, seed)
+            splits = _splits(value, seed, dataset)
             y, b = splits.test.y.numpy(), splits.test.b.numpy()
             for cell in (c for c in ours if c["seed"] == seed and c["value"] == value):
                 pred = _predictions(cell_dir(root, s, value, cell["method"], seed))
@@ -294,13 +338,14 @@ def run_adult_bench(*, root: Path, seeds: Iterable[int] = (0, 1, 2), values: Ite
                 continue
             vanilla = None
             for name in FAIRLEARN_ROWS:
-                folder = _fairlearn_cell(root, value, name, seed)
+                folder = _fairlearn_cell(root, value, name, seed, dataset)
                 cell = load_cell(folder / RESULT_FILE)
                 if cell is None and not report_only:
                     if vanilla is None and name.endswith("-mlp"):
                         vanilla = load_run(cell_dir(root, s, value, REFERENCE_METHOD, seed)).model
-                    echo(f"  fairlearn: {name} bias={value} seed={seed}")
-                    cell = run_fairlearn_cell(root=root, value=value, name=name, seed=seed, splits=splits, vanilla=vanilla)
+                    echo(f"  fairlearn: {name} {dataset} bias={value} seed={seed}")
+                    cell = run_fairlearn_cell(root=root, value=value, name=name, seed=seed, splits=splits,
+                                              vanilla=vanilla, dataset=dataset)
                 if cell is not None:
                     records.append({**cell, "metrics": fairness_metrics(y, _predictions(folder), b)})
     return records
@@ -310,6 +355,10 @@ def run_adult_bench(*, root: Path, seeds: Iterable[int] = (0, 1, 2), values: Ite
 COLUMNS = (("accuracy", "accuracy", 1), ("worst (y,b) group", "worst_group_accuracy", 1),
            ("group mean", "mean_group_accuracy", 1), ("worst bias group", "worst_bias_group_accuracy", 1),
            ("DP diff", "dp_difference", -1), ("EO diff", "eo_difference", -1))
+TEST_ROWS = {"adult": "the official Adult test rows (15,060 complete rows, not group-balanced)",
+             "compas": "the fixed COMPAS test part (20 % of every (y, sex, race) cell of ProPublica's filtered rows, "
+                       "the same for every seed; not group-balanced)"}
+TITLES = {"adult": "UCI Adult", "compas": "ProPublica COMPAS"}
 
 
 def _stat(values: list[float | None]) -> tuple[float, float, int]:
@@ -320,8 +369,7 @@ def _stat(values: list[float | None]) -> tuple[float, float, int]:
 
 
 def _pm(values: list[float | None], scale: float = 100.0) -> str:
-    m, sd, n = _stat(values)
-    return "-" if n == 0 else f"{scale * m:.2f} +- {scale * sd:.2f}"
+    return fmt_stat(values, scale=scale)
 
 
 def _row_values(records: list[dict[str, Any]]) -> dict[str, list]:
@@ -333,13 +381,20 @@ def _row_values(records: list[dict[str, Any]]) -> dict[str, list]:
     return out
 
 
+def _row_order(methods: Iterable[str]) -> list[str]:
+    """The trivial baselines first (majority class, vanilla), then the rest in their order."""
+    methods = list(dict.fromkeys(methods))
+    return [m for m in (MAJORITY, REFERENCE_METHOD) if m in methods] + [m for m in methods
+                                                                        if m not in (MAJORITY, REFERENCE_METHOD)]
+
+
 def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """value -> method -> {metric: (mean, std, n)} (for JSON and the winners list)."""
+    """value -> method -> {metric: (mean, std, n)} (for JSON and the winners list); baselines first."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in records:
-        out.setdefault(r["value"], {}).setdefault(r["method"], {})
+        out.setdefault(r["value"], {})
     for value, methods in out.items():
-        for method in methods:
+        for method in _row_order(r["method"] for r in records if r["value"] == value):
             rs = [r for r in records if r["value"] == value and r["method"] == method]
             vals = _row_values(rs)
             methods[method] = {k: dict(zip(("mean", "std", "n"), _stat(v))) for k, v in vals.items()}
@@ -347,11 +402,16 @@ def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]
     return out
 
 
+def _means(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    return {m: {k: (st[k]["mean"] if st[k]["n"] else None) for k in MARKED_ON} for m, st in stats.items()}
+
+
 def winners(stats: dict[str, dict[str, Any]]) -> list[str]:
-    """Per metric: the best row, and every row whose mean is within one std (the larger) of it."""
+    """Per metric: the best row, and every row whose mean is within one std (the larger) of it (the majority-class
+    row is a baseline, not a contender: its DP / EO differences are 0 by construction)."""
     lines = []
     for label, key, sign in (*COLUMNS, ("CF bias", "cf_bias", -1)):
-        rows = [(m, s[key]) for m, s in stats.items() if s[key]["n"]]
+        rows = [(m, s[key]) for m, s in stats.items() if s[key]["n"] and m != MAJORITY]
         if not rows:
             continue
         best_m, best = max(rows, key=lambda r: sign * r[1]["mean"])
@@ -360,43 +420,57 @@ def winners(stats: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def adult_table(records: list[dict[str, Any]], *, command: str, wall_time_s: float) -> str:
+def _table_rows(value: str, records: list[dict[str, Any]], stats: dict[str, dict[str, Any]]) -> list[str]:
+    means = _means(stats)
+    lines = []
+    for method in stats:
+        rs = [r for r in records if r["value"] == value and r["method"] == method]
+        vals = _row_values(rs)
+        t, ts, n_t = _stat(vals["time"])
+        first = rs[0]
+        inference = "yes (group thresholds)" if first.get("uses_bias_at_inference") else "no"
+        cells = [_pm(vals[key]) for _, key, _ in COLUMNS]
+        time_text = "-" if first.get("trivial") else (f"{t:.1f}" if n_t == 1 else f"{t:.1f} +- {ts:.1f}")
+        name = method + below_marks(means, method, reference=REFERENCE_METHOD)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pm(vals['cf_bias'])} | {_pm(vals['probe'])} | "
+                     f"{_pm(vals['audit_probe'])} | {time_text} | {len(rs)} | {inference} | {first.get('selection', '-')} |")
+    return lines
+
+
+def adult_table(records: list[dict[str, Any]], *, command: str, wall_time_s: float, dataset: str = "adult") -> str:
     seeds = sorted({r["seed"] for r in records})
-    suite = get_suite("adult")
+    suite = tabular_suite(dataset)
     stats = summary(records)
-    lines = ["### UCI Adult: debiaskit's methods beside fairlearn", "",
+    lines = [f"### {TITLES[dataset]}: debiaskit's methods beside fairlearn and the trivial baselines", "",
              f"Command: `{command}`  ",
              f"Machine: {machine_description()}; this invocation's wall time {wall_time_s / 60:.1f} min (cached cells "
              f"count 0); seeds {', '.join(map(str, seeds))}.  ",
              f"Budget (our rows): {suite.notes}.  ",
-             "Numbers: % on the official Adult test rows (15,060 complete rows, not group-balanced), mean +- sample std "
-             "over seeds (the seed draws D^u and so D^b, the model's initialisation and the randomised predictions). "
+             f"Numbers: % on {TEST_ROWS[dataset]}, mean +- sample std over seeds (a single run: its value and n=1; the "
+             "seed draws D^u and so D^b, the model's initialisation and the randomised predictions). "
              "All accuracy and fairness columns are computed by fairlearn (MetricFrame / demographic_parity_difference / "
-             "equalized_odds_difference) from each row's test predictions. Worst (y,b) group = min over the 4 (income x "
+             "equalized_odds_difference) from each row's test predictions. Worst (y,b) group = min over the 4 (target x "
              "bias) groups; group mean = their unweighted mean; worst bias group = min over the 2 bias groups; DP / EO "
              "diff = largest between-group gap of selection rate / of TPR and FPR (lower is fairer). CF bias = mean "
              "|p_y(x) - p_y(x_cf)| over all test rows, x_cf = the row with the protected attribute flipped (x 100). "
-             "Probe = the audit's converged linear probe on the bottleneck (debiaskit.audit.probe_suite 'linear': "
-             "logistic regression on standardised features, L-BFGS to convergence, L2 in {1e-4, 1e-3, 1e-2} chosen "
-             "on D^u_val), accuracy on the balanced D^u_test (50 = chance); audit probe = the audit's privacy head (early-stopped Adam, accuracy on the "
-             "unbalanced test rows). Time = training / fitting seconds per run (post-hoc rows: excluding the vanilla "
-             "model).", ""]
+             "Two bias read-outs of the bottleneck, each under its own name: *linear probe* = the benchmarks' converged "
+             "linear probe (debiaskit.audit.probe_suite 'linear': logistic regression on standardised features, L-BFGS "
+             "to convergence, L2 in {1e-4, 1e-3, 1e-2} chosen on D^u_val), accuracy on the balanced D^u_test (50 = "
+             "chance); *privacy head* = the audit's bias extractability (a head-shaped Linear trained with early-stopped "
+             "Adam on D^u_train, accuracy on the unbalanced test rows): a weaker, faster reader, so it can sit below "
+             "the probe. Time = training / fitting seconds per run (post-hoc rows: excluding the vanilla model).  ",
+             f"Trivial baselines first: *{MAJORITY}* predicts D^b's majority class for every row (what any method must "
+             f"beat: its worst group is 0 and its group mean 50); *{REFERENCE_METHOD}* is our MLP trained by ERM on D^b.",
+             ""]
     for value in [v for v in suite.values if v in stats]:
         lines += [f"#### bias = {value}", "",
-                  "| method | " + " | ".join(c[0] for c in COLUMNS) + " | CF bias | probe | audit probe | time (s) | n | "
-                  "b at inference | selection |", "|---" * (len(COLUMNS) + 8) + "|"]
-        for method in stats[value]:
-            rs = [r for r in records if r["value"] == value and r["method"] == method]
-            vals = _row_values(rs)
-            t, ts, _ = _stat(vals["time"])
-            first = rs[0]
-            inference = "yes (group thresholds)" if first.get("uses_bias_at_inference") else "no"
-            cells = [_pm(vals[key]) for _, key, _ in COLUMNS]
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {_pm(vals['cf_bias'])} | {_pm(vals['probe'])} | "
-                         f"{_pm(vals['audit_probe'])} | {t:.1f} +- {ts:.1f} | {len(rs)} | {inference} | {first.get('selection', '-')} |")
-        lines += ["", "Best per column (mean; rows within one std of it listed):", "", *winners(stats[value]), ""]
+                  "| method | " + " | ".join(c[0] for c in COLUMNS) + " | CF bias | linear probe | privacy head | "
+                  "time (s) | n | b at inference | selection |", "|---" * (len(COLUMNS) + 8) + "|"]
+        lines += _table_rows(value, records, stats[value])
+        lines += ["", BELOW_NOTE, "", "Best per column (mean; rows within one std of it listed):", "",
+                  *winners(stats[value]), ""]
     lines += ["fairlearn rows: " + "; ".join(f"{k} = {d}" for k, (d, _, _) in FAIRLEARN_ROWS.items()) + ".",
-              "Our rows: see `bench compare --suite adult` (results.md beside this file) for their flags, "
+              f"Our rows: see `bench compare --suite {dataset}` (results.md beside this file) for their flags, "
               "hyper-parameters and diagnostics."]
     return "\n".join(lines) + "\n"
 
@@ -405,10 +479,10 @@ def _record_key(r: dict[str, Any]) -> tuple:
     return str(r["value"]), r["method"], int(r["seed"])
 
 
-def adult_records_on_disk(root: Path, *, skip: set = frozenset()) -> list[dict[str, Any]]:
-    """Every finished Adult cell of ``root`` (our rows and fairlearn's, whichever process wrote them) whose
-    key is not in ``skip``, scored by fairlearn's metrics from its test predictions."""
-    s = effective_suite(get_suite("adult"), values=None)
+def adult_records_on_disk(root: Path, *, skip: set = frozenset(), dataset: str = "adult") -> list[dict[str, Any]]:
+    """Every finished cell of the ``dataset`` suite in ``root`` (our rows and fairlearn's, whichever process wrote
+    them) whose key is not in ``skip``, scored by fairlearn's metrics from its test predictions."""
+    s = effective_suite(tabular_suite(dataset), values=None)
     folder = Path(root) / suite_folder(s)
     tests: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     records = []
@@ -421,23 +495,35 @@ def adult_records_on_disk(root: Path, *, skip: set = frozenset()) -> list[dict[s
         if pred is None:
             continue
         if (cell["value"], cell["seed"]) not in tests:
-            test = _splits(cell["value"], cell["seed"]).test
+            test = _splits(cell["value"], cell["seed"], dataset).test
             tests[cell["value"], cell["seed"]] = (test.y.numpy(), test.b.numpy())
         y, b = tests[cell["value"], cell["seed"]]
         records.append({**cell, "metrics": fairness_metrics(y, pred, b)})
     return records
 
 
-def write_adult_results(records: list[dict[str, Any]], *, root: Path, command: str, wall_time_s: float) -> Path:
-    """``adult/adult.json`` / ``adult.md`` from ``records`` and every other finished Adult cell of ``root``
-    (another process's included), under the root's report lock."""
+def majority_records(records: list[dict[str, Any]], *, dataset: str) -> list[dict[str, Any]]:
+    """The majority-class row of every (value, seed) that ``records`` cover (computed, never cached: it costs
+    one pass over the labels)."""
+    keys = sorted({(str(r["value"]), int(r["seed"])) for r in records if r["method"] != MAJORITY})
+    return [majority_record(_splits(v, seed, dataset), dataset=dataset, value=v, seed=seed) for v, seed in keys]
+
+
+def write_adult_results(records: list[dict[str, Any]], *, root: Path, command: str, wall_time_s: float,
+                        dataset: str = "adult") -> Path:
+    """``DATASET/DATASET.json`` / ``.md`` (adult/adult.md, compas/compas.md) from ``records`` and every other
+    finished cell of ``root`` (another process's included), plus the majority-class rows, under the root's
+    report lock."""
+    tabular_suite(dataset)
     open_root(root, kind=BENCH_COMPARE_ROOT)
-    folder = Path(root) / "adult"
+    folder = Path(root) / dataset
     with report_lock(root):
-        records = with_cells_on_disk(records, adult_records_on_disk(root, skip={_record_key(r) for r in records}),
-                                     key=_record_key)
-        write_json(folder / "adult.json", {"suite": "adult", "command": command, "wall_time_s": wall_time_s,
-                                           "machine": machine_description(), "summary": summary(records),
-                                           "rows": [{k: v for k, v in r.items() if k != "method_state"} for r in records]})
-        write_text(folder / "adult.md", adult_table(records, command=command, wall_time_s=wall_time_s))
-    return folder / "adult.md"
+        records = with_cells_on_disk(records, adult_records_on_disk(root, skip={_record_key(r) for r in records},
+                                                                    dataset=dataset), key=_record_key)
+        records = [r for r in records if r["method"] != MAJORITY]
+        records = majority_records(records, dataset=dataset) + records
+        write_json(folder / f"{dataset}.json", {"suite": dataset, "command": command, "wall_time_s": wall_time_s,
+                                                "machine": machine_description(), "summary": summary(records),
+                                                "rows": [{k: v for k, v in r.items() if k != "method_state"} for r in records]})
+        write_text(folder / f"{dataset}.md", adult_table(records, command=command, wall_time_s=wall_time_s, dataset=dataset))
+    return folder / f"{dataset}.md"

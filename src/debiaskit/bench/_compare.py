@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..audit import audit_model, group_metrics
-from ..data import make_splits
+from ..data import is_attribute_bias, make_splits
 from ..errors import ConfigError, DebiaskitError
 from ..methods import METHODS, REFERENCE_METHOD, MethodInfo, build_method, get_method, method_defaults
 from ..models import build_model, collect_outputs, infer_head
@@ -49,7 +49,8 @@ from ._folders import BENCH_CELL, BENCH_COMPARE_ROOT
 from ..runs import (RUN_FILE, DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, is_finished, load_run,
                     read_json, save_run, write_json, write_text)
 from ..train import TrainConfig, fit
-from ._common import fmt_pm, load_cell, machine_description, mean_std, with_cells_on_disk
+from ._common import (BELOW_NOTE, MAJORITY, MARKED_ON, below_marks, fmt_stat, load_cell, machine_description, mean_std,
+                      with_cells_on_disk)
 from ._launch import LAUNCHERS, SlurmOptions, run_groups_with_submitit
 
 RESULT_FILE = "result.json"
@@ -130,7 +131,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           **_published("corrupted-mnist")),
     Suite(name="toy", dataset="biased-toy", values=(0.95,), model="mlp", epochs=1, unbiased_size=600,
           notes="debug suite: procedural toy digits, 1 epoch (seconds); not a benchmark"),
-)}   # + "adult", defined in bench/_adult.py (its cells need the Adult module's per-cell measurements)
+)}   # + "adult", "compas": defined in bench/_adult.py (their cells need its per-cell measurements)
 
 
 def register_suite(suite: Suite) -> Suite:
@@ -244,7 +245,8 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
     result = {"suite": suite.name, "dataset": suite.dataset, "param": suite.param, "value": value, "method": method,
               "seed": seed, "wall_time_s": wall, "audit_time_s": report.wall_time_s, "reused_run": reused,
               "selected_epoch": selected_epoch, "selection": info.selection_rule, "method_config": method_config,
-              "flags": _flags(info), **report.headline(), "method_state": state}
+              "flags": _flags(info), **report.headline(), "majority_class": majority_baseline(splits),
+              "method_state": state}
     with atomic_folder(folder, kind=BENCH_CELL, force=True) as staging:
         if suite.cell_extras is not None:
             result["extras"] = suite.cell_extras(model, splits=splits, head=head, seed=seed, folder=staging)
@@ -263,8 +265,11 @@ def run_cell(*, suite: Suite, value: float, method: str, info: MethodInfo, seed:
                                     state=state),
                 wall_time_s=wall, device=str(device)))
         write_json(staging / RESULT_FILE, result)
+    # conflicting accuracy where y and b share their values, else the group mean (a protected attribute)
+    second = ("conflicting", result["conflicting_accuracy"]) if result["conflicting_accuracy"] is not None else (
+        "group mean", result["mean_group_accuracy"])
     echo(f"  {suite.name} {suite.param}={value} seed={seed} {method}: task {100 * result['task_accuracy']:.2f} "
-         f"conflicting {100 * (result['conflicting_accuracy'] or float('nan')):.2f} in {wall:.0f}s")
+         f"{second[0]} {100 * (second[1] if second[1] is not None else float('nan')):.2f} in {wall:.0f}s")
     return result
 
 
@@ -461,11 +466,15 @@ def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: s
              f"cells count 0); seeds {', '.join(map(str, seeds))}.  ",
              f"Budget: {budget or s.notes}  ",
              f"Numbers: % on {s.test_set}, mean +- sample std over "
-             "seeds (n in brackets where fewer than all seeds finished). Task = sample-weighted accuracy; conflicting = "
-             "accuracy on bias-conflicting test samples; worst group = min over non-empty (target, bias) groups; "
-             "bias = accuracy of a privacy head trained on D^u_train bottleneck features (early-stopped on D^u_val); "
-             "CF bias = mean |p_y(x) - p_y(x_cf)| over counterfactual pairs (x 100). Time = training/derivation "
-             "wall time per run in seconds (post-hoc: excluding the vanilla model it starts from).", "",
+             "seeds (a single run: its value and n=1; n in brackets where fewer than all seeds finished). Task = "
+             "sample-weighted accuracy; conflicting = accuracy on bias-conflicting test samples (only where the target "
+             "and the bias share their values; '-' for a protected attribute); worst group = min over non-empty "
+             "(target, bias) groups; group mean = their unweighted mean; bias (privacy head) = the audit's bias "
+             "extractability, accuracy of a privacy head trained on D^u_train bottleneck features (early-stopped on "
+             "D^u_val); CF bias = mean |p_y(x) - p_y(x_cf)| over counterfactual pairs (x 100). Time = "
+             "training/derivation wall time per run in seconds (post-hoc: excluding the vanilla model it starts from). "
+             f"Trivial baselines first: *{MAJORITY}* = D^b's majority class predicted for every test sample; "
+             f"*{REFERENCE_METHOD}* = ERM.", "",
              "| method | uses bias labels | uses D^u | retrains | post-hoc | counterfactual renderer | selection |",
              "|---|---|---|---|---|---|---|"]
     infos = {c["method"]: c for c in cells}
@@ -476,23 +485,14 @@ def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: s
         lines.append(f"| {m} | {_yn(f['uses_bias_labels'])} | {_yn(f['uses_unbiased_data'])} | {_yn(f['retrains'])} | "
                      f"{_yn(f['post_hoc'])} | {_yn(f.get('uses_counterfactuals', False))} | {infos[m]['selection']} |")
     for v in values:
-        lines += ["", f"#### {s.value_label(v)}", "",
-                  "| method | Task | conflicting | worst group | bias | CF bias | time (s) | n |", "|---|---|---|---|---|---|---|---|"]
-        for m in methods:
-            cs = [c for c in cells if c["method"] == m and c["value"] == v]
-            if not cs:
-                continue
-            t, ts, _ = mean_std(c["wall_time_s"] for c in cs)
-            lines.append(f"| {m} | {fmt_pm(c['task_accuracy'] for c in cs)} | {fmt_pm(c['conflicting_accuracy'] for c in cs)} | "
-                         f"{fmt_pm(c['worst_group_accuracy'] for c in cs)} | {fmt_pm(c['bias_extractability'] for c in cs)} | "
-                         f"{fmt_pm(c['counterfactual_bias'] for c in cs)} | {t:.0f} +- {ts:.0f} | {len(cs)} |")
+        lines += ["", f"#### {s.value_label(v)}", "", *_value_table([c for c in cells if c["value"] == v], methods)]
     lines += ["", f"#### Task accuracy (%) across {s.param}, ours vs published", "",
               "| method | " + " | ".join(s.value_label(v) for v in values) + " |", "|---" * (len(values) + 1) + "|"]
     for m in methods:
         row = []
         for v in values:
             cs = [c for c in cells if c["method"] == m and c["value"] == v]
-            ours = fmt_pm(c["task_accuracy"] for c in cs) if cs else "-"
+            ours = fmt_stat(c["task_accuracy"] for c in cs) if cs else "-"
             paper = s.paper.get(m, {}).get(v)
             row.append(ours + (f" (paper {paper})" if paper else "") + (f" [n={len(cs)}]" if cs and len(cs) < len(seeds) else ""))
         lines.append(f"| {m} | " + " | ".join(row) + " |")
@@ -504,6 +504,56 @@ def compare_table(cells: list[dict[str, Any]], *, suite: str | Suite, command: s
     lines += ["", diagnostics_table(cells, suite=s, values=values)]
     lines += ["", hyperparameter_table(methods, dataset=s.dataset, cells=cells)]
     return "\n".join(lines) + "\n"
+
+
+def _value_table(cells: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """One parameter value's table: the majority-class row (recorded by every cell of this harness), then each
+    method, marked when it falls below a trivial baseline, and the note that says what the marks mean."""
+    rows = {m: [c for c in cells if c["method"] == m] for m in methods}
+    rows = {m: cs for m, cs in rows.items() if cs}
+    majority = list({c["seed"]: c["majority_class"] for c in cells if c.get("majority_class")}.values())
+    keys = ("task_accuracy", "conflicting_accuracy", "worst_group_accuracy", "mean_group_accuracy")
+    means = {m: {k: _mean_or_none(c.get(k) for c in cs) for k in MARKED_ON} for m, cs in rows.items()}
+    lines = ["| method | Task | conflicting | worst group | group mean | bias (privacy head) | CF bias | time (s) | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    if majority:
+        means[MAJORITY] = {k: _mean_or_none(b.get(k) for b in majority) for k in MARKED_ON}
+        lines.append(f"| {MAJORITY} | " + " | ".join(fmt_stat(b.get(k) for b in majority) for k in keys)
+                     + f" | - | - | - | {len(majority)} |")
+    for m, cs in rows.items():
+        t, ts, n_t = mean_std(c["wall_time_s"] for c in cs)
+        time_text = f"{t:.0f}" if n_t == 1 else f"{t:.0f} +- {ts:.0f}"
+        lines.append(f"| {m}{below_marks(means, m, reference=REFERENCE_METHOD)} | "
+                     + " | ".join(fmt_stat(c.get(k) for c in cs) for k in keys)
+                     + f" | {fmt_stat(c['bias_extractability'] for c in cs)} | {fmt_stat(c['counterfactual_bias'] for c in cs)} | "
+                     f"{time_text} | {len(cs)} |")
+    if not majority:
+        lines += ["", f"{MAJORITY}: not recorded by these cells (written by an older harness; rerun them to get it)."]
+    return lines + ["", BELOW_NOTE]
+
+
+def _mean_or_none(values) -> float | None:
+    m, _, n = mean_std(values)
+    return m if n else None
+
+
+def majority_baseline(splits) -> dict[str, Any] | None:
+    """D^b's majority class predicted for every test sample, scored like the methods (task, conflicting where
+    the bias has an aligned pairing, worst group over every attribute, group mean); None when the labels are
+    not tensors in memory."""
+    train_y, test = getattr(splits.train, "y", None), splits.test
+    y, b = getattr(test, "y", None), getattr(test, "b", None)
+    if not all(isinstance(t, torch.Tensor) for t in (train_y, y, b)):
+        return None
+    k = int(torch.bincount(train_y.long(), minlength=splits.num_classes).argmax())
+    pred = torch.full_like(y, k)
+    cols = b if b.ndim == 2 else b[:, None]
+    attribute = is_attribute_bias(test)
+    groups = [group_metrics(pred, y, cols[:, a], num_classes=test.num_classes, num_bias=test.num_bias_classes_of(a),
+                            aligned=None if attribute else test.aligned_mask(a)) for a in range(cols.shape[1])]
+    return {"class": k, "task_accuracy": groups[0].accuracy, "conflicting_accuracy": groups[0].conflicting_accuracy,
+            "worst_group_accuracy": min(g.worst_group_accuracy for g in groups),
+            "mean_group_accuracy": groups[0].mean_group_accuracy}
 
 
 # method-state keys of a conflict-flag report (ConflictFlags.report): the harness writes "pseudo_bias_flags";
@@ -529,8 +579,8 @@ def diagnostics_table(cells: list[dict[str, Any]], *, suite: Suite, values: list
             for v in values:
                 found = [r[1] for c, r in reports if r is not None and r[0] == rank and c["method"] == m and c["value"] == v]
                 if found:
-                    lines.append(f"| {m} | {suite.value_label(v)} | {fmt_pm(f.get('precision') for f in found)} | "
-                                 f"{fmt_pm(f.get('recall') for f in found)} | {fmt_pm(f.get('mined_share') for f in found)} | {len(found)} |")
+                    lines.append(f"| {m} | {suite.value_label(v)} | {fmt_stat(f.get('precision') for f in found)} | "
+                                 f"{fmt_stat(f.get('recall') for f in found)} | {fmt_stat(f.get('mined_share') for f in found)} | {len(found)} |")
     registry = available_methods()
     for m in methods:
         info = registry.get(m)
@@ -538,7 +588,7 @@ def diagnostics_table(cells: list[dict[str, Any]], *, suite: Suite, values: list
             settings = [(suite.value_label(v), [c["method_state"] for c in cells
                                                 if c["method"] == m and c["value"] == v and c.get("method_state")])
                         for v in values]
-            lines += info.report(settings, pm=fmt_pm)
+            lines += info.report(settings, pm=fmt_stat)
     return "\n".join(lines)
 
 

@@ -175,7 +175,9 @@ def _run_ffw(cell: Cell, root: Path, echo) -> dict[str, Any]:
             echo(f"  [{cell.key}] epoch {e['epoch']} tau {e['tau']:.3g} hard task {100 * e['val_hard']['task']:.1f} "
                  f"bias {100 * e['val_hard']['bias']:.1f} sparsity {100 * e['sparsity']:.1f}% {e['time_s']:.0f}s")
 
-    kw = dict(out=out, callback=progress, audit_counterfactual=False, command=_ffw_command(cell.run_dir, p, out), **p)
+    # no_harm=False: the benchmark measures FFW as published, a collapse included (the verdict is in the cell's ffw.json)
+    kw = dict(out=out, callback=progress, audit_counterfactual=False, command=_ffw_command(cell.run_dir, p, out),
+              no_harm=False, **p)
     try:
         res = ffw_run(cell.run_dir, resume=resume, force=not resume and out.exists(), **kw)
     except ConfigError:
@@ -230,7 +232,7 @@ def _run_ratio(cell: Cell, root: Path, echo) -> dict[str, Any]:
     p = {k: v for k, v in cell.params.items() if k not in ("rho",)}
     t1 = time.perf_counter()
     res = find_fantastic_weights(run.model, head=run.head, train=splits.unbiased_train, val=splits.unbiased_val,
-                                 progress=False, **p)
+                                 progress=False, no_harm=False, **p)
     search_s = time.perf_counter() - t1
     return {"vanilla_epoch_s": epoch_s, "vanilla_epochs": epochs, "search_s": search_s, "search_epochs": len(res.history) - 1,
             "ratio": search_s / (epochs * epoch_s), "load_before": load0, "load_after": _load(),

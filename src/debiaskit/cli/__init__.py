@@ -47,7 +47,7 @@ def main() -> None:
         app()
     except DebiaskitError as exc:
         make_console(stderr=True).print(f"[bold red]error{where}:[/bold red] {esc(exc)}", highlight=False)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))   # 2: bad input; NoImprovementError: errors.NO_IMPROVEMENT_EXIT
     except KeyboardInterrupt:
         make_console(stderr=True).print(INTERRUPTED, highlight=False)
         sys.exit(130)

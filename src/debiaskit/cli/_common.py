@@ -57,6 +57,9 @@ def _refuse_twice(pairs: list, *, rho_option: bool) -> None:
         if key in said:
             raise ConfigError(f"{said[key]} and {text} both set {key}: give it once")
         said[key] = text
+TRUST_CODE_HELP = ("import the user model (package.module:factory) that RUN_DIR names although its record is not signed "
+                   "with your key - review that code first (without this flag the refusal shows it); `debiaskit trust "
+                   "RUN_DIR` trusts it for good")
 
 
 def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys: tuple[str, ...] = (),

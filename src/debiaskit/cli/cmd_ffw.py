@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._common import app, console, esc, say
+from ._common import TRUST_CODE_HELP, app, console, esc, say
 from .cmd_bench import bench_app, invoked_command
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -76,9 +76,17 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                                                             "at random (edges replicated; 0: never; non-image inputs "
                                                             "are never shifted)"),
         strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
+        trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
         seed: int = 0, device: str = "cpu", progress: bool = True) -> None:
-    """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024)."""
-    from ..ffw import before_after_rows, ffw_run, has_checkpoint, partial_dir
+    """Find the fantastic weights: remove the sub-network that carries the bias (FFW, Nahon et al. 2024).
+
+    Do no harm: the final model is compared with the run's on D^u_val; when its group-mean accuracy is below the
+    run's by more than one standard error, when it is near chance, or when it is the run's model unchanged, no
+    model is written and the command exits with status 3 (what was tried, and what to do, is printed).
+    Exit status: 0 written, 2 bad input, 3 no output better than the input, 130 interrupted.
+    """
+    from ..errors import NoImprovementError
+    from ..ffw import before_after_rows, ffw_run, has_checkpoint, no_harm_lines, partial_dir
     try:
         res = ffw_run(run_dir, mode=mode, gamma=gamma, include_head=include_head, out=out, resume=resume,
                       force=force, bias_labels=bias_labels, seed=seed, device=device,
@@ -88,7 +96,10 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
                       selection=selection, strong_probes=strong_probes, input_weights=input_weights, erase=erase,
                       refine_patience=refine_patience, refit_head=refit_head, tune_epochs=tune_epochs,
                       tune_gamma=tune_gamma, tune_lr=tune_lr, tune_schedule=tune_schedule,
-                      tune_batch_size=tune_batch_size, tune_shift=tune_shift)
+                      tune_batch_size=tune_batch_size, tune_shift=tune_shift, trust_code=trust_code)
+    except NoImprovementError as exc:   # nothing written: say what was tried and what to do, exit 3
+        console.print(f"[bold yellow]no model written:[/bold yellow] {esc(exc)}", highlight=False)
+        raise typer.Exit(code=exc.exit_code)
     except KeyboardInterrupt:
         from ..ffw import default_out
         target = out or default_out(run_dir, mode, gamma, include_head, bias_labels, input_weights=input_weights)
@@ -127,6 +138,10 @@ def ffw(run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit 
         verdict = probes["verdict"]
         console.print(verdict["text"], style="green" if verdict["bias_unreadable"] else "yellow", highlight=False,
                       markup=False)
+    if info.get("input_below_majority"):
+        console.print(f"[bold yellow]warning:[/bold yellow] {esc(info['input_below_majority'])}", highlight=False)
+    for line in no_harm_lines(info["search"].get("no_harm"), selected_epoch=sel["epoch"]):
+        say(line)
     for note in info.get("diagnosis") or []:
         console.print(f"[bold red]diagnosis:[/bold red] {esc(note)}", highlight=False)
     console.print(f"written: {esc(res.out)}/ (ffw.json, report.md, model.safetensors, masks.safetensors)", highlight=False, soft_wrap=True)

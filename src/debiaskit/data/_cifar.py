@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_folder, write_json
-from ._folders import DATA_CACHE
 from ..errors import DataError
+from ._folders import DATA_CACHE
 from ._sources import ImageArrays, ImageSource
 
 RECORD_BYTES = 1 + 3 * 32 * 32
@@ -83,7 +83,7 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         from numpy._core import multiarray, numeric
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     for mod in ("numpy.core", "numpy._core"):
         allowed[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
         allowed[(f"{mod}.multiarray", "scalar")] = multiarray.scalar

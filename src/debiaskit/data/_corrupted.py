@@ -16,7 +16,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,10 +61,10 @@ def _gaussian_blur(x: Tensor, gen: torch.Generator) -> Tensor:
     sigma, radius = 1.5, 4
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
     g = torch.exp(-(t ** 2) / (2 * sigma ** 2))
-    g = (g / g.sum()).tolist()
+    taps: list[float] = (g / g.sum()).tolist()
     # separable: rows, then columns
-    x = _shift_sum(x, [(0, d, g[d + radius]) for d in range(-radius, radius + 1)], radius)
-    return _shift_sum(x, [(d, 0, g[d + radius]) for d in range(-radius, radius + 1)], radius)
+    x = _shift_sum(x, [(0, d, taps[d + radius]) for d in range(-radius, radius + 1)], radius)
+    return _shift_sum(x, [(d, 0, taps[d + radius]) for d in range(-radius, radius + 1)], radius)
 
 
 def _motion_blur(x: Tensor, gen: torch.Generator) -> Tensor:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ class Batch(NamedTuple):
     x: Tensor
     y: Tensor
     b: Tensor | None
-    index: Tensor
+    # a field named like tuple.index (a public name since the first release): the field wins at runtime
+    index: Tensor  # type: ignore[assignment]
 
 
 @dataclass
@@ -118,7 +120,7 @@ class BiasDataset(Dataset):
         col = self.bias_names.index(attribute) if isinstance(attribute, str) else attribute
         return self.aligned[:, col]
 
-    def subset(self, index: Tensor, *, name: str | None = None) -> "BiasDataset":
+    def subset(self, index: Tensor, *, name: str | None = None) -> BiasDataset:
         index = torch.as_tensor(index, dtype=torch.long)
         render = None
         if self.render is not None:
@@ -132,7 +134,7 @@ class BiasDataset(Dataset):
             bias_cardinalities=self.bias_cardinalities,
         )
 
-    def without_bias_labels(self) -> "BiasDataset":
+    def without_bias_labels(self) -> BiasDataset:
         """The same samples with no bias labels (what a label-free method may see)."""
         out = self.subset(torch.arange(len(self)))
         out.b, out.aligned = None, None
@@ -236,6 +238,8 @@ def resolve_cardinalities(b: Tensor | None, num_bias_classes: int | None, given,
         return tuple(int(k) for k in given) if isinstance(given, (tuple, list)) else ()
     n_attr = 1 if b.ndim == 1 else b.shape[1]
     value = num_bias_classes if given is None else given
+    if value is None:
+        raise DataError(f"{name}: bias labels without a number of bias classes; give num_bias_classes")
     if isinstance(value, (tuple, list)):
         if len(value) != n_attr:
             raise DataError(f"{name}: one number of bias classes per attribute: {n_attr} attributes, got {len(value)} "
@@ -266,15 +270,53 @@ def check_bias_labels(b: Tensor, cards: tuple[int, ...], names: tuple[str, ...],
         check_labels(b[:, a], k, what=f"{name} bias labels of attribute {a} ({label})")
 
 
+# ``info["bias_kind"]`` of datasets whose bias is a protected attribute with its own values (Adult's sex,
+# COMPAS's race), not a recoloured copy of the target's value set: "aligned" / "realised rho" mean nothing there,
+# the bias strength is P(y = 1 | b) per bias value and Cramer's V of (y, b)
+ATTRIBUTE_BIAS = "attribute"
+
+
+def is_attribute_bias(data) -> bool:
+    """Whether ``data``'s bias is a protected attribute (y and b do not share their value sets)."""
+    return (getattr(data, "info", None) or {}).get("bias_kind") == ATTRIBUTE_BIAS
+
+
+def cramers_v(y, b) -> float:
+    """Cramer's V of the (y, b) contingency table: sqrt(chi^2 / (n (min(r, c) - 1))) over the values present,
+    in [0, 1] (0: independent; for two binary variables it is |phi|). 0 when either is constant."""
+    y, b = np.asarray(y).astype(np.int64), np.asarray(b).astype(np.int64)
+    _, yi = np.unique(y, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((yi.max() + 1, bi.max() + 1)) if len(y) else np.zeros((1, 1))
+    np.add.at(table, (yi, bi), 1)
+    r, c = table.shape
+    if min(r, c) < 2:
+        return 0.0
+    n = table.sum()
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
+    chi2 = float(((table - expected) ** 2 / expected).sum())
+    return float(np.sqrt(chi2 / (n * (min(r, c) - 1))))
+
+
+def bias_strength(y, b, *, num_bias: int) -> dict[str, Any]:
+    """How strongly a (binary-target) split ties y to a protected attribute b: P(y = 1 | b = v) per bias value
+    (None where no row has that value) and Cramer's V of (y, b)."""
+    y, b = np.asarray(y), np.asarray(b)
+    rates = [float((y[b == v] == 1).mean()) if (b == v).any() else None for v in range(num_bias)]
+    return {"p_y1_given_b": rates, "cramers_v": cramers_v(y, b)}
+
+
 def summarise(data) -> dict[str, Any]:
     out: dict[str, Any] = {"size": len(data)}
     aligned = getattr(data, "aligned", None)
-    if aligned is not None:
+    b = getattr(data, "b", None)
+    if is_attribute_bias(data) and b is not None and b.ndim == 1:
+        out["bias_strength"] = bias_strength(data.y.numpy(), b.numpy(), num_bias=data.num_bias_classes)
+    elif aligned is not None:
         if aligned.ndim == 1:
             out["realised_rho"] = float(aligned.float().mean())
         else:
             out["realised_rho"] = {n: float(a.float().mean()) for n, a in zip(data.bias_names, aligned.T)}
-    b = getattr(data, "b", None)
     if b is not None:
         out["group_counts"] = group_counts(data.y, b, num_classes=data.num_classes,
                                            num_bias=getattr(data, "bias_cardinalities", None) or data.num_bias_classes)
@@ -282,15 +324,18 @@ def summarise(data) -> dict[str, Any]:
 
 
 def group_counts(y: Tensor, b: Tensor, *, num_classes: int,
-                 num_bias: int | tuple[int, ...]) -> list[list[int]] | dict[str, list]:
+                 num_bias: int | tuple[int, ...]) -> list[list[int]] | dict[str, list[list[int]]]:
     """Samples per (target, bias) group: ``counts[y][b]`` (per attribute for (N, A) bias labels; ``num_bias`` one
     number for all attributes or one per attribute)."""
     if b.ndim == 2:
         cards = num_bias if isinstance(num_bias, (tuple, list)) else (num_bias,) * b.shape[1]
-        return {f"attribute{a}": group_counts(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
+        return {f"attribute{a}": _group_counts_1d(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
                 for a in range(b.shape[1])}
-    if isinstance(num_bias, (tuple, list)):
-        num_bias = num_bias[0]
+    return _group_counts_1d(y, b, num_classes=num_classes,
+                            num_bias=num_bias[0] if isinstance(num_bias, (tuple, list)) else num_bias)
+
+
+def _group_counts_1d(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int) -> list[list[int]]:
     flat = y.long() * num_bias + b.long()
     return torch.bincount(flat, minlength=num_classes * num_bias).view(num_classes, num_bias).tolist()
 

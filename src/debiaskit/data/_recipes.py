@@ -7,8 +7,8 @@ for given (digit, bias) pairs. Any grayscale image source can be combined with a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ def _check_rho(name: str, value: float, num_bias: int) -> float:
     return float(require(name, value, UNIT_INTERVAL, hint="the share of bias-aligned samples"))
 
 
-def _check_unit(name: str, value: float, param: "Param") -> float:
+def _check_unit(name: str, value: float, param: Param) -> float:
     return float(require(name, value, UNIT_INTERVAL, hint=param.help))
 
 

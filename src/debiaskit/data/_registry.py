@@ -1,21 +1,28 @@
 """Named biased datasets = recipe x image source, and their splits (D^b, D^u train/val/test, test)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from .._validate import SEED, require
 from ..errors import ConfigError, DataError
+from ._cifar import CIFAR10
 from ._dataset import BiasDataset, Splits  # noqa: F401 - Splits: also imported from here by the dataset modules
 from ._recipes import RECIPES, Recipe, get_recipe
-from ._cifar import CIFAR10
 from ._sources import SOURCES, ImageSource, get_source
-from ._user_files import (describe_user_dataset, is_user_dataset, make_user_splits, user_param_names,
-                          user_splits_from_spec, user_text_params)
+from ._user_files import (
+    describe_user_dataset,
+    is_user_dataset,
+    make_user_splits,
+    user_param_names,
+    user_splits_from_spec,
+    user_text_params,
+)
 
 SOURCES.setdefault(CIFAR10.name, CIFAR10)  # colour source: only recipes with color_input combine with it
 
@@ -40,8 +47,8 @@ class StandaloneDataset:
     """
 
     name: str
-    make_splits: Callable[..., "Splits"]
-    from_spec: Callable[[dict], "Splits"]
+    make_splits: Callable[..., Splits]
+    from_spec: Callable[[dict], Splits]
     describe: Callable[..., dict]
     prepare: Callable[..., Path]
     text_params: tuple[str, ...] = ()
@@ -136,7 +143,7 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
         unbiased_size = min(DEFAULT_UNBIASED_SIZE, int(0.3 * n_train))
     if not 0 < unbiased_size < n_train:
         raise ConfigError(f"unbiased_size must lie in (0, {n_train}) for {source.name}, got {unbiased_size}")
-    if abs(sum(unbiased_fractions) - 1) > 1e-6 or min(unbiased_fractions) <= 0:
+    if len(unbiased_fractions) != 3 or abs(sum(unbiased_fractions) - 1) > 1e-6 or min(unbiased_fractions) <= 0:
         raise ConfigError(f"unbiased_fractions must be three positive shares summing to 1, got {unbiased_fractions}")
 
     order = _rng(seed, 0).permutation(n_train)
@@ -180,7 +187,7 @@ def splits_from_spec(spec: dict[str, Any]) -> Splits:
         return user_splits_from_spec(spec)
     if spec["dataset"] in DATASETS:
         return DATASETS[spec["dataset"]].from_spec(spec)
-    kwargs = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
+    kwargs: dict[str, Any] = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
     if "unbiased_fractions" in spec:
         kwargs["unbiased_fractions"] = tuple(spec["unbiased_fractions"])
     return make_splits(spec["dataset"], params=spec.get("params"), **kwargs)

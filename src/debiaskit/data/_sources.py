@@ -12,16 +12,16 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import platformdirs
 
 from .._io import atomic_folder, write_json
-from ._folders import DATA_CACHE
 from ..errors import DataError
+from ._folders import DATA_CACHE
 from ._idx import load_idx
 
 IDX_FILES = {

@@ -25,8 +25,9 @@ needed, unless the dataset exposes them as attributes ``y`` and ``b`` (tensors o
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -34,8 +35,18 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..errors import DataError
-from ._dataset import (BiasDataset, Splits, _Indexed, attribute_cardinality, check_bias_names, check_user_labels,
-                       group_counts, infer_cardinalities, resolve_cardinalities, summarise, warn_small_unbiased)
+from ._dataset import (
+    BiasDataset,
+    Splits,
+    _Indexed,
+    attribute_cardinality,
+    check_bias_names,
+    check_user_labels,
+    infer_cardinalities,
+    resolve_cardinalities,
+    summarise,
+    warn_small_unbiased,
+)
 
 
 @runtime_checkable
@@ -195,15 +206,15 @@ class LazyBiasDataset(Dataset):
         return self.aligned[:, self.bias_names.index(attribute) if isinstance(attribute, str) else attribute]
 
     # -- views -----------------------------------------------------------------------------------
-    def _copy(self, **changes) -> "LazyBiasDataset":
-        kw = dict(index=self.index, name=self.name, num_classes=self._num_classes,
+    def _copy(self, **changes) -> LazyBiasDataset:
+        kw: dict[str, Any] = dict(index=self.index, name=self.name, num_classes=self._num_classes,
                   num_bias_classes=self._num_bias_classes, bias_names=self._bias_names, aligned=self.aligned,
                   labels=self._labels, has_bias=self.has_bias, num_workers=self.num_workers, info=self.info,
                   bias_override=self.bias_override)
         kw.update(changes)
         return LazyBiasDataset(self.source, **kw)
 
-    def subset(self, index: Tensor, *, name: str | None = None) -> "LazyBiasDataset":
+    def subset(self, index: Tensor, *, name: str | None = None) -> LazyBiasDataset:
         index = torch.as_tensor(index, dtype=torch.long)
         labels = self.labels()
         return self._copy(index=index if self.index is None else self.index[index], name=name or self.name,
@@ -213,13 +224,13 @@ class LazyBiasDataset(Dataset):
 
     def with_bias_labels(self, b: Tensor, *, num_bias_classes: int | Sequence[int], bias_names: Sequence[str] | None = None,
                          aligned: Tensor | None = None, info: dict[str, Any] | None = None,
-                         name: str | None = None) -> "LazyBiasDataset":
+                         name: str | None = None) -> LazyBiasDataset:
         """The same samples with other bias labels (e.g. discovered pseudo-bias labels)."""
         return self._copy(bias_override=b, has_bias=True, num_bias_classes=num_bias_classes, aligned=aligned,
                           bias_names=tuple(bias_names) if bias_names is not None else self._bias_names,
                           info=self.info if info is None else info, name=name or self.name)
 
-    def without_bias_labels(self) -> "LazyBiasDataset":
+    def without_bias_labels(self) -> LazyBiasDataset:
         """The same samples with no bias labels (what a label-free method may see)."""
         return self._copy(has_bias=False, aligned=None)
 
@@ -287,7 +298,7 @@ def _read_labels(source, *, name: str, num_workers: int = 0) -> tuple[Tensor, Te
     return y.long(), (b.long() if has_bias else None)
 
 
-def as_bias_data(dataset, *, num_classes: int | None = None, num_bias_classes: int | None = None,
+def as_bias_data(dataset, *, num_classes: int | None = None, num_bias_classes: int | Sequence[int] | None = None,
                  bias_names: Sequence[str] | None = None, name: str | None = None, num_workers: int = 0):
     """Any ``(x, y, b)`` dataset as the library reads it (see :class:`BiasData`); samples are not copied.
 
@@ -395,7 +406,7 @@ def as_bias_datasets(*datasets, num_classes: int | None = None, num_bias_classes
         n_bias = _common_cardinalities([d.bias_cardinalities for d in labelled])
     else:
         n_bias = None
-    out = []
+    out: list[Any] = []
     for d in adapted:
         if d is None:
             out.append(None)
@@ -445,8 +456,10 @@ def bias_pairing(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int | Sequ
         cards = num_bias if isinstance(num_bias, (tuple, list)) else (num_bias,) * b.shape[1]
         return torch.stack([bias_pairing(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
                             for a in range(b.shape[1])])
-    if isinstance(num_bias, (tuple, list)):
-        num_bias = num_bias[0]
+    return _pairing_1d(y, b, num_classes=num_classes, num_bias=num_bias[0] if isinstance(num_bias, Sequence) else num_bias)
+
+
+def _pairing_1d(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int) -> Tensor:
     counts = torch.bincount(y * num_bias + b, minlength=num_classes * num_bias).view(num_classes, num_bias)
     pairing = counts.argmax(1)
     pairing[counts.sum(1) == 0] = -1
@@ -503,7 +516,7 @@ def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None
         pairing = bias_pairing(tr.y, tr.b, num_classes=tr.num_classes, num_bias=tr.bias_cardinalities)
         adapted = [d if d is None else with_aligned(d, pairing) for d in adapted]
         spec.setdefault("bias_pairing", pairing.tolist())
-    return Splits(*adapted, spec=spec)
+    return Splits(**dict(zip(names, adapted)), spec=spec)
 
 
 PYTHON_REMEDY = ("They are the datasets you gave user_splits: pass larger unbiased_train / unbiased_val datasets "

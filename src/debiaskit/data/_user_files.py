@@ -23,6 +23,9 @@ rebuilds exactly the same splits, or refuses with the reason.
                       protected attribute is an input. It defines counterfactual rows (the same row with
                       another bias value: those columns set to their off / on values, the file's min / max),
                       which the audit's counterfactual bias and FMD (``debiaskit unlearn``) need
+``cf`` (optional)     same shape and dtype as x, one bias attribute b (N,): the counterfactual input of each
+                      row (the same content with another bias value: an edited image, a flipped row), for
+                      data no rule can re-render; used like ``bias_columns`` (not both)
 ====================  =====================================================================================
 
 Without ``split``, debiaskit draws the splits itself (:func:`draw_splits`, stratified by (y, b)): the same
@@ -438,6 +441,7 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
     aligned = np.asarray(arrays["aligned"]) if "aligned" in arrays else None
     num_classes, num_bias = int(y.max()) + 1, infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))   # one count per attribute
     flip = _column_flipper(arrays, num_bias=num_bias[0], where=str(path))
+    given_cf = _given_counterfactuals(arrays, where=str(path))
     item_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize
     integer_inputs = np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8
     samples = ArraySamples(x, y, b)
@@ -457,7 +461,8 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
                                       b=samples.b[idx], num_classes=num_classes, num_bias_classes=max(num_bias),
                                       bias_cardinalities=num_bias,
                                       name=f"{path.name}/{name}", bias_names=bias_names or _bias_names(b), aligned=al,
-                                      render=None if flip is None else _renderer(flip, x, idx))
+                                      render=_given_renderer(given_cf, idx) if given_cf is not None
+                                      else None if flip is None else _renderer(flip, x, idx))
             if isinstance(x, np.memmap) and np.issubdtype(x.dtype, np.floating) and not torch.isfinite(built[name].images).all():
                 raise DataError(f"{path}: x holds NaN or infinite values in split {name}")
     spec = {"dataset": f"tensors:{path.resolve()}", "format": path.suffix.lower().lstrip("."),
@@ -489,6 +494,31 @@ def _column_flipper(arrays: dict[str, np.ndarray], *, num_bias: int, where: str)
         out[torch.arange(len(out)), index[new_b.long()]] = on[new_b.long()]
         return out
     return flip
+
+
+def _given_counterfactuals(arrays: dict[str, np.ndarray], *, where: str) -> np.ndarray | None:
+    """The file's ``cf`` array (the counterfactual input of each row), checked against x and b; None without it."""
+    if "cf" not in arrays:
+        return None
+    cf, x, b = arrays["cf"], arrays["x"], arrays["b"]
+    if "bias_columns" in arrays:
+        raise DataError(f"{where} holds both cf and bias_columns: two sources of counterfactuals; keep one")
+    if cf.shape != x.shape or cf.dtype != x.dtype:
+        raise DataError(f"{where}: cf must have the shape and dtype of x (the counterfactual input of each row), "
+                        f"got cf {cf.dtype} {cf.shape}, x {x.dtype} {x.shape}")
+    if b.ndim != 1:
+        raise DataError(f"{where}: cf is the counterfactual for one bias attribute; b has {b.shape[1]} "
+                        "(keep the attribute cf changes in b)")
+    if np.issubdtype(cf.dtype, np.floating) and not isinstance(cf, np.memmap) and not np.isfinite(cf).all():
+        raise DataError(f"{where}: cf holds NaN or infinite values")
+    return cf
+
+
+def _given_renderer(cf: np.ndarray, idx: np.ndarray):
+    """A renderer that returns the given counterfactual of each row (the drawn new bias value is the only
+    other one of a binary attribute; with more values, cf is the one counterfactual the file gives)."""
+    rows = torch.from_numpy(np.ascontiguousarray(cf[idx]))
+    return lambda index, new_b: rows[torch.as_tensor(index)]
 
 
 def _renderer(flip, x: np.ndarray, idx: np.ndarray):

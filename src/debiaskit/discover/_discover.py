@@ -2,23 +2,24 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from .._io import atomic_folder, save_tensors, write_json, write_text
+from .._validate import check_device
 from ..data import BiasDataset, as_bias_data, relabel_bias
 from ..errors import DataError, OutputError, RunExistsError
-from .._io import atomic_folder, save_tensors, write_json, write_text
-from ._folders import DISCOVER_FOLDER
-from .._validate import check_device
 from ..runs import load_run
 from ._dynamics import load_dynamics
+from ._folders import DISCOVER_FOLDER
 from ._geometry import attractor_rule, class_centroids
 from ._layers import BOTTLENECK, candidate_layers, collect_layer_features
 
@@ -181,10 +182,11 @@ def discovery_quality(found: Discovery, data: BiasDataset, *, attribute: int = 0
     Only for reporting (never fed back into training or selection); None when the data has no labels.
     """
     data = as_bias_data(data)
-    if data.b is None or data.aligned is None:
+    aligned = data.aligned_mask(attribute)
+    if data.b is None or aligned is None:
         return None
     b = data.bias(attribute)
-    conflicting = ~data.aligned_mask(attribute).bool()
+    conflicting = ~aligned.bool()
     flag = found.conflicting
     tp = int((flag & conflicting).sum())
     n_flag, n_conf = int(flag.sum()), int(conflicting.sum())
@@ -297,7 +299,8 @@ def _discover_folder(target: Path, *, force: bool, pinned: tuple = ()) -> Iterat
 
 
 def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", layer: str | None = "auto",
-                 dynamics: str = "auto", splits=None, model=None) -> tuple[Path, dict[str, Any]]:
+                 dynamics: str = "auto", splits=None, model=None,
+                 trust_code: bool = False) -> tuple[Path, dict[str, Any]]:
     """``debiaskit discover``: write ``RUN_DIR/discover/`` (pseudo_bias.safetensors, report.json, report.md).
 
     Keys ``<split>.pseudo_bias`` (int64), ``<split>.conflict_score`` and ``<split>.confidence`` (float32)
@@ -307,14 +310,15 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
     (keys ``train.dynamics.*``, a second row in the report); ``"use"`` makes those the ``train.*``
     labels (requires the file); ``"off"`` ignores it. True bias labels are read only for the report.
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
-    cannot rebuild (see :func:`debiaskit.runs.load_run`).
+    cannot rebuild (see :func:`debiaskit.runs.load_run`); ``trust_code``: import the user model of a run whose
+    ``run.json`` is not signed with your key (see :func:`debiaskit.runs.load_run`).
     """
     if dynamics not in ("auto", "use", "off"):
         raise DataError(f"dynamics must be 'auto', 'use' or 'off', got {dynamics!r}")
     run_dir = Path(run_dir)
     target = run_dir / DISCOVER_DIR
     check_device(device)
-    run = load_run(run_dir, splits=splits, model=model)
+    run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     with _discover_folder(target, force=force, pinned=(run.identity,)) as staging:  # before any compute
         dyn = None if dynamics == "off" else load_dynamics(run_dir)
         if dynamics == "use" and dyn is None:
@@ -338,7 +342,7 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
         quality = {name: discovery_quality(found[name], data[name]) for name in SPLITS}
         quality.update({name: discovery_quality(f, data["train"]) for name, f in extra.items()})
         chosen = found["unbiased_val"].source
-        report = {"kind": "discover", "run": str(run_dir), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        report = {"kind": "discover", "run": str(run_dir), "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                   "rule": "attractor: centroids of correctly classified training samples at layer "
                           f"{chosen!r} (head {run.head!r}; spatially pooled); b^ = nearest centroid; flagged when b^ != y",
                   "layer": {"requested": layer or BOTTLENECK, "chosen": chosen, "scan": scan,

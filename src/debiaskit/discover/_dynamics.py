@@ -9,8 +9,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ..errors import DataError
 from .._io import save_tensors
+from ..errors import DataError
 
 DYNAMICS_FILE = "dynamics.safetensors"
 

@@ -109,6 +109,9 @@ class RunningCentroids(nn.Module):
         att = attractor_rule(z, y, rc.centroids, present=rc.present)
     """
 
+    centroids: Tensor | None   # buffers (registered below): None until the first update
+    present: Tensor
+
     def __init__(self, *, num_classes: int, momentum: float = 0.9) -> None:
         super().__init__()   # a module: its centroids are buffers of the method that holds it (checkpoints)
         if not 0 <= momentum < 1:

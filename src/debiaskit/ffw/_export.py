@@ -285,9 +285,10 @@ def structured_sparsity(masks: dict[str, Tensor], model: nn.Module, pruned: nn.M
     return out
 
 
-def save_masks(masks: dict[str, Tensor], path: Path) -> None:
-    """Write FFW masks (``{layer: mask}``, 1 = kept) as one uint8 safetensors file, atomically."""
-    save_tensors(path, {k: v.to(torch.uint8) for k, v in masks.items()})
+def save_masks(masks: dict[str, Tensor], path: Path) -> str:
+    """Write FFW masks (``{layer: mask}``, uint8, 1 = kept) as one safetensors file, atomically; returns the file's
+    SHA-256 (ffw.json records it)."""
+    return save_tensors(path, {k: v.to(torch.uint8) for k, v in masks.items()})
 
 
 def load_masks(path: Path) -> dict[str, Tensor]:

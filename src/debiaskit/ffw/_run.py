@@ -16,17 +16,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..audit import PROBES, audit_model, probe_suite, readable
-from ..data import BiasDataset, iterate_batches
+from ..audit import AUDIT_FOLDER, PROBES, AuditReport, audit_model, probe_suite, readable, write_report_files
+from ..data import BiasDataset, iterate_batches, splits_from_spec
 from ..discover import load_pseudo_bias, with_pseudo_bias
 from .. import _dist
-from .._io import PARTIAL_FILES, log, real_dir, remove_owned, write_text
-from ._folders import FFW_FOLDER
-from ..errors import ConfigError, RunExistsError
+from .._io import PARTIAL_FILES, json_safe, log, real_dir, remove_owned, tensors_sha256, write_text
+from .._validate import SEED, require
+from ..errors import ConfigError, DataError, NoImprovementError, RunExistsError
 from ..models import collect_outputs
-from ..runs import FFWRecord, load_run, package_versions, save_weights, write_record
+from ..runs import FFWRecord, check_signing_key, load_run, package_versions, read_record, save_weights, write_record
 from ._adversary import ADVERSARIES
 from ._export import count_parameters, inference_time, save_masks
+from ._folders import FFW_FOLDER
 from ._save import load_pruned_model
 from ._search import CHECKPOINT_FILE, SELECTIONS, FFWConfig, FFWResult, find_fantastic_weights
 
@@ -99,19 +100,60 @@ def first_attribute_classes(splits) -> int:
     return int(of(0)) if of is not None else int(test.num_bias_classes)
 
 
-def probe_verdict(after: dict[str, float], *, num_bias: int) -> dict[str, Any]:
-    """Whether "the bias can no longer be read" holds: every probe within READABLE_MARGIN of chance."""
-    still = {k: v for k, v in after.items() if readable(v, num_bias, margin=READABLE_MARGIN)}
+WHERE = "at the bottleneck (the head's input), on the unbiased test split, first bias attribute"
+
+
+def probe_verdict(after: dict[str, float], *, num_bias: int, before: dict[str, float] | None = None,
+                  task: tuple[float, float] | None = None,
+                  counterfactual: tuple[float | None, float | None] | None = None) -> dict[str, Any]:
+    """The report's sentence about the bias, derived from its own table (every probe's reading before and after,
+    the unbiased test's task accuracy and counterfactual bias before and after: all on the unbiased test split).
+
+    "The bias can no longer be read" only when every probe reads within READABLE_MARGIN of chance AND the task
+    accuracy is at least the input model's (``task`` = (before, after); a network that reads less of the task
+    hides the bias too) AND the counterfactual bias did not rise (``counterfactual`` = (before, after), when
+    measured). "Harder to read" only when every probe that still reads the bias reads less than before; a probe
+    that reads more is said so. Without ``before`` / ``task`` the comparisons cannot be made and are not claimed."""
     chance = 1.0 / num_bias
-    if not still:
-        text = (f"The bias can no longer be read at the bottleneck: every probe stays within "
-                f"{100 * READABLE_MARGIN:.0f} points of chance ({100 * chance:.0f} %).")
+    still = {k: v for k, v in after.items() if readable(v, num_bias, margin=READABLE_MARGIN)}
+    before = before or {}
+    more = {k: (before[k], v) for k, v in after.items() if before.get(k) is not None and v > before[k]}
+    task_kept = task is not None and task[1] >= task[0]
+    cf_before, cf_after = counterfactual or (None, None)
+    cf_rose = cf_before is not None and cf_after is not None and cf_after > cf_before
+    sentences = []
+    if not still and task_kept and not cf_rose:
+        sentences.append(f"The bias can no longer be read {WHERE}: every probe stays within "
+                         f"{100 * READABLE_MARGIN:.0f} points of chance ({100 * chance:.0f} %), with the task "
+                         f"accuracy kept ({100 * task[0]:.1f} -> {100 * task[1]:.1f} %)"
+                         + ("" if cf_after is None else " and the counterfactual bias not raised "
+                            f"({cf_before:.4f} -> {cf_after:.4f})") + ".")
+    elif not still:
+        why = []
+        if task is None:
+            why.append("the task accuracy was not compared")
+        elif not task_kept:
+            why.append(f"the task accuracy fell ({100 * task[0]:.1f} -> {100 * task[1]:.1f} %), and a network that "
+                       "reads less of the task hides the bias too")
+        if cf_rose:
+            why.append(f"the counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}): the predictions depend "
+                       "more on the bias than before")
+        sentences.append(f"Every probe reads within {100 * READABLE_MARGIN:.0f} points of chance "
+                         f"({100 * chance:.0f} %) {WHERE}, but " + "; ".join(why)
+                         + ": this does not show that the bias was removed.")
     else:
         names = ", ".join(f"{k} {100 * v:.1f} %" for k, v in still.items())
-        text = (f"The bias can still be read at the bottleneck by stronger probes ({names}; chance "
-                f"{100 * chance:.0f} %): FFW made it harder to read, it did not erase it.")
-    return {"bias_unreadable": not still, "readable_by": sorted(still), "chance": chance,
-            "margin": READABLE_MARGIN, "text": text}
+        less = all(before.get(k) is not None and v < before[k] for k, v in still.items())
+        sentences.append(f"Stronger probes still read the bias {WHERE} ({names}; chance {100 * chance:.0f} %)"
+                         + (": FFW made it harder to read, it did not erase it." if less else "."))
+        if cf_rose:
+            sentences.append(f"The counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}, unbiased test).")
+    if more:
+        sentences.append("After FFW these probes read the bias more than before, " + WHERE + ": "
+                         + ", ".join(f"{k} {100 * a:.1f} -> {100 * b:.1f} %" for k, (a, b) in more.items()) + ".")
+    return {"bias_unreadable": not still and task_kept and not cf_rose, "readable_by": sorted(still),
+            "reads_more": sorted(more), "task_kept": task_kept, "counterfactual_rose": cf_rose, "chance": chance,
+            "margin": READABLE_MARGIN, "where": WHERE, "text": " ".join(sentences)}
 
 
 def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: dict, after: dict, *,
@@ -191,7 +233,7 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
             out: Path | None = None, resume: bool = False, force: bool = False, bias_labels: str = "true",
             seed: int = 0, device: str = "cpu", callback: Callable[[dict], None] | None = None,
             audit_counterfactual: bool = True, strong_probes: bool = True, command: str | None = None,
-            splits=None, model=None, **overrides) -> FFWRun:
+            splits=None, model=None, trust_code: bool = False, no_harm: bool = True, **overrides) -> FFWRun:
     """Run FFW on the vanilla model of ``run_dir`` and write an FFW folder (see module docstring).
 
     Under torchrun the ranks share the search (see :mod:`debiaskit.ffw._search`) and the audits; rank 0
@@ -203,16 +245,24 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
         run.after.headline()["bias_extractability"], run.result.sparsity["overall"]
 
     ``splits`` / ``model``: for a run trained on data or a model given as Python objects, which its folder
-    cannot rebuild (see :func:`debiaskit.runs.load_run`).
+    cannot rebuild (see :func:`debiaskit.runs.load_run`); ``trust_code``: import the user model of a run whose
+    ``run.json`` is not signed with your key (see :func:`debiaskit.runs.load_run`). ``resume`` continues only the
+    search of this very run: its weights file (SHA-256), model and data are recorded in the checkpoint.
+
+    Do no harm (``ffw/_harm.py``): when the final output is worse than the run's model on D^u_val, near chance, or
+    the model unchanged, :class:`~debiaskit.errors.NoImprovementError` is raised and no folder is written (the
+    interrupted-search folder is removed: the search finished). ``no_harm=False`` (the benchmark harness) writes
+    the folder all the same, with the verdict in ``ffw.json`` (``search.no_harm``) and in the report.
     """
     if bias_labels not in ("true", "discovered"):
         raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
     config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)  # fail fast
     start = time.perf_counter()
     device = _dist.check_device(device)   # this rank's GPU under torchrun, before any collective
+    check_signing_key()   # ffw.json is signed at the end: a bad key is said now, not after the search
     out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels,
                                                                    input_weights=config.input_weights)
-    run = load_run(run_dir, splits=splits, model=model)
+    run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     # before any compute; under torchrun rank 0 writes and decides about the interrupted search, for every rank
     with _dist.rank0_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),),
                            pinned=(run.identity,)) as staging:
@@ -220,12 +270,13 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
         resume = _dist.broadcast_object(_prepare_partial(partial_dir(out), resume=resume, force=force) if main else None)
         result, before, after, speed, probes = _search_and_audit(
             run, run_dir, config, bias_labels=bias_labels, seed=seed, device=device, partial=partial_dir(out),
-            resume=resume, callback=callback, audit_counterfactual=audit_counterfactual, strong_probes=strong_probes)
+            resume=resume, callback=callback, audit_counterfactual=audit_counterfactual, strong_probes=strong_probes,
+            no_harm=no_harm)
         info = _ffw_info(run, run_dir, config, result, before, after, speed, probes, command=command, mode=mode,
                          bias_labels=bias_labels, wall=time.perf_counter() - start)
         if main:
-            save_weights(result.model, staging / "model.safetensors")
-            save_masks(result.masks, staging / "masks.safetensors")
+            info["weights_sha256"] = save_weights(result.model, staging / "model.safetensors")
+            info["masks_sha256"] = save_masks(result.masks, staging / "masks.safetensors")
             write_record(staging / FFW_FILE, FFWRecord.from_dict(info, file=staging / FFW_FILE))
             write_text(staging / "report.md", report_markdown(info))
     if _dist.is_main_process():
@@ -273,8 +324,21 @@ def _prepare_partial(partial: Path, *, resume: bool, force: bool) -> bool:
     return resume
 
 
+def _with_diagnosis(exc: NoImprovementError, before: dict[str, Any], *, mode: str) -> NoImprovementError:
+    """The refusal with the search's own diagnosis added (why FFW could not help, what to try first): read from
+    the D^u_val records of the refused result, as for a written folder."""
+    result = exc.result
+    notes = diagnose(result.history, result.selected, before, {}, mode=mode, final_val_task=final_val_task(result),
+                     head_refit=result.head_refit is not None,
+                     tuned_val_task=result.tune["val_after"]["task"] if result.tune else None)
+    record = {**exc.record, "diagnosis": notes}
+    text = str(exc) + "".join(f"\nDiagnosis: {n}" for n in notes)
+    return NoImprovementError(text, record=record, result=result)
+
+
 def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str, seed: int, device: str,
-                      partial: Path, resume: bool, callback, audit_counterfactual: bool, strong_probes: bool):
+                      partial: Path, resume: bool, callback, audit_counterfactual: bool, strong_probes: bool,
+                      no_harm: bool = True):
     splits = run.splits()
     train, val = splits.unbiased_train, splits.unbiased_val
     if bias_labels == "discovered":
@@ -285,7 +349,14 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
     try:
         result = find_fantastic_weights(run.model, head=run.head, train=train, val=val, config=config, device=device,
                                         checkpoint_dir=partial, resume=resume, callback=callback,
-                                        progress=False)
+                                        progress=False, no_harm=no_harm,
+                                        checkpoint_meta=_input_identity(run, splits, bias_labels, train, val))
+    except NoImprovementError as exc:
+        # the search finished and was refused (do no harm): nothing to resume, and a rerun must not be told that an
+        # interrupted search is waiting
+        if _dist.is_main_process():
+            remove_owned(partial, PARTIAL_FILES, what=_PARTIAL)
+        raise _with_diagnosis(exc, before.headline(), mode=config.mode) from None
     except BaseException:
         if _dist.is_main_process() and not has_checkpoint(partial):
             remove_owned(partial, PARTIAL_FILES, what=_PARTIAL)  # e.g. a full disk at the first checkpoint
@@ -299,9 +370,23 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
                   "after": {"audit": after_h["bias_extractability"],
                             **probe_readings(result.model, splits, head=result.head, seed=seed, device=device)},
                   "descriptions": PROBES}
-        probes["verdict"] = probe_verdict(probes["after"], num_bias=first_attribute_classes(splits))
+        probes["verdict"] = probe_verdict(probes["after"], num_bias=first_attribute_classes(splits),
+                                          before=probes["before"],
+                                          task=(before_h["task_accuracy"], after_h["task_accuracy"]),
+                                          counterfactual=(before_h.get("counterfactual_bias"),
+                                                          after_h.get("counterfactual_bias")))
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
     return result, before, after, _speed(result, run.model, x), probes
+
+
+def _input_identity(run, splits, bias_labels: str, train, val) -> dict[str, Any]:
+    """What an interrupted search is tied to: the run's weights file, model record and data (a resumed search on
+    another run, or on this path retrained in place, is refused; see ``find_fantastic_weights``)."""
+    labels = {n: d.b for n, d in (("train", train), ("val", val)) if getattr(d, "b", None) is not None}
+    return {"run_weights_sha256": run.weights_sha256,
+            "model": {k: v for k, v in run.record.model.to_dict().items()},
+            "data": json_safe(splits.spec), "bias_labels": bias_labels,
+            "bias_labels_sha256": tensors_sha256(labels) if labels else None}
 
 
 def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, after, speed, probes, *, command,
@@ -323,6 +408,8 @@ def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, 
                        "nonzero_after": sum(int((p != 0).sum()) for p in result.model.parameters())},
         "inference": speed, "search_time_s": result.wall_time_s, "wall_time_s": wall,
         "selection": SELECTIONS[config.selection], "adversary": ADVERSARIES[config.adversary],
+        # the input model a constant answer beats (unbiased test split): flagged first in the report
+        "input_below_majority": before.below_majority(),
         "bias_labels_note": ("MI term, privacy head and selection used discovered pseudo-bias labels; the before/after "
                              "audit uses the true bias labels (reporting only)" if bias_labels == "discovered"
                              else "true bias labels of D^u_train / D^u_val"),
@@ -335,6 +422,39 @@ def load_ffw_model(folder: Path, **kwargs) -> nn.Module:
     """Rebuild the exported network of an FFW folder (plain torch modules; no gate classes); the same
     as :func:`debiaskit.ffw.load_pruned_model` (zoo and user models alike)."""
     return load_pruned_model(folder, **kwargs)
+
+
+def audit_ffw_folder(folder: Path, *, out: Path | None = None, seed: int = 0, device: str = "cpu",
+                     counterfactual: bool = True, force: bool = False, splits=None,
+                     model=None, trust_code: bool = False) -> tuple[AuditReport, Path]:
+    """Audit the exported network of an FFW folder as ``debiaskit audit`` audits a run, into ``out`` (default
+    ``FOLDER/audit``; the same output rules: a new folder or, with ``force``, an earlier audit report folder).
+
+    The data is rebuilt from the folder's own record (the run's data, which ``debiaskit ffw`` copies into
+    ``ffw.json``); ``splits`` / ``model``: for a folder saved from Python (:func:`debiaskit.ffw.save_result`, no data
+    record) or a model given as a Python object; ``trust_code``: import a user model named by an unsigned
+    ``ffw.json`` (see :func:`load_pruned_model`)."""
+    require("seed", seed, SEED)
+    device = _dist.check_device(device)
+    folder = Path(folder)
+    if not (folder / FFW_FILE).is_file():
+        raise DataError(f"{folder} is not a finished FFW folder (no {FFW_FILE})")
+    record = read_record(folder / FFW_FILE, FFWRecord, default_kind="ffw")   # validated before anything is loaded
+    if splits is None and record.data is None:
+        raise DataError(f"{folder} records no data (saved from Python with save_result): audit its model in Python, "
+                        "`debiaskit.ffw.audit_ffw_folder(FOLDER, splits=...)` or `result.audit(...)`")
+    net = load_pruned_model(folder, model=model, trust_code=trust_code)
+    target = Path(out) if out is not None else folder / "audit"
+    with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(folder,)) as staging:
+        splits = splits if splits is not None else splits_from_spec(record.data.spec())
+        report = audit_model(net, test=splits.test, unbiased_train=splits.unbiased_train,
+                             unbiased_val=splits.unbiased_val, head=record.model.head, seed=seed, device=device,
+                             counterfactual=counterfactual)
+        report.meta = {"ffw": str(folder), "run": record.run, "mode": record.mode, "model": record.model.name,
+                       "head": record.model.head, "seed": seed, **_dist.description()}
+        if staging is not None:
+            write_report_files(report, staging, title=f"Bias audit of {folder.name} (FFW, {record.mode})")
+    return report, target
 
 
 def _pct(v) -> str:
@@ -429,6 +549,25 @@ def head_refit_lines(refit: dict[str, Any] | None) -> list[str]:
             "readings above are those of the gates (and eraser) alone. `--no-refit-head` keeps the vanilla head."]
 
 
+def no_harm_lines(record: dict[str, Any] | None, *, selected_epoch: int) -> list[str]:
+    """The do-no-harm verdict (``ffw/_harm.py``) in words: every stage's D^u_val group-mean accuracy vs the input's,
+    and whether the output was accepted (a refused one reaches a folder only under the benchmark harness)."""
+    if not record:
+        return []
+    given = record["stages"][0]
+    tried = "; ".join(f"{st['stage']} {100 * st['group_mean']:.2f} %" for st in record["stages"][1:])
+    head = ("Do no harm: accepted" if record["accepted"] else
+            f"Do no harm: REFUSED ({record['reason']}; written only because the caller asked for it, no_harm=False)")
+    lines = [f"{head}. D^u_val group-mean accuracy (mean over {given['groups']} (y, b) groups): your model "
+             f"{100 * given['group_mean']:.2f} %, required at least {100 * record['required_group_mean']:.2f} % (one "
+             f"standard error below it); {tried}. Near-chance floor (D^u_val accuracy): "
+             f"{100 * record['floor']['floor']:.2f} %."]
+    if selected_epoch == 0:
+        lines[0] += (" The gates found no sub-network better than your model (epoch 0, the model as given, was "
+                     "selected): what you get is your model changed only by the steps after the gates.")
+    return lines
+
+
 def report_markdown(info: dict[str, Any]) -> str:
     s = info["search"]
     sel = s["selected"]
@@ -437,6 +576,9 @@ def report_markdown(info: dict[str, Any]) -> str:
              f"Selection: {info['selection']}; selected epoch {sel['epoch']} (tau {sel['tau']:.3g}); "
              f"stop: {s['stop_reason']}. Bias term: {info.get('adversary', ADVERSARIES['head'])}. "
              f"Bias labels: {info['bias_labels_note']}.", ""]
+    if info.get("input_below_majority"):   # the numbers below describe a model that does not work
+        lines += [f"**{info['input_below_majority']}**", ""]
+    lines += [*no_harm_lines(s.get("no_harm"), selected_epoch=sel["epoch"]), ""]
     if info.get("diagnosis"):  # first thing a reader sees: FFW could not help, and what to do instead
         lines += ["## Diagnosis", ""] + [f"- {d}" for d in info["diagnosis"]] + [""]
     lines += ["Task / group accuracies on the unbiased test set (sample-weighted; worst group = min over non-empty "

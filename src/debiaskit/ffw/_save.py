@@ -24,12 +24,13 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ModelError
-from ..models import import_path_reference, model_reference, rebuild_model
+from ..models import import_path_reference, model_reference
 from .._io import atomic_folder
-from ._folders import FFW_FOLDER
-from ..runs import FFWRecord, inner_path, load_weights, package_versions, read_record, save_weights, write_record
+from ..runs import (FFWRecord, load_state, package_versions, read_trusted_record, read_weights, rebuild_from_record,
+                    save_weights, weights_file, write_record)
 from ._erase import attach_empty_eraser
 from ._export import resize_like, save_masks
+from ._folders import FFW_FOLDER
 
 FFW_FILE = "ffw.json"
 
@@ -69,31 +70,34 @@ def save_result(result, folder: Path | str, *, model: str | Callable | None = No
             "versions": package_versions(), "weights": "model.safetensors", "masks": "masks.safetensors",
             **(extra or {})}
     with atomic_folder(folder, kind=FFW_FOLDER, force=force) as staging:
-        save_weights(result.model, staging / "model.safetensors")
-        save_masks(result.masks, staging / "masks.safetensors")
+        info["weights_sha256"] = save_weights(result.model, staging / "model.safetensors")
+        info["masks_sha256"] = save_masks(result.masks, staging / "masks.safetensors")
         write_record(staging / FFW_FILE, FFWRecord.from_dict(info, file=staging / FFW_FILE))
     return folder
 
 
 def load_pruned_model(folder: Path | str, *, model: nn.Module | Callable[..., nn.Module] | None = None,
-                      source_changed: str = "warn") -> nn.Module:
+                      source_changed: str = "warn", trust_code: bool = False) -> nn.Module:
     """The exported network of an FFW folder (:func:`save_result`, ``debiaskit ffw``), in eval mode.
 
     ``model``: a fresh instance (or factory) of the original architecture, for a folder whose model was
     given in Python and cannot be rebuilt from the record alone; ``source_changed``: see
-    :func:`debiaskit.models.rebuild_model`.
+    :func:`debiaskit.models.rebuild_model`; ``trust_code``: import a user model named by an ``ffw.json`` that is
+    not signed with your key (see :func:`debiaskit.runs.load_run`).
     """
     folder = Path(folder)
     if not (folder / FFW_FILE).is_file():
         raise ModelError(f"{folder} is not a finished FFW folder (no {FFW_FILE})")
-    record = read_record(folder / FFW_FILE, FFWRecord, default_kind="ffw")
-    weights = inner_path(folder, record.weights, file=folder / FFW_FILE, key="weights")
+    record, trust = read_trusted_record(folder / FFW_FILE, FFWRecord, default_kind="ffw", trust_code=trust_code,
+                                        model_given=model is not None)
+    weights = weights_file(folder, record.weights, file=folder / FFW_FILE)
+    state, _ = read_weights(weights, sha256=record.weights_sha256, record=folder / FFW_FILE)
 
     def load(net: nn.Module) -> None:
         if record.model.shapes:
             resize_like(net, record.model.shapes)
         if record.model.eraser:
             attach_empty_eraser(net, record.model.eraser)
-        load_weights(net, weights)
+        load_state(net, state, weights)
 
-    return rebuild_model(record.model, load=load, source_changed=source_changed, model=model).eval()
+    return rebuild_from_record(record, trust=trust, load=load, source_changed=source_changed, model=model).eval()

@@ -40,7 +40,7 @@ from ..data import as_bias_datasets, iterate_batches
 from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, SEED, UNIT_INTERVAL,
                          require)
 from ..errors import ConfigError, DataError, ModelError
-from .._io import load_checkpoint, save_checkpoint
+from .._io import json_safe, load_checkpoint, save_checkpoint, tensors_sha256
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out, resolve_head
 from ._adversary import (ADVERSARIES, bias_columns, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
                          probe_free_penalty, probe_free_term, refit_linear_head)
@@ -48,18 +48,23 @@ from ._erase import ERASERS, LinearEraser, attach_eraser, conditional_erasers, f
 from ._refit import REFIT_GRID, refit_head
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
+from ._harm import chance_floor, enforce, group_accuracy, near_chance, verdict
 from ._progress import print_epoch
 from ._tune import tune_kept_weights
 
 CHECKPOINT_FILE = "checkpoint.safetensors"   # tensors + JSON state in one file (debiaskit._io.save_checkpoint)
 CHECKPOINT_KIND = "ffw-search"
+# every rule first drops the near-chance candidates (a collapsed network: D^u_val accuracy below max(chance,
+# majority-class rate) + a margin, ffw/_harm.py): a constant bottleneck makes any bias term 0, so J would prefer it
+NEAR_CHANCE_EXCLUDED = ("; a candidate whose D^u_val accuracy is near chance (below max(chance, majority-class rate) "
+                        "+ max(2 points, 2 standard errors)) is never selected")
 SELECTIONS = {
     "objective": "hard-masked model with the lowest J = CE + gamma * D on D^u_val (D: the search's own adversary) "
                  "among those whose D^u_val task accuracy is not below the vanilla model's (among all, the vanilla "
-                 "model included, when none is)",
+                 "model included, when none is)" + NEAR_CHANCE_EXCLUDED,
     "readability": "hard-masked model with the lowest CE + gamma * R on D^u_val (R: closed-form linear readability "
-                   "of the bias, whatever the adversary)",
-    "accuracy": "hard-masked model with the highest task accuracy on D^u_val",
+                   "of the bias, whatever the adversary)" + NEAR_CHANCE_EXCLUDED,
+    "accuracy": "hard-masked model with the highest task accuracy on D^u_val" + NEAR_CHANCE_EXCLUDED,
 }
 
 
@@ -233,6 +238,7 @@ class FFWResult:
     eraser: dict[str, Any] | None = None   # the linear eraser in front of the head (_erase.py), None without one
     head_refit: dict[str, Any] | None = None   # the head's refit on D^u_train (_refit.py), None when off
     tune: dict[str, Any] | None = None   # the kept weights trained under J (_tune.py), None when off
+    no_harm: dict[str, Any] | None = None   # the do-no-harm verdict on D^u_val, every stage vs the input (_harm.py)
 
     @property
     def mode(self) -> str:
@@ -247,7 +253,7 @@ class FFWResult:
         return {"mode": self.mode, "config": asdict(self.config), "selected": self.selected,
                 "sparsity": self.sparsity, "stop_reason": self.stop_reason, "wall_time_s": self.wall_time_s,
                 "epochs": len(self.history) - 1, "shapes": self.shapes, "eraser": self.eraser,
-                "head_refit": self.head_refit, "tune": self.tune}
+                "head_refit": self.head_refit, "tune": self.tune, "no_harm": self.no_harm}
 
 
 # FFW's information term (eq. 7): the audit's normalised empirical MI, computed in log space so that its
@@ -353,8 +359,15 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
             "z": zd}
 
 
+_INPUT_PARTS = {"weights": "the frozen model's weights", "run_weights_sha256": "the run's weights file",
+                "model": "the model's record", "data": "the data", "bias_labels": "the kind of bias labels",
+                "bias_labels_sha256": "the bias labels"}
+
+
 class _Search:
     """The state of one FFW search (kept in an object so that it can be checkpointed and resumed)."""
+
+    input_identity: dict[str, Any] | None = None   # what the search runs on (see find_fantastic_weights)
 
     def __init__(self, model: nn.Module, *, head: str, train, val, config: FFWConfig, device, callback) -> None:
         self.cfg, self.train, self.val, self.device, self.callback = config, train, val, torch.device(device), callback
@@ -371,7 +384,9 @@ class _Search:
         self.gated = install_gates(self.work, mode=config.mode, head=head, example=example,
                                    include_head=config.include_head, input_weights=config.input_weights,
                                    state=self.state)
-        d, _ = head_shape(self.work, head)
+        d, num_classes = head_shape(self.work, head)
+        # below this D^u_val accuracy a candidate is collapsed (ffw/_harm.py): never selected, never handed back
+        self.floor = chance_floor(val.y, max(num_classes, 2))
         torch.manual_seed(config.seed)
         self.heads = [nn.Linear(d, k).to(self.device) for k in self.bias_cardinalities]
         self.head_opts = [torch.optim.SGD(h.parameters(), lr=config.head_lr, momentum=config.head_momentum,
@@ -571,6 +586,11 @@ class _Search:
             return -(val["ce"] + self.cfg.gamma * val["readability"])
         return val["task"]
 
+    def usable(self, val: dict[str, float]) -> bool:
+        """Whether a candidate's D^u_val numbers clear the near-chance floor (``ffw/_harm.py``): a collapsed network
+        (J's favourite: a constant bottleneck makes D 0) is excluded before any score is compared."""
+        return not near_chance(val["task"], self.floor)
+
     def _score(self, record: dict[str, Any]) -> float:
         return self.selection_score(record["val_hard"])
 
@@ -579,15 +599,17 @@ class _Search:
         return record["epoch"] > 0 and record["val_hard"]["task"] >= self.history[0]["val_hard"]["task"]
 
     def consider(self, record: dict[str, Any]) -> None:
-        """Keep the best hard-masked state on D^u_val: by the selection score among the gated candidates that
-        keep the vanilla model's task accuracy; by the score alone while there is none. J alone prefers a dead
-        network (CE log K, D 0) to any model that still reads the bias - which an overconfident vanilla model's
-        CE makes easy to reach (docs/design/ffw-structured.md)."""
+        """Keep the best hard-masked state on D^u_val: near-chance candidates never (while any other exists); then
+        by the selection score among the gated candidates that keep the vanilla model's task accuracy; by the score
+        alone while there is none. J alone prefers a dead network (CE log K, D 0) to any model that still reads the
+        bias - which an overconfident vanilla model's CE makes easy to reach (docs/design/ffw-structured.md)."""
         score = self._score(record)
         record["selection_score"] = score
         record["keeps_task"] = self._keeps_task(record)
-        key = (record["keeps_task"], score)
-        if self.best is None or key > (self.best.get("keeps_task", False), self.best["selection_score"]):
+        record["near_chance"] = not self.usable(record["val_hard"])
+        key = (not record["near_chance"], record["keeps_task"], score)
+        if self.best is None or key > (not self.best.get("near_chance", False), self.best.get("keeps_task", False),
+                                       self.best["selection_score"]):
             self.best = record
             self.best_gates = {k: v.clone() for k, v in self.gated.gate_tensors().items()}
 
@@ -710,15 +732,33 @@ class _Search:
                     else:
                         scalars[f"{idx}.{k}"] = v
             meta["optimizers"][tag] = {"param_groups": sd["param_groups"], "scalars": scalars}
-        meta.update({"config": asdict(self.cfg), "progress": self.progress, "history": self.history,
-                     "best": self.best, "step": self.step, "wall_time_s": wall_time_s})
+        meta.update({"input": self.input_identity, "config": asdict(self.cfg), "progress": self.progress,
+                     "history": self.history, "best": self.best, "step": self.step, "wall_time_s": wall_time_s})
         save_checkpoint(Path(folder) / CHECKPOINT_FILE, tensors, meta, kind=CHECKPOINT_KIND)
+
+    def _check_input(self, folder: Path, saved: dict[str, Any] | None) -> None:
+        """A checkpoint resumes only the search of the same frozen model on the same data: gates learnt on
+        another run (or on this path before it was retrained) would be continued as if they were this one's."""
+        ours = json.loads(json.dumps(json_safe(self.input_identity)))
+        if ours is None:
+            return
+        if not isinstance(saved, dict):
+            raise ConfigError(f"the checkpoint in {folder} does not record which model and data it searched (written "
+                              "by an earlier debiaskit), so it cannot be resumed safely; start afresh with --force")
+        differ = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+        if differ:
+            what = ", ".join(dict.fromkeys(_INPUT_PARTS.get(k, k) for k in differ))
+            raise ConfigError(f"the interrupted search in {folder} was started on another input ({what} differ): the "
+                              "run was retrained or replaced since, or this output belongs to another run's search. "
+                              "Resuming would continue that search on this model; start afresh with --force (discards "
+                              "it) or choose another --out")
 
     def load_checkpoint(self, folder: Path) -> float:
         path = Path(folder) / CHECKPOINT_FILE
         if not path.is_file():
             raise ConfigError(f"nothing to resume in {folder}: no {CHECKPOINT_FILE}")
         tensors, meta = load_checkpoint(path, kind=CHECKPOINT_KIND)
+        self._check_input(folder, meta.get("input"))
         saved = meta["config"]
         ours = json.loads(json.dumps(asdict(self.cfg)))
         diff = sorted(k for k in ours if saved.get(k) != ours[k])
@@ -757,6 +797,7 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
                            config: FFWConfig | None = None, device: str | torch.device = "cpu",
                            checkpoint_dir: Path | None = None, resume: bool = False, inplace: bool = False,
                            callback: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
+                           checkpoint_meta: dict[str, Any] | None = None, no_harm: bool = True,
                            **overrides) -> FFWResult:
     """Find a sub-network of a frozen ``model`` whose bottleneck carries no bias (FFW, Algorithm 1).
 
@@ -766,11 +807,23 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     of the classifier module (default ``model.head_name``); the bottleneck is its input. Keyword
     ``overrides`` set any :class:`FFWConfig` field (or pass ``config``). ``checkpoint_dir``: write a
     resumable checkpoint there after every epoch (also kept when interrupted with Ctrl-C);
-    ``resume=True`` continues from it. ``model`` itself is left untouched unless ``inplace=True``
+    ``resume=True`` continues from it - only a search of the same model (its weights' digest) and of the same
+    ``checkpoint_meta`` (JSON identifying the input: ``debiaskit ffw`` records the run's weights file, model and
+    data). ``model`` itself is left untouched unless ``inplace=True``
     (unstructured only: the hard masks are then baked into its weights). ``callback(event)`` is called
     after every step (``kind="step"``) and epoch (``kind="epoch"``); without one, ``progress`` prints a
     line per epoch (D^u_val numbers of the hard-masked model - and of the tau-model where the schedule reads
     them: each level's end, or every epoch when a plateau can end a level -, sparsity, time).
+
+    Do no harm (``ffw/_harm.py``): the final output (after the gates, the weight tuning, the eraser and the head
+    refit) is compared with ``model`` on D^u_val. When its group-mean accuracy (mean over the (y, b) groups) falls
+    below the input's by more than one standard error of the input's (SE = sqrt(sum_g q_g (1 - q_g) / n_g) / G,
+    q_g = (right_g + 1) / (n_g + 2): each group's accuracy smoothed by one right and one wrong answer),
+    when its accuracy is near chance (below max(1 / C, majority-class rate) + max(2 points, 2 standard errors of
+    that rate)), or when it is ``model`` unchanged, :class:`~debiaskit.errors.NoImprovementError` is raised: no model
+    is returned, so a worse one cannot be used by mistake; the error carries every stage's D^u_val numbers
+    (``.record``) and the refused result (``.result``, for inspection). ``no_harm=False`` returns the output all the
+    same (the benchmark harnesses measure FFW as published); the verdict is in ``result.no_harm`` either way.
 
     Example::
 
@@ -803,7 +856,9 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     head_name, _ = resolve_head(model, head)
     head_shape(model, head_name)  # the privacy head copies a Linear head's shape
     train, val = as_bias_datasets(train, val)   # any (x, y, b) datasets (the data contract), common metadata
+    identity = {"weights": tensors_sha256(model.state_dict()), **(checkpoint_meta or {})}   # before any change
     search = _Search(model, head=head_name, train=train, val=val, config=config, device=device, callback=callback)
+    search.input_identity = identity
     time_offset = 0.0
     if resume:
         if checkpoint_dir is None:
@@ -822,11 +877,29 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     except KeyboardInterrupt:
         # the last completed epoch (and the best hard state so far) is already in checkpoint_dir
         raise
-    return _finish(search, model, inplace=inplace, wall_time_s=time_offset + time.perf_counter() - start)
+    return _finish(search, model, inplace=inplace, no_harm=no_harm,
+                   wall_time_s=time_offset + time.perf_counter() - start)
 
 
-def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: float) -> FFWResult:
+def _stage(name: str, model: nn.Module, search: _Search, **extra) -> dict[str, Any]:
+    """One stage of the do-no-harm record: ``model``'s D^u_val group-mean accuracy, its standard error, accuracy."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = collect_outputs(model, search.val, with_bottleneck=False, device=device)
+    return {"stage": name, **group_accuracy(out.logits.argmax(1), out.y, out.b), **extra}
+
+
+def _unchanged(search: _Search, tune, eraser, head_refit) -> bool:
+    """The exported model is the input model: the gates kept every weight (epoch 0 selected) and no later step
+    changed anything (no tuned epoch chosen, no eraser, the head refit kept the head)."""
+    return (search.best["epoch"] == 0 and (tune is None or tune["chosen_epoch"] == 0) and eraser is None
+            and (head_refit is None or head_refit["kept_lam"] is None))
+
+
+def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, wall_time_s: float) -> FFWResult:
     cfg = search.cfg
+    # the input model's D^u_val numbers, measured on the model itself (also after a resume)
+    stages = [_stage("input model", model, search)]
     if search.best["epoch"] > 0 and not search.best.get("keeps_task", False):
         search.best["selection_note"] = (
             "no gated candidate kept the vanilla model's D^u_val task accuracy "
@@ -836,7 +909,8 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
     masks = search.gated.hard_masks()
     shapes = None
     if cfg.mode == "unstructured":
-        exported = apply_unstructured_masks(model, {f"{k}.weight": v for k, v in masks.items()}, copy_model=not inplace)
+        # on a copy, also with inplace=True: the user's model takes the result only once do-no-harm accepted it
+        exported = apply_unstructured_masks(model, {f"{k}.weight": v for k, v in masks.items()}, copy_model=True)
         sparsity = unstructured_sparsity(masks)
         sparsity["counts_head"] = cfg.include_head
         if search.gated.ungated:   # e.g. an attention's in_proj_weight, a positional embedding, with why
@@ -847,12 +921,28 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, wall_time_s: fl
         sparsity = structured_sparsity(masks, model, exported)
         sparsity["ungated"] = dict(search.gated.ungated)  # e.g. residual-stream channels of a ResNet, with why
     exported.eval()
+    stages.append(_stage(f"gates (epoch {search.best['epoch']}" + (", the model as given)" if search.best["epoch"] == 0
+                                                                    else ", hard mask)"), exported, search))
     tune = tune_kept_weights(exported, search, callback=search.callback)
+    if tune is not None:
+        kept = (f"epoch {tune['chosen_epoch']} of {tune['epochs']}" if tune["chosen_epoch"]
+                else f"none of {tune['epochs']} epochs beat the gates' state")
+        stages.append(_stage(f"weight tuning ({kept})", exported, search))
     head, eraser, head_refit = _after_gates(exported, search)
-    return FFWResult(model=exported, masks=masks, config=cfg, head=head, history=search.history,
-                     selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],
-                     wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes,
-                     eraser=eraser, head_refit=head_refit, tune=tune)
+    if eraser is not None or head_refit is not None:
+        steps = " + ".join(n for n, on in (("eraser", eraser), ("head refit", head_refit)) if on is not None)
+        stages.append(_stage(steps, exported, search))
+    judged = verdict(stages, search.floor, unchanged=_unchanged(search, tune, eraser, head_refit))
+    result = FFWResult(model=exported, masks=masks, config=cfg, head=head, history=search.history,
+                       selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],
+                       wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes,
+                       eraser=eraser, head_refit=head_refit, tune=tune, no_harm=judged)
+    if no_harm:
+        enforce(judged, result)   # raises NoImprovementError: nothing returned, the user's model untouched
+    if inplace:   # unstructured, no tuning, no eraser: the same architecture, the masks (and a refit head) baked in
+        model.load_state_dict(exported.state_dict())
+        result.model = model.eval()
+    return result
 
 
 def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:

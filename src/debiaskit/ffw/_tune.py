@@ -12,7 +12,8 @@ of the bias within each target class, it lifts task accuracy while D holds the b
 
 After every epoch the model is scored on D^u_val by the search's own selection rule (``FFWConfig.selection``; J with
 the search's gamma by default, D measured on the whole split) and the best state is kept; the gates' state (epoch
-0) is a candidate, so tuning can only be chosen where D^u_val prefers it. The test set chooses nothing.
+0) is a candidate, so tuning can only be chosen where D^u_val prefers it; an epoch whose D^u_val accuracy is near
+chance is never preferred to one that is not (ffw/_harm.py). The test set chooses nothing.
 
 Under torchrun each rank takes its share of every epoch's order (the global batch in the 1-rank order for D), the
 gradients are averaged before each step, and D^u_val is scored identically on every rank.
@@ -85,6 +86,14 @@ def _score_val(model: nn.Module, search, device) -> dict[str, float]:
     return rec
 
 
+def _preferred(search, val: dict[str, float], best: dict[str, float]) -> bool:
+    """Whether an epoch's D^u_val numbers beat the best so far: a near-chance epoch never beats one that is not
+    (``search.usable``, ffw/_harm.py: J prefers a collapsed network, whose constant bottleneck makes D 0); then the
+    selection score."""
+    usable = getattr(search, "usable", lambda v: True)   # a search without the rule (hand-built in tests): score only
+    return (usable(val), val["selection_score"]) > (usable(best), best["selection_score"])
+
+
 def tune_kept_weights(exported: nn.Module, search, *,
                       callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """Train ``exported`` (in place) for ``tune_epochs`` epochs under J on D^u_train and keep its best state on
@@ -131,7 +140,7 @@ def tune_kept_weights(exported: nn.Module, search, *,
             rec = {"epoch": epoch, **train, "val": _score_val(exported, search, device),
                    "time_s": time.perf_counter() - start}
             history.append(rec)
-            if rec["val"]["selection_score"] > best["val"]["selection_score"]:
+            if _preferred(search, rec["val"], best["val"]):
                 best, best_state = rec, copy.deepcopy(exported.state_dict())
             if callback is not None and _dist.is_main_process():
                 callback({"kind": "tune", **rec, "epochs": cfg.tune_epochs})

@@ -21,12 +21,20 @@ One ordinary training run, no bias labels anywhere (training, selection, stoppin
    ``select_metric="pooled"``, the mean of the pseudo-aligned and pseudo-conflicting accuracies) on a
    held-out part of the *biased training set* whose b^ come from the same rule; optional DFR-style
    last-layer refit on that held-out part with pseudo-group-balanced weights.
+5. do-no-harm guard (``guard``, label-free): a plain ERM copy of the model (same initialisation, same
+   batches, same optimiser settings: the vanilla model of this run) trains beside CALM; at the end both are
+   scored on the held-out part of D^b. CALM's model is kept only if its pseudo-group score is at least the
+   ERM copy's (it did what it claims) and its held-out accuracy and class-mean accuracy are at most
+   ``guard_tolerance`` below the ERM copy's (it did no harm); otherwise the ERM copy is returned, said in
+   the run's state (``guard``). On UCI Adult CALM alone ended below the majority-class rate. The copy
+   costs one more forward/backward per step; ``guard=False`` drops it.
 
 Under torchrun: the centroids, votes, scores and latest attractions are updated on every rank from the
 global batch (bottleneck features, targets, correctness and per-sample attractions are all-gathered);
 the GCE branch's gradients are averaged over ranks; whole-set passes (b^ from the branch, the held-out
-scores) are split across ranks and gathered; the weighted loss uses the global sum of weights. So b^,
-the prior, the weights and the selected epoch are the same on every rank.
+scores) are split across ranks and gathered; the weighted loss uses the global sum of weights; the guard's
+ERM copy averages its gradients over ranks like the branch and is scored on gathered held-out logits. So b^,
+the prior, the weights, the selected epoch and the guard's choice are the same on every rank.
 
 Example::
 
@@ -104,6 +112,23 @@ def pooled_balanced_accuracy(pred: Tensor, y: Tensor, pseudo: Tensor, *, num_cla
     return float(torch.stack(parts).mean())
 
 
+GUARD_RULE = ("label-free, on held-out D^b: CALM's model is kept if its pseudo-group score is >= the ERM copy's and "
+              "its accuracy and class-mean accuracy are at most guard_tolerance below the ERM copy's; else the ERM copy")
+
+
+def class_mean_accuracy(pred: Tensor, y: Tensor) -> float:
+    """Mean over the classes present of their accuracy (no bias labels: a model that trades one class for the
+    others, or collapses towards one, is caught)."""
+    return float(torch.stack([(pred[y == c] == c).float().mean() for c in y.unique()]).mean())
+
+
+def guard_keeps_calm(calm: dict[str, float], erm: dict[str, float], *, tolerance: float) -> bool:
+    """The guard's rule (:data:`GUARD_RULE`) on two dicts of held-out scores."""
+    return (calm["pseudo_group_score"] >= erm["pseudo_group_score"]
+            and calm["accuracy"] >= erm["accuracy"] - tolerance
+            and calm["class_mean_accuracy"] >= erm["class_mean_accuracy"] - tolerance)
+
+
 def guarded_gce(logits: Tensor, y: Tensor, *, q: float, guard: float = 1.0) -> Tensor:
     """Per-sample GCE loss of the biased branch; with ``guard < 1`` a sample the branch already assigns
     to another class with probability above ``guard`` gets no gradient (it is a conflicting sample for
@@ -139,7 +164,7 @@ class CALM(TrainingMethod):
                  freeze: bool = True, val_fraction: float = 0.05, select: bool = True,
                  refit: bool = False, refit_steps: int = 300, refit_lr: float = 1e-2,
                  discovery: str = "gce", gce_q: float = 0.7, gce_guard: float = 1.0,
-                 select_metric: str = "pooled") -> None:
+                 select_metric: str = "pooled", guard: bool = True, guard_tolerance: float = 0.02) -> None:
         super().__init__()
         for name in _BUFFERS:   # per-sample state, sized in setup: part of state_dict()
             self.register_buffer(name, None)
@@ -161,14 +186,16 @@ class CALM(TrainingMethod):
             raise ConfigError("weight_cap must be >= 1, tau >= 0, prior_smoothing > 0 and ramp_epochs >= 0")
         if not 0 <= val_fraction < 0.5:
             raise ConfigError(f"val_fraction must lie in [0, 0.5), got {val_fraction}")
-        if (select or refit) and val_fraction == 0:
-            raise ConfigError("selection and refit need a held-out part of the training set (val_fraction > 0)")
+        if not 0 <= guard_tolerance < 1:
+            raise ConfigError(f"guard_tolerance must lie in [0, 1) (a share of accuracy), got {guard_tolerance}")
+        if (select or refit or guard) and val_fraction == 0:
+            raise ConfigError("selection, refit and the guard need a held-out part of the training set (val_fraction > 0)")
         self.hp = dict(warmup_epochs=warmup_epochs, collect_epochs=collect_epochs,
                        centroid_momentum=centroid_momentum, logit_adjust=logit_adjust, tau=tau,
                        prior_smoothing=prior_smoothing, reweight=reweight, weight_cap=weight_cap,
                        ramp_epochs=ramp_epochs, freeze=freeze, val_fraction=val_fraction, select=select,
                        refit=refit, refit_steps=refit_steps, refit_lr=refit_lr, discovery=discovery, gce_q=gce_q,
-                       gce_guard=gce_guard, select_metric=select_metric)
+                       gce_guard=gce_guard, select_metric=select_metric, guard=guard, guard_tolerance=guard_tolerance)
         for k, v in self.hp.items():
             setattr(self, k, v)
         self.diagnostics: dict[str, Any] = {}
@@ -203,6 +230,10 @@ class CALM(TrainingMethod):
             # an independent copy (own init, own optimiser) trained with GCE during the warm-up only
             self.biased = fresh_copy(ctx.unwrapped, seed=ctx.config.seed + 1).to(ctx.device).train()
             self.optimizer_b = make_optimizer(self.biased.parameters(), ctx.config)
+        self.erm: nn.Module | None = None
+        if self.guard:   # the guard's reference: plain ERM from the same initialisation, on the same batches
+            self.erm = copy.deepcopy(ctx.unwrapped).to(ctx.device).train()
+            self.optimizer_erm = make_optimizer(self.erm.parameters(), ctx.config)
 
     def epoch_indices(self, ctx: TrainContext) -> Tensor:
         return self.train_index
@@ -226,6 +257,8 @@ class CALM(TrainingMethod):
         y, idx = batch.y, batch.index.cpu()
         if self.biased is not None and ctx.epoch < self.warmup_epochs:
             self._biased_step(batch)
+        if self.erm is not None:
+            self._erm_step(batch)
         with torch.no_grad():
             correct = logits.argmax(1) == y
             att = None
@@ -276,6 +309,15 @@ class CALM(TrainingMethod):
         ctx.backward(guarded_gce(self.biased(batch.x), batch.y, q=self.gce_q, guard=self.gce_guard).mean())
         ctx.sync_grads(self.biased)
         ctx.step_optimizer(self.optimizer_b)
+
+    def _erm_step(self, batch: Batch) -> None:
+        """One plain cross-entropy step of the guard's ERM copy (gradients averaged over ranks, as the branch's)."""
+        self.erm.train()
+        self.optimizer_erm.zero_grad(set_to_none=True)
+        ctx = self._ctx
+        ctx.backward(F.cross_entropy(self.erm(batch.x), batch.y))
+        ctx.sync_grads(self.erm)
+        ctx.step_optimizer(self.optimizer_erm)
 
     # ---------------------------------------------------------------- epoch end
     def end_epoch(self, ctx: TrainContext) -> dict[str, float]:
@@ -329,8 +371,27 @@ class CALM(TrainingMethod):
             model.load_state_dict(self.best_state)
         if self.refit and self.val_pseudo is not None:
             self._refit_head(model, ctx)
+        if self.erm is not None and len(self.val_index):
+            model = self._guarded(model, ctx)
         self._final_cache = (ctx.step, model)
         return model
+
+    def _guarded(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        """CALM's model, or the ERM copy where CALM did not beat it label-free (see the module doc, step 5)."""
+        y = self.y_all[self.val_index]
+        pseudo = self.val_pseudo if self.val_pseudo is not None else y   # no discovery yet: all pseudo-aligned
+        score = pooled_balanced_accuracy if self.select_metric == "pooled" else pseudo_group_balanced_accuracy
+        seen = {}
+        for name, m in (("calm", model), ("erm", self.erm)):
+            pred = _logits(m, ctx.train_data, self.val_index, ctx).argmax(1).cpu()
+            seen[name] = {"accuracy": float((pred == y).float().mean()), "class_mean_accuracy": class_mean_accuracy(pred, y),
+                          "pseudo_group_score": score(pred, y, pseudo, num_classes=ctx.num_classes)}
+        keep = guard_keeps_calm(seen["calm"], seen["erm"], tolerance=self.guard_tolerance)
+        self.diagnostics["guard"] = {"kept": "calm" if keep else "erm", "tolerance": self.guard_tolerance,
+                                     "held_out": seen, "rule": GUARD_RULE}
+        if keep:
+            return model
+        return copy.deepcopy(self.erm).eval()
 
     def _refit_head(self, model: nn.Module, ctx: TrainContext) -> None:
         """DFR-style: retrain only the head on the held-out biased data, pseudo-group-balanced."""
@@ -425,5 +486,7 @@ register_method(MethodInfo(
         "refit": Default(False, _OURS), "refit_steps": Default(300, _OURS), "refit_lr": Default(1e-2, _OURS),
         "discovery": Default("gce", _TUNED), "gce_q": Default(0.7, "LfF (Nam et al. 2020)"),
         "gce_guard": Default(1.0, _OURS), "select_metric": Default("pooled", _TUNED),
+        "guard": Default(True, "ours: do no harm (falls back to its ERM copy, label-free; UCI Adult)"),
+        "guard_tolerance": Default(0.02, "ours (not tuned): 2 points of held-out D^b accuracy"),
     }},
 ))

@@ -43,10 +43,12 @@ def apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 
         raise ConfigError("the comparison harness runs FFW as the pruned sub-network alone (the kept weights as "
                           "they were); use `debiaskit ffw RUN_DIR --tune-epochs N` for FFW with weight tuning")
     config = {**config, "erase": "none", "refit_head": False, "tune_epochs": 0}
+    # no_harm=False: the harness compares the pruned sub-network FFW finds, a collapsed one included (a row of the
+    # table, not a refusal); the do-no-harm verdict goes into the cell's diagnostics
     result = find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
-                                    val=splits.unbiased_val, seed=seed, progress=False, **config)
+                                    val=splits.unbiased_val, seed=seed, progress=False, no_harm=False, **config)
     info = {"selected": result.selected, "sparsity": result.sparsity, "stop_reason": result.stop_reason,
-            "search_time_s": result.wall_time_s}
+            "search_time_s": result.wall_time_s, "no_harm": result.no_harm}
     return result.model, info
 
 

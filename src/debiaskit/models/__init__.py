@@ -12,8 +12,8 @@ from ._layout import batch_memory_format, laid_out
 from ._head import (BottleneckTap, default_head_name, forward_with_bottleneck, head_shape, not_linear_head, resolve_head,
                     tap_bottleneck)
 from ._zoo import MLP, MODELS, BasicBlock, ModelSpec, ResNet18, SimpleConvNet
-from ._user import (SourceChangedWarning, build_user_model, import_path_reference, infer_head, is_import_path,
-                    model_reference, parse_model_args)
+from ._user import (SourceChangedWarning, build_user_model, describe_import, import_path_reference, infer_head,
+                    is_import_path, model_reference, parse_model_args)
 from ._build import build_model, instantiate, rebuild_model
 
 __all__ = ["build_model", "MODELS", "ModelSpec", "MLP", "SimpleConvNet", "ResNet18", "BasicBlock", "Outputs",

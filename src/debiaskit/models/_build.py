@@ -3,13 +3,21 @@ and rebuild the one a record describes. Above both the zoo (``_zoo``) and user m
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from ._user import (SPEC_ATTRIBUTE, SourceChangedWarning, build_user_model, factory_arguments, is_import_path,
-                    model_reference, rebuild_user_model)
+from ._user import (
+    SPEC_ATTRIBUTE,
+    SourceChangedWarning,
+    build_user_model,
+    factory_arguments,
+    is_import_path,
+    model_reference,
+    rebuild_user_model,
+)
 from ._zoo import MODELS
 
 
@@ -30,8 +38,9 @@ def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], ar
                           "package.module:factory models")
     model = MODELS[name].factory(num_classes=num_classes, input_shape=tuple(input_shape))
     # how to rebuild it (read by run writers and debiaskit.ffw.save_result)
-    model.debiaskit_model_spec = {"source": "zoo", "name": name, "args": {}, "num_classes": num_classes,
-                                  "input_shape": list(input_shape)}
+    spec = {"source": "zoo", "name": name, "args": {}, "num_classes": num_classes, "input_shape": list(input_shape)}
+    # torch types Module.__setattr__ for tensors and modules only; any other value is a plain attribute at runtime
+    model.debiaskit_model_spec = spec  # type: ignore[assignment]
     return model
 
 
@@ -51,6 +60,9 @@ def rebuild_model(spec: Mapping[str, Any] | Any, *, load: Callable[[nn.Module], 
         if not isinstance(net, nn.Module):
             raise ModelError(f"model= must be an nn.Module or a factory returning one, got {type(net).__name__}")
     elif spec.get("source", "zoo") == "zoo":
+        if spec.get("name") not in MODELS:   # never an import path: only source="import" may name code (and is trusted)
+            raise ModelError(f"the recorded zoo model {spec.get('name')!r} is not in debiaskit's zoo (available: "
+                             f"{', '.join(MODELS)}); the record is damaged, or was written by a newer debiaskit")
         net = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]))
     else:
         net, changed = rebuild_user_model(spec, source_changed=source_changed)

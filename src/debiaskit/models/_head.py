@@ -1,8 +1,8 @@
 """Naming the classifier head of any nn.Module, and reading the bottleneck (the head's input)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

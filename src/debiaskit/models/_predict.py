@@ -1,13 +1,15 @@
 """Batched inference helpers shared by training, audit and the methods."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ..data import iterate_batches
-from ._head import tap_bottleneck
+from ..data import Batch, iterate_batches
+from ..errors import DataError
+from ._head import forward_with_bottleneck
 from ._layout import batch_memory_format, laid_out
 
 
@@ -33,7 +35,11 @@ def collect_outputs(model: nn.Module, dataset, *, head: str | None = None, with_
     """
     was_training = model.training
     model.eval()
-    logits, zs, ys, bs = [], [], [], []
+    logits: list[Tensor] = []
+    zs: list[Tensor] = []
+    ys: list[Tensor] = []
+    bs: list[Tensor] = []
+    batches: Iterable[Batch | _Inputs]
     if isinstance(dataset, Tensor):
         inputs = dataset if indices is None else dataset[indices]
         batches = (_Inputs(inputs[i:i + batch_size].to(device)) for i in range(0, len(inputs), batch_size))
@@ -46,9 +52,8 @@ def collect_outputs(model: nn.Module, dataset, *, head: str | None = None, with_
                 layout = batch_memory_format(model, batch.x[:2], device=device)
             x = laid_out(batch.x, layout)
             if with_bottleneck:
-                with tap_bottleneck(model, head) as tap:
-                    out = model(x)
-                zs.append(tap.z.flatten(1).float().cpu())
+                out, z = forward_with_bottleneck(model, x, head)
+                zs.append(z.float().cpu())
             else:
                 out = model(x)
             logits.append(out.float().cpu())
@@ -70,4 +75,6 @@ class _Inputs(NamedTuple):
 
 def accuracy(model: nn.Module, dataset, *, batch_size: int = 512, device: str | torch.device = "cpu") -> float:
     out = collect_outputs(model, dataset, with_bottleneck=False, batch_size=batch_size, device=device)
+    if out.y is None:
+        raise DataError("accuracy needs targets: pass a dataset, not a tensor of inputs")
     return float((out.logits.argmax(1) == out.y).float().mean())

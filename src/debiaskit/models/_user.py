@@ -15,6 +15,11 @@ the same network; when it cannot, it says why and what to do:
 
 Like ``uvicorn``, the current working directory is importable (``debiaskit train --model mynets:net`` finds
 ``./mynets.py``).
+
+Rebuilding from a record hashes the file Python would import and compares it with the recorded SHA-256 *before*
+importing it (found through the import system's finders, which execute nothing, not even parent packages), so
+``source_changed="refuse"`` refuses a changed source without running any of it. Whether a record may name code
+at all is decided above this module (:mod:`debiaskit._trust`, checked by ``debiaskit.runs.load_run``).
 """
 from __future__ import annotations
 
@@ -191,11 +196,103 @@ def model_reference(model: nn.Module | Callable) -> dict[str, Any]:
             "note": "given as an instance in Python: rebuilt by calling the class without arguments"}
 
 
+def _find_spec_quietly(module_name: str):
+    """The spec Python's import system would load ``module_name`` from, found without executing any module (the
+    finders are asked with the parent's search path; ``importlib.util.find_spec`` would import the parents)."""
+    path, spec = None, None
+    parts = module_name.split(".")
+    for i in range(len(parts)):
+        name = ".".join(parts[:i + 1])
+        module = sys.modules.get(name)
+        if module is not None:
+            spec = getattr(module, "__spec__", None)
+        else:
+            spec = None
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                spec = find(name, path, None) if find is not None else None
+                if spec is not None:
+                    break
+        if spec is None:
+            return None
+        path = spec.submodule_search_locations
+        if path is None and i < len(parts) - 1:
+            return None   # a module, not a package: it has no sub-modules
+    return spec
+
+
+def source_to_import(ref: str, *, recorded_file: str | None = None) -> tuple[Path | None, str]:
+    """(the file importing ``ref`` would execute, how it is found), without importing anything: the module
+    Python finds here, else the recorded file (the folder it was in at training time is tried then)."""
+    _ensure_cwd_importable()
+    module_name = ref.split(":", 1)[0]
+    spec = _find_spec_quietly(module_name)
+    if spec is not None:
+        origin = spec.origin if getattr(spec, "has_location", False) else None
+        origin = origin or getattr(sys.modules.get(module_name), "__file__", None)   # frozen modules keep their file
+        return (Path(origin), "importable here") if origin else (None, "importable here: a built-in or frozen module")
+    if recorded_file and Path(recorded_file).is_file():
+        return Path(recorded_file), "not importable here: the recorded file's folder would be put on sys.path"
+    return None, "not importable here, and the recorded file is gone"
+
+
+def _shown(text: Any) -> str:
+    """Text from a record as it is: quoted with escapes when it holds control characters (which could hide or
+    rewrite what a terminal shows)."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)
+
+
+def describe_import(spec: Mapping[str, Any]) -> list[str]:
+    """What rebuilding ``spec`` would run, in lines: the call, the recorded source file and its SHA-256, and the
+    file Python would import now (found and hashed without importing it)."""
+    ref, args = spec.get("name"), dict(spec.get("args") or {})
+    recorded, source = spec.get("sha256"), spec.get("source_file")
+    call = f"{_shown(ref)}({', '.join(f'{_shown(k)}={v!r}' for k, v in args.items())})"
+    lines = [f"import {_shown(str(ref).split(':', 1)[0])} and call {call}",
+             f"source file recorded: {_shown(source) if source else '(none)'}",
+             "its recorded SHA-256: " + (_shown(recorded) if recorded else
+                                         "(none: the code cannot be checked against the record)")]
+    if not is_import_path(ref):
+        return lines
+    file, how = source_to_import(ref, recorded_file=source)
+    if file is None or not file.is_file():
+        return lines + [f"file Python would import now: none ({how})"]
+    try:
+        now = _file_sha256(file)
+    except OSError as exc:
+        return lines + [f"file Python would import now: {file} ({how}), which cannot be read: {exc.strerror}"]
+    same = ("nothing recorded to compare it with" if not recorded else
+            "the recorded one" if now == recorded else "DIFFERENT from the recorded one")
+    return lines + [f"file Python would import now: {_shown(file)} ({how}); SHA-256 {now}, {same}"]
+
+
+def _source_change_before_import(ref: str, spec: Mapping[str, Any], source_changed: str) -> str | None:
+    """Hash the file about to be imported and compare it with the record, before importing it."""
+    recorded = spec.get("sha256")
+    file, _ = source_to_import(ref, recorded_file=spec.get("source_file"))
+    if not recorded or file is None or not file.is_file():
+        return None
+    try:
+        now = _file_sha256(file)
+    except OSError as exc:
+        raise ModelError(f"cannot read {file}, the source of {ref}, to check it against the record: {exc.strerror}") from exc
+    if now == recorded:
+        return None
+    changed = (f"the source of {ref} ({file}) changed since training (SHA-256 {now[:12]}... != recorded "
+               f"{recorded[:12]}...)")
+    if source_changed == "refuse":
+        raise ModelError(f"{changed}; refusing to rebuild (source_changed='refuse'), nothing of it was imported: restore "
+                         "the source file the run was trained with, or load with source_changed='warn'")
+    return changed
+
+
 def rebuild_user_model(spec: Mapping[str, Any], *, source_changed: str = "warn") -> tuple[nn.Module, str | None]:
     """Rebuild the recorded network; returns (model, message about a changed source or None).
 
-    The caller loads the weights and, when they do not fit and the source changed, turns the message
-    into the refusal (see the module docstring)."""
+    The source file is compared with the recorded SHA-256 before it is imported. The caller loads the weights
+    and, when they do not fit and the source changed, turns the message into the refusal (see the module
+    docstring)."""
     if source_changed not in ("warn", "refuse"):
         raise ConfigError(f"source_changed must be 'warn' or 'refuse', got {source_changed!r}")
     ref = spec["name"]
@@ -203,17 +300,17 @@ def rebuild_user_model(spec: Mapping[str, Any], *, source_changed: str = "warn")
         raise ModelError(f"this run's model ({ref}) was given in Python and cannot be rebuilt from the folder "
                          "alone; pass it: load_run(folder, model=...) - or train with an importable "
                          "package.module:factory")
+    if not is_import_path(ref):
+        raise ModelError(f"the recorded model {ref!r} is not an import path package.module:factory")
+    changed = _source_change_before_import(ref, spec, source_changed)
     factory, file = import_factory(ref, recorded_file=spec.get("source_file"))
-    changed = None
     recorded = spec.get("sha256")
-    if recorded and file is not None and file.is_file():
-        now = _file_sha256(file)
-        if now != recorded:
-            changed = (f"the source of {ref} ({file}) changed since training (SHA-256 {now[:12]}... != recorded "
-                       f"{recorded[:12]}...)")
-            if source_changed == "refuse":
-                raise ModelError(f"{changed}; refusing to rebuild (source_changed='refuse'): restore the source "
-                                 "file the run was trained with, or load with source_changed='warn'")
+    if not changed and recorded and file is not None and file.is_file() and _file_sha256(file) != recorded:
+        # the import found another file than the finders said (a path hook, a race): judged as before
+        changed = f"the source of {ref} ({file}) changed since training (its SHA-256 differs from the recorded one)"
+        if source_changed == "refuse":
+            raise ModelError(f"{changed}; refusing to rebuild (source_changed='refuse'): restore the source "
+                             "file the run was trained with, or load with source_changed='warn'")
     args = dict(spec.get("args") or {})
     try:
         model = factory(**args)

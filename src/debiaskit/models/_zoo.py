@@ -1,8 +1,8 @@
 """The reference models of the field, written with plain torch layers (no torchvision)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -13,7 +13,7 @@ off), and ``with ctx.full_precision():`` around small auxiliary heads trained on
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor

@@ -89,28 +89,29 @@ class DynamicsRecorder(TrainingMethod):
         self._capture = {}
         try:
             stats = self.inner.training_step(batch, ctx)
-            self._record(batch, ctx)
+            self._record(batch, ctx, self._capture)
         finally:
             self._capture = None
         return stats
 
     @torch.no_grad()
-    def _record(self, batch, ctx: TrainContext) -> None:
-        logits, z = self._capture.get("logits"), self._capture.get("z")
+    def _record(self, batch, ctx: TrainContext, capture: dict[str, Tensor]) -> None:
+        logits, z = capture.get("logits"), capture.get("z")
         y = batch.y
         if logits is None or logits.ndim != 2 or len(logits) != len(y):
             return  # the method did not run the model on this batch as a whole: nothing to record
-        has_z = z is not None and len(z) == len(y)
+        z = z if z is not None and len(z) == len(y) else None
         # under torchrun: the global batch, so that every rank (rank 0 writes) holds every sample's record
         idx, y, logits = ctx.gather(batch.index.to(y.device), y, logits.float())
-        z = ctx.gather(z.float())[0] if has_z else None
+        z = ctx.gather(z.float())[0] if z is not None else None
         idx, e = idx.cpu(), ctx.epoch
         self.loss[e, idx] = F.cross_entropy(logits.float(), y, reduction="none").cpu()
         correct = logits.argmax(1) == y
         self.correct[e, idx] = correct.to(torch.uint8).cpu()
-        if has_z:
-            if self.centroids.ready:
-                att = attractor_rule(z, y, self.centroids.centroids, present=self.centroids.present)
+        if z is not None:
+            centroids = self.centroids.centroids
+            if centroids is not None and self.centroids.ready:
+                att = attractor_rule(z, y, centroids, present=self.centroids.present)
                 self.attractor[e, idx] = att.pseudo_bias.to(torch.int16).cpu()
             self.centroids.update(z, y, correct=correct)
 

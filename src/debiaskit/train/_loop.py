@@ -11,21 +11,31 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import load_checkpoint, save_checkpoint
-from ..data import Batch, as_bias_data, iterate_batches
-from ..models import batch_memory_format, laid_out
-from .._validate import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_not_empty, check_targets,
-                         check_training_data, describe_divergence, require)
-from ..errors import ConfigError, DebiaskitError
 from .. import _dist
+from .._io import load_checkpoint, save_checkpoint
+from .._validate import (
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    SEED,
+    check_not_empty,
+    check_targets,
+    check_training_data,
+    describe_divergence,
+    require,
+)
+from ..data import Batch, as_bias_data, iterate_batches
+from ..errors import ConfigError, DebiaskitError
+from ..models import batch_memory_format, laid_out
 from ._amp import Precision, check_amp
 from ._state import flatten_state, rng_state, set_rng_state, unflatten_state
 
@@ -145,7 +155,7 @@ class ConflictFlags(NamedTuple):
     ``pseudo_bias``: the method's b^ per index where it has one (else None).
     """
 
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # a field named like tuple.index: the field wins at runtime
     flagged: Tensor
     pseudo_bias: Tensor | None = None
 
@@ -392,7 +402,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
                 "selection": select is not None, **(checkpoint_meta or {})}
     loop = _LoopState(best_epoch=config.epochs)
     method.setup(ctx)
-    if resume:
+    if resume and checkpoint is not None:   # (resume without a checkpoint was refused above)
         loop = _restore(Path(checkpoint), model=_unwrap(model), method=method, generator=generator, identity=identity,
                         precision=ctx.precision)
         ctx.step = loop.step
@@ -533,7 +543,14 @@ class _progress:
         if enabled:
             from rich.console import Console
             from rich.markup import escape
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
             # the label and stats are text, not markup or emoji codes (a method may be named anything)
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),

@@ -6,24 +6,25 @@ import contextlib
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from .. import _dist
+from .._io import PARTIAL_FILES, real_dir, remove_owned
+from .._io import log as _log
 from ..data import Splits, make_splits
 from ..discover import DYNAMICS_FILE, save_dynamics
-from .._io import PARTIAL_FILES, log as _log, real_dir, remove_owned
-from ._folders import RUN_FOLDER
-from ..models import infer_head, instantiate, resolve_head
 from ..errors import ConfigError, RunExistsError
-from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, save_run
-from .. import _dist
+from ..models import infer_head, instantiate, resolve_head
+from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, check_signing_key, save_run
 from ._dynamics import DynamicsRecorder
+from ._folders import RUN_FOLDER
 from ._loop import FitResult, TrainConfig, TrainingMethod, fit
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-small", model_args: dict | None = None,
@@ -66,17 +67,18 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
     per_rank_batch = _dist.per_rank_batch(config.batch_size, world)
     method = method or TrainingMethod()
     _dist.check_device(device)
+    check_signing_key()   # run.json is signed at the end: a bad key is said now, not after training
     if config.sync_bn:
         _dist.check_sync_bn(device)   # before any data is loaded
-    if isinstance(dataset, Splits):
-        splits = dataset
     checkpoint = partial_dir(out) / CHECKPOINT_FILE
     # rank 0 writes (the folder is checked and locked before any compute); the other ranks train their shard
     with _dist.rank0_folder(out, kind=RUN_FOLDER, force=force) as staging:
         main = staging is not None
         if main:
             _check_partial(out, resume=resume, force=force)
-        if splits is None:
+        if isinstance(dataset, Splits):
+            splits = dataset
+        elif splits is None:
             splits = make_splits(dataset, params=params, seed=config.seed if data_seed is None else data_seed,
                                  unbiased_size=unbiased_size, train_size=train_size, test_size=test_size)
         torch.manual_seed(config.seed)
@@ -88,10 +90,11 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             real_dir(checkpoint.parent, what=_PARTIAL)   # a link planted meanwhile: refused, never written through
         try:
-            with (open(staging / "train_log.jsonl", "w") if main else contextlib.nullcontext()) as log_file:
+            with (open(staging / "train_log.jsonl", "w") if staging is not None else contextlib.nullcontext()) as log_file:
                 def log(record: dict) -> None:
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
+                    if log_file is not None:   # rank 0 (the other ranks pass no log)
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
 
                 result = fit(net, splits.train, method=recorder or method, config=config, num_classes=splits.num_classes,
                              head=head, device=device, progress=progress, log=log if main else None,
@@ -102,7 +105,7 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
             if main:   # nothing resumable was written: leave nothing behind (an empty folder only)
                 remove_owned(checkpoint.parent, (), what=_PARTIAL)
             raise
-        if main and result.resumed_from_epoch:   # the epochs before the interruption are in the history, not in the stream
+        if staging is not None and result.resumed_from_epoch:   # the epochs before the interruption are in the history, not in the stream
             (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.history))
         if recorder is not None:
             recorder.close()
@@ -116,10 +119,11 @@ def train_run(*, dataset: str | Splits, out: Path, model: Any = "simple-conv-sma
             state["pseudo_bias_flags"] = flags.report(splits.train)
         record = RunRecord(
             kind="train", created=_now(),
-            model=ModelRecord.from_dict({**model_spec, "num_classes": splits.num_classes,
+            model=cast(ModelRecord, ModelRecord.from_dict({**model_spec, "num_classes": splits.num_classes,
                                          "input_shape": list(splits.train.input_shape), "head": head},
-                                        file="the model's record", prefix="model"),
-            data=DataRecord.from_dict(splits.spec, file="the splits' spec", prefix="data"),
+                                        file="the model's record", prefix="model")),
+            # from_dict returns an instance of cls: typed Record until _schema types it Self (then drop the casts)
+            data=cast(DataRecord, DataRecord.from_dict(splits.spec, file="the splits' spec", prefix="data")),
             data_summary={name: split.summary() for name, split in splits.items()},
             train=TrainRecord(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                               weight_decay=config.weight_decay, optimizer=config.optimizer, seed=config.seed,
