@@ -120,7 +120,8 @@ def test_adult_suite_end_to_end_beside_fairlearn(adult, monkeypatch):
     assert {m: st["accuracy"]["mean"] for m, st in rewritten["summary"]["sex"].items()} == \
         {m: st["accuracy"]["mean"] for m, st in summary["sex"].items()}
     # cells holding test predictions stay recognised benchmark cells: a rerun may replace them
-    from debiaskit._io import BENCH_CELL, foreign_entries, recognise
+    from debiaskit._io import foreign_entries, recognise
+    from debiaskit.bench import BENCH_CELL
     for method in ("vanilla", "ffw-structured", "fairlearn-lr"):
         folder = cell_dir(root, SUITES["adult"], "sex", method, 0)
         assert recognise(folder) is not None and not foreign_entries(folder, BENCH_CELL), method

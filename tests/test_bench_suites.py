@@ -108,3 +108,30 @@ def test_bench_ffw_cost_cell_measures_step_time_in_fresh_processes(toy_vanilla_r
     cell = json.loads((tmp_path / "ffw" / "cells" / "cost-rho0.99-seed0.json").read_text())
     assert all(cell[k]["step_s"] > 0 for k in ("plain", "unstructured", "structured"))
     assert "- step time (batch 256, 1 thread, median of 15)" in path.read_text()
+
+
+def test_every_suite_is_registered_whichever_bench_module_is_imported_first():
+    """The tabular suites are registered by bench/__init__ (register_suite), not as a side effect of an import order."""
+    import subprocess
+    import sys
+    code = ("from debiaskit.bench._compare import SUITES, get_suite\n"
+            "print(get_suite('adult').dataset, get_suite('compas').dataset, sorted(SUITES))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("adult compas ") and "'toy'" in out
+
+
+def test_register_suite_refuses_a_name_taken_by_another_suite():
+    from dataclasses import replace
+
+    from debiaskit.bench import SUITES, get_suite, register_suite
+    from debiaskit.errors import ConfigError
+    toy = get_suite("toy")
+    assert register_suite(toy) is toy   # the same suite again: nothing changes
+    with pytest.raises(ConfigError, match="a suite named 'toy' is already registered; choose another name"):
+        register_suite(replace(toy, epochs=2))
+    assert get_suite("toy") is toy
+    try:
+        mine = register_suite(replace(toy, name="mine"))
+        assert get_suite("mine") is mine
+    finally:
+        SUITES.pop("mine", None)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from debiaskit import _io
-from debiaskit._io import BENCH_CELL, BENCH_COMPARE_ROOT, BENCH_FFW_ROOT, atomic_folder, open_root, write_json
-from debiaskit.bench import _compare, _ffw, _vanilla
+from debiaskit._io import atomic_folder, open_root, write_json
+from debiaskit.bench import BENCH_CELL, BENCH_COMPARE_ROOT, BENCH_FFW_ROOT, BENCH_VANILLA_ROOT, _compare, _ffw, _vanilla
 from debiaskit.bench._compare import RESULT_FILE, SUITES, cell_dir
 
 SUITE = SUITES["toy"]
@@ -98,7 +98,7 @@ def _vanilla_cell(root: Path, toy_run_dir: Path, seed: int, task: float) -> None
 
 
 def test_a_stale_writer_keeps_the_other_writers_vanilla_cells(tmp_path, toy_run_dir):
-    root = open_root(tmp_path / "vanilla", kind=_io.BENCH_VANILLA_ROOT)
+    root = open_root(tmp_path / "vanilla", kind=BENCH_VANILLA_ROOT)
     _vanilla_cell(root, toy_run_dir, 0, 0.5)
     mine = _vanilla.vanilla_cells_on_disk(root)             # process A's list: seed 0 only
     _vanilla_cell(root, toy_run_dir, 1, 0.7)                # process B's cell

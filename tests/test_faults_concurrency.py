@@ -23,7 +23,8 @@ TRAIN = ["train", "--dataset", "biased-toy", "--model", "mlp", "--epochs", "1", 
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from debiaskit._io import RUN_FOLDER, atomic_folder
+    from debiaskit._io import atomic_folder
+    from debiaskit.train import RUN_FOLDER
     from debiaskit.runs import write_json
     out, ready, go = map(Path, sys.argv[1:4])
     with atomic_folder(out, kind=RUN_FOLDER, force=sys.argv[4] == "force") as staging:

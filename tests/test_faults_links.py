@@ -14,8 +14,14 @@ import shutil
 import pytest
 from conftest import tree_bytes
 
-from debiaskit._io import (AUDIT_FOLDER, BENCH_CELL, DATA_CACHE, DISCOVER_FOLDER, FFW_FOLDER, RUN_FOLDER,
-                           STAGING_MARKER, UNLEARN_FOLDER, atomic_folder, check_output, recognise)
+from debiaskit._io import STAGING_MARKER, atomic_folder, check_output, recognise
+from debiaskit.audit import AUDIT_FOLDER
+from debiaskit.bench import BENCH_CELL
+from debiaskit.data import DATA_CACHE
+from debiaskit.discover import DISCOVER_FOLDER
+from debiaskit.ffw import FFW_FOLDER
+from debiaskit.train import RUN_FOLDER
+from debiaskit.methods import UNLEARN_FOLDER
 from debiaskit.errors import OutputError, RunExistsError
 
 TRAIN = ["train", "--dataset", "biased-toy", "--model", "mlp", "--epochs", "1", "--unbiased-size", "600",

@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 from conftest import tree_bytes
 
-from debiaskit._io import AUDIT_FOLDER, RUN_FOLDER, STAGING_MARKER, atomic_folder, check_output, clean_stale, file_mode
+from debiaskit._io import STAGING_MARKER, atomic_folder, check_output, clean_stale, file_mode
+from debiaskit.audit import AUDIT_FOLDER
+from debiaskit.train import RUN_FOLDER
 from debiaskit.errors import OutputError, RunExistsError
 from debiaskit.runs import RUN_FILE, write_json
 
@@ -302,3 +306,32 @@ def test_writing_tensors_creates_no_file_but_its_own_temporary_name(tmp_path):
     assert "checkpoint.safetensors" in seen
     assert all(n == "checkpoint.safetensors" or (n.startswith(".checkpoint.safetensors.") and n.endswith(".tmp"))
                for n in seen), sorted(seen)
+
+
+FRESH = """
+import json, sys
+from pathlib import Path
+from debiaskit._io import FOLDER_KINDS, check_output
+from debiaskit.data import DATA_CACHE
+from debiaskit.errors import RunExistsError
+from debiaskit.train import RUN_FOLDER
+assert "debiaskit.ffw" not in sys.modules and "ffw" not in FOLDER_KINDS   # nothing imported the FFW package
+folder = Path(sys.argv[1])
+for kind in (RUN_FOLDER, DATA_CACHE):
+    try:
+        check_output(folder, kind=kind, force=True)
+    except RunExistsError as exc:
+        print(exc)
+"""
+
+
+def test_a_process_that_never_imported_ffw_still_refuses_to_replace_an_ffw_folder(tmp_path):
+    """Each package registers its folder kinds; the first check loads them all, whatever the caller imported."""
+    ffw = tmp_path / "pruned"
+    ffw.mkdir()
+    (ffw / "ffw.json").write_text('{"kind": "ffw", "status": "finished"}')
+    (ffw / "model.safetensors").write_text("w")
+    before = tree_bytes(tmp_path)
+    out = subprocess.run([sys.executable, "-c", FRESH, str(ffw)], capture_output=True, text=True, check=True).stdout
+    assert out.count(f"{ffw} is a finished FFW folder, not ") == 2, out
+    assert tree_bytes(tmp_path) == before

@@ -9,7 +9,9 @@ import shutil
 import pytest
 from conftest import tree_bytes
 
-from debiaskit._io import AUDIT_FOLDER, DATA_CACHE, recognise
+from debiaskit._io import recognise
+from debiaskit.audit import AUDIT_FOLDER
+from debiaskit.data import DATA_CACHE
 from debiaskit.errors import RunExistsError
 
 NEVER = "debiaskit never replaces it (with or without --force)"
@@ -178,7 +180,8 @@ def test_bench_refuses_a_run_and_another_suites_root(cli, tmp_path, toy_run_dir,
     before = tree_bytes(tmp_path)
     code, err = cli(*VANILLA, "--out", tmp_path / "run")
     assert code == 2 and "is a finished run, not a `debiaskit bench vanilla` suite folder" in err, err
-    from debiaskit._io import BENCH_VANILLA_ROOT, open_root
+    from debiaskit._io import open_root
+    from debiaskit.bench import BENCH_VANILLA_ROOT
     open_root(tmp_path / "suite", kind=BENCH_VANILLA_ROOT)
     code, err = cli(*_bench_args("ffw", tmp_path), "--out", tmp_path / "suite")
     assert code == 2 and "is a `debiaskit bench vanilla` suite folder, not a `debiaskit bench ffw` suite folder" in err
@@ -240,7 +243,8 @@ def test_a_folder_of_runs_is_not_taken_for_an_unmarked_data_cache(tmp_path, toy_
 
 
 def test_a_damaged_bench_marker_is_refused_not_overwritten(tmp_path):
-    from debiaskit._io import BENCH_COMPARE_ROOT, open_root
+    from debiaskit._io import open_root
+    from debiaskit.bench import BENCH_COMPARE_ROOT
     root = tmp_path / "suite"
     root.mkdir()
     (root / "bench.json").write_text('{"kind": ')   # torn

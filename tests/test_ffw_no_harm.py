@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from debiaskit._io import FFW_FOLDER, check_output
+from debiaskit._io import check_output
 from debiaskit.audit import AuditReport, to_markdown
 from debiaskit.data import make_splits
 from debiaskit.errors import NO_IMPROVEMENT_EXIT, NoImprovementError
-from debiaskit.ffw import FFWConfig, find_fantastic_weights, save_result
+from debiaskit.ffw import FFW_FOLDER, FFWConfig, find_fantastic_weights, save_result
 from debiaskit.ffw import _search
 from debiaskit.audit import chance_floor
 from debiaskit.ffw._harm import group_accuracy, verdict

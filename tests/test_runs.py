@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 from debiaskit.errors import DataError, ModelError, RunExistsError
 from debiaskit.models import build_model
-from debiaskit._io import RUN_FOLDER, check_output
+from debiaskit._io import check_output
+from debiaskit.train import RUN_FOLDER
 from debiaskit.runs import RUN_FILE, WEIGHTS_FILE, load_run, load_weights, read_json, save_weights, write_json
 from debiaskit.runs import atomic_folder as _atomic_folder
 

@@ -1,7 +1,8 @@
 """Safe output, the bottom layer: atomic files, exclusive atomic folders, one-file checkpoints.
 
 Imports nothing of debiaskit except ``errors``, so ``data/``, ``models/``, ``runs`` and every command
-may use it.
+may use it. It holds the registry of folder kinds, not the kinds: each package registers the folders it writes
+(its ``_folders.py``), and :func:`folder_kinds` loads every package before the first check needs them.
 
 **The output rule** (one rule for every command that writes a folder):
 
@@ -32,10 +33,12 @@ import errno
 import fcntl
 import fnmatch
 import hashlib
+import importlib
 import json
 import logging
 import math
 import os
+import pkgutil
 import re
 import secrets
 import shutil
@@ -314,40 +317,34 @@ _Kind = TypeVar("_Kind", bound=FolderKind)
 
 
 def register_folder_kind(kind: _Kind) -> _Kind:
+    """Register a kind of output folder; the package that writes such folders calls it (in its ``_folders.py``)."""
     FOLDER_KINDS[kind.name] = kind
     return kind
 
 
-_RUN_FILES = ("run.json", "model.safetensors", "train_log.jsonl", "dynamics.safetensors", "result.json",
-              "checkpoint*.safetensors")
-# one kind per writer: `train --force` never replaces an unlearn run, nor `unlearn --force` a training run (both are
-# run.json folders, told apart by run.json's `kind`); a compare cell's run.json (`compare-cell`) is a bench cell's
-RUN_FOLDER = register_folder_kind(FolderKind(
-    "run", "run.json", ("train",), describe="a finished run", files=_RUN_FILES,
-    legacy=lambda m: m.get("status") == "finished" and "model" in m))   # 0.1.0's runs, before `kind`: training runs
-UNLEARN_FOLDER = register_folder_kind(FolderKind(
-    "unlearn", "run.json", ("unlearn",), describe="a finished unlearn run (`debiaskit unlearn`)", files=_RUN_FILES + ("unlearn.md", "unlearn_tradeoff.png")))
-AUDIT_FOLDER = register_folder_kind(FolderKind(
-    "audit", "audit.json", ("audit",), describe="an audit report folder",
-    files=("audit.json", "report.md", "*.png"), legacy=lambda m: "attributes" in m and "task_accuracy" in m))
-FFW_FOLDER = register_folder_kind(FolderKind(
-    "ffw", "ffw.json", ("ffw",), describe="a finished FFW folder",
-    files=("ffw.json", "report.md", "model.safetensors", "masks.safetensors")))
-DISCOVER_FOLDER = register_folder_kind(FolderKind(
-    "discover", "report.json", ("discover",), describe="a discover folder",
-    files=("pseudo_bias.safetensors", "report.json", "report.md"),
-    legacy=lambda m: "rule" in m and "quality" in m))
-DATA_CACHE = register_folder_kind(FolderKind(
-    "data-cache", "source.json", ("data-cache", "debiaskit-adult-files"), describe="a debiaskit data cache",
-    files=("source.json", "*-ubyte", "*-ubyte.gz", "cifar-10-batches-bin", "adult.data", "adult.test", "adult.names",
-           "compas-scores-two-years.csv"),
-    legacy_by_files=True))   # "debiaskit-adult-files": the Adult caches of earlier versions, still ours
-BENCH_CELL = register_folder_kind(FolderKind(
-    "bench-cell", "result.json", ("bench-cell",), describe="a benchmark cell",
-    files=("result.json", "run.json", "model.safetensors", "*.png", "test_predictions.safetensors"),
-    # harness cells (method_state), unsup cells (cell), fairlearn rows of bench adult (suite/method/seed only)
-    legacy=lambda m: "method_state" in m or "cell" in m or {"suite", "method", "seed"} <= m.keys()))
+_ALL_REGISTERED = False
 
+
+def folder_kinds() -> list[FolderKind]:
+    """Every kind of debiaskit folder, in name order (so the kind found never depends on import order).
+
+    The first call imports every package of debiaskit (bar the CLI), each of which registers the kinds it
+    writes: a check never misses a kind whose package the caller did not import (``train --force`` must
+    recognise an FFW folder to refuse it, ``ffw`` or not). Only the packages' names are looked up here, never
+    their layouts; an existing ``--out`` is the only case that pays for the imports.
+    """
+    global _ALL_REGISTERED
+    if not _ALL_REGISTERED:
+        for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            if not module.name.startswith("_") and module.name != "cli":
+                importlib.import_module(f"{__package__}.{module.name}")
+        _ALL_REGISTERED = True
+    return sorted(FOLDER_KINDS.values(), key=lambda k: k.name)
+
+
+def folder_kind(name: object) -> FolderKind | None:
+    """The registered kind called ``name`` (a marker's ``kind`` field), or None."""
+    return next((k for k in folder_kinds() if k.name == name), None)
 
 
 # -- suite roots: folders a command adds to over many invocations, never replaces -------------------------------
@@ -368,17 +365,6 @@ class RootKind(FolderKind):
     command: str = ""
 
 
-def _bench_root(command: str, files: tuple[str, ...], dirs: tuple[str, ...] = (), cells_at_top: bool = False) -> RootKind:
-    return register_folder_kind(RootKind(
-        f"bench-{command}", "bench.json", (f"bench-{command}",), files=("bench.json", *files) + dirs,
-        describe=f"a `debiaskit bench {command}` suite folder", dirs=dirs, cells_at_top=cells_at_top,
-        command=f"debiaskit bench {command}"))
-
-
-BENCH_VANILLA_ROOT = _bench_root("vanilla", ("results.md", "results.json"), cells_at_top=True)
-BENCH_COMPARE_ROOT = _bench_root("compare", (), dirs=("*",))   # `bench adult` shares it (the compare suite `adult`)
-BENCH_UNSUP_ROOT = _bench_root("unsup", ("summary.md", "results.json", "discovery_over_time.png"), dirs=("*",))
-BENCH_FFW_ROOT = _bench_root("ffw", ("results.md", "results.json"), dirs=("cells", "ffw", "vanilla-short", "vanilla-other"))
 _REPORT_FILES = ("*.json", "*.md", "*.png")   # what bench roots hold below the top besides debiaskit folders
 _ROOT_HIDDEN = (".submitit",)   # submitit's job logs (bench compare --launcher slurm)
 
@@ -413,7 +399,7 @@ def _check_root(given: Path, root: Path, kind: RootKind) -> None:
                                  f"suite folder of yours, restore it, else {never}")
         if meta["kind"] in kind.kinds:
             return
-        other = FOLDER_KINDS.get(meta["kind"])
+        other = folder_kind(meta["kind"])
         what = other.describe if other is not None else f"a folder of kind {meta['kind']!r}"
         raise RunExistsError(f"{given} is {what}, not {kind.describe}; {never}")
     found = recognise(root)
@@ -514,7 +500,7 @@ def recognise(folder: Path) -> FolderKind | None:
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
         return None
-    for kind in FOLDER_KINDS.values():
+    for kind in folder_kinds():
         if kind.recognises_folder(folder):
             return kind
     return None
@@ -615,7 +601,7 @@ def _staging_foreign(folder: Path) -> list[str]:
     names = sorted(os.listdir(folder))
     meta = _staging_marker(folder)
     name = meta.get("kind") if meta else None
-    kind = FOLDER_KINDS.get(name) if isinstance(name, str) else None
+    kind = folder_kind(name) if isinstance(name, str) else None
     if kind is None:
         return names
     return [n for n in names if n != STAGING_MARKER and (os.path.islink(folder / n) or not any(

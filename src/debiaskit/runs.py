@@ -7,7 +7,7 @@ exclusive, never replacing anything but a finished run, and that only with ``for
 
 A folder is data, never code: loading a record whose model must be imported (``source="import"``) is refused
 before anything is imported unless the record is signed with this user's key (every record debiaskit writes is;
-:mod:`debiaskit._trust`) or the caller trusts it (``trust_code=True``, ``debiaskit trust FOLDER``). The weights
+:mod:`debiaskit._trust`) or the caller trusts it (``trust_code=True``, ``debiaskit trust FOLDER`` or :func:`trust_folder`). The weights
 file must be a regular file inside the folder whose SHA-256 matches the one the record holds (records written
 before the field existed hold none and load unchecked).
 
@@ -15,6 +15,7 @@ Example::
 
     run = load_run("runs/r1")
     run.record.model.num_classes, run.head, run.splits().test
+    report = trust_folder("runs/r1", sign=False)   # what loading it would import (sign=True: sign it, as `debiaskit trust`)
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from . import __version__, _trust
-from ._io import (FFW_FOLDER, RUN_FOLDER, FolderIdentity, atomic_folder, folder_identity, json_safe, read_json,
-                  save_tensors, write_json, write_text)
+from ._io import FolderIdentity, folder_identity, json_safe, read_json, save_tensors, write_json
+from ._io import atomic_folder as atomic_folder, write_text as write_text   # re-exported (internal), see below
 from ._schema import (SCHEMA_VERSION, DataRecord, FFWRecord, MethodRecord, ModelRecord, Record, RunRecord, SchemaError,
                       TrainRecord, migrate)
 from .data import splits_from_spec
@@ -43,12 +44,14 @@ from .models import describe_import, rebuild_model
 
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
+FFW_FILE = "ffw.json"   # an FFW folder's record (its folder kind's marker: ffw/_folders.py)
 
-__all__ = ["RUN_FILE", "WEIGHTS_FILE", "RUN_FOLDER", "SCHEMA_VERSION", "Run", "RunRecord", "ModelRecord", "DataRecord",
-           "TrainRecord", "MethodRecord", "FFWRecord", "SchemaError", "atomic_folder",
-           "TrustReport", "check_finite", "check_signing_key", "inner_path", "is_finished", "load_run", "load_state",
-           "load_weights", "package_versions", "read_json", "read_record", "read_run_record", "read_trusted_record", "read_weights", "rebuild_from_record",
-           "save_run", "save_weights", "trust_folder", "weights_file", "write_json", "write_record", "write_text"]
+__all__ = ["RUN_FILE", "WEIGHTS_FILE", "SCHEMA_VERSION", "Run", "RunRecord", "ModelRecord", "DataRecord",
+           "TrainRecord", "MethodRecord", "FFWRecord", "SchemaError", "is_finished", "load_run", "load_weights",
+           "read_run_record", "save_run", "save_weights", "trust_folder", "TrustReport"]
+# also importable, internal (for debiaskit's packages): atomic_folder, check_finite, check_signing_key, inner_path,
+# load_state, package_versions, read_json, read_record, read_trusted_record, read_weights, rebuild_from_record,
+# weights_file, write_json, write_record, write_text
 
 
 def package_versions() -> dict[str, str]:
@@ -309,10 +312,10 @@ def trust_folder(folder: Path, *, sign: bool = True) -> TrustReport:
     rewrite; a record without the SHA-256 of its weights gets the one of the file there now). A damaged record or
     weights that do not match their recorded SHA-256 are refused, not signed."""
     folder = Path(folder)
-    found = [(n, c, k) for n, c, k in ((RUN_FILE, RunRecord, "train"), (FFW_FOLDER.marker, FFWRecord, "ffw"))
+    found = [(n, c, k) for n, c, k in ((RUN_FILE, RunRecord, "train"), (FFW_FILE, FFWRecord, "ffw"))
              if (folder / n).is_file()]
     if not found:
-        raise DataError(f"{folder} holds no {RUN_FILE} or {FFW_FOLDER.marker}: not a run or FFW folder, nothing to trust")
+        raise DataError(f"{folder} holds no {RUN_FILE} or {FFW_FILE}: not a run or FFW folder, nothing to trust")
     name, cls, kind = found[0]
     path = folder / name
     record, raw = _read_record(path, cls, kind)

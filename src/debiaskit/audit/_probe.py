@@ -14,6 +14,8 @@ from ._metrics import normalized_mutual_information
 
 @dataclass
 class ProbeResult:
+    """What a privacy-head probe found: how well a linear head reads the bias from the features, and the head."""
+
     bias_extractability: float   # accuracy of the privacy head on the evaluation features
     mutual_information: float    # normalised empirical MI between b and its soft predictions
     val_accuracy: float          # best D^u_val accuracy (the early-stopping criterion)

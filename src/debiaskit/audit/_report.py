@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from .._io import AUDIT_FOLDER, atomic_folder, write_json, write_text
+from .._io import atomic_folder, write_json, write_text
 from ._audit import AuditReport
+from ._folders import AUDIT_FOLDER
 
 CONVENTIONS = ("accuracy = sample-weighted over the evaluation split; mean group = unweighted mean over "
                "non-empty (target, bias) groups; worst group = minimum over non-empty groups; bias "

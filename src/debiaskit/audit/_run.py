@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import _dist
-from .._io import AUDIT_FOLDER
 from .._validate import SEED, require
 from ..runs import load_run
 from ._audit import AuditReport, audit_model
+from ._folders import AUDIT_FOLDER
 from ._report import write_report_files
 
 

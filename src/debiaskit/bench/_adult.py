@@ -58,11 +58,12 @@ from ..data import BiasDataset, Splits, make_splits
 from ..errors import ConfigError
 from ..methods import REFERENCE_METHOD
 from ..models import collect_outputs
-from .._io import BENCH_CELL, BENCH_COMPARE_ROOT, atomic_folder, open_root, report_lock
+from .._io import atomic_folder, open_root, report_lock
+from ._folders import BENCH_CELL, BENCH_COMPARE_ROOT
 from ..runs import load_run, read_json, write_json, write_text
 from ._common import (MAJORITY, MARKED_ON, BELOW_NOTE, below_marks, fmt_stat, load_cell, machine_description,
                       with_cells_on_disk)
-from ._compare import (RESULT_FILE, SUITES, Suite, cell_dir, effective_suite, get_suite, run_compare, suite_folder,
+from ._compare import (RESULT_FILE, Suite, cell_dir, effective_suite, get_suite, run_compare, suite_folder,
                        write_compare_results)
 
 PREDICTIONS_FILE = "test_predictions.safetensors"
@@ -138,14 +139,15 @@ def adult_cell_extras(model: nn.Module, *, splits: Splits, head: str | None, see
             "bottleneck_width": int(out.z.shape[1])}
 
 
-# the adult suite of the comparison harness: registered here, beside its per-cell measurements (cell_extras)
-SUITES["adult"] = Suite(
+# the adult and compas suites of the comparison harness, defined beside their per-cell measurements (cell_extras);
+# registered by bench/__init__.py with the harness's other suites
+ADULT_SUITE = Suite(
     name="adult", dataset="adult", param="bias", values=("sex", "race"), model="mlp", epochs=20,
     value_label=lambda v: f"bias {v}", cell_extras=adult_cell_extras,
     test_set="the official Adult test rows (NOT group-balanced: read worst group and group mean)",
     notes="UCI Adult (see `debiaskit data show adult`): MLP 3x100 on 88 (sex) / 85 (race) tabular features, "
           "Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult` adds fairlearn's rows")
-SUITES["compas"] = Suite(
+COMPAS_SUITE = Suite(
     name="compas", dataset="compas", param="bias", values=("race", "race_binary", "sex"), model="mlp", epochs=20,
     value_label=lambda v: f"bias {v}", cell_extras=adult_cell_extras,
     test_set="the fixed COMPAS test part (20% of every (y, sex, race) cell, the same for every seed; NOT "

@@ -44,7 +44,8 @@ from ..data import is_attribute_bias, make_splits
 from ..errors import ConfigError, DebiaskitError
 from ..methods import METHODS, REFERENCE_METHOD, MethodInfo, build_method, get_method, method_defaults
 from ..models import build_model, collect_outputs, infer_head
-from .._io import BENCH_CELL, BENCH_COMPARE_ROOT, atomic_folder, open_root, report_lock
+from .._io import atomic_folder, open_root, report_lock
+from ._folders import BENCH_CELL, BENCH_COMPARE_ROOT
 from ..runs import (RUN_FILE, DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, is_finished, load_run,
                     read_json, save_run, write_json, write_text)
 from ..train import TrainConfig, fit
@@ -130,7 +131,23 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           **_published("corrupted-mnist")),
     Suite(name="toy", dataset="biased-toy", values=(0.95,), model="mlp", epochs=1, unbiased_size=600,
           notes="debug suite: procedural toy digits, 1 epoch (seconds); not a benchmark"),
-)}   # + "adult", registered by bench/_adult.py (its cells need the Adult module's per-cell measurements)
+)}   # + "adult", "compas": defined in bench/_adult.py (their cells need its per-cell measurements)
+
+
+def register_suite(suite: Suite) -> Suite:
+    """Make ``suite`` a named suite of the harness (``debiaskit bench compare --suite NAME``, ``--jobs``, slurm).
+
+    A suite defined outside this module is registered by ``bench/__init__.py``, in one place, never as a side
+    effect of importing its module. A name already registered is refused (:class:`~debiaskit.errors.ConfigError`).
+
+    Example::
+
+        register_suite(Suite(name="my-suite", dataset="colored-mnist", values=(0.99,), model="mlp", epochs=5))
+    """
+    if suite.name in SUITES and SUITES[suite.name] is not suite:
+        raise ConfigError(f"a suite named {suite.name!r} is already registered; choose another name")
+    SUITES[suite.name] = suite
+    return suite
 
 
 def available_methods() -> dict[str, MethodInfo]:
@@ -274,6 +291,7 @@ def resolve_methods(names: Iterable[str] | None) -> dict[str, MethodInfo]:
 
 
 def get_suite(name: str) -> Suite:
+    """The registered suite ``name``; an unknown name is a ``ConfigError`` listing the registered ones."""
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}; available: {', '.join(SUITES)}")
     return SUITES[name]

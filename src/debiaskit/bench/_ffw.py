@@ -27,7 +27,8 @@ from ..data import iterate_batches
 from ..errors import ConfigError
 from ..ffw import FFWConfig, ffw_run, ffw_step, find_fantastic_weights, freeze, install_gates
 from ..models import accuracy, batch_memory_format, collect_outputs, laid_out
-from .._io import BENCH_FFW_ROOT, open_root, report_lock
+from .._io import open_root, report_lock
+from ._folders import BENCH_FFW_ROOT
 from ..runs import is_finished, load_run, read_json, write_json, write_text
 from ..train import TrainConfig, fit, train_run
 from ._common import machine_description, mean_std

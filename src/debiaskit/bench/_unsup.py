@@ -33,7 +33,8 @@ from ..data import make_splits
 from ..errors import ConfigError
 from ..methods import METHODS, build_method, get_method, method_config
 from ..models import build_model, collect_outputs, default_head_name
-from .._io import BENCH_CELL, BENCH_UNSUP_ROOT, atomic_file, atomic_folder, open_root, report_lock
+from .._io import atomic_file, atomic_folder, open_root, report_lock
+from ._folders import BENCH_CELL, BENCH_UNSUP_ROOT
 from ..runs import is_finished, load_run, read_json, save_weights, write_json, write_text
 from ..train import TrainConfig, fit
 from ._common import machine_description

@@ -5,11 +5,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .._io import BENCH_VANILLA_ROOT, open_root, report_lock
+from .._io import open_root, report_lock
 from ..audit import audit_run
 from ..runs import is_finished, read_json, write_json, write_text
 from ..train import TrainConfig, partial_dir, train_run
 from ._common import fmt_pm, load_cell, machine_description, mean_std, with_cells_on_disk
+from ._folders import BENCH_VANILLA_ROOT
 
 # Paper's vanilla row (FFW Table 2, SimpleConvNet): rho -> (task, bias) in %.
 PAPER_VANILLA = {0.99: (88.46, 98.45), 0.995: (74.23, 99.75), 0.997: (46.04, 99.96), 0.999: (10.02, 100.0)}

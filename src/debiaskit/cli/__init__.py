@@ -35,6 +35,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main() -> None:
+    """The ``debiaskit`` console script: runs the command line, errors as one line and exit code 2."""
     from .. import _dist   # late: it loads torch, which `debiaskit --help` does not need
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     where = ""

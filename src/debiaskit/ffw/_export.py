@@ -235,6 +235,7 @@ def resize_like(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Modul
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model`` (every element of every parameter tensor, pruned ones included)."""
     return sum(p.numel() for p in model.parameters())
 
 
@@ -285,10 +286,12 @@ def structured_sparsity(masks: dict[str, Tensor], model: nn.Module, pruned: nn.M
 
 
 def save_masks(masks: dict[str, Tensor], path: Path) -> str:
-    """Write the masks (uint8, 1 = kept); returns the file's SHA-256 (ffw.json records it)."""
+    """Write FFW masks (``{layer: mask}``, uint8, 1 = kept) as one safetensors file, atomically; returns the file's
+    SHA-256 (ffw.json records it)."""
     return save_tensors(path, {k: v.to(torch.uint8) for k, v in masks.items()})
 
 
 def load_masks(path: Path) -> dict[str, Tensor]:
+    """The masks :func:`save_masks` wrote (``masks.safetensors`` of an FFW folder): ``{layer: uint8 mask}``."""
     from safetensors.torch import load_file
     return dict(load_file(str(path)))

@@ -16,17 +16,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..audit import PROBES, AuditReport, audit_model, probe_suite, readable, write_report_files
+from ..audit import AUDIT_FOLDER, PROBES, AuditReport, audit_model, probe_suite, readable, write_report_files
 from ..data import BiasDataset, iterate_batches, splits_from_spec
 from ..discover import load_pseudo_bias, with_pseudo_bias
 from .. import _dist
-from .._io import AUDIT_FOLDER, FFW_FOLDER, PARTIAL_FILES, json_safe, log, real_dir, remove_owned, tensors_sha256, write_text
+from .._io import PARTIAL_FILES, json_safe, log, real_dir, remove_owned, tensors_sha256, write_text
 from .._validate import SEED, require
 from ..errors import ConfigError, DataError, NoImprovementError, RunExistsError
 from ..models import collect_outputs
 from ..runs import FFWRecord, check_signing_key, load_run, package_versions, read_record, save_weights, write_record
 from ._adversary import ADVERSARIES
 from ._export import count_parameters, inference_time, save_masks
+from ._folders import FFW_FOLDER
 from ._save import load_pruned_model
 from ._search import CHECKPOINT_FILE, SELECTIONS, FFWConfig, FFWResult, find_fantastic_weights
 

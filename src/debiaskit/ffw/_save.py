@@ -25,11 +25,12 @@ from torch import nn
 
 from ..errors import ModelError
 from ..models import import_path_reference, model_reference
-from .._io import FFW_FOLDER, atomic_folder
+from .._io import atomic_folder
 from ..runs import (FFWRecord, load_state, package_versions, read_trusted_record, read_weights, rebuild_from_record,
                     save_weights, weights_file, write_record)
 from ._erase import attach_empty_eraser
 from ._export import resize_like, save_masks
+from ._folders import FFW_FOLDER
 
 FFW_FILE = "ffw.json"
 

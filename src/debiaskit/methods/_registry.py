@@ -147,6 +147,7 @@ def method_defaults(name: str, dataset: str) -> dict[str, Default]:
 
 
 def get_method(name: str) -> MethodInfo:
+    """The registered method ``name`` (its :class:`MethodInfo`); an unknown name is a ``ConfigError`` listing them."""
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]

@@ -50,11 +50,12 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..data import BiasDataset
 from ..errors import ConfigError, DataError, NoImprovementError
-from .._io import UNLEARN_FOLDER, atomic_folder
+from .._io import atomic_folder
 from .._validate import NON_NEGATIVE, POSITIVE_INT, SEED, check_device, require
 from ..models import collect_outputs, not_linear_head, resolve_head
 from ..runs import MethodRecord, check_signing_key, load_run, save_run
 from ..train import TrainContext, TrainingMethod
+from ._folders import UNLEARN_FOLDER
 from ._registry import Default, MethodInfo, register_method
 
 # 0 (the input model) and a log grid 1e-3 .. 1e3, four steps a decade: the first grid stopped at 3 and left

@@ -69,6 +69,7 @@ class TrainConfig:
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names (``"adam"``, or ``"sgd"`` with momentum 0.9) over ``params``, at its lr and weight decay."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)

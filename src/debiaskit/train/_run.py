@@ -11,7 +11,7 @@ from typing import Any, cast
 import torch
 
 from .. import _dist
-from .._io import PARTIAL_FILES, RUN_FOLDER, real_dir, remove_owned
+from .._io import PARTIAL_FILES, real_dir, remove_owned
 from .._io import log as _log
 from ..data import Splits, make_splits
 from ..discover import DYNAMICS_FILE, save_dynamics
@@ -19,6 +19,7 @@ from ..errors import ConfigError, RunExistsError
 from ..models import infer_head, instantiate, resolve_head
 from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, check_signing_key, save_run
 from ._dynamics import DynamicsRecorder
+from ._folders import RUN_FOLDER
 from ._loop import FitResult, TrainConfig, TrainingMethod, fit
 
 
