@@ -109,7 +109,7 @@ INTERNAL = {
                "laid_out", "model_reference", "not_linear_head", "parse_model_args", "rebuild_model"},
     "discover": {"BOTTLENECK", "DISCOVER_DIR", "DISCOVER_FOLDER", "DYNAMICS_FILE", "PSEUDO_FILE", "WEAK_SCORE",
                  "collect_layer_features", "otsu_threshold"},
-    "audit": {"AUDIT_FOLDER", "CONVENTIONS", "below_majority_text", "logits_accuracy", "render_table", "summary_rows",
+    "audit": {"AUDIT_FOLDER", "CHANCE_MARGIN", "CONVENTIONS", "below_majority_text", "chance_floor", "logits_accuracy", "render_table", "summary_rows",
               "write_report_files"},
     "train": {"DYNAMICS_FILE", "DynamicsRecorder", "RUN_FOLDER", "flatten_state", "load_dynamics", "partial_dir",
               "save_dynamics", "unflatten_state"},
