@@ -14,7 +14,9 @@ import debiaskit.bench
 from debiaskit.methods import METHODS
 
 BENCH = Path(debiaskit.bench.__file__).parent
-SINGLE_METHOD_SUITES = {"_ffw.py"}
+# _ffw.py is the FFW suite; _folders.py lays out the suites' roots, two of which are named after the one method they
+# run (`bench vanilla`, `bench ffw`: command and folder names, never a switch on a method)
+SINGLE_METHOD_SUITES = {"_ffw.py", "_folders.py"}
 
 
 def _string_constants(path: Path) -> list[tuple[int, str]]:
