@@ -23,8 +23,10 @@ One ordinary training run, no bias labels anywhere (training, selection, stoppin
    last-layer refit on that held-out part with pseudo-group-balanced weights.
 5. do-no-harm guard (``guard``, label-free): a plain ERM copy of the model (same initialisation, same
    batches, same optimiser settings: the vanilla model of this run) trains beside CALM; at the end both are
-   scored on the held-out part of D^b. CALM's model is kept only if its pseudo-group score is at least the
-   ERM copy's (it did what it claims) and its held-out accuracy clears the near-chance floor
+   scored on the held-out part of D^b. CALM's model is kept only if its pseudo-group score beats the ERM
+   copy's by at least one standard error of the difference (``sqrt(se_calm^2 + se_erm^2)``, each a mean of
+   smoothed binomial group accuracies: it did what it claims, beyond the noise of a small hold-out) and its
+   held-out accuracy clears the near-chance floor
    (:func:`debiaskit.audit.chance_floor`: max(chance, majority-class rate) plus max(``guard_tolerance``,
    two standard errors)) - it reads more than a constant answer; otherwise the ERM copy is returned, said in
    the run's state (``guard``). Plain accuracy on held-out D^b is *not* compared with the ERM copy's: D^b is
@@ -117,8 +119,8 @@ def pooled_balanced_accuracy(pred: Tensor, y: Tensor, pseudo: Tensor, *, num_cla
     return float(torch.stack(parts).mean())
 
 
-GUARD_RULE = ("label-free, on held-out D^b: CALM's model is kept if its pseudo-group score is >= the ERM copy's and "
-              "its accuracy clears the near-chance floor (max(chance, majority-class rate) + max(guard_tolerance, "
+GUARD_RULE = ("label-free, on held-out D^b: CALM's model is kept if its pseudo-group score beats the ERM copy's by at "
+              "least one standard error of the difference and its accuracy clears the near-chance floor (max(chance, majority-class rate) + max(guard_tolerance, "
               "2 standard errors)); else the ERM copy")
 
 
@@ -129,8 +131,24 @@ def class_mean_accuracy(pred: Tensor, y: Tensor) -> float:
 
 
 def guard_keeps_calm(calm: dict[str, float], erm: dict[str, float], *, floor: float) -> bool:
-    """The guard's rule (:data:`GUARD_RULE`) on two dicts of held-out scores and the near-chance floor."""
-    return calm["pseudo_group_score"] >= erm["pseudo_group_score"] and calm["accuracy"] >= floor
+    """The guard's rule (:data:`GUARD_RULE`) on two dicts of held-out scores (each with the standard error of its
+    pseudo-group score, ``pseudo_group_se``) and the near-chance floor."""
+    margin = math.hypot(calm["pseudo_group_se"], erm["pseudo_group_se"])
+    return calm["pseudo_group_score"] - erm["pseudo_group_score"] >= margin and calm["accuracy"] >= floor
+
+
+def pseudo_group_se(pred: Tensor, y: Tensor, pseudo: Tensor, *, pooled: bool, num_classes: int) -> float:
+    """Standard error of a pseudo-group score (a mean of G group accuracies): ``sqrt(sum_g q_g (1 - q_g) / n_g) / G``
+    with ``q_g = (c_g + 1) / (n_g + 2)`` (each group's accuracy smoothed by one right and one wrong answer, so that a
+    group of one sample still counts its uncertainty). Groups: pseudo-aligned / pseudo-conflicting (``pooled``) or
+    the non-empty (y, b^) cells."""
+    hit = (pred == y).double()
+    g = (pseudo.long() != y.long()).long() if pooled else y.long() * num_classes + pseudo.long()
+    n = torch.bincount(g).double()
+    c = torch.bincount(g, weights=hit, minlength=len(n))
+    keep = n > 0
+    q = (c[keep] + 1) / (n[keep] + 2)
+    return float(torch.sqrt((q * (1 - q) / n[keep]).sum()) / int(keep.sum()))
 
 
 def guarded_gce(logits: Tensor, y: Tensor, *, q: float, guard: float = 1.0) -> Tensor:
@@ -389,7 +407,9 @@ class CALM(TrainingMethod):
         for name, m in (("calm", model), ("erm", self.erm)):
             pred = _logits(m, ctx.train_data, self.val_index, ctx).argmax(1).cpu()
             seen[name] = {"accuracy": float((pred == y).float().mean()), "class_mean_accuracy": class_mean_accuracy(pred, y),
-                          "pseudo_group_score": score(pred, y, pseudo, num_classes=ctx.num_classes)}
+                          "pseudo_group_score": score(pred, y, pseudo, num_classes=ctx.num_classes),
+                          "pseudo_group_se": pseudo_group_se(pred, y, pseudo, pooled=self.select_metric == "pooled",
+                                                             num_classes=ctx.num_classes)}
         floor = chance_floor(y, max(ctx.num_classes, 2), margin=self.guard_tolerance)
         keep = guard_keeps_calm(seen["calm"], seen["erm"], floor=floor["floor"])
         self.diagnostics["guard"] = {"kept": "calm" if keep else "erm", "tolerance": self.guard_tolerance,
