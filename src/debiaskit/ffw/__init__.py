@@ -40,3 +40,6 @@ from ._progress import epoch_line, print_epoch, progress_line
 
 __all__ += ["FFWRun", "before_after_rows", "default_out", "epoch_line", "ffw_run", "has_checkpoint", "load_ffw_model",
             "load_pruned_model", "partial_dir", "print_epoch", "progress_line", "save_result"]
+from ._stages import StagesResult, apply_stages
+
+__all__ += ["StagesResult", "apply_stages"]
