@@ -2,7 +2,8 @@
 
 A method is one file (its class + MethodInfo); selection rule, budgets, diagnostics and extra epochs come
 from the registry entry and the method object. ``bench/_ffw.py`` is exempt: it is the benchmark *of* FFW
-(the paper's tables), not a harness over methods. Data files (published numbers, unsup plans) name
+(the paper's tables), not a harness over methods; so is ``bench/_dev.py`` (the suite FFW's defaults are
+chosen on, and the ablation of its stages against the vanilla model). Data files (published numbers, unsup plans) name
 methods by design.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import debiaskit.bench
 from debiaskit.methods import METHODS
 
 BENCH = Path(debiaskit.bench.__file__).parent
-SINGLE_METHOD_SUITES = {"_ffw.py"}
+SINGLE_METHOD_SUITES = {"_ffw.py", "_dev.py"}
 
 
 def _string_constants(path: Path) -> list[tuple[int, str]]:
