@@ -2,7 +2,8 @@
 
 A method is one file (its class + MethodInfo); selection rule, budgets, diagnostics and extra epochs come
 from the registry entry and the method object. ``bench/_ffw.py`` is exempt: it is the benchmark *of* FFW
-(the paper's tables), not a harness over methods. Data files (published numbers, unsup plans) name
+(the paper's tables), not a harness over methods; so is ``bench/_dev.py`` (the suite FFW's defaults are
+chosen on, and the ablation of its stages against the vanilla model). Data files (published numbers, unsup plans) name
 methods by design.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from debiaskit.methods import METHODS
 BENCH = Path(debiaskit.bench.__file__).parent
 # _ffw.py is the FFW suite; _folders.py lays out the suites' roots, two of which are named after the one method they
 # run (`bench vanilla`, `bench ffw`: command and folder names, never a switch on a method)
-SINGLE_METHOD_SUITES = {"_ffw.py", "_folders.py"}
+SINGLE_METHOD_SUITES = {"_ffw.py", "_folders.py", "_dev.py"}   # _dev.py: FFW's development suite
 
 
 def _string_constants(path: Path) -> list[tuple[int, str]]:

@@ -18,10 +18,11 @@ def test_zoo_forward_shape_and_head(name, input_shape):
     x = torch.randn(2, *input_shape)
     logits, z = forward_with_bottleneck(model, x)
     assert logits.shape == (2, 7)
-    assert resolve_head(model)[0] == "fc"
+    head = model.head_name   # "fc", or "classifier" for section 7's residual CNN (as its user named it)
+    assert resolve_head(model)[0] == head and head in ("fc", "classifier")
     d, out = head_shape(model)
     assert out == 7 and z.shape == (2, d)
-    assert torch.allclose(model.fc(z), logits, atol=1e-5)  # z really is the head's input
+    assert torch.allclose(model.get_submodule(head)(z), logits, atol=1e-5)  # z really is the head's input
 
 
 def test_unknown_model_lists_zoo():

@@ -6,7 +6,9 @@ cell in its root folder (an interrupted suite resumes where it stopped) and writ
 - vanilla models over rho: :func:`run_vanilla_suite`, :func:`write_vanilla_results`;
 - FFW beside the published table: :func:`run_ffw_bench`;
 - label-free methods: :func:`plan_cells` (a named plan), :func:`run_unsup`, :func:`write_unsup_results`;
-- tabular data (UCI Adult, COMPAS) beside fairlearn: :func:`run_adult_bench`, :func:`write_adult_results`.
+- tabular data (UCI Adult, COMPAS) beside fairlearn: :func:`run_adult_bench`, :func:`write_adult_results`;
+- FFW's development suite (8 datasets, biases and architectures; the pipelines of the stage ablation, ranked on
+  D^u_val worst cell first): :func:`run_dev_suite`, :func:`write_dev_results`.
 
 Example::
 
@@ -17,7 +19,7 @@ Example::
     cells = run_compare(suite=suite, root=root, seeds=(0,), methods=["vanilla", "jtt"])
     write_compare_results(cells, root=root, suite=suite, command="my script", wall_time_s=0.0)
 """
-from ._folders import BENCH_CELL, BENCH_COMPARE_ROOT, BENCH_FFW_ROOT, BENCH_UNSUP_ROOT, BENCH_VANILLA_ROOT
+from ._folders import BENCH_CELL, BENCH_COMPARE_ROOT, BENCH_DEV_ROOT, BENCH_FFW_ROOT, BENCH_UNSUP_ROOT, BENCH_VANILLA_ROOT
 from ._common import fmt_pm, load_cell, machine_description, mean_std
 from ._vanilla import PAPER_VANILLA, run_vanilla_suite, vanilla_table, write_vanilla_results
 from ._launch import load_slurm_options
@@ -25,6 +27,8 @@ from ._compare import (SUITES, Suite, available_methods, compare_table, effectiv
                        run_compare, write_compare_results)
 from ._adult import ADULT_SUITE, COMPAS_SUITE, run_adult_bench, tabular_suite, write_adult_results
 from ._ffw import run_ffw_bench
+from ._dev import BUDGETS as DEV_BUDGETS, CELLS as DEV_CELLS, VARIANTS as DEV_VARIANTS
+from ._dev import check_selection as check_dev_selection, run_dev_suite, summary_rows as dev_summary_rows, write_dev_results
 from ._unsup import (DEFAULT_METHODS, PLANS, grid_cells, label_free_methods, plan_cells, run_unsup, run_unsup_cell,
                      summary_rows, summary_table, unsup_cell, write_unsup_results)
 
@@ -35,6 +39,6 @@ register_suite(COMPAS_SUITE)
 
 __all__ = ["Suite", "SUITES", "get_suite", "register_suite", "effective_suite", "run_compare", "write_compare_results",
            "run_vanilla_suite", "write_vanilla_results", "run_ffw_bench", "plan_cells", "run_unsup",
-           "write_unsup_results", "run_adult_bench", "write_adult_results"]
+           "write_unsup_results", "run_adult_bench", "write_adult_results", "run_dev_suite", "write_dev_results"]
 # Names imported here but not in __all__ are internal: for debiaskit's other packages and its CLI (importable,
 # undocumented, may change). tests/test_public_api.py holds the reviewed lists of both.

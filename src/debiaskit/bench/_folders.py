@@ -20,3 +20,4 @@ BENCH_VANILLA_ROOT = _bench_root("vanilla", ("results.md", "results.json"), cell
 BENCH_COMPARE_ROOT = _bench_root("compare", (), dirs=("*",))   # `bench adult` shares it (the compare suite `adult`)
 BENCH_UNSUP_ROOT = _bench_root("unsup", ("summary.md", "results.json", "discovery_over_time.png"), dirs=("*",))
 BENCH_FFW_ROOT = _bench_root("ffw", ("results.md", "results.json"), dirs=("cells", "ffw", "vanilla-short", "vanilla-other"))
+BENCH_DEV_ROOT = _bench_root("dev", (), dirs=("*",))   # BUDGET/results.md + BUDGET/CELL/seedS records

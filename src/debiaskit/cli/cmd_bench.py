@@ -38,3 +38,28 @@ def bench_vanilla(out: Path = typer.Option(Path("runs/bench/vanilla"), help="sui
                               echo=say)
     path = write_vanilla_results(cells, root=out, command=invoked_command(), wall_time_s=time.perf_counter() - start)
     say(path.read_text())
+
+
+@bench_app.command("dev")
+def bench_dev(out: Path = typer.Option(Path("runs/bench/dev"), help="suite folder (records are cached; reports in "
+                                                                    "OUT/BUDGET/results.md)"),
+              budget: str = typer.Option("dev", help="smoke (toy data, seconds) | dev (CPU-sized) | full (the papers')"),
+              cell: Optional[List[str]] = typer.Option(None, "--cell", help="cells to run (default: all; "
+                                                                            "`--cell list` names them)"),
+              variant: Optional[List[str]] = typer.Option(None, "--variant", help="pipelines (default: all)"),
+              seeds: int = typer.Option(3, help="seeds 0..N-1")) -> None:
+    """The development suite where FFW's defaults are chosen (D^u_val, worst cell first, then the mean), and the
+    ablation of what each FFW stage buys beside pipelines without gates."""
+    from ..bench import DEV_CELLS, DEV_VARIANTS, check_dev_selection, run_dev_suite, write_dev_results
+    if cell == ["list"]:
+        for c in DEV_CELLS.values():
+            say(f"{c.name}: {c.dataset} {c.params}, {c.model}, {c.epochs} epochs - {c.what}")
+        for v in DEV_VARIANTS.values():
+            say(f"pipeline {v.name}: {v.text}")
+        return
+    cells, variants, seed_list = tuple(cell or DEV_CELLS), tuple(variant or DEV_VARIANTS), tuple(range(seeds))
+    check_dev_selection(budget=budget, cells=cells, variants=variants, seeds=seed_list)   # before any compute
+    start = time.perf_counter()
+    run_dev_suite(root=out, budget=budget, cells=cells, seeds=seed_list, variants=variants, echo=say)
+    path = write_dev_results(root=out, budget=budget, command=invoked_command(), wall_time_s=time.perf_counter() - start)
+    say(path.read_text())

@@ -180,6 +180,46 @@ def _draw_texture(digits: Tensor, b: Tensor, gen: torch.Generator, *, contrast: 
     return img.round().clamp(0, 255).to(torch.uint8)[:, None]
 
 
+# Position bias: a bright 4 x 4 patch at one of 10 places on the image border, the place set by b (fractions of
+# (H - 4, W - 4), clockwise from the top-left corner). Every patch has the same size and brightness: only where it
+# sits tells b, a shortcut that is neither a colour nor a texture.
+WATERMARK_SIZE = 4
+WATERMARK_PLACES = ((0.0, 0.0), (0.0, 1 / 3), (0.0, 2 / 3), (0.0, 1.0), (0.5, 1.0),
+                    (1.0, 1.0), (1.0, 2 / 3), (1.0, 1 / 3), (1.0, 0.0), (0.5, 0.0))
+
+
+def watermark_corners(h: int, w: int) -> list[tuple[int, int]]:
+    """Top-left (row, col) of the patch of each bias value on an H x W image."""
+    return [(round(fy * (h - WATERMARK_SIZE)), round(fx * (w - WATERMARK_SIZE))) for fy, fx in WATERMARK_PLACES]
+
+
+def _draw_watermark(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
+    """Watermark bias: the grayscale image with a white 4 x 4 patch at the border place of b."""
+    out = digits.clone()
+    corners = watermark_corners(*digits.shape[1:])
+    for value, (r, c) in enumerate(corners):
+        rows = (b % len(corners)) == value
+        out[rows, r:r + WATERMARK_SIZE, c:c + WATERMARK_SIZE] = 255
+    return out[:, None]
+
+
+def stripes_grating(b: int, h: int = 28, w: int = 28) -> Tensor:
+    """The bias texture of BENCHMARKS.md section 7: a sinusoidal grating in [0, 1], orientation 36 deg * (b mod 5),
+    period 4 px (b < 5) or 7 px (b >= 5)."""
+    angle = math.radians(36 * (b % 5))
+    period = 4.0 if b % 10 < 5 else 7.0
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return 0.5 + 0.5 * torch.sin(2 * math.pi * (u * math.cos(angle) + v * math.sin(angle)) / period)
+
+
+def _draw_stripes(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
+    """Striped background (section 7): pixel = max(item, 110 * grating of b): the texture shows where the item is
+    darker."""
+    gratings = torch.stack([stripes_grating(k, *digits.shape[1:]) for k in range(10)]) * 110.0
+    img = torch.maximum(digits.float(), gratings[b % 10])
+    return img.round().clamp(0, 255).to(torch.uint8)[:, None]
+
+
 RECIPES: dict[str, Recipe] = {}
 
 
@@ -219,6 +259,22 @@ register_recipe(Recipe(
     params={"rho": Param(0.995, "share of samples carrying their class's texture"),
             "contrast": Param(0.5, "weight of the stripes in the image, 1 - that of the item (all splits)")},
     assign=_single(), draw=_draw_texture, render_params=("contrast",),
+))
+register_recipe(Recipe(
+    name="watermark",
+    description="Watermark position bias: a white 4x4 patch at one of 10 border places, the place correlated with "
+    "the class at rho (same size and brightness everywhere: a position shortcut, not a colour)",
+    bias_names=("watermark",), channels=1, mean=0.5, std=0.5,
+    params={"rho": Param(0.99, "share of samples whose patch sits at their class's place")},
+    assign=_single(), draw=_draw_watermark,
+))
+register_recipe(Recipe(
+    name="stripes",
+    description="Striped background (BENCHMARKS.md section 7): a sinusoidal grating (5 orientations x 2 periods) "
+    "drawn where the item is darker, correlated with the class at rho",
+    bias_names=("stripes",), channels=1, mean=0.5, std=0.5,
+    params={"rho": Param(0.99, "share of samples carrying their class's grating")},
+    assign=_single(), draw=_draw_stripes,
 ))
 register_recipe(Recipe(
     name="corrupted",

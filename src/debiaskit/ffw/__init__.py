@@ -35,6 +35,8 @@ from ._run import (FFWRun, audit_ffw_folder, before_after_rows, default_out, ffw
 from ._save import load_pruned_model, save_result
 from ._progress import epoch_line, print_epoch, progress_line
 
+from ._stages import StagesResult, apply_stages   # internal: the development suite's gate-free pipelines
+
 __all__ = ["find_fantastic_weights", "FFWConfig", "FFWResult", "ffw_run", "FFWRun", "audit_ffw_folder", "save_result",
            "load_pruned_model", "load_ffw_model", "analyse_structure", "Structure", "GatePoint", "install_gates",
            "GatedModel", "GateState", "UnitGate", "WeightGate", "freeze", "gate_value", "ffw_step", "mutual_information",

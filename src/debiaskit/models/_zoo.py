@@ -106,6 +106,98 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class TVBasicBlock(nn.Module):
+    """torchvision's BasicBlock as written there: one ``self.relu`` (in place) called twice, ``out += identity``,
+    a 1x1 ``downsample`` (conv + BN) where the width or stride changes. Kept in that form on purpose: it is the
+    shape most user ResNets have, and the one FFW's structure analysis must read (``ffw/_structure.py``)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class TVResNetSmall(nn.Module):
+    """A small torchvision-style ResNet for 28 x 28 inputs: 3x3 stem (``conv1``/``bn1``/shared ``relu``), three
+    stages of ``blocks`` :class:`TVBasicBlock` each at widths 16/32/64 (stride 1/2/2), average pool, head ``fc``."""
+
+    head_name = "fc"
+
+    def __init__(self, *, num_classes: int = 10, in_channels: int = 3, widths=(16, 32, 64), blocks=(1, 1, 1)) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages, c_in = [], widths[0]
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(*[TVBasicBlock(c_in if j == 0 else width, width, stride if j == 0 else 1)
+                                          for j in range(n)]))
+            c_in = width
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ResidualBlock(nn.Module):
+    """The block of BENCHMARKS.md section 7's user model: ``torch.relu`` called functionally, a 1x1 ``skip``
+    convolution where the width or stride changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv_a = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.norm_a = nn.BatchNorm2d(c_out)
+        self.conv_b = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.norm_b = nn.BatchNorm2d(c_out)
+        self.skip = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if (stride != 1 or c_in != c_out) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm_a(self.conv_a(x)))
+        return torch.relu(self.norm_b(self.conv_b(out)) + self.skip(x))
+
+
+class ResidualCNN(nn.Module):
+    """BENCHMARKS.md section 7's residual CNN (``benchmarks/byo_user_model.py``) in the zoo: stride-2 stem, three
+    :class:`ResidualBlock` (width, 2 width stride 2, 4 width stride 2), average pool, dropout, head ``classifier``."""
+
+    head_name = "classifier"
+
+    def __init__(self, *, num_classes: int = 10, in_channels: int = 1, width: int = 16, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, width, 3, 2, 1, bias=False)
+        self.stem_norm = nn.BatchNorm2d(width)
+        self.block1 = ResidualBlock(width, width)
+        self.block2 = ResidualBlock(width, 2 * width, stride=2)
+        self.block3 = ResidualBlock(2 * width, 4 * width, stride=2)
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem_norm(self.stem(x)))
+        x = self.block3(self.block2(self.block1(x)))
+        return self.classifier(self.drop(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -131,4 +223,10 @@ MODELS: dict[str, ModelSpec] = {
                           lambda *, num_classes, input_shape: ResNet18(num_classes=num_classes, in_channels=input_shape[0], stem="cifar")),
     "resnet18-imagenet": ModelSpec("resnet18-imagenet", "ResNet-18, ImageNet stem (7x7/2 + max-pool)",
                                    lambda *, num_classes, input_shape: ResNet18(num_classes=num_classes, in_channels=input_shape[0], stem="imagenet")),
+    "tv-resnet-small": ModelSpec("tv-resnet-small", "torchvision-style ResNet (shared in-place relu, out += identity, "
+                                 "1x1 downsample): 3x3 stem, one BasicBlock per stage at 16/32/64, fc",
+                                 lambda *, num_classes, input_shape: TVResNetSmall(num_classes=num_classes, in_channels=input_shape[0])),
+    "residual-cnn": ModelSpec("residual-cnn", "BENCHMARKS.md section 7's residual CNN (functional relu, 1x1 skips, "
+                              "dropout 0.2, head classifier), width 16",
+                              lambda *, num_classes, input_shape: ResidualCNN(num_classes=num_classes, in_channels=input_shape[0])),
 }
