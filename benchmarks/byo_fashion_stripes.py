@@ -20,6 +20,7 @@ a step whose output exists is skipped, so a sweep resumes and two processes can 
 Every command's wall time and the 1-minute load average go to ROOT/log-TAG-seedS.jsonl. ``report`` reads them
 all and writes ``ROOT/results-TAG.md`` + ``.json`` (mean +- sample std over the seeds that finished).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,14 +61,17 @@ def draw_bias(y: np.ndarray, rho: float, rng: np.random.Generator) -> np.ndarray
 
 def make(args) -> None:
     from debiaskit.data import get_source, save_tensor_file
+
     arrays = get_source("fashion-mnist").load()
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(arrays.train_labels))
-    biased, unbiased = order[:args.train_size], order[args.train_size:args.train_size + args.unbiased_size]
-    test = rng.permutation(len(arrays.test_labels))[:args.test_size]
-    parts = [(arrays.train_images[biased], arrays.train_labels[biased], None, 0),
-             (arrays.train_images[unbiased], arrays.train_labels[unbiased], "uniform", 5),
-             (arrays.test_images[test], arrays.test_labels[test], "uniform", 4)]
+    biased, unbiased = order[: args.train_size], order[args.train_size : args.train_size + args.unbiased_size]
+    test = rng.permutation(len(arrays.test_labels))[: args.test_size]
+    parts = [
+        (arrays.train_images[biased], arrays.train_labels[biased], None, 0),
+        (arrays.train_images[unbiased], arrays.train_labels[unbiased], "uniform", 5),
+        (arrays.test_images[test], arrays.test_labels[test], "uniform", 4),
+    ]
     xs, ys, bs, codes = [], [], [], []
     for images, labels, kind, code in parts:
         y = labels.astype(np.int64)
@@ -76,9 +80,14 @@ def make(args) -> None:
         ys.append(y)
         bs.append(b)
         codes.append(np.full(len(y), code))
-    out = save_tensor_file(args.out, x=torch.from_numpy(np.concatenate(xs)), y=torch.from_numpy(np.concatenate(ys)),
-                           b=torch.from_numpy(np.concatenate(bs)), split=torch.from_numpy(np.concatenate(codes)),
-                           bias_names=("stripes",))
+    out = save_tensor_file(
+        args.out,
+        x=torch.from_numpy(np.concatenate(xs)),
+        y=torch.from_numpy(np.concatenate(ys)),
+        b=torch.from_numpy(np.concatenate(bs)),
+        split=torch.from_numpy(np.concatenate(codes)),
+        bias_names=("stripes",),
+    )
     print(f"wrote {out} ({sum(len(y) for y in ys)} samples; D^b rho {args.rho})")
 
 
@@ -90,9 +99,15 @@ def _cli(args: list[str], log_path: Path) -> float:
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    entry = {"command": "debiaskit " + " ".join(args), "wall_s": wall, "rc": proc.returncode,
-             "load1_before": load_before, "load1_after": os.getloadavg()[0], "finished": time.strftime("%H:%M:%S")}
-    with open(log_path, "a") as fh:   # one short line per command; O_APPEND keeps parallel writers whole
+    entry = {
+        "command": "debiaskit " + " ".join(args),
+        "wall_s": wall,
+        "rc": proc.returncode,
+        "load1_before": load_before,
+        "load1_after": os.getloadavg()[0],
+        "finished": time.strftime("%H:%M:%S"),
+    }
+    with open(log_path, "a") as fh:  # one short line per command; O_APPEND keeps parallel writers whole
         fh.write(json.dumps(entry) + "\n")
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
@@ -104,11 +119,16 @@ STEPS = ("train", "audit", "ffw-structured", "ffw-unstructured", "discover", "ca
 
 def _paths(root: Path, seed: int, tag: str) -> dict[str, Path]:
     run_dir = root / f"seed{seed}"
-    return {"run": run_dir, "audit": run_dir / f"audit-{tag}",
-            "ffw-structured": run_dir / f"ffw-structured-{tag}", "ffw-unstructured": run_dir / f"ffw-unstructured-{tag}",
-            "discover-bottleneck": run_dir / f"discover-bottleneck-{tag}.json",
-            "discover-auto": run_dir / f"discover-auto-{tag}.json",
-            "calm": root / f"calm-seed{seed}", "calm-audit": root / f"calm-seed{seed}" / f"audit-{tag}"}
+    return {
+        "run": run_dir,
+        "audit": run_dir / f"audit-{tag}",
+        "ffw-structured": run_dir / f"ffw-structured-{tag}",
+        "ffw-unstructured": run_dir / f"ffw-unstructured-{tag}",
+        "discover-bottleneck": run_dir / f"discover-bottleneck-{tag}.json",
+        "discover-auto": run_dir / f"discover-auto-{tag}.json",
+        "calm": root / f"calm-seed{seed}",
+        "calm-audit": root / f"calm-seed{seed}" / f"audit-{tag}",
+    }
 
 
 def run(args) -> None:
@@ -116,8 +136,16 @@ def run(args) -> None:
     may share the seeds (``--steps`` picks what this process runs)."""
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    train_args = ["--dataset", f"tensors:{args.data}", "--model", "byo_user_model:residual_cnn",
-                  "--model-arg", f"width={args.width}", "--epochs", str(args.epochs)]
+    train_args = [
+        "--dataset",
+        f"tensors:{args.data}",
+        "--model",
+        "byo_user_model:residual_cnn",
+        "--model-arg",
+        f"width={args.width}",
+        "--epochs",
+        str(args.epochs),
+    ]
     for seed in args.seeds:
         p = _paths(root, seed, args.tag)
         log = root / f"log-{args.tag}-seed{seed}.jsonl"
@@ -128,7 +156,9 @@ def run(args) -> None:
             elif step == "audit" and not (p["audit"] / "audit.json").exists():
                 _cli(["audit", str(p["run"]), "--seed", s, "--out", str(p["audit"])], log)
             elif step.startswith("ffw-") and not (p[step] / "ffw.json").exists():
-                _cli(["ffw", str(p["run"]), "--mode", step[4:], "--seed", s, "--out", str(p[step]), "--no-progress"], log)
+                _cli(
+                    ["ffw", str(p["run"]), "--mode", step[4:], "--seed", s, "--out", str(p[step]), "--no-progress"], log
+                )
             elif step == "discover":
                 for layer in ("bottleneck", "auto"):
                     if not p[f"discover-{layer}"].exists():
@@ -137,7 +167,20 @@ def run(args) -> None:
                         shutil.copyfile(p["run"] / "discover" / "report.json", p[f"discover-{layer}"])
             elif step == "calm":
                 if not (p["calm"] / "run.json").exists():
-                    _cli(["train", *train_args, "--method", "calm", "--seed", s, "--out", str(p["calm"]), "--no-progress"], log)
+                    _cli(
+                        [
+                            "train",
+                            *train_args,
+                            "--method",
+                            "calm",
+                            "--seed",
+                            s,
+                            "--out",
+                            str(p["calm"]),
+                            "--no-progress",
+                        ],
+                        log,
+                    )
                 if not (p["calm-audit"] / "audit.json").exists():
                     _cli(["audit", str(p["calm"]), "--seed", s, "--out", str(p["calm-audit"])], log)
 
@@ -161,18 +204,37 @@ def report(args) -> None:
             rep = _read(p[f"discover-{layer}"])
             if rep is not None:
                 discover[layer] = {"layer": rep["layer"]["chosen"], **(rep["quality"]["train"] or {})}
-        rows.append({"seed": seed, "train_s": meta and meta["wall_time_s"],
-                     "model_args": meta and meta["model"].get("args"), "epochs": meta and meta["train"].get("epochs"),
-                     "audit": audit and {"task": audit["task_accuracy"], **audit["attributes"][0]},
-                     "calm": calm and {"task": calm["task_accuracy"], **calm["attributes"][0],
-                                       "selected_epoch": calm_state.get("selected_epoch"),
-                                       "flags": calm_state.get("pseudo_bias_flags")},
-                     "ffw": {m: f and {"after": f["after"], "sparsity": f["search"]["sparsity"]["overall"],
-                                       "params": f["parameters"], "wall_s": f["wall_time_s"], "probes": f.get("probes"),
-                                       "selected_epoch": f["search"]["selected"]["epoch"],
-                                       "epochs": f["search"].get("epochs"), "stop": f["search"].get("stop_reason")}
-                             for m, f in ffw.items()},
-                     "discover": discover})
+        rows.append(
+            {
+                "seed": seed,
+                "train_s": meta and meta["wall_time_s"],
+                "model_args": meta and meta["model"].get("args"),
+                "epochs": meta and meta["train"].get("epochs"),
+                "audit": audit and {"task": audit["task_accuracy"], **audit["attributes"][0]},
+                "calm": calm
+                and {
+                    "task": calm["task_accuracy"],
+                    **calm["attributes"][0],
+                    "selected_epoch": calm_state.get("selected_epoch"),
+                    "flags": calm_state.get("pseudo_bias_flags"),
+                },
+                "ffw": {
+                    m: f
+                    and {
+                        "after": f["after"],
+                        "sparsity": f["search"]["sparsity"]["overall"],
+                        "params": f["parameters"],
+                        "wall_s": f["wall_time_s"],
+                        "probes": f.get("probes"),
+                        "selected_epoch": f["search"]["selected"]["epoch"],
+                        "epochs": f["search"].get("epochs"),
+                        "stop": f["search"].get("stop_reason"),
+                    }
+                    for m, f in ffw.items()
+                },
+                "discover": discover,
+            }
+        )
     log = []
     for seed in args.seeds:
         path = root / f"log-{args.tag}-seed{seed}.jsonl"
@@ -194,9 +256,11 @@ def _pm(values) -> str:
 def _group_row(name: str, audits, extra: str = "") -> str:
     a = [x for x in audits if x is not None]
     g = [x["groups"] for x in a]
-    return (f"| {name} | {_pm(x['task'] for x in a)} | {_pm(x['aligned_accuracy'] for x in g)} | "
-            f"{_pm(x['conflicting_accuracy'] for x in g)} | {_pm(x['worst_group_accuracy'] for x in g)} | "
-            f"{_pm(x['bias_extractability'] for x in a)} | {extra}")
+    return (
+        f"| {name} | {_pm(x['task'] for x in a)} | {_pm(x['aligned_accuracy'] for x in g)} | "
+        f"{_pm(x['conflicting_accuracy'] for x in g)} | {_pm(x['worst_group_accuracy'] for x in g)} | "
+        f"{_pm(x['bias_extractability'] for x in a)} | {extra}"
+    )
 
 
 def args_width(rows) -> str:
@@ -208,57 +272,101 @@ def args_epochs(rows) -> str:
 
 
 def markdown(rows, log, args) -> str:
-    lines = [f"Seeds {', '.join(str(r['seed']) for r in rows)}; mean +- sample std over the seeds that finished (n); "
-             f"test = {args.data} code 4 (uniform bias).", "",
-             "| model | task | aligned | conflicting | worst group | bias extractability | sparsity | params |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Seeds {', '.join(str(r['seed']) for r in rows)}; mean +- sample std over the seeds that finished (n); "
+        f"test = {args.data} code 4 (uniform bias).",
+        "",
+        "| model | task | aligned | conflicting | worst group | bias extractability | sparsity | params |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     params = next((r["ffw"]["structured"]["params"]["before"] for r in rows if r["ffw"]["structured"]), "-")
     lines.append(_group_row("vanilla", [r["audit"] for r in rows], f"- | {params} |"))
     for mode in ("structured", "unstructured"):
         f = [r["ffw"][mode] for r in rows if r["ffw"][mode]]
-        after = [{"task": x["after"]["task_accuracy"], "groups": x["after"],
-                  "bias_extractability": x["after"]["bias_extractability"]} for x in f]
-        lines.append(_group_row(f"FFW {mode}", after, f"{_pm(x['sparsity'] for x in f)} | "
-                                f"{', '.join(str(x['params']['after']) for x in f) or '-'} |"))
+        after = [
+            {
+                "task": x["after"]["task_accuracy"],
+                "groups": x["after"],
+                "bias_extractability": x["after"]["bias_extractability"],
+            }
+            for x in f
+        ]
+        lines.append(
+            _group_row(
+                f"FFW {mode}",
+                after,
+                f"{_pm(x['sparsity'] for x in f)} | {', '.join(str(x['params']['after']) for x in f) or '-'} |",
+            )
+        )
     lines.append(_group_row("CALM (label-free training)", [r["calm"] for r in rows], "- | - |"))
-    probes = sorted({k for r in rows for m in ("structured", "unstructured") if r["ffw"][m] and r["ffw"][m]["probes"]
-                     for k in r["ffw"][m]["probes"]["after"]})
+    probes = sorted(
+        {
+            k
+            for r in rows
+            for m in ("structured", "unstructured")
+            if r["ffw"][m] and r["ffw"][m]["probes"]
+            for k in r["ffw"][m]["probes"]["after"]
+        }
+    )
     if probes:
-        lines += ["", "| bias extractability by probe (test) | " + " | ".join(probes) + " |", "|---" * (len(probes) + 1) + "|"]
-        for label, mode, when in [("vanilla", "unstructured", "before"), ("FFW structured", "structured", "after"),
-                                  ("FFW unstructured", "unstructured", "after")]:
+        lines += [
+            "",
+            "| bias extractability by probe (test) | " + " | ".join(probes) + " |",
+            "|---" * (len(probes) + 1) + "|",
+        ]
+        for label, mode, when in [
+            ("vanilla", "unstructured", "before"),
+            ("FFW structured", "structured", "after"),
+            ("FFW unstructured", "unstructured", "after"),
+        ]:
             got = [r["ffw"][mode]["probes"][when] for r in rows if r["ffw"][mode] and r["ffw"][mode]["probes"]]
             lines.append(f"| {label} | " + " | ".join(_pm(g.get(k) for g in got) for k in probes) + " |")
-    epochs = {label: ", ".join(str(x["selected_epoch"]) for x in got if x) for label, got in [
-        ("FFW structured", [r["ffw"]["structured"] for r in rows]), ("FFW unstructured", [r["ffw"]["unstructured"] for r in rows]),
-        ("CALM (its own label-free rule)", [r["calm"] for r in rows])]}
+    epochs = {
+        label: ", ".join(str(x["selected_epoch"]) for x in got if x)
+        for label, got in [
+            ("FFW structured", [r["ffw"]["structured"] for r in rows]),
+            ("FFW unstructured", [r["ffw"]["unstructured"] for r in rows]),
+            ("CALM (its own label-free rule)", [r["calm"] for r in rows]),
+        ]
+    }
     lines += ["", "Selected epoch per seed: " + "; ".join(f"{k} {v or '-'}" for k, v in epochs.items()) + "."]
     flags = [r["calm"]["flags"] for r in rows if r["calm"] and r["calm"].get("flags")]
     if flags:
-        lines += ["", f"CALM's own conflict flags on D^b (true labels read by the report only): mined "
-                  f"{', '.join(str(f['mined']) for f in flags)} / truly conflicting {', '.join(str(f['true_conflicting']) for f in flags)}; "
-                  f"precision {_pm(f['precision'] for f in flags)}, recall {_pm(f['recall'] for f in flags)}"]
-    lines += ["", "| discover | layer chosen per seed | flagged | precision | recall | F1 |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"CALM's own conflict flags on D^b (true labels read by the report only): mined "
+            f"{', '.join(str(f['mined']) for f in flags)} / truly conflicting {', '.join(str(f['true_conflicting']) for f in flags)}; "
+            f"precision {_pm(f['precision'] for f in flags)}, recall {_pm(f['recall'] for f in flags)}",
+        ]
+    lines += [
+        "",
+        "| discover | layer chosen per seed | flagged | precision | recall | F1 |",
+        "|---|---|---|---|---|---|",
+    ]
     for layer in ("bottleneck", "auto"):
         d = [r["discover"][layer] for r in rows if layer in r["discover"]]
-        lines.append(f"| --layer {layer} | {', '.join(x['layer'] for x in d) or '-'} | "
-                     f"{', '.join(str(x.get('flagged')) for x in d) or '-'} | {_pm(x.get('precision') for x in d)} | "
-                     f"{_pm(x.get('recall') for x in d)} | {_pm(x.get('f1') for x in d)} |")
+        lines.append(
+            f"| --layer {layer} | {', '.join(x['layer'] for x in d) or '-'} | "
+            f"{', '.join(str(x.get('flagged')) for x in d) or '-'} | {_pm(x.get('precision') for x in d)} | "
+            f"{_pm(x.get('recall') for x in d)} | {_pm(x.get('f1') for x in d)} |"
+        )
     lines += ["", "| command | wall time (s) per seed sN [1-min load average before -> after] |", "|---|---|"]
     by_cmd: dict[str, list[str]] = {}
     trained = [r for r in rows if r["train_s"] is not None]
-    if trained:   # the vanilla runs' own record (they may predate the log)
-        by_cmd[f"`debiaskit train --dataset tensors:DATA --model byo_user_model:residual_cnn --model-arg width={args_width(rows)} "
-               f"--epochs {args_epochs(rows)} --seed S --out ROOT/seedS --no-progress` (its run.json wall_time_s; load not "
-               f"recorded)"] = [
-            f"s{r['seed']}: {r['train_s']:.0f}" for r in trained]
+    if trained:  # the vanilla runs' own record (they may predate the log)
+        by_cmd[
+            f"`debiaskit train --dataset tensors:DATA --model byo_user_model:residual_cnn --model-arg width={args_width(rows)} "
+            f"--epochs {args_epochs(rows)} --seed S --out ROOT/seedS --no-progress` (its run.json wall_time_s; load not "
+            f"recorded)"
+        ] = [f"s{r['seed']}: {r['train_s']:.0f}" for r in trained]
     for entry in log:
         key = entry["command"].replace(str(args.data), "DATA").replace(str(args.root), "ROOT")
         for s in args.seeds:
             key = key.replace(f"--seed {s}", "--seed S").replace(f"seed{s}", "seedS")
         by_cmd.setdefault(key, []).append(
             f"s{entry['seed']}: {entry['wall_s']:.0f} [{entry.get('load1_before', float('nan')):.1f} -> "
-            f"{entry.get('load1_after', float('nan')):.1f}]")
+            f"{entry.get('load1_after', float('nan')):.1f}]"
+        )
     lines += [f"| {k if k.startswith('`') else '`' + k + '`'} | {', '.join(vs)} |" for k, vs in by_cmd.items()]
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,7 @@
 A small residual CNN: blocks call torch.relu functionally, the skip is a 1x1 convolution when the width or
 stride changes, dropout before the head, and the head is named ``classifier``.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

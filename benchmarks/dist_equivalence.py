@@ -6,6 +6,7 @@ for the audit: the numbers behind the tolerance of tests/test_dist.py (the same 
 Prints a Markdown table: max |difference| over the final weights, over the method's float state, and the
 number of differing entries of integer / boolean state (error sets, pseudo-bias, masks).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,17 +44,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(out / "reference.safetensors"))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(TESTS / "dist_worker.py"), str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(TESTS / "dist_worker.py"),
+            str(out),
+        ]
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         agree = json.loads((out / "agree.json").read_text())["agree"]
-        print("| case | weights: max abs diff | float state: max abs diff | discrete entries differing | ranks identical |")
+        print(
+            "| case | weights: max abs diff | float state: max abs diff | discrete entries differing | ranks identical |"
+        )
         print("|---|---|---|---|---|")
         for name in dist_cases.trainable_methods():
             c = compare(dist_cases.train_method(name, splits), load_file(str(out / f"{name}.safetensors")))
-            print(f"| {name} | {c['weights']:.1e} | {c['float state']:.1e} | {c['discrete entries differing']} | {agree[name]} |")
+            print(
+                f"| {name} | {c['weights']:.1e} | {c['float state']:.1e} | {c['discrete entries differing']} | {agree[name]} |"
+            )
         c = compare(dist_cases.ffw_case(reference, splits), load_file(str(out / "ffw.safetensors")))
-        print(f"| FFW (gates, masks, D^u_val history) | - | {c['float state']:.1e} | {c['discrete entries differing']} | {agree['ffw']} |")
+        print(
+            f"| FFW (gates, masks, D^u_val history) | - | {c['float state']:.1e} | {c['discrete entries differing']} | {agree['ffw']} |"
+        )
         audit1, audit2 = dist_cases.audit_case(reference, splits), json.loads((out / "audit.json").read_text())
         diff = max(abs(audit1[k] - audit2[k]) for k in audit1)
         print(f"| audit (headline numbers) | - | {diff:.1e} | - | - |")

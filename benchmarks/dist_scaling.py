@@ -16,6 +16,7 @@ Per run: wall time per global step and CPU time per step (``time.process_time`` 
 ranks), both over the steps after ``--warmup`` steps. CPU time is the load-robust measure on a shared
 machine: it does not count the time a process waits for a core; the wall time does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,13 @@ def measure(steps: int, warmup: int, train_size: int) -> dict | None:
     model = build_model("simple-conv-small", num_classes=10, input_shape=splits.train.input_shape)
     method = Timed()
     n = (warmup + steps + 1) * 256
-    fit(model, splits.train.subset(torch.arange(n)), method=method, config=TrainConfig(epochs=1, batch_size=256),
-        progress=False)
+    fit(
+        model,
+        splits.train.subset(torch.arange(n)),
+        method=method,
+        config=TrainConfig(epochs=1, batch_size=256),
+        progress=False,
+    )
     (w0, c0), (w1, c1) = method.stamps[warmup], method.stamps[warmup + steps]
     cpu = float(_dist.all_reduce_sum(torch.tensor([c1 - c0], dtype=torch.float64))[0])
     wall = float(_dist.all_reduce_sum(torch.tensor([w1 - w0], dtype=torch.float64))[0]) / world
@@ -75,8 +81,16 @@ def measure(steps: int, warmup: int, train_size: int) -> dict | None:
 
 def run_mode(mode: str, args) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    worker = [str(HERE), "--worker", "--steps", str(args.steps), "--warmup", str(args.warmup),
-              "--train-size", str(args.train_size)]
+    worker = [
+        str(HERE),
+        "--worker",
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--train-size",
+        str(args.train_size),
+    ]
     if mode == "plain":
         cmd = [sys.executable, *worker]
     else:
@@ -85,7 +99,7 @@ def run_mode(mode: str, args) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -114,16 +128,22 @@ def main() -> None:
     for mode, rs in runs.items():
         wall = [x["wall_s_per_step"] for x in rs]
         cpu = [x["cpu_s_per_step"] for x in rs]
-        summary[mode] = {"steps_per_s_wall": [1 / w for w in wall], "cpu_s_per_step": cpu,
-                         "median_steps_per_s_wall": 1 / statistics.median(wall),
-                         "median_cpu_s_per_step": statistics.median(cpu)}
+        summary[mode] = {
+            "steps_per_s_wall": [1 / w for w in wall],
+            "cpu_s_per_step": cpu,
+            "median_steps_per_s_wall": 1 / statistics.median(wall),
+            "median_cpu_s_per_step": statistics.median(cpu),
+        }
     # paired per repeat (the runs of one repeat are adjacent in time): ratios are robust to slow load drift
     ratio = lambda a, b, key: [x[key] / y[key] for x, y in zip(runs[a], runs[b])]  # noqa: E731
     result = {
         "command": "OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/dist_scaling.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores (shared), torch threads 1 per process",
         "load_average_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
-        "wall_time_s": time.time() - start, "settings": vars(args), "summary": summary, "runs": runs,
+        "wall_time_s": time.time() - start,
+        "settings": vars(args),
+        "summary": summary,
+        "runs": runs,
         "ddp1_over_plain_cpu_per_step": ratio("ddp1", "plain", "cpu_s_per_step"),
         "ddp1_over_plain_wall_per_step": ratio("ddp1", "plain", "wall_s_per_step"),
         "ddp2_over_plain_cpu_per_step": ratio("ddp2", "plain", "cpu_s_per_step"),
@@ -138,10 +158,14 @@ def main() -> None:
     for mode in modes:
         s = summary[mode]
         print(f"| {mode} | {s['median_steps_per_s_wall']:.2f} | {s['median_cpu_s_per_step']:.4f} |")
-    print(f"ddp1 / plain CPU per step (paired median): {med(result['ddp1_over_plain_cpu_per_step']):.3f}; "
-          f"wall: {med(result['ddp1_over_plain_wall_per_step']):.3f}")
-    print(f"2-rank speed-up (wall, paired median): {med(result['plain_over_ddp2_wall_per_step']):.2f}x; "
-          f"CPU per step 2 ranks / plain: {med(result['ddp2_over_plain_cpu_per_step']):.3f}")
+    print(
+        f"ddp1 / plain CPU per step (paired median): {med(result['ddp1_over_plain_cpu_per_step']):.3f}; "
+        f"wall: {med(result['ddp1_over_plain_wall_per_step']):.3f}"
+    )
+    print(
+        f"2-rank speed-up (wall, paired median): {med(result['plain_over_ddp2_wall_per_step']):.2f}x; "
+        f"CPU per step 2 ranks / plain: {med(result['ddp2_over_plain_cpu_per_step']):.3f}"
+    )
     print(f"written: {RESULTS}")
 
 

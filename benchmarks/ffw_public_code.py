@@ -61,6 +61,7 @@ Defects confirmed by running it (file:line at commit 22e824b):
 - models.py:36-38 vs the paper: the privacy head is ``Linear(num_features, num_classes)`` - right for Biased
   MNIST only because there are as many bias classes as target classes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,13 +111,16 @@ def _load_public(path: Path, *, fix_eval: bool):
         raise SystemExit(f"{path}/training_functions.py is not the expected version (commit 22e824b)")
     if fix_eval:
         source = source.replace(buggy, "private_labels = [labels[1 + i].to(device) for i in range(args.nb_bias)]")
-    spec = importlib.util.spec_from_loader("training_functions", loader=None, origin=str(path / "training_functions.py"))
+    spec = importlib.util.spec_from_loader(
+        "training_functions", loader=None, origin=str(path / "training_functions.py")
+    )
     module = importlib.util.module_from_spec(spec)
     module.__file__ = str(path / "training_functions.py")
     sys.modules["training_functions"] = module
     exec(compile(source, module.__file__, "exec"), module.__dict__)
     import gating_weights  # noqa: E402  (imports training_functions from sys.modules)
     import irene.core  # noqa: E402
+
     return module, gating_weights, irene.core
 
 
@@ -125,6 +129,7 @@ class _Loader:
 
     def __init__(self, data, *, batch_size: int, shuffle: bool, seed: int) -> None:
         from debiaskit.data import iterate_batches
+
         self.data, self.batch_size, self.shuffle, self.seed, self.epoch = data, batch_size, shuffle, seed, 0
         self._iterate = iterate_batches
 
@@ -141,6 +146,7 @@ class _Loader:
 def run_public(public: Path, run_dir: Path, *, epochs: int, out: Path, fix_eval: bool, seed: int) -> dict:
     from debiaskit.ffw import apply_unstructured_masks
     from debiaskit.runs import load_run
+
     _stub_modules()
     tf, gw, core = _load_public(public, fix_eval=fix_eval)
     torch.manual_seed(seed)
@@ -150,27 +156,50 @@ def run_public(public: Path, run_dir: Path, *, epochs: int, out: Path, fix_eval:
     model.avgpool = nn.Sequential(model.avgpool, nn.Identity())  # models.py:62
     d, n_bias = model.fc.in_features, splits.unbiased_train.num_bias_classes
     args = argparse.Namespace(
-        device=torch.device("cpu"), nb_bias=1, lr_priv=0.1, momentum_sgd=0.9, weight_decay=1e-4, gamma=10.0,
-        alpha=1.0, batch_size=100, max_PH_epochs=200, PH_patience=5, max_gate_epochs=epochs, gate_patience=5,
-        stopping_criterion="min_temperature", wandb=0, dataset="Bmnist", rho=0.99, seed=seed, ver="ECCV24",
-        datapath=str(out / "public-files"), criterion=nn.CrossEntropyLoss(reduction="mean"))
+        device=torch.device("cpu"),
+        nb_bias=1,
+        lr_priv=0.1,
+        momentum_sgd=0.9,
+        weight_decay=1e-4,
+        gamma=10.0,
+        alpha=1.0,
+        batch_size=100,
+        max_PH_epochs=200,
+        PH_patience=5,
+        max_gate_epochs=epochs,
+        gate_patience=5,
+        stopping_criterion="min_temperature",
+        wandb=0,
+        dataset="Bmnist",
+        rho=0.99,
+        seed=seed,
+        ver="ECCV24",
+        datapath=str(out / "public-files"),
+        criterion=nn.CrossEntropyLoss(reduction="mean"),
+    )
     (out / "public-files").mkdir(parents=True, exist_ok=True)
     placeholder = copy.deepcopy(model)
     args.PH = [core.Privacy_head(placeholder.avgpool, nn.Sequential(nn.Linear(d, n_bias)))]
     args.MI = [core.MI(device=args.device, privates=n_bias)]
     args.PH_optimizer = [torch.optim.SGD(args.PH[0].parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)]
-    dls = {"unbiased_training": _Loader(splits.unbiased_train, batch_size=100, shuffle=True, seed=seed),
-           "unbiased_validation": _Loader(splits.unbiased_val, batch_size=100, shuffle=False, seed=seed),
-           "unbiased_test": _Loader(splits.unbiased_test, batch_size=100, shuffle=False, seed=seed)}
-    own = {}   # the search's own privacy head on D^u_val after the last epoch
+    dls = {
+        "unbiased_training": _Loader(splits.unbiased_train, batch_size=100, shuffle=True, seed=seed),
+        "unbiased_validation": _Loader(splits.unbiased_val, batch_size=100, shuffle=False, seed=seed),
+        "unbiased_test": _Loader(splits.unbiased_test, batch_size=100, shuffle=False, seed=seed),
+    }
+    own = {}  # the search's own privacy head on D^u_val after the last epoch
     original_run_model = gw.run_model
 
     def recording_run_model(model_, args_, PH, loader, device, prefix="", **kw):
         metrics = original_run_model(model_, args_, PH, loader, device=device, prefix=prefix, **kw)
         if prefix == "gated/unbiased_validation":
-            own.update(task=float(metrics["top1"].avg) / 100, bias=float(metrics["private_acc"][0].avg) / 100,
-                       mi=float(metrics["MI_tot"][0].avg))
+            own.update(
+                task=float(metrics["top1"].avg) / 100,
+                bias=float(metrics["private_acc"][0].avg) / 100,
+                mi=float(metrics["MI_tot"][0].avg),
+            )
         return metrics
+
     gw.run_model = recording_run_model
     temperatures = []
     original_step = gw.step_temperature
@@ -179,14 +208,20 @@ def run_public(public: Path, run_dir: Path, *, epochs: int, out: Path, fix_eval:
         temperature, flag = original_step(policy, scheduler, value)
         temperatures.append(temperature)
         return temperature, flag
+
     gw.step_temperature = recording_step
     model_aux = copy.deepcopy(model)
     start = time.perf_counter()
     tf.init_PH(args, model_aux, dls, False)
     final, best = gw.train_gating_weights_based_on_MI_double(model, args, dls, temp_sched_patience=args.gate_patience)
     wall = time.perf_counter() - start
-    results = {"epochs": len(temperatures), "temperatures": temperatures, "search_s": wall, "own_head_val": own,
-               "fix_eval": fix_eval}
+    results = {
+        "epochs": len(temperatures),
+        "temperatures": temperatures,
+        "search_s": wall,
+        "own_head_val": own,
+        "fix_eval": fix_eval,
+    }
     for label, gates in (("final", final), ("best_intermediate", best)):
         if gates is None:
             results[label] = None
@@ -195,7 +230,8 @@ def run_public(public: Path, run_dir: Path, *, epochs: int, out: Path, fix_eval:
         pruned = apply_unstructured_masks(run.model, masks, copy_model=True).eval()
         results[label] = score(pruned, run, splits, seed=seed)
         results[label]["sparsity_with_head"] = sum(int((m == 0).sum()) for m in masks.values()) / sum(
-            m.numel() for m in masks.values())
+            m.numel() for m in masks.values()
+        )
     return results
 
 
@@ -204,28 +240,53 @@ def score(model: nn.Module, run, splits, *, seed: int) -> dict:
     from debiaskit.audit import audit_model
     from debiaskit.ffw._run import probe_readings
     from debiaskit.models import collect_outputs
-    audit = audit_model(model, test=splits.test, unbiased_train=splits.unbiased_train,
-                        unbiased_val=splits.unbiased_val, head=run.head, seed=seed, counterfactual=False)
+
+    audit = audit_model(
+        model,
+        test=splits.test,
+        unbiased_train=splits.unbiased_train,
+        unbiased_val=splits.unbiased_val,
+        head=run.head,
+        seed=seed,
+        counterfactual=False,
+    )
     val = collect_outputs(model, splits.unbiased_val, head=run.head)
     h = audit.headline()
-    return {"val_task": float((val.logits.argmax(1) == val.y).float().mean()), "test_task": h["task_accuracy"],
-            "worst_group": h["worst_group_accuracy"],
-            "probes": {"audit": h["bias_extractability"], **probe_readings(model, splits, head=run.head, seed=seed)}}
+    return {
+        "val_task": float((val.logits.argmax(1) == val.y).float().mean()),
+        "test_task": h["task_accuracy"],
+        "worst_group": h["worst_group_accuracy"],
+        "probes": {"audit": h["bias_extractability"], **probe_readings(model, splits, head=run.head, seed=seed)},
+    }
 
 
 def run_ours(run_dir: Path, *, epochs: int, seed: int, overrides: dict) -> dict:
     from debiaskit.ffw import find_fantastic_weights
     from debiaskit.runs import load_run
+
     run = load_run(run_dir)
     splits = run.splits()
     start = time.perf_counter()
-    res = find_fantastic_weights(run.model, head=run.head, train=splits.unbiased_train, val=splits.unbiased_val,
-                                 seed=seed, progress=False, no_harm=False, **{"max_epochs": epochs, **overrides})
+    res = find_fantastic_weights(
+        run.model,
+        head=run.head,
+        train=splits.unbiased_train,
+        val=splits.unbiased_val,
+        seed=seed,
+        progress=False,
+        no_harm=False,
+        **{"max_epochs": epochs, **overrides},
+    )
     wall = time.perf_counter() - start
     sel = res.selected
-    out = {"epochs": len(res.history) - 1, "search_s": wall, "stop": res.stop_reason, "settings": overrides,
-           "own_head_val": {"task": sel["val_hard"]["task"], "bias": sel["val_hard"]["bias"]},
-           "selected": score(res.model, run, splits, seed=seed)}
+    out = {
+        "epochs": len(res.history) - 1,
+        "search_s": wall,
+        "stop": res.stop_reason,
+        "settings": overrides,
+        "own_head_val": {"task": sel["val_hard"]["task"], "bias": sel["val_hard"]["bias"]},
+        "selected": score(res.model, run, splits, seed=seed),
+    }
     out["selected"]["sparsity"] = res.sparsity["overall"]
     return out
 
@@ -233,8 +294,12 @@ def run_ours(run_dir: Path, *, epochs: int, seed: int, overrides: dict) -> dict:
 def markdown(rec: dict) -> str:
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}"
-    rows = ["| search | epochs | search s | own head on D^u_val | D^u_val task | test task | worst group | "
-            "bias: audit / sgd5 / MLP / converged linear |", "|---|---|---|---|---|---|---|---|"]
+
+    rows = [
+        "| search | epochs | search s | own head on D^u_val | D^u_val task | test task | worst group | "
+        "bias: audit / sgd5 / MLP / converged linear |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     entries = [(f"public code, {k}", rec["public"], rec["public"].get(k)) for k in ("best_intermediate", "final")]
     entries += [(f"debiaskit {k}", r, r["selected"]) for k, r in rec.get("ours", {}).items()]
     for label, r, s in entries:
@@ -242,23 +307,31 @@ def markdown(rec: dict) -> str:
             rows.append(f"| {label} | {r['epochs']} | {r['search_s']:.0f} | - | (no mask: tau never decayed) | | | |")
             continue
         p = s["probes"]
-        rows.append(f"| {label} | {r['epochs']} | {r['search_s']:.0f} | {pct(r['own_head_val'].get('bias'))} | "
-                    f"{pct(s['val_task'])} | {pct(s['test_task'])} | {pct(s['worst_group'])} | "
-                    f"{pct(p['audit'])} / {pct(p['sgd5'])} / {pct(p['mlp'])} / {pct(p['linear'])} |")
+        rows.append(
+            f"| {label} | {r['epochs']} | {r['search_s']:.0f} | {pct(r['own_head_val'].get('bias'))} | "
+            f"{pct(s['val_task'])} | {pct(s['test_task'])} | {pct(s['worst_group'])} | "
+            f"{pct(p['audit'])} / {pct(p['sgd5'])} / {pct(p['mlp'])} / {pct(p['linear'])} |"
+        )
     return "\n".join(rows) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--public", type=Path, required=True, help="folder of the public FFW code (outside this repository)")
+    ap.add_argument(
+        "--public", type=Path, required=True, help="folder of the public FFW code (outside this repository)"
+    )
     ap.add_argument("--run", type=Path, required=True, help="debiaskit run folder of a simple-conv-small vanilla model")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-fix-eval", action="store_true", help="run training_functions.py:180 as published")
     ap.add_argument("--skip-ours", action="store_true")
-    ap.add_argument("--ours", action="append", default=[], help="NAME=JSON settings of a debiaskit search "
-                    "(default: paper={\"adversary\": \"head\"} and default={})")
+    ap.add_argument(
+        "--ours",
+        action="append",
+        default=[],
+        help='NAME=JSON settings of a debiaskit search (default: paper={"adversary": "head"} and default={})',
+    )
     a = ap.parse_args()
     if not (a.public / "gating_weights.py").is_file():
         print(f"error: {a.public} does not hold the public FFW code (no gating_weights.py)", file=sys.stderr)
@@ -269,7 +342,9 @@ def main() -> None:
     rec["public"] = run_public(a.public, a.run, epochs=a.epochs, out=a.out, fix_eval=not a.no_fix_eval, seed=a.seed)
     if not a.skip_ours:
         settings = dict(s.split("=", 1) for s in a.ours) or {"paper": '{"adversary": "head"}', "default": "{}"}
-        rec["ours"] = {k: run_ours(a.run, epochs=a.epochs, seed=a.seed, overrides=json.loads(v)) for k, v in settings.items()}
+        rec["ours"] = {
+            k: run_ours(a.run, epochs=a.epochs, seed=a.seed, overrides=json.loads(v)) for k, v in settings.items()
+        }
     (a.out / "public_vs_ours.json").write_text(json.dumps(rec, indent=1))
     (a.out / "public_vs_ours.md").write_text(markdown(rec))
     print(markdown(rec))

@@ -14,6 +14,7 @@ Gate positions other than debiaskit's (``prebn``: gate the conv output, before B
 research variants only: their hard mask cannot be exported exactly (a pruned unit leaves the
 BatchNorm shift behind), so they are scored as gated models, not exported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,24 +56,37 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "first-long": ({"agree_tol": 0.0}, "first"),
     "kernels": ({}, "kernels"),
     "kernels-capacity": ({"gamma": 0.0, "gate_optimizer": "adam", "gate_lr": 0.05}, "kernels"),
-    "unstructured-capacity": ({"mode": "unstructured", "gamma": 0.0, "gate_optimizer": "adam", "gate_lr": 0.05},
-                              "default"),
+    "unstructured-capacity": (
+        {"mode": "unstructured", "gamma": 0.0, "gate_optimizer": "adam", "gate_lr": 0.05},
+        "default",
+    ),
 }
 
 
 def _prebn(model, example, head):
     """Gate points whose gate multiplies the conv/linear output itself (before its BatchNorm)."""
     s = analyse_structure(model, example, head)
-    s.points = {k: GatePoint(layer=p.layer, producers=p.producers, sites=p.producers, units=p.units,
-                             channel_modules=p.channel_modules, consumers=p.consumers, fans=p.fans)
-                for k, p in s.points.items()}
+    s.points = {
+        k: GatePoint(
+            layer=p.layer,
+            producers=p.producers,
+            sites=p.producers,
+            units=p.units,
+            channel_modules=p.channel_modules,
+            consumers=p.consumers,
+            fans=p.fans,
+        )
+        for k, p in s.points.items()
+    }
     return s
 
 
 def _with_head_gates(install):
     """Structured unit gates in the encoder plus one weight gate per head weight (unstructured)."""
+
     def wrapped(model, *, mode, head, example, include_head=False, state=None, **_):
         from torch.nn.utils import parametrize
+
         gm = install(model, mode=mode, head=head, example=example, include_head=False, state=state)
         module = model.get_submodule(head)
         gate = _gates.WeightGate(module.weight.shape, gm.state)
@@ -80,15 +94,18 @@ def _with_head_gates(install):
         module.parametrizations.weight.original.requires_grad_(False)
         gm.gates[head] = gate
         return gm
+
     return wrapped
 
 
 def _with_weight_gates(install, which: str):
     """Structured unit gates plus weight gates on some convs: ``first`` = every weight of the first conv,
     ``kernels`` = one gate per (out, in) kernel of every conv (kernel-level sparsity)."""
+
     def wrapped(model, *, mode, head, example, include_head=False, state=None, **_):
         from torch import nn
         from torch.nn.utils import parametrize
+
         gm = install(model, mode=mode, head=head, example=example, include_head=False, state=state)
         convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         depth = 2 if which == "first2" else 1
@@ -99,16 +116,28 @@ def _with_weight_gates(install, which: str):
             module.parametrizations.weight.original.requires_grad_(False)
             gm.gates[f"{name}.weight"] = gate
         return gm
+
     return wrapped
 
 
 def run_variant(run_dir: Path, name: str, *, epochs: int, seed: int, schedule: dict) -> dict:
     overrides, position = VARIANTS[name]
-    cfg = FFWConfig(**{"mode": "structured", "seed": seed, "max_levels": 1, "min_epochs_per_level": epochs,
-                       "max_epochs_per_level": epochs, "patience": epochs, **schedule, **overrides})
+    cfg = FFWConfig(
+        **{
+            "mode": "structured",
+            "seed": seed,
+            "max_levels": 1,
+            "min_epochs_per_level": epochs,
+            "max_epochs_per_level": epochs,
+            "patience": epochs,
+            **schedule,
+            **overrides,
+        }
+    )
     run = load_run(run_dir)
     splits = run.splits()
     from debiaskit.ffw import _search
+
     original, original_install = _gates.analyse_structure, _search.install_gates
     if position == "prebn":
         _gates.analyse_structure = _prebn
@@ -118,42 +147,66 @@ def run_variant(run_dir: Path, name: str, *, epochs: int, seed: int, schedule: d
         _search.install_gates = _with_weight_gates(original_install, position)
     try:
         torch.manual_seed(seed)
-        search = _Search(run.model, head=run.head, train=splits.unbiased_train, val=splits.unbiased_val, config=cfg,
-                         device="cpu", callback=None)
+        search = _Search(
+            run.model,
+            head=run.head,
+            train=splits.unbiased_train,
+            val=splits.unbiased_val,
+            config=cfg,
+            device="cpu",
+            callback=None,
+        )
         start = time.perf_counter()
         search.pretrain_heads()
         search.initial_record()
         while not search.progress["done"]:
             rec = search.run_epoch(start, 0.0)
-            soft, hard = rec["val_soft"], rec["val_hard"]   # soft: None where the schedule did not evaluate it
-            soft_text = (f"soft task {100 * soft['task']:.2f} bias {100 * soft['bias']:.1f}" if soft is not None
-                         else "soft not evaluated")
-            print(f"[{name}] epoch {rec['epoch']} tau {rec['tau']:.3g}: {soft_text} | "
-                  f"hard task {100 * hard['task']:.2f} bias {100 * hard['bias']:.1f} "
-                  f"sparsity {100 * rec['sparsity']:.1f} ({time.perf_counter() - start:.0f} s)", flush=True)
+            soft, hard = rec["val_soft"], rec["val_hard"]  # soft: None where the schedule did not evaluate it
+            soft_text = (
+                f"soft task {100 * soft['task']:.2f} bias {100 * soft['bias']:.1f}"
+                if soft is not None
+                else "soft not evaluated"
+            )
+            print(
+                f"[{name}] epoch {rec['epoch']} tau {rec['tau']:.3g}: {soft_text} | "
+                f"hard task {100 * hard['task']:.2f} bias {100 * hard['bias']:.1f} "
+                f"sparsity {100 * rec['sparsity']:.1f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     finally:
         _gates.analyse_structure, _search.install_gates = original, original_install
     best = search.best
-    return {"variant": name, "config": cfg.__dict__, "position": position, "history": search.history,
-            "selected": {"epoch": best["epoch"], "tau": best["tau"], "val_hard": best["val_hard"]},
-            "stop_reason": search.progress["stop_reason"], "wall_time_s": time.perf_counter() - start,
-            "threads": torch.get_num_threads()}
+    return {
+        "variant": name,
+        "config": cfg.__dict__,
+        "position": position,
+        "history": search.history,
+        "selected": {"epoch": best["epoch"], "tau": best["tau"], "val_hard": best["val_hard"]},
+        "stop_reason": search.progress["stop_reason"],
+        "wall_time_s": time.perf_counter() - start,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def report(out: Path) -> str:
     """Markdown table of every variant JSON in ``out`` (D^u_val numbers only)."""
-    rows = ["| variant | gate position | epochs | soft task, last evaluated epoch | soft task, best evaluated epoch "
-            "| selected hard task "
-            "| its privacy-head acc. | its unit sparsity | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| variant | gate position | epochs | soft task, last evaluated epoch | soft task, best evaluated epoch "
+        "| selected hard task "
+        "| its privacy-head acc. | its unit sparsity | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in sorted(out.glob("*.json")):
         r = json.loads(path.read_text())
         hist = r["history"][1:]
-        softs = [h["val_soft"]["task"] for h in hist if h["val_soft"] is not None]   # the epochs that evaluated it
+        softs = [h["val_soft"]["task"] for h in hist if h["val_soft"] is not None]  # the epochs that evaluated it
         sel = next(h for h in r["history"] if h["epoch"] == r["selected"]["epoch"])
-        rows.append(f"| {path.stem[len(Path(r['run']).name) + 1:]} | {r['position']} | {len(hist)} | "
-                    f"{100 * softs[-1]:.2f} | {100 * max(softs):.2f} | "
-                    f"{100 * sel['val_hard']['task']:.2f} | {100 * sel['val_hard']['bias']:.1f} | "
-                    f"{100 * sel['sparsity']:.1f} | {r['wall_time_s']:.0f} |")
+        rows.append(
+            f"| {path.stem[len(Path(r['run']).name) + 1 :]} | {r['position']} | {len(hist)} | "
+            f"{100 * softs[-1]:.2f} | {100 * max(softs):.2f} | "
+            f"{100 * sel['val_hard']['task']:.2f} | {100 * sel['val_hard']['bias']:.1f} | "
+            f"{100 * sel['sparsity']:.1f} | {r['wall_time_s']:.0f} |"
+        )
     return "\n".join(rows)
 
 
@@ -163,8 +216,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--variants", nargs="+", default=["base"], choices=sorted(VARIANTS))
     ap.add_argument("--epochs", type=int, default=6, help="epochs at tau_init (one tau level) unless --schedule")
-    ap.add_argument("--schedule", type=json.loads, default={},
-                    help='JSON FFWConfig overrides for a full schedule, e.g. {"max_levels": 16, "max_epochs_per_level": 2, "patience": 1, "min_epochs_per_level": 1}')
+    ap.add_argument(
+        "--schedule",
+        type=json.loads,
+        default={},
+        help='JSON FFWConfig overrides for a full schedule, e.g. {"max_levels": 16, "max_epochs_per_level": 2, "patience": 1, "min_epochs_per_level": 1}',
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="suffix of the result file names (write --tag=-x, with '=')")
     ap.add_argument("--report", action="store_true", help="print the Markdown table of --out and exit")

@@ -7,6 +7,7 @@ bias extractability by the audit probe and the stronger probes (2-layer MLP, lin
 units removed, input-layer weights set to 0, parameters kept, search wall time; selection is FFW's own
 (on D^u_val) as recorded in each file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,27 +33,46 @@ def rows(folder: Path, prefix: str) -> list[dict]:
         d = json.loads(path.read_text())
         sp = d["search"]["sparsity"]
         probes = (d.get("probes") or {}).get("after", {})
-        out.append({"rho": float(m.group(1)), "seed": int(m.group(2)), "task": d["after"]["task_accuracy"],
-                    "conflicting": d["after"]["conflicting_accuracy"], "worst": d["after"]["worst_group_accuracy"],
-                    "bias": d["after"]["bias_extractability"], "mlp": probes.get("mlp"), "linear": probes.get("linear"),
-                    "units": sp["overall"], "input_zeros": (sp.get("input_weights") or {}).get("overall"),
-                    "params_kept": 1 - sp.get("parameter_sparsity", 0.0), "search_s": d["search_time_s"],
-                    "vanilla_task": d["before"]["task_accuracy"], "val_task": d["search"]["selected"]["val_hard"]["task"],
-                    "epochs": d["search"]["epochs"]})
+        out.append(
+            {
+                "rho": float(m.group(1)),
+                "seed": int(m.group(2)),
+                "task": d["after"]["task_accuracy"],
+                "conflicting": d["after"]["conflicting_accuracy"],
+                "worst": d["after"]["worst_group_accuracy"],
+                "bias": d["after"]["bias_extractability"],
+                "mlp": probes.get("mlp"),
+                "linear": probes.get("linear"),
+                "units": sp["overall"],
+                "input_zeros": (sp.get("input_weights") or {}).get("overall"),
+                "params_kept": 1 - sp.get("parameter_sparsity", 0.0),
+                "search_s": d["search_time_s"],
+                "vanilla_task": d["before"]["task_accuracy"],
+                "val_task": d["search"]["selected"]["val_hard"]["task"],
+                "epochs": d["search"]["epochs"],
+            }
+        )
     return out
 
 
 def table(folder: Path, prefix: str) -> str:
     data = rows(folder, prefix)
-    lines = ["| rho | Task | conflicting | worst group | Bias (audit) | Bias (MLP) | Bias (linear) | units removed "
-             "| input weights 0 | params kept | D^u_val task (selected) | epochs | search s | vanilla Task |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| rho | Task | conflicting | worst group | Bias (audit) | Bias (MLP) | Bias (linear) | units removed "
+        "| input weights 0 | params kept | D^u_val task (selected) | epochs | search s | vanilla Task |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for rho in sorted({r["rho"] for r in data}):
         rs = [r for r in data if r["rho"] == rho]
-        col = lambda k, s=100.0: _ms([r[k] for r in rs], s)  # noqa: E731
-        lines.append(f"| {rho:g} | {col('task')} | {col('conflicting')} | {col('worst')} | {col('bias')} | {col('mlp')} "
-                     f"| {col('linear')} | {col('units')} | {col('input_zeros')} | {col('params_kept')} | "
-                     f"{col('val_task')} | {col('epochs', 1)} | {col('search_s', 1)} | {col('vanilla_task')} |")
+
+        def col(k, s=100.0, rs=rs):
+            return _ms([r[k] for r in rs], s)
+
+        lines.append(
+            f"| {rho:g} | {col('task')} | {col('conflicting')} | {col('worst')} | {col('bias')} | {col('mlp')} "
+            f"| {col('linear')} | {col('units')} | {col('input_zeros')} | {col('params_kept')} | "
+            f"{col('val_task')} | {col('epochs', 1)} | {col('search_s', 1)} | {col('vanilla_task')} |"
+        )
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ first epoch's time minus the mean of the others.
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/groupdro_variants_and_setup_time.py groupdro balanced 0 --out runs/groupdro-setup
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/groupdro_variants_and_setup_time.py setup jtt --out runs/groupdro-setup
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ SUITE = effective_suite("biased-mnist", values=[0.99])
 
 
 def splits_of(seed: int):
-    return make_splits(SUITE.dataset, params={"rho": 0.99}, seed=seed, unbiased_size=SUITE.unbiased_size,
-                       train_size=SUITE.train_size)
+    return make_splits(
+        SUITE.dataset, params={"rho": 0.99}, seed=seed, unbiased_size=SUITE.unbiased_size, train_size=SUITE.train_size
+    )
 
 
 def groupdro(tag: str, seed: int, out: Path) -> dict:
@@ -43,14 +45,23 @@ def groupdro(tag: str, seed: int, out: Path) -> dict:
     if tag == "nonempty":
         info = replace(info, budgets={"default": {"group_balanced": False}})
     root = out / "groupdro" / tag
-    cell = run_cell(suite=SUITE, value=0.99, method="groupdro", info=info, seed=seed, root=root, splits=splits,
-                    full=False)
+    cell = run_cell(
+        suite=SUITE, value=0.99, method="groupdro", info=info, seed=seed, root=root, splits=splits, full=False
+    )
     run = load_run(root / "biased-mnist" / "rho0.99" / "groupdro" / f"seed{seed}")
     val = collect_outputs(run.model, splits.unbiased_val, with_bottleneck=False)
     g = group_metrics(val.logits.argmax(1), val.y, val.b, num_classes=10, num_bias=10)
-    return {"tag": tag, "seed": seed, "test_task": cell["task_accuracy"], "test_worst": cell["worst_group_accuracy"],
-            "val_task": float((val.logits.argmax(1) == val.y).float().mean()), "val_worst": g.worst_group_accuracy,
-            "selected_epoch": cell["selected_epoch"], "wall_time_s": cell["wall_time_s"], "state": cell["method_state"]}
+    return {
+        "tag": tag,
+        "seed": seed,
+        "test_task": cell["task_accuracy"],
+        "test_worst": cell["worst_group_accuracy"],
+        "val_task": float((val.logits.argmax(1) == val.y).float().mean()),
+        "val_worst": g.worst_group_accuracy,
+        "selected_epoch": cell["selected_epoch"],
+        "wall_time_s": cell["wall_time_s"],
+        "state": cell["method_state"],
+    }
 
 
 def setup_time(name: str) -> dict:
@@ -58,13 +69,24 @@ def setup_time(name: str) -> dict:
     method, _ = build_method(name, dataset=SUITE.dataset, **get_method(name).budget("default"))
     torch.manual_seed(0)
     model = build_model(SUITE.model, num_classes=10, input_shape=splits.train.input_shape)
-    res = fit(model, splits.train, method=method, head=default_head_name(model), progress=False,
-              config=TrainConfig(epochs=SUITE.epochs, batch_size=SUITE.batch_size, lr=SUITE.lr, seed=0))
+    res = fit(
+        model,
+        splits.train,
+        method=method,
+        head=default_head_name(model),
+        progress=False,
+        config=TrainConfig(epochs=SUITE.epochs, batch_size=SUITE.batch_size, lr=SUITE.lr, seed=0),
+    )
     times = [h["time_s"] for h in res.history]
     per_epoch = (times[-1] - times[0]) / (len(times) - 1)
     setup = times[0] - per_epoch
-    return {"method": name, "whole_cost_s": res.wall_time_s, "epoch_s": per_epoch, "setup_s": setup,
-            "setup_share": setup / res.wall_time_s}
+    return {
+        "method": name,
+        "whole_cost_s": res.wall_time_s,
+        "epoch_s": per_epoch,
+        "setup_s": setup,
+        "setup_share": setup / res.wall_time_s,
+    }
 
 
 def main() -> None:

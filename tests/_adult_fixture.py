@@ -4,6 +4,7 @@
 ``adult.test``: the ``|1x3 Cross validator`` first line and labels with a trailing ``.``. Income depends on
 education-num and hours (learnable) and on sex (so the bias is real): men earn > 50K more often.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,10 +22,26 @@ EDUCATION = {9: "HS-grad", 10: "Some-college", 13: "Bachelors", 14: "Masters", 1
 
 # per file: {(income > 50K, male, white): complete rows}; every (income, sex) and (income, race) group has >= 16
 LAYOUT = {
-    "train": {(0, 0, 1): 24, (0, 0, 0): 16, (0, 1, 1): 20, (0, 1, 0): 16,
-              (1, 0, 1): 16, (1, 0, 0): 16, (1, 1, 1): 32, (1, 1, 0): 16},
-    "test": {(0, 0, 1): 8, (0, 0, 0): 4, (0, 1, 1): 6, (0, 1, 0): 3,
-             (1, 0, 1): 2, (1, 0, 0): 1, (1, 1, 1): 9, (1, 1, 0): 3},
+    "train": {
+        (0, 0, 1): 24,
+        (0, 0, 0): 16,
+        (0, 1, 1): 20,
+        (0, 1, 0): 16,
+        (1, 0, 1): 16,
+        (1, 0, 0): 16,
+        (1, 1, 1): 32,
+        (1, 1, 0): 16,
+    },
+    "test": {
+        (0, 0, 1): 8,
+        (0, 0, 0): 4,
+        (0, 1, 1): 6,
+        (0, 1, 0): 3,
+        (1, 0, 1): 2,
+        (1, 0, 0): 1,
+        (1, 1, 1): 9,
+        (1, 1, 0): 3,
+    },
 }
 MISSING_ROWS = {"train": 6, "test": 3}
 
@@ -32,14 +49,28 @@ MISSING_ROWS = {"train": 6, "test": 3}
 def _row(rng: np.random.Generator, income: int, male: int, white: int, *, test: bool, missing: bool = False) -> str:
     edu = int(rng.choice(list(EDUCATION)[2:] if income else list(EDUCATION)[:3]))
     race = "White" if white else str(rng.choice(RACE[1:]))
-    relationship = ("Husband" if male else "Wife") if rng.random() < 0.5 else str(rng.choice(("Not-in-family", "Unmarried")))
+    relationship = (
+        ("Husband" if male else "Wife") if rng.random() < 0.5 else str(rng.choice(("Not-in-family", "Unmarried")))
+    )
     work = "?" if missing else str(rng.choice(WORK))
     occupation = "?" if missing else str(rng.choice(OCCUPATION))
-    fields = [str(int(rng.integers(18, 70))), work, str(int(rng.integers(20000, 400000))), EDUCATION[edu], str(edu),
-              str(rng.choice(MARITAL)), occupation, relationship, race, "Male" if male else "Female",
-              str(int(rng.choice((0, 0, 0, 5178, 15024)))), str(int(rng.choice((0, 0, 0, 1902)))),
-              str(int(rng.integers(30, 60) + 10 * income)), str(rng.choice(COUNTRY)),
-              (">50K" if income else "<=50K") + ("." if test else "")]
+    fields = [
+        str(int(rng.integers(18, 70))),
+        work,
+        str(int(rng.integers(20000, 400000))),
+        EDUCATION[edu],
+        str(edu),
+        str(rng.choice(MARITAL)),
+        occupation,
+        relationship,
+        race,
+        "Male" if male else "Female",
+        str(int(rng.choice((0, 0, 0, 5178, 15024)))),
+        str(int(rng.choice((0, 0, 0, 1902)))),
+        str(int(rng.integers(30, 60) + 10 * income)),
+        str(rng.choice(COUNTRY)),
+        (">50K" if income else "<=50K") + ("." if test else ""),
+    ]
     return ", ".join(fields)
 
 
@@ -56,7 +87,9 @@ def write_adult_folder(folder: Path, *, seed: int = 0) -> dict[str, str]:
         header = "|1x3 Cross validator\n" if test else ""
         (folder / name).write_text(header + "\n".join(rows) + "\n\n")
     (folder / "adult.names").write_text("| tiny Adult fixture for debiaskit's tests\n")
-    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in ("adult.data", "adult.test", "adult.names")}
+    return {
+        n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in ("adult.data", "adult.test", "adult.names")
+    }
 
 
 def write_fake_wheel(path: Path, files_folder: Path) -> Path:

@@ -1,13 +1,14 @@
 """Shared fixtures: tiny procedural data so every test runs in seconds on CPU."""
+
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
 import torch
 
 from debiaskit.data import make_splits
+
 
 def interruptible() -> None:
     """`preexec_fn` for a child that a test interrupts with SIGINT: a shell running `make test` in the
@@ -49,6 +50,7 @@ def randomise_batchnorm(model):
     """Non-trivial frozen BatchNorm statistics (so eval-mode BN is really exercised and a pruned unit's
     BN shift cannot leak into an export); returns the model in eval mode."""
     import torch.nn as nn
+
     for mod in model.modules():
         if isinstance(mod, nn.BatchNorm2d):
             mod.running_mean.uniform_(-0.5, 0.5)
@@ -60,9 +62,11 @@ def randomise_batchnorm(model):
 
 # -- fault-injection helpers (tests/test_faults_*.py) ----------------------------------------------------------------
 
+
 def tree_bytes(root):
     """Every file under ``root`` (hidden ones included) -> its bytes: 'nothing lost' means this is unchanged."""
     from pathlib import Path
+
     root = Path(root)
     if root.is_file():
         return {".": root.read_bytes()}
@@ -86,6 +90,7 @@ def cli(monkeypatch, capsys):
             code = exc.code
         out = capsys.readouterr()
         return code, " ".join((out.out + out.err).split())
+
     return invoke
 
 
@@ -93,9 +98,17 @@ def cli(monkeypatch, capsys):
 def toy_run_dir(tmp_path_factory, toy_splits):
     """A finished 1-epoch MLP run on the toy data (read-only: copy it before changing anything)."""
     from debiaskit.train import TrainConfig, train_run
+
     out = tmp_path_factory.mktemp("faults") / "run"
-    train_run(dataset="biased-toy", params={"rho": 0.95}, out=out, splits=toy_splits, model="mlp",
-              config=TrainConfig(epochs=1, seed=0), progress=False)
+    train_run(
+        dataset="biased-toy",
+        params={"rho": 0.95},
+        out=out,
+        splits=toy_splits,
+        model="mlp",
+        config=TrainConfig(epochs=1, seed=0),
+        progress=False,
+    )
     return out
 
 
@@ -105,4 +118,5 @@ def allow_harm(monkeypatch):
     mechanics on the 1-epoch toy models, which are near chance themselves, so the guard would refuse their output.
     The guard itself is tested in tests/test_ffw_no_harm.py."""
     from debiaskit.ffw import _search
+
     monkeypatch.setattr(_search, "enforce", lambda record, result: None)

@@ -1,5 +1,6 @@
 """Run under torchrun by tests/test_dist.py: several `debiaskit` commands in one process group (one launch
 instead of one per command). argv[1]: a JSON list of argument lists, e.g. [["audit", "RUN"], ["ffw", "RUN", ...]]."""
+
 from __future__ import annotations
 
 import json

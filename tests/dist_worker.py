@@ -4,6 +4,7 @@ Rank 0 writes OUT/<method>.safetensors (the final model's and the method's tenso
 OUT/ffw.safetensors (the audit and FFW of the model in OUT/reference.safetensors, written by the test) and
 OUT/agree.json (whether every rank ended with bitwise the same tensors).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+import dist_cases  # noqa: E402
+from debiaskit import _dist  # noqa: E402
 from debiaskit.models import build_model  # noqa: E402
 
-from debiaskit import _dist  # noqa: E402
-
-import dist_cases  # noqa: E402
-
-RESUMED = ("vanilla", "lff")   # interrupted and resumed too (LfF: per-sample state in the checkpoint)
+RESUMED = ("vanilla", "lff")  # interrupted and resumed too (LfF: per-sample state in the checkpoint)
 
 
 def main(out: Path, methods: list[str]) -> None:
@@ -36,7 +35,7 @@ def main(out: Path, methods: list[str]) -> None:
             agree[name] = _dist.replicas_agree(list(tensors.values()))
             if _dist.is_main_process():
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{name}.safetensors"))
-            if name in RESUMED:   # train --resume on 2 ranks: bitwise the uninterrupted 2-rank run
+            if name in RESUMED:  # train --resume on 2 ranks: bitwise the uninterrupted 2-rank run
                 again = dist_cases.train_interrupted_then_resumed(name, splits, out / f"{name}.ckpt.safetensors")
                 resumed[name] = all(torch.equal(v, tensors[k]) for k, v in again.items())
         model = build_model("mlp", num_classes=splits.num_classes, input_shape=splits.train.input_shape)
@@ -47,10 +46,17 @@ def main(out: Path, methods: list[str]) -> None:
         if _dist.is_main_process():
             (out / "audit.json").write_text(json.dumps(headline))
             save_file({k: v.contiguous() for k, v in ffw.items()}, str(out / "ffw.safetensors"))
-            (out / "agree.json").write_text(json.dumps({"world_size": _dist.rank_and_world()[1],
-                                                        "backend": _dist.backend(), "agree": agree,
-                                                        "resumed_equal": resumed}))
-        _dist.barrier()   # both ranks done before either tears the process group down
+            (out / "agree.json").write_text(
+                json.dumps(
+                    {
+                        "world_size": _dist.rank_and_world()[1],
+                        "backend": _dist.backend(),
+                        "agree": agree,
+                        "resumed_equal": resumed,
+                    }
+                )
+            )
+        _dist.barrier()  # both ranks done before either tears the process group down
     finally:
         _dist.shutdown()
     # Under load, gloo's threads sometimes abort a rank at interpreter exit, after the group was destroyed and every

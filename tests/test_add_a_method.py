@@ -1,5 +1,6 @@
 """DEVELOPERS.md, "Add a method": its snippet (one file's worth of code) registers a method that `train`,
 `bench compare` and `train --resume` run with no other change."""
+
 from __future__ import annotations
 
 import re
@@ -18,18 +19,37 @@ from debiaskit.methods import METHODS
 from debiaskit.train import partial_dir
 
 DEVELOPERS = Path(__file__).resolve().parents[1] / "DEVELOPERS.md"
-TRAIN = ["train", "--dataset", "biased-toy", "--rho", "0.95", "--model", "mlp", "--unbiased-size", "300",
-         "--train-size", "384", "--test-size", "64", "--epochs", "3", "--batch-size", "128", "--no-progress",
-         "--method", "focal"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "biased-toy",
+    "--rho",
+    "0.95",
+    "--model",
+    "mlp",
+    "--unbiased-size",
+    "300",
+    "--train-size",
+    "384",
+    "--test-size",
+    "64",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "128",
+    "--no-progress",
+    "--method",
+    "focal",
+]
 
 
 @pytest.fixture(scope="module")
 def focal():
     text = DEVELOPERS.read_text()
-    section = text[text.index("## Add a method"):]
+    section = text[text.index("## Add a method") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     module = types.ModuleType("focal_from_developers_md")
-    exec(compile(code, str(DEVELOPERS), "exec"), module.__dict__)   # noqa: S102 - our own documentation
+    exec(compile(code, str(DEVELOPERS), "exec"), module.__dict__)  # noqa: S102 - our own documentation
     yield module
     METHODS.pop("focal", None)
 
@@ -38,6 +58,7 @@ def test_the_new_method_trains_through_the_cli(focal, tmp_path):
     res = CliRunner().invoke(app, [*TRAIN, "--out", str(tmp_path / "run"), "--method-param", "gamma=1.0"])
     assert res.exit_code == 0, res.output
     import json
+
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["method"]["name"] == "focal" and meta["method"]["config"] == {"gamma": 1.0}
 
@@ -55,10 +76,11 @@ def test_the_new_method_resumes_bit_identically(focal, tmp_path, monkeypatch):
     out = tmp_path / "run"
     step = focal.Focal.training_step
 
-    def interrupted(self, batch, ctx):   # Ctrl-C in the middle of the second epoch
+    def interrupted(self, batch, ctx):  # Ctrl-C in the middle of the second epoch
         if ctx.epoch == 1:
             raise KeyboardInterrupt
         return step(self, batch, ctx)
+
     monkeypatch.setattr(focal.Focal, "training_step", interrupted)
     res = CliRunner().invoke(app, [*TRAIN, "--out", str(out)])
     assert res.exit_code != 0 and (partial_dir(out) / "checkpoint.safetensors").is_file()

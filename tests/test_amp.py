@@ -1,4 +1,5 @@
 """Mixed precision (--amp bf16 | fp16) and device checks, on CPU (torch autocasts bf16 and fp16 there)."""
+
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_cases  # noqa: E402
-
 from debiaskit.errors import ConfigError  # noqa: E402
 from debiaskit.models import build_model  # noqa: E402
 from debiaskit.train import TrainConfig, TrainingMethod, fit  # noqa: E402
@@ -52,6 +52,7 @@ def test_every_method_trains_under_bf16_autocast(method):
 def test_fp16_skips_a_step_whose_gradients_overflow_and_lowers_the_scale(toy_splits):
     """The GradScaler: a step with inf gradients leaves the weights as they were and halves the loss scale;
     the next steps train."""
+
     class Overflow(TrainingMethod):
         def training_step(self, batch, ctx):
             self.optimizer.zero_grad(set_to_none=True)
@@ -69,8 +70,13 @@ def test_fp16_skips_a_step_whose_gradients_overflow_and_lowers_the_scale(toy_spl
             return {"loss": float(loss.detach()) if ctx.step else 0.0}
 
     method = Overflow()
-    result = fit(_model(), toy_splits.train, method=method, config=TrainConfig(epochs=1, batch_size=256, amp="fp16"),
-                 progress=False)
+    result = fit(
+        _model(),
+        toy_splits.train,
+        method=method,
+        config=TrainConfig(epochs=1, batch_size=256, amp="fp16"),
+        progress=False,
+    )
     assert method.unchanged
     assert method.scales[1] == method.scales[0] / 2
     assert not all(torch.equal(a, p) for a, p in zip(method.before, result.model.parameters()))
@@ -78,10 +84,29 @@ def test_fp16_skips_a_step_whose_gradients_overflow_and_lowers_the_scale(toy_spl
 
 def test_cuda_without_cuda_is_a_clear_error_before_any_compute(tmp_path, monkeypatch, capsys):
     from debiaskit.cli import main
+
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    monkeypatch.setattr(sys, "argv", ["debiaskit", "train", "--dataset", "biased-toy", "--rho", "0.95", "--model", "mlp",
-                                      "--device", "cuda", "--amp", "bf16", "--out", str(tmp_path / "r")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "debiaskit",
+            "train",
+            "--dataset",
+            "biased-toy",
+            "--rho",
+            "0.95",
+            "--model",
+            "mlp",
+            "--device",
+            "cuda",
+            "--amp",
+            "bf16",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     monkeypatch.setenv("COLUMNS", "1000")
     with pytest.raises(SystemExit) as exc:
         main()
@@ -93,6 +118,7 @@ def test_cuda_without_cuda_is_a_clear_error_before_any_compute(tmp_path, monkeyp
 def test_the_prepared_gpu_script_runs_its_pipeline_on_cpu(tmp_path):
     """benchmarks/gpu_table2_cell.py (train -> audit -> FFW -> results for BENCHMARKS.md), at its smoke size."""
     import importlib.util
+
     path = Path(__file__).parents[1] / "benchmarks" / "gpu_table2_cell.py"
     spec = importlib.util.spec_from_file_location("gpu_table2_cell", path)
     script = importlib.util.module_from_spec(spec)

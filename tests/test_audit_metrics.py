@@ -1,4 +1,5 @@
 """Audit metrics against hand-computed cases; MI limits; the privacy head reads a planted bias."""
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,7 @@ def test_group_matrix_and_both_averaging_conventions():
     expected = [[2 / 3, 0.0], [1 / 2, 3 / 4]]
     for row, erow in zip(g.group_accuracy, expected):
         assert row == pytest.approx(erow)
-    assert g.accuracy == pytest.approx(6 / 10)                                # sample-weighted
+    assert g.accuracy == pytest.approx(6 / 10)  # sample-weighted
     assert g.mean_group_accuracy == pytest.approx((2 / 3 + 0 + 1 / 2 + 3 / 4) / 4)  # group-weighted
     assert g.worst_group_accuracy == 0.0 and g.worst_group == (0, 1)
     # aligned = {0,1,2,4,5,6,7}: correct 1,1,0,1,1,0,1 -> 5/7; conflicting = {3,8,9}: 0,0,1 -> 1/3

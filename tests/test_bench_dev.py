@@ -1,6 +1,7 @@
 """`debiaskit bench dev`: the development suite and the ablation of FFW's stages, at the smoke budget on toy data;
 the watermark recipe's bias is coded by position alone; the torchvision-style ResNet goes through FFW's structure
 analysis in both modes."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from debiaskit.errors import ConfigError, DebiaskitError
 from debiaskit.ffw import _search, analyse_structure, install_gates
 from debiaskit.models import build_model
 
-CELLS = ("colored-mnist-1pct", "biased-mnist-0.99")   # an MLP and a CNN: the cheapest two
+CELLS = ("colored-mnist-1pct", "biased-mnist-0.99")  # an MLP and a CNN: the cheapest two
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def _check_records(root, cell, recs):
         assert 0.0 <= rec["val_group_mean"] <= 1.0 and 0.0 <= rec["test_worst_group"] <= rec["test_acc"] + 1e-9
         assert (root / "smoke" / cell / "seed0" / f"{name}.json").is_file()
     assert set(recs["ffw-default"]["probes"]) == set(dev.BUDGET_PROBES["smoke"])
-    assert recs["majority"]["test_acc"] == pytest.approx(0.1, abs=0.05)   # one class of ten, balanced test
+    assert recs["majority"]["test_acc"] == pytest.approx(0.1, abs=0.05)  # one class of ten, balanced test
     # the stages did what they say: an eraser where one is on, the refit alone keeps the vanilla bottleneck
     assert recs["erase+refit"]["erase_rank"] > 0 and recs["dfr"]["erase_rank"] is None
     assert recs["gates-only"]["tune_epoch"] is None and recs["ffw-default"]["tune_epoch"] is not None
@@ -48,12 +49,19 @@ def _check_records(root, cell, recs):
 def test_guarded_rows_pass_the_guard_and_the_stages_do_not(tmp_path, monkeypatch):
     seen = {}
 
-    def spy(*args, config, no_harm=True, **kwargs):   # what each row asks of find_fantastic_weights, then stop
+    def spy(*args, config, no_harm=True, **kwargs):  # what each row asks of find_fantastic_weights, then stop
         seen["gates-only" if config.tune_epochs == 0 else "ffw-default"] = no_harm
         raise DebiaskitError("stopped by the test")
+
     monkeypatch.setattr(dev, "find_fantastic_weights", spy)
-    dev.run_dev_suite(root=tmp_path / "dev", budget="smoke", cells=CELLS[:1], seeds=(0,),
-                      variants=("ffw-default", "gates-only"), echo=lambda s: None)
+    dev.run_dev_suite(
+        root=tmp_path / "dev",
+        budget="smoke",
+        cells=CELLS[:1],
+        seeds=(0,),
+        variants=("ffw-default", "gates-only"),
+        echo=lambda s: None,
+    )
     assert seen == {"ffw-default": True, "gates-only": False}
 
 
@@ -79,10 +87,11 @@ def test_suite_resumes_from_its_records_without_recomputing(suite, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("recomputed a cached record")
+
     for name in ("find_fantastic_weights", "apply_stages", "train_run", "load_run"):
         monkeypatch.setattr(dev, name, boom)
     again = dev.run_dev_suite(root=root, budget="smoke", cells=CELLS[:1], seeds=(0,), echo=lambda s: None)
-    assert again[CELLS[0]][0] == json.loads(json.dumps(results[CELLS[0]][0]))   # the records as written (JSON)
+    assert again[CELLS[0]][0] == json.loads(json.dumps(results[CELLS[0]][0]))  # the records as written (JSON)
 
 
 def test_a_lost_record_is_rebuilt_from_its_parent_alone(suite, monkeypatch):
@@ -94,15 +103,18 @@ def test_a_lost_record_is_rebuilt_from_its_parent_alone(suite, monkeypatch):
     monkeypatch.setattr(dev, "find_fantastic_weights", lambda *a, **k: calls.append(k["config"]) or real(*a, **k))
     lines = []
     again = dev.run_dev_suite(root=root, budget="smoke", cells=CELLS[:1], seeds=(0,), echo=lines.append)
-    assert [c.tune_epochs for c in calls] == [0]   # gates-only again (in memory), nothing else searched
-    assert lines == [f"[{CELLS[0]} seed 0] gates+tune: D^u_val group mean "
-                     f"{100 * again[CELLS[0]][0]['gates+tune']['val_group_mean']:.1f}"]
+    assert [c.tune_epochs for c in calls] == [0]  # gates-only again (in memory), nothing else searched
+    assert lines == [
+        f"[{CELLS[0]} seed 0] gates+tune: D^u_val group mean "
+        f"{100 * again[CELLS[0]][0]['gates+tune']['val_group_mean']:.1f}"
+    ]
 
 
 def test_report_ranks_worst_cell_first_then_mean_and_has_every_cell(suite):
     root, _ = suite
-    text = dev.write_dev_results(root=root, budget="smoke", command="debiaskit bench dev --budget smoke",
-                                 wall_time_s=1.0).read_text()
+    text = dev.write_dev_results(
+        root=root, budget="smoke", command="debiaskit bench dev --budget smoke", wall_time_s=1.0
+    ).read_text()
     assert f"### {CELLS[0]}" in text
     for name in (*dev.BASELINES, *dev.VARIANTS):
         assert f"| {name} |" in text
@@ -116,12 +128,24 @@ def _rec(cell, pipeline, val, **extra):
 
 
 def test_summary_puts_the_better_worst_cell_first_and_scores_a_refusal_as_vanilla():
-    results = {"a": {0: {"vanilla": _rec("a", "vanilla", 0.4), "ffw-default": _rec("a", "ffw-default", 0.95),
-                         "dfr": _rec("a", "dfr", 0.7)}},
-               "b": {0: {"vanilla": _rec("b", "vanilla", 0.6), "ffw-default": _rec("b", "ffw-default", 0.5),
-                         "dfr": {"cell": "b", "seed": 0, "pipeline": "dfr", "refused": "DebiaskitError: no gain"}}}}
+    results = {
+        "a": {
+            0: {
+                "vanilla": _rec("a", "vanilla", 0.4),
+                "ffw-default": _rec("a", "ffw-default", 0.95),
+                "dfr": _rec("a", "dfr", 0.7),
+            }
+        },
+        "b": {
+            0: {
+                "vanilla": _rec("b", "vanilla", 0.6),
+                "ffw-default": _rec("b", "ffw-default", 0.5),
+                "dfr": {"cell": "b", "seed": 0, "pipeline": "dfr", "refused": "DebiaskitError: no gain"},
+            }
+        },
+    }
     rows = {r["pipeline"]: r for r in dev.summary_rows(results)}
-    assert rows["dfr"]["per_cell"]["b"] == 0.6 and rows["dfr"]["refused"] == 1   # the vanilla model it leaves
+    assert rows["dfr"]["per_cell"]["b"] == 0.6 and rows["dfr"]["refused"] == 1  # the vanilla model it leaves
     assert [r["pipeline"] for r in dev.summary_rows(results)] == ["dfr", "ffw-default", "vanilla"]
     assert rows["ffw-default"]["worst_cell"] == "b"
 
@@ -132,21 +156,28 @@ def test_a_pipeline_that_raises_is_recorded_as_refused_with_its_children(tmp_pat
 
     def refuse(*a, **k):
         raise NoGain("FFW found nothing better than the vanilla model on D^u_val")
+
     monkeypatch.setattr(dev, "find_fantastic_weights", refuse)
     variants = ("gates-only", "gates+tune", "dfr")
-    res = dev.run_dev_suite(root=tmp_path / "dev", budget="smoke", cells=CELLS[:1], seeds=(0,), variants=variants,
-                            echo=lambda s: None)[CELLS[0]][0]
+    res = dev.run_dev_suite(
+        root=tmp_path / "dev", budget="smoke", cells=CELLS[:1], seeds=(0,), variants=variants, echo=lambda s: None
+    )[CELLS[0]][0]
     assert res["gates-only"]["refused"] == "NoGain: FFW found nothing better than the vanilla model on D^u_val"
-    assert res["gates+tune"]["refused"] == res["gates-only"]["refused"]   # built on it
+    assert res["gates+tune"]["refused"] == res["gates-only"]["refused"]  # built on it
     assert "refused" not in res["dfr"]
     text = dev.write_dev_results(root=tmp_path / "dev", budget="smoke", command="c", wall_time_s=0.0).read_text()
     assert "| gates-only | refused |" in text and "refused 1/1: NoGain" in text
 
 
-@pytest.mark.parametrize("bad, match", [({"budget": "huge"}, "unknown budget 'huge'"),
-                                        ({"cells": ("biased-mnist-0.5",)}, "unknown cell"),
-                                        ({"variants": ("ffw-fancy",)}, "unknown variant"),
-                                        ({"seeds": ()}, "no seed")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"budget": "huge"}, "unknown budget 'huge'"),
+        ({"cells": ("biased-mnist-0.5",)}, "unknown cell"),
+        ({"variants": ("ffw-fancy",)}, "unknown variant"),
+        ({"seeds": ()}, "no seed"),
+    ],
+)
 def test_a_bad_selection_is_refused_before_any_folder_is_made(tmp_path, bad, match):
     kwargs = {"budget": "smoke", "cells": CELLS[:1], "variants": ("dfr",), "seeds": (0,), **bad}
     with pytest.raises(ConfigError, match=match):
@@ -159,17 +190,17 @@ def test_watermark_bias_is_coded_by_position_alone():
     blank = torch.zeros(10, 28, 28, dtype=torch.uint8)
     img = recipe.render(blank, torch.arange(10), seed=0)[:, 0]
     corners = watermark_corners(28, 28)
-    assert len(set(corners)) == 10   # ten distinct places
+    assert len(set(corners)) == 10  # ten distinct places
     for b, (r, c) in enumerate(corners):
         lit = (img[b] == 255).nonzero()
-        assert len(lit) == WATERMARK_SIZE ** 2 and int(img[b].sum()) == 255 * WATERMARK_SIZE ** 2   # same patch
+        assert len(lit) == WATERMARK_SIZE**2 and int(img[b].sum()) == 255 * WATERMARK_SIZE**2  # same patch
         assert (lit.min(0).values.tolist(), lit.max(0).values.tolist()) == ([r, c], [r + 3, c + 3])
         on_border = r in (0, 28 - WATERMARK_SIZE) or c in (0, 28 - WATERMARK_SIZE)
         assert on_border
     # the place of the brightest 4x4 window decodes b on real splits; its brightness does not
     splits = make_splits("watermark-toy", params={"rho": 0.99}, seed=0, unbiased_size=300, test_size=100)
     x, b = splits.test.images[:, 0].float(), splits.test.b
-    windows = torch.stack([x[:, r:r + 4, c:c + 4].mean((1, 2)) for r, c in corners], 1)
+    windows = torch.stack([x[:, r : r + 4, c : c + 4].mean((1, 2)) for r, c in corners], 1)
     assert bool((windows.argmax(1) == b).all())
     assert torch.allclose(windows.max(1).values, torch.full((len(b),), 255.0))
 
@@ -188,10 +219,10 @@ def test_residual_zoo_models_are_gated_in_both_modes(name):
     model = build_model(name, num_classes=10, input_shape=(1, 28, 28))
     x = torch.randn(2, 1, 28, 28)
     structure = analyse_structure(model, x, model.head_name)
-    assert structure.kind == "residual" and not structure.ungated   # every conv is gated, the stream shared
+    assert structure.kind == "residual" and not structure.ungated  # every conv is gated, the stream shared
     for mode in ("unstructured", "structured"):
         gated = install_gates(model, mode=mode, head=model.head_name, example=x)
         assert len(gated.gates) > 0
-    if name == "tv-resnet-small":   # the shared relu is called twice per block, in place, after out += identity
+    if name == "tv-resnet-small":  # the shared relu is called twice per block, in place, after out += identity
         block = model.layer2[0]
         assert block.relu.inplace and block.downsample is not None and isinstance(model.fc, torch.nn.Linear)

@@ -1,5 +1,6 @@
 """`bench compare --launcher slurm`: Slurm options, one submitit job per (seed, value) group, cached and resumable
 cells. Run through submitit's local executor (the same jobs as subprocesses of this machine)."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ LOCAL = SlurmOptions(cluster="local", time_min=10, cpus_per_task=1)
 
 
 def test_slurm_options_come_from_a_file_then_flags(tmp_path):
-    (tmp_path / "s.json").write_text(json.dumps({"partition": "gpu", "time_min": 30, "gpus_per_task": 1,
-                                                 "additional": {"account": "lab"}}))
+    (tmp_path / "s.json").write_text(
+        json.dumps({"partition": "gpu", "time_min": 30, "gpus_per_task": 1, "additional": {"account": "lab"}})
+    )
     (tmp_path / "s.toml").write_text('partition = "cpu"\ncpus_per_task = 8\n')
     opts = load_slurm_options(tmp_path / "s.json", time_min=90, partition=None)
     assert (opts.partition, opts.time_min, opts.gpus_per_task, opts.device) == ("gpu", 90, 1, "cuda")
@@ -36,8 +38,15 @@ def test_slurm_options_come_from_a_file_then_flags(tmp_path):
 def test_slurm_without_sbatch_is_a_clear_error_before_any_compute(tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="sbatch is not on this machine"):
-        run_compare(suite="toy", root=tmp_path, seeds=(0,), methods=["vanilla"], launcher="slurm",
-                    slurm=SlurmOptions(), echo=lambda s: None)
+        run_compare(
+            suite="toy",
+            root=tmp_path,
+            seeds=(0,),
+            methods=["vanilla"],
+            launcher="slurm",
+            slurm=SlurmOptions(),
+            echo=lambda s: None,
+        )
     assert not any(tmp_path.iterdir())
     with pytest.raises(ConfigError, match="launcher must be one of local, slurm"):
         run_compare(suite="toy", root=tmp_path, seeds=(0,), methods=["vanilla"], launcher="pbs", echo=lambda s: None)
@@ -45,8 +54,12 @@ def test_slurm_without_sbatch_is_a_clear_error_before_any_compute(tmp_path, monk
 
 def test_slurm_flags_need_the_slurm_launcher(monkeypatch, capsys, tmp_path):
     from debiaskit.cli import main
-    monkeypatch.setattr(sys, "argv", ["debiaskit", "bench", "compare", "--suite", "toy", "--out", str(tmp_path),
-                                      "--slurm-partition", "gpu"])
+
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["debiaskit", "bench", "compare", "--suite", "toy", "--out", str(tmp_path), "--slurm-partition", "gpu"],
+    )
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2 and "need --launcher slurm" in capsys.readouterr().err
@@ -68,14 +81,30 @@ def test_compare_through_submitit_resumes_from_cached_cells(tmp_path):
     vanilla = tmp_path / "toy" / "rho0.95" / "vanilla" / "seed0" / "result.json"
     stamp = vanilla.stat().st_mtime_ns
     messages: list[str] = []
-    cells = run_compare(suite="toy", root=tmp_path, seeds=(0,), methods=["vanilla", "groupdro"], vanilla_from=None,
-                        launcher="slurm", slurm=LOCAL, echo=messages.append)
+    cells = run_compare(
+        suite="toy",
+        root=tmp_path,
+        seeds=(0,),
+        methods=["vanilla", "groupdro"],
+        vanilla_from=None,
+        launcher="slurm",
+        slurm=LOCAL,
+        echo=messages.append,
+    )
     assert any("submitted 1 of 1" in m for m in messages), messages
     assert [c["method"] for c in cells] == ["vanilla", "groupdro"]
-    assert vanilla.stat().st_mtime_ns == stamp   # the cached cell was read, not recomputed
-    assert list((tmp_path / ".submitit").iterdir())   # the job's logs
+    assert vanilla.stat().st_mtime_ns == stamp  # the cached cell was read, not recomputed
+    assert list((tmp_path / ".submitit").iterdir())  # the job's logs
     messages.clear()
-    again = run_compare(suite="toy", root=tmp_path, seeds=(0,), methods=["vanilla", "groupdro"], vanilla_from=None,
-                        launcher="slurm", slurm=LOCAL, echo=messages.append)
+    again = run_compare(
+        suite="toy",
+        root=tmp_path,
+        seeds=(0,),
+        methods=["vanilla", "groupdro"],
+        vanilla_from=None,
+        launcher="slurm",
+        slurm=LOCAL,
+        echo=messages.append,
+    )
     assert any("nothing to submit" in m for m in messages), messages
     assert again == cells

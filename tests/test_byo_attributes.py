@@ -1,6 +1,7 @@
 """Several bias attributes of different cardinalities (a binary one beside one with 5 values): each attribute
 keeps its own number of classes through the data contract, the audit (group tables, privacy heads, MI) and
 the reports - no empty columns, no head with outputs for values that do not exist."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,15 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from debiaskit.audit import audit_model, to_markdown
-from debiaskit.data import BiasDataset, as_bias_data, as_bias_datasets, make_splits, relabel_bias, save_tensor_file, user_splits
+from debiaskit.data import (
+    BiasDataset,
+    as_bias_data,
+    as_bias_datasets,
+    make_splits,
+    relabel_bias,
+    save_tensor_file,
+    user_splits,
+)
 from debiaskit.errors import DataError
 
 CARDS = (2, 5)
@@ -21,8 +30,15 @@ def _rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 3, (n,), generator=g)
     b = torch.stack([torch.randint(0, CARDS[0], (n,), generator=g), torch.randint(0, CARDS[1], (n,), generator=g)], 1)
-    x = torch.cat([nn.functional.one_hot(y, 3), nn.functional.one_hot(b[:, 0], 2), nn.functional.one_hot(b[:, 1], 5),
-                   0.1 * torch.randn(n, 3, generator=g)], 1).float()
+    x = torch.cat(
+        [
+            nn.functional.one_hot(y, 3),
+            nn.functional.one_hot(b[:, 0], 2),
+            nn.functional.one_hot(b[:, 1], 5),
+            0.1 * torch.randn(n, 3, generator=g),
+        ],
+        1,
+    ).float()
     return x, y, b
 
 
@@ -58,9 +74,9 @@ class Lazy(Dataset):
 @pytest.mark.parametrize("wrap", [lambda x, y, b: TensorDataset(x, y, b), lambda x, y, b: Lazy(x, y, b)])
 def test_each_attribute_has_its_own_class_count_in_the_contract(wrap):
     data = as_bias_data(wrap(*_rows(200, 0)))
-    assert data.bias_cardinalities == CARDS and data.num_bias_classes == 5   # the largest, for one-number readers
+    assert data.bias_cardinalities == CARDS and data.num_bias_classes == 5  # the largest, for one-number readers
     counts = data.summary()["group_counts"]
-    assert [len(counts[f"attribute{a}"][0]) for a in range(2)] == [2, 5]       # no empty column for attribute 0
+    assert [len(counts[f"attribute{a}"][0]) for a in range(2)] == [2, 5]  # no empty column for attribute 0
     # splits given together share each attribute's count (a value missing from one split is still counted)
     x, y, b = _rows(40, 1)
     b[:, 1] = b[:, 1].clamp(max=2)
@@ -96,20 +112,24 @@ def test_counterfactual_values_stay_inside_each_attribute():
 
 def test_audit_sizes_group_tables_and_probes_per_attribute(monkeypatch):
     import debiaskit.audit._audit as audit_module
+
     sizes, probe = [], audit_module.probe_bias
     monkeypatch.setattr(audit_module, "probe_bias", lambda *a, **k: sizes.append(k["num_bias"]) or probe(*a, **k))
-    parts = {n: TensorDataset(*_rows(size, seed)) for n, size, seed in
-             (("train", 300, 0), ("unbiased_train", 600, 1), ("unbiased_val", 300, 2), ("test", 600, 3))}
+    parts = {
+        n: TensorDataset(*_rows(size, seed))
+        for n, size, seed in (("train", 300, 0), ("unbiased_train", 600, 1), ("unbiased_val", 300, 2), ("test", 600, 3))
+    }
     splits = user_splits(**parts, bias_names=("sex", "region"))
-    report = audit_model(Model(), head="fc", test=splits.test, unbiased_train=splits.unbiased_train,
-                         unbiased_val=splits.unbiased_val)
+    report = audit_model(
+        Model(), head="fc", test=splits.test, unbiased_train=splits.unbiased_train, unbiased_val=splits.unbiased_val
+    )
     sex, region = report.attributes
     assert [len(sex.groups.group_accuracy[0]), len(region.groups.group_accuracy[0])] == [2, 5]
-    assert not np.isnan(np.array(sex.groups.group_accuracy)).any()   # no empty columns
+    assert not np.isnan(np.array(sex.groups.group_accuracy)).any()  # no empty columns
     assert (sex.num_bias_classes, region.num_bias_classes) == CARDS
     # one privacy head per attribute, with as many outputs as it has values (MI normalised by log 2 and log 5)
     assert sizes == list(CARDS)
-    assert sex.bias_extractability > 0.9 and region.bias_extractability > 0.9   # chance: 0.5 and 0.2
+    assert sex.bias_extractability > 0.9 and region.bias_extractability > 0.9  # chance: 0.5 and 0.2
     md = to_markdown(report)
     assert "| y \\ b | 0 | 1 |\n" in md and "| y \\ b | 0 | 1 | 2 | 3 | 4 |\n" in md
     assert "chance 50.00" in md and "chance 20.00" in md

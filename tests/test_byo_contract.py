@@ -1,4 +1,5 @@
 """The data contract: any map-style (x, y, b) dataset goes through fit, audit, FFW, discover and the methods."""
+
 from __future__ import annotations
 
 import sys
@@ -61,7 +62,7 @@ def user_model(user_data):
 def test_tensor_dataset_is_the_fast_path_with_inferred_metadata(user_data):
     data = as_bias_data(user_data["test"])
     assert isinstance(data, BiasDataset)
-    assert data.images is user_data["test"].tensors[0]          # no copy of the inputs
+    assert data.images is user_data["test"].tensors[0]  # no copy of the inputs
     assert (data.num_classes, data.num_bias_classes, data.bias_names) == (10, 10, ("bias",))
     assert data.y.dtype == torch.int64
 
@@ -94,24 +95,29 @@ def test_lazy_dataset_without_label_attributes_is_read_once(user_data):
     data = as_bias_data(src)
     assert data.num_classes == 10
     loads = src.loads
-    assert loads <= len(y) + 1   # one pass (+ the first item, checked for a clear error message)
-    assert data.num_bias_classes == 10 and torch.equal(data.b, b) and src.loads == loads   # remembered
+    assert loads <= len(y) + 1  # one pass (+ the first item, checked for a clear error message)
+    assert data.num_bias_classes == 10 and torch.equal(data.b, b) and src.loads == loads  # remembered
 
 
 def test_items_without_bias_labels_and_several_attributes():
     x = torch.randn(30, 6)
     data = as_bias_data(TensorDataset(x, torch.arange(30) % 3))
     assert data.b is None and data.num_classes == 3
-    multi = as_bias_data(TensorDataset(x, torch.arange(30) % 3, torch.stack([torch.arange(30) % 2, torch.arange(30) % 4], 1)))
+    multi = as_bias_data(
+        TensorDataset(x, torch.arange(30) % 3, torch.stack([torch.arange(30) % 2, torch.arange(30) % 4], 1))
+    )
     assert multi.bias_names == ("bias0", "bias1") and multi.num_bias_classes == 4
     assert torch.equal(multi.bias(1), torch.arange(30) % 4)
 
 
-@pytest.mark.parametrize("items, message", [
-    (lambda i: torch.zeros(3), r"must be \(x, y, b\) or \(x, y\) tuples"),
-    (lambda i: ([1, 2, 3], 0, 1), "x must be a tensor"),
-    (lambda i: (torch.zeros(3), 0.5, 1), "integer class indices"),
-])
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (lambda i: torch.zeros(3), r"must be \(x, y, b\) or \(x, y\) tuples"),
+        (lambda i: ([1, 2, 3], 0, 1), "x must be a tensor"),
+        (lambda i: (torch.zeros(3), 0.5, 1), "integer class indices"),
+    ],
+)
 def test_bad_items_are_clear_errors(items, message):
     class Bad(Dataset):
         def __len__(self):
@@ -121,7 +127,7 @@ def test_bad_items_are_clear_errors(items, message):
             return items(i)
 
     with pytest.raises(DataError, match=message):
-        as_bias_data(Bad()).num_classes
+        _ = as_bias_data(Bad()).num_classes
 
 
 def test_float_labels_are_refused_with_the_name_of_what_is_wrong():
@@ -130,29 +136,49 @@ def test_float_labels_are_refused_with_the_name_of_what_is_wrong():
 
 
 def test_audit_of_a_user_model_on_tensor_datasets(user_model, user_data):
-    report = audit_model(user_model, head="classifier", test=user_data["test"], unbiased_train=user_data["unbiased_train"],
-                         unbiased_val=user_data["unbiased_val"], probe_kwargs={"max_epochs": 5})
+    report = audit_model(
+        user_model,
+        head="classifier",
+        test=user_data["test"],
+        unbiased_train=user_data["unbiased_train"],
+        unbiased_val=user_data["unbiased_val"],
+        probe_kwargs={"max_epochs": 5},
+    )
     att = report.attributes[0]
     assert report.num_samples == len(user_data["test"])
     assert len(att.groups.group_accuracy) == 10 and 0 <= att.bias_extractability <= 1
-    assert att.groups.aligned_accuracy is None       # plain tensors do not say which samples are aligned
-    assert att.counterfactual_bias is None           # nor how to re-render them
+    assert att.groups.aligned_accuracy is None  # plain tensors do not say which samples are aligned
+    assert att.counterfactual_bias is None  # nor how to re-render them
 
 
 def test_user_splits_infer_which_samples_are_aligned(user_data, toy_splits):
-    splits = user_splits(train=user_data["train"], unbiased_train=user_data["unbiased_train"],
-                         unbiased_val=user_data["unbiased_val"], test=user_data["test"])
-    assert splits.spec["bias_pairing"] == list(range(10))        # the toy recipe pairs bias k with digit k
+    splits = user_splits(
+        train=user_data["train"],
+        unbiased_train=user_data["unbiased_train"],
+        unbiased_val=user_data["unbiased_val"],
+        test=user_data["test"],
+    )
+    assert splits.spec["bias_pairing"] == list(range(10))  # the toy recipe pairs bias k with digit k
     assert torch.equal(splits.test.aligned, toy_splits.test.aligned)
-    assert splits.unbiased_test is None and [n for n, _ in splits.items()] == ["train", "unbiased_train", "unbiased_val", "test"]
+    assert splits.unbiased_test is None and [n for n, _ in splits.items()] == [
+        "train",
+        "unbiased_train",
+        "unbiased_val",
+        "test",
+    ]
 
 
 def test_ffw_on_a_lazy_user_dataset(user_model, user_data):
     x, y, b = user_data["unbiased_train"].tensors
     xv, yv, bv = user_data["unbiased_val"].tensors
-    result = find_fantastic_weights(user_model, head="classifier", train=CountingDataset(x, y, b),
-                                    val=CountingDataset(xv, yv, bv, with_label_attributes=False),
-                                    mode="unstructured", **FFW_FAST)
+    result = find_fantastic_weights(
+        user_model,
+        head="classifier",
+        train=CountingDataset(x, y, b),
+        val=CountingDataset(xv, yv, bv, with_label_attributes=False),
+        mode="unstructured",
+        **FFW_FAST,
+    )
     # the default linear eraser sits in front of the user's head: the bottleneck is the input of classifier.head
     assert result.head == "classifier.head" and result.eraser["head"] == "classifier" and len(result.history) >= 2
     assert set(result.masks) and all(m.dtype == torch.uint8 for m in result.masks.values())
@@ -161,7 +187,9 @@ def test_ffw_on_a_lazy_user_dataset(user_model, user_data):
 def test_ffw_without_bias_labels_names_what_is_missing(user_model, user_data):
     x, y, _ = user_data["unbiased_train"].tensors
     with pytest.raises(DataError, match="FFW needs bias labels"):
-        find_fantastic_weights(user_model, head="classifier", train=TensorDataset(x, y), val=TensorDataset(x, y), **FFW_FAST)
+        find_fantastic_weights(
+            user_model, head="classifier", train=TensorDataset(x, y), val=TensorDataset(x, y), **FFW_FAST
+        )
 
 
 def test_discover_and_pseudo_labels_on_lazy_data(user_model, user_data):
@@ -179,23 +207,44 @@ def test_label_free_method_fits_on_x_y_items(user_data):
     torch.manual_seed(0)
     model = user_models.residual_cnn(num_classes=10, in_channels=3, width=8)
     method, _ = build_method("calm", dataset="biased-toy", warmup_epochs=1, collect_epochs=1, ramp_epochs=1)
-    result = fit(model, TensorDataset(x, y), method=method, config=TrainConfig(epochs=2, seed=0, batch_size=128),
-                 head="classifier", progress=False)
+    result = fit(
+        model,
+        TensorDataset(x, y),
+        method=method,
+        config=TrainConfig(epochs=2, seed=0, batch_size=128),
+        head="classifier",
+        progress=False,
+    )
     assert len(result.history) == 2 and all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
 def test_structured_ffw_on_a_plain_user_network_with_a_nested_head(user_data):
     model = user_models.sequential_cnn(num_classes=10, in_channels=3).eval()
-    result = find_fantastic_weights(model, head="head.fc", train=user_data["unbiased_train"], val=user_data["unbiased_val"],
-                                    mode="structured", **FFW_FAST)
+    result = find_fantastic_weights(
+        model,
+        head="head.fc",
+        train=user_data["unbiased_train"],
+        val=user_data["unbiased_val"],
+        mode="structured",
+        **FFW_FAST,
+    )
     x = user_data["test"].tensors[0][:8]
     assert result.model(x).shape == (8, 10)
     assert result.sparsity["parameters_after"] <= result.sparsity["parameters_before"]
 
 
 def test_structured_ffw_on_the_user_residual_cnn(user_model, user_data):
-    result = find_fantastic_weights(user_model, head="classifier", train=user_data["unbiased_train"],
-                                    val=user_data["unbiased_val"], mode="structured", erase="none", refit_head=False, tune_epochs=0, **FFW_FAST)
+    result = find_fantastic_weights(
+        user_model,
+        head="classifier",
+        train=user_data["unbiased_train"],
+        val=user_data["unbiased_val"],
+        mode="structured",
+        erase="none",
+        refit_head=False,
+        tune_epochs=0,
+        **FFW_FAST,
+    )
     x = user_data["test"].tensors[0][:8]
     result.gated.state.hard = True
     assert torch.allclose(result.model(x), result.gated.model(x), atol=1e-5)
@@ -203,19 +252,22 @@ def test_structured_ffw_on_the_user_residual_cnn(user_model, user_data):
 
 def test_build_method_says_which_defaults_it_uses_on_an_unknown_family():
     from debiaskit.methods import DefaultsWarning
+
     with pytest.warns(DefaultsWarning, match="no defaults for dataset family 'my'.*generic '\\*' defaults"):
         method, config = build_method("calm", dataset="my-data")
     assert "warmup_epochs=" in method.defaults_note
     with pytest.warns(DefaultsWarning, match="family 'tensors'"):
         build_method("lff", dataset="tensors:/data/x.npz")
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        method, _ = build_method("lff", dataset="colored-mnist")      # our own datasets: no note
+        method, _ = build_method("lff", dataset="colored-mnist")  # our own datasets: no note
     assert getattr(method, "defaults_note", None) is None
 
 
 def test_discover_scans_the_blocks_of_a_model_with_functional_activations():
     from debiaskit.discover import candidate_layers
+
     model = user_models.residual_cnn(num_classes=10, in_channels=3, width=4)
     assert candidate_layers(model, head="classifier") == ["block1", "block2", "block3", "bottleneck"]

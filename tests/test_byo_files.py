@@ -1,4 +1,5 @@
 """Datasets from disk: tensors:PATH (.safetensors / .npz) and folder:DIR (images + metadata.csv)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from debiaskit.data import (BiasDataset, LazyBiasDataset, describe, iterate_batches, make_splits, save_tensor_file,
-                            splits_from_spec)
+from debiaskit.data import (
+    BiasDataset,
+    LazyBiasDataset,
+    describe,
+    iterate_batches,
+    make_splits,
+    save_tensor_file,
+    splits_from_spec,
+)
 from debiaskit.errors import ConfigError, DataError
 
 
@@ -36,7 +44,7 @@ def test_npz_with_split_codes(npz_with_split):
     path, (x, y, b, split) = npz_with_split
     splits = make_splits(f"tensors:{path}", seed=0)
     assert len(splits.train) == int((split == 0).sum()) and len(splits.test) == int((split == 4).sum())
-    assert splits.unbiased_test is None                                  # code 3 unused: optional
+    assert splits.unbiased_test is None  # code 3 unused: optional
     assert isinstance(splits.train, BiasDataset) and splits.train.bias_names == ("colour",)
     assert torch.allclose(splits.unbiased_val.x, torch.from_numpy(x[split == 2]))
     assert splits.spec["sha256"] and splits.spec["dataset"] == f"tensors:{path.resolve()}"
@@ -64,13 +72,13 @@ def test_splits_drawn_when_the_file_has_none(tmp_path):
     splits = make_splits(f"tensors:{path}", seed=3)
     for name in ("unbiased_train", "unbiased_val", "unbiased_test", "test"):
         counts = getattr(splits, name).summary()["group_counts"]
-        assert len({n for row in counts for n in row}) == 1, name          # group-balanced
-    assert 0.85 < splits.train.summary()["realised_rho"] < 0.95            # D^b keeps the data's own bias
+        assert len({n for row in counts for n in row}) == 1, name  # group-balanced
+    assert 0.85 < splits.train.summary()["realised_rho"] < 0.95  # D^b keeps the data's own bias
     total = sum(len(d) for _, d in splits.items())
-    assert total == len(y)                                                   # every sample in exactly one split
+    assert total == len(y)  # every sample in exactly one split
     assert "stratified by (y, b)" in splits.spec["splits_from"]
     other = make_splits(f"tensors:{path}", seed=4)
-    assert not torch.equal(other.test.x, splits.test.x)                      # the seed draws
+    assert not torch.equal(other.test.x, splits.test.x)  # the seed draws
 
 
 def test_too_small_groups_ask_for_a_split_array(tmp_path):
@@ -81,14 +89,17 @@ def test_too_small_groups_ask_for_a_split_array(tmp_path):
         make_splits(f"tensors:{path}")
 
 
-@pytest.mark.parametrize("arrays, message", [
-    (lambda x, y, b: {"x": x, "y": y}, "lacks b"),
-    (lambda x, y, b: {"x": x, "y": y.astype(np.float32), "b": b}, "y must be an integer array"),
-    (lambda x, y, b: {"x": x[:10], "y": y, "b": b}, "same length"),
-    (lambda x, y, b: {"x": x, "y": y, "b": b, "split": np.full(len(y), 7)}, "unknown split codes"),
-    (lambda x, y, b: {"x": x, "y": y - 1, "b": b}, ">= 0"),
-    (lambda x, y, b: {"x": np.where(x > 2, np.nan, x), "y": y, "b": b}, "NaN"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (lambda x, y, b: {"x": x, "y": y}, "lacks b"),
+        (lambda x, y, b: {"x": x, "y": y.astype(np.float32), "b": b}, "y must be an integer array"),
+        (lambda x, y, b: {"x": x[:10], "y": y, "b": b}, "same length"),
+        (lambda x, y, b: {"x": x, "y": y, "b": b, "split": np.full(len(y), 7)}, "unknown split codes"),
+        (lambda x, y, b: {"x": x, "y": y - 1, "b": b}, ">= 0"),
+        (lambda x, y, b: {"x": np.where(x > 2, np.nan, x), "y": y, "b": b}, "NaN"),
+    ],
+)
 def test_bad_tensor_files_are_clear_errors(tmp_path, arrays, message):
     x, y, b = _biased_rows()
     path = tmp_path / "bad.npz"
@@ -131,13 +142,14 @@ def test_safetensors_memory_mapped_and_lazy(tmp_path):
     assert isinstance(lazy.train, LazyBiasDataset) and isinstance(eager.train, BiasDataset)
     assert lazy.train.bias_names == ("place",)
     first = next(iter(iterate_batches(lazy.test, batch_size=16))).x
-    assert first.dtype == torch.float32 and float(first.max()) <= 1.0       # uint8 images scaled to [0, 1]
+    assert first.dtype == torch.float32 and float(first.max()) <= 1.0  # uint8 images scaled to [0, 1]
     assert torch.allclose(first, eager.test.x[:16])
     assert torch.allclose(first, x[split == 4][:16].float() / 255)
 
 
 def _image_folder(root: Path, *, n=48, split_values=None, size=(10, 12)):
     from PIL import Image
+
     g = np.random.default_rng(0)
     (root / "imgs" / "sub").mkdir(parents=True)
     rows = ["img_filename,y,place,split"]
@@ -170,11 +182,12 @@ def test_image_folder_with_named_splits_decoded_in_workers(tmp_path):
 
 def test_image_folder_with_waterbirds_codes(tmp_path):
     root = _image_folder(tmp_path, n=80, split_values=["0", "0", "1", "1", "2"])
-    splits = make_splits(f"folder:{root}", params={"bias_column": "place", "split_names": "train,unbiased,test",
-                                                    "workers": 0})
+    splits = make_splits(
+        f"folder:{root}", params={"bias_column": "place", "split_names": "train,unbiased,test", "workers": 0}
+    )
     assert len(splits.train) == 32 and len(splits.test) == 16
     du = [splits.unbiased_train, splits.unbiased_val, splits.unbiased_test]
-    assert [len(d) for d in du] == [20, 8, 4]                 # 60/20/20 inside each of the 4 (y, b) groups
+    assert [len(d) for d in du] == [20, 8, 4]  # 60/20/20 inside each of the 4 (y, b) groups
     assert sorted(torch.cat([d.index for d in du]).tolist()) == [i for i in range(80) if i % 5 in (2, 3)]
     with pytest.raises(DataError, match="no samples in split.s. unbiased_train, unbiased_val"):
         make_splits(f"folder:{root}", params={"bias_column": "place", "split_names": "train,unused,test"})
@@ -183,7 +196,7 @@ def test_image_folder_with_waterbirds_codes(tmp_path):
 def test_image_folder_errors(tmp_path):
     root = _image_folder(tmp_path, split_values=["train"])
     with pytest.raises(DataError, match="no bias column"):
-        make_splits(f"folder:{root}")                       # the CSV calls it 'place'
+        make_splits(f"folder:{root}")  # the CSV calls it 'place'
     with pytest.raises(ConfigError, match="takes the params"):
         make_splits(f"folder:{root}", params={"colour": "1"})
     (root / "imgs" / "sub" / "3.png").unlink()
@@ -205,6 +218,7 @@ def cli(monkeypatch, capsys):
             main()
         out, err = capsys.readouterr()
         return exc.value.code or 0, out, " ".join(err.split())
+
     return run
 
 
@@ -214,8 +228,9 @@ def test_cli_data_show_and_train_on_a_tensors_file(npz_with_split, tmp_path, cli
     assert code == 0, err
     assert "groups train: (y0,b0)=" in out and "split` array" in out
     run = tmp_path / "run"
-    code, out, err = cli("train", "--dataset", f"tensors:{path}", "--model", "mlp", "--epochs", "1", "--out", run,
-                         "--no-progress")
+    code, out, err = cli(
+        "train", "--dataset", f"tensors:{path}", "--model", "mlp", "--epochs", "1", "--out", run, "--no-progress"
+    )
     assert code == 0, err
     meta = json.loads((run / "run.json").read_text())
     assert meta["data"]["sha256"] and meta["data"]["path"] == str(path.resolve())
@@ -242,7 +257,7 @@ def test_bias_columns_give_counterfactual_rows(tmp_path):
     np.savez(path, x=x, y=y, b=b, bias_columns=np.array([6, 7]))
     test = make_splits(f"tensors:{path}").test
     rows = test.counterfactual(torch.arange(4), 1 - test.b[:4])
-    assert torch.equal(rows[:, :6], test.x[:4, :6])                         # every other column kept
+    assert torch.equal(rows[:, :6], test.x[:4, :6])  # every other column kept
     assert torch.equal(rows[:, 6:].argmax(1), 1 - test.b[:4]) and torch.equal(rows[:, 6:].sum(1), torch.ones(4))
     np.savez(path, x=x, y=y, b=b, bias_columns=np.array([6, 6]))
     with pytest.raises(DataError, match="distinct column indices"):

@@ -1,14 +1,15 @@
 """CALM's label-free do-no-harm guard: an ERM copy trains beside it and is returned when CALM does worse on
 held-out D^b (accuracy, class-mean accuracy) or does not beat it on its own pseudo-group score."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+from debiaskit.audit import chance_floor
 from debiaskit.data import BiasDataset
 from debiaskit.errors import ConfigError
 from debiaskit.methods import build_method
-from debiaskit.audit import chance_floor
 from debiaskit.methods.calm import CALM, guard_keeps_calm, pseudo_group_se
 from debiaskit.models import build_model
 from debiaskit.train import TrainConfig, fit
@@ -36,22 +37,22 @@ def test_the_rule():
     # a debiased model loses plain accuracy on biased held-out data (the ERM copy uses the bias there): kept
     assert guard_keeps_calm({**erm, "pseudo_group_score": 0.84, "accuracy": 0.93}, erm, floor=0.12)
     assert not guard_keeps_calm({**erm, "pseudo_group_score": 0.84, "accuracy": 0.74}, erm, floor=0.774)  # < floor
-    assert not guard_keeps_calm({**erm, "pseudo_group_score": 0.55}, erm, floor=0.12)   # no gain on its own claim
+    assert not guard_keeps_calm({**erm, "pseudo_group_score": 0.55}, erm, floor=0.12)  # no gain on its own claim
     # a gain inside the noise of a small hold-out (one standard error of the difference: 0.042) is no gain
     assert not guard_keeps_calm({**erm, "pseudo_group_score": 0.75, "accuracy": 0.93}, erm, floor=0.12)
 
 
 def test_the_standard_error_of_a_pseudo_group_score():
     y = torch.tensor([0, 0, 0, 0, 1, 1])
-    pseudo = torch.tensor([0, 0, 0, 1, 1, 0])      # pooled groups: aligned (4: 0, 0, 0, 1), conflicting (2)
-    pred = torch.tensor([0, 0, 1, 0, 1, 1])      # aligned: 3 of 4 right, conflicting: 2 of 2
+    pseudo = torch.tensor([0, 0, 0, 1, 1, 0])  # pooled groups: aligned (4: 0, 0, 0, 1), conflicting (2)
+    pred = torch.tensor([0, 0, 1, 0, 1, 1])  # aligned: 3 of 4 right, conflicting: 2 of 2
     q = torch.tensor([4 / 6, 3 / 4])
     expected = float(torch.sqrt((q * (1 - q) / torch.tensor([4.0, 2.0])).sum()) / 2)
     assert pseudo_group_se(pred, y, pseudo, pooled=True, num_classes=2) == pytest.approx(expected)
 
 
 def test_the_floor_is_the_majority_rate_plus_a_margin():
-    y = torch.tensor([0] * 754 + [1] * 246)   # UCI Adult's income prior
+    y = torch.tensor([0] * 754 + [1] * 246)  # UCI Adult's income prior
     floor = chance_floor(y, 2, margin=0.02)
     assert floor["majority_rate"] == pytest.approx(0.754) and floor["floor"] == pytest.approx(0.754 + 0.0272, abs=1e-3)
 
@@ -63,8 +64,10 @@ def test_a_broken_calm_falls_back_to_its_erm_copy():
     guard = method.state()["guard"]
     assert guard["kept"] == "erm", guard
     held = guard["held_out"]
-    assert held["calm"]["accuracy"] < guard["floor"]["floor"] or \
-        held["calm"]["pseudo_group_score"] < held["erm"]["pseudo_group_score"]
+    assert (
+        held["calm"]["accuracy"] < guard["floor"]["floor"]
+        or held["calm"]["pseudo_group_score"] < held["erm"]["pseudo_group_score"]
+    )
     # the returned model is the ERM copy: the same predictions
     x = data.images[:200]
     with torch.no_grad():

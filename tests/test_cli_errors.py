@@ -3,6 +3,7 @@
 ``debiaskit.cli.main`` turns a DebiaskitError into "error: ..." on stderr and exit code 2; CliRunner on
 ``app`` sees the raised exception instead. Both are tested, plus one real subprocess of the script.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,18 +40,31 @@ def _finished_run(folder: Path) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--dataset", "nope-mnist", "--out", "{tmp}/r"], "unknown dataset 'nope-mnist'; available:"),
-    (["train", "--dataset", "biased-toy", "--rho", "1.5", "--out", "{tmp}/r"], "rho is 1.5, expected a number in [0, 1]"),
-    (["train", "--dataset", "biased-toy", "--param", "rho_left=0.9", "--out", "{tmp}/r"], "has no parameter(s) ['rho_left']"),
-    (["train", "--dataset", "biased-toy", "--model", "vgg", "--unbiased-size", "600", "--out", "{tmp}/r"],
-     "unknown model 'vgg'; available:"),
-    (["train", "--dataset", "biased-toy", "--unbiased-size", "600", "--train-size", "0", "--out", "{tmp}/r"],
-     "train_size must lie in (0, 1400]"),
-    (["audit", "{tmp}/missing-run"], "run folder {tmp}/missing-run does not exist"),
-    (["data", "show", "biased-svhn"], "unknown dataset 'biased-svhn'"),
-    (["data", "prepare", "cifar10"], "run `debiaskit data prepare cifar10 --from DIR`"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--dataset", "nope-mnist", "--out", "{tmp}/r"], "unknown dataset 'nope-mnist'; available:"),
+        (
+            ["train", "--dataset", "biased-toy", "--rho", "1.5", "--out", "{tmp}/r"],
+            "rho is 1.5, expected a number in [0, 1]",
+        ),
+        (
+            ["train", "--dataset", "biased-toy", "--param", "rho_left=0.9", "--out", "{tmp}/r"],
+            "has no parameter(s) ['rho_left']",
+        ),
+        (
+            ["train", "--dataset", "biased-toy", "--model", "vgg", "--unbiased-size", "600", "--out", "{tmp}/r"],
+            "unknown model 'vgg'; available:",
+        ),
+        (
+            ["train", "--dataset", "biased-toy", "--unbiased-size", "600", "--train-size", "0", "--out", "{tmp}/r"],
+            "train_size must lie in (0, 1400]",
+        ),
+        (["audit", "{tmp}/missing-run"], "run folder {tmp}/missing-run does not exist"),
+        (["data", "show", "biased-svhn"], "unknown dataset 'biased-svhn'"),
+        (["data", "prepare", "cifar10"], "run `debiaskit data prepare cifar10 --from DIR`"),
+    ],
+)
 def test_errors_exit_2_with_message(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.setenv("DEBIASKIT_DATA", str(tmp_path / "cache"))
     code, err = run_main([a.format(tmp=tmp_path) for a in args], monkeypatch, capsys)
@@ -84,8 +98,9 @@ def test_prepare_cifar10_from_folder_through_cli(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        write_cifar_binary(folder / f"{name}.bin", rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8),
-                           np.arange(4) % 10)
+        write_cifar_binary(
+            folder / f"{name}.bin", rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8), np.arange(4) % 10
+        )
     res = runner.invoke(app, ["data", "prepare", "cifar10", "--from", str(tmp_path / "dl")])
     assert res.exit_code == 0, res.output
     assert "cifar10 ready" in res.output
@@ -97,8 +112,13 @@ def test_console_script_exit_code(tmp_path):
     if not script.is_file():
         pytest.skip("the debiaskit console script is not installed next to this python")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DEBIASKIT_DATA": str(tmp_path / "cache")}
-    proc = subprocess.run([str(script), "train", "--dataset", "biased-toy", "--rho", "1.5", "--out",
-                           str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [str(script), "train", "--dataset", "biased-toy", "--rho", "1.5", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "rho is 1.5, expected a number in [0, 1]" in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()

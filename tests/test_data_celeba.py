@@ -4,6 +4,7 @@ The fixture is a 60-image CelebA folder in the real layout (img_align_celeba/*.j
 attribute names, list_eval_partition.txt). Every image is a solid colour whose blue channel encodes its
 file number (4 * i), so a test can check that images and labels stay paired through every subsample.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,17 +21,19 @@ from debiaskit.data import dataset_names, describe, make_splits, parse_name, spl
 from debiaskit.errors import ConfigError, DataError
 from debiaskit.runs import load_run
 
-ATTRS = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
-         "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
-         "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
-         "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
-         "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young").split()
+ATTRS = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
+    "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
+    "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
+    "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
+).split()
 
 # per official partition: {(blond, male): count}
 LAYOUT = {
-    0: {(0, 1): 12, (1, 0): 12, (0, 0): 3, (1, 1): 3},   # train: 24 of 30 majority-paired -> rho 0.8
-    1: {(0, 0): 5, (0, 1): 5, (1, 0): 5, (1, 1): 5},     # valid: 5 per group
-    2: {(0, 1): 4, (1, 0): 3, (0, 0): 2, (1, 1): 1},     # test: not balanced
+    0: {(0, 1): 12, (1, 0): 12, (0, 0): 3, (1, 1): 3},  # train: 24 of 30 majority-paired -> rho 0.8
+    1: {(0, 0): 5, (0, 1): 5, (1, 0): 5, (1, 1): 5},  # valid: 5 per group
+    2: {(0, 1): 4, (1, 0): 3, (0, 0): 2, (1, 1): 1},  # test: not balanced
 }
 runner = CliRunner()
 
@@ -38,9 +41,11 @@ runner = CliRunner()
 def make_celeba_folder(root, *, seed=0):
     """Write the fixture; return {file name: (blond, male, partition, number)}."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
-    rows = [(blond, male, part) for part, groups in LAYOUT.items() for (blond, male), n in groups.items()
-            for _ in range(n)]
+    rows = [
+        (blond, male, part) for part, groups in LAYOUT.items() for (blond, male), n in groups.items() for _ in range(n)
+    ]
     order = rng.permutation(len(rows))  # partitions interleaved in file order, as in a real folder
     (root / "img_align_celeba").mkdir(parents=True)
     lines, parts, table = [str(len(rows)), " ".join(ATTRS)], [], {}
@@ -52,7 +57,8 @@ def make_celeba_folder(root, *, seed=0):
         lines.append(name + " " + " ".join(f"{v:2d}" for v in values))
         parts.append(f"{name} {part}\n")
         Image.new("RGB", (16, 20), (60 + 120 * blond, 60 + 120 * male, 4 * i)).save(
-            root / "img_align_celeba" / name, quality=95)
+            root / "img_align_celeba" / name, quality=95
+        )
         table[name] = (blond, male, part, i)
     (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
     (root / "list_eval_partition.txt").write_text("".join(parts))
@@ -83,8 +89,9 @@ def _groups(split):
 
 def test_splits_partitions_balance_and_rho(celeba):
     root, table = celeba
-    splits = make_splits("celeba", params={"root": str(root), "target": "Blond_Hair", "bias": "Male", "size": 8},
-                         seed=0)
+    splits = make_splits(
+        "celeba", params={"root": str(root), "target": "Blond_Hair", "bias": "Male", "size": 8}, seed=0
+    )
     assert [len(s) for _, s in splits.items()] == [30, 12, 4, 4, 10]
     assert splits.train.images.shape == (30, 3, 8, 8) and splits.train.images.dtype == torch.uint8
     assert splits.num_classes == 2 and splits.num_bias_classes == 2 and splits.train.bias_names == ("Male",)
@@ -100,8 +107,13 @@ def test_splits_partitions_balance_and_rho(celeba):
     assert len(set(used)) == 20
     # the official test partition, unbalanced as it is
     assert _groups(splits.test) == {(0, 0): 2, (0, 1): 4, (1, 0): 3, (1, 1): 1}
-    assert splits.spec["params"] == {"root": str(root.absolute()), "target": "Blond_Hair", "bias": "Male",
-                                      "size": 8, "cache": 1}
+    assert splits.spec["params"] == {
+        "root": str(root.absolute()),
+        "target": "Blond_Hair",
+        "bias": "Male",
+        "size": 8,
+        "cache": 1,
+    }
 
 
 def test_unbiased_size_caps_the_balanced_subsample(celeba):
@@ -136,8 +148,9 @@ def test_sizes_subsample_deterministically_from_seed(celeba):
 
 def test_spec_round_trip_and_checksum(celeba, tmp_path, monkeypatch):
     root, _ = celeba
-    splits = make_splits("celeba", params={"root": str(root), "bias": "Eyeglasses", "size": 4}, seed=1,
-                         train_size=20, unbiased_size=16)
+    splits = make_splits(
+        "celeba", params={"root": str(root), "bias": "Eyeglasses", "size": 4}, seed=1, train_size=20, unbiased_size=16
+    )
     spec = json.loads(json.dumps(splits.spec))  # what run.json holds
     rebuilt = splits_from_spec(spec)
     for (name, s), (_, r) in zip(splits.items(), rebuilt.items()):
@@ -159,8 +172,10 @@ def test_spec_round_trip_and_checksum(celeba, tmp_path, monkeypatch):
 
 def test_root_from_environment_and_missing_folder_errors(celeba, tmp_path, monkeypatch):
     root, _ = celeba
-    with pytest.raises(DataError, match="root.*DEBIASKIT_CELEBA=DIR.*img_align_celeba/\\*.jpg, list_attr_celeba.txt "
-                                        "and list_eval_partition.txt"):
+    with pytest.raises(
+        DataError,
+        match="root.*DEBIASKIT_CELEBA=DIR.*img_align_celeba/\\*.jpg, list_attr_celeba.txt and list_eval_partition.txt",
+    ):
         make_splits("celeba")
     monkeypatch.setenv("DEBIASKIT_CELEBA", str(root))
     splits = make_splits("celeba", params={"size": 4})
@@ -225,20 +240,27 @@ def test_cli_list_show_prepare(celeba, monkeypatch):
     root, _ = celeba
     monkeypatch.setenv("COLUMNS", "300")
     from debiaskit.cli._common import console
-    monkeypatch.setattr(console, "width", 300)   # the console may exist already, sized for an 80-column CI log
+
+    monkeypatch.setattr(console, "width", 300)  # the console may exist already, sized for an 80-column CI log
     res = runner.invoke(app, ["data", "list"])
     assert res.exit_code == 0 and "celeba" in res.output and "bring your own folder" in res.output
     res = runner.invoke(app, ["data", "show", "celeba", "--root", str(root), "--param", "size=8", "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
     assert {k: v["size"] for k, v in info["split_sizes"].items()} == {
-        "train": 30, "unbiased_train": 12, "unbiased_val": 4, "unbiased_test": 4, "test": 10}
+        "train": 30,
+        "unbiased_train": 12,
+        "unbiased_val": 4,
+        "unbiased_test": 4,
+        "test": 10,
+    }
     assert info["split_sizes"]["train"]["realised_rho"] == pytest.approx(0.8)
     res = runner.invoke(app, ["data", "show", "celeba"])
     assert res.exit_code == 0 and "DEBIASKIT_CELEBA" in res.output
     res = runner.invoke(app, ["data", "prepare", "celeba", "--from", str(root)])
     assert res.exit_code == 0, res.output
     from debiaskit.data._celeba import celeba_cache_dir, read_celeba_index
+
     folder = celeba_cache_dir(read_celeba_index(root), 64)
     assert sorted(p.name for p in folder.glob("*.npy")) == ["test.npy", "train.npy", "valid.npy"]
 
@@ -247,9 +269,29 @@ def test_cli_list_show_prepare(celeba, monkeypatch):
 def test_cli_train_and_reload_run(celeba, tmp_path, model):
     root, _ = celeba
     run = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--dataset", "celeba", "--param", f"root={root}", "--param", "size=16",
-                              "--param", "target=Blond_Hair", "--model", model, "--epochs", "1",
-                              "--batch-size", "8", "--out", str(run), "--no-progress"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            "celeba",
+            "--param",
+            f"root={root}",
+            "--param",
+            "size=16",
+            "--param",
+            "target=Blond_Hair",
+            "--model",
+            model,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(run),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "finished" and meta["data"]["dataset"] == "celeba"
@@ -260,8 +302,13 @@ def test_cli_train_and_reload_run(celeba, tmp_path, model):
     with torch.no_grad():
         assert loaded.model(splits.test.x).shape == (10, 2)
     # the audit reads the unbalanced official test partition's groups (both averaging conventions)
-    report = audit_model(loaded.model, test=splits.test, unbiased_train=splits.unbiased_train,
-                         unbiased_val=splits.unbiased_val, head=loaded.head)
+    report = audit_model(
+        loaded.model,
+        test=splits.test,
+        unbiased_train=splits.unbiased_train,
+        unbiased_val=splits.unbiased_val,
+        head=loaded.head,
+    )
     groups = report.attributes[0].groups
     assert groups.group_counts == [[2, 4], [3, 1]] and report.attributes[0].name == "Male"
     assert 0.0 <= groups.worst_group_accuracy <= groups.mean_group_accuracy <= 1.0

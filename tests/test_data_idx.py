@@ -1,4 +1,5 @@
 """IDX parsing: raw and gzip, round trip, damaged files, checksums."""
+
 from __future__ import annotations
 
 import gzip
@@ -6,8 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from debiaskit.data._idx import load_idx, parse_idx, write_idx
-from debiaskit.data._idx import md5, read_bytes
+from debiaskit.data._idx import load_idx, md5, parse_idx, read_bytes, write_idx
 from debiaskit.errors import DataError
 
 

@@ -1,4 +1,5 @@
 """Bias recipes and splits: exact rho, palettes, corruptions, determinism, disjoint splits, bad input."""
+
 from __future__ import annotations
 
 import math
@@ -8,14 +9,19 @@ import pytest
 import torch
 
 from debiaskit.data import SOURCES, BiasDataset, dataset_names, make_splits, splits_from_spec
-from debiaskit.data._corrupted import CORRUPTION_NAMES, draw_corrupted   # internals: tested through their modules
-from debiaskit.data._recipes import assign_by_rho, get_recipe
+from debiaskit.data._corrupted import CORRUPTION_NAMES, draw_corrupted  # internals: tested through their modules
+from debiaskit.data._recipes import (
+    BIASED_MNIST_PALETTE,
+    COLORED_MNIST_MEANS,
+    MULTICOLOR_RIGHT_PALETTE,
+    assign_by_rho,
+    get_recipe,
+)
 from debiaskit.data._sources import ImageArrays, ImageSource
-from debiaskit.data._recipes import BIASED_MNIST_PALETTE, COLORED_MNIST_MEANS, MULTICOLOR_RIGHT_PALETTE
 from debiaskit.errors import ConfigError, DataError
 
-
 # --- bias assignment ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("rho", [0.9, 0.95, 0.99, 0.997])
 def test_realised_rho_per_class_is_int_n_rho(rho):
@@ -50,6 +56,7 @@ def test_uniform_rho_gives_uniform_bias():
 
 
 # --- renderers ------------------------------------------------------------------------------------
+
 
 def _digits(n, size=28):
     """A centred white square on black: known foreground and background pixels."""
@@ -109,8 +116,7 @@ def test_corruption_families_are_distinct_and_visible():
     assert len(CORRUPTION_NAMES) == 10 and len(set(CORRUPTION_NAMES)) == 10
     digits = _textured()
     clean = digits[:, None].expand(-1, 3, -1, -1).float()
-    outs = [draw_corrupted(digits, torch.full((8,), k), torch.Generator().manual_seed(0)).float()
-            for k in range(10)]
+    outs = [draw_corrupted(digits, torch.full((8,), k), torch.Generator().manual_seed(0)).float() for k in range(10)]
     for k, out in enumerate(outs):
         assert out.shape == (8, 3, 28, 28)
         assert (out - clean).abs().mean() > 8, CORRUPTION_NAMES[k]  # visibly changed (of 255)
@@ -145,7 +151,7 @@ def test_corruption_chunking_does_not_change_deterministic_families():
 def test_texture_contrast_weighs_stripes_against_the_item_in_every_split():
     recipe = get_recipe("texture")
     digits, b = _textured(n=6), torch.arange(6)
-    half = recipe.render(digits, b, seed=0)                     # default 0.5: (item + 255 * stripes) / 2
+    half = recipe.render(digits, b, seed=0)  # default 0.5: (item + 255 * stripes) / 2
     stripes = ((2 * half.float()[:, 0] - digits.float()) / 255).round()
     assert set(stripes.unique().tolist()) == {0.0, 1.0}
     assert (half.float()[:, 0] - (digits.float() + 255 * stripes) / 2).abs().max() <= 0.5
@@ -163,6 +169,7 @@ def test_texture_contrast_weighs_stripes_against_the_item_in_every_split():
 
 
 # --- splits ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["corrupted-toy", "biased-toy", "multicolor-toy"])
 def test_same_seed_same_tensors_other_seed_differs(name):
@@ -219,6 +226,7 @@ def _coded_source(n_train=400, n_test=100):
     """Each image writes its own index in binary into row 0 (bit j -> pixel (0, j) on), and test images
     also light pixel (0, 20). The biased recipe keeps the foreground mask exactly (pixels > 0 become
     white, no palette colour is white), so the index of every rendered sample can be read back."""
+
     def make(**_):
         def draw(n, flag):
             img = np.zeros((n, 28, 28), dtype=np.uint8)
@@ -229,10 +237,13 @@ def _coded_source(n_train=400, n_test=100):
                         img[i, 0, j] = 255
                 img[i, 0, 20] = 255 if flag else 0
             return img, (np.arange(n) % 10).astype(np.uint8)
+
         tr, te = draw(n_train, False), draw(n_test, True)
         return ImageArrays(tr[0], tr[1], te[0], te[1], origin="coded")
-    return ImageSource(name="coded", description="index-coded", num_classes=10,
-                       class_names=tuple(map(str, range(10))), synthetic=make)
+
+    return ImageSource(
+        name="coded", description="index-coded", num_classes=10, class_names=tuple(map(str, range(10))), synthetic=make
+    )
 
 
 def _decode(ds: BiasDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -263,25 +274,31 @@ def test_splits_are_disjoint_and_cover_the_training_digits(monkeypatch):
     assert set(_decode(small.train)[0].tolist()) <= found["train"] and len(small.train) == 50
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"rho": 1.5}, r"rho is .*, expected a number in \[0, 1\]"),
-    ({"rho": -0.1}, r"rho is .*, expected a number in \[0, 1\]"),
-    ({"rho": float("nan")}, r"rho is .*, expected a number in \[0, 1\]"),
-    ({"rhoo": 0.9}, r"no parameter\(s\) \['rhoo'\]; it takes: rho"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"rho": 1.5}, r"rho is .*, expected a number in \[0, 1\]"),
+        ({"rho": -0.1}, r"rho is .*, expected a number in \[0, 1\]"),
+        ({"rho": float("nan")}, r"rho is .*, expected a number in \[0, 1\]"),
+        ({"rhoo": 0.9}, r"no parameter\(s\) \['rhoo'\]; it takes: rho"),
+    ],
+)
 def test_bad_params(params, match):
     with pytest.raises(ConfigError, match=match):
         make_splits("corrupted-toy", params=params, seed=0, unbiased_size=600)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"train_size": 0}, r"train_size must lie in \(0, 1400\]"),
-    ({"train_size": 5000}, r"train_size must lie in \(0, 1400\]"),
-    ({"unbiased_size": 0}, r"unbiased_size must lie in \(0, 2000\)"),
-    ({"unbiased_size": 2000}, r"unbiased_size must lie in \(0, 2000\)"),
-    ({"test_size": 0}, r"test_size must lie in \(0, 500\]"),
-    ({"unbiased_fractions": (0.5, 0.5, 0.0)}, "three positive shares"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"train_size": 0}, r"train_size must lie in \(0, 1400\]"),
+        ({"train_size": 5000}, r"train_size must lie in \(0, 1400\]"),
+        ({"unbiased_size": 0}, r"unbiased_size must lie in \(0, 2000\)"),
+        ({"unbiased_size": 2000}, r"unbiased_size must lie in \(0, 2000\)"),
+        ({"test_size": 0}, r"test_size must lie in \(0, 500\]"),
+        ({"unbiased_fractions": (0.5, 0.5, 0.0)}, "three positive shares"),
+    ],
+)
 def test_bad_sizes(kwargs, match):
     kwargs = {"unbiased_size": 600, **kwargs}
     with pytest.raises(ConfigError, match=match):
@@ -290,8 +307,13 @@ def test_bad_sizes(kwargs, match):
 
 def test_empty_dataset_is_a_data_error():
     with pytest.raises(DataError, match="empty"):
-        BiasDataset(images=torch.zeros(0, 3, 4, 4, dtype=torch.uint8), y=torch.zeros(0, dtype=torch.long),
-                    b=torch.zeros(0, dtype=torch.long), num_classes=2, num_bias_classes=2)
+        BiasDataset(
+            images=torch.zeros(0, 3, 4, 4, dtype=torch.uint8),
+            y=torch.zeros(0, dtype=torch.long),
+            b=torch.zeros(0, dtype=torch.long),
+            num_classes=2,
+            num_bias_classes=2,
+        )
 
 
 def test_unknown_dataset_lists_names():
@@ -303,12 +325,15 @@ def test_unknown_dataset_lists_names():
 def test_bias_dataset_takes_float_inputs_of_any_shape():
     """Tabular rows and feature vectors are inputs too: float data is normalised as (x - mean) / std."""
     from debiaskit.data import iterate_batches
+
     x = torch.randn(12, 7)
-    d = BiasDataset(images=x, y=torch.arange(12) % 3, b=torch.arange(12) % 2, num_classes=3, num_bias_classes=2,
-                    mean=0.5, std=2.0)
+    d = BiasDataset(
+        images=x, y=torch.arange(12) % 3, b=torch.arange(12) % 2, num_classes=3, num_bias_classes=2, mean=0.5, std=2.0
+    )
     batch = next(iter(iterate_batches(d, batch_size=5)))
     assert batch.x.shape == (5, 7) and d.input_shape == (7,)
     assert torch.allclose(batch.x, (x[:5] - 0.5) / 2.0)
     with pytest.raises(DataError, match="uint8 or floating-point"):
-        BiasDataset(images=torch.arange(12).view(12, 1), y=torch.arange(12) % 3, b=None, num_classes=3,
-                    num_bias_classes=2)
+        BiasDataset(
+            images=torch.arange(12).view(12, 1), y=torch.arange(12) % 3, b=None, num_classes=3, num_bias_classes=2
+        )

@@ -1,4 +1,5 @@
 """Image sources: IDX folders (fake tiny MNIST), CIFAR-10 (binary / python / archive), CelebA layout."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,10 +12,9 @@ import pytest
 import torch
 
 from debiaskit.data import SOURCES, get_source, make_splits
-from debiaskit.data._celeba import load_celeba, load_celeba_splits   # internals: tested through their modules
+from debiaskit.data._celeba import load_celeba, load_celeba_splits  # internals: tested through their modules
 from debiaskit.data._cifar import CIFAR10, parse_cifar_binary, read_cifar10, write_cifar_binary
-from debiaskit.data._idx import write_idx
-from debiaskit.data._idx import md5
+from debiaskit.data._idx import md5, write_idx
 from debiaskit.errors import ConfigError, DataError
 
 
@@ -27,6 +27,7 @@ def data_root(tmp_path, monkeypatch):
 
 # --- IDX sources (MNIST) --------------------------------------------------------------------------
 
+
 def _fake_mnist(folder, *, n_train=60, n_test=20, seed=0):
     """Write a tiny MNIST in torchvision's layout (DIR/MNIST/raw/*.gz); return {key: md5}."""
     rng = np.random.default_rng(seed)
@@ -38,8 +39,12 @@ def _fake_mnist(folder, *, n_train=60, n_test=20, seed=0):
         "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
         "test_labels": (np.arange(n_test) % 10).astype(np.uint8),
     }
-    stems = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+    stems = {
+        "train_images": "train-images-idx3-ubyte",
+        "train_labels": "train-labels-idx1-ubyte",
+        "test_images": "t10k-images-idx3-ubyte",
+        "test_labels": "t10k-labels-idx1-ubyte",
+    }
     sums = {}
     for key, stem in stems.items():
         write_idx(raw / f"{stem}.gz", arrays[key], compress=True)
@@ -97,6 +102,7 @@ def test_unknown_source():
 
 # --- CIFAR-10 -------------------------------------------------------------------------------------
 
+
 def _cifar_arrays(n_per_batch=4, seed=0):
     rng = np.random.default_rng(seed)
     n = 6 * n_per_batch  # 5 training batches + test batch
@@ -118,8 +124,12 @@ def _write_cifar_py(folder, images, labels, n_per_batch=4, protocol=2):
     names = [f"data_batch_{i + 1}" for i in range(5)] + ["test_batch"]
     for i, name in enumerate(names):
         sl = slice(i * n_per_batch, (i + 1) * n_per_batch)
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in labels[sl]],
-                 b"data": images[sl].reshape(n_per_batch, 3072), b"filenames": [b"x.png"] * n_per_batch}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in labels[sl]],
+            b"data": images[sl].reshape(n_per_batch, 3072),
+            b"filenames": [b"x.png"] * n_per_batch,
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
 
 
@@ -128,7 +138,7 @@ def test_cifar_binary_record_layout():
     rec = bytes([7]) + bytes(range(256)) * 12
     images, labels = parse_cifar_binary(rec)
     assert labels.tolist() == [7] and images.shape == (1, 3, 32, 32)
-    assert images[0, 0, 0, :4].tolist() == [0, 1, 2, 3]          # red plane starts the payload
+    assert images[0, 0, 0, :4].tolist() == [0, 1, 2, 3]  # red plane starts the payload
     assert images[0, 1, 0, 0] == (1024 % 256) and images[0, 2, 31, 31] == 255
 
 
@@ -239,6 +249,7 @@ def test_corrupted_cifar10_end_to_end(tmp_path, data_root):
 
 def test_colour_source_only_with_colour_recipes():
     from debiaskit.data import dataset_names
+
     names = dataset_names()
     assert "corrupted-cifar10" in names and "corrupted-mnist" in names and "corrupted-fashion-mnist" in names
     assert "biased-cifar10" not in names
@@ -248,11 +259,13 @@ def test_colour_source_only_with_colour_recipes():
 
 # --- CelebA ---------------------------------------------------------------------------------------
 
-CELEBA_ATTRS = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
-                "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
-                "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
-                "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
-                "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young").split()
+CELEBA_ATTRS = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
+    "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
+    "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
+    "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
+).split()
 
 # name, blond, male, eyeglasses, partition, colour
 CELEBA_ROWS = [
@@ -270,6 +283,7 @@ CELEBA_ROWS = [
 
 def _fake_celeba(root, rows=CELEBA_ROWS):
     from PIL import Image
+
     (root / "img_align_celeba").mkdir(parents=True)
     lines = [str(len(rows)), " ".join(CELEBA_ATTRS)]
     for name, blond, male, glasses, _, colour in rows:
@@ -298,6 +312,7 @@ def test_celeba_train_partition(tmp_path):
 
 def test_celeba_majority_pairing_is_one_to_one():
     from debiaskit.data._celeba import _majority_pairing
+
     # CelebA-like counts: non-blond (y=0) is mostly female (3 of 5), blond (y=1) all female; the
     # one-to-one pairing covering most samples is still blond <-> female, non-blond <-> male
     y = np.array([0, 0, 0, 0, 0, 1, 1, 1])

@@ -1,4 +1,5 @@
 """`debiaskit discover`: pseudo-bias files, quality report, refusal to overwrite, pseudo-labelled audit."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("discover") / "run"
-    train_run(dataset="biased-toy", params={"rho": 0.95}, out=out, unbiased_size=600,
-              config=TrainConfig(epochs=2, seed=0), progress=False)
+    train_run(
+        dataset="biased-toy",
+        params={"rho": 0.95},
+        out=out,
+        unbiased_size=600,
+        config=TrainConfig(epochs=2, seed=0),
+        progress=False,
+    )
     return out
 
 

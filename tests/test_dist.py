@@ -7,6 +7,7 @@ global batch the two runs do the same arithmetic up to the order of floating-poi
 all-reduce, gathered batch statistics); measured differences are <= 1e-5 (CPU, torch 2.13). A sharding
 or synchronisation bug moves weights by a whole Adam step (1e-3) or more.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,6 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_cases  # noqa: E402
-
 from debiaskit import _dist  # noqa: E402
 from debiaskit.errors import ConfigError  # noqa: E402
 
@@ -32,8 +32,9 @@ TESTS = Path(__file__).parent
 def torchrun(args: list[str], *, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node 2 ARGS`` with one torch thread per process."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -77,8 +78,8 @@ def test_shard_follows_distributed_sampler_and_covers_the_global_batches():
     # per-rank batch B/W: step k of the ranks together is the global batch order[kB:(k+1)B]
     b = 4
     for k in range(3):
-        together = sorted(torch.cat([s[k * b // 2:(k + 1) * b // 2] for s in shards]).tolist())
-        assert together == sorted(order[k * b:(k + 1) * b].tolist())
+        together = sorted(torch.cat([s[k * b // 2 : (k + 1) * b // 2] for s in shards]).tolist())
+        assert together == sorted(order[k * b : (k + 1) * b].tolist())
     # a length that does not divide: padded with the first entries (as DistributedSampler), equal shard sizes
     shards = [_dist.shard(order[:7], rank=r, world=3) for r in range(3)]
     assert [len(s) for s in shards] == [3, 3, 3]
@@ -117,7 +118,7 @@ def test_train_resume_on_two_ranks_equals_the_uninterrupted_run(two_ranks):
 def test_two_rank_ffw_selects_and_stops_like_one_rank(splits, reference, two_ranks):
     assert json.loads((two_ranks / "agree.json").read_text())["agree"]["ffw"]
     expected = dist_cases.ffw_case(reference, splits)
-    assert len(expected["history.val_hard"]) > 2   # the search ran several epochs (not only the initial record)
+    assert len(expected["history.val_hard"]) > 2  # the search ran several epochs (not only the initial record)
     assert_close(expected, load_file(str(two_ranks / "ffw.safetensors")))
 
 
@@ -139,26 +140,51 @@ def test_torchrun_cli_train_audit_ffw_write_one_folder_each(tmp_path):
     from debiaskit.train import TrainConfig, train_run
 
     env = {"DEBIASKIT_DATA": str(tmp_path / "data")}
-    common = ["--dataset", "biased-toy", "--rho", "0.95", "--model", "mlp", "--epochs", "1", "--batch-size", "64",
-              "--train-size", "384", "--unbiased-size", "600", "--no-progress"]
+    common = [
+        "--dataset",
+        "biased-toy",
+        "--rho",
+        "0.95",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--train-size",
+        "384",
+        "--unbiased-size",
+        "600",
+        "--no-progress",
+    ]
     torchrun(["-m", "debiaskit", "train", *common, "--out", str(tmp_path / "run2")], env=env)
     run2 = load_run(tmp_path / "run2")
     record = json.loads((tmp_path / "run2" / "run.json").read_text())
     assert (record["world_size"], record["backend"], record["per_rank_batch"]) == (2, "gloo", 32)
     assert record["status"] == "finished"
-    assert [p.name for p in tmp_path.iterdir() if p.name != "data"] == ["run2"]   # no staging or lock left behind
+    assert [p.name for p in tmp_path.iterdir() if p.name != "data"] == ["run2"]  # no staging or lock left behind
 
-    _, _ = train_run(dataset="biased-toy", params={"rho": 0.95}, model="mlp", train_size=384, unbiased_size=600,
-                     config=TrainConfig(epochs=1, batch_size=64, seed=0), out=tmp_path / "run1", progress=False)
+    _, _ = train_run(
+        dataset="biased-toy",
+        params={"rho": 0.95},
+        model="mlp",
+        train_size=384,
+        unbiased_size=600,
+        config=TrainConfig(epochs=1, batch_size=64, seed=0),
+        out=tmp_path / "run1",
+        progress=False,
+    )
     run1 = load_run(tmp_path / "run1")
     assert json.loads((tmp_path / "run1" / "run.json").read_text())["world_size"] == 1
     assert_close(run1.model.state_dict(), run2.model.state_dict())
 
     # audit and FFW of the same (1-process) run, on 2 ranks and on 1
     ffw_args = ["--mode", "unstructured", "--max-levels", "1", "--max-epochs-per-level", "2", "--no-progress"]
-    commands = [["audit", str(tmp_path / "run1"), "--out", str(tmp_path / "audit2")],
-                ["ffw", str(tmp_path / "run1"), "--out", str(tmp_path / "ffw2"), *ffw_args]]
-    torchrun([str(TESTS / "dist_cli.py"), json.dumps(commands)], env=env)   # the two commands in one launch
+    commands = [
+        ["audit", str(tmp_path / "run1"), "--out", str(tmp_path / "audit2")],
+        ["ffw", str(tmp_path / "run1"), "--out", str(tmp_path / "ffw2"), *ffw_args],
+    ]
+    torchrun([str(TESTS / "dist_cli.py"), json.dumps(commands)], env=env)  # the two commands in one launch
     report1, _ = audit_run(tmp_path / "run1", out=tmp_path / "audit1")
     audit2 = json.loads((tmp_path / "audit2" / "audit.json").read_text())
     assert (audit2["meta"]["world_size"], audit2["meta"]["backend"]) == (2, "gloo")
@@ -168,8 +194,14 @@ def test_torchrun_cli_train_audit_ffw_write_one_folder_each(tmp_path):
         assert got[key] == pytest.approx(getattr(expected, key), abs=TOL), key
     assert got["groups"]["worst_group_accuracy"] == pytest.approx(expected.groups.worst_group_accuracy, abs=TOL)
 
-    ffw1 = ffw_run(tmp_path / "run1", mode="unstructured", out=tmp_path / "ffw1", max_levels=1, max_epochs_per_level=2,
-                   no_harm=False)   # as dist_cli.py: the guard recorded, not enforced, on a near-chance toy model
+    ffw1 = ffw_run(
+        tmp_path / "run1",
+        mode="unstructured",
+        out=tmp_path / "ffw1",
+        max_levels=1,
+        max_epochs_per_level=2,
+        no_harm=False,
+    )  # as dist_cli.py: the guard recorded, not enforced, on a near-chance toy model
     info2 = json.loads((tmp_path / "ffw2" / "ffw.json").read_text())
     assert info2["world_size"] == 2 and info2["status"] == "finished"
     assert info2["search"]["selected"]["epoch"] == ffw1.info["search"]["selected"]["epoch"]

@@ -1,5 +1,6 @@
 """Fault injection, `debiaskit bench dev`: an unknown budget, cell or pipeline, or no seed, is refused at the edge
 with what was wrong and what exists, exit code 2, before any folder is made or anything is trained."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,15 +8,19 @@ import pytest
 import debiaskit.bench._dev as dev
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--budget", "huge"], "unknown budget 'huge'; choose one of smoke, dev, full"),
-    (["--cell", "biased-mnist-0.5"], "unknown cell(s) 'biased-mnist-0.5'; available: biased-mnist-0.99,"),
-    (["--variant", "ffw-fancy"], "unknown variant(s) 'ffw-fancy'; available: ffw-default,"),
-    (["--seeds", "0"], "no seed to run"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--budget", "huge"], "unknown budget 'huge'; choose one of smoke, dev, full"),
+        (["--cell", "biased-mnist-0.5"], "unknown cell(s) 'biased-mnist-0.5'; available: biased-mnist-0.99,"),
+        (["--variant", "ffw-fancy"], "unknown variant(s) 'ffw-fancy'; available: ffw-default,"),
+        (["--seeds", "0"], "no seed to run"),
+    ],
+)
 def test_bench_dev_refuses_a_bad_selection_before_any_compute(cli, tmp_path, monkeypatch, args, message):
     def boom(*a, **k):
         raise AssertionError("compute started")
+
     for name in ("train_run", "find_fantastic_weights", "apply_stages"):
         monkeypatch.setattr(dev, name, boom)
     code, err = cli("bench", "dev", "--out", tmp_path / "dev", "--budget", "smoke", *args)

@@ -1,6 +1,7 @@
 """Fault injection, checkpoints: one file per checkpoint (tensors + JSON meta + checksum), so a truncated,
 torn, mixed or foreign checkpoint is detected; FFW's interrupted search says the truth about what can be
 resumed, and an empty ``.partial/`` blocks nothing (issue 11, case 4)."""
+
 from __future__ import annotations
 
 import errno
@@ -8,9 +9,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import tree_bytes
 from safetensors.torch import save_file
 
+from conftest import tree_bytes
 from debiaskit._io import load_checkpoint, save_checkpoint
 from debiaskit.errors import DamagedError, OutputError
 
@@ -25,14 +26,17 @@ def test_round_trip_and_permissions(tmp_path):
     save_checkpoint(tmp_path / "c.safetensors", TENSORS, {"epoch": 3, "loss": float("nan")}, kind="train")
     tensors, meta = load_checkpoint(tmp_path / "c.safetensors", kind="train")
     assert meta == {"epoch": 3, "loss": None} and all(torch.equal(tensors[k], v) for k, v in TENSORS.items())
-    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]   # no temporary file left
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary file left
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda b: b[: len(b) - 7], "is damaged"),                                   # truncated
-    (lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]), "do not match their recorded checksum"),  # a flipped byte
-    (lambda b: b"", "is damaged"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[: len(b) - 7], "is damaged"),  # truncated
+        (lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]), "do not match their recorded checksum"),  # a flipped byte
+        (lambda b: b"", "is damaged"),
+    ],
+)
 def test_a_damaged_checkpoint_is_detected(tmp_path, damage, message):
     path = tmp_path / "c.safetensors"
     save_checkpoint(path, TENSORS, {"epoch": 1}, kind="train")
@@ -47,6 +51,7 @@ def test_a_mixed_checkpoint_is_detected(tmp_path):
     save_checkpoint(a, TENSORS, {"epoch": 1}, kind="train")
     save_checkpoint(b, {**TENSORS, "w": TENSORS["w"] + 1}, {"epoch": 2}, kind="train")
     from safetensors import safe_open
+
     with safe_open(str(a), framework="pt") as f:
         header = f.metadata()
     with safe_open(str(b), framework="pt") as f:
@@ -55,12 +60,18 @@ def test_a_mixed_checkpoint_is_detected(tmp_path):
         load_checkpoint(tmp_path / "mixed.safetensors", kind="train")
 
 
-@pytest.mark.parametrize("metadata, message", [
-    (None, "is not a debiaskit checkpoint"),
-    ({"debiaskit": "{not json"}, "metadata is not JSON"),
-    ({"debiaskit": '{"kind": "ffw-search", "schema_version": 1}'}, "is a 'ffw-search' checkpoint, expected a 'train' one"),
-    ({"debiaskit": '{"kind": "train", "schema_version": 7}'}, "checkpoint schema version 7"),
-])
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        (None, "is not a debiaskit checkpoint"),
+        ({"debiaskit": "{not json"}, "metadata is not JSON"),
+        (
+            {"debiaskit": '{"kind": "ffw-search", "schema_version": 1}'},
+            "is a 'ffw-search' checkpoint, expected a 'train' one",
+        ),
+        ({"debiaskit": '{"kind": "train", "schema_version": 7}'}, "checkpoint schema version 7"),
+    ],
+)
 def test_foreign_or_newer_checkpoints_are_refused(tmp_path, metadata, message):
     save_file(TENSORS, str(tmp_path / "c.safetensors"), metadata=metadata)
     with pytest.raises(DamagedError, match=message):
@@ -70,8 +81,9 @@ def test_foreign_or_newer_checkpoints_are_refused(tmp_path, metadata, message):
 def test_a_full_disk_leaves_no_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
     from pathlib import Path
 
-    def full(self, data):   # the serialised tensors are written with Path.write_bytes (debiaskit._io.save_tensors)
+    def full(self, data):  # the serialised tensors are written with Path.write_bytes (debiaskit._io.save_tensors)
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(OutputError, match="No space left on device; the disk is full"):
         save_checkpoint(tmp_path / "c.safetensors", TENSORS, {}, kind="train")
@@ -79,6 +91,7 @@ def test_a_full_disk_leaves_no_checkpoint_and_no_temporary_file(tmp_path, monkey
 
 
 # -- FFW's interrupted search ------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def run(tmp_path, toy_run_dir):
@@ -88,6 +101,7 @@ def run(tmp_path, toy_run_dir):
 
 def _interrupt_at_epoch(monkeypatch, n: int) -> None:
     import debiaskit.ffw._search as search
+
     real, calls = search._Search.run_epoch, {"n": 0}
 
     def run_epoch(self, *a, **k):
@@ -95,6 +109,7 @@ def _interrupt_at_epoch(monkeypatch, n: int) -> None:
         if calls["n"] == n:
             raise KeyboardInterrupt
         return real(self, *a, **k)
+
     monkeypatch.setattr(search._Search, "run_epoch", run_epoch)
 
 
@@ -103,7 +118,7 @@ def test_interruption_before_the_first_checkpoint_does_not_promise_a_resume(cli,
     _interrupt_at_epoch(monkeypatch, 1)
     code, err = cli("ffw", run, "--mode", "structured", "--out", out, *FAST)
     assert code == 130 and "nothing to resume; rerun the same command" in err and "--resume" not in err, err
-    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]   # no partial, staging or lock left
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]  # no partial, staging or lock left
     monkeypatch.undo()
     code, err = cli("ffw", run, "--mode", "structured", "--out", out, *FAST)
     assert code == 0, err
@@ -112,7 +127,7 @@ def test_interruption_before_the_first_checkpoint_does_not_promise_a_resume(cli,
 @pytest.mark.parametrize("resume", [False, True])
 def test_an_empty_partial_folder_blocks_neither_a_rerun_nor_resume(cli, run, resume):
     out = run.parent / "f"
-    (run.parent / ".f.partial").mkdir()   # what a disk error at the first checkpoint used to leave
+    (run.parent / ".f.partial").mkdir()  # what a disk error at the first checkpoint used to leave
     code, err = cli("ffw", run, "--mode", "structured", "--out", out, *FAST, *(["--resume"] if resume else []))
     assert code == 0, err
     assert (out / "ffw.json").is_file() and not (run.parent / ".f.partial").exists()
@@ -136,12 +151,14 @@ def test_a_torn_ffw_checkpoint_is_refused_on_resume_and_kept(cli, run, monkeypat
 
 def test_a_full_disk_during_the_search_leaves_no_empty_partial(cli, run, monkeypatch):
     from pathlib import Path
+
     real = Path.write_bytes
 
-    def full(self, data):   # the checkpoint's bytes go through Path.write_bytes (debiaskit._io.save_tensors)
+    def full(self, data):  # the checkpoint's bytes go through Path.write_bytes (debiaskit._io.save_tensors)
         if ".partial" in str(self):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, data)
+
     monkeypatch.setattr(Path, "write_bytes", full)
     code, err = cli("ffw", run, "--mode", "structured", "--out", run.parent / "f", *FAST)
     assert code == 2 and "No space left on device; the disk is full" in err, err

@@ -3,6 +3,7 @@
 Real processes: a helper process holds an output (``atomic_folder``) until told to finish, or is SIGKILLed
 while holding it; and two ``debiaskit train`` processes race for the same ``--out`` (issue 11, case 3).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,12 +15,22 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import interruptible, tree_bytes
 
+from conftest import interruptible
 from debiaskit.runs import load_run
 
-TRAIN = ["train", "--dataset", "biased-toy", "--model", "mlp", "--epochs", "1", "--unbiased-size", "600",
-         "--no-progress"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "biased-toy",
+    "--model",
+    "mlp",
+    "--epochs",
+    "1",
+    "--unbiased-size",
+    "600",
+    "--no-progress",
+]
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
@@ -52,12 +63,12 @@ def test_second_writer_fails_at_once_while_the_first_holds_the_output(cli, tmp_p
         start = time.perf_counter()
         code, err = cli(*TRAIN, "--out", out)
         assert code == 2 and f"another process (pid {proc.pid}) is writing {out} right now" in err, err
-        assert time.perf_counter() - start < 30 and not out.exists()   # refused before training
+        assert time.perf_counter() - start < 30 and not out.exists()  # refused before training
     finally:
         go.write_text("go")
         assert proc.wait(timeout=60) == 0
-    assert '"by": "holder"' in (out / "run.json").read_text()   # the first writer's folder, intact
-    code, err = cli(*TRAIN, "--out", out)   # now finished: refused as a finished run, not busy
+    assert '"by": "holder"' in (out / "run.json").read_text()  # the first writer's folder, intact
+    code, err = cli(*TRAIN, "--out", out)  # now finished: refused as a finished run, not busy
     assert code == 2 and "is a finished run; choose another --out or pass --force" in err
 
 
@@ -67,11 +78,11 @@ def test_a_killed_writer_leaves_no_lock_and_its_staging_is_cleaned(cli, tmp_path
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     stale = [p.name for p in tmp_path.glob(".run.staging-*")]
-    assert len(stale) == 1 and not out.exists()          # what SIGKILL leaves behind
+    assert len(stale) == 1 and not out.exists()  # what SIGKILL leaves behind
     code, err = cli(*TRAIN, "--out", out)
     assert code == 0, err
     assert load_run(out).record.kind == "train"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ready", "run"]   # staging and lock gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ready", "run"]  # staging and lock gone
 
 
 def test_two_train_processes_racing_for_one_out(tmp_path):
@@ -80,20 +91,29 @@ def test_two_train_processes_racing_for_one_out(tmp_path):
         pytest.skip("the debiaskit console script is not installed next to this python")
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "1000"}
-    procs = [subprocess.Popen([str(script), *TRAIN, "--seed", str(seed), "--out", str(out)], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [str(script), *TRAIN, "--seed", str(seed), "--out", str(out)],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for seed in (0, 1)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     loser = next(" ".join(err.split()) for code, err in results if code == 2)
     assert ("is writing" in loser or "is a finished run" in loser) and "Traceback" not in loser, loser
     winner_seed = [0, 1][[code for code, _ in results].index(0)]
-    assert load_run(out).record.train.seed == winner_seed   # the winner's run, complete
+    assert load_run(out).record.train.seed == winner_seed  # the winner's run, complete
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_forced_replacements_are_exclusive_too(cli, tmp_path, toy_run_dir):
     import shutil
+
     out = tmp_path / "run"
     shutil.copytree(toy_run_dir, out)
     proc, go = _holder(tmp_path, out, force=True)
@@ -112,9 +132,15 @@ def test_ctrl_c_during_train_says_so_and_leaves_only_its_checkpoint(tmp_path):
     if not script.is_file():
         pytest.skip("the debiaskit console script is not installed next to this python")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "1000"}
-    args = [a if a != "1" else "500" for a in TRAIN]   # long enough to be interrupted
-    proc = subprocess.Popen([str(script), *args, "--out", str(tmp_path / "run")], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible)
+    args = [a if a != "1" else "500" for a in TRAIN]  # long enough to be interrupted
+    proc = subprocess.Popen(
+        [str(script), *args, "--out", str(tmp_path / "run")],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
+    )
     deadline = time.time() + 120
     while not any(p.stat().st_size for p in tmp_path.glob(".run.staging-*/train_log.jsonl")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()

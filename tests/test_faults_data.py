@@ -1,6 +1,7 @@
 """Fault injection, datasets from disk: a `folder:` row stays inside its folder, every image is decoded once at the
 edge, the fingerprint can cover contents, CSVs are read robustly, and labels nothing can be learned from are
 refused - all before any compute, with the file, the line and what was expected (CLI: exit 2, no traceback)."""
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ FOLDER_PARAMS = ["--param", "bias_column=place", "--param", "workers=0"]
 
 def _png(path: Path, value: int, size=(10, 12)) -> None:
     from PIL import Image
+
     g = np.random.default_rng(value)
     Image.fromarray((g.random((*size, 3)) * 60 + 3 * value).astype(np.uint8)).save(path)
 
@@ -53,6 +55,7 @@ def no_compute(monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("compute started before the data was checked")
+
     monkeypatch.setattr(train_run, "fit", boom)
     monkeypatch.setattr(audit_run, "audit_model", boom)
 
@@ -62,8 +65,19 @@ def _refused_everywhere(cli, root: Path, tmp_path: Path, *needles: str) -> None:
     code, out = cli("data", "show", f"folder:{root}", *FOLDER_PARAMS)
     assert code == 2 and all(n in out for n in needles), out
     assert "Traceback" not in out
-    code, out = cli("train", "--dataset", f"folder:{root}", *FOLDER_PARAMS, "--model", "mlp", "--epochs", "1",
-                    "--no-progress", "--out", tmp_path / "run")
+    code, out = cli(
+        "train",
+        "--dataset",
+        f"folder:{root}",
+        *FOLDER_PARAMS,
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 2 and all(n in out for n in needles), out
     assert not (tmp_path / "run").exists()
     with pytest.raises(DataError) as exc:
@@ -75,7 +89,7 @@ def _refused_everywhere(cli, root: Path, tmp_path: Path, *needles: str) -> None:
 def test_a_planted_dotdot_row_is_refused_with_its_line(cli, tmp_path, no_compute):
     root = _folder(tmp_path / "ds")
     (tmp_path / "outside").mkdir()
-    _png(tmp_path / "outside" / "7.png", 7)                       # a real image, outside the folder
+    _png(tmp_path / "outside" / "7.png", 7)  # a real image, outside the folder
     _plant(root, 8, "../outside/7.png")
     _refused_everywhere(cli, root, tmp_path, "line 9 (row 8)", "'../outside/7.png'", "climbs out of")
 
@@ -88,7 +102,7 @@ def test_an_absolute_row_is_refused_and_never_opened(cli, tmp_path, no_compute, 
     real_open = os.open
     monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
     _refused_everywhere(cli, root, tmp_path, "line 4 (row 3)", "'/etc/passwd'", "is absolute")
-    with pytest.raises(DataError, match="is absolute"):             # a run's spec (audit, load_run) too
+    with pytest.raises(DataError, match="is absolute"):  # a run's spec (audit, load_run) too
         splits_from_spec(good.spec)
     assert not any("passwd" in p for p in opened)
 
@@ -128,7 +142,7 @@ def test_a_metadata_file_symlinked_outside_is_refused_without_echoing_it(cli, tm
     _refused_everywhere(cli, root, tmp_path, "metadata.csv is a symbolic link leading outside")
     code, out = cli("data", "show", f"folder:{root}")
     assert "SECRET" not in out
-    (root / "metadata.csv").unlink()                                 # a copy inside the folder: described, not echoed
+    (root / "metadata.csv").unlink()  # a copy inside the folder: described, not echoed
     (root / "metadata.csv").write_text(secret.read_text())
     code, out = cli("data", "show", f"folder:{root}")
     assert code == 2 and "not a header of column names" in out and "SECRET" not in out, out
@@ -171,8 +185,21 @@ def test_swapped_images_are_refused_at_load_with_hash_content(cli, tmp_path):
     code, out = cli("data", "show", f"folder:{root}", *FOLDER_PARAMS, "--param", "hash=content")
     assert code == 0 and "fingerprint: names and contents (SHA-256 of every image file" in out, out
     run = tmp_path / "run"
-    code, out = cli("train", "--dataset", f"folder:{root}", *FOLDER_PARAMS, "--param", "hash=content",
-                    "--model", "mlp", "--epochs", "1", "--no-progress", "--out", run)
+    code, out = cli(
+        "train",
+        "--dataset",
+        f"folder:{root}",
+        *FOLDER_PARAMS,
+        "--param",
+        "hash=content",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        run,
+    )
     assert code == 0, out
     by_names = make_splits(f"folder:{root}", params={"bias_column": "place", "workers": 0})
     # swap two images of the same byte size (same sizes: the default fingerprint cannot see it)
@@ -185,7 +212,7 @@ def test_swapped_images_are_refused_at_load_with_hash_content(cli, tmp_path):
     code, out = cli("audit", run)
     assert code == 2 and "the image files (contents) changed since this run was made" in out, out
     assert not (run / "audit").exists()
-    splits_from_spec(by_names.spec)           # the default covers names and sizes only (stated in data show)
+    splits_from_spec(by_names.spec)  # the default covers names and sizes only (stated in data show)
     with pytest.raises(ConfigError, match="hash must be names .* or content"):
         make_splits(f"folder:{root}", params={"bias_column": "place", "hash": "md5"})
 
@@ -207,8 +234,11 @@ def test_duplicated_columns_are_refused_by_name(tmp_path):
 
 def test_a_short_row_says_its_line_and_what_was_expected(tmp_path):
     root = _folder(tmp_path / "ds", rows={5: "imgs/4.png,0,1"})
-    with pytest.raises(DataError, match=r"line 6: 3 field\(s\), expected 4 .*its columns: img_filename, y, place, "
-                                        r"split"):
+    with pytest.raises(
+        DataError,
+        match=r"line 6: 3 field\(s\), expected 4 .*its columns: img_filename, y, place, "
+        r"split",
+    ):
         make_splits(f"folder:{root}", params={"bias_column": "place"})
     root = _folder(tmp_path / "ds2", rows={3: "imgs/2.png,1.5,0,train"})
     with pytest.raises(DataError, match=r"line 4: y = '1.5' is not an integer class index"):
@@ -230,15 +260,21 @@ def test_one_target_class_is_refused_before_any_compute(cli, tmp_path, no_comput
     x, y, b = _rows()
     path = tmp_path / "one.npz"
     np.savez(path, x=x, y=np.zeros_like(y), b=b)
-    for cmd in (["data", "show", f"tensors:{path}"],
-                ["train", "--dataset", f"tensors:{path}", "--model", "mlp", "--out", tmp_path / "run"]):
+    for cmd in (
+        ["data", "show", f"tensors:{path}"],
+        ["train", "--dataset", f"tensors:{path}", "--model", "mlp", "--out", tmp_path / "run"],
+    ):
         code, out = cli(*cmd)
         assert code == 2 and "every sample has target y = 0: a classifier needs at least two target classes" in out
     assert not (tmp_path / "run").exists()
     root = _folder(tmp_path / "ds", header="img_filename,cls,place,split")
     text = (root / "metadata.csv").read_text().replace(",1,", ",0,")
-    (root / "metadata.csv").write_text("\n".join(",".join([r.split(",")[0], "0", *r.split(",")[2:]]) if i else r
-                                                 for i, r in enumerate(text.splitlines())) + "\n")
+    (root / "metadata.csv").write_text(
+        "\n".join(
+            ",".join([r.split(",")[0], "0", *r.split(",")[2:]]) if i else r for i, r in enumerate(text.splitlines())
+        )
+        + "\n"
+    )
     with pytest.raises(DataError, match="every sample has target y = 0"):
         make_splits(f"folder:{root}", params={"bias_column": "place", "target_column": "cls"})
 
@@ -251,11 +287,14 @@ def test_a_bias_attribute_with_one_value_is_refused(tmp_path):
         make_splits(f"tensors:{path}")
 
 
-@pytest.mark.parametrize("y_of, message", [
-    (lambda y: y - 1, r"must be class indices >= 0|class indices 0..K-1"),
-    (lambda y: np.where(y == 1, 1000, 0), r"targets y holds class index 1000 .* only 400 samples"),
-    (lambda y: y + 0.5, "y must be an integer array"),
-])
+@pytest.mark.parametrize(
+    "y_of, message",
+    [
+        (lambda y: y - 1, r"must be class indices >= 0|class indices 0..K-1"),
+        (lambda y: np.where(y == 1, 1000, 0), r"targets y holds class index 1000 .* only 400 samples"),
+        (lambda y: y + 0.5, "y must be an integer array"),
+    ],
+)
 def test_labels_outside_0_to_k_are_refused(tmp_path, y_of, message):
     x, y, b = _rows()
     path = tmp_path / "bad.npz"
@@ -278,20 +317,26 @@ def test_bias_names_of_the_values_get_the_hint(tmp_path):
     np.savez(path, x=x, y=y, b=b, bias_names=np.array(["red", "green"]))
     with pytest.raises(DataError, match="did you mean to name the values. bias_names names the attributes"):
         make_splits(f"tensors:{path}")
-    parts = {n: TensorDataset(torch.from_numpy(x[i::4]), torch.from_numpy(y[i::4]), torch.from_numpy(b[i::4]))
-             for i, n in enumerate(("train", "unbiased_train", "unbiased_val", "test"))}
+    parts = {
+        n: TensorDataset(torch.from_numpy(x[i::4]), torch.from_numpy(y[i::4]), torch.from_numpy(b[i::4]))
+        for i, n in enumerate(("train", "unbiased_train", "unbiased_val", "test"))
+    }
     with pytest.raises(DataError, match="2 name.s. .red, green. for 1 bias attribute.s. - did you mean"):
         user_splits(**parts, bias_names=("red", "green"))
     with pytest.raises(DataError, match="every sample has target y = 1"):
-        user_splits(**{n: TensorDataset(d.tensors[0], torch.ones_like(d.tensors[1]), d.tensors[2])
-                       for n, d in parts.items()})
+        user_splits(
+            **{n: TensorDataset(d.tensors[0], torch.ones_like(d.tensors[1]), d.tensors[2]) for n, d in parts.items()}
+        )
 
 
 # -- options -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, message", [
-    (["--rho", "0.99", "--param", "rho=0.5"], "--rho 0.99 and --param rho=0.5 both set rho: give it once"),
-    (["--param", "rho=0.9", "--param", "rho=0.5"], "--param rho=0.9 and --param rho=0.5 both set rho"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rho", "0.99", "--param", "rho=0.5"], "--rho 0.99 and --param rho=0.5 both set rho: give it once"),
+        (["--param", "rho=0.9", "--param", "rho=0.5"], "--param rho=0.9 and --param rho=0.5 both set rho"),
+    ],
+)
 def test_an_option_and_a_param_setting_the_same_value_are_refused(cli, tmp_path, no_compute, args, message):
     code, out = cli("train", "--dataset", "biased-toy", "--model", "mlp", *args, "--out", tmp_path / "run")
     assert code == 2 and message in out, out
@@ -299,24 +344,45 @@ def test_an_option_and_a_param_setting_the_same_value_are_refused(cli, tmp_path,
     assert code == 2 and message in out, out
     code, out = cli("data", "show", "celeba", "--root", tmp_path, "--param", f"root={tmp_path}")
     assert code == 2 and "both set root" in out, out
-    code, out = cli("train", "--dataset", "biased-toy", "--model", "mlp", "--method", "gce", "--method-param", "q=0.7",
-                    "--method-param", "q=0.5", "--out", tmp_path / "run")
+    code, out = cli(
+        "train",
+        "--dataset",
+        "biased-toy",
+        "--model",
+        "mlp",
+        "--method",
+        "gce",
+        "--method-param",
+        "q=0.7",
+        "--method-param",
+        "q=0.5",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 2 and "--method-param q is given twice (0.7 and 0.5)" in out, out
 
 
 def test_small_splits_built_in_python_warn_like_the_cli(tmp_path):
     x, y, b = _rows(n=2000)
     t = [torch.from_numpy(a) for a in (x, y, b)]
-    parts = {"train": TensorDataset(*(a[:1600] for a in t)), "unbiased_train": TensorDataset(*(a[1600:1640] for a in t)),
-             "unbiased_val": TensorDataset(*(a[1640:1680] for a in t)), "test": TensorDataset(*(a[1680:] for a in t))}
+    parts = {
+        "train": TensorDataset(*(a[:1600] for a in t)),
+        "unbiased_train": TensorDataset(*(a[1600:1640] for a in t)),
+        "unbiased_val": TensorDataset(*(a[1640:1680] for a in t)),
+        "test": TensorDataset(*(a[1680:] for a in t)),
+    }
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         user_splits(**parts)
     said = [str(w.message) for w in record if issubclass(w.category, SmallSplitWarning)]
     assert len(said) == 1 and "user_splits: the unbiased splits are small: D^u_train holds 40 samples" in said[0]
     assert "at least 25 per (y, b) group and 100 in all" in said[0] and "datasets you gave user_splits" in said[0]
-    big = {"train": TensorDataset(*(a[:800] for a in t)), "unbiased_train": TensorDataset(*(a[800:1200] for a in t)),
-           "unbiased_val": TensorDataset(*(a[1200:1600] for a in t)), "test": TensorDataset(*(a[1600:] for a in t))}
+    big = {
+        "train": TensorDataset(*(a[:800] for a in t)),
+        "unbiased_train": TensorDataset(*(a[800:1200] for a in t)),
+        "unbiased_val": TensorDataset(*(a[1200:1600] for a in t)),
+        "test": TensorDataset(*(a[1600:] for a in t)),
+    }
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         user_splits(**big)

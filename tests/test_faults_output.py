@@ -4,6 +4,7 @@ Each case ends in exit code 2 with a clear message, no traceback, and every pre-
 for byte (``tree_bytes``). Cases 1-3 and 6 of issue 11 plus the same families (symlinks, foreign files
 inside a run folder, the input's parent, stale staging folders, permissions).
 """
+
 from __future__ import annotations
 
 import os
@@ -13,16 +14,26 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tree_bytes
 
+from conftest import tree_bytes
 from debiaskit._io import STAGING_MARKER, atomic_folder, check_output, clean_stale, file_mode
 from debiaskit.audit import AUDIT_FOLDER
-from debiaskit.train import RUN_FOLDER
 from debiaskit.errors import OutputError, RunExistsError
 from debiaskit.runs import RUN_FILE, write_json
+from debiaskit.train import RUN_FOLDER
 
-TRAIN = ["train", "--dataset", "biased-toy", "--model", "mlp", "--epochs", "1", "--unbiased-size", "600",
-         "--no-progress"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "biased-toy",
+    "--model",
+    "mlp",
+    "--epochs",
+    "1",
+    "--unbiased-size",
+    "600",
+    "--no-progress",
+]
 NEVER = "debiaskit never replaces it (with or without --force)"
 
 
@@ -36,11 +47,14 @@ def runs(tmp_path, toy_run_dir):
     return root
 
 
-@pytest.mark.parametrize("out, message", [
-    ("{a}", "is (or holds) the input"),          # audit r --out r used to delete the run's weights
-    ("{root}", "is (or holds) the input"),       # audit runs/a --out runs used to delete a, b and NOTES.md
-    ("{b}", f"is a finished run, not an audit report folder; {NEVER}"),
-])
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("{a}", "is (or holds) the input"),  # audit r --out r used to delete the run's weights
+        ("{root}", "is (or holds) the input"),  # audit runs/a --out runs used to delete a, b and NOTES.md
+        ("{b}", f"is a finished run, not an audit report folder; {NEVER}"),
+    ],
+)
 @pytest.mark.parametrize("force", [False, True])
 def test_audit_never_deletes_its_input_or_other_runs(cli, runs, out, message, force):
     before = tree_bytes(runs)
@@ -60,11 +74,17 @@ def test_audit_replaces_only_an_audit_folder_and_only_with_force(cli, runs):
     assert cli("audit", runs / "a", "--out", runs / "report", "--force")[0] == 0
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: (p.mkdir(), (p / "thesis.tex").write_text("chapter 1")), f"is an existing folder that is not a finished run (no finished run.json); {NEVER}"),
-    (lambda p: p.write_text("a plain file"), "is a file, not a folder; debiaskit never replaces it"),
-    (lambda p: p.mkdir(), "is an existing folder that is not a finished run"),  # even empty: not ours
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda p: (p.mkdir(), (p / "thesis.tex").write_text("chapter 1")),
+            f"is an existing folder that is not a finished run (no finished run.json); {NEVER}",
+        ),
+        (lambda p: p.write_text("a plain file"), "is a file, not a folder; debiaskit never replaces it"),
+        (lambda p: p.mkdir(), "is an existing folder that is not a finished run"),  # even empty: not ours
+    ],
+)
 @pytest.mark.parametrize("force", [False, True])
 def test_train_refuses_what_is_not_a_finished_run(cli, tmp_path, make, message, force):
     make(tmp_path / "out")
@@ -87,11 +107,11 @@ def test_force_refuses_a_run_folder_holding_a_users_file(cli, tmp_path, toy_run_
 def test_force_replaces_a_finished_run_with_its_derived_folders(cli, tmp_path, toy_run_dir):
     run = tmp_path / "run"
     shutil.copytree(toy_run_dir, run)
-    assert cli("audit", run)[0] == 0   # run/audit is debiaskit's: replacing the run may drop it
+    assert cli("audit", run)[0] == 0  # run/audit is debiaskit's: replacing the run may drop it
     code, err = cli(*TRAIN, "--seed", "1", "--out", run, "--force")
     assert code == 0, err
     assert not (run / "audit").exists() and '"seed": 1' in (run / RUN_FILE).read_text()
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]   # no staging or lock left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging or lock left behind
 
 
 @pytest.mark.parametrize("out", [".", "{parent}/x/..", "{parent}"])
@@ -153,19 +173,19 @@ def test_files_get_the_usual_permissions(tmp_path, toy_run_dir):
         os.umask(old)
     assert stat.S_IMODE((out / RUN_FILE).stat().st_mode) == 0o644
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
-    for f in toy_run_dir.iterdir():   # written by train_run under the test runner's umask (was 0600)
+    for f in toy_run_dir.iterdir():  # written by train_run under the test runner's umask (was 0600)
         assert stat.S_IMODE(f.stat().st_mode) == file_mode(), f
 
 
 def test_stale_staging_of_a_dead_process_is_removed(tmp_path):
     out = tmp_path / "run"
     dead = tmp_path / ".run.staging-999999999-abcd"  # no such pid
-    old_style = tmp_path / ".run.staging-k2j3h4"     # debiaskit 0.1.0's name: reported, kept
-    unmarked = tmp_path / ".run.staging-999999999-ef01"   # a dead pid, but no debiaskit marker: not ours, kept
+    old_style = tmp_path / ".run.staging-k2j3h4"  # debiaskit 0.1.0's name: reported, kept
+    unmarked = tmp_path / ".run.staging-999999999-ef01"  # a dead pid, but no debiaskit marker: not ours, kept
     for d in (dead, old_style, unmarked):
         d.mkdir()
         (d / "model.safetensors").write_text("half")
-    (dead / STAGING_MARKER).write_text('{"kind": "run", "pid": 999999999}')   # what debiaskit's staging carries
+    (dead / STAGING_MARKER).write_text('{"kind": "run", "pid": 999999999}')  # what debiaskit's staging carries
     assert clean_stale(out) == [old_style, unmarked]
     assert not dead.exists() and old_style.exists() and unmarked.exists()
     with atomic_folder(out, kind=RUN_FOLDER) as staging:
@@ -190,6 +210,7 @@ def _fails_if_computing(monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("compute started before the output was checked")
+
     monkeypatch.setattr(train_run, "fit", boom)
     monkeypatch.setattr(audit_run, "audit_model", boom)
 
@@ -197,6 +218,7 @@ def _fails_if_computing(monkeypatch):
 def test_unwritable_parent_is_refused_before_compute(cli, tmp_path, toy_run_dir, monkeypatch):
     """A read-only --out parent (simulated: the tests may run as root, who writes anywhere)."""
     import errno
+
     ro = tmp_path / "ro"
     ro.mkdir()
     real_mkdir = os.mkdir
@@ -205,6 +227,7 @@ def test_unwritable_parent_is_refused_before_compute(cli, tmp_path, toy_run_dir,
         if str(path).startswith(str(ro)):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_mkdir(path, *a, **k)
+
     monkeypatch.setattr(os, "mkdir", mkdir)
     _fails_if_computing(monkeypatch)
     for args in (TRAIN + ["--out", ro / "run"], ["audit", toy_run_dir, "--out", ro / "audit"]):
@@ -219,14 +242,22 @@ def test_file_too_large_is_a_clear_error_and_leaves_nothing(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
     script = Path(sys.executable).with_name("debiaskit")
     if not script.is_file():
         pytest.skip("the debiaskit console script is not installed next to this python")
 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-    proc = subprocess.run([str(script), *TRAIN, "--out", str(tmp_path / "run")], preexec_fn=limit, text=True,
-                          capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "1000"})
+
+    proc = subprocess.run(
+        [str(script), *TRAIN, "--out", str(tmp_path / "run")],
+        preexec_fn=limit,
+        text=True,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "1000"},
+    )
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 2 and "Traceback" not in err, err
     # the first large write is the checkpoint of the prepared run (train --resume), in the hidden .run.partial
@@ -241,16 +272,18 @@ def test_data_prepare_replaces_only_its_own_cache(cli, tmp_path, monkeypatch):
     import numpy as np
 
     from debiaskit.data import get_source
-    from debiaskit.data._idx import write_idx
-    from debiaskit.data._idx import md5
+    from debiaskit.data._idx import md5, write_idx
+
     monkeypatch.setenv("DEBIASKIT_DATA", str(tmp_path / "home"))
     raw = tmp_path / "download"
     raw.mkdir()
     rng = np.random.default_rng(0)
-    for key, stem, shape in (("train_images", "train-images-idx3-ubyte", (60, 28, 28)),
-                             ("train_labels", "train-labels-idx1-ubyte", (60,)),
-                             ("test_images", "t10k-images-idx3-ubyte", (20, 28, 28)),
-                             ("test_labels", "t10k-labels-idx1-ubyte", (20,))):
+    for key, stem, shape in (
+        ("train_images", "train-images-idx3-ubyte", (60, 28, 28)),
+        ("train_labels", "train-labels-idx1-ubyte", (60,)),
+        ("test_images", "t10k-images-idx3-ubyte", (20, 28, 28)),
+        ("test_labels", "t10k-labels-idx1-ubyte", (20,)),
+    ):
         write_idx(raw / f"{stem}.gz", rng.integers(0, 10, shape, dtype=np.uint8), compress=True)
         monkeypatch.setitem(get_source("mnist").md5, key, md5(gzip.decompress((raw / f"{stem}.gz").read_bytes())))
     mine = tmp_path / "home" / "mnist"
@@ -263,17 +296,19 @@ def test_data_prepare_replaces_only_its_own_cache(cli, tmp_path, monkeypatch):
     (mine / "my-notes.txt").unlink()
     mine.rmdir()
     assert cli("data", "prepare", "mnist", "--from", raw)[0] == 0
-    assert cli("data", "prepare", "mnist", "--from", raw, "--force")[0] == 0   # its own cache: replaced
+    assert cli("data", "prepare", "mnist", "--from", raw, "--force")[0] == 0  # its own cache: replaced
     assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["mnist"]
 
 
 def test_a_ctrl_c_right_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
     import debiaskit._io as io_mod
+
     real_close = io_mod.os.close
 
     def interrupted_close(fd):
         real_close(fd)
-        raise KeyboardInterrupt   # what a SIGINT between mkstemp and the write looks like
+        raise KeyboardInterrupt  # what a SIGINT between mkstemp and the write looks like
+
     monkeypatch.setattr(io_mod.os, "close", interrupted_close)
     with pytest.raises(KeyboardInterrupt):
         with io_mod.atomic_file(tmp_path / "checkpoint.safetensors"):
@@ -286,14 +321,18 @@ def test_writing_tensors_creates_no_file_but_its_own_temporary_name(tmp_path):
     between left that file in a training run's checkpoint folder, which then could never be cleared (it is not
     a name debiaskit writes, so no cleanup may remove it). Every name that appears during our writes must be ours."""
     import threading
+
     import torch
+
     from debiaskit._io import save_tensors
+
     seen: set[str] = set()
     done = threading.Event()
 
     def watch():
         while not done.is_set():
             seen.update(os.listdir(tmp_path))
+
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
@@ -304,8 +343,9 @@ def test_writing_tensors_creates_no_file_but_its_own_temporary_name(tmp_path):
         done.set()
         watcher.join()
     assert "checkpoint.safetensors" in seen
-    assert all(n == "checkpoint.safetensors" or (n.startswith(".checkpoint.safetensors.") and n.endswith(".tmp"))
-               for n in seen), sorted(seen)
+    assert all(
+        n == "checkpoint.safetensors" or (n.startswith(".checkpoint.safetensors.") and n.endswith(".tmp")) for n in seen
+    ), sorted(seen)
 
 
 FRESH = """

@@ -1,6 +1,7 @@
 """Fault injection, records: every bad ``run.json`` / ``ffw.json`` field is one clear error (file, field,
 found, expected), a damaged file is called damaged, paths stay inside their folder, and folders written
 by debiaskit 0.1.0 (schema version 0) still load (issue 11, case 5)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tree_bytes
 
+from conftest import tree_bytes
 from debiaskit._schema import SCHEMA_VERSION, FFWRecord, RunRecord, SchemaError
 from debiaskit.errors import DamagedError, DataError
 from debiaskit.ffw import load_ffw_model
@@ -43,6 +44,7 @@ def _set(path: str, value):
         else:
             node[last] = value
         return meta
+
     return change
 
 
@@ -53,20 +55,32 @@ BAD_FIELDS = [
     (_set("data", "biased-toy"), 'run.json: data is "biased-toy", expected an object'),
     (_set("model.num_classes", "ten"), 'run.json: model.num_classes is "ten", expected a positive integer'),
     (_set("model.num_classes", -3), "run.json: model.num_classes is -3, expected a positive integer"),
-    (_set("model.input_shape", [3, 0, 28]), "model.input_shape is [3, 0, 28], expected a non-empty list of positive integers"),
+    (
+        _set("model.input_shape", [3, 0, 28]),
+        "model.input_shape is [3, 0, 28], expected a non-empty list of positive integers",
+    ),
     (_set("model.head", None), "run.json: model.head is null, expected a non-empty string"),
     (_set("model.source", "pip"), 'model.source is "pip", expected one of "zoo", "import", "python"'),
     (_set("data.seed", -1), "run.json: data.seed is -1, expected an integer in [0, 9007199254740991]"),
-    (_set("data.seed", 2 ** 64), "data.seed is 18446744073709551616, expected an integer in [0, 9007199254740991]"),
+    (_set("data.seed", 2**64), "data.seed is 18446744073709551616, expected an integer in [0, 9007199254740991]"),
     (_set("data.params", [0.99]), "run.json: data.params is [0.99], expected an object"),
-    (_set("data.unbiased_fractions", [0.5, 0.5]), "data.unbiased_fractions is [0.5, 0.5], expected a list of 3 positive numbers summing to 1"),
+    (
+        _set("data.unbiased_fractions", [0.5, 0.5]),
+        "data.unbiased_fractions is [0.5, 0.5], expected a list of 3 positive numbers summing to 1",
+    ),
     (_set("train.epochs", 1.5), "run.json: train.epochs is 1.5, expected an integer >= 0"),
     (_set("train.lr", "fast"), 'run.json: train.lr is "fast", expected a finite number >= 0'),
     (_set("kind", "experiment"), 'run.json: kind is "experiment", expected one of "train", "unlearn", "compare-cell"'),
     (_set("weights", "/etc/passwd"), 'run.json: weights is "/etc/passwd", expected a relative path inside the folder'),
-    (_set("weights", "../other/model.safetensors"), 'run.json: weights is "../other/model.safetensors", expected a relative path inside the folder'),
+    (
+        _set("weights", "../other/model.safetensors"),
+        'run.json: weights is "../other/model.safetensors", expected a relative path inside the folder',
+    ),
     (_set("weights", 7), "run.json: weights is 7, expected a relative path inside the folder"),
-    (_set("schema_version", 99), "was written by a newer debiaskit (schema version 99; this one reads up to 1); upgrade debiaskit"),
+    (
+        _set("schema_version", 99),
+        "was written by a newer debiaskit (schema version 99; this one reads up to 1); upgrade debiaskit",
+    ),
     (_set("schema_version", "1"), 'run.json: schema_version is "1", expected an integer >= 0'),
 ]
 
@@ -150,12 +164,18 @@ def test_records_round_trip_unchanged(toy_run_dir):
     ffw = json.loads((FIXTURES / "ffw.json").read_text())
     out = FFWRecord.from_dict(ffw).to_dict()
     assert out["schema_version"] == SCHEMA_VERSION and out["model"].pop("source") == "zoo"  # defaults are added
-    assert {k: out[k] for k in ffw} == ffw                                                # nothing else changes
+    assert {k: out[k] for k in ffw} == ffw  # nothing else changes
 
 
 def test_unknown_keys_are_kept_and_a_record_built_in_code_is_validated_before_writing():
-    rec = RunRecord.from_dict({"kind": "train", "model": {"name": "mlp", "num_classes": 2, "input_shape": [4],
-                                                          "head": "fc"}, "data": {"dataset": "x"}, "future_field": 4})
+    rec = RunRecord.from_dict(
+        {
+            "kind": "train",
+            "model": {"name": "mlp", "num_classes": 2, "input_shape": [4], "head": "fc"},
+            "data": {"dataset": "x"},
+            "future_field": 4,
+        }
+    )
     assert rec.other == {"future_field": 4} and rec.to_dict()["future_field"] == 4
     rec.model.num_classes = 0
     with pytest.raises(SchemaError, match="model.num_classes is 0, expected a positive integer"):

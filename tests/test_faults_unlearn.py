@@ -1,5 +1,6 @@
 """FMD's step choice, `unlearn`'s do-no-harm refusal (exit 3, nothing written) and the `cf` array route for
 counterfactuals of a user's own data (tensors file)."""
+
 from __future__ import annotations
 
 import sys
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from debiaskit.data import make_splits
-from debiaskit.errors import NO_IMPROVEMENT_EXIT, DataError, NoImprovementError
+from debiaskit.errors import NO_IMPROVEMENT_EXIT, DataError
 from debiaskit.methods.fmd import SCALES, choose_step, fmd_unlearn
 
 
@@ -25,6 +26,7 @@ def cli(monkeypatch, capsys):
             main()
         out, err = capsys.readouterr()
         return exc.value.code or 0, " ".join((out + err).split())
+
     return run
 
 
@@ -37,7 +39,7 @@ def _rows(path, *, cf: str = "flip", n: int = 1600, extra: dict | None = None):
     arrays = {"x": x, "y": y, "b": b}
     if cf == "flip":
         arrays["cf"] = np.concatenate([x[:, :4], np.eye(2)[1 - b]], 1).astype(np.float32)
-    elif cf == "same":   # a counterfactual that changes nothing: no bias for FMD to remove
+    elif cf == "same":  # a counterfactual that changes nothing: no bias for FMD to remove
         arrays["cf"] = x.copy()
     arrays.update(extra or {})
     np.savez(path, **arrays)
@@ -45,16 +47,19 @@ def _rows(path, *, cf: str = "flip", n: int = 1600, extra: dict | None = None):
 
 
 def _train(cli, data, run):
-    code, out = cli("train", "--dataset", f"tensors:{data}", "--model", "mlp", "--epochs", "3", "--out", run,
-                    "--no-progress")
+    code, out = cli(
+        "train", "--dataset", f"tensors:{data}", "--model", "mlp", "--epochs", "3", "--out", run, "--no-progress"
+    )
     assert code == 0, out
 
 
 # -- the step choice ------------------------------------------------------------------------------------
 def _trace(biases, accs, scales=None):
     scales = scales or [0.0, 1.0, 3.0, 10.0, 30.0][: len(biases)]
-    return [{"scale": s, "heldout_cf_bias": b, "heldout_accuracy": a, "heldout_class_mean_accuracy": a}
-            for s, b, a in zip(scales, biases, accs)]
+    return [
+        {"scale": s, "heldout_cf_bias": b, "heldout_accuracy": a, "heldout_class_mean_accuracy": a}
+        for s, b, a in zip(scales, biases, accs)
+    ]
 
 
 def test_the_grid_reaches_large_steps_and_the_choice_takes_the_largest_reduction_within_tolerance():
@@ -63,7 +68,7 @@ def test_the_grid_reaches_large_steps_and_the_choice_takes_the_largest_reduction
     trace = _trace([0.08, 0.078, 0.07, 0.035, 0.01], [0.85, 0.85, 0.849, 0.845, 0.70])
     chosen = choose_step(trace, tolerance=0.01)
     assert chosen["scale"] == 10.0 and [t["qualifies"] for t in trace] == [False, True, True, True, False]
-    assert choose_step(trace, tolerance=0.2)["scale"] == 30.0   # a looser tolerance allows the cliff
+    assert choose_step(trace, tolerance=0.2)["scale"] == 30.0  # a looser tolerance allows the cliff
     # a class that pays for the others is caught by the class-mean accuracy
     trace = _trace([0.08, 0.04], [0.85, 0.85])
     trace[1]["heldout_class_mean_accuracy"] = 0.80
@@ -79,9 +84,12 @@ def test_fmd_on_biased_rows_lowers_the_held_out_bias(tmp_path):
     torch.manual_seed(0)
     from debiaskit.models import build_model
     from debiaskit.train import TrainConfig, fit
+
     model = build_model("mlp", num_classes=2, input_shape=splits.train.input_shape)
     fit(model, splits.train, config=TrainConfig(epochs=3, batch_size=64, seed=0), progress=False)
-    res = fmd_unlearn(model, train=splits.train, head="fc", pool_size=400, n_bias_pairs=100, top_k=100, damping=(1e-2, 1e-3))
+    res = fmd_unlearn(
+        model, train=splits.train, head="fc", pool_size=400, n_bias_pairs=100, top_k=100, damping=(1e-2, 1e-3)
+    )
     info = res.info
     assert info["improved"] and info["selected_scale"] > 0 and info["bias_after"] < info["bias_before"]
     assert info["accuracy_after"] >= info["accuracy_before"] - info["tolerance"]
@@ -111,7 +119,7 @@ def test_unlearn_writes_its_trade_off_and_checks_the_tolerance(cli, tmp_path):
     assert (folder / "unlearn_tradeoff.png").stat().st_size > 1000
     md = (folder / "unlearn.md").read_text()
     assert "| step scale | damping | held-out CF bias |" in md and md.count("\n| ") == 2 + (len(SCALES) - 1)
-    code, out = cli("unlearn", run, "--pool-size", "300", "--top-k", "50", "--damping", "0.001", "--force")   # replaced
+    code, out = cli("unlearn", run, "--pool-size", "300", "--top-k", "50", "--damping", "0.001", "--force")  # replaced
     assert code == 0, out
 
 
@@ -122,21 +130,28 @@ def test_a_cf_array_gives_the_audit_and_fmd_their_pairs(cli, tmp_path):
     idx = torch.arange(5)
     new_b = splits.test.draw_counterfactual_bias(idx, generator=torch.Generator().manual_seed(0))
     x_cf = splits.test.counterfactual(idx, new_b)
-    assert torch.equal(x_cf[:, :4], splits.test.images[idx, :4])                 # same content
-    assert torch.equal(x_cf[:, 4:].argmax(1), 1 - splits.test.b[idx])            # the attribute flipped
+    assert torch.equal(x_cf[:, :4], splits.test.images[idx, :4])  # same content
+    assert torch.equal(x_cf[:, 4:].argmax(1), 1 - splits.test.b[idx])  # the attribute flipped
     run = tmp_path / "run"
     _train(cli, data, run)
     assert cli("audit", run)[0] == 0
     import json
+
     assert json.loads((run / "audit" / "audit.json").read_text())["attributes"][0]["counterfactual_bias"] > 0
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"cf": np.zeros((1600, 5), np.float32)}, "cf must have the shape and dtype of x"),
-    ({"cf": np.zeros((1600, 6), np.float64)}, "cf must have the shape and dtype of x"),
-    ({"bias_columns": np.array([4, 5])}, "holds both cf and bias_columns"),
-    ({"b": np.tile(np.array([[0, 1], [1, 0]], np.int64), (800, 1))}, "cf is the counterfactual for one bias attribute"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"cf": np.zeros((1600, 5), np.float32)}, "cf must have the shape and dtype of x"),
+        ({"cf": np.zeros((1600, 6), np.float64)}, "cf must have the shape and dtype of x"),
+        ({"bias_columns": np.array([4, 5])}, "holds both cf and bias_columns"),
+        (
+            {"b": np.tile(np.array([[0, 1], [1, 0]], np.int64), (800, 1))},
+            "cf is the counterfactual for one bias attribute",
+        ),
+    ],
+)
 def test_a_bad_cf_array_is_refused(tmp_path, extra, message):
     data = _rows(tmp_path / "rows.npz", extra=extra)
     with pytest.raises(DataError, match=message):

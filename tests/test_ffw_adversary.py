@@ -1,4 +1,5 @@
 """FFW's bias term beyond the paper: probe-free dependence measures, stronger probes, the epoch budget."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,13 @@ import torch
 from debiaskit.audit import probe_suite, readable
 from debiaskit.errors import ConfigError
 from debiaskit.ffw import FFWConfig
-from debiaskit.ffw._adversary import (KernelDependence, LinearDependence, class_mean_distance, cross_between,
-                                     lda_readability)
+from debiaskit.ffw._adversary import (
+    KernelDependence,
+    LinearDependence,
+    class_mean_distance,
+    cross_between,
+    lda_readability,
+)
 
 
 def _shifted(n: int, *, shift: float, seed: int, d: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,8 +33,13 @@ def test_the_linear_term_is_unbiased_on_independent_features_and_exact_on_a_know
     est = []
     for seed in range(200):
         z, b = _shifted(64, shift=0.0, seed=seed)
-        est.append(float(class_mean_distance(z, b, 3, mean=torch.zeros(8, dtype=torch.float64),
-                                             chol=torch.eye(8, dtype=torch.float64))))
+        est.append(
+            float(
+                class_mean_distance(
+                    z, b, 3, mean=torch.zeros(8, dtype=torch.float64), chol=torch.eye(8, dtype=torch.float64)
+                )
+            )
+        )
     assert abs(sum(est) / len(est)) < 0.01
     # known shift: sum_k p_k (k - 1)^2 shift^2 / (K - 1) with p_k = 1/3 and unit whitening
     z, b = _shifted(200_000, shift=1.0, seed=0)
@@ -54,7 +65,9 @@ def test_the_cross_estimate_against_remembered_batches_is_unbiased_and_less_nois
     z[:, 0] += torch.where(y == 0, 1.0, -1.0) * (b * 2 - 1)  # +-1 by colour, opposite signs per digit: cancels
     half = slice(0, 2000), slice(2000, 4000)
     marginal = float(cross_between(z[half[0]], b[half[0]], z[half[1]], b[half[1]], 2))
-    given = float(cross_between(z[half[0]], b[half[0]], z[half[1]], b[half[1]], 2, given=y[half[0]], ref_given=y[half[1]]))
+    given = float(
+        cross_between(z[half[0]], b[half[0]], z[half[1]], b[half[1]], 2, given=y[half[0]], ref_given=y[half[1]])
+    )
     assert abs(marginal) < 0.05 and given > 0.8
 
 
@@ -103,7 +116,7 @@ def test_stronger_probes_read_what_the_weak_one_misses():
     noise = torch.randn(n, 16, generator=g)
     tiny = noise.clone()
     tiny[:, 0] += 2.0 * b  # a clear linear signal ...
-    tiny = tiny * 1e-3       # ... on features a weak SGD probe barely moves on
+    tiny = tiny * 1e-3  # ... on features a weak SGD probe barely moves on
     split = lambda t, c: (t[:2000], c[:2000], t[2000:2500], c[2000:2500], t[2500:], c[2500:])  # noqa: E731
     weak = probe_suite(*split(tiny, b), num_bias=4, probes=("sgd5", "linear"))
     assert not readable(weak["sgd5"], 4) and weak["linear"] > 0.6  # Bayes accuracy about 0.7
@@ -115,9 +128,9 @@ def test_stronger_probes_read_what_the_weak_one_misses():
 
 
 def test_the_epoch_budget_is_spread_over_the_levels_down_to_tau_final():
-    cfg = FFWConfig(max_epochs=20, tau_final=2.0 ** -9, max_epochs_per_level=10)
+    cfg = FFWConfig(max_epochs=20, tau_final=2.0**-9, max_epochs_per_level=10)
     assert cfg.planned_levels() == 10 and cfg.level_cap() == 2
-    assert FFWConfig(max_epochs=5, tau_final=2.0 ** -9).level_cap() == 1
+    assert FFWConfig(max_epochs=5, tau_final=2.0**-9).level_cap() == 1
     assert FFWConfig(max_epochs=None, max_epochs_per_level=7).level_cap() == 7
     for bad in (dict(max_epochs=0), dict(tau_final=2.0), dict(adversary="oracle"), dict(selection="test")):
         with pytest.raises(ConfigError):
@@ -125,11 +138,17 @@ def test_the_epoch_budget_is_spread_over_the_levels_down_to_tau_final():
 
 
 def test_the_search_stays_within_its_budget_and_can_refine_after_agreement(monkeypatch):
-    from test_ffw_search import FAST, Planted, _planted
     from debiaskit.ffw import _search, find_fantastic_weights
+    from test_ffw_search import FAST, Planted, _planted
+
     train, val = _planted(600, rho=0.5, seed=1, name="t"), _planted(300, rho=0.5, seed=2, name="v")
-    fast = {**{k: v for k, v in FAST.items() if k != "max_epochs"}, "max_levels": 20, "max_epochs_per_level": 10,
-            "patience": 100, "no_harm": False}   # the schedule, not the guard (test_ffw_no_harm.py)
+    fast = {
+        **{k: v for k, v in FAST.items() if k != "max_epochs"},
+        "max_levels": 20,
+        "max_epochs_per_level": 10,
+        "patience": 100,
+        "no_harm": False,
+    }  # the schedule, not the guard (test_ffw_no_harm.py)
     # never plateaus (patience 100), never agrees (forced below): the budget alone moves tau, every epoch, and stops
     end_level = _search._Search.end_level
     with monkeypatch.context() as m:
@@ -145,12 +164,32 @@ def test_the_search_stays_within_its_budget_and_can_refine_after_agreement(monke
 
 def test_the_cli_defaults_are_the_library_defaults():
     from debiaskit.cli.cmd_ffw import _D
+
     cfg = FFWConfig()
-    for name in ("gamma", "tau_decay", "max_epochs", "max_levels", "max_epochs_per_level", "patience", "gate_lr",
-                 "adversary", "selection", "erase", "refine_patience", "refit_head", "tune_epochs", "tune_gamma",
-                 "tune_lr", "tune_schedule", "tune_batch_size", "tune_shift"):
+    for name in (
+        "gamma",
+        "tau_decay",
+        "max_epochs",
+        "max_levels",
+        "max_epochs_per_level",
+        "patience",
+        "gate_lr",
+        "adversary",
+        "selection",
+        "erase",
+        "refine_patience",
+        "refit_head",
+        "tune_epochs",
+        "tune_gamma",
+        "tune_lr",
+        "tune_schedule",
+        "tune_batch_size",
+        "tune_shift",
+    ):
         assert getattr(_D, name) == getattr(cfg, name), name
-    assert cfg.adversary == "lda" and cfg.condition_on_target and cfg.memory == 8  # chosen on D^u_val (docs/design/ffw-defaults.md)
+    assert (
+        cfg.adversary == "lda" and cfg.condition_on_target and cfg.memory == 8
+    )  # chosen on D^u_val (docs/design/ffw-defaults.md)
     assert FFWConfig(adversary="head").condition_on_target is False
 
 
@@ -179,8 +218,8 @@ def test_cross_between_over_all_cells_at_once_equals_its_definition_and_whitens_
     z, ref = torch.randn(60, 5, generator=g, dtype=torch.float64), torch.randn(200, 5, generator=g, dtype=torch.float64)
     b, ref_b = torch.randint(0, 3, (60,), generator=g), torch.randint(0, 3, (200,), generator=g)
     y, ref_y = torch.randint(0, 4, (60,), generator=g), torch.randint(0, 4, (200,), generator=g)
-    y[y == 3] = 7   # a group label the reference lacks, and labels that are not 0..G-1
-    b[(y == 0) & (b == 2)] = 1   # a (group, class) cell empty in the batch only
+    y[y == 3] = 7  # a group label the reference lacks, and labels that are not 0..G-1
+    b[(y == 0) & (b == 2)] = 1  # a (group, class) cell empty in the batch only
     kw = dict(given=y, ref_given=ref_y) if conditional else {}
     lda = LinearDependence(5, ridge=0.5)
     lda.fit(torch.randn(100, 5, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3, 0.5, 2, 1]))

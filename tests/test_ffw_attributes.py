@@ -2,6 +2,7 @@
 attribute keeps its own number of classes - privacy and MLP heads sized per attribute, each MI normalised by its
 own log K, the dependence / readability terms scaled by its own K - 1, the eraser fitted on each one's one-hot,
 and the stronger probes' chance that of the attribute they read."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,7 +18,7 @@ from debiaskit.ffw._search import _Search, ffw_step
 from debiaskit.models import collect_outputs
 
 CARDS = (2, 5)
-OFFSETS = (3, 5)   # where each attribute's one-hot starts in the features
+OFFSETS = (3, 5)  # where each attribute's one-hot starts in the features
 
 
 def _rows(n: int, seed: int) -> TensorDataset:
@@ -25,8 +26,15 @@ def _rows(n: int, seed: int) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 3, (n,), generator=g)
     b = torch.stack([torch.randint(0, k, (n,), generator=g) for k in CARDS], 1)
-    x = torch.cat([nn.functional.one_hot(y, 3), nn.functional.one_hot(b[:, 0], 2), nn.functional.one_hot(b[:, 1], 5),
-                   0.1 * torch.randn(n, 3, generator=g)], 1).float()
+    x = torch.cat(
+        [
+            nn.functional.one_hot(y, 3),
+            nn.functional.one_hot(b[:, 0], 2),
+            nn.functional.one_hot(b[:, 1], 5),
+            0.1 * torch.randn(n, 3, generator=g),
+        ],
+        1,
+    ).float()
     return TensorDataset(x, y, b)
 
 
@@ -58,7 +66,7 @@ def _oracle(heads: list[nn.Linear]) -> None:
         for h, k, off in zip(heads, CARDS, OFFSETS):
             h.weight.zero_()
             h.bias.zero_()
-            h.weight[:k, off:off + k] = 50 * torch.eye(k)
+            h.weight[:k, off : off + k] = 50 * torch.eye(k)
 
 
 def _search(**overrides) -> _Search:
@@ -70,7 +78,7 @@ def _search(**overrides) -> _Search:
 
 def test_heads_mi_and_readability_use_each_attributes_own_class_count():
     search = _search(adversary="mlp")
-    assert [h.out_features for h in search.heads] == list(CARDS)       # no dead outputs for the binary attribute
+    assert [h.out_features for h in search.heads] == list(CARDS)  # no dead outputs for the binary attribute
     assert [h[-1].out_features for h in search.mlps] == list(CARDS)
     _oracle(search.heads)
     rec = search.evaluate(hard=True)
@@ -89,8 +97,8 @@ def test_the_training_term_uses_each_attributes_own_class_count(adversary):
     if search.lda is not None:
         search.lda.fit(torch.stack([x for x, _, _ in _rows(600, 1)]))
     stats = search.train_epoch()
-    assert stats["train_mi"] == pytest.approx(2.0, abs=0.15)            # ~1 per attribute, in every step
-    if adversary == "lda":   # the same term on a whole split, within each target class
+    assert stats["train_mi"] == pytest.approx(2.0, abs=0.15)  # ~1 per attribute, in every step
+    if adversary == "lda":  # the same term on a whole split, within each target class
         assert search.evaluate(hard=True)["dependence"] == pytest.approx(2.0, abs=0.1)
 
 
@@ -99,7 +107,7 @@ def test_ffw_step_takes_one_class_count_per_attribute():
     heads = [nn.Linear(13, k) for k in CARDS]
     _oracle(heads)
     x, y, b = _rows(300, 3).tensors
-    gate = nn.Parameter(torch.ones(()))   # a stand-in for the gates: J's gradient reaches it through the logits
+    gate = nn.Parameter(torch.ones(()))  # a stand-in for the gates: J's gradient reaches it through the logits
     model.fc.register_forward_pre_hook(lambda m, inp: (inp[0] * gate,))
     out = ffw_step(model, "fc", [gate], heads, x, y, b, gamma=1.0, num_bias=CARDS)
     assert out["mi"] == pytest.approx(2.0, abs=0.03)
@@ -109,23 +117,38 @@ def test_ffw_step_takes_one_class_count_per_attribute():
 
 def test_the_eraser_and_its_readings_cover_each_attribute_with_its_own_classes():
     train, val = _data()
-    result = find_fantastic_weights(Model(), head="fc", train=train, val=val, gamma=0.0, max_epochs=1,
-                                    batch_size=200, progress=False, erase="linear", no_harm=False)
+    result = find_fantastic_weights(
+        Model(),
+        head="fc",
+        train=train,
+        val=val,
+        gamma=0.0,
+        max_epochs=1,
+        batch_size=200,
+        progress=False,
+        erase="linear",
+        no_harm=False,
+    )
     assert [h.out_features for h in result.privacy_heads] == list(CARDS)
     eraser = result.eraser
-    assert eraser["rank"] == (2 - 1) + (5 - 1)                          # K - 1 directions per attribute
+    assert eraser["rank"] == (2 - 1) + (5 - 1)  # K - 1 directions per attribute
     # the whole-split readability, ~1 per attribute before the eraser (0.25 + 1 with the largest K for both)
     assert eraser["val_readability_before"] == pytest.approx(2.0, abs=0.15)
     assert eraser["val_readability_after"] < 0.1
     z = collect_outputs(result.model, train, head=result.head)
-    for a, k in enumerate(CARDS):   # every class of each attribute has the same mean on D^u_train
+    for a, k in enumerate(CARDS):  # every class of each attribute has the same mean on D^u_train
         means = torch.stack([z.z[z.b[:, a] == c].double().mean(0) for c in range(k)])
         assert float((means - means.mean(0)).abs().max()) < 1e-4
 
 
 def test_the_stronger_probes_read_the_first_attribute_with_its_own_chance(monkeypatch):
-    splits = user_splits(train=_rows(300, 0), unbiased_train=_rows(300, 1), unbiased_val=_rows(200, 2),
-                         test=_rows(300, 3), bias_names=("sex", "region"))
+    splits = user_splits(
+        train=_rows(300, 0),
+        unbiased_train=_rows(300, 1),
+        unbiased_val=_rows(200, 2),
+        test=_rows(300, 3),
+        bias_names=("sex", "region"),
+    )
     assert first_attribute_classes(splits) == 2 and splits.num_bias_classes == 5
     seen = []
     monkeypatch.setattr(run_module, "probe_suite", lambda *a, **k: seen.append(k["num_bias"]) or {})
@@ -135,13 +158,14 @@ def test_the_stronger_probes_read_the_first_attribute_with_its_own_chance(monkey
 
 def test_the_default_conditional_eraser_and_head_refit_handle_every_attribute():
     train, val = _data()
-    result = find_fantastic_weights(Model(), head="fc", train=train, val=val, gamma=0.0, max_epochs=1,
-                                    batch_size=200, progress=False, no_harm=False)
+    result = find_fantastic_weights(
+        Model(), head="fc", train=train, val=val, gamma=0.0, max_epochs=1, batch_size=200, progress=False, no_harm=False
+    )
     eraser = result.eraser
     assert eraser["kind"] == "conditional" and eraser["rank"] >= (2 - 1) + (5 - 1)
-    assert eraser["within_target_available"] <= 3 * ((2 - 1) + (5 - 1))   # per target class: K - 1 per attribute
+    assert eraser["within_target_available"] <= 3 * ((2 - 1) + (5 - 1))  # per target class: K - 1 per attribute
     assert result.head_refit["head"] == result.head and result.head_refit["train_samples"] == len(train)
     z = collect_outputs(result.model, train, head=result.head)
-    for a, k in enumerate(CARDS):   # linear guardedness of each attribute survives the within-target directions
+    for a, k in enumerate(CARDS):  # linear guardedness of each attribute survives the within-target directions
         means = torch.stack([z.z[z.b[:, a] == c].double().mean(0) for c in range(k)])
         assert float((means - means.mean(0)).abs().max()) < 1e-4

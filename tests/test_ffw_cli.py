@@ -1,4 +1,5 @@
 """`debiaskit ffw RUN_DIR` end to end on toy data: outputs, reload without gates, refusals, pseudo-bias labels."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ FAST = ["--max-levels", "2", "--max-epochs-per-level", "1", "--no-progress"]
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory, toy_splits):
     out = tmp_path_factory.mktemp("ffwcli") / "run"
-    train_run(dataset="biased-toy", params={"rho": 0.95}, out=out, splits=toy_splits,
-              config=TrainConfig(epochs=1, seed=0), progress=False)
+    train_run(
+        dataset="biased-toy",
+        params={"rho": 0.95},
+        out=out,
+        splits=toy_splits,
+        config=TrainConfig(epochs=1, seed=0),
+        progress=False,
+    )
     return out
 
 
@@ -49,8 +56,23 @@ def test_ffw_structured_on_a_run_folder(toy_run):
 
 def test_ffw_unstructured_bakes_zeros_into_the_plain_model(toy_run, tmp_path):
     out = tmp_path / "u"
-    res = runner.invoke(app, ["ffw", str(toy_run), "--mode", "unstructured", "--include-head", "--erase", "none", "--out", str(out),
-                                "--tune-epochs", "0", *FAST])   # the gates alone: the kept weights are the vanilla's
+    res = runner.invoke(
+        app,
+        [
+            "ffw",
+            str(toy_run),
+            "--mode",
+            "unstructured",
+            "--include-head",
+            "--erase",
+            "none",
+            "--out",
+            str(out),
+            "--tune-epochs",
+            "0",
+            *FAST,
+        ],
+    )  # the gates alone: the kept weights are the vanilla's
     assert res.exit_code == 0, res.output
     model = load_ffw_model(out)
     masks = load_masks(out / "masks.safetensors")
@@ -64,15 +86,44 @@ def test_ffw_unstructured_bakes_zeros_into_the_plain_model(toy_run, tmp_path):
 
 
 def test_discovered_bias_labels(toy_run, tmp_path):
-    res = runner.invoke(app, ["ffw", str(toy_run), "--mode", "structured", "--bias-labels", "discovered",
-                              "--out", str(tmp_path / "d"), *FAST])
+    res = runner.invoke(
+        app,
+        [
+            "ffw",
+            str(toy_run),
+            "--mode",
+            "structured",
+            "--bias-labels",
+            "discovered",
+            "--out",
+            str(tmp_path / "d"),
+            *FAST,
+        ],
+    )
     assert res.exit_code != 0 and "debiaskit discover" in str(res.exception)
     splits = load_run(toy_run).splits()
     (toy_run / "discover").mkdir()
-    save_file({"unbiased_train.pseudo_bias": splits.unbiased_train.b.clone(),
-               "unbiased_val.pseudo_bias": splits.unbiased_val.b.clone()}, str(toy_run / "discover" / "pseudo_bias.safetensors"))
-    res = runner.invoke(app, ["ffw", str(toy_run), "--mode", "structured", "--bias-labels", "discovered",
-                              "--out", str(tmp_path / "d"), *FAST])
+    save_file(
+        {
+            "unbiased_train.pseudo_bias": splits.unbiased_train.b.clone(),
+            "unbiased_val.pseudo_bias": splits.unbiased_val.b.clone(),
+        },
+        str(toy_run / "discover" / "pseudo_bias.safetensors"),
+    )
+    res = runner.invoke(
+        app,
+        [
+            "ffw",
+            str(toy_run),
+            "--mode",
+            "structured",
+            "--bias-labels",
+            "discovered",
+            "--out",
+            str(tmp_path / "d"),
+            *FAST,
+        ],
+    )
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "d" / "ffw.json").read_text())
     assert info["bias_labels"] == "discovered" and "pseudo-bias" in info["bias_labels_note"]
@@ -80,6 +131,7 @@ def test_discovered_bias_labels(toy_run, tmp_path):
 
 def test_cli_interrupt_keeps_a_partial_folder_and_resume_finishes(toy_run, tmp_path, monkeypatch):
     import debiaskit.ffw._search as search
+
     out = tmp_path / "i"
     real = search._Search.run_epoch
     calls = {"n": 0}

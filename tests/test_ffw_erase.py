@@ -1,4 +1,5 @@
 """FFW's linear eraser (LEACE) in front of the head: what it guarantees, how it is exported, reloaded and refused."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,14 @@ from typer.testing import CliRunner
 
 from debiaskit.cli import app
 from debiaskit.errors import ConfigError
-from debiaskit.ffw import (ErasedHead, attach_eraser, conditional_erasers, find_fantastic_weights, fit_linear_eraser,
-                           load_ffw_model)
+from debiaskit.ffw import (
+    ErasedHead,
+    attach_eraser,
+    conditional_erasers,
+    find_fantastic_weights,
+    fit_linear_eraser,
+    load_ffw_model,
+)
 from debiaskit.models import collect_outputs
 from debiaskit.runs import load_run
 
@@ -37,12 +44,12 @@ def test_the_eraser_makes_the_bias_class_means_equal_and_keeps_what_does_not_cov
     eraser, fit = fit_linear_eraser(z, b, 3)
     erased = eraser(z)
     means = _class_means(erased.double(), b, 3)
-    assert float((means - means.mean(0)).abs().max()) < 1e-4          # linear guardedness on the fitted data
+    assert float((means - means.mean(0)).abs().max()) < 1e-4  # linear guardedness on the fitted data
     assert float((_class_means(z, b, 3) - _class_means(z, b, 3).mean(0)).abs().max()) > 0.5  # it was not before
-    assert fit["rank"] == 2                                           # at most K - 1 directions for K classes
-    assert torch.allclose(eraser(erased), erased, atol=1e-5)          # a projection: erasing twice changes nothing
+    assert fit["rank"] == 2  # at most K - 1 directions for K classes
+    assert torch.allclose(eraser(erased), erased, atol=1e-5)  # a projection: erasing twice changes nothing
     kept = torch.corrcoef(torch.stack([erased[:, 2], task[:, 0]]))[0, 1]
-    assert float(kept) > 0.99                                         # the task signal is left alone
+    assert float(kept) > 0.99  # the task signal is left alone
 
 
 def test_every_bias_attribute_is_erased():
@@ -50,7 +57,7 @@ def test_every_bias_attribute_is_erased():
     g = torch.Generator().manual_seed(1)
     b2 = torch.randint(0, 3, (len(z),), generator=g)
     z = z.clone()
-    z[:, 3] += 2.0 * (b2 == 1).float()                               # a second attribute read from dim 3
+    z[:, 3] += 2.0 * (b2 == 1).float()  # a second attribute read from dim 3
     eraser, fit = fit_linear_eraser(z, torch.stack([b, b2], 1), 3)
     erased = eraser(z).double()
     for col in (b, b2):
@@ -72,17 +79,20 @@ def test_the_eraser_sits_in_front_of_a_nested_head_and_keeps_the_zoo_head_name_r
 def test_inplace_search_with_the_eraser_is_refused(toy_splits):
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 8), nn.ReLU(), nn.Linear(8, 10))
     with pytest.raises(ConfigError, match="erase='none'"):
-        find_fantastic_weights(model, head="3", train=toy_splits.unbiased_train, val=toy_splits.unbiased_val,
-                               inplace=True, tune_epochs=0)
+        find_fantastic_weights(
+            model, head="3", train=toy_splits.unbiased_train, val=toy_splits.unbiased_val, inplace=True, tune_epochs=0
+        )
     with pytest.raises(ConfigError, match="erase must be one of"):
-        find_fantastic_weights(model, head="3", train=toy_splits.unbiased_train, val=toy_splits.unbiased_val,
-                               erase="quadratic")
+        find_fantastic_weights(
+            model, head="3", train=toy_splits.unbiased_train, val=toy_splits.unbiased_val, erase="quadratic"
+        )
 
 
 def test_the_cli_exports_the_eraser_records_it_and_reloads_the_same_network(toy_run_dir, tmp_path, allow_harm):
     out = tmp_path / "ffw"
-    res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--erase", "linear", "--out", str(out),
-                              *FAST])
+    res = runner.invoke(
+        app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--erase", "linear", "--out", str(out), *FAST]
+    )
     assert res.exit_code == 0, res.output
     info = json.loads((out / "ffw.json").read_text())
     run = load_run(toy_run_dir)
@@ -93,9 +103,9 @@ def test_the_cli_exports_the_eraser_records_it_and_reloads_the_same_network(toy_
     splits = run.splits()
     feats = collect_outputs(model, splits.unbiased_train, head=info["model"]["head"])
     means = _class_means(feats.z.double(), feats.b, splits.unbiased_train.num_bias_classes)
-    assert float((means - means.mean(0)).abs().max()) < 1e-3 * float(feats.z.abs().max())   # erased at the bottleneck
+    assert float((means - means.mean(0)).abs().max()) < 1e-3 * float(feats.z.abs().max())  # erased at the bottleneck
     x = splits.test.x[:16]
-    assert torch.equal(model(x), load_ffw_model(out)(x))              # reloads to the same network
+    assert torch.equal(model(x), load_ffw_model(out)(x))  # reloads to the same network
     # the audit after FFW reads the erased bottleneck: the "after" audit and the probes say so
     assert info["probes"]["after"]["linear"] <= info["probes"]["before"]["linear"]
 
@@ -127,22 +137,23 @@ def test_conditional_candidates_start_at_the_linear_eraser_and_remove_the_within
     z, y, b = _within_target_bias()
     linear, _ = fit_linear_eraser(z, b, 2)
     candidates = conditional_erasers(z, y, b, 2, ranks=(0, 1, 100))
-    assert [info["within_target_rank"] for _, info in candidates] == [0, 1, 3]   # clipped to 3 x (2 - 1)
+    assert [info["within_target_rank"] for _, info in candidates] == [0, 1, 3]  # clipped to 3 x (2 - 1)
     assert torch.allclose(candidates[0][0].proj, linear.proj, atol=1e-6)
-    assert _within_gap(candidates[0][0](z), y, b) > 3.0                           # the linear eraser leaves them
+    assert _within_gap(candidates[0][0](z), y, b) > 3.0  # the linear eraser leaves them
     removed = [info["variance_removed"] for _, info in candidates]
-    assert removed == sorted(removed)                                              # erasing more and more
+    assert removed == sorted(removed)  # erasing more and more
     for eraser, _ in candidates:
         erased = eraser(z).double()
         means = _class_means(erased, b, 2)
-        assert float((means - means.mean(0)).abs().max()) < 1e-4                  # still linearly guarded
-    assert _within_gap(candidates[-1][0](z), y, b) < 1e-3                         # all within-target gaps gone
+        assert float((means - means.mean(0)).abs().max()) < 1e-4  # still linearly guarded
+    assert _within_gap(candidates[-1][0](z), y, b) < 1e-3  # all within-target gaps gone
 
 
-def test_the_default_conditional_eraser_is_chosen_by_the_one_standard_error_rule_and_reloads(toy_run_dir, tmp_path,
-                                                                                            allow_harm):
+def test_the_default_conditional_eraser_is_chosen_by_the_one_standard_error_rule_and_reloads(
+    toy_run_dir, tmp_path, allow_harm
+):
     out = tmp_path / "ffw"
-    res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--out", str(out), *FAST])   # default
+    res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--out", str(out), *FAST])  # default
     assert res.exit_code == 0, res.output
     info = json.loads((out / "ffw.json").read_text())
     eraser = info["model"]["eraser"]
@@ -152,6 +163,6 @@ def test_the_default_conditional_eraser_is_chosen_by_the_one_standard_error_rule
     allowed = [k for k, s in zip(ranks, scores) if s >= max(scores) - eraser["val_task_stderr"]]
     assert eraser["within_target_rank"] == max(allowed) and ranks == sorted(ranks) and ranks[0] == 0
     test = load_run(toy_run_dir).splits().test
-    with torch.no_grad():   # the reloaded network is the audited one (eraser, refit head and all)
+    with torch.no_grad():  # the reloaded network is the audited one (eraser, refit head and all)
         task = float((load_ffw_model(out)(test.x).argmax(1) == test.y).float().mean())
     assert task == pytest.approx(info["after"]["task_accuracy"], abs=1e-6)

@@ -1,4 +1,5 @@
 """FFW gates and export: exact equality at init, hard masks vs baked/pruned exports, gradient routing."""
+
 from __future__ import annotations
 
 import copy
@@ -6,12 +7,19 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomise_batchnorm
 from torch import nn
 
+from conftest import randomise_batchnorm
 from debiaskit.errors import ConfigError, ModelError
-from debiaskit.ffw import (apply_unstructured_masks, count_parameters, ffw_step, gate_value, install_gates,
-                           prune_structured, resize_like)
+from debiaskit.ffw import (
+    apply_unstructured_masks,
+    count_parameters,
+    ffw_step,
+    gate_value,
+    install_gates,
+    prune_structured,
+    resize_like,
+)
 from debiaskit.ffw._gates import freeze
 from debiaskit.models import build_model, forward_with_bottleneck
 
@@ -41,10 +49,16 @@ def test_gate_function_values_and_unclamped_derivative():
     assert torch.equal(gate_value(m.detach(), tau, hard=True), torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0]))
 
 
-@pytest.mark.parametrize("name,mode,include_head", [("simple-conv-small", "unstructured", False),
-                                                    ("simple-conv-small", "unstructured", True),
-                                                    ("simple-conv-small", "structured", False),
-                                                    ("mlp", "unstructured", False), ("mlp", "structured", False)])
+@pytest.mark.parametrize(
+    "name,mode,include_head",
+    [
+        ("simple-conv-small", "unstructured", False),
+        ("simple-conv-small", "unstructured", True),
+        ("simple-conv-small", "structured", False),
+        ("mlp", "unstructured", False),
+        ("mlp", "structured", False),
+    ],
+)
 def test_gated_model_equals_vanilla_bit_for_bit_at_init(name, mode, include_head):
     vanilla = _model(name)
     gated_net = copy.deepcopy(vanilla)
@@ -96,7 +110,7 @@ def test_structured_export_is_smaller_and_equals_masked_model(name):
     gen = torch.Generator().manual_seed(5)
     layers = list(gm.gates)
     with torch.no_grad():
-        for i, g in enumerate(gm.gates.values()):
+        for g in gm.gates.values():
             g.m.copy_(torch.randn(g.m.shape, generator=gen))
         gm.gates[layers[1]].m.fill_(-1.0)  # a whole layer pruned: the export keeps one dead unit
     gm.state.hard = True
@@ -118,8 +132,12 @@ def test_structured_gates_sit_after_the_activation():
     net = _model("simple-conv-small")
     freeze(net)
     gm = install_gates(net, mode="structured", head="fc", example=_x(2))
-    assert gm.units == {"extracter.0": ("extracter.2",), "extracter.3": ("extracter.5",),
-                        "extracter.6": ("extracter.8",), "extracter.9": ("extracter.11",)}
+    assert gm.units == {
+        "extracter.0": ("extracter.2",),
+        "extracter.3": ("extracter.5",),
+        "extracter.6": ("extracter.8",),
+        "extracter.9": ("extracter.11",),
+    }
 
 
 def _step_setup():
@@ -149,6 +167,7 @@ def test_mi_term_gives_no_gradient_to_the_privacy_head():
 
 def test_privacy_head_sends_no_gradient_into_the_encoder():
     from debiaskit.audit import normalized_mutual_information
+
     net, gm, heads, x, y, b = _step_setup()
     ffw_step(net, "fc", gm.gate_parameters(), heads, x, y, b, gamma=10.0, num_bias=10)
     got = [p.grad.clone() for p in gm.gate_parameters()]
@@ -189,6 +208,7 @@ def test_structured_refuses_models_without_an_exactly_removable_unit_and_head_ga
 def _naive_mi(probs, b, num_bias, eps=1e-15):
     """The textbook form sum(joint * log(joint / outer(r, c))): its backward overflows (see below)."""
     import math
+
     onehot = F.one_hot(b, num_bias).to(probs.dtype)
     joint = torch.clamp(onehot.T @ probs, min=eps) / probs.shape[0]
     return (joint * torch.log(joint / torch.outer(joint.sum(1), joint.sum(0)))).sum() / math.log(num_bias)
@@ -197,6 +217,7 @@ def _naive_mi(probs, b, num_bias, eps=1e-15):
 def test_mi_term_equals_the_audit_mi_and_keeps_finite_gradients_when_a_bias_class_is_missing():
     from debiaskit.audit import normalized_mutual_information
     from debiaskit.ffw._search import mutual_information
+
     gen = torch.Generator().manual_seed(0)
     for scale in (0.1, 3.0, 20.0):
         probs = (scale * torch.randn(64, 10, generator=gen)).softmax(1)
@@ -212,13 +233,15 @@ def test_mi_term_equals_the_audit_mi_and_keeps_finite_gradients_when_a_bias_clas
     ours = logits.clone().requires_grad_(True)
     mi = mutual_information(ours.softmax(1), b, 10)
     mi.backward()
-    assert torch.isfinite(ours.grad).all() and abs(float(mi.detach()) - float(_naive_mi(logits.softmax(1), b, 10))) < 1e-6
+    assert (
+        torch.isfinite(ours.grad).all() and abs(float(mi.detach()) - float(_naive_mi(logits.softmax(1), b, 10))) < 1e-6
+    )
 
 
 def test_ffw_step_gives_finite_gate_gradients_on_a_batch_missing_a_bias_class():
     net, gm, heads, x, y, _ = _step_setup()
-    b = torch.arange(32) % 9   # bias class 9 missing
-    with torch.no_grad():      # a privacy head that reads b from z with a logit gap of 30
+    b = torch.arange(32) % 9  # bias class 9 missing
+    with torch.no_grad():  # a privacy head that reads b from z with a logit gap of 30
         _, z = forward_with_bottleneck(net, x, "fc")
         za = torch.cat([z, torch.ones(32, 1)], 1)
         sol = (torch.linalg.pinv(za.double()) @ (30.0 * F.one_hot(b, 10).double())).float()

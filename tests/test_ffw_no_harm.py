@@ -1,5 +1,6 @@
 """Do no harm: FFW never hands back a model worse than the one it was given, nor a collapsed one; the report's
 sentences follow from its own table; an FFW folder can be audited."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,10 @@ import pytest
 import torch
 
 from debiaskit._io import check_output
-from debiaskit.audit import AuditReport, to_markdown
+from debiaskit.audit import AuditReport, chance_floor, to_markdown
 from debiaskit.data import make_splits
 from debiaskit.errors import NO_IMPROVEMENT_EXIT, NoImprovementError
-from debiaskit.ffw import FFW_FOLDER, FFWConfig, find_fantastic_weights, save_result
-from debiaskit.ffw import _search
-from debiaskit.audit import chance_floor
+from debiaskit.ffw import FFW_FOLDER, FFWConfig, _search, find_fantastic_weights, save_result
 from debiaskit.ffw._harm import group_accuracy, verdict
 from debiaskit.ffw._run import probe_verdict, report_markdown
 from debiaskit.train import TrainConfig, train_run
@@ -29,8 +28,15 @@ def usable_run(tmp_path_factory):
     """A vanilla model that learnt some of the task (D^u_val 39 %, above the near-chance floor of 21.5 %)."""
     splits = make_splits("biased-toy", params={"rho": 0.8}, seed=0, unbiased_size=600)
     out = tmp_path_factory.mktemp("noharm") / "run"
-    train_run(dataset="biased-toy", params={"rho": 0.8}, out=out, splits=splits, model="simple-conv-small",
-              config=TrainConfig(epochs=2, seed=0), progress=False)
+    train_run(
+        dataset="biased-toy",
+        params={"rho": 0.8},
+        out=out,
+        splits=splits,
+        model="simple-conv-small",
+        config=TrainConfig(epochs=2, seed=0),
+        progress=False,
+    )
     return out
 
 
@@ -45,15 +51,17 @@ def collapse(monkeypatch):
             for gate in self.gated.gates.values():
                 gate.m.fill_(-1.0)
         return stats
+
     monkeypatch.setattr(_search._Search, "train_epoch", collapsed)
 
 
-def test_a_collapsed_candidate_is_never_selected_and_the_unchanged_model_is_not_written(usable_run, collapse, cli,
-                                                                                       tmp_path):
+def test_a_collapsed_candidate_is_never_selected_and_the_unchanged_model_is_not_written(
+    usable_run, collapse, cli, tmp_path
+):
     out = tmp_path / "ffw"
     code, text = cli("ffw", usable_run, "--mode", "unstructured", "--out", out, *FAST, *GATES_ALONE)
     assert code == NO_IMPROVEMENT_EXIT == 3, text
-    assert not out.exists() and not (tmp_path / ".ffw.partial").exists()   # no model, no stale search
+    assert not out.exists() and not (tmp_path / ".ffw.partial").exists()  # no model, no stale search
     # J preferred the constant networks; the selection kept the model as given, and said so
     assert "FFW found no sub-network better than your model; nothing was changed" in text
     assert "gates (epoch 0, the model as given)" in text and "What you can do" in text
@@ -70,7 +78,7 @@ def test_a_near_chance_output_is_refused_with_every_stage_named(toy_run_dir, col
     assert "near chance" in text and "a collapsed network hides any bias" in text
     assert "Tried (D^u_val group-mean accuracy; your model" in text
     assert "gates (epoch" in text and "eraser + head refit" in text
-    assert "below the majority-class rate" in text   # the 1-epoch MLP: 8.3 % vs 15.0 % on D^u_val
+    assert "below the majority-class rate" in text  # the 1-epoch MLP: 8.3 % vs 15.0 % on D^u_val
 
 
 def _good_planted():
@@ -83,16 +91,26 @@ def _good_planted():
 
 def test_the_python_api_raises_with_the_per_stage_record_or_returns_the_verdict_when_asked(collapse):
     train, val = _planted(600, rho=0.5, seed=1, name="u_train"), _planted(300, rho=0.5, seed=2, name="u_val")
-    kw = dict(train=train, val=val, mode="unstructured", max_levels=2, max_epochs_per_level=1, batch_size=100,
-              tune_epochs=0, erase="none", refit_head=False, progress=False)
+    kw = dict(
+        train=train,
+        val=val,
+        mode="unstructured",
+        max_levels=2,
+        max_epochs_per_level=1,
+        batch_size=100,
+        tune_epochs=0,
+        erase="none",
+        refit_head=False,
+        progress=False,
+    )
     with pytest.raises(NoImprovementError) as err:
         find_fantastic_weights(_good_planted(), **kw)
     record = err.value.record
     assert record["reason"] == "unchanged" and not record["accepted"]
     assert [s["stage"] for s in record["stages"]] == ["input model", "gates (epoch 0, the model as given)"]
-    assert err.value.result.selected["epoch"] == 0   # the refused result, for inspection only
+    assert err.value.result.selected["epoch"] == 0  # the refused result, for inspection only
     assert err.value.exit_code == 3
-    returned = find_fantastic_weights(_good_planted(), no_harm=False, **kw)   # the benchmark harnesses' way
+    returned = find_fantastic_weights(_good_planted(), no_harm=False, **kw)  # the benchmark harnesses' way
     assert returned.no_harm["reason"] == "unchanged" and returned.summary()["no_harm"] == returned.no_harm
     # inplace=True: a refused output never reaches the user's model (the planted one is near chance itself, so the
     # collapsed candidates are all there is: the masks that would have been baked in are all zeros)
@@ -107,11 +125,21 @@ def test_the_python_api_raises_with_the_per_stage_record_or_returns_the_verdict_
 
 def test_the_python_api_accepts_a_real_improvement(tmp_path, cli):
     train, val = _planted(600, rho=0.5, seed=1, name="u_train"), _planted(300, rho=0.5, seed=2, name="u_val")
-    result = find_fantastic_weights(Planted().eval(), train=train, val=val, mode="structured", max_levels=8,
-                                    max_epochs_per_level=3, batch_size=100, gate_lr=0.5, max_epochs=20, progress=False)
+    result = find_fantastic_weights(
+        Planted().eval(),
+        train=train,
+        val=val,
+        mode="structured",
+        max_levels=8,
+        max_epochs_per_level=3,
+        batch_size=100,
+        gate_lr=0.5,
+        max_epochs=20,
+        progress=False,
+    )
     rec = result.no_harm
     assert rec["accepted"] and rec["stages"][-1]["group_mean"] > rec["stages"][0]["group_mean"] + 0.3
-    save_result(result, tmp_path / "saved")   # from Python: no data record, so the CLI cannot rebuild the data
+    save_result(result, tmp_path / "saved")  # from Python: no data record, so the CLI cannot rebuild the data
     code, text = cli("audit", tmp_path / "saved")
     assert code == 2 and "records no data" in text and not (tmp_path / "saved" / "audit").exists()
 
@@ -119,7 +147,7 @@ def test_the_python_api_accepts_a_real_improvement(tmp_path, cli):
 def test_the_tolerance_is_one_smoothed_standard_error_of_the_input_s_group_mean():
     y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     b = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
-    pred = torch.tensor([0, 1, 0, 0, 1, 1, 0, 0])   # groups (0,0) 1/2, (0,1) 2/2, (1,0) 2/2, (1,1) 0/2
+    pred = torch.tensor([0, 1, 0, 0, 1, 1, 0, 0])  # groups (0,0) 1/2, (0,1) 2/2, (1,0) 2/2, (1,1) 0/2
     g = group_accuracy(pred, y, b)
     assert g["group_mean"] == pytest.approx(0.625) and g["accuracy"] == pytest.approx(5 / 8) and g["groups"] == 4
     q = torch.tensor([2 / 4, 3 / 4, 3 / 4, 1 / 4])
@@ -129,7 +157,8 @@ def test_the_tolerance_is_one_smoothed_standard_error_of_the_input_s_group_mean(
 
     def stage(mean, acc=0.9):
         return {"stage": "s", "group_mean": mean, "accuracy": acc, "group_mean_se": 0.02, "groups": 4}
-    assert verdict([stage(0.80), stage(0.785)], floor, unchanged=False)["accepted"]   # within one SE
+
+    assert verdict([stage(0.80), stage(0.785)], floor, unchanged=False)["accepted"]  # within one SE
     worse = verdict([stage(0.80), stage(0.77)], floor, unchanged=False)
     assert not worse["accepted"] and worse["reason"] == "worse"
     assert verdict([stage(0.80), stage(0.95, acc=0.6)], floor, unchanged=False)["reason"] == "near_chance"
@@ -137,9 +166,14 @@ def test_the_tolerance_is_one_smoothed_standard_error_of_the_input_s_group_mean(
 
 
 def test_the_selection_excludes_near_chance_candidates_before_comparing_j():
-    s = SimpleNamespace(cfg=FFWConfig(mode="structured"), history=[], best=None, best_gates=None,
-                        floor=chance_floor(torch.arange(1000) % 10, 10),   # floor 12 %
-                        gated=SimpleNamespace(gate_tensors=lambda: {"g": torch.zeros(1)}))
+    s = SimpleNamespace(
+        cfg=FFWConfig(mode="structured"),
+        history=[],
+        best=None,
+        best_gates=None,
+        floor=chance_floor(torch.arange(1000) % 10, 10),  # floor 12 %
+        gated=SimpleNamespace(gate_tensors=lambda: {"g": torch.zeros(1)}),
+    )
     for name in ("selection_score", "_score", "_keeps_task", "usable"):
         setattr(s, name, getattr(_search._Search, name).__get__(s))
     for epoch, task, objective in ((0, 0.33, 9.5), (1, 0.10, 2.3), (2, 0.25, 2.6)):
@@ -158,7 +192,7 @@ def _verdict(**kw):
 def test_the_report_sentences_follow_from_the_table():
     ok = _verdict(after={"mlp": 0.12, "linear": 0.11})
     assert ok["bias_unreadable"] and "can no longer be read at the bottleneck" in ok["text"]
-    assert "unbiased test split" in ok["text"]   # where it was measured
+    assert "unbiased test split" in ok["text"]  # where it was measured
     cf_rose = _verdict(after={"mlp": 0.12, "linear": 0.11}, counterfactual=(0.01, 0.02))
     assert not cf_rose["bias_unreadable"] and "can no longer be read" not in cf_rose["text"]
     assert "counterfactual bias rose" in cf_rose["text"]
@@ -174,22 +208,23 @@ def test_the_report_sentences_follow_from_the_table():
 
 def test_an_ffw_folder_is_audited_like_a_run(usable_run, cli, tmp_path):
     out = tmp_path / "ffw"
-    code, text = cli("ffw", usable_run, "--mode", "structured", "--out", out, "--tune-epochs", "0",
-                     "--no-strong-probes", *FAST)
+    code, text = cli(
+        "ffw", usable_run, "--mode", "structured", "--out", out, "--tune-epochs", "0", "--no-strong-probes", *FAST
+    )
     assert code == 0, text
     info = json.loads((out / "ffw.json").read_text())
     assert info["search"]["no_harm"]["accepted"] and "Do no harm: accepted" in (out / "report.md").read_text()
     code, text = cli("audit", out)
     assert code == 0, text
     audit = json.loads((out / "audit" / "audit.json").read_text())
-    assert audit["task_accuracy"] == pytest.approx(info["after"]["task_accuracy"], abs=1e-6)   # the exported network
+    assert audit["task_accuracy"] == pytest.approx(info["after"]["task_accuracy"], abs=1e-6)  # the exported network
     assert audit["meta"]["ffw"] == str(out)
-    code, text = cli("audit", out)   # the output rules of _io: an earlier report is replaced only with --force
+    code, text = cli("audit", out)  # the output rules of _io: an earlier report is replaced only with --force
     assert code == 2 and "--force" in text
     assert cli("audit", out, "--force")[0] == 0
-    check_output(out, kind=FFW_FOLDER, force=True)   # a finished FFW folder holding its audit is still ours to replace
+    check_output(out, kind=FFW_FOLDER, force=True)  # a finished FFW folder holding its audit is still ours to replace
     info["input_below_majority"] = "The input model is below the majority-class rate (72.0 % vs 73.8 % on x)"
-    md = report_markdown(info)   # said before any number of the report
+    md = report_markdown(info)  # said before any number of the report
     assert -1 < md.find("**The input model is below the majority-class rate") < md.find("| | before (vanilla)")
 
 
@@ -198,5 +233,9 @@ def test_a_model_below_the_majority_class_rate_is_flagged_in_the_audit_report():
     flag = report.below_majority()
     assert flag.startswith("The input model is below the majority-class rate (72.0 % vs 73.8 % on the test split)")
     assert flag in to_markdown(report)
-    assert AuditReport(task_accuracy=0.75, attributes=[], num_samples=500, eval_split="test",
-                       majority_rate=0.738).below_majority() is None
+    assert (
+        AuditReport(
+            task_accuracy=0.75, attributes=[], num_samples=500, eval_split="test", majority_rate=0.738
+        ).below_majority()
+        is None
+    )

@@ -1,4 +1,5 @@
 """FFW's head refit on D^u_train (after the gates and the eraser): what it changes, what it keeps, how it is saved."""
+
 from __future__ import annotations
 
 import copy
@@ -27,7 +28,7 @@ def _task(n: int, seed: int):
     b = torch.randint(0, 2, (n,), generator=g)
     z = torch.randn(n, 6, generator=g)
     z[:, :3] += 2.0 * nn.functional.one_hot(y, 3).float()
-    z[:, 0] *= 50.0    # one feature on another scale: the standardised fit must not care
+    z[:, 0] *= 50.0  # one feature on another scale: the standardised fit must not care
     return z, y, b
 
 
@@ -38,7 +39,7 @@ def _accuracy(head: nn.Module, z: torch.Tensor, y: torch.Tensor) -> float:
 
 def _wrong_linear_head() -> nn.Linear:
     head = nn.Linear(6, 3)
-    with torch.no_grad():   # reads the class from the wrong dims: what a head fitted to biased features looks like
+    with torch.no_grad():  # reads the class from the wrong dims: what a head fitted to biased features looks like
         head.weight.zero_()
         head.weight[:, 3:] = torch.eye(3)
         head.bias.zero_()
@@ -51,7 +52,7 @@ def test_group_balanced_weights_give_every_target_bias_group_the_same_total_weig
     w = group_balanced_weights(y, b)
     totals = {(int(a), int(c)): float(w[(y == a) & (b == c)].sum()) for a, c in {(0, 0), (0, 1), (1, 0), (1, 1)}}
     assert len(set(round(t, 9) for t in totals.values())) == 1 and abs(float(w.mean()) - 1) < 1e-9
-    w2 = group_balanced_weights(y, torch.stack([b, b], 1))   # several bias attributes: groups over all of them
+    w2 = group_balanced_weights(y, torch.stack([b, b], 1))  # several bias attributes: groups over all of them
     assert torch.allclose(w, w2)
 
 
@@ -62,7 +63,7 @@ def test_a_wrong_linear_head_is_refit_and_the_head_module_gives_the_fitted_logit
     rec = refit_head(head, train_z=z, train_y=y, train_b=b, val_z=zv, val_y=yv)
     assert rec["kind"] == "linear-dfr" and rec["kept_lam"] is not None
     assert rec["val_task_before"] == pytest.approx(before) and rec["val_task_after"] > before + 0.3
-    assert _accuracy(head, zv, yv) == pytest.approx(rec["val_task_after"])   # the standardisation is folded in
+    assert _accuracy(head, zv, yv) == pytest.approx(rec["val_task_after"])  # the standardisation is folded in
     assert [g["lam"] for g in rec["grid"]] == sorted((g["lam"] for g in rec["grid"]), reverse=True)
 
 
@@ -70,6 +71,7 @@ def test_fits_already_made_are_reused_not_redone_and_give_the_same_head(monkeypa
     """The conditional eraser's scoring fits its chosen candidate's head for some lambdas already; the final
     refit reuses them (``fits``) and must end exactly where a refit from scratch ends."""
     import debiaskit.ffw._refit as refit_module
+
     (z, y, b), (zv, yv, _) = _task(600, 0), _task(400, 1)
     scratch, reused = _wrong_linear_head(), _wrong_linear_head()
     rec_scratch = refit_head(scratch, train_z=z, train_y=y, train_b=b, val_z=zv, val_y=yv)
@@ -91,7 +93,7 @@ def test_a_head_that_no_lambda_improves_on_d_u_val_is_left_bit_identical():
     z = 10 * nn.functional.one_hot(y, 6).float() + 0.1 * torch.randn(len(y), 6, generator=g)
     zv = 10 * nn.functional.one_hot(yv, 6).float() + 0.1 * torch.randn(len(yv), 6, generator=g)
     head = nn.Linear(6, 3)
-    with torch.no_grad():   # already reads the class perfectly
+    with torch.no_grad():  # already reads the class perfectly
         head.weight.copy_(torch.eye(3, 6))
         head.bias.zero_()
     assert _accuracy(head, zv, yv) == 1.0
@@ -107,7 +109,7 @@ def test_pruned_weights_of_a_gated_head_stay_zero():
     with torch.no_grad():
         head.weight[0, 1] = 0.0
         head.weight[2, :] += 0.5
-        head.weight[2, 5] = 0.0    # two "pruned" weights (exact zeros) among non-zero ones
+        head.weight[2, 5] = 0.0  # two "pruned" weights (exact zeros) among non-zero ones
     zeros = head.weight == 0
     refit_head(head, train_z=z, train_y=y, train_b=b, val_z=zv, val_y=yv, keep_zeros=True)
     assert bool((head.weight[zeros] == 0).all()) and bool((head.weight[~zeros] != 0).all())
@@ -133,18 +135,31 @@ def test_the_cli_refits_the_head_records_it_and_reloads_the_refit_network(toy_ru
     assert info["search"]["config"]["refit_head"] is True and "Head refit" in (out / "report.md").read_text()
     run = load_run(toy_run_dir)
     model, test = load_ffw_model(out), run.splits().test
-    with torch.no_grad():   # what was saved is what was audited: the refit head is in the exported weights
+    with torch.no_grad():  # what was saved is what was audited: the refit head is in the exported weights
         task = float((model(test.x).argmax(1) == test.y).float().mean())
     assert task == pytest.approx(info["after"]["task_accuracy"], abs=1e-6)
     off = tmp_path / "ffw-off"
-    res = runner.invoke(app, ["ffw", str(toy_run_dir), "--mode", "unstructured", "--out", str(off),
-                              "--no-refit-head", "--tune-epochs", "0", *FAST])   # nothing moves the head
+    res = runner.invoke(
+        app,
+        [
+            "ffw",
+            str(toy_run_dir),
+            "--mode",
+            "unstructured",
+            "--out",
+            str(off),
+            "--no-refit-head",
+            "--tune-epochs",
+            "0",
+            *FAST,
+        ],
+    )  # nothing moves the head
     assert res.exit_code == 0, res.output
     info_off = json.loads((off / "ffw.json").read_text())
     assert info_off["search"]["head_refit"] is None and "No head refit" in (off / "report.md").read_text()
     inner = info["model"]["head"]
     head_off = load_ffw_model(off).get_submodule(inner).weight
-    assert torch.equal(head_off, run.model.get_submodule(run.head).weight)   # off: the vanilla head, untouched
+    assert torch.equal(head_off, run.model.get_submodule(run.head).weight)  # off: the vanilla head, untouched
     if refit["kept_lam"] is not None:
         assert not torch.equal(model.get_submodule(inner).weight, head_off)
 

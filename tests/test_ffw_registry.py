@@ -1,4 +1,5 @@
 """FFW in the method registry: post-hoc flags, defaults with sources, the harness entry, refusal to train."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,24 @@ def test_ffw_is_registered_as_a_post_hoc_method():
 def test_training_with_ffw_is_refused_with_a_pointer_to_the_ffw_command(tmp_path, monkeypatch, capsys):
     with pytest.raises(ConfigError, match=r"post-hoc.*debiaskit ffw RUN_DIR"):
         build_method("ffw", dataset="biased-toy")
-    args = ["train", "--dataset", "biased-toy", "--rho", "0.95", "--epochs", "1", "--model", "mlp",
-            "--unbiased-size", "600", "--method", "ffw", "--out", str(tmp_path / "r"), "--no-progress"]
+    args = [
+        "train",
+        "--dataset",
+        "biased-toy",
+        "--rho",
+        "0.95",
+        "--epochs",
+        "1",
+        "--model",
+        "mlp",
+        "--unbiased-size",
+        "600",
+        "--method",
+        "ffw",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    ]
     monkeypatch.setattr(sys, "argv", ["debiaskit", *args])
     monkeypatch.setenv("COLUMNS", "1000")
     with pytest.raises(SystemExit) as exc:

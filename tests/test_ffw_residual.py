@@ -1,15 +1,16 @@
 """Structured FFW on debiaskit's own ResNet-18: internal block channels and the residual stream (one
 coupled gate per stage channel) gated, exact export of the hard-masked model, blocks that used to be
 refused now analysed from their traced graph."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
-from conftest import randomise_batchnorm
 from torch import nn
 
+from conftest import randomise_batchnorm
 from debiaskit.data import BiasDataset
 from debiaskit.errors import ModelError
 from debiaskit.ffw import count_parameters, find_fantastic_weights, install_gates, prune_structured, resize_like
@@ -20,9 +21,13 @@ SHAPE = (3, 16, 16)
 INTERNAL = {f"layer{i}.{j}.conv1": (f"layer{i}.{j}.relu1",) for i in range(1, 5) for j in range(2)}
 # one stream gate per stage, named after its first layer in forward order: the stem (stage 1), the
 # downsample conv (stages 2-4: BasicBlock.forward computes the shortcut first)
-STREAMS = {"stem.0": ("stem.2", "layer1.0.bn2", "layer1.1.bn2"),
-           **{f"layer{i}.0.downsample.0": (f"layer{i}.0.downsample.1", f"layer{i}.0.bn2", f"layer{i}.1.bn2")
-              for i in (2, 3, 4)}}
+STREAMS = {
+    "stem.0": ("stem.2", "layer1.0.bn2", "layer1.1.bn2"),
+    **{
+        f"layer{i}.0.downsample.0": (f"layer{i}.0.downsample.1", f"layer{i}.0.bn2", f"layer{i}.1.bn2")
+        for i in (2, 3, 4)
+    },
+}
 
 
 def _resnet(stem: str, seed: int = 0) -> nn.Module:
@@ -83,7 +88,7 @@ def test_resnet_structured_export_is_smaller_and_equals_the_hard_masked_model(st
         block = pruned.get_submodule(name.rsplit(".", 1)[0])
         kept = max(int(masks[name].sum()), 1)
         assert block.conv1.out_channels == block.bn1.num_features == block.conv2.in_channels == kept
-    stage4 = int(masks["layer4.0.downsample.0"].sum())   # the stream of stage 4 shrinks everywhere at once
+    stage4 = int(masks["layer4.0.downsample.0"].sum())  # the stream of stage 4 shrinks everywhere at once
     assert pruned.layer4[0].conv2.out_channels == pruned.layer4[0].downsample[0].out_channels == stage4
     assert pruned.layer4[1].bn2.num_features == pruned.layer4[1].conv1.in_channels == pruned.fc.in_features == stage4
     assert pruned.stem[0].out_channels == pruned.layer2[0].downsample[0].in_channels == int(masks["stem.0"].sum())
@@ -104,9 +109,17 @@ class _Mixed(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                                      nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      BasicBlock(8, 8), BasicBlock(8, 12, 2), nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            BasicBlock(8, 8),
+            BasicBlock(8, 12, 2),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.fc = nn.Linear(12, 10)
 
     def forward(self, x):
@@ -121,9 +134,13 @@ def test_plain_layers_before_residual_blocks():
     x = _x()
     gm = install_gates(net, mode="structured", head="fc", example=x[:2])
     # features.3 feeds block 6 and its identity shortcut: it joins block 6's stream
-    assert gm.units == {"features.0": ("features.2",), "features.3": ("features.5", "features.6.bn2"),
-                        "features.6.conv1": ("features.6.relu1",), "features.7.conv1": ("features.7.relu1",),
-                        "features.7.downsample.0": ("features.7.downsample.1", "features.7.bn2")}
+    assert gm.units == {
+        "features.0": ("features.2",),
+        "features.3": ("features.5", "features.6.bn2"),
+        "features.6.conv1": ("features.6.relu1",),
+        "features.7.conv1": ("features.7.relu1",),
+        "features.7.downsample.0": ("features.7.downsample.1", "features.7.bn2"),
+    }
     _random_gates(gm, seed=7)
     gm.state.hard = True
     pruned, _ = prune_structured(vanilla, gm.hard_masks(), head="fc", example=x[:2])
@@ -152,8 +169,10 @@ class _PreActBlock(BasicBlock):
         return x + self.conv2(self.relu1(self.bn1(self.conv1(x))))
 
 
-@pytest.mark.parametrize("block,inner", [(_MyBlock(4), ("body.0.conv1", ("body.0.conv1",))),
-                                         (_PreActBlock(4, 4), ("body.0.conv1", ("body.0.relu1",)))])
+@pytest.mark.parametrize(
+    "block,inner",
+    [(_MyBlock(4), ("body.0.conv1", ("body.0.conv1",))), (_PreActBlock(4, 4), ("body.0.conv1", ("body.0.relu1",)))],
+)
 def test_blocks_once_refused_are_analysed_from_their_graph(block, inner):
     """These used to be refused ("its forward is not the plain chain of its sub-modules")."""
     model = nn.Sequential()
@@ -166,8 +185,8 @@ def test_blocks_once_refused_are_analysed_from_their_graph(block, inner):
     x = _x()
     gm = install_gates(net, mode="structured", head="fc", example=x[:2])
     name, sites = inner
-    assert gm.units[name] == sites   # a shared relu module cannot carry the gate: it goes on conv1's output
-    assert gm.units["stem.0"] == ("stem.1", "body.0.conv2")   # stem + conv2 add into one stream
+    assert gm.units[name] == sites  # a shared relu module cannot carry the gate: it goes on conv1's output
+    assert gm.units["stem.0"] == ("stem.1", "body.0.conv2")  # stem + conv2 add into one stream
     _random_gates(gm, seed=2)
     gm.state.hard = True
     pruned, _ = prune_structured(model, gm.hard_masks(), head="fc", example=x[:2])
@@ -185,14 +204,29 @@ def test_ffw_search_on_a_resnet_exports_the_selected_hard_model():
         b = torch.randint(0, 2, (n,), generator=gen)
         images = (torch.rand(n, *SHAPE, generator=gen) * 255).to(torch.uint8)
         images[:, 0] = torch.where(b[:, None, None] == 1, 255, 0).to(torch.uint8)  # channel 0 carries b
-        return BiasDataset(images=images, y=y, b=b, num_classes=2, num_bias_classes=2, name=name, aligned=(b == y),
-                           mean=0.5, std=0.5)
+        return BiasDataset(
+            images=images, y=y, b=b, num_classes=2, num_bias_classes=2, name=name, aligned=(b == y), mean=0.5, std=0.5
+        )
 
     train, val = data(64, "u_train"), data(32, "u_val")
     torch.manual_seed(0)
     model = randomise_batchnorm(ResNet18(num_classes=2, in_channels=3, stem="cifar", width=4))
-    res = find_fantastic_weights(model, head="fc", train=train, val=val, mode="structured", erase="none", refit_head=False, tune_epochs=0, max_levels=2, no_harm=False,
-                                 max_epochs_per_level=1, head_pretrain_epochs=1, batch_size=32, gate_lr=1.0)
+    res = find_fantastic_weights(
+        model,
+        head="fc",
+        train=train,
+        val=val,
+        mode="structured",
+        erase="none",
+        refit_head=False,
+        tune_epochs=0,
+        max_levels=2,
+        no_harm=False,
+        max_epochs_per_level=1,
+        head_pretrain_epochs=1,
+        batch_size=32,
+        gate_lr=1.0,
+    )
     assert set(res.masks) == set(INTERNAL) | set(STREAMS)
     assert res.sparsity["ungated"] == {} and res.sparsity["parameters_after"] <= res.sparsity["parameters_before"]
     res.gated.state.hard = True

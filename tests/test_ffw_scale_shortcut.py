@@ -6,6 +6,7 @@ and the bias term falls when the features it reads shrink. The hard mask turns "
 the dead network (CE log K, D = 0) has the lowest J of all. Hence: a learnt logit temperature, a bias term with no
 gradient along a feature's own scale, and a selection that prefers candidates keeping the vanilla's task accuracy.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from debiaskit.ffw._gates import freeze, install_gates
 from debiaskit.ffw import find_fantastic_weights
+from debiaskit.ffw._gates import freeze, install_gates
 from debiaskit.ffw._search import FFWConfig, _Search, ffw_step, fit_log_temperature
 
 
@@ -30,7 +31,7 @@ def test_structured_defaults_guard_against_the_scale_shortcut():
 def test_the_fitted_temperature_undoes_an_overconfident_scale():
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 4, (2000,), generator=g)
-    calibrated = torch.randn(2000, 4, generator=g) + 1.5 * F.one_hot(y, 4)   # roughly calibrated logits
+    calibrated = torch.randn(2000, 4, generator=g) + 1.5 * F.one_hot(y, 4)  # roughly calibrated logits
     best = fit_log_temperature(calibrated, y)
     overconfident = fit_log_temperature(5.0 * calibrated, y)
     assert float(overconfident - best) == pytest.approx(math.log(5.0), abs=0.02)
@@ -67,8 +68,9 @@ def test_the_bias_term_gives_no_gradient_along_a_unit_scale(scale_free):
     params = gm.gate_parameters()
 
     def d_grad(gamma):
-        ffw_step(model, "fc", params, [], x, y, b, gamma=gamma, num_bias=2, dependence=_dependence,
-                 scale_free=scale_free)
+        ffw_step(
+            model, "fc", params, [], x, y, b, gamma=gamma, num_bias=2, dependence=_dependence, scale_free=scale_free
+        )
         return torch.cat([p.grad.flatten() for p in params])
 
     from_d = d_grad(10.0) - d_grad(0.0)
@@ -79,9 +81,14 @@ def test_the_bias_term_gives_no_gradient_along_a_unit_scale(scale_free):
 
 
 def _fake_search():
-    s = SimpleNamespace(cfg=FFWConfig(mode="structured"), history=[], best=None, best_gates=None,
-                        floor={"floor": 0.0},   # no candidate is near chance here (test_ffw_no_harm.py: when one is)
-                        gated=SimpleNamespace(gate_tensors=lambda: {"g": torch.zeros(1)}))
+    s = SimpleNamespace(
+        cfg=FFWConfig(mode="structured"),
+        history=[],
+        best=None,
+        best_gates=None,
+        floor={"floor": 0.0},  # no candidate is near chance here (test_ffw_no_harm.py: when one is)
+        gated=SimpleNamespace(gate_tensors=lambda: {"g": torch.zeros(1)}),
+    )
     s.usable = lambda v: _Search.usable(s, v)
     s.selection_score = lambda v: _Search.selection_score(s, v)
     s._score = lambda r: _Search._score(s, r)
@@ -112,6 +119,7 @@ def test_selection_falls_back_to_the_objective_when_no_candidate_keeps_the_task(
 
 def test_the_learnt_temperature_survives_an_interrupt(tmp_path):
     from test_ffw_search import FAST, Planted, _planted
+
     train, val = _planted(600, rho=0.5, seed=1, name="u_train"), _planted(300, rho=0.5, seed=2, name="u_val")
 
     def overconfident():

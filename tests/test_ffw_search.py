@@ -1,4 +1,5 @@
 """FFW search (Algorithm 1): it removes a bias planted in known units; error paths; interrupt + resume."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,8 +21,9 @@ def _planted(n: int, *, rho: float, seed: int, name: str) -> BiasDataset:
     noise = torch.randint(-20, 21, (n, 2), generator=g)
     pix = torch.stack([60 + 135 * y, 60 + 135 * b], 1) + noise
     images = pix.clamp(0, 255).to(torch.uint8).view(n, 1, 1, 2)
-    return BiasDataset(images=images, y=y, b=b, num_classes=2, num_bias_classes=2, name=name, aligned=(b == y),
-                       mean=0.5, std=0.25)  # inputs about +-1: the hidden units need no bias term
+    return BiasDataset(
+        images=images, y=y, b=b, num_classes=2, num_bias_classes=2, name=name, aligned=(b == y), mean=0.5, std=0.25
+    )  # inputs about +-1: the hidden units need no bias term
 
 
 class Planted(nn.Module):
@@ -45,32 +47,50 @@ class Planted(nn.Module):
 
 @pytest.fixture(scope="module")
 def planted():
-    return {"train": _planted(600, rho=0.5, seed=1, name="u_train"), "val": _planted(300, rho=0.5, seed=2, name="u_val"),
-            "test": _planted(400, rho=0.5, seed=3, name="test")}
+    return {
+        "train": _planted(600, rho=0.5, seed=1, name="u_train"),
+        "val": _planted(300, rho=0.5, seed=2, name="u_val"),
+        "test": _planted(400, rho=0.5, seed=3, name="test"),
+    }
 
 
-FAST = dict(max_levels=8, max_epochs_per_level=3, patience=1, batch_size=100, gate_lr=0.5,
-            max_epochs=20)   # the budget these tests were written for: 2 epochs per level
+FAST = dict(
+    max_levels=8, max_epochs_per_level=3, patience=1, batch_size=100, gate_lr=0.5, max_epochs=20
+)  # the budget these tests were written for: 2 epochs per level
 
 
-@pytest.mark.parametrize("mode,adversary", [("structured", "head"), ("unstructured", "head"),
-                                            ("structured", "mmd"), ("unstructured", "mmd"),
-                                            ("unstructured", "lda"), ("unstructured", "refit")])
+@pytest.mark.parametrize(
+    "mode,adversary",
+    [
+        ("structured", "head"),
+        ("unstructured", "head"),
+        ("structured", "mmd"),
+        ("unstructured", "mmd"),
+        ("unstructured", "lda"),
+        ("unstructured", "refit"),
+    ],
+)
 def test_ffw_removes_a_planted_bias(planted, mode, adversary):
     model = Planted().eval()
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
-    kw = dict(test=planted["test"], unbiased_train=planted["train"], unbiased_val=planted["val"], counterfactual=False,
-              probe_kwargs={"lr": 0.05})  # a tiny set: a faster probe than the default
+    kw = dict(
+        test=planted["test"],
+        unbiased_train=planted["train"],
+        unbiased_val=planted["val"],
+        counterfactual=False,
+        probe_kwargs={"lr": 0.05},
+    )  # a tiny set: a faster probe than the default
     before = audit_model(model, head="fc", **kw)
-    result = find_fantastic_weights(model, train=planted["train"], val=planted["val"], mode=mode, gamma=10,
-                                    adversary=adversary, **FAST)
+    result = find_fantastic_weights(
+        model, train=planted["train"], val=planted["val"], mode=mode, gamma=10, adversary=adversary, **FAST
+    )
     after = result.audit(**kw)
     assert before.attributes[0].bias_extractability > 0.95
     assert after.attributes[0].bias_extractability < 0.7
     assert after.task_accuracy > before.task_accuracy + 0.1 and after.task_accuracy > 0.9
     if mode == "structured":
         assert result.masks["body.1"].tolist() == [1, 1, 0, 0]  # exactly the planted bias units are removed
-        assert result.model.get_submodule(result.head).in_features == 2   # "fc.head" behind the default eraser
+        assert result.model.get_submodule(result.head).in_features == 2  # "fc.head" behind the default eraser
     else:
         assert float(result.model.body[1].weight.detach()[2:, 1].abs().sum()) == 0.0
     # the user's model is untouched; the selected state is a hard-masked one, scored on D^u_val
@@ -98,8 +118,9 @@ def test_error_paths(planted):
         find_fantastic_weights(model, train=planted["train"], val=planted["val"], tau_decay=1.5)
 
 
-@pytest.mark.parametrize("settings", [{"adversary": "head"},
-                                      {"adversary": "mmd", "memory": 3, "condition_on_target": True}])
+@pytest.mark.parametrize(
+    "settings", [{"adversary": "head"}, {"adversary": "mmd", "memory": 3, "condition_on_target": True}]
+)
 def test_interrupt_then_resume_matches_an_uninterrupted_run(planted, tmp_path, settings):
     kw = dict(train=planted["train"], val=planted["val"], mode="unstructured", gamma=10, **settings, **FAST)
     reference = find_fantastic_weights(Planted(), **kw)
@@ -108,6 +129,7 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(planted, tmp_path, s
         def cb(event):
             if event["kind"] == "step" and event["step"] == step:
                 raise KeyboardInterrupt
+
         return cb
 
     ckpt = tmp_path / "partial"
@@ -125,11 +147,12 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(planted, tmp_path, s
 
 
 def test_pseudo_bias_labels_replace_the_true_ones(planted):
-    from debiaskit.discover import with_pseudo_bias   # one implementation, shared with the audit (issue 12)
+    from debiaskit.discover import with_pseudo_bias  # one implementation, shared with the audit (issue 12)
+
     pseudo = 1 - planted["train"].b
     data = with_pseudo_bias(planted["train"], pseudo, name="unbiased_train")
     assert torch.equal(data.b, pseudo) and data.info["pseudo_bias"]
-    assert torch.equal(data.aligned, pseudo == data.y)   # pseudo-aligned: the attracting class is the sample's own
+    assert torch.equal(data.aligned, pseudo == data.y)  # pseudo-aligned: the attracting class is the sample's own
     assert torch.equal(planted["train"].b, 1 - pseudo)  # the original split is untouched
     with pytest.raises(DataError, match="integer classes"):
         with_pseudo_bias(planted["train"], pseudo[:10], name="unbiased_train")
@@ -143,6 +166,7 @@ def test_pseudo_bias_labels_replace_the_true_ones(planted):
 def test_a_non_finite_gate_gradient_stops_the_search_before_the_gates_are_stepped(planted, monkeypatch, adversary):
     import debiaskit.ffw._adversary as adversary_module
     import debiaskit.ffw._search as search_module
+
     seen = []
 
     def nan_mi(probs, b, num_bias):
@@ -152,12 +176,20 @@ def test_a_non_finite_gate_gradient_stops_the_search_before_the_gates_are_steppe
     def nan_term(self, z, b, num_bias, **kw):
         seen.append(1)
         return z.sum() * float("nan")
+
     monkeypatch.setattr(search_module, "mutual_information", nan_mi)
     monkeypatch.setattr(adversary_module.LinearDependence, "penalty", nan_term)
     steps = []
     with pytest.raises(ModelError, match="non-finite gate gradient at tau 1.0, step 1"):
-        find_fantastic_weights(Planted(), train=planted["train"], val=planted["val"], mode="structured",
-                               adversary=adversary, callback=lambda e: steps.append(e), **FAST)
+        find_fantastic_weights(
+            Planted(),
+            train=planted["train"],
+            val=planted["val"],
+            mode="structured",
+            adversary=adversary,
+            callback=lambda e: steps.append(e),
+            **FAST,
+        )
     assert seen and not [e for e in steps if e["kind"] == "step"]  # stopped inside the first step
 
 
@@ -167,8 +199,17 @@ def test_the_tau_model_is_evaluated_only_where_it_decides_and_the_search_is_unch
     a single decision of the search."""
     from debiaskit.ffw._progress import epoch_line
     from debiaskit.ffw._search import _Search
-    kw = dict(train=planted["train"], val=planted["val"], mode="unstructured", gamma=10, adversary="lda",
-              erase="none", refit_head=False, **FAST)
+
+    kw = dict(
+        train=planted["train"],
+        val=planted["val"],
+        mode="unstructured",
+        gamma=10,
+        adversary="lda",
+        erase="none",
+        refit_head=False,
+        **FAST,
+    )
     lean = find_fantastic_weights(Planted(), progress=False, **kw)
     skipped = [r for r in lean.history if r["val_soft"] is None]
     assert skipped and all(r["val_soft"] is not None for r in lean.history if r.get("level_end"))

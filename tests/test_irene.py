@@ -1,4 +1,5 @@
 """IRENE's mechanics: which gradient goes where, and the numerics of its MI term."""
+
 from __future__ import annotations
 
 import copy
@@ -20,9 +21,18 @@ from debiaskit.train import TrainConfig, TrainContext
 def _context(splits, *, optimizer="adam", seed=0):
     torch.manual_seed(seed)
     model = build_model("mlp", num_classes=10, input_shape=splits.train.input_shape)
-    config = TrainConfig(epochs=1, batch_size=32, lr=0.05 if optimizer == "sgd" else 1e-3, optimizer=optimizer, seed=seed)
-    return TrainContext(model=model, train_data=splits.train, config=config, device=torch.device("cpu"),
-                        generator=torch.Generator().manual_seed(seed), num_classes=10, head="fc")
+    config = TrainConfig(
+        epochs=1, batch_size=32, lr=0.05 if optimizer == "sgd" else 1e-3, optimizer=optimizer, seed=seed
+    )
+    return TrainContext(
+        model=model,
+        train_data=splits.train,
+        config=config,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed),
+        num_classes=10,
+        head="fc",
+    )
 
 
 def _batch(splits, n=32):
@@ -74,7 +84,7 @@ def test_stable_mi_gradient_is_finite_where_the_literal_formula_gives_nan():
     logits, b = _saturated_logits()
     naive = logits.clone().requires_grad_()
     _naive_mi(naive.softmax(1), b, 4).backward()
-    assert not torch.isfinite(naive.grad).all()          # the case does reproduce the old failure
+    assert not torch.isfinite(naive.grad).all()  # the case does reproduce the old failure
     stable = logits.clone().requires_grad_()
     mi = normalized_mutual_information(stable.softmax(1), b, 4)
     mi.backward()
@@ -87,14 +97,14 @@ def test_training_step_stays_finite_with_a_saturated_head_and_an_absent_bias_cla
     method = IRENE(gamma=1.0)
     method.setup(ctx)
     logits, _ = _saturated_logits()
-    with torch.no_grad():   # a head that has blown up: its output ignores z and sits at _saturated_logits' row
+    with torch.no_grad():  # a head that has blown up: its output ignores z and sits at _saturated_logits' row
         head = method.heads[0]
         head.weight.zero_()
         head.bias.fill_(-200.0)
         head.bias[[0, 1, 3]] = 10.0
         head.bias[2] = 10.0 - 27.6
     batch = _batch(toy_splits, n=64)
-    keep = torch.isin(batch.b, torch.tensor([0, 1, 3]))      # bias classes 2, 4.. absent from the batch
+    keep = torch.isin(batch.b, torch.tensor([0, 1, 3]))  # bias classes 2, 4.. absent from the batch
     batch = Batch(batch.x[keep], batch.y[keep], batch.b[keep], batch.index[keep])
     stats = method.training_step(batch, ctx)
     assert all(math.isfinite(v) for v in stats.values())
@@ -144,14 +154,23 @@ def test_irene_rejects_bad_hyper_parameters():
 def test_one_privacy_head_per_attribute_as_wide_as_its_values():
     """Two attributes, binary and 5 values: heads of 2 and 5 outputs, each MI normalised by its own log k."""
     from torch.utils.data import TensorDataset
+
     from debiaskit.data import as_bias_data
+
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
     b = torch.stack([torch.randint(0, 2, (64,), generator=g), torch.randint(0, 5, (64,), generator=g)], 1)
     data = as_bias_data(TensorDataset(x, y, b))
     model = build_model("mlp", num_classes=3, input_shape=(6,))
-    ctx = TrainContext(model=model, train_data=data, config=TrainConfig(epochs=1, batch_size=32), device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(0), num_classes=3, head="fc")
+    ctx = TrainContext(
+        model=model,
+        train_data=data,
+        config=TrainConfig(epochs=1, batch_size=32),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        num_classes=3,
+        head="fc",
+    )
     method = IRENE(gamma=1.0)
     method.setup(ctx)
     assert [h.out_features for h in method.heads] == [2, 5]

@@ -2,6 +2,7 @@
 inside their package, no cycles), plus two rules import-linter cannot express, checked on the source: no
 package imports another package's private names, and imports are not hidden inside functions (except in the
 CLI, which defers the library so that `debiaskit --help` does not load torch)."""
+
 from __future__ import annotations
 
 import ast
@@ -13,7 +14,7 @@ from importlinter.cli import lint_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "debiaskit"
-DEFERRED_ON_PURPOSE = {"cli"}   # start-up speed; everything below imports at module level
+DEFERRED_ON_PURPOSE = {"cli"}  # start-up speed; everything below imports at module level
 
 
 def _imports(path: Path):
@@ -27,14 +28,14 @@ def _imports(path: Path):
             in_function.update(id(n) for n in ast.walk(node) if n is not node)
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
             names = [a.name for a in node.names]
         elif isinstance(node, ast.Import):
             target, names = None, [a.name for a in node.names]
         else:
             continue
-        for t in ([target] if target else names):
+        for t in [target] if target else names:
             if t == "debiaskit" or t.startswith("debiaskit."):
                 yield node.lineno, t, names if target else [], id(node) in in_function
 
@@ -58,7 +59,7 @@ def test_no_package_imports_another_packages_private_names():
     for path in _sources():
         own = _package_of(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts))
         for line, target, names, _ in _imports(path):
-            if _package_of(target) in (own, ""):   # own package, or the root's shared modules (_io, _dist, ...)
+            if _package_of(target) in (own, ""):  # own package, or the root's shared modules (_io, _dist, ...)
                 continue
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             if private:
@@ -67,11 +68,17 @@ def test_no_package_imports_another_packages_private_names():
 
 
 def test_imports_are_not_hidden_inside_functions():
-    found = [f"{path.relative_to(ROOT)}:{line} imports {target} inside a function"
-             for path in _sources() if path.relative_to(PACKAGE).parts[0] not in DEFERRED_ON_PURPOSE
-             for line, target, _, inside in _imports(path) if inside]
-    assert not found, ("import at module level (a cycle it would hide is a layering bug: move the code to its "
-                       "layer):\n" + "\n".join(found))
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {target} inside a function"
+        for path in _sources()
+        if path.relative_to(PACKAGE).parts[0] not in DEFERRED_ON_PURPOSE
+        for line, target, _, inside in _imports(path)
+        if inside
+    ]
+    assert not found, (
+        "import at module level (a cycle it would hide is a layering bug: move the code to its "
+        "layer):\n" + "\n".join(found)
+    )
 
 
 def test_the_cli_defers_the_library_so_help_stays_fast():

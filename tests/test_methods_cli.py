@@ -1,4 +1,5 @@
 """`debiaskit methods list` stays one line per method in an 80-column terminal; `methods show NAME` has the details."""
+
 from __future__ import annotations
 
 import sys
@@ -40,7 +41,7 @@ def test_methods_show_gives_every_default_with_its_source(monkeypatch):
     out = _run(monkeypatch, 120, "show", "jtt")
     assert "Liu et al., ICML 2021" in out and "selection: last epoch" in out
     assert "lambda_up = 50" in out and "id_epochs = 1" in out and "(ours" in out
-    assert "lff" not in out                       # one method, not all of them
+    assert "lff" not in out  # one method, not all of them
 
 
 def test_methods_show_an_unknown_method_is_refused_with_the_names(monkeypatch, capsys):

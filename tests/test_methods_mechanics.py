@@ -1,17 +1,23 @@
 """Unit tests pinning each method's mechanics (formulas, not just 'it runs')."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from debiaskit.data import make_splits
 from debiaskit.errors import ConfigError
 from debiaskit.methods import build_method
 from debiaskit.methods._gce import gce_loss, gce_reference
 from debiaskit.methods.dcwp import debiased_supcon, keep_probability, sample_mask
-from debiaskit.methods.fmd import (conjugate_gradient, fmd_unlearn, head_hessian, head_logits, head_per_sample_grads,
-                                   influence_on_measure)
+from debiaskit.methods.fmd import (
+    conjugate_gradient,
+    fmd_unlearn,
+    head_hessian,
+    head_logits,
+    head_per_sample_grads,
+    influence_on_measure,
+)
 from debiaskit.methods.groupdro import group_ids, update_group_weights
 from debiaskit.methods.lff import relative_difficulty
 from debiaskit.models import build_model
@@ -41,17 +47,19 @@ def test_lff_weights_in_unit_interval_and_larger_for_conflicting(toy_splits):
     assert ((w >= 0) & (w <= 1)).all()
     aligned = splits.train.aligned
     assert w[~aligned].mean() > w[aligned].mean() + 0.2, (float(w[~aligned].mean()), float(w[aligned].mean()))
-    assert float(relative_difficulty(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))[0]) == pytest.approx(1.0, abs=1e-6)
+    assert float(relative_difficulty(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))[0]) == pytest.approx(
+        1.0, abs=1e-6
+    )
 
 
 def test_dcwp_mask_keep_probability_spans_zero_to_one():
     gen = torch.Generator().manual_seed(0)
     pi = torch.linspace(-6, 6, 13)[:, None].expand(13, 20000).contiguous().requires_grad_(True)
     m = sample_mask(pi, generator=gen)
-    assert (m.detach() - m.detach().round()).abs().max() < 1e-6       # hard 0/1 forward
+    assert (m.detach() - m.detach().round()).abs().max() < 1e-6  # hard 0/1 forward
     freq = m.detach().mean(1)
     torch.testing.assert_close(freq, keep_probability(pi[:, 0].detach()), atol=0.015, rtol=0)
-    assert freq[0] < 0.01 and freq[-1] > 0.99                        # spans (0, 1)
+    assert freq[0] < 0.01 and freq[-1] > 0.99  # spans (0, 1)
     # the public code's double sigmoid keeps sigmoid(sigmoid(pi)): stuck in (0.5, 0.731)
     double = torch.sigmoid(torch.sigmoid(pi[:, 0].detach()))
     assert double.min() > 0.5 and double.max() < 0.74
@@ -63,8 +71,8 @@ def test_dcwp_mask_keep_probability_spans_zero_to_one():
 def test_debiased_supcon_pulls_towards_mined_positives():
     z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     y = torch.tensor([0, 0, 0])
-    near = debiased_supcon(z, y, torch.tensor([False, True, False]))   # anchor 0's positive is close
-    far = debiased_supcon(z, y, torch.tensor([False, False, True]))    # anchor 0's positive is far
+    near = debiased_supcon(z, y, torch.tensor([False, True, False]))  # anchor 0's positive is close
+    far = debiased_supcon(z, y, torch.tensor([False, False, True]))  # anchor 0's positive is far
     assert near < far
     assert debiased_supcon(z, y, torch.tensor([False, False, False])) == 0
 
@@ -75,8 +83,10 @@ def test_head_hessian_matches_torch_func_hessian():
     theta = torch.randn(3, 5, dtype=torch.float64)
     loss = lambda flat: F.cross_entropy(head_logits(flat.view(3, 5), z), y)  # noqa: E731
     torch.testing.assert_close(head_hessian(z, y, theta), torch.func.hessian(loss)(theta.flatten()))
-    g = torch.func.vmap(torch.func.grad(lambda f, zi, yi: F.cross_entropy(head_logits(f.view(3, 5), zi[None]), yi[None])),
-                        in_dims=(None, 0, 0))(theta.flatten(), z, y)
+    g = torch.func.vmap(
+        torch.func.grad(lambda f, zi, yi: F.cross_entropy(head_logits(f.view(3, 5), zi[None]), yi[None])),
+        in_dims=(None, 0, 0),
+    )(theta.flatten(), z, y)
     torch.testing.assert_close(head_per_sample_grads(z, y, theta), g)
     h = head_hessian(z, y, theta, damping=0.1)
     b = torch.randn(15, dtype=torch.float64)
@@ -89,20 +99,24 @@ def test_fmd_influence_matches_leave_one_out_retraining():
     torch.manual_seed(0)
     n, d, lam = 60, 3, 0.05
     x = torch.randn(n, d, dtype=torch.float64)
-    y = ((x @ torch.tensor([1.5, -1.0, 0.5], dtype=torch.float64) + 0.7 * torch.randn(n, dtype=torch.float64)) > 0).long()
+    y = (
+        (x @ torch.tensor([1.5, -1.0, 0.5], dtype=torch.float64) + 0.7 * torch.randn(n, dtype=torch.float64)) > 0
+    ).long()
     x_test = torch.randn(40, d, dtype=torch.float64)
 
     def train(weights: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         th = start.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([th], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
-                                line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [th], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe"
+        )
 
         def closure():
             opt.zero_grad()
             ce = F.cross_entropy(head_logits(th, x), y, reduction="none")
-            loss = (weights * ce).sum() / n + lam / 2 * (th ** 2).sum()
+            loss = (weights * ce).sum() / n + lam / 2 * (th**2).sum()
             loss.backward()
             return loss
+
         opt.step(closure)
         return th.detach()
 
@@ -110,8 +124,9 @@ def test_fmd_influence_matches_leave_one_out_retraining():
     theta = train(torch.ones(n, dtype=torch.float64), torch.zeros(2, d + 1, dtype=torch.float64))
     th = theta.clone().requires_grad_(True)
     g_measure = torch.autograd.grad(measure(th), th)[0].flatten()
-    predicted = influence_on_measure(g_measure, head_hessian(x, y, theta, damping=lam),
-                                     head_per_sample_grads(x, y, theta), n=n)
+    predicted = influence_on_measure(
+        g_measure, head_hessian(x, y, theta, damping=lam), head_per_sample_grads(x, y, theta), n=n
+    )
     actual = []
     for k in range(n):
         w = torch.ones(n, dtype=torch.float64)
@@ -129,12 +144,23 @@ def test_fmd_unlearning_runs_and_reports_bias(toy_splits):
     torch.manual_seed(0)
     model = build_model("mlp", num_classes=10, input_shape=toy_splits.train.input_shape)
     fit(model, toy_splits.train, config=TrainConfig(epochs=2, batch_size=64, seed=0), progress=False)
-    res = fmd_unlearn(model, train=toy_splits.train, head="fc", pool_size=400, n_bias_pairs=200, n_val=200, top_k=100,
-                      damping=1e-2)
+    res = fmd_unlearn(
+        model, train=toy_splits.train, head="fc", pool_size=400, n_bias_pairs=200, n_val=200, top_k=100, damping=1e-2
+    )
     assert res.info["bias_before"] > 0 and res.info["selected_scale"] in [t["scale"] for t in res.info["trace"]]
     assert res.model is not model
-    cg = fmd_unlearn(model, train=toy_splits.train, head="fc", pool_size=400, n_bias_pairs=200, n_val=200,
-                     top_k=100, hessian="cg", cg_iters=300, damping=1e-2)
+    cg = fmd_unlearn(
+        model,
+        train=toy_splits.train,
+        head="fc",
+        pool_size=400,
+        n_bias_pairs=200,
+        n_val=200,
+        top_k=100,
+        hessian="cg",
+        cg_iters=300,
+        damping=1e-2,
+    )
     # the torch.func HVP path reproduces the exact last-layer influence ranking
     assert cg.info["harmful_samples"] == pytest.approx(res.info["harmful_samples"], abs=3)
     torch.testing.assert_close(cg.info["influence_min"], res.info["influence_min"], rtol=0.05, atol=1e-9)
@@ -164,10 +190,17 @@ def test_groupdro_weights_follow_the_worst_group():
 
 def test_groupdro_weighs_only_the_groups_present_in_the_training_set(toy_splits):
     from debiaskit.train import TrainContext
-    data = toy_splits.train.subset(torch.nonzero(toy_splits.train.y < 5).flatten())   # classes 5-9 absent
+
+    data = toy_splits.train.subset(torch.nonzero(toy_splits.train.y < 5).flatten())  # classes 5-9 absent
     model = build_model("mlp", num_classes=10, input_shape=data.input_shape)
-    ctx = TrainContext(model=model, train_data=data, config=TrainConfig(), device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(0), num_classes=10)
+    ctx = TrainContext(
+        model=model,
+        train_data=data,
+        config=TrainConfig(),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        num_classes=10,
+    )
     for balanced in (False, True):
         method, _ = build_method("groupdro", dataset="biased-toy", group_balanced=balanced)
         method.setup(ctx)
@@ -176,7 +209,7 @@ def test_groupdro_weighs_only_the_groups_present_in_the_training_set(toy_splits)
         assert torch.allclose(method.q[present], torch.full((int(present.sum()),), 1 / int(present.sum())))
         order = method.epoch_indices(ctx)
         if not balanced:
-            assert order is None   # the loop's plain shuffle
+            assert order is None  # the loop's plain shuffle
             continue
         g, _ = group_ids(data.y[order], data.b[order], num_classes=10, num_bias=10)
         drawn = torch.bincount(g, minlength=100)[present].float()
@@ -190,7 +223,13 @@ def test_groupdro_without_bias_labels_is_a_clear_error(toy_splits):
     for name in ("groupdro", "irene"):
         method, _ = build_method(name, dataset="biased-toy")
         with pytest.raises(ConfigError, match="bias labels"):
-            fit(model, toy_splits.train.without_bias_labels(), method=method, config=TrainConfig(epochs=1), progress=False)
+            fit(
+                model,
+                toy_splits.train.without_bias_labels(),
+                method=method,
+                config=TrainConfig(epochs=1),
+                progress=False,
+            )
 
 
 def test_jtt_and_dcwp_expose_their_mined_samples_without_reading_bias_labels(toy_splits):
@@ -198,13 +237,18 @@ def test_jtt_and_dcwp_expose_their_mined_samples_without_reading_bias_labels(toy
     for name, kw in (("jtt", {"id_epochs": 2}), ("dcwp", {"erm_epochs": 2, "mask_iters": 5})):
         model = build_model("mlp", num_classes=10, input_shape=toy_splits.train.input_shape)
         method, _ = build_method(name, dataset="biased-toy", **kw)
-        assert method.conflict_flags() is None   # nothing mined before setup
-        fit(model, toy_splits.train.without_bias_labels(), method=method,
-            config=TrainConfig(epochs=1, batch_size=64, seed=0), progress=False)
+        assert method.conflict_flags() is None  # nothing mined before setup
+        fit(
+            model,
+            toy_splits.train.without_bias_labels(),
+            method=method,
+            config=TrainConfig(epochs=1, batch_size=64, seed=0),
+            progress=False,
+        )
         flags = method.conflict_flags()
         assert torch.equal(flags.index, torch.arange(len(toy_splits.train))) and flags.flagged.any()
         assert method.conflict_flags(online=True) is None
-        rep = flags.report(toy_splits.train)   # scored by whoever holds the true labels
+        rep = flags.report(toy_splits.train)  # scored by whoever holds the true labels
         assert 0 <= rep["precision"] <= 1 and 0 <= rep["recall"] <= 1 and rep["true_conflicting"] > 0
         assert rep["mined"] == int(flags.flagged.sum())
     assert 0 <= method.state()["sparsity"] < 1
@@ -219,8 +263,18 @@ def test_fmd_beyond_the_last_layer_uses_torch_func_hvps(toy_splits):
     torch.manual_seed(0)
     model = build_model("mlp", num_classes=10, input_shape=toy_splits.train.input_shape)
     fit(model, toy_splits.train, config=TrainConfig(epochs=1, batch_size=64, seed=0), progress=False)
-    res = fmd_unlearn(model, train=toy_splits.train, head="fc", pool_size=200, n_bias_pairs=100, n_val=100, top_k=50,
-                      hessian="cg", layers=("feature.5", "fc"), cg_iters=20)
+    res = fmd_unlearn(
+        model,
+        train=toy_splits.train,
+        head="fc",
+        pool_size=200,
+        n_bias_pairs=100,
+        n_val=100,
+        top_k=50,
+        hessian="cg",
+        layers=("feature.5", "fc"),
+        cg_iters=20,
+    )
     assert res.info["layers"] == ["feature.5", "fc"] and res.info["harmful_samples"] > 0
     changed = [n for n, p in res.model.named_parameters() if not torch.equal(p, dict(model.named_parameters())[n])]
     assert set(changed) <= {"feature.5.weight", "feature.5.bias", "fc.weight", "fc.bias"}

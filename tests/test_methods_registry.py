@@ -1,4 +1,5 @@
 """The registry entry is the one description of a method: flags, selection rule, budgets, extra epochs."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,7 +25,9 @@ def test_selection_must_be_a_rule_key_and_own_rules_are_described():
 
 def test_name_and_flags_are_declared_once_in_the_registry():
     for name, info in METHODS.items():
-        if isinstance(info.factory, type) and info.factory is not TrainingMethod:   # the base class defines them from info
+        if (
+            isinstance(info.factory, type) and info.factory is not TrainingMethod
+        ):  # the base class defines them from info
             method, _ = build_method(name, dataset="biased-toy")
             assert (method.name, method.uses_bias_labels) == (name, info.uses_bias_labels)
             assert not {"name", "uses_bias_labels"} & set(vars(type(method))), f"{name} re-declares its flags"

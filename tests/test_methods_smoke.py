@@ -1,4 +1,5 @@
 """DomainBed-style smoke tests: every registered method x every toy recipe, a few steps on CPU."""
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,13 @@ from debiaskit.train import TrainConfig, fit
 
 TOY = [n for n in dataset_names() if n.endswith("-toy")]
 # small budgets so that each cell takes a fraction of a second
-FAST = {"jtt": {"id_epochs": 1, "lambda_up": 3}, "dcwp": {"erm_epochs": 1, "mask_iters": 3},
-        "fmd": {"pool_size": 200, "n_bias_pairs": 100, "n_val": 100, "top_k": 50},
-        "vcba": {"stage1_epochs": 1}, "calm": {"warmup_epochs": 1}}
+FAST = {
+    "jtt": {"id_epochs": 1, "lambda_up": 3},
+    "dcwp": {"erm_epochs": 1, "mask_iters": 3},
+    "fmd": {"pool_size": 200, "n_bias_pairs": 100, "n_val": 100, "top_k": 50},
+    "vcba": {"stage1_epochs": 1},
+    "calm": {"warmup_epochs": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +32,7 @@ def toy_data():
             splits = make_splits(name, seed=0, unbiased_size=300, train_size=384, test_size=64)
             cache[name] = splits
         return cache[name]
+
     return get
 
 
@@ -41,10 +47,18 @@ def test_method_runs_on_toy(method_name, dataset, toy_data):
     torch.manual_seed(0)
     model = build_model("mlp", num_classes=splits.num_classes, input_shape=splits.train.input_shape)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    overrides = {k: v for k, v in FAST.get(method_name, {}).items() if k in build_method(method_name, dataset=dataset)[1]}
+    overrides = {
+        k: v for k, v in FAST.get(method_name, {}).items() if k in build_method(method_name, dataset=dataset)[1]
+    }
     method, _ = build_method(method_name, dataset=dataset, **overrides)
-    result = fit(model, splits.train, method=method, config=TrainConfig(epochs=2, batch_size=128, seed=0),
-                 head="fc", progress=False)
+    result = fit(
+        model,
+        splits.train,
+        method=method,
+        config=TrainConfig(epochs=2, batch_size=128, seed=0),
+        head="fc",
+        progress=False,
+    )
     record = result.history[-1]
     assert "loss" in record and all(math.isfinite(v) for v in record.values() if isinstance(v, float))
     logits = result.model(splits.test.x[:8])

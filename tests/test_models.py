@@ -1,4 +1,5 @@
 """Model zoo shapes, head naming and the bottleneck tap on any nn.Module."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,15 @@ import torch
 from torch import nn
 
 from debiaskit.errors import ConfigError, ModelError
-from debiaskit.models import (MODELS, build_model, collect_outputs, forward_with_bottleneck, head_shape,
-                              resolve_head, tap_bottleneck)
+from debiaskit.models import (
+    MODELS,
+    build_model,
+    collect_outputs,
+    forward_with_bottleneck,
+    head_shape,
+    resolve_head,
+    tap_bottleneck,
+)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -18,7 +26,7 @@ def test_zoo_forward_shape_and_head(name, input_shape):
     x = torch.randn(2, *input_shape)
     logits, z = forward_with_bottleneck(model, x)
     assert logits.shape == (2, 7)
-    head = model.head_name   # "fc", or "classifier" for section 7's residual CNN (as its user named it)
+    head = model.head_name  # "fc", or "classifier" for section 7's residual CNN (as its user named it)
     assert resolve_head(model)[0] == head and head in ("fc", "classifier")
     d, out = head_shape(model)
     assert out == 7 and z.shape == (2, d)

@@ -1,4 +1,5 @@
 """Channels-last image batches (models/_layout.py): used where the model takes them unchanged, never elsewhere."""
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,14 @@ class AssertsContiguous(ViewsItsActivation):
 def _images(n: int = 64, seed: int = 0) -> BiasDataset:
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 10, (n,), generator=g)
-    return BiasDataset(images=torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8), y=y, b=y.clone(),
-                       num_classes=10, num_bias_classes=10, name="tiny")
+    return BiasDataset(
+        images=torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8),
+        y=y,
+        b=y.clone(),
+        num_classes=10,
+        num_bias_classes=10,
+        name="tiny",
+    )
 
 
 def test_a_conv_net_on_the_cpu_gets_channels_last_and_the_same_outputs():
@@ -44,7 +51,7 @@ def test_a_conv_net_on_the_cpu_gets_channels_last_and_the_same_outputs():
     stats = bn.running_mean.clone()
     x = torch.randn(4, 3, 8, 8)
     assert batch_memory_format(model, x) == torch.channels_last
-    assert model.training and torch.equal(bn.running_mean, stats)   # the check moved nothing, restored the mode
+    assert model.training and torch.equal(bn.running_mean, stats)  # the check moved nothing, restored the mode
     assert laid_out(x, torch.channels_last).is_contiguous(memory_format=torch.channels_last)
     data = _images()
     fast = collect_outputs(model, data, head="fc")
@@ -56,12 +63,12 @@ def test_a_conv_net_on_the_cpu_gets_channels_last_and_the_same_outputs():
 
 def test_models_that_cannot_take_channels_last_keep_the_default_layout():
     x = torch.randn(4, 3, 8, 8)
-    assert batch_memory_format(ViewsItsActivation(), x) == torch.contiguous_format   # the .view fails: fallback
-    assert batch_memory_format(AssertsContiguous(), x) == torch.contiguous_format    # any error: fallback
-    assert batch_memory_format(MLP(in_features=3 * 8 * 8, num_classes=10), x) == torch.contiguous_format   # no conv
+    assert batch_memory_format(ViewsItsActivation(), x) == torch.contiguous_format  # the .view fails: fallback
+    assert batch_memory_format(AssertsContiguous(), x) == torch.contiguous_format  # any error: fallback
+    assert batch_memory_format(MLP(in_features=3 * 8 * 8, num_classes=10), x) == torch.contiguous_format  # no conv
     conv = SimpleConvNet(num_classes=10, in_channels=3)
-    assert batch_memory_format(conv, torch.randn(4, 3 * 64)) == torch.contiguous_format   # not an image batch
-    assert batch_memory_format(conv, x, device="meta") == torch.contiguous_format          # not a CPU
+    assert batch_memory_format(conv, torch.randn(4, 3 * 64)) == torch.contiguous_format  # not an image batch
+    assert batch_memory_format(conv, x, device="meta") == torch.contiguous_format  # not a CPU
     flat = torch.randn(4, 7)
     assert laid_out(flat, torch.channels_last) is flat and laid_out(x, None) is x
 

@@ -1,5 +1,6 @@
 """The package metadata says what the code needs: one version, the license file, type hints shipped, and
 Python / torch floors no lower than the APIs the code calls."""
+
 from __future__ import annotations
 
 import re

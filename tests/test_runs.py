@@ -1,4 +1,5 @@
 """Run folders: atomic writes, overwrite protection, NaN-safe weights, load_run round trip."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from debiaskit._io import check_output
 from debiaskit.errors import DataError, ModelError, RunExistsError
 from debiaskit.models import build_model
-from debiaskit._io import check_output
-from debiaskit.train import RUN_FOLDER
 from debiaskit.runs import RUN_FILE, WEIGHTS_FILE, load_run, load_weights, read_json, save_weights, write_json
 from debiaskit.runs import atomic_folder as _atomic_folder
+from debiaskit.train import RUN_FOLDER
 
 
 def atomic_folder(out, **kw):
@@ -110,9 +111,16 @@ def test_load_run_round_trip(tmp_path, toy_splits):
     out = tmp_path / "run"
     with atomic_folder(out) as staging:
         save_weights(model, staging / WEIGHTS_FILE)
-        write_json(staging / RUN_FILE, {
-            "kind": "train", "status": "finished", "weights": WEIGHTS_FILE, "data": toy_splits.spec,
-            "model": {"name": "simple-conv-small", "num_classes": 10, "input_shape": list(shape), "head": "fc"}})
+        write_json(
+            staging / RUN_FILE,
+            {
+                "kind": "train",
+                "status": "finished",
+                "weights": WEIGHTS_FILE,
+                "data": toy_splits.spec,
+                "model": {"name": "simple-conv-small", "num_classes": 10, "input_shape": list(shape), "head": "fc"},
+            },
+        )
     run = load_run(out)
     assert run.head == "fc" and not run.model.training
     x = toy_splits.test.x[:16]

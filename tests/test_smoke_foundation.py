@@ -1,4 +1,5 @@
 """End-to-end: train + audit through the CLI on toy data."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,23 @@ runner = CliRunner()
 
 def test_train_then_audit_through_cli(tmp_path):
     run = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--dataset", "biased-toy", "--rho", "0.95", "--epochs", "2",
-                              "--unbiased-size", "600", "--out", str(run), "--no-progress"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            "biased-toy",
+            "--rho",
+            "0.95",
+            "--epochs",
+            "2",
+            "--unbiased-size",
+            "600",
+            "--out",
+            str(run),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "finished" and meta["data"]["params"]["rho"] == 0.95

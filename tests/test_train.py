@@ -1,4 +1,5 @@
 """The training loop: determinism, selection on validation, divergence, distributed readiness."""
+
 from __future__ import annotations
 
 import socket
@@ -31,8 +32,13 @@ def test_training_learns_the_toy_task(toy_splits):
 
 def test_selection_keeps_the_best_validation_epoch(toy_splits):
     scores = iter([0.5, 0.9, 0.1])
-    result = fit(_model(), toy_splits.train, config=TrainConfig(epochs=3, batch_size=256),
-                 select=lambda m: next(scores), progress=False)
+    result = fit(
+        _model(),
+        toy_splits.train,
+        config=TrainConfig(epochs=3, batch_size=256),
+        select=lambda m: next(scores),
+        progress=False,
+    )
     assert result.selected_epoch == 2
     assert [h["selection_score"] for h in result.history] == [0.5, 0.9, 0.1]
 
@@ -51,8 +57,13 @@ def test_method_needing_bias_labels_refuses_unlabelled_data(toy_splits):
         uses_bias_labels = True
 
     with pytest.raises(DebiaskitError, match="needs bias labels"):
-        fit(_model(), toy_splits.train.without_bias_labels(), method=NeedsBias(), config=TrainConfig(epochs=1),
-            progress=False)
+        fit(
+            _model(),
+            toy_splits.train.without_bias_labels(),
+            method=NeedsBias(),
+            config=TrainConfig(epochs=1),
+            progress=False,
+        )
 
 
 def test_runs_under_torch_distributed(toy_splits):

@@ -1,4 +1,5 @@
 """CALM (label-free online debiasing): attractor mechanics, caps, and that bias labels are never read."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,16 @@ from debiaskit.errors import ConfigError, ModelError
 from debiaskit.methods import build_method, get_method
 from debiaskit.methods._gce import gce_loss
 from debiaskit.methods._registry import method_defaults
-from debiaskit.methods.calm import (ATTRACTOR_RECIPE, CALM, capped_weights, guarded_gce, log_prior,
-                                    pooled_balanced_accuracy, pseudo_group_balanced_accuracy, pseudo_group_table)
+from debiaskit.methods.calm import (
+    ATTRACTOR_RECIPE,
+    CALM,
+    capped_weights,
+    guarded_gce,
+    log_prior,
+    pooled_balanced_accuracy,
+    pseudo_group_balanced_accuracy,
+    pseudo_group_table,
+)
 from debiaskit.models import build_model
 from debiaskit.train import TrainConfig, fit
 
@@ -86,8 +95,8 @@ def test_pseudo_group_balanced_accuracy_weights_groups_equally():
 
 def test_pooled_balanced_accuracy_pools_aligned_and_conflicting():
     y = torch.tensor([0, 0, 0, 0, 1, 1])
-    pseudo = torch.tensor([0, 0, 1, 2, 1, 0])       # aligned: 0, 1, 4; conflicting: 2, 3, 5
-    pred = torch.tensor([0, 1, 1, 2, 0, 1])         # aligned hits 1/3 (sample 0), conflicting 1/3 (sample 5)
+    pseudo = torch.tensor([0, 0, 1, 2, 1, 0])  # aligned: 0, 1, 4; conflicting: 2, 3, 5
+    pred = torch.tensor([0, 1, 1, 2, 0, 1])  # aligned hits 1/3 (sample 0), conflicting 1/3 (sample 5)
     assert pooled_balanced_accuracy(pred, y, pseudo, num_classes=3) == pytest.approx(1 / 3)
     # the per-cell mean differs: cells (0,0) 1/2, (0,1) 0, (0,2) 0, (1,1) 0, (1,0) 1
     assert pseudo_group_balanced_accuracy(pred, y, pseudo, num_classes=3) == pytest.approx(1.5 / 5)
@@ -99,8 +108,14 @@ def _train_calm(data, *, epochs=3, seed=0, model_name="simple-conv-small", head=
     torch.manual_seed(seed)
     model = model or build_model(model_name, num_classes=data.num_classes, input_shape=data.input_shape)
     method, _ = build_method("calm", dataset="biased-toy", warmup_epochs=1, collect_epochs=1, ramp_epochs=1, **kw)
-    result = fit(model, data, method=method, config=TrainConfig(epochs=epochs, batch_size=128, seed=seed),
-                 head=head, progress=False)
+    result = fit(
+        model,
+        data,
+        method=method,
+        config=TrainConfig(epochs=epochs, batch_size=128, seed=seed),
+        head=head,
+        progress=False,
+    )
     return result, method
 
 
@@ -168,9 +183,29 @@ def test_calm_through_the_train_cli(tmp_path):
     from typer.testing import CliRunner
 
     from debiaskit.cli import app
+
     run = tmp_path / "calm"
-    res = CliRunner().invoke(app, ["train", "--dataset", "biased-toy", "--rho", "0.95", "--epochs", "3", "--model", "mlp",
-                                   "--method", "calm", "--unbiased-size", "600", "--out", str(run), "--no-progress"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            "biased-toy",
+            "--rho",
+            "0.95",
+            "--epochs",
+            "3",
+            "--model",
+            "mlp",
+            "--method",
+            "calm",
+            "--unbiased-size",
+            "600",
+            "--out",
+            str(run),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     meta = json.loads((run / "run.json").read_text())
     state = meta["method"]["state"]
@@ -184,7 +219,11 @@ def test_calm_defaults_are_one_recipe_for_every_dataset():
     for dataset in ("colored-mnist", "biased-mnist", "multicolor-mnist", "corrupted-mnist"):
         cfg = {k: d.value for k, d in method_defaults("calm", dataset).items()}
         assert {k: cfg[k] for k in ("discovery", "warmup_epochs", "tau", "select_metric")} == {
-            "discovery": "gce", "warmup_epochs": 1, "tau": 0.5, "select_metric": "pooled"}, dataset
+            "discovery": "gce",
+            "warmup_epochs": 1,
+            "tau": 0.5,
+            "select_metric": "pooled",
+        }, dataset
         assert all(d.source for d in method_defaults("calm", dataset).values())
     assert CALM().hp == {k: d.value for k, d in method_defaults("calm", "biased-mnist").items()}
     method, cfg = build_method("calm", dataset="biased-mnist", **ATTRACTOR_RECIPE)
@@ -203,7 +242,7 @@ def test_guarded_gce_is_gce_and_the_guard_cuts_confident_mistakes():
     # GCE vs CE: the hard sample's gradient is scaled down by p_y^q (the branch keeps to the easy ones)
     g_ce = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y, reduction="sum"), logits)[0]
     p_y = logits.softmax(1)[1, 0].detach()
-    assert torch.allclose(g_plain[1], g_ce[1] * p_y ** 0.7)
+    assert torch.allclose(g_plain[1], g_ce[1] * p_y**0.7)
 
 
 def test_calm_gce_branch_trains_in_the_warmup_only_then_is_dropped(toy_splits):
@@ -212,16 +251,18 @@ def test_calm_gce_branch_trains_in_the_warmup_only_then_is_dropped(toy_splits):
     model = build_model("mlp", num_classes=data.num_classes, input_shape=data.input_shape)
     method, cfg = build_method("calm", dataset="colored-toy", ramp_epochs=1)
     assert cfg["discovery"] == "gce" and cfg["warmup_epochs"] == 1
-    assert method.conflict_flags() is None                          # nothing discovered yet
+    assert method.conflict_flags() is None  # nothing discovered yet
     calls = []
     step = method._biased_step
     method._biased_step = lambda batch: (calls.append(int(batch.index[0])), step(batch))
     fit(model, data, method=method, config=TrainConfig(epochs=3, batch_size=128, seed=0), head="fc", progress=False)
-    assert len(calls) == math.ceil(len(method.train_index) / 128)   # one epoch of branch steps, no more
-    assert method.biased is None                                    # dropped after the discovery pass
+    assert len(calls) == math.ceil(len(method.train_index) / 128)  # one epoch of branch steps, no more
+    assert method.biased is None  # dropped after the discovery pass
     assert method.pseudo is not None and torch.equal(method.val_pseudo, method.pseudo[method.val_index])
     assert 1.0 <= float(method.sample_weight.min()) and float(method.sample_weight.max()) <= 20.0
     assert method.state()["discovery"] == "gce"
     index, flagged, pseudo = method.conflict_flags()
     assert torch.equal(index, method.train_index) and torch.equal(flagged, method.pseudo[index] != data.y[index])
-    assert torch.equal(pseudo, method.pseudo[index]) and method.conflict_flags(online=True) is None   # no per-visit flags
+    assert (
+        torch.equal(pseudo, method.pseudo[index]) and method.conflict_flags(online=True) is None
+    )  # no per-visit flags

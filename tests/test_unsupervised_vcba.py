@@ -1,4 +1,5 @@
 """The VCBA-style two-stage baseline: label-free, re-initialises for stage 2, weights from pseudo-bias."""
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,9 @@ def _train(data):
     torch.manual_seed(0)
     model = build_model("mlp", num_classes=data.num_classes, input_shape=data.input_shape)
     method, _ = build_method("vcba", dataset="biased-toy", stage1_epochs=1)
-    result = fit(model, data, method=method, config=TrainConfig(epochs=2, batch_size=128, seed=0), progress=False,
-                 head="fc")
+    result = fit(
+        model, data, method=method, config=TrainConfig(epochs=2, batch_size=128, seed=0), progress=False, head="fc"
+    )
     return result, method
 
 

@@ -7,6 +7,7 @@ matters for structure analysis: one ``self.relu`` module called twice per block,
 writes: ``torch.relu`` / ``F.relu`` called functionally, a 1x1 skip conv, dropout before a head named
 ``classifier``. ``DepthwiseNet`` is a MobileNet-style inverted residual stack.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,16 @@ from torch import nn
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups,
-                     bias=False, dilation=dilation)
+    return nn.Conv2d(
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        groups=groups,
+        bias=False,
+        dilation=dilation,
+    )
 
 
 def conv1x1(in_planes, out_planes, stride=1):
@@ -106,13 +115,15 @@ class TVResNet(nn.Module):
     def _make_layer(self, block, planes, blocks, stride=1):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+            )
         layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, self.dilation)]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
-                                dilation=self.dilation))
+            layers.append(
+                block(self.inplanes, planes, groups=self.groups, base_width=self.base_width, dilation=self.dilation)
+            )
         return nn.Sequential(*layers)
 
     def forward(self, x):
@@ -136,8 +147,15 @@ def tv_resnet18(num_classes=10, width=8, in_channels=3):
 
 def tv_resnet_bottleneck(num_classes=10, width=8, layers=(1, 1, 1, 1), groups=1, width_per_group=64, in_channels=3):
     """A Bottleneck ResNet (ResNet-50 has layers (3, 4, 6, 3); ResNeXt sets groups / width_per_group)."""
-    return TVResNet(TVBottleneck, list(layers), num_classes=num_classes, groups=groups,
-                    width_per_group=width_per_group, width=width, in_channels=in_channels)
+    return TVResNet(
+        TVBottleneck,
+        list(layers),
+        num_classes=num_classes,
+        groups=groups,
+        width_per_group=width_per_group,
+        width=width,
+        in_channels=in_channels,
+    )
 
 
 class UserBlock(nn.Module):
@@ -185,10 +203,15 @@ class InvertedResidual(nn.Module):
         hidden = c_in * expand
         self.use_res = stride == 1 and c_in == c_out
         self.conv = nn.Sequential(
-            nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(c_in, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
 
     def forward(self, x):
         return x + self.conv(x) if self.use_res else self.conv(x)
@@ -199,8 +222,11 @@ class DepthwiseNet(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Sequential(nn.Conv2d(in_channels, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(inplace=True)),
-            InvertedResidual(8, 8, 1, 2), InvertedResidual(8, 12, 2, 3), InvertedResidual(12, 12, 1, 3),
-            nn.Sequential(nn.Conv2d(12, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)))
+            InvertedResidual(8, 8, 1, 2),
+            InvertedResidual(8, 12, 2, 3),
+            InvertedResidual(12, 12, 1, 3),
+            nn.Sequential(nn.Conv2d(12, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)),
+        )
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32, num_classes))
 
     def forward(self, x):

@@ -3,6 +3,7 @@
 Importable as ``user_models:FACTORY`` (tests put this folder on ``sys.path`` / ``PYTHONPATH``).
 None of them has a ``head_name`` attribute: the head is named by the user (``head=...`` / ``--head``).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -75,11 +76,24 @@ def tabular_mlp(n_features: int, n_classes: int = 2, hidden: int = 32) -> nn.Mod
 
 def sequential_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """A plain nn.Sequential whose head ``fc`` sits inside a sub-Sequential (``head.fc``)."""
-    return nn.Sequential(OrderedDict([
-        ("features", nn.Sequential(nn.Conv2d(in_channels, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
-                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())),
-        ("head", nn.Sequential(OrderedDict([("drop", nn.Dropout(0.1)), ("fc", nn.Linear(16, num_classes))]))),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                (
+                    "features",
+                    nn.Sequential(
+                        nn.Conv2d(in_channels, 8, 3, 2, 1),
+                        nn.ReLU(),
+                        nn.Conv2d(8, 16, 3, 2, 1),
+                        nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(),
+                    ),
+                ),
+                ("head", nn.Sequential(OrderedDict([("drop", nn.Dropout(0.1)), ("fc", nn.Linear(16, num_classes))]))),
+            ]
+        )
+    )
 
 
 def broken_factory(num_classes: int = 10) -> nn.Module:
@@ -113,8 +127,16 @@ class SmallVGG(nn.Module):
     def __init__(self, num_classes: int = 2, in_channels: int = 3, norm: str = "batch") -> None:
         super().__init__()
         make_norm = (lambda c: nn.BatchNorm2d(c)) if norm == "batch" else (lambda c: nn.GroupNorm(2, c))
-        self.features = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), make_norm(8), nn.SiLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(8, 16, 3, padding=1), make_norm(16), nn.SiLU(), nn.MaxPool2d(2))
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1),
+            make_norm(8),
+            nn.SiLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            make_norm(16),
+            nn.SiLU(),
+            nn.MaxPool2d(2),
+        )
         self.logits = nn.Linear(16, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

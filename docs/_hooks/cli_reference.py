@@ -4,6 +4,7 @@ A page holding the marker below gets typer's own Markdown rendering of `debiaski
 (`typer.cli.get_docs_for_click`, what `typer debiaskit.cli utils docs` prints). Importing `debiaskit.cli` loads no
 torch (the commands import the library inside their functions), so the docs build needs typer and rich only.
 """
+
 from __future__ import annotations
 
 MARKER = "<!-- debiaskit-cli-reference -->"
@@ -15,6 +16,7 @@ def cli_markdown() -> str:
     from typer.cli import get_docs_for_click
 
     from debiaskit.cli import app
+
     command = typer.main.get_command(app)
     text = get_docs_for_click(obj=command, ctx=click.Context(command, info_name="debiaskit"), name="debiaskit")
     # the page has its own title: drop typer's and move every heading one level down

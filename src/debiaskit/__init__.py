@@ -15,6 +15,7 @@ Example::
                          unbiased_val=splits.unbiased_val, head="fc")
     result = find_fantastic_weights(model, head="fc", train=splits.unbiased_train, val=splits.unbiased_val)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,12 +25,20 @@ __version__ = "0.1.0"
 
 # public name -> sub-package that defines it (imported on first use: `import debiaskit` stays light)
 _API = {
-    "make_splits": "data", "BiasDataset": "data", "Splits": "data",
+    "make_splits": "data",
+    "BiasDataset": "data",
+    "Splits": "data",
     "build_model": "models",
-    "fit": "train", "TrainConfig": "train", "FitResult": "train", "TrainingMethod": "train",
-    "audit_model": "audit", "AuditReport": "audit",
-    "find_fantastic_weights": "ffw", "FFWResult": "ffw",
-    "discover_pseudo_bias": "discover", "Discovery": "discover",
+    "fit": "train",
+    "TrainConfig": "train",
+    "FitResult": "train",
+    "TrainingMethod": "train",
+    "audit_model": "audit",
+    "AuditReport": "audit",
+    "find_fantastic_weights": "ffw",
+    "FFWResult": "ffw",
+    "discover_pseudo_bias": "discover",
+    "Discovery": "discover",
     "build_method": "methods",
 }
 

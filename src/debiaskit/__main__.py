@@ -6,6 +6,7 @@ Each process joins the process group torchrun describes in its environment (gloo
 for CUDA tensors); ``train``, ``ffw`` and ``audit`` then split their work across the ranks and rank 0
 writes the output folder.
 """
+
 from .cli import main
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Conventions used by the loop, the methods, FFW and the audit:
 * **Per-sample state** is updated on every rank from the global batch (:func:`all_gather`), so it is
   identical everywhere; whole-dataset passes are split across ranks and gathered (:func:`map_shards`).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -109,9 +110,11 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.index is None and launched_by_torchrun():
         dev = torch.device("cuda", local_rank())
         if dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device cuda under torchrun: rank {local_rank()} of this node has no GPU "
-                              f"({torch.cuda.device_count()} visible); start at most one rank per GPU "
-                              "(torchrun --nproc-per-node <= number of GPUs)")
+            raise ConfigError(
+                f"--device cuda under torchrun: rank {local_rank()} of this node has no GPU "
+                f"({torch.cuda.device_count()} visible); start at most one rank per GPU "
+                "(torchrun --nproc-per-node <= number of GPUs)"
+            )
     torch.cuda.set_device(dev.index or 0)
     return torch.device("cuda", dev.index or 0)
 
@@ -119,8 +122,10 @@ def check_device(device: str | torch.device) -> torch.device:
 def per_rank_batch(batch_size: int, world: int) -> int:
     """The per-rank batch of a global ``batch_size`` on ``world`` ranks (it must divide)."""
     if batch_size % world:
-        raise ConfigError(f"the batch size {batch_size} is the global batch and must divide by the number of ranks "
-                          f"({world}); use e.g. --batch-size {max(world, batch_size // world * world)}")
+        raise ConfigError(
+            f"the batch size {batch_size} is the global batch and must divide by the number of ranks "
+            f"({world}); use e.g. --batch-size {max(world, batch_size // world * world)}"
+        )
     return batch_size // world
 
 
@@ -156,12 +161,12 @@ def average_gradients(modules: nn.Module | Sequence[nn.Module] | Sequence[nn.Par
     if not grads:
         return
     world = dist.get_world_size()
-    flat = torch.cat([g.reshape(-1) for g in grads])   # one collective for all of them
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one collective for all of them
     dist.all_reduce(flat)
     flat /= world
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -177,7 +182,7 @@ def all_gather(tensor: Tensor) -> Tensor:
     counts = [int(s) for s in all_sizes]
     longest = max(counts)
     padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[:len(tensor)] = tensor
+    padded[: len(tensor)] = tensor
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat([p[:c] for p, c in zip(parts, counts)])
@@ -199,7 +204,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def all_gather_with_grad(tensor: Tensor) -> Tensor:
@@ -282,7 +287,6 @@ def replicas_agree(tensors: Sequence[Tensor]) -> bool:
     return bool(torch.equal(low, high))
 
 
-
 # -- BatchNorm statistics across ranks (opt-in: --sync-bn) ---------------------------------------------------
 # torch's SyncBatchNorm reduces batch statistics only for these device types; CPU tensors over gloo raise
 _SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
@@ -295,10 +299,12 @@ def check_sync_bn(device: str | torch.device) -> None:
     so one process on any device is accepted."""
     device = torch.device(device)
     if is_distributed() and device.type not in (*_SYNC_BN_DEVICES, torch._C._get_privateuse1_backend_name()):
-        raise ConfigError(f"--sync-bn with --device {device} under torchrun: torch {torch.__version__.split('+')[0]}'s "
-                          "SyncBatchNorm synchronises statistics of GPU tensors only (cuda, xpu, hpu: NCCL), not of "
-                          "CPU tensors over gloo. Drop --sync-bn (each rank then normalises with its own batch "
-                          "statistics) or train with --device cuda")
+        raise ConfigError(
+            f"--sync-bn with --device {device} under torchrun: torch {torch.__version__.split('+')[0]}'s "
+            "SyncBatchNorm synchronises statistics of GPU tensors only (cuda, xpu, hpu: NCCL), not of "
+            "CPU tensors over gloo. Drop --sync-bn (each rank then normalises with its own batch "
+            "statistics) or train with --device cuda"
+        )
 
 
 def convert_sync_batchnorm(model: nn.Module) -> dict[str, type]:
@@ -306,8 +312,11 @@ def convert_sync_batchnorm(model: nn.Module) -> dict[str, type]:
     (torch's ``convert_sync_batchnorm``); returns {layer name: original class} for :func:`revert_sync_batchnorm`."""
     if isinstance(model, nn.modules.batchnorm._BatchNorm):
         raise ConfigError("--sync-bn: the model itself is a BatchNorm layer; wrap it in a module")
-    classes = {name: type(m) for name, m in model.named_modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)}
+    classes = {
+        name: type(m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+    }
     nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return classes
 
@@ -317,18 +326,28 @@ def revert_sync_batchnorm(model: nn.Module, classes: dict[str, type]) -> nn.Modu
     trained model is the user's architecture again (same state_dict; saved and reloaded as the plain model)."""
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.SyncBatchNorm) and name in classes:
-            bn = classes[name](m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                               track_running_stats=m.track_running_stats)
+            bn = classes[name](
+                m.num_features,
+                eps=m.eps,
+                momentum=m.momentum,
+                affine=m.affine,
+                track_running_stats=m.track_running_stats,
+            )
             bn.weight, bn.bias = m.weight, m.bias
-            bn.running_mean, bn.running_var, bn.num_batches_tracked = m.running_mean, m.running_var, m.num_batches_tracked
+            bn.running_mean, bn.running_var, bn.num_batches_tracked = (
+                m.running_mean,
+                m.running_var,
+                m.num_batches_tracked,
+            )
             bn.train(m.training)
             model.set_submodule(name, bn)
     return model
 
 
 @contextmanager
-def rank0_folder(out: Path, *, kind: Any, force: bool = False, inputs: tuple[Path, ...] = (),
-                 pinned: tuple[Any, ...] = ()) -> Iterator[Path | None]:
+def rank0_folder(
+    out: Path, *, kind: Any, force: bool = False, inputs: tuple[Path, ...] = (), pinned: tuple[Any, ...] = ()
+) -> Iterator[Path | None]:
     """``atomic_folder`` on rank 0 (the one writer: checked and locked before any compute, published on success);
     ``None`` on the other ranks, which check the same output rule (so every rank refuses a bad ``--out``
     with the same message) and, on leaving, wait until rank 0 has published the folder. Without a process

@@ -26,6 +26,7 @@ may use it. It holds the registry of folder kinds, not the kinds: each package r
 - Files get the usual permissions under the umask, and a full disk or a file-size limit is a clear
   :class:`~debiaskit.errors.OutputError`, never a half-written file.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -103,13 +104,15 @@ def atomic_file(path: Path) -> Iterator[Path]:
     name = None
     gone = _vanished(path)
     if gone is not None:
-        raise OutputError(f"cannot write {path}: {gone} was moved or removed while debiaskit was writing into it; "
-                          "debiaskit never recreates it, nothing was written there")
+        raise OutputError(
+            f"cannot write {path}: {gone} was moved or removed while debiaskit was writing into it; "
+            "debiaskit never recreates it, nothing was written there"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        tmp = Path(name)   # no call between here and the try below: no Ctrl-C lands in between
+        tmp = Path(name)  # no call between here and the try below: no Ctrl-C lands in between
     except BaseException as exc:
         # a Ctrl-C lands between bytecodes: once mkstemp has returned, its file is ours to remove (a test that sends
         # SIGINT during a training run's per-epoch checkpoint found it left behind, raised at os.close)
@@ -177,8 +180,10 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DamagedError(f"{path} is damaged (not valid JSON: {exc}); it was truncated or edited. "
-                           "Recreate it with the command that wrote it") from exc
+        raise DamagedError(
+            f"{path} is damaged (not valid JSON: {exc}); it was truncated or edited. "
+            "Recreate it with the command that wrote it"
+        ) from exc
 
 
 def save_tensors(path: Path, tensors: dict[str, Any], *, metadata: dict[str, str] | None = None) -> str:
@@ -190,6 +195,7 @@ def save_tensors(path: Path, tensors: dict[str, Any], *, metadata: dict[str, str
     a file no debiaskit cleanup may remove (it cannot tell it from a user's), that kept a killed run's
     checkpoint folder from ever being cleared (tests/test_faults_output.py)."""
     from safetensors.torch import save
+
     state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     data = save(state, metadata=metadata)
     with atomic_file(path) as tmp:
@@ -206,6 +212,7 @@ _CHECKPOINT_KEY = "debiaskit"
 def tensors_sha256(tensors: dict[str, Any]) -> str:
     """Digest of names, dtypes, shapes and bytes (sorted by name): detects torn or mixed checkpoints."""
     import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -224,8 +231,12 @@ def save_checkpoint(path: Path, tensors: dict[str, Any], meta: dict[str, Any], *
         save_checkpoint(folder / "checkpoint.safetensors", {"w": w}, {"epoch": 3}, kind="train")
         tensors, meta = load_checkpoint(folder / "checkpoint.safetensors", kind="train")
     """
-    header = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "kind": kind, "sha256": tensors_sha256(tensors),
-              "meta": meta}
+    header = {
+        "schema_version": CHECKPOINT_SCHEMA_VERSION,
+        "kind": kind,
+        "sha256": tensors_sha256(tensors),
+        "meta": meta,
+    }
     save_tensors(path, tensors, metadata={_CHECKPOINT_KEY: json.dumps(json_safe(header))})
 
 
@@ -233,6 +244,7 @@ def load_checkpoint(path: Path, *, kind: str) -> tuple[dict[str, Any], dict[str,
     """Read a :func:`save_checkpoint` file: (tensors, meta). A truncated, foreign, newer or torn
     checkpoint raises :class:`DamagedError` saying so."""
     from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no checkpoint at {path}")
@@ -248,11 +260,15 @@ def load_checkpoint(path: Path, *, kind: str) -> tuple[dict[str, Any], dict[str,
         raise DamagedError(f"{path} is a {header.get('kind')!r} checkpoint, expected a {kind!r} one; {fix}")
     version = header.get("schema_version")
     if not isinstance(version, int) or version > CHECKPOINT_SCHEMA_VERSION:
-        raise DamagedError(f"{path} has checkpoint schema version {version!r}; this debiaskit reads up to "
-                           f"{CHECKPOINT_SCHEMA_VERSION}: upgrade debiaskit or {fix}")
+        raise DamagedError(
+            f"{path} has checkpoint schema version {version!r}; this debiaskit reads up to "
+            f"{CHECKPOINT_SCHEMA_VERSION}: upgrade debiaskit or {fix}"
+        )
     if header.get("sha256") != tensors_sha256(tensors):
-        raise DamagedError(f"checkpoint {path} is damaged: its tensors do not match their recorded checksum "
-                           f"(torn or mixed write); {fix}")
+        raise DamagedError(
+            f"checkpoint {path} is damaged: its tensors do not match their recorded checksum "
+            f"(torn or mixed write); {fix}"
+        )
     meta = header.get("meta")
     if not isinstance(meta, dict):
         raise DamagedError(f"checkpoint {path} is damaged: no metadata; {fix}")
@@ -261,8 +277,10 @@ def load_checkpoint(path: Path, *, kind: str) -> tuple[dict[str, Any], dict[str,
 
 def _checkpoint_header(path: Path, raw: str | None, fix: str) -> dict[str, Any]:
     if raw is None:
-        raise DamagedError(f"{path} is not a debiaskit checkpoint (no '{_CHECKPOINT_KEY}' metadata; "
-                           f"written by an older version?); {fix}")
+        raise DamagedError(
+            f"{path} is not a debiaskit checkpoint (no '{_CHECKPOINT_KEY}' metadata; "
+            f"written by an older version?); {fix}"
+        )
     try:
         header = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -349,6 +367,7 @@ def folder_kind(name: object) -> FolderKind | None:
 
 # -- suite roots: folders a command adds to over many invocations, never replaces -------------------------------
 
+
 @dataclass(frozen=True)
 class RootKind(FolderKind):
     """A folder a command fills over many invocations: a benchmark suite's root (cached cells + reports).
@@ -365,8 +384,8 @@ class RootKind(FolderKind):
     command: str = ""
 
 
-_REPORT_FILES = ("*.json", "*.md", "*.png")   # what bench roots hold below the top besides debiaskit folders
-_ROOT_HIDDEN = (".submitit",)   # submitit's job logs (bench compare --launcher slurm)
+_REPORT_FILES = ("*.json", "*.md", "*.png")  # what bench roots hold below the top besides debiaskit folders
+_ROOT_HIDDEN = (".submitit",)  # submitit's job logs (bench compare --launcher slurm)
 
 
 def open_root(root: Path, *, kind: RootKind, create: bool = True) -> Path:
@@ -380,7 +399,7 @@ def open_root(root: Path, *, kind: RootKind, create: bool = True) -> Path:
     given, root = root, normalise_out(root)
     if root.exists() and not root.is_dir():
         raise RunExistsError(f"{given} is a file, not a folder; choose another --out")
-    if root.is_dir() and any(not _hidden(e.name) for e in root.iterdir()):   # hidden: a cell's partial state, locks
+    if root.is_dir() and any(not _hidden(e.name) for e in root.iterdir()):  # hidden: a cell's partial state, locks
         _check_root(given, root, kind)
         return root
     if create:
@@ -395,8 +414,10 @@ def _check_root(given: Path, root: Path, kind: RootKind) -> None:
     if marker.exists() or marker.is_symlink():
         meta = _marker(root, kind)
         if not isinstance(meta, dict) or not isinstance(meta.get("kind"), str):
-            raise RunExistsError(f"{marker} is damaged (expected a JSON object with a 'kind'); if {given} is a "
-                                 f"suite folder of yours, restore it, else {never}")
+            raise RunExistsError(
+                f"{marker} is damaged (expected a JSON object with a 'kind'); if {given} is a "
+                f"suite folder of yours, restore it, else {never}"
+            )
         if meta["kind"] in kind.kinds:
             return
         other = folder_kind(meta["kind"])
@@ -409,8 +430,9 @@ def _check_root(given: Path, root: Path, kind: RootKind) -> None:
     if foreign or not (cells or _is_bench_report(root / "results.json")):
         shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
         why = f"holds files a bench suite does not write ({shown})" if foreign else "holds no benchmark cell"
-        raise RunExistsError(f"{given} is an existing folder that is not {kind.describe} (no {kind.marker}, and it "
-                             f"{why}); {never}")
+        raise RunExistsError(
+            f"{given} is an existing folder that is not {kind.describe} (no {kind.marker}, and it {why}); {never}"
+        )
 
 
 def _hidden(name: str) -> bool:
@@ -478,14 +500,14 @@ def _mark_root(given: Path, root: Path, kind: RootKind) -> None:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
             os.chmod(name, file_mode())
-            os.link(name, root / kind.marker)   # fails if a marker is there: never replaced
+            os.link(name, root / kind.marker)  # fails if a marker is there: never replaced
         except FileExistsError:
             pass
         finally:
             os.unlink(name)
     except OSError as exc:
         raise _write_error(root, exc) from exc
-    _check_root(given, root, kind)   # the marker there now, ours or a concurrent command's, must be ours
+    _check_root(given, root, kind)  # the marker there now, ours or a concurrent command's, must be ours
 
 
 def _marker(folder: Path, kind: FolderKind) -> Any:
@@ -514,7 +536,7 @@ def foreign_entries(folder: Path, kind: FolderKind) -> list[str]:
         if entry.is_symlink():
             out.append(name)
         elif any(fnmatch.fnmatchcase(name, p) for p in _DEBIASKIT_HIDDEN):
-            out += hidden_foreign(entry)   # named like debiaskit's working files: ours only if they hold only ours
+            out += hidden_foreign(entry)  # named like debiaskit's working files: ours only if they hold only ours
         elif any(fnmatch.fnmatchcase(name, p) for p in kind.files):
             continue
         elif entry.is_dir() and (inner := recognise(entry)) is not None:
@@ -526,14 +548,16 @@ def foreign_entries(folder: Path, kind: FolderKind) -> list[str]:
 
 # -- hidden working folders: staging, partial, old copies (never followed through a link) -------------------------
 
-STAGING_MARKER = ".debiaskit-staging"   # in a staging folder while it is built ({"kind", "pid"}); gone once published
-PARTIAL_FILES = ("checkpoint.safetensors", ".checkpoint.safetensors.*.tmp")   # what a .OUT.partial folder holds
-_TEMP_FILES = (".*.tmp",)   # atomic_file's temporary names
+STAGING_MARKER = ".debiaskit-staging"  # in a staging folder while it is built ({"kind", "pid"}); gone once published
+PARTIAL_FILES = ("checkpoint.safetensors", ".checkpoint.safetensors.*.tmp")  # what a .OUT.partial folder holds
+_TEMP_FILES = (".*.tmp",)  # atomic_file's temporary names
 
 
 def _link_error(path: Path, what: str) -> OutputError:
-    return OutputError(f"{path} is a symbolic link where debiaskit keeps {what}; debiaskit never follows it (its "
-                       f"target is left untouched). Remove the link (`rm {path}`) and run again")
+    return OutputError(
+        f"{path} is a symbolic link where debiaskit keeps {what}; debiaskit never follows it (its "
+        f"target is left untouched). Remove the link (`rm {path}`) and run again"
+    )
 
 
 def real_dir(path: Path, *, what: str) -> bool:
@@ -579,7 +603,7 @@ def remove_owned(folder: Path, patterns: tuple[str, ...], *, what: str) -> list[
         os.close(fd)
     if not left:
         try:
-            os.rmdir(folder)   # a link swapped in meanwhile is not removed (ENOTDIR)
+            os.rmdir(folder)  # a link swapped in meanwhile is not removed (ENOTDIR)
         except OSError:
             pass
     return sorted(left)
@@ -604,8 +628,12 @@ def _staging_foreign(folder: Path) -> list[str]:
     kind = folder_kind(name) if isinstance(name, str) else None
     if kind is None:
         return names
-    return [n for n in names if n != STAGING_MARKER and (os.path.islink(folder / n) or not any(
-        fnmatch.fnmatchcase(n, p) for p in kind.files + _TEMP_FILES))]
+    return [
+        n
+        for n in names
+        if n != STAGING_MARKER
+        and (os.path.islink(folder / n) or not any(fnmatch.fnmatchcase(n, p) for p in kind.files + _TEMP_FILES))
+    ]
 
 
 def hidden_foreign(entry: Path) -> list[str]:
@@ -621,13 +649,17 @@ def hidden_foreign(entry: Path) -> list[str]:
     if fnmatch.fnmatchcase(name, ".*.staging-*"):
         return [f"{name}/{x}" for x in _staging_foreign(entry)]
     if fnmatch.fnmatchcase(name, ".*.partial"):
-        return [f"{name}/{e.name}" for e in sorted(entry.iterdir()) if e.is_symlink() or not e.is_file()
-                or not any(fnmatch.fnmatchcase(e.name, p) for p in PARTIAL_FILES)]
-    kind = recognise(entry)   # .X.old-*: the replaced folder, moved aside
+        return [
+            f"{name}/{e.name}"
+            for e in sorted(entry.iterdir())
+            if e.is_symlink() or not e.is_file() or not any(fnmatch.fnmatchcase(e.name, p) for p in PARTIAL_FILES)
+        ]
+    kind = recognise(entry)  # .X.old-*: the replaced folder, moved aside
     return [name] if kind is None else [f"{name}/{x}" for x in foreign_entries(entry, kind)]
 
 
 # -- commit identity: an input read at the start is the one there at the end ------------------------------------
+
 
 @dataclass(frozen=True)
 class FolderIdentity:
@@ -671,6 +703,7 @@ def _moved(out: Path, parent_fd: int, pinned: tuple[FolderIdentity, ...]) -> str
 
 # -- the output rule ------------------------------------------------------------------------------------------------
 
+
 def normalise_out(out: Path) -> Path:
     """Absolute ``out`` with its parent's symlinks and ``..`` resolved (``a/b/..`` -> ``a``, ``.`` -> cwd)."""
     absolute = Path(os.path.abspath(out))
@@ -693,14 +726,16 @@ def check_output(out: Path, *, kind: FolderKind, force: bool = False, inputs: tu
     given, out = out, normalise_out(out)
     for inp in inputs:
         if _inside(normalise_out(inp).resolve(), out.resolve() if out.exists() else out):
-            raise RunExistsError(f"--out {given} is (or holds) the input {inp}; writing there would replace it. "
-                                 "Choose another --out")
+            raise RunExistsError(
+                f"--out {given} is (or holds) the input {inp}; writing there would replace it. Choose another --out"
+            )
     if out.exists() and _inside(Path.cwd().resolve(), out.resolve()):
         raise RunExistsError(f"--out {given} is (or holds) the current folder; choose another --out")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         what = "a symbolic link" if out.is_symlink() else "a file, not a folder"
-        raise RunExistsError(f"{given} is {what}; debiaskit never replaces it (with or without --force). "
-                             "Choose another --out")
+        raise RunExistsError(
+            f"{given} is {what}; debiaskit never replaces it (with or without --force). Choose another --out"
+        )
     _check_name_length(given, out)
     if not out.exists():
         return out
@@ -728,9 +763,11 @@ def _check_name_length(given: Path, out: Path) -> None:
     """Before any compute: OUT's hidden siblings (.OUT.staging-..., .OUT.partial, .OUT.lock) must fit NAME_MAX."""
     limit, size = _name_max(out.parent), len(os.fsencode(out.name))
     if size + _SIBLING_EXTRA > limit:
-        raise OutputError(f"--out {given}: its name is {size} bytes long; debiaskit keeps hidden working folders "
-                          f"beside it (.NAME.staging-PID-TOKEN, .NAME.partial, .NAME.lock) whose names must fit this "
-                          f"file system's limit of {limit} bytes: choose a name of at most {limit - _SIBLING_EXTRA} bytes")
+        raise OutputError(
+            f"--out {given}: its name is {size} bytes long; debiaskit keeps hidden working folders "
+            f"beside it (.NAME.staging-PID-TOKEN, .NAME.partial, .NAME.lock) whose names must fit this "
+            f"file system's limit of {limit} bytes: choose a name of at most {limit - _SIBLING_EXTRA} bytes"
+        )
 
 
 def _check_replaceable(given: Path, out: Path, kind: FolderKind) -> None:
@@ -738,14 +775,17 @@ def _check_replaceable(given: Path, out: Path, kind: FolderKind) -> None:
     if not kind.recognises_folder(out):
         found = recognise(out)
         if found is None:
-            raise RunExistsError(f"{given} is an existing folder that is not {kind.describe} (no finished "
-                                 f"{kind.marker}); {never}")
+            raise RunExistsError(
+                f"{given} is an existing folder that is not {kind.describe} (no finished {kind.marker}); {never}"
+            )
         raise RunExistsError(f"{given} is {found.describe}, not {kind.describe}; {never}")
     foreign = foreign_entries(out, kind)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
-        raise RunExistsError(f"{given} is {kind.describe} but also holds files debiaskit did not write ({shown}); "
-                             f"{never}, or move those files out")
+        raise RunExistsError(
+            f"{given} is {kind.describe} but also holds files debiaskit did not write ({shown}); "
+            f"{never}, or move those files out"
+        )
 
 
 def sibling(out: Path, tag: str) -> Path:
@@ -769,8 +809,10 @@ def output_lock(out: Path, *, dir_fd: int | None = None) -> Iterator[None]:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise OutputBusyError(f"another process (pid {holder}) is writing {out} right now; wait for it to "
-                                  "finish or choose another --out") from None
+            raise OutputBusyError(
+                f"another process (pid {holder}) is writing {out} right now; wait for it to "
+                "finish or choose another --out"
+            ) from None
         if _same_file(fd, where, dir_fd=dir_fd):  # not a lock file a finishing holder has just unlinked
             break
         os.close(fd)
@@ -846,20 +888,24 @@ def clean_stale(out: Path) -> list[Path]:
     kept, not_ours = [], []
     for entry in sorted(out.parent.glob(f".{glob_escape(out.name)}.staging-*")):
         real_dir(entry, what="a staging folder")
-        match = _STAGING.search(entry.name[len(out.name) + 1:])
+        match = _STAGING.search(entry.name[len(out.name) + 1 :])
         if not match or _pid_alive(int(match.group(1))):
             kept.append(entry)
         elif not _remove_if_ours(entry, _staging_foreign(entry)):
             not_ours.append(entry)
     for entry in sorted(out.parent.glob(f".{glob_escape(out.name)}.old-*")):
         real_dir(entry, what="the old copy of a replaced folder")
-        if not out.exists():   # the replacement did not finish: the old copy may be the only one
+        if not out.exists():  # the replacement did not finish: the old copy may be the only one
             kept.append(entry)
         elif not _remove_if_ours(entry, hidden_foreign(entry)):
             not_ours.append(entry)
     for entry in kept:
-        log.warning("%s was left by an interrupted debiaskit command (an older version, or another machine); "
-                    "remove it, or rename it to %s if it holds the folder you want", entry, out.name)
+        log.warning(
+            "%s was left by an interrupted debiaskit command (an older version, or another machine); "
+            "remove it, or rename it to %s if it holds the folder you want",
+            entry,
+            out.name,
+        )
     return kept + not_ours
 
 
@@ -867,10 +913,14 @@ def _remove_if_ours(entry: Path, foreign: list[str]) -> bool:
     """Remove ``entry`` (a real folder) when nothing in it is foreign; else warn, naming what is not ours."""
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
-        log.warning("%s is named like a debiaskit working folder but holds files debiaskit did not write (%s); it "
-                    "is left as it is: move those files out and remove it", entry, shown)
+        log.warning(
+            "%s is named like a debiaskit working folder but holds files debiaskit did not write (%s); it "
+            "is left as it is: move those files out and remove it",
+            entry,
+            shown,
+        )
         return False
-    shutil.rmtree(entry, ignore_errors=True)   # rmtree never follows links (and refuses one at the top)
+    shutil.rmtree(entry, ignore_errors=True)  # rmtree never follows links (and refuses one at the top)
     return True
 
 
@@ -901,9 +951,10 @@ def _new_staging(out: Path, *, kind: FolderKind, dir_fd: int) -> Path:
     name = f".{out.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         os.mkdir(out.parent / name)  # the umask gives it the usual permissions
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)   # made in the folder held open (not one put in its place)
-        fd = os.open(f"{name}/{STAGING_MARKER}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, file_mode(),
-                     dir_fd=dir_fd)   # also the probe that the folder is writable
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)  # made in the folder held open (not one put in its place)
+        fd = os.open(
+            f"{name}/{STAGING_MARKER}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, file_mode(), dir_fd=dir_fd
+        )  # also the probe that the folder is writable
         with os.fdopen(fd, "w") as f:
             json.dump({"kind": kind.name, "pid": os.getpid()}, f)
     except OSError as exc:
@@ -951,8 +1002,14 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 @contextmanager
-def atomic_folder(out: Path, *, kind: FolderKind, force: bool = False, inputs: tuple[Path, ...] = (),
-                  pinned: tuple[FolderIdentity, ...] = ()) -> Iterator[Path]:
+def atomic_folder(
+    out: Path,
+    *,
+    kind: FolderKind,
+    force: bool = False,
+    inputs: tuple[Path, ...] = (),
+    pinned: tuple[FolderIdentity, ...] = (),
+) -> Iterator[Path]:
     """Yield an empty staging folder for a new ``kind`` folder at ``out``; publish it atomically on success.
 
     Open it *before* any compute: the output rule (see the module docstring) is checked at once, the
@@ -985,7 +1042,7 @@ def atomic_folder(out: Path, *, kind: FolderKind, force: bool = False, inputs: t
                     os.unlink(f"{staging.name}/{STAGING_MARKER}", dir_fd=parent)
                     _publish(staging.name, out, dir_fd=parent)
                 except BaseException as exc:
-                    shutil.rmtree(staging.name, dir_fd=parent, ignore_errors=True)   # wherever the folder is now
+                    shutil.rmtree(staging.name, dir_fd=parent, ignore_errors=True)  # wherever the folder is now
                     _reraise(exc, out, staging, _moved(out, parent, pinned) if isinstance(exc, Exception) else None)
         finally:
             os.close(parent)
@@ -997,7 +1054,7 @@ def atomic_folder(out: Path, *, kind: FolderKind, force: bool = False, inputs: t
 
 def _reraise(exc: BaseException, out: Path, staging: Path, moved: str | None) -> None:
     if moved and not (isinstance(exc, OutputError) and str(exc) == moved):
-        raise OutputError(moved) from exc   # the write that failed mid-move is a symptom; the move is the cause
+        raise OutputError(moved) from exc  # the write that failed mid-move is a symptom; the move is the cause
     if isinstance(exc, OutputError):  # name the destination the user gave, not our staging folder
         raise type(exc)(str(exc).replace(str(staging), str(out))) from exc
     if _is_write_failure(exc) and getattr(exc, "errno", None) in _FULL:

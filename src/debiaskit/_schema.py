@@ -26,19 +26,21 @@ name today; a user model (``source="import"``, ``name="pkg.mod:factory"``, ``arg
 source file) or a user dataset (``dataset="tensors:PATH"`` + ``sha256``) fit the same records through
 their optional fields.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
 from ._io import json_safe
 from .errors import DamagedError
 
 SCHEMA_VERSION = 1
-MAX_SEED = 2 ** 53 - 1   # seeds are stored in JSON (a double) and mixed into recipe seeds
+MAX_SEED = 2**53 - 1  # seeds are stored in JSON (a double) and mixed into recipe seeds
 
 
 class SchemaError(DamagedError):
@@ -46,6 +48,7 @@ class SchemaError(DamagedError):
 
 
 # -- checks: (what is expected, predicate) ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Check:
@@ -65,7 +68,7 @@ def _is_relative_inside(v: Any) -> bool:
     if not isinstance(v, str) or not v or "\\" in v or "\x00" in v:
         return False
     p = PurePosixPath(v)
-    return not p.is_absolute() and ".." not in p.parts and bool(p.parts)   # "." or "./" is the folder itself
+    return not p.is_absolute() and ".." not in p.parts and bool(p.parts)  # "." or "./" is the folder itself
 
 
 TEXT = Check("a non-empty string", lambda v: isinstance(v, str) and bool(v))
@@ -77,17 +80,25 @@ SEED = Check(f"an integer in [0, {MAX_SEED}]", lambda v: _is_int(v) and 0 <= v <
 NUMBER = Check("a finite number", _is_number)
 NON_NEGATIVE = Check("a finite number >= 0", lambda v: _is_number(v) and v >= 0)
 POSITIVE = Check("a finite number > 0", lambda v: _is_number(v) and v > 0)
-SHAPE = Check("a non-empty list of positive integers",
-              lambda v: isinstance(v, list) and bool(v) and all(_is_int(d) and d > 0 for d in v))
-FRACTIONS = Check("a list of 3 positive numbers summing to 1",
-                  lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v)
-                  and abs(sum(v) - 1) < 1e-6)
+SHAPE = Check(
+    "a non-empty list of positive integers",
+    lambda v: isinstance(v, list) and bool(v) and all(_is_int(d) and d > 0 for d in v),
+)
+FRACTIONS = Check(
+    "a list of 3 positive numbers summing to 1",
+    lambda v: (
+        isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v) and abs(sum(v) - 1) < 1e-6
+    ),
+)
 OBJECT = Check("an object", lambda v: isinstance(v, dict))
 ARRAY = Check("a list", lambda v: isinstance(v, list))
-INNER_PATH = Check("a relative path inside the folder (no '..', not absolute, not the folder itself)",
-                   _is_relative_inside)
-SHA256 = Check("a SHA-256 (64 lowercase hexadecimal characters)",
-               lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v))
+INNER_PATH = Check(
+    "a relative path inside the folder (no '..', not absolute, not the folder itself)", _is_relative_inside
+)
+SHA256 = Check(
+    "a SHA-256 (64 lowercase hexadecimal characters)",
+    lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+)
 FINISHED = Check('"finished"', lambda v: v == "finished")
 
 
@@ -123,11 +134,12 @@ def _jsonable(value: Any) -> bool:
 
 # -- parsing -------------------------------------------------------------------------------------------------------
 
+
 class Record:
     """Base of the records: ``from_dict`` validates, ``to_dict`` writes (unknown keys kept in ``other``)."""
 
     @classmethod
-    def from_dict(cls, obj: Any, *, file: str | Path = "record", prefix: str = "") -> "Record":
+    def from_dict(cls, obj: Any, *, file: str | Path = "record", prefix: str = "") -> Record:
         where = prefix or "the file"
         if not isinstance(obj, dict):
             raise SchemaError(f"{file}: {where} is {_show(obj)}, expected an object")
@@ -163,7 +175,7 @@ class Record:
                 out[f.name] = value
         return out
 
-    def validate(self, *, file: str | Path = "record") -> "Record":
+    def validate(self, *, file: str | Path = "record") -> Record:
         """Check a record built in code the way a read one is checked (a writer never writes a bad file)."""
         return type(self).from_dict(json.loads(json.dumps(json_safe(self.to_dict()))), file=file)
 
@@ -183,6 +195,7 @@ def _parse_field(f, value: Any, *, file: str | Path, key: str) -> Any:
 
 # -- records -------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ModelRecord(Record):
     """How to rebuild the network (``debiaskit.models.rebuild_model``). ``source="zoo"``: ``name`` is a zoo
@@ -201,16 +214,18 @@ class ModelRecord(Record):
     source_file: str | None = opt(ANY_TEXT)
     sha256: str | None = opt(ANY_TEXT)
     note: str | None = opt(ANY_TEXT)
-    shapes: dict | None = opt(OBJECT)   # layer widths of a physically smaller (structured FFW) export
-    eraser: dict | None = opt(OBJECT)   # FFW's linear eraser in front of the head ({"head": original head, "dim", ...})
+    shapes: dict | None = opt(OBJECT)  # layer widths of a physically smaller (structured FFW) export
+    eraser: dict | None = opt(OBJECT)  # FFW's linear eraser in front of the head ({"head": original head, "dim", ...})
     other: dict = field(default_factory=dict)
 
     def check(self, *, file: str | Path, prefix: str) -> None:
         if self.source == "zoo":
             for key, rule in (("num_classes", POSITIVE_INT), ("input_shape", SHAPE)):
                 if getattr(self, key) is None:
-                    raise SchemaError(f"{file}: {prefix + '.' if prefix else ''}{key} is missing, expected "
-                                      f"{rule.expected} (a zoo model needs it)")
+                    raise SchemaError(
+                        f"{file}: {prefix + '.' if prefix else ''}{key} is missing, expected "
+                        f"{rule.expected} (a zoo model needs it)"
+                    )
 
 
 @dataclass
@@ -225,7 +240,7 @@ class DataRecord(Record):
     train_size: int | None = opt(POSITIVE_INT)
     test_size: int | None = opt(POSITIVE_INT)
     unbiased_fractions: list | None = opt(FRACTIONS)
-    other: dict = field(default_factory=dict)   # e.g. celeba's annotations_sha256, a user file's sha256
+    other: dict = field(default_factory=dict)  # e.g. celeba's annotations_sha256, a user file's sha256
 
     def spec(self) -> dict[str, Any]:
         """The ``Splits.spec`` dict the data layer reads (absent optional keys left out)."""
@@ -243,8 +258,8 @@ class TrainRecord(Record):
     extra: dict = opt(OBJECT, {})
     selection: str | None = opt(ANY_TEXT)
     selected_epoch: int | None = opt(COUNT)
-    amp: str | None = opt(one_of("off", "bf16", "fp16"))   # mixed precision of the training steps
-    sync_bn: bool | None = opt(BOOL)   # BatchNorm statistics synchronised across ranks (None: before the flag)
+    amp: str | None = opt(one_of("off", "bf16", "fp16"))  # mixed precision of the training steps
+    sync_bn: bool | None = opt(BOOL)  # BatchNorm statistics synchronised across ranks (None: before the flag)
     other: dict = field(default_factory=dict)
 
 
@@ -274,7 +289,7 @@ class RunRecord(Record):
     schema_version: int = opt(COUNT, SCHEMA_VERSION)
     created: str | None = opt(ANY_TEXT)
     weights: str = opt(INNER_PATH, "model.safetensors")
-    weights_sha256: str | None = opt(SHA256)   # of the weights file, checked on load (absent before it was recorded)
+    weights_sha256: str | None = opt(SHA256)  # of the weights file, checked on load (absent before it was recorded)
     train: TrainRecord | None = opt(TrainRecord)
     method: MethodRecord | None = opt(MethodRecord)
     device: str = opt(TEXT, "cpu")
@@ -288,7 +303,7 @@ class RunRecord(Record):
     backend: str | None = opt(TEXT)
     per_rank_batch: int | None = opt(POSITIVE_INT)
     parent_run: str | None = opt(TEXT)
-    signature: dict | None = opt(OBJECT)   # this user's HMAC of the record (debiaskit._trust); absent: unsigned
+    signature: dict | None = opt(OBJECT)  # this user's HMAC of the record (debiaskit._trust); absent: unsigned
     other: dict = field(default_factory=dict)
 
     @property
@@ -303,7 +318,7 @@ class FFWRecord(Record):
     kind: str = req(one_of("ffw"))
     mode: str = req(one_of("unstructured", "structured"))
     model: ModelRecord = req(ModelRecord)
-    data: DataRecord | None = opt(DataRecord)    # absent for a result saved from Python (ffw.save_result)
+    data: DataRecord | None = opt(DataRecord)  # absent for a result saved from Python (ffw.save_result)
     status: str = opt(FINISHED, "finished")
     schema_version: int = opt(COUNT, SCHEMA_VERSION)
     created: str | None = opt(ANY_TEXT)
@@ -312,7 +327,7 @@ class FFWRecord(Record):
     bias_labels: str = opt(one_of("true", "discovered"), "true")
     weights: str = opt(INNER_PATH, "model.safetensors")
     masks: str = opt(INNER_PATH, "masks.safetensors")
-    weights_sha256: str | None = opt(SHA256)   # of the weights / masks files, checked on load (absent: older record)
+    weights_sha256: str | None = opt(SHA256)  # of the weights / masks files, checked on load (absent: older record)
     masks_sha256: str | None = opt(SHA256)
     search: dict = opt(OBJECT, {})
     history: list = opt(ARRAY, [])
@@ -324,12 +339,12 @@ class FFWRecord(Record):
     search_time_s: float | None = opt(NON_NEGATIVE)
     wall_time_s: float | None = opt(NON_NEGATIVE)
     selection: str | None = opt(ANY_TEXT)
-    adversary: str | None = opt(ANY_TEXT)          # what the bias term of the search read
-    probes: dict | None = opt(OBJECT)              # bias extractability under stronger probes + verdict
-    diagnosis: list = opt(ARRAY, [])               # plain-language findings (e.g. no debiased sub-network)
+    adversary: str | None = opt(ANY_TEXT)  # what the bias term of the search read
+    probes: dict | None = opt(OBJECT)  # bias extractability under stronger probes + verdict
+    diagnosis: list = opt(ARRAY, [])  # plain-language findings (e.g. no debiased sub-network)
     bias_labels_note: str | None = opt(ANY_TEXT)
     versions: dict = opt(OBJECT, {})
-    signature: dict | None = opt(OBJECT)   # this user's HMAC of the record (debiaskit._trust); absent: unsigned
+    signature: dict | None = opt(OBJECT)  # this user's HMAC of the record (debiaskit._trust); absent: unsigned
     other: dict = field(default_factory=dict)
 
 
@@ -341,12 +356,27 @@ def migrate(obj: Any, *, file: str | Path, default_kind: str) -> Any:
     if not _is_int(version) or version < 0:
         raise SchemaError(f"{file}: schema_version is {_show(version)}, expected an integer >= 0")
     if version > SCHEMA_VERSION:
-        raise SchemaError(f"{file} was written by a newer debiaskit (schema version {version}; this one reads up "
-                          f"to {SCHEMA_VERSION}); upgrade debiaskit to read it")
+        raise SchemaError(
+            f"{file} was written by a newer debiaskit (schema version {version}; this one reads up "
+            f"to {SCHEMA_VERSION}); upgrade debiaskit to read it"
+        )
     if version == 0:  # 0.1.0 wrote the same fields without a version (and, very early, without a kind)
         obj = {**obj, "schema_version": SCHEMA_VERSION, "kind": obj.get("kind", default_kind)}
     return obj
 
 
-__all__ = ["SCHEMA_VERSION", "MAX_SEED", "SchemaError", "Check", "Record", "ModelRecord", "DataRecord", "TrainRecord",
-           "MethodRecord", "RunRecord", "FFWRecord", "RUN_KINDS", "migrate"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "MAX_SEED",
+    "SchemaError",
+    "Check",
+    "Record",
+    "ModelRecord",
+    "DataRecord",
+    "TrainRecord",
+    "MethodRecord",
+    "RunRecord",
+    "FFWRecord",
+    "RUN_KINDS",
+    "migrate",
+]

@@ -16,6 +16,7 @@ once), mode 0600, in a folder that only its owner can write. A key file that is 
 writable by others, belongs to someone else or does not hold a key is refused (never followed, never repaired
 silently): someone who can read it can sign records for this user, someone who can write it can swap it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,29 +58,35 @@ def _check_folder(folder: Path) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = os.lstat(folder)
     except OSError as exc:
-        raise ConfigError(f"cannot create debiaskit's configuration folder {folder}: {exc.strerror}; set "
-                          f"{CONFIG_ENV} to a folder of yours") from exc
+        raise ConfigError(
+            f"cannot create debiaskit's configuration folder {folder}: {exc.strerror}; set "
+            f"{CONFIG_ENV} to a folder of yours"
+        ) from exc
     if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"{folder} (debiaskit's configuration folder) is not a folder (a symbolic link or a file); "
-                          f"remove it or set {CONFIG_ENV} to a folder of yours")
+        raise ConfigError(
+            f"{folder} (debiaskit's configuration folder) is not a folder (a symbolic link or a file); "
+            f"remove it or set {CONFIG_ENV} to a folder of yours"
+        )
     if info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise ConfigError(f"{folder} (debiaskit's configuration folder, which holds your signing key) can be written "
-                          f"by other users (mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}); make it "
-                          f"yours alone (chmod 700 {folder}) or set {CONFIG_ENV} to a folder of yours")
+        raise ConfigError(
+            f"{folder} (debiaskit's configuration folder, which holds your signing key) can be written "
+            f"by other users (mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}); make it "
+            f"yours alone (chmod 700 {folder}) or set {CONFIG_ENV} to a folder of yours"
+        )
 
 
 def _create_key(path: Path) -> None:
     """Write a new key next to ``path`` and link it into place: no half-written key, no replaced key."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")   # 0600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
     try:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
             f.flush()
             os.fsync(f.fileno())
         try:
-            os.link(tmp, path)   # fails if anything (a file, a planted symlink) is there already: never replaced
+            os.link(tmp, path)  # fails if anything (a file, a planted symlink) is there already: never replaced
         except FileExistsError:
-            pass                 # another process created it first: read theirs
+            pass  # another process created it first: read theirs
     finally:
         os.unlink(tmp)
 
@@ -89,22 +96,28 @@ def _read_key(path: Path) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise
-    except OSError as exc:   # ELOOP: a symbolic link, never followed
-        raise ConfigError(f"your signing key {path} cannot be read safely ({exc.strerror}; a symbolic link is never "
-                          f"followed); remove it (a new key is then created, and your earlier records need "
-                          f"`debiaskit trust` again)") from exc
+    except OSError as exc:  # ELOOP: a symbolic link, never followed
+        raise ConfigError(
+            f"your signing key {path} cannot be read safely ({exc.strerror}; a symbolic link is never "
+            f"followed); remove it (a new key is then created, and your earlier records need "
+            f"`debiaskit trust` again)"
+        ) from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise ConfigError(f"your signing key {path} must be a file of yours readable by you alone; it has mode "
-                              f"{stat.S_IMODE(info.st_mode):04o} and owner uid {info.st_uid}: run `chmod 600 {path}` "
-                              "if it is yours, else remove it (a new key is then created)")
+            raise ConfigError(
+                f"your signing key {path} must be a file of yours readable by you alone; it has mode "
+                f"{stat.S_IMODE(info.st_mode):04o} and owner uid {info.st_uid}: run `chmod 600 {path}` "
+                "if it is yours, else remove it (a new key is then created)"
+            )
         text = os.read(fd, 200).decode("ascii", errors="replace")
     finally:
         os.close(fd)
     if not _KEY_TEXT.match(text):
-        raise ConfigError(f"{path} is not a debiaskit signing key (expected 64 hexadecimal characters); remove it "
-                          "(a new key is then created, and your earlier records need `debiaskit trust` again)")
+        raise ConfigError(
+            f"{path} is not a debiaskit signing key (expected 64 hexadecimal characters); remove it "
+            "(a new key is then created, and your earlier records need `debiaskit trust` again)"
+        )
     return bytes.fromhex(text.strip())
 
 
@@ -133,8 +146,11 @@ def canonical(record: dict[str, Any]) -> bytes:
 def sign(record: dict[str, Any]) -> dict[str, str]:
     """The ``signature`` field for ``record`` under this user's key."""
     key = user_key()
-    return {"algorithm": ALGORITHM, "key_id": key_id(key),
-            "value": hmac.new(key, canonical(record), hashlib.sha256).hexdigest()}
+    return {
+        "algorithm": ALGORITHM,
+        "key_id": key_id(key),
+        "value": hmac.new(key, canonical(record), hashlib.sha256).hexdigest(),
+    }
 
 
 def signature_state(record: dict[str, Any]) -> str:
@@ -148,7 +164,7 @@ def signature_state(record: dict[str, Any]) -> str:
         return "other-key"
     try:
         expected = hmac.new(key, canonical(record), hashlib.sha256).hexdigest()
-    except ValueError:   # NaN or inf in a hand-edited file: not what was signed
+    except ValueError:  # NaN or inf in a hand-edited file: not what was signed
         return "changed"
     return "signed" if hmac.compare_digest(expected, sig["value"]) else "changed"
 
@@ -161,5 +177,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["CONFIG_ENV", "KEY_FILE", "SIGNATURE", "canonical", "config_dir", "file_sha256", "key_id", "key_path",
-           "sign", "signature_state", "user_key"]
+__all__ = [
+    "CONFIG_ENV",
+    "KEY_FILE",
+    "SIGNATURE",
+    "canonical",
+    "config_dir",
+    "file_sha256",
+    "key_id",
+    "key_path",
+    "sign",
+    "signature_state",
+    "user_key",
+]

@@ -5,6 +5,7 @@ A parameter is checked with :func:`require` against one of the rules of :mod:`de
 ``run.json`` holding ``"seed": -1`` are refused with the same words. Devices and training data have
 their own checks here; every one runs before any compute.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -37,8 +38,10 @@ def check_param_names(params: dict | None, allowed, *, owner: str) -> dict:
     unknown = set(params) - set(allowed)
     if unknown:
         close = [m for name in sorted(unknown) for m in difflib.get_close_matches(name, list(allowed), n=1)]
-        raise ConfigError(f"{owner} has no parameter(s) {sorted(unknown)}; it takes: {', '.join(allowed)}"
-                          + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ConfigError(
+            f"{owner} has no parameter(s) {sorted(unknown)}; it takes: {', '.join(allowed)}"
+            + (f" (did you mean {', '.join(close)}?)" if close else "")
+        )
     return params
 
 
@@ -53,11 +56,15 @@ def check_device(device: Any) -> torch.device:
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            built = "this torch build has no CUDA" if not torch.backends.cuda.is_built() else "no CUDA device is visible"
+            built = (
+                "this torch build has no CUDA" if not torch.backends.cuda.is_built() else "no CUDA device is visible"
+            )
             raise ConfigError(f"--device {device}: {built}; use --device cpu")
         if dev.index is not None and dev.index >= count:
-            raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
-                              f"cuda:{count - 1}; pick one of them")
+            raise ConfigError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}; pick one of them"
+            )
         return dev
     if dev.type == "mps" and torch.backends.mps.is_available():
         return dev
@@ -77,16 +84,20 @@ def check_training_data(data: Any, *, num_classes: int, what: str = "training da
         check_targets(y, num_classes=num_classes, index=torch.arange(len(y)), what=what)
     bad = _non_finite_samples(getattr(data, "images", None))
     if bad:
-        raise DataError(f"the {what} holds NaN/inf inputs (samples {bad[:3]}{' ...' if len(bad) > 3 else ''}); "
-                        "clean or drop them before training")
+        raise DataError(
+            f"the {what} holds NaN/inf inputs (samples {bad[:3]}{' ...' if len(bad) > 3 else ''}); "
+            "clean or drop them before training"
+        )
 
 
 def check_targets(y: torch.Tensor, *, num_classes: int, index: torch.Tensor, what: str = "training data") -> None:
     """Targets in [0, num_classes); for in-memory data once, for other datasets one batch at a time."""
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         bad = ((y < 0) | (y >= num_classes)).nonzero()[:3, 0]
-        raise DataError(f"{what} targets must lie in [0, {num_classes - 1}] (the model has {num_classes} classes); "
-                        f"samples {index[bad].tolist()} have {y[bad].tolist()}")
+        raise DataError(
+            f"{what} targets must lie in [0, {num_classes - 1}] (the model has {num_classes} classes); "
+            f"samples {index[bad].tolist()} have {y[bad].tolist()}"
+        )
 
 
 def _non_finite_samples(x: Any) -> list[int]:
@@ -102,7 +113,11 @@ def describe_divergence(data: Any, epoch: int, record: dict) -> str:
     if not bad and not hasattr(data, "images"):  # any dataset of (x, y, b): look at every input once
         bad = [i for i in range(len(data)) if not torch.isfinite(torch.as_tensor(data[i][0])).all()][:3]
     if bad:
-        return (f"training produced NaN/inf at epoch {epoch} because the training inputs hold NaN/inf values "
-                f"(samples {bad[:3]}); clean or drop them")
-    return (f"training diverged at epoch {epoch} (NaN/inf in {record}) although the inputs are finite; "
-            "lower the learning rate")
+        return (
+            f"training produced NaN/inf at epoch {epoch} because the training inputs hold NaN/inf values "
+            f"(samples {bad[:3]}); clean or drop them"
+        )
+    return (
+        f"training diverged at epoch {epoch} (NaN/inf in {record}) although the inputs are finite; "
+        "lower the learning rate"
+    )

@@ -17,6 +17,7 @@ Example::
     run.record.model.num_classes, run.head, run.splits().test
     report = trust_folder("runs/r1", sign=False)   # what loading it would import (sign=True: sign it, as `debiaskit trust`)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,31 +36,67 @@ from torch import nn
 
 from . import __version__, _trust
 from ._io import FolderIdentity, folder_identity, json_safe, read_json, save_tensors, write_json
-from ._io import atomic_folder as atomic_folder, write_text as write_text   # re-exported (internal), see below
-from ._schema import (SCHEMA_VERSION, DataRecord, FFWRecord, MethodRecord, ModelRecord, Record, RunRecord, SchemaError,
-                      TrainRecord, migrate)
+from ._io import atomic_folder as atomic_folder  # re-exported (internal), see below
+from ._io import write_text as write_text
+from ._schema import (
+    SCHEMA_VERSION,
+    DataRecord,
+    FFWRecord,
+    MethodRecord,
+    ModelRecord,
+    Record,
+    RunRecord,
+    SchemaError,
+    TrainRecord,
+    migrate,
+)
 from .data import splits_from_spec
 from .errors import DamagedError, DataError, DebiaskitWarning, ModelError, UntrustedCodeError
 from .models import describe_import, rebuild_model
 
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
-FFW_FILE = "ffw.json"   # an FFW folder's record (its folder kind's marker: ffw/_folders.py)
+FFW_FILE = "ffw.json"  # an FFW folder's record (its folder kind's marker: ffw/_folders.py)
 
-__all__ = ["RUN_FILE", "WEIGHTS_FILE", "SCHEMA_VERSION", "Run", "RunRecord", "ModelRecord", "DataRecord",
-           "TrainRecord", "MethodRecord", "FFWRecord", "SchemaError", "is_finished", "load_run", "load_weights",
-           "read_run_record", "save_run", "save_weights", "trust_folder", "TrustReport"]
+__all__ = [
+    "RUN_FILE",
+    "WEIGHTS_FILE",
+    "SCHEMA_VERSION",
+    "Run",
+    "RunRecord",
+    "ModelRecord",
+    "DataRecord",
+    "TrainRecord",
+    "MethodRecord",
+    "FFWRecord",
+    "SchemaError",
+    "is_finished",
+    "load_run",
+    "load_weights",
+    "read_run_record",
+    "save_run",
+    "save_weights",
+    "trust_folder",
+    "TrustReport",
+]
 # also importable, internal (for debiaskit's packages): atomic_folder, check_finite, check_signing_key, inner_path,
 # load_state, package_versions, read_json, read_record, read_trusted_record, read_weights, rebuild_from_record,
 # weights_file, write_json, write_record, write_text
 
 
 def package_versions() -> dict[str, str]:
-    return {"debiaskit": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "safetensors": safetensors.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    return {
+        "debiaskit": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
 
 
 # -- weights -------------------------------------------------------------------------------------------------------
+
 
 def check_finite(model: nn.Module, *, what: str = "model") -> None:
     for name, tensor in list(model.state_dict().items()):
@@ -82,10 +119,12 @@ def read_weights(path: Path, *, sha256: str | None = None, record: Path | None =
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256:
-        raise DamagedError(f"{path} is not the weights file {record or 'its record'} was written with: its SHA-256 is "
-                           f"{digest}, the record holds {sha256}. It was replaced or changed afterwards (another run's "
-                           "weights, an edit, damage); restore the folder from where it came, or retrain - debiaskit "
-                           "does not use weights it cannot identify")
+        raise DamagedError(
+            f"{path} is not the weights file {record or 'its record'} was written with: its SHA-256 is "
+            f"{digest}, the record holds {sha256}. It was replaced or changed afterwards (another run's "
+            "weights, an edit, damage); restore the folder from where it came, or retrain - debiaskit "
+            "does not use weights it cannot identify"
+        )
     try:
         return load_safetensors(data), digest
     except Exception as exc:  # safetensors raises its own error types
@@ -113,6 +152,7 @@ def load_state(model: nn.Module, state: dict, path: Path) -> nn.Module:
 
 # -- records -------------------------------------------------------------------------------------------------------
 
+
 def inner_path(folder: Path, relative: str, *, file: Path, key: str) -> Path:
     """``folder / relative``, refused when it leaves ``folder`` (``..``, absolute, or through a symlink)."""
     folder = Path(folder)
@@ -126,8 +166,10 @@ def weights_file(folder: Path, relative: str, *, file: Path, key: str = "weights
     """The weights file a record names: a regular file inside ``folder`` (not the folder, not a sub-folder)."""
     path = inner_path(folder, relative, file=file, key=key)
     if path.exists() and not path.is_file():
-        raise SchemaError(f"{file}: {key} is {relative!r}, which is not a file (a folder or a special file); expected "
-                          f"the safetensors file inside {folder} that holds the weights")
+        raise SchemaError(
+            f"{file}: {key} is {relative!r}, which is not a file (a folder or a special file); expected "
+            f"the safetensors file inside {folder} that holds the weights"
+        )
     return path
 
 
@@ -136,8 +178,10 @@ def _read_record(path: Path, cls: type[Record], default_kind: str) -> tuple[Reco
     raw = read_json(path)
     obj = migrate(raw, file=path, default_kind=default_kind)
     if obj.get("status", "finished") != "finished":
-        raise DataError(f"{path.parent} is not a finished debiaskit folder ({path.name} says status "
-                        f"{obj.get('status')!r}); rerun the command that writes it")
+        raise DataError(
+            f"{path.parent} is not a finished debiaskit folder ({path.name} says status "
+            f"{obj.get('status')!r}); rerun the command that writes it"
+        )
     return cls.from_dict(obj, file=path), raw
 
 
@@ -164,14 +208,15 @@ def write_record(path: Path, record: Record) -> None:
 
 _UNTRUSTED_WHY = {
     "unsigned": "it carries no signature of yours: you did not write it (or an older debiaskit did, before records "
-                "were signed)",
+    "were signed)",
     "other-key": "it is signed with another key than yours (another user's, or a key you had before)",
     "changed": "it carries your signature, but it was changed after it was signed",
 }
 
 
-def require_trusted(file: Path, raw: dict, model: ModelRecord, *, trust_code: bool = False,
-                    model_given: bool = False) -> str:
+def require_trusted(
+    file: Path, raw: dict, model: ModelRecord, *, trust_code: bool = False, model_given: bool = False
+) -> str:
     """Refuse (:class:`UntrustedCodeError`, before anything is imported) a record whose model would be imported
     unless it is signed with this user's key or ``trust_code``; returns how it is trusted: ``"not-needed"`` (a zoo
     model, or the caller gave the model), ``"signed"`` or ``"explicit"`` (``trust_code``; the source file must
@@ -181,32 +226,40 @@ def require_trusted(file: Path, raw: dict, model: ModelRecord, *, trust_code: bo
     state = _trust.signature_state(raw)
     if state == "signed":
         if not model.sha256:
-            warnings.warn(f"{file} holds no SHA-256 of the source of {model.name}: the code imported cannot be checked "
-                          "against the record (you signed or trusted the record, so it is imported)", DebiaskitWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"{file} holds no SHA-256 of the source of {model.name}: the code imported cannot be checked "
+                "against the record (you signed or trusted the record, so it is imported)",
+                DebiaskitWarning,
+                stacklevel=3,
+            )
         return "signed"
     what = "\n".join(f"  - {line}" for line in describe_import(model.to_dict()))
     if trust_code and model.sha256:
         return "explicit"
     if trust_code:
-        raise UntrustedCodeError(f"{file} names code to import and holds no SHA-256 of its source, so --trust-code "
-                                 f"(trust_code=True) cannot pin what would run:\n{what}\nNothing was imported. Review "
-                                 f"that code; if you trust it, sign the record: `debiaskit trust {file.parent}`")
+        raise UntrustedCodeError(
+            f"{file} names code to import and holds no SHA-256 of its source, so --trust-code "
+            f"(trust_code=True) cannot pin what would run:\n{what}\nNothing was imported. Review "
+            f"that code; if you trust it, sign the record: `debiaskit trust {file.parent}`"
+        )
     raise UntrustedCodeError(
         f"{file} names code that loading it would run, and the record is not trusted ({_UNTRUSTED_WHY[state]}):\n"
         f"{what}\nNothing was imported. Review that code; if you trust it, sign the record with your key: "
-        f"`debiaskit trust {file.parent}` - or load it once with --trust-code (Python: trust_code=True)")
+        f"`debiaskit trust {file.parent}` - or load it once with --trust-code (Python: trust_code=True)"
+    )
 
 
-def read_trusted_record(path: Path, cls: type[Record], *, default_kind: str, trust_code: bool = False,
-                        model_given: bool = False) -> tuple[Record, str]:
+def read_trusted_record(
+    path: Path, cls: type[Record], *, default_kind: str, trust_code: bool = False, model_given: bool = False
+) -> tuple[Record, str]:
     """:func:`read_record` + :func:`require_trusted` on the same bytes: (record, how it is trusted)."""
     record, raw = _read_record(path, cls, default_kind)
     return record, require_trusted(path, raw, record.model, trust_code=trust_code, model_given=model_given)
 
 
-def rebuild_from_record(record: Record, *, trust: str, load, source_changed: str = "warn",
-                        model: nn.Module | None = None) -> nn.Module:
+def rebuild_from_record(
+    record: Record, *, trust: str, load, source_changed: str = "warn", model: nn.Module | None = None
+) -> nn.Module:
     """``rebuild_model`` of a record :func:`read_trusted_record` let through: trusted by ``trust_code`` alone, the
     file imported must be the recorded one (the code reviewed is the code that runs)."""
     if trust == "explicit":
@@ -236,8 +289,9 @@ def save_run(staging: Path, *, model: nn.Module, record: RunRecord) -> None:
     """The one writer of run folders: weights + validated ``run.json`` into ``staging`` (an atomic_folder)."""
     record.schema_version = SCHEMA_VERSION
     record.versions = record.versions or package_versions()
-    record.weights_sha256 = save_weights(model, inner_path(staging, record.weights, file=staging / RUN_FILE,
-                                                            key="weights"))
+    record.weights_sha256 = save_weights(
+        model, inner_path(staging, record.weights, file=staging / RUN_FILE, key="weights")
+    )
     write_record(Path(staging) / RUN_FILE, record)
 
 
@@ -248,9 +302,9 @@ class Run:
     folder: Path
     record: RunRecord
     model: nn.Module
-    given_splits: Any = None   # the splits passed to load_run (a run trained on data given in Python)
-    identity: FolderIdentity | None = None   # the folder as read: a command writing from it re-checks it at commit
-    weights_sha256: str | None = None   # of the weights file loaded (what an FFW checkpoint is tied to)
+    given_splits: Any = None  # the splits passed to load_run (a run trained on data given in Python)
+    identity: FolderIdentity | None = None  # the folder as read: a command writing from it re-checks it at commit
+    weights_sha256: str | None = None  # of the weights file loaded (what an FFW checkpoint is tied to)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -268,8 +322,14 @@ class Run:
         return splits_from_spec(self.record.data.spec())
 
 
-def load_run(folder: Path, *, model: nn.Module | None = None, splits: Any = None, source_changed: str = "warn",
-             trust_code: bool = False) -> Run:
+def load_run(
+    folder: Path,
+    *,
+    model: nn.Module | None = None,
+    splits: Any = None,
+    source_changed: str = "warn",
+    trust_code: bool = False,
+) -> Run:
     """Rebuild the model of a finished run folder and load its weights (``run.json`` validated first).
 
     A user model (``package.module:factory``) is re-imported (see :func:`debiaskit.models.rebuild_model`:
@@ -281,13 +341,15 @@ def load_run(folder: Path, *, model: nn.Module | None = None, splits: Any = None
     """
     folder = Path(folder)
     identity = folder_identity(folder, RUN_FILE)
-    read_run_record(folder)   # the folder's own errors first (missing, not a run, unfinished)
-    record, trust = read_trusted_record(folder / RUN_FILE, RunRecord, default_kind="train", trust_code=trust_code,
-                                        model_given=model is not None)
+    read_run_record(folder)  # the folder's own errors first (missing, not a run, unfinished)
+    record, trust = read_trusted_record(
+        folder / RUN_FILE, RunRecord, default_kind="train", trust_code=trust_code, model_given=model is not None
+    )
     weights = weights_file(folder, record.weights, file=folder / RUN_FILE)
     state, digest = read_weights(weights, sha256=record.weights_sha256, record=folder / RUN_FILE)
-    net = rebuild_from_record(record, trust=trust, load=lambda m: load_state(m, state, weights),
-                              source_changed=source_changed, model=model)
+    net = rebuild_from_record(
+        record, trust=trust, load=lambda m: load_state(m, state, weights), source_changed=source_changed, model=model
+    )
     net.eval()
     if folder_identity(folder, RUN_FILE) != identity:
         raise DataError(f"{folder} was moved or replaced while debiaskit was reading it; run the command again")
@@ -296,15 +358,16 @@ def load_run(folder: Path, *, model: nn.Module | None = None, splits: Any = None
 
 # -- debiaskit trust FOLDER ------------------------------------------------------------------------------------------
 
+
 @dataclass
 class TrustReport:
     """What :func:`trust_folder` found (and did): the record, its signature before, what loading it would run."""
 
     file: Path
-    before: str          # "signed", "changed", "other-key" or "unsigned" (see debiaskit._trust.signature_state)
-    needs_code: bool     # its model is imported (source="import"); a zoo model runs nothing from the folder
-    lines: list[str]     # what loading it runs, and its weights
-    signed: bool         # the record was (re-)signed with this user's key
+    before: str  # "signed", "changed", "other-key" or "unsigned" (see debiaskit._trust.signature_state)
+    needs_code: bool  # its model is imported (source="import"); a zoo model runs nothing from the folder
+    lines: list[str]  # what loading it runs, and its weights
+    signed: bool  # the record was (re-)signed with this user's key
 
 
 def trust_folder(folder: Path, *, sign: bool = True) -> TrustReport:
@@ -312,8 +375,11 @@ def trust_folder(folder: Path, *, sign: bool = True) -> TrustReport:
     rewrite; a record without the SHA-256 of its weights gets the one of the file there now). A damaged record or
     weights that do not match their recorded SHA-256 are refused, not signed."""
     folder = Path(folder)
-    found = [(n, c, k) for n, c, k in ((RUN_FILE, RunRecord, "train"), (FFW_FILE, FFWRecord, "ffw"))
-             if (folder / n).is_file()]
+    found = [
+        (n, c, k)
+        for n, c, k in ((RUN_FILE, RunRecord, "train"), (FFW_FILE, FFWRecord, "ffw"))
+        if (folder / n).is_file()
+    ]
     if not found:
         raise DataError(f"{folder} holds no {RUN_FILE} or {FFW_FILE}: not a run or FFW folder, nothing to trust")
     name, cls, kind = found[0]
@@ -322,13 +388,21 @@ def trust_folder(folder: Path, *, sign: bool = True) -> TrustReport:
     weights = weights_file(folder, record.weights, file=path)
     digest = read_weights(weights, sha256=record.weights_sha256, record=path)[1]
     model = record.model
-    lines = (describe_import(model.to_dict()) if model.source == "import" else
-             [f"model: {model.name} ({'debiaskit zoo' if model.source == 'zoo' else 'given in Python'}): no code "
-              "named by the folder runs"])
-    lines.append(f"weights: {weights} (SHA-256 {digest}" + (", as recorded)" if record.weights_sha256 else
-                                                            ", not recorded before: recorded now)" if sign else ")"))
-    report = TrustReport(file=path, before=_trust.signature_state(raw), needs_code=model.source == "import",
-                         lines=lines, signed=False)
+    lines = (
+        describe_import(model.to_dict())
+        if model.source == "import"
+        else [
+            f"model: {model.name} ({'debiaskit zoo' if model.source == 'zoo' else 'given in Python'}): no code "
+            "named by the folder runs"
+        ]
+    )
+    lines.append(
+        f"weights: {weights} (SHA-256 {digest}"
+        + (", as recorded)" if record.weights_sha256 else ", not recorded before: recorded now)" if sign else ")")
+    )
+    report = TrustReport(
+        file=path, before=_trust.signature_state(raw), needs_code=model.source == "import", lines=lines, signed=False
+    )
     if sign:
         new = {k: v for k, v in raw.items() if k != _trust.SIGNATURE}
         new.setdefault("weights_sha256", digest)

@@ -7,15 +7,31 @@ Example::
                          unbiased_val=splits.unbiased_val, head="fc")
     write_report(report, "audit/")
 """
-from ._folders import AUDIT_FOLDER
+
 from ._audit import AttributeAudit, AuditReport, audit_model, below_majority_text, counterfactual_bias
+from ._folders import AUDIT_FOLDER
 from ._metrics import CHANCE_MARGIN, GroupMetrics, chance_floor, group_metrics, normalized_mutual_information
 from ._probe import PROBES, ProbeResult, logits_accuracy, probe_bias, probe_suite, readable, train_privacy_head
-from ._run import audit_run
 from ._report import CONVENTIONS, render_table, summary_rows, to_markdown, write_report, write_report_files
+from ._run import audit_run
 
-__all__ = ["audit_model", "audit_run", "AuditReport", "AttributeAudit", "GroupMetrics", "ProbeResult", "group_metrics",
-           "counterfactual_bias", "normalized_mutual_information", "probe_bias", "probe_suite", "PROBES", "readable",
-           "train_privacy_head", "write_report", "to_markdown"]
+__all__ = [
+    "audit_model",
+    "audit_run",
+    "AuditReport",
+    "AttributeAudit",
+    "GroupMetrics",
+    "ProbeResult",
+    "group_metrics",
+    "counterfactual_bias",
+    "normalized_mutual_information",
+    "probe_bias",
+    "probe_suite",
+    "PROBES",
+    "readable",
+    "train_privacy_head",
+    "write_report",
+    "to_markdown",
+]
 # Names imported here but not in __all__ are internal: for debiaskit's other packages and its CLI (importable,
 # undocumented, may change). tests/test_public_api.py holds the reviewed lists of both.

@@ -1,4 +1,5 @@
 """The bias audit of any trained nn.Module with a named head."""
+
 from __future__ import annotations
 
 import time
@@ -8,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._dist import map_shards
 from ..data import BiasDataset, as_bias_datasets, bias_strength, is_attribute_bias
 from ..errors import DataError
 from ..models import Outputs, collect_outputs
-from .._dist import map_shards
 from ._metrics import GroupMetrics, group_metrics
 from ._probe import probe_bias
 
@@ -26,8 +27,8 @@ class AttributeAudit:
     bias_mutual_information: float | None = None
     privacy_head_val_accuracy: float | None = None
     counterfactual_bias: float | None = None
-    pseudo_labels: bool = False   # True when the bias labels were discovered, not given
-    num_bias_classes: int | None = None   # this attribute's own number of values (chance = 1 / it)
+    pseudo_labels: bool = False  # True when the bias labels were discovered, not given
+    num_bias_classes: int | None = None  # this attribute's own number of values (chance = 1 / it)
     # a protected attribute (y and b have different value sets: no aligned / conflicting): P(y = 1 | b) per
     # value and Cramer's V of (y, b) in the evaluation split (data.bias_strength)
     bias_strength: dict[str, Any] | None = None
@@ -51,7 +52,7 @@ class AuditReport:
     eval_split: str
     meta: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float = 0.0
-    majority_rate: float | None = None   # share of the evaluation split's most frequent target class
+    majority_rate: float | None = None  # share of the evaluation split's most frequent target class
     # kept for plots, not serialised
     _z: Tensor | None = field(default=None, repr=False)
     _y: Tensor | None = field(default=None, repr=False)
@@ -74,30 +75,48 @@ class AuditReport:
         ``per_attribute`` adds each one's conflicting accuracy, extractability and counterfactual bias."""
         a = self.attributes[0]
         out: dict[str, Any] = {
-            "task_accuracy": self.task_accuracy, "aligned_accuracy": a.groups.aligned_accuracy,
+            "task_accuracy": self.task_accuracy,
+            "aligned_accuracy": a.groups.aligned_accuracy,
             "conflicting_accuracy": a.groups.conflicting_accuracy,
             "worst_group_accuracy": a.groups.worst_group_accuracy,
             "mean_group_accuracy": a.groups.mean_group_accuracy,
-            "bias_extractability": a.bias_extractability, "bias_mutual_information": a.bias_mutual_information,
-            "counterfactual_bias": a.counterfactual_bias}
+            "bias_extractability": a.bias_extractability,
+            "bias_mutual_information": a.bias_mutual_information,
+            "counterfactual_bias": a.counterfactual_bias,
+        }
         if len(self.attributes) > 1:
             out["worst_group_accuracy"] = min(x.groups.worst_group_accuracy for x in self.attributes)
-            out["per_attribute"] = {x.name: {"conflicting_accuracy": x.groups.conflicting_accuracy,
-                                             "bias_extractability": x.bias_extractability,
-                                             "counterfactual_bias": x.counterfactual_bias} for x in self.attributes}
+            out["per_attribute"] = {
+                x.name: {
+                    "conflicting_accuracy": x.groups.conflicting_accuracy,
+                    "bias_extractability": x.bias_extractability,
+                    "counterfactual_bias": x.counterfactual_bias,
+                }
+                for x in self.attributes
+            }
         return out
 
 
 def below_majority_text(accuracy: float, majority: float, *, split: str) -> str:
     """The flag for an input model below the majority-class rate (the audit report's and FFW's, one wording)."""
-    return (f"The input model is below the majority-class rate ({100 * accuracy:.1f} % vs {100 * majority:.1f} % on "
-            f"{split}): always answering the most frequent class would do better. It has learnt little of the task; "
-            "its bias numbers describe a model that does not work, and debiasing cannot add what it did not learn.")
+    return (
+        f"The input model is below the majority-class rate ({100 * accuracy:.1f} % vs {100 * majority:.1f} % on "
+        f"{split}): always answering the most frequent class would do better. It has learnt little of the task; "
+        "its bias numbers describe a model that does not work, and debiasing cannot add what it did not learn."
+    )
 
 
 @torch.no_grad()
-def counterfactual_bias(model: nn.Module, dataset: BiasDataset, *, attribute: int = 0, max_samples: int = 2000,
-                        seed: int = 0, batch_size: int = 512, device="cpu") -> float:
+def counterfactual_bias(
+    model: nn.Module,
+    dataset: BiasDataset,
+    *,
+    attribute: int = 0,
+    max_samples: int = 2000,
+    seed: int = 0,
+    batch_size: int = 512,
+    device="cpu",
+) -> float:
     """FMD's counterfactual bias: mean |p_y(x) - p_y(x_cf)| over pairs that differ only in the bias
     attribute (x_cf = the same digit re-rendered with another, uniformly drawn, bias value)."""
     gen = torch.Generator().manual_seed(seed)
@@ -125,9 +144,20 @@ def _collect(model: nn.Module, data, **kwargs) -> Outputs:
     return Outputs(*map_shards(len(data), lambda index: tuple(collect_outputs(model, data, indices=index, **kwargs))))
 
 
-def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=None, head: str | None = None, seed: int = 0,
-                device: str | torch.device = "cpu", batch_size: int = 512, counterfactual: bool = True,
-                eval_split: str = "test", probe_kwargs: dict | None = None) -> AuditReport:
+def audit_model(
+    model: nn.Module,
+    *,
+    test,
+    unbiased_train=None,
+    unbiased_val=None,
+    head: str | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 512,
+    counterfactual: bool = True,
+    eval_split: str = "test",
+    probe_kwargs: dict | None = None,
+) -> AuditReport:
     """Audit ``model`` for bias.
 
     Task accuracy, target x bias group accuracies (both averaging conventions), aligned vs
@@ -163,16 +193,26 @@ def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=Non
     for a in range(n_attr):
         name = test.bias_names[a] if a < len(test.bias_names) else f"bias{a}"
         b = test.bias(a)
-        k = test.num_bias_classes_of(a)   # each attribute its own count: a binary one beside one with 5 values
-        attribute = is_attribute_bias(test)   # aligned / conflicting only where y and b share their values
-        groups = group_metrics(pred, out.y, b, num_classes=test.num_classes, num_bias=k,
-                               aligned=None if attribute else test.aligned_mask(a))
-        att = AttributeAudit(name=name, groups=groups, pseudo_labels=bool(test.info.get("pseudo_bias", False)),
-                             num_bias_classes=k)
+        k = test.num_bias_classes_of(a)  # each attribute its own count: a binary one beside one with 5 values
+        attribute = is_attribute_bias(test)  # aligned / conflicting only where y and b share their values
+        groups = group_metrics(
+            pred,
+            out.y,
+            b,
+            num_classes=test.num_classes,
+            num_bias=k,
+            aligned=None if attribute else test.aligned_mask(a),
+        )
+        att = AttributeAudit(
+            name=name, groups=groups, pseudo_labels=bool(test.info.get("pseudo_bias", False)), num_bias_classes=k
+        )
         if attribute and test.num_classes == 2:
             att.bias_strength = bias_strength(out.y.numpy(), b.numpy(), num_bias=k)
         if probe:
-            col = (lambda t: t if t.ndim == 1 else t[:, a])
+
+            def col(t, a=a):
+                return t if t.ndim == 1 else t[:, a]
+
             res = probe_bias(tr.z, col(tr.b), va.z, col(va.b), out.z, b, num_bias=k, seed=seed, **(probe_kwargs or {}))
             att.bias_extractability, att.bias_mutual_information = res.bias_extractability, res.mutual_information
             att.privacy_head_val_accuracy = res.val_accuracy
@@ -180,7 +220,15 @@ def audit_model(model: nn.Module, *, test, unbiased_train=None, unbiased_val=Non
             att.counterfactual_bias = counterfactual_bias(model, test, attribute=a, seed=seed, device=device)
         attributes.append(att)
     majority = float(torch.bincount(out.y.long()).max()) / len(out.y)
-    return AuditReport(task_accuracy=float((pred == out.y).float().mean()), attributes=attributes,
-                       num_samples=len(test), eval_split=eval_split, wall_time_s=time.perf_counter() - start,
-                       majority_rate=majority,
-                       _z=out.z, _y=out.y, _pred=pred, _b=test.bias(0))
+    return AuditReport(
+        task_accuracy=float((pred == out.y).float().mean()),
+        attributes=attributes,
+        num_samples=len(test),
+        eval_split=eval_split,
+        wall_time_s=time.perf_counter() - start,
+        majority_rate=majority,
+        _z=out.z,
+        _y=out.y,
+        _pred=pred,
+        _b=test.bias(0),
+    )

@@ -1,4 +1,5 @@
 """Bias metrics: group accuracies, both averaging conventions, and normalised empirical MI."""
+
 from __future__ import annotations
 
 import math
@@ -33,12 +34,12 @@ def normalized_mutual_information(probs: Tensor, b: Tensor, num_bias: int, *, ep
 class GroupMetrics:
     """Accuracy of predictions broken down by target x bias group (one bias attribute)."""
 
-    accuracy: float                      # sample-weighted (plain accuracy)
-    group_accuracy: list[list[float]]    # [y][b], NaN for empty groups
+    accuracy: float  # sample-weighted (plain accuracy)
+    group_accuracy: list[list[float]]  # [y][b], NaN for empty groups
     group_counts: list[list[int]]
-    worst_group_accuracy: float          # min over non-empty groups
+    worst_group_accuracy: float  # min over non-empty groups
     worst_group: tuple[int, int]
-    mean_group_accuracy: float           # unweighted mean over non-empty groups
+    mean_group_accuracy: float  # unweighted mean over non-empty groups
     aligned_accuracy: float | None = None
     conflicting_accuracy: float | None = None
     aligned_count: int = 0
@@ -49,8 +50,9 @@ class GroupMetrics:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def group_metrics(pred: Tensor, y: Tensor, b: Tensor, *, num_classes: int, num_bias: int,
-                  aligned: Tensor | None = None) -> GroupMetrics:
+def group_metrics(
+    pred: Tensor, y: Tensor, b: Tensor, *, num_classes: int, num_bias: int, aligned: Tensor | None = None
+) -> GroupMetrics:
     """Group accuracies of predictions ``pred`` against targets ``y`` with bias labels ``b``.
 
     Conventions: ``accuracy`` weights samples equally; ``mean_group_accuracy`` weights the non-empty
@@ -68,8 +70,10 @@ def group_metrics(pred: Tensor, y: Tensor, b: Tensor, *, num_classes: int, num_b
     worst = int(masked.argmin())
     out = GroupMetrics(
         accuracy=float(correct.mean()),
-        group_accuracy=acc.tolist(), group_counts=counts.tolist(),
-        worst_group_accuracy=float(masked.min()), worst_group=(worst // num_bias, worst % num_bias),
+        group_accuracy=acc.tolist(),
+        group_counts=counts.tolist(),
+        worst_group_accuracy=float(masked.min()),
+        worst_group=(worst // num_bias, worst % num_bias),
         mean_group_accuracy=float(acc[nonempty].mean()),
     )
     if aligned is not None:
@@ -80,7 +84,7 @@ def group_metrics(pred: Tensor, y: Tensor, b: Tensor, *, num_classes: int, num_b
     return out
 
 
-CHANCE_MARGIN = 0.02   # the near-chance floor's smallest margin above max(chance, majority rate): 2 points
+CHANCE_MARGIN = 0.02  # the near-chance floor's smallest margin above max(chance, majority rate): 2 points
 
 
 def chance_floor(y: Tensor, num_classes: int, *, margin: float = CHANCE_MARGIN) -> dict[str, float]:

@@ -1,4 +1,5 @@
 """The privacy head: how much bias a linear head of the classifier's shape can read at the bottleneck."""
+
 from __future__ import annotations
 
 import copy
@@ -16,16 +17,26 @@ from ._metrics import normalized_mutual_information
 class ProbeResult:
     """What a privacy-head probe found: how well a linear head reads the bias from the features, and the head."""
 
-    bias_extractability: float   # accuracy of the privacy head on the evaluation features
-    mutual_information: float    # normalised empirical MI between b and its soft predictions
-    val_accuracy: float          # best D^u_val accuracy (the early-stopping criterion)
+    bias_extractability: float  # accuracy of the privacy head on the evaluation features
+    mutual_information: float  # normalised empirical MI between b and its soft predictions
+    val_accuracy: float  # best D^u_val accuracy (the early-stopping criterion)
     epochs: int
     head: nn.Linear
 
 
-def train_privacy_head(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, *, num_bias: int,
-                       seed: int = 0, max_epochs: int = 100, patience: int = 10, lr: float = 1e-3,
-                       batch_size: int = 256) -> tuple[nn.Linear, float, int]:
+def train_privacy_head(
+    z_train: Tensor,
+    b_train: Tensor,
+    z_val: Tensor,
+    b_val: Tensor,
+    *,
+    num_bias: int,
+    seed: int = 0,
+    max_epochs: int = 100,
+    patience: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+) -> tuple[nn.Linear, float, int]:
     """Fit Linear(d, N_B) on detached features with early stopping on validation accuracy."""
     for name, b in (("train", b_train), ("val", b_val)):
         if len(torch.unique(b)) < 2:
@@ -55,8 +66,18 @@ def train_privacy_head(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: T
     return head, best, best_epoch
 
 
-def probe_bias(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, z_eval: Tensor, b_eval: Tensor,
-               *, num_bias: int, seed: int = 0, **kwargs) -> ProbeResult:
+def probe_bias(
+    z_train: Tensor,
+    b_train: Tensor,
+    z_val: Tensor,
+    b_val: Tensor,
+    z_eval: Tensor,
+    b_eval: Tensor,
+    *,
+    num_bias: int,
+    seed: int = 0,
+    **kwargs,
+) -> ProbeResult:
     """Train a privacy head on (train, val) features and report it on the evaluation features."""
     head, val_acc, epochs = train_privacy_head(z_train, b_train, z_val, b_val, num_bias=num_bias, seed=seed, **kwargs)
     with torch.no_grad():
@@ -89,8 +110,9 @@ def logits_accuracy(logits: Tensor, labels: Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean())
 
 
-def sgd_probe(z_train: Tensor, b_train: Tensor, *, num_bias: int, seed: int = 0, epochs: int = 5,
-              batch_size: int = 256) -> nn.Linear:
+def sgd_probe(
+    z_train: Tensor, b_train: Tensor, *, num_bias: int, seed: int = 0, epochs: int = 5, batch_size: int = 256
+) -> nn.Linear:
     """The public FFW code's probe: Linear, SGD 0.1 / 0.9 / 1e-4, a fixed number of epochs, raw features."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -106,9 +128,20 @@ def sgd_probe(z_train: Tensor, b_train: Tensor, *, num_bias: int, seed: int = 0,
     return head
 
 
-def mlp_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, *, num_bias: int, seed: int = 0,
-              hidden: int = 256, max_epochs: int = 200, patience: int = 20, lr: float = 1e-3,
-              batch_size: int = 256) -> tuple[nn.Module, float]:
+def mlp_probe(
+    z_train: Tensor,
+    b_train: Tensor,
+    z_val: Tensor,
+    b_val: Tensor,
+    *,
+    num_bias: int,
+    seed: int = 0,
+    hidden: int = 256,
+    max_epochs: int = 200,
+    patience: int = 20,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+) -> tuple[nn.Module, float]:
     """A 2-layer MLP probe (features already standardised), early-stopped on validation accuracy."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -134,8 +167,16 @@ def mlp_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, *,
     return mlp, best
 
 
-def converged_linear_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, *, num_bias: int,
-                           l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2), max_iter: int = 500) -> tuple[nn.Linear, float]:
+def converged_linear_probe(
+    z_train: Tensor,
+    b_train: Tensor,
+    z_val: Tensor,
+    b_val: Tensor,
+    *,
+    num_bias: int,
+    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2),
+    max_iter: int = 500,
+) -> tuple[nn.Linear, float]:
     """Multinomial logistic regression trained to convergence (full-batch L-BFGS, features already
     standardised), one fit per L2 strength; the strength with the best validation accuracy is kept."""
     if not l2_grid:
@@ -145,7 +186,7 @@ def converged_linear_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_va
         head = _lbfgs_linear(z_train, b_train, num_bias=num_bias, l2=l2, max_iter=max_iter)
         with torch.no_grad():
             scored.append((logits_accuracy(head(z_val), b_val), head))
-    best, best_head = max(scored, key=lambda s: s[0])   # the first of equals: ties keep the smaller L2 strength
+    best, best_head = max(scored, key=lambda s: s[0])  # the first of equals: ties keep the smaller L2 strength
     return best_head, best
 
 
@@ -155,8 +196,15 @@ def _lbfgs_linear(z: Tensor, b: Tensor, *, num_bias: int, l2: float, max_iter: i
     head = nn.Linear(z.shape[1], num_bias)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
-                            tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        head.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -168,8 +216,18 @@ def _lbfgs_linear(z: Tensor, b: Tensor, *, num_bias: int, l2: float, max_iter: i
     return head
 
 
-def probe_suite(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, z_eval: Tensor, b_eval: Tensor,
-                *, num_bias: int, seed: int = 0, probes: tuple[str, ...] = tuple(PROBES)) -> dict[str, float]:
+def probe_suite(
+    z_train: Tensor,
+    b_train: Tensor,
+    z_val: Tensor,
+    b_val: Tensor,
+    z_eval: Tensor,
+    b_eval: Tensor,
+    *,
+    num_bias: int,
+    seed: int = 0,
+    probes: tuple[str, ...] = tuple(PROBES),
+) -> dict[str, float]:
     """Bias extractability on the evaluation features under each probe of :data:`PROBES` (accuracy).
 
     Every probe learns on (train) and, where it selects anything, selects on (val); (eval) is only scored.

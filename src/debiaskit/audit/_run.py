@@ -1,4 +1,5 @@
 """Audit a run folder made by ``debiaskit train`` (or any folder with run.json + weights)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,18 @@ from ._folders import AUDIT_FOLDER
 from ._report import write_report_files
 
 
-def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: str = "cpu",
-              counterfactual: bool = True, force: bool = False, splits=None, model=None,
-              trust_code: bool = False) -> tuple[AuditReport, Path]:
+def audit_run(
+    run_dir: Path,
+    *,
+    out: Path | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    counterfactual: bool = True,
+    force: bool = False,
+    splits=None,
+    model=None,
+    trust_code: bool = False,
+) -> tuple[AuditReport, Path]:
     """Rebuild the run's model and data, audit it, and write the report to ``out`` (default ``RUN_DIR/audit``).
 
     ``out`` may only be a new folder or, with ``force``, an earlier audit report folder: never the run
@@ -28,15 +38,29 @@ def audit_run(run_dir: Path, *, out: Path | None = None, seed: int = 0, device: 
     target = Path(out) if out is not None else Path(run_dir) / "audit"
     # the input is checked first, then the output, then the compute runs
     run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
-    with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),),
-                           pinned=(run.identity,)) as staging:   # a moved RUN: nothing written
+    with _dist.rank0_folder(
+        target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),), pinned=(run.identity,)
+    ) as staging:  # a moved RUN: nothing written
         splits = run.splits()
-        report = audit_model(run.model, test=splits.test, unbiased_train=splits.unbiased_train,
-                             unbiased_val=splits.unbiased_val, head=run.head, seed=seed, device=device,
-                             counterfactual=counterfactual)
-        report.meta = {"run": str(run.folder), "dataset": splits.spec["dataset"], "params": splits.spec["params"],
-                       "model": run.record.model.name, "method": run.record.method_name, "seed": seed,
-                       **_dist.description()}
+        report = audit_model(
+            run.model,
+            test=splits.test,
+            unbiased_train=splits.unbiased_train,
+            unbiased_val=splits.unbiased_val,
+            head=run.head,
+            seed=seed,
+            device=device,
+            counterfactual=counterfactual,
+        )
+        report.meta = {
+            "run": str(run.folder),
+            "dataset": splits.spec["dataset"],
+            "params": splits.spec["params"],
+            "model": run.record.model.name,
+            "method": run.record.method_name,
+            "seed": seed,
+            **_dist.description(),
+        }
         if staging is not None:
             write_report_files(report, staging, title=f"Bias audit of {Path(run_dir).name}")
     return report, target

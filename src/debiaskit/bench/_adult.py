@@ -40,53 +40,91 @@ Example::
     rows = run_adult_bench(root=Path("runs/bench/compare"), seeds=(0, 1, 2))
     rows = run_adult_bench(root=Path("runs/bench/compare"), seeds=(0, 1, 2), dataset="compas")
 """
+
 from __future__ import annotations
 
 import math
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._io import atomic_folder, open_root, report_lock
 from ..audit import probe_suite
 from ..data import BiasDataset, Splits, make_splits
 from ..errors import ConfigError
 from ..methods import REFERENCE_METHOD
 from ..models import collect_outputs
-from .._io import atomic_folder, open_root, report_lock
-from ._folders import BENCH_CELL, BENCH_COMPARE_ROOT
 from ..runs import load_run, read_json, write_json, write_text
-from ._common import (MAJORITY, MARKED_ON, BELOW_NOTE, below_marks, fmt_stat, load_cell, machine_description,
-                      with_cells_on_disk)
-from ._compare import (RESULT_FILE, Suite, cell_dir, effective_suite, get_suite, run_compare, suite_folder,
-                       write_compare_results)
+from ._common import (
+    BELOW_NOTE,
+    MAJORITY,
+    MARKED_ON,
+    below_marks,
+    fmt_stat,
+    load_cell,
+    machine_description,
+    with_cells_on_disk,
+)
+from ._compare import (
+    RESULT_FILE,
+    Suite,
+    cell_dir,
+    effective_suite,
+    get_suite,
+    run_compare,
+    suite_folder,
+    write_compare_results,
+)
+from ._folders import BENCH_CELL, BENCH_COMPARE_ROOT
 
 PREDICTIONS_FILE = "test_predictions.safetensors"
-EG_OPTIONS = {"eps": 0.01, "max_iter": 50}   # fairlearn's defaults, written out so the table can say so
+EG_OPTIONS = {"eps": 0.01, "max_iter": 50}  # fairlearn's defaults, written out so the table can say so
 
 # name -> (description, uses the protected attribute at prediction time, selection rule in words)
 FAIRLEARN_ROWS: dict[str, tuple[str, bool, str]] = {
-    "fairlearn-lr": ("LogisticRegression (C = 1), the base estimator, no constraint", False,
-                     "none (fitted on D^b)"),
-    "fairlearn-lr-full": ("LogisticRegression (C = 1) on the full training set (D^b + D^u), no constraint", False,
-                          "none (fitted on every non-test row)"),
-    "fairlearn-eg-dp": ("ExponentiatedGradient(LogisticRegression, DemographicParity)", False,
-                        "fairlearn defaults (eps 0.01, 50 iterations) on D^b"),
-    "fairlearn-eg-eo": ("ExponentiatedGradient(LogisticRegression, EqualizedOdds)", False,
-                        "fairlearn defaults (eps 0.01, 50 iterations) on D^b"),
-    "fairlearn-to-dp-lr": ("ThresholdOptimizer(LogisticRegression, demographic_parity)", True,
-                           "thresholds maximising accuracy on D^b under the constraint"),
-    "fairlearn-to-eo-lr": ("ThresholdOptimizer(LogisticRegression, equalized_odds)", True,
-                           "thresholds maximising accuracy on D^b under the constraint"),
-    "fairlearn-to-dp-mlp": ("ThresholdOptimizer(our vanilla MLP, prefit, demographic_parity)", True,
-                            "thresholds maximising accuracy on D^b under the constraint"),
-    "fairlearn-to-eo-mlp": ("ThresholdOptimizer(our vanilla MLP, prefit, equalized_odds)", True,
-                            "thresholds maximising accuracy on D^b under the constraint"),
+    "fairlearn-lr": ("LogisticRegression (C = 1), the base estimator, no constraint", False, "none (fitted on D^b)"),
+    "fairlearn-lr-full": (
+        "LogisticRegression (C = 1) on the full training set (D^b + D^u), no constraint",
+        False,
+        "none (fitted on every non-test row)",
+    ),
+    "fairlearn-eg-dp": (
+        "ExponentiatedGradient(LogisticRegression, DemographicParity)",
+        False,
+        "fairlearn defaults (eps 0.01, 50 iterations) on D^b",
+    ),
+    "fairlearn-eg-eo": (
+        "ExponentiatedGradient(LogisticRegression, EqualizedOdds)",
+        False,
+        "fairlearn defaults (eps 0.01, 50 iterations) on D^b",
+    ),
+    "fairlearn-to-dp-lr": (
+        "ThresholdOptimizer(LogisticRegression, demographic_parity)",
+        True,
+        "thresholds maximising accuracy on D^b under the constraint",
+    ),
+    "fairlearn-to-eo-lr": (
+        "ThresholdOptimizer(LogisticRegression, equalized_odds)",
+        True,
+        "thresholds maximising accuracy on D^b under the constraint",
+    ),
+    "fairlearn-to-dp-mlp": (
+        "ThresholdOptimizer(our vanilla MLP, prefit, demographic_parity)",
+        True,
+        "thresholds maximising accuracy on D^b under the constraint",
+    ),
+    "fairlearn-to-eo-mlp": (
+        "ThresholdOptimizer(our vanilla MLP, prefit, equalized_odds)",
+        True,
+        "thresholds maximising accuracy on D^b under the constraint",
+    ),
 }
 
 
@@ -96,9 +134,11 @@ def require_fairlearn() -> None:
         import fairlearn  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"the tabular benchmark's fairlearn rows need the bench extra ({exc.name} is missing): "
-                          "pip install -e '.[bench]' (every row of the Adult / COMPAS table is scored by fairlearn's "
-                          "metrics)") from exc
+        raise ConfigError(
+            f"the tabular benchmark's fairlearn rows need the bench extra ({exc.name} is missing): "
+            "pip install -e '.[bench]' (every row of the Adult / COMPAS table is scored by fairlearn's "
+            "metrics)"
+        ) from exc
 
 
 # -- per cell: what the harness stores for each of our models ---------------------------------------------------
@@ -113,8 +153,9 @@ def counterfactual_gap(p1: np.ndarray, p1_cf: np.ndarray, y: np.ndarray) -> floa
     return float(np.abs(p_y - p_y_cf).mean())
 
 
-def bottleneck_probe(z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, z_test: Tensor, b_test: Tensor,
-                     *, num_bias: int = 2) -> dict[str, Any]:
+def bottleneck_probe(
+    z_train: Tensor, b_train: Tensor, z_val: Tensor, b_val: Tensor, z_test: Tensor, b_test: Tensor, *, num_bias: int = 2
+) -> dict[str, Any]:
     """The probe column: the audit's converged linear probe (``probe_suite``'s ``linear``, the one the FFW
     tables use), fitted on D^u_train features, L2 chosen on D^u_val, accuracy on ``z_test`` (D^u_test)."""
     accuracy = probe_suite(z_train, b_train, z_val, b_val, z_test, b_test, num_bias=num_bias, probes=("linear",))
@@ -125,36 +166,62 @@ def adult_cell_extras(model: nn.Module, *, splits: Splits, head: str | None, see
     """The harness's per-cell hook for the adult suite: test predictions (for fairlearn's metrics, written
     to ``folder``), the counterfactual bias on every test row, and the converged linear probe."""
     from safetensors.torch import save_file
+
     test = splits.test
     out = collect_outputs(model, test, head=head)
     with torch.no_grad():
         model.eval()
         p1 = out.logits.softmax(1)[:, 1]
         p1_cf = torch.cat([model(x).softmax(1)[:, 1] for x in flipped(test).split(4096)])
-    save_file({"pred": out.logits.argmax(1).to(torch.int64).contiguous(), "prob1": p1.contiguous(),
-               "prob1_cf": p1_cf.contiguous()}, str(Path(folder) / PREDICTIONS_FILE))
-    tr, va, te = (collect_outputs(model, s, head=head) for s in (splits.unbiased_train, splits.unbiased_val, splits.unbiased_test))
+    save_file(
+        {
+            "pred": out.logits.argmax(1).to(torch.int64).contiguous(),
+            "prob1": p1.contiguous(),
+            "prob1_cf": p1_cf.contiguous(),
+        },
+        str(Path(folder) / PREDICTIONS_FILE),
+    )
+    tr, va, te = (
+        collect_outputs(model, s, head=head) for s in (splits.unbiased_train, splits.unbiased_val, splits.unbiased_test)
+    )
     probe = bottleneck_probe(tr.z, tr.b, va.z, va.b, te.z, te.b, num_bias=splits.num_bias_classes)
-    return {"cf_bias_all": counterfactual_gap(p1.numpy(), p1_cf.numpy(), test.y.numpy()), "linear_probe": probe,
-            "bottleneck_width": int(out.z.shape[1])}
+    return {
+        "cf_bias_all": counterfactual_gap(p1.numpy(), p1_cf.numpy(), test.y.numpy()),
+        "linear_probe": probe,
+        "bottleneck_width": int(out.z.shape[1]),
+    }
 
 
 # the adult and compas suites of the comparison harness, defined beside their per-cell measurements (cell_extras);
 # registered by bench/__init__.py with the harness's other suites
 ADULT_SUITE = Suite(
-    name="adult", dataset="adult", param="bias", values=("sex", "race"), model="mlp", epochs=20,
-    value_label=lambda v: f"bias {v}", cell_extras=adult_cell_extras,
+    name="adult",
+    dataset="adult",
+    param="bias",
+    values=("sex", "race"),
+    model="mlp",
+    epochs=20,
+    value_label=lambda v: f"bias {v}",
+    cell_extras=adult_cell_extras,
     test_set="the official Adult test rows (NOT group-balanced: read worst group and group mean)",
     notes="UCI Adult (see `debiaskit data show adult`): MLP 3x100 on 88 (sex) / 85 (race) tabular features, "
-          "Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult` adds fairlearn's rows")
+    "Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult` adds fairlearn's rows",
+)
 COMPAS_SUITE = Suite(
-    name="compas", dataset="compas", param="bias", values=("race", "race_binary", "sex"), model="mlp", epochs=20,
-    value_label=lambda v: f"bias {v}", cell_extras=adult_cell_extras,
+    name="compas",
+    dataset="compas",
+    param="bias",
+    values=("race", "race_binary", "sex"),
+    model="mlp",
+    epochs=20,
+    value_label=lambda v: f"bias {v}",
+    cell_extras=adult_cell_extras,
     test_set="the fixed COMPAS test part (20% of every (y, sex, race) cell, the same for every seed; NOT "
-             "group-balanced: read worst group and group mean)",
+    "group-balanced: read worst group and group mean)",
     notes="ProPublica COMPAS (see `debiaskit data show compas`): MLP 3x100 on 11 (race, race_binary) / 15 (sex) "
-          "tabular features, Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult --dataset compas` adds "
-          "fairlearn's rows")
+    "tabular features, Adam 1e-3, batch 256, 20 epochs; `debiaskit bench adult --dataset compas` adds "
+    "fairlearn's rows",
+)
 TABULAR_SUITES = ("adult", "compas")
 
 
@@ -200,35 +267,51 @@ def fit_fairlearn_row(name: str, splits: Splits, *, seed: int, vanilla: nn.Modul
     rng = np.random.RandomState(seed)
     lr = lambda: LogisticRegression(C=1.0, max_iter=2000)  # noqa: E731
     if name in ("fairlearn-lr", "fairlearn-lr-full"):
-        if name.endswith("-full"):   # every non-test row: D^b and the three parts of D^u
+        if name.endswith("-full"):  # every non-test row: D^b and the three parts of D^u
             parts = (train, splits.unbiased_train, splits.unbiased_val, splits.unbiased_test)
             x = np.concatenate([p.x.numpy().astype(np.float64) for p in parts])
             y = np.concatenate([p.y.numpy() for p in parts])
         est = lr().fit(x, y)
-        return {"pred": est.predict(xt), "prob1": est.predict_proba(xt)[:, 1], "prob1_cf": est.predict_proba(xt_cf)[:, 1]}
+        return {
+            "pred": est.predict(xt),
+            "prob1": est.predict_proba(xt)[:, 1],
+            "prob1_cf": est.predict_proba(xt_cf)[:, 1],
+        }
     if name in ("fairlearn-eg-dp", "fairlearn-eg-eo"):
-        eg = ExponentiatedGradient(lr(), constraints=DemographicParity() if name.endswith("dp") else EqualizedOdds(),
-                                   **EG_OPTIONS)
-        with warnings.catch_warnings():   # fairlearn's own pandas deprecation notices, not ours to fix
+        eg = ExponentiatedGradient(
+            lr(), constraints=DemographicParity() if name.endswith("dp") else EqualizedOdds(), **EG_OPTIONS
+        )
+        with warnings.catch_warnings():  # fairlearn's own pandas deprecation notices, not ours to fix
             warnings.simplefilter("ignore", DeprecationWarning)
             eg.fit(x, y, sensitive_features=b)
         # the mixture's P(y = 1 | x) (fairlearn's randomised classifier; _pmf_predict is how predict draws)
-        return {"pred": eg.predict(xt, random_state=rng), "prob1": eg._pmf_predict(xt)[:, 1],
-                "prob1_cf": eg._pmf_predict(xt_cf)[:, 1]}
+        return {
+            "pred": eg.predict(xt, random_state=rng),
+            "prob1": eg._pmf_predict(xt)[:, 1],
+            "prob1_cf": eg._pmf_predict(xt_cf)[:, 1],
+        }
     if name.startswith("fairlearn-to-"):
         constraints = "demographic_parity" if "-dp-" in name else "equalized_odds"
         if name.endswith("-mlp"):
             if vanilla is None:
                 raise ConfigError(f"{name} needs the vanilla MLP of the same cell")
-            to = ThresholdOptimizer(estimator=torch_estimator(vanilla), constraints=constraints,
-                                    objective="accuracy_score", prefit=True, predict_method="predict_proba")
+            to = ThresholdOptimizer(
+                estimator=torch_estimator(vanilla),
+                constraints=constraints,
+                objective="accuracy_score",
+                prefit=True,
+                predict_method="predict_proba",
+            )
         else:
-            to = ThresholdOptimizer(estimator=lr(), constraints=constraints, objective="accuracy_score",
-                                    predict_method="predict_proba")
+            to = ThresholdOptimizer(
+                estimator=lr(), constraints=constraints, objective="accuracy_score", predict_method="predict_proba"
+            )
         to.fit(x, y, sensitive_features=b)
-        return {"pred": to.predict(xt, sensitive_features=bt, random_state=rng),
-                "prob1": to._pmf_predict(xt, sensitive_features=bt)[:, 1],
-                "prob1_cf": to._pmf_predict(xt_cf, sensitive_features=bt_cf)[:, 1]}
+        return {
+            "pred": to.predict(xt, sensitive_features=bt, random_state=rng),
+            "prob1": to._pmf_predict(xt, sensitive_features=bt)[:, 1],
+            "prob1_cf": to._pmf_predict(xt_cf, sensitive_features=bt_cf)[:, 1],
+        }
     raise ConfigError(f"unknown fairlearn row {name!r}; available: {', '.join(FAIRLEARN_ROWS)}")
 
 
@@ -236,14 +319,18 @@ def fairness_metrics(y: np.ndarray, pred: np.ndarray, b: np.ndarray) -> dict[str
     """fairlearn's metrics of one row's test predictions (see the module doc)."""
     from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference
     from sklearn.metrics import accuracy_score
+
     y, pred, b = np.asarray(y), np.asarray(pred), np.asarray(b)
     groups = MetricFrame(metrics=accuracy_score, y_true=y, y_pred=pred, sensitive_features={"y": y, "b": b})
     by_bias = MetricFrame(metrics=accuracy_score, y_true=y, y_pred=pred, sensitive_features=b)
-    return {"accuracy": float(groups.overall), "worst_group_accuracy": float(groups.group_min()),
-            "mean_group_accuracy": float(groups.by_group.mean()),
-            "worst_bias_group_accuracy": float(by_bias.group_min()),
-            "dp_difference": float(demographic_parity_difference(y, pred, sensitive_features=b)),
-            "eo_difference": float(equalized_odds_difference(y, pred, sensitive_features=b))}
+    return {
+        "accuracy": float(groups.overall),
+        "worst_group_accuracy": float(groups.group_min()),
+        "mean_group_accuracy": float(groups.by_group.mean()),
+        "worst_bias_group_accuracy": float(by_bias.group_min()),
+        "dp_difference": float(demographic_parity_difference(y, pred, sensitive_features=b)),
+        "eo_difference": float(equalized_odds_difference(y, pred, sensitive_features=b)),
+    }
 
 
 def tabular_suite(dataset: str) -> Suite:
@@ -257,21 +344,40 @@ def _fairlearn_cell(root: Path, value: str, name: str, seed: int, dataset: str =
     return cell_dir(root, tabular_suite(dataset), value, name, seed)
 
 
-def run_fairlearn_cell(*, root: Path, value: str, name: str, seed: int, splits: Splits,
-                       vanilla: nn.Module | None, dataset: str = "adult") -> dict[str, Any]:
+def run_fairlearn_cell(
+    *, root: Path, value: str, name: str, seed: int, splits: Splits, vanilla: nn.Module | None, dataset: str = "adult"
+) -> dict[str, Any]:
     """Fit, predict and cache one fairlearn row (atomic cell folder beside the harness's cells)."""
     from safetensors.numpy import save_file
+
     folder = _fairlearn_cell(root, value, name, seed, dataset)
     start = time.perf_counter()
     out = fit_fairlearn_row(name, splits, seed=seed, vanilla=vanilla)
     wall = time.perf_counter() - start
-    result = {"kind": "bench-cell", "suite": dataset, "dataset": dataset, "param": "bias", "value": value, "method": name, "seed": seed,
-              "wall_time_s": wall, "selection": FAIRLEARN_ROWS[name][2], "description": FAIRLEARN_ROWS[name][0],
-              "uses_bias_at_inference": FAIRLEARN_ROWS[name][1], "fairlearn": True,
-              "extras": {"cf_bias_all": counterfactual_gap(out["prob1"], out["prob1_cf"], splits.test.y.numpy())}}
-    with atomic_folder(folder, kind=BENCH_CELL, force=True) as staging:   # replaces only a benchmark cell
-        save_file({"pred": np.asarray(out["pred"]).astype(np.int64), "prob1": np.asarray(out["prob1"], dtype=np.float32),
-                   "prob1_cf": np.asarray(out["prob1_cf"], dtype=np.float32)}, str(staging / PREDICTIONS_FILE))
+    result = {
+        "kind": "bench-cell",
+        "suite": dataset,
+        "dataset": dataset,
+        "param": "bias",
+        "value": value,
+        "method": name,
+        "seed": seed,
+        "wall_time_s": wall,
+        "selection": FAIRLEARN_ROWS[name][2],
+        "description": FAIRLEARN_ROWS[name][0],
+        "uses_bias_at_inference": FAIRLEARN_ROWS[name][1],
+        "fairlearn": True,
+        "extras": {"cf_bias_all": counterfactual_gap(out["prob1"], out["prob1_cf"], splits.test.y.numpy())},
+    }
+    with atomic_folder(folder, kind=BENCH_CELL, force=True) as staging:  # replaces only a benchmark cell
+        save_file(
+            {
+                "pred": np.asarray(out["pred"]).astype(np.int64),
+                "prob1": np.asarray(out["prob1"], dtype=np.float32),
+                "prob1_cf": np.asarray(out["prob1_cf"], dtype=np.float32),
+            },
+            str(staging / PREDICTIONS_FILE),
+        )
         write_json(staging / RESULT_FILE, result)
     return result
 
@@ -279,8 +385,9 @@ def run_fairlearn_cell(*, root: Path, value: str, name: str, seed: int, splits: 
 # -- the benchmark ---------------------------------------------------------------------------------------------
 def _splits(value: str, seed: int, dataset: str = "adult") -> Splits:
     s = tabular_suite(dataset)
-    return make_splits(s.dataset, params={s.param: value}, seed=seed, unbiased_size=s.unbiased_size,
-                       train_size=s.train_size)
+    return make_splits(
+        s.dataset, params={s.param: value}, seed=seed, unbiased_size=s.unbiased_size, train_size=s.train_size
+    )
 
 
 def majority_record(splits: Splits, *, dataset: str, value: str, seed: int) -> dict[str, Any]:
@@ -288,40 +395,71 @@ def majority_record(splits: Splits, *, dataset: str, value: str, seed: int) -> d
     the same metrics (its counterfactual bias is 0: a constant prediction never moves)."""
     majority = int(np.bincount(splits.train.y.numpy(), minlength=2).argmax())
     y, b = splits.test.y.numpy(), splits.test.b.numpy()
-    return {"suite": dataset, "dataset": dataset, "param": "bias", "value": value, "method": MAJORITY, "seed": seed,
-            "wall_time_s": 0.0, "selection": f"none (D^b's majority class, y = {majority})", "trivial": True,
-            "description": "predicts D^b's majority class for every row", "extras": {"cf_bias_all": 0.0},
-            "metrics": fairness_metrics(y, np.full(len(y), majority), b)}
+    return {
+        "suite": dataset,
+        "dataset": dataset,
+        "param": "bias",
+        "value": value,
+        "method": MAJORITY,
+        "seed": seed,
+        "wall_time_s": 0.0,
+        "selection": f"none (D^b's majority class, y = {majority})",
+        "trivial": True,
+        "description": "predicts D^b's majority class for every row",
+        "extras": {"cf_bias_all": 0.0},
+        "metrics": fairness_metrics(y, np.full(len(y), majority), b),
+    }
 
 
 def _predictions(folder: Path) -> np.ndarray | None:
     from safetensors.numpy import load_file
+
     path = Path(folder) / PREDICTIONS_FILE
     return load_file(str(path))["pred"] if path.is_file() else None
 
 
-def run_adult_bench(*, root: Path, seeds: Iterable[int] = (0, 1, 2), values: Iterable[str] | None = None,
-                    methods: Iterable[str] | None = None, fairlearn: bool = True, jobs: int = 1,
-                    report_only: bool = False, progress: bool = False, command: str = "", dataset: str = "adult",
-                    echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_adult_bench(
+    *,
+    root: Path,
+    seeds: Iterable[int] = (0, 1, 2),
+    values: Iterable[str] | None = None,
+    methods: Iterable[str] | None = None,
+    fairlearn: bool = True,
+    jobs: int = 1,
+    report_only: bool = False,
+    progress: bool = False,
+    command: str = "",
+    dataset: str = "adult",
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """Our methods through the harness, then fairlearn's rows on the same splits; every row scored by
     fairlearn's metrics. Returns one record per (value, method, seed) with the metrics filled in.
     ``dataset``: adult or compas. The harness's own table (flags, hyper-parameters, diagnostics) is written too:
     ROOT/DATASET/results.md."""
     suite = tabular_suite(dataset)
-    require_fairlearn()   # the metrics of every row, ours included, are fairlearn's
+    require_fairlearn()  # the metrics of every row, ours included, are fairlearn's
     values = tuple(values or suite.values)
     unknown = [v for v in values if v not in suite.values]
     if unknown:
         raise ConfigError(f"{dataset} bias must be one of {', '.join(suite.values)}, got {unknown}")
-    open_root(root, kind=BENCH_COMPARE_ROOT)   # the compare suite's root: never a user's folder
+    open_root(root, kind=BENCH_COMPARE_ROOT)  # the compare suite's root: never a user's folder
     start = time.perf_counter()
     seeds = tuple(seeds)
     s = effective_suite(suite, values=None)
-    ours = run_compare(suite=s, root=root, seeds=seeds, methods=list(methods) if methods else None, values=values,
-                       jobs=jobs, report_only=report_only, progress=progress, echo=echo)
-    write_compare_results(ours, root=root, suite=s, command=command, wall_time_s=time.perf_counter() - start,
-                          budget=s.notes)
+    ours = run_compare(
+        suite=s,
+        root=root,
+        seeds=seeds,
+        methods=list(methods) if methods else None,
+        values=values,
+        jobs=jobs,
+        report_only=report_only,
+        progress=progress,
+        echo=echo,
+    )
+    write_compare_results(
+        ours, root=root, suite=s, command=command, wall_time_s=time.perf_counter() - start, budget=s.notes
+    )
     records = []
     for seed in seeds:
         for value in values:
@@ -330,8 +468,10 @@ def run_adult_bench(*, root: Path, seeds: Iterable[int] = (0, 1, 2), values: Ite
             for cell in (c for c in ours if c["seed"] == seed and c["value"] == value):
                 pred = _predictions(cell_dir(root, s, value, cell["method"], seed))
                 if pred is None:
-                    echo(f"  {cell['method']} seed {seed} {value}: cell has no {PREDICTIONS_FILE} (written by an older "
-                         "harness); rerun it to score it with fairlearn")
+                    echo(
+                        f"  {cell['method']} seed {seed} {value}: cell has no {PREDICTIONS_FILE} (written by an older "
+                        "harness); rerun it to score it with fairlearn"
+                    )
                     continue
                 records.append({**cell, "metrics": fairness_metrics(y, pred, b)})
             if not fairlearn:
@@ -344,20 +484,28 @@ def run_adult_bench(*, root: Path, seeds: Iterable[int] = (0, 1, 2), values: Ite
                     if vanilla is None and name.endswith("-mlp"):
                         vanilla = load_run(cell_dir(root, s, value, REFERENCE_METHOD, seed)).model
                     echo(f"  fairlearn: {name} {dataset} bias={value} seed={seed}")
-                    cell = run_fairlearn_cell(root=root, value=value, name=name, seed=seed, splits=splits,
-                                              vanilla=vanilla, dataset=dataset)
+                    cell = run_fairlearn_cell(
+                        root=root, value=value, name=name, seed=seed, splits=splits, vanilla=vanilla, dataset=dataset
+                    )
                 if cell is not None:
                     records.append({**cell, "metrics": fairness_metrics(y, _predictions(folder), b)})
     return records
 
 
 # -- tables ----------------------------------------------------------------------------------------------------
-COLUMNS = (("accuracy", "accuracy", 1), ("worst (y,b) group", "worst_group_accuracy", 1),
-           ("group mean", "mean_group_accuracy", 1), ("worst bias group", "worst_bias_group_accuracy", 1),
-           ("DP diff", "dp_difference", -1), ("EO diff", "eo_difference", -1))
-TEST_ROWS = {"adult": "the official Adult test rows (15,060 complete rows, not group-balanced)",
-             "compas": "the fixed COMPAS test part (20 % of every (y, sex, race) cell of ProPublica's filtered rows, "
-                       "the same for every seed; not group-balanced)"}
+COLUMNS = (
+    ("accuracy", "accuracy", 1),
+    ("worst (y,b) group", "worst_group_accuracy", 1),
+    ("group mean", "mean_group_accuracy", 1),
+    ("worst bias group", "worst_bias_group_accuracy", 1),
+    ("DP diff", "dp_difference", -1),
+    ("EO diff", "eo_difference", -1),
+)
+TEST_ROWS = {
+    "adult": "the official Adult test rows (15,060 complete rows, not group-balanced)",
+    "compas": "the fixed COMPAS test part (20 % of every (y, sex, race) cell of ProPublica's filtered rows, "
+    "the same for every seed; not group-balanced)",
+}
 TITLES = {"adult": "UCI Adult", "compas": "ProPublica COMPAS"}
 
 
@@ -384,8 +532,9 @@ def _row_values(records: list[dict[str, Any]]) -> dict[str, list]:
 def _row_order(methods: Iterable[str]) -> list[str]:
     """The trivial baselines first (majority class, vanilla), then the rest in their order."""
     methods = list(dict.fromkeys(methods))
-    return [m for m in (MAJORITY, REFERENCE_METHOD) if m in methods] + [m for m in methods
-                                                                        if m not in (MAJORITY, REFERENCE_METHOD)]
+    return [m for m in (MAJORITY, REFERENCE_METHOD) if m in methods] + [
+        m for m in methods if m not in (MAJORITY, REFERENCE_METHOD)
+    ]
 
 
 def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -416,7 +565,10 @@ def winners(stats: dict[str, dict[str, Any]]) -> list[str]:
             continue
         best_m, best = max(rows, key=lambda r: sign * r[1]["mean"])
         ties = [m for m, st in rows if m != best_m and abs(st["mean"] - best["mean"]) <= max(st["std"], best["std"])]
-        lines.append(f"- {label}: **{best_m}** ({100 * best['mean']:.2f})" + (f"; within one std: {', '.join(ties)}" if ties else ""))
+        lines.append(
+            f"- {label}: **{best_m}** ({100 * best['mean']:.2f})"
+            + (f"; within one std: {', '.join(ties)}" if ties else "")
+        )
     return lines
 
 
@@ -432,8 +584,10 @@ def _table_rows(value: str, records: list[dict[str, Any]], stats: dict[str, dict
         cells = [_pm(vals[key]) for _, key, _ in COLUMNS]
         time_text = "-" if first.get("trivial") else (f"{t:.1f}" if n_t == 1 else f"{t:.1f} +- {ts:.1f}")
         name = method + below_marks(means, method, reference=REFERENCE_METHOD)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pm(vals['cf_bias'])} | {_pm(vals['probe'])} | "
-                     f"{_pm(vals['audit_probe'])} | {time_text} | {len(rs)} | {inference} | {first.get('selection', '-')} |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {_pm(vals['cf_bias'])} | {_pm(vals['probe'])} | "
+            f"{_pm(vals['audit_probe'])} | {time_text} | {len(rs)} | {inference} | {first.get('selection', '-')} |"
+        )
     return lines
 
 
@@ -441,37 +595,53 @@ def adult_table(records: list[dict[str, Any]], *, command: str, wall_time_s: flo
     seeds = sorted({r["seed"] for r in records})
     suite = tabular_suite(dataset)
     stats = summary(records)
-    lines = [f"### {TITLES[dataset]}: debiaskit's methods beside fairlearn and the trivial baselines", "",
-             f"Command: `{command}`  ",
-             f"Machine: {machine_description()}; this invocation's wall time {wall_time_s / 60:.1f} min (cached cells "
-             f"count 0); seeds {', '.join(map(str, seeds))}.  ",
-             f"Budget (our rows): {suite.notes}.  ",
-             f"Numbers: % on {TEST_ROWS[dataset]}, mean +- sample std over seeds (a single run: its value and n=1; the "
-             "seed draws D^u and so D^b, the model's initialisation and the randomised predictions). "
-             "All accuracy and fairness columns are computed by fairlearn (MetricFrame / demographic_parity_difference / "
-             "equalized_odds_difference) from each row's test predictions. Worst (y,b) group = min over the 4 (target x "
-             "bias) groups; group mean = their unweighted mean; worst bias group = min over the 2 bias groups; DP / EO "
-             "diff = largest between-group gap of selection rate / of TPR and FPR (lower is fairer). CF bias = mean "
-             "|p_y(x) - p_y(x_cf)| over all test rows, x_cf = the row with the protected attribute flipped (x 100). "
-             "Two bias read-outs of the bottleneck, each under its own name: *linear probe* = the benchmarks' converged "
-             "linear probe (debiaskit.audit.probe_suite 'linear': logistic regression on standardised features, L-BFGS "
-             "to convergence, L2 in {1e-4, 1e-3, 1e-2} chosen on D^u_val), accuracy on the balanced D^u_test (50 = "
-             "chance); *privacy head* = the audit's bias extractability (a head-shaped Linear trained with early-stopped "
-             "Adam on D^u_train, accuracy on the unbalanced test rows): a weaker, faster reader, so it can sit below "
-             "the probe. Time = training / fitting seconds per run (post-hoc rows: excluding the vanilla model).  ",
-             f"Trivial baselines first: *{MAJORITY}* predicts D^b's majority class for every row (what any method must "
-             f"beat: its worst group is 0 and its group mean 50); *{REFERENCE_METHOD}* is our MLP trained by ERM on D^b.",
-             ""]
+    lines = [
+        f"### {TITLES[dataset]}: debiaskit's methods beside fairlearn and the trivial baselines",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_description()}; this invocation's wall time {wall_time_s / 60:.1f} min (cached cells "
+        f"count 0); seeds {', '.join(map(str, seeds))}.  ",
+        f"Budget (our rows): {suite.notes}.  ",
+        f"Numbers: % on {TEST_ROWS[dataset]}, mean +- sample std over seeds (a single run: its value and n=1; the "
+        "seed draws D^u and so D^b, the model's initialisation and the randomised predictions). "
+        "All accuracy and fairness columns are computed by fairlearn (MetricFrame / demographic_parity_difference / "
+        "equalized_odds_difference) from each row's test predictions. Worst (y,b) group = min over the 4 (target x "
+        "bias) groups; group mean = their unweighted mean; worst bias group = min over the 2 bias groups; DP / EO "
+        "diff = largest between-group gap of selection rate / of TPR and FPR (lower is fairer). CF bias = mean "
+        "|p_y(x) - p_y(x_cf)| over all test rows, x_cf = the row with the protected attribute flipped (x 100). "
+        "Two bias read-outs of the bottleneck, each under its own name: *linear probe* = the benchmarks' converged "
+        "linear probe (debiaskit.audit.probe_suite 'linear': logistic regression on standardised features, L-BFGS "
+        "to convergence, L2 in {1e-4, 1e-3, 1e-2} chosen on D^u_val), accuracy on the balanced D^u_test (50 = "
+        "chance); *privacy head* = the audit's bias extractability (a head-shaped Linear trained with early-stopped "
+        "Adam on D^u_train, accuracy on the unbalanced test rows): a weaker, faster reader, so it can sit below "
+        "the probe. Time = training / fitting seconds per run (post-hoc rows: excluding the vanilla model).  ",
+        f"Trivial baselines first: *{MAJORITY}* predicts D^b's majority class for every row (what any method must "
+        f"beat: its worst group is 0 and its group mean 50); *{REFERENCE_METHOD}* is our MLP trained by ERM on D^b.",
+        "",
+    ]
     for value in [v for v in suite.values if v in stats]:
-        lines += [f"#### bias = {value}", "",
-                  "| method | " + " | ".join(c[0] for c in COLUMNS) + " | CF bias | linear probe | privacy head | "
-                  "time (s) | n | b at inference | selection |", "|---" * (len(COLUMNS) + 8) + "|"]
+        lines += [
+            f"#### bias = {value}",
+            "",
+            "| method | " + " | ".join(c[0] for c in COLUMNS) + " | CF bias | linear probe | privacy head | "
+            "time (s) | n | b at inference | selection |",
+            "|---" * (len(COLUMNS) + 8) + "|",
+        ]
         lines += _table_rows(value, records, stats[value])
-        lines += ["", BELOW_NOTE, "", "Best per column (mean; rows within one std of it listed):", "",
-                  *winners(stats[value]), ""]
-    lines += ["fairlearn rows: " + "; ".join(f"{k} = {d}" for k, (d, _, _) in FAIRLEARN_ROWS.items()) + ".",
-              f"Our rows: see `bench compare --suite {dataset}` (results.md beside this file) for their flags, "
-              "hyper-parameters and diagnostics."]
+        lines += [
+            "",
+            BELOW_NOTE,
+            "",
+            "Best per column (mean; rows within one std of it listed):",
+            "",
+            *winners(stats[value]),
+            "",
+        ]
+    lines += [
+        "fairlearn rows: " + "; ".join(f"{k} = {d}" for k, (d, _, _) in FAIRLEARN_ROWS.items()) + ".",
+        f"Our rows: see `bench compare --suite {dataset}` (results.md beside this file) for their flags, "
+        "hyper-parameters and diagnostics.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -488,8 +658,12 @@ def adult_records_on_disk(root: Path, *, skip: set = frozenset(), dataset: str =
     records = []
     for f in sorted(folder.glob(f"*/*/seed*/{RESULT_FILE}")):
         cell = read_json(f)
-        if any(p.startswith(".") for p in f.relative_to(folder).parts) or not isinstance(cell, dict) \
-                or "method" not in cell or _record_key(cell) in skip:
+        if (
+            any(p.startswith(".") for p in f.relative_to(folder).parts)
+            or not isinstance(cell, dict)
+            or "method" not in cell
+            or _record_key(cell) in skip
+        ):
             continue
         pred = _predictions(f.parent)
         if pred is None:
@@ -509,8 +683,9 @@ def majority_records(records: list[dict[str, Any]], *, dataset: str) -> list[dic
     return [majority_record(_splits(v, seed, dataset), dataset=dataset, value=v, seed=seed) for v, seed in keys]
 
 
-def write_adult_results(records: list[dict[str, Any]], *, root: Path, command: str, wall_time_s: float,
-                        dataset: str = "adult") -> Path:
+def write_adult_results(
+    records: list[dict[str, Any]], *, root: Path, command: str, wall_time_s: float, dataset: str = "adult"
+) -> Path:
     """``DATASET/DATASET.json`` / ``.md`` (adult/adult.md, compas/compas.md) from ``records`` and every other
     finished cell of ``root`` (another process's included), plus the majority-class rows, under the root's
     report lock."""
@@ -518,12 +693,25 @@ def write_adult_results(records: list[dict[str, Any]], *, root: Path, command: s
     open_root(root, kind=BENCH_COMPARE_ROOT)
     folder = Path(root) / dataset
     with report_lock(root):
-        records = with_cells_on_disk(records, adult_records_on_disk(root, skip={_record_key(r) for r in records},
-                                                                    dataset=dataset), key=_record_key)
+        records = with_cells_on_disk(
+            records,
+            adult_records_on_disk(root, skip={_record_key(r) for r in records}, dataset=dataset),
+            key=_record_key,
+        )
         records = [r for r in records if r["method"] != MAJORITY]
         records = majority_records(records, dataset=dataset) + records
-        write_json(folder / f"{dataset}.json", {"suite": dataset, "command": command, "wall_time_s": wall_time_s,
-                                                "machine": machine_description(), "summary": summary(records),
-                                                "rows": [{k: v for k, v in r.items() if k != "method_state"} for r in records]})
-        write_text(folder / f"{dataset}.md", adult_table(records, command=command, wall_time_s=wall_time_s, dataset=dataset))
+        write_json(
+            folder / f"{dataset}.json",
+            {
+                "suite": dataset,
+                "command": command,
+                "wall_time_s": wall_time_s,
+                "machine": machine_description(),
+                "summary": summary(records),
+                "rows": [{k: v for k, v in r.items() if k != "method_state"} for r in records],
+            },
+        )
+        write_text(
+            folder / f"{dataset}.md", adult_table(records, command=command, wall_time_s=wall_time_s, dataset=dataset)
+        )
     return folder / f"{dataset}.md"

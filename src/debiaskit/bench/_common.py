@@ -1,11 +1,13 @@
 """Shared pieces of the benchmark suites: cells, caching, mean +- std tables."""
+
 from __future__ import annotations
 
 import math
 import platform
 import statistics
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any
 
 import torch
 
@@ -44,12 +46,14 @@ def fmt_stat(values: Iterable[float | None], *, scale: float = 100.0, digits: in
 # trivial baselines every comparison table shows first: (row name, mark of a row below it)
 MAJORITY = "majority class"
 MARKED_ON = ("worst_group_accuracy", "mean_group_accuracy")
-BELOW_NOTE = ("↓maj / ↓van: below the majority-class row / below the vanilla row on worst-group or group-mean "
-              "accuracy (means over seeds, no significance test: read the std). Methods that find the bias-conflicting samples from the mistakes of an "
-              "ERM or deliberately biased model (LfF, DCWP, JTT, ...) assume the bias is easier to learn than the "
-              "target; where it is not (a protected attribute that predicts the label weakly, as in Adult and "
-              "COMPAS), the samples they up-weight are mostly hard-to-classify ones, not bias-conflicting ones, and "
-              "they can fall below ERM or the trivial predictor.")
+BELOW_NOTE = (
+    "↓maj / ↓van: below the majority-class row / below the vanilla row on worst-group or group-mean "
+    "accuracy (means over seeds, no significance test: read the std). Methods that find the bias-conflicting samples from the mistakes of an "
+    "ERM or deliberately biased model (LfF, DCWP, JTT, ...) assume the bias is easier to learn than the "
+    "target; where it is not (a protected attribute that predicts the label weakly, as in Adult and "
+    "COMPAS), the samples they up-weight are mostly hard-to-classify ones, not bias-conflicting ones, and "
+    "they can fall below ERM or the trivial predictor."
+)
 
 
 def below_marks(means: dict[str, dict[str, float | None]], method: str, *, reference: str) -> str:
@@ -70,8 +74,9 @@ def load_cell(path: Path) -> dict[str, Any] | None:
     return read_json(path) if Path(path).is_file() else None
 
 
-def with_cells_on_disk(given: list[dict[str, Any]], on_disk: Iterable[dict[str, Any]],
-                       key: Callable[[dict[str, Any]], Hashable]) -> list[dict[str, Any]]:
+def with_cells_on_disk(
+    given: list[dict[str, Any]], on_disk: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Hashable]
+) -> list[dict[str, Any]]:
     """``given`` (this process's cells) plus every finished cell on disk it lacks: what a suite renders its
     reports from, under :func:`debiaskit._io.report_lock`, so a report never drops a cell that another
     process sharing the root finished (a finished cell never changes, so either copy is the same)."""

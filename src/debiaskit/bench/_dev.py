@@ -38,40 +38,48 @@ Examples::
     debiaskit bench dev --out runs/bench/dev --budget dev --seeds 3              # the suite defaults are chosen on
     debiaskit bench dev --out runs/bench/dev-full --budget full --seeds 3        # the papers' budget
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._io import open_root, report_lock
 from ..audit import group_metrics, probe_suite
 from ..data import as_bias_datasets
 from ..errors import ConfigError, DebiaskitError
 from ..ffw import FFWConfig, apply_stages, find_fantastic_weights
 from ..models import collect_outputs
-from .._io import open_root, report_lock
-from ._folders import BENCH_DEV_ROOT
 from ..runs import is_finished, load_run, read_json, write_json, write_text
 from ..train import TrainConfig, partial_dir, train_run
 from ._common import fmt_pm, load_cell, machine_description, mean_std
 from ._ffw import FULL_PROTOCOL
+from ._folders import BENCH_DEV_ROOT
 
 BUDGETS = {
     "smoke": "procedural toy digits (600 biased, 400 for D^u, 200 test; Adult: 2,000 rows), 1 vanilla epoch, FFW search 2 epochs + 1 tuning epoch, "
-             "probe sgd5 only: seconds per cell; for tests, not for numbers",
+    "probe sgd5 only: seconds per cell; for tests, not for numbers",
     "dev": "CPU-sized: each cell's own vanilla epochs on at most 20,000 biased training samples, D^u of 10,000, "
-           "FFW with the library's defaults, all four probes",
+    "FFW with the library's defaults, all four probes",
     "full": "the papers' models and epochs on every training sample, FFW with the paper's schedule "
-            "(no epoch cap, 20 levels of up to 10 epochs, patience 2), all four probes",
+    "(no epoch cap, 20 levels of up to 10 epochs, patience 2), all four probes",
 }
-BUDGET_FFW: dict[str, dict[str, Any]] = {"smoke": dict(max_epochs=2, head_pretrain_epochs=2, tune_epochs=1),
-                                         "dev": {}, "full": dict(FULL_PROTOCOL)}
-BUDGET_PROBES = {"smoke": ("sgd5",), "dev": ("sgd5", "audit", "mlp", "linear"),
-                 "full": ("sgd5", "audit", "mlp", "linear")}
+BUDGET_FFW: dict[str, dict[str, Any]] = {
+    "smoke": dict(max_epochs=2, head_pretrain_epochs=2, tune_epochs=1),
+    "dev": {},
+    "full": dict(FULL_PROTOCOL),
+}
+BUDGET_PROBES = {
+    "smoke": ("sgd5",),
+    "dev": ("sgd5", "audit", "mlp", "linear"),
+    "full": ("sgd5", "audit", "mlp", "linear"),
+}
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class DevCell:
     params: dict[str, Any]
     model: str
     epochs: int
-    smoke_dataset: str               # the same recipe on the toy source (Adult: itself, few rows)
+    smoke_dataset: str  # the same recipe on the toy source (Adult: itself, few rows)
     full_model: str | None = None
     full_epochs: int | None = None
     what: str = ""
@@ -91,33 +99,105 @@ class DevCell:
     def setting(self, budget: str) -> dict[str, Any]:
         """dataset, params, model, epochs and sizes of this cell at ``budget``."""
         if budget == "smoke":
-            adult = self.smoke_dataset == "adult"   # Adult has no toy source: its rows, cut down
-            return {"dataset": self.smoke_dataset, "params": self.params, "model": self.model, "epochs": 1,
-                    "train_size": 2000 if adult else 600, "unbiased_size": 1000 if adult else 400,
-                    "test_size": 1000 if adult else 200}
+            adult = self.smoke_dataset == "adult"  # Adult has no toy source: its rows, cut down
+            return {
+                "dataset": self.smoke_dataset,
+                "params": self.params,
+                "model": self.model,
+                "epochs": 1,
+                "train_size": 2000 if adult else 600,
+                "unbiased_size": 1000 if adult else 400,
+                "test_size": 1000 if adult else 200,
+            }
         if budget == "dev":
-            return {"dataset": self.dataset, "params": self.params, "model": self.model, "epochs": self.epochs,
-                    "train_size": None if self.dataset == "adult" else 20000, "unbiased_size": None, "test_size": None}
-        return {"dataset": self.dataset, "params": self.params, "model": self.full_model or self.model,
-                "epochs": self.full_epochs or self.epochs, "train_size": None, "unbiased_size": None, "test_size": None}
+            return {
+                "dataset": self.dataset,
+                "params": self.params,
+                "model": self.model,
+                "epochs": self.epochs,
+                "train_size": None if self.dataset == "adult" else 20000,
+                "unbiased_size": None,
+                "test_size": None,
+            }
+        return {
+            "dataset": self.dataset,
+            "params": self.params,
+            "model": self.full_model or self.model,
+            "epochs": self.full_epochs or self.epochs,
+            "train_size": None,
+            "unbiased_size": None,
+            "test_size": None,
+        }
 
 
-CELLS: dict[str, DevCell] = {c.name: c for c in (
-    DevCell("biased-mnist-0.99", "biased-mnist", {"rho": 0.99}, "simple-conv-small", 5, "biased-toy",
-            full_model="simple-conv", full_epochs=80, what="background colour (Bahng et al.), rho 0.99"),
-    DevCell("biased-mnist-0.997", "biased-mnist", {"rho": 0.997}, "simple-conv-small", 5, "biased-toy",
-            full_model="simple-conv", full_epochs=80, what="background colour, rho 0.997"),
-    DevCell("colored-mnist-1pct", "colored-mnist", {"rho": 0.99}, "mlp", 5, "colored-toy", full_epochs=100,
-            what="foreground colour (LfF), 1 % conflicting, MLP"),
-    DevCell("corrupted-mnist", "corrupted-mnist", {"rho": 0.99}, "simple-conv-small", 5, "corrupted-toy",
-            full_model="resnet18", full_epochs=100, what="corruption family per class (LfF protocol), rho 0.99"),
-    DevCell("stripes-fashion", "stripes-fashion-mnist", {"rho": 0.99}, "residual-cnn", 5, "stripes-toy",
-            what="striped background on Fashion-MNIST with the residual CNN of BENCHMARKS.md section 7"),
-    DevCell("watermark-tvresnet", "watermark-mnist", {"rho": 0.99}, "tv-resnet-small", 5, "watermark-toy",
-            what="watermark position (a 4x4 patch at one of 10 border places) on a torchvision-style ResNet"),
-    DevCell("adult-sex", "adult", {"bias": "sex"}, "mlp", 20, "adult", what="UCI Adult, bias sex, MLP"),
-    DevCell("adult-race", "adult", {"bias": "race"}, "mlp", 20, "adult", what="UCI Adult, bias race, MLP"),
-)}
+CELLS: dict[str, DevCell] = {
+    c.name: c
+    for c in (
+        DevCell(
+            "biased-mnist-0.99",
+            "biased-mnist",
+            {"rho": 0.99},
+            "simple-conv-small",
+            5,
+            "biased-toy",
+            full_model="simple-conv",
+            full_epochs=80,
+            what="background colour (Bahng et al.), rho 0.99",
+        ),
+        DevCell(
+            "biased-mnist-0.997",
+            "biased-mnist",
+            {"rho": 0.997},
+            "simple-conv-small",
+            5,
+            "biased-toy",
+            full_model="simple-conv",
+            full_epochs=80,
+            what="background colour, rho 0.997",
+        ),
+        DevCell(
+            "colored-mnist-1pct",
+            "colored-mnist",
+            {"rho": 0.99},
+            "mlp",
+            5,
+            "colored-toy",
+            full_epochs=100,
+            what="foreground colour (LfF), 1 % conflicting, MLP",
+        ),
+        DevCell(
+            "corrupted-mnist",
+            "corrupted-mnist",
+            {"rho": 0.99},
+            "simple-conv-small",
+            5,
+            "corrupted-toy",
+            full_model="resnet18",
+            full_epochs=100,
+            what="corruption family per class (LfF protocol), rho 0.99",
+        ),
+        DevCell(
+            "stripes-fashion",
+            "stripes-fashion-mnist",
+            {"rho": 0.99},
+            "residual-cnn",
+            5,
+            "stripes-toy",
+            what="striped background on Fashion-MNIST with the residual CNN of BENCHMARKS.md section 7",
+        ),
+        DevCell(
+            "watermark-tvresnet",
+            "watermark-mnist",
+            {"rho": 0.99},
+            "tv-resnet-small",
+            5,
+            "watermark-toy",
+            what="watermark position (a 4x4 patch at one of 10 border places) on a torchvision-style ResNet",
+        ),
+        DevCell("adult-sex", "adult", {"bias": "sex"}, "mlp", 20, "adult", what="UCI Adult, bias sex, MLP"),
+        DevCell("adult-race", "adult", {"bias": "race"}, "mlp", 20, "adult", what="UCI Adult, bias race, MLP"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -136,25 +216,71 @@ class Variant:
     guarded: bool = False
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("ffw-default", "vanilla", "ffw", {}, "find_fantastic_weights, every default (unstructured)", guarded=True),
-    Variant("ffw-structured", "vanilla", "ffw", {"mode": "structured"}, "find_fantastic_weights, mode structured",
-            guarded=True),
-    Variant("gates-only", "vanilla", "ffw", {"tune_epochs": 0, "erase": "none", "refit_head": False},
-            "the gate search alone (no tuning, eraser or refit)"),
-    Variant("gates+tune", "gates-only", "stages", {"erase": "none", "refit_head": False},
-            "gates-only's model + FFW's weight tuning"),
-    Variant("gates+tune+erase", "gates+tune", "stages", {"tune_epochs": 0, "refit_head": False},
-            "+ the eraser (chosen through the head as it is)"),
-    Variant("gates+tune+erase+refit", "gates+tune", "stages", {"tune_epochs": 0},
-            "+ the eraser and the head refit: the default pipeline, stage by stage"),
-    Variant("finetune+erase+refit", "vanilla", "stages", {},
-            "no gates: every weight tuned (FFW's tuning), then the eraser and the refit"),
-    Variant("erase+refit", "vanilla", "stages", {"tune_epochs": 0}, "no gates: the eraser + refit on the vanilla "
-            "bottleneck"),
-    Variant("dfr", "vanilla", "stages", {"tune_epochs": 0, "erase": "none"},
-            "no gates: the head refit alone (DFR: group-balanced last layer on D^u_train, strength on D^u_val)"),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            "ffw-default", "vanilla", "ffw", {}, "find_fantastic_weights, every default (unstructured)", guarded=True
+        ),
+        Variant(
+            "ffw-structured",
+            "vanilla",
+            "ffw",
+            {"mode": "structured"},
+            "find_fantastic_weights, mode structured",
+            guarded=True,
+        ),
+        Variant(
+            "gates-only",
+            "vanilla",
+            "ffw",
+            {"tune_epochs": 0, "erase": "none", "refit_head": False},
+            "the gate search alone (no tuning, eraser or refit)",
+        ),
+        Variant(
+            "gates+tune",
+            "gates-only",
+            "stages",
+            {"erase": "none", "refit_head": False},
+            "gates-only's model + FFW's weight tuning",
+        ),
+        Variant(
+            "gates+tune+erase",
+            "gates+tune",
+            "stages",
+            {"tune_epochs": 0, "refit_head": False},
+            "+ the eraser (chosen through the head as it is)",
+        ),
+        Variant(
+            "gates+tune+erase+refit",
+            "gates+tune",
+            "stages",
+            {"tune_epochs": 0},
+            "+ the eraser and the head refit: the default pipeline, stage by stage",
+        ),
+        Variant(
+            "finetune+erase+refit",
+            "vanilla",
+            "stages",
+            {},
+            "no gates: every weight tuned (FFW's tuning), then the eraser and the refit",
+        ),
+        Variant(
+            "erase+refit",
+            "vanilla",
+            "stages",
+            {"tune_epochs": 0},
+            "no gates: the eraser + refit on the vanilla bottleneck",
+        ),
+        Variant(
+            "dfr",
+            "vanilla",
+            "stages",
+            {"tune_epochs": 0, "erase": "none"},
+            "no gates: the head refit alone (DFR: group-balanced last layer on D^u_train, strength on D^u_val)",
+        ),
+    )
+}
 BASELINES = ("vanilla", "majority")
 
 
@@ -177,10 +303,15 @@ def seed_dir(root: Path, budget: str, cell: str, seed: int) -> Path:
 # -- evaluation -----------------------------------------------------------------------------------------------
 def _group_numbers(pred: torch.Tensor, data) -> dict[str, float]:
     """Accuracy, group-mean and worst-group accuracy (each the worst over the bias attributes)."""
-    groups = [group_metrics(pred, data.y, data.bias(a), num_classes=data.num_classes,
-                            num_bias=data.num_bias_classes_of(a)) for a in range(len(data.bias_cardinalities))]
-    return {"acc": groups[0].accuracy, "group_mean": min(g.mean_group_accuracy for g in groups),
-            "worst_group": min(g.worst_group_accuracy for g in groups)}
+    groups = [
+        group_metrics(pred, data.y, data.bias(a), num_classes=data.num_classes, num_bias=data.num_bias_classes_of(a))
+        for a in range(len(data.bias_cardinalities))
+    ]
+    return {
+        "acc": groups[0].accuracy,
+        "group_mean": min(g.mean_group_accuracy for g in groups),
+        "worst_group": min(g.worst_group_accuracy for g in groups),
+    }
 
 
 def evaluate(model: nn.Module, head: str, splits, *, seed: int, probes: tuple[str, ...]) -> dict[str, Any]:
@@ -192,11 +323,26 @@ def evaluate(model: nn.Module, head: str, splits, *, seed: int, probes: tuple[st
     v = _group_numbers(outs[1].logits.argmax(1), val)
     t = _group_numbers(outs[2].logits.argmax(1), test)
     cols = [d.bias(0) for d in (train, val, test)]
-    read = probe_suite(outs[0].z, cols[0], outs[1].z, cols[1], outs[2].z, cols[2], num_bias=test.num_bias_classes_of(0),
-                       seed=seed, probes=probes)
-    return {"val_group_mean": v["group_mean"], "val_acc": v["acc"], "test_acc": t["acc"],
-            "test_group_mean": t["group_mean"], "test_worst_group": t["worst_group"], "probes": read,
-            "probe_chance": 1.0 / test.num_bias_classes_of(0)}
+    read = probe_suite(
+        outs[0].z,
+        cols[0],
+        outs[1].z,
+        cols[1],
+        outs[2].z,
+        cols[2],
+        num_bias=test.num_bias_classes_of(0),
+        seed=seed,
+        probes=probes,
+    )
+    return {
+        "val_group_mean": v["group_mean"],
+        "val_acc": v["acc"],
+        "test_acc": t["acc"],
+        "test_group_mean": t["group_mean"],
+        "test_worst_group": t["worst_group"],
+        "probes": read,
+        "probe_chance": 1.0 / test.num_bias_classes_of(0),
+    }
 
 
 def majority_record(splits) -> dict[str, Any]:
@@ -205,9 +351,16 @@ def majority_record(splits) -> dict[str, Any]:
     top = int(torch.bincount(train.y.long()).argmax())
     v = _group_numbers(torch.full_like(val.y, top), val)
     t = _group_numbers(torch.full_like(test.y, top), test)
-    return {"val_group_mean": v["group_mean"], "val_acc": v["acc"], "test_acc": t["acc"],
-            "test_group_mean": t["group_mean"], "test_worst_group": t["worst_group"], "probes": {},
-            "class": top, "wall_time_s": 0.0}
+    return {
+        "val_group_mean": v["group_mean"],
+        "val_acc": v["acc"],
+        "test_acc": t["acc"],
+        "test_group_mean": t["group_mean"],
+        "test_worst_group": t["worst_group"],
+        "probes": {},
+        "class": top,
+        "wall_time_s": 0.0,
+    }
 
 
 # -- one (cell, seed) -------------------------------------------------------------------------------------------
@@ -218,9 +371,19 @@ def _vanilla(cell: DevCell, budget: str, seed: int, folder: Path, echo) -> Path:
         s = cell.setting(budget)
         start = time.perf_counter()
         resume = (partial_dir(out) / "checkpoint.safetensors").is_file()
-        train_run(dataset=s["dataset"], params=s["params"], out=out, model=s["model"], resume=resume,
-                  config=TrainConfig(epochs=s["epochs"], seed=seed), train_size=s["train_size"],
-                  unbiased_size=s["unbiased_size"], test_size=s["test_size"], progress=False, force=True)
+        train_run(
+            dataset=s["dataset"],
+            params=s["params"],
+            out=out,
+            model=s["model"],
+            resume=resume,
+            config=TrainConfig(epochs=s["epochs"], seed=seed),
+            train_size=s["train_size"],
+            unbiased_size=s["unbiased_size"],
+            test_size=s["test_size"],
+            progress=False,
+            force=True,
+        )
         echo(f"[{cell.name} seed {seed}] vanilla trained in {time.perf_counter() - start:.0f}s")
     return out
 
@@ -231,7 +394,8 @@ class _Pipelines:
     def __init__(self, run, splits, *, budget: str, seed: int) -> None:
         self.splits, self.budget, self.seed = splits, budget, seed
         self.built: dict[str, tuple[nn.Module, str, dict[str, Any], float] | DebiaskitError] = {
-            "vanilla": (run.model, run.head, {}, 0.0)}
+            "vanilla": (run.model, run.head, {}, 0.0)
+        }
 
     def config(self, variant: Variant) -> FFWConfig:
         return FFWConfig(**{**BUDGET_FFW[self.budget], **variant.settings, "seed": self.seed})
@@ -241,7 +405,7 @@ class _Pipelines:
         if name not in self.built:
             try:
                 self.built[name] = self._build(VARIANTS[name])
-            except DebiaskitError as exc:   # the refusal is the result (its children are refused with it)
+            except DebiaskitError as exc:  # the refusal is the result (its children are refused with it)
                 self.built[name] = exc
         got = self.built[name]
         if isinstance(got, DebiaskitError):
@@ -254,20 +418,30 @@ class _Pipelines:
         train, val = self.splits.unbiased_train, self.splits.unbiased_val
         start = time.perf_counter()
         if variant.kind == "ffw":
-            res = find_fantastic_weights(parent, head=head, train=train, val=val, config=config, progress=False,
-                                         no_harm=variant.guarded)
-            info = {"sparsity": res.sparsity.get("overall"), "stop_reason": res.stop_reason,
-                    "selected_epoch": res.selected.get("epoch"), "tune_epoch": (res.tune or {}).get("chosen_epoch"),
-                    "erase_rank": (res.eraser or {}).get("rank"), "refit_lam": (res.head_refit or {}).get("kept_lam")}
+            res = find_fantastic_weights(
+                parent, head=head, train=train, val=val, config=config, progress=False, no_harm=variant.guarded
+            )
+            info = {
+                "sparsity": res.sparsity.get("overall"),
+                "stop_reason": res.stop_reason,
+                "selected_epoch": res.selected.get("epoch"),
+                "tune_epoch": (res.tune or {}).get("chosen_epoch"),
+                "erase_rank": (res.eraser or {}).get("rank"),
+                "refit_lam": (res.head_refit or {}).get("kept_lam"),
+            }
             return res.model, res.head, info, time.perf_counter() - start
         res = apply_stages(parent, train=train, val=val, head=head, config=config)
-        info = {"tune_epoch": (res.tune or {}).get("chosen_epoch"), "erase_rank": (res.eraser or {}).get("rank"),
-                "refit_lam": (res.head_refit or {}).get("kept_lam")}
+        info = {
+            "tune_epoch": (res.tune or {}).get("chosen_epoch"),
+            "erase_rank": (res.eraser or {}).get("rank"),
+            "refit_lam": (res.head_refit or {}).get("kept_lam"),
+        }
         return res.model, res.head, info, time.perf_counter() - start
 
 
-def run_seed(cell: DevCell, seed: int, *, root: Path, budget: str, variants: tuple[str, ...],
-             echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+def run_seed(
+    cell: DevCell, seed: int, *, root: Path, budget: str, variants: tuple[str, ...], echo: Callable[[str], None] = print
+) -> dict[str, dict[str, Any]]:
     """Every record of one (cell, seed): the baselines and each variant, read from disk where already written."""
     folder = seed_dir(root, budget, cell.name, seed)
     names = (*BASELINES, *variants)
@@ -285,16 +459,32 @@ def run_seed(cell: DevCell, seed: int, *, root: Path, budget: str, variants: tup
         if name == "majority":
             rec = majority_record(splits)
         elif name == "vanilla":
-            rec = {**evaluate(run.model, run.head, splits, seed=seed, probes=probes),
-                   "wall_time_s": float(run.meta.get("wall_time_s") or 0.0), "what": "vanilla training (D^b)"}
+            rec = {
+                **evaluate(run.model, run.head, splits, seed=seed, probes=probes),
+                "wall_time_s": float(run.meta.get("wall_time_s") or 0.0),
+                "what": "vanilla training (D^b)",
+            }
         else:
             rec = _variant_record(pipes, name, splits, seed=seed, probes=probes)
-        rec.update({"cell": cell.name, "seed": seed, "budget": budget, "pipeline": name,
-                    "record_time_s": time.perf_counter() - start})
-        write_json(folder / f"{name}.json", rec)   # atomic: a record is whole or absent
+        rec.update(
+            {
+                "cell": cell.name,
+                "seed": seed,
+                "budget": budget,
+                "pipeline": name,
+                "record_time_s": time.perf_counter() - start,
+            }
+        )
+        write_json(folder / f"{name}.json", rec)  # atomic: a record is whole or absent
         records[name] = rec
-        echo(f"[{cell.name} seed {seed}] {name}: " + ("refused: " + rec["refused"] if "refused" in rec else
-                                                       f"D^u_val group mean {100 * rec['val_group_mean']:.1f}"))
+        echo(
+            f"[{cell.name} seed {seed}] {name}: "
+            + (
+                "refused: " + rec["refused"]
+                if "refused" in rec
+                else f"D^u_val group mean {100 * rec['val_group_mean']:.1f}"
+            )
+        )
     return records
 
 
@@ -304,22 +494,34 @@ def _variant_record(pipes: _Pipelines, name: str, splits, *, seed: int, probes) 
         model, head, info, wall = pipes.get(name)
     except DebiaskitError as exc:
         return {"refused": f"{type(exc).__name__}: {exc}", "parent": variant.parent, "what": variant.text}
-    return {**evaluate(model, head, splits, seed=seed, probes=probes), **info, "wall_time_s": wall,
-            "parent": variant.parent, "what": variant.text}
+    return {
+        **evaluate(model, head, splits, seed=seed, probes=probes),
+        **info,
+        "wall_time_s": wall,
+        "parent": variant.parent,
+        "what": variant.text,
+    }
 
 
-def run_dev_suite(*, root: Path, budget: str = "dev", cells: Iterable[str] | None = None, seeds: Iterable[int] = (0,),
-                  variants: Iterable[str] | None = None,
-                  echo: Callable[[str], None] = print) -> dict[str, dict[int, dict[str, dict[str, Any]]]]:
+def run_dev_suite(
+    *,
+    root: Path,
+    budget: str = "dev",
+    cells: Iterable[str] | None = None,
+    seeds: Iterable[int] = (0,),
+    variants: Iterable[str] | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, dict[int, dict[str, dict[str, Any]]]]:
     """Run (or resume) the suite: {cell: {seed: {pipeline: record}}}. Cells in the order given."""
     cells, variants, seeds = tuple(cells or CELLS), tuple(variants or VARIANTS), tuple(seeds)
     check_selection(budget=budget, cells=cells, variants=variants, seeds=seeds)
-    open_root(root, kind=BENCH_DEV_ROOT)   # before any compute: never a user's folder or another suite's
+    open_root(root, kind=BENCH_DEV_ROOT)  # before any compute: never a user's folder or another suite's
     out: dict[str, dict[int, dict[str, dict[str, Any]]]] = {}
     for name in cells:
         for seed in seeds:
-            out.setdefault(name, {})[seed] = run_seed(CELLS[name], seed, root=root, budget=budget, variants=variants,
-                                                      echo=echo)
+            out.setdefault(name, {})[seed] = run_seed(
+                CELLS[name], seed, root=root, budget=budget, variants=variants, echo=echo
+            )
     return out
 
 
@@ -369,7 +571,9 @@ def summary_rows(results) -> list[dict[str, Any]]:
         vals = [v for c, v in r["per_cell"].items() if c in common]
         r["worst"], r["mean"] = (min(vals), sum(vals) / len(vals)) if vals else (float("nan"), float("nan"))
         r["worst_cell"] = min((c for c in common), key=lambda c: r["per_cell"][c]) if vals else None
-    rows.sort(key=lambda r: (-r["worst"] if r["worst"] == r["worst"] else 1.0, -r["mean"] if r["mean"] == r["mean"] else 1.0))
+    rows.sort(
+        key=lambda r: (-r["worst"] if r["worst"] == r["worst"] else 1.0, -r["mean"] if r["mean"] == r["mean"] else 1.0)
+    )
     return rows
 
 
@@ -382,12 +586,19 @@ def cell_table(cell: str, seeds: dict[int, dict[str, dict[str, Any]]]) -> list[s
     probes = sorted({k for recs in seeds.values() for r in recs.values() for k in r.get("probes", {})})
     chance = next((r["probe_chance"] for recs in seeds.values() for r in recs.values() if "probe_chance" in r), None)
     spec = CELLS.get(cell)
-    lines = [f"### {cell}" + (f": {spec.what}" if spec else ""), "",
-             f"Seeds: {', '.join(map(str, sorted(seeds)))}. Probes: bias accuracy at the bottleneck on the unbiased "
-             f"test (chance {100 * chance:.1f} %)." if chance else f"Seeds: {', '.join(map(str, sorted(seeds)))}.", "",
-             "| pipeline | D^u_val group mean | test acc. | test group mean | test worst group | "
-             + " | ".join(f"probe {p}" for p in probes) + " | wall s | notes |",
-             "|---|---|---|---|---|" + "---|" * len(probes) + "---|---|"]
+    lines = [
+        f"### {cell}" + (f": {spec.what}" if spec else ""),
+        "",
+        f"Seeds: {', '.join(map(str, sorted(seeds)))}. Probes: bias accuracy at the bottleneck on the unbiased "
+        f"test (chance {100 * chance:.1f} %)."
+        if chance
+        else f"Seeds: {', '.join(map(str, sorted(seeds)))}.",
+        "",
+        "| pipeline | D^u_val group mean | test acc. | test group mean | test worst group | "
+        + " | ".join(f"probe {p}" for p in probes)
+        + " | wall s | notes |",
+        "|---|---|---|---|---|" + "---|" * len(probes) + "---|---|",
+    ]
     for p in _pipelines_in({cell: seeds}):
         recs = [recs[p] for recs in seeds.values() if p in recs]
         ok = [r for r in recs if "refused" not in r]
@@ -397,10 +608,12 @@ def cell_table(cell: str, seeds: dict[int, dict[str, dict[str, Any]]]) -> list[s
             lines.append(f"| {p} | refused | refused | refused | refused |" + " - |" * len(probes) + f" - | {notes} |")
             continue
         wall, _, _ = mean_std(r.get("wall_time_s") for r in ok)
-        lines.append(f"| {p} | {_pct(r['val_group_mean'] for r in ok)} | {_pct(r['test_acc'] for r in ok)} | "
-                     f"{_pct(r['test_group_mean'] for r in ok)} | {_pct(r['test_worst_group'] for r in ok)} | "
-                     + " | ".join(_pct(r.get('probes', {}).get(k) for r in ok) for k in probes)
-                     + f" | {wall:.0f} | {notes} |")
+        lines.append(
+            f"| {p} | {_pct(r['val_group_mean'] for r in ok)} | {_pct(r['test_acc'] for r in ok)} | "
+            f"{_pct(r['test_group_mean'] for r in ok)} | {_pct(r['test_worst_group'] for r in ok)} | "
+            + " | ".join(_pct(r.get("probes", {}).get(k) for r in ok) for k in probes)
+            + f" | {wall:.0f} | {notes} |"
+        )
     return lines
 
 
@@ -408,27 +621,45 @@ def dev_report(results, *, budget: str, command: str, wall_time_s: float) -> str
     """results.md: protocol, the summary ranking, then one table per cell."""
     rows = summary_rows(results)
     cells = list(results)
-    lines = [f"# debiaskit bench dev ({budget} budget)", "",
-             f"Command: `{command}`  ", f"Machine: {machine_description()}; this invocation {wall_time_s / 60:.1f} min "
-             "(records already on disk count 0).  ", f"Budget: {BUDGETS[budget]}.", "",
-             "Every pipeline starts from the cell's vanilla model with the same data: D^u_train to learn, D^u_val to "
-             "choose; the unbiased test is only reported. Accuracies in %, mean +- sample std over seeds. "
-             "Selection rule of the suite: D^u_val group-mean accuracy, **worst cell first, then the mean over "
-             "cells**; a refused pipeline scores as the vanilla model (what its user keeps). Wall s: the pipeline's "
-             "own compute (a stage added to another pipeline: that stage alone).", "",
-             "Pipelines:", ""]
+    lines = [
+        f"# debiaskit bench dev ({budget} budget)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_description()}; this invocation {wall_time_s / 60:.1f} min "
+        "(records already on disk count 0).  ",
+        f"Budget: {BUDGETS[budget]}.",
+        "",
+        "Every pipeline starts from the cell's vanilla model with the same data: D^u_train to learn, D^u_val to "
+        "choose; the unbiased test is only reported. Accuracies in %, mean +- sample std over seeds. "
+        "Selection rule of the suite: D^u_val group-mean accuracy, **worst cell first, then the mean over "
+        "cells**; a refused pipeline scores as the vanilla model (what its user keeps). Wall s: the pipeline's "
+        "own compute (a stage added to another pipeline: that stage alone).",
+        "",
+        "Pipelines:",
+        "",
+    ]
     lines += [f"- `{v.name}`: {v.text}" for v in VARIANTS.values() if any(r["pipeline"] == v.name for r in rows)]
-    lines += ["", "## Summary: D^u_val group mean per cell, ranked worst cell first, then mean", "",
-              "| rank | pipeline | worst cell | mean over cells | " + " | ".join(cells) + " | refused |",
-              "|---|---|---|---|" + "---|" * len(cells) + "---|"]
+    lines += [
+        "",
+        "## Summary: D^u_val group mean per cell, ranked worst cell first, then mean",
+        "",
+        "| rank | pipeline | worst cell | mean over cells | " + " | ".join(cells) + " | refused |",
+        "|---|---|---|---|" + "---|" * len(cells) + "---|",
+    ]
     for i, r in enumerate(rows, 1):
         per = " | ".join(f"{100 * r['per_cell'][c]:.1f}" if c in r["per_cell"] else "-" for c in cells)
         worst = f"{100 * r['worst']:.1f} ({r['worst_cell']})" if r["worst_cell"] else "-"
         mean = f"{100 * r['mean']:.1f}" if r["mean"] == r["mean"] else "-"
         lines.append(f"| {i} | {r['pipeline']} | {worst} | {mean} | {per} | {r['refused'] or ''} |")
     walls = _cell_walls(results)
-    lines += ["", "## Cells", "", "Wall time per cell and seed (vanilla training + every pipeline, records written "
-              "this or an earlier time): " + "; ".join(f"{c} {w / 60:.1f} min" for c, w in walls.items()) + ".", ""]
+    lines += [
+        "",
+        "## Cells",
+        "",
+        "Wall time per cell and seed (vanilla training + every pipeline, records written "
+        "this or an earlier time): " + "; ".join(f"{c} {w / 60:.1f} min" for c, w in walls.items()) + ".",
+        "",
+    ]
     for cell, seeds in results.items():
         lines += cell_table(cell, seeds) + [""]
     return "\n".join(lines) + "\n"
@@ -438,8 +669,11 @@ def _cell_walls(results) -> dict[str, float]:
     """Mean over seeds of: the vanilla training + every record's own time (a pipeline and its evaluation)."""
     out = {}
     for cell, seeds in results.items():
-        per_seed = [float(recs.get("vanilla", {}).get("wall_time_s") or 0.0)
-                    + sum(float(r.get("record_time_s") or 0.0) for r in recs.values()) for recs in seeds.values()]
+        per_seed = [
+            float(recs.get("vanilla", {}).get("wall_time_s") or 0.0)
+            + sum(float(r.get("record_time_s") or 0.0) for r in recs.values())
+            for recs in seeds.values()
+        ]
         out[cell] = sum(per_seed) / max(len(per_seed), 1)
     return out
 
@@ -450,9 +684,15 @@ def write_dev_results(*, root: Path, budget: str, command: str, wall_time_s: flo
     folder = Path(root) / budget
     with report_lock(root):
         results = records_on_disk(root, budget)
-        write_json(folder / "results.json", {"budget": budget, "records": {c: {str(s): r for s, r in seeds.items()}
-                                                                              for c, seeds in results.items()},
-                                                 "summary": summary_rows(results), "command": command,
-                                                 "machine": machine_description()})
+        write_json(
+            folder / "results.json",
+            {
+                "budget": budget,
+                "records": {c: {str(s): r for s, r in seeds.items()} for c, seeds in results.items()},
+                "summary": summary_rows(results),
+                "command": command,
+                "machine": machine_description(),
+            },
+        )
         write_text(folder / "results.md", dev_report(results, budget=budget, command=command, wall_time_s=wall_time_s))
     return folder / "results.md"

@@ -15,13 +15,15 @@ Slurm settings come from flags or a small JSON / TOML file (``--slurm-config``):
 ``cluster`` in that file (default ``"slurm"``) can be ``"local"`` or ``"debug"`` - submitit's executors
 that run the same jobs on this machine (subprocesses / in-process); the tests use them.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -65,8 +67,12 @@ class SlurmOptions:
 
     def executor_parameters(self) -> dict[str, Any]:
         """submitit AutoExecutor parameters (generic ones, and slurm_* ones that other executors ignore)."""
-        params: dict[str, Any] = {"timeout_min": self.time_min, "cpus_per_task": self.cpus_per_task,
-                                  "slurm_array_parallelism": self.array_parallelism, "name": "debiaskit-compare"}
+        params: dict[str, Any] = {
+            "timeout_min": self.time_min,
+            "cpus_per_task": self.cpus_per_task,
+            "slurm_array_parallelism": self.array_parallelism,
+            "name": "debiaskit-compare",
+        }
         if self.mem_gb is not None:
             params["mem_gb"] = self.mem_gb
         if self.partition:
@@ -89,18 +95,23 @@ def load_slurm_options(path: Path | None = None, **overrides: Any) -> SlurmOptio
         try:
             if path.suffix == ".toml":
                 import tomllib
+
                 values = tomllib.loads(path.read_text())
             else:
                 values = json.loads(path.read_text())
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"--slurm-config {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+            raise ConfigError(
+                f"--slurm-config {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}"
+            ) from None
         if not isinstance(values, dict):
             raise ConfigError(f"--slurm-config {path} must hold one table of options")
         known = {f.name for f in fields(SlurmOptions)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"--slurm-config {path}: unknown option(s) {unknown}; known: {', '.join(sorted(known))} "
-                              "(other sbatch options go under 'additional')")
+            raise ConfigError(
+                f"--slurm-config {path}: unknown option(s) {unknown}; known: {', '.join(sorted(known))} "
+                "(other sbatch options go under 'additional')"
+            )
     options = SlurmOptions(**values)
     given = {k: v for k, v in overrides.items() if v is not None}
     return replace(options, **given) if given else options
@@ -110,11 +121,13 @@ def _submitit():
     try:
         import submitit
     except ImportError:
-        raise ConfigError("--launcher slurm needs submitit: pip install 'debiaskit[slurm]' (or pip install submitit)") from None
+        raise ConfigError(
+            "--launcher slurm needs submitit: pip install 'debiaskit[slurm]' (or pip install submitit)"
+        ) from None
     return submitit
 
 
-try:   # an optional extra: without it only --launcher local works
+try:  # an optional extra: without it only --launcher local works
     from submitit.helpers import Checkpointable as _JobBase
 except ImportError:  # pragma: no cover - CI installs the extra
     _JobBase = object
@@ -127,21 +140,29 @@ class GroupJob(_JobBase):
 
     def __init__(self, group: dict[str, Any], run: Callable[[dict[str, Any]], int]) -> None:
         self.group = group
-        self.run = run   # a module-level function (pickled by reference): the harness's group runner
+        self.run = run  # a module-level function (pickled by reference): the harness's group runner
 
     def __call__(self) -> int:
         return self.run(dict(self.group))
 
 
-def run_groups_with_submitit(groups: list[dict[str, Any]], *, root: Path, options: SlurmOptions,
-                             run: Callable[[dict[str, Any]], int], unfinished: Callable[[dict[str, Any]], bool],
-                             echo: Callable[[str], None] = print) -> None:
+def run_groups_with_submitit(
+    groups: list[dict[str, Any]],
+    *,
+    root: Path,
+    options: SlurmOptions,
+    run: Callable[[dict[str, Any]], int],
+    unfinished: Callable[[dict[str, Any]], bool],
+    echo: Callable[[str], None] = print,
+) -> None:
     """Submit every group with ``unfinished(group)`` as one job calling ``run(group)`` (a job array on Slurm),
     wait for all, report failures. The harness passes both (it knows its cells; this module only launches)."""
     submitit = _submitit()
     if options.cluster == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("--launcher slurm: sbatch is not on this machine's PATH (not a Slurm login node); run "
-                          "from the cluster's login node, or use --launcher local")
+        raise ConfigError(
+            "--launcher slurm: sbatch is not on this machine's PATH (not a Slurm login node); run "
+            "from the cluster's login node, or use --launcher local"
+        )
     todo = [g for g in groups if unfinished(g)]
     if not todo:
         echo(f"every cell of the {len(groups)} (seed, value) groups is finished: nothing to submit")
@@ -152,9 +173,13 @@ def run_groups_with_submitit(groups: list[dict[str, Any]], *, root: Path, option
     jobs = []
     with executor.batch():
         for g in todo:
-            jobs.append((g, executor.submit(GroupJob({**g, "threads": options.cpus_per_task, "device": options.device}, run))))
-    echo(f"submitted {len(jobs)} of {len(groups)} (seed, value) groups to {options.cluster} ({json.dumps(asdict(options))}); "
-         f"job logs under {Path(root) / SUBMITIT_FOLDER}")
+            jobs.append(
+                (g, executor.submit(GroupJob({**g, "threads": options.cpus_per_task, "device": options.device}, run)))
+            )
+    echo(
+        f"submitted {len(jobs)} of {len(groups)} (seed, value) groups to {options.cluster} ({json.dumps(asdict(options))}); "
+        f"job logs under {Path(root) / SUBMITIT_FOLDER}"
+    )
     failures = 0
     for g, job in jobs:
         try:
@@ -162,7 +187,9 @@ def run_groups_with_submitit(groups: list[dict[str, Any]], *, root: Path, option
         except Exception as exc:  # noqa: BLE001 - a failed job must not lose the others' cells
             failures += 1
             first = str(exc).strip().splitlines()
-            echo(f"  FAILED job {job.job_id} (seed={g['seeds'][0]}, value={g['values'][0]}): "
-                 f"{first[-1] if first else type(exc).__name__}; log: {job.paths.stderr}")
+            echo(
+                f"  FAILED job {job.job_id} (seed={g['seeds'][0]}, value={g['values'][0]}): "
+                f"{first[-1] if first else type(exc).__name__}; log: {job.paths.stderr}"
+            )
     if failures:
         echo(f"{failures} job(s) failed; their finished cells are kept - rerun the same command to retry the rest")

@@ -18,26 +18,28 @@ Example::
     results = run_unsup(cells, root=Path("runs/bench/unsup"))
     write_unsup_results(root=Path("runs/bench/unsup"), command="...", wall_time_s=0.0)
 """
+
 from __future__ import annotations
 
 import json
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
+from .._io import atomic_file, atomic_folder, open_root, report_lock
 from ..audit import group_metrics
 from ..data import make_splits
 from ..errors import ConfigError
 from ..methods import METHODS, build_method, get_method, method_config
 from ..models import build_model, collect_outputs, default_head_name
-from .._io import atomic_file, atomic_folder, open_root, report_lock
-from ._folders import BENCH_CELL, BENCH_UNSUP_ROOT
 from ..runs import is_finished, load_run, read_json, save_weights, write_json, write_text
 from ..train import TrainConfig, fit
 from ._common import machine_description
+from ._folders import BENCH_CELL, BENCH_UNSUP_ROOT
 
 RESULT_FILE = "result.json"
 VANILLA_CACHE = "_vanilla"
@@ -51,9 +53,19 @@ VANILLA_LABEL = "vanilla (bench vanilla runs)"
 
 
 # -- cells ------------------------------------------------------------------------------------------------------
-def unsup_cell(method: str, rho: float, seed: int, *, epochs: int | None = None, tag: str | None = None,
-               dataset: str = "biased-mnist", train_size: int | None = None, model: str = DEFAULT_MODEL,
-               unbiased_size: int = DEFAULT_UNBIASED_SIZE, **overrides: Any) -> dict[str, Any]:
+def unsup_cell(
+    method: str,
+    rho: float,
+    seed: int,
+    *,
+    epochs: int | None = None,
+    tag: str | None = None,
+    dataset: str = "biased-mnist",
+    train_size: int | None = None,
+    model: str = DEFAULT_MODEL,
+    unbiased_size: int = DEFAULT_UNBIASED_SIZE,
+    **overrides: Any,
+) -> dict[str, Any]:
     """One benchmark cell (a JSON-able dict, stored verbatim in its ``result.json``).
 
     ``epochs`` defaults to 10, plus the epochs the method trains before its reported model starts
@@ -65,9 +77,18 @@ def unsup_cell(method: str, rho: float, seed: int, *, epochs: int | None = None,
     """
     if epochs is None:
         epochs = default_epochs(method, DEFAULT_EPOCHS, overrides)
-    return {"method": method, "rho": float(rho), "seed": int(seed), "epochs": int(epochs), "dataset": dataset,
-            "tag": tag or method, "train_size": train_size, "overrides": dict(overrides), "model": model,
-            "unbiased_size": int(unbiased_size)}
+    return {
+        "method": method,
+        "rho": float(rho),
+        "seed": int(seed),
+        "epochs": int(epochs),
+        "dataset": dataset,
+        "tag": tag or method,
+        "train_size": train_size,
+        "overrides": dict(overrides),
+        "model": model,
+        "unbiased_size": int(unbiased_size),
+    }
 
 
 def default_epochs(method: str, epochs: int, overrides: dict[str, Any] | None = None) -> int:
@@ -81,21 +102,42 @@ def plan_cells(name: str) -> list[dict[str, Any]]:
     (docs/design/calm-recipe.md)."""
     if name not in _PLANS["plans"]:
         raise ConfigError(f"unknown plan {name!r}; available: {', '.join(PLANS)}")
-    return [unsup_cell(g["method"], rho, seed, tag=g.get("tag"), epochs=g.get("epochs"), train_size=g.get("train_size"),
-                       **g.get("overrides", {}))
-            for g in _PLANS["plans"][name] for rho in g["rhos"] for seed in g["seeds"]]
+    return [
+        unsup_cell(
+            g["method"],
+            rho,
+            seed,
+            tag=g.get("tag"),
+            epochs=g.get("epochs"),
+            train_size=g.get("train_size"),
+            **g.get("overrides", {}),
+        )
+        for g in _PLANS["plans"][name]
+        for rho in g["rhos"]
+        for seed in g["seeds"]
+    ]
 
 
 def label_free_methods() -> list[str]:
     """Registered methods this benchmark accepts: training-time methods that read no bias labels and no D^u."""
-    return sorted(n for n, info in METHODS.items()
-                  if not info.uses_bias_labels and not info.uses_unbiased_data and not info.post_hoc)
+    return sorted(
+        n
+        for n, info in METHODS.items()
+        if not info.uses_bias_labels and not info.uses_unbiased_data and not info.post_hoc
+    )
 
 
-def grid_cells(*, methods: Iterable[str] = DEFAULT_METHODS, rhos: Iterable[float] = (0.999, 0.997),
-               seeds: Iterable[int] = (0, 1, 2), datasets: Iterable[str] = ("biased-mnist",),
-               epochs: int = DEFAULT_EPOCHS, train_size: int | None = None, model: str = DEFAULT_MODEL,
-               unbiased_size: int = DEFAULT_UNBIASED_SIZE) -> list[dict[str, Any]]:
+def grid_cells(
+    *,
+    methods: Iterable[str] = DEFAULT_METHODS,
+    rhos: Iterable[float] = (0.999, 0.997),
+    seeds: Iterable[int] = (0, 1, 2),
+    datasets: Iterable[str] = ("biased-mnist",),
+    epochs: int = DEFAULT_EPOCHS,
+    train_size: int | None = None,
+    model: str = DEFAULT_MODEL,
+    unbiased_size: int = DEFAULT_UNBIASED_SIZE,
+) -> list[dict[str, Any]]:
     """Every (dataset, seed, rho, method) cell, seed-major (a partial run is a complete table for its first seeds).
 
     Example::
@@ -106,15 +148,30 @@ def grid_cells(*, methods: Iterable[str] = DEFAULT_METHODS, rhos: Iterable[float
     allowed = label_free_methods()
     bad = [n for n in names if n not in allowed]
     if bad:
-        raise ConfigError(f"method(s) {bad} cannot run here (unknown, or they need bias labels / D^u / a trained "
-                          f"model); label-free methods: {', '.join(allowed)}")
+        raise ConfigError(
+            f"method(s) {bad} cannot run here (unknown, or they need bias labels / D^u / a trained "
+            f"model); label-free methods: {', '.join(allowed)}"
+        )
     if not names:
         raise ConfigError("no method given")
     if epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    return [unsup_cell(m, rho, seed, epochs=default_epochs(m, epochs), dataset=ds, train_size=train_size,
-                       model=model, unbiased_size=unbiased_size)
-            for ds in datasets for seed in seeds for rho in rhos for m in dict.fromkeys(names)]
+    return [
+        unsup_cell(
+            m,
+            rho,
+            seed,
+            epochs=default_epochs(m, epochs),
+            dataset=ds,
+            train_size=train_size,
+            model=model,
+            unbiased_size=unbiased_size,
+        )
+        for ds in datasets
+        for seed in seeds
+        for rho in rhos
+        for m in dict.fromkeys(names)
+    ]
 
 
 def cell_dir(root: Path, cell: dict[str, Any]) -> Path:
@@ -132,8 +189,14 @@ def cell_dir(root: Path, cell: dict[str, Any]) -> Path:
 
 def _normalised(cell: dict[str, Any]) -> dict[str, Any]:
     """Fill keys that older cells (written before they existed) leave out with their defaults."""
-    return {"model": DEFAULT_MODEL, "unbiased_size": DEFAULT_UNBIASED_SIZE, "train_size": None, "overrides": {},
-            **cell, "rho": float(cell["rho"])}
+    return {
+        "model": DEFAULT_MODEL,
+        "unbiased_size": DEFAULT_UNBIASED_SIZE,
+        "train_size": None,
+        "overrides": {},
+        **cell,
+        "rho": float(cell["rho"]),
+    }
 
 
 def _same_cell(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -145,11 +208,16 @@ def evaluate(model: torch.nn.Module, test, *, head: str | None = None) -> dict[s
     """Unbiased-test metrics (true labels): task accuracy, aligned / conflicting / worst / mean group accuracy."""
     out = collect_outputs(model, test, head=head, with_bottleneck=False)
     pred = out.logits.argmax(1)
-    g = group_metrics(pred, out.y, out.b, num_classes=test.num_classes, num_bias=test.num_bias_classes,
-                      aligned=test.aligned)
-    return {"task": float((pred == out.y).float().mean()), "aligned": g.aligned_accuracy,
-            "conflicting": g.conflicting_accuracy, "worst_group": g.worst_group_accuracy,
-            "mean_group": g.mean_group_accuracy}
+    g = group_metrics(
+        pred, out.y, out.b, num_classes=test.num_classes, num_bias=test.num_bias_classes, aligned=test.aligned
+    )
+    return {
+        "task": float((pred == out.y).float().mean()),
+        "aligned": g.aligned_accuracy,
+        "conflicting": g.conflicting_accuracy,
+        "worst_group": g.worst_group_accuracy,
+        "mean_group": g.mean_group_accuracy,
+    }
 
 
 def flag_quality(pseudo, flag, y, b, aligned) -> dict[str, Any]:
@@ -159,11 +227,17 @@ def flag_quality(pseudo, flag, y, b, aligned) -> dict[str, Any]:
     flag, b, conf = flag[seen], b[seen], ~aligned[seen].bool()
     pseudo = None if pseudo is None else pseudo[seen]
     tp = int((flag & conf).sum())
-    return {"flagged": int(flag.sum()), "true_conflicting": int(conf.sum()), "tp": tp,
-            "precision": tp / max(int(flag.sum()), 1), "recall": tp / max(int(conf.sum()), 1),
-            "b_acc": float((pseudo == b).float().mean()) if pseudo is not None and len(b) else None,
-            "b_acc_conflicting": (float((pseudo[conf] == b[conf]).float().mean())
-                                  if pseudo is not None and conf.any() else None)}
+    return {
+        "flagged": int(flag.sum()),
+        "true_conflicting": int(conf.sum()),
+        "tp": tp,
+        "precision": tp / max(int(flag.sum()), 1),
+        "recall": tp / max(int(conf.sum()), 1),
+        "b_acc": float((pseudo == b).float().mean()) if pseudo is not None and len(b) else None,
+        "b_acc_conflicting": (
+            float((pseudo[conf] == b[conf]).float().mean()) if pseudo is not None and conf.any() else None
+        ),
+    }
 
 
 def track_flags(method, epoch: int, truth: tuple) -> dict[str, Any]:
@@ -181,8 +255,9 @@ def track_flags(method, epoch: int, truth: tuple) -> dict[str, Any]:
 
 
 # -- running ----------------------------------------------------------------------------------------------------
-def run_unsup_cell(cell: dict[str, Any], *, root: Path, progress: bool = False,
-                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_unsup_cell(
+    cell: dict[str, Any], *, root: Path, progress: bool = False, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Train one cell without bias labels, evaluate it, write its folder atomically; cached cells are read."""
     folder = cell_dir(root, cell)
     cached = _cached(folder, cell)
@@ -191,30 +266,50 @@ def run_unsup_cell(cell: dict[str, Any], *, root: Path, progress: bool = False,
     c = _normalised(cell)
     start = time.perf_counter()
     # = the vanilla runs' data (same seed, default D^u size) unless a subset or another size is asked for
-    splits = make_splits(c["dataset"], params={"rho": c["rho"]}, seed=c["seed"], train_size=c["train_size"],
-                         unbiased_size=c["unbiased_size"])
+    splits = make_splits(
+        c["dataset"],
+        params={"rho": c["rho"]},
+        seed=c["seed"],
+        train_size=c["train_size"],
+        unbiased_size=c["unbiased_size"],
+    )
     method, config = build_method(c["method"], dataset=c["dataset"], **c["overrides"])
     torch.manual_seed(c["seed"])
     model = build_model(c["model"], num_classes=splits.num_classes, input_shape=splits.train.input_shape)
     head = default_head_name(model)
     truth = (splits.train.y, splits.train.b, splits.train.aligned)
     track: list[dict[str, Any]] = []
-    fitted = fit(model, splits.train.without_bias_labels(), method=method, head=head, progress=progress,
-                 num_classes=splits.num_classes, config=TrainConfig(epochs=c["epochs"], seed=c["seed"]),
-                 log=lambda record: track.append(track_flags(method, record["epoch"], truth)))
-    res = {"cell": cell, "config": config, "wall_time_s": fitted.wall_time_s, "history": fitted.history,
-           "method_state": method.state(), "test": evaluate(fitted.model, splits.test, head=head)}
+    fitted = fit(
+        model,
+        splits.train.without_bias_labels(),
+        method=method,
+        head=head,
+        progress=progress,
+        num_classes=splits.num_classes,
+        config=TrainConfig(epochs=c["epochs"], seed=c["seed"]),
+        log=lambda record: track.append(track_flags(method, record["epoch"], truth)),
+    )
+    res = {
+        "cell": cell,
+        "config": config,
+        "wall_time_s": fitted.wall_time_s,
+        "history": fitted.history,
+        "method_state": method.state(),
+        "test": evaluate(fitted.model, splits.test, head=head),
+    }
     if any(len(rec) > 1 for rec in track):
         res["discovery"] = track
-    if fitted.model is not model:   # the method selected another model than the last epoch's: report both
+    if fitted.model is not model:  # the method selected another model than the last epoch's: report both
         res["test_last_epoch"] = evaluate(model.eval(), splits.test, head=head)
     for name, extra in method.extra_models(fitted.model).items():
         res[f"test_{name}"] = evaluate(extra, splits.test, head=head)
-    with atomic_folder(folder, kind=BENCH_CELL, force=True) as staging:   # replaces only a benchmark cell
+    with atomic_folder(folder, kind=BENCH_CELL, force=True) as staging:  # replaces only a benchmark cell
         save_weights(fitted.model, staging / "model.safetensors")
         write_json(staging / RESULT_FILE, res)
-    echo(f"  {c['tag']} {c['dataset']} rho={c['rho']} seed={c['seed']}: task {100 * res['test']['task']:.2f} "
-         f"(train {fitted.wall_time_s:.0f}s, cell {time.perf_counter() - start:.0f}s) -> {folder}")
+    echo(
+        f"  {c['tag']} {c['dataset']} rho={c['rho']} seed={c['seed']}: task {100 * res['test']['task']:.2f} "
+        f"(train {fitted.wall_time_s:.0f}s, cell {time.perf_counter() - start:.0f}s) -> {folder}"
+    )
     return res
 
 
@@ -224,19 +319,28 @@ def _cached(folder: Path, cell: dict[str, Any]) -> dict[str, Any] | None:
         return None
     res = read_json(f)
     if not _same_cell(res.get("cell", {}), cell):
-        raise ConfigError(f"{f} holds another configuration ({res.get('cell')}) than the one asked for ({cell}); "
-                          "use another --out or delete that cell")
+        raise ConfigError(
+            f"{f} holds another configuration ({res.get('cell')}) than the one asked for ({cell}); "
+            "use another --out or delete that cell"
+        )
     return res
 
 
-def run_unsup(cells: list[dict[str, Any]], *, root: Path, progress: bool = False, deadline: str | None = None,
-              keep_going: bool = True, echo: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[dict]]:
+def run_unsup(
+    cells: list[dict[str, Any]],
+    *,
+    root: Path,
+    progress: bool = False,
+    deadline: str | None = None,
+    keep_going: bool = True,
+    echo: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], list[dict]]:
     """Run (or resume) cells one after another; returns (finished results, failed or skipped cells).
 
     ``deadline`` ("HH:MM", UTC): start no cell after it. A failing cell is reported, not cached, and
     retried next time (``keep_going=False`` raises instead).
     """
-    open_root(root, kind=BENCH_UNSUP_ROOT)   # before any compute: never a user's folder or another suite's
+    open_root(root, kind=BENCH_UNSUP_ROOT)  # before any compute: never a user's folder or another suite's
     done, missed = [], []
     for i, cell in enumerate(cells, 1):
         label = f"[{i}/{len(cells)}] {cell['tag']} {cell['dataset']} rho={cell['rho']} seed={cell['seed']}"
@@ -273,15 +377,31 @@ def vanilla_reference(dataset: str, rho: float, seed: int, *, root: Path, vanill
     data = run.meta.get("data", {})
     if data.get("unbiased_size", DEFAULT_UNBIASED_SIZE) != DEFAULT_UNBIASED_SIZE or data.get("train_size"):
         return None  # not the same data as the full-size cells
-    res = {"test": evaluate(run.model, run.splits().test, head=run.head), "wall_time_s": run.meta["wall_time_s"],
-           "run": str(folder), "model": run.meta["model"]["name"], "epochs": run.meta["train"]["epochs"]}
+    res = {
+        "test": evaluate(run.model, run.splits().test, head=run.head),
+        "wall_time_s": run.meta["wall_time_s"],
+        "run": str(folder),
+        "model": run.meta["model"]["name"],
+        "epochs": run.meta["train"]["epochs"],
+    }
     write_json(cache, res)
     return res
 
 
 # -- tables -----------------------------------------------------------------------------------------------------
-COLUMNS = ("dataset", "rho", "method", "seeds", "unbiased test acc.", "conflicting acc.", "worst group",
-           "last epoch", "sel.+refit", "train time (s)", "time / vanilla")
+COLUMNS = (
+    "dataset",
+    "rho",
+    "method",
+    "seeds",
+    "unbiased test acc.",
+    "conflicting acc.",
+    "worst group",
+    "last epoch",
+    "sel.+refit",
+    "train time (s)",
+    "time / vanilla",
+)
 
 
 def pm(values: Iterable[float | None]) -> str:
@@ -294,11 +414,14 @@ def pm(values: Iterable[float | None]) -> str:
 
 def collect_results(root: Path) -> list[dict[str, Any]]:
     """Every finished cell under ``root`` (the table shows the whole cache, not just this invocation's cells)."""
-    return [read_json(f) for f in sorted(Path(root).glob(f"*/*/{RESULT_FILE}")) if not f.parent.parent.name.startswith("_")]
+    return [
+        read_json(f) for f in sorted(Path(root).glob(f"*/*/{RESULT_FILE}")) if not f.parent.parent.name.startswith("_")
+    ]
 
 
-def summary_rows(root: Path, *, vanilla_from: Path | None = None,
-                 echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def summary_rows(
+    root: Path, *, vanilla_from: Path | None = None, echo: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """One row per (dataset, rho, tag) plus the vanilla reference; mean +- sample std over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in collect_results(root):
@@ -307,11 +430,15 @@ def summary_rows(root: Path, *, vanilla_from: Path | None = None,
         groups.setdefault((c["dataset"], c["rho"], tag), []).append(r)
     van: dict[tuple, list] = {}
     for ds, rho in sorted({(ds, rho) for ds, rho, tag in groups if not tag.startswith("smoke")}):
-        seeds = sorted({s for (d, r, t), rs in groups.items() if (d, r) == (ds, rho) for s in (x["cell"]["seed"] for x in rs)})
+        seeds = sorted(
+            {s for (d, r, t), rs in groups.items() if (d, r) == (ds, rho) for s in (x["cell"]["seed"] for x in rs)}
+        )
         for s in sorted(set(seeds) | {0, 1, 2}):
             cached = (Path(root) / VANILLA_CACHE / f"{ds}-rho{rho}-seed{s}.json").is_file()
             if not cached and vanilla_from is not None and is_finished(Path(vanilla_from) / f"{ds}-rho{rho}-seed{s}"):
-                echo(f"evaluating vanilla run {Path(vanilla_from) / f'{ds}-rho{rho}-seed{s}'} (cached in {VANILLA_CACHE}/)")
+                echo(
+                    f"evaluating vanilla run {Path(vanilla_from) / f'{ds}-rho{rho}-seed{s}'} (cached in {VANILLA_CACHE}/)"
+                )
             v = vanilla_reference(ds, rho, s, root=root, vanilla_from=vanilla_from)
             if v is not None:
                 van.setdefault((ds, rho), []).append((s, v))
@@ -320,30 +447,62 @@ def summary_rows(root: Path, *, vanilla_from: Path | None = None,
         vs = van.get((ds, rho), [])
         vt = statistics.fmean(v["wall_time_s"] for _, v in vs) if vs else None
         if vs:
-            rows.append({"dataset": ds, "rho": rho, "method": VANILLA_LABEL, "seeds": [s for s, _ in vs],
-                         "task": [v["test"]["task"] for _, v in vs], "conflicting": [v["test"]["conflicting"] for _, v in vs],
-                         "worst_group": [v["test"]["worst_group"] for _, v in vs], "last_epoch": None, "refit": None,
-                         "train_time_s": vt, "time_ratio": 1.0})
+            rows.append(
+                {
+                    "dataset": ds,
+                    "rho": rho,
+                    "method": VANILLA_LABEL,
+                    "seeds": [s for s, _ in vs],
+                    "task": [v["test"]["task"] for _, v in vs],
+                    "conflicting": [v["test"]["conflicting"] for _, v in vs],
+                    "worst_group": [v["test"]["worst_group"] for _, v in vs],
+                    "last_epoch": None,
+                    "refit": None,
+                    "train_time_s": vt,
+                    "time_ratio": 1.0,
+                }
+            )
         for (d, r, tag), rs in sorted(groups.items(), key=lambda kv: kv[0][2]):
             if (d, r) != (ds, rho):
                 continue
             t = statistics.fmean(x["wall_time_s"] for x in rs)
-            rows.append({"dataset": ds, "rho": rho, "method": tag, "seeds": [x["cell"]["seed"] for x in rs],
-                         "task": [x["test"]["task"] for x in rs], "conflicting": [x["test"]["conflicting"] for x in rs],
-                         "worst_group": [x["test"]["worst_group"] for x in rs],
-                         "last_epoch": [x["test_last_epoch"]["task"] for x in rs] if "test_last_epoch" in rs[0] else None,
-                         "refit": ([x["test_selected_plus_refit"]["task"] for x in rs]
-                                   if "test_selected_plus_refit" in rs[0] else None),
-                         "train_time_s": t, "time_ratio": t / vt if vt else None})
+            rows.append(
+                {
+                    "dataset": ds,
+                    "rho": rho,
+                    "method": tag,
+                    "seeds": [x["cell"]["seed"] for x in rs],
+                    "task": [x["test"]["task"] for x in rs],
+                    "conflicting": [x["test"]["conflicting"] for x in rs],
+                    "worst_group": [x["test"]["worst_group"] for x in rs],
+                    "last_epoch": [x["test_last_epoch"]["task"] for x in rs] if "test_last_epoch" in rs[0] else None,
+                    "refit": (
+                        [x["test_selected_plus_refit"]["task"] for x in rs]
+                        if "test_selected_plus_refit" in rs[0]
+                        else None
+                    ),
+                    "train_time_s": t,
+                    "time_ratio": t / vt if vt else None,
+                }
+            )
     return rows
 
 
 def _cells_text(row: dict[str, Any]) -> list[str]:
     ratio = row["time_ratio"]
-    return [row["dataset"], f"{row['rho']}", row["method"], ",".join(map(str, row["seeds"])), pm(row["task"]),
-            pm(row["conflicting"]), pm(row["worst_group"]), pm(row["last_epoch"]) if row["last_epoch"] else "-",
-            pm(row["refit"]) if row["refit"] else "-", f"{row['train_time_s']:.0f}",
-            "-" if ratio is None else f"{ratio:.2f}"]
+    return [
+        row["dataset"],
+        f"{row['rho']}",
+        row["method"],
+        ",".join(map(str, row["seeds"])),
+        pm(row["task"]),
+        pm(row["conflicting"]),
+        pm(row["worst_group"]),
+        pm(row["last_epoch"]) if row["last_epoch"] else "-",
+        pm(row["refit"]) if row["refit"] else "-",
+        f"{row['train_time_s']:.0f}",
+        "-" if ratio is None else f"{ratio:.2f}",
+    ]
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
@@ -353,38 +512,68 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-PROTOCOL = ("Protocol: every method trains on D^b without bias labels (`without_bias_labels()`); true bias labels "
-            "are read only for the test metrics and CALM's discovery diagnostics. Selection: CALM - best "
-            "pseudo-group-balanced accuracy on its held-out 5 % of D^b (label-free); every other method - last epoch; "
-            "nothing is selected on the test set or D^u. Numbers: % on the unbiased test set (official test digits, "
-            "uniform bias), sample-weighted task accuracy; conflicting = bias-conflicting test samples; worst group = "
-            "min over (target, bias) groups; mean +- sample std over the listed seeds. \"last epoch\" / \"sel.+refit\" = "
-            "the same CALM runs at their last epoch / after the optional DFR-style head refit. time / vanilla = mean "
-            "training wall time over the vanilla reference's mean.")
+PROTOCOL = (
+    "Protocol: every method trains on D^b without bias labels (`without_bias_labels()`); true bias labels "
+    "are read only for the test metrics and CALM's discovery diagnostics. Selection: CALM - best "
+    "pseudo-group-balanced accuracy on its held-out 5 % of D^b (label-free); every other method - last epoch; "
+    "nothing is selected on the test set or D^u. Numbers: % on the unbiased test set (official test digits, "
+    "uniform bias), sample-weighted task accuracy; conflicting = bias-conflicting test samples; worst group = "
+    'min over (target, bias) groups; mean +- sample std over the listed seeds. "last epoch" / "sel.+refit" = '
+    "the same CALM runs at their last epoch / after the optional DFR-style head refit. time / vanilla = mean "
+    "training wall time over the vanilla reference's mean."
+)
 
 
-def write_unsup_results(*, root: Path, command: str, wall_time_s: float, vanilla_from: Path | None = None,
-                        echo: Callable[[str], None] = print) -> tuple[Path, list[dict[str, Any]]]:
+def write_unsup_results(
+    *,
+    root: Path,
+    command: str,
+    wall_time_s: float,
+    vanilla_from: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> tuple[Path, list[dict[str, Any]]]:
     """Write ``summary.md``, ``results.json`` and ``discovery_over_time.png`` from every cached cell of ``root``
     (another process's included), under the root's report lock (a later rewrite never drops a cell)."""
     root = open_root(root, kind=BENCH_UNSUP_ROOT)
     with report_lock(root):
-        return _write_unsup_results(root=root, command=command, wall_time_s=wall_time_s, vanilla_from=vanilla_from,
-                                    echo=echo)
+        return _write_unsup_results(
+            root=root, command=command, wall_time_s=wall_time_s, vanilla_from=vanilla_from, echo=echo
+        )
 
 
-def _write_unsup_results(*, root: Path, command: str, wall_time_s: float, vanilla_from: Path | None,
-                         echo: Callable[[str], None]) -> tuple[Path, list[dict[str, Any]]]:
+def _write_unsup_results(
+    *, root: Path, command: str, wall_time_s: float, vanilla_from: Path | None, echo: Callable[[str], None]
+) -> tuple[Path, list[dict[str, Any]]]:
     rows = summary_rows(root, vanilla_from=vanilla_from, echo=echo)
-    header = [f"Command: `{command}`  ",
-              f"Machine: {machine_description()}; this invocation's wall time {wall_time_s / 60:.1f} min "
-              "(cached cells count 0).  ", PROTOCOL, "", ""]
+    header = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine_description()}; this invocation's wall time {wall_time_s / 60:.1f} min "
+        "(cached cells count 0).  ",
+        PROTOCOL,
+        "",
+        "",
+    ]
     write_text(root / "summary.md", "\n".join(header) + summary_table(rows))
-    cells = [{"cell": r["cell"], "test": r["test"], "wall_time_s": r["wall_time_s"],
-              **{k: r[k] for k in ("test_last_epoch", "test_selected_plus_refit", "method_state") if k in r},
-              "discovery_last": (r.get("discovery") or [None])[-1]} for r in collect_results(root)]
-    write_json(root / "results.json", {"command": command, "machine": machine_description(),
-                                       "wall_time_s": wall_time_s, "rows": rows, "cells": cells})
+    cells = [
+        {
+            "cell": r["cell"],
+            "test": r["test"],
+            "wall_time_s": r["wall_time_s"],
+            **{k: r[k] for k in ("test_last_epoch", "test_selected_plus_refit", "method_state") if k in r},
+            "discovery_last": (r.get("discovery") or [None])[-1],
+        }
+        for r in collect_results(root)
+    ]
+    write_json(
+        root / "results.json",
+        {
+            "command": command,
+            "machine": machine_description(),
+            "wall_time_s": wall_time_s,
+            "rows": rows,
+            "cells": cells,
+        },
+    )
     plot_discovery(root, root / "discovery_over_time.png")
     return root / "summary.md", rows
 
@@ -395,25 +584,37 @@ def plot_discovery(root: Path, path: Path) -> Path | None:
     if not results:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for r in results:
         c, tr = r["cell"], [t for t in r["discovery"] if "online" in t]
-        if not tr:   # GCE-branch cells: no online attraction to plot
+        if not tr:  # GCE-branch cells: no online attraction to plot
             continue
         label = f"{c['tag']} rho={c['rho']} s{c['seed']}"
         for ax, key in zip(axes, ("precision", "recall", "b_acc_conflicting")):
-            ax.plot([t["epoch"] for t in tr], [float("nan") if t["online"][key] is None else t["online"][key] for t in tr],
-                    marker="o", label=label)
-    for ax, title in zip(axes, ("precision of online conflict flags", "recall of online conflict flags",
-                                "b^ accuracy on truly conflicting samples")):
+            ax.plot(
+                [t["epoch"] for t in tr],
+                [float("nan") if t["online"][key] is None else t["online"][key] for t in tr],
+                marker="o",
+                label=label,
+            )
+    for ax, title in zip(
+        axes,
+        (
+            "precision of online conflict flags",
+            "recall of online conflict flags",
+            "b^ accuracy on truly conflicting samples",
+        ),
+    ):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylim(-0.02, 1.02)
     axes[-1].legend(fontsize=6)
     fig.tight_layout()
-    with atomic_file(path) as tmp:   # a root file: replaced whole or not at all
+    with atomic_file(path) as tmp:  # a root file: replaced whole or not at all
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path

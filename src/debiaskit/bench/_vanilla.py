@@ -1,9 +1,11 @@
 """Vanilla models on Biased MNIST across rho and seeds: the baseline row of every table."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .._io import open_root, report_lock
 from ..audit import audit_run
@@ -20,12 +22,20 @@ def vanilla_cell_dir(root: Path, dataset: str, rho: float, seed: int) -> Path:
     return Path(root) / f"{dataset}-rho{rho}-seed{seed}"
 
 
-def run_vanilla_suite(*, root: Path, dataset: str = "biased-mnist", rhos=(0.99, 0.995, 0.997, 0.999),
-                      seeds=(0, 1, 2), model: str = "simple-conv-small", epochs: int = 10,
-                      progress: bool = True, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_vanilla_suite(
+    *,
+    root: Path,
+    dataset: str = "biased-mnist",
+    rhos=(0.99, 0.995, 0.997, 0.999),
+    seeds=(0, 1, 2),
+    model: str = "simple-conv-small",
+    epochs: int = 10,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """Train + audit every (rho, seed) cell; finished cells are reused, not retrained, and a cell whose
     training was interrupted resumes from its last finished epoch (``train --resume``)."""
-    open_root(root, kind=BENCH_VANILLA_ROOT)   # before any compute: never a user's folder or another suite's
+    open_root(root, kind=BENCH_VANILLA_ROOT)  # before any compute: never a user's folder or another suite's
     cells = []
     for seed in seeds:
         for rho in rhos:
@@ -34,8 +44,16 @@ def run_vanilla_suite(*, root: Path, dataset: str = "biased-mnist", rhos=(0.99, 
             if not is_finished(folder):
                 start = time.perf_counter()
                 resume = (partial_dir(folder) / "checkpoint.safetensors").is_file()
-                train_run(dataset=dataset, params={"rho": rho}, out=folder, model=model, resume=resume,
-                          config=TrainConfig(epochs=epochs, seed=seed), progress=progress, force=True)
+                train_run(
+                    dataset=dataset,
+                    params={"rho": rho},
+                    out=folder,
+                    model=model,
+                    resume=resume,
+                    config=TrainConfig(epochs=epochs, seed=seed),
+                    progress=progress,
+                    force=True,
+                )
                 echo(f"trained {folder.name} in {time.perf_counter() - start:.0f}s" + (" (resumed)" if resume else ""))
             if load_cell(result_file) is None:
                 audit_run(folder)
@@ -47,16 +65,25 @@ def _cell(folder: Path) -> dict[str, Any]:
     """A finished, audited vanilla cell as a table row (its rho, seed and dataset from its run.json)."""
     meta, audit = read_json(folder / "run.json"), read_json(folder / "audit" / "audit.json")
     att = audit["attributes"][0]
-    return {"dataset": meta["data"]["dataset"], "rho": meta["data"]["params"]["rho"], "seed": meta["train"]["seed"],
-            "task": audit["task_accuracy"], "bias": att["bias_extractability"],
-            "conflicting": att["groups"]["conflicting_accuracy"], "worst_group": att["groups"]["worst_group_accuracy"],
-            "train_time_s": meta["wall_time_s"]}
+    return {
+        "dataset": meta["data"]["dataset"],
+        "rho": meta["data"]["params"]["rho"],
+        "seed": meta["train"]["seed"],
+        "task": audit["task_accuracy"],
+        "bias": att["bias_extractability"],
+        "conflicting": att["groups"]["conflicting_accuracy"],
+        "worst_group": att["groups"]["worst_group_accuracy"],
+        "train_time_s": meta["wall_time_s"],
+    }
 
 
 def vanilla_cells_on_disk(root: Path) -> list[dict[str, Any]]:
     """Every finished, audited cell of the root, whichever process wrote it."""
-    folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if Path(root).is_dir() else []
+    folders = (
+        sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+        if Path(root).is_dir()
+        else []
+    )
     return [_cell(p) for p in folders if is_finished(p) and load_cell(p / "audit" / "audit.json") is not None]
 
 
@@ -85,9 +112,11 @@ def vanilla_table(cells: list[dict[str, Any]], *, command: str, wall_time_s: flo
         t, _, _ = mean_std(c["train_time_s"] for c in cs)
         paper = PAPER_VANILLA.get(rho) if dataset in ("", "biased-mnist") else None
         label = f"{rho}" if len(datasets) == 1 else f"{dataset} {rho}"
-        lines.append(f"| {label} | {fmt_pm(c['task'] for c in cs)} | {fmt_pm(c['bias'] for c in cs)} | "
-                     f"{fmt_pm(c['conflicting'] for c in cs)} | {fmt_pm(c['worst_group'] for c in cs)} | "
-                     f"{t:.0f} | {f'{paper[0]} / {paper[1]}' if paper else '-'} |")
+        lines.append(
+            f"| {label} | {fmt_pm(c['task'] for c in cs)} | {fmt_pm(c['bias'] for c in cs)} | "
+            f"{fmt_pm(c['conflicting'] for c in cs)} | {fmt_pm(c['worst_group'] for c in cs)} | "
+            f"{t:.0f} | {f'{paper[0]} / {paper[1]}' if paper else '-'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -97,7 +126,9 @@ def write_vanilla_results(cells, *, root: Path, command: str, wall_time_s: float
     open_root(root, kind=BENCH_VANILLA_ROOT)
     with report_lock(root):
         cells = with_cells_on_disk(cells, vanilla_cells_on_disk(root), key=_cell_key)
-        write_json(Path(root) / "results.json", {"cells": cells, "command": command, "wall_time_s": wall_time_s,
-                                                 "machine": machine_description()})
+        write_json(
+            Path(root) / "results.json",
+            {"cells": cells, "command": command, "wall_time_s": wall_time_s, "machine": machine_description()},
+        )
         write_text(Path(root) / "results.md", vanilla_table(cells, command=command, wall_time_s=wall_time_s))
     return Path(root) / "results.md"

@@ -5,6 +5,7 @@ imported; this package imports them all. The command modules import the library 
 each command function, not at the top: ``debiaskit --help`` and argument errors then answer at once. That is
 the one place where imports are deferred on purpose; the layers below import at module level.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,32 +23,36 @@ for _mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
 __all__ = ["app", "main"]
 
 
-INTERRUPTED = ("[yellow]interrupted[/yellow] (Ctrl-C): the command stopped before finishing; its output folder "
-               "was not written (an existing one is unchanged)")
+INTERRUPTED = (
+    "[yellow]interrupted[/yellow] (Ctrl-C): the command stopped before finishing; its output folder "
+    "was not written (an existing one is unchanged)"
+)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Every warning as one ``warning: ...`` line on stderr: debiaskit's carry their numbers and remedies, and a
     source path and line (Python's format) would only be noise in a command's output. Installed by ``main``
     only: the library raises ordinary warnings, which Python code sees and filters as usual."""
-    make_console(stderr=True).print(f"[bold yellow]warning:[/bold yellow] {esc(message)}", highlight=False,
-                                    soft_wrap=True)
+    make_console(stderr=True).print(
+        f"[bold yellow]warning:[/bold yellow] {esc(message)}", highlight=False, soft_wrap=True
+    )
 
 
 def main() -> None:
     """The ``debiaskit`` console script: runs the command line, errors as one line and exit code 2."""
-    from .. import _dist   # late: it loads torch, which `debiaskit --help` does not need
+    from .. import _dist  # late: it loads torch, which `debiaskit --help` does not need
+
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     where = ""
     try:
-        if _dist.init_from_env():   # started by torchrun: one process per rank
+        if _dist.init_from_env():  # started by torchrun: one process per rank
             rank, world = _dist.rank_and_world()
             where = f" (rank {rank} of {world})"
-            console.quiet = rank != 0   # rank 0 speaks for all; errors still come from every rank
+            console.quiet = rank != 0  # rank 0 speaks for all; errors still come from every rank
         app()
     except DebiaskitError as exc:
         make_console(stderr=True).print(f"[bold red]error{where}:[/bold red] {esc(exc)}", highlight=False)
-        sys.exit(getattr(exc, "exit_code", 2))   # 2: bad input; NoImprovementError: errors.NO_IMPROVEMENT_EXIT
+        sys.exit(getattr(exc, "exit_code", 2))  # 2: bad input; NoImprovementError: errors.NO_IMPROVEMENT_EXIT
     except KeyboardInterrupt:
         make_console(stderr=True).print(INTERRUPTED, highlight=False)
         sys.exit(130)
@@ -56,7 +61,7 @@ def main() -> None:
             make_console(stderr=True).print(INTERRUPTED, highlight=False)
         raise
     finally:
-        warnings.showwarning = shown   # in-process callers (tests, notebooks) get Python's format back
+        warnings.showwarning = shown  # in-process callers (tests, notebooks) get Python's format back
         _dist.shutdown()
 
 

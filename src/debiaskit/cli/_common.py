@@ -4,10 +4,10 @@ Every printed string the user chose (a path, a name, a value) goes through :func
 ``markup=False``): a folder named ``x[bold]y`` must print as ``x[bold]y``, not as ``xy`` in bold, so that
 the path the user copies exists. The consoles have emoji codes off (``a:smile:b`` stays text).
 """
+
 from __future__ import annotations
 
 import math
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -15,8 +15,12 @@ from rich.markup import escape
 
 from ..errors import ConfigError
 
-app = typer.Typer(help="Find and remove shortcut biases in trained neural networks.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Find and remove shortcut biases in trained neural networks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 
 def make_console(*, stderr: bool = False) -> Console:
@@ -57,13 +61,22 @@ def _refuse_twice(pairs: list, *, rho_option: bool) -> None:
         if key in said:
             raise ConfigError(f"{said[key]} and {text} both set {key}: give it once")
         said[key] = text
-TRUST_CODE_HELP = ("import the user model (package.module:factory) that RUN_DIR names although its record is not signed "
-                   "with your key - review that code first (without this flag the refusal shows it); `debiaskit trust "
-                   "RUN_DIR` trusts it for good")
 
 
-def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys: tuple[str, ...] = (),
-                 names: Optional[tuple[str, tuple[str, ...]]] = None) -> dict:
+TRUST_CODE_HELP = (
+    "import the user model (package.module:factory) that RUN_DIR names although its record is not signed "
+    "with your key - review that code first (without this flag the refusal shows it); `debiaskit trust "
+    "RUN_DIR` trusts it for good"
+)
+
+
+def parse_params(
+    rho: float | None,
+    params: list[str] | None,
+    *,
+    text_keys: tuple[str, ...] = (),
+    names: tuple[str, tuple[str, ...]] | None = None,
+) -> dict:
     """``--rho 0.99 --param rho_right=0.95`` -> {"rho": 0.99, "rho_right": 0.95}.
 
     Keys in ``text_keys`` keep their value as text (``--param root=DIR`` of celeba); all others are numbers.
@@ -72,6 +85,7 @@ def parse_params(rho: Optional[float], params: Optional[List[str]], *, text_keys
     lists the valid ones) rather than that 'sex' is not a number.
     """
     from .._validate import check_param_names
+
     pairs = [] if rho is None else [("rho", rho)]
     for item in params or []:
         key, sep, value = item.partition("=")

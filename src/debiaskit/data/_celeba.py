@@ -39,6 +39,7 @@ Example::
     test.summary()   # {'size': 19962, 'realised_rho': ...}
     splits = make_splits("celeba", params={"root": "~/data/celeba", "size": 64}, seed=0)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,9 +66,11 @@ IMAGE_DIR = "img_align_celeba"
 ENV_VAR = "DEBIASKIT_CELEBA"
 CACHE_VERSION = "v1-centre-crop-bilinear"  # bump when the image pipeline changes: old caches are ignored
 EXPECTED = f"{IMAGE_DIR}/*.jpg, {ATTR_FILE} and {PARTITION_FILE}"
-HOW_TO_GET = (f"CelebA cannot be downloaded by debiaskit: bring your own copy of the aligned CelebA folder "
-              f"(it must hold {EXPECTED}) and pass it as the `root` param (`--param root=DIR`, "
-              f"`data show celeba --root DIR`) or set {ENV_VAR}=DIR.")
+HOW_TO_GET = (
+    f"CelebA cannot be downloaded by debiaskit: bring your own copy of the aligned CelebA folder "
+    f"(it must hold {EXPECTED}) and pass it as the `root` param (`--param root=DIR`, "
+    f"`data show celeba --root DIR`) or set {ENV_VAR}=DIR."
+)
 
 # name -> (default, help); ``root`` None means "$DEBIASKIT_CELEBA"
 CELEBA_PARAMS: dict[str, tuple[Any, str]] = {
@@ -84,11 +87,12 @@ CELEBA_SPLIT_DOCS = {
     "unbiased_val": "D^u_val: 20% of that balanced subsample (balanced groups); all selection happens here",
     "unbiased_test": "D^u_test: 20% of that balanced subsample (balanced groups)",
     "test": "the official test partition, NOT group-balanced: read worst-group and group-mean accuracy; "
-            "reported, never used for selection",
+    "reported, never used for selection",
 }
 
 
 # --- annotation files -----------------------------------------------------------------------------
+
 
 def read_celeba_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     """Parse ``list_attr_celeba.txt`` -> (image names, attribute names, int8 matrix of -1/1)."""
@@ -190,16 +194,21 @@ def read_celeba_index(root: Path | str) -> CelebaIndex:
     """Read and check both annotation files of a CelebA folder (images are not opened)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"CelebA folder {root} does not exist; it must hold {IMAGE_DIR}/, {ATTR_FILE} and {PARTITION_FILE}")
+        raise DataError(
+            f"CelebA folder {root} does not exist; it must hold {IMAGE_DIR}/, {ATTR_FILE} and {PARTITION_FILE}"
+        )
     attr_path, part_path = root / ATTR_FILE, root / PARTITION_FILE
     if not attr_path.is_file():
-        raise DataError(f"missing {ATTR_FILE} in {root} (CelebA's attribute annotations); "
-                        f"a CelebA folder holds {EXPECTED}")
+        raise DataError(
+            f"missing {ATTR_FILE} in {root} (CelebA's attribute annotations); a CelebA folder holds {EXPECTED}"
+        )
     attr_bytes = attr_path.read_bytes()
     files, names, values = _parse_attributes(attr_bytes.decode(), attr_path)
     if not part_path.is_file():
-        raise DataError(f"missing {PARTITION_FILE} in {root} (CelebA's official train/valid/test split); "
-                        f"a CelebA folder holds {EXPECTED}")
+        raise DataError(
+            f"missing {PARTITION_FILE} in {root} (CelebA's official train/valid/test split); "
+            f"a CelebA folder holds {EXPECTED}"
+        )
     part_bytes = part_path.read_bytes()
     partition = _parse_partition(part_bytes.decode(), part_path)
     missing = [f for f in files if f not in partition]
@@ -208,11 +217,18 @@ def read_celeba_index(root: Path | str) -> CelebaIndex:
     digest = hashlib.sha256()
     for blob in (attr_bytes, b"\0", part_bytes):
         digest.update(blob)
-    return CelebaIndex(root=root, files=files, names=names, values=values,
-                       partition=np.array([partition[f] for f in files], dtype=np.int8), sha256=digest.hexdigest())
+    return CelebaIndex(
+        root=root,
+        files=files,
+        names=names,
+        values=values,
+        partition=np.array([partition[f] for f in files], dtype=np.int8),
+        sha256=digest.hexdigest(),
+    )
 
 
 # --- images and their cache -----------------------------------------------------------------------
+
 
 def _load_image(path: Path, size: int) -> np.ndarray:
     from PIL import Image
@@ -266,8 +282,9 @@ def _write_cache(path: Path, images: np.ndarray, meta: dict) -> None:
     write_json(path.parent / "cache.json", meta)  # what the folder holds, for a curious user
 
 
-def partition_images(index: CelebaIndex, split: str, positions: np.ndarray | None = None, *, size: int,
-                     cache: bool = True) -> np.ndarray:
+def partition_images(
+    index: CelebaIndex, split: str, positions: np.ndarray | None = None, *, size: int, cache: bool = True
+) -> np.ndarray:
     """uint8 images of an official partition, or of ``positions`` (sorted, within the partition).
 
     A cached partition is read memory-mapped; a whole partition decoded from JPEG is written to the
@@ -281,15 +298,32 @@ def partition_images(index: CelebaIndex, split: str, positions: np.ndarray | Non
         return np.ascontiguousarray(cached[positions])
     images = _decode(index, rows[positions], size)
     if cache and len(positions) == len(rows) and len(rows):
-        _write_cache(path, images, {"root": str(index.root.resolve()), "annotations_sha256": index.sha256,
-                                    "size": size, "pipeline": CACHE_VERSION})
+        _write_cache(
+            path,
+            images,
+            {
+                "root": str(index.root.resolve()),
+                "annotations_sha256": index.sha256,
+                "size": size,
+                "pipeline": CACHE_VERSION,
+            },
+        )
     return images
 
 
 # --- one partition --------------------------------------------------------------------------------
 
-def load_celeba(root: Path | str, *, split: str = "train", target: str = "Blond_Hair", bias: str = "Male",
-                size: int = 64, limit: int | None = None, cache: bool = False) -> BiasDataset:
+
+def load_celeba(
+    root: Path | str,
+    *,
+    split: str = "train",
+    target: str = "Blond_Hair",
+    bias: str = "Male",
+    size: int = 64,
+    limit: int | None = None,
+    cache: bool = False,
+) -> BiasDataset:
     """One official CelebA partition as a :class:`BiasDataset` (y = target, b = bias, both 0/1).
 
     ``split`` is ``train``, ``valid`` or ``test``; ``limit`` keeps the first N images of the partition
@@ -308,8 +342,19 @@ def load_celeba(root: Path | str, *, split: str = "train", target: str = "Blond_
     if len(positions) == 0:
         raise DataError(f"CelebA partition {split!r} is empty in {index.root}")
     images = partition_images(index, split, positions, size=size, cache=cache)
-    return _dataset(index, split, index.members(split)[positions], images, y_all, b_all, majority,
-                    target=target, bias=bias, size=size, name=f"celeba-{target}-{bias}/{split}")
+    return _dataset(
+        index,
+        split,
+        index.members(split)[positions],
+        images,
+        y_all,
+        b_all,
+        majority,
+        target=target,
+        bias=bias,
+        size=size,
+        name=f"celeba-{target}-{bias}/{split}",
+    )
 
 
 def _targets(index: CelebaIndex, target: str, bias: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -321,15 +366,42 @@ def _targets(index: CelebaIndex, target: str, bias: str) -> tuple[np.ndarray, np
     return y_all, b_all, _majority_pairing(y_all[train], b_all[train])
 
 
-def _dataset(index: CelebaIndex, split: str, rows: np.ndarray, images: np.ndarray, y_all: np.ndarray,
-             b_all: np.ndarray, majority: np.ndarray, *, target: str, bias: str, size: int, name: str) -> BiasDataset:
+def _dataset(
+    index: CelebaIndex,
+    split: str,
+    rows: np.ndarray,
+    images: np.ndarray,
+    y_all: np.ndarray,
+    b_all: np.ndarray,
+    majority: np.ndarray,
+    *,
+    target: str,
+    bias: str,
+    size: int,
+    name: str,
+) -> BiasDataset:
     y, b = torch.from_numpy(y_all[rows]), torch.from_numpy(b_all[rows])
     return BiasDataset(
-        images=torch.from_numpy(images), y=y, b=b, num_classes=2, num_bias_classes=2,
-        name=name, bias_names=(bias,), mean=0.5, std=0.5,
+        images=torch.from_numpy(images),
+        y=y,
+        b=b,
+        num_classes=2,
+        num_bias_classes=2,
+        name=name,
+        bias_names=(bias,),
+        mean=0.5,
+        std=0.5,
         aligned=b == torch.from_numpy(majority)[y],
-        info={"source": "celeba", "root": str(index.root), "target": target, "bias": bias, "size": size,
-              "partition": split, "majority_pairing": majority.tolist(), "files": [index.files[i] for i in rows]},
+        info={
+            "source": "celeba",
+            "root": str(index.root),
+            "target": target,
+            "bias": bias,
+            "size": size,
+            "partition": split,
+            "majority_pairing": majority.tolist(),
+            "files": [index.files[i] for i in rows],
+        },
     )
 
 
@@ -346,21 +418,25 @@ def _majority_pairing(y: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([0, 1]) if identity >= len(y) - identity else np.array([1, 0])
 
 
-def load_celeba_splits(root: Path | str, *, target: str = "Blond_Hair", bias: str = "Male",
-                       size: int = 64, limit: int | None = None) -> dict[str, BiasDataset]:
+def load_celeba_splits(
+    root: Path | str, *, target: str = "Blond_Hair", bias: str = "Male", size: int = 64, limit: int | None = None
+) -> dict[str, BiasDataset]:
     """All three official partitions: ``{"train": ..., "valid": ..., "test": ...}``."""
     return {s: load_celeba(root, split=s, target=target, bias=bias, size=size, limit=limit) for s in PARTITIONS}
 
 
 # --- the registered dataset "celeba" --------------------------------------------------------------
 
+
 def celeba_root(root: Path | str | None = None) -> Path:
     """The CelebA folder: ``root`` if given, else ``$DEBIASKIT_CELEBA``; a DataError says how to set it."""
     if root is None or str(root) == "":
         env = os.environ.get(ENV_VAR)
         if not env:
-            raise DataError(f"no CelebA folder given: pass the `root` param (`--param root=DIR`) or set "
-                            f"{ENV_VAR}=DIR; the folder must hold {EXPECTED}. {HOW_TO_GET}")
+            raise DataError(
+                f"no CelebA folder given: pass the `root` param (`--param root=DIR`) or set "
+                f"{ENV_VAR}=DIR; the folder must hold {EXPECTED}. {HOW_TO_GET}"
+            )
         root = env
     return Path(root).expanduser().absolute()
 
@@ -398,8 +474,16 @@ def _subsample(count: int, size: int | None, *, what: str, seed: int, stream: in
     return np.sort(_rng(seed, stream).permutation(count)[:size])
 
 
-def _balanced_positions(y: np.ndarray, b: np.ndarray, *, unbiased_size: int, fractions: tuple[float, float, float],
-                        seed: int, target: str, bias: str) -> list[np.ndarray]:
+def _balanced_positions(
+    y: np.ndarray,
+    b: np.ndarray,
+    *,
+    unbiased_size: int,
+    fractions: tuple[float, float, float],
+    seed: int,
+    target: str,
+    bias: str,
+) -> list[np.ndarray]:
     """Three sorted position arrays (60/20/20 inside every target x bias group), each group-balanced.
 
     Per group: min(smallest group, unbiased_size // 4) images, drawn from seed; val and test take
@@ -411,16 +495,20 @@ def _balanced_positions(y: np.ndarray, b: np.ndarray, *, unbiased_size: int, fra
     smallest = min(len(g) for g in groups)
     if smallest == 0:
         t, a = divmod(next(i for i, g in enumerate(groups) if len(g) == 0), 2)
-        raise DataError(f"CelebA's valid partition has no image with {target}={t} and {bias}={a}: "
-                        "a group-balanced unbiased set is impossible; choose other attributes")
+        raise DataError(
+            f"CelebA's valid partition has no image with {target}={t} and {bias}={a}: "
+            "a group-balanced unbiased set is impossible; choose other attributes"
+        )
     per_group = min(smallest, unbiased_size // 4)
     # val and test get their share but at least one image per group; train the rest
     n_val, n_test = (max(1, int(round(f * per_group))) for f in fractions[1:])
     cut1, cut2 = per_group - n_val - n_test, per_group - n_test
     if cut1 < 1:
-        raise DataError(f"the balanced subsample of CelebA's valid partition has {per_group} image(s) per "
-                        f"{target} x {bias} group: too few to split {list(fractions)} into unbiased train/val/test "
-                        "(each needs at least one per group); use a larger unbiased_size or other attributes")
+        raise DataError(
+            f"the balanced subsample of CelebA's valid partition has {per_group} image(s) per "
+            f"{target} x {bias} group: too few to split {list(fractions)} into unbiased train/val/test "
+            "(each needs at least one per group); use a larger unbiased_size or other attributes"
+        )
     parts: list[list[np.ndarray]] = [[], [], []]
     for g, members in enumerate(groups):
         chosen = _rng(seed, 20 + g).permutation(members)[:per_group]
@@ -429,10 +517,16 @@ def _balanced_positions(y: np.ndarray, b: np.ndarray, *, unbiased_size: int, fra
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
-def make_celeba_splits(*, params: dict | None = None, seed: int = 0, unbiased_size: int = 10000,
-                       train_size: int | None = None, test_size: int | None = None,
-                       unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                       expected_sha256: str | None = None) -> Splits:
+def make_celeba_splits(
+    *,
+    params: dict | None = None,
+    seed: int = 0,
+    unbiased_size: int = 10000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    expected_sha256: str | None = None,
+) -> Splits:
     """The five splits of CelebA (see the module doc); what ``make_splits("celeba", ...)`` calls.
 
     ``train_size`` / ``test_size`` draw a seeded uniform subsample of the official train / test
@@ -449,8 +543,10 @@ def make_celeba_splits(*, params: dict | None = None, seed: int = 0, unbiased_si
         raise ConfigError(f"unbiased_fractions must be three positive shares summing to 1, got {unbiased_fractions}")
     index = read_celeba_index(resolved["root"])
     if expected_sha256 is not None and index.sha256 != expected_sha256:
-        raise DataError(f"the CelebA annotation files in {index.root} differ from the ones this run was built "
-                        f"from (SHA-256 {index.sha256[:12]}... != {expected_sha256[:12]}...): use the same folder")
+        raise DataError(
+            f"the CelebA annotation files in {index.root} differ from the ones this run was built "
+            f"from (SHA-256 {index.sha256[:12]}... != {expected_sha256[:12]}...): use the same folder"
+        )
     target, bias, size, cache = resolved["target"], resolved["bias"], resolved["size"], bool(resolved["cache"])
     y_all, b_all, majority = _targets(index, target, bias)
     rows = {s: index.members(s) for s in PARTITIONS}
@@ -460,23 +556,52 @@ def make_celeba_splits(*, params: dict | None = None, seed: int = 0, unbiased_si
     train_pos = _subsample(len(rows["train"]), train_size, what="train_size", seed=seed, stream=0)
     test_pos = _subsample(len(rows["test"]), test_size, what="test_size", seed=seed, stream=1)
     valid = rows["valid"]
-    unbiased = _balanced_positions(y_all[valid], b_all[valid], unbiased_size=unbiased_size,
-                                   fractions=unbiased_fractions, seed=seed, target=target, bias=bias)
+    unbiased = _balanced_positions(
+        y_all[valid],
+        b_all[valid],
+        unbiased_size=unbiased_size,
+        fractions=unbiased_fractions,
+        seed=seed,
+        target=target,
+        bias=bias,
+    )
     # the three unbiased splits come from one decode of the valid images they use
     u_all = np.sort(np.concatenate(unbiased))
     u_images = partition_images(index, "valid", u_all, size=size, cache=cache)
     plan = {
         "train": ("train", train_pos, partition_images(index, "train", train_pos, size=size, cache=cache)),
-        **{name: ("valid", pos, u_images[np.searchsorted(u_all, pos)])
-           for name, pos in zip(("unbiased_train", "unbiased_val", "unbiased_test"), unbiased)},
+        **{
+            name: ("valid", pos, u_images[np.searchsorted(u_all, pos)])
+            for name, pos in zip(("unbiased_train", "unbiased_val", "unbiased_test"), unbiased)
+        },
         "test": ("test", test_pos, partition_images(index, "test", test_pos, size=size, cache=cache)),
     }
-    built = {name: _dataset(index, part, rows[part][pos], images, y_all, b_all, majority, target=target,
-                            bias=bias, size=size, name=f"celeba/{name}")
-             for name, (part, pos, images) in plan.items()}
-    spec = {"dataset": "celeba", "params": resolved, "seed": seed, "unbiased_size": unbiased_size,
-            "train_size": train_size, "test_size": test_size, "unbiased_fractions": list(unbiased_fractions),
-            "annotations_sha256": index.sha256}
+    built = {
+        name: _dataset(
+            index,
+            part,
+            rows[part][pos],
+            images,
+            y_all,
+            b_all,
+            majority,
+            target=target,
+            bias=bias,
+            size=size,
+            name=f"celeba/{name}",
+        )
+        for name, (part, pos, images) in plan.items()
+    }
+    spec = {
+        "dataset": "celeba",
+        "params": resolved,
+        "seed": seed,
+        "unbiased_size": unbiased_size,
+        "train_size": train_size,
+        "test_size": test_size,
+        "unbiased_fractions": list(unbiased_fractions),
+        "annotations_sha256": index.sha256,
+    }
     return Splits(**built, spec=spec)
 
 
@@ -487,8 +612,10 @@ def celeba_from_spec(spec: dict[str, Any]) -> Splits:
     recorded = params.get("root")
     if recorded is not None and not Path(recorded).is_dir():
         if not os.environ.get(ENV_VAR):
-            raise DataError(f"the CelebA folder these splits were built from, {recorded}, does not exist; "
-                            f"set {ENV_VAR}=DIR to a copy with the same annotation files")
+            raise DataError(
+                f"the CelebA folder these splits were built from, {recorded}, does not exist; "
+                f"set {ENV_VAR}=DIR to a copy with the same annotation files"
+            )
         params["root"] = None  # a moved copy: fall back to the environment variable
     kwargs: dict[str, Any] = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
     if "unbiased_fractions" in spec:
@@ -503,13 +630,16 @@ def describe_celeba(params: dict | None = None) -> dict[str, Any]:
     bias = params.get("bias", CELEBA_PARAMS["bias"][0])
     try:
         root = celeba_root(params.get("root"))
-        files, prepared = str(root), all(p.exists() for p in (root / IMAGE_DIR, root / ATTR_FILE, root / PARTITION_FILE))
+        files, prepared = (
+            str(root),
+            all(p.exists() for p in (root / IMAGE_DIR, root / ATTR_FILE, root / PARTITION_FILE)),
+        )
     except DataError:
         files, prepared = f"not found: pass --root DIR (or --param root=DIR) or set {ENV_VAR}=DIR", False
     return {
         "name": "celeba",
         "description": f"CelebA, bring your own folder: target {target} vs bias {bias} (real attributes; "
-                       "any two of the 40 via params target / bias)",
+        "any two of the 40 via params target / bias)",
         "source": f"aligned CelebA faces from your own folder ({EXPECTED}); never downloaded",
         "files": files,
         "prepared": prepared,
@@ -517,7 +647,9 @@ def describe_celeba(params: dict | None = None) -> dict[str, Any]:
         "bias_attributes": [bias],
         "num_classes": 2,
         "num_bias_classes": 2,
-        "params": {k: {"default": d if k != "root" else f"${ENV_VAR}", "help": h} for k, (d, h) in CELEBA_PARAMS.items()},
+        "params": {
+            k: {"default": d if k != "root" else f"${ENV_VAR}", "help": h} for k, (d, h) in CELEBA_PARAMS.items()
+        },
         "normalisation": "(x/255 - 0.5) / 0.5",
         "splits": CELEBA_SPLIT_DOCS,
     }
@@ -538,7 +670,14 @@ def prepare_celeba(*, from_folder: Path | None = None, force: bool = False, size
     return folder
 
 
-CELEBA = register_dataset(StandaloneDataset(
-    name="celeba", make_splits=make_celeba_splits, from_spec=celeba_from_spec, describe=describe_celeba,
-    prepare=prepare_celeba, text_params=TEXT_PARAMS, param_names=tuple(CELEBA_PARAMS),
-))
+CELEBA = register_dataset(
+    StandaloneDataset(
+        name="celeba",
+        make_splits=make_celeba_splits,
+        from_spec=celeba_from_spec,
+        describe=describe_celeba,
+        prepare=prepare_celeba,
+        text_params=TEXT_PARAMS,
+        param_names=tuple(CELEBA_PARAMS),
+    )
+)

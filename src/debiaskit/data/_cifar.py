@@ -13,6 +13,7 @@ The cache always holds the binary version. Images load as uint8 (N, 3, 32, 32).
 There is no published per-file checksum of the binary batches, so instead of an MD5 the loader checks
 the structure: record length, record count per file, labels in 0..9.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,19 +36,24 @@ TEST_FILE = "test_batch"
 BIN_DIR = "cifar-10-batches-bin"
 PY_DIR = "cifar-10-batches-py"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-HOW_TO_GET = ("CIFAR-10 cannot be downloaded by debiaskit. Get the binary or python version of CIFAR-10 "
-              "yourself, then run `debiaskit data prepare cifar10 --from DIR` (DIR holds cifar-10-batches-bin/ "
-              "or cifar-10-batches-py/, or is the .tar.gz archive).")
+HOW_TO_GET = (
+    "CIFAR-10 cannot be downloaded by debiaskit. Get the binary or python version of CIFAR-10 "
+    "yourself, then run `debiaskit data prepare cifar10 --from DIR` (DIR holds cifar-10-batches-bin/ "
+    "or cifar-10-batches-py/, or is the .tar.gz archive)."
+)
 
 
 # --- binary version -------------------------------------------------------------------------------
 
+
 def parse_cifar_binary(data: bytes, *, name: str = "<bytes>") -> tuple[np.ndarray, np.ndarray]:
     """Parse binary CIFAR-10 records -> (images uint8 (N, 3, 32, 32), labels uint8 (N,))."""
     if len(data) == 0 or len(data) % RECORD_BYTES:
-        raise DataError(f"{name}: {len(data)} bytes is not a whole number of CIFAR-10 records "
-                        f"({RECORD_BYTES} bytes each: 1 label byte + 3072 image bytes); the file is truncated, "
-                        "or it is not the CIFAR-10 binary version (CIFAR-100 records have 2 label bytes)")
+        raise DataError(
+            f"{name}: {len(data)} bytes is not a whole number of CIFAR-10 records "
+            f"({RECORD_BYTES} bytes each: 1 label byte + 3072 image bytes); the file is truncated, "
+            "or it is not the CIFAR-10 binary version (CIFAR-100 records have 2 label bytes)"
+        )
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
     labels = records[:, 0].copy()
     if labels.max() > 9:
@@ -72,11 +78,17 @@ def _read_binary_folder(folder: Path) -> ImageArrays:
             raise DataError(f"missing CIFAR-10 file {path.name} in {folder}. {HOW_TO_GET}")
         parts[stem] = parse_cifar_binary(path.read_bytes(), name=str(path))
     train = [parts[s] for s in TRAIN_FILES]
-    return ImageArrays(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
-                       parts[TEST_FILE][0], parts[TEST_FILE][1], origin=str(folder))
+    return ImageArrays(
+        np.concatenate([t[0] for t in train]),
+        np.concatenate([t[1] for t in train]),
+        parts[TEST_FILE][0],
+        parts[TEST_FILE][1],
+        origin=str(folder),
+    )
 
 
 # --- python version, through a restricted unpickler -----------------------------------------------
+
 
 def _numpy_globals() -> dict[tuple[str, str], object]:
     try:  # numpy >= 2
@@ -91,6 +103,7 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
             allowed[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
     # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1"): pure data
     import _codecs
+
     allowed[("_codecs", "encode")] = _codecs.encode
     for mod in ("builtins", "__builtin__"):  # harmless containers only
         allowed.update({(mod, n): getattr(__import__("builtins"), n) for n in ("set", "frozenset", "bytearray")})
@@ -126,8 +139,10 @@ def load_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: the batch has no 'data'/'labels' entries (keys: {sorted(map(str, obj))})")
     data, labels = np.asarray(obj["data"]), np.asarray(obj["labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise DataError(f"{path}: expected uint8 data of shape (N, 3072) and N labels, got {data.dtype} "
-                        f"{data.shape} and {labels.shape}")
+        raise DataError(
+            f"{path}: expected uint8 data of shape (N, 3072) and N labels, got {data.dtype} "
+            f"{data.shape} and {labels.shape}"
+        )
     if labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: labels must lie in 0..9")
     return data.reshape(-1, 3, 32, 32).copy(), labels.astype(np.uint8)
@@ -136,16 +151,27 @@ def load_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _read_python_folder(folder: Path) -> ImageArrays:
     train = [load_python_batch(folder / s) for s in TRAIN_FILES]
     test = load_python_batch(folder / TEST_FILE)
-    return ImageArrays(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
-                       test[0], test[1], origin=str(folder))
+    return ImageArrays(
+        np.concatenate([t[0] for t in train]),
+        np.concatenate([t[1] for t in train]),
+        test[0],
+        test[1],
+        origin=str(folder),
+    )
 
 
 # --- locating the files ---------------------------------------------------------------------------
 
+
 def _locate(root: Path) -> tuple[str, Path] | None:
     """('bin' | 'py', folder) for the first CIFAR-10 layout found at root, root/<layout dir> or one level down."""
-    candidates = [root, root / BIN_DIR, root / PY_DIR, *sorted(p for p in root.glob("*/*") if p.is_dir()),
-                  *sorted(p for p in root.iterdir() if p.is_dir())]
+    candidates = [
+        root,
+        root / BIN_DIR,
+        root / PY_DIR,
+        *sorted(p for p in root.glob("*/*") if p.is_dir()),
+        *sorted(p for p in root.iterdir() if p.is_dir()),
+    ]
     for folder in candidates:
         if (folder / f"{TEST_FILE}.bin").is_file():
             return "bin", folder
@@ -166,8 +192,10 @@ def read_cifar10(path: Path) -> ImageArrays:
             try:
                 tar.extractall(tmp, filter="data")  # "data" filter: no absolute paths, links out, devices
             except tarfile.FilterError as exc:
-                raise DataError(f"{path} holds an unsafe member ({exc}): refusing to unpack it; use the official "
-                                f"archive. {HOW_TO_GET}") from exc
+                raise DataError(
+                    f"{path} holds an unsafe member ({exc}): refusing to unpack it; use the official "
+                    f"archive. {HOW_TO_GET}"
+                ) from exc
             except (tarfile.TarError, EOFError, OSError) as exc:
                 raise DataError(f"{path} is a damaged archive ({exc}); download it again. {HOW_TO_GET}") from exc
             return _read_found(Path(tmp), shown=path)
@@ -183,6 +211,7 @@ def _read_found(root: Path, *, shown: Path) -> ImageArrays:
 
 
 # --- the source -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CifarSource(ImageSource):
@@ -204,8 +233,9 @@ class CifarSource(ImageSource):
             out = swap / BIN_DIR
             out.mkdir(parents=True)
             # the binary cache keeps the official split of the training set into five batches
-            for stem, images, labels in zip(TRAIN_FILES, np.array_split(arrays.train_images, 5),
-                                            np.array_split(arrays.train_labels, 5)):
+            for stem, images, labels in zip(
+                TRAIN_FILES, np.array_split(arrays.train_images, 5), np.array_split(arrays.train_labels, 5)
+            ):
                 write_cifar_binary(out / f"{stem}.bin", images, labels)
             write_cifar_binary(out / f"{TEST_FILE}.bin", arrays.test_images, arrays.test_labels)
             _read_binary_folder(out)  # verify before anything is replaced

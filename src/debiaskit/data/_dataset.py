@@ -1,4 +1,5 @@
 """The sample container every layer speaks: images x, target y and bias label(s) b."""
+
 from __future__ import annotations
 
 import warnings
@@ -62,17 +63,27 @@ class BiasDataset(Dataset):
 
     def __post_init__(self) -> None:
         n = len(self.y)
-        if not isinstance(self.images, Tensor) or self.images.ndim < 2 or not (
-                self.images.dtype == torch.uint8 or self.images.is_floating_point()):
-            what = f"{self.images.dtype} {tuple(self.images.shape)}" if isinstance(self.images, Tensor) else type(self.images).__name__
-            raise DataError(f"{self.name}: inputs must be a uint8 or floating-point tensor of shape (N, ...), got {what}")
+        if (
+            not isinstance(self.images, Tensor)
+            or self.images.ndim < 2
+            or not (self.images.dtype == torch.uint8 or self.images.is_floating_point())
+        ):
+            what = (
+                f"{self.images.dtype} {tuple(self.images.shape)}"
+                if isinstance(self.images, Tensor)
+                else type(self.images).__name__
+            )
+            raise DataError(
+                f"{self.name}: inputs must be a uint8 or floating-point tensor of shape (N, ...), got {what}"
+            )
         if len(self.images) != n or (self.b is not None and len(self.b) != n):
             raise DataError(f"{self.name}: images, y and b must have the same length")
         if n == 0:
             raise DataError(f"{self.name}: the split is empty; use a larger size or another rho")
         check_labels(self.y, self.num_classes, what=f"{self.name} targets")
-        self.bias_cardinalities = resolve_cardinalities(self.b, self.num_bias_classes, self.bias_cardinalities,
-                                                        name=self.name)
+        self.bias_cardinalities = resolve_cardinalities(
+            self.b, self.num_bias_classes, self.bias_cardinalities, name=self.name
+        )
         if self.bias_cardinalities:
             self.num_bias_classes = max(self.bias_cardinalities)
         if self.b is not None:
@@ -127,10 +138,18 @@ class BiasDataset(Dataset):
             parent_render, parent_index = self.render, index
             render = lambda idx, new_b: parent_render(parent_index[idx], new_b)  # noqa: E731
         return BiasDataset(
-            images=self.images[index], y=self.y[index], b=None if self.b is None else self.b[index],
-            num_classes=self.num_classes, num_bias_classes=self.num_bias_classes,
-            name=name or self.name, bias_names=self.bias_names, mean=self.mean, std=self.std,
-            aligned=None if self.aligned is None else self.aligned[index], render=render, info=dict(self.info),
+            images=self.images[index],
+            y=self.y[index],
+            b=None if self.b is None else self.b[index],
+            num_classes=self.num_classes,
+            num_bias_classes=self.num_bias_classes,
+            name=name or self.name,
+            bias_names=self.bias_names,
+            mean=self.mean,
+            std=self.std,
+            aligned=None if self.aligned is None else self.aligned[index],
+            render=render,
+            info=dict(self.info),
             bias_cardinalities=self.bias_cardinalities,
         )
 
@@ -140,8 +159,9 @@ class BiasDataset(Dataset):
         out.b, out.aligned = None, None
         return out
 
-    def draw_counterfactual_bias(self, index: Tensor, *, generator: torch.Generator,
-                                 attribute: int | None = None) -> Tensor:
+    def draw_counterfactual_bias(
+        self, index: Tensor, *, generator: torch.Generator, attribute: int | None = None
+    ) -> Tensor:
         """Bias labels for counterfactual copies of samples ``index``: each changed attribute moves to a
         DIFFERENT value, uniformly among the other values of that attribute (a pair that differs in nothing
         would only dilute a counterfactual measure). ``attribute``: change only that attribute (the audit,
@@ -158,8 +178,9 @@ class BiasDataset(Dataset):
             raise DataError(f"{self.name} has no bias labels to change")
         b = self.b[torch.as_tensor(index)].clone()
 
-        def shift(column: Tensor, k: int) -> Tensor:   # each attribute within its own values
+        def shift(column: Tensor, k: int) -> Tensor:  # each attribute within its own values
             return (column + torch.randint(1, k, (len(column),), generator=generator)) % k
+
         if b.ndim == 1:
             return shift(b, self.num_bias_classes)
         for a in range(b.shape[1]) if attribute is None else [attribute]:
@@ -183,8 +204,9 @@ def check_labels(labels: Tensor, num: int, *, what: str) -> None:
         raise DataError(f"{what} must lie in [0, {num - 1}], found range [{int(labels.min())}, {int(labels.max())}]")
 
 
-def check_user_labels(y: np.ndarray, b: np.ndarray | None, *, where: str,
-                      bias_names: tuple[str, ...] | None = None) -> None:
+def check_user_labels(
+    y: np.ndarray, b: np.ndarray | None, *, where: str, bias_names: tuple[str, ...] | None = None
+) -> None:
     """Refuse labels nothing can be learned or audited from, at the edge (before any compute): targets that
     are not class indices 0..K-1, a single target class, a bias attribute with a single value. A class index
     above the number of samples is refused too: K classes cannot be realised by fewer samples (it is a typo
@@ -194,8 +216,10 @@ def check_user_labels(y: np.ndarray, b: np.ndarray | None, *, where: str,
     _check_indices(y, what="targets y", where=where, n=n)
     classes = np.unique(y)
     if len(classes) < 2:
-        raise DataError(f"{where}: every sample has target y = {int(classes[0])}: a classifier needs at least two "
-                        "target classes (y holds class indices 0..K-1, K >= 2); check the target column / array")
+        raise DataError(
+            f"{where}: every sample has target y = {int(classes[0])}: a classifier needs at least two "
+            "target classes (y holds class indices 0..K-1, K >= 2); check the target column / array"
+        )
     if b is None:
         return
     b = np.asarray(b)
@@ -205,8 +229,10 @@ def check_user_labels(y: np.ndarray, b: np.ndarray | None, *, where: str,
         _check_indices(cols[:, a], what=f"bias labels {name}", where=where, n=n)
         values = np.unique(cols[:, a])
         if len(values) < 2:
-            raise DataError(f"{where}: bias attribute {name} has one value (b = {int(values[0])} in every sample): "
-                            "there is no bias to measure or remove; a bias attribute needs at least two values")
+            raise DataError(
+                f"{where}: bias attribute {name} has one value (b = {int(values[0])} in every sample): "
+                "there is no bias to measure or remove; a bias attribute needs at least two values"
+            )
 
 
 def _check_indices(values: np.ndarray, *, what: str, where: str, n: int) -> None:
@@ -216,8 +242,10 @@ def _check_indices(values: np.ndarray, *, what: str, where: str, n: int) -> None
     if lo < 0:
         raise DataError(f"{where}: {what} must be class indices 0..K-1, found {lo} (sample {int(np.argmin(values))})")
     if hi >= n:
-        raise DataError(f"{where}: {what} holds class index {hi} (sample {int(np.argmax(values))}) but there are only "
-                        f"{n} samples: class indices are 0..K-1 for K classes (is it another column?)")
+        raise DataError(
+            f"{where}: {what} holds class index {hi} (sample {int(np.argmax(values))}) but there are only "
+            f"{n} samples: class indices are 0..K-1 for K classes (is it another column?)"
+        )
 
 
 def check_bias_names(names, *, attributes: int, values: int, where: str) -> None:
@@ -225,10 +253,13 @@ def check_bias_names(names, *, attributes: int, values: int, where: str) -> None
     bias *values* is the usual mix-up, said as such."""
     if names is None or len(names) == attributes:
         return
-    hint = (" - did you mean to name the values? bias_names names the attributes (columns)"
-            if len(names) == values else "")
-    raise DataError(f"{where}: bias_names has {len(names)} name(s) ({', '.join(map(str, names))}) for {attributes} "
-                    f"bias attribute(s){hint}; give one name per column of b")
+    hint = (
+        " - did you mean to name the values? bias_names names the attributes (columns)" if len(names) == values else ""
+    )
+    raise DataError(
+        f"{where}: bias_names has {len(names)} name(s) ({', '.join(map(str, names))}) for {attributes} "
+        f"bias attribute(s){hint}; give one name per column of b"
+    )
 
 
 def resolve_cardinalities(b: Tensor | None, num_bias_classes: int | None, given, *, name: str) -> tuple[int, ...]:
@@ -242,8 +273,10 @@ def resolve_cardinalities(b: Tensor | None, num_bias_classes: int | None, given,
         raise DataError(f"{name}: bias labels without a number of bias classes; give num_bias_classes")
     if isinstance(value, (tuple, list)):
         if len(value) != n_attr:
-            raise DataError(f"{name}: one number of bias classes per attribute: {n_attr} attributes, got {len(value)} "
-                            f"({list(value)})")
+            raise DataError(
+                f"{name}: one number of bias classes per attribute: {n_attr} attributes, got {len(value)} "
+                f"({list(value)})"
+            )
         return tuple(int(k) for k in value)
     return (int(value),) * n_attr
 
@@ -318,27 +351,34 @@ def summarise(data) -> dict[str, Any]:
         else:
             out["realised_rho"] = {n: float(a.float().mean()) for n, a in zip(data.bias_names, aligned.T)}
     if b is not None:
-        out["group_counts"] = group_counts(data.y, b, num_classes=data.num_classes,
-                                           num_bias=getattr(data, "bias_cardinalities", None) or data.num_bias_classes)
+        out["group_counts"] = group_counts(
+            data.y,
+            b,
+            num_classes=data.num_classes,
+            num_bias=getattr(data, "bias_cardinalities", None) or data.num_bias_classes,
+        )
     return out
 
 
-def group_counts(y: Tensor, b: Tensor, *, num_classes: int,
-                 num_bias: int | tuple[int, ...]) -> list[list[int]] | dict[str, list[list[int]]]:
+def group_counts(
+    y: Tensor, b: Tensor, *, num_classes: int, num_bias: int | tuple[int, ...]
+) -> list[list[int]] | dict[str, list[list[int]]]:
     """Samples per (target, bias) group: ``counts[y][b]`` (per attribute for (N, A) bias labels; ``num_bias`` one
     number for all attributes or one per attribute)."""
     if b.ndim == 2:
         cards = num_bias if isinstance(num_bias, (tuple, list)) else (num_bias,) * b.shape[1]
-        return {f"attribute{a}": _group_counts_1d(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
-                for a in range(b.shape[1])}
-    return _group_counts_1d(y, b, num_classes=num_classes,
-                            num_bias=num_bias[0] if isinstance(num_bias, (tuple, list)) else num_bias)
+        return {
+            f"attribute{a}": _group_counts_1d(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
+            for a in range(b.shape[1])
+        }
+    return _group_counts_1d(
+        y, b, num_classes=num_classes, num_bias=num_bias[0] if isinstance(num_bias, (tuple, list)) else num_bias
+    )
 
 
 def _group_counts_1d(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int) -> list[list[int]]:
     flat = y.long() * num_bias + b.long()
     return torch.bincount(flat, minlength=num_classes * num_bias).view(num_classes, num_bias).tolist()
-
 
 
 # D^u_train / D^u_val below these sizes are said before any compute (SmallSplitWarning): with 25 samples a
@@ -362,8 +402,13 @@ def small_unbiased_splits(y: np.ndarray, b: np.ndarray, index: dict[str, np.ndar
         if idx is None:
             continue
         idx = np.asarray(idx)
-        smallest = min(((int(((y[idx] == t) & (cols[idx, a] == v)).sum()), t, v, a)
-                        for a, pairs in enumerate(present) for t, v in pairs))
+        smallest = min(
+            (
+                (int(((y[idx] == t) & (cols[idx, a] == v)).sum()), t, v, a)
+                for a, pairs in enumerate(present)
+                for t, v in pairs
+            )
+        )
         n, t, v, a = smallest
         if n < MIN_UNBIASED_PER_GROUP or len(idx) < MIN_UNBIASED_TOTAL:
             which = f"b={v}" if cols.shape[1] == 1 else f"b[{a}]={v}"
@@ -371,17 +416,22 @@ def small_unbiased_splits(y: np.ndarray, b: np.ndarray, index: dict[str, np.ndar
     return found
 
 
-def warn_small_unbiased(y: np.ndarray, b: np.ndarray, index: dict[str, np.ndarray], *, dataset: str,
-                        remedy: str) -> None:
+def warn_small_unbiased(
+    y: np.ndarray, b: np.ndarray, index: dict[str, np.ndarray], *, dataset: str, remedy: str
+) -> None:
     """A :class:`SmallSplitWarning` (before any compute) when D^u_train or D^u_val is small; ``remedy`` says
     how these splits were made and what gives larger ones."""
     found = small_unbiased_splits(y, b, index)
     if found:
-        warnings.warn(SmallSplitWarning(
-            f"{dataset}: the unbiased splits are small: {'; '.join(found)}. Everything selected on D^u_val "
-            f"(early stopping, FFW's tau level, hyper-parameters) and the audit's privacy head (fitted on "
-            f"D^u_train) want at least {MIN_UNBIASED_PER_GROUP} per (y, b) group and {MIN_UNBIASED_TOTAL} in all: "
-            f"below that a group's accuracy has a standard error above 10 points. {remedy}"), stacklevel=3)
+        warnings.warn(
+            SmallSplitWarning(
+                f"{dataset}: the unbiased splits are small: {'; '.join(found)}. Everything selected on D^u_val "
+                f"(early stopping, FFW's tau level, hyper-parameters) and the audit's privacy head (fitted on "
+                f"D^u_train) want at least {MIN_UNBIASED_PER_GROUP} per (y, b) group and {MIN_UNBIASED_TOTAL} in all: "
+                f"below that a group's accuracy has a standard error above 10 points. {remedy}"
+            ),
+            stacklevel=3,
+        )
 
 
 class _Indexed(Dataset):
@@ -397,9 +447,16 @@ class _Indexed(Dataset):
         return x, torch.as_tensor(y), torch.as_tensor(b), i
 
 
-def iterate_batches(dataset: Dataset, *, batch_size: int, shuffle: bool = False,
-                    generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-                    indices: Tensor | None = None, drop_last: bool = False) -> Iterator[Batch]:
+def iterate_batches(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    indices: Tensor | None = None,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
     """Yield :class:`Batch` es from a BiasDataset (fast path) or any dataset of (x, y, b) tuples.
 
     ``indices`` restricts to (and, with ``shuffle``, permutes) a subset - e.g. one rank's shard or a
@@ -421,13 +478,22 @@ def iterate_batches(dataset: Dataset, *, batch_size: int, shuffle: bool = False,
     # DataLoader workers when the dataset asks for them (image decoding, resizing)
     # to a GPU: batches collated into pinned (page-locked) memory and copied asynchronously
     cuda = torch.device(device).type == "cuda"
-    loader = DataLoader(torch.utils.data.Subset(_Indexed(dataset), order.tolist()), batch_size=batch_size,
-                        shuffle=False, drop_last=drop_last, num_workers=int(getattr(dataset, "num_workers", 0) or 0),
-                        pin_memory=cuda)
+    loader = DataLoader(
+        torch.utils.data.Subset(_Indexed(dataset), order.tolist()),
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=drop_last,
+        num_workers=int(getattr(dataset, "num_workers", 0) or 0),
+        pin_memory=cuda,
+    )
     for x, y, b, idx in loader:
         has_bias = bool((b >= 0).all())
-        yield Batch(x.to(device, non_blocking=cuda), y.long().to(device, non_blocking=cuda),
-                    b.long().to(device, non_blocking=cuda) if has_bias else None, idx)
+        yield Batch(
+            x.to(device, non_blocking=cuda),
+            y.long().to(device, non_blocking=cuda),
+            b.long().to(device, non_blocking=cuda) if has_bias else None,
+            idx,
+        )
 
 
 SPLIT_NAMES = ("train", "unbiased_train", "unbiased_val", "unbiased_test", "test")

@@ -1,4 +1,5 @@
 """Reading IDX files (the MNIST file format), raw or gzip-compressed, with checksums."""
+
 from __future__ import annotations
 
 import gzip
@@ -43,9 +44,9 @@ def parse_idx(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise DataError(f"{name} is truncated (incomplete header)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = header_len + math.prod(shape) * dtype.itemsize   # Python ints: a forged header cannot overflow
+    expected = header_len + math.prod(shape) * dtype.itemsize  # Python ints: a forged header cannot overflow
     if len(data) != expected:
         raise DataError(
             f"{name} is truncated or corrupt: header announces shape {shape} "

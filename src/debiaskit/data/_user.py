@@ -23,6 +23,7 @@ needed, unless the dataset exposes them as attributes ``y`` and ``b`` (tensors o
 
 ``BiasDataset`` (in-memory tensors) is the fast path: batches are sliced, not collated.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -78,19 +79,30 @@ class LazyBiasDataset(Dataset):
     ``aligned_mask()``, ``subset()``, ``without_bias_labels()``, ``summary()``, ``input_shape``).
     """
 
-    render = None   # no counterfactual renderer for user data: counterfactual metrics are left out
+    render = None  # no counterfactual renderer for user data: counterfactual metrics are left out
 
-    def __init__(self, source, *, index: Tensor | None = None, name: str = "dataset", num_classes: int | None = None,
-                 num_bias_classes: int | Sequence[int] | None = None, bias_names: Sequence[str] | None = None,
-                 aligned: Tensor | None = None, labels: tuple[Tensor, Tensor | None] | None = None,
-                 has_bias: bool = True, num_workers: int = 0, info: dict[str, Any] | None = None,
-                 bias_override: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        source,
+        *,
+        index: Tensor | None = None,
+        name: str = "dataset",
+        num_classes: int | None = None,
+        num_bias_classes: int | Sequence[int] | None = None,
+        bias_names: Sequence[str] | None = None,
+        aligned: Tensor | None = None,
+        labels: tuple[Tensor, Tensor | None] | None = None,
+        has_bias: bool = True,
+        num_workers: int = 0,
+        info: dict[str, Any] | None = None,
+        bias_override: Tensor | None = None,
+    ) -> None:
         self.source = source
-        self.bias_override = bias_override   # bias labels that replace the items' own (pseudo-bias labels)
+        self.bias_override = bias_override  # bias labels that replace the items' own (pseudo-bias labels)
         self.index = None if index is None else torch.as_tensor(index, dtype=torch.long)
         self.name = name
         self._num_classes = num_classes
-        self._num_bias_classes = num_bias_classes   # None (inferred), an int for every attribute, or one per attribute
+        self._num_bias_classes = num_bias_classes  # None (inferred), an int for every attribute, or one per attribute
         self._bias_names = tuple(bias_names) if bias_names is not None else None
         self.aligned = aligned
         self._labels = labels
@@ -156,8 +168,10 @@ class LazyBiasDataset(Dataset):
         b = self.b
         if b is None:
             if self._num_bias_classes is None:
-                raise DataError(f"{self.name} has no bias labels (its items are (x, y)); num_bias_classes is unknown. "
-                                "Give items (x, y, b) or pass num_bias_classes= to as_bias_data")
+                raise DataError(
+                    f"{self.name} has no bias labels (its items are (x, y)); num_bias_classes is unknown. "
+                    "Give items (x, y, b) or pass num_bias_classes= to as_bias_data"
+                )
             k = self._num_bias_classes
             return (k,) if isinstance(k, int) else tuple(k)
         if self._num_bias_classes is None:
@@ -207,28 +221,53 @@ class LazyBiasDataset(Dataset):
 
     # -- views -----------------------------------------------------------------------------------
     def _copy(self, **changes) -> LazyBiasDataset:
-        kw: dict[str, Any] = dict(index=self.index, name=self.name, num_classes=self._num_classes,
-                  num_bias_classes=self._num_bias_classes, bias_names=self._bias_names, aligned=self.aligned,
-                  labels=self._labels, has_bias=self.has_bias, num_workers=self.num_workers, info=self.info,
-                  bias_override=self.bias_override)
+        kw: dict[str, Any] = dict(
+            index=self.index,
+            name=self.name,
+            num_classes=self._num_classes,
+            num_bias_classes=self._num_bias_classes,
+            bias_names=self._bias_names,
+            aligned=self.aligned,
+            labels=self._labels,
+            has_bias=self.has_bias,
+            num_workers=self.num_workers,
+            info=self.info,
+            bias_override=self.bias_override,
+        )
         kw.update(changes)
         return LazyBiasDataset(self.source, **kw)
 
     def subset(self, index: Tensor, *, name: str | None = None) -> LazyBiasDataset:
         index = torch.as_tensor(index, dtype=torch.long)
         labels = self.labels()
-        return self._copy(index=index if self.index is None else self.index[index], name=name or self.name,
-                          labels=(labels[0][index], None if labels[1] is None else labels[1][index]),
-                          aligned=None if self.aligned is None else self.aligned[index],
-                          bias_override=None if self.bias_override is None else self.bias_override[index])
+        return self._copy(
+            index=index if self.index is None else self.index[index],
+            name=name or self.name,
+            labels=(labels[0][index], None if labels[1] is None else labels[1][index]),
+            aligned=None if self.aligned is None else self.aligned[index],
+            bias_override=None if self.bias_override is None else self.bias_override[index],
+        )
 
-    def with_bias_labels(self, b: Tensor, *, num_bias_classes: int | Sequence[int], bias_names: Sequence[str] | None = None,
-                         aligned: Tensor | None = None, info: dict[str, Any] | None = None,
-                         name: str | None = None) -> LazyBiasDataset:
+    def with_bias_labels(
+        self,
+        b: Tensor,
+        *,
+        num_bias_classes: int | Sequence[int],
+        bias_names: Sequence[str] | None = None,
+        aligned: Tensor | None = None,
+        info: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> LazyBiasDataset:
         """The same samples with other bias labels (e.g. discovered pseudo-bias labels)."""
-        return self._copy(bias_override=b, has_bias=True, num_bias_classes=num_bias_classes, aligned=aligned,
-                          bias_names=tuple(bias_names) if bias_names is not None else self._bias_names,
-                          info=self.info if info is None else info, name=name or self.name)
+        return self._copy(
+            bias_override=b,
+            has_bias=True,
+            num_bias_classes=num_bias_classes,
+            aligned=aligned,
+            bias_names=tuple(bias_names) if bias_names is not None else self._bias_names,
+            info=self.info if info is None else info,
+            name=name or self.name,
+        )
 
     def without_bias_labels(self) -> LazyBiasDataset:
         """The same samples with no bias labels (what a label-free method may see)."""
@@ -243,7 +282,9 @@ class LazyBiasDataset(Dataset):
 
 def _split_item(item, *, where: str):
     if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-        what = f"a {type(item).__name__} of length {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
+        what = (
+            f"a {type(item).__name__} of length {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
+        )
         raise DataError(f"{where}: dataset items must be (x, y, b) or (x, y) tuples, got {what}")
     x, y = item[0], item[1]
     b = item[2] if len(item) == 3 else None
@@ -267,22 +308,28 @@ def _read_labels(source, *, name: str, num_workers: int = 0) -> tuple[Tensor, Te
     if isinstance(source, TensorDataset):
         tensors = source.tensors
         if len(tensors) not in (2, 3):
-            raise DataError(f"{name}: a TensorDataset for debiaskit holds (x, y, b) or (x, y), got {len(tensors)} tensors")
-        return (_as_label_tensor(tensors[1], what=f"{name} targets y", n=n),
-                None if len(tensors) == 2 else _as_label_tensor(tensors[2], what=f"{name} bias labels b", n=n))
+            raise DataError(
+                f"{name}: a TensorDataset for debiaskit holds (x, y, b) or (x, y), got {len(tensors)} tensors"
+            )
+        return (
+            _as_label_tensor(tensors[1], what=f"{name} targets y", n=n),
+            None if len(tensors) == 2 else _as_label_tensor(tensors[2], what=f"{name} bias labels b", n=n),
+        )
     y_attr = getattr(source, "y", None)
     if y_attr is None:
         y_attr = getattr(source, "targets", None)
     b_attr = getattr(source, "b", None)
     if y_attr is not None and not callable(y_attr) and b_attr is not None and not callable(b_attr):
         try:
-            return (_as_label_tensor(y_attr, what=f"{name} targets y", n=n),
-                    _as_label_tensor(b_attr, what=f"{name} bias labels b", n=n))
+            return (
+                _as_label_tensor(y_attr, what=f"{name} targets y", n=n),
+                _as_label_tensor(b_attr, what=f"{name} bias labels b", n=n),
+            )
         except (TypeError, ValueError):
-            pass   # attributes of another meaning: read the items instead
+            pass  # attributes of another meaning: read the items instead
     if n == 0:
         raise DataError(f"{name} is empty")
-    _split_item(source[0], where=f"{name}[0]")   # a clear error before the DataLoader's own
+    _split_item(source[0], where=f"{name}[0]")  # a clear error before the DataLoader's own
     ys, bs = [], []
     loader = DataLoader(_Indexed(source), batch_size=256, num_workers=num_workers)
     for _, y, b, _ in loader:
@@ -298,8 +345,15 @@ def _read_labels(source, *, name: str, num_workers: int = 0) -> tuple[Tensor, Te
     return y.long(), (b.long() if has_bias else None)
 
 
-def as_bias_data(dataset, *, num_classes: int | None = None, num_bias_classes: int | Sequence[int] | None = None,
-                 bias_names: Sequence[str] | None = None, name: str | None = None, num_workers: int = 0):
+def as_bias_data(
+    dataset,
+    *,
+    num_classes: int | None = None,
+    num_bias_classes: int | Sequence[int] | None = None,
+    bias_names: Sequence[str] | None = None,
+    name: str | None = None,
+    num_workers: int = 0,
+):
     """Any ``(x, y, b)`` dataset as the library reads it (see :class:`BiasData`); samples are not copied.
 
     A :class:`BiasDataset` is returned as is (with the keywords applied); a ``TensorDataset`` of
@@ -315,8 +369,10 @@ def as_bias_data(dataset, *, num_classes: int | None = None, num_bias_classes: i
     if dataset is None:
         return None
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-        raise DataError(f"expected a map-style dataset of (x, y, b) items (with __len__ and __getitem__), "
-                        f"got {type(dataset).__name__}")
+        raise DataError(
+            f"expected a map-style dataset of (x, y, b) items (with __len__ and __getitem__), "
+            f"got {type(dataset).__name__}"
+        )
     if isinstance(dataset, BiasDataset):
         changes: dict[str, Any] = {}
         if num_classes is not None and num_classes != dataset.num_classes:
@@ -342,23 +398,46 @@ def as_bias_data(dataset, *, num_classes: int | None = None, num_bias_classes: i
             out.name = name
         return out
     label = name or getattr(dataset, "name", None) or type(dataset).__name__
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) in (2, 3) and dataset.tensors[0].is_floating_point() \
-            and dataset.tensors[0].ndim >= 2:
+    if (
+        isinstance(dataset, TensorDataset)
+        and len(dataset.tensors) in (2, 3)
+        and dataset.tensors[0].is_floating_point()
+        and dataset.tensors[0].ndim >= 2
+    ):
         x, y = dataset.tensors[0], _as_label_tensor(dataset.tensors[1], what=f"{label} targets y", n=len(dataset))
-        b = None if len(dataset.tensors) == 2 else _as_label_tensor(dataset.tensors[2], what=f"{label} bias labels b",
-                                                                   n=len(dataset))
+        b = (
+            None
+            if len(dataset.tensors) == 2
+            else _as_label_tensor(dataset.tensors[2], what=f"{label} bias labels b", n=len(dataset))
+        )
         n_cls = num_classes if num_classes is not None else int(y.max()) + 1
         names = tuple(bias_names) if bias_names is not None else _default_bias_names(b)
         if b is None:
-            return BiasDataset(images=x, y=y, b=None, num_classes=n_cls, num_bias_classes=2, name=label, bias_names=names)
-        cards = resolve_cardinalities(b, None, num_bias_classes if num_bias_classes is not None
-                                      else infer_cardinalities(b), name=label)
-        return BiasDataset(images=x, y=y, b=b, num_classes=n_cls, num_bias_classes=max(cards), name=label,
-                           bias_names=names, bias_cardinalities=cards)
-    return LazyBiasDataset(dataset, name=label, num_classes=num_classes if num_classes is not None else _attr_int(dataset, "num_classes"),
-                           num_bias_classes=num_bias_classes if num_bias_classes is not None else _attr_cards(dataset),
-                           bias_names=bias_names if bias_names is not None else getattr(dataset, "bias_names", None),
-                           aligned=_attr_tensor(dataset, "aligned"), num_workers=num_workers)
+            return BiasDataset(
+                images=x, y=y, b=None, num_classes=n_cls, num_bias_classes=2, name=label, bias_names=names
+            )
+        cards = resolve_cardinalities(
+            b, None, num_bias_classes if num_bias_classes is not None else infer_cardinalities(b), name=label
+        )
+        return BiasDataset(
+            images=x,
+            y=y,
+            b=b,
+            num_classes=n_cls,
+            num_bias_classes=max(cards),
+            name=label,
+            bias_names=names,
+            bias_cardinalities=cards,
+        )
+    return LazyBiasDataset(
+        dataset,
+        name=label,
+        num_classes=num_classes if num_classes is not None else _attr_int(dataset, "num_classes"),
+        num_bias_classes=num_bias_classes if num_bias_classes is not None else _attr_cards(dataset),
+        bias_names=bias_names if bias_names is not None else getattr(dataset, "bias_names", None),
+        aligned=_attr_tensor(dataset, "aligned"),
+        num_workers=num_workers,
+    )
 
 
 def _default_bias_names(b: Tensor | None) -> tuple[str, ...]:
@@ -388,8 +467,12 @@ def _attr_tensor(dataset, key: str) -> Tensor | None:
     return t.bool() if len(t) == len(dataset) else None
 
 
-def as_bias_datasets(*datasets, num_classes: int | None = None, num_bias_classes: int | Sequence[int] | None = None,
-                     bias_names: Sequence[str] | None = None) -> list:
+def as_bias_datasets(
+    *datasets,
+    num_classes: int | None = None,
+    num_bias_classes: int | Sequence[int] | None = None,
+    bias_names: Sequence[str] | None = None,
+) -> list:
     """Several splits of one dataset through :func:`as_bias_data` with COMMON metadata: the number of
     classes and each attribute's number of bias classes inferred over all of them (a class missing from one
     split is still counted), so a privacy head trained on one split can be scored on another. ``None``
@@ -422,8 +505,16 @@ def _common_cardinalities(per_split: list[tuple[int, ...]]) -> int | tuple[int, 
     return tuple(max(col) for col in zip(*per_split))
 
 
-def relabel_bias(data, b: Tensor, *, num_bias_classes: int | Sequence[int], bias_names: Sequence[str] | None = None,
-                 aligned: Tensor | None = None, info: dict[str, Any] | None = None, name: str | None = None):
+def relabel_bias(
+    data,
+    b: Tensor,
+    *,
+    num_bias_classes: int | Sequence[int],
+    bias_names: Sequence[str] | None = None,
+    aligned: Tensor | None = None,
+    info: dict[str, Any] | None = None,
+    name: str | None = None,
+):
     """A copy of any contract dataset whose bias labels are ``b`` (N,) or (N, A) (e.g. pseudo-bias labels);
     the samples are shared, not copied. ``aligned`` / ``render`` of the old labels do not carry over.
     ``num_bias_classes``: an int for every attribute, or one per attribute."""
@@ -435,18 +526,33 @@ def relabel_bias(data, b: Tensor, *, num_bias_classes: int | Sequence[int], bias
     if isinstance(data, BiasDataset):
         out = data.subset(torch.arange(len(data)), name=name)
         cards = resolve_cardinalities(b, None, num_bias_classes, name=out.name)
-        return replace(out, b=b.clone(), num_bias_classes=max(cards), bias_cardinalities=cards, aligned=aligned,
-                       render=None, bias_names=tuple(bias_names) if bias_names is not None else out.bias_names,
-                       info=dict(data.info if info is None else info))
-    return data.with_bias_labels(b.clone(), num_bias_classes=num_bias_classes, bias_names=bias_names,
-                                 aligned=aligned, info=dict(data.info if info is None else info), name=name)
+        return replace(
+            out,
+            b=b.clone(),
+            num_bias_classes=max(cards),
+            bias_cardinalities=cards,
+            aligned=aligned,
+            render=None,
+            bias_names=tuple(bias_names) if bias_names is not None else out.bias_names,
+            info=dict(data.info if info is None else info),
+        )
+    return data.with_bias_labels(
+        b.clone(),
+        num_bias_classes=num_bias_classes,
+        bias_names=bias_names,
+        aligned=aligned,
+        info=dict(data.info if info is None else info),
+        name=name,
+    )
 
 
 def require_bias_labels(data, *, what: str, split: str) -> None:
     """A clear error when ``data`` has no bias labels but ``what`` needs them."""
     if getattr(data, "b", None) is None:
-        raise DataError(f"{what} needs bias labels on its {split} data, but its items carry none (they are (x, y)); "
-                        "give items (x, y, b), or pseudo-bias labels from `debiaskit discover`")
+        raise DataError(
+            f"{what} needs bias labels on its {split} data, but its items carry none (they are (x, y)); "
+            "give items (x, y, b), or pseudo-bias labels from `debiaskit discover`"
+        )
 
 
 def bias_pairing(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int | Sequence[int]) -> Tensor:
@@ -454,9 +560,12 @@ def bias_pairing(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int | Sequ
     ((num_classes,) per attribute -> (num_classes,) or (A, num_classes)); -1 for a class with no sample."""
     if b.ndim == 2:
         cards = num_bias if isinstance(num_bias, (tuple, list)) else (num_bias,) * b.shape[1]
-        return torch.stack([bias_pairing(y, b[:, a], num_classes=num_classes, num_bias=cards[a])
-                            for a in range(b.shape[1])])
-    return _pairing_1d(y, b, num_classes=num_classes, num_bias=num_bias[0] if isinstance(num_bias, Sequence) else num_bias)
+        return torch.stack(
+            [bias_pairing(y, b[:, a], num_classes=num_classes, num_bias=cards[a]) for a in range(b.shape[1])]
+        )
+    return _pairing_1d(
+        y, b, num_classes=num_classes, num_bias=num_bias[0] if isinstance(num_bias, Sequence) else num_bias
+    )
 
 
 def _pairing_1d(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int) -> Tensor:
@@ -485,9 +594,18 @@ def with_aligned(data, pairing: Tensor):
     return out
 
 
-def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None,
-                num_classes: int | None = None, num_bias_classes: int | Sequence[int] | None = None,
-                bias_names: Sequence[str] | None = None, spec: dict[str, Any] | None = None):
+def user_splits(
+    *,
+    train,
+    unbiased_train,
+    unbiased_val,
+    test,
+    unbiased_test=None,
+    num_classes: int | None = None,
+    num_bias_classes: int | Sequence[int] | None = None,
+    bias_names: Sequence[str] | None = None,
+    spec: dict[str, Any] | None = None,
+):
     """:class:`~debiaskit.data.Splits` from your own datasets (D^b, D^u train / val / test, test).
 
     Every split goes through :func:`as_bias_data` with common metadata. Where a split does not say which
@@ -506,9 +624,11 @@ def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None
     for n, d in zip(names, given):
         if d is None and n != "unbiased_test":
             raise DataError(f"user_splits needs {n}; got None")
-    adapted = as_bias_datasets(*given, num_classes=num_classes, num_bias_classes=num_bias_classes, bias_names=bias_names)
+    adapted = as_bias_datasets(
+        *given, num_classes=num_classes, num_bias_classes=num_bias_classes, bias_names=bias_names
+    )
     adapted = [d if d is None else _named(d, n) for n, d in zip(names, adapted)]
-    if spec is None:   # built in Python: the checks make_splits makes of a file's labels, and its warning
+    if spec is None:  # built in Python: the checks make_splits makes of a file's labels, and its warning
         _check_python_splits(dict(zip(names, adapted)), bias_names=bias_names)
     spec = dict(spec or {"dataset": "python", "params": {}})
     tr = adapted[0]
@@ -519,8 +639,10 @@ def user_splits(*, train, unbiased_train, unbiased_val, test, unbiased_test=None
     return Splits(**dict(zip(names, adapted)), spec=spec)
 
 
-PYTHON_REMEDY = ("They are the datasets you gave user_splits: pass larger unbiased_train / unbiased_val datasets "
-                 "(more samples from every (y, b) group), or use more samples")
+PYTHON_REMEDY = (
+    "They are the datasets you gave user_splits: pass larger unbiased_train / unbiased_val datasets "
+    "(more samples from every (y, b) group), or use more samples"
+)
 
 
 def _check_python_splits(splits: dict[str, Any], *, bias_names: Sequence[str] | None) -> None:
@@ -532,8 +654,12 @@ def _check_python_splits(splits: dict[str, Any], *, bias_names: Sequence[str] | 
     b = None if any(v is None for v in bs) or len({v.ndim for v in bs}) != 1 else torch.cat(bs).numpy()
     if b is not None:
         cols = b[:, None] if b.ndim == 1 else b
-        check_bias_names(bias_names, attributes=cols.shape[1], where="user_splits",
-                         values=max(len(np.unique(cols[:, a])) for a in range(cols.shape[1])))
+        check_bias_names(
+            bias_names,
+            attributes=cols.shape[1],
+            where="user_splits",
+            values=max(len(np.unique(cols[:, a])) for a in range(cols.shape[1])),
+        )
     check_user_labels(y, b, where="user_splits", bias_names=None if bias_names is None else tuple(bias_names))
     if b is None:
         return

@@ -59,6 +59,7 @@ sizes (default), or names and SHA-256 of every file with ``--param hash=content`
 the same size are then refused when the run's data is rebuilt). Labels of both kinds (and of
 :func:`~debiaskit.data.user_splits`) need two target classes and two values per bias attribute.
 """
+
 from __future__ import annotations
 
 import csv
@@ -81,23 +82,31 @@ from torch.utils.data import Dataset
 
 from .._validate import OPEN_UNIT_INTERVAL, require
 from ..errors import ConfigError, DataError
-from ._dataset import (BiasDataset, check_bias_names, check_user_labels, group_counts, infer_cardinalities,
-                       warn_small_unbiased)
+from ._dataset import (
+    BiasDataset,
+    check_bias_names,
+    check_user_labels,
+    group_counts,
+    infer_cardinalities,
+    warn_small_unbiased,
+)
 from ._user import LazyBiasDataset, user_splits
 
 USER_FORMATS = ("tensors", "folder")
 SPLIT_CODES = {0: "train", 1: "unbiased_train", 2: "unbiased_val", 3: "unbiased_test", 4: "test", 5: "unbiased"}
 UNUSED = -1
-UNBIASED_SHARES = (0.6, 0.2, 0.2)   # code 5 / "unbiased": divided into D^u train / val / test inside each (y, b) group
+UNBIASED_SHARES = (0.6, 0.2, 0.2)  # code 5 / "unbiased": divided into D^u train / val / test inside each (y, b) group
 REQUIRED_SPLITS = ("train", "unbiased_train", "unbiased_val", "test")
-IN_MEMORY_BYTES = 2 << 30   # inputs of a split above this stay memory-mapped (lazy)
+IN_MEMORY_BYTES = 2 << 30  # inputs of a split above this stay memory-mapped (lazy)
 DRAW_SHARES = {"unbiased_train": 0.36, "unbiased_val": 0.12, "unbiased_test": 0.12, "test": 0.40}
 DEFAULT_HOLDOUT = 0.5
-DRAW_RULE = ("drawn by debiaskit (no `split` in the data), stratified by (y, b) with seed {seed}: from every "
-             "non-empty (y, b) group the same number c of samples is held out (c = --param holdout x the smallest "
-             "group, at most unbiased_size / groups), so the held-out sets are group-balanced: 40% of them are the test set, 36% "
-             "D^u_train, 12% D^u_val, 12% D^u_test (per group); every other sample is D^b (train), with the data's "
-             "own bias")
+DRAW_RULE = (
+    "drawn by debiaskit (no `split` in the data), stratified by (y, b) with seed {seed}: from every "
+    "non-empty (y, b) group the same number c of samples is held out (c = --param holdout x the smallest "
+    "group, at most unbiased_size / groups), so the held-out sets are group-balanced: 40% of them are the test set, 36% "
+    "D^u_train, 12% D^u_val, 12% D^u_test (per group); every other sample is D^b (train), with the data's "
+    "own bias"
+)
 USER_SPLIT_DOCS = {
     "train": "D^b: your biased training samples",
     "unbiased_train": "D^u_train: small set with bias labels (FFW's gates, the audit's privacy head)",
@@ -105,11 +114,16 @@ USER_SPLIT_DOCS = {
     "unbiased_test": "D^u_test: reported only (optional)",
     "test": "test: reported, never used for selection",
 }
-HOLDOUT_HELP = (f"when debiaskit draws the splits (no `split` in the data): the share of the smallest (y, b) group "
-                f"held out from every group for test and D^u (default {DEFAULT_HOLDOUT}); raise it for larger D^u")
+HOLDOUT_HELP = (
+    f"when debiaskit draws the splits (no `split` in the data): the share of the smallest (y, b) group "
+    f"held out from every group for test and D^u (default {DEFAULT_HOLDOUT}); raise it for larger D^u"
+)
 TENSOR_PARAMS: dict[str, tuple[Any, str]] = {
-    "lazy": ("auto", "1: keep every split on disk (memory-mapped .safetensors); 0: load into memory; "
-                     f"auto: lazy when a split holds more than {IN_MEMORY_BYTES >> 30} GiB of inputs"),
+    "lazy": (
+        "auto",
+        "1: keep every split on disk (memory-mapped .safetensors); 0: load into memory; "
+        f"auto: lazy when a split holds more than {IN_MEMORY_BYTES >> 30} GiB of inputs",
+    ),
     "holdout": (None, HOLDOUT_HELP),
 }
 FOLDER_PARAMS: dict[str, tuple[Any, str]] = {
@@ -122,11 +136,16 @@ FOLDER_PARAMS: dict[str, tuple[Any, str]] = {
     "split_column": ("split", "metadata.csv column of the splits (optional)"),
     "split_names": (None, "comma-separated split names for the integer codes 0, 1, 2, ... of the split column"),
     "holdout": (None, HOLDOUT_HELP),
-    "hash": ("names", "what a run's fingerprint of the images covers: names (names and sizes, fast) or content "
-                      "(SHA-256 of every file: a run refuses images replaced by others of the same size)"),
+    "hash": (
+        "names",
+        "what a run's fingerprint of the images covers: names (names and sizes, fast) or content "
+        "(SHA-256 of every file: a run refuses images replaced by others of the same size)",
+    ),
 }
-TEXT_PARAMS = {"tensors": ("lazy",), "folder": ("mode", "path_column", "target_column", "bias_column",
-                                                 "split_column", "split_names", "hash")}
+TEXT_PARAMS = {
+    "tensors": ("lazy",),
+    "folder": ("mode", "path_column", "target_column", "bias_column", "split_column", "split_names", "hash"),
+}
 
 
 # -- names ------------------------------------------------------------------------------------------------
@@ -138,8 +157,9 @@ def parse_user_dataset(name: str) -> tuple[str, Path]:
     """``"tensors:data/x.safetensors"`` -> ("tensors", Path); a clear error for anything else."""
     kind, _, where = name.partition(":")
     if kind not in USER_FORMATS or not where:
-        raise ConfigError(f"a dataset from disk is tensors:PATH (.safetensors / .npz) or folder:DIR (with "
-                          f"metadata.csv), got {name!r}")
+        raise ConfigError(
+            f"a dataset from disk is tensors:PATH (.safetensors / .npz) or folder:DIR (with metadata.csv), got {name!r}"
+        )
     return kind, Path(where).expanduser()
 
 
@@ -161,9 +181,20 @@ def file_sha256(path: Path) -> str:
 
 
 # -- reading a tensors file -------------------------------------------------------------------------------
-_ST_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "U8": np.uint8, "I8": np.int8,
-              "I16": np.int16, "I32": np.int32, "I64": np.int64, "BOOL": np.bool_, "U16": np.uint16,
-              "U32": np.uint32, "U64": np.uint64}
+_ST_DTYPES = {
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "U8": np.uint8,
+    "I8": np.int8,
+    "I16": np.int16,
+    "I32": np.int32,
+    "I64": np.int64,
+    "BOOL": np.bool_,
+    "U16": np.uint16,
+    "U32": np.uint32,
+    "U64": np.uint64,
+}
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -185,8 +216,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
     for key, info in header.items():
         dtype = _ST_DTYPES.get(info.get("dtype"))
         if dtype is None:
-            raise DataError(f"{path}: tensor {key!r} has dtype {info.get('dtype')}, which debiaskit cannot read "
-                            f"without a copy; store it as one of {', '.join(_ST_DTYPES)}")
+            raise DataError(
+                f"{path}: tensor {key!r} has dtype {info.get('dtype')}, which debiaskit cannot read "
+                f"without a copy; store it as one of {', '.join(_ST_DTYPES)}"
+            )
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
         if end - start != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize or 8 + n + end > size:
@@ -202,9 +235,11 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except ValueError as exc:   # object arrays need pickle, which we never allow
-        raise DataError(f"{path} holds pickled objects ({exc}); debiaskit loads only plain numeric arrays "
-                        "(np.savez with numeric / string arrays)") from exc
+    except ValueError as exc:  # object arrays need pickle, which we never allow
+        raise DataError(
+            f"{path} holds pickled objects ({exc}); debiaskit loads only plain numeric arrays "
+            "(np.savez with numeric / string arrays)"
+        ) from exc
     except (OSError, EOFError) as exc:
         raise DataError(f"{path} is not a readable .npz file ({exc})") from exc
     meta: dict[str, str] = {}
@@ -242,13 +277,17 @@ def _check_bias_names(names: tuple[str, ...] | None, b: np.ndarray, *, where: st
 def _validate_arrays(arrays: dict[str, np.ndarray], *, where: str) -> None:
     missing = [k for k in ("x", "y", "b") if k not in arrays]
     if missing:
-        raise DataError(f"{where} lacks {', '.join(missing)} (it holds: {', '.join(sorted(arrays)) or 'nothing'}); "
-                        "a tensors file holds x (N, ...), y (N,), b (N,) or (N, A), optional split (N,)")
+        raise DataError(
+            f"{where} lacks {', '.join(missing)} (it holds: {', '.join(sorted(arrays)) or 'nothing'}); "
+            "a tensors file holds x (N, ...), y (N,), b (N,) or (N, A), optional split (N,)"
+        )
     x, y, b = arrays["x"], arrays["y"], arrays["b"]
     for key, arr in (("x", x), ("y", y), ("b", b)):
-        if arr.ndim == 0:   # len() of a 0-d array is a TypeError
-            raise DataError(f"{where}: {key} is a single value (0 dimensions); a tensors file holds x (N, ...), "
-                            "y (N,), b (N,) or (N, A) - one entry per sample along the first axis")
+        if arr.ndim == 0:  # len() of a 0-d array is a TypeError
+            raise DataError(
+                f"{where}: {key} is a single value (0 dimensions); a tensors file holds x (N, ...), "
+                "y (N,), b (N,) or (N, A) - one entry per sample along the first axis"
+            )
     n = len(y)
     if len(x) != n or len(b) != n:
         raise DataError(f"{where}: x, y and b must have the same length N, got {len(x)}, {n}, {len(b)}")
@@ -260,8 +299,10 @@ def _validate_arrays(arrays: dict[str, np.ndarray], *, where: str) -> None:
         if arr is None:
             continue
         if not np.issubdtype(arr.dtype, np.integer) or arr.ndim not in ndims:
-            raise DataError(f"{where}: {key} must be an integer array of shape (N,){' or (N, A)' if key == 'b' else ''}, "
-                            f"got {arr.dtype} {arr.shape}")
+            raise DataError(
+                f"{where}: {key} must be an integer array of shape (N,){' or (N, A)' if key == 'b' else ''}, "
+                f"got {arr.dtype} {arr.shape}"
+            )
         if len(arr) != n:
             raise DataError(f"{where}: {key} has length {len(arr)}, expected N = {n}")
     if int(y.min()) < 0 or int(b.min()) < 0:
@@ -269,8 +310,11 @@ def _validate_arrays(arrays: dict[str, np.ndarray], *, where: str) -> None:
     if "split" in arrays:
         bad = sorted(set(np.unique(arrays["split"]).tolist()) - set(SPLIT_CODES) - {UNUSED})
         if bad:
-            raise DataError(f"{where}: unknown split codes {bad[:5]}; codes: "
-                            + ", ".join(f"{c} = {s}" for c, s in SPLIT_CODES.items()) + ", -1 = not used")
+            raise DataError(
+                f"{where}: unknown split codes {bad[:5]}; codes: "
+                + ", ".join(f"{c} = {s}" for c, s in SPLIT_CODES.items())
+                + ", -1 = not used"
+            )
     if "aligned" in arrays and (arrays["aligned"].shape[0] != n or arrays["aligned"].dtype != np.bool_):
         raise DataError(f"{where}: aligned must be a bool array of length N = {n}")
     if np.issubdtype(x.dtype, np.floating) and not isinstance(x, np.memmap) and not np.isfinite(x).all():
@@ -282,7 +326,7 @@ class ArraySamples(Dataset):
 
     def __init__(self, x: np.ndarray, y: np.ndarray, b: np.ndarray) -> None:
         self.x = x
-        self.y = torch.from_numpy(np.array(y, dtype=np.int64))   # labels: small, copied out of the file
+        self.y = torch.from_numpy(np.array(y, dtype=np.int64))  # labels: small, copied out of the file
         self.b = torch.from_numpy(np.array(b, dtype=np.int64))
 
     def __len__(self) -> int:
@@ -303,12 +347,15 @@ def _to_input(x: np.ndarray) -> Tensor:
 
 # -- splits ---------------------------------------------------------------------------------------------
 def _group_keys(y: np.ndarray, b: np.ndarray) -> np.ndarray:
-    cols = [y.astype(np.int64)] + ([b.astype(np.int64)] if b.ndim == 1 else [b[:, a].astype(np.int64) for a in range(b.shape[1])])
+    cols = [y.astype(np.int64)] + (
+        [b.astype(np.int64)] if b.ndim == 1 else [b[:, a].astype(np.int64) for a in range(b.shape[1])]
+    )
     return np.unique(np.stack(cols, 1), axis=0, return_inverse=True)[1].reshape(-1)
 
 
-def draw_splits(y: np.ndarray, b: np.ndarray, *, seed: int, unbiased_size: int = 10000,
-                holdout: float = DEFAULT_HOLDOUT) -> tuple[np.ndarray, str, str]:
+def draw_splits(
+    y: np.ndarray, b: np.ndarray, *, seed: int, unbiased_size: int = 10000, holdout: float = DEFAULT_HOLDOUT
+) -> tuple[np.ndarray, str, str]:
     """Split codes for data without a ``split`` array (see ``DRAW_RULE``), the rule in words, and what gives
     larger D^u splits (for the warning when they are small)."""
     groups = _group_keys(y, b)
@@ -321,37 +368,48 @@ def draw_splits(y: np.ndarray, b: np.ndarray, *, seed: int, unbiased_size: int =
     first = members[smallest][0]
     where = f"the smallest group (y={int(y[first])}, b={b[first].tolist()}) has {sizes[smallest]} samples"
     if c < 4:
-        needed = 4 / sizes[smallest]   # the holdout that would reach c = 4, if any below 1 does
-        todo = (f"raise --param holdout to at least {math.ceil(needed * 100) / 100:g}, " if needed < 0.99 else "") + \
-            "add a `split` array / column (codes " + ", ".join(f"{k} = {v}" for k, v in SPLIT_CODES.items()) + \
-            ", -1 = not used) or use more samples"
-        raise DataError(f"{where}: holdout {holdout} of it is {c} sample(s), too few to hold out group-balanced D^u "
-                        f"and test sets (at least 4 per group). {todo[0].upper()}{todo[1:]}")
+        needed = 4 / sizes[smallest]  # the holdout that would reach c = 4, if any below 1 does
+        todo = (
+            (f"raise --param holdout to at least {math.ceil(needed * 100) / 100:g}, " if needed < 0.99 else "")
+            + "add a `split` array / column (codes "
+            + ", ".join(f"{k} = {v}" for k, v in SPLIT_CODES.items())
+            + ", -1 = not used) or use more samples"
+        )
+        raise DataError(
+            f"{where}: holdout {holdout} of it is {c} sample(s), too few to hold out group-balanced D^u "
+            f"and test sets (at least 4 per group). {todo[0].upper()}{todo[1:]}"
+        )
     counts = {k: max(1, int(round(share * c))) for k, share in DRAW_SHARES.items() if k != "unbiased_train"}
     counts["unbiased_train"] = c - sum(counts.values())
     if counts["unbiased_train"] < 1:
         counts["test"] -= 1 - counts["unbiased_train"]
         counts["unbiased_train"] = 1
-    codes = np.zeros(len(y), dtype=np.int64)   # 0 = train (D^b) unless held out
+    codes = np.zeros(len(y), dtype=np.int64)  # 0 = train (D^b) unless held out
     inverse = {v: k for k, v in SPLIT_CODES.items()}
     for m in members:
         start = 0
         for name in ("test", "unbiased_train", "unbiased_val", "unbiased_test"):
-            codes[m[start:start + counts[name]]] = inverse[name]
+            codes[m[start : start + counts[name]]] = inverse[name]
             start += counts[name]
-    rule = (DRAW_RULE.format(seed=seed) + f"; here c = {c} per group (holdout {holdout} x {sizes[smallest]}, at most "
-            f"{cap}), {len(members)} non-empty groups")
-    remedy = (f"They were drawn by debiaskit: c = {c} samples held out from every (y, b) group, of which D^u_train "
-              f"gets {counts['unbiased_train']} and D^u_val {counts['unbiased_val']}. For larger ones: raise --param "
-              f"holdout (now {holdout}, the share held out of the smallest group; {where}), raise --unbiased-size "
-              f"(now {unbiased_size}: c is at most unbiased_size / {len(members)} groups = {cap}), give your own "
-              "`split` array / column (1 = D^u_train, 2 = D^u_val, 5 = unbiased rows divided 60/20/20 per group), "
-              "or use more samples")
+    rule = (
+        DRAW_RULE.format(seed=seed) + f"; here c = {c} per group (holdout {holdout} x {sizes[smallest]}, at most "
+        f"{cap}), {len(members)} non-empty groups"
+    )
+    remedy = (
+        f"They were drawn by debiaskit: c = {c} samples held out from every (y, b) group, of which D^u_train "
+        f"gets {counts['unbiased_train']} and D^u_val {counts['unbiased_val']}. For larger ones: raise --param "
+        f"holdout (now {holdout}, the share held out of the smallest group; {where}), raise --unbiased-size "
+        f"(now {unbiased_size}: c is at most unbiased_size / {len(members)} groups = {cap}), give your own "
+        "`split` array / column (1 = D^u_train, 2 = D^u_val, 5 = unbiased rows divided 60/20/20 per group), "
+        "or use more samples"
+    )
     return codes, rule, remedy
 
 
-GIVEN_REMEDY = ("They come from your `split` array / column: put more rows into D^u_train / D^u_val (codes 1 / 2, "
-                "or 5 = unbiased rows divided 60/20/20 per (y, b) group), or use more samples")
+GIVEN_REMEDY = (
+    "They come from your `split` array / column: put more rows into D^u_train / D^u_val (codes 1 / 2, "
+    "or 5 = unbiased rows divided 60/20/20 per (y, b) group), or use more samples"
+)
 
 
 def _holdout(params: dict, *, given_split: bool, where: str) -> float:
@@ -360,8 +418,10 @@ def _holdout(params: dict, *, given_split: bool, where: str) -> float:
     if value is None:
         return DEFAULT_HOLDOUT
     if given_split:
-        raise ConfigError(f"{where}: --param holdout only applies when debiaskit draws the splits; this data has its "
-                          "own split (array / column): drop holdout, or change the split")
+        raise ConfigError(
+            f"{where}: --param holdout only applies when debiaskit draws the splits; this data has its "
+            "own split (array / column): drop holdout, or change the split"
+        )
     if isinstance(value, str):
         try:
             value = float(value)
@@ -378,11 +438,19 @@ def _cap(index: np.ndarray, size: int | None, *, seed: int, stream: int, what: s
     return np.sort(np.random.default_rng([int(seed), stream]).choice(index, size=size, replace=False))
 
 
-def _split_indices(codes: np.ndarray, y: np.ndarray, b: np.ndarray, *, seed: int, train_size: int | None,
-                   test_size: int | None, where: str) -> dict[str, np.ndarray]:
+def _split_indices(
+    codes: np.ndarray,
+    y: np.ndarray,
+    b: np.ndarray,
+    *,
+    seed: int,
+    train_size: int | None,
+    test_size: int | None,
+    where: str,
+) -> dict[str, np.ndarray]:
     out = {name: np.flatnonzero(codes == code) for code, name in SPLIT_CODES.items() if name != "unbiased"}
     pool = np.flatnonzero(codes == 5)
-    if len(pool):   # "unbiased" rows: D^u train / val / test, stratified by (y, b)
+    if len(pool):  # "unbiased" rows: D^u train / val / test, stratified by (y, b)
         groups = _group_keys(y[pool], b[pool])
         rng = np.random.default_rng([int(seed), 23])
         parts: dict[str, list] = {"unbiased_train": [], "unbiased_val": [], "unbiased_test": []}
@@ -396,9 +464,11 @@ def _split_indices(codes: np.ndarray, y: np.ndarray, b: np.ndarray, *, seed: int
             out[name] = np.sort(np.concatenate([out[name], *chunks])).astype(np.int64)
     empty = [name for name in REQUIRED_SPLITS if len(out[name]) == 0]
     if empty:
-        raise DataError(f"{where}: no samples in split(s) {', '.join(empty)}; every one of "
-                        f"{', '.join(REQUIRED_SPLITS)} needs samples (unbiased_test is optional; rows marked "
-                        "'unbiased' (code 5) are divided into all three D^u splits)")
+        raise DataError(
+            f"{where}: no samples in split(s) {', '.join(empty)}; every one of "
+            f"{', '.join(REQUIRED_SPLITS)} needs samples (unbiased_test is optional; rows marked "
+            "'unbiased' (code 5) are divided into all three D^u splits)"
+        )
     out["train"] = _cap(out["train"], train_size, seed=seed, stream=21, what="train_size")
     out["test"] = _cap(out["test"], test_size, seed=seed, stream=22, what="test_size")
     return out
@@ -412,9 +482,17 @@ def _lazy_flag(params: dict) -> str:
     return v
 
 
-def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: int = 0, unbiased_size: int = 10000,
-                       train_size: int | None = None, test_size: int | None = None,
-                       expected_sha256: str | None = None, **_ignored):
+def make_tensor_splits(
+    path: Path | str,
+    *,
+    params: dict | None = None,
+    seed: int = 0,
+    unbiased_size: int = 10000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    expected_sha256: str | None = None,
+    **_ignored,
+):
     """The splits of a tensors file (see the module docstring); ``expected_sha256`` refuses a changed file."""
     path = Path(path).expanduser()
     params = dict(params or {})
@@ -425,13 +503,19 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
     arrays, meta = read_tensor_file(path)
     sha = file_sha256(path)
     if expected_sha256 is not None and sha != expected_sha256:
-        raise DataError(f"{path} is not the file this run was made from (SHA-256 {sha[:12]}... != recorded "
-                        f"{expected_sha256[:12]}...): restore the original file to rebuild the run's data")
+        raise DataError(
+            f"{path} is not the file this run was made from (SHA-256 {sha[:12]}... != recorded "
+            f"{expected_sha256[:12]}...): restore the original file to rebuild the run's data"
+        )
     x, y, b = arrays["x"], np.asarray(arrays["y"]), np.asarray(arrays["b"])
     holdout = _holdout(params, given_split="split" in arrays, where=str(path))
     if "split" in arrays:
-        codes, rule = np.asarray(arrays["split"]), "from the file's `split` array (codes " + ", ".join(
-            f"{k} = {v}" for k, v in SPLIT_CODES.items()) + ", -1 = not used)"
+        codes, rule = (
+            np.asarray(arrays["split"]),
+            "from the file's `split` array (codes "
+            + ", ".join(f"{k} = {v}" for k, v in SPLIT_CODES.items())
+            + ", -1 = not used)",
+        )
         remedy = GIVEN_REMEDY
     else:
         codes, rule, remedy = draw_splits(y, b, seed=seed, unbiased_size=unbiased_size, holdout=holdout)
@@ -439,7 +523,10 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
     warn_small_unbiased(y, b, index, dataset=path.name, remedy=remedy)
     bias_names = tuple(meta["bias_names"].split(",")) if meta.get("bias_names") else None
     aligned = np.asarray(arrays["aligned"]) if "aligned" in arrays else None
-    num_classes, num_bias = int(y.max()) + 1, infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))   # one count per attribute
+    num_classes, num_bias = (
+        int(y.max()) + 1,
+        infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64))),
+    )  # one count per attribute
     flip = _column_flipper(arrays, num_bias=num_bias[0], where=str(path))
     given_cf = _given_counterfactuals(arrays, where=str(path))
     item_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize
@@ -453,22 +540,52 @@ def make_tensor_splits(path: Path | str, *, params: dict | None = None, seed: in
         al = None if aligned is None else torch.from_numpy(aligned[idx])
         stay_lazy = lazy == "1" or (lazy == "auto" and len(idx) * item_bytes > IN_MEMORY_BYTES) or integer_inputs
         if stay_lazy:
-            built[name] = LazyBiasDataset(samples, index=torch.from_numpy(idx), name=f"{path.name}/{name}",
-                                          labels=(samples.y[idx], samples.b[idx]), aligned=al,
-                                          num_classes=num_classes, num_bias_classes=num_bias, bias_names=bias_names)
+            built[name] = LazyBiasDataset(
+                samples,
+                index=torch.from_numpy(idx),
+                name=f"{path.name}/{name}",
+                labels=(samples.y[idx], samples.b[idx]),
+                aligned=al,
+                num_classes=num_classes,
+                num_bias_classes=num_bias,
+                bias_names=bias_names,
+            )
         else:
-            built[name] = BiasDataset(images=torch.from_numpy(np.ascontiguousarray(x[idx])), y=samples.y[idx],
-                                      b=samples.b[idx], num_classes=num_classes, num_bias_classes=max(num_bias),
-                                      bias_cardinalities=num_bias,
-                                      name=f"{path.name}/{name}", bias_names=bias_names or _bias_names(b), aligned=al,
-                                      render=_given_renderer(given_cf, idx) if given_cf is not None
-                                      else None if flip is None else _renderer(flip, x, idx))
-            if isinstance(x, np.memmap) and np.issubdtype(x.dtype, np.floating) and not torch.isfinite(built[name].images).all():
+            built[name] = BiasDataset(
+                images=torch.from_numpy(np.ascontiguousarray(x[idx])),
+                y=samples.y[idx],
+                b=samples.b[idx],
+                num_classes=num_classes,
+                num_bias_classes=max(num_bias),
+                bias_cardinalities=num_bias,
+                name=f"{path.name}/{name}",
+                bias_names=bias_names or _bias_names(b),
+                aligned=al,
+                render=_given_renderer(given_cf, idx)
+                if given_cf is not None
+                else None
+                if flip is None
+                else _renderer(flip, x, idx),
+            )
+            if (
+                isinstance(x, np.memmap)
+                and np.issubdtype(x.dtype, np.floating)
+                and not torch.isfinite(built[name].images).all()
+            ):
                 raise DataError(f"{path}: x holds NaN or infinite values in split {name}")
-    spec = {"dataset": f"tensors:{path.resolve()}", "format": path.suffix.lower().lstrip("."),
-            "path": str(path.resolve()), "sha256": sha, "size_bytes": path.stat().st_size, "params": params,
-            "seed": seed, "unbiased_size": unbiased_size, "train_size": train_size, "test_size": test_size,
-            "splits_from": rule}
+    spec = {
+        "dataset": f"tensors:{path.resolve()}",
+        "format": path.suffix.lower().lstrip("."),
+        "path": str(path.resolve()),
+        "sha256": sha,
+        "size_bytes": path.stat().st_size,
+        "params": params,
+        "seed": seed,
+        "unbiased_size": unbiased_size,
+        "train_size": train_size,
+        "test_size": test_size,
+        "splits_from": rule,
+    }
     return user_splits(**built, num_classes=num_classes, num_bias_classes=num_bias, bias_names=bias_names, spec=spec)
 
 
@@ -479,11 +596,15 @@ def _column_flipper(arrays: dict[str, np.ndarray], *, num_bias: int, where: str)
     cols = np.asarray(arrays["bias_columns"]).astype(np.int64)
     x, b = arrays["x"], arrays["b"]
     if x.ndim != 2 or b.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{where}: bias_columns is for tabular rows: float x (N, F) and one bias attribute b (N,); "
-                        f"got x {x.dtype} {x.shape}, b {b.shape}")
+        raise DataError(
+            f"{where}: bias_columns is for tabular rows: float x (N, F) and one bias attribute b (N,); "
+            f"got x {x.dtype} {x.shape}, b {b.shape}"
+        )
     if cols.shape != (num_bias,) or cols.min() < 0 or cols.max() >= x.shape[1] or len(set(cols.tolist())) != len(cols):
-        raise DataError(f"{where}: bias_columns must hold {num_bias} distinct column indices of x (one per bias value), "
-                        f"got {cols.tolist()}")
+        raise DataError(
+            f"{where}: bias_columns must hold {num_bias} distinct column indices of x (one per bias value), "
+            f"got {cols.tolist()}"
+        )
     off = torch.from_numpy(np.asarray(x[:, cols].min(0), dtype=np.float32))
     on = torch.from_numpy(np.asarray(x[:, cols].max(0), dtype=np.float32))
     index = torch.from_numpy(cols)
@@ -493,6 +614,7 @@ def _column_flipper(arrays: dict[str, np.ndarray], *, num_bias: int, where: str)
         out[:, index] = off
         out[torch.arange(len(out)), index[new_b.long()]] = on[new_b.long()]
         return out
+
     return flip
 
 
@@ -504,11 +626,15 @@ def _given_counterfactuals(arrays: dict[str, np.ndarray], *, where: str) -> np.n
     if "bias_columns" in arrays:
         raise DataError(f"{where} holds both cf and bias_columns: two sources of counterfactuals; keep one")
     if cf.shape != x.shape or cf.dtype != x.dtype:
-        raise DataError(f"{where}: cf must have the shape and dtype of x (the counterfactual input of each row), "
-                        f"got cf {cf.dtype} {cf.shape}, x {x.dtype} {x.shape}")
+        raise DataError(
+            f"{where}: cf must have the shape and dtype of x (the counterfactual input of each row), "
+            f"got cf {cf.dtype} {cf.shape}, x {x.dtype} {x.shape}"
+        )
     if b.ndim != 1:
-        raise DataError(f"{where}: cf is the counterfactual for one bias attribute; b has {b.shape[1]} "
-                        "(keep the attribute cf changes in b)")
+        raise DataError(
+            f"{where}: cf is the counterfactual for one bias attribute; b has {b.shape[1]} "
+            "(keep the attribute cf changes in b)"
+        )
     if np.issubdtype(cf.dtype, np.floating) and not isinstance(cf, np.memmap) and not np.isfinite(cf).all():
         raise DataError(f"{where}: cf holds NaN or infinite values")
     return cf
@@ -563,13 +689,14 @@ def _read_no_follow(path: Path | str) -> bytes:
 def load_image(path: Path, *, size: tuple[int, int] | None, mode: str) -> Tensor:
     """One image as float (C, H, W) in [0, 1]: converted to ``mode`` and resized (bilinear) to ``size`` (H, W)."""
     from PIL import Image
+
     try:
         with Image.open(io.BytesIO(_read_no_follow(path))) as img:
             img = img.convert(mode)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, Image.DecompressionBombError) as exc:   # UnidentifiedImageError is an OSError
+    except (OSError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
         raise DataError(f"cannot read image {path}: {exc}") from exc
     t = torch.from_numpy(arr.copy())
     t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
@@ -577,7 +704,7 @@ def load_image(path: Path, *, size: tuple[int, int] | None, mode: str) -> Tensor
 
 
 # -- metadata.csv: read once, checked at the edge ----------------------------------------------------------
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_ .()#%/+\-]{1,64}")   # no ":" or "=": a config / password line is not a header
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_ .()#%/+\-]{1,64}")  # no ":" or "=": a config / password line is not a header
 
 
 def _show(value: str) -> str:
@@ -591,8 +718,10 @@ def _describe_header(header: list[str]) -> str:
     (a config, a password file) is described, never echoed."""
     if header and len(header) <= 64 and all(_SAFE_NAME.fullmatch(c) for c in header):
         return f"its columns: {', '.join(header)}"
-    return (f"its first line is not a header of column names ({len(header)} field(s)); metadata.csv starts with "
-            "a header such as path,y,b,split")
+    return (
+        f"its first line is not a header of column names ({len(header)} field(s)); metadata.csv starts with "
+        "a header such as path,y,b,split"
+    )
 
 
 def _metadata_text(root: Path) -> tuple[Path, str, str]:
@@ -600,23 +729,31 @@ def _metadata_text(root: Path) -> tuple[Path, str, str]:
     refused), UTF-8 with or without a BOM."""
     csv_path = root / "metadata.csv"
     if not root.is_dir() or not (csv_path.is_file() or csv_path.is_symlink()):
-        raise DataError(f"{csv_path} does not exist; folder:DIR needs DIR/metadata.csv with columns path, y, b [, split]")
+        raise DataError(
+            f"{csv_path} does not exist; folder:DIR needs DIR/metadata.csv with columns path, y, b [, split]"
+        )
     real_root = root.resolve()
     real = Path(os.path.realpath(csv_path))
     if not real.is_relative_to(real_root):
-        raise DataError(f"{csv_path} is a symbolic link leading outside {root}: metadata.csv must be a file inside "
-                        "the dataset folder")
+        raise DataError(
+            f"{csv_path} is a symbolic link leading outside {root}: metadata.csv must be a file inside "
+            "the dataset folder"
+        )
     try:
         raw = _read_no_follow(real)
     except OSError as exc:
-        raise DataError(f"{csv_path} cannot be read as a metadata file ({exc.strerror or exc}); it must be a regular "
-                        "file inside the dataset folder") from exc
+        raise DataError(
+            f"{csv_path} cannot be read as a metadata file ({exc.strerror or exc}); it must be a regular "
+            "file inside the dataset folder"
+        ) from exc
     try:
-        return real_root, raw.decode("utf-8-sig"), hashlib.sha256(raw).hexdigest()   # Excel writes a BOM
+        return real_root, raw.decode("utf-8-sig"), hashlib.sha256(raw).hexdigest()  # Excel writes a BOM
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise DataError(f"{csv_path} line {line}: not UTF-8 text (byte {exc.start}); save metadata.csv as UTF-8 "
-                        "CSV (path, y, b [, split])") from exc
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{csv_path} line {line}: not UTF-8 text (byte {exc.start}); save metadata.csv as UTF-8 "
+            "CSV (path, y, b [, split])"
+        ) from exc
 
 
 def _parse_metadata(text: str, *, csv_path: Path) -> tuple[list[str], list[dict], list[int]]:
@@ -627,23 +764,28 @@ def _parse_metadata(text: str, *, csv_path: Path) -> tuple[list[str], list[dict]
     try:
         header = [c.strip() for c in next(reader, [])]
         if not header or header == [""]:
-            raise DataError(f"{csv_path} line 1: expected a header of column names (path, y, b [, split]), got an "
-                            "empty line")
+            raise DataError(
+                f"{csv_path} line 1: expected a header of column names (path, y, b [, split]), got an empty line"
+            )
         dups = sorted({c for c in header if header.count(c) > 1})
         if dups:
             shown = ", ".join(c if _SAFE_NAME.fullmatch(c) else _show(c) for c in dups)
             raise DataError(f"{csv_path} line 1: duplicated column(s) {shown}: every column name must appear once")
         for row in reader:
             if not row:
-                continue   # a blank line
+                continue  # a blank line
             if len(row) != len(header):
-                raise DataError(f"{csv_path} line {reader.line_num}: {len(row)} field(s), expected {len(header)} "
-                                f"(one per column of the header); {_describe_header(header)}")
+                raise DataError(
+                    f"{csv_path} line {reader.line_num}: {len(row)} field(s), expected {len(header)} "
+                    f"(one per column of the header); {_describe_header(header)}"
+                )
             rows.append(dict(zip(header, row)))
             lines.append(reader.line_num)
     except csv.Error as exc:
-        raise DataError(f"{csv_path} line {reader.line_num}: not valid CSV ({exc}); expected rows of "
-                        "comma-separated values under a header (path, y, b [, split])") from exc
+        raise DataError(
+            f"{csv_path} line {reader.line_num}: not valid CSV ({exc}); expected rows of "
+            "comma-separated values under a header (path, y, b [, split])"
+        ) from exc
     if not rows:
         raise DataError(f"{csv_path} lists no images (a header and one row per image expected)")
     return header, rows, lines
@@ -654,8 +796,10 @@ def _column(header: list[str], wanted: str | None, fallbacks: tuple[str, ...], *
     for c in options:
         if c in header:
             return c
-    raise DataError(f"{csv_path} line 1: no {what} ({' / '.join(options)}); {_describe_header(header)}. "
-                    f"Name it with --param {what.split()[0]}_column=NAME")
+    raise DataError(
+        f"{csv_path} line 1: no {what} ({' / '.join(options)}); {_describe_header(header)}. "
+        f"Name it with --param {what.split()[0]}_column=NAME"
+    )
 
 
 def _int_column(rows: list[dict], column: str, *, csv_path: Path, lines: list[int]) -> np.ndarray:
@@ -664,8 +808,10 @@ def _int_column(rows: list[dict], column: str, *, csv_path: Path, lines: list[in
         try:
             out[i] = int(str(row[column]).strip())
         except ValueError as exc:
-            raise DataError(f"{csv_path} line {lines[i]}: {column} = {_show(row[column])} is not an integer class "
-                            "index (0..K-1 expected)") from exc
+            raise DataError(
+                f"{csv_path} line {lines[i]}: {column} = {_show(row[column])} is not an integer class "
+                "index (0..K-1 expected)"
+            ) from exc
     if len(out) and out.min() < 0:
         i = int(np.argmin(out))
         raise DataError(f"{csv_path} line {lines[i]}: {column} = {int(out[i])}; class indices are 0..K-1 (>= 0)")
@@ -681,15 +827,19 @@ def _image_files(root: Path, real_root: Path, paths: list[str], *, csv_path: Pat
         if not q:
             raise DataError(f"{where}: the path is empty; every row names an image file relative to {root}")
         if os.path.isabs(q) or q.startswith(("/", "\\")) or PureWindowsPath(q).drive:
-            raise DataError(f"{where}: path {_show(q)} is absolute; paths in metadata.csv are relative to {root} "
-                            "and stay inside it")
+            raise DataError(
+                f"{where}: path {_show(q)} is absolute; paths in metadata.csv are relative to {root} and stay inside it"
+            )
         if os.path.normpath(q).split(os.sep)[0] == "..":
-            raise DataError(f"{where}: path {_show(q)} climbs out of {root} with '..'; images must lie inside the "
-                            "dataset folder")
+            raise DataError(
+                f"{where}: path {_show(q)} climbs out of {root} with '..'; images must lie inside the dataset folder"
+            )
         real = Path(os.path.realpath(real_root / q))
         if not real.is_relative_to(real_root):
-            raise DataError(f"{where}: path {_show(q)} leads outside {root} through a symbolic link (to a file "
-                            "elsewhere); images must lie inside the dataset folder")
+            raise DataError(
+                f"{where}: path {_show(q)} leads outside {root} through a symbolic link (to a file "
+                "elsewhere); images must lie inside the dataset folder"
+            )
         if not real.exists():
             missing.append(f"line {lines[i]}: {_show(q)}")
         elif not real.is_file():
@@ -707,6 +857,7 @@ def _decode_once(file: str) -> str:
     """Decode one image completely (a truncated file fails here, not in a DataLoader worker); its SHA-256.
     Remembered per path, size and modification time within this process (``data show`` reads twice)."""
     from PIL import Image
+
     st = os.stat(file)
     key = (file, st.st_size, st.st_mtime_ns)
     if key not in _DECODED:
@@ -726,11 +877,16 @@ def _check_images(files: list[str], paths: list[str], *, csv_path: Path, lines: 
         try:
             return _decode_once(files[i])
         except Image.UnidentifiedImageError:
-            return DataError(f"{csv_path} line {lines[i]} (row {i + 1}): {_show(paths[i])} is not an image Pillow "
-                             "can read (PNG, JPEG, BMP, ...); every row must list an image file")
+            return DataError(
+                f"{csv_path} line {lines[i]} (row {i + 1}): {_show(paths[i])} is not an image Pillow "
+                "can read (PNG, JPEG, BMP, ...); every row must list an image file"
+            )
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            return DataError(f"{csv_path} line {lines[i]} (row {i + 1}): {_show(paths[i])} is a damaged or "
-                             f"unreadable image ({type(exc).__name__}: {str(exc)[:120]}); replace or drop it")
+            return DataError(
+                f"{csv_path} line {lines[i]} (row {i + 1}): {_show(paths[i])} is a damaged or "
+                f"unreadable image ({type(exc).__name__}: {str(exc)[:120]}); replace or drop it"
+            )
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(one, range(len(files))))
     for r in results:
@@ -747,12 +903,15 @@ def _fingerprint(paths: list[str], files: list[str], digests: list[str], *, how:
     return hashlib.sha256("\n".join(f"{q}|{os.stat(f).st_size}" for q, f in zip(paths, files)).encode()).hexdigest()
 
 
-FINGERPRINT_TEXT = {"names": "names and sizes; pass --param hash=content to cover contents",
-                    "content": "names and contents (SHA-256 of every image file)"}
+FINGERPRINT_TEXT = {
+    "names": "names and sizes; pass --param hash=content to cover contents",
+    "content": "names and contents (SHA-256 of every image file)",
+}
 
 
-def _split_codes(rows: list[dict], column: str, names: list[str] | None, *, csv_path: Path,
-                 lines: list[int]) -> np.ndarray:
+def _split_codes(
+    rows: list[dict], column: str, names: list[str] | None, *, csv_path: Path, lines: list[int]
+) -> np.ndarray:
     by_name = {v: k for k, v in SPLIT_CODES.items()}
     out = np.empty(len(rows), dtype=np.int64)
     for i, row in enumerate(rows):
@@ -764,8 +923,9 @@ def _split_codes(rows: list[dict], column: str, names: list[str] | None, *, csv_
         elif v.lstrip("-").isdigit():
             out[i] = _code_to_split(int(v), names, by_name, where=f"{csv_path} line {lines[i]}")
         else:
-            raise DataError(f"{csv_path} line {lines[i]}: split {_show(v)} is not one of {', '.join(by_name)} "
-                            "(or a code)")
+            raise DataError(
+                f"{csv_path} line {lines[i]}: split {_show(v)} is not one of {', '.join(by_name)} (or a code)"
+            )
     return out
 
 
@@ -777,8 +937,10 @@ def _code_to_split(code: int, names: list[str] | None, by_name: dict[str, int], 
     elif code in SPLIT_CODES:
         name = SPLIT_CODES[code]
     else:
-        raise DataError(f"{where}: split code {code} is not one of {SPLIT_CODES} (or -1 = not used); "
-                        "map other codes with --param split_names=...")
+        raise DataError(
+            f"{where}: split code {code} is not one of {SPLIT_CODES} (or -1 = not used); "
+            "map other codes with --param split_names=..."
+        )
     if name in ("", "unused", "none", "-1"):
         return UNUSED
     if name not in by_name:
@@ -800,8 +962,10 @@ def _folder_params(params: dict | None) -> dict[str, Any]:
     if out["mode"] not in ("RGB", "L"):
         raise ConfigError(f"--param mode must be RGB or L, got {out['mode']!r}")
     if out["hash"] not in FINGERPRINT_TEXT:
-        raise ConfigError(f"--param hash must be names (the default: names and sizes) or content (SHA-256 of every "
-                          f"image), got {out['hash']!r}")
+        raise ConfigError(
+            f"--param hash must be names (the default: names and sizes) or content (SHA-256 of every "
+            f"image), got {out['hash']!r}"
+        )
     return out
 
 
@@ -814,7 +978,9 @@ def read_image_folder(root: Path | str, params: dict | None = None) -> dict[str,
     header, rows, lines = _parse_metadata(text, csv_path=csv_path)
     path_col = _column(header, p["path_column"], PATH_COLUMNS, what="path column", csv_path=csv_path)
     y_col = _column(header, p["target_column"], (), what="target column", csv_path=csv_path)
-    b_cols = [_column(header, c.strip(), (), what="bias column", csv_path=csv_path) for c in str(p["bias_column"]).split(",")]
+    b_cols = [
+        _column(header, c.strip(), (), what="bias column", csv_path=csv_path) for c in str(p["bias_column"]).split(",")
+    ]
     y = _int_column(rows, y_col, csv_path=csv_path, lines=lines)
     b = np.stack([_int_column(rows, c, csv_path=csv_path, lines=lines) for c in b_cols], 1)
     b = b[:, 0] if len(b_cols) == 1 else b
@@ -828,23 +994,43 @@ def read_image_folder(root: Path | str, params: dict | None = None) -> dict[str,
     digests = _check_images(files, paths, csv_path=csv_path, lines=lines)
     first = load_image(Path(files[0]), size=None, mode=p["mode"])
     size = (p["size"], p["size"]) if p["size"] else tuple(first.shape[1:])
-    return {"root": root, "csv": csv_path, "paths": paths, "files": files, "y": y, "b": b, "codes": codes,
-            "size": size, "channels": int(first.shape[0]), "params": p,
-            "bias_names": tuple(b_cols) if len(b_cols) > 1 or b_cols[0] != "b" else None,
-            "metadata_sha256": sha,
-            "images_fingerprint": _fingerprint(paths, files, digests, how=p["hash"])}
+    return {
+        "root": root,
+        "csv": csv_path,
+        "paths": paths,
+        "files": files,
+        "y": y,
+        "b": b,
+        "codes": codes,
+        "size": size,
+        "channels": int(first.shape[0]),
+        "params": p,
+        "bias_names": tuple(b_cols) if len(b_cols) > 1 or b_cols[0] != "b" else None,
+        "metadata_sha256": sha,
+        "images_fingerprint": _fingerprint(paths, files, digests, how=p["hash"]),
+    }
 
 
-def make_folder_splits(root: Path | str, *, params: dict | None = None, seed: int = 0, unbiased_size: int = 10000,
-                       train_size: int | None = None, test_size: int | None = None,
-                       expected: dict[str, str] | None = None, **_ignored):
+def make_folder_splits(
+    root: Path | str,
+    *,
+    params: dict | None = None,
+    seed: int = 0,
+    unbiased_size: int = 10000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    expected: dict[str, str] | None = None,
+    **_ignored,
+):
     """The splits of an image folder (see the module docstring); ``expected`` checksums refuse changed data."""
     info = read_image_folder(root, params)
     covered = "contents" if info["params"]["hash"] == "content" else "names and sizes"
     for key, what in (("metadata_sha256", "metadata.csv"), ("images_fingerprint", f"the image files ({covered})")):
         if expected and expected.get(key) and expected[key] != info[key]:
-            raise DataError(f"{info['root']}: {what} changed since this run was made ({info[key][:12]}... != recorded "
-                            f"{expected[key][:12]}...): restore the original data to rebuild the run's splits")
+            raise DataError(
+                f"{info['root']}: {what} changed since this run was made ({info[key][:12]}... != recorded "
+                f"{expected[key][:12]}...): restore the original data to rebuild the run's splits"
+            )
     y, b = info["y"], info["b"]
     holdout = _holdout(info["params"], given_split=info["codes"] is not None, where=str(info["csv"]))
     if info["codes"] is not None:
@@ -855,18 +1041,43 @@ def make_folder_splits(root: Path | str, *, params: dict | None = None, seed: in
     index = _split_indices(codes, y, b, seed=seed, train_size=train_size, test_size=test_size, where=str(info["csv"]))
     warn_small_unbiased(y, b, index, dataset=info["root"].name, remedy=remedy)
     samples = ImageFolderSamples(info["files"], y, b, size=info["size"], mode=info["params"]["mode"])
-    num_classes, num_bias = int(y.max()) + 1, infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))   # one count per attribute
-    built = {name: None if len(idx) == 0 else LazyBiasDataset(
-        samples, index=torch.from_numpy(idx), name=f"{info['root'].name}/{name}", labels=(samples.y[idx], samples.b[idx]),
-        num_classes=num_classes, num_bias_classes=num_bias, bias_names=info["bias_names"],
-        num_workers=info["params"]["workers"]) for name, idx in index.items()}
-    spec = {"dataset": f"folder:{info['root'].resolve()}", "format": "folder", "path": str(info["root"].resolve()),
-            "metadata_sha256": info["metadata_sha256"], "images_fingerprint": info["images_fingerprint"],
-            "images": len(info["paths"]), "params": {k: v for k, v in info["params"].items() if v is not None},
-            "input_shape": [info["channels"], *info["size"]], "seed": seed, "unbiased_size": unbiased_size,
-            "train_size": train_size, "test_size": test_size, "splits_from": rule}
-    return user_splits(**built, num_classes=num_classes, num_bias_classes=num_bias, bias_names=info["bias_names"],
-                       spec=spec)
+    num_classes, num_bias = (
+        int(y.max()) + 1,
+        infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64))),
+    )  # one count per attribute
+    built = {
+        name: None
+        if len(idx) == 0
+        else LazyBiasDataset(
+            samples,
+            index=torch.from_numpy(idx),
+            name=f"{info['root'].name}/{name}",
+            labels=(samples.y[idx], samples.b[idx]),
+            num_classes=num_classes,
+            num_bias_classes=num_bias,
+            bias_names=info["bias_names"],
+            num_workers=info["params"]["workers"],
+        )
+        for name, idx in index.items()
+    }
+    spec = {
+        "dataset": f"folder:{info['root'].resolve()}",
+        "format": "folder",
+        "path": str(info["root"].resolve()),
+        "metadata_sha256": info["metadata_sha256"],
+        "images_fingerprint": info["images_fingerprint"],
+        "images": len(info["paths"]),
+        "params": {k: v for k, v in info["params"].items() if v is not None},
+        "input_shape": [info["channels"], *info["size"]],
+        "seed": seed,
+        "unbiased_size": unbiased_size,
+        "train_size": train_size,
+        "test_size": test_size,
+        "splits_from": rule,
+    }
+    return user_splits(
+        **built, num_classes=num_classes, num_bias_classes=num_bias, bias_names=info["bias_names"], spec=spec
+    )
 
 
 # -- the registry's hooks ------------------------------------------------------------------------------------
@@ -883,14 +1094,17 @@ def user_splits_from_spec(spec: dict[str, Any]):
     kind, where = parse_user_dataset(spec["dataset"])
     kwargs = {k: spec[k] for k in ("seed", "unbiased_size", "train_size", "test_size") if k in spec}
     if not where.exists():
-        raise DataError(f"the run's data {where} is gone (it was recorded with "
-                        f"{'SHA-256 ' + spec['sha256'][:12] + '...' if spec.get('sha256') else 'its checksums'}); "
-                        "put it back at that path to rebuild the run's splits")
+        raise DataError(
+            f"the run's data {where} is gone (it was recorded with "
+            f"{'SHA-256 ' + spec['sha256'][:12] + '...' if spec.get('sha256') else 'its checksums'}); "
+            "put it back at that path to rebuild the run's splits"
+        )
     if kind == "tensors":
         return make_tensor_splits(where, params=spec.get("params"), expected_sha256=spec.get("sha256"), **kwargs)
     params = {k: v for k, v in (spec.get("params") or {}).items() if k in FOLDER_PARAMS}
-    return make_folder_splits(where, params=params, expected={k: spec.get(k) for k in ("metadata_sha256", "images_fingerprint")},
-                              **kwargs)
+    return make_folder_splits(
+        where, params=params, expected={k: spec.get(k) for k in ("metadata_sha256", "images_fingerprint")}, **kwargs
+    )
 
 
 def describe_user_dataset(name: str, *, params: dict | None = None) -> dict[str, Any]:
@@ -898,34 +1112,48 @@ def describe_user_dataset(name: str, *, params: dict | None = None) -> dict[str,
     if kind == "tensors":
         arrays, meta = read_tensor_file(where)
         x, y, b = arrays["x"], np.asarray(arrays["y"]), np.asarray(arrays["b"])
-        info = {"description": f"your tensors file ({where.suffix.lstrip('.')}, {len(y)} samples, x {x.dtype} "
-                               f"{tuple(x.shape[1:])})",
-                "source": "a user file, read safely (safetensors memory-mapped / npz without pickle)",
-                "files": str(where.resolve()), "sha256": file_sha256(where),
-                "normalisation": "uint8 x / 255; float x as given; integer x passed through" ,
-                "params": {k: {"default": d, "help": h} for k, (d, h) in TENSOR_PARAMS.items()},
-                "splits_from": "the file's `split` array" if "split" in arrays else "drawn by debiaskit (no `split` array)"}
+        info = {
+            "description": f"your tensors file ({where.suffix.lstrip('.')}, {len(y)} samples, x {x.dtype} "
+            f"{tuple(x.shape[1:])})",
+            "source": "a user file, read safely (safetensors memory-mapped / npz without pickle)",
+            "files": str(where.resolve()),
+            "sha256": file_sha256(where),
+            "normalisation": "uint8 x / 255; float x as given; integer x passed through",
+            "params": {k: {"default": d, "help": h} for k, (d, h) in TENSOR_PARAMS.items()},
+            "splits_from": "the file's `split` array" if "split" in arrays else "drawn by debiaskit (no `split` array)",
+        }
         names = meta.get("bias_names")
     else:
         folder = read_image_folder(where, params)
         y, b = folder["y"], folder["b"]
-        info = {"description": f"your image folder ({len(y)} images, {folder['channels']} x {folder['size'][0]} x "
-                               f"{folder['size'][1]} after resizing)",
-                "source": "images listed in metadata.csv (each decoded once when the folder is read), decoded with "
-                          "Pillow in DataLoader workers",
-                "files": str(where.resolve()), "metadata_sha256": folder["metadata_sha256"],
-                "fingerprint": FINGERPRINT_TEXT[folder["params"]["hash"]],
-                "normalisation": "pixel / 255 (float in [0, 1])",
-                "params": {k: {"default": d, "help": h} for k, (d, h) in FOLDER_PARAMS.items()},
-                "splits_from": "the split column of metadata.csv" if folder["codes"] is not None
-                               else "drawn by debiaskit (no split column)"}
+        info = {
+            "description": f"your image folder ({len(y)} images, {folder['channels']} x {folder['size'][0]} x "
+            f"{folder['size'][1]} after resizing)",
+            "source": "images listed in metadata.csv (each decoded once when the folder is read), decoded with "
+            "Pillow in DataLoader workers",
+            "files": str(where.resolve()),
+            "metadata_sha256": folder["metadata_sha256"],
+            "fingerprint": FINGERPRINT_TEXT[folder["params"]["hash"]],
+            "normalisation": "pixel / 255 (float in [0, 1])",
+            "params": {k: {"default": d, "help": h} for k, (d, h) in FOLDER_PARAMS.items()},
+            "splits_from": "the split column of metadata.csv"
+            if folder["codes"] is not None
+            else "drawn by debiaskit (no split column)",
+        }
         names = ",".join(folder["bias_names"]) if folder["bias_names"] else None
     n_attr = 1 if b.ndim == 1 else b.shape[1]
-    info.update({"name": name, "prepared": True,
-                 "bias_attributes": names.split(",") if names else list(_bias_names(b)),
-                 "num_classes": int(y.max()) + 1, "num_bias_classes": max(infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))),
-                 "bias_cardinalities": list(infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))), "attributes": n_attr,
-                 "splits": USER_SPLIT_DOCS})
+    info.update(
+        {
+            "name": name,
+            "prepared": True,
+            "bias_attributes": names.split(",") if names else list(_bias_names(b)),
+            "num_classes": int(y.max()) + 1,
+            "num_bias_classes": max(infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))),
+            "bias_cardinalities": list(infer_cardinalities(torch.from_numpy(np.array(b, dtype=np.int64)))),
+            "attributes": n_attr,
+            "splits": USER_SPLIT_DOCS,
+        }
+    )
     return info
 
 
@@ -942,12 +1170,22 @@ def user_param_names(name: str) -> tuple[str, tuple[str, ...]]:
 
 def split_group_counts(splits) -> dict[str, Any]:
     """(y, b) group counts of every split (for ``data show`` and the train printout)."""
-    return {name: group_counts(d.y, d.b, num_classes=d.num_classes, num_bias=d.bias_cardinalities)
-            for name, d in splits.items() if d.b is not None}
+    return {
+        name: group_counts(d.y, d.b, num_classes=d.num_classes, num_bias=d.bias_cardinalities)
+        for name, d in splits.items()
+        if d.b is not None
+    }
 
 
-def save_tensor_file(path: Path | str, *, x: Tensor, y: Tensor, b: Tensor, split: Tensor | None = None,
-                     bias_names: tuple[str, ...] | None = None) -> Path:
+def save_tensor_file(
+    path: Path | str,
+    *,
+    x: Tensor,
+    y: Tensor,
+    b: Tensor,
+    split: Tensor | None = None,
+    bias_names: tuple[str, ...] | None = None,
+) -> Path:
     """Write a tensors file debiaskit reads (``.safetensors``), atomically, refusing to replace a file.
 
     Example::
@@ -955,6 +1193,7 @@ def save_tensor_file(path: Path | str, *, x: Tensor, y: Tensor, b: Tensor, split
         save_tensor_file("my-data.safetensors", x=x, y=y, b=b, split=split)   # split: codes SPLIT_CODES
     """
     from safetensors.torch import save
+
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ConfigError(f"save_tensor_file writes .safetensors, got {path}")
@@ -968,7 +1207,7 @@ def save_tensor_file(path: Path | str, *, x: Tensor, y: Tensor, b: Tensor, split
     # serialised in memory: safetensors' save_file would leave its own .tmpXXXXXX beside the user's files if killed
     tmp.write_bytes(save(tensors, metadata={"bias_names": ",".join(bias_names)} if bias_names else None))
     try:
-        os.link(tmp, path)   # exclusive: fails if the path appeared meanwhile
+        os.link(tmp, path)  # exclusive: fails if the path appeared meanwhile
     finally:
         tmp.unlink(missing_ok=True)
     return path

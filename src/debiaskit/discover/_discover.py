@@ -1,4 +1,5 @@
 """Post-hoc discovery on a trained model: pseudo-bias labels, conflict scores and their quality."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -26,8 +27,8 @@ from ._layers import BOTTLENECK, candidate_layers, collect_layer_features
 DISCOVER_DIR = "discover"
 PSEUDO_FILE = "pseudo_bias.safetensors"
 SPLITS = ("train", "unbiased_train", "unbiased_val")
-WEAK_SCORE = 0.5   # below it a layer attracts its flagged samples weakly: not chosen by --layer auto, warned about
-PERSIST_RATIO = 2.0   # --layer auto: a layer flagging more than this many times the next layer's flags is not chosen
+WEAK_SCORE = 0.5  # below it a layer attracts its flagged samples weakly: not chosen by --layer auto, warned about
+PERSIST_RATIO = 2.0  # --layer auto: a layer flagging more than this many times the next layer's flags is not chosen
 
 
 @dataclass
@@ -40,9 +41,9 @@ class Discovery:
         found.pseudo_bias, found.conflicting.sum()   # b^ per sample, the number flagged as bias-conflicting
     """
 
-    pseudo_bias: Tensor      # int64: the attracting class b^
-    conflict_score: Tensor   # float: > 0 when flagged as bias-conflicting
-    confidence: Tensor       # float: normalised distance to the deciding hyperplane
+    pseudo_bias: Tensor  # int64: the attracting class b^
+    conflict_score: Tensor  # float: > 0 when flagged as bias-conflicting
+    confidence: Tensor  # float: normalised distance to the deciding hyperplane
     source: str = BOTTLENECK  # where the scores come from: a layer name, "bottleneck" or "dynamics"
 
     @property
@@ -51,8 +52,15 @@ class Discovery:
 
 
 @torch.no_grad()
-def discover_pseudo_bias(model: nn.Module, *, train, others: dict[str, Any] | None = None, head: str | None = None,
-                         device: str | torch.device = "cpu", layer: str | None = None) -> dict[str, Discovery]:
+def discover_pseudo_bias(
+    model: nn.Module,
+    *,
+    train,
+    others: dict[str, Any] | None = None,
+    head: str | None = None,
+    device: str | torch.device = "cpu",
+    layer: str | None = None,
+) -> dict[str, Discovery]:
     """Attractor rule with the centroids of the correctly classified samples of ``train``.
 
     ``layer``: where to read the features - ``None`` / ``"bottleneck"`` (the head's input), a module
@@ -71,9 +79,17 @@ def discover_pseudo_bias(model: nn.Module, *, train, others: dict[str, Any] | No
     return found
 
 
-def scan_layers(model: nn.Module, *, train, others: dict[str, Any] | None = None, head: str | None = None,
-                device: str | torch.device = "cpu", layer: str | None = None, scan_samples: int = 10000,
-                seed: int = 0) -> tuple[dict[str, Discovery], list[dict]]:
+def scan_layers(
+    model: nn.Module,
+    *,
+    train,
+    others: dict[str, Any] | None = None,
+    head: str | None = None,
+    device: str | torch.device = "cpu",
+    layer: str | None = None,
+    scan_samples: int = 10000,
+    seed: int = 0,
+) -> tuple[dict[str, Discovery], list[dict]]:
     """:func:`discover_pseudo_bias` plus the label-free statistics of the layers it tried (for reports).
 
     With ``layer="auto"`` the candidate layers are compared on a seeded random subset of at most
@@ -86,9 +102,20 @@ def scan_layers(model: nn.Module, *, train, others: dict[str, Any] | None = None
     full: tuple | None = None
     if layer == "auto":
         n = len(train)
-        subset = None if n <= scan_samples else torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:scan_samples]
-        feats, logits, y = collect_layer_features(model, train, layers=candidate_layers(model, head=head), head=head,
-                                                  device=device, indices=subset, strict=False)
+        subset = (
+            None
+            if n <= scan_samples
+            else torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:scan_samples]
+        )
+        feats, logits, y = collect_layer_features(
+            model,
+            train,
+            layers=candidate_layers(model, head=head),
+            head=head,
+            device=device,
+            indices=subset,
+            strict=False,
+        )
         for name, z in feats.items():
             scan.append({"layer": name, **_flag_stats(_attract(z, logits, y, source=name)[0], dim=z.shape[1])})
         chosen = choose_layer(scan)
@@ -126,12 +153,17 @@ def _flag_stats(found: Discovery, *, dim: int) -> dict[str, Any]:
     # the foreign centroid, near 0 = they straddle the hyperplanes: entangled features, weak evidence)
     score = found.conflict_score
     flags = score > 0
-    return {"dim": int(dim), "flagged": int(flags.sum()), "flagged_share": float(flags.float().mean()),
-            "mean_flagged_score": float(score[flags].mean()) if flags.any() else None}
+    return {
+        "dim": int(dim),
+        "flagged": int(flags.sum()),
+        "flagged_share": float(flags.float().mean()),
+        "mean_flagged_score": float(score[flags].mean()) if flags.any() else None,
+    }
 
 
-def choose_layer(scan: list[dict], *, max_share: float = 0.5, min_score: float = WEAK_SCORE,
-                 persist_ratio: float = PERSIST_RATIO) -> str:
+def choose_layer(
+    scan: list[dict], *, max_share: float = 0.5, min_score: float = WEAK_SCORE, persist_ratio: float = PERSIST_RATIO
+) -> str:
     """Label-free choice for ``layer="auto"``: the layer with the most training samples flagged, among
     those that flag a minority (< ``max_share``; a shortcut is by definition followed by most samples,
     so a layer that moves half the data out of its class cell is not class-structured yet), attract
@@ -155,14 +187,21 @@ def choose_layer(scan: list[dict], *, max_share: float = 0.5, min_score: float =
     at block3). The price: a layer right before the one that memorises is skipped (96 -> 0 above), so
     the earlier layers are the ones chosen. Ties go to the earlier layer.
     """
+
     def persists(i: int) -> bool:
         return i + 1 >= len(scan) or scan[i]["flagged"] <= persist_ratio * scan[i + 1]["flagged"]
 
-    ok = [r for i, r in enumerate(scan) if r["flagged_share"] < max_share and r["flagged"] > 0
-          and (r.get("mean_flagged_score") or 0.0) >= min_score and persists(i)]
+    ok = [
+        r
+        for i, r in enumerate(scan)
+        if r["flagged_share"] < max_share
+        and r["flagged"] > 0
+        and (r.get("mean_flagged_score") or 0.0) >= min_score
+        and persists(i)
+    ]
     if not ok:
         return scan[-1]["layer"]
-    return max(ok, key=lambda r: r["flagged"])["layer"]   # max keeps the first (earliest) of equal counts
+    return max(ok, key=lambda r: r["flagged"])["layer"]  # max keeps the first (earliest) of equal counts
 
 
 def _unlabelled(data):
@@ -172,8 +211,9 @@ def _unlabelled(data):
 
 def _apply(z: Tensor, y: Tensor, centroids: Tensor, present: Tensor, *, source: str = BOTTLENECK) -> Discovery:
     att = attractor_rule(z, y, centroids, present=present)
-    return Discovery(att.pseudo_bias.long().cpu(), att.conflict_score.float().cpu(), att.confidence.float().cpu(),
-                     source=source)
+    return Discovery(
+        att.pseudo_bias.long().cpu(), att.conflict_score.float().cpu(), att.confidence.float().cpu(), source=source
+    )
 
 
 def discovery_quality(found: Discovery, data: BiasDataset, *, attribute: int = 0) -> dict[str, Any] | None:
@@ -192,13 +232,24 @@ def discovery_quality(found: Discovery, data: BiasDataset, *, attribute: int = 0
     n_flag, n_conf = int(flag.sum()), int(conflicting.sum())
     precision = tp / n_flag if n_flag else float("nan")
     recall = tp / n_conf if n_conf else float("nan")
-    f1 = 2 * precision * recall / (precision + recall) if n_flag and n_conf and (precision + recall) > 0 else float("nan")
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if n_flag and n_conf and (precision + recall) > 0
+        else float("nan")
+    )
     hit = found.pseudo_bias == b
-    return {"samples": len(b), "true_conflicting": n_conf, "flagged": n_flag, "true_positives": tp,
-            "precision": precision, "recall": recall, "f1": f1,
-            "pseudo_bias_accuracy": float(hit.float().mean()),
-            "pseudo_bias_accuracy_conflicting": float(hit[conflicting].float().mean()) if n_conf else float("nan"),
-            "pseudo_bias_accuracy_aligned": float(hit[~conflicting].float().mean()) if len(b) > n_conf else float("nan")}
+    return {
+        "samples": len(b),
+        "true_conflicting": n_conf,
+        "flagged": n_flag,
+        "true_positives": tp,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "pseudo_bias_accuracy": float(hit.float().mean()),
+        "pseudo_bias_accuracy_conflicting": float(hit[conflicting].float().mean()) if n_conf else float("nan"),
+        "pseudo_bias_accuracy_aligned": float(hit[~conflicting].float().mean()) if len(b) > n_conf else float("nan"),
+    }
 
 
 def with_pseudo_bias(data, pseudo_bias: Tensor, *, name: str | None = None):
@@ -215,17 +266,27 @@ def with_pseudo_bias(data, pseudo_bias: Tensor, *, name: str | None = None):
     pseudo_bias = torch.as_tensor(pseudo_bias).cpu()
     what = name or data.name
     if pseudo_bias.is_floating_point() or pseudo_bias.is_complex() or pseudo_bias.shape != (len(data),):
-        raise DataError(f"pseudo-bias labels of {what} must be integer classes of shape ({len(data)},), got "
-                        f"{pseudo_bias.dtype} {tuple(pseudo_bias.shape)}; re-run `debiaskit discover`")
+        raise DataError(
+            f"pseudo-bias labels of {what} must be integer classes of shape ({len(data)},), got "
+            f"{pseudo_bias.dtype} {tuple(pseudo_bias.shape)}; re-run `debiaskit discover`"
+        )
     pseudo_bias = pseudo_bias.long()
     if len(pseudo_bias) and (int(pseudo_bias.min()) < 0 or int(pseudo_bias.max()) >= data.num_classes):
-        raise DataError(f"pseudo-bias labels of {what} must be classes in [0, {data.num_classes - 1}] (the attracting "
-                        f"class), found [{int(pseudo_bias.min())}, {int(pseudo_bias.max())}]; re-run `debiaskit discover`")
+        raise DataError(
+            f"pseudo-bias labels of {what} must be classes in [0, {data.num_classes - 1}] (the attracting "
+            f"class), found [{int(pseudo_bias.min())}, {int(pseudo_bias.max())}]; re-run `debiaskit discover`"
+        )
     # aligned = b^ == y: the attractor of an aligned sample is its own class; re-rendering (counterfactuals)
     # acts on the true bias attribute, not on b^, so it is dropped
-    return relabel_bias(data, pseudo_bias, num_bias_classes=data.num_classes, bias_names=("pseudo_bias",),
-                        aligned=pseudo_bias == data.y, info={**data.info, "pseudo_bias": True},
-                        name=name or f"{data.name} (pseudo-bias)")
+    return relabel_bias(
+        data,
+        pseudo_bias,
+        num_bias_classes=data.num_classes,
+        bias_names=("pseudo_bias",),
+        aligned=pseudo_bias == data.y,
+        info={**data.info, "pseudo_bias": True},
+        name=name or f"{data.name} (pseudo-bias)",
+    )
 
 
 def discover_from_dynamics(dynamics: dict[str, Tensor], y: Tensor, *, num_classes: int) -> Discovery:
@@ -247,13 +308,15 @@ def discover_from_dynamics(dynamics: dict[str, Tensor], y: Tensor, *, num_classe
     att = dynamics["attractor"].long()
     y = torch.as_tensor(y).long().cpu()
     if att.ndim != 2 or att.shape[1] != len(y):
-        raise DataError(f"dynamics cover {tuple(att.shape)} (epochs, samples) but the training set has {len(y)} samples")
+        raise DataError(
+            f"dynamics cover {tuple(att.shape)} (epochs, samples) but the training set has {len(y)} samples"
+        )
     epochs = att.shape[0]
     votes = torch.zeros(len(y), num_classes)
     for e in range(epochs):
         ok = att[e] >= 0
         votes[ok] += F.one_hot(att[e, ok], num_classes).float()
-    votes.scatter_(1, y[:, None], 0.0)                 # keep foreign attractions only
+    votes.scatter_(1, y[:, None], 0.0)  # keep foreign attractions only
     away = votes.sum(1)
     t = otsu_threshold(away.long(), max_value=epochs)
     flagged = away >= t
@@ -278,8 +341,10 @@ def otsu_threshold(counts: Tensor, *, max_value: int) -> int:
     return best_t
 
 
-NO_OUT = ("clear that path or copy the run folder elsewhere (discover has no --out: it always writes "
-          "RUN_DIR/discover, where `debiaskit ffw --bias-labels discovered` reads the labels)")
+NO_OUT = (
+    "clear that path or copy the run folder elsewhere (discover has no --out: it always writes "
+    "RUN_DIR/discover, where `debiaskit ffw --bias-labels discovered` reads the labels)"
+)
 
 
 @contextmanager
@@ -298,9 +363,17 @@ def _discover_folder(target: Path, *, force: bool, pinned: tuple = ()) -> Iterat
         raise type(exc)(text) from exc
 
 
-def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", layer: str | None = "auto",
-                 dynamics: str = "auto", splits=None, model=None,
-                 trust_code: bool = False) -> tuple[Path, dict[str, Any]]:
+def discover_run(
+    run_dir: Path,
+    *,
+    force: bool = False,
+    device: str = "cpu",
+    layer: str | None = "auto",
+    dynamics: str = "auto",
+    splits=None,
+    model=None,
+    trust_code: bool = False,
+) -> tuple[Path, dict[str, Any]]:
     """``debiaskit discover``: write ``RUN_DIR/discover/`` (pseudo_bias.safetensors, report.json, report.md).
 
     Keys ``<split>.pseudo_bias`` (int64), ``<split>.conflict_score`` and ``<split>.confidence`` (float32)
@@ -325,8 +398,14 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
             raise DataError(f"{run_dir} has no dynamics.safetensors; train it with `debiaskit train --record-dynamics`")
         splits = run.splits()
         data = {name: getattr(splits, name) for name in SPLITS}
-        found, scan = scan_layers(run.model, train=data["train"], others={k: v for k, v in data.items() if k != "train"},
-                                  head=run.head, device=device, layer=layer)
+        found, scan = scan_layers(
+            run.model,
+            train=data["train"],
+            others={k: v for k, v in data.items() if k != "train"},
+            head=run.head,
+            device=device,
+            layer=layer,
+        )
         extra: dict[str, Discovery] = {}
         if dyn is not None:
             by_dynamics = discover_from_dynamics(dyn, data["train"].y, num_classes=splits.num_classes)
@@ -342,17 +421,27 @@ def discover_run(run_dir: Path, *, force: bool = False, device: str = "cpu", lay
         quality = {name: discovery_quality(found[name], data[name]) for name in SPLITS}
         quality.update({name: discovery_quality(f, data["train"]) for name, f in extra.items()})
         chosen = found["unbiased_val"].source
-        report = {"kind": "discover", "run": str(run_dir), "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                  "rule": "attractor: centroids of correctly classified training samples at layer "
-                          f"{chosen!r} (head {run.head!r}; spatially pooled); b^ = nearest centroid; flagged when b^ != y",
-                  "layer": {"requested": layer or BOTTLENECK, "chosen": chosen, "scan": scan,
-                            "selection": "label-free: most training samples flagged among layers flagging a minority with mean flagged score "
-                                         f">= {WEAK_SCORE} and at most {PERSIST_RATIO:g}x the next layer's flags (else the bottleneck)"
-                                         if layer == "auto" else "given"},
-                  "training_dynamics": _dynamics_note(dyn, dynamics),
-                  "sources": {name: f.source for name, f in {**found, **extra}.items()},
-                  "true_labels_used_for": "this quality report only", "quality": quality,
-                  "flagged": {name: int(f.conflicting.sum()) for name, f in {**found, **extra}.items()}}
+        report = {
+            "kind": "discover",
+            "run": str(run_dir),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "rule": "attractor: centroids of correctly classified training samples at layer "
+            f"{chosen!r} (head {run.head!r}; spatially pooled); b^ = nearest centroid; flagged when b^ != y",
+            "layer": {
+                "requested": layer or BOTTLENECK,
+                "chosen": chosen,
+                "scan": scan,
+                "selection": "label-free: most training samples flagged among layers flagging a minority with mean flagged score "
+                f">= {WEAK_SCORE} and at most {PERSIST_RATIO:g}x the next layer's flags (else the bottleneck)"
+                if layer == "auto"
+                else "given",
+            },
+            "training_dynamics": _dynamics_note(dyn, dynamics),
+            "sources": {name: f.source for name, f in {**found, **extra}.items()},
+            "true_labels_used_for": "this quality report only",
+            "quality": quality,
+            "flagged": {name: int(f.conflicting.sum()) for name, f in {**found, **extra}.items()},
+        }
         save_tensors(staging / PSEUDO_FILE, tensors)
         write_json(staging / "report.json", report)
         write_text(staging / "report.md", _markdown(report))
@@ -369,34 +458,55 @@ def _dynamics_note(dyn, mode: str) -> str:
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Pseudo-bias discovery for `{report['run']}`", "", f"Rule: {report['rule']}.  ",
-             f"Layer: {report['layer']['chosen']} ({report['layer']['selection']}).  ",
-             f"Training dynamics: {report['training_dynamics']}.  ",
-             "Quality against the true bias labels (read for this report only):", "",
-             "| split | source | samples | flagged | true conflicting | precision | recall | F1 | b^ accuracy | b^ acc. (conflicting) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Pseudo-bias discovery for `{report['run']}`",
+        "",
+        f"Rule: {report['rule']}.  ",
+        f"Layer: {report['layer']['chosen']} ({report['layer']['selection']}).  ",
+        f"Training dynamics: {report['training_dynamics']}.  ",
+        "Quality against the true bias labels (read for this report only):",
+        "",
+        "| split | source | samples | flagged | true conflicting | precision | recall | F1 | b^ accuracy | b^ acc. (conflicting) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, q in report["quality"].items():
         src = report["sources"].get(name, "")
         if q is None:
             lines.append(f"| {name} | {src} | - | {report['flagged'][name]} | no bias labels | - | - | - | - | - |")
             continue
         f = lambda v: "-" if v is None or v != v else f"{100 * v:.1f}"  # noqa: E731 (NaN / null -> '-')
-        lines.append(f"| {name} | {src} | {q['samples']} | {q['flagged']} | {q['true_conflicting']} | {f(q['precision'])} | "
-                     f"{f(q['recall'])} | {f(q['f1'])} | {f(q['pseudo_bias_accuracy'])} | "
-                     f"{f(q['pseudo_bias_accuracy_conflicting'])} |")
-    lines += ["", f"Layer scan (label-free, on {report['layer']['scan'][0].get('samples', '?')} training samples: flagged per "
-              "candidate layer; mean score of the flagged "
-              "samples: 1 = at the foreign centroid, near 0 = on the hyperplanes, weak evidence):", "",
-              "| layer | features | flagged | share | mean flagged score | chosen |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {src} | {q['samples']} | {q['flagged']} | {q['true_conflicting']} | {f(q['precision'])} | "
+            f"{f(q['recall'])} | {f(q['f1'])} | {f(q['pseudo_bias_accuracy'])} | "
+            f"{f(q['pseudo_bias_accuracy_conflicting'])} |"
+        )
+    lines += [
+        "",
+        f"Layer scan (label-free, on {report['layer']['scan'][0].get('samples', '?')} training samples: flagged per "
+        "candidate layer; mean score of the flagged "
+        "samples: 1 = at the foreign centroid, near 0 = on the hyperplanes, weak evidence):",
+        "",
+        "| layer | features | flagged | share | mean flagged score | chosen |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["layer"]["scan"]:
         m = r.get("mean_flagged_score")
-        lines.append(f"| {r['layer']} | {r['dim']} | {r['flagged']} | {100 * r['flagged_share']:.2f}% | "
-                     f"{'-' if m is None else f'{m:.2f}'} | {'yes' if r['chosen'] else ''} |")
-    weak = [r for r in report["layer"]["scan"] if r["chosen"] and r["flagged"] and (r.get("mean_flagged_score") or 0) < WEAK_SCORE]
+        lines.append(
+            f"| {r['layer']} | {r['dim']} | {r['flagged']} | {100 * r['flagged_share']:.2f}% | "
+            f"{'-' if m is None else f'{m:.2f}'} | {'yes' if r['chosen'] else ''} |"
+        )
+    weak = [
+        r
+        for r in report["layer"]["scan"]
+        if r["chosen"] and r["flagged"] and (r.get("mean_flagged_score") or 0) < WEAK_SCORE
+    ]
     if weak:
-        lines += ["", f"Warning: the flagged samples of the chosen layer have a mean score below {WEAK_SCORE}: the "
-                      "classes' centroids do not attract them clearly (entangled features); treat the flags as "
-                      "low-precision candidates."]
+        lines += [
+            "",
+            f"Warning: the flagged samples of the chosen layer have a mean score below {WEAK_SCORE}: the "
+            "classes' centroids do not attract them clearly (entangled features); treat the flags as "
+            "low-precision candidates.",
+        ]
     return "\n".join(lines) + "\n"
 
 

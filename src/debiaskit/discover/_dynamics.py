@@ -2,6 +2,7 @@
 :class:`debiaskit.train.DynamicsRecorder` (``debiaskit train --record-dynamics``), read by
 :func:`~debiaskit.discover.discover_from_dynamics` / ``debiaskit discover``. The format lives here, below
 ``train``, so that discovery reads it without importing the training loop."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ normalised distance
 
 is -1 at c_y, 0 on the hyperplane and +1 at c_j (positive: z is nearer to c_j than to c_y).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -67,7 +68,9 @@ def attractor_rule(z: Tensor, y: Tensor, centroids: Tensor, *, present: Tensor |
         att.pseudo_bias[att.conflicting]   # the class each flagged sample is pulled towards
     """
     if z.ndim != 2 or centroids.ndim != 2 or z.shape[1] != centroids.shape[1]:
-        raise ConfigError(f"z (N, d) and centroids (K, d) must share d, got {tuple(z.shape)} and {tuple(centroids.shape)}")
+        raise ConfigError(
+            f"z (N, d) and centroids (K, d) must share d, got {tuple(z.shape)} and {tuple(centroids.shape)}"
+        )
     z, c = z.detach().float(), centroids.detach().float()
     k = c.shape[0]
     present = torch.ones(k, dtype=torch.bool, device=z.device) if present is None else present.bool()
@@ -76,11 +79,11 @@ def attractor_rule(z: Tensor, y: Tensor, centroids: Tensor, *, present: Tensor |
     y = y.long()
     # d_j for every class j against the sample's own class y
     # w.z + off = c_j.z - c_y.z + (|c_y|^2 - |c_j|^2)/2, computed from Gram matrices (no (N, K, d) tensor)
-    g = z @ c.T                                                   # (N, K)
-    sq = c.pow(2).sum(1)                                          # |c_k|^2
+    g = z @ c.T  # (N, K)
+    sq = c.pow(2).sum(1)  # |c_k|^2
     cc = c @ c.T
     num = g - g.gather(1, y[:, None]) + (sq[y][:, None] - sq[None, :]) / 2
-    half_sq = (sq[None, :] + sq[y][:, None] - 2 * cc[y]) / 2      # |c_j - c_y|^2 / 2
+    half_sq = (sq[None, :] + sq[y][:, None] - 2 * cc[y]) / 2  # |c_j - c_y|^2 / 2
     d = num / half_sq.clamp(min=1e-12)
     own = torch.nn.functional.one_hot(y, k).bool()
     d = d.masked_fill(own | ~present[None, :], float("-inf"))
@@ -109,11 +112,11 @@ class RunningCentroids(nn.Module):
         att = attractor_rule(z, y, rc.centroids, present=rc.present)
     """
 
-    centroids: Tensor | None   # buffers (registered below): None until the first update
+    centroids: Tensor | None  # buffers (registered below): None until the first update
     present: Tensor
 
     def __init__(self, *, num_classes: int, momentum: float = 0.9) -> None:
-        super().__init__()   # a module: its centroids are buffers of the method that holds it (checkpoints)
+        super().__init__()  # a module: its centroids are buffers of the method that holds it (checkpoints)
         if not 0 <= momentum < 1:
             raise ConfigError(f"centroid momentum must lie in [0, 1), got {momentum}")
         self.num_classes, self.momentum = num_classes, momentum

@@ -10,6 +10,7 @@ them from the final weights alone.
 Features of a layer: its output, averaged over spatial dims for (N, C, H, W), over tokens for
 (N, T, C), flattened otherwise; taken in eval mode with forward hooks.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,8 +22,22 @@ from ..data import iterate_batches
 from ..errors import ConfigError
 from ..models import resolve_head
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus,
-               nn.Mish, nn.Hardswish, nn.PReLU, nn.SELU, nn.CELU)
+ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardswish,
+    nn.PReLU,
+    nn.SELU,
+    nn.CELU,
+)
 BOTTLENECK = "bottleneck"
 
 
@@ -66,9 +81,17 @@ def _pool(t: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def collect_layer_features(model: nn.Module, dataset, *, layers: list[str], head: str | None = None,
-                           batch_size: int = 512, device: str | torch.device = "cpu", indices: Tensor | None = None,
-                           strict: bool = True) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+def collect_layer_features(
+    model: nn.Module,
+    dataset,
+    *,
+    layers: list[str],
+    head: str | None = None,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    indices: Tensor | None = None,
+    strict: bool = True,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Pooled features of ``layers`` (module names or ``"bottleneck"``) for every sample, plus logits and y.
 
     One eval-mode pass (over ``indices`` only, when given). Reads images and targets only. A module that
@@ -81,18 +104,28 @@ def collect_layer_features(model: nn.Module, dataset, *, layers: list[str], head
     modules = dict(model.named_modules())
     unknown = [n for n in layers if n != BOTTLENECK and n not in modules]
     if unknown:
-        raise ConfigError(f"no module named {unknown} in the model; candidates: {', '.join(candidate_layers(model, head=head))}")
+        raise ConfigError(
+            f"no module named {unknown} in the model; candidates: {', '.join(candidate_layers(model, head=head))}"
+        )
     _, head_module = resolve_head(model, head)
     store: dict[str, list[Tensor]] = {n: [] for n in layers}
     hooks: list[Any] = []
     for name in layers:
         if name == BOTTLENECK:
             # the head's input flattened, exactly what collect_outputs / the audit call the bottleneck
-            hooks.append(head_module.register_forward_pre_hook(
-                lambda m, args: store[BOTTLENECK].append(args[0].detach().float().flatten(1).cpu())))
+            hooks.append(
+                head_module.register_forward_pre_hook(
+                    lambda m, args: store[BOTTLENECK].append(args[0].detach().float().flatten(1).cpu())
+                )
+            )
         else:
-            hooks.append(modules[name].register_forward_hook(
-                lambda m, args, out, name=name: store[name].append(_pool(out).cpu()) if isinstance(out, Tensor) else None))
+            hooks.append(
+                modules[name].register_forward_hook(
+                    lambda m, args, out, name=name: (
+                        store[name].append(_pool(out).cpu()) if isinstance(out, Tensor) else None
+                    )
+                )
+            )
     was = model.training
     model.eval()
     logits, ys = [], []
@@ -106,10 +139,12 @@ def collect_layer_features(model: nn.Module, dataset, *, layers: list[str], head
         model.train(was)
     feats = {}
     for n, parts in store.items():
-        if len(parts) != len(logits):   # a module that runs several times per forward pass (shared) is ambiguous
+        if len(parts) != len(logits):  # a module that runs several times per forward pass (shared) is ambiguous
             if strict:
-                raise ConfigError(f"module {n!r} runs {len(parts) / max(len(logits), 1):g} times per forward pass "
-                                  "(shared); name a module that runs once per forward pass")
+                raise ConfigError(
+                    f"module {n!r} runs {len(parts) / max(len(logits), 1):g} times per forward pass "
+                    "(shared); name a module that runs once per forward pass"
+                )
             continue
         feats[n] = torch.cat(parts)
     return feats, torch.cat(logits), torch.cat(ys)

@@ -23,25 +23,77 @@ standard layers: the units whose removal is exact are found in the torch.fx grap
 (chains, MLPs, torchvision-style ResNets - a residual stage's channels share one gate -, depthwise
 convs); what cannot be gated exactly is listed with the reason (``result.sparsity["ungated"]``).
 """
-from ._folders import FFW_FOLDER
+
 from ._erase import ERASERS, ErasedHead, LinearEraser, attach_eraser, conditional_erasers, fit_linear_eraser
-from ._export import (apply_unstructured_masks, count_parameters, inference_time, load_masks, module_shapes,
-                      prune_structured, resize_like, save_masks, structured_sparsity, unstructured_sparsity)
+from ._export import (
+    apply_unstructured_masks,
+    count_parameters,
+    inference_time,
+    load_masks,
+    module_shapes,
+    prune_structured,
+    resize_like,
+    save_masks,
+    structured_sparsity,
+    unstructured_sparsity,
+)
+from ._folders import FFW_FOLDER
 from ._gates import GatedModel, GateState, UnitGate, WeightGate, freeze, gate_value, install_gates
-from ._search import FFWConfig, FFWResult, find_fantastic_weights, ffw_step, mutual_information
-from ._structure import GatePoint, Structure, analyse_structure
-from ._run import (FFWRun, audit_ffw_folder, before_after_rows, default_out, ffw_run, has_checkpoint, load_ffw_model,
-                   no_harm_lines, partial_dir)
-from ._save import load_pruned_model, save_result
 from ._progress import epoch_line, print_epoch, progress_line
+from ._run import (
+    FFWRun,
+    audit_ffw_folder,
+    before_after_rows,
+    default_out,
+    ffw_run,
+    has_checkpoint,
+    load_ffw_model,
+    no_harm_lines,
+    partial_dir,
+)
+from ._save import load_pruned_model, save_result
+from ._search import FFWConfig, FFWResult, ffw_step, find_fantastic_weights, mutual_information
+from ._stages import StagesResult, apply_stages  # internal: the development suite's gate-free pipelines
+from ._structure import GatePoint, Structure, analyse_structure
 
-from ._stages import StagesResult, apply_stages   # internal: the development suite's gate-free pipelines
-
-__all__ = ["find_fantastic_weights", "FFWConfig", "FFWResult", "ffw_run", "FFWRun", "audit_ffw_folder", "save_result",
-           "load_pruned_model", "load_ffw_model", "analyse_structure", "Structure", "GatePoint", "install_gates",
-           "GatedModel", "GateState", "UnitGate", "WeightGate", "freeze", "gate_value", "ffw_step", "mutual_information",
-           "apply_unstructured_masks", "prune_structured", "resize_like", "load_masks", "save_masks",
-           "count_parameters", "inference_time", "module_shapes", "structured_sparsity", "unstructured_sparsity",
-           "ERASERS", "ErasedHead", "LinearEraser", "attach_eraser", "conditional_erasers", "fit_linear_eraser"]
+__all__ = [
+    "find_fantastic_weights",
+    "FFWConfig",
+    "FFWResult",
+    "ffw_run",
+    "FFWRun",
+    "audit_ffw_folder",
+    "save_result",
+    "load_pruned_model",
+    "load_ffw_model",
+    "analyse_structure",
+    "Structure",
+    "GatePoint",
+    "install_gates",
+    "GatedModel",
+    "GateState",
+    "UnitGate",
+    "WeightGate",
+    "freeze",
+    "gate_value",
+    "ffw_step",
+    "mutual_information",
+    "apply_unstructured_masks",
+    "prune_structured",
+    "resize_like",
+    "load_masks",
+    "save_masks",
+    "count_parameters",
+    "inference_time",
+    "module_shapes",
+    "structured_sparsity",
+    "unstructured_sparsity",
+    "ERASERS",
+    "ErasedHead",
+    "LinearEraser",
+    "attach_eraser",
+    "conditional_erasers",
+    "fit_linear_eraser",
+]
 # Names imported here but not in __all__ are internal: for debiaskit's other packages and its CLI (importable,
 # undocumented, may change). tests/test_public_api.py holds the reviewed lists of both.

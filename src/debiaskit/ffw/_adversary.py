@@ -16,10 +16,11 @@ so this module adds adversaries that keep up:
   bottleneck features at the end of every epoch, then keeps training alongside the gates.
 - ``"mlp"``: the paper's MI read by a 2-layer MLP head trained alongside the gates.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ ADVERSARIES = {
     "refit": "MI of a linear privacy head re-fitted to convergence after every epoch",
     "mlp": "MI of a 2-layer MLP privacy head trained alongside the gates",
     "lda": "closed-form linear readability of the bias (whitened distance of the bias-class means, within each "
-           "target class by default; no probe to fool)",
+    "target class by default; no probe to fool)",
     "mmd": "lda + Gaussian-kernel MMD between the bias classes (random Fourier features; no probe to fool)",
 }
 
@@ -55,8 +56,16 @@ def whitener(cov: Tensor, *, ridge: float) -> tuple[Tensor, Tensor]:
     return std, torch.linalg.cholesky(corr + ridge * eye).contiguous()
 
 
-def class_mean_distance(z: Tensor, b: Tensor, num_bias: int, *, mean: Tensor, chol: Tensor | None,
-                        std: Tensor | None = None, given: Tensor | None = None) -> Tensor:
+def class_mean_distance(
+    z: Tensor,
+    b: Tensor,
+    num_bias: int,
+    *,
+    mean: Tensor,
+    chol: Tensor | None,
+    std: Tensor | None = None,
+    given: Tensor | None = None,
+) -> Tensor:
     """Unbiased estimate of sum_k p_k |L^-1 (mu_k - mean) / std|^2 / (K - 1) from one batch (differentiable in z).
 
     Per class, |sum_i a_i|^2 - sum_i |a_i|^2 = sum_{i != j} a_i . a_j, divided by n_k (n_k - 1): a U-statistic
@@ -99,8 +108,17 @@ def _between_class(a: Tensor, b: Tensor, num_bias: int) -> Tensor:
     return total - _pairs(a)
 
 
-def cross_between(a: Tensor, b: Tensor, ref: Tensor, ref_b: Tensor, num_bias: int, *, given: Tensor | None = None,
-                  ref_given: Tensor | None = None, linear: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def cross_between(
+    a: Tensor,
+    b: Tensor,
+    ref: Tensor,
+    ref_b: Tensor,
+    num_bias: int,
+    *,
+    given: Tensor | None = None,
+    ref_given: Tensor | None = None,
+    linear: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Estimate of sum_k p_k |E[a | b=k] - E a|^2 / (K - 1) from the batch ``a`` against a reference sample
     ``ref`` of the same distribution (the last few batches, detached): the inner product of the batch's and the
     reference's class-mean deviations. Unbiased like the U-statistic, but the batch is paired with thousands of
@@ -116,7 +134,7 @@ def cross_between(a: Tensor, b: Tensor, ref: Tensor, ref_b: Tensor, num_bias: in
         ga, gr = (torch.zeros(len(t), dtype=torch.long, device=a.device) for t in (a, ref))
     else:
         _, groups = torch.unique(torch.cat([given.to(a.device), ref_given.to(a.device)]), return_inverse=True)
-        ga, gr = groups[:len(a)], groups[len(a):]
+        ga, gr = groups[: len(a)], groups[len(a) :]
     n_groups = int(torch.cat([ga, gr]).max()) + 1 if len(ga) + len(gr) else 1
     dev_a, count_a = _cell_deviations(a, ga, b.to(a.device), n_groups, num_bias)
     dev_r, count_r = _cell_deviations(ref, gr, ref_b.to(a.device), n_groups, num_bias)
@@ -146,7 +164,9 @@ class Memory:
 
     def add(self, z: Tensor, b: Tensor, y: Tensor) -> None:
         if self.batches > 0:
-            self.items = (self.items + [(z.detach().double().cpu(), b.detach().cpu(), y.detach().cpu())])[-self.batches:]
+            self.items = (self.items + [(z.detach().double().cpu(), b.detach().cpu(), y.detach().cpu())])[
+                -self.batches :
+            ]
 
     def get(self) -> tuple[Tensor, Tensor, Tensor] | None:
         if not self.items:
@@ -200,7 +220,9 @@ def lda_crossfit_accuracy(z: Tensor, b: Tensor, num_bias: int, *, ridge: float =
 class LinearDependence:
     """The ``"lda"`` adversary: running mean / total covariance of z (detached), one per search."""
 
-    def __init__(self, d: int, *, momentum: float = 0.1, ridge: float = 1e-2, refresh: int = 1, memory: int = 0) -> None:
+    def __init__(
+        self, d: int, *, momentum: float = 0.1, ridge: float = 1e-2, refresh: int = 1, memory: int = 0
+    ) -> None:
         self.momentum, self.ridge, self.refresh = momentum, ridge, refresh
         self.memory = Memory(memory)
         self.mean = torch.zeros(d, dtype=torch.float64)
@@ -243,19 +265,35 @@ class LinearDependence:
         # the running statistics live on the CPU (observe); .to(d): d's dtype and device (a GPU search's features)
         return torch.linalg.solve_triangular(chol.to(d), (d / std.to(d)).T, upper=False).T
 
-    def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None, attr: int = 0,
-                ref: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    def penalty(
+        self,
+        z: Tensor,
+        b: Tensor,
+        num_bias: int,
+        given: Tensor | None = None,
+        attr: int = 0,
+        ref: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """The term on a batch: against the remembered batches when there are any (``cross_between``),
         else the batch's own U-statistic. ``ref``: (z, b, y) to use instead of the memory."""
         ref = ref if ref is not None else self.memory.get()
         if ref is None:
             std, chol = self.chol()
-            return class_mean_distance(z, b, num_bias, mean=self.mean.to(z), chol=chol.to(z), std=std.to(z),
-                                       given=given)
+            return class_mean_distance(
+                z, b, num_bias, mean=self.mean.to(z), chol=chol.to(z), std=std.to(z), given=given
+            )
         rz, rb, ry = ref
         # deviations of class means: the whitening's shift cancels, only its linear part is applied (to the means)
-        return cross_between(z, b, rz.to(z), _column(rb, attr), num_bias, given=given,
-                             ref_given=None if given is None else ry, linear=self.whiten_linear)
+        return cross_between(
+            z,
+            b,
+            rz.to(z),
+            _column(rb, attr),
+            num_bias,
+            given=given,
+            ref_given=None if given is None else ry,
+            linear=self.whiten_linear,
+        )
 
     @torch.no_grad()
     def measure(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> float:
@@ -263,8 +301,12 @@ class LinearDependence:
         return lda_readability(z, b, num_bias, ridge=self.ridge, given=given)
 
     def tensors(self) -> dict[str, Tensor]:
-        out = {"mean": self.mean.contiguous(), "cov": self.cov.contiguous(), "seen": torch.tensor([self._seen]),
-               **self.memory.tensors()}
+        out = {
+            "mean": self.mean.contiguous(),
+            "cov": self.cov.contiguous(),
+            "seen": torch.tensor([self._seen]),
+            **self.memory.tensors(),
+        }
         if self._chol is not None:  # the factor in use may predate cov (refresh): keep it, resuming is exact
             out.update({"chol.std": self._chol[0].contiguous(), "chol.L": self._chol[1].contiguous()})
         return out
@@ -284,16 +326,25 @@ class KernelDependence:
     their distribution up to the kernel's resolution, which is what a non-linear probe needs (an MMD /
     HSIC-style dependence measure, whitened so that no direction of psi is left unwatched)."""
 
-    def __init__(self, d: int, *, momentum: float = 0.1, ridge: float = 1.0, features: int = 256,
-                 bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0), seed: int = 0, refresh: int = 4,
-                 memory: int = 0) -> None:
+    def __init__(
+        self,
+        d: int,
+        *,
+        momentum: float = 0.1,
+        ridge: float = 1.0,
+        features: int = 256,
+        bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0),
+        seed: int = 0,
+        refresh: int = 4,
+        memory: int = 0,
+    ) -> None:
         self.momentum, self.bandwidths = momentum, bandwidths
         gen = torch.Generator().manual_seed(seed)
         per = max(1, features // len(bandwidths))
         self.per = per
         self.omega = torch.randn(d, per * len(bandwidths), generator=gen, dtype=torch.float64)
         self.phase = 2 * math.pi * torch.rand(per * len(bandwidths), generator=gen, dtype=torch.float64)
-        self.width = torch.ones((), dtype=torch.float64)   # median distance of the standardised features
+        self.width = torch.ones((), dtype=torch.float64)  # median distance of the standardised features
         self.linear = LinearDependence(d, momentum=momentum, ridge=ridge, memory=memory)
         self.psi = LinearDependence(per * len(bandwidths), momentum=momentum, ridge=ridge, refresh=refresh)
 
@@ -301,8 +352,9 @@ class KernelDependence:
         """psi(z) = cos(u W / (bandwidth * width) + c), u = z standardised with its own (batch) mean and std,
         so that psi is unchanged when the gates rescale a feature (nothing to fool by inflating or damping)."""
         u = (z - z.mean(0)) / _scale(z.var(0))
-        scales = (torch.tensor(self.bandwidths, dtype=z.dtype, device=z.device).repeat_interleave(self.per)
-                  * self.width.to(z))   # the random features live on the CPU; z may be on a GPU
+        scales = torch.tensor(self.bandwidths, dtype=z.dtype, device=z.device).repeat_interleave(
+            self.per
+        ) * self.width.to(z)  # the random features live on the CPU; z may be on a GPU
         return torch.cos(u @ (self.omega.to(z) / scales) + self.phase.to(z))
 
     @torch.no_grad()
@@ -316,7 +368,7 @@ class KernelDependence:
 
     @torch.no_grad()
     def observe(self, z: Tensor, b: Tensor | None = None, y: Tensor | None = None) -> None:
-        self.linear.observe(z, b, y)   # the raw features are remembered once, by the linear part
+        self.linear.observe(z, b, y)  # the raw features are remembered once, by the linear part
         self.psi.observe(self.features(z.detach().double()))
 
     def penalty(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None, attr: int = 0) -> Tensor:
@@ -324,18 +376,23 @@ class KernelDependence:
         # exactly-zero feature); kernel part scale-free: what is left must go by changing what the features mix
         ref = self.linear.memory.get()
         psi_ref = None if ref is None else (self.features(ref[0]), ref[1], ref[2])
-        return (self.linear.penalty(z, b, num_bias, given=given, attr=attr)
-                + self.psi.penalty(self.features(z), b, num_bias, given=given, attr=attr, ref=psi_ref))
+        return self.linear.penalty(z, b, num_bias, given=given, attr=attr) + self.psi.penalty(
+            self.features(z), b, num_bias, given=given, attr=attr, ref=psi_ref
+        )
 
     @torch.no_grad()
     def measure(self, z: Tensor, b: Tensor, num_bias: int, given: Tensor | None = None) -> float:
         z = z.double()
-        return (lda_readability(z, b, num_bias, ridge=self.linear.ridge, given=given)
-                + lda_readability(self.features(z), b, num_bias, ridge=self.psi.ridge, given=given))
+        return lda_readability(z, b, num_bias, ridge=self.linear.ridge, given=given) + lda_readability(
+            self.features(z), b, num_bias, ridge=self.psi.ridge, given=given
+        )
 
     def tensors(self) -> dict[str, Tensor]:
-        return {**{f"psi.{k}": v for k, v in self.psi.tensors().items()},
-                **{f"linear.{k}": v for k, v in self.linear.tensors().items()}, "width": self.width.reshape(1)}
+        return {
+            **{f"psi.{k}": v for k, v in self.psi.tensors().items()},
+            **{f"linear.{k}": v for k, v in self.linear.tensors().items()},
+            "width": self.width.reshape(1),
+        }
 
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.psi.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("psi.")})
@@ -359,8 +416,15 @@ def mlp_head(d: int, num_bias: int, hidden: int = 256) -> nn.Module:
 
 def refit_linear_head(head: nn.Linear, z: Tensor, b: Tensor, *, weight_decay: float, max_iter: int = 200) -> None:
     """Fit ``head`` to convergence on (z, b) (full-batch L-BFGS, warm start), in place."""
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
-                            tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        head.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
     z = z.detach()
 
     def closure():
@@ -381,15 +445,23 @@ def probe_free_term(config, d: int, kind: str) -> LinearDependence | KernelDepen
     """The probe-free bias term ``kind`` ('lda' or 'mmd') with the settings of an FFWConfig, on a bottleneck of
     width ``d`` (the search's, and the weight tuning's fresh one on the exported network)."""
     if kind == "mmd":
-        return KernelDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, seed=config.seed,
-                                features=config.mmd_features, bandwidths=tuple(config.mmd_bandwidths),
-                                memory=config.memory)
+        return KernelDependence(
+            d,
+            momentum=config.lda_momentum,
+            ridge=config.lda_ridge,
+            seed=config.seed,
+            features=config.mmd_features,
+            bandwidths=tuple(config.mmd_bandwidths),
+            memory=config.memory,
+        )
     return LinearDependence(d, momentum=config.lda_momentum, ridge=config.lda_ridge, memory=config.memory)
 
 
-def probe_free_penalty(term: LinearDependence | KernelDependence, z: Tensor, cols: list[Tensor], y: Tensor,
-                       cards, *, given_target: bool) -> Tensor:
+def probe_free_penalty(
+    term: LinearDependence | KernelDependence, z: Tensor, cols: list[Tensor], y: Tensor, cards, *, given_target: bool
+) -> Tensor:
     """The term on a batch, summed over the bias attributes (``cols``; each with its own number of classes
     ``cards[a]``), within each target class when ``given_target``."""
-    return sum(term.penalty(z, c.to(z.device), cards[a], given=y if given_target else None, attr=a)
-               for a, c in enumerate(cols))
+    return sum(
+        term.penalty(z, c.to(z.device), cards[a], given=y if given_target else None, attr=a) for a, c in enumerate(cols)
+    )

@@ -14,9 +14,11 @@ so the task usually loses (almost) nothing. It has rank <= K - 1 per attribute a
 training. It is inserted in front of the head as a module (:class:`ErasedHead`): the exported network's bottleneck
 (the input of ``<head>.head``) is the erased one, which is what the audit and the probes read.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,13 +28,13 @@ from ._adversary import bias_columns
 
 ERASERS = {
     "linear": "closed-form linear concept erasure (LEACE) of the bias at the bottleneck, fitted on D^u_train after "
-              "the gates (a module in front of the head)",
+    "the gates (a module in front of the head)",
     "conditional": "'linear', plus the strongest directions along which the bias classes' means still differ within "
-                   "a target class (what a non-linear probe reads): as many as D^u_val task accuracy allows "
-                   "(one-standard-error rule)",
+    "a target class (what a non-linear probe reads): as many as D^u_val task accuracy allows "
+    "(one-standard-error rule)",
     "none": "no eraser: the exported network is the pruned sub-network alone",
 }
-INNER_HEAD = "head"   # the original head inside ErasedHead: the exported model's head is f"{head}.{INNER_HEAD}"
+INNER_HEAD = "head"  # the original head inside ErasedHead: the exported model's head is f"{head}.{INNER_HEAD}"
 
 
 class LinearEraser(nn.Module):
@@ -91,8 +93,9 @@ def _eraser(mean: Tensor, proj: Tensor, xc: Tensor) -> tuple[LinearEraser, float
 
 
 @torch.no_grad()
-def fit_linear_eraser(z: Tensor, b: Tensor, num_bias: int | Sequence[int], *,
-                      rel_eps: float = 1e-6) -> tuple[LinearEraser, dict[str, Any]]:
+def fit_linear_eraser(
+    z: Tensor, b: Tensor, num_bias: int | Sequence[int], *, rel_eps: float = 1e-6
+) -> tuple[LinearEraser, dict[str, Any]]:
     """LEACE fitted on (z, b) (float64): the eraser and what it did (rank, share of the variance it removed).
 
     ``b``: (N,) or (N, A) bias labels (every attribute is erased); ``num_bias``: one number of classes for
@@ -115,13 +118,14 @@ def _within_target_onehot(y: Tensor, b: Tensor, num_bias: int | Sequence[int]) -
     for i, c in enumerate(classes):
         rows = y == c
         block = onehot[rows]
-        cols[rows, i * onehot.shape[1]:(i + 1) * onehot.shape[1]] = block - block.mean(0)
+        cols[rows, i * onehot.shape[1] : (i + 1) * onehot.shape[1]] = block - block.mean(0)
     return cols
 
 
 @torch.no_grad()
-def conditional_erasers(z: Tensor, y: Tensor, b: Tensor, num_bias: int | Sequence[int], *, ranks: Sequence[int],
-                        rel_eps: float = 1e-6) -> list[tuple[LinearEraser, dict[str, Any]]]:
+def conditional_erasers(
+    z: Tensor, y: Tensor, b: Tensor, num_bias: int | Sequence[int], *, ranks: Sequence[int], rel_eps: float = 1e-6
+) -> list[tuple[LinearEraser, dict[str, Any]]]:
     """The linear eraser followed by the ``k`` strongest within-target bias directions, for every ``k`` of
     ``ranks`` (clipped to how many there are; k = 0 is the linear eraser alone): candidates, erasing more and more.
 
@@ -136,14 +140,23 @@ def conditional_erasers(z: Tensor, y: Tensor, b: Tensor, num_bias: int | Sequenc
     xc = x - mean
     whiten, unwhiten, basis = _leace_basis(xc, _bias_onehot(b, num_bias), rel_eps)
     p1 = unwhiten @ basis @ basis.T @ whiten
-    x1 = xc - xc @ p1.T   # after the linear eraser (its mean is still ``mean``)
+    x1 = xc - xc @ p1.T  # after the linear eraser (its mean is still ``mean``)
     w2, u2, basis2 = _leace_basis(x1, _within_target_onehot(y.long(), b, num_bias), rel_eps)
     out = []
     for k in sorted({min(int(k), basis2.shape[1]) for k in ranks}):
         p2 = u2 @ basis2[:, :k] @ basis2[:, :k].T @ w2
         eraser, removed = _eraser(mean, p1 + p2 - p2 @ p1, xc)
-        out.append((eraser, {"rank": int(basis.shape[1]) + k, "within_target_rank": k,
-                             "within_target_available": int(basis2.shape[1]), "variance_removed": removed}))
+        out.append(
+            (
+                eraser,
+                {
+                    "rank": int(basis.shape[1]) + k,
+                    "within_target_rank": k,
+                    "within_target_available": int(basis2.shape[1]),
+                    "variance_removed": removed,
+                },
+            )
+        )
     return out
 
 
@@ -151,7 +164,7 @@ def attach_eraser(model: nn.Module, head: str, eraser: LinearEraser) -> str:
     """Put ``eraser`` in front of the module ``head`` of ``model`` (in place); returns the new head name."""
     model.set_submodule(head, ErasedHead(eraser, model.get_submodule(head)))
     new = f"{head}.{INNER_HEAD}"
-    if isinstance(getattr(model, "head_name", None), str):   # zoo models name their head: keep it pointing right
+    if isinstance(getattr(model, "head_name", None), str):  # zoo models name their head: keep it pointing right
         model.head_name = new
     return new
 

@@ -18,6 +18,7 @@ A structured export is saved as a plain state_dict (safetensors) plus its per-mo
 model made of standard conv/linear/BatchNorm layers, a user's own included - so that the state_dict
 loads into it. No pickle, no gate class.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ModelError
 from .._io import save_tensors
+from ..errors import ModelError
 from ._gates import freeze, install_gates
 from ._structure import CONV_TYPES, NORM_TYPES, analyse_structure
 
@@ -107,8 +108,9 @@ def _slice_channels(module: nn.Module, keep: Tensor) -> None:
         module.in_channels = module.out_channels = module.groups = len(keep)
 
 
-def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor,
-                     check: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+def prune_structured(
+    model: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor, check: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
     """Physically remove the pruned units of a structured FFW result (see module docstring).
 
     ``masks`` maps a gate's name (the first layer of its group, as in :func:`install_gates`) to a 0/1
@@ -128,16 +130,20 @@ def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, e
     weight_masks = {k: v for k, v in masks.items() if k.endswith(".weight") and k not in structure.points}
     for key in weight_masks:
         if key[: -len(".weight")] not in structure.input_layers:
-            raise ModelError(f"weight mask {key!r}: structured FFW gates weights only in the layers that read the "
-                             f"model's input ({', '.join(structure.input_layers) or 'none'})")
+            raise ModelError(
+                f"weight mask {key!r}: structured FFW gates weights only in the layers that read the "
+                f"model's input ({', '.join(structure.input_layers) or 'none'})"
+            )
     outs: dict[str, Tensor] = {}
     chans: dict[str, Tensor] = {}
     ins: dict[str, tuple[Tensor, Tensor | None]] = {}
     for layer, mask in ((k, v) for k, v in masks.items() if k not in weight_masks):
         if layer not in structure.points:
             why = structure.ungated.get(layer)
-            raise ModelError(f"structured mask {layer!r} names no gate of this model"
-                             + (f" ({why})" if why else f"; its gates are {', '.join(structure.points)}"))
+            raise ModelError(
+                f"structured mask {layer!r} names no gate of this model"
+                + (f" ({why})" if why else f"; its gates are {', '.join(structure.points)}")
+            )
         point = structure.points[layer]
         mask = mask.bool().flatten()
         if mask.numel() != point.units:
@@ -170,8 +176,9 @@ def prune_structured(model: nn.Module, masks: dict[str, Tensor], *, head: str, e
 
 
 @torch.no_grad()
-def _check_export(model: nn.Module, pruned: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor,
-                  input_weights: bool) -> None:
+def _check_export(
+    model: nn.Module, pruned: nn.Module, masks: dict[str, Tensor], *, head: str, example: Tensor, input_weights: bool
+) -> None:
     """The export must equal the hard-masked gated model on ``example`` (a bug otherwise: say so)."""
     net = copy.deepcopy(model)
     freeze(net)
@@ -184,9 +191,11 @@ def _check_export(model: nn.Module, pruned: nn.Module, masks: dict[str, Tensor],
     scale = float(want.abs().max()) + 1e-6
     diff = float((want - got).abs().max()) if want.shape == got.shape else math.inf
     if not diff <= 1e-4 * scale + 1e-5:
-        raise ModelError(f"the structured export differs from the hard-masked model on the example batch (max |diff| "
-                         f"{diff:.3g}): a debiaskit bug - please report it with the model's code; "
-                         "use mode='unstructured' meanwhile")
+        raise ModelError(
+            f"the structured export differs from the hard-masked model on the example batch (max |diff| "
+            f"{diff:.3g}): a debiaskit bug - please report it with the model's code; "
+            "use mode='unstructured' meanwhile"
+        )
 
 
 def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -211,8 +220,10 @@ def resize_like(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Modul
         try:
             m = model.get_submodule(name)
         except AttributeError as err:
-            raise ModelError(f"cannot resize {name!r}: the rebuilt model has no such module (was it built with "
-                             "the same code and arguments as the exported one?)") from err
+            raise ModelError(
+                f"cannot resize {name!r}: the rebuilt model has no such module (was it built with "
+                "the same code and arguments as the exported one?)"
+            ) from err
         if isinstance(m, nn.Linear):
             m.in_features, m.out_features = size["in_features"], size["out_features"]
             shape = {"weight": (m.out_features, m.in_features), "bias": (m.out_features,)}
@@ -275,8 +286,13 @@ def structured_sparsity(masks: dict[str, Tensor], model: nn.Module, pruned: nn.M
     per_layer = {k: 1.0 - float(m.float().mean()) for k, m in units.items()}
     total = sum(m.numel() for m in units.values())
     zeros = sum(int((m == 0).sum()) for m in units.values())
-    out: dict[str, Any] = {"overall": zeros / max(total, 1), "per_layer": per_layer, "gated_units": total,
-                           "pruned_units": zeros, "unit": "units (channels / neurons)"}
+    out: dict[str, Any] = {
+        "overall": zeros / max(total, 1),
+        "per_layer": per_layer,
+        "gated_units": total,
+        "pruned_units": zeros,
+        "unit": "units (channels / neurons)",
+    }
     if weights:
         out["input_weights"] = unstructured_sparsity(weights)
     if pruned is not None:
@@ -294,4 +310,5 @@ def save_masks(masks: dict[str, Tensor], path: Path) -> str:
 def load_masks(path: Path) -> dict[str, Tensor]:
     """The masks :func:`save_masks` wrote (``masks.safetensors`` of an FFW folder): ``{layer: uint8 mask}``."""
     from safetensors.torch import load_file
+
     return dict(load_file(str(path)))

@@ -17,6 +17,7 @@ module where the network has one, else on the BatchNorm / conv output just befor
 shared ReLU-like activation (the same function for g >= 0); channels coupled by a residual addition
 share one gate, applied at every layer that adds into them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, ModelError
-from ._structure import (ACTIVATION_TYPES, LAYER_TYPES, NORM_TYPES, ZERO_PRESERVING_TYPES,  # noqa: F401
-                         analyse_structure)
+from ._structure import ACTIVATION_TYPES, LAYER_TYPES, NORM_TYPES, ZERO_PRESERVING_TYPES, analyse_structure  # noqa: F401
 
 # Unit gates go where debiaskit.ffw._structure proves their removal exact; these names are re-exported.
 GATED_TYPES = LAYER_TYPES
@@ -97,8 +97,10 @@ def encoder_layers(model: nn.Module, head: str, *, include_head: bool = False) -
         if isinstance(module, GATED_TYPES) and (include_head or not in_head):
             out.append((name, module))
     if not any(not (n == head or n.startswith(head + ".")) for n, _ in out):
-        raise ModelError("the model has no conv/linear layer outside its head: FFW gates conv/linear weights "
-                         f"(nn.Conv1d/2d/3d, nn.Linear); found modules: {', '.join(n for n, _ in model.named_modules() if n)}")
+        raise ModelError(
+            "the model has no conv/linear layer outside its head: FFW gates conv/linear weights "
+            f"(nn.Conv1d/2d/3d, nn.Linear); found modules: {', '.join(n for n, _ in model.named_modules() if n)}"
+        )
     return out
 
 
@@ -111,17 +113,26 @@ class GatedModel(nn.Module):
     ``parameters()`` is nn.Module's: every parameter, the frozen weights included.
     """
 
-    def __init__(self, model: nn.Module, *, mode: str, head: str, gates: dict[str, nn.Module],
-                 state: GateState, handles: list, units: dict[str, tuple[str, ...]] | None = None,
-                 ungated: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mode: str,
+        head: str,
+        gates: dict[str, nn.Module],
+        state: GateState,
+        handles: list,
+        units: dict[str, tuple[str, ...]] | None = None,
+        ungated: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         # registered so that .to(device) / state_dict() reach the gates; a ModuleDict key cannot hold a dot
         self.gate_modules = nn.ModuleDict({name.replace(".", "__"): gate for name, gate in gates.items()})
         self.mode, self.head, self.gates, self.state = mode, head, dict(gates), state
         self._handles = handles
-        self.units = units or {}   # structured: gate name -> the modules whose output it multiplies
-        self.ungated = ungated or {}   # conv/linear (structured) or parameters (unstructured) left ungated -> why
+        self.units = units or {}  # structured: gate name -> the modules whose output it multiplies
+        self.ungated = ungated or {}  # conv/linear (structured) or parameters (unstructured) left ungated -> why
         self.train(model.training)
 
     def forward(self, *args, **kwargs):
@@ -158,8 +169,16 @@ class GatedModel(nn.Module):
 
 
 # Parameters FFW never gates, by design (the paper gates conv/linear weights): biases and normalisation scales.
-_NEVER_GATED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d,
-                nn.InstanceNorm2d, nn.InstanceNorm3d)
+_NEVER_GATED = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 
 
 def ungated_parameters(model: nn.Module, head: str, *, gated: list[str]) -> dict[str, str]:
@@ -169,15 +188,17 @@ def ungated_parameters(model: nn.Module, head: str, *, gated: list[str]) -> dict
     out: dict[str, str] = {}
     done = set(gated)
     for mname, module in model.named_modules():
-        inside = [mname] + [mname[:i] for i, c in enumerate(mname) if c == "."]   # it and its parents
+        inside = [mname] + [mname[:i] for i, c in enumerate(mname) if c == "."]  # it and its parents
         if done.intersection(inside) or head in inside or isinstance(module, _NEVER_GATED):
-            continue   # a gated layer (its gate's own modules too), the head, a normalisation
+            continue  # a gated layer (its gate's own modules too), the head, a normalisation
         for pname, _ in module.named_parameters(recurse=False):
             if pname == "bias" or pname.endswith("_bias"):
                 continue
             full = f"{mname}.{pname}" if mname else pname
-            out[full] = (f"not gated: a parameter of {type(module).__name__}, not the weight of a conv/linear module "
-                         "(unstructured FFW gates the weights of nn.Conv1d/2d/3d and nn.Linear modules)")
+            out[full] = (
+                f"not gated: a parameter of {type(module).__name__}, not the weight of a conv/linear module "
+                "(unstructured FFW gates the weights of nn.Conv1d/2d/3d and nn.Linear modules)"
+            )
     return out
 
 
@@ -196,8 +217,16 @@ def freeze(model: nn.Module) -> None:
     model.eval()
 
 
-def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, include_head: bool = False,
-                  input_weights: bool = False, state: GateState | None = None) -> GatedModel:
+def install_gates(
+    model: nn.Module,
+    *,
+    mode: str,
+    head: str,
+    example: Tensor,
+    include_head: bool = False,
+    input_weights: bool = False,
+    state: GateState | None = None,
+) -> GatedModel:
     """Install FFW gates on ``model`` in place (freeze it first). Returns the :class:`GatedModel`.
 
     ``mode="unstructured"``: a :class:`WeightGate` parametrisation on the weight of every encoder
@@ -222,17 +251,28 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
         raise ConfigError("input_weights applies to structured FFW only (unstructured FFW gates every weight already)")
     if mode == "unstructured":
         gates: dict[str, nn.Module] = {name: _weight_gate(module, state) for name, module in layers}
-        return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=[],
-                          ungated=ungated_parameters(model, head, gated=[n for n, _ in layers]))
+        return GatedModel(
+            model,
+            mode=mode,
+            head=head,
+            gates=gates,
+            state=state,
+            handles=[],
+            ungated=ungated_parameters(model, head, gated=[n for n, _ in layers]),
+        )
     if mode == "structured":
         if include_head:
-            raise ConfigError("include_head applies to unstructured FFW only: structured gates sit on encoder "
-                              "units after a non-linearity, and the head's outputs (the logits) have none")
+            raise ConfigError(
+                "include_head applies to unstructured FFW only: structured gates sit on encoder "
+                "units after a non-linearity, and the head's outputs (the logits) have none"
+            )
         structure = analyse_structure(model, example, head)
         if not structure.points:
-            raise ModelError("no unit of this model can be removed exactly, so structured FFW has nothing to gate "
-                             f"({'; '.join(f'{k}: {v}' for k, v in structure.ungated.items()) or 'no conv/linear layer'}); "
-                             "use mode='unstructured'")
+            raise ModelError(
+                "no unit of this model can be removed exactly, so structured FFW has nothing to gate "
+                f"({'; '.join(f'{k}: {v}' for k, v in structure.ungated.items()) or 'no conv/linear layer'}); "
+                "use mode='unstructured'"
+            )
         modules = dict(model.named_modules())
         gates, handles, units = {}, [], {}
         for layer, point in structure.points.items():
@@ -242,9 +282,19 @@ def install_gates(model: nn.Module, *, mode: str, head: str, example: Tensor, in
             gates[layer], units[layer] = gate, point.sites
         if input_weights:
             if not structure.input_layers:
-                raise ModelError("input_weights=True, but no conv/linear layer outside the head reads the model's input")
+                raise ModelError(
+                    "input_weights=True, but no conv/linear layer outside the head reads the model's input"
+                )
             for layer in structure.input_layers:
                 gates[f"{layer}.weight"] = _weight_gate(modules[layer], state)
-        return GatedModel(model, mode=mode, head=head, gates=gates, state=state, handles=handles, units=units,
-                          ungated=structure.ungated)
+        return GatedModel(
+            model,
+            mode=mode,
+            head=head,
+            gates=gates,
+            state=state,
+            handles=handles,
+            units=units,
+            ungated=structure.ungated,
+        )
     raise ConfigError(f"mode must be 'unstructured' or 'structured', got {mode!r}")

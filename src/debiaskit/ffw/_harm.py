@@ -26,21 +26,23 @@ A refused search raises :class:`~debiaskit.errors.NoImprovementError` carrying t
 no model and exits with :data:`~debiaskit.errors.NO_IMPROVEMENT_EXIT`); ``no_harm=False`` (the benchmark harnesses,
 which measure FFW as published, collapses included) records the verdict and returns the output all the same.
 """
+
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..audit import CHANCE_MARGIN, below_majority_text, chance_floor
+from ..audit import below_majority_text
 from ..errors import NoImprovementError
 
-REMEDIES = ("retrain instead: `debiaskit train --method groupdro` (with bias labels) or `--method calm` (no bias "
-            "labels needed); try `debiaskit ffw RUN --mode structured` (or `--mode unstructured` if you ran "
-            "structured); or give FFW more bias-labelled unbiased data (a larger D^u: `debiaskit train ... --unbiased-size N`, "
-            "then FFW on that run)")
+REMEDIES = (
+    "retrain instead: `debiaskit train --method groupdro` (with bias labels) or `--method calm` (no bias "
+    "labels needed); try `debiaskit ffw RUN --mode structured` (or `--mode unstructured` if you ran "
+    "structured); or give FFW more bias-labelled unbiased data (a larger D^u: `debiaskit train ... --unbiased-size N`, "
+    "then FFW on that run)"
+)
 
 
 def group_accuracy(pred: Tensor, y: Tensor, b: Tensor) -> dict[str, Any]:
@@ -51,10 +53,15 @@ def group_accuracy(pred: Tensor, y: Tensor, b: Tensor) -> dict[str, Any]:
     _, group, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
     right = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, group, (pred.cpu() == y.cpu()).double())
     n = counts.double()
-    p, q = right / n, (right + 1) / (n + 2)   # q: smoothed, so that an all-right / all-wrong group is not certain
+    p, q = right / n, (right + 1) / (n + 2)  # q: smoothed, so that an all-right / all-wrong group is not certain
     se = float(torch.sqrt((q * (1 - q) / n).sum()) / len(counts))
-    return {"group_mean": float(p.mean()), "group_mean_se": se, "groups": int(len(counts)),
-            "smallest_group": int(counts.min()), "accuracy": float((pred.cpu() == y.cpu()).double().mean())}
+    return {
+        "group_mean": float(p.mean()),
+        "group_mean_se": se,
+        "groups": int(len(counts)),
+        "smallest_group": int(counts.min()),
+        "accuracy": float((pred.cpu() == y.cpu()).double().mean()),
+    }
 
 
 def near_chance(accuracy: float, floor: dict[str, float]) -> bool:
@@ -76,14 +83,22 @@ def verdict(stages: list[dict[str, Any]], floor: dict[str, float], *, unchanged:
         reason = "near_chance"
     elif worse:
         reason = "worse"
-    return {"accepted": reason is None, "reason": reason, "stages": stages, "tolerance": tolerance,
-            "required_group_mean": given["group_mean"] - tolerance, "floor": floor,
-            "input_below_majority": given["accuracy"] < floor["majority_rate"],
-            "rule": ("accepted when the final output's D^u_val group-mean accuracy is at least the input's less one "
-                     "standard error of the input's (SE = sqrt(sum_g q_g (1 - q_g) / n_g) / G, q_g = (right_g + 1) / "
-                     "(n_g + 2)), and its D^u_val "
-                     "accuracy clears max(chance, majority-class rate) + max(2 points, 2 standard errors of that rate); "
-                     "the input handed back unchanged is refused too")}
+    return {
+        "accepted": reason is None,
+        "reason": reason,
+        "stages": stages,
+        "tolerance": tolerance,
+        "required_group_mean": given["group_mean"] - tolerance,
+        "floor": floor,
+        "input_below_majority": given["accuracy"] < floor["majority_rate"],
+        "rule": (
+            "accepted when the final output's D^u_val group-mean accuracy is at least the input's less one "
+            "standard error of the input's (SE = sqrt(sum_g q_g (1 - q_g) / n_g) / G, q_g = (right_g + 1) / "
+            "(n_g + 2)), and its D^u_val "
+            "accuracy clears max(chance, majority-class rate) + max(2 points, 2 standard errors of that rate); "
+            "the input handed back unchanged is refused too"
+        ),
+    }
 
 
 def _pct(v: float) -> str:
@@ -97,17 +112,24 @@ def refusal_message(record: dict[str, Any]) -> str:
     if record["reason"] == "unchanged":
         head = "FFW found no sub-network better than your model; nothing was changed, so no model is written."
     elif record["reason"] == "near_chance":
-        head = (f"FFW's output is near chance: its D^u_val accuracy {_pct(final['accuracy'])} does not clear "
-                f"{_pct(floor['floor'])} (max(chance {_pct(floor['chance'])}, majority-class rate "
-                f"{_pct(floor['majority_rate'])}) + {_pct(floor['margin'])}); a collapsed network hides any bias. "
-                "No model is written.")
+        head = (
+            f"FFW's output is near chance: its D^u_val accuracy {_pct(final['accuracy'])} does not clear "
+            f"{_pct(floor['floor'])} (max(chance {_pct(floor['chance'])}, majority-class rate "
+            f"{_pct(floor['majority_rate'])}) + {_pct(floor['margin'])}); a collapsed network hides any bias. "
+            "No model is written."
+        )
     else:
-        head = (f"FFW's output is worse than your model: D^u_val group-mean accuracy {_pct(final['group_mean'])} "
-                f"vs the input's {_pct(given['group_mean'])} (tolerance one standard error, "
-                f"{_pct(record['tolerance'])}). No model is written.")
+        head = (
+            f"FFW's output is worse than your model: D^u_val group-mean accuracy {_pct(final['group_mean'])} "
+            f"vs the input's {_pct(given['group_mean'])} (tolerance one standard error, "
+            f"{_pct(record['tolerance'])}). No model is written."
+        )
     tried = "; ".join(f"{s['stage']} {_pct(s['group_mean'])}" for s in stages[1:])
-    lines = [head, f"Tried (D^u_val group-mean accuracy; your model {_pct(given['group_mean'])} over {given['groups']} "
-                   f"(y, b) groups, accuracy {_pct(given['accuracy'])}): {tried}."]
+    lines = [
+        head,
+        f"Tried (D^u_val group-mean accuracy; your model {_pct(given['group_mean'])} over {given['groups']} "
+        f"(y, b) groups, accuracy {_pct(given['accuracy'])}): {tried}.",
+    ]
     if record.get("input_below_majority"):
         lines.append(below_majority_text(given["accuracy"], floor["majority_rate"], split="D^u_val"))
     lines.append("What you can do: " + REMEDIES + ".")

@@ -14,6 +14,7 @@ was, pulled back there (``lam * ||theta - theta_0||^2``): see :class:`_Problem`.
 task accuracy is kept, and only if it beats the head as it was on D^u_val (ties keep the original head): no test
 data, no threshold. A head the gates pruned (``include_head``) keeps its zeros: ``keep_zeros``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,8 @@ from torch.func import functional_call
 
 from ..audit import logits_accuracy
 
-REFIT_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)   # strongest regularisation first (ties keep the stronger)
-REFIT_MAX_ITER = 100   # converged: the same D^u_val choice as 300 on the Table 2 folders, in half the time
+REFIT_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)  # strongest regularisation first (ties keep the stronger)
+REFIT_MAX_ITER = 100  # converged: the same D^u_val choice as 300 on the Table 2 folders, in half the time
 
 
 def group_balanced_weights(y: Tensor, b: Tensor) -> Tensor:
@@ -54,7 +55,7 @@ class _Problem:
             self.mean, self.std = z.mean(0), z.std(0).clamp_min(1e-8)
             weight = head.weight.detach().float()
             self.start = {"weight": torch.zeros_like(weight), "bias": torch.zeros(weight.shape[0], dtype=torch.float)}
-            has_bias = torch.ones if head.bias is not None else torch.zeros   # no bias to fit: it stays 0
+            has_bias = torch.ones if head.bias is not None else torch.zeros  # no bias to fit: it stays 0
             self.keep = {"weight": mask(weight), "bias": has_bias(weight.shape[0], dtype=torch.float)}
         else:
             self.start = {n: p.detach().float() for n, p in head.named_parameters()}
@@ -88,8 +89,14 @@ def _fit(problem: _Problem, u: Tensor, y: Tensor, weights: Tensor, lam: float) -
     """Parameters after full-batch L-BFGS on the group-balanced cross-entropy + lam * penalty (``u``: the
     problem's :meth:`~_Problem.inputs`)."""
     keep, free = problem.keep, {n: p.clone().requires_grad_(True) for n, p in problem.start.items()}
-    opt = torch.optim.LBFGS(list(free.values()), max_iter=REFIT_MAX_ITER, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
+    opt = torch.optim.LBFGS(
+        list(free.values()),
+        max_iter=REFIT_MAX_ITER,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+    )
 
     def loss() -> Tensor:
         opt.zero_grad()
@@ -103,9 +110,18 @@ def _fit(problem: _Problem, u: Tensor, y: Tensor, weights: Tensor, lam: float) -
     return {n: (free[n] * keep[n]).detach() for n in free}
 
 
-def refit_head(head: nn.Module, *, train_z: Tensor, train_y: Tensor, train_b: Tensor, val_z: Tensor,
-               val_y: Tensor, keep_zeros: bool = False, grid: tuple[float, ...] = REFIT_GRID,
-               fits: dict[float, dict[str, Tensor]] | None = None) -> dict[str, Any]:
+def refit_head(
+    head: nn.Module,
+    *,
+    train_z: Tensor,
+    train_y: Tensor,
+    train_b: Tensor,
+    val_z: Tensor,
+    val_y: Tensor,
+    keep_zeros: bool = False,
+    grid: tuple[float, ...] = REFIT_GRID,
+    fits: dict[float, dict[str, Tensor]] | None = None,
+) -> dict[str, Any]:
     """Refit ``head`` (in place) on the D^u_train bottleneck, keep it only if D^u_val task accuracy improves.
 
     ``train_z`` / ``val_z``: the head's inputs (the bottleneck, after the eraser if any); ``train_b``: the bias
@@ -138,13 +154,19 @@ def refit_head(head: nn.Module, *, train_z: Tensor, train_y: Tensor, train_b: Te
             acc = logits_accuracy(problem.logits(params, uv), yv)
             train_acc = logits_accuracy(problem.logits(params, u), y)
         tried.append({"lam": lam, "val_task": acc, "train_task": train_acc})
-        if acc > best:   # strictly better on D^u_val, else the stronger regularisation (earlier lam) or the original
+        if acc > best:  # strictly better on D^u_val, else the stronger regularisation (earlier lam) or the original
             best, best_params, kept = acc, params, lam
     if best_params is not None:
         fitted = problem.head_parameters(best_params)
         with torch.no_grad():
             for name, p in head.named_parameters():
                 p.copy_(fitted[name].to(device=device, dtype=dtype))
-    return {"kind": "linear-dfr" if problem.linear else "pull-to-start", "kept_lam": kept,
-            "val_task_before": before, "val_task_after": best, "grid": tried,
-            "train_samples": int(len(y)), "time_s": time.perf_counter() - start_time}
+    return {
+        "kind": "linear-dfr" if problem.linear else "pull-to-start",
+        "kept_lam": kept,
+        "val_task_before": before,
+        "val_task_after": best,
+        "grid": tried,
+        "train_samples": int(len(y)),
+        "time_s": time.perf_counter() - start_time,
+    }

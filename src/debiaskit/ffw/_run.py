@@ -5,23 +5,25 @@ timings), ``report.md``, ``model.safetensors`` (the exported plain network) and
 ``masks.safetensors`` (1 = kept). While the search runs, a resumable checkpoint lives in the hidden
 sibling ``.NAME.partial/`` (safetensors + JSON); it is removed once the folder is complete.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..audit import AUDIT_FOLDER, PROBES, AuditReport, audit_model, probe_suite, readable, write_report_files
-from ..data import BiasDataset, iterate_batches, splits_from_spec
-from ..discover import load_pseudo_bias, with_pseudo_bias
 from .. import _dist
 from .._io import PARTIAL_FILES, json_safe, log, real_dir, remove_owned, tensors_sha256, write_text
 from .._validate import SEED, require
+from ..audit import AUDIT_FOLDER, PROBES, AuditReport, audit_model, probe_suite, readable, write_report_files
+from ..data import BiasDataset, iterate_batches, splits_from_spec
+from ..discover import load_pseudo_bias, with_pseudo_bias
 from ..errors import ConfigError, DataError, NoImprovementError, RunExistsError
 from ..models import collect_outputs
 from ..runs import FFWRecord, check_signing_key, load_run, package_versions, read_record, save_weights, write_record
@@ -34,13 +36,23 @@ from ._search import CHECKPOINT_FILE, SELECTIONS, FFWConfig, FFWResult, find_fan
 FFW_FILE = "ffw.json"
 
 
-def default_out(run_dir: Path, mode: str, gamma: float, include_head: bool = False, bias_labels: str = "true", *,
-                input_weights: bool = False) -> Path:
+def default_out(
+    run_dir: Path,
+    mode: str,
+    gamma: float,
+    include_head: bool = False,
+    bias_labels: str = "true",
+    *,
+    input_weights: bool = False,
+) -> Path:
     """RUN_DIR/ffw-MODE-gGAMMA plus one tag per option that changes what is gated or read (two different
     searches never share a default folder: the second would stop at "exists, pass --force")."""
     g = f"{gamma:g}"
-    suffix = (("-head" if include_head else "") + ("-input-weights" if input_weights else "")
-              + ("-discovered" if bias_labels == "discovered" else ""))
+    suffix = (
+        ("-head" if include_head else "")
+        + ("-input-weights" if input_weights else "")
+        + ("-discovered" if bias_labels == "discovered" else "")
+    )
     return Path(run_dir) / f"ffw-{mode}-g{g}{suffix}"
 
 
@@ -51,15 +63,17 @@ def partial_dir(out: Path) -> Path:
 
 def _discovered_splits(run_dir: Path, splits) -> tuple[BiasDataset, BiasDataset]:
     """D^u_train and D^u_val with the pseudo-bias that ``debiaskit discover RUN_DIR`` wrote as bias labels."""
-    return tuple(with_pseudo_bias(getattr(splits, split), load_pseudo_bias(run_dir, split), name=split)
-                 for split in ("unbiased_train", "unbiased_val"))
+    return tuple(
+        with_pseudo_bias(getattr(splits, split), load_pseudo_bias(run_dir, split), name=split)
+        for split in ("unbiased_train", "unbiased_val")
+    )
 
 
 @dataclass
 class FFWRun:
     result: FFWResult
-    before: Any   # AuditReport of the vanilla model
-    after: Any    # AuditReport of the exported model
+    before: Any  # AuditReport of the vanilla model
+    after: Any  # AuditReport of the exported model
     out: Path
     info: dict[str, Any]
 
@@ -70,26 +84,50 @@ def _speed(result: FFWResult, original: nn.Module, x: torch.Tensor) -> dict[str,
     masked = inference_time(result.gated.model, x)
     exported = inference_time(result.model, x)
     dense = inference_time(original, x)
-    return {"batch": len(x), "original_s": dense, "masked_s": masked, "exported_s": exported,
-            "speedup_vs_original": dense / exported, "threads": torch.get_num_threads()}
+    return {
+        "batch": len(x),
+        "original_s": dense,
+        "masked_s": masked,
+        "exported_s": exported,
+        "speedup_vs_original": dense / exported,
+        "threads": torch.get_num_threads(),
+    }
 
 
 # Diagnosis thresholds (D^u_val, hard-masked model vs the vanilla model = the search's epoch 0).
-NO_GAIN = 0.02          # task accuracy gain below 2 points: FFW found no better sub-network
-BIAS_DROP = 0.10        # bias readability fell by at least 10 points: the bias was removed all the same
+NO_GAIN = 0.02  # task accuracy gain below 2 points: FFW found no better sub-network
+BIAS_DROP = 0.10  # bias readability fell by at least 10 points: the bias was removed all the same
 READABLE_MARGIN = 0.10  # a probe reads the bias when it beats chance (1 / N_B) by more than this
 
 
 @torch.no_grad()
-def probe_readings(model: nn.Module, splits, *, head: str, seed: int = 0, device: str = "cpu",
-                   probes: tuple[str, ...] = ("sgd5", "mlp", "linear")) -> dict[str, float]:
+def probe_readings(
+    model: nn.Module,
+    splits,
+    *,
+    head: str,
+    seed: int = 0,
+    device: str = "cpu",
+    probes: tuple[str, ...] = ("sgd5", "mlp", "linear"),
+) -> dict[str, float]:
     """Bias extractability of ``model``'s bottleneck on the unbiased test under the stronger probes of
     ``debiaskit.audit.PROBES`` (learnt on D^u_train, selected on D^u_val; first bias attribute)."""
-    outs = [collect_outputs(model, getattr(splits, k), head=head, device=device)
-            for k in ("unbiased_train", "unbiased_val", "test")]
+    outs = [
+        collect_outputs(model, getattr(splits, k), head=head, device=device)
+        for k in ("unbiased_train", "unbiased_val", "test")
+    ]
     col = [o.b if o.b.ndim == 1 else o.b[:, 0] for o in outs]
-    return probe_suite(outs[0].z, col[0], outs[1].z, col[1], outs[2].z, col[2],
-                       num_bias=first_attribute_classes(splits), seed=seed, probes=probes)
+    return probe_suite(
+        outs[0].z,
+        col[0],
+        outs[1].z,
+        col[1],
+        outs[2].z,
+        col[2],
+        num_bias=first_attribute_classes(splits),
+        seed=seed,
+        probes=probes,
+    )
 
 
 def first_attribute_classes(splits) -> int:
@@ -103,9 +141,14 @@ def first_attribute_classes(splits) -> int:
 WHERE = "at the bottleneck (the head's input), on the unbiased test split, first bias attribute"
 
 
-def probe_verdict(after: dict[str, float], *, num_bias: int, before: dict[str, float] | None = None,
-                  task: tuple[float, float] | None = None,
-                  counterfactual: tuple[float | None, float | None] | None = None) -> dict[str, Any]:
+def probe_verdict(
+    after: dict[str, float],
+    *,
+    num_bias: int,
+    before: dict[str, float] | None = None,
+    task: tuple[float, float] | None = None,
+    counterfactual: tuple[float | None, float | None] | None = None,
+) -> dict[str, Any]:
     """The report's sentence about the bias, derived from its own table (every probe's reading before and after,
     the unbiased test's task accuracy and counterfactual bias before and after: all on the unbiased test split).
 
@@ -123,42 +166,76 @@ def probe_verdict(after: dict[str, float], *, num_bias: int, before: dict[str, f
     cf_rose = cf_before is not None and cf_after is not None and cf_after > cf_before
     sentences = []
     if not still and task_kept and not cf_rose:
-        sentences.append(f"The bias can no longer be read {WHERE}: every probe stays within "
-                         f"{100 * READABLE_MARGIN:.0f} points of chance ({100 * chance:.0f} %), with the task "
-                         f"accuracy kept ({100 * task[0]:.1f} -> {100 * task[1]:.1f} %)"
-                         + ("" if cf_after is None else " and the counterfactual bias not raised "
-                            f"({cf_before:.4f} -> {cf_after:.4f})") + ".")
+        sentences.append(
+            f"The bias can no longer be read {WHERE}: every probe stays within "
+            f"{100 * READABLE_MARGIN:.0f} points of chance ({100 * chance:.0f} %), with the task "
+            f"accuracy kept ({100 * task[0]:.1f} -> {100 * task[1]:.1f} %)"
+            + (
+                ""
+                if cf_after is None
+                else f" and the counterfactual bias not raised ({cf_before:.4f} -> {cf_after:.4f})"
+            )
+            + "."
+        )
     elif not still:
         why = []
         if task is None:
             why.append("the task accuracy was not compared")
         elif not task_kept:
-            why.append(f"the task accuracy fell ({100 * task[0]:.1f} -> {100 * task[1]:.1f} %), and a network that "
-                       "reads less of the task hides the bias too")
+            why.append(
+                f"the task accuracy fell ({100 * task[0]:.1f} -> {100 * task[1]:.1f} %), and a network that "
+                "reads less of the task hides the bias too"
+            )
         if cf_rose:
-            why.append(f"the counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}): the predictions depend "
-                       "more on the bias than before")
-        sentences.append(f"Every probe reads within {100 * READABLE_MARGIN:.0f} points of chance "
-                         f"({100 * chance:.0f} %) {WHERE}, but " + "; ".join(why)
-                         + ": this does not show that the bias was removed.")
+            why.append(
+                f"the counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}): the predictions depend "
+                "more on the bias than before"
+            )
+        sentences.append(
+            f"Every probe reads within {100 * READABLE_MARGIN:.0f} points of chance "
+            f"({100 * chance:.0f} %) {WHERE}, but " + "; ".join(why) + ": this does not show that the bias was removed."
+        )
     else:
         names = ", ".join(f"{k} {100 * v:.1f} %" for k, v in still.items())
         less = all(before.get(k) is not None and v < before[k] for k, v in still.items())
-        sentences.append(f"Stronger probes still read the bias {WHERE} ({names}; chance {100 * chance:.0f} %)"
-                         + (": FFW made it harder to read, it did not erase it." if less else "."))
+        sentences.append(
+            f"Stronger probes still read the bias {WHERE} ({names}; chance {100 * chance:.0f} %)"
+            + (": FFW made it harder to read, it did not erase it." if less else ".")
+        )
         if cf_rose:
             sentences.append(f"The counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}, unbiased test).")
     if more:
-        sentences.append("After FFW these probes read the bias more than before, " + WHERE + ": "
-                         + ", ".join(f"{k} {100 * a:.1f} -> {100 * b:.1f} %" for k, (a, b) in more.items()) + ".")
-    return {"bias_unreadable": not still and task_kept and not cf_rose, "readable_by": sorted(still),
-            "reads_more": sorted(more), "task_kept": task_kept, "counterfactual_rose": cf_rose, "chance": chance,
-            "margin": READABLE_MARGIN, "where": WHERE, "text": " ".join(sentences)}
+        sentences.append(
+            "After FFW these probes read the bias more than before, "
+            + WHERE
+            + ": "
+            + ", ".join(f"{k} {100 * a:.1f} -> {100 * b:.1f} %" for k, (a, b) in more.items())
+            + "."
+        )
+    return {
+        "bias_unreadable": not still and task_kept and not cf_rose,
+        "readable_by": sorted(still),
+        "reads_more": sorted(more),
+        "task_kept": task_kept,
+        "counterfactual_rose": cf_rose,
+        "chance": chance,
+        "margin": READABLE_MARGIN,
+        "where": WHERE,
+        "text": " ".join(sentences),
+    }
 
 
-def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: dict, after: dict, *,
-             mode: str = "unstructured", final_val_task: float | None = None,
-             head_refit: bool = True, tuned_val_task: float | None = None) -> list[str]:
+def diagnose(
+    history: list[dict[str, Any]],
+    selected: dict[str, Any],
+    before: dict,
+    after: dict,
+    *,
+    mode: str = "unstructured",
+    final_val_task: float | None = None,
+    head_refit: bool = True,
+    tuned_val_task: float | None = None,
+) -> list[str]:
     """Plain-language findings about the search (empty when nothing needs saying).
 
     "No debiased sub-network": on D^u_val the selected hard-masked model is not above the vanilla model
@@ -175,18 +252,22 @@ def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: di
     v_task, g_task = history[0]["val_hard"]["task"], selected["val_hard"]["task"]
     s_task = g_task if final_val_task is None else final_val_task
     if g_task < v_task + NO_GAIN <= s_task and tuned_val_task is not None and tuned_val_task >= v_task + NO_GAIN:
-        return [f"Only the weight tuning helped: on D^u_val the gates alone reach {100 * g_task:.1f} % task accuracy, "
-                f"no more than the vanilla model ({100 * v_task:.1f} %); training the kept weights on D^u_train "
-                f"lifted it to {100 * tuned_val_task:.1f} % and the exported model reaches {100 * s_task:.1f} %. FFW "
-                "found no debiased sub-network of the frozen model: what you get is a briefly fine-tuned model. "
-                "Retraining (`debiaskit train --method calm`, no bias labels needed, or `--method groupdro`) may "
-                "recover more."]
-    if g_task < v_task + NO_GAIN <= s_task:   # the gates found nothing better; the steps after them did
-        return [f"Only the head refit helped: on D^u_val the gates alone reach {100 * g_task:.1f} % task accuracy, "
-                f"no more than the vanilla model ({100 * v_task:.1f} %); the exported model reaches "
-                f"{100 * s_task:.1f} % because its head was refit on D^u_train - the frozen features hold some of "
-                "the task that the vanilla head ignored. FFW found no debiased sub-network; retraining "
-                "(`debiaskit train --method calm`, no bias labels needed, or `--method groupdro`) may recover more."]
+        return [
+            f"Only the weight tuning helped: on D^u_val the gates alone reach {100 * g_task:.1f} % task accuracy, "
+            f"no more than the vanilla model ({100 * v_task:.1f} %); training the kept weights on D^u_train "
+            f"lifted it to {100 * tuned_val_task:.1f} % and the exported model reaches {100 * s_task:.1f} %. FFW "
+            "found no debiased sub-network of the frozen model: what you get is a briefly fine-tuned model. "
+            "Retraining (`debiaskit train --method calm`, no bias labels needed, or `--method groupdro`) may "
+            "recover more."
+        ]
+    if g_task < v_task + NO_GAIN <= s_task:  # the gates found nothing better; the steps after them did
+        return [
+            f"Only the head refit helped: on D^u_val the gates alone reach {100 * g_task:.1f} % task accuracy, "
+            f"no more than the vanilla model ({100 * v_task:.1f} %); the exported model reaches "
+            f"{100 * s_task:.1f} % because its head was refit on D^u_train - the frozen features hold some of "
+            "the task that the vanilla head ignored. FFW found no debiased sub-network; retraining "
+            "(`debiaskit train --method calm`, no bias labels needed, or `--method groupdro`) may recover more."
+        ]
     # both halves of the rule on D^u_val: the bias read there by a cross-fitted linear (LDA) read-out of the vanilla
     # and the selected model (the audit's test-set reading only when a record predates that field)
     b0, b1 = history[0]["val_hard"].get("lda_bias"), selected["val_hard"].get("lda_bias")
@@ -199,7 +280,8 @@ def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: di
                 f"({100 * s_task:.1f} %) is not above the vanilla model's ({100 * v_task:.1f} %). Removing whole "
                 "units may be too coarse for this model: try `debiaskit ffw RUN --mode unstructured` (gates on "
                 "single weights). If that does not help either, retrain: `debiaskit train --method calm` (no bias "
-                "labels needed) or `debiaskit train --method groupdro` (with bias labels).")
+                "labels needed) or `debiaskit train --method groupdro` (with bias labels)."
+            )
         elif b0 is not None and b1 is not None and b1 <= b0 - BIAS_DROP:
             notes.append(
                 f"No debiased sub-network: on D^u_val the FFW model's task accuracy ({100 * s_task:.1f} %) is not "
@@ -208,15 +290,19 @@ def diagnose(history: list[dict[str, Any]], selected: dict[str, Any], before: di
                 "FFW can only keep or remove what it learnt. Retrain instead: `debiaskit train --method calm` "
                 "(no bias labels needed) or `debiaskit train --method groupdro` (with bias labels) - or, if the "
                 "vanilla model was trained briefly, train it longer and run FFW again (a model that learnt some of "
-                "the task too may hold a sub-network: docs/design/ffw-diagnosis.md).")
+                "the task too may hold a sub-network: docs/design/ffw-diagnosis.md)."
+            )
         else:
             notes.append(
                 f"FFW found no better sub-network: on D^u_val the FFW model's task accuracy ({100 * s_task:.1f} %) "
                 f"is not above the vanilla model's ({100 * v_task:.1f} %) and the bias was not removed. Retraining "
-                "methods (`debiaskit train --method calm` or `--method groupdro`) may help.")
+                "methods (`debiaskit train --method calm` or `--method groupdro`) may help."
+            )
     if notes and not head_refit:
-        notes[0] += (" The head was not refit (`--no-refit-head`): run FFW again with the head refit first - a head "
-                     "refit on D^u_train can read a task the vanilla head ignored.")
+        notes[0] += (
+            " The head was not refit (`--no-refit-head`): run FFW again with the head refit first - a head "
+            "refit on D^u_train can read a task the vanilla head ignored."
+        )
     return notes
 
 
@@ -229,11 +315,28 @@ def final_val_task(result: FFWResult) -> float | None:
     return result.tune["val_after"]["task"] if result.tune else None
 
 
-def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, include_head: bool = False,
-            out: Path | None = None, resume: bool = False, force: bool = False, bias_labels: str = "true",
-            seed: int = 0, device: str = "cpu", callback: Callable[[dict], None] | None = None,
-            audit_counterfactual: bool = True, strong_probes: bool = True, command: str | None = None,
-            splits=None, model=None, trust_code: bool = False, no_harm: bool = True, **overrides) -> FFWRun:
+def ffw_run(
+    run_dir: Path,
+    *,
+    mode: str = "unstructured",
+    gamma: float = 10.0,
+    include_head: bool = False,
+    out: Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    bias_labels: str = "true",
+    seed: int = 0,
+    device: str = "cpu",
+    callback: Callable[[dict], None] | None = None,
+    audit_counterfactual: bool = True,
+    strong_probes: bool = True,
+    command: str | None = None,
+    splits=None,
+    model=None,
+    trust_code: bool = False,
+    no_harm: bool = True,
+    **overrides,
+) -> FFWRun:
     """Run FFW on the vanilla model of ``run_dir`` and write an FFW folder (see module docstring).
 
     Under torchrun the ranks share the search (see :mod:`debiaskit.ffw._search`) and the audits; rank 0
@@ -258,22 +361,50 @@ def ffw_run(run_dir: Path, *, mode: str = "unstructured", gamma: float = 10.0, i
         raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
     config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)  # fail fast
     start = time.perf_counter()
-    device = _dist.check_device(device)   # this rank's GPU under torchrun, before any collective
-    check_signing_key()   # ffw.json is signed at the end: a bad key is said now, not after the search
-    out = Path(out) if out is not None else default_out(run_dir, mode, gamma, include_head, bias_labels,
-                                                                   input_weights=config.input_weights)
+    device = _dist.check_device(device)  # this rank's GPU under torchrun, before any collective
+    check_signing_key()  # ffw.json is signed at the end: a bad key is said now, not after the search
+    out = (
+        Path(out)
+        if out is not None
+        else default_out(run_dir, mode, gamma, include_head, bias_labels, input_weights=config.input_weights)
+    )
     run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     # before any compute; under torchrun rank 0 writes and decides about the interrupted search, for every rank
-    with _dist.rank0_folder(out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),),
-                           pinned=(run.identity,)) as staging:
+    with _dist.rank0_folder(
+        out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),), pinned=(run.identity,)
+    ) as staging:
         main = staging is not None
-        resume = _dist.broadcast_object(_prepare_partial(partial_dir(out), resume=resume, force=force) if main else None)
+        resume = _dist.broadcast_object(
+            _prepare_partial(partial_dir(out), resume=resume, force=force) if main else None
+        )
         result, before, after, speed, probes = _search_and_audit(
-            run, run_dir, config, bias_labels=bias_labels, seed=seed, device=device, partial=partial_dir(out),
-            resume=resume, callback=callback, audit_counterfactual=audit_counterfactual, strong_probes=strong_probes,
-            no_harm=no_harm)
-        info = _ffw_info(run, run_dir, config, result, before, after, speed, probes, command=command, mode=mode,
-                         bias_labels=bias_labels, wall=time.perf_counter() - start)
+            run,
+            run_dir,
+            config,
+            bias_labels=bias_labels,
+            seed=seed,
+            device=device,
+            partial=partial_dir(out),
+            resume=resume,
+            callback=callback,
+            audit_counterfactual=audit_counterfactual,
+            strong_probes=strong_probes,
+            no_harm=no_harm,
+        )
+        info = _ffw_info(
+            run,
+            run_dir,
+            config,
+            result,
+            before,
+            after,
+            speed,
+            probes,
+            command=command,
+            mode=mode,
+            bias_labels=bias_labels,
+            wall=time.perf_counter() - start,
+        )
         if main:
             info["weights_sha256"] = save_weights(result.model, staging / "model.safetensors")
             info["masks_sha256"] = save_masks(result.masks, staging / "masks.safetensors")
@@ -317,8 +448,10 @@ def _prepare_partial(partial: Path, *, resume: bool, force: bool) -> bool:
         raise ConfigError(f"nothing to resume: {partial} does not exist (start without --resume)")
     if exists and not resume:
         if not force:
-            raise RunExistsError(f"an interrupted FFW search is kept in {partial}; pass --resume to continue it "
-                                 "or --force to start afresh")
+            raise RunExistsError(
+                f"an interrupted FFW search is kept in {partial}; pass --resume to continue it "
+                "or --force to start afresh"
+            )
         if _remove_partial(partial):
             raise RunExistsError(f"{partial} holds files FFW did not write; move them away first")
     return resume
@@ -328,29 +461,65 @@ def _with_diagnosis(exc: NoImprovementError, before: dict[str, Any], *, mode: st
     """The refusal with the search's own diagnosis added (why FFW could not help, what to try first): read from
     the D^u_val records of the refused result, as for a written folder."""
     result = exc.result
-    notes = diagnose(result.history, result.selected, before, {}, mode=mode, final_val_task=final_val_task(result),
-                     head_refit=result.head_refit is not None,
-                     tuned_val_task=result.tune["val_after"]["task"] if result.tune else None)
+    notes = diagnose(
+        result.history,
+        result.selected,
+        before,
+        {},
+        mode=mode,
+        final_val_task=final_val_task(result),
+        head_refit=result.head_refit is not None,
+        tuned_val_task=result.tune["val_after"]["task"] if result.tune else None,
+    )
     record = {**exc.record, "diagnosis": notes}
     text = str(exc) + "".join(f"\nDiagnosis: {n}" for n in notes)
     return NoImprovementError(text, record=record, result=result)
 
 
-def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str, seed: int, device: str,
-                      partial: Path, resume: bool, callback, audit_counterfactual: bool, strong_probes: bool,
-                      no_harm: bool = True):
+def _search_and_audit(
+    run,
+    run_dir: Path,
+    config: FFWConfig,
+    *,
+    bias_labels: str,
+    seed: int,
+    device: str,
+    partial: Path,
+    resume: bool,
+    callback,
+    audit_counterfactual: bool,
+    strong_probes: bool,
+    no_harm: bool = True,
+):
     splits = run.splits()
     train, val = splits.unbiased_train, splits.unbiased_val
     if bias_labels == "discovered":
         train, val = _discovered_splits(run_dir, splits)
-    audit_kw = dict(test=splits.test, unbiased_train=splits.unbiased_train, unbiased_val=splits.unbiased_val,
-                    head=run.head, seed=seed, counterfactual=audit_counterfactual, device=device)
+    audit_kw = dict(
+        test=splits.test,
+        unbiased_train=splits.unbiased_train,
+        unbiased_val=splits.unbiased_val,
+        head=run.head,
+        seed=seed,
+        counterfactual=audit_counterfactual,
+        device=device,
+    )
     before = audit_model(run.model, **audit_kw)
     try:
-        result = find_fantastic_weights(run.model, head=run.head, train=train, val=val, config=config, device=device,
-                                        checkpoint_dir=partial, resume=resume, callback=callback,
-                                        progress=False, no_harm=no_harm,
-                                        checkpoint_meta=_input_identity(run, splits, bias_labels, train, val))
+        result = find_fantastic_weights(
+            run.model,
+            head=run.head,
+            train=train,
+            val=val,
+            config=config,
+            device=device,
+            checkpoint_dir=partial,
+            resume=resume,
+            callback=callback,
+            progress=False,
+            no_harm=no_harm,
+            checkpoint_meta=_input_identity(run, splits, bias_labels, train, val),
+        )
     except NoImprovementError as exc:
         # the search finished and was refused (do no harm): nothing to resume, and a rerun must not be told that an
         # interrupted search is waiting
@@ -365,16 +534,24 @@ def _search_and_audit(run, run_dir: Path, config: FFWConfig, *, bias_labels: str
     before_h, after_h = before.headline(), after.headline()
     probes = None
     if strong_probes:  # the audit's probe is one reading; the claim must also hold for stronger ones
-        probes = {"before": {"audit": before_h["bias_extractability"],
-                             **probe_readings(run.model, splits, head=run.head, seed=seed, device=device)},
-                  "after": {"audit": after_h["bias_extractability"],
-                            **probe_readings(result.model, splits, head=result.head, seed=seed, device=device)},
-                  "descriptions": PROBES}
-        probes["verdict"] = probe_verdict(probes["after"], num_bias=first_attribute_classes(splits),
-                                          before=probes["before"],
-                                          task=(before_h["task_accuracy"], after_h["task_accuracy"]),
-                                          counterfactual=(before_h.get("counterfactual_bias"),
-                                                          after_h.get("counterfactual_bias")))
+        probes = {
+            "before": {
+                "audit": before_h["bias_extractability"],
+                **probe_readings(run.model, splits, head=run.head, seed=seed, device=device),
+            },
+            "after": {
+                "audit": after_h["bias_extractability"],
+                **probe_readings(result.model, splits, head=result.head, seed=seed, device=device),
+            },
+            "descriptions": PROBES,
+        }
+        probes["verdict"] = probe_verdict(
+            probes["after"],
+            num_bias=first_attribute_classes(splits),
+            before=probes["before"],
+            task=(before_h["task_accuracy"], after_h["task_accuracy"]),
+            counterfactual=(before_h.get("counterfactual_bias"), after_h.get("counterfactual_bias")),
+        )
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
     return result, before, after, _speed(result, run.model, x), probes
 
@@ -383,38 +560,79 @@ def _input_identity(run, splits, bias_labels: str, train, val) -> dict[str, Any]
     """What an interrupted search is tied to: the run's weights file, model record and data (a resumed search on
     another run, or on this path retrained in place, is refused; see ``find_fantastic_weights``)."""
     labels = {n: d.b for n, d in (("train", train), ("val", val)) if getattr(d, "b", None) is not None}
-    return {"run_weights_sha256": run.weights_sha256,
-            "model": {k: v for k, v in run.record.model.to_dict().items()},
-            "data": json_safe(splits.spec), "bias_labels": bias_labels,
-            "bias_labels_sha256": tensors_sha256(labels) if labels else None}
+    return {
+        "run_weights_sha256": run.weights_sha256,
+        "model": {k: v for k, v in run.record.model.to_dict().items()},
+        "data": json_safe(splits.spec),
+        "bias_labels": bias_labels,
+        "bias_labels_sha256": tensors_sha256(labels) if labels else None,
+    }
 
 
-def _ffw_info(run, run_dir: Path, config: FFWConfig, result: FFWResult, before, after, speed, probes, *, command,
-              mode: str, bias_labels: str, wall: float) -> dict[str, Any]:
+def _ffw_info(
+    run,
+    run_dir: Path,
+    config: FFWConfig,
+    result: FFWResult,
+    before,
+    after,
+    speed,
+    probes,
+    *,
+    command,
+    mode: str,
+    bias_labels: str,
+    wall: float,
+) -> dict[str, Any]:
     before_h, after_h = before.headline(), after.headline()
     return {
-        "kind": "ffw", "status": "finished",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command, "run": str(Path(run_dir)), "mode": mode, "bias_labels": bias_labels,
+        "kind": "ffw",
+        "status": "finished",
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "run": str(Path(run_dir)),
+        "mode": mode,
+        "bias_labels": bias_labels,
         "model": {**run.meta["model"], "shapes": result.shapes, "head": result.head, "eraser": result.eraser},
         "data": run.meta["data"],
         "vanilla_train_time_s": run.meta.get("wall_time_s"),
-        "search": result.summary(), "history": result.history,
-        "before": before_h, "after": after_h, "probes": probes,
-        "diagnosis": diagnose(result.history, result.selected, before_h, after_h, mode=mode,
-                              final_val_task=final_val_task(result), head_refit=result.head_refit is not None,
-                              tuned_val_task=result.tune["val_after"]["task"] if result.tune else None),
-        "parameters": {"before": count_parameters(run.model), "after": count_parameters(result.model),
-                       "nonzero_after": sum(int((p != 0).sum()) for p in result.model.parameters())},
-        "inference": speed, "search_time_s": result.wall_time_s, "wall_time_s": wall,
-        "selection": SELECTIONS[config.selection], "adversary": ADVERSARIES[config.adversary],
+        "search": result.summary(),
+        "history": result.history,
+        "before": before_h,
+        "after": after_h,
+        "probes": probes,
+        "diagnosis": diagnose(
+            result.history,
+            result.selected,
+            before_h,
+            after_h,
+            mode=mode,
+            final_val_task=final_val_task(result),
+            head_refit=result.head_refit is not None,
+            tuned_val_task=result.tune["val_after"]["task"] if result.tune else None,
+        ),
+        "parameters": {
+            "before": count_parameters(run.model),
+            "after": count_parameters(result.model),
+            "nonzero_after": sum(int((p != 0).sum()) for p in result.model.parameters()),
+        },
+        "inference": speed,
+        "search_time_s": result.wall_time_s,
+        "wall_time_s": wall,
+        "selection": SELECTIONS[config.selection],
+        "adversary": ADVERSARIES[config.adversary],
         # the input model a constant answer beats (unbiased test split): flagged first in the report
         "input_below_majority": before.below_majority(),
-        "bias_labels_note": ("MI term, privacy head and selection used discovered pseudo-bias labels; the before/after "
-                             "audit uses the true bias labels (reporting only)" if bias_labels == "discovered"
-                             else "true bias labels of D^u_train / D^u_val"),
-        "versions": package_versions(), "weights": "model.safetensors", "masks": "masks.safetensors",
-        **_dist.description(),   # processes that ran the search (torchrun): world_size, backend
+        "bias_labels_note": (
+            "MI term, privacy head and selection used discovered pseudo-bias labels; the before/after "
+            "audit uses the true bias labels (reporting only)"
+            if bias_labels == "discovered"
+            else "true bias labels of D^u_train / D^u_val"
+        ),
+        "versions": package_versions(),
+        "weights": "model.safetensors",
+        "masks": "masks.safetensors",
+        **_dist.description(),  # processes that ran the search (torchrun): world_size, backend
     }
 
 
@@ -424,9 +642,18 @@ def load_ffw_model(folder: Path, **kwargs) -> nn.Module:
     return load_pruned_model(folder, **kwargs)
 
 
-def audit_ffw_folder(folder: Path, *, out: Path | None = None, seed: int = 0, device: str = "cpu",
-                     counterfactual: bool = True, force: bool = False, splits=None,
-                     model=None, trust_code: bool = False) -> tuple[AuditReport, Path]:
+def audit_ffw_folder(
+    folder: Path,
+    *,
+    out: Path | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    counterfactual: bool = True,
+    force: bool = False,
+    splits=None,
+    model=None,
+    trust_code: bool = False,
+) -> tuple[AuditReport, Path]:
     """Audit the exported network of an FFW folder as ``debiaskit audit`` audits a run, into ``out`` (default
     ``FOLDER/audit``; the same output rules: a new folder or, with ``force``, an earlier audit report folder).
 
@@ -439,19 +666,35 @@ def audit_ffw_folder(folder: Path, *, out: Path | None = None, seed: int = 0, de
     folder = Path(folder)
     if not (folder / FFW_FILE).is_file():
         raise DataError(f"{folder} is not a finished FFW folder (no {FFW_FILE})")
-    record = read_record(folder / FFW_FILE, FFWRecord, default_kind="ffw")   # validated before anything is loaded
+    record = read_record(folder / FFW_FILE, FFWRecord, default_kind="ffw")  # validated before anything is loaded
     if splits is None and record.data is None:
-        raise DataError(f"{folder} records no data (saved from Python with save_result): audit its model in Python, "
-                        "`debiaskit.ffw.audit_ffw_folder(FOLDER, splits=...)` or `result.audit(...)`")
+        raise DataError(
+            f"{folder} records no data (saved from Python with save_result): audit its model in Python, "
+            "`debiaskit.ffw.audit_ffw_folder(FOLDER, splits=...)` or `result.audit(...)`"
+        )
     net = load_pruned_model(folder, model=model, trust_code=trust_code)
     target = Path(out) if out is not None else folder / "audit"
     with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(folder,)) as staging:
         splits = splits if splits is not None else splits_from_spec(record.data.spec())
-        report = audit_model(net, test=splits.test, unbiased_train=splits.unbiased_train,
-                             unbiased_val=splits.unbiased_val, head=record.model.head, seed=seed, device=device,
-                             counterfactual=counterfactual)
-        report.meta = {"ffw": str(folder), "run": record.run, "mode": record.mode, "model": record.model.name,
-                       "head": record.model.head, "seed": seed, **_dist.description()}
+        report = audit_model(
+            net,
+            test=splits.test,
+            unbiased_train=splits.unbiased_train,
+            unbiased_val=splits.unbiased_val,
+            head=record.model.head,
+            seed=seed,
+            device=device,
+            counterfactual=counterfactual,
+        )
+        report.meta = {
+            "ffw": str(folder),
+            "run": record.run,
+            "mode": record.mode,
+            "model": record.model.name,
+            "head": record.model.head,
+            "seed": seed,
+            **_dist.description(),
+        }
         if staging is not None:
             write_report_files(report, staging, title=f"Bias audit of {folder.name} (FFW, {record.mode})")
     return report, target
@@ -464,17 +707,37 @@ def _pct(v) -> str:
 def before_after_rows(info: dict[str, Any]) -> list[tuple[str, str, str]]:
     b, a = info["before"], info["after"]
     sp = info["search"]["sparsity"]
-    rows = [(label, _pct(b.get(k)), _pct(a.get(k))) for label, k in (
-        ("unbiased task accuracy", "task_accuracy"), ("aligned accuracy", "aligned_accuracy"),
-        ("conflicting accuracy", "conflicting_accuracy"), ("worst-group accuracy", "worst_group_accuracy"),
-        ("bias extractability (fresh privacy head)", "bias_extractability"))]
+    rows = [
+        (label, _pct(b.get(k)), _pct(a.get(k)))
+        for label, k in (
+            ("unbiased task accuracy", "task_accuracy"),
+            ("aligned accuracy", "aligned_accuracy"),
+            ("conflicting accuracy", "conflicting_accuracy"),
+            ("worst-group accuracy", "worst_group_accuracy"),
+            ("bias extractability (fresh privacy head)", "bias_extractability"),
+        )
+    ]
     unit = "units" if info["mode"] == "structured" else "gated weights"
     rows.append((f"sparsity ({unit} removed)", "0.00", _pct(sp["overall"])))
     par = info["parameters"]
-    rows.append(("parameters (non-zero)", str(par["before"]), f"{par['after']} ({par.get('nonzero_after', par['after'])})"))
+    rows.append(
+        ("parameters (non-zero)", str(par["before"]), f"{par['after']} ({par.get('nonzero_after', par['after'])})")
+    )
     sp_in = info["inference"]
-    rows.append(("inference ms / batch of %d" % sp_in["batch"], f"{1000 * sp_in['original_s']:.2f}", f"{1000 * sp_in['exported_s']:.2f}"))
-    rows.append(("wall time (s)", f"{info.get('vanilla_train_time_s') or 0:.0f} (training)", f"{info['wall_time_s']:.0f} (FFW total)"))
+    rows.append(
+        (
+            f"inference ms / batch of {sp_in['batch']}",
+            f"{1000 * sp_in['original_s']:.2f}",
+            f"{1000 * sp_in['exported_s']:.2f}",
+        )
+    )
+    rows.append(
+        (
+            "wall time (s)",
+            f"{info.get('vanilla_train_time_s') or 0:.0f} (training)",
+            f"{info['wall_time_s']:.0f} (FFW total)",
+        )
+    )
     return rows
 
 
@@ -482,10 +745,16 @@ def probe_lines(info: dict[str, Any]) -> list[str]:
     """Markdown: bias extractability under every probe, before and after, and whether the claim holds."""
     pr = info.get("probes")
     if not pr:
-        return ["Stronger probes: not run (strong_probes=False); the audit's probe alone does not show that the "
-                "bias can no longer be read."]
-    lines = ["## Can the bias still be read? (unbiased test, first bias attribute)", "",
-             "| probe | before (vanilla) | after (FFW) |", "|---|---|---|"]
+        return [
+            "Stronger probes: not run (strong_probes=False); the audit's probe alone does not show that the "
+            "bias can no longer be read."
+        ]
+    lines = [
+        "## Can the bias still be read? (unbiased test, first bias attribute)",
+        "",
+        "| probe | before (vanilla) | after (FFW) |",
+        "|---|---|---|",
+    ]
     for k, desc in pr["descriptions"].items():
         if k in pr["after"]:
             lines.append(f"| {k}: {desc} | {_pct(pr['before'].get(k))} | {_pct(pr['after'][k])} |")
@@ -497,20 +766,28 @@ def eraser_lines(eraser: dict[str, Any] | None) -> list[str]:
     if not eraser:
         return ["No eraser (`--erase none`): the exported network is the pruned sub-network alone."]
     conditional = eraser.get("kind") == "conditional"
-    name = ("Conditional eraser (`--erase conditional`)" if conditional else "Linear eraser (LEACE, `--erase linear`)")
-    lines = [f"{name}: a closed-form module in front of the head `{eraser['head']}` "
-             f"(the bottleneck is now the input of `{eraser['head']}.head`) removes a rank-{eraser['rank']} subspace "
-             f"({100 * eraser['variance_removed']:.2f} % of the bottleneck's variance) so that every bias class has the "
-             "same mean on D^u_train"
-             + (f", and the {eraser['within_target_rank']} strongest of the {eraser['within_target_available']} "
-                "directions along which the bias classes' means differ within a target class are gone too (chosen on "
-                "D^u_val: " + eraser["selection"] + "; D^u_val task accuracy per number of directions: "
-                + ", ".join(f"{c['within_target_rank']}: {100 * c['val_task']:.2f} %" for c in eraser["candidates"])
-                + ")" if conditional else "")
-             + f". D^u_val task accuracy {100 * eraser['val_task_before']:.2f} % without it, "
-             f"{100 * eraser['val_task_after']:.2f} % with it (before any head refit); closed-form linear readability "
-             f"of the bias on D^u_val {eraser['val_readability_before']:.4f} -> {eraser['val_readability_after']:.4f}. "
-             "`--erase none` exports the pruned sub-network alone."]
+    name = "Conditional eraser (`--erase conditional`)" if conditional else "Linear eraser (LEACE, `--erase linear`)"
+    lines = [
+        f"{name}: a closed-form module in front of the head `{eraser['head']}` "
+        f"(the bottleneck is now the input of `{eraser['head']}.head`) removes a rank-{eraser['rank']} subspace "
+        f"({100 * eraser['variance_removed']:.2f} % of the bottleneck's variance) so that every bias class has the "
+        "same mean on D^u_train"
+        + (
+            f", and the {eraser['within_target_rank']} strongest of the {eraser['within_target_available']} "
+            "directions along which the bias classes' means differ within a target class are gone too (chosen on "
+            "D^u_val: "
+            + eraser["selection"]
+            + "; D^u_val task accuracy per number of directions: "
+            + ", ".join(f"{c['within_target_rank']}: {100 * c['val_task']:.2f} %" for c in eraser["candidates"])
+            + ")"
+            if conditional
+            else ""
+        )
+        + f". D^u_val task accuracy {100 * eraser['val_task_before']:.2f} % without it, "
+        f"{100 * eraser['val_task_after']:.2f} % with it (before any head refit); closed-form linear readability "
+        f"of the bias on D^u_val {eraser['val_readability_before']:.4f} -> {eraser['val_readability_after']:.4f}. "
+        "`--erase none` exports the pruned sub-network alone."
+    ]
     return lines
 
 
@@ -519,34 +796,48 @@ def tune_lines(tune: dict[str, Any] | None) -> list[str]:
     if not tune:
         return ["No weight tuning (`--tune-epochs 0`): the kept weights are the vanilla model's."]
     per = ", ".join(f"{h['epoch']}: {100 * h['val']['task']:.2f} %" for h in tune["history"])
-    chosen = (f"epoch {tune['chosen_epoch']} chosen" if tune["chosen_epoch"]
-              else "no tuned epoch beat the gates' state on D^u_val: the weights are unchanged")
-    return [f"Weight tuning (`--tune-epochs {tune['epochs']}`): the kept weights trained on D^u_train under "
-            f"J = CE + {tune['gamma']:g} x the bias term (Adam {tune['lr']:g}"
-            + (f", batches of {tune['batch_size']}" if tune.get("batch_size") else "")   # absent from older records
-            + (f", images shifted by up to {tune['shift']} pixel(s)" if tune.get("shift") else "")
-            + f"; BatchNorm statistics frozen; the "
-            f"{tune['held_zero']} pruned weights held at 0); {chosen} ({tune['selection']}). D^u_val task accuracy "
-            f"{100 * tune['val_before']['task']:.2f} % before, {100 * tune['val_after']['task']:.2f} % after; bias "
-            f"term {tune['val_before']['dependence']:.4f} -> {tune['val_after']['dependence']:.4f} (D^u_val task "
-            f"accuracy per epoch: {per})." + (f" Stopped early: {tune['stopped']}." if tune.get("stopped") else "")
-            + " `--tune-epochs 0` keeps the kept weights as they were."]
+    chosen = (
+        f"epoch {tune['chosen_epoch']} chosen"
+        if tune["chosen_epoch"]
+        else "no tuned epoch beat the gates' state on D^u_val: the weights are unchanged"
+    )
+    return [
+        f"Weight tuning (`--tune-epochs {tune['epochs']}`): the kept weights trained on D^u_train under "
+        f"J = CE + {tune['gamma']:g} x the bias term (Adam {tune['lr']:g}"
+        + (f", batches of {tune['batch_size']}" if tune.get("batch_size") else "")  # absent from older records
+        + (f", images shifted by up to {tune['shift']} pixel(s)" if tune.get("shift") else "")
+        + f"; BatchNorm statistics frozen; the "
+        f"{tune['held_zero']} pruned weights held at 0); {chosen} ({tune['selection']}). D^u_val task accuracy "
+        f"{100 * tune['val_before']['task']:.2f} % before, {100 * tune['val_after']['task']:.2f} % after; bias "
+        f"term {tune['val_before']['dependence']:.4f} -> {tune['val_after']['dependence']:.4f} (D^u_val task "
+        f"accuracy per epoch: {per})."
+        + (f" Stopped early: {tune['stopped']}." if tune.get("stopped") else "")
+        + " `--tune-epochs 0` keeps the kept weights as they were."
+    ]
 
 
 def head_refit_lines(refit: dict[str, Any] | None) -> list[str]:
     """What the head's refit on D^u_train (FFWConfig.refit_head) did, with its D^u_val effect."""
     if not refit:
         return ["No head refit (`--no-refit-head`): the head is the vanilla model's."]
-    how = ("logistic regression on standardised features" if refit["kind"] == "linear-dfr"
-           else "all its parameters, pulled back towards where they were")
+    how = (
+        "logistic regression on standardised features"
+        if refit["kind"] == "linear-dfr"
+        else "all its parameters, pulled back towards where they were"
+    )
     tried = ", ".join(f"{g['lam']:g}: {100 * g['val_task']:.2f} %" for g in refit["grid"])
-    kept = (f"kept lambda {refit['kept_lam']:g}" if refit["kept_lam"] is not None
-            else "no lambda beat the head as it was on D^u_val: the head is unchanged")
-    return [f"Head refit (`--refit-head`): the head `{refit['head']}` refit on the D^u_train bottleneck "
-            f"({refit['train_samples']} samples, every (target, bias) group weighted equally; {how}); D^u_val task "
-            f"accuracy {100 * refit['val_task_before']:.2f} % before, {100 * refit['val_task_after']:.2f} % after "
-            f"({kept}; D^u_val task accuracy per lambda: {tried}). The bottleneck is not changed, so the bias "
-            "readings above are those of the gates (and eraser) alone. `--no-refit-head` keeps the vanilla head."]
+    kept = (
+        f"kept lambda {refit['kept_lam']:g}"
+        if refit["kept_lam"] is not None
+        else "no lambda beat the head as it was on D^u_val: the head is unchanged"
+    )
+    return [
+        f"Head refit (`--refit-head`): the head `{refit['head']}` refit on the D^u_train bottleneck "
+        f"({refit['train_samples']} samples, every (target, bias) group weighted equally; {how}); D^u_val task "
+        f"accuracy {100 * refit['val_task_before']:.2f} % before, {100 * refit['val_task_after']:.2f} % after "
+        f"({kept}; D^u_val task accuracy per lambda: {tried}). The bottleneck is not changed, so the bias "
+        "readings above are those of the gates (and eraser) alone. `--no-refit-head` keeps the vanilla head."
+    ]
 
 
 def no_harm_lines(record: dict[str, Any] | None, *, selected_epoch: int) -> list[str]:
@@ -556,35 +847,51 @@ def no_harm_lines(record: dict[str, Any] | None, *, selected_epoch: int) -> list
         return []
     given = record["stages"][0]
     tried = "; ".join(f"{st['stage']} {100 * st['group_mean']:.2f} %" for st in record["stages"][1:])
-    head = ("Do no harm: accepted" if record["accepted"] else
-            f"Do no harm: REFUSED ({record['reason']}; written only because the caller asked for it, no_harm=False)")
-    lines = [f"{head}. D^u_val group-mean accuracy (mean over {given['groups']} (y, b) groups): your model "
-             f"{100 * given['group_mean']:.2f} %, required at least {100 * record['required_group_mean']:.2f} % (one "
-             f"standard error below it); {tried}. Near-chance floor (D^u_val accuracy): "
-             f"{100 * record['floor']['floor']:.2f} %."]
+    head = (
+        "Do no harm: accepted"
+        if record["accepted"]
+        else f"Do no harm: REFUSED ({record['reason']}; written only because the caller asked for it, no_harm=False)"
+    )
+    lines = [
+        f"{head}. D^u_val group-mean accuracy (mean over {given['groups']} (y, b) groups): your model "
+        f"{100 * given['group_mean']:.2f} %, required at least {100 * record['required_group_mean']:.2f} % (one "
+        f"standard error below it); {tried}. Near-chance floor (D^u_val accuracy): "
+        f"{100 * record['floor']['floor']:.2f} %."
+    ]
     if selected_epoch == 0:
-        lines[0] += (" The gates found no sub-network better than your model (epoch 0, the model as given, was "
-                     "selected): what you get is your model changed only by the steps after the gates.")
+        lines[0] += (
+            " The gates found no sub-network better than your model (epoch 0, the model as given, was "
+            "selected): what you get is your model changed only by the steps after the gates."
+        )
     return lines
 
 
 def report_markdown(info: dict[str, Any]) -> str:
     s = info["search"]
     sel = s["selected"]
-    lines = [f"# FFW ({info['mode']}, gamma {s['config']['gamma']:g}) on {info['run']}", "",
-             f"Command: `{info.get('command')}`", "",
-             f"Selection: {info['selection']}; selected epoch {sel['epoch']} (tau {sel['tau']:.3g}); "
-             f"stop: {s['stop_reason']}. Bias term: {info.get('adversary', ADVERSARIES['head'])}. "
-             f"Bias labels: {info['bias_labels_note']}.", ""]
-    if info.get("input_below_majority"):   # the numbers below describe a model that does not work
+    lines = [
+        f"# FFW ({info['mode']}, gamma {s['config']['gamma']:g}) on {info['run']}",
+        "",
+        f"Command: `{info.get('command')}`",
+        "",
+        f"Selection: {info['selection']}; selected epoch {sel['epoch']} (tau {sel['tau']:.3g}); "
+        f"stop: {s['stop_reason']}. Bias term: {info.get('adversary', ADVERSARIES['head'])}. "
+        f"Bias labels: {info['bias_labels_note']}.",
+        "",
+    ]
+    if info.get("input_below_majority"):  # the numbers below describe a model that does not work
         lines += [f"**{info['input_below_majority']}**", ""]
     lines += [*no_harm_lines(s.get("no_harm"), selected_epoch=sel["epoch"]), ""]
     if info.get("diagnosis"):  # first thing a reader sees: FFW could not help, and what to do instead
         lines += ["## Diagnosis", ""] + [f"- {d}" for d in info["diagnosis"]] + [""]
-    lines += ["Task / group accuracies on the unbiased test set (sample-weighted; worst group = min over non-empty "
-              "(target, bias) groups). Bias extractability: privacy head trained afresh on D^u_train bottleneck "
-              "features, early-stopped on D^u_val, scored on the unbiased test.", "",
-              "| | before (vanilla) | after (FFW) |", "|---|---|---|"]
+    lines += [
+        "Task / group accuracies on the unbiased test set (sample-weighted; worst group = min over non-empty "
+        "(target, bias) groups). Bias extractability: privacy head trained afresh on D^u_train bottleneck "
+        "features, early-stopped on D^u_val, scored on the unbiased test.",
+        "",
+        "| | before (vanilla) | after (FFW) |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in before_after_rows(info)]
     lines += ["", *probe_lines(info)]
     lines += ["", *tune_lines(s.get("tune"))]
@@ -594,12 +901,19 @@ def report_markdown(info: dict[str, Any]) -> str:
     lines += [f"| {k} | {100 * v:.2f} |" for k, v in s["sparsity"]["per_layer"].items()]
     inputs = s["sparsity"].get("input_weights")
     if inputs:  # structured --input-weights: weight masks of the layers reading the input
-        lines += ["", "Weights of the layers that read the input set to 0 (--input-weights): "
-                  + ", ".join(f"{k} {100 * v:.2f} %" for k, v in inputs["per_layer"].items())]
+        lines += [
+            "",
+            "Weights of the layers that read the input set to 0 (--input-weights): "
+            + ", ".join(f"{k} {100 * v:.2f} %" for k, v in inputs["per_layer"].items()),
+        ]
     ungated = s["sparsity"].get("ungated") or {}
     if ungated and info["mode"] == "unstructured":  # e.g. an attention's in_proj_weight: kept whole
-        lines += ["", f"Not gated ({len(ungated)} parameters, kept as they are; biases and normalisation "
-                  "parameters are never gated):", ""]
+        lines += [
+            "",
+            f"Not gated ({len(ungated)} parameters, kept as they are; biases and normalisation "
+            "parameters are never gated):",
+            "",
+        ]
         lines += [f"- {k}: {why}" for k, why in ungated.items()]
     elif ungated:  # structured FFW on a residual network: the residual stream keeps its width
         lines += ["", f"Not gated ({len(ungated)} conv/linear layers; pruning their units is not free):", ""]

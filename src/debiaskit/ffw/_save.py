@@ -15,19 +15,30 @@ Example::
     save_result(result, "runs/mine-ffw")
     pruned = load_pruned_model("runs/mine-ffw")      # plain nn.Module, physically smaller
 """
+
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
+from .._io import atomic_folder
 from ..errors import ModelError
 from ..models import import_path_reference, model_reference
-from .._io import atomic_folder
-from ..runs import (FFWRecord, load_state, package_versions, read_trusted_record, read_weights, rebuild_from_record,
-                    save_weights, weights_file, write_record)
+from ..runs import (
+    FFWRecord,
+    load_state,
+    package_versions,
+    read_trusted_record,
+    read_weights,
+    rebuild_from_record,
+    save_weights,
+    weights_file,
+    write_record,
+)
 from ._erase import attach_empty_eraser
 from ._export import resize_like, save_masks
 from ._folders import FFW_FOLDER
@@ -50,8 +61,15 @@ def _model_record(result, model: str | Callable | None, model_args: dict | None)
     return spec
 
 
-def save_result(result, folder: Path | str, *, model: str | Callable | None = None, model_args: dict | None = None,
-                force: bool = False, extra: dict[str, Any] | None = None) -> Path:
+def save_result(
+    result,
+    folder: Path | str,
+    *,
+    model: str | Callable | None = None,
+    model_args: dict | None = None,
+    force: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``result`` (an :class:`~debiaskit.ffw.FFWResult`) to ``folder`` atomically (a finished folder is
     replaced only with ``force``).
 
@@ -61,14 +79,24 @@ def save_result(result, folder: Path | str, *, model: str | Callable | None = No
     """
     folder = Path(folder)
     spec = _model_record(result, model, model_args)
-    info = {"kind": "ffw", "status": "finished",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "mode": result.mode, "model": spec, "search": result.summary(), "history": result.history,
-            "selection": ("hard-masked model with the lowest J = CE + gamma * MI on D^u_val"
-                          if result.config.selection == "objective" else
-                          "hard-masked model with the highest task accuracy on D^u_val"),
-            "versions": package_versions(), "weights": "model.safetensors", "masks": "masks.safetensors",
-            **(extra or {})}
+    info = {
+        "kind": "ffw",
+        "status": "finished",
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "mode": result.mode,
+        "model": spec,
+        "search": result.summary(),
+        "history": result.history,
+        "selection": (
+            "hard-masked model with the lowest J = CE + gamma * MI on D^u_val"
+            if result.config.selection == "objective"
+            else "hard-masked model with the highest task accuracy on D^u_val"
+        ),
+        "versions": package_versions(),
+        "weights": "model.safetensors",
+        "masks": "masks.safetensors",
+        **(extra or {}),
+    }
     with atomic_folder(folder, kind=FFW_FOLDER, force=force) as staging:
         info["weights_sha256"] = save_weights(result.model, staging / "model.safetensors")
         info["masks_sha256"] = save_masks(result.masks, staging / "masks.safetensors")
@@ -76,8 +104,13 @@ def save_result(result, folder: Path | str, *, model: str | Callable | None = No
     return folder
 
 
-def load_pruned_model(folder: Path | str, *, model: nn.Module | Callable[..., nn.Module] | None = None,
-                      source_changed: str = "warn", trust_code: bool = False) -> nn.Module:
+def load_pruned_model(
+    folder: Path | str,
+    *,
+    model: nn.Module | Callable[..., nn.Module] | None = None,
+    source_changed: str = "warn",
+    trust_code: bool = False,
+) -> nn.Module:
     """The exported network of an FFW folder (:func:`save_result`, ``debiaskit ffw``), in eval mode.
 
     ``model``: a fresh instance (or factory) of the original architecture, for a folder whose model was
@@ -88,8 +121,9 @@ def load_pruned_model(folder: Path | str, *, model: nn.Module | Callable[..., nn
     folder = Path(folder)
     if not (folder / FFW_FILE).is_file():
         raise ModelError(f"{folder} is not a finished FFW folder (no {FFW_FILE})")
-    record, trust = read_trusted_record(folder / FFW_FILE, FFWRecord, default_kind="ffw", trust_code=trust_code,
-                                        model_given=model is not None)
+    record, trust = read_trusted_record(
+        folder / FFW_FILE, FFWRecord, default_kind="ffw", trust_code=trust_code, model_given=model is not None
+    )
     weights = weights_file(folder, record.weights, file=folder / FFW_FILE)
     state, _ = read_weights(weights, sha256=record.weights_sha256, record=folder / FFW_FILE)
 

@@ -20,61 +20,90 @@ identical on every rank; D^u_val (and the head pre-training features) are split 
 gathered, so the hard-mask selection and the stop rule are computed identically on every rank. Rank 0
 alone writes checkpoints and calls the callback.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _dist
+from .._io import json_safe, load_checkpoint, save_checkpoint, tensors_sha256
+from .._validate import COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, SEED, UNIT_INTERVAL, require
 from ..audit import audit_model, logits_accuracy, normalized_mutual_information
 from ..data import as_bias_datasets, iterate_batches
-from .._validate import (COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, SEED, UNIT_INTERVAL,
-                         require)
 from ..errors import ConfigError, DataError, ModelError
-from .._io import json_safe, load_checkpoint, save_checkpoint, tensors_sha256
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out, resolve_head
-from ._adversary import (ADVERSARIES, bias_columns, lda_crossfit_accuracy, lda_readability, mi_term, mlp_head,
-                         probe_free_penalty, probe_free_term, refit_linear_head)
+from ._adversary import (
+    ADVERSARIES,
+    bias_columns,
+    lda_crossfit_accuracy,
+    lda_readability,
+    mi_term,
+    mlp_head,
+    probe_free_penalty,
+    probe_free_term,
+    refit_linear_head,
+)
 from ._erase import ERASERS, LinearEraser, attach_eraser, conditional_erasers, fit_linear_eraser
-from ._refit import REFIT_GRID, refit_head
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
 from ._harm import chance_floor, enforce, group_accuracy, near_chance, verdict
 from ._progress import print_epoch
+from ._refit import REFIT_GRID, refit_head
 from ._tune import tune_kept_weights
 
-CHECKPOINT_FILE = "checkpoint.safetensors"   # tensors + JSON state in one file (debiaskit._io.save_checkpoint)
+CHECKPOINT_FILE = "checkpoint.safetensors"  # tensors + JSON state in one file (debiaskit._io.save_checkpoint)
 CHECKPOINT_KIND = "ffw-search"
 # every rule first drops the near-chance candidates (a collapsed network: D^u_val accuracy below max(chance,
 # majority-class rate) + a margin, ffw/_harm.py): a constant bottleneck makes any bias term 0, so J would prefer it
-NEAR_CHANCE_EXCLUDED = ("; a candidate whose D^u_val accuracy is near chance (below max(chance, majority-class rate) "
-                        "+ max(2 points, 2 standard errors)) is never selected")
+NEAR_CHANCE_EXCLUDED = (
+    "; a candidate whose D^u_val accuracy is near chance (below max(chance, majority-class rate) "
+    "+ max(2 points, 2 standard errors)) is never selected"
+)
 SELECTIONS = {
     "objective": "hard-masked model with the lowest J = CE + gamma * D on D^u_val (D: the search's own adversary) "
-                 "among those whose D^u_val task accuracy is not below the vanilla model's (among all, the vanilla "
-                 "model included, when none is)" + NEAR_CHANCE_EXCLUDED,
+    "among those whose D^u_val task accuracy is not below the vanilla model's (among all, the vanilla "
+    "model included, when none is)" + NEAR_CHANCE_EXCLUDED,
     "readability": "hard-masked model with the lowest CE + gamma * R on D^u_val (R: closed-form linear readability "
-                   "of the bias, whatever the adversary)" + NEAR_CHANCE_EXCLUDED,
+    "of the bias, whatever the adversary)" + NEAR_CHANCE_EXCLUDED,
     "accuracy": "hard-masked model with the highest task accuracy on D^u_val" + NEAR_CHANCE_EXCLUDED,
 }
 
 
-_CONFIG_RULES = {"gamma": NON_NEGATIVE, "tau_init": POSITIVE, "tau_decay": OPEN_UNIT_INTERVAL, "max_levels": POSITIVE_INT,
-                 "min_epochs_per_level": POSITIVE_INT, "max_epochs_per_level": POSITIVE_INT, "patience": COUNT,
-                 "plateau_threshold": NON_NEGATIVE, "agree_tol": NON_NEGATIVE, "batch_size": POSITIVE_INT,
-                 "gate_lr": POSITIVE, "head_lr": POSITIVE, "head_momentum": UNIT_INTERVAL,
-                 "head_weight_decay": NON_NEGATIVE, "head_pretrain_epochs": COUNT, "head_pretrain_patience": COUNT,
-                 "tune_epochs": COUNT, "tune_gamma": NON_NEGATIVE, "tune_lr": POSITIVE, "tune_batch_size": POSITIVE_INT,
-                 "tune_shift": COUNT, "seed": SEED}
+_CONFIG_RULES = {
+    "gamma": NON_NEGATIVE,
+    "tau_init": POSITIVE,
+    "tau_decay": OPEN_UNIT_INTERVAL,
+    "max_levels": POSITIVE_INT,
+    "min_epochs_per_level": POSITIVE_INT,
+    "max_epochs_per_level": POSITIVE_INT,
+    "patience": COUNT,
+    "plateau_threshold": NON_NEGATIVE,
+    "agree_tol": NON_NEGATIVE,
+    "batch_size": POSITIVE_INT,
+    "gate_lr": POSITIVE,
+    "head_lr": POSITIVE,
+    "head_momentum": UNIT_INTERVAL,
+    "head_weight_decay": NON_NEGATIVE,
+    "head_pretrain_epochs": COUNT,
+    "head_pretrain_patience": COUNT,
+    "tune_epochs": COUNT,
+    "tune_gamma": NON_NEGATIVE,
+    "tune_lr": POSITIVE,
+    "tune_batch_size": POSITIVE_INT,
+    "tune_shift": COUNT,
+    "seed": SEED,
+}
 
 
 @dataclass
@@ -118,9 +147,9 @@ class FFWConfig:
     mode: str = "unstructured"
     gamma: float = 10.0
     include_head: bool = False
-    input_weights: bool = False   # structured: also gate every weight of the layers reading the input (_gates.py)
-    learn_temperature: bool | None = None   # None: on for structured (see FFWConfig's docstring)
-    scale_free_dependence: bool | None = None   # None: on for structured (see FFWConfig's docstring)
+    input_weights: bool = False  # structured: also gate every weight of the layers reading the input (_gates.py)
+    learn_temperature: bool | None = None  # None: on for structured (see FFWConfig's docstring)
+    scale_free_dependence: bool | None = None  # None: on for structured (see FFWConfig's docstring)
     tau_init: float = 1.0
     tau_decay: float = 0.5
     max_levels: int = 20
@@ -147,7 +176,7 @@ class FFWConfig:
     mmd_features: int = 256
     mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
     max_epochs: int | None = 10
-    tau_final: float = 2.0 ** -9
+    tau_final: float = 2.0**-9
     erase: str = "conditional"
     refit_head: bool = True
     tune_epochs: int = 8
@@ -186,12 +215,14 @@ class FFWConfig:
             self.learn_temperature = self.mode == "structured"
         if self.scale_free_dependence is None:
             self.scale_free_dependence = self.mode == "structured"
-        if self.condition_on_target is None:   # default: on for the probe-free terms (where it applies)
+        if self.condition_on_target is None:  # default: on for the probe-free terms (where it applies)
             self.condition_on_target = probe_free
         if self.condition_on_target and not probe_free:
             raise ConfigError("condition_on_target applies to the probe-free adversaries 'lda' and 'mmd'")
         if self.memory < 0:
-            raise ConfigError(f"memory (batches remembered by the probe-free bias term) must be >= 0, got {self.memory}")
+            raise ConfigError(
+                f"memory (batches remembered by the probe-free bias term) must be >= 0, got {self.memory}"
+            )
         if self.refine_patience < 0:
             raise ConfigError(f"refine_patience must be >= 0, got {self.refine_patience}")
         if not 0 < self.lda_momentum <= 1 or self.lda_ridge <= 0:
@@ -235,10 +266,10 @@ class FFWResult:
     gated: GatedModel
     privacy_heads: list[nn.Linear]
     shapes: dict[str, dict[str, int]] | None = None
-    eraser: dict[str, Any] | None = None   # the linear eraser in front of the head (_erase.py), None without one
-    head_refit: dict[str, Any] | None = None   # the head's refit on D^u_train (_refit.py), None when off
-    tune: dict[str, Any] | None = None   # the kept weights trained under J (_tune.py), None when off
-    no_harm: dict[str, Any] | None = None   # the do-no-harm verdict on D^u_val, every stage vs the input (_harm.py)
+    eraser: dict[str, Any] | None = None  # the linear eraser in front of the head (_erase.py), None without one
+    head_refit: dict[str, Any] | None = None  # the head's refit on D^u_train (_refit.py), None when off
+    tune: dict[str, Any] | None = None  # the kept weights trained under J (_tune.py), None when off
+    no_harm: dict[str, Any] | None = None  # the do-no-harm verdict on D^u_val, every stage vs the input (_harm.py)
 
     @property
     def mode(self) -> str:
@@ -246,14 +277,31 @@ class FFWResult:
 
     def audit(self, *, test, unbiased_train, unbiased_val, seed: int = 0, **kwargs):
         """Audit the exported model (fresh privacy head on its bottleneck): an ``AuditReport``."""
-        return audit_model(self.model, test=test, unbiased_train=unbiased_train, unbiased_val=unbiased_val,
-                           head=self.head, seed=seed, **kwargs)
+        return audit_model(
+            self.model,
+            test=test,
+            unbiased_train=unbiased_train,
+            unbiased_val=unbiased_val,
+            head=self.head,
+            seed=seed,
+            **kwargs,
+        )
 
     def summary(self) -> dict[str, Any]:
-        return {"mode": self.mode, "config": asdict(self.config), "selected": self.selected,
-                "sparsity": self.sparsity, "stop_reason": self.stop_reason, "wall_time_s": self.wall_time_s,
-                "epochs": len(self.history) - 1, "shapes": self.shapes, "eraser": self.eraser,
-                "head_refit": self.head_refit, "tune": self.tune, "no_harm": self.no_harm}
+        return {
+            "mode": self.mode,
+            "config": asdict(self.config),
+            "selected": self.selected,
+            "sparsity": self.sparsity,
+            "stop_reason": self.stop_reason,
+            "wall_time_s": self.wall_time_s,
+            "epochs": len(self.history) - 1,
+            "shapes": self.shapes,
+            "eraser": self.eraser,
+            "head_refit": self.head_refit,
+            "tune": self.tune,
+            "no_harm": self.no_harm,
+        }
 
 
 # FFW's information term (eq. 7): the audit's normalised empirical MI, computed in log space so that its
@@ -268,21 +316,27 @@ def _check_data(train, val) -> tuple[int, ...]:
     for name, data in (("train (D^u_train)", train), ("val (D^u_val)", val)):
         b = getattr(data, "b", None)
         if b is None:
-            raise DataError(f"FFW needs bias labels on its {name} data (the MI term, the privacy head and the "
-                            "selection all read them); pass a split with bias labels, or pseudo-bias labels "
-                            "from `debiaskit discover`")
+            raise DataError(
+                f"FFW needs bias labels on its {name} data (the MI term, the privacy head and the "
+                "selection all read them); pass a split with bias labels, or pseudo-bias labels "
+                "from `debiaskit discover`"
+            )
         for a, col in enumerate(bias_columns(b)):
             if len(torch.unique(col)) < 2:
-                raise DataError(f"the bias labels of {name} (attribute {a}) hold a single class: there is "
-                                "no bias to remove (MI is undefined with one bias class)")
+                raise DataError(
+                    f"the bias labels of {name} (attribute {a}) hold a single class: there is "
+                    "no bias to remove (MI is undefined with one bias class)"
+                )
     n_attr = len(bias_columns(train.b))
     cards = getattr(train, "bias_cardinalities", None)
-    if not cards:   # data that states one count: the same for every attribute
+    if not cards:  # data that states one count: the same for every attribute
         n_bias = getattr(train, "num_bias_classes", None)
         cards = None if n_bias is None else (int(n_bias),) * n_attr
     if cards is None or len(cards) != n_attr or min(cards) < 2:
-        raise DataError("FFW needs at least two bias classes per bias attribute (bias_cardinalities / "
-                        f"num_bias_classes of the data), got {cards} for {n_attr} attribute(s)")
+        raise DataError(
+            "FFW needs at least two bias classes per bias attribute (bias_cardinalities / "
+            f"num_bias_classes of the data), got {cards} for {n_attr} attribute(s)"
+        )
     return tuple(int(k) for k in cards)
 
 
@@ -297,19 +351,32 @@ def _per_attribute(num_bias: int | Sequence[int], n_attr: int) -> tuple[int, ...
 def fit_log_temperature(logits: Tensor, y: Tensor) -> Tensor:
     """log T minimising CE(logits / T, y) (a 1-D convex problem; a grid over T in [0.1, 100], then its best
     neighbourhood): the calibration the gates would otherwise learn by shrinking every unit."""
+
     def ce(log_t: Tensor) -> Tensor:
         return torch.stack([F.cross_entropy(logits / t.exp(), y) for t in log_t])
+
     grid = torch.linspace(math.log(0.1), math.log(100.0), 61, device=logits.device)
     best = grid[int(ce(grid).argmin())]
     fine = best + torch.linspace(-0.12, 0.12, 25, device=logits.device)
     return fine[int(ce(fine).argmin())]
 
 
-def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], privacy_heads: list[nn.Module],
-             x: Tensor, y: Tensor, b: Tensor, *, gamma: float, num_bias: int | Sequence[int],
-             dependence: Callable[[Tensor, list[Tensor], Tensor], Tensor] | None = None,
-             order: Tensor | None = None, log_temperature: Tensor | None = None,
-             scale_free: bool = False) -> dict[str, Any]:
+def ffw_step(
+    model: nn.Module,
+    head: str,
+    gate_params: list[nn.Parameter],
+    privacy_heads: list[nn.Module],
+    x: Tensor,
+    y: Tensor,
+    b: Tensor,
+    *,
+    gamma: float,
+    num_bias: int | Sequence[int],
+    dependence: Callable[[Tensor, list[Tensor], Tensor], Tensor] | None = None,
+    order: Tensor | None = None,
+    log_temperature: Tensor | None = None,
+    scale_free: bool = False,
+) -> dict[str, Any]:
     """Gradients of one FFW step, written into ``.grad`` (the caller steps the optimisers).
 
     Gates get dJ/dm with J = CE(f(x), y) + gamma * D(z, b); D defaults to the paper's sum_a MI(P_a(z), b_a)
@@ -323,20 +390,22 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
     that the rows are in the 1-rank batch's order; see :func:`debiaskit._dist.global_batch_order`).
     """
     logits, z = forward_with_bottleneck(model, x, head)
-    if log_temperature is not None:   # CE of the calibrated logits (a learnt scale that no argmax sees)
+    if log_temperature is not None:  # CE of the calibrated logits (a learnt scale that no argmax sees)
         logits = logits / log_temperature.exp()
     ce = F.cross_entropy(logits, y)
     cols = bias_columns(b)
     cards = _per_attribute(num_bias, len(cols))
     zd = z.detach()
-    if scale_free:   # same value; no gradient along a feature's own scale (a probe undoes any rescaling)
+    if scale_free:  # same value; no gradient along a feature's own scale (a probe undoes any rescaling)
         scale = z.std(0, keepdim=True).clamp_min(1e-6)
         z = z / scale * scale.detach()
     # D is a statistic of the whole batch: under torchrun, of the all-gathered global batch (gradient back to each
     # rank's own samples; identity on one process)
     if dependence is None:
-        mi = sum(mutual_information(_dist.all_gather_with_grad(h(z).softmax(1)), _dist.all_gather(col), k)
-                 for h, col, k in zip(privacy_heads, cols, cards))
+        mi = sum(
+            mutual_information(_dist.all_gather_with_grad(h(z).softmax(1)), _dist.all_gather(col), k)
+            for h, col, k in zip(privacy_heads, cols, cards)
+        )
     else:
         z_all, cols_all, y_all = _dist.all_gather_with_grad(z), [_dist.all_gather(c) for c in cols], _dist.all_gather(y)
         if order is not None:
@@ -355,23 +424,33 @@ def ffw_step(model: nn.Module, head: str, gate_params: list[nn.Parameter], priva
         hl = F.cross_entropy(h(zd), col)
         hl.backward()
         head_loss += float(hl.detach())
-    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "mi": float(mi.detach()), "head_loss": head_loss,
-            "z": zd}
+    return {
+        "loss": float(loss.detach()),
+        "ce": float(ce.detach()),
+        "mi": float(mi.detach()),
+        "head_loss": head_loss,
+        "z": zd,
+    }
 
 
-_INPUT_PARTS = {"weights": "the frozen model's weights", "run_weights_sha256": "the run's weights file",
-                "model": "the model's record", "data": "the data", "bias_labels": "the kind of bias labels",
-                "bias_labels_sha256": "the bias labels"}
+_INPUT_PARTS = {
+    "weights": "the frozen model's weights",
+    "run_weights_sha256": "the run's weights file",
+    "model": "the model's record",
+    "data": "the data",
+    "bias_labels": "the kind of bias labels",
+    "bias_labels_sha256": "the bias labels",
+}
 
 
 class _Search:
     """The state of one FFW search (kept in an object so that it can be checkpointed and resumed)."""
 
-    input_identity: dict[str, Any] | None = None   # what the search runs on (see find_fantastic_weights)
+    input_identity: dict[str, Any] | None = None  # what the search runs on (see find_fantastic_weights)
 
     def __init__(self, model: nn.Module, *, head: str, train, val, config: FFWConfig, device, callback) -> None:
         self.cfg, self.train, self.val, self.device, self.callback = config, train, val, torch.device(device), callback
-        self.bias_cardinalities = _check_data(train, val)   # each attribute its own number of classes
+        self.bias_cardinalities = _check_data(train, val)  # each attribute its own number of classes
         self.n_attr = len(self.bias_cardinalities)
         self.head = head
         self.work = copy.deepcopy(model).to(self.device)
@@ -381,32 +460,55 @@ class _Search:
         # before the gates go in: a 2-3x faster convolution for the search's steps and D^u_val passes
         self.memory_format = batch_memory_format(self.work, example, device=self.device)
         self.state = GateState(tau=config.tau_init)
-        self.gated = install_gates(self.work, mode=config.mode, head=head, example=example,
-                                   include_head=config.include_head, input_weights=config.input_weights,
-                                   state=self.state)
+        self.gated = install_gates(
+            self.work,
+            mode=config.mode,
+            head=head,
+            example=example,
+            include_head=config.include_head,
+            input_weights=config.input_weights,
+            state=self.state,
+        )
         d, num_classes = head_shape(self.work, head)
         # below this D^u_val accuracy a candidate is collapsed (ffw/_harm.py): never selected, never handed back
         self.floor = chance_floor(val.y, max(num_classes, 2))
         torch.manual_seed(config.seed)
         self.heads = [nn.Linear(d, k).to(self.device) for k in self.bias_cardinalities]
-        self.head_opts = [torch.optim.SGD(h.parameters(), lr=config.head_lr, momentum=config.head_momentum,
-                                          weight_decay=config.head_weight_decay) for h in self.heads]
+        self.head_opts = [
+            torch.optim.SGD(
+                h.parameters(), lr=config.head_lr, momentum=config.head_momentum, weight_decay=config.head_weight_decay
+            )
+            for h in self.heads
+        ]
         # adversaries beyond the paper's head (_adversary.py); the linear heads are always trained and reported
-        self.mlps = ([mlp_head(d, k).to(self.device) for k in self.bias_cardinalities] if config.adversary == "mlp"
-                     else [])
+        self.mlps = (
+            [mlp_head(d, k).to(self.device) for k in self.bias_cardinalities] if config.adversary == "mlp" else []
+        )
         self.mlp_opts = [torch.optim.Adam(h.parameters(), lr=1e-3) for h in self.mlps]
         # probe-free adversaries: running statistics of z, no parameters
         self.lda = probe_free_term(config, d, config.adversary) if config.adversary in ("lda", "mmd") else None
         self._epoch_z: list[Tensor] = []
-        self._vanilla_val: tuple[Tensor, Tensor, Tensor, Tensor] | None = None   # pretrain_heads -> initial_record
-        opt = torch.optim.Adam if config.gate_optimizer == "adam" else (
-            lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
+        self._vanilla_val: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # pretrain_heads -> initial_record
+        opt = (
+            torch.optim.Adam
+            if config.gate_optimizer == "adam"
+            else (lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9))
+        )
         # the logit temperature learnt with the gates (FFWConfig.learn_temperature); stepped by the gate optimiser
-        self.log_temperature = (torch.zeros((), device=self.device, requires_grad=True) if config.learn_temperature
-                                else None)
+        self.log_temperature = (
+            torch.zeros((), device=self.device, requires_grad=True) if config.learn_temperature else None
+        )
         self.gate_opt = opt(self._trained(), lr=config.gate_lr)
-        self.progress = {"level": 0, "tau": config.tau_init, "epoch_in_level": 0, "epoch": 0,
-                         "plateau_best": None, "bad_epochs": 0, "done": False, "stop_reason": None}
+        self.progress = {
+            "level": 0,
+            "tau": config.tau_init,
+            "epoch_in_level": 0,
+            "epoch": 0,
+            "plateau_best": None,
+            "bad_epochs": 0,
+            "done": False,
+            "stop_reason": None,
+        }
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.best_gates: dict[str, Tensor] | None = None
@@ -420,6 +522,7 @@ class _Search:
     @torch.no_grad()
     def _features(self, data, *, hard: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(logits, z, y, b) of ``data``; under torchrun split across ranks and gathered (the same everywhere)."""
+
         def rows(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             logits, zs, ys, bs = [], [], [], []
             for batch in iterate_batches(data, batch_size=512, device=self.device, indices=index):
@@ -442,7 +545,7 @@ class _Search:
         if self.log_temperature is not None:
             with torch.no_grad():
                 self.log_temperature.copy_(fit_log_temperature(logits_tr, y_tr))
-        self._vanilla_val = self._features(self.val, hard=False)   # also epoch 0's record (initial_record)
+        self._vanilla_val = self._features(self.val, hard=False)  # also epoch 0's record (initial_record)
         _, z_va, _, b_va = self._vanilla_val
         gen = torch.Generator().manual_seed(self.cfg.seed)
         pairs = list(zip(self.heads, self.head_opts)) + list(zip(self.mlps, self.mlp_opts))
@@ -452,7 +555,7 @@ class _Search:
             for _ in range(self.cfg.head_pretrain_epochs):
                 order = torch.randperm(len(z_tr), generator=gen)
                 for start in range(0, len(order), self.cfg.batch_size):
-                    idx = order[start:start + self.cfg.batch_size]
+                    idx = order[start : start + self.cfg.batch_size]
                     opt.zero_grad(set_to_none=True)
                     F.cross_entropy(head(z_tr[idx]), bt[idx]).backward()
                     opt.step()
@@ -497,27 +600,45 @@ class _Search:
         rank, world = _dist.rank_and_world()
         perm = torch.randperm(len(self.train), generator=gen)
         place = torch.empty_like(perm)
-        place[perm] = torch.arange(len(perm))   # each sample's position in this epoch's order
-        for batch in iterate_batches(self.train, batch_size=_dist.per_rank_batch(cfg.batch_size, world),
-                                     indices=_dist.shard(perm, rank=rank, world=world), device=self.device):
+        place[perm] = torch.arange(len(perm))  # each sample's position in this epoch's order
+        for batch in iterate_batches(
+            self.train,
+            batch_size=_dist.per_rank_batch(cfg.batch_size, world),
+            indices=_dist.shard(perm, rank=rank, world=world),
+            device=self.device,
+        ):
             # under torchrun: the global batch in the 1-rank order, for the order-sensitive adversaries
             order = _dist.global_batch_order(place[batch.index]) if world > 1 else None
             x = laid_out(batch.x, self.memory_format)
-            out = ffw_step(self.work, self.head, params, self.heads + self.mlps, x, batch.y, batch.b,
-                           gamma=cfg.gamma, num_bias=self.bias_cardinalities, dependence=dependence, order=order,
-                           log_temperature=self.log_temperature, scale_free=cfg.scale_free_dependence)
+            out = ffw_step(
+                self.work,
+                self.head,
+                params,
+                self.heads + self.mlps,
+                x,
+                batch.y,
+                batch.b,
+                gamma=cfg.gamma,
+                num_bias=self.bias_cardinalities,
+                dependence=dependence,
+                order=order,
+                log_temperature=self.log_temperature,
+                scale_free=cfg.scale_free_dependence,
+            )
             # identical gates and heads on every rank (a no-op on one process)
             _dist.average_gradients(list(params) + list(self.heads) + list(self.mlps))
             z, b, y = out.pop("z"), batch.b, batch.y
-            if world > 1:   # the global batch's features and labels on every rank, in the 1-rank order
+            if world > 1:  # the global batch's features and labels on every rank, in the 1-rank order
                 z, b, y = (_dist.all_gather(t)[order.to(t.device)] for t in (z, b, y))
             if self.lda is not None:
                 self.lda.observe(z.cpu(), b.cpu(), y.cpu())
             if cfg.adversary == "refit":
                 self._epoch_z.append((z, b))
             if not all(bool(torch.isfinite(p.grad).all()) for p in params):  # never step into NaN gates
-                raise ModelError(f"FFW got a non-finite gate gradient at tau {self.progress['tau']}, step {self.step + 1} "
-                                 f"(loss {out['loss']}); try a lower gate_lr")
+                raise ModelError(
+                    f"FFW got a non-finite gate gradient at tau {self.progress['tau']}, step {self.step + 1} "
+                    f"(loss {out['loss']}); try a lower gate_lr"
+                )
             for opt in self.head_opts + self.mlp_opts:
                 opt.step()
             self.gate_opt.step()
@@ -527,14 +648,14 @@ class _Search:
             steps += 1
             self.step += 1
             if not math.isfinite(loss):
-                raise ModelError(f"FFW diverged (loss {loss}) at tau {self.state.tau}, step {self.step}; "
-                                 "try a lower gate_lr")
+                raise ModelError(
+                    f"FFW diverged (loss {loss}) at tau {self.state.tau}, step {self.step}; try a lower gate_lr"
+                )
             if self.callback is not None and _dist.is_main_process():
-                self.callback({"kind": "step", "step": self.step, "epoch": self.progress["epoch"] + 1,
-                               "loss": loss})
+                self.callback({"kind": "step", "step": self.step, "epoch": self.progress["epoch"] + 1, "loss": loss})
         self._end_epoch_adversary()
         means = torch.tensor([sums[k] / max(steps, 1) for k in sums], dtype=torch.float64)
-        means = _dist.all_reduce_sum(means) / _dist.rank_and_world()[1]   # averaged over ranks
+        means = _dist.all_reduce_sum(means) / _dist.rank_and_world()[1]  # averaged over ranks
         return {f"train_{k}": float(v) for k, v in zip(sums, means)}
 
     def evaluate(self, *, hard: bool) -> dict[str, float]:
@@ -550,7 +671,7 @@ class _Search:
         ce = float(F.cross_entropy(logits, y))
         cols = bias_columns(b)
         accs, mis, reads, ldas, deps = [], [], [], [], []
-        for i, (col, k) in enumerate(zip(cols, self.bias_cardinalities)):   # each attribute its own K
+        for i, (col, k) in enumerate(zip(cols, self.bias_cardinalities)):  # each attribute its own K
             p = self.heads[i](z)
             accs.append(float((p.argmax(1) == col).float().mean()))
             mis.append(float(mutual_information(p.softmax(1), col, k)))
@@ -560,12 +681,18 @@ class _Search:
             if self.cfg.adversary == "mlp":
                 deps.append(float(mi_term(self.mlps[i], z, col, k)))
             elif self.lda is not None:
-                deps.append(self.lda.measure(zc, cc, k,
-                                             given=y.cpu() if self.cfg.condition_on_target else None))
+                deps.append(self.lda.measure(zc, cc, k, given=y.cpu() if self.cfg.condition_on_target else None))
         dependence = sum(deps) if deps else sum(mis)
-        return {"task": float((logits.argmax(1) == y).float().mean()), "ce": ce, "bias": sum(accs) / len(accs),
-                "mi": sum(mis), "dependence": dependence, "readability": sum(reads), "lda_bias": sum(ldas) / len(ldas),
-                "objective": ce + self.cfg.gamma * dependence}
+        return {
+            "task": float((logits.argmax(1) == y).float().mean()),
+            "ce": ce,
+            "bias": sum(accs) / len(accs),
+            "mi": sum(mis),
+            "dependence": dependence,
+            "readability": sum(reads),
+            "lda_bias": sum(ldas) / len(ldas),
+            "objective": ce + self.cfg.gamma * dependence,
+        }
 
     def gate_stats(self) -> dict[str, float]:
         masks = self.gated.hard_masks()
@@ -573,7 +700,9 @@ class _Search:
         pruned = sum(int((m == 0).sum()) for m in masks.values())
         tau = self.progress["tau"]
         # gates that the hard mask prunes but the tau-model still mostly passes (the soft/hard gap)
-        undecided = sum(int(((g.m < 0) & (2 * torch.sigmoid(g.m / tau) > 0.5)).sum()) for g in self.gated.gates.values())
+        undecided = sum(
+            int(((g.m < 0) & (2 * torch.sigmoid(g.m / tau) > 0.5)).sum()) for g in self.gated.gates.values()
+        )
         return {"sparsity": pruned / total, "undecided": undecided / total}
 
     def selection_score(self, val: dict[str, float]) -> float:
@@ -608,8 +737,11 @@ class _Search:
         record["keeps_task"] = self._keeps_task(record)
         record["near_chance"] = not self.usable(record["val_hard"])
         key = (not record["near_chance"], record["keeps_task"], score)
-        if self.best is None or key > (not self.best.get("near_chance", False), self.best.get("keeps_task", False),
-                                       self.best["selection_score"]):
+        if self.best is None or key > (
+            not self.best.get("near_chance", False),
+            self.best.get("keeps_task", False),
+            self.best["selection_score"],
+        ):
             self.best = record
             self.best_gates = {k: v.clone() for k, v in self.gated.gate_tensors().items()}
 
@@ -619,8 +751,15 @@ class _Search:
         # and the hard-masked model are both the vanilla model, whose D^u_val outputs pretrain_heads already has
         vanilla = self._summarise(*self._vanilla_val)
         self._vanilla_val = None
-        rec = {"epoch": 0, "level": 0, "tau": self.progress["tau"], "val_soft": vanilla, "val_hard": dict(vanilla),
-               **self.gate_stats(), "time_s": 0.0}
+        rec = {
+            "epoch": 0,
+            "level": 0,
+            "tau": self.progress["tau"],
+            "val_soft": vanilla,
+            "val_hard": dict(vanilla),
+            **self.gate_stats(),
+            "time_s": 0.0,
+        }
         self.history.append(rec)
         self.consider(rec)
 
@@ -633,12 +772,20 @@ class _Search:
             p["refining"], p["refine_from"], p["refine_bad"] = True, p["epoch"], 0
             p["refine_best"] = self.best["selection_score"]
         elif agree:
-            p["done"], p["stop_reason"] = True, f"tau-model and hard-masked model agree on D^u_val at tau={p['tau']:.3g}"
+            p["done"], p["stop_reason"] = (
+                True,
+                f"tau-model and hard-masked model agree on D^u_val at tau={p['tau']:.3g}",
+            )
         elif cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs:
-            p["done"], p["stop_reason"] = True, (f"epoch budget max_epochs={cfg.max_epochs} spent (tau={p['tau']:.3g}) "
-                                                 "before agreement")
+            p["done"], p["stop_reason"] = (
+                True,
+                (f"epoch budget max_epochs={cfg.max_epochs} spent (tau={p['tau']:.3g}) before agreement"),
+            )
         elif p["level"] + 1 >= cfg.max_levels:
-            p["done"], p["stop_reason"] = True, f"max_levels={cfg.max_levels} reached (tau={p['tau']:.3g}) before agreement"
+            p["done"], p["stop_reason"] = (
+                True,
+                f"max_levels={cfg.max_levels} reached (tau={p['tau']:.3g}) before agreement",
+            )
         else:
             p["level"] += 1
             p["tau"] *= cfg.tau_decay
@@ -652,8 +799,16 @@ class _Search:
         hard = self.evaluate(hard=True)
         # the tau-model on D^u_val only where it decides something: the plateau test, the level's end (agreement)
         soft = self.evaluate(hard=False) if self._soft_decides() else None
-        rec = {"epoch": p["epoch"], "level": p["level"], "tau": p["tau"], **stats, "val_soft": soft, "val_hard": hard,
-               **self.gate_stats(), "time_s": time_offset + time.perf_counter() - start_time}
+        rec = {
+            "epoch": p["epoch"],
+            "level": p["level"],
+            "tau": p["tau"],
+            **stats,
+            "val_soft": soft,
+            "val_hard": hard,
+            **self.gate_stats(),
+            "time_s": time_offset + time.perf_counter() - start_time,
+        }
         self.history.append(rec)
         self.consider(rec)
         if p.get("refining"):
@@ -699,16 +854,26 @@ class _Search:
             p["refine_bad"] += 1
         budget_spent = cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs
         if p["refine_bad"] >= cfg.refine_patience or budget_spent:
-            why = "the epoch budget was spent" if p["refine_bad"] < cfg.refine_patience else (
-                f"the D^u_val selection score stopped improving for {cfg.refine_patience} epoch(s)")
-            p["done"], p["stop_reason"] = True, (
-                f"tau-model and hard-masked model agree on D^u_val at tau={p['tau']:.3g} (epoch {p['refine_from']}); "
-                f"refined at that tau until {why}")
+            why = (
+                "the epoch budget was spent"
+                if p["refine_bad"] < cfg.refine_patience
+                else (f"the D^u_val selection score stopped improving for {cfg.refine_patience} epoch(s)")
+            )
+            p["done"], p["stop_reason"] = (
+                True,
+                (
+                    f"tau-model and hard-masked model agree on D^u_val at tau={p['tau']:.3g} (epoch {p['refine_from']}); "
+                    f"refined at that tau until {why}"
+                ),
+            )
 
     # ---- checkpoint: one safetensors file, JSON state in its header (no pickle) ----
     def _optimizers(self) -> list[tuple[str, torch.optim.Optimizer]]:
-        return ([("gateopt", self.gate_opt)] + [(f"headopt{i}", o) for i, o in enumerate(self.head_opts)]
-                + [(f"mlpopt{i}", o) for i, o in enumerate(self.mlp_opts)])
+        return (
+            [("gateopt", self.gate_opt)]
+            + [(f"headopt{i}", o) for i, o in enumerate(self.head_opts)]
+            + [(f"mlpopt{i}", o) for i, o in enumerate(self.mlp_opts)]
+        )
 
     def save_checkpoint(self, folder: Path, *, wall_time_s: float) -> None:
         tensors = {f"gate.{k}": v for k, v in self.gated.gate_tensors().items()}
@@ -732,8 +897,17 @@ class _Search:
                     else:
                         scalars[f"{idx}.{k}"] = v
             meta["optimizers"][tag] = {"param_groups": sd["param_groups"], "scalars": scalars}
-        meta.update({"input": self.input_identity, "config": asdict(self.cfg), "progress": self.progress,
-                     "history": self.history, "best": self.best, "step": self.step, "wall_time_s": wall_time_s})
+        meta.update(
+            {
+                "input": self.input_identity,
+                "config": asdict(self.cfg),
+                "progress": self.progress,
+                "history": self.history,
+                "best": self.best,
+                "step": self.step,
+                "wall_time_s": wall_time_s,
+            }
+        )
         save_checkpoint(Path(folder) / CHECKPOINT_FILE, tensors, meta, kind=CHECKPOINT_KIND)
 
     def _check_input(self, folder: Path, saved: dict[str, Any] | None) -> None:
@@ -743,15 +917,19 @@ class _Search:
         if ours is None:
             return
         if not isinstance(saved, dict):
-            raise ConfigError(f"the checkpoint in {folder} does not record which model and data it searched (written "
-                              "by an earlier debiaskit), so it cannot be resumed safely; start afresh with --force")
+            raise ConfigError(
+                f"the checkpoint in {folder} does not record which model and data it searched (written "
+                "by an earlier debiaskit), so it cannot be resumed safely; start afresh with --force"
+            )
         differ = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
         if differ:
             what = ", ".join(dict.fromkeys(_INPUT_PARTS.get(k, k) for k in differ))
-            raise ConfigError(f"the interrupted search in {folder} was started on another input ({what} differ): the "
-                              "run was retrained or replaced since, or this output belongs to another run's search. "
-                              "Resuming would continue that search on this model; start afresh with --force (discards "
-                              "it) or choose another --out")
+            raise ConfigError(
+                f"the interrupted search in {folder} was started on another input ({what} differ): the "
+                "run was retrained or replaced since, or this output belongs to another run's search. "
+                "Resuming would continue that search on this model; start afresh with --force (discards "
+                "it) or choose another --out"
+            )
 
     def load_checkpoint(self, folder: Path) -> float:
         path = Path(folder) / CHECKPOINT_FILE
@@ -763,15 +941,17 @@ class _Search:
         ours = json.loads(json.dumps(asdict(self.cfg)))
         diff = sorted(k for k in ours if saved.get(k) != ours[k])
         if diff:
-            raise ConfigError(f"the checkpoint in {folder} was made with other settings ({', '.join(f'{k}={saved.get(k)!r}' for k in diff)}); "
-                              "resume with the same settings, or start afresh with --force")
+            raise ConfigError(
+                f"the checkpoint in {folder} was made with other settings ({', '.join(f'{k}={saved.get(k)!r}' for k in diff)}); "
+                "resume with the same settings, or start afresh with --force"
+            )
         self.gated.load_gate_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")})
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         self.best_gates = best or None
         for prefix, modules in (("head", self.heads), ("mlp", self.mlps)):
             for i, h in enumerate(modules):
                 tag = f"{prefix}{i}."
-                h.load_state_dict({k[len(tag):]: v for k, v in tensors.items() if k.startswith(tag)})
+                h.load_state_dict({k[len(tag) :]: v for k, v in tensors.items() if k.startswith(tag)})
         if self.lda is not None:
             self.lda.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("lda.")})
         if self.log_temperature is not None:
@@ -788,17 +968,36 @@ class _Search:
                 idx, name = k.split(".", 1)
                 state.setdefault(int(idx), {})[name] = v
             opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-        self.progress, self.history, self.best, self.step = meta["progress"], meta["history"], meta["best"], meta["step"]
+        self.progress, self.history, self.best, self.step = (
+            meta["progress"],
+            meta["history"],
+            meta["best"],
+            meta["step"],
+        )
         return float(meta.get("wall_time_s", 0.0))
 
 
-def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = None, mode: str = "unstructured",
-                           gamma: float = 10.0, include_head: bool = False, tau_decay: float = 0.5,
-                           config: FFWConfig | None = None, device: str | torch.device = "cpu",
-                           checkpoint_dir: Path | None = None, resume: bool = False, inplace: bool = False,
-                           callback: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
-                           checkpoint_meta: dict[str, Any] | None = None, no_harm: bool = True,
-                           **overrides) -> FFWResult:
+def find_fantastic_weights(
+    model: nn.Module,
+    *,
+    train,
+    val,
+    head: str | None = None,
+    mode: str = "unstructured",
+    gamma: float = 10.0,
+    include_head: bool = False,
+    tau_decay: float = 0.5,
+    config: FFWConfig | None = None,
+    device: str | torch.device = "cpu",
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    inplace: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    checkpoint_meta: dict[str, Any] | None = None,
+    no_harm: bool = True,
+    **overrides,
+) -> FFWResult:
     """Find a sub-network of a frozen ``model`` whose bottleneck carries no bias (FFW, Algorithm 1).
 
     ``train`` / ``val``: D^u_train / D^u_val, datasets of (x, y, b) with bias labels (``b`` may be
@@ -844,19 +1043,23 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     if inplace and config.mode == "structured":
         raise ConfigError("inplace=True is for unstructured FFW; a structured result is a new, smaller network")
     if inplace and config.tune_epochs:
-        raise ConfigError("inplace=True bakes the masks into your model's weights; tuning the kept weights "
-                          "(tune_epochs) would change the rest of them too: pass tune_epochs=0 with inplace=True")
+        raise ConfigError(
+            "inplace=True bakes the masks into your model's weights; tuning the kept weights "
+            "(tune_epochs) would change the rest of them too: pass tune_epochs=0 with inplace=True"
+        )
     if inplace and config.erase != "none":
-        raise ConfigError("inplace=True bakes the masks into your model's weights, but the linear eraser would also "
-                          "change its architecture (a module in front of the head): pass erase='none' with inplace=True")
+        raise ConfigError(
+            "inplace=True bakes the masks into your model's weights, but the linear eraser would also "
+            "change its architecture (a module in front of the head): pass erase='none' with inplace=True"
+        )
     device = _dist.check_device(device)
-    _dist.per_rank_batch(config.batch_size, _dist.rank_and_world()[1])   # the global batch must divide by the ranks
-    if config.tune_epochs:   # refused before the search, not after it
+    _dist.per_rank_batch(config.batch_size, _dist.rank_and_world()[1])  # the global batch must divide by the ranks
+    if config.tune_epochs:  # refused before the search, not after it
         _dist.per_rank_batch(config.tune_batch_size, _dist.rank_and_world()[1])
     head_name, _ = resolve_head(model, head)
     head_shape(model, head_name)  # the privacy head copies a Linear head's shape
-    train, val = as_bias_datasets(train, val)   # any (x, y, b) datasets (the data contract), common metadata
-    identity = {"weights": tensors_sha256(model.state_dict()), **(checkpoint_meta or {})}   # before any change
+    train, val = as_bias_datasets(train, val)  # any (x, y, b) datasets (the data contract), common metadata
+    identity = {"weights": tensors_sha256(model.state_dict()), **(checkpoint_meta or {})}  # before any change
     search = _Search(model, head=head_name, train=train, val=val, config=config, device=device, callback=callback)
     search.input_identity = identity
     time_offset = 0.0
@@ -877,8 +1080,9 @@ def find_fantastic_weights(model: nn.Module, *, train, val, head: str | None = N
     except KeyboardInterrupt:
         # the last completed epoch (and the best hard state so far) is already in checkpoint_dir
         raise
-    return _finish(search, model, inplace=inplace, no_harm=no_harm,
-                   wall_time_s=time_offset + time.perf_counter() - start)
+    return _finish(
+        search, model, inplace=inplace, no_harm=no_harm, wall_time_s=time_offset + time.perf_counter() - start
+    )
 
 
 def _stage(name: str, model: nn.Module, search: _Search, **extra) -> dict[str, Any]:
@@ -892,8 +1096,12 @@ def _stage(name: str, model: nn.Module, search: _Search, **extra) -> dict[str, A
 def _unchanged(search: _Search, tune, eraser, head_refit) -> bool:
     """The exported model is the input model: the gates kept every weight (epoch 0 selected) and no later step
     changed anything (no tuned epoch chosen, no eraser, the head refit kept the head)."""
-    return (search.best["epoch"] == 0 and (tune is None or tune["chosen_epoch"] == 0) and eraser is None
-            and (head_refit is None or head_refit["kept_lam"] is None))
+    return (
+        search.best["epoch"] == 0
+        and (tune is None or tune["chosen_epoch"] == 0)
+        and eraser is None
+        and (head_refit is None or head_refit["kept_lam"] is None)
+    )
 
 
 def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, wall_time_s: float) -> FFWResult:
@@ -903,7 +1111,8 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, 
     if search.best["epoch"] > 0 and not search.best.get("keeps_task", False):
         search.best["selection_note"] = (
             "no gated candidate kept the vanilla model's D^u_val task accuracy "
-            f"({100 * search.history[0]['val_hard']['task']:.1f} %): selected by the score alone")
+            f"({100 * search.history[0]['val_hard']['task']:.1f} %): selected by the score alone"
+        )
     search.gated.load_gate_tensors(search.best_gates)
     search.state.hard = True
     masks = search.gated.hard_masks()
@@ -913,7 +1122,7 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, 
         exported = apply_unstructured_masks(model, {f"{k}.weight": v for k, v in masks.items()}, copy_model=True)
         sparsity = unstructured_sparsity(masks)
         sparsity["counts_head"] = cfg.include_head
-        if search.gated.ungated:   # e.g. an attention's in_proj_weight, a positional embedding, with why
+        if search.gated.ungated:  # e.g. an attention's in_proj_weight, a positional embedding, with why
             sparsity["ungated"] = dict(search.gated.ungated)
     else:
         example = next(iter(iterate_batches(search.train, batch_size=2))).x
@@ -921,25 +1130,48 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, 
         sparsity = structured_sparsity(masks, model, exported)
         sparsity["ungated"] = dict(search.gated.ungated)  # e.g. residual-stream channels of a ResNet, with why
     exported.eval()
-    stages.append(_stage(f"gates (epoch {search.best['epoch']}" + (", the model as given)" if search.best["epoch"] == 0
-                                                                    else ", hard mask)"), exported, search))
+    stages.append(
+        _stage(
+            f"gates (epoch {search.best['epoch']}"
+            + (", the model as given)" if search.best["epoch"] == 0 else ", hard mask)"),
+            exported,
+            search,
+        )
+    )
     tune = tune_kept_weights(exported, search, callback=search.callback)
     if tune is not None:
-        kept = (f"epoch {tune['chosen_epoch']} of {tune['epochs']}" if tune["chosen_epoch"]
-                else f"none of {tune['epochs']} epochs beat the gates' state")
+        kept = (
+            f"epoch {tune['chosen_epoch']} of {tune['epochs']}"
+            if tune["chosen_epoch"]
+            else f"none of {tune['epochs']} epochs beat the gates' state"
+        )
         stages.append(_stage(f"weight tuning ({kept})", exported, search))
     head, eraser, head_refit = _after_gates(exported, search)
     if eraser is not None or head_refit is not None:
         steps = " + ".join(n for n, on in (("eraser", eraser), ("head refit", head_refit)) if on is not None)
         stages.append(_stage(steps, exported, search))
     judged = verdict(stages, search.floor, unchanged=_unchanged(search, tune, eraser, head_refit))
-    result = FFWResult(model=exported, masks=masks, config=cfg, head=head, history=search.history,
-                       selected=search.best, sparsity=sparsity, stop_reason=search.progress["stop_reason"],
-                       wall_time_s=wall_time_s, gated=search.gated, privacy_heads=search.heads, shapes=shapes,
-                       eraser=eraser, head_refit=head_refit, tune=tune, no_harm=judged)
+    result = FFWResult(
+        model=exported,
+        masks=masks,
+        config=cfg,
+        head=head,
+        history=search.history,
+        selected=search.best,
+        sparsity=sparsity,
+        stop_reason=search.progress["stop_reason"],
+        wall_time_s=wall_time_s,
+        gated=search.gated,
+        privacy_heads=search.heads,
+        shapes=shapes,
+        eraser=eraser,
+        head_refit=head_refit,
+        tune=tune,
+        no_harm=judged,
+    )
     if no_harm:
-        enforce(judged, result)   # raises NoImprovementError: nothing returned, the user's model untouched
-    if inplace:   # unstructured, no tuning, no eraser: the same architecture, the masks (and a refit head) baked in
+        enforce(judged, result)  # raises NoImprovementError: nothing returned, the user's model untouched
+    if inplace:  # unstructured, no tuning, no eraser: the same architecture, the masks (and a refit head) baked in
         model.load_state_dict(exported.state_dict())
         result.model = model.eval()
     return result
@@ -961,10 +1193,20 @@ def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, A
     if cfg.erase != "none":
         head, eraser, train_z, val_z, fits = _erase(exported, search, train, val)
         eraser["time_s"] = time.perf_counter() - start
-    if cfg.refit_head:   # a gated head keeps its pruned zeros; the eraser's scoring fits are reused, not redone
-        head_refit = {"head": head, **refit_head(exported.get_submodule(head), train_z=train_z, train_y=train.y,
-                                                 train_b=train.b, val_z=val_z, val_y=val.y,
-                                                 keep_zeros=cfg.include_head, fits=fits)}
+    if cfg.refit_head:  # a gated head keeps its pruned zeros; the eraser's scoring fits are reused, not redone
+        head_refit = {
+            "head": head,
+            **refit_head(
+                exported.get_submodule(head),
+                train_z=train_z,
+                train_y=train.y,
+                train_b=train.b,
+                val_z=val_z,
+                val_y=val.y,
+                keep_zeros=cfg.include_head,
+                fits=fits,
+            ),
+        }
     return head, eraser, head_refit
 
 
@@ -972,8 +1214,9 @@ def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, A
 CONDITIONAL_RANKS = (0, 5, 10, 20, 40, 80, 10_000)
 
 
-def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[
-        LinearEraser, dict[str, Any], dict[float, dict[str, Tensor]], tuple[Tensor, Tensor]]:
+def _choose_conditional(
+    head: nn.Module, search: _Search, train, val
+) -> tuple[LinearEraser, dict[str, Any], dict[float, dict[str, Tensor]], tuple[Tensor, Tensor]]:
     """erase="conditional": the candidate erasers (the linear one plus k within-target directions) scored by
     D^u_val task accuracy - through the head refit on each erased D^u_train when ``refit_head`` (the lambda the
     full refit picks for k = 0, one fit per candidate), else through the head as it is - and the one that erases
@@ -990,46 +1233,80 @@ def _choose_conditional(head: nn.Module, search: _Search, train, val) -> tuple[
         work = copy.deepcopy(head).cpu()
         fits.append({})
         if search.cfg.refit_head:
-            fit = refit_head(work, train_z=zt, train_y=train.y, train_b=train.b, val_z=zv, val_y=val.y,
-                             keep_zeros=search.cfg.include_head, grid=grid, fits=fits[-1])
-            if i == 0:   # k = 0 first: its lambda scores the others (none kept: the original head does)
+            fit = refit_head(
+                work,
+                train_z=zt,
+                train_y=train.y,
+                train_b=train.b,
+                val_z=zv,
+                val_y=val.y,
+                keep_zeros=search.cfg.include_head,
+                grid=grid,
+                fits=fits[-1],
+            )
+            if i == 0:  # k = 0 first: its lambda scores the others (none kept: the original head does)
                 grid = () if fit["kept_lam"] is None else (fit["kept_lam"],)
         with torch.no_grad():
-            scored.append({"within_target_rank": info["within_target_rank"], "val_task": logits_accuracy(work(zv), val.y)})
+            scored.append(
+                {"within_target_rank": info["within_target_rank"], "val_task": logits_accuracy(work(zv), val.y)}
+            )
     best = max(c["val_task"] for c in scored)
     stderr = math.sqrt(best * (1 - best) / len(val.y))
     pick = max(i for i, c in enumerate(scored) if c["val_task"] >= best - stderr)
     eraser, info = candidates[pick]
     with torch.no_grad():
         erased = eraser(train.z), eraser(val.z)
-    return eraser, {**info, "candidates": scored, "val_task_stderr": stderr,
-                    "selection": "most within-target directions whose D^u_val task accuracy is within one standard "
-                                 "error of the best candidate's"}, fits[pick], erased
+    return (
+        eraser,
+        {
+            **info,
+            "candidates": scored,
+            "val_task_stderr": stderr,
+            "selection": "most within-target directions whose D^u_val task accuracy is within one standard "
+            "error of the best candidate's",
+        },
+        fits[pick],
+        erased,
+    )
 
 
-def _erase(exported: nn.Module, search: _Search, train,
-           val_before) -> tuple[str, dict[str, Any], Tensor, Tensor, dict[float, dict[str, Tensor]]]:
+def _erase(
+    exported: nn.Module, search: _Search, train, val_before
+) -> tuple[str, dict[str, Any], Tensor, Tensor, dict[float, dict[str, Tensor]]]:
     """Fit the eraser on the exported model's D^u_train bottleneck (the search's bias labels) and put it in
     front of the head (in place); returns the new head name, what the eraser did with its effect on D^u_val,
     the erased D^u_train and D^u_val bottlenecks, and the head fits already made behind it (for the refit)."""
     device = next(exported.parameters()).device
-    cards = search.bias_cardinalities   # each attribute's one-hot and readability with its own K
+    cards = search.bias_cardinalities  # each attribute's one-hot and readability with its own K
     fits: dict[float, dict[str, Tensor]] = {}
     if search.cfg.erase == "conditional":
-        eraser, fit, fits, (train_after, z_after) = _choose_conditional(exported.get_submodule(search.head), search,
-                                                                        train, val_before)
+        eraser, fit, fits, (train_after, z_after) = _choose_conditional(
+            exported.get_submodule(search.head), search, train, val_before
+        )
     else:
         eraser, fit = fit_linear_eraser(train.z, train.b, cards)
-        with torch.no_grad():   # on the CPU, where the collected features are
+        with torch.no_grad():  # on the CPU, where the collected features are
             train_after, z_after = eraser(train.z), eraser(val_before.z)
     head = attach_eraser(exported, search.head, eraser.to(device))
-    with torch.no_grad():   # D^u_val behind the eraser from the features already collected: no second forward pass
-        logits_after = exported.get_submodule(head)(z_after.to(device)).cpu()   # HEAD.head, behind the eraser
-    def readability(z: Tensor, b: Tensor) -> float:   # the search's closed-form reading, whole split, ridge 1e-2
+    with torch.no_grad():  # D^u_val behind the eraser from the features already collected: no second forward pass
+        logits_after = exported.get_submodule(head)(z_after.to(device)).cpu()  # HEAD.head, behind the eraser
+
+    def readability(z: Tensor, b: Tensor) -> float:  # the search's closed-form reading, whole split, ridge 1e-2
         return sum(lda_readability(z, c, k) for c, k in zip(bias_columns(b), cards))
-    return head, {
-        "kind": search.cfg.erase, "head": search.head, "dim": int(train.z.shape[1]), **fit,
-        "val_task_before": logits_accuracy(val_before.logits, val_before.y),
-        "val_task_after": logits_accuracy(logits_after, val_before.y),
-        "val_readability_before": readability(val_before.z, val_before.b),
-        "val_readability_after": readability(z_after, val_before.b)}, train_after, z_after, fits
+
+    return (
+        head,
+        {
+            "kind": search.cfg.erase,
+            "head": search.head,
+            "dim": int(train.z.shape[1]),
+            **fit,
+            "val_task_before": logits_accuracy(val_before.logits, val_before.y),
+            "val_task_after": logits_accuracy(logits_after, val_before.y),
+            "val_readability_before": readability(val_before.z, val_before.b),
+            "val_readability_after": readability(z_after, val_before.b),
+        },
+        train_after,
+        z_after,
+        fits,
+    )

@@ -7,6 +7,7 @@ run the very code FFW runs after its gates, with the same config; this module ru
 (no weight is exactly zero there, so the tuning trains every weight), or on a gated export to add the stages one by
 one. Nothing here is a new formula.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +49,16 @@ class _Context:
         self.bias_cardinalities = _check_data(train, val)
 
 
-def apply_stages(model: nn.Module, *, train, val, head: str | None = None, config: FFWConfig | None = None,
-                 device: str = "cpu", **overrides) -> StagesResult:
+def apply_stages(
+    model: nn.Module,
+    *,
+    train,
+    val,
+    head: str | None = None,
+    config: FFWConfig | None = None,
+    device: str = "cpu",
+    **overrides,
+) -> StagesResult:
     """Run FFW's after-gate stages on a copy of ``model``: ``tune_epochs`` of weight tuning under J, then the eraser
     (``erase``) and the head refit (``refit_head``), all on D^u_train (``train``) and chosen on D^u_val (``val``), as
     :func:`find_fantastic_weights` runs them after its gates. ``overrides`` set :class:`FFWConfig` fields.
@@ -66,12 +75,13 @@ def apply_stages(model: nn.Module, *, train, val, head: str | None = None, confi
         raise ValueError("pass either config= or keyword overrides, not both")
     device = _dist.check_device(device)
     head_name, _ = resolve_head(model, head)
-    head_shape(model, head_name)   # the eraser and the refit read a Linear head's input
+    head_shape(model, head_name)  # the eraser and the refit read a Linear head's input
     train, val = as_bias_datasets(train, val)
     ctx = _Context(cfg=config, train=train, val=val, head=head_name)
     work = copy.deepcopy(model).to(device).eval()
-    freeze(work)   # the tuning unfreezes what it trains and freezes it again
+    freeze(work)  # the tuning unfreezes what it trains and freezes it again
     tune = tune_kept_weights(work, ctx)
     new_head, eraser, refit = _after_gates(work, ctx)
-    return StagesResult(model=work, head=new_head, tune=tune, eraser=eraser, head_refit=refit,
-                        wall_time_s=time.perf_counter() - start)
+    return StagesResult(
+        model=work, head=new_head, tune=tune, eraser=eraser, head_refit=refit, wall_time_s=time.perf_counter() - start
+    )

@@ -45,6 +45,7 @@ grouped convolutions. fx gives the op and its arguments (constants, dims, in-pla
 module calls, and shapes, which is what the zero-propagation proof needs; the slicing itself is a few
 lines (``_export.py``). So debiaskit depends on fx (part of torch) only.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,28 +65,123 @@ CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LAYER_TYPES = CONV_TYPES + (nn.Linear,)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # Elementwise modules with f(0) = 0: a zero channel stays zero through them.
-ZERO_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
-                    nn.Hardtanh, nn.Hardswish, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink)
+ZERO_ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.Hardshrink,
+    nn.Softshrink,
+)
 # Elementwise modules with f(0) != 0 (a pruned unit would leak a constant).
 SHIFT_ACTIVATIONS = (nn.Sigmoid, nn.Softplus, nn.Hardsigmoid, nn.LogSigmoid)
 ACTIVATION_TYPES = ZERO_ACTIVATIONS + SHIFT_ACTIVATIONS
 # Per-channel modules that map a zero channel to a zero channel and keep the channel order.
-ZERO_PRESERVING_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
-                         nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
-                         nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
+ZERO_PRESERVING_TYPES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+)
 
-_ZERO_FUNCS = {torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_,
-               F.selu, F.selu_, torch.selu, F.celu, F.gelu, F.silu, F.mish, F.hardtanh, F.hardtanh_, F.hardswish,
-               torch.tanh, F.tanh, F.softsign, F.tanhshrink, F.hardshrink, F.softshrink, torch.neg, operator.neg,
-               F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-               F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-               F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.lp_pool1d, F.lp_pool2d, F.interpolate,
-               F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone}
+_ZERO_FUNCS = {
+    torch.relu,
+    torch.relu_,
+    F.relu,
+    F.relu_,
+    F.relu6,
+    F.leaky_relu,
+    F.leaky_relu_,
+    F.elu,
+    F.elu_,
+    F.selu,
+    F.selu_,
+    torch.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardtanh,
+    F.hardtanh_,
+    F.hardswish,
+    torch.tanh,
+    F.tanh,
+    F.softsign,
+    F.tanhshrink,
+    F.hardshrink,
+    F.softshrink,
+    torch.neg,
+    operator.neg,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.lp_pool1d,
+    F.lp_pool2d,
+    F.interpolate,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    torch.clone,
+}
 _SHIFT_FUNCS = {torch.sigmoid, F.sigmoid, F.softplus, F.hardsigmoid, F.logsigmoid, torch.exp, torch.cos}
-_ZERO_METHODS = {"relu", "relu_", "tanh", "tanh_", "neg", "neg_", "contiguous", "clone", "float", "double", "half",
-                 "to", "type_as", "detach", "clamp_min", "clamp_min_"}
+_ZERO_METHODS = {
+    "relu",
+    "relu_",
+    "tanh",
+    "tanh_",
+    "neg",
+    "neg_",
+    "contiguous",
+    "clone",
+    "float",
+    "double",
+    "half",
+    "to",
+    "type_as",
+    "detach",
+    "clamp_min",
+    "clamp_min_",
+}
 _SHIFT_METHODS = {"sigmoid", "sigmoid_", "exp", "exp_"}
 _META_METHODS = {"size", "dim", "numel", "type", "get_device", "ndimension", "nelement"}
 _REDUCE = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin"}
@@ -135,15 +231,16 @@ class Structure:
 
     points: dict[str, GatePoint]
     ungated: dict[str, str]
-    input_layers: tuple[str, ...] = ()   # conv/linear outside the head that read the model's input
+    input_layers: tuple[str, ...] = ()  # conv/linear outside the head that read the model's input
 
     @property
     def kind(self) -> str:
-        """"chain" when no unit is shared between layers (no residual coupling), else "residual"."""
+        """ "chain" when no unit is shared between layers (no residual coupling), else "residual"."""
         return "residual" if any(len(p.producers) > 1 for p in self.points.values()) else "chain"
 
 
 # ---------------------------------------------------------------- tracing
+
 
 class _Tracer(fx.Tracer):
     """fx tracer that keeps torch.nn modules as leaves and turns a sub-module whose forward cannot be
@@ -186,9 +283,11 @@ def trace_graph(model: nn.Module, example: Tensor) -> tuple[fx.GraphModule, dict
     try:
         graph = tracer.trace(model)
     except Exception as err:  # noqa: BLE001 - the top-level forward itself cannot be traced
-        raise ModelError(f"structured FFW reads the model's forward() with torch.fx, which failed on "
-                         f"{type(model).__name__}.forward: {type(err).__name__}: {err}. Make forward() traceable "
-                         "(no Python control flow on tensor values), or use mode='unstructured'") from err
+        raise ModelError(
+            f"structured FFW reads the model's forward() with torch.fx, which failed on "
+            f"{type(model).__name__}.forward: {type(err).__name__}: {err}. Make forward() traceable "
+            "(no Python control flow on tensor values), or use mode='unstructured'"
+        ) from err
     gm = fx.GraphModule(model, graph)
     was = model.training
     model.eval()
@@ -196,8 +295,10 @@ def trace_graph(model: nn.Module, example: Tensor) -> tuple[fx.GraphModule, dict
         with torch.no_grad():
             ShapeProp(gm).propagate(example)
     except Exception as err:  # noqa: BLE001 - report which input broke the traced forward
-        raise ModelError(f"the traced forward of {type(model).__name__} failed on an example batch of shape "
-                         f"{tuple(example.shape)}: {type(err).__name__}: {err}") from err
+        raise ModelError(
+            f"the traced forward of {type(model).__name__} failed on an example batch of shape "
+            f"{tuple(example.shape)}: {type(err).__name__}: {err}"
+        ) from err
     finally:
         model.train(was)
     return gm, tracer.opaque
@@ -205,12 +306,13 @@ def trace_graph(model: nn.Module, example: Tensor) -> tuple[fx.GraphModule, dict
 
 # ---------------------------------------------------------------- channel spaces
 
+
 @dataclass
 class _Space:
     units: int
     producers: list[fx.Node] = field(default_factory=list)
     channel_modules: list[str] = field(default_factory=list)
-    consumers: list[tuple[fx.Node, str, int]] = field(default_factory=list)   # node, module, fan
+    consumers: list[tuple[fx.Node, str, int]] = field(default_factory=list)  # node, module, fan
     blocked: list[str] = field(default_factory=list)
     members: list[fx.Node] = field(default_factory=list)
 
@@ -359,8 +461,14 @@ def _is_flatten(in_shape: tuple[int, ...], out_shape: tuple[int, ...], fan: int)
     return None
 
 
-def _build_spaces(gm: fx.GraphModule, modules: dict[str, nn.Module], opaque: dict[str, str], head: str,
-                  kinds: dict[fx.Node, str], calls: dict[str, int]) -> _Spaces:
+def _build_spaces(
+    gm: fx.GraphModule,
+    modules: dict[str, nn.Module],
+    opaque: dict[str, str],
+    head: str,
+    kinds: dict[fx.Node, str],
+    calls: dict[str, int],
+) -> _Spaces:
     """Assign every tensor of the graph to a channel space (see the module docstring, step 2)."""
     spaces = _Spaces()
 
@@ -397,16 +505,17 @@ def _build_spaces(gm: fx.GraphModule, modules: dict[str, nn.Module], opaque: dic
         kind = _kind(node, modules, opaque)
         kinds[node] = kind
         desc = _describe(node, modules)
-        if kind == "meta":   # x.size(), x.shape, x.dim(): no data flows
+        if kind == "meta":  # x.size(), x.shape, x.dim(): no data flows
             continue
         args = _tensor_args(node)
-        if shape is None:    # a tuple or a number computed from tensors
+        if shape is None:  # a tuple or a number computed from tensors
             block_inputs(node, f"it is read by {desc}, which returns no single tensor")
             continue
         first = spaces.get(args[0]) if args else None
         if node.op == "call_module" and node.target in opaque:
-            block_inputs(node, f"it is read by {node.target}, whose forward torch.fx cannot trace "
-                               f"({opaque[node.target]})")
+            block_inputs(
+                node, f"it is read by {node.target}, whose forward torch.fx cannot trace ({opaque[node.target]})"
+            )
             fresh_blocked(node, f"it is written by {node.target}, whose forward torch.fx cannot trace")
             continue
         if kind in ("layer", "grouped"):
@@ -415,13 +524,17 @@ def _build_spaces(gm: fx.GraphModule, modules: dict[str, nn.Module], opaque: dic
             if first is not None:
                 sp, fan = first
                 if kind == "grouped":
-                    sp.blocked.append(f"it is read by the grouped convolution {desc} (groups={m.groups}): "
-                                      "removing one input channel would unbalance its groups")
+                    sp.blocked.append(
+                        f"it is read by the grouped convolution {desc} (groups={m.groups}): "
+                        "removing one input channel would unbalance its groups"
+                    )
                 elif shared:
                     sp.blocked.append(f"it is read by {desc}, which is called {calls[node.target]} times")
                 elif isinstance(m, nn.Linear) and len(_shape(args[0])) != 2:
-                    sp.blocked.append(f"it is read by {desc} on a {len(_shape(args[0]))}-d input (units on the "
-                                      "last dimension; structured FFW gates dimension 1)")
+                    sp.blocked.append(
+                        f"it is read by {desc} on a {len(_shape(args[0]))}-d input (units on the "
+                        "last dimension; structured FFW gates dimension 1)"
+                    )
                 elif isinstance(m, CONV_TYPES) and fan != 1:
                     sp.blocked.append(f"it is read by {desc} after a reshape")
                 else:
@@ -431,14 +544,20 @@ def _build_spaces(gm: fx.GraphModule, modules: dict[str, nn.Module], opaque: dic
             if in_head(node.target):
                 spaces.data[sid].blocked.append(f"it is written by {desc} inside the head {head!r}")
             elif kind == "grouped":
-                spaces.data[sid].blocked.append(f"it is written by the grouped convolution {desc} (groups={m.groups}): "
-                                                "removing one output channel would unbalance its groups")
+                spaces.data[sid].blocked.append(
+                    f"it is written by the grouped convolution {desc} (groups={m.groups}): "
+                    "removing one output channel would unbalance its groups"
+                )
             elif shared:
-                spaces.data[sid].blocked.append(f"it is written by {desc}, which is called {calls[node.target]} "
-                                                "times in one forward pass (shared weights)")
+                spaces.data[sid].blocked.append(
+                    f"it is written by {desc}, which is called {calls[node.target]} "
+                    "times in one forward pass (shared weights)"
+                )
             elif isinstance(m, nn.Linear) and len(shape) != 2:
-                spaces.data[sid].blocked.append(f"{desc} writes a {len(shape)}-d output (units on the last "
-                                                "dimension; structured FFW gates dimension 1)")
+                spaces.data[sid].blocked.append(
+                    f"{desc} writes a {len(shape)}-d output (units on the last "
+                    "dimension; structured FFW gates dimension 1)"
+                )
             spaces.data[sid].producers.append(node)
             continue
         if first is None:
@@ -455,8 +574,10 @@ def _build_spaces(gm: fx.GraphModule, modules: dict[str, nn.Module], opaque: dic
                 m = modules[node.target]
                 size = m.num_features if kind == "norm" else m.in_channels
                 if fan != 1 or size != sp.units or calls[node.target] > 1:
-                    sp.blocked.append(f"it is read by {desc}, which cannot be sliced with it "
-                                      f"({'called twice' if calls[node.target] > 1 else 'shape'})")
+                    sp.blocked.append(
+                        f"it is read by {desc}, which cannot be sliced with it "
+                        f"({'called twice' if calls[node.target] > 1 else 'shape'})"
+                    )
                 elif node.target not in sp.channel_modules:
                     sp.channel_modules.append(node.target)
             if shape[1:2] != _shape(args[0])[1:2] or shape[0] != _shape(args[0])[0]:
@@ -491,7 +612,7 @@ def _build_spaces(gm: fx.GraphModule, modules: dict[str, nn.Module], opaque: dic
                         ok = False
                     joined = spaces.union(joined, spaces.of[a][0])
                 elif len(a_shape) >= 2 and a_shape[1] == 1 and len(a_shape) == len(shape):
-                    continue   # broadcast over channels (e.g. a spatial attention map): not channel-indexed
+                    continue  # broadcast over channels (e.g. a spatial attention map): not channel-indexed
                 else:
                     ok = False
             if not ok:
@@ -506,6 +627,7 @@ def _build_spaces(gm: fx.GraphModule, modules: dict[str, nn.Module], opaque: dic
 
 # ---------------------------------------------------------------- gate sites and the exactness proof
 
+
 def _data_users(node: fx.Node, kinds: dict[fx.Node, str]) -> list[fx.Node]:
     return [u for u in node.users if kinds.get(u) != "meta"]
 
@@ -517,8 +639,15 @@ def _zero_preserving(node: fx.Node, kinds: dict[fx.Node, str], modules: dict[str
     return kind in ("zero", "flatten", "reduce")
 
 
-def _site(producer: fx.Node, space: _Space, spaces: _Spaces, kinds: dict[fx.Node, str],
-          modules: dict[str, nn.Module], calls: dict[str, int], head: str) -> tuple[fx.Node | None, str]:
+def _site(
+    producer: fx.Node,
+    space: _Space,
+    spaces: _Spaces,
+    kinds: dict[fx.Node, str],
+    modules: dict[str, nn.Module],
+    calls: dict[str, int],
+    head: str,
+) -> tuple[fx.Node | None, str]:
     """The node whose output the gate multiplies for one producer (or None and why)."""
     chain = [producer]
     while True:
@@ -527,14 +656,22 @@ def _site(producer: fx.Node, space: _Space, spaces: _Spaces, kinds: dict[fx.Node
             break
         u = users[0]
         got = spaces.get(u)
-        if kinds.get(u) not in ("zero", "shift", "norm", "depthwise") or got is None or got[0] is not space or got[1] != 1:
+        if (
+            kinds.get(u) not in ("zero", "shift", "norm", "depthwise")
+            or got is None
+            or got[0] is not space
+            or got[1] != 1
+        ):
             break
         chain.append(u)
     last_shift = max(i for i, n in enumerate(chain) if i == 0 or not _zero_preserving(n, kinds, modules))
 
     def hookable(n: fx.Node) -> bool:
-        return (n.op == "call_module" and calls.get(n.target, 0) == 1
-                and not (n.target == head or n.target.startswith(head + ".")))
+        return (
+            n.op == "call_module"
+            and calls.get(n.target, 0) == 1
+            and not (n.target == head or n.target.startswith(head + "."))
+        )
 
     valid = [n for n in chain[last_shift:] if hookable(n)]
     for n in valid:
@@ -542,12 +679,19 @@ def _site(producer: fx.Node, space: _Space, spaces: _Spaces, kinds: dict[fx.Node
             return n, ""
     if valid:
         return valid[0], ""
-    return None, (f"no module called once follows {_describe(chain[last_shift], modules)} to carry the gate "
-                  "(a functional op that does not map 0 to 0 comes after it)")
+    return None, (
+        f"no module called once follows {_describe(chain[last_shift], modules)} to carry the gate "
+        "(a functional op that does not map 0 to 0 comes after it)"
+    )
 
 
-def _prove_zero(space: _Space, sites: set[fx.Node], kinds: dict[fx.Node, str], modules: dict[str, nn.Module],
-                position: dict[fx.Node, int]) -> str:
+def _prove_zero(
+    space: _Space,
+    sites: set[fx.Node],
+    kinds: dict[fx.Node, str],
+    modules: dict[str, nn.Module],
+    position: dict[fx.Node, int],
+) -> str:
     """Propagate 'a pruned channel is exactly 0' from the gate sites in graph order; return why a
     consumer would read a non-zero value, or '' when every consumer reads exact zeros."""
     members = set(space.members)
@@ -566,25 +710,35 @@ def _prove_zero(space: _Space, sites: set[fx.Node], kinds: dict[fx.Node, str], m
         elif kind == "div":
             num = node.args[0] if node.args else None
             zero[node] = isinstance(num, fx.Node) and num in members and zero[num]
-        else:   # a producer, BatchNorm, sigmoid-like, depthwise conv with a bias
+        else:  # a producer, BatchNorm, sigmoid-like, depthwise conv with a bias
             zero[node] = False
     for node, name, _ in space.consumers:
         src = next(a for a in _tensor_args(node) if a in members)
         if not zero[src]:
-            return (f"a pruned unit would reach {name} as a non-zero value (through "
-                    f"{_culprit(src, zero, members, kinds, modules)}, which does not map 0 to 0)")
+            return (
+                f"a pruned unit would reach {name} as a non-zero value (through "
+                f"{_culprit(src, zero, members, kinds, modules)}, which does not map 0 to 0)"
+            )
     return ""
 
 
 def _extra_terms(node: fx.Node, members: set[fx.Node]) -> bool:
     """True when an addition has a term outside the channel space (a non-zero constant, another tensor)."""
-    consts = [a for a in list(node.args) + list(node.kwargs.values())
-              if isinstance(a, (int, float)) and not isinstance(a, bool) and a != 0]
+    consts = [
+        a
+        for a in list(node.args) + list(node.kwargs.values())
+        if isinstance(a, (int, float)) and not isinstance(a, bool) and a != 0
+    ]
     return bool(consts) or any(a not in members for a in _tensor_args(node))
 
 
-def _culprit(node: fx.Node, zero: dict[fx.Node, bool], members: set[fx.Node], kinds: dict[fx.Node, str],
-             modules: dict[str, nn.Module]) -> str:
+def _culprit(
+    node: fx.Node,
+    zero: dict[fx.Node, bool],
+    members: set[fx.Node],
+    kinds: dict[fx.Node, str],
+    modules: dict[str, nn.Module],
+) -> str:
     """Walk back from a non-zero value to the op that makes a pruned channel non-zero."""
     while True:
         kind = kinds.get(node)
@@ -600,12 +754,13 @@ def _uncalled(name: str, opaque: dict[str, str], called: set[str], modules: dict
     call (whose forward fx cannot trace, or a leaf), or it is really never called."""
     owner = next((o for o in opaque if name.startswith(o + ".")), None)
     if owner is not None:
-        return (f"not gated: inside {owner} ({type(modules[owner]).__name__}), whose forward torch.fx cannot trace "
-                f"({opaque[owner]}): one opaque call, so what it reads and writes is not gated")
+        return (
+            f"not gated: inside {owner} ({type(modules[owner]).__name__}), whose forward torch.fx cannot trace "
+            f"({opaque[owner]}): one opaque call, so what it reads and writes is not gated"
+        )
     owner = next((o for o in called if name.startswith(o + ".")), None)
     if owner is not None:
-        return (f"not gated: inside {owner} ({type(modules[owner]).__name__}), which torch.fx keeps as one opaque "
-                "call")
+        return f"not gated: inside {owner} ({type(modules[owner]).__name__}), which torch.fx keeps as one opaque call"
     return "not gated: not called in the forward pass"
 
 
@@ -664,10 +819,15 @@ def analyse_structure(model: nn.Module, example: Tensor, head: str) -> Structure
             continue
         fans = {name: fan for node, name, fan in sorted(space.consumers, key=lambda c: position[c[0]])}
         sites.sort(key=position.__getitem__)
-        points[producers[0]] = GatePoint(layer=producers[0], producers=tuple(producers),
-                                         sites=tuple(dict.fromkeys(s.target for s in sites)), units=space.units,
-                                         channel_modules=tuple(sorted(set(space.channel_modules), key=order.__getitem__)),
-                                         consumers=tuple(dict.fromkeys(fans)), fans=fans)
+        points[producers[0]] = GatePoint(
+            layer=producers[0],
+            producers=tuple(producers),
+            sites=tuple(dict.fromkeys(s.target for s in sites)),
+            units=space.units,
+            channel_modules=tuple(sorted(set(space.channel_modules), key=order.__getitem__)),
+            consumers=tuple(dict.fromkeys(fans)),
+            fans=fans,
+        )
     called = set(calls)
     for name, m in modules.items():
         if isinstance(m, LAYER_TYPES) and not (name == head or name.startswith(head + ".")):
@@ -676,6 +836,7 @@ def analyse_structure(model: nn.Module, example: Tensor, head: str) -> Structure
             ungated[name] = _uncalled(name, opaque, called, modules)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and n in spaces.of]
     readers = [name for n in inputs for _, name, _ in spaces.get(n)[0].consumers]
-    input_layers = tuple(dict.fromkeys(r for r in sorted(readers, key=order.__getitem__)
-                                       if not (r == head or r.startswith(head + "."))))
+    input_layers = tuple(
+        dict.fromkeys(r for r in sorted(readers, key=order.__getitem__) if not (r == head or r.startswith(head + ".")))
+    )
     return Structure(points=points, ungated=ungated, input_layers=input_layers)

@@ -18,12 +18,14 @@ chance is never preferred to one that is not (ffw/_harm.py). The test set choose
 Under torchrun each rank takes its share of every epoch's order (the global batch in the 1-rank order for D), the
 gradients are averaged before each step, and D^u_val is scored identically on every rank.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,15 +76,17 @@ def _score_val(model: nn.Module, search, device) -> dict[str, float]:
     cfg, cards = search.cfg, search.bias_cardinalities
     out = collect_outputs(model, search.val, head=search.head, device=device)
     given = out.y if cfg.condition_on_target else None
-    dependence = sum(lda_readability(out.z, col, k, ridge=cfg.lda_ridge, given=given)
-                     for col, k in zip(bias_columns(out.b), cards))
+    dependence = sum(
+        lda_readability(out.z, col, k, ridge=cfg.lda_ridge, given=given) for col, k in zip(bias_columns(out.b), cards)
+    )
     ce = float(F.cross_entropy(out.logits, out.y))
     task = float((out.logits.argmax(1) == out.y).float().mean())
     rec = {"task": task, "ce": ce, "dependence": dependence, "objective": ce + cfg.gamma * dependence}
-    if cfg.selection == "readability":   # as the search's rule: the reading not conditioned on the target
-        rec["readability"] = sum(lda_readability(out.z, col, k, ridge=cfg.lda_ridge)
-                                 for col, k in zip(bias_columns(out.b), cards))
-    rec["selection_score"] = search.selection_score(rec)   # the search's own rule
+    if cfg.selection == "readability":  # as the search's rule: the reading not conditioned on the target
+        rec["readability"] = sum(
+            lda_readability(out.z, col, k, ridge=cfg.lda_ridge) for col, k in zip(bias_columns(out.b), cards)
+        )
+    rec["selection_score"] = search.selection_score(rec)  # the search's own rule
     return rec
 
 
@@ -90,12 +94,13 @@ def _preferred(search, val: dict[str, float], best: dict[str, float]) -> bool:
     """Whether an epoch's D^u_val numbers beat the best so far: a near-chance epoch never beats one that is not
     (``search.usable``, ffw/_harm.py: J prefers a collapsed network, whose constant bottleneck makes D 0); then the
     selection score."""
-    usable = getattr(search, "usable", lambda v: True)   # a search without the rule (hand-built in tests): score only
+    usable = getattr(search, "usable", lambda v: True)  # a search without the rule (hand-built in tests): score only
     return (usable(val), val["selection_score"]) > (usable(best), best["selection_score"])
 
 
-def tune_kept_weights(exported: nn.Module, search, *,
-                      callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+def tune_kept_weights(
+    exported: nn.Module, search, *, callback: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any] | None:
     """Train ``exported`` (in place) for ``tune_epochs`` epochs under J on D^u_train and keep its best state on
     D^u_val (see the module docstring). Returns what it did (None when ``tune_epochs`` is 0)."""
     cfg = search.cfg
@@ -103,7 +108,7 @@ def tune_kept_weights(exported: nn.Module, search, *,
         return None
     start = time.perf_counter()
     device = next(exported.parameters()).device
-    exported.eval()   # BatchNorm statistics and dropout as in the search: the frozen model's
+    exported.eval()  # BatchNorm statistics and dropout as in the search: the frozen model's
     params = list(exported.parameters())
     held = _zeros_held(exported)
     example = next(iter(iterate_batches(search.train, batch_size=2, device=device))).x
@@ -114,8 +119,9 @@ def tune_kept_weights(exported: nn.Module, search, *,
     # when it is probe-free, else the closed-form linear one. Its reference sample holds as many rows as the
     # search's (memory x batch_size), whatever the batch: smaller batches would otherwise pair each batch with fewer
     # remembered samples (a noisier gradient)
-    term = probe_free_term(dataclasses.replace(cfg, memory=tuning_memory(cfg)), d,
-                           "mmd" if cfg.adversary == "mmd" else "lda")
+    term = probe_free_term(
+        dataclasses.replace(cfg, memory=tuning_memory(cfg)), d, "mmd" if cfg.adversary == "mmd" else "lda"
+    )
     term.fit(collect_outputs(exported, search.train, head=search.head, device=device).z)
     cards, cond = search.bias_cardinalities, cfg.condition_on_target
     rank, world = _dist.rank_and_world()
@@ -127,18 +133,35 @@ def tune_kept_weights(exported: nn.Module, search, *,
     steps = cfg.tune_epochs * -(-len(search.train) // batch)
     # cosine: the learning rate falls to 0 by the last step, so the last epochs move the model little (less noise
     # between the epochs D^u_val chooses from)
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.tune_schedule == "cosine"
-                else None)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.tune_schedule == "cosine" else None
     stopped = None
     try:
         for epoch in range(1, cfg.tune_epochs + 1):
-            train = _tune_epoch(exported, search, opt, schedule, term, held, fmt, epoch=epoch, rank=rank,
-                                batch_size=batch, world=world, cards=cards, cond=cond, device=device)
-            if train.get("diverged"):   # keep the best state so far; say so
+            train = _tune_epoch(
+                exported,
+                search,
+                opt,
+                schedule,
+                term,
+                held,
+                fmt,
+                epoch=epoch,
+                rank=rank,
+                batch_size=batch,
+                world=world,
+                cards=cards,
+                cond=cond,
+                device=device,
+            )
+            if train.get("diverged"):  # keep the best state so far; say so
                 stopped = f"the loss became non-finite in epoch {epoch} (try a lower tune_lr): stopped there"
                 break
-            rec = {"epoch": epoch, **train, "val": _score_val(exported, search, device),
-                   "time_s": time.perf_counter() - start}
+            rec = {
+                "epoch": epoch,
+                **train,
+                "val": _score_val(exported, search, device),
+                "time_s": time.perf_counter() - start,
+            }
             history.append(rec)
             if _preferred(search, rec["val"], best["val"]):
                 best, best_state = rec, copy.deepcopy(exported.state_dict())
@@ -148,38 +171,66 @@ def tune_kept_weights(exported: nn.Module, search, *,
         for p in params:
             p.requires_grad_(False)
     exported.load_state_dict(best_state)
-    return {"epochs": cfg.tune_epochs, "chosen_epoch": best["epoch"], "gamma": cfg.tune_gamma, "lr": cfg.tune_lr,
-            "batch_size": batch, "shift": cfg.tune_shift,
-            "val_before": history[0]["val"], "val_after": best["val"], "history": history,
-            "held_zero": sum(int((m == 0).sum()) for _, m in held), "stopped": stopped,
-            "selection": f"the epoch (0: the gates' state) with the best D^u_val selection score ({cfg.selection})",
-            "time_s": time.perf_counter() - start}
+    return {
+        "epochs": cfg.tune_epochs,
+        "chosen_epoch": best["epoch"],
+        "gamma": cfg.tune_gamma,
+        "lr": cfg.tune_lr,
+        "batch_size": batch,
+        "shift": cfg.tune_shift,
+        "val_before": history[0]["val"],
+        "val_after": best["val"],
+        "history": history,
+        "held_zero": sum(int((m == 0).sum()) for _, m in held),
+        "stopped": stopped,
+        "selection": f"the epoch (0: the gates' state) with the best D^u_val selection score ({cfg.selection})",
+        "time_s": time.perf_counter() - start,
+    }
 
 
-def _tune_epoch(model: nn.Module, search, opt: torch.optim.Optimizer, schedule, term, held, fmt, *, epoch: int,
-                batch_size: int, rank: int, world: int, cards, cond: bool, device) -> dict[str, float]:
+def _tune_epoch(
+    model: nn.Module,
+    search,
+    opt: torch.optim.Optimizer,
+    schedule,
+    term,
+    held,
+    fmt,
+    *,
+    epoch: int,
+    batch_size: int,
+    rank: int,
+    world: int,
+    cards,
+    cond: bool,
+    device,
+) -> dict[str, float]:
     cfg = search.cfg
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + epoch)   # apart from the search's orders
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + epoch)  # apart from the search's orders
     perm = torch.randperm(len(search.train), generator=gen)
     # each sample's shift for this epoch, drawn by its index in the split: the same on any number of ranks
     offsets = torch.randint(0, 2 * cfg.tune_shift + 1, (len(search.train), 2), generator=gen)
     place = torch.empty_like(perm)
     place[perm] = torch.arange(len(perm))
     sums, steps = {"loss": 0.0, "ce": 0.0, "dependence": 0.0}, 0
-    for batch in iterate_batches(search.train, batch_size=_dist.per_rank_batch(batch_size, world),
-                                 indices=_dist.shard(perm, rank=rank, world=world), device=device):
+    for batch in iterate_batches(
+        search.train,
+        batch_size=_dist.per_rank_batch(batch_size, world),
+        indices=_dist.shard(perm, rank=rank, world=world),
+        device=device,
+    ):
         x = shift_images(batch.x, offsets[batch.index], cfg.tune_shift)
         logits, z = forward_with_bottleneck(model, laid_out(x, fmt), search.head)
         ce = F.cross_entropy(logits, batch.y)
         z_all, b_all, y_all = z, batch.b, batch.y
-        if world > 1:   # D on the global batch, in the 1-rank order (gradient back to each rank's own rows)
+        if world > 1:  # D on the global batch, in the 1-rank order (gradient back to each rank's own rows)
             order = _dist.global_batch_order(place[batch.index]).to(z.device)
             z_all = _dist.all_gather_with_grad(z)[order]
             b_all, y_all = (_dist.all_gather(t)[order.to(t.device)] for t in (batch.b, batch.y))
         dep = probe_free_penalty(term, z_all, bias_columns(b_all), y_all, cards, given_target=cond)
         loss = ce + cfg.tune_gamma * dep
         bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
-        if float(_dist.all_reduce_sum(bad)) > 0:   # every rank stops together (CE is each rank's own)
+        if float(_dist.all_reduce_sum(bad)) > 0:  # every rank stops together (CE is each rank's own)
             return {"diverged": True}
         opt.zero_grad(set_to_none=True)
         loss.backward()

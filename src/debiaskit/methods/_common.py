@@ -4,18 +4,19 @@ Under torchrun the auxiliary loops shard like the main loop (same permutation on
 its DistributedSampler share with a per-rank batch of ``batch_size / W``) and whole-training-set passes
 are split across ranks and gathered, so their results are identical on every rank.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from .._dist import map_shards, shard
 from ..data import Batch, iterate_batches
 from ..models import collect_outputs, laid_out
 from ..train import TrainContext
-from .._dist import map_shards, shard
 
 
 def fresh_copy(model: nn.Module, *, seed: int) -> nn.Module:
@@ -41,7 +42,7 @@ def run_epochs(ctx: TrainContext, *, epochs: int, step: Callable[[Batch], None],
         order = torch.arange(n) if indices is None else indices
         order = shard(order[torch.randperm(len(order), generator=ctx.generator)], rank=ctx.rank, world=ctx.world_size)
         for batch in iterate_batches(ctx.train_data, batch_size=ctx.batch_size, indices=order, device=ctx.device):
-            step(batch._replace(x=laid_out(batch.x, ctx.memory_format)))   # the main loop's layout
+            step(batch._replace(x=laid_out(batch.x, ctx.memory_format)))  # the main loop's layout
 
 
 @torch.no_grad()
@@ -54,8 +55,9 @@ def predict_train(model: nn.Module, ctx: TrainContext) -> tuple[Tensor, Tensor]:
     def rows(index: Tensor) -> Tensor:
         if not len(index):
             return torch.zeros(0, 2, dtype=torch.long)
-        out = collect_outputs(model, ctx.train_data, with_bottleneck=False, batch_size=1024, device=ctx.device,
-                              indices=index)
+        out = collect_outputs(
+            model, ctx.train_data, with_bottleneck=False, batch_size=1024, device=ctx.device, indices=index
+        )
         return torch.stack([out.logits.argmax(1), out.y], 1)
 
     both = map_shards(len(ctx.train_data), rows)

@@ -1,7 +1,7 @@
 """Generalised cross-entropy (Zhang & Sabuncu 2018), the loss of LfF's and DCWP's biased models."""
+
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

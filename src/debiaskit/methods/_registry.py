@@ -6,12 +6,13 @@ validation data). The benchmark harnesses read only this entry and the method ob
 selection rule and its text, budget overrides per protocol, extra epochs, diagnostics renderers.
 A method is therefore one file: its class and its :class:`MethodInfo`.
 """
+
 from __future__ import annotations
 
 import warnings
-
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..data import DATASETS, RECIPES
 from ..errors import ConfigError
@@ -31,9 +32,9 @@ class Default:
 SELECTION_RULES = {
     "last": "last epoch (label-free)",
     "val_worst_group": "best worst-group accuracy on D^u_val (uses bias labels)",
-    "own": "",   # the method selects by its own rule; MethodInfo.selection_text says which
+    "own": "",  # the method selects by its own rule; MethodInfo.selection_text says which
 }
-PROTOCOLS = ("default", "full")   # the comparison harness's budgets: CPU-sized suites, the papers' (--full)
+PROTOCOLS = ("default", "full")  # the comparison harness's budgets: CPU-sized suites, the papers' (--full)
 
 
 @dataclass(frozen=True)
@@ -60,30 +61,35 @@ class MethodInfo:
     name: str
     description: str
     factory: Callable[..., Any]
-    uses_bias_labels: bool = False        # reads true bias labels anywhere (training or selection)
-    uses_unbiased_data: bool = False      # needs D^u
-    retrains: bool = True                 # trains weights (vs post-hoc surgery)
-    post_hoc: bool = False                # applied to a trained vanilla model
+    uses_bias_labels: bool = False  # reads true bias labels anywhere (training or selection)
+    uses_unbiased_data: bool = False  # needs D^u
+    retrains: bool = True  # trains weights (vs post-hoc surgery)
+    post_hoc: bool = False  # applied to a trained vanilla model
     defaults: dict[str, dict[str, Default]] = field(default_factory=dict)  # dataset family -> name -> Default
-    uses_counterfactuals: bool = False    # needs the recipe's counterfactual renderer (pairs differing only in b)
-    selection: str = "last"               # a key of SELECTION_RULES
-    selection_text: str = ""              # the rule in words when selection == "own"
-    apply: Callable[..., Any] | None = None  # post-hoc: apply(model, *, splits, head, seed, device, **config) -> (model, info)
-    reference: str = ""                   # paper the method comes from
+    uses_counterfactuals: bool = False  # needs the recipe's counterfactual renderer (pairs differing only in b)
+    selection: str = "last"  # a key of SELECTION_RULES
+    selection_text: str = ""  # the rule in words when selection == "own"
+    apply: Callable[..., Any] | None = (
+        None  # post-hoc: apply(model, *, splits, head, seed, device, **config) -> (model, info)
+    )
+    reference: str = ""  # paper the method comes from
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> hyper-parameter overrides
     extra_epochs: Callable[[dict[str, Any]], int] | None = None
     report: Callable[..., list[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTION_RULES:
-            raise ConfigError(f"method {self.name}: selection must be one of {', '.join(SELECTION_RULES)}, "
-                              f"got {self.selection!r}")
+            raise ConfigError(
+                f"method {self.name}: selection must be one of {', '.join(SELECTION_RULES)}, got {self.selection!r}"
+            )
         if self.selection == "own" and not self.selection_text:
             raise ConfigError(f"method {self.name}: selection 'own' needs selection_text (the rule in words)")
         unknown = set(self.budgets) - set(PROTOCOLS)
         if unknown:
-            raise ConfigError(f"method {self.name}: budgets for unknown protocol(s) {sorted(unknown)}; "
-                              f"protocols: {', '.join(PROTOCOLS)}")
+            raise ConfigError(
+                f"method {self.name}: budgets for unknown protocol(s) {sorted(unknown)}; "
+                f"protocols: {', '.join(PROTOCOLS)}"
+            )
 
     @property
     def selection_rule(self) -> str:
@@ -131,12 +137,14 @@ def defaults_note(name: str, dataset: str) -> str | None:
     info = get_method(name)
     fam = dataset_family(dataset)
     if fam in info.defaults or fam in RECIPES or fam in DATASETS or not info.defaults.get("*"):
-        return None   # defaults of its own, or the generic ones made for our datasets, or nothing to choose
+        return None  # defaults of its own, or the generic ones made for our datasets, or nothing to choose
     families = sorted(set(k for k in info.defaults if k != "*") | set(RECIPES) | set(DATASETS))
     used = ", ".join(f"{k}={d.value!r}" for k, d in info.defaults["*"].items())
-    return (f"{name} has no defaults for dataset family {fam!r} ({dataset}); it uses its generic '*' defaults, "
-            f"made on debiaskit's datasets ({', '.join(families)}): {used} (each value's source: "
-            f"debiaskit.methods.METHODS[{name!r}].defaults). Tune them on your D^u_val if they do not fit your data")
+    return (
+        f"{name} has no defaults for dataset family {fam!r} ({dataset}); it uses its generic '*' defaults, "
+        f"made on debiaskit's datasets ({', '.join(families)}): {used} (each value's source: "
+        f"debiaskit.methods.METHODS[{name!r}].defaults). Tune them on your D^u_val if they do not fit your data"
+    )
 
 
 def method_defaults(name: str, dataset: str) -> dict[str, Default]:
@@ -158,8 +166,9 @@ def method_config(name: str, *, dataset: str, **overrides) -> dict[str, Any]:
     config = {k: d.value for k, d in method_defaults(name, dataset).items()}
     unknown = set(overrides) - set(config)
     if unknown:
-        raise ConfigError(f"method {name} has no hyper-parameter(s) {sorted(unknown)}; it takes: "
-                          f"{', '.join(config) or 'none'}")
+        raise ConfigError(
+            f"method {name} has no hyper-parameter(s) {sorted(unknown)}; it takes: {', '.join(config) or 'none'}"
+        )
     config.update(overrides)
     return config
 
@@ -180,5 +189,5 @@ def build_method(name: str, *, dataset: str, **overrides):
     note = defaults_note(name, dataset)
     if note is not None:
         warnings.warn(note, DefaultsWarning, stacklevel=2)
-        method.defaults_note = note   # train_run records it in run.json
+        method.defaults_note = note  # train_run records it in run.json
     return method, config

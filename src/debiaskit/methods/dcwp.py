@@ -23,6 +23,7 @@ Example::
 
     method, cfg = build_method("dcwp", dataset="colored-mnist", mask_iters=300)
 """
+
 from __future__ import annotations
 
 import math
@@ -33,11 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .._dist import broadcast_
 from ..data import Batch, iterate_batches
 from ..errors import ConfigError
 from ..models import tap_bottleneck
 from ..train import ConflictFlags, TrainContext, TrainingMethod, make_optimizer
-from .._dist import broadcast_
 from ._common import fresh_copy, predict_train, rho_of, run_epochs, upweighted_indices
 from ._gce import gce_loss
 from ._registry import Default, MethodInfo, register_method
@@ -88,24 +89,50 @@ def debiased_supcon(z: Tensor, y: Tensor, mined: Tensor, *, temperature: float =
 
 def prunable(model: nn.Module) -> dict[str, Tensor]:
     """name -> weight of every conv / linear layer (DCWP masks all of them, classifier included)."""
-    return {f"{name}.weight" if name else "weight": m.weight for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))}
+    return {
+        f"{name}.weight" if name else "weight": m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    }
 
 
 class DCWP(TrainingMethod):
-    def __init__(self, *, q: float = 0.7, erm_epochs: int = 2, mask_iters: int = 300, mask_lr: float = 1e-2,
-                 mask_init: float = 1.0, lambda_up: float | str = "auto", lambda_sparse: float = 1e-8,
-                 lambda_con: float = 0.05, temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        q: float = 0.7,
+        erm_epochs: int = 2,
+        mask_iters: int = 300,
+        mask_lr: float = 1e-2,
+        mask_init: float = 1.0,
+        lambda_up: float | str = "auto",
+        lambda_sparse: float = 1e-8,
+        lambda_con: float = 0.05,
+        temperature: float = 0.1,
+    ) -> None:
         super().__init__()
         if erm_epochs < 1 or mask_iters < 0 or not 0 < q <= 1:
-            raise ConfigError(f"dcwp needs erm_epochs >= 1, mask_iters >= 0 and q in (0, 1]; got {erm_epochs}, {mask_iters}, {q}")
+            raise ConfigError(
+                f"dcwp needs erm_epochs >= 1, mask_iters >= 0 and q in (0, 1]; got {erm_epochs}, {mask_iters}, {q}"
+            )
         if lambda_up != "auto" and float(lambda_up) < 1:
             raise ConfigError(f"dcwp lambda_up must be >= 1 or 'auto', got {lambda_up}")
-        self.q, self.erm_epochs, self.mask_iters, self.mask_lr, self.mask_init = q, int(erm_epochs), int(mask_iters), mask_lr, mask_init
-        self.lambda_up, self.lambda_sparse, self.lambda_con, self.temperature = lambda_up, lambda_sparse, lambda_con, temperature
+        self.q, self.erm_epochs, self.mask_iters, self.mask_lr, self.mask_init = (
+            q,
+            int(erm_epochs),
+            int(mask_iters),
+            mask_lr,
+            mask_init,
+        )
+        self.lambda_up, self.lambda_sparse, self.lambda_con, self.temperature = (
+            lambda_up,
+            lambda_sparse,
+            lambda_con,
+            temperature,
+        )
         self.report: dict[str, Any] = {}
-        self.masks: dict[str, Tensor] = {}          # 1 = kept, per prunable weight (fixed after phase 2)
-        self.register_buffer("mined", None)          # phase 1: samples the GCE-biased model misclassifies
+        self.masks: dict[str, Tensor] = {}  # 1 = kept, per prunable weight (fixed after phase 2)
+        self.register_buffer("mined", None)  # phase 1: samples the GCE-biased model misclassifies
         self.register_buffer("sample_weights", None)  # lambda_up for mined samples, 1 otherwise
 
     # -- phase 1: ERM + GCE-biased model, mining ---------------------------------------------------
@@ -144,21 +171,31 @@ class DCWP(TrainingMethod):
                 with tap_bottleneck(model, ctx.head) as tap:
                     logits = functional_call(model, masked, (batch.x,))
                 ce = F.cross_entropy(logits, batch.y)
-                con = debiased_supcon(tap.z.flatten(1), batch.y, self.mined[idx].to(ctx.device), temperature=self.temperature)
+                con = debiased_supcon(
+                    tap.z.flatten(1), batch.y, self.mined[idx].to(ctx.device), temperature=self.temperature
+                )
                 sparse = sum(p.sum() for p in pi.values())
                 loss = ce + self.lambda_con * con + self.lambda_sparse * sparse
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if it % max(self.mask_iters // 10, 1) == 0 or it == self.mask_iters - 1:
-                    self.mask_trace.append({"iter": it, "ce": float(ce.detach()), "con": float(con.detach()),
-                                            "keep": float(sum((p >= 0).sum() for p in pi.values()) / sum(p.numel() for p in pi.values()))})
+                    self.mask_trace.append(
+                        {
+                            "iter": it,
+                            "ce": float(ce.detach()),
+                            "con": float(con.detach()),
+                            "keep": float(
+                                sum((p >= 0).sum() for p in pi.values()) / sum(p.numel() for p in pi.values())
+                            ),
+                        }
+                    )
         finally:
             model.train(was)
             for n, p in model.named_parameters():
                 p.requires_grad_(flags[n])
         masks = {k: (p.detach() >= 0).to(weights[k].dtype) for k, p in pi.items()}
-        broadcast_(list(masks.values()))   # under torchrun: rank 0's mask on every rank
+        broadcast_(list(masks.values()))  # under torchrun: rank 0's mask on every rank
         return masks
 
     def setup(self, ctx: TrainContext) -> None:
@@ -188,7 +225,7 @@ class DCWP(TrainingMethod):
         loss = F.cross_entropy(logits, batch.y)
         ctx.backward(loss)
         params = prunable(ctx.unwrapped)
-        for k, m in self.masks.items():   # pruned weights stay pruned
+        for k, m in self.masks.items():  # pruned weights stay pruned
             if params[k].grad is not None:
                 params[k].grad.mul_(m)
         ctx.step_optimizer(self.optimizer)
@@ -204,21 +241,41 @@ class DCWP(TrainingMethod):
         return ConflictFlags(torch.arange(len(self.mined)), self.mined)
 
     def state(self) -> dict[str, Any]:
-        return {"q": self.q, "erm_epochs": self.erm_epochs, "mask_iters": self.mask_iters,
-                "lambda_up": getattr(self, "lambda_up_used", self.lambda_up), "lambda_sparse": self.lambda_sparse,
-                "lambda_con": self.lambda_con, **self.report}
+        return {
+            "q": self.q,
+            "erm_epochs": self.erm_epochs,
+            "mask_iters": self.mask_iters,
+            "lambda_up": getattr(self, "lambda_up_used", self.lambda_up),
+            "lambda_sparse": self.lambda_sparse,
+            "lambda_con": self.lambda_con,
+            **self.report,
+        }
 
 
 _OURS = "ours (not tuned; CPU budget)"
-register_method(MethodInfo(
-    name="dcwp", description="DCWP: mine with a GCE model, Gumbel-sigmoid mask on ERM weights, fine-tune",
-    factory=DCWP, reference="Park et al., CVPR 2023",
-    budgets={"default": {"mask_iters": 300}, "full": {"mask_iters": 2000}},   # CPU-sized suites; --full: the paper's
-    defaults={"*": {"q": Default(0.7, "paper"), "erm_epochs": Default(2, _OURS),
-                    "mask_iters": Default(300, _OURS + "; paper 2000"), "mask_lr": Default(1e-2, "paper (Adam)"),
-                    "mask_init": Default(1.0, "ours, D^u_val grid 1/2/3 (colored-mnist rho 0.99, 8000 samples): equal "
-                                              "accuracy (56.7/56.5/56.5 %); only 1.0 prunes (38 %) within 300 iterations"),
-                    "lambda_up": Default("auto", "paper: 80/50/30/10 for 0.5/1/2/5 % conflicting (nearest ratio)"),
-                    "lambda_sparse": Default(1e-8, _OURS), "lambda_con": Default(0.05, "paper"),
-                    "temperature": Default(0.1, "ours (usual SupCon temperature)")}},
-))
+register_method(
+    MethodInfo(
+        name="dcwp",
+        description="DCWP: mine with a GCE model, Gumbel-sigmoid mask on ERM weights, fine-tune",
+        factory=DCWP,
+        reference="Park et al., CVPR 2023",
+        budgets={"default": {"mask_iters": 300}, "full": {"mask_iters": 2000}},  # CPU-sized suites; --full: the paper's
+        defaults={
+            "*": {
+                "q": Default(0.7, "paper"),
+                "erm_epochs": Default(2, _OURS),
+                "mask_iters": Default(300, _OURS + "; paper 2000"),
+                "mask_lr": Default(1e-2, "paper (Adam)"),
+                "mask_init": Default(
+                    1.0,
+                    "ours, D^u_val grid 1/2/3 (colored-mnist rho 0.99, 8000 samples): equal "
+                    "accuracy (56.7/56.5/56.5 %); only 1.0 prunes (38 %) within 300 iterations",
+                ),
+                "lambda_up": Default("auto", "paper: 80/50/30/10 for 0.5/1/2/5 % conflicting (nearest ratio)"),
+                "lambda_sparse": Default(1e-8, _OURS),
+                "lambda_con": Default(0.05, "paper"),
+                "temperature": Default(0.1, "ours (usual SupCon temperature)"),
+            }
+        },
+    )
+)

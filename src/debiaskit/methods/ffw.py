@@ -12,6 +12,7 @@ Example::
     config = {k: d.value for k, d in method_defaults("ffw", "biased-mnist").items()}
     pruned, state = info.apply(vanilla_model, splits=splits, head="fc", seed=0, **config)
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,7 +25,9 @@ from ..ffw import find_fantastic_weights
 from ._registry import Default, MethodInfo, register_method
 
 
-def apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 0, **config) -> tuple[nn.Module, dict[str, Any]]:
+def apply_ffw(
+    model: nn.Module, *, splits, head: str | None = None, seed: int = 0, **config
+) -> tuple[nn.Module, dict[str, Any]]:
     """Post-hoc entry used by the comparison harness: FFW on a copy of ``model``, gates and privacy head
     trained on ``splits.unbiased_train``, selection on ``splits.unbiased_val`` (bias labels of D^u).
 
@@ -34,50 +37,95 @@ def apply_ffw(model: nn.Module, *, splits, head: str | None = None, seed: int = 
     # the harness audits the head it names and compares pruned sub-networks (the paper's FFW): no linear eraser in
     # front of that head (`debiaskit ffw` adds one by default and audits behind it), and no refit of that head
     if config.get("erase", "none") != "none":
-        raise ConfigError("the comparison harness runs FFW without the linear eraser (it audits the head it names); "
-                          "use `debiaskit ffw RUN_DIR` for FFW with the eraser")
+        raise ConfigError(
+            "the comparison harness runs FFW without the linear eraser (it audits the head it names); "
+            "use `debiaskit ffw RUN_DIR` for FFW with the eraser"
+        )
     if config.get("refit_head", False):
-        raise ConfigError("the comparison harness runs FFW without the head refit (it compares pruned sub-networks; "
-                          "'retrain last layer' is its own row); use `debiaskit ffw RUN_DIR` for FFW with it")
+        raise ConfigError(
+            "the comparison harness runs FFW without the head refit (it compares pruned sub-networks; "
+            "'retrain last layer' is its own row); use `debiaskit ffw RUN_DIR` for FFW with it"
+        )
     if config.get("tune_epochs", 0):
-        raise ConfigError("the comparison harness runs FFW as the pruned sub-network alone (the kept weights as "
-                          "they were); use `debiaskit ffw RUN_DIR --tune-epochs N` for FFW with weight tuning")
+        raise ConfigError(
+            "the comparison harness runs FFW as the pruned sub-network alone (the kept weights as "
+            "they were); use `debiaskit ffw RUN_DIR --tune-epochs N` for FFW with weight tuning"
+        )
     config = {**config, "erase": "none", "refit_head": False, "tune_epochs": 0}
     # no_harm=False: the harness compares the pruned sub-network FFW finds, a collapsed one included (a row of the
     # table, not a refusal); the do-no-harm verdict goes into the cell's diagnostics
-    result = find_fantastic_weights(copy.deepcopy(model), head=head, train=splits.unbiased_train,
-                                    val=splits.unbiased_val, seed=seed, progress=False, no_harm=False, **config)
-    info = {"selected": result.selected, "sparsity": result.sparsity, "stop_reason": result.stop_reason,
-            "search_time_s": result.wall_time_s, "no_harm": result.no_harm}
+    result = find_fantastic_weights(
+        copy.deepcopy(model),
+        head=head,
+        train=splits.unbiased_train,
+        val=splits.unbiased_val,
+        seed=seed,
+        progress=False,
+        no_harm=False,
+        **config,
+    )
+    info = {
+        "selected": result.selected,
+        "sparsity": result.sparsity,
+        "stop_reason": result.stop_reason,
+        "search_time_s": result.wall_time_s,
+        "no_harm": result.no_harm,
+    }
     return result.model, info
 
 
 def _refuse_training(**config) -> None:
-    raise ConfigError("ffw is a post-hoc method: it does not train a model, it prunes a trained one. Train a "
-                      "vanilla model first (`debiaskit train --method vanilla --out RUN_DIR ...`), then run "
-                      "`debiaskit ffw RUN_DIR --mode unstructured` (or `--mode structured`)")
+    raise ConfigError(
+        "ffw is a post-hoc method: it does not train a model, it prunes a trained one. Train a "
+        "vanilla model first (`debiaskit train --method vanilla --out RUN_DIR ...`), then run "
+        "`debiaskit ffw RUN_DIR --mode unstructured` (or `--mode structured`)"
+    )
 
 
 _BUDGET = "ours (CPU budget; paper: until plateau)"
 
-_FFW_DEFAULTS = {"gamma": Default(10.0, "paper"), "tau_decay": Default(0.5, "paper (Alg. 1; the public code uses 0.1)"),
-                 "include_head": Default(False, "paper text (encoder only; the public code also gates fc)"),
-                 "max_epochs_per_level": Default(3, _BUDGET), "head_pretrain_epochs": Default(10, _BUDGET)}
+_FFW_DEFAULTS = {
+    "gamma": Default(10.0, "paper"),
+    "tau_decay": Default(0.5, "paper (Alg. 1; the public code uses 0.1)"),
+    "include_head": Default(False, "paper text (encoder only; the public code also gates fc)"),
+    "max_epochs_per_level": Default(3, _BUDGET),
+    "head_pretrain_epochs": Default(10, _BUDGET),
+}
 _FFW_SELECTION = "FFW's own rule: hard-masked model, lowest CE + gamma MI on D^u_val (uses bias labels of D^u)"
-_FFW_BUDGETS = {"full": {"max_epochs_per_level": 10, "head_pretrain_epochs": 30}}   # --full: the paper's budget
+_FFW_BUDGETS = {"full": {"max_epochs_per_level": 10, "head_pretrain_epochs": 30}}  # --full: the paper's budget
 
-register_method(MethodInfo(
-    name="ffw", description="FFW: gates on the frozen vanilla weights so the bottleneck carries no bias",
-    factory=_refuse_training, uses_bias_labels=True, uses_unbiased_data=True, retrains=False, post_hoc=True,
-    apply=apply_ffw, reference="Nahon et al., ECCV 2024", selection="own", selection_text=_FFW_SELECTION,
-    budgets=_FFW_BUDGETS,
-    defaults={"*": {"mode": Default("unstructured", "paper (Table 2 main rows)"), **_FFW_DEFAULTS}},
-))
+register_method(
+    MethodInfo(
+        name="ffw",
+        description="FFW: gates on the frozen vanilla weights so the bottleneck carries no bias",
+        factory=_refuse_training,
+        uses_bias_labels=True,
+        uses_unbiased_data=True,
+        retrains=False,
+        post_hoc=True,
+        apply=apply_ffw,
+        reference="Nahon et al., ECCV 2024",
+        selection="own",
+        selection_text=_FFW_SELECTION,
+        budgets=_FFW_BUDGETS,
+        defaults={"*": {"mode": Default("unstructured", "paper (Table 2 main rows)"), **_FFW_DEFAULTS}},
+    )
+)
 # FFW's other mode as its own row of the comparison tables (gates on whole units, exported physically smaller)
-register_method(MethodInfo(
-    name="ffw-structured", description="FFW, structured: gates on whole units (channels / neurons), smaller export",
-    factory=_refuse_training, uses_bias_labels=True, uses_unbiased_data=True, retrains=False, post_hoc=True,
-    apply=apply_ffw, reference="Nahon et al., ECCV 2024", selection="own", selection_text=_FFW_SELECTION,
-    budgets=_FFW_BUDGETS,
-    defaults={"*": {"mode": Default("structured", "paper (eq. 9, Table 2 structured rows)"), **_FFW_DEFAULTS}},
-))
+register_method(
+    MethodInfo(
+        name="ffw-structured",
+        description="FFW, structured: gates on whole units (channels / neurons), smaller export",
+        factory=_refuse_training,
+        uses_bias_labels=True,
+        uses_unbiased_data=True,
+        retrains=False,
+        post_hoc=True,
+        apply=apply_ffw,
+        reference="Nahon et al., ECCV 2024",
+        selection="own",
+        selection_text=_FFW_SELECTION,
+        budgets=_FFW_BUDGETS,
+        defaults={"*": {"mode": Default("structured", "paper (eq. 9, Table 2 structured rows)"), **_FFW_DEFAULTS}},
+    )
+)

@@ -14,6 +14,7 @@ Example::
 
     method, cfg = build_method("groupdro", dataset="biased-mnist", group_balanced=False)
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -33,7 +34,7 @@ def group_ids(y: Tensor, b: Tensor, *, num_classes: int, num_bias: int) -> tuple
     """Group index per sample and the number of groups."""
     if b.ndim == 1:
         return y * num_bias + b, num_classes * num_bias
-    aligned = (b == (y % num_bias)[:, None]).long()               # (N, A)
+    aligned = (b == (y % num_bias)[:, None]).long()  # (N, A)
     pattern = (aligned * (2 ** torch.arange(b.shape[1], device=b.device))).sum(1)
     return y * 2 ** b.shape[1] + pattern, num_classes * 2 ** b.shape[1]
 
@@ -53,19 +54,25 @@ class GroupDRO(TrainingMethod):
         if not eta > 0:
             raise ConfigError(f"groupdro needs eta > 0, got {eta}")
         self.eta, self.group_balanced = eta, bool(group_balanced)
-        self.register_buffer("q", None)               # online group weights (0 for groups absent from D^b)
-        self.register_buffer("group_counts", None)    # training samples per group
+        self.register_buffer("q", None)  # online group weights (0 for groups absent from D^b)
+        self.register_buffer("group_counts", None)  # training samples per group
         self.register_buffer("sample_weights", None)  # group_balanced: 1 / size of the sample's group
 
     def setup(self, ctx: TrainContext) -> None:
         data = ctx.train_data
         if getattr(data, "b", None) is None:
-            raise ConfigError("groupdro needs bias labels on the training data (it is the supervised reference); "
-                              "this dataset has none - use a label-free method (lff, jtt, dcwp) instead")
+            raise ConfigError(
+                "groupdro needs bias labels on the training data (it is the supervised reference); "
+                "this dataset has none - use a label-free method (lff, jtt, dcwp) instead"
+            )
         self.num_bias = getattr(data, "num_bias_classes", ctx.num_classes)
         self.num_classes = ctx.num_classes
-        g, self.num_groups = group_ids(torch.as_tensor(data.y).long().cpu(), torch.as_tensor(data.b).long().cpu(),
-                                       num_classes=ctx.num_classes, num_bias=self.num_bias)
+        g, self.num_groups = group_ids(
+            torch.as_tensor(data.y).long().cpu(),
+            torch.as_tensor(data.b).long().cpu(),
+            num_classes=ctx.num_classes,
+            num_bias=self.num_bias,
+        )
         self.group_counts = torch.bincount(g, minlength=self.num_groups)
         present = (self.group_counts > 0).float()
         self.present_groups = int(present.sum())
@@ -96,20 +103,40 @@ class GroupDRO(TrainingMethod):
         self.optimizer.zero_grad(set_to_none=True)
         ctx.backward(loss)
         ctx.step_optimizer(self.optimizer)
-        return {"loss": float((group_loss * self.q).sum()), "ce": float(ce.mean().detach()), "q_max": float(self.q.max()),
-                "acc": float((logits.argmax(1) == batch.y).float().mean())}
+        return {
+            "loss": float((group_loss * self.q).sum()),
+            "ce": float(ce.mean().detach()),
+            "q_max": float(self.q.max()),
+            "acc": float((logits.argmax(1) == batch.y).float().mean()),
+        }
 
     def state(self) -> dict[str, Any]:
-        return {"eta": self.eta, "group_balanced": self.group_balanced, "num_groups": getattr(self, "num_groups", None),
-                "non_empty_groups": getattr(self, "present_groups", None)}
+        return {
+            "eta": self.eta,
+            "group_balanced": self.group_balanced,
+            "num_groups": getattr(self, "num_groups", None),
+            "non_empty_groups": getattr(self, "present_groups", None),
+        }
 
 
-register_method(MethodInfo(
-    name="groupdro", description="GroupDRO: online worst-group weights over (target, bias) groups",
-    factory=GroupDRO, uses_bias_labels=True, selection="val_worst_group",
-    uses_unbiased_data=True,  # only for model selection (worst group on D^u_val)
-    reference="Sagawa et al., ICLR 2020",
-    defaults={"*": {"eta": Default(0.01, "paper (Sagawa et al., group step size)"),
-                    "group_balanced": Default(True, "paper's commands (--reweight_groups) and SpuCo's default: "
-                                                    "rare groups are seen every epoch, not once in a few batches")}},
-))
+register_method(
+    MethodInfo(
+        name="groupdro",
+        description="GroupDRO: online worst-group weights over (target, bias) groups",
+        factory=GroupDRO,
+        uses_bias_labels=True,
+        selection="val_worst_group",
+        uses_unbiased_data=True,  # only for model selection (worst group on D^u_val)
+        reference="Sagawa et al., ICLR 2020",
+        defaults={
+            "*": {
+                "eta": Default(0.01, "paper (Sagawa et al., group step size)"),
+                "group_balanced": Default(
+                    True,
+                    "paper's commands (--reweight_groups) and SpuCo's default: "
+                    "rare groups are seen every epoch, not once in a few batches",
+                ),
+            }
+        },
+    )
+)

@@ -19,10 +19,10 @@ Example::
     method, cfg = build_method("irene", dataset="biased-mnist", gamma=1.0)
     fit(model, splits.train, method=method, config=cfg, head="fc")
 """
+
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import torch
@@ -55,8 +55,9 @@ class IRENE(TrainingMethod):
         method = IRENE(gamma=1.0, head_steps=5)
     """
 
-    def __init__(self, *, gamma: float = 1.0, head_lr: float = 1e-3, head_optimizer: str = "adam",
-                 head_steps: int = 5) -> None:
+    def __init__(
+        self, *, gamma: float = 1.0, head_lr: float = 1e-3, head_optimizer: str = "adam", head_steps: int = 5
+    ) -> None:
         super().__init__()
         if not (gamma >= 0 and head_lr > 0):
             raise ConfigError(f"irene needs gamma >= 0 and head_lr > 0, got {gamma}, {head_lr}")
@@ -78,7 +79,9 @@ class IRENE(TrainingMethod):
         self.heads = nn.ModuleList(nn.Linear(d, k) for k in self.bias_cardinalities).to(ctx.device)
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
         if self.head_optimizer_name == "sgd":  # the public code's optimiser (momentum 0.9, wd 1e-4)
-            self.head_optimizer = torch.optim.SGD(self.heads.parameters(), lr=self.head_lr, momentum=0.9, weight_decay=1e-4)
+            self.head_optimizer = torch.optim.SGD(
+                self.heads.parameters(), lr=self.head_lr, momentum=0.9, weight_decay=1e-4
+            )
         else:
             self.head_optimizer = torch.optim.Adam(self.heads.parameters(), lr=self.head_lr)
 
@@ -99,10 +102,15 @@ class IRENE(TrainingMethod):
         nothing else."""
         gather = ctx.gather_with_grad if ctx is not None else (lambda t: t)
         b_all = ctx.gather(b)[0] if ctx is not None else b
-        with ctx.full_precision() if ctx is not None else contextlib.nullcontext():   # float32 under --amp
-            return sum(normalized_mutual_information(gather(F.linear(z.float(), h.weight.detach(), h.bias.detach()).softmax(1)),
-                                            b_all[:, a], self.bias_cardinalities[a])
-                       for a, h in enumerate(self.heads))
+        with ctx.full_precision() if ctx is not None else contextlib.nullcontext():  # float32 under --amp
+            return sum(
+                normalized_mutual_information(
+                    gather(F.linear(z.float(), h.weight.detach(), h.bias.detach()).softmax(1)),
+                    b_all[:, a],
+                    self.bias_cardinalities[a],
+                )
+                for a, h in enumerate(self.heads)
+            )
 
     def training_step(self, batch: Batch, ctx: TrainContext) -> dict[str, float]:
         if batch.b is None:
@@ -110,7 +118,7 @@ class IRENE(TrainingMethod):
         b = batch.b if batch.b.ndim == 2 else batch.b[:, None]
         logits, z = forward_with_bottleneck(ctx.model, batch.x, ctx.head)
         zd = z.detach()
-        head_loss = self._head_step(zd, b, ctx)   # CE of the heads before this batch's updates (for the log)
+        head_loss = self._head_step(zd, b, ctx)  # CE of the heads before this batch's updates (for the log)
         for _ in range(self.head_steps - 1):
             self._head_step(zd, b, ctx)
         ce = F.cross_entropy(logits, batch.y)
@@ -118,13 +126,18 @@ class IRENE(TrainingMethod):
         loss = ce + self.gamma * mi
         self.optimizer.zero_grad(set_to_none=True)
         ctx.backward(loss)
-        if ctx.precision is None or ctx.precision.scaler is None:   # fp16: the scaler skips non-finite steps
+        if ctx.precision is None or ctx.precision.scaler is None:  # fp16: the scaler skips non-finite steps
             self._check_finite(ctx, ce, mi, head_loss)
         ctx.step_optimizer(self.optimizer)
         with torch.no_grad():
             head_acc = float((self.heads[0](zd).argmax(1) == b[:, 0]).float().mean())
-        return {"loss": float(ce.detach()), "mi": float(mi.detach()), "privacy_ce": float(head_loss),
-                "privacy_acc": head_acc, "acc": float((logits.argmax(1) == batch.y).float().mean())}
+        return {
+            "loss": float(ce.detach()),
+            "mi": float(mi.detach()),
+            "privacy_ce": float(head_loss),
+            "privacy_acc": head_acc,
+            "acc": float((logits.argmax(1) == batch.y).float().mean()),
+        }
 
     def _check_finite(self, ctx: TrainContext, ce: Tensor, mi: Tensor, head_loss: Tensor) -> None:
         """Fail fast with the cause, before a non-finite loss or gradient is stepped into the weights (a NaN
@@ -133,27 +146,52 @@ class IRENE(TrainingMethod):
         checks += [torch.isfinite(p.grad).all() for p in ctx.model.parameters() if p.grad is not None]
         finite = bool(torch.stack(checks).all())
         if not finite:
-            raise DebiaskitError(f"irene diverged at step {ctx.step} (CE {float(ce.detach()):.3g}, MI {float(mi.detach()):.3g}, "
-                                 f"privacy CE {float(head_loss):.3g}): non-finite loss or gradient; lower gamma, "
-                                 "head_lr or the learning rate")
+            raise DebiaskitError(
+                f"irene diverged at step {ctx.step} (CE {float(ce.detach()):.3g}, MI {float(mi.detach()):.3g}, "
+                f"privacy CE {float(head_loss):.3g}): non-finite loss or gradient; lower gamma, "
+                "head_lr or the learning rate"
+            )
 
     def state(self) -> dict[str, Any]:
-        return {"gamma": self.gamma, "head_lr": self.head_lr, "head_optimizer": self.head_optimizer_name,
-                "head_steps": self.head_steps}
+        return {
+            "gamma": self.gamma,
+            "head_lr": self.head_lr,
+            "head_optimizer": self.head_optimizer_name,
+            "head_steps": self.head_steps,
+        }
 
 
 _TUNED = "ours, tuned on D^u_val only (seed 0, default budgets, single runs; test never read)"
-register_method(MethodInfo(
-    name="irene", description="IRENE: privacy head + mutual-information penalty on the trained encoder",
-    factory=IRENE, uses_bias_labels=True, reference="Tartaglione, BMVC 2022",
-    defaults={"*": {
-        "gamma": Default(1.0, f"{_TUNED}: colored-mnist 1% conflicting, head_steps 5: gamma 0.5/1/2 -> D^u_val task "
-                              "57.2/62.5/43.5 % (vanilla 51.9); biased-mnist rho 0.99: gamma 1/3 -> 71.3/21.8 % "
-                              "(vanilla 53.4). Public code: gamma 0.2 with CE weight 0.5"),
-        "head_lr": Default(1e-3, f"{_TUNED}: colored-mnist 1%, gamma 1, head_steps 1: Adam 1e-3/1e-2, SGD 0.1/0.01 -> "
-                                 "29.5/43.4/36.4/37.5 %; the public code's SGD 0.1 (momentum 0.9) diverges on "
-                                 "un-normalised bottleneck features (privacy CE ~10^3)"),
-        "head_optimizer": Default("adam", "ours (see head_lr; Adam 1e-3 is also the audit's privacy probe); public code: SGD"),
-        "head_steps": Default(5, f"{_TUNED}: colored-mnist 1%, gamma 1: 1/5/10/20 head steps per batch -> "
-                                 "29.5/62.5/60.2/52.2 % (seed 1: 61.8 vs vanilla 54.8); public code: 1")}},
-))
+register_method(
+    MethodInfo(
+        name="irene",
+        description="IRENE: privacy head + mutual-information penalty on the trained encoder",
+        factory=IRENE,
+        uses_bias_labels=True,
+        reference="Tartaglione, BMVC 2022",
+        defaults={
+            "*": {
+                "gamma": Default(
+                    1.0,
+                    f"{_TUNED}: colored-mnist 1% conflicting, head_steps 5: gamma 0.5/1/2 -> D^u_val task "
+                    "57.2/62.5/43.5 % (vanilla 51.9); biased-mnist rho 0.99: gamma 1/3 -> 71.3/21.8 % "
+                    "(vanilla 53.4). Public code: gamma 0.2 with CE weight 0.5",
+                ),
+                "head_lr": Default(
+                    1e-3,
+                    f"{_TUNED}: colored-mnist 1%, gamma 1, head_steps 1: Adam 1e-3/1e-2, SGD 0.1/0.01 -> "
+                    "29.5/43.4/36.4/37.5 %; the public code's SGD 0.1 (momentum 0.9) diverges on "
+                    "un-normalised bottleneck features (privacy CE ~10^3)",
+                ),
+                "head_optimizer": Default(
+                    "adam", "ours (see head_lr; Adam 1e-3 is also the audit's privacy probe); public code: SGD"
+                ),
+                "head_steps": Default(
+                    5,
+                    f"{_TUNED}: colored-mnist 1%, gamma 1: 1/5/10/20 head steps per batch -> "
+                    "29.5/62.5/60.2/52.2 % (seed 1: 61.8 vs vanilla 54.8); public code: 1",
+                ),
+            }
+        },
+    )
+)

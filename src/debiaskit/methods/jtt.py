@@ -13,6 +13,7 @@ Example::
 
     method, cfg = build_method("jtt", dataset="colored-mnist", id_epochs=2, lambda_up=50)
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,8 +35,8 @@ class JTT(TrainingMethod):
         if id_epochs < 1 or lambda_up < 1:
             raise ConfigError(f"jtt needs id_epochs >= 1 and lambda_up >= 1, got {id_epochs}, {lambda_up}")
         self.id_epochs, self.lambda_up = int(id_epochs), float(lambda_up)
-        self.register_buffer("error_set", None)   # misclassified by the identification model
-        self.register_buffer("indices", None)     # one epoch: every sample once, the error set lambda_up times
+        self.register_buffer("error_set", None)  # misclassified by the identification model
+        self.register_buffer("indices", None)  # one epoch: every sample once, the error set lambda_up times
 
     def prepare(self, ctx: TrainContext) -> None:
         ident = fresh_copy(ctx.unwrapped, seed=ctx.config.seed + 1).to(ctx.device).train()
@@ -67,9 +68,17 @@ class JTT(TrainingMethod):
         return {"id_epochs": self.id_epochs, "lambda_up": self.lambda_up}
 
 
-register_method(MethodInfo(
-    name="jtt", description="Just Train Twice: ERM error set upsampled, then retrain",
-    factory=JTT, reference="Liu et al., ICML 2021",
-    defaults={"*": {"id_epochs": Default(1, "ours (short ERM: the error set must be taken before f memorises D^b)"),
-                    "lambda_up": Default(50, "ours (in the range of the paper's 20-100; not tuned)")}},
-))
+register_method(
+    MethodInfo(
+        name="jtt",
+        description="Just Train Twice: ERM error set upsampled, then retrain",
+        factory=JTT,
+        reference="Liu et al., ICML 2021",
+        defaults={
+            "*": {
+                "id_epochs": Default(1, "ours (short ERM: the error set must be taken before f memorises D^b)"),
+                "lambda_up": Default(50, "ours (in the range of the paper's 20-100; not tuned)"),
+            }
+        },
+    )
+)

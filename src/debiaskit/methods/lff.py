@@ -16,6 +16,7 @@ Example::
     method, cfg = build_method("lff", dataset="colored-mnist")
     result = fit(model, splits.train, method=method, config=TrainConfig(epochs=10))
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -67,7 +68,7 @@ class LfF(TrainingMethod):
         if not 0 < q <= 1 or not 0 <= ema_alpha < 1:
             raise ConfigError(f"lff needs q in (0, 1] and ema_alpha in [0, 1), got q={q}, ema_alpha={ema_alpha}")
         self.q, self.ema_alpha = q, ema_alpha
-        self.register_buffer("labels", None)   # the target of every training sample seen so far
+        self.register_buffer("labels", None)  # the target of every training sample seen so far
 
     def setup(self, ctx: TrainContext) -> None:
         self.biased = fresh_copy(ctx.unwrapped, seed=ctx.config.seed + 1).to(ctx.device).train()
@@ -93,7 +94,7 @@ class LfF(TrainingMethod):
         ce_d = F.cross_entropy(logits_d, batch.y, reduction="none")
         ce_b = F.cross_entropy(logits_b, batch.y, reduction="none")
         index, y, seen_b, seen_d = ctx.gather(batch.index.to(batch.y.device), batch.y, ce_b.detach(), ce_d.detach())
-        self.labels[index.cpu()] = y.cpu()   # the global batch: the same state on every rank
+        self.labels[index.cpu()] = y.cpu()  # the global batch: the same state on every rank
         self.ema_b.update(index, seen_b)
         self.ema_d.update(index, seen_d)
         w = self.weights(batch.index).to(ctx.device)
@@ -105,17 +106,25 @@ class LfF(TrainingMethod):
         ctx.sync_grads(self.biased)
         ctx.step_optimizer(self.optimizer)
         ctx.step_optimizer(self.optimizer_b)
-        return {"loss": float(loss_d.detach()), "loss_biased": float(loss_b.detach()), "weight_mean": float(w.mean()),
-                "acc": float((logits_d.argmax(1) == batch.y).float().mean()),
-                "acc_biased": float((logits_b.argmax(1) == batch.y).float().mean())}
+        return {
+            "loss": float(loss_d.detach()),
+            "loss_biased": float(loss_b.detach()),
+            "weight_mean": float(w.mean()),
+            "acc": float((logits_d.argmax(1) == batch.y).float().mean()),
+            "acc_biased": float((logits_b.argmax(1) == batch.y).float().mean()),
+        }
 
     def state(self) -> dict[str, Any]:
         return {"q": self.q, "ema_alpha": self.ema_alpha}
 
 
 _PAPER = "paper (Nam et al. 2020) and its public code"
-register_method(MethodInfo(
-    name="lff", description="Learning from Failure: GCE-biased model + relative-difficulty weights",
-    factory=LfF, reference="Nam et al., NeurIPS 2020",
-    defaults={"*": {"q": Default(0.7, _PAPER), "ema_alpha": Default(0.7, _PAPER)}},
-))
+register_method(
+    MethodInfo(
+        name="lff",
+        description="Learning from Failure: GCE-biased model + relative-difficulty weights",
+        factory=LfF,
+        reference="Nam et al., NeurIPS 2020",
+        defaults={"*": {"q": Default(0.7, _PAPER), "ema_alpha": Default(0.7, _PAPER)}},
+    )
+)

@@ -2,6 +2,7 @@
 
 Under torchrun: a mean over the batch on each rank; DistributedDataParallel averages the gradients, which
 is the gradient of the global batch's mean (no other state)."""
+
 from ..train import TrainingMethod
 from ._registry import REFERENCE_METHOD, MethodInfo, register_method
 

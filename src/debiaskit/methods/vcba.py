@@ -18,6 +18,7 @@ Example::
     method, cfg = build_method("vcba", dataset="biased-mnist")
     fit(model, splits.train.without_bias_labels(), method=method, config=TrainConfig(epochs=12))
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ..audit import normalized_mutual_information
 from ..data import Batch
@@ -44,9 +45,9 @@ class VCBA(TrainingMethod):
             raise ConfigError(f"stage1_epochs must be >= 1 and gamma >= 0, got {stage1_epochs}, {gamma}")
         self.stage1_epochs, self.gamma, self.privacy_lr = stage1_epochs, gamma, privacy_lr
         self.diagnostics: dict[str, Any] = {}
-        self.register_buffer("pseudo", None)           # b^ of the most confident stage-1 epoch
-        self.register_buffer("weight", None)           # stage 2: 1 / rho^ (pseudo-aligned), 1 / (1 - rho^) otherwise
-        self.register_buffer("pseudo_aligned", None)   # b^ == y, frozen at the start of stage 2
+        self.register_buffer("pseudo", None)  # b^ of the most confident stage-1 epoch
+        self.register_buffer("weight", None)  # stage 2: 1 / rho^ (pseudo-aligned), 1 / (1 - rho^) otherwise
+        self.register_buffer("pseudo_aligned", None)  # b^ == y, frozen at the start of stage 2
 
     def setup(self, ctx: TrainContext) -> None:
         if ctx.config.epochs <= self.stage1_epochs:
@@ -54,7 +55,7 @@ class VCBA(TrainingMethod):
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
         self.best_conf = -math.inf
         self.stage = 1
-        with torch.random.fork_rng():   # created now (so a checkpoint can be loaded), initialised in stage 2
+        with torch.random.fork_rng():  # created now (so a checkpoint can be loaded), initialised in stage 2
             d, _ = head_shape(ctx.unwrapped, ctx.head)
             self.privacy = nn.Linear(d, ctx.num_classes).to(ctx.device)
         self.privacy_opt = torch.optim.Adam(self.privacy.parameters(), lr=self.privacy_lr)
@@ -68,10 +69,11 @@ class VCBA(TrainingMethod):
         w = self.weight[idx].to(z.device)
         # global normaliser and global-batch MI; x W on the CE so that DDP's average over ranks is the gradient
         ce = ctx.world_size * (w * F.cross_entropy(logits, batch.y, reduction="none")).sum() / ctx.global_sum(w.sum())
-        pseudo_all, = ctx.gather(pseudo)
-        with ctx.full_precision():   # a batch statistic of small probabilities: float32 under --amp
-            mi = normalized_mutual_information(ctx.gather_with_grad(self.privacy(z.float()).softmax(1)), pseudo_all,
-                                               ctx.num_classes)
+        (pseudo_all,) = ctx.gather(pseudo)
+        with ctx.full_precision():  # a batch statistic of small probabilities: float32 under --amp
+            mi = normalized_mutual_information(
+                ctx.gather_with_grad(self.privacy(z.float()).softmax(1)), pseudo_all, ctx.num_classes
+            )
         self.optimizer.zero_grad(set_to_none=True)
         ctx.backward(ce + self.gamma * mi)
         ctx.step_optimizer(self.optimizer)
@@ -81,8 +83,11 @@ class VCBA(TrainingMethod):
             F.cross_entropy(self.privacy(z.detach().float()), pseudo).backward()
             ctx.sync_grads(self.privacy)
             self.privacy_opt.step()
-        return {"loss": float(ce.detach()), "mi": float(mi.detach()),
-                "acc": float((logits.argmax(1) == batch.y).float().mean())}
+        return {
+            "loss": float(ce.detach()),
+            "mi": float(mi.detach()),
+            "acc": float((logits.argmax(1) == batch.y).float().mean()),
+        }
 
     def end_epoch(self, ctx: TrainContext) -> dict[str, float]:
         if self.stage != 1:
@@ -109,7 +114,7 @@ class VCBA(TrainingMethod):
             for m in ctx.model.modules():
                 if hasattr(m, "reset_parameters") and m is not ctx.model:
                     m.reset_parameters()
-            self.privacy.reset_parameters()   # the same draws as a new nn.Linear here
+            self.privacy.reset_parameters()  # the same draws as a new nn.Linear here
         self.optimizer = make_optimizer(ctx.model.parameters(), ctx.config)
         self.privacy_opt = torch.optim.Adam(self.privacy.parameters(), lr=self.privacy_lr)
         self.stage = 2
@@ -124,13 +129,22 @@ class VCBA(TrainingMethod):
         return {"stage1_epochs": self.stage1_epochs, "gamma": self.gamma, **self.diagnostics}
 
 
-register_method(MethodInfo(
-    name="vcba",
-    description="VCBA-style two-stage label-free baseline: attractor pseudo-bias from an ERM stage, then a "
-                "re-initialised, re-weighted training with an MI penalty on the pseudo-bias",
-    factory=VCBA, uses_bias_labels=False, uses_unbiased_data=False, reference="after Nahon et al., ICCV 2023",
-    extra_epochs=lambda config: config["stage1_epochs"],   # stage 2 re-initialises the network
-    defaults={"*": {"stage1_epochs": Default(2, "ours (bias is learnt in 1-2 epochs)"),
-                    "gamma": Default(1.0, "ours (IRENE uses an MI weight of order 1)"),
-                    "privacy_lr": Default(1e-3, "ours")}},
-))
+register_method(
+    MethodInfo(
+        name="vcba",
+        description="VCBA-style two-stage label-free baseline: attractor pseudo-bias from an ERM stage, then a "
+        "re-initialised, re-weighted training with an MI penalty on the pseudo-bias",
+        factory=VCBA,
+        uses_bias_labels=False,
+        uses_unbiased_data=False,
+        reference="after Nahon et al., ICCV 2023",
+        extra_epochs=lambda config: config["stage1_epochs"],  # stage 2 re-initialises the network
+        defaults={
+            "*": {
+                "stage1_epochs": Default(2, "ours (bias is learnt in 1-2 epochs)"),
+                "gamma": Default(1.0, "ours (IRENE uses an MI weight of order 1)"),
+                "privacy_lr": Default(1e-3, "ours"),
+            }
+        },
+    )
+)

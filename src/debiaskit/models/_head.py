@@ -1,4 +1,5 @@
 """Naming the classifier head of any nn.Module, and reading the bottleneck (the head's input)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -19,16 +20,18 @@ def resolve_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Mod
 
     A wrong name raises an error listing the module names the user can choose from.
     """
-    if isinstance(model, nn.parallel.DistributedDataParallel):   # under torchrun: the user's module inside
+    if isinstance(model, nn.parallel.DistributedDataParallel):  # under torchrun: the user's module inside
         model = model.module
     name = head or default_head_name(model)
     modules = dict(model.named_modules())
     if name is None:
-        raise ModelError("name the classifier head module (head=...); modules of this model: "
-                         + ", ".join(n for n in modules if n))
+        raise ModelError(
+            "name the classifier head module (head=...); modules of this model: " + ", ".join(n for n in modules if n)
+        )
     if name not in modules or name == "":
-        raise ModelError(f"no module named {name!r} in the model; available module names: "
-                         + ", ".join(n for n in modules if n))
+        raise ModelError(
+            f"no module named {name!r} in the model; available module names: " + ", ".join(n for n in modules if n)
+        )
     return name, modules[name]
 
 
@@ -57,7 +60,9 @@ def tap_bottleneck(model: nn.Module, head: str | None = None) -> Iterator[Bottle
         tap.remove()
 
 
-def forward_with_bottleneck(model: nn.Module, x: torch.Tensor, head: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_with_bottleneck(
+    model: nn.Module, x: torch.Tensor, head: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(logits, z)`` for a batch; z is flattened to (N, d)."""
     with tap_bottleneck(model, head) as tap:
         logits = model(x)
@@ -84,6 +89,8 @@ def not_linear_head(name: str, module: nn.Module) -> str:
     last = inner[-1]
     text += f"): name the Linear inside it, --head {last} when training (head={last!r} in Python)"
     if len(inner) > 1:
-        text += (f"; {name!r} holds {len(inner)} Linear layers ({', '.join(inner)}), the last computes the logits "
-                 "and its input is the bottleneck")
+        text += (
+            f"; {name!r} holds {len(inner)} Linear layers ({', '.join(inner)}), the last computes the logits "
+            "and its input is the bottleneck"
+        )
     return text

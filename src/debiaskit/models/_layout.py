@@ -8,6 +8,7 @@ reproducible. The model's parameters are left as they are - a saved or exported 
 the batches fed to it are laid out differently, and only where the model's own forward accepts them and gives
 the same outputs: a model that calls ``.view`` on a 4-D activation, say, keeps the default layout.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ DEFAULT = torch.contiguous_format
 CHANNELS_LAST = torch.channels_last
 
 
-def batch_memory_format(model: nn.Module, example: Tensor, *,
-                        device: str | torch.device = "cpu") -> torch.memory_format:
+def batch_memory_format(
+    model: nn.Module, example: Tensor, *, device: str | torch.device = "cpu"
+) -> torch.memory_format:
     """``torch.channels_last`` for ``model``'s input batches when they are 4-D images on a CPU, the model has a
     2-D convolution, and its forward on ``example`` laid out that way succeeds and matches the default layout's
     output to float rounding; else ``torch.contiguous_format``. The check runs in eval mode without gradients
@@ -33,9 +35,13 @@ def batch_memory_format(model: nn.Module, example: Tensor, *,
         with torch.no_grad():
             reference = model(example)
             other = model(example.contiguous(memory_format=CHANNELS_LAST))
-        same = (isinstance(reference, Tensor) and isinstance(other, Tensor) and reference.shape == other.shape
-                and bool(torch.allclose(reference.float(), other.float(), rtol=1e-3, atol=1e-4)))
-    except Exception:   # e.g. a .view on a channels-last activation, an assert on contiguity: the default layout
+        same = (
+            isinstance(reference, Tensor)
+            and isinstance(other, Tensor)
+            and reference.shape == other.shape
+            and bool(torch.allclose(reference.float(), other.float(), rtol=1e-3, atol=1e-4))
+        )
+    except Exception:  # e.g. a .view on a channels-last activation, an assert on contiguity: the default layout
         same = False
     finally:
         model.train(was_training)

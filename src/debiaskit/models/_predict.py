@@ -1,4 +1,5 @@
 """Batched inference helpers shared by training, audit and the methods."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -16,13 +17,21 @@ from ._layout import batch_memory_format, laid_out
 class Outputs(NamedTuple):
     logits: Tensor
     z: Tensor | None
-    y: Tensor | None   # None for raw input tensors
+    y: Tensor | None  # None for raw input tensors
     b: Tensor | None
 
 
 @torch.no_grad()
-def collect_outputs(model: nn.Module, dataset, *, head: str | None = None, with_bottleneck: bool = True,
-                    batch_size: int = 512, device: str | torch.device = "cpu", indices: Tensor | None = None) -> Outputs:
+def collect_outputs(
+    model: nn.Module,
+    dataset,
+    *,
+    head: str | None = None,
+    with_bottleneck: bool = True,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    indices: Tensor | None = None,
+) -> Outputs:
     """Run ``model`` in eval mode over ``dataset`` (or the samples ``indices`` of it, in that order); return
     logits, bottleneck z (flattened, float32) and y and b, on the CPU; the model's training mode is restored.
     ``dataset`` may also be a tensor of model inputs (then y and b are None). The one batched feature
@@ -42,10 +51,10 @@ def collect_outputs(model: nn.Module, dataset, *, head: str | None = None, with_
     batches: Iterable[Batch | _Inputs]
     if isinstance(dataset, Tensor):
         inputs = dataset if indices is None else dataset[indices]
-        batches = (_Inputs(inputs[i:i + batch_size].to(device)) for i in range(0, len(inputs), batch_size))
+        batches = (_Inputs(inputs[i : i + batch_size].to(device)) for i in range(0, len(inputs), batch_size))
     else:
         batches = iterate_batches(dataset, batch_size=batch_size, device=device, indices=indices)
-    layout = None   # decided on the first batch (models/_layout.py): channels-last image batches on a CPU
+    layout = None  # decided on the first batch (models/_layout.py): channels-last image batches on a CPU
     try:
         for batch in batches:
             if layout is None:
@@ -63,8 +72,9 @@ def collect_outputs(model: nn.Module, dataset, *, head: str | None = None, with_
                 bs.append(batch.b.cpu())
     finally:
         model.train(was_training)
-    return Outputs(torch.cat(logits), torch.cat(zs) if zs else None, torch.cat(ys) if ys else None,
-                   torch.cat(bs) if bs else None)
+    return Outputs(
+        torch.cat(logits), torch.cat(zs) if zs else None, torch.cat(ys) if ys else None, torch.cat(bs) if bs else None
+    )
 
 
 class _Inputs(NamedTuple):

@@ -1,4 +1,5 @@
 """The reference models of the field, written with plain torch layers (no torchvision)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,14 +18,24 @@ class SimpleConvNet(nn.Module):
 
     head_name = "fc"
 
-    def __init__(self, *, num_classes: int = 10, in_channels: int = 3, widths=(16, 32, 64, 128),
-                 kernel_size: int = 7, strides=(1, 1, 1, 1)) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        widths=(16, 32, 64, 128),
+        kernel_size: int = 7,
+        strides=(1, 1, 1, 1),
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
         for width, stride in zip(widths, strides):
-            layers += [nn.Conv2d(c_in, width, kernel_size, stride=stride, padding=kernel_size // 2),
-                       nn.BatchNorm2d(width), nn.ReLU(inplace=False)]
+            layers += [
+                nn.Conv2d(c_in, width, kernel_size, stride=stride, padding=kernel_size // 2),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=False),
+            ]
             c_in = width
         self.extracter = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -84,10 +95,16 @@ class ResNet18(nn.Module):
     def __init__(self, *, num_classes: int = 10, in_channels: int = 3, stem: str = "cifar", width: int = 64) -> None:
         super().__init__()
         if stem == "cifar":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            )
         elif stem == "imagenet":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-                                      nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+            )
         else:
             raise ConfigError(f"ResNet18 stem must be 'cifar' or 'imagenet', got {stem!r}")
         chans = [width, width * 2, width * 4, width * 8]
@@ -146,8 +163,11 @@ class TVResNetSmall(nn.Module):
         stages, c_in = [], widths[0]
         for i, (width, n) in enumerate(zip(widths, blocks)):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(*[TVBasicBlock(c_in if j == 0 else width, width, stride if j == 0 else 1)
-                                          for j in range(n)]))
+            stages.append(
+                nn.Sequential(
+                    *[TVBasicBlock(c_in if j == 0 else width, width, stride if j == 0 else 1) for j in range(n)]
+                )
+            )
             c_in = width
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -213,20 +233,44 @@ def _flat_features(input_shape) -> int:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "simple-conv": ModelSpec("simple-conv", "Bahng's SimpleConvNet (7x7 conv-BN-ReLU x4: 16/32/64/128, GAP, fc)",
-                             lambda *, num_classes, input_shape: SimpleConvNet(num_classes=num_classes, in_channels=input_shape[0])),
-    "simple-conv-small": ModelSpec("simple-conv-small", "CPU-sized SimpleConvNet: same depth and width, stride 2 in every block",
-                                   lambda *, num_classes, input_shape: SimpleConvNet(num_classes=num_classes, in_channels=input_shape[0], strides=(2, 2, 2, 2))),
-    "mlp": ModelSpec("mlp", "LfF's MLP (flatten, 3 x 100 ReLU, fc): images or tabular rows (adult)",
-                     lambda *, num_classes, input_shape: MLP(num_classes=num_classes, in_features=_flat_features(input_shape))),
-    "resnet18": ModelSpec("resnet18", "ResNet-18, CIFAR stem (3x3, no max-pool)",
-                          lambda *, num_classes, input_shape: ResNet18(num_classes=num_classes, in_channels=input_shape[0], stem="cifar")),
-    "resnet18-imagenet": ModelSpec("resnet18-imagenet", "ResNet-18, ImageNet stem (7x7/2 + max-pool)",
-                                   lambda *, num_classes, input_shape: ResNet18(num_classes=num_classes, in_channels=input_shape[0], stem="imagenet")),
-    "tv-resnet-small": ModelSpec("tv-resnet-small", "torchvision-style ResNet (shared in-place relu, out += identity, "
-                                 "1x1 downsample): 3x3 stem, one BasicBlock per stage at 16/32/64, fc",
-                                 lambda *, num_classes, input_shape: TVResNetSmall(num_classes=num_classes, in_channels=input_shape[0])),
-    "residual-cnn": ModelSpec("residual-cnn", "BENCHMARKS.md section 7's residual CNN (functional relu, 1x1 skips, "
-                              "dropout 0.2, head classifier), width 16",
-                              lambda *, num_classes, input_shape: ResidualCNN(num_classes=num_classes, in_channels=input_shape[0])),
+    "simple-conv": ModelSpec(
+        "simple-conv",
+        "Bahng's SimpleConvNet (7x7 conv-BN-ReLU x4: 16/32/64/128, GAP, fc)",
+        lambda *, num_classes, input_shape: SimpleConvNet(num_classes=num_classes, in_channels=input_shape[0]),
+    ),
+    "simple-conv-small": ModelSpec(
+        "simple-conv-small",
+        "CPU-sized SimpleConvNet: same depth and width, stride 2 in every block",
+        lambda *, num_classes, input_shape: SimpleConvNet(
+            num_classes=num_classes, in_channels=input_shape[0], strides=(2, 2, 2, 2)
+        ),
+    ),
+    "mlp": ModelSpec(
+        "mlp",
+        "LfF's MLP (flatten, 3 x 100 ReLU, fc): images or tabular rows (adult)",
+        lambda *, num_classes, input_shape: MLP(num_classes=num_classes, in_features=_flat_features(input_shape)),
+    ),
+    "resnet18": ModelSpec(
+        "resnet18",
+        "ResNet-18, CIFAR stem (3x3, no max-pool)",
+        lambda *, num_classes, input_shape: ResNet18(num_classes=num_classes, in_channels=input_shape[0], stem="cifar"),
+    ),
+    "resnet18-imagenet": ModelSpec(
+        "resnet18-imagenet",
+        "ResNet-18, ImageNet stem (7x7/2 + max-pool)",
+        lambda *, num_classes, input_shape: ResNet18(
+            num_classes=num_classes, in_channels=input_shape[0], stem="imagenet"
+        ),
+    ),
+    "tv-resnet-small": ModelSpec(
+        "tv-resnet-small",
+        "torchvision-style ResNet (shared in-place relu, out += identity, "
+        "1x1 downsample): 3x3 stem, one BasicBlock per stage at 16/32/64, fc",
+        lambda *, num_classes, input_shape: TVResNetSmall(num_classes=num_classes, in_channels=input_shape[0]),
+    ),
+    "residual-cnn": ModelSpec(
+        "residual-cnn",
+        "BENCHMARKS.md section 7's residual CNN (functional relu, 1x1 skips, dropout 0.2, head classifier), width 16",
+        lambda *, num_classes, input_shape: ResidualCNN(num_classes=num_classes, in_channels=input_shape[0]),
+    ),
 }

@@ -10,6 +10,7 @@ Methods take part through their :class:`~debiaskit.train.TrainContext`: ``ctx.ba
 ``ctx.step_optimizer(optimizer)`` instead of ``loss.backward()`` and ``optimizer.step()`` (identical when AMP is
 off), and ``with ctx.full_precision():`` around small auxiliary heads trained on detached features.
 """
+
 from __future__ import annotations
 
 import contextlib

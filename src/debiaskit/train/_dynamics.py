@@ -21,6 +21,7 @@ Example::
     method.close()
     save_dynamics(method.dynamics(), Path("run/dynamics.safetensors"))
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,7 +48,7 @@ class DynamicsRecorder(TrainingMethod):
     def __init__(self, method: TrainingMethod, *, centroid_momentum: float = 0.9) -> None:
         super().__init__()
         self.inner = method
-        for name in ("loss", "correct", "attractor"):   # (epochs, N), sized in setup
+        for name in ("loss", "correct", "attractor"):  # (epochs, N), sized in setup
             self.register_buffer(name, None)
         self.centroid_momentum = centroid_momentum
 

@@ -5,6 +5,7 @@ a method owns its losses, auxiliary models and optimisers. Nothing here is globa
 and paths are passed in, and under ``torch.distributed`` each rank trains on its own shard of the
 indices and only rank 0 logs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,12 +57,17 @@ class TrainConfig:
     optimizer: str = "adam"
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-    amp: str = "off"   # mixed precision of the training steps: off, bf16 or fp16 (see train._amp)
-    sync_bn: bool = False   # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; GPU only)
+    amp: str = "off"  # mixed precision of the training steps: off, bf16 or fp16 (see train._amp)
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm; GPU only)
 
     def __post_init__(self) -> None:
-        for name, rule in (("epochs", POSITIVE_INT), ("batch_size", POSITIVE_INT), ("lr", POSITIVE),
-                           ("weight_decay", NON_NEGATIVE), ("seed", SEED)):
+        for name, rule in (
+            ("epochs", POSITIVE_INT),
+            ("batch_size", POSITIVE_INT),
+            ("lr", POSITIVE),
+            ("weight_decay", NON_NEGATIVE),
+            ("seed", SEED),
+        ):
             require(name, getattr(self, name), rule)
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
@@ -93,7 +99,7 @@ class TrainContext:
     rank: int = 0
     world_size: int = 1
     precision: Precision | None = None
-    memory_format: torch.memory_format | None = None   # of the input batches (models/_layout.py)
+    memory_format: torch.memory_format | None = None  # of the input batches (models/_layout.py)
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -174,8 +180,13 @@ class ConflictFlags(NamedTuple):
         aligned = aligned[self.index.cpu()]
         conflicting = ~(aligned.bool() if aligned.ndim == 1 else aligned.bool().all(1))
         tp = int((flagged & conflicting).sum())
-        out.update({"true_conflicting": int(conflicting.sum()),
-                    "precision": tp / max(int(flagged.sum()), 1), "recall": tp / max(int(conflicting.sum()), 1)})
+        out.update(
+            {
+                "true_conflicting": int(conflicting.sum()),
+                "precision": tp / max(int(flagged.sum()), 1),
+                "recall": tp / max(int(conflicting.sum()), 1),
+            }
+        )
         return out
 
 
@@ -213,7 +224,7 @@ class TrainingMethod(nn.Module):
                 return {"loss": float(loss)}
     """
 
-    info: ClassVar[Any] = None   # the MethodInfo this class is registered with
+    info: ClassVar[Any] = None  # the MethodInfo this class is registered with
 
     def __init__(self) -> None:
         super().__init__()
@@ -270,7 +281,7 @@ class TrainingMethod(nn.Module):
         """Optimisers (by attribute name), sub-modules dropped by a phase, and every public plain attribute."""
         optimizers, attributes = {}, {}
         for key, value in vars(self).items():
-            if key.startswith("_") or key == "training" or callable(value):   # functions are behaviour, not state
+            if key.startswith("_") or key == "training" or callable(value):  # functions are behaviour, not state
                 continue
             if isinstance(value, torch.optim.Optimizer):
                 optimizers[key] = value.state_dict()
@@ -285,8 +296,10 @@ class TrainingMethod(nn.Module):
         for key, value in state["optimizers"].items():
             optimizer = vars(self).get(key)
             if not isinstance(optimizer, torch.optim.Optimizer):
-                raise ConfigError(f"the checkpoint holds optimiser {key!r} of method {self.name}, but setup() did not "
-                                  "create it; create every optimiser in setup()")
+                raise ConfigError(
+                    f"the checkpoint holds optimiser {key!r} of method {self.name}, but setup() did not "
+                    "create it; create every optimiser in setup()"
+                )
             optimizer.load_state_dict(value)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -325,7 +338,7 @@ class FitResult:
 
     model: nn.Module
     history: list[dict[str, float]]
-    wall_time_s: float   # the method's whole cost: setup, preparation and every epoch (across resumes)
+    wall_time_s: float  # the method's whole cost: setup, preparation and every epoch (across resumes)
     selected_epoch: int
     selection: str
     resumed_from_epoch: int | None = None
@@ -334,12 +347,23 @@ class FitResult:
 CHECKPOINT_KIND = "train"
 
 
-def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, config: TrainConfig | None = None,
-        num_classes: int | None = None, head: str | None = None, val_data=None,
-        select: Callable[[nn.Module], float] | None = None, device: str | torch.device = "cpu",
-        progress: bool = True, log: Callable[[dict], None] | None = None,
-        checkpoint: str | Path | None = None, resume: bool = False,
-        checkpoint_meta: dict[str, Any] | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train_data,
+    *,
+    method: TrainingMethod | None = None,
+    config: TrainConfig | None = None,
+    num_classes: int | None = None,
+    head: str | None = None,
+    val_data=None,
+    select: Callable[[nn.Module], float] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    log: Callable[[dict], None] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_meta: dict[str, Any] | None = None,
+) -> FitResult:
     """Train ``model`` on ``train_data`` (any dataset of (x, y, b)) with ``method`` (default ERM).
 
     ``select``: optional score (higher is better) computed at the end of each epoch on data the
@@ -367,13 +391,13 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     config = config or TrainConfig()
     method = method or TrainingMethod()
     check_not_empty(train_data)
-    train_data = as_bias_data(train_data)   # the data contract: any (x, y, b) or (x, y) dataset, kept lazy
-    device = _dist.check_device(device)   # checked (rel's rules), then this rank's GPU under torchrun
+    train_data = as_bias_data(train_data)  # the data contract: any (x, y, b) or (x, y) dataset, kept lazy
+    device = _dist.check_device(device)  # checked (rel's rules), then this rank's GPU under torchrun
     if config.sync_bn:
         _dist.check_sync_bn(device)
     if resume and checkpoint is None:
         raise ConfigError("resume=True needs the checkpoint file of the interrupted run")
-    start = time.perf_counter()   # the method's whole cost: setup and preparation count
+    start = time.perf_counter()  # the method's whole cost: setup and preparation count
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     rank, world = _dist.rank_and_world()
@@ -383,8 +407,9 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     bn_classes = _dist.convert_sync_batchnorm(model) if config.sync_bn else {}
     # channels-last image batches where the model takes them unchanged (CPU): decided before any DDP wrapping,
     # identically on every rank
-    layout = batch_memory_format(model, next(iter(iterate_batches(train_data, batch_size=2, device=device))).x,
-                                 device=device)
+    layout = batch_memory_format(
+        model, next(iter(iterate_batches(train_data, batch_size=2, device=device))).x, device=device
+    )
     if world > 1:
         # gradients are averaged across ranks; methods see the wrapped model as ctx.model
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -393,27 +418,61 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
     if ncls is None:
         raise ConfigError("num_classes is required for datasets that do not define it")
     check_training_data(train_data, num_classes=ncls)
-    ctx = TrainContext(model=model, train_data=train_data, config=config, device=device, generator=generator,
-                       num_classes=ncls, head=head, val_data=val_data, rank=rank, world_size=world,
-                       precision=Precision(config.amp, device) if config.amp != "off" else None, memory_format=layout)
+    ctx = TrainContext(
+        model=model,
+        train_data=train_data,
+        config=config,
+        device=device,
+        generator=generator,
+        num_classes=ncls,
+        head=head,
+        val_data=val_data,
+        rank=rank,
+        world_size=world,
+        precision=Precision(config.amp, device) if config.amp != "off" else None,
+        memory_format=layout,
+    )
     ctx.steps_per_epoch = math.ceil(math.ceil(n / world) / per_rank_batch)
-    settings = {k: v for k, v in asdict(config).items() if k != "sync_bn" or v}   # checkpoints from before the flag resume
-    identity = {"config": settings, "method": method.name, "num_samples": n, "num_classes": ncls,
-                "selection": select is not None, **(checkpoint_meta or {})}
+    settings = {
+        k: v for k, v in asdict(config).items() if k != "sync_bn" or v
+    }  # checkpoints from before the flag resume
+    identity = {
+        "config": settings,
+        "method": method.name,
+        "num_samples": n,
+        "num_classes": ncls,
+        "selection": select is not None,
+        **(checkpoint_meta or {}),
+    }
     loop = _LoopState(best_epoch=config.epochs)
     method.setup(ctx)
-    if resume and checkpoint is not None:   # (resume without a checkpoint was refused above)
-        loop = _restore(Path(checkpoint), model=_unwrap(model), method=method, generator=generator, identity=identity,
-                        precision=ctx.precision)
+    if resume and checkpoint is not None:  # (resume without a checkpoint was refused above)
+        loop = _restore(
+            Path(checkpoint),
+            model=_unwrap(model),
+            method=method,
+            generator=generator,
+            identity=identity,
+            precision=ctx.precision,
+        )
         ctx.step = loop.step
     else:
         method.prepare(ctx)
-    def elapsed() -> float:   # this session since before setup, plus what earlier sessions spent
+
+    def elapsed() -> float:  # this session since before setup, plus what earlier sessions spent
         return loop.elapsed_s + time.perf_counter() - start
 
-    if checkpoint is not None and not resume and rank == 0:   # after the preparation: JTT's or DCWP's can be long
-        _save(Path(checkpoint), loop, model=_unwrap(model), method=method, generator=generator, identity=identity,
-              elapsed_s=elapsed(), precision=ctx.precision)
+    if checkpoint is not None and not resume and rank == 0:  # after the preparation: JTT's or DCWP's can be long
+        _save(
+            Path(checkpoint),
+            loop,
+            model=_unwrap(model),
+            method=method,
+            generator=generator,
+            identity=identity,
+            elapsed_s=elapsed(),
+            precision=ctx.precision,
+        )
     resumed_from = loop.epoch if resume else None
     bar = _progress(progress and rank == 0, config.epochs * ctx.steps_per_epoch, method.name)
     bar.advance_by(loop.epoch * ctx.steps_per_epoch)
@@ -447,7 +506,7 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
             record.update(method.end_epoch(ctx))
             if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
                 raise DebiaskitError(describe_divergence(train_data, epoch + 1, record))
-            if select is not None:   # on the plain module, identically on every rank
+            if select is not None:  # on the plain module, identically on every rank
                 score = float(select(_unwrap(method.final_model(ctx))))
                 record["selection_score"] = score
                 if score > loop.best_score:
@@ -457,29 +516,43 @@ def fit(model: nn.Module, train_data, *, method: TrainingMethod | None = None, c
             loop.history.append(record)
             loop.epoch, loop.step = epoch + 1, ctx.step
             if checkpoint is not None and rank == 0:
-                _save(Path(checkpoint), loop, model=_unwrap(model), method=method, generator=generator,
-                      identity=identity, elapsed_s=elapsed(), precision=ctx.precision)
+                _save(
+                    Path(checkpoint),
+                    loop,
+                    model=_unwrap(model),
+                    method=method,
+                    generator=generator,
+                    identity=identity,
+                    elapsed_s=elapsed(),
+                    precision=ctx.precision,
+                )
             if log is not None and rank == 0:
                 log(record)
     finally:
         bar.close()
-        if bn_classes:   # also after an interruption: the user's module gets its own BatchNorm layers back
+        if bn_classes:  # also after an interruption: the user's module gets its own BatchNorm layers back
             _dist.revert_sync_batchnorm(_unwrap(model), bn_classes)
     final = _unwrap(method.final_model(ctx))
     if loop.best_state is not None:
         final.load_state_dict(loop.best_state)
-    if bn_classes:   # a method's final model copied from the converted one: plain BatchNorm again too
+    if bn_classes:  # a method's final model copied from the converted one: plain BatchNorm again too
         _dist.revert_sync_batchnorm(final, bn_classes)
     final.eval()
-    return FitResult(model=final, history=loop.history, wall_time_s=elapsed(), selected_epoch=loop.best_epoch,
-                     selection="best validation score" if select else "last epoch", resumed_from_epoch=resumed_from)
+    return FitResult(
+        model=final,
+        history=loop.history,
+        wall_time_s=elapsed(),
+        selected_epoch=loop.best_epoch,
+        selection="best validation score" if select else "last epoch",
+        resumed_from_epoch=resumed_from,
+    )
 
 
 @dataclass
 class _LoopState:
     """What the loop itself carries from epoch to epoch (the rest is the model's and the method's state)."""
 
-    epoch: int = 0                      # finished epochs
+    epoch: int = 0  # finished epochs
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best_score: float = -math.inf
@@ -488,20 +561,48 @@ class _LoopState:
     elapsed_s: float = 0.0
 
 
-def _save(path: Path, loop: _LoopState, *, model: nn.Module, method: TrainingMethod, generator: torch.Generator,
-          identity: dict[str, Any], elapsed_s: float, precision: Precision | None = None) -> None:
-    state = {"model": dict(model.state_dict()), "method": dict(method.state_dict()), "rng": rng_state(generator),
-             "best_state": loop.best_state}
+def _save(
+    path: Path,
+    loop: _LoopState,
+    *,
+    model: nn.Module,
+    method: TrainingMethod,
+    generator: torch.Generator,
+    identity: dict[str, Any],
+    elapsed_s: float,
+    precision: Precision | None = None,
+) -> None:
+    state = {
+        "model": dict(model.state_dict()),
+        "method": dict(method.state_dict()),
+        "rng": rng_state(generator),
+        "best_state": loop.best_state,
+    }
     tensors, skeleton = flatten_state(state)
-    meta = {"identity": identity, "state": skeleton, "epoch": loop.epoch, "step": loop.step, "history": loop.history,
-            "best_score": loop.best_score, "best_epoch": loop.best_epoch, "elapsed_s": elapsed_s,
-            "amp_scaler": precision.state_dict() if precision is not None else {}}   # fp16's loss scale
-    _, meta = flatten_state(meta)   # non-finite floats (best_score = -inf before any selection) survive JSON
+    meta = {
+        "identity": identity,
+        "state": skeleton,
+        "epoch": loop.epoch,
+        "step": loop.step,
+        "history": loop.history,
+        "best_score": loop.best_score,
+        "best_epoch": loop.best_epoch,
+        "elapsed_s": elapsed_s,
+        "amp_scaler": precision.state_dict() if precision is not None else {},
+    }  # fp16's loss scale
+    _, meta = flatten_state(meta)  # non-finite floats (best_score = -inf before any selection) survive JSON
     save_checkpoint(path, tensors, meta, kind=CHECKPOINT_KIND)
 
 
-def _restore(path: Path, *, model: nn.Module, method: TrainingMethod, generator: torch.Generator,
-             identity: dict[str, Any], precision: Precision | None = None) -> _LoopState:
+def _restore(
+    path: Path,
+    *,
+    model: nn.Module,
+    method: TrainingMethod,
+    generator: torch.Generator,
+    identity: dict[str, Any],
+    precision: Precision | None = None,
+) -> _LoopState:
     if not path.is_file():
         raise ConfigError(f"nothing to resume: {path} does not exist (start without resume)")
     tensors, meta = load_checkpoint(path, kind=CHECKPOINT_KIND)
@@ -509,17 +610,26 @@ def _restore(path: Path, *, model: nn.Module, method: TrainingMethod, generator:
     saved = meta["identity"]
     differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
     if differ:
-        raise ConfigError(f"the checkpoint {path} belongs to another run: {', '.join(differ)} differ "
-                          f"({'; '.join(f'{k}: saved {saved.get(k)!r}, now {identity.get(k)!r}' for k in differ[:3])}); "
-                          "resume with the same settings, or start afresh")
+        raise ConfigError(
+            f"the checkpoint {path} belongs to another run: {', '.join(differ)} differ "
+            f"({'; '.join(f'{k}: saved {saved.get(k)!r}, now {identity.get(k)!r}' for k in differ[:3])}); "
+            "resume with the same settings, or start afresh"
+        )
     state = unflatten_state(tensors, meta["state"])
     model.load_state_dict(state["model"])
     method.load_state_dict(state["method"])
     set_rng_state(generator, state["rng"])
     if precision is not None:
         precision.load_state_dict(meta.get("amp_scaler") or {})
-    return _LoopState(epoch=meta["epoch"], step=meta["step"], history=meta["history"], best_score=meta["best_score"],
-                      best_epoch=meta["best_epoch"], best_state=state["best_state"], elapsed_s=meta["elapsed_s"])
+    return _LoopState(
+        epoch=meta["epoch"],
+        step=meta["step"],
+        history=meta["history"],
+        best_score=meta["best_score"],
+        best_epoch=meta["best_epoch"],
+        best_state=state["best_state"],
+        elapsed_s=meta["elapsed_s"],
+    )
 
 
 def _mean_over_ranks(stats: dict[str, float], world: int) -> dict[str, float]:
@@ -551,10 +661,17 @@ class _progress:
                 TimeElapsedColumn,
                 TimeRemainingColumn,
             )
+
             # the label and stats are text, not markup or emoji codes (a method may be named anything)
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
-                                console=Console(emoji=False))
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"),
+                console=Console(emoji=False),
+            )
             self.bar.start()
             self.task = self.bar.add_task(escape(label), total=total, stats="")
             self._escape = escape

@@ -11,6 +11,7 @@ Example::
     state = unflatten_state(tensors, skeleton)
     opt.load_state_dict(state["optimizer"])
 """
+
 from __future__ import annotations
 
 import math
@@ -42,14 +43,18 @@ def _flatten(obj: Any, path: str, tensors: dict[str, Tensor]) -> Any:
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: _flatten(v, f"{path}.{k}", tensors) for k, v in obj.items()}
         if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in obj):
-            raise ConfigError(f"cannot checkpoint {path}: dict keys must be strings or integers, got "
-                              f"{sorted({type(k).__name__ for k in obj})}")
+            raise ConfigError(
+                f"cannot checkpoint {path}: dict keys must be strings or integers, got "
+                f"{sorted({type(k).__name__ for k in obj})}"
+            )
         return {_ITEMS: [[k, _flatten(v, f"{path}.{k}", tensors)] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
         items = [_flatten(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]
         return {_TUPLE: items} if isinstance(obj, tuple) else items
-    raise ConfigError(f"cannot checkpoint {path}: a {type(obj).__name__} is not a tensor, number, string, list or "
-                      "dict; keep such objects in private attributes (leading underscore) or give them a state_dict")
+    raise ConfigError(
+        f"cannot checkpoint {path}: a {type(obj).__name__} is not a tensor, number, string, list or "
+        "dict; keep such objects in private attributes (leading underscore) or give them a state_dict"
+    )
 
 
 def unflatten_state(tensors: dict[str, Tensor], skeleton: Any) -> Any:
