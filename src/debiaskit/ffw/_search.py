@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .. import _dist
 from .._io import json_safe, load_checkpoint, save_checkpoint, tensors_sha256
 from .._validate import COUNT, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, SEED, UNIT_INTERVAL, require
-from ..audit import audit_model, logits_accuracy, normalized_mutual_information
+from ..audit import audit_model, chance_floor, logits_accuracy, normalized_mutual_information
 from ..data import as_bias_datasets, iterate_batches
 from ..errors import ConfigError, DataError, ModelError
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out, resolve_head
@@ -57,7 +57,7 @@ from ._adversary import (
 from ._erase import ERASERS, LinearEraser, attach_eraser, conditional_erasers, fit_linear_eraser
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
-from ._harm import chance_floor, enforce, group_accuracy, near_chance, verdict
+from ._harm import enforce, group_accuracy, near_chance, verdict
 from ._progress import print_epoch
 from ._refit import REFIT_GRID, refit_head
 from ._tune import tune_kept_weights
