@@ -2,7 +2,10 @@
 
 Given a vanilla-trained model and a small unbiased set with bias labels (D^u), learn a gate per
 weight (unstructured) or per unit (structured) of the frozen model so that a privacy head can no
-longer read the bias at the bottleneck, while the task still works; no weight is changed.
+longer read the bias at the bottleneck, while the task still works. By default the kept weights are then trained
+briefly under the same objective, an eraser is fitted in front of the head and the head is refit
+(``tune_epochs=0, erase="none", refit_head=False``: the paper's gates alone, no weight changed). An output worse than
+the input on D^u_val, or near chance, is refused (:class:`~debiaskit.errors.NoImprovementError`).
 
 Example::
 
