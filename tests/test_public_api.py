@@ -204,6 +204,7 @@ PUBLIC = {
     "ffw": {
         "find_fantastic_weights",
         "FFWConfig",
+        "FFW_PRESETS",
         "FFWResult",
         "ffw_run",
         "FFWRun",

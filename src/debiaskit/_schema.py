@@ -340,6 +340,7 @@ class FFWRecord(Record):
     wall_time_s: float | None = opt(NON_NEGATIVE)
     selection: str | None = opt(ANY_TEXT)
     adversary: str | None = opt(ANY_TEXT)  # what the bias term of the search read
+    preset: str | None = opt(TEXT)  # the named FFW settings the search started from (ffw/_presets.py); absent: older
     probes: dict | None = opt(OBJECT)  # bias extractability under stronger probes + verdict
     diagnosis: list = opt(ARRAY, [])  # plain-language findings (e.g. no debiased sub-network)
     bias_labels_note: str | None = opt(ANY_TEXT)

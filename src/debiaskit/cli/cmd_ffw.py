@@ -21,6 +21,38 @@ class _D:
     tune_epochs, tune_gamma, tune_lr, tune_schedule, tune_batch_size, tune_shift = 8, 3.0, 2e-3, "cosine", 128, 1
 
 
+# the options a preset sets (ffw/_presets.py): passed to ffw_run only when typed on the command line, so that the
+# preset's value holds otherwise (their typer defaults are the "default" preset's, shown in --help)
+_PRESET_OPTIONS = (
+    "tau_decay",
+    "max_epochs",
+    "max_levels",
+    "max_epochs_per_level",
+    "patience",
+    "refine_patience",
+    "gate_lr",
+    "adversary",
+    "selection",
+    "erase",
+    "refit_head",
+    "tune_epochs",
+    "tune_gamma",
+    "tune_lr",
+    "tune_schedule",
+    "tune_batch_size",
+    "tune_shift",
+)
+
+
+def _typed_options(ctx: typer.Context, values: dict) -> dict:
+    """The preset options the user gave (command line or environment), not those left at their default."""
+    # by the source's name: typer ships its own copy of click, whose ParameterSource is not click's
+    typed = {k: values[k] for k in _PRESET_OPTIONS if ctx.get_parameter_source(k).name != "DEFAULT"}
+    if "max_epochs" in typed:
+        typed["max_epochs"] = typed["max_epochs"] or None  # 0: no budget
+    return typed
+
+
 def _progress_line(event: dict) -> None:
     from ..ffw import progress_line
 
@@ -31,6 +63,7 @@ def _progress_line(event: dict) -> None:
 
 @app.command()
 def ffw(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="run folder made by `debiaskit train`"),
     mode: str = typer.Option(..., help="unstructured (a gate per weight) or structured (a gate per channel/neuron)"),
     gamma: float = typer.Option(_D.gamma, help="weight of the bias term (paper: 10)"),
@@ -45,7 +78,7 @@ def ffw(
     out: Path | None = typer.Option(
         None,
         help="FFW folder (default RUN_DIR/ffw-MODE-gGAMMA, plus -head, "
-        "-input-weights, -discovered when those options are set)",
+        "-input-weights, -discovered when those options are set, -paper for --preset paper)",
     ),
     resume: bool = typer.Option(False, help="continue an interrupted search (kept in .OUT.partial/)"),
     force: bool = typer.Option(False, help="replace an existing FFW folder / discard an interrupted search"),
@@ -116,6 +149,12 @@ def ffw(
     ),
     strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
     trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
+    preset: str = typer.Option(
+        "default",
+        help="named settings: default (the defaults shown here) or paper (the paper's FFW: privacy-head MI, tau "
+        "halved at each plateau until soft and hard agree, no epoch budget, gates alone - no tuning, eraser or head "
+        "refit); an option typed here wins over the preset's value",
+    ),
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
@@ -130,6 +169,7 @@ def ffw(
     from ..errors import NoImprovementError
     from ..ffw import before_after_rows, ffw_run, has_checkpoint, no_harm_lines, partial_dir
 
+    typed = _typed_options(ctx, locals())
     try:
         res = ffw_run(
             run_dir,
@@ -144,26 +184,11 @@ def ffw(
             device=device,
             callback=_progress_line if progress else None,
             command=invoked_command(),
-            tau_decay=tau_decay,
-            max_levels=max_levels,
-            max_epochs_per_level=max_epochs_per_level,
-            patience=patience,
-            gate_lr=gate_lr,
-            adversary=adversary,
-            max_epochs=max_epochs or None,
-            selection=selection,
             strong_probes=strong_probes,
             input_weights=input_weights,
-            erase=erase,
-            refine_patience=refine_patience,
-            refit_head=refit_head,
-            tune_epochs=tune_epochs,
-            tune_gamma=tune_gamma,
-            tune_lr=tune_lr,
-            tune_schedule=tune_schedule,
-            tune_batch_size=tune_batch_size,
-            tune_shift=tune_shift,
             trust_code=trust_code,
+            preset=preset,
+            **typed,
         )
     except NoImprovementError as exc:  # nothing written: say what was tried and what to do, exit 3
         console.print(f"[bold yellow]no model written:[/bold yellow] {esc(exc)}", highlight=False)
@@ -171,7 +196,9 @@ def ffw(
     except KeyboardInterrupt:
         from ..ffw import default_out
 
-        target = out or default_out(run_dir, mode, gamma, include_head, bias_labels, input_weights=input_weights)
+        target = out or default_out(
+            run_dir, mode, gamma, include_head, bias_labels, input_weights=input_weights, preset=preset
+        )
         if has_checkpoint(partial_dir(target)):
             console.print(
                 f"[yellow]interrupted[/yellow]: the last finished epoch and the best hard-masked state so far "

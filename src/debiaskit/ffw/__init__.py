@@ -4,7 +4,8 @@ Given a vanilla-trained model and a small unbiased set with bias labels (D^u), l
 weight (unstructured) or per unit (structured) of the frozen model so that a privacy head can no
 longer read the bias at the bottleneck, while the task still works. By default the kept weights are then trained
 briefly under the same objective, an eraser is fitted in front of the head and the head is refit
-(``tune_epochs=0, erase="none", refit_head=False``: the paper's gates alone, no weight changed). An output worse than
+(``preset="paper"``, or ``tune_epochs=0, erase="none", refit_head=False``: the paper's gates alone, no weight
+changed; ``FFW_PRESETS`` lists what each preset sets). An output worse than
 the input on D^u_val, or near chance, is refused (:class:`~debiaskit.errors.NoImprovementError`).
 
 Example::
@@ -42,6 +43,7 @@ from ._export import (
 )
 from ._folders import FFW_FOLDER
 from ._gates import GatedModel, GateState, UnitGate, WeightGate, freeze, gate_value, install_gates
+from ._presets import FFW_PRESETS
 from ._progress import epoch_line, print_epoch, progress_line
 from ._run import (
     FFWRun,
@@ -62,6 +64,7 @@ from ._structure import GatePoint, Structure, analyse_structure
 __all__ = [
     "find_fantastic_weights",
     "FFWConfig",
+    "FFW_PRESETS",
     "FFWResult",
     "ffw_run",
     "FFWRun",

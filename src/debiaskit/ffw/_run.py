@@ -30,6 +30,7 @@ from ..runs import FFWRecord, check_signing_key, load_run, package_versions, rea
 from ._adversary import ADVERSARIES
 from ._export import count_parameters, inference_time, save_masks
 from ._folders import FFW_FOLDER
+from ._presets import DEFAULT_PRESET
 from ._save import load_pruned_model
 from ._search import CHECKPOINT_FILE, SELECTIONS, FFWConfig, FFWResult, find_fantastic_weights
 
@@ -44,6 +45,7 @@ def default_out(
     bias_labels: str = "true",
     *,
     input_weights: bool = False,
+    preset: str = DEFAULT_PRESET,
 ) -> Path:
     """RUN_DIR/ffw-MODE-gGAMMA plus one tag per option that changes what is gated or read (two different
     searches never share a default folder: the second would stop at "exists, pass --force")."""
@@ -52,6 +54,7 @@ def default_out(
         ("-head" if include_head else "")
         + ("-input-weights" if input_weights else "")
         + ("-discovered" if bias_labels == "discovered" else "")
+        + ("" if preset == DEFAULT_PRESET else f"-{preset}")
     )
     return Path(run_dir) / f"ffw-{mode}-g{g}{suffix}"
 
@@ -335,6 +338,7 @@ def ffw_run(
     model=None,
     trust_code: bool = False,
     no_harm: bool = True,
+    preset: str = DEFAULT_PRESET,
     **overrides,
 ) -> FFWRun:
     """Run FFW on the vanilla model of ``run_dir`` and write an FFW folder (see module docstring).
@@ -356,17 +360,23 @@ def ffw_run(
     the model unchanged, :class:`~debiaskit.errors.NoImprovementError` is raised and no folder is written (the
     interrupted-search folder is removed: the search finished). ``no_harm=False`` (the benchmark harness) writes
     the folder all the same, with the verdict in ``ffw.json`` (``search.no_harm``) and in the report.
+
+    ``preset`` (``FFW_PRESETS``: "default", "paper"): the settings ``overrides`` are laid over; a keyword given here
+    wins over the preset. The preset is recorded in ``ffw.json`` (``preset``) and the report.
     """
     if bias_labels not in ("true", "discovered"):
         raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
-    config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)  # fail fast
+    # fail fast (an unknown preset included)
+    config = FFWConfig.from_preset(preset, mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)
     start = time.perf_counter()
     device = _dist.check_device(device)  # this rank's GPU under torchrun, before any collective
     check_signing_key()  # ffw.json is signed at the end: a bad key is said now, not after the search
     out = (
         Path(out)
         if out is not None
-        else default_out(run_dir, mode, gamma, include_head, bias_labels, input_weights=config.input_weights)
+        else default_out(
+            run_dir, mode, gamma, include_head, bias_labels, input_weights=config.input_weights, preset=preset
+        )
     )
     run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
     # before any compute; under torchrun rank 0 writes and decides about the interrupted search, for every rank
@@ -405,6 +415,7 @@ def ffw_run(
             bias_labels=bias_labels,
             wall=time.perf_counter() - start,
         )
+        info["preset"] = preset
         if main:
             info["weights_sha256"] = save_weights(result.model, staging / "model.safetensors")
             info["masks_sha256"] = save_masks(result.masks, staging / "masks.safetensors")
@@ -876,7 +887,7 @@ def report_markdown(info: dict[str, Any]) -> str:
         "",
         f"Selection: {info['selection']}; selected epoch {sel['epoch']} (tau {sel['tau']:.3g}); "
         f"stop: {s['stop_reason']}. Bias term: {info.get('adversary', ADVERSARIES['head'])}. "
-        f"Bias labels: {info['bias_labels_note']}.",
+        f"Bias labels: {info['bias_labels_note']}. Preset: {info.get('preset', DEFAULT_PRESET)}.",
         "",
     ]
     if info.get("input_below_majority"):  # the numbers below describe a model that does not work

@@ -58,6 +58,7 @@ from ._erase import ERASERS, LinearEraser, attach_eraser, conditional_erasers, f
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, GateState, freeze, install_gates
 from ._harm import enforce, group_accuracy, near_chance, verdict
+from ._presets import DEFAULT_PRESET, preset_settings
 from ._progress import print_epoch
 from ._refit import REFIT_GRID, refit_head
 from ._tune import tune_kept_weights
@@ -108,7 +109,8 @@ _CONFIG_RULES = {
 
 @dataclass
 class FFWConfig:
-    """Hyper-parameters of :func:`find_fantastic_weights` (paper defaults unless said otherwise).
+    """Hyper-parameters of :func:`find_fantastic_weights` (paper defaults unless said otherwise; named sets of them:
+    ``FFWConfig.from_preset("paper")``, ``FFW_PRESETS`` in ffw/_presets.py).
 
     gamma: weight of the bias term D (paper: 10). adversary: what D reads (``ADVERSARIES``). Default "lda": the
     closed-form linear readability of b at the bottleneck, within each target class (``condition_on_target``)
@@ -227,6 +229,12 @@ class FFWConfig:
             raise ConfigError(f"refine_patience must be >= 0, got {self.refine_patience}")
         if not 0 < self.lda_momentum <= 1 or self.lda_ridge <= 0:
             raise ConfigError("lda_momentum must lie in (0, 1] and lda_ridge be > 0")
+
+    @classmethod
+    def from_preset(cls, name: str = DEFAULT_PRESET, **overrides) -> FFWConfig:
+        """The config of a named preset (``FFW_PRESETS``: "default", "paper") with ``overrides`` laid over it:
+        a field given here wins over the preset's. ``FFWConfig.from_preset("paper", gamma=5)``."""
+        return cls(**{**preset_settings(name), **overrides})
 
     def planned_levels(self) -> int:
         """tau levels from tau_init down to tau_final (the temperature where soft and hard gates agree)."""
@@ -996,6 +1004,7 @@ def find_fantastic_weights(
     progress: bool = True,
     checkpoint_meta: dict[str, Any] | None = None,
     no_harm: bool = True,
+    preset: str = DEFAULT_PRESET,
     **overrides,
 ) -> FFWResult:
     """Find a sub-network of a frozen ``model`` whose bottleneck carries no bias (FFW, Algorithm 1).
@@ -1004,7 +1013,9 @@ def find_fantastic_weights(
     (N, A) for several bias attributes: one privacy head and one MI term per attribute, each with that attribute's
     own number of classes, the data's ``bias_cardinalities``). ``head``: name
     of the classifier module (default ``model.head_name``); the bottleneck is its input. Keyword
-    ``overrides`` set any :class:`FFWConfig` field (or pass ``config``). ``checkpoint_dir``: write a
+    ``overrides`` set any :class:`FFWConfig` field (or pass ``config``); ``preset`` (``FFW_PRESETS``: "default",
+    "paper") names the settings they are laid over - a keyword given here wins over the preset (``config`` ignores
+    both). ``checkpoint_dir``: write a
     resumable checkpoint there after every epoch (also kept when interrupted with Ctrl-C);
     ``resume=True`` continues from it - only a search of the same model (its weights' digest) and of the same
     ``checkpoint_meta`` (JSON identifying the input: ``debiaskit ffw`` records the run's weights file, model and
@@ -1037,7 +1048,9 @@ def find_fantastic_weights(
     if callback is None and progress:
         callback = print_epoch
     if config is None:
-        config = FFWConfig(mode=mode, gamma=gamma, include_head=include_head, tau_decay=tau_decay, **overrides)
+        config = FFWConfig.from_preset(
+            preset, mode=mode, gamma=gamma, include_head=include_head, tau_decay=tau_decay, **overrides
+        )
     elif overrides:
         raise ConfigError("pass either config= or keyword overrides, not both")
     if inplace and config.mode == "structured":
