@@ -11,6 +11,7 @@ import torch
 from debiaskit.bench._compare import available_methods
 from debiaskit.cli import main
 from debiaskit.errors import ConfigError
+from debiaskit.ffw import FFWConfig
 from debiaskit.methods import METHODS, build_method, method_defaults
 from debiaskit.models import build_model
 
@@ -23,7 +24,12 @@ def test_ffw_is_registered_as_a_post_hoc_method():
     assert defaults["mode"].value == "unstructured" and defaults["gamma"].value == 10.0
     assert all(d.source for d in defaults.values())
     assert set(info.budget("full")) <= set(defaults)  # --full overrides reach FFW (the harness drops unknown keys)
-    assert info.budget("full")["max_epochs_per_level"] > defaults["max_epochs_per_level"].value
+    assert info.budget("full")["head_pretrain_epochs"] > defaults["head_pretrain_epochs"].value
+    # no epochs-per-level cap of its own: FFWConfig's 10-epoch budget over 10 tau levels gives every level 1 epoch
+    # (a cap of 3, or the paper's 10 under --full, changed nothing and was removed)
+    assert "max_epochs_per_level" not in defaults and "max_epochs_per_level" not in info.budget("full")
+    config = FFWConfig(**{k: d.value for k, d in defaults.items()})
+    assert config.level_cap() == 1 == FFWConfig(max_epochs_per_level=3).level_cap()
     assert "hard-masked" in info.selection_rule and "D^u_val" in info.selection_rule
 
 

@@ -5,6 +5,12 @@ small unbiased set D^u, and exports the hard-masked network; no weight changes. 
 lets the comparison harness run it on each cell's vanilla model (``apply``); training with it is
 refused: train a vanilla model, then run ``debiaskit ffw RUN_DIR --mode unstructured|structured``.
 
+``debiaskit ffw`` reads the named presets of ``debiaskit.ffw.FFW_PRESETS`` (``--preset default|paper``): ``default``
+is FFWConfig's defaults (gates, then weight tuning, eraser, head refit), ``paper`` the paper's FFW (privacy-head MI,
+tau halved at each plateau until soft and hard agree, the gates alone). The harness here runs the pruned sub-network
+alone, as the paper preset does (no weight tuning, eraser or head refit), with the probe-free bias term and the
+bounded budget of FFWConfig's defaults.
+
 Example::
 
     from debiaskit.methods import get_method, method_defaults
@@ -21,8 +27,11 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
-from ..ffw import find_fantastic_weights
+from ..ffw import FFW_PRESETS, find_fantastic_weights
 from ._registry import Default, MethodInfo, register_method
+
+# the paper preset's "no weight changed" (ffw/_presets.py): what the harness compares is the pruned sub-network
+_PAPER_SUBNETWORK = {k: FFW_PRESETS["paper"][k] for k in ("erase", "refit_head", "tune_epochs")}
 
 
 def apply_ffw(
@@ -51,7 +60,7 @@ def apply_ffw(
             "the comparison harness runs FFW as the pruned sub-network alone (the kept weights as "
             "they were); use `debiaskit ffw RUN_DIR --tune-epochs N` for FFW with weight tuning"
         )
-    config = {**config, "erase": "none", "refit_head": False, "tune_epochs": 0}
+    config = {**config, **_PAPER_SUBNETWORK}
     # no_harm=False: the harness compares the pruned sub-network FFW finds, a collapsed one included (a row of the
     # table, not a refusal); the do-no-harm verdict goes into the cell's diagnostics
     result = find_fantastic_weights(
@@ -88,16 +97,18 @@ _FFW_DEFAULTS = {
     "gamma": Default(10.0, "paper"),
     "tau_decay": Default(0.5, "paper (Alg. 1; the public code uses 0.1)"),
     "include_head": Default(False, "paper text (encoder only; the public code also gates fc)"),
-    "max_epochs_per_level": Default(3, _BUDGET),
     "head_pretrain_epochs": Default(10, _BUDGET),
 }
 _FFW_SELECTION = "FFW's own rule: hard-masked model, lowest CE + gamma MI on D^u_val (uses bias labels of D^u)"
-_FFW_BUDGETS = {"full": {"max_epochs_per_level": 10, "head_pretrain_epochs": 30}}  # --full: the paper's budget
+# --full: the paper's budget for the privacy head's pre-training. No epochs-per-level cap here: FFWConfig's 10-epoch
+# budget over its 10 tau levels (1 down to 1/512) already caps every level at 1 epoch (FFWConfig.level_cap)
+_FFW_BUDGETS = {"full": {"head_pretrain_epochs": 30}}
 
 register_method(
     MethodInfo(
         name="ffw",
-        description="FFW: gates on the frozen vanilla weights so the bottleneck carries no bias",
+        description="FFW: gates on the frozen vanilla weights so the bottleneck carries no bias "
+        "(`debiaskit ffw --preset default|paper`)",
         factory=_refuse_training,
         uses_bias_labels=True,
         uses_unbiased_data=True,
@@ -115,7 +126,8 @@ register_method(
 register_method(
     MethodInfo(
         name="ffw-structured",
-        description="FFW, structured: gates on whole units (channels / neurons), smaller export",
+        description="FFW, structured: gates on whole units (channels / neurons), smaller export "
+        "(`debiaskit ffw --mode structured --preset default|paper`)",
         factory=_refuse_training,
         uses_bias_labels=True,
         uses_unbiased_data=True,
