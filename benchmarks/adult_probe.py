@@ -1,4 +1,4 @@
-"""Re-measure the probe column of BENCHMARKS.md section 5 (UCI Adult) with the audit's converged linear probe,
+"""Re-measure the probe column of the UCI Adult tables (BENCHMARKS.md, "UCI Adult and COMPAS") with the audit's converged linear probe,
 on the models cached in the Adult bench's cells: nothing is retrained and nothing is written into that root.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/adult_probe.py \\

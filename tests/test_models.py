@@ -26,7 +26,9 @@ def test_zoo_forward_shape_and_head(name, input_shape):
     x = torch.randn(2, *input_shape)
     logits, z = forward_with_bottleneck(model, x)
     assert logits.shape == (2, 7)
-    head = model.head_name  # "fc", or "classifier" for section 7's residual CNN (as its user named it)
+    head = (
+        model.head_name
+    )  # "fc", or "classifier" for the residual CNN of BENCHMARKS.md's own-model section (as its user named it)
     assert resolve_head(model)[0] == head and head in ("fc", "classifier")
     d, out = head_shape(model)
     assert out == 7 and z.shape == (2, d)

@@ -183,7 +183,7 @@ CELLS: dict[str, DevCell] = {
             "residual-cnn",
             5,
             "stripes-toy",
-            what="striped background on Fashion-MNIST with the residual CNN of BENCHMARKS.md section 7",
+            what="striped background on Fashion-MNIST with the residual CNN of BENCHMARKS.md, 'Your own model and data'",
         ),
         DevCell(
             "watermark-tvresnet",

@@ -244,7 +244,7 @@ def _draw_watermark(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def stripes_grating(b: int, h: int = 28, w: int = 28) -> Tensor:
-    """The bias texture of BENCHMARKS.md section 7: a sinusoidal grating in [0, 1], orientation 36 deg * (b mod 5),
+    """The bias texture of BENCHMARKS.md, "Your own model and data": a sinusoidal grating in [0, 1], orientation 36 deg * (b mod 5),
     period 4 px (b < 5) or 7 px (b >= 5)."""
     angle = math.radians(36 * (b % 5))
     period = 4.0 if b % 10 < 5 else 7.0
@@ -253,7 +253,7 @@ def stripes_grating(b: int, h: int = 28, w: int = 28) -> Tensor:
 
 
 def _draw_stripes(digits: Tensor, b: Tensor, gen: torch.Generator) -> Tensor:
-    """Striped background (section 7): pixel = max(item, 110 * grating of b): the texture shows where the item is
+    """Striped background (BENCHMARKS.md, "Your own model and data"): pixel = max(item, 110 * grating of b): the texture shows where the item is
     darker."""
     gratings = torch.stack([stripes_grating(k, *digits.shape[1:]) for k in range(10)]) * 110.0
     img = torch.maximum(digits.float(), gratings[b % 10])
@@ -346,7 +346,7 @@ register_recipe(
 register_recipe(
     Recipe(
         name="stripes",
-        description="Striped background (BENCHMARKS.md section 7): a sinusoidal grating (5 orientations x 2 periods) "
+        description="Striped background (BENCHMARKS.md, 'Your own model and data'): a sinusoidal grating (5 orientations x 2 periods) "
         "drawn where the item is darker, correlated with the class at rho",
         bias_names=("stripes",),
         channels=1,

@@ -180,7 +180,7 @@ class TVResNetSmall(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """The block of BENCHMARKS.md section 7's user model: ``torch.relu`` called functionally, a 1x1 ``skip``
+    """The block of the user model of BENCHMARKS.md, "Your own model and data": ``torch.relu`` called functionally, a 1x1 ``skip``
     convolution where the width or stride changes."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
@@ -197,7 +197,7 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualCNN(nn.Module):
-    """BENCHMARKS.md section 7's residual CNN (``benchmarks/byo_user_model.py``) in the zoo: stride-2 stem, three
+    """The residual CNN of BENCHMARKS.md, "Your own model and data" (``benchmarks/byo_user_model.py``) in the zoo: stride-2 stem, three
     :class:`ResidualBlock` (width, 2 width stride 2, 4 width stride 2), average pool, dropout, head ``classifier``."""
 
     head_name = "classifier"
@@ -270,7 +270,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "residual-cnn": ModelSpec(
         "residual-cnn",
-        "BENCHMARKS.md section 7's residual CNN (functional relu, 1x1 skips, dropout 0.2, head classifier), width 16",
+        "the residual CNN of BENCHMARKS.md, 'Your own model and data' (functional relu, 1x1 skips, dropout 0.2, head classifier), width 16",
         lambda *, num_classes, input_shape: ResidualCNN(num_classes=num_classes, in_channels=input_shape[0]),
     ),
 }

@@ -375,7 +375,7 @@ def fit(
     selection state. With ``resume=True`` training continues from it and ends with the weights an
     uninterrupted run would have reached, bit for bit (same data, config, method and machine);
     ``checkpoint_meta`` (JSON) identifies the run and must match on resume. The returned wall time is
-    the method's whole cost, setup and preparation included, summed over the interrupted sessions.
+    the method's whole cost, setup and preparation included, summed over the interrupted runs and their resumes.
 
     Under ``torchrun`` (a process group is initialised) each rank trains on its shard of every epoch's
     order with ``config.batch_size / world_size`` samples per step (``config.batch_size`` is the global
@@ -459,7 +459,7 @@ def fit(
     else:
         method.prepare(ctx)
 
-    def elapsed() -> float:  # this session since before setup, plus what earlier sessions spent
+    def elapsed() -> float:  # this process since before setup, plus what the interrupted runs before a resume spent
         return loop.elapsed_s + time.perf_counter() - start
 
     if checkpoint is not None and not resume and rank == 0:  # after the preparation: JTT's or DCWP's can be long
