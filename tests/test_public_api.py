@@ -313,6 +313,7 @@ INTERNAL = {
     "audit": {
         "AUDIT_FOLDER",
         "CHANCE_MARGIN",
+        "audit_into",
         "CONVENTIONS",
         "below_majority_text",
         "chance_floor",

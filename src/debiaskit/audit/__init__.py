@@ -13,7 +13,7 @@ from ._folders import AUDIT_FOLDER
 from ._metrics import CHANCE_MARGIN, GroupMetrics, chance_floor, group_metrics, normalized_mutual_information
 from ._probe import PROBES, ProbeResult, logits_accuracy, probe_bias, probe_suite, readable, train_privacy_head
 from ._report import CONVENTIONS, render_table, summary_rows, to_markdown, write_report, write_report_files
-from ._run import audit_run
+from ._run import audit_into, audit_run
 
 __all__ = [
     "audit_model",

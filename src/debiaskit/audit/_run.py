@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .. import _dist
 from .._validate import SEED, require
@@ -38,29 +40,61 @@ def audit_run(
     target = Path(out) if out is not None else Path(run_dir) / "audit"
     # the input is checked first, then the output, then the compute runs
     run = load_run(run_dir, splits=splits, model=model, trust_code=trust_code)
-    with _dist.rank0_folder(
-        target, kind=AUDIT_FOLDER, force=force, inputs=(Path(run_dir),), pinned=(run.identity,)
-    ) as staging:  # a moved RUN: nothing written
-        splits = run.splits()
-        report = audit_model(
-            run.model,
-            test=splits.test,
-            unbiased_train=splits.unbiased_train,
-            unbiased_val=splits.unbiased_val,
-            head=run.head,
-            seed=seed,
-            device=device,
-            counterfactual=counterfactual,
-        )
-        report.meta = {
+    return audit_into(
+        run.model,
+        head=run.head,
+        splits=run.splits,
+        target=target,
+        force=force,
+        inputs=(Path(run_dir),),
+        pinned=(run.identity,),  # a moved RUN: nothing written
+        seed=seed,
+        device=device,
+        counterfactual=counterfactual,
+        meta=lambda splits: {
             "run": str(run.folder),
             "dataset": splits.spec["dataset"],
             "params": splits.spec["params"],
             "model": run.record.model.name,
             "method": run.record.method_name,
             "seed": seed,
-            **_dist.description(),
-        }
+        },
+        title=f"Bias audit of {Path(run_dir).name}",
+    )
+
+
+def audit_into(
+    model,
+    *,
+    head: str,
+    splits: Callable[[], Any],
+    target: Path,
+    force: bool,
+    inputs: tuple[Path, ...],
+    pinned: tuple = (),
+    seed: int,
+    device: str,
+    counterfactual: bool,
+    meta: Callable[[Any], dict[str, Any]],
+    title: str,
+) -> tuple[AuditReport, Path]:
+    """Audit ``model`` on the splits ``splits()`` builds and write the report into ``target`` (the output rule of
+    an audit report folder, opened before the splits are built; under torchrun rank 0 writes): what
+    :func:`audit_run` and FFW's ``audit_ffw_folder`` share. ``meta(splits)``: the report's meta, beside the
+    process description."""
+    with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=inputs, pinned=pinned) as staging:
+        data = splits()
+        report = audit_model(
+            model,
+            test=data.test,
+            unbiased_train=data.unbiased_train,
+            unbiased_val=data.unbiased_val,
+            head=head,
+            seed=seed,
+            device=device,
+            counterfactual=counterfactual,
+        )
+        report.meta = {**meta(data), **_dist.description()}
         if staging is not None:
-            write_report_files(report, staging, title=f"Bias audit of {Path(run_dir).name}")
+            write_report_files(report, staging, title=title)
     return report, target

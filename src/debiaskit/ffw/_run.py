@@ -21,7 +21,14 @@ from torch import nn
 from .. import _dist
 from .._io import PARTIAL_FILES, json_safe, log, real_dir, remove_owned, tensors_sha256, write_text
 from .._validate import SEED, require
-from ..audit import AUDIT_FOLDER, PROBES, AuditReport, audit_model, probe_suite, readable, write_report_files
+from ..audit import (
+    PROBES,
+    AuditReport,
+    audit_into,
+    audit_model,
+    probe_suite,
+    readable,
+)
 from ..data import BiasDataset, iterate_batches, splits_from_spec
 from ..discover import load_pseudo_bias, with_pseudo_bias
 from ..errors import ConfigError, DataError, NoImprovementError, RunExistsError
@@ -685,30 +692,26 @@ def audit_ffw_folder(
         )
     net = load_pruned_model(folder, model=model, trust_code=trust_code)
     target = Path(out) if out is not None else folder / "audit"
-    with _dist.rank0_folder(target, kind=AUDIT_FOLDER, force=force, inputs=(folder,)) as staging:
-        splits = splits if splits is not None else splits_from_spec(record.data.spec())
-        report = audit_model(
-            net,
-            test=splits.test,
-            unbiased_train=splits.unbiased_train,
-            unbiased_val=splits.unbiased_val,
-            head=record.model.head,
-            seed=seed,
-            device=device,
-            counterfactual=counterfactual,
-        )
-        report.meta = {
+    return audit_into(
+        net,
+        head=record.model.head,
+        splits=lambda: splits if splits is not None else splits_from_spec(record.data.spec()),
+        target=target,
+        force=force,
+        inputs=(folder,),
+        seed=seed,
+        device=device,
+        counterfactual=counterfactual,
+        meta=lambda _: {
             "ffw": str(folder),
             "run": record.run,
             "mode": record.mode,
             "model": record.model.name,
             "head": record.model.head,
             "seed": seed,
-            **_dist.description(),
-        }
-        if staging is not None:
-            write_report_files(report, staging, title=f"Bias audit of {folder.name} (FFW, {record.mode})")
-    return report, target
+        },
+        title=f"Bias audit of {folder.name} (FFW, {record.mode})",
+    )
 
 
 def _pct(v) -> str:
