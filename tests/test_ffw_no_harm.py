@@ -72,13 +72,47 @@ def test_a_collapsed_candidate_is_never_selected_and_the_unchanged_model_is_not_
 def test_a_near_chance_output_is_refused_with_every_stage_named(toy_run_dir, collapse, cli, tmp_path):
     # the 1-epoch MLP is itself near chance on D^u_val: every candidate is, and the output is a constant network
     out = tmp_path / "ffw"
-    code, text = cli("ffw", toy_run_dir, "--mode", "unstructured", "--out", out, "--tune-epochs", "0", *FAST)
+    # (without the ungated candidate: the gated pipeline is then the only output)
+    code, text = cli(
+        "ffw", toy_run_dir, "--mode", "unstructured", "--out", out, "--tune-epochs", "0", "--no-compare-ungated", *FAST
+    )
     assert code == 3, text
     assert not out.exists()
     assert "near chance" in text and "a collapsed network hides any bias" in text
     assert "Tried (D^u_val group-mean accuracy; your model" in text
     assert "gates (epoch" in text and "eraser + head refit" in text
     assert "below the majority-class rate" in text  # the 1-epoch MLP: 8.3 % vs 15.0 % on D^u_val
+
+
+def test_the_ungated_candidate_replaces_a_collapsed_gated_pipeline_and_says_so(toy_run_dir, collapse, cli, tmp_path):
+    # the same collapse with compare_ungated (the default): the eraser + head refit on the ungated model wins on
+    # D^u_val, so that model is written - every weight kept, every mask 1 - and the report names both candidates
+    out = tmp_path / "ffw"
+    code, text = cli("ffw", toy_run_dir, "--mode", "unstructured", "--out", out, "--tune-epochs", "0", *FAST)
+    assert code == 0, text
+    info = json.loads((out / "ffw.json").read_text())
+    choice = info["search"]["choice"]
+    assert choice["kept"] == "ungated" and choice["ungated"]["group_mean"] > choice["gated"]["group_mean"]
+    assert info["search"]["no_harm"]["final"]["stage"].startswith("no gates:")
+    assert info["search"]["sparsity"]["overall"] == 0.0 and info["search"]["tune"] is None
+    from debiaskit.ffw import load_masks
+
+    assert all(bool((m == 1).all()) for m in load_masks(out / "masks.safetensors").values())
+    report = (out / "report.md").read_text()
+    assert "the model without gates was kept" in report and "Candidates (D^u_val group-mean accuracy)" in report
+    # the near-chance gated candidate was never the one kept, even though it is listed
+    assert choice["gated"]["accuracy"] < info["search"]["no_harm"]["floor"]["floor"]
+
+
+def test_the_choice_rule_keeps_the_gated_pipeline_on_a_tie_and_never_a_near_chance_candidate():
+    floor = {"floor": 0.3}
+    gated = {"stage": "g", "group_mean": 0.8, "accuracy": 0.8}
+    assert _search._choose(gated, {**gated, "stage": "u"}, floor)["kept"] == "gated"
+    assert _search._choose(gated, {"stage": "u", "group_mean": 0.81, "accuracy": 0.8}, floor)["kept"] == "ungated"
+    collapsed = {"stage": "u", "group_mean": 0.9, "accuracy": 0.2}  # a higher group mean, but near chance
+    assert _search._choose(gated, collapsed, floor)["kept"] == "gated"
+    low = {"stage": "g", "group_mean": 0.95, "accuracy": 0.1}
+    assert _search._choose(low, {"stage": "u", "group_mean": 0.5, "accuracy": 0.6}, floor)["kept"] == "ungated"
 
 
 def _good_planted():

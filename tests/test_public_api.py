@@ -341,6 +341,7 @@ INTERNAL = {
         "epoch_line",
         "has_checkpoint",
         "no_harm_lines",
+        "choice_line",
         "partial_dir",
         "print_epoch",
         "progress_line",

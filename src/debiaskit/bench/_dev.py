@@ -428,6 +428,7 @@ class _Pipelines:
                 "tune_epoch": (res.tune or {}).get("chosen_epoch"),
                 "erase_rank": (res.eraser or {}).get("rank"),
                 "refit_lam": (res.head_refit or {}).get("kept_lam"),
+                "kept": (res.choice or {}).get("kept"),  # compare_ungated: "gated" or "ungated", None when off
             }
             return res.model, res.head, info, time.perf_counter() - start
         res = apply_stages(parent, train=train, val=val, head=head, config=config)
@@ -604,6 +605,9 @@ def cell_table(cell: str, seeds: dict[int, dict[str, dict[str, Any]]]) -> list[s
         ok = [r for r in recs if "refused" not in r]
         refused = [r["refused"] for r in recs if "refused" in r]
         notes = f"refused {len(refused)}/{len(recs)}: {refused[0]}" if refused else ""
+        ungated = sum(r.get("kept") == "ungated" for r in ok)
+        if ungated:  # compare_ungated kept the model without gates on these seeds
+            notes = "; ".join(x for x in (f"no gates kept {ungated}/{len(recs)}", notes) if x)
         if not ok:
             lines.append(f"| {p} | refused | refused | refused | refused |" + " - |" * len(probes) + f" - | {notes} |")
             continue

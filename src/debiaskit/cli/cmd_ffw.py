@@ -19,6 +19,7 @@ class _D:
     gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 10, 20, 10, 1
     gate_lr, adversary, selection, erase, refine_patience, refit_head = 0.1, "lda", "objective", "conditional", 0, True
     tune_epochs, tune_gamma, tune_lr, tune_schedule, tune_batch_size, tune_shift = 8, 3.0, 2e-3, "cosine", 128, 1
+    compare_ungated = True
 
 
 # the options a preset sets (ffw/_presets.py): passed to ffw_run only when typed on the command line, so that the
@@ -41,6 +42,7 @@ _PRESET_OPTIONS = (
     "tune_schedule",
     "tune_batch_size",
     "tune_shift",
+    "compare_ungated",
 )
 
 
@@ -147,6 +149,11 @@ def ffw(
         "at random (edges replicated; 0: never; non-image inputs "
         "are never shifted)",
     ),
+    compare_ungated: bool = typer.Option(
+        _D.compare_ungated,
+        help="also run the eraser and the head refit on your model without gates, and keep whichever of the two "
+        "candidates has the higher D^u_val group-mean accuracy (the report says which)",
+    ),
     strong_probes: bool = typer.Option(True, help="also read the bias with an MLP and a converged linear probe"),
     trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
     preset: str = typer.Option(
@@ -167,7 +174,7 @@ def ffw(
     Exit status: 0 written, 2 bad input, 3 no output better than the input, 130 interrupted.
     """
     from ..errors import NoImprovementError
-    from ..ffw import before_after_rows, ffw_run, has_checkpoint, no_harm_lines, partial_dir
+    from ..ffw import before_after_rows, choice_line, ffw_run, has_checkpoint, no_harm_lines, partial_dir
 
     typed = _typed_options(ctx, locals())
     try:
@@ -229,6 +236,9 @@ def ffw(
         f"stop: {esc(info['search']['stop_reason'])}",
         highlight=False,
     )
+    choice = info["search"].get("choice")
+    if choice:
+        console.print(esc(choice_line(choice)), highlight=False)
     probes = info.get("probes")
     if probes:
         ptable = Table(title="bias extractability under stronger probes (unbiased test)")

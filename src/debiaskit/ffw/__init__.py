@@ -49,6 +49,7 @@ from ._run import (
     FFWRun,
     audit_ffw_folder,
     before_after_rows,
+    choice_line,
     default_out,
     ffw_run,
     has_checkpoint,

@@ -69,10 +69,14 @@ def near_chance(accuracy: float, floor: dict[str, float]) -> bool:
     return accuracy < floor["floor"]
 
 
-def verdict(stages: list[dict[str, Any]], floor: dict[str, float], *, unchanged: bool) -> dict[str, Any]:
-    """Accept or refuse the last of ``stages`` (each {"stage", "group_mean", "accuracy", ...}; the first is the
-    input): see the module docstring. Returns the JSON-able record, with ``accepted`` and ``reason``."""
-    given, final = stages[0], stages[-1]
+def verdict(
+    stages: list[dict[str, Any]], floor: dict[str, float], *, unchanged: bool, final: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Accept or refuse ``final`` (default: the last of ``stages``, each {"stage", "group_mean", "accuracy", ...};
+    the first is the input): see the module docstring. Returns the JSON-able record, with ``accepted``, ``reason``
+    and ``final`` (the stage judged: the output)."""
+    given = stages[0]
+    final = stages[-1] if final is None else final
     tolerance = given["group_mean_se"]
     worse = final["group_mean"] < given["group_mean"] - tolerance
     collapsed = near_chance(final["accuracy"], floor)
@@ -87,6 +91,7 @@ def verdict(stages: list[dict[str, Any]], floor: dict[str, float], *, unchanged:
         "accepted": reason is None,
         "reason": reason,
         "stages": stages,
+        "final": final,
         "tolerance": tolerance,
         "required_group_mean": given["group_mean"] - tolerance,
         "floor": floor,
@@ -108,7 +113,7 @@ def _pct(v: float) -> str:
 def refusal_message(record: dict[str, Any]) -> str:
     """What was tried, why nothing qualified and what to do: the text of :class:`NoImprovementError`."""
     stages, floor = record["stages"], record["floor"]
-    given, final = stages[0], stages[-1]
+    given, final = stages[0], record.get("final", stages[-1])
     if record["reason"] == "unchanged":
         head = "FFW found no sub-network better than your model; nothing was changed, so no model is written."
     elif record["reason"] == "near_chance":

@@ -5,7 +5,8 @@ A preset is a set of :class:`~debiaskit.ffw.FFWConfig` fields laid over FFWConfi
 passes explicitly (a keyword argument, a CLI option typed on the command line) wins over the preset.
 
 - ``default``: FFWConfig's defaults unchanged (gates against the probe-free linear readability, then weight tuning,
-  the conditional eraser and the head refit; docs/design/ffw-defaults.md).
+  the conditional eraser and the head refit, and the same after-gate stages on the ungated network as a second
+  candidate, the better on D^u_val kept; docs/design/ffw-defaults.md).
 - ``paper``: the paper's algorithm (Nahon et al., ECCV 2024, Alg. 1) as debiaskit implements it: the bias term is
   the MI of a linear privacy head trained alongside the gates (``adversary="head"``); tau starts at 1 and halves
   at each plateau (patience 2) until the tau-model and the hard-masked model agree, with no epoch budget (up to 20
@@ -40,6 +41,7 @@ _PAPER = {
     "tune_epochs": 0,  # no weight changed
     "erase": "none",
     "refit_head": False,
+    "compare_ungated": False,  # the gated sub-network is the answer, not one candidate of two
 }
 
 FFW_PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(

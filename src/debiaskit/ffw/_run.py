@@ -880,6 +880,24 @@ def no_harm_lines(record: dict[str, Any] | None, *, selected_epoch: int) -> list
     return lines
 
 
+def choice_line(choice: dict[str, Any] | None) -> str:
+    """compare_ungated in words: both candidates' D^u_val group-mean accuracy and which one the output is."""
+    if not choice:
+        return ""
+    gated, ungated = choice["gated"], choice["ungated"]
+    kept = (
+        "the model without gates was kept: every weight of your model is in the output (no sparsity), "
+        "changed only by the eraser / head refit"
+        if choice["kept"] == "ungated"
+        else "the gated sub-network was kept"
+    )
+    return (
+        f"Candidates (D^u_val group-mean accuracy): the gated pipeline ({gated['stage']}) "
+        f"{100 * gated['group_mean']:.2f} %, the same after-gate stages on your model without gates "
+        f"{100 * ungated['group_mean']:.2f} %; {kept}. Rule: {choice['rule']}."
+    )
+
+
 def report_markdown(info: dict[str, Any]) -> str:
     s = info["search"]
     sel = s["selected"]
@@ -896,6 +914,8 @@ def report_markdown(info: dict[str, Any]) -> str:
     if info.get("input_below_majority"):  # the numbers below describe a model that does not work
         lines += [f"**{info['input_below_majority']}**", ""]
     lines += [*no_harm_lines(s.get("no_harm"), selected_epoch=sel["epoch"]), ""]
+    if s.get("choice"):
+        lines += [choice_line(s["choice"]), ""]
     if info.get("diagnosis"):  # first thing a reader sees: FFW could not help, and what to do instead
         lines += ["## Diagnosis", ""] + [f"- {d}" for d in info["diagnosis"]] + [""]
     lines += [

@@ -144,6 +144,13 @@ class FFWConfig:
     pixels at random (default 1, edges replicated; 0: none; other inputs never); the epoch kept is
     the best by ``selection`` on D^u_val, the gates' state (epoch 0) included (``_tune.py``). The eraser and the
     head refit then run on the tuned network. Not the paper's (it keeps the vanilla weights).
+    compare_ungated (default on; off in the ``paper`` preset): the gated pipeline is one candidate; the same
+    after-gate stages (the eraser, the head refit) run on the input network without gates are the other, and the
+    one with the higher D^u_val group-mean accuracy is returned (a near-chance candidate never; a tie keeps the
+    gated one). Chosen on the development suite (``debiaskit bench dev``): no single gated setting served every
+    cell - the unstructured gates collapsed a Colored MNIST MLP and lost to a head refit on a torchvision-style
+    ResNet -, and the per-call choice lifts the suite's worst cell (docs/design/ffw-defaults.md). The result says
+    which candidate was kept (``FFWResult.choice``).
     """
 
     mode: str = "unstructured"
@@ -187,6 +194,7 @@ class FFWConfig:
     tune_schedule: str = "cosine"
     tune_batch_size: int = 128
     tune_shift: int = 1
+    compare_ungated: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -278,6 +286,7 @@ class FFWResult:
     head_refit: dict[str, Any] | None = None  # the head's refit on D^u_train (_refit.py), None when off
     tune: dict[str, Any] | None = None  # the kept weights trained under J (_tune.py), None when off
     no_harm: dict[str, Any] | None = None  # the do-no-harm verdict on D^u_val, every stage vs the input (_harm.py)
+    choice: dict[str, Any] | None = None  # compare_ungated: the two candidates' D^u_val numbers and the one kept
 
     @property
     def mode(self) -> str:
@@ -309,6 +318,7 @@ class FFWResult:
             "head_refit": self.head_refit,
             "tune": self.tune,
             "no_harm": self.no_harm,
+            "choice": self.choice,
         }
 
 
@@ -1161,9 +1171,23 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, 
         stages.append(_stage(f"weight tuning ({kept})", exported, search))
     head, eraser, head_refit = _after_gates(exported, search)
     if eraser is not None or head_refit is not None:
-        steps = " + ".join(n for n, on in (("eraser", eraser), ("head refit", head_refit)) if on is not None)
-        stages.append(_stage(steps, exported, search))
-    judged = verdict(stages, search.floor, unchanged=_unchanged(search, tune, eraser, head_refit))
+        stages.append(_stage(_steps_name(eraser, head_refit), exported, search))
+    choice = None
+    if _ungated_differs(search, tune):
+        plain, plain_head, plain_eraser, plain_refit, plain_stage = _ungated_candidate(model, search)
+        stages.append(plain_stage)
+        choice = _choose(stages[-2], plain_stage, search.floor)
+        if choice["kept"] == "ungated":
+            exported, head, eraser, head_refit, tune, shapes = plain, plain_head, plain_eraser, plain_refit, None, None
+            masks = {k: torch.ones_like(v) for k, v in masks.items()}  # every weight kept
+            sparsity = _kept_everything(sparsity, masks, cfg.mode, model, exported)
+    final = stages[-1] if choice is None or choice["kept"] == "ungated" else stages[-2]
+    unchanged = (
+        _unchanged(search, tune, eraser, head_refit)
+        if choice is None or choice["kept"] == "gated"
+        else (eraser is None and (head_refit is None or head_refit["kept_lam"] is None))
+    )
+    judged = verdict(stages, search.floor, unchanged=unchanged, final=final)
     result = FFWResult(
         model=exported,
         masks=masks,
@@ -1181,6 +1205,7 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, 
         head_refit=head_refit,
         tune=tune,
         no_harm=judged,
+        choice=choice,
     )
     if no_harm:
         enforce(judged, result)  # raises NoImprovementError: nothing returned, the user's model untouched
@@ -1188,6 +1213,49 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, 
         model.load_state_dict(exported.state_dict())
         result.model = model.eval()
     return result
+
+
+def _steps_name(eraser, head_refit) -> str:
+    return " + ".join(n for n, on in (("eraser", eraser), ("head refit", head_refit)) if on is not None)
+
+
+def _ungated_differs(search: _Search, tune) -> bool:
+    """compare_ungated applies: the after-gate stages are on, and the gated pipeline changed the network before
+    them (otherwise its candidate is the ungated one already)."""
+    cfg = search.cfg
+    if not cfg.compare_ungated or (cfg.erase == "none" and not cfg.refit_head):
+        return False
+    return search.best["epoch"] > 0 or (tune is not None and tune["chosen_epoch"] > 0)
+
+
+def _ungated_candidate(model: nn.Module, search: _Search):
+    """The after-gate stages (eraser, head refit) on a copy of the input network, no gate and no tuning: the other
+    candidate of compare_ungated. Returns the network, its head, the eraser / refit records and its D^u_val stage."""
+    plain = copy.deepcopy(model).to(search.device).eval()
+    freeze(plain)
+    head, eraser, head_refit = _after_gates(plain, search)
+    steps = _steps_name(eraser, head_refit) or "no change"
+    return plain, head, eraser, head_refit, _stage(f"no gates: {steps} on the input model", plain, search)
+
+
+UNGATED_RULE = (
+    "the gated pipeline and the same after-gate stages on the input network without gates: the one with the higher "
+    "D^u_val group-mean accuracy is kept (a near-chance candidate never; a tie keeps the gated one)"
+)
+
+
+def _choose(gated: dict[str, Any], ungated: dict[str, Any], floor: dict[str, float]) -> dict[str, Any]:
+    """compare_ungated's rule (``UNGATED_RULE``) on the two candidates' D^u_val stage records."""
+    gated_ok, ungated_ok = not near_chance(gated["accuracy"], floor), not near_chance(ungated["accuracy"], floor)
+    better = ungated["group_mean"] > gated["group_mean"]
+    kept = "ungated" if ungated_ok and (better or not gated_ok) else "gated"
+    return {"kept": kept, "gated": gated, "ungated": ungated, "rule": UNGATED_RULE}
+
+
+def _kept_everything(sparsity: dict[str, Any], masks: dict[str, Tensor], mode: str, model, exported) -> dict[str, Any]:
+    """The sparsity record of the ungated candidate (every mask 1), with the gated record's notes kept."""
+    fresh = unstructured_sparsity(masks) if mode == "unstructured" else structured_sparsity(masks, model, exported)
+    return {**sparsity, **fresh}
 
 
 def _after_gates(exported: nn.Module, search: _Search) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
