@@ -257,6 +257,22 @@ def test_an_ffw_folder_is_audited_like_a_run(usable_run, cli, tmp_path):
     assert code == 2 and "--force" in text
     assert cli("audit", out, "--force")[0] == 0
     check_output(out, kind=FFW_FOLDER, force=True)  # a finished FFW folder holding its audit is still ours to replace
+    # the FFW folder moved while its audit ran: nothing written, the old path not recreated (the commit re-checks it)
+    import debiaskit.audit._run as audit_run
+
+    real, moved = audit_run.audit_model, tmp_path / "moved"
+
+    def audit_then_move(*a, **k):
+        report = real(*a, **k)
+        out.rename(moved)
+        return report
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(audit_run, "audit_model", audit_then_move)
+        code, text = cli("audit", out, "--out", tmp_path / "after-move")
+    assert code == 2 and "was moved or replaced while debiaskit was running; nothing was written" in text, text
+    assert not out.exists() and not (tmp_path / "after-move").exists()
+    moved.rename(out)
     info["input_below_majority"] = "The input model is below the majority-class rate (72.0 % vs 73.8 % on x)"
     md = report_markdown(info)  # said before any number of the report
     assert -1 < md.find("**The input model is below the majority-class rate") < md.find("| | before (vanilla)")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import _dist
-from .._io import PARTIAL_FILES, json_safe, log, real_dir, remove_owned, tensors_sha256, write_text
+from .._io import PARTIAL_FILES, folder_identity, json_safe, log, real_dir, remove_owned, tensors_sha256, write_text
 from .._validate import SEED, require
 from ..audit import (
     PROBES,
@@ -684,6 +684,7 @@ def audit_ffw_folder(
     folder = Path(folder)
     if not (folder / FFW_FILE).is_file():
         raise DataError(f"{folder} is not a finished FFW folder (no {FFW_FILE})")
+    identity = folder_identity(folder, FFW_FILE)  # re-checked at commit: a folder moved or replaced gets nothing
     record = read_record(folder / FFW_FILE, FFWRecord, default_kind="ffw")  # validated before anything is loaded
     if splits is None and record.data is None:
         raise DataError(
@@ -699,6 +700,7 @@ def audit_ffw_folder(
         target=target,
         force=force,
         inputs=(folder,),
+        pinned=(identity,),
         seed=seed,
         device=device,
         counterfactual=counterfactual,

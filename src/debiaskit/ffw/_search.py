@@ -1177,7 +1177,8 @@ def _finish(search: _Search, model: nn.Module, *, inplace: bool, no_harm: bool, 
         plain, plain_head, plain_eraser, plain_refit, plain_stage = _ungated_candidate(model, search)
         stages.append(plain_stage)
         choice = _choose(stages[-2], plain_stage, search.floor)
-        if choice["kept"] == "ungated":
+        if choice["kept"] == "ungated":  # the gated candidate's own stages stay on record beside the choice
+            choice["gated_pipeline"] = {"tune": tune, "eraser": eraser, "head_refit": head_refit}
             exported, head, eraser, head_refit, tune, shapes = plain, plain_head, plain_eraser, plain_refit, None, None
             masks = {k: torch.ones_like(v) for k, v in masks.items()}  # every weight kept
             sparsity = _kept_everything(sparsity, masks, cfg.mode, model, exported)
