@@ -425,17 +425,17 @@ class _Pipelines:
                 "sparsity": res.sparsity.get("overall"),
                 "stop_reason": res.stop_reason,
                 "selected_epoch": res.selected.get("epoch"),
-                "tune_epoch": (res.tune or {}).get("chosen_epoch"),
-                "erase_rank": (res.eraser or {}).get("rank"),
-                "refit_lam": (res.head_refit or {}).get("kept_lam"),
-                "kept": (res.choice or {}).get("kept"),  # compare_ungated: "gated" or "ungated", None when off
+                "tune_epoch": res.tune.chosen_epoch if res.tune else None,
+                "erase_rank": res.eraser.rank if res.eraser else None,
+                "refit_lam": res.head_refit.kept_lam if res.head_refit else None,
+                "kept": res.choice.kept if res.choice else None,  # compare_ungated: "gated" or "ungated", None when off
             }
             return res.model, res.head, info, time.perf_counter() - start
         res = apply_stages(parent, train=train, val=val, head=head, config=config)
         info = {
-            "tune_epoch": (res.tune or {}).get("chosen_epoch"),
-            "erase_rank": (res.eraser or {}).get("rank"),
-            "refit_lam": (res.head_refit or {}).get("kept_lam"),
+            "tune_epoch": res.tune.chosen_epoch if res.tune else None,
+            "erase_rank": res.eraser.rank if res.eraser else None,
+            "refit_lam": res.head_refit.kept_lam if res.head_refit else None,
         }
         return res.model, res.head, info, time.perf_counter() - start
 

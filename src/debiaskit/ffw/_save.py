@@ -57,7 +57,7 @@ def _model_record(result, model: str | Callable | None, model_args: dict | None)
     spec.setdefault("num_classes", getattr(head, "out_features", None))
     spec["head"] = result.head
     spec["shapes"] = result.shapes
-    spec["eraser"] = result.eraser
+    spec["eraser"] = None if result.eraser is None else result.eraser.to_json()
     return spec
 
 

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -35,6 +36,30 @@ from .. import _dist
 from ..data import iterate_batches
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out
 from ._adversary import bias_columns, lda_readability, probe_free_penalty, probe_free_term
+
+
+@dataclass
+class TuneRecord:
+    """What the weight tuning did: its settings, the epoch kept (0: the gates' state), the D^u_val numbers before
+    and after (``val_before`` / ``val_after``: task, ce, dependence, objective, selection_score), every epoch's
+    record, how many pruned weights were held at zero, why it stopped early (None: it did not) and its time."""
+
+    epochs: int
+    chosen_epoch: int
+    gamma: float
+    lr: float
+    batch_size: int
+    shift: int
+    val_before: dict[str, float]
+    val_after: dict[str, float]
+    history: list[dict[str, Any]]
+    held_zero: int
+    stopped: str | None
+    selection: str
+    time_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def shift_images(x: Tensor, offsets: Tensor, k: int) -> Tensor:
@@ -100,7 +125,7 @@ def _preferred(search, val: dict[str, float], best: dict[str, float]) -> bool:
 
 def tune_kept_weights(
     exported: nn.Module, search, *, callback: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any] | None:
+) -> TuneRecord | None:
     """Train ``exported`` (in place) for ``tune_epochs`` epochs under J on D^u_train and keep its best state on
     D^u_val (see the module docstring). Returns what it did (None when ``tune_epochs`` is 0)."""
     cfg = search.cfg
@@ -171,21 +196,21 @@ def tune_kept_weights(
         for p in params:
             p.requires_grad_(False)
     exported.load_state_dict(best_state)
-    return {
-        "epochs": cfg.tune_epochs,
-        "chosen_epoch": best["epoch"],
-        "gamma": cfg.tune_gamma,
-        "lr": cfg.tune_lr,
-        "batch_size": batch,
-        "shift": cfg.tune_shift,
-        "val_before": history[0]["val"],
-        "val_after": best["val"],
-        "history": history,
-        "held_zero": sum(int((m == 0).sum()) for _, m in held),
-        "stopped": stopped,
-        "selection": f"the epoch (0: the gates' state) with the best D^u_val selection score ({cfg.selection})",
-        "time_s": time.perf_counter() - start,
-    }
+    return TuneRecord(
+        epochs=cfg.tune_epochs,
+        chosen_epoch=best["epoch"],
+        gamma=cfg.tune_gamma,
+        lr=cfg.tune_lr,
+        batch_size=batch,
+        shift=cfg.tune_shift,
+        val_before=history[0]["val"],
+        val_after=best["val"],
+        history=history,
+        held_zero=sum(int((m == 0).sum()) for _, m in held),
+        stopped=stopped,
+        selection=f"the epoch (0: the gates' state) with the best D^u_val selection score ({cfg.selection})",
+        time_s=time.perf_counter() - start,
+    )
 
 
 def _tune_epoch(
