@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from .._io import json_safe, load_checkpoint, save_checkpoint
 from ..errors import ConfigError
+from ._adversary import KernelDependence, LinearDependence
 from ._config import FFWConfig
 from ._gates import GatedModel
 
@@ -29,9 +31,22 @@ _INPUT_PARTS = {
 class _Checkpoint:
     """Save / resume the search (a mixin of ``_Search``)."""
 
+    # the search's state that a checkpoint holds (set by _Search.__init__)
     cfg: FFWConfig
     input_identity: dict[str, Any] | None
     gated: GatedModel
+    gate_opt: torch.optim.Optimizer
+    heads: list[nn.Linear]
+    head_opts: list[torch.optim.Optimizer]
+    mlps: list[nn.Module]
+    mlp_opts: list[torch.optim.Optimizer]
+    lda: LinearDependence | KernelDependence | None
+    log_temperature: Tensor | None
+    progress: dict[str, Any]
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    best_gates: dict[str, Tensor] | None
+    step: int
 
     def _optimizers(self) -> list[tuple[str, torch.optim.Optimizer]]:
         return (
@@ -46,8 +61,8 @@ class _Checkpoint:
         meta: dict[str, Any] = {"optimizers": {}}
         for i, h in enumerate(self.heads):
             tensors.update({f"head{i}.{k}": v.detach() for k, v in h.state_dict().items()})
-        for i, h in enumerate(self.mlps):
-            tensors.update({f"mlp{i}.{k}": v.detach() for k, v in h.state_dict().items()})
+        for i, mlp in enumerate(self.mlps):
+            tensors.update({f"mlp{i}.{k}": v.detach() for k, v in mlp.state_dict().items()})
         if self.lda is not None:
             tensors.update({f"lda.{k}": v for k, v in self.lda.tensors().items()})
         if self.log_temperature is not None:

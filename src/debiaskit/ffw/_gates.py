@@ -251,7 +251,7 @@ def install_gates(
     if input_weights and mode != "structured":
         raise ConfigError("input_weights applies to structured FFW only (unstructured FFW gates every weight already)")
     if mode == "unstructured":
-        gates: dict[str, nn.Module] = {name: _weight_gate(module, state) for name, module in layers}
+        gates: dict[str, WeightGate | UnitGate] = {name: _weight_gate(module, state) for name, module in layers}
         return GatedModel(
             model,
             mode=mode,

@@ -1,4 +1,16 @@
-"""find_fantastic_weights: the search, then the stages after it, in order, each with its own record."""
+"""find_fantastic_weights as one pipeline of named stages, each a function returning its :class:`StageRecord`:
+
+    gates    the search (Algorithm 1, ``_search.py``), its selected hard masks baked into a copy of the network
+    tune     the kept weights trained under J (``_tune.py``; ``tune_epochs``)
+    erase    the eraser in front of the head (``_erase.py``; ``erase``)
+    refit    the head refit on the (erased) bottleneck (``_refit.py``; ``refit_head``)
+    choice   compare_ungated: the same after-gate stages on the input without gates, the better one kept
+    no_harm  the do-no-harm verdict on the output (``_harm.py``; refused once the result exists)
+
+``STAGES`` lists them in order; ``_Work`` is what they hand on to each other. A stage that is off records so
+(``ran=False``). ``FFWResult.stages`` holds the records; the detailed record of each stage stays in its own field
+(``tune``, ``eraser``, ``head_refit``, ``choice``, ``no_harm``).
+"""
 
 from __future__ import annotations
 
@@ -293,6 +305,7 @@ def _measure(name: str, model: nn.Module, search: _Search) -> dict[str, Any]:
     device = next(model.parameters()).device
     with torch.no_grad():
         out = collect_outputs(model, search.val, with_bottleneck=False, device=device)
+    assert out.y is not None and out.b is not None, "FFW's D^u_val has targets and bias labels (checked on entry)"
     return {"stage": name, **group_accuracy(out.logits.argmax(1), out.y, out.b)}
 
 
@@ -310,8 +323,8 @@ def _record(name: str, did: str | None, start: float, measure: dict[str, Any] | 
 
 def _gates_stage(work: _Work) -> StageRecord:
     """The hard masks of the selected gate state, baked into a copy of the input network (unstructured: zeros;
-    structured: a smaller network), with the search's selection note."""
-    start, search, cfg, model = time.perf_counter(), work.search, work.search.cfg, work.model
+    structured: a smaller network), with the search's selection note. Its wall time includes the search's."""
+    start, search = time.perf_counter(), work.search
     best = search.best
     assert best is not None, "the search records epoch 0 before any stage"
     if best["epoch"] > 0 and not best.get("keeps_task", False):
@@ -319,12 +332,24 @@ def _gates_stage(work: _Work) -> StageRecord:
             "no gated candidate kept the vanilla model's D^u_val task accuracy "
             f"({100 * search.history[0]['val_hard']['task']:.1f} %): selected by the score alone"
         )
+    _export_selected(work)
+    given = ", the model as given)" if best["epoch"] == 0 else ", hard mask)"
+    work.measures.append(_measure(f"gates (epoch {best['epoch']}" + given, work.net, search))
+    did = f"epoch {best['epoch']} selected ({search.progress['stop_reason']})"
+    record = _record("gates", did, start, work.measures[-1])
+    record.wall_time_s += work.search_time_s
+    return record
+
+
+def _export_selected(work: _Work) -> None:
+    """The selected hard masks on a copy of the input network (also with inplace=True: the user's model takes the
+    result only once do-no-harm accepted it), with their sparsity record (and the shapes of a structured export)."""
+    search, cfg, model = work.search, work.search.cfg, work.model
     assert search.best_gates is not None
     search.gated.load_gate_tensors(search.best_gates)
     search.state.hard = True
     work.masks = search.gated.hard_masks()
     if cfg.mode == "unstructured":
-        # on a copy, also with inplace=True: the user's model takes the result only once do-no-harm accepted it
         exported = apply_unstructured_masks(model, {f"{k}.weight": v for k, v in work.masks.items()}, copy_model=True)
         work.sparsity = unstructured_sparsity(work.masks)
         work.sparsity["counts_head"] = cfg.include_head
@@ -335,14 +360,7 @@ def _gates_stage(work: _Work) -> StageRecord:
         exported, work.shapes = prune_structured(model, work.masks, head=search.head, example=example)
         work.sparsity = structured_sparsity(work.masks, model, exported)
         work.sparsity["ungated"] = dict(search.gated.ungated)  # e.g. residual-stream channels of a ResNet, with why
-    exported.eval()
-    work.exported, work.head = exported, search.head
-    given = ", the model as given)" if best["epoch"] == 0 else ", hard mask)"
-    work.measures.append(_measure(f"gates (epoch {best['epoch']}" + given, exported, search))
-    did = f"epoch {best['epoch']} selected ({search.progress['stop_reason']})"
-    record = _record("gates", did, start, work.measures[-1])
-    record.wall_time_s += work.search_time_s
-    return record
+    work.exported, work.head = exported.eval(), search.head
 
 
 def _tune_stage(work: _Work) -> StageRecord:

@@ -23,6 +23,7 @@ class _Schedule:
             return
         plateau = False
         if self._plateau_decides():
+            assert soft is not None, "the tau-model is evaluated wherever a plateau can end the level"
             best = p["plateau_best"]
             if best is None or soft["objective"] < best - cfg.plateau_threshold * abs(best):
                 p["plateau_best"], p["bad_epochs"] = soft["objective"], 0
@@ -30,17 +31,22 @@ class _Schedule:
                 p["bad_epochs"] += 1
             plateau = p["bad_epochs"] >= cfg.patience and p["epoch_in_level"] >= cfg.min_epochs_per_level
         if plateau or self._level_must_end():
+            assert soft is not None, "the tau-model is evaluated at every level's end"
             rec["level_end"] = True
             self.end_level(soft, hard)
 
-    def end_level(self, soft: dict, hard: dict) -> None:
+    def _best_score(self) -> float:
+        assert self.best is not None, "epoch 0 is recorded before any schedule step"
+        return self.best["selection_score"]
+
+    def end_level(self, soft: dict[str, float], hard: dict[str, float]) -> None:
         p, cfg = self.progress, self.cfg
         agree = abs(soft["task"] - hard["task"]) <= cfg.agree_tol and abs(soft["bias"] - hard["bias"]) <= cfg.agree_tol
         budget_spent = cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs
         if agree and cfg.refine_patience > 0 and not budget_spent:
             # the paper stops here; refining keeps this tau while the hard model still improves on D^u_val
             p["refining"], p["refine_from"], p["refine_bad"] = True, p["epoch"], 0
-            p["refine_best"] = self.best["selection_score"]
+            p["refine_best"] = self._best_score()
         elif agree:
             p["done"], p["stop_reason"] = (
                 True,
@@ -82,8 +88,8 @@ class _Schedule:
         """After agreement: stop once the best hard-masked selection score has not improved for
         ``refine_patience`` epochs (or the budget is spent)."""
         p, cfg = self.progress, self.cfg
-        if self.best["selection_score"] > p["refine_best"]:
-            p["refine_best"], p["refine_bad"] = self.best["selection_score"], 0
+        if self._best_score() > p["refine_best"]:
+            p["refine_best"], p["refine_bad"] = self._best_score(), 0
         else:
             p["refine_bad"] += 1
         budget_spent = cfg.max_epochs is not None and p["epoch"] >= cfg.max_epochs

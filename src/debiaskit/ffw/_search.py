@@ -27,7 +27,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,7 @@ class _Search(_Selection, _Schedule, _Checkpoint):
         self.mlp_opts = [torch.optim.Adam(h.parameters(), lr=1e-3) for h in self.mlps]
         # probe-free adversaries: running statistics of z, no parameters
         self.lda = probe_free_term(config, d, config.adversary) if config.adversary in ("lda", "mmd") else None
-        self._epoch_z: list[Tensor] = []
+        self._epoch_z: list[tuple[Tensor, Tensor]] = []
         self._vanilla_val: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # pretrain_heads -> initial_record
         opt = (
             torch.optim.Adam
@@ -139,6 +139,7 @@ class _Search(_Selection, _Schedule, _Checkpoint):
         def rows(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             logits, zs, ys, bs = [], [], [], []
             for batch in iterate_batches(data, batch_size=512, device=self.device, indices=index):
+                assert batch.b is not None, "FFW's data has bias labels (checked on entry)"
                 out, z = forward_with_bottleneck(self.work, laid_out(batch.x, self.memory_format), self.head)
                 logits.append(out)
                 zs.append(z)
@@ -185,11 +186,12 @@ class _Search(_Selection, _Schedule, _Checkpoint):
 
     def _dependence(self) -> Callable[[Tensor, list[Tensor], Tensor], Tensor] | None:
         """The bias term D(z, b) of J for the configured adversary (None: the paper's linear-head MI)."""
-        kind, cards, cond = self.cfg.adversary, self.bias_cardinalities, self.cfg.condition_on_target
+        kind, cards, cond = self.cfg.adversary, self.bias_cardinalities, bool(self.cfg.condition_on_target)
         if kind == "mlp":
-            return lambda z, cols, y: sum(mi_term(h, z, c, k) for h, c, k in zip(self.mlps, cols, cards))
-        if kind in ("lda", "mmd"):
-            return lambda z, cols, y: probe_free_penalty(self.lda, z, cols, y, cards, given_target=cond)
+            return lambda z, cols, y: cast(Tensor, sum(mi_term(h, z, c, k) for h, c, k in zip(self.mlps, cols, cards)))
+        term = self.lda
+        if term is not None:  # "lda", "mmd"
+            return lambda z, cols, y: probe_free_penalty(term, z, cols, y, cards, given_target=cond)
         return None
 
     def _end_epoch_adversary(self) -> None:
@@ -223,6 +225,7 @@ class _Search(_Selection, _Schedule, _Checkpoint):
             # under torchrun: the global batch in the 1-rank order, for the order-sensitive adversaries
             order = _dist.global_batch_order(place[batch.index]) if world > 1 else None
             x = laid_out(batch.x, self.memory_format)
+            assert batch.b is not None, "FFW's data has bias labels (checked on entry)"
             out = ffw_step(
                 self.work,
                 self.head,
@@ -236,18 +239,22 @@ class _Search(_Selection, _Schedule, _Checkpoint):
                 dependence=dependence,
                 order=order,
                 log_temperature=self.log_temperature,
-                scale_free=cfg.scale_free_dependence,
+                scale_free=bool(cfg.scale_free_dependence),
             )
-            # identical gates and heads on every rank (a no-op on one process)
-            _dist.average_gradients(list(params) + list(self.heads) + list(self.mlps))
+            # identical gates and heads on every rank (a no-op on one process); average_gradients takes tensors and
+            # modules in one list (one collective), which its annotation does not say
+            _dist.average_gradients(list(params) + list(self.heads) + list(self.mlps))  # type: ignore[arg-type]
             z, b, y = out.pop("z"), batch.b, batch.y
             if world > 1:  # the global batch's features and labels on every rank, in the 1-rank order
+                assert order is not None
                 z, b, y = (_dist.all_gather(t)[order.to(t.device)] for t in (z, b, y))
             if self.lda is not None:
                 self.lda.observe(z.cpu(), b.cpu(), y.cpu())
             if cfg.adversary == "refit":
                 self._epoch_z.append((z, b))
-            if not all(bool(torch.isfinite(p.grad).all()) for p in params):  # never step into NaN gates
+            if not all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params
+            ):  # never step into NaN gates
                 raise ModelError(
                     f"FFW got a non-finite gate gradient at tau {self.progress['tau']}, step {self.step + 1} "
                     f"(loss {out['loss']}); try a lower gate_lr"
@@ -322,6 +329,7 @@ class _Search(_Selection, _Schedule, _Checkpoint):
         """Epoch 0: the vanilla model (every gate at 1) is a candidate too: FFW may not beat it."""
         # every gate is exactly 1 before the first step (m = 0: soft 2 sigmoid(0) = 1, hard m >= 0), so the tau-model
         # and the hard-masked model are both the vanilla model, whose D^u_val outputs pretrain_heads already has
+        assert self._vanilla_val is not None, "pretrain_heads runs first"
         vanilla = self._summarise(*self._vanilla_val)
         self._vanilla_val = None
         rec = {

@@ -6,6 +6,10 @@ eraser + refit on the vanilla bottleneck, the head refit alone (DFR). For the co
 run the very code FFW runs after its gates, with the same config; this module runs it on a network no gate pruned
 (no weight is exactly zero there, so the tuning trains every weight), or on a gated export to add the stages one by
 one. Nothing here is a new formula.
+
+The eraser and the head refit themselves live here too (``collect_bottleneck`` -> ``erase_step`` -> ``refit_step``,
+with their records :class:`EraserRecord` and :class:`RefitRecord`): FFW's pipeline (``_pipeline.py``) calls them as
+its ``erase`` and ``refit`` stages, :func:`apply_stages` and compare_ungated's candidate through ``_after_gates``.
 """
 
 from __future__ import annotations
@@ -22,11 +26,8 @@ from torch import Tensor, nn
 from .. import _dist
 from ..audit import logits_accuracy
 from ..data import as_bias_datasets
-from ..models import Outputs, collect_outputs, head_shape, resolve_head
-from ._adversary import (
-    bias_columns,
-    lda_readability,
-)
+from ..models import collect_outputs, head_shape, resolve_head
+from ._adversary import Labelled, bias_columns, labelled, lda_readability
 from ._config import FFWConfig, _check_data
 from ._erase import LinearEraser, attach_eraser, conditional_erasers, fit_linear_eraser
 from ._gates import freeze
@@ -83,12 +84,12 @@ def apply_stages(
         config = FFWConfig(**overrides)
     elif overrides:
         raise ValueError("pass either config= or keyword overrides, not both")
-    device = _dist.check_device(device)
+    where = _dist.check_device(device)
     head_name, _ = resolve_head(model, head)
     head_shape(model, head_name)  # the eraser and the refit read a Linear head's input
     train, val = as_bias_datasets(train, val)
     ctx = _Context(cfg=config, train=train, val=val, head=head_name)
-    work = copy.deepcopy(model).to(device).eval()
+    work = copy.deepcopy(model).to(where).eval()
     freeze(work)  # the tuning unfreezes what it trains and freezes it again
     tune = tune_kept_weights(work, ctx)
     new_head, eraser, refit = _after_gates(work, ctx)
@@ -143,8 +144,8 @@ class Bottleneck:
     """The exported network's outputs on D^u_train and D^u_val, collected once for the eraser and the refit: the
     (erased) bottlenecks, D^u_val logits behind the current head, the head's fits already made (for the refit)."""
 
-    train: Outputs
-    val: Outputs
+    train: Labelled
+    val: Labelled
     head: str
     train_z: Tensor
     val_z: Tensor
@@ -160,8 +161,8 @@ def collect_bottleneck(exported: nn.Module, search: Any) -> Bottleneck | None:
         return None
     start = time.perf_counter()
     device = next(exported.parameters()).device
-    train = collect_outputs(exported, search.train, head=search.head, device=device)
-    val = collect_outputs(exported, search.val, head=search.head, device=device)
+    train = labelled(collect_outputs(exported, search.train, head=search.head, device=device))
+    val = labelled(collect_outputs(exported, search.val, head=search.head, device=device))
     return Bottleneck(train, val, search.head, train.z, val.z, val.logits, None, start)
 
 
@@ -207,7 +208,7 @@ CONDITIONAL_RANKS = (0, 5, 10, 20, 40, 80, 10_000)
 
 
 def _choose_conditional(
-    head: nn.Module, search, train, val
+    head: nn.Module, search: Any, train: Labelled, val: Labelled
 ) -> tuple[LinearEraser, dict[str, Any], dict[float, dict[str, Tensor]], tuple[Tensor, Tensor]]:
     """erase="conditional": the candidate erasers (the linear one plus k within-target directions) scored by
     D^u_val task accuracy - through the head refit on each erased D^u_train when ``refit_head`` (the lambda the
@@ -218,7 +219,9 @@ def _choose_conditional(
     final refit reuses both, so the fits match their inputs exactly."""
     cards = search.bias_cardinalities
     candidates = conditional_erasers(train.z, train.y, train.b, cards, ranks=CONDITIONAL_RANKS)
-    scored, grid, fits = [], REFIT_GRID, []
+    scored: list[dict[str, Any]] = []
+    grid: tuple[float, ...] = REFIT_GRID
+    fits: list[dict[float, dict[str, Tensor]]] = []
     for i, (eraser, info) in enumerate(candidates):
         with torch.no_grad():
             zt, zv = eraser(train.z), eraser(val.z)
@@ -263,7 +266,7 @@ def _choose_conditional(
 
 
 def _erase(
-    exported: nn.Module, search, train, val_before
+    exported: nn.Module, search: Any, train: Labelled, val_before: Labelled
 ) -> tuple[str, EraserRecord, Tensor, Tensor, dict[float, dict[str, Tensor]], Tensor]:
     """Fit the eraser on the exported model's D^u_train bottleneck (the search's bias labels) and put it in
     front of the head (in place); returns the new head name, what the eraser did with its effect on D^u_val,

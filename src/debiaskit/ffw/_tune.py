@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .. import _dist
 from ..data import iterate_batches
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out
-from ._adversary import bias_columns, lda_readability, probe_free_penalty, probe_free_term
+from ._adversary import bias_columns, labelled, lda_readability, probe_free_penalty, probe_free_term
 
 
 @dataclass
@@ -85,7 +85,7 @@ def tuning_memory(cfg) -> int:
 
 def _zeros_held(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
     """(weight, mask) of every weight matrix / kernel with exact zeros: the pruned weights, held at zero."""
-    held = []
+    held: list[tuple[Tensor, Tensor]] = []
     for p in model.parameters():
         if p.dim() > 1:
             mask = p.detach() != 0
@@ -100,16 +100,17 @@ def _score_val(model: nn.Module, search, device) -> dict[str, float]:
     readability under selection='readability') and the selection score."""
     cfg, cards = search.cfg, search.bias_cardinalities
     out = collect_outputs(model, search.val, head=search.head, device=device)
-    given = out.y if cfg.condition_on_target else None
-    dependence = sum(
-        lda_readability(out.z, col, k, ridge=cfg.lda_ridge, given=given) for col, k in zip(bias_columns(out.b), cards)
+    _, z, y, b = labelled(out)
+    given = y if cfg.condition_on_target else None
+    dependence: float = sum(
+        lda_readability(z, col, k, ridge=cfg.lda_ridge, given=given) for col, k in zip(bias_columns(b), cards)
     )
-    ce = float(F.cross_entropy(out.logits, out.y))
-    task = float((out.logits.argmax(1) == out.y).float().mean())
+    ce = float(F.cross_entropy(out.logits, y))
+    task = float((out.logits.argmax(1) == y).float().mean())
     rec = {"task": task, "ce": ce, "dependence": dependence, "objective": ce + cfg.gamma * dependence}
     if cfg.selection == "readability":  # as the search's rule: the reading not conditioned on the target
         rec["readability"] = sum(
-            lda_readability(out.z, col, k, ridge=cfg.lda_ridge) for col, k in zip(bias_columns(out.b), cards)
+            lda_readability(z, col, k, ridge=cfg.lda_ridge) for col, k in zip(bias_columns(b), cards)
         )
     rec["selection_score"] = search.selection_score(rec)  # the search's own rule
     return rec
@@ -147,10 +148,10 @@ def tune_kept_weights(
     term = probe_free_term(
         dataclasses.replace(cfg, memory=tuning_memory(cfg)), d, "mmd" if cfg.adversary == "mmd" else "lda"
     )
-    term.fit(collect_outputs(exported, search.train, head=search.head, device=device).z)
+    term.fit(labelled(collect_outputs(exported, search.train, head=search.head, device=device)).z)
     cards, cond = search.bias_cardinalities, cfg.condition_on_target
     rank, world = _dist.rank_and_world()
-    history = [{"epoch": 0, "val": _score_val(exported, search, device)}]
+    history: list[dict[str, Any]] = [{"epoch": 0, "val": _score_val(exported, search, device)}]
     best, best_state = history[0], copy.deepcopy(exported.state_dict())
     for p in params:
         p.requires_grad_(True)
@@ -181,7 +182,7 @@ def tune_kept_weights(
             if train.get("diverged"):  # keep the best state so far; say so
                 stopped = f"the loss became non-finite in epoch {epoch} (try a lower tune_lr): stopped there"
                 break
-            rec = {
+            rec: dict[str, Any] = {
                 "epoch": epoch,
                 **train,
                 "val": _score_val(exported, search, device),
@@ -247,6 +248,7 @@ def _tune_epoch(
         x = shift_images(batch.x, offsets[batch.index], cfg.tune_shift)
         logits, z = forward_with_bottleneck(model, laid_out(x, fmt), search.head)
         ce = F.cross_entropy(logits, batch.y)
+        assert batch.b is not None, "FFW's data has bias labels (checked on entry)"
         z_all, b_all, y_all = z, batch.b, batch.y
         if world > 1:  # D on the global batch, in the 1-rank order (gradient back to each rank's own rows)
             order = _dist.global_batch_order(place[batch.index]).to(z.device)
