@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from debiaskit.ffw import _gates
-from debiaskit.ffw._search import FFWConfig, _Search
+from debiaskit.ffw._config import FFWConfig
+from debiaskit.ffw._search import _Search
 from debiaskit.ffw._structure import GatePoint, analyse_structure
 from debiaskit.runs import load_run, write_json
 

@@ -117,6 +117,6 @@ def allow_harm(monkeypatch):
     """FFW's do-no-harm verdict recorded but not enforced (``no_harm=False`` for the CLI): for tests of a stage's
     mechanics on the 1-epoch toy models, which are near chance themselves, so the guard would refuse their output.
     The guard itself is tested in tests/test_ffw_no_harm.py."""
-    from debiaskit.ffw import _search
+    from debiaskit.ffw import _pipeline
 
-    monkeypatch.setattr(_search, "enforce", lambda record, result: None)
+    monkeypatch.setattr(_pipeline, "enforce", lambda record, result: None)

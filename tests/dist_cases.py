@@ -119,7 +119,7 @@ def ffw_case(model, splits) -> dict[str, torch.Tensor]:
     # the kept weights tuned under J (each rank its share of the batches, D on the gathered global batch)
     out.update({f"model.{k}": v.detach().cpu().clone() for k, v in result.model.state_dict().items()})
     out["tune.val"] = torch.tensor(
-        [[h["val"][k] for k in ("task", "ce", "dependence")] for h in result.tune["history"]], dtype=torch.float64
+        [[h["val"][k] for k in ("task", "ce", "dependence")] for h in result.tune.history], dtype=torch.float64
     )
     out.update({f"gate.{k}": v.detach().cpu().clone() for k, v in result.gated.gate_tensors().items()})
     out["history.val_hard"] = torch.tensor(

@@ -9,11 +9,11 @@ import sys
 from debiaskit import _dist
 from debiaskit.cli import app
 from debiaskit.cli._common import console
-from debiaskit.ffw import _search
+from debiaskit.ffw import _pipeline
 
 # the ranks' parity of the written folders is checked here, on a 1-epoch toy model that is near chance itself: FFW's
 # do-no-harm guard (tests/test_ffw_no_harm.py) would refuse its output, so it is recorded and not enforced
-_search.enforce = lambda record, result: None
+_pipeline.enforce = lambda record, result: None
 
 if __name__ == "__main__":
     assert _dist.init_from_env(), "run me with torchrun"

@@ -13,7 +13,7 @@ import debiaskit.bench._dev as dev
 from debiaskit.data import make_splits
 from debiaskit.data._recipes import WATERMARK_SIZE, get_recipe, stripes_grating, watermark_corners
 from debiaskit.errors import ConfigError, DebiaskitError
-from debiaskit.ffw import _search, analyse_structure, install_gates
+from debiaskit.ffw import _pipeline, analyse_structure, install_gates
 from debiaskit.models import build_model
 
 CELLS = ("colored-mnist-1pct", "biased-mnist-0.99")  # an MLP and a CNN: the cheapest two
@@ -27,7 +27,7 @@ def suite(tmp_path_factory):
     # be refused: the suite's mechanics are tested with FFW's guard recorded, not enforced (the guard:
     # test_ffw_no_harm.py; the guarded flag: test_guarded_rows_pass_the_guard_and_the_stages_do_not)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_search, "enforce", lambda record, result: None)
+        mp.setattr(_pipeline, "enforce", lambda record, result: None)
         results = dev.run_dev_suite(root=root, budget="smoke", cells=CELLS[:1], seeds=(0,), echo=lambda s: None)
     return root, results
 

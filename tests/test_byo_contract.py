@@ -180,7 +180,7 @@ def test_ffw_on_a_lazy_user_dataset(user_model, user_data):
         **FFW_FAST,
     )
     # the default linear eraser sits in front of the user's head: the bottleneck is the input of classifier.head
-    assert result.head == "classifier.head" and result.eraser["head"] == "classifier" and len(result.history) >= 2
+    assert result.head == "classifier.head" and result.eraser.head == "classifier" and len(result.history) >= 2
     assert set(result.masks) and all(m.dtype == torch.uint8 for m in result.masks.values())
 
 

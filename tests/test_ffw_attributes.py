@@ -14,7 +14,8 @@ import debiaskit.ffw._run as run_module
 from debiaskit.data import as_bias_datasets, user_splits
 from debiaskit.ffw import FFWConfig, find_fantastic_weights
 from debiaskit.ffw._run import first_attribute_classes, probe_readings
-from debiaskit.ffw._search import _Search, ffw_step
+from debiaskit.ffw._search import _Search
+from debiaskit.ffw._step import ffw_step
 from debiaskit.models import collect_outputs
 
 CARDS = (2, 5)
@@ -130,7 +131,7 @@ def test_the_eraser_and_its_readings_cover_each_attribute_with_its_own_classes()
         no_harm=False,
     )
     assert [h.out_features for h in result.privacy_heads] == list(CARDS)
-    eraser = result.eraser
+    eraser = result.summary()["eraser"]
     assert eraser["rank"] == (2 - 1) + (5 - 1)  # K - 1 directions per attribute
     # the whole-split readability, ~1 per attribute before the eraser (0.25 + 1 with the largest K for both)
     assert eraser["val_readability_before"] == pytest.approx(2.0, abs=0.15)
@@ -161,10 +162,10 @@ def test_the_default_conditional_eraser_and_head_refit_handle_every_attribute():
     result = find_fantastic_weights(
         Model(), head="fc", train=train, val=val, gamma=0.0, max_epochs=1, batch_size=200, progress=False, no_harm=False
     )
-    eraser = result.eraser
+    eraser = result.summary()["eraser"]
     assert eraser["kind"] == "conditional" and eraser["rank"] >= (2 - 1) + (5 - 1)
     assert eraser["within_target_available"] <= 3 * ((2 - 1) + (5 - 1))  # per target class: K - 1 per attribute
-    assert result.head_refit["head"] == result.head and result.head_refit["train_samples"] == len(train)
+    assert result.head_refit.head == result.head and result.head_refit.train_samples == len(train)
     z = collect_outputs(result.model, train, head=result.head)
     for a, k in enumerate(CARDS):  # linear guardedness of each attribute survives the within-target directions
         means = torch.stack([z.z[z.b[:, a] == c].double().mean(0) for c in range(k)])

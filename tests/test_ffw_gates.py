@@ -216,7 +216,7 @@ def _naive_mi(probs, b, num_bias, eps=1e-15):
 
 def test_mi_term_equals_the_audit_mi_and_keeps_finite_gradients_when_a_bias_class_is_missing():
     from debiaskit.audit import normalized_mutual_information
-    from debiaskit.ffw._search import mutual_information
+    from debiaskit.ffw._step import mutual_information
 
     gen = torch.Generator().manual_seed(0)
     for scale in (0.1, 3.0, 20.0):

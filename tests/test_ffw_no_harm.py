@@ -13,7 +13,7 @@ from debiaskit._io import check_output
 from debiaskit.audit import AuditReport, chance_floor, to_markdown
 from debiaskit.data import make_splits
 from debiaskit.errors import NO_IMPROVEMENT_EXIT, NoImprovementError
-from debiaskit.ffw import FFW_FOLDER, FFWConfig, _search, find_fantastic_weights, save_result
+from debiaskit.ffw import FFW_FOLDER, FFWConfig, _pipeline, _search, find_fantastic_weights, save_result
 from debiaskit.ffw._harm import group_accuracy, verdict
 from debiaskit.ffw._run import probe_verdict, report_markdown
 from debiaskit.train import TrainConfig, train_run
@@ -107,12 +107,12 @@ def test_the_ungated_candidate_replaces_a_collapsed_gated_pipeline_and_says_so(t
 def test_the_choice_rule_keeps_the_gated_pipeline_on_a_tie_and_never_a_near_chance_candidate():
     floor = {"floor": 0.3}
     gated = {"stage": "g", "group_mean": 0.8, "accuracy": 0.8}
-    assert _search._choose(gated, {**gated, "stage": "u"}, floor)["kept"] == "gated"
-    assert _search._choose(gated, {"stage": "u", "group_mean": 0.81, "accuracy": 0.8}, floor)["kept"] == "ungated"
+    assert _pipeline._choose(gated, {**gated, "stage": "u"}, floor).kept == "gated"
+    assert _pipeline._choose(gated, {"stage": "u", "group_mean": 0.81, "accuracy": 0.8}, floor).kept == "ungated"
     collapsed = {"stage": "u", "group_mean": 0.9, "accuracy": 0.2}  # a higher group mean, but near chance
-    assert _search._choose(gated, collapsed, floor)["kept"] == "gated"
+    assert _pipeline._choose(gated, collapsed, floor).kept == "gated"
     low = {"stage": "g", "group_mean": 0.95, "accuracy": 0.1}
-    assert _search._choose(low, {"stage": "u", "group_mean": 0.5, "accuracy": 0.6}, floor)["kept"] == "ungated"
+    assert _pipeline._choose(low, {"stage": "u", "group_mean": 0.5, "accuracy": 0.6}, floor).kept == "ungated"
 
 
 def _good_planted():
@@ -145,7 +145,7 @@ def test_the_python_api_raises_with_the_per_stage_record_or_returns_the_verdict_
     assert err.value.result.selected["epoch"] == 0  # the refused result, for inspection only
     assert err.value.exit_code == 3
     returned = find_fantastic_weights(_good_planted(), no_harm=False, **kw)  # the benchmark harnesses' way
-    assert returned.no_harm["reason"] == "unchanged" and returned.summary()["no_harm"] == returned.no_harm
+    assert returned.no_harm.reason == "unchanged" and returned.summary()["no_harm"] == returned.no_harm.to_json()
     # inplace=True: a refused output never reaches the user's model (the planted one is near chance itself, so the
     # collapsed candidates are all there is: the masks that would have been baked in are all zeros)
     mine = Planted().eval()
@@ -172,7 +172,7 @@ def test_the_python_api_accepts_a_real_improvement(tmp_path, cli):
         progress=False,
     )
     rec = result.no_harm
-    assert rec["accepted"] and rec["stages"][-1]["group_mean"] > rec["stages"][0]["group_mean"] + 0.3
+    assert rec.accepted and rec.stages[-1]["group_mean"] > rec.stages[0]["group_mean"] + 0.3
     save_result(result, tmp_path / "saved")  # from Python: no data record, so the CLI cannot rebuild the data
     code, text = cli("audit", tmp_path / "saved")
     assert code == 2 and "records no data" in text and not (tmp_path / "saved" / "audit").exists()
@@ -192,11 +192,11 @@ def test_the_tolerance_is_one_smoothed_standard_error_of_the_input_s_group_mean(
     def stage(mean, acc=0.9):
         return {"stage": "s", "group_mean": mean, "accuracy": acc, "group_mean_se": 0.02, "groups": 4}
 
-    assert verdict([stage(0.80), stage(0.785)], floor, unchanged=False)["accepted"]  # within one SE
+    assert verdict([stage(0.80), stage(0.785)], floor, unchanged=False).accepted  # within one SE
     worse = verdict([stage(0.80), stage(0.77)], floor, unchanged=False)
-    assert not worse["accepted"] and worse["reason"] == "worse"
-    assert verdict([stage(0.80), stage(0.95, acc=0.6)], floor, unchanged=False)["reason"] == "near_chance"
-    assert verdict([stage(0.80), stage(0.80)], floor, unchanged=True)["reason"] == "unchanged"
+    assert not worse.accepted and worse.reason == "worse"
+    assert verdict([stage(0.80), stage(0.95, acc=0.6)], floor, unchanged=False).reason == "near_chance"
+    assert verdict([stage(0.80), stage(0.80)], floor, unchanged=True).reason == "unchanged"
 
 
 def test_the_selection_excludes_near_chance_candidates_before_comparing_j():

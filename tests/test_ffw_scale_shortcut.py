@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from debiaskit.ffw import find_fantastic_weights
+from debiaskit.ffw._config import FFWConfig
 from debiaskit.ffw._gates import freeze, install_gates
-from debiaskit.ffw._search import FFWConfig, _Search, ffw_step, fit_log_temperature
+from debiaskit.ffw._search import _Search
+from debiaskit.ffw._step import ffw_step, fit_log_temperature
 
 
 def test_structured_defaults_guard_against_the_scale_shortcut():

@@ -165,7 +165,7 @@ def test_pseudo_bias_labels_replace_the_true_ones(planted):
 @pytest.mark.parametrize("adversary", ["head", "lda"])
 def test_a_non_finite_gate_gradient_stops_the_search_before_the_gates_are_stepped(planted, monkeypatch, adversary):
     import debiaskit.ffw._adversary as adversary_module
-    import debiaskit.ffw._search as search_module
+    import debiaskit.ffw._step as step_module
 
     seen = []
 
@@ -177,7 +177,7 @@ def test_a_non_finite_gate_gradient_stops_the_search_before_the_gates_are_steppe
         seen.append(1)
         return z.sum() * float("nan")
 
-    monkeypatch.setattr(search_module, "mutual_information", nan_mi)
+    monkeypatch.setattr(step_module, "mutual_information", nan_mi)
     monkeypatch.setattr(adversary_module.LinearDependence, "penalty", nan_term)
     steps = []
     with pytest.raises(ModelError, match="non-finite gate gradient at tau 1.0, step 1"):

@@ -60,10 +60,10 @@ def test_the_kept_weights_move_the_pruned_ones_stay_zero_and_batchnorm_statistic
     _scores_by_epoch(monkeypatch, [0.0, 1.0, 2.0])  # D^u_val prefers the last epoch
     tuned = _run(toy_splits, tune_epochs=2)
     assert all(torch.equal(untuned.masks[k], tuned.masks[k]) for k in untuned.masks)  # the same search
-    assert tuned.tune["chosen_epoch"] == 2 and [h["epoch"] for h in tuned.tune["history"]] == [0, 1, 2]
+    assert tuned.tune.chosen_epoch == 2 and [h["epoch"] for h in tuned.tune.history] == [0, 1, 2]
     before, after = _gated_weights(untuned.model), _gated_weights(tuned.model)
     pruned = sum(int((w == 0).sum()) for w in before.values())
-    assert pruned > 0 and tuned.tune["held_zero"] == pruned
+    assert pruned > 0 and tuned.tune.held_zero == pruned
     for name, w in before.items():
         assert torch.equal(after[name][w == 0], torch.zeros_like(after[name][w == 0])), name  # pruned: still 0
     assert any(not torch.equal(before[n][before[n] != 0], after[n][before[n] != 0]) for n in before)  # kept: trained
@@ -71,37 +71,37 @@ def test_the_kept_weights_move_the_pruned_ones_stay_zero_and_batchnorm_statistic
     assert all(torch.equal(buffers[n], b) for n, b in tuned.model.named_buffers())  # BN running statistics frozen
     assert not any(p.requires_grad for p in tuned.model.parameters()) and not tuned.model.training
     # the network returned is the chosen epoch's: its D^u_val accuracy is the one recorded for it
-    assert accuracy(tuned.model, toy_splits.unbiased_val) == pytest.approx(tuned.tune["val_after"]["task"], abs=1e-6)
-    assert tuned.tune["val_after"] is not tuned.tune["history"][0]["val"]
+    assert accuracy(tuned.model, toy_splits.unbiased_val) == pytest.approx(tuned.tune.val_after["task"], abs=1e-6)
+    assert tuned.tune.val_after is not tuned.tune.history[0]["val"]
 
 
 def test_the_state_d_u_val_prefers_is_kept_and_the_gates_state_when_no_epoch_beats_it(toy_splits, monkeypatch):
     untuned = _run(toy_splits, tune_epochs=0)
     _scores_by_epoch(monkeypatch, [0.0, 5.0, 1.0, 2.0])  # the first tuned epoch is the best
     middle = _run(toy_splits, tune_epochs=3)
-    assert middle.tune["chosen_epoch"] == 1
+    assert middle.tune.chosen_epoch == 1
     assert accuracy(middle.model, toy_splits.unbiased_val) == pytest.approx(
-        middle.tune["history"][1]["val"]["task"], abs=1e-6
+        middle.tune.history[1]["val"]["task"], abs=1e-6
     )
     _scores_by_epoch(monkeypatch, [9.0, 1.0, 2.0])  # nothing beats the gates' state: the weights are unchanged
     kept = _run(toy_splits, tune_epochs=2)
-    assert kept.tune["chosen_epoch"] == 0
+    assert kept.tune.chosen_epoch == 0
     ref = untuned.model.state_dict()
     assert all(torch.equal(ref[k], v) for k, v in kept.model.state_dict().items())
 
 
 def test_the_selection_score_is_the_search_rule_on_d_u_val(toy_splits):
     res = _run(toy_splits, tune_epochs=2, tune_schedule="cosine")
-    for h in res.tune["history"]:
+    for h in res.tune.history:
         v = h["val"]
         assert v["objective"] == pytest.approx(v["ce"] + 10.0 * v["dependence"])
         assert v["selection_score"] == pytest.approx(-v["objective"])
-    best = max(res.tune["history"], key=lambda h: h["val"]["selection_score"])
-    assert res.tune["chosen_epoch"] == best["epoch"]
+    best = max(res.tune.history, key=lambda h: h["val"]["selection_score"])
+    assert res.tune.chosen_epoch == best["epoch"]
     acc = _run(toy_splits, tune_epochs=2, selection="accuracy")
-    assert all(h["val"]["selection_score"] == h["val"]["task"] for h in acc.tune["history"])
+    assert all(h["val"]["selection_score"] == h["val"]["task"] for h in acc.tune.history)
     read = _run(toy_splits, tune_epochs=1, selection="readability")  # the unconditioned reading, as the search's
-    assert all(h["val"]["selection_score"] != -h["val"]["objective"] for h in read.tune["history"])
+    assert all(h["val"]["selection_score"] != -h["val"]["objective"] for h in read.tune.history)
 
 
 def test_tuning_is_reproducible_and_off_means_the_gates_alone(toy_splits):
@@ -122,7 +122,7 @@ def test_a_diverging_tuning_stops_and_keeps_the_best_state_so_far(toy_splits, mo
 
     monkeypatch.setattr(_tune, "probe_free_term", nan_term)
     res = _run(toy_splits, tune_epochs=3)
-    assert res.tune["chosen_epoch"] == 0 and len(res.tune["history"]) == 1 and "non-finite" in res.tune["stopped"]
+    assert res.tune.chosen_epoch == 0 and len(res.tune.history) == 1 and "non-finite" in res.tune.stopped
     ref = untuned.model.state_dict()
     assert all(torch.equal(ref[k], v) for k, v in res.model.state_dict().items())  # no NaN step was taken
 
@@ -143,10 +143,10 @@ def test_structured_tuning_with_two_bias_attributes_holds_the_input_weights_zero
         )
 
     untuned, tuned = run(0), run(1)
-    assert tuned.tune is not None and len(tuned.tune["history"]) == 2
+    assert tuned.tune is not None and len(tuned.tune.history) == 2
     before, after = _gated_weights(untuned.model), _gated_weights(tuned.model)
     zeros = {n: w == 0 for n, w in before.items()}
-    assert tuned.tune["held_zero"] == sum(int(z.sum()) for z in zeros.values()) > 0  # the input weights' zeros
+    assert tuned.tune.held_zero == sum(int(z.sum()) for z in zeros.values()) > 0  # the input weights' zeros
     assert all(not bool(after[n][z].any()) for n, z in zeros.items())
 
 
@@ -211,7 +211,7 @@ def test_tuning_runs_on_its_own_batch_size_and_its_term_remembers_the_search_s_r
     n = len(toy_splits.unbiased_train)
     assert sizes == [16] * (n // 16) + ([n % 16] if n % 16 else [])
     assert memories == [32]  # 8 x 64 rows, in batches of 16
-    assert res.tune["batch_size"] == 16 and FFWConfig().tune_batch_size == 128
+    assert res.tune.batch_size == 16 and FFWConfig().tune_batch_size == 128
 
 
 def test_shift_images_translates_each_image_with_replicated_edges_and_leaves_other_inputs_alone():
@@ -273,7 +273,7 @@ def test_the_cli_tunes_reports_and_records_it(toy_run_dir, tmp_path):
             "--max-epochs-per-level",
             "1",
             "--no-strong-probes",
-            "--no-compare-ungated",  # the 1-epoch toy run: the ungated candidate would win and carry no tuning
+            "--no-compare-ungated",  # the gated pipeline's records (the ungated candidate has no tuning)
         ],
     )
     assert res.exit_code == 0, res.output
@@ -308,7 +308,7 @@ def test_interrupted_during_the_tuning_the_resumed_run_ends_with_the_same_networ
     with pytest.raises(KeyboardInterrupt):
         _run(toy_splits, tune_epochs=2, checkpoint_dir=ckpt, callback=stop_in_tuning)
     resumed = _run(toy_splits, tune_epochs=2, checkpoint_dir=ckpt, resume=True)  # the search is done: tuning again
-    assert resumed.tune["chosen_epoch"] == reference.tune["chosen_epoch"]
+    assert resumed.tune.chosen_epoch == reference.tune.chosen_epoch
     ref = reference.model.state_dict()
     assert all(torch.equal(ref[k], v) for k, v in resumed.model.state_dict().items())
 
@@ -341,4 +341,4 @@ def test_tabular_rows_are_tuned_as_they_are(monkeypatch):
         tune_epochs=1,
         **{**FAST, **PLAIN},
     )
-    assert res.tune["shift"] == 1 and calls and all(out is rows for rows, out in calls)
+    assert res.tune.shift == 1 and calls and all(out is rows for rows, out in calls)

@@ -28,8 +28,16 @@ COVERED = (
     "debiaskit.train",
     "debiaskit.audit._probe",
     "debiaskit.audit._metrics",
+    "debiaskit._schema",
+    "debiaskit.ffw",
 )
-NOT_YET = {"debiaskit.data._adult", "debiaskit.data._user_files", "debiaskit.data._compas", "debiaskit.models._user"}
+NOT_YET = {
+    "debiaskit.data._adult",
+    "debiaskit.data._user_files",
+    "debiaskit.data._compas",
+    "debiaskit.models._user",
+    "debiaskit.ffw._run",  # changing on other branches
+}
 
 
 def _tool(name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

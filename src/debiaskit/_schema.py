@@ -34,7 +34,7 @@ import math
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from ._io import json_safe
 from .errors import DamagedError
@@ -138,8 +138,12 @@ def _jsonable(value: Any) -> bool:
 class Record:
     """Base of the records: ``from_dict`` validates, ``to_dict`` writes (unknown keys kept in ``other``)."""
 
+    # every record is a dataclass (the subclasses are decorated); declared here so that ``fields`` type-checks
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    _given: set[str]  # the keys of the file read (set by from_dict; not a field)
+
     @classmethod
-    def from_dict(cls, obj: Any, *, file: str | Path = "record", prefix: str = "") -> Record:
+    def from_dict(cls, obj: Any, *, file: str | Path = "record", prefix: str = "") -> Self:
         where = prefix or "the file"
         if not isinstance(obj, dict):
             raise SchemaError(f"{file}: {where} is {_show(obj)}, expected an object")
@@ -163,7 +167,7 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         """What is written: every field with a value (``None`` only where the file read had it), then ``other``."""
-        given = getattr(self, "_given", set())
+        given: set[str] = getattr(self, "_given", set())
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)

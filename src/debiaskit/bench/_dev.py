@@ -425,17 +425,17 @@ class _Pipelines:
                 "sparsity": res.sparsity.get("overall"),
                 "stop_reason": res.stop_reason,
                 "selected_epoch": res.selected.get("epoch"),
-                "tune_epoch": (res.tune or {}).get("chosen_epoch"),
-                "erase_rank": (res.eraser or {}).get("rank"),
-                "refit_lam": (res.head_refit or {}).get("kept_lam"),
-                "kept": (res.choice or {}).get("kept"),  # compare_ungated: "gated" or "ungated", None when off
+                "tune_epoch": res.tune.chosen_epoch if res.tune else None,
+                "erase_rank": res.eraser.rank if res.eraser else None,
+                "refit_lam": res.head_refit.kept_lam if res.head_refit else None,
+                "kept": res.choice.kept if res.choice else None,  # compare_ungated: "gated" or "ungated", None when off
             }
             return res.model, res.head, info, time.perf_counter() - start
         res = apply_stages(parent, train=train, val=val, head=head, config=config)
         info = {
-            "tune_epoch": (res.tune or {}).get("chosen_epoch"),
-            "erase_rank": (res.eraser or {}).get("rank"),
-            "refit_lam": (res.head_refit or {}).get("kept_lam"),
+            "tune_epoch": res.tune.chosen_epoch if res.tune else None,
+            "erase_rank": res.eraser.rank if res.eraser else None,
+            "refit_lam": res.head_refit.kept_lam if res.head_refit else None,
         }
         return res.model, res.head, info, time.perf_counter() - start
 
@@ -571,8 +571,9 @@ def summary_rows(results) -> list[dict[str, Any]]:
     for r in rows:
         vals = [v for c, v in r["per_cell"].items() if c in common]
         r["worst"], r["mean"] = (min(vals), sum(vals) / len(vals)) if vals else (float("nan"), float("nan"))
-        r["worst_cell"] = min((c for c in common), key=lambda c: r["per_cell"][c]) if vals else None
-    rows.sort(
+        # sorted first: on a tie the worst cell (and the rank) does not follow the set's hash order
+        r["worst_cell"] = min(sorted(common), key=lambda c: r["per_cell"][c]) if vals else None
+    rows.sort(  # stable: tied pipelines keep the order of VARIANTS
         key=lambda r: (-r["worst"] if r["worst"] == r["worst"] else 1.0, -r["mean"] if r["mean"] == r["mean"] else 1.0)
     )
     return rows

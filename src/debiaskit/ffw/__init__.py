@@ -28,6 +28,7 @@ standard layers: the units whose removal is exact are found in the torch.fx grap
 convs); what cannot be gated exactly is listed with the reason (``result.sparsity["ungated"]``).
 """
 
+from ._config import FFWConfig
 from ._erase import ERASERS, ErasedHead, LinearEraser, attach_eraser, conditional_erasers, fit_linear_eraser
 from ._export import (
     apply_unstructured_masks,
@@ -43,6 +44,7 @@ from ._export import (
 )
 from ._folders import FFW_FOLDER
 from ._gates import GatedModel, GateState, UnitGate, WeightGate, freeze, gate_value, install_gates
+from ._pipeline import FFWResult, find_fantastic_weights
 from ._presets import FFW_PRESETS
 from ._progress import epoch_line, print_epoch, progress_line
 from ._run import (
@@ -58,8 +60,8 @@ from ._run import (
     partial_dir,
 )
 from ._save import load_pruned_model, save_result
-from ._search import FFWConfig, FFWResult, ffw_step, find_fantastic_weights, mutual_information
 from ._stages import StagesResult, apply_stages  # internal: the development suite's gate-free pipelines
+from ._step import ffw_step, mutual_information
 from ._structure import GatePoint, Structure, analyse_structure
 
 __all__ = [

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..audit import normalized_mutual_information
+from ..errors import DataError
+from ..models import Outputs
 
 ADVERSARIES = {
     "head": "MI of a linear privacy head trained alongside the gates (the paper)",
@@ -133,6 +136,7 @@ def cross_between(
     if given is None:
         ga, gr = (torch.zeros(len(t), dtype=torch.long, device=a.device) for t in (a, ref))
     else:
+        assert ref_given is not None, "given and ref_given come together"
         _, groups = torch.unique(torch.cat([given.to(a.device), ref_given.to(a.device)]), return_inverse=True)
         ga, gr = groups[: len(a)], groups[len(a) :]
     n_groups = int(torch.cat([ga, gr]).max()) + 1 if len(ga) + len(gr) else 1
@@ -171,12 +175,14 @@ class Memory:
     def get(self) -> tuple[Tensor, Tensor, Tensor] | None:
         if not self.items:
             return None
-        return tuple(torch.cat(parts) for parts in zip(*self.items))
+        z, b, y = (torch.cat(parts) for parts in zip(*self.items))
+        return z, b, y
 
     def tensors(self) -> dict[str, Tensor]:
-        if not self.items:
+        got = self.get()
+        if got is None:
             return {}
-        z, b, y = self.get()
+        z, b, y = got
         return {"mem.z": z, "mem.b": b, "mem.y": y, "mem.sizes": torch.tensor([len(t[0]) for t in self.items])}
 
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
@@ -188,6 +194,23 @@ class Memory:
 
 def _column(b: Tensor, attr: int) -> Tensor:
     return b if b.ndim == 1 else b[:, attr]
+
+
+class Labelled(NamedTuple):
+    """:class:`~debiaskit.models.Outputs` of bias-labelled data collected with the bottleneck: nothing is None."""
+
+    logits: Tensor
+    z: Tensor
+    y: Tensor
+    b: Tensor
+
+
+def labelled(out: Outputs) -> Labelled:
+    """``out`` with its bottleneck, targets and bias labels (FFW refuses data without bias labels on entry, so they
+    are there)."""
+    if out.z is None or out.y is None or out.b is None:
+        raise DataError("FFW reads the bottleneck, the targets and the bias labels of its data; one is missing")
+    return Labelled(out.logits, out.z, out.y, out.b)
 
 
 def bias_columns(b: Tensor) -> list[Tensor]:
@@ -227,7 +250,7 @@ class LinearDependence:
         self.memory = Memory(memory)
         self.mean = torch.zeros(d, dtype=torch.float64)
         self.cov = torch.eye(d, dtype=torch.float64)
-        self._chol: Tensor | None = None
+        self._chol: tuple[Tensor, Tensor] | None = None
         self._seen = 0
 
     def fit(self, z: Tensor) -> None:
@@ -462,6 +485,10 @@ def probe_free_penalty(
 ) -> Tensor:
     """The term on a batch, summed over the bias attributes (``cols``; each with its own number of classes
     ``cards[a]``), within each target class when ``given_target``."""
-    return sum(
-        term.penalty(z, c.to(z.device), cards[a], given=y if given_target else None, attr=a) for a, c in enumerate(cols)
+    return cast(  # a sum of tensors, one per attribute
+        Tensor,
+        sum(
+            term.penalty(z, c.to(z.device), cards[a], given=y if given_target else None, attr=a)
+            for a, c in enumerate(cols)
+        ),
     )

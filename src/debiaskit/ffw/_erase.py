@@ -40,6 +40,9 @@ INNER_HEAD = "head"  # the original head inside ErasedHead: the exported model's
 class LinearEraser(nn.Module):
     """z -> z - (z - mean) P^T on the flattened features (buffers only: nothing to train)."""
 
+    mean: Tensor  # buffers (registered below): typed here, nn.Module's attribute lookup is not
+    proj: Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -65,7 +68,7 @@ class ErasedHead(nn.Module):
 def _bias_onehot(b: Tensor, num_bias: int | Sequence[int]) -> Tensor:
     """onehot(b) of every attribute side by side, each with its own number of classes."""
     cols = bias_columns(b)
-    cards = [int(k) for k in num_bias] if isinstance(num_bias, (tuple, list)) else [int(num_bias)] * len(cols)
+    cards = [int(k) for k in num_bias] if isinstance(num_bias, Sequence) else [int(num_bias)] * len(cols)
     if len(cards) != len(cols):
         raise ValueError(f"one number of bias classes per attribute: {len(cols)} attributes, got {len(cards)}")
     return torch.cat([F.one_hot(c.long(), k).double() for c, k in zip(cols, cards)], dim=1)
@@ -165,7 +168,7 @@ def attach_eraser(model: nn.Module, head: str, eraser: LinearEraser) -> str:
     model.set_submodule(head, ErasedHead(eraser, model.get_submodule(head)))
     new = f"{head}.{INNER_HEAD}"
     if isinstance(getattr(model, "head_name", None), str):  # zoo models name their head: keep it pointing right
-        model.head_name = new
+        setattr(model, "head_name", new)  # noqa: B010 - a plain attribute (nn.Module's __setattr__ types tensors)
     return new
 
 

@@ -55,8 +55,14 @@ def apply_unstructured_masks(model: nn.Module, masks: dict[str, Tensor], *, copy
     return out
 
 
-def _units(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+Layer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d  # what structured FFW slices (LAYER_TYPES)
+
+
+def _layer(module: nn.Module, name: str) -> Layer:
+    """``module`` as a conv/linear layer (the structure analysis only names such layers; anything else is a bug)."""
+    if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        raise ModelError(f"structured export: {name!r} is a {type(module).__name__}, not a conv/linear layer")
+    return module
 
 
 def _param(module: nn.Module, name: str, value: Tensor) -> None:
@@ -64,7 +70,7 @@ def _param(module: nn.Module, name: str, value: Tensor) -> None:
     setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
 
 
-def _slice_out(module: nn.Module, keep: Tensor) -> None:
+def _slice_out(module: Layer, keep: Tensor) -> None:
     """Keep only output units ``keep`` of a conv/linear (in place)."""
     with torch.no_grad():
         _param(module, "weight", module.weight[keep])
@@ -76,7 +82,7 @@ def _slice_out(module: nn.Module, keep: Tensor) -> None:
         module.out_channels = len(keep)
 
 
-def _slice_in(module: nn.Module, cols: Tensor, zero: Tensor | None) -> None:
+def _slice_in(module: Layer, cols: Tensor, zero: Tensor | None) -> None:
     """Keep only input channels/columns ``cols`` of a conv/linear (in place); columns at positions
     ``zero`` (within ``cols``) are set to 0 (a group whose units were all pruned keeps one dead unit)."""
     with torch.no_grad():
@@ -102,6 +108,7 @@ def _slice_channels(module: nn.Module, keep: Tensor) -> None:
                     setattr(module, attr, getattr(module, attr)[keep].clone())
             module.num_features = len(keep)
             return
+        module = _layer(module, "a depthwise conv")
         _param(module, "weight", module.weight[keep])
         if module.bias is not None:
             _param(module, "bias", module.bias[keep])
@@ -164,11 +171,11 @@ def prune_structured(
             ins[name] = (cols, zero)
     out = apply_unstructured_masks(model, weight_masks, copy_model=True)
     for name, keep in outs.items():
-        _slice_out(out.get_submodule(name), keep)
+        _slice_out(_layer(out.get_submodule(name), name), keep)
     for name, keep in chans.items():
         _slice_channels(out.get_submodule(name), keep)
     for name, (cols, zero) in ins.items():
-        _slice_in(out.get_submodule(name), cols, zero)
+        _slice_in(_layer(out.get_submodule(name), name), cols, zero)
     out.eval()
     if check:
         _check_export(model, out, masks, head=head, example=example, input_weights=bool(weight_masks))

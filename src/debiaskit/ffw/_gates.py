@@ -20,6 +20,7 @@ share one gate, applied at every layer that adds into them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +92,7 @@ class UnitGate(nn.Module):
 
 def encoder_layers(model: nn.Module, head: str, *, include_head: bool = False) -> list[tuple[str, nn.Module]]:
     """Every conv/linear module of ``model`` outside the head (plus the head's with ``include_head``)."""
-    out = []
+    out: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         in_head = name == head or name.startswith(head + ".")
         if isinstance(module, GATED_TYPES) and (include_head or not in_head):
@@ -119,7 +120,7 @@ class GatedModel(nn.Module):
         *,
         mode: str,
         head: str,
-        gates: dict[str, nn.Module],
+        gates: Mapping[str, WeightGate | UnitGate],
         state: GateState,
         handles: list,
         units: dict[str, tuple[str, ...]] | None = None,
@@ -204,9 +205,9 @@ def ungated_parameters(model: nn.Module, head: str, *, gated: list[str]) -> dict
 
 def _weight_gate(module: nn.Module, state: GateState) -> WeightGate:
     """Parametrise ``module.weight`` as ``weight * g(m)`` (one gate per weight); the weight stays frozen."""
-    gate = WeightGate(module.weight.shape, state)
+    gate = WeightGate(module.get_parameter("weight").shape, state)
     parametrize.register_parametrization(module, "weight", gate)
-    module.parametrizations.weight.original.requires_grad_(False)
+    module.get_parameter("parametrizations.weight.original").requires_grad_(False)
     return gate
 
 
@@ -250,7 +251,7 @@ def install_gates(
     if input_weights and mode != "structured":
         raise ConfigError("input_weights applies to structured FFW only (unstructured FFW gates every weight already)")
     if mode == "unstructured":
-        gates: dict[str, nn.Module] = {name: _weight_gate(module, state) for name, module in layers}
+        gates: dict[str, WeightGate | UnitGate] = {name: _weight_gate(module, state) for name, module in layers}
         return GatedModel(
             model,
             mode=mode,

@@ -29,6 +29,7 @@ which measure FFW as published, collapses included) records the verdict and retu
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -69,12 +70,42 @@ def near_chance(accuracy: float, floor: dict[str, float]) -> bool:
     return accuracy < floor["floor"]
 
 
+RULE = (
+    "accepted when the final output's D^u_val group-mean accuracy is at least the input's less one "
+    "standard error of the input's (SE = sqrt(sum_g q_g (1 - q_g) / n_g) / G, q_g = (right_g + 1) / "
+    "(n_g + 2)), and its D^u_val "
+    "accuracy clears max(chance, majority-class rate) + max(2 points, 2 standard errors of that rate); "
+    "the input handed back unchanged is refused too"
+)
+
+
+@dataclass
+class NoHarmVerdict:
+    """The do-no-harm verdict: ``accepted``, why not (``reason``: "unchanged", "near_chance", "worse"; None when
+    accepted), every D^u_val measure compared (``stages``, the input first: {"stage", "group_mean", "accuracy",
+    ...}), the one judged (``final``: the output), the tolerance, the group mean required, the near-chance floor and
+    whether the input itself is below the majority-class rate. ``to_json()``: the record of ffw.json's
+    ``search.no_harm`` (and of :class:`NoImprovementError`'s ``record``)."""
+
+    accepted: bool
+    reason: str | None
+    stages: list[dict[str, Any]]
+    final: dict[str, Any]
+    tolerance: float
+    required_group_mean: float
+    floor: dict[str, float]
+    input_below_majority: bool
+    rule: str = RULE
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def verdict(
     stages: list[dict[str, Any]], floor: dict[str, float], *, unchanged: bool, final: dict[str, Any] | None = None
-) -> dict[str, Any]:
+) -> NoHarmVerdict:
     """Accept or refuse ``final`` (default: the last of ``stages``, each {"stage", "group_mean", "accuracy", ...};
-    the first is the input): see the module docstring. Returns the JSON-able record, with ``accepted``, ``reason``
-    and ``final`` (the stage judged: the output)."""
+    the first is the input): see the module docstring."""
     given = stages[0]
     final = stages[-1] if final is None else final
     tolerance = given["group_mean_se"]
@@ -87,23 +118,16 @@ def verdict(
         reason = "near_chance"
     elif worse:
         reason = "worse"
-    return {
-        "accepted": reason is None,
-        "reason": reason,
-        "stages": stages,
-        "final": final,
-        "tolerance": tolerance,
-        "required_group_mean": given["group_mean"] - tolerance,
-        "floor": floor,
-        "input_below_majority": given["accuracy"] < floor["majority_rate"],
-        "rule": (
-            "accepted when the final output's D^u_val group-mean accuracy is at least the input's less one "
-            "standard error of the input's (SE = sqrt(sum_g q_g (1 - q_g) / n_g) / G, q_g = (right_g + 1) / "
-            "(n_g + 2)), and its D^u_val "
-            "accuracy clears max(chance, majority-class rate) + max(2 points, 2 standard errors of that rate); "
-            "the input handed back unchanged is refused too"
-        ),
-    }
+    return NoHarmVerdict(
+        accepted=reason is None,
+        reason=reason,
+        stages=stages,
+        final=final,
+        tolerance=tolerance,
+        required_group_mean=given["group_mean"] - tolerance,
+        floor=floor,
+        input_below_majority=given["accuracy"] < floor["majority_rate"],
+    )
 
 
 def _pct(v: float) -> str:
@@ -141,7 +165,8 @@ def refusal_message(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def enforce(record: dict[str, Any], result) -> None:
-    """Raise :class:`NoImprovementError` when the verdict refuses the output."""
-    if not record["accepted"]:
+def enforce(judged: NoHarmVerdict, result: Any) -> None:
+    """Raise :class:`NoImprovementError` when the verdict refuses the output (its ``record``: the verdict's JSON)."""
+    if not judged.accepted:
+        record = judged.to_json()
         raise NoImprovementError(refusal_message(record), record=record, result=result)

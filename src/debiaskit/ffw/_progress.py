@@ -34,7 +34,8 @@ def tune_line(event: dict[str, Any]) -> str:
 
 def progress_line(event: dict[str, Any]) -> str | None:
     """The line an event prints (None: a step, which prints nothing)."""
-    return {"epoch": epoch_line, "tune": tune_line}.get(event.get("kind"), lambda e: None)(event)
+    line = {"epoch": epoch_line, "tune": tune_line}.get(event.get("kind", ""))
+    return None if line is None else line(event)
 
 
 def print_epoch(event: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +51,7 @@ class _Problem:
     def __init__(self, head: nn.Module, z: Tensor, *, keep_zeros: bool) -> None:
         self.head, self.linear = head, isinstance(head, nn.Linear)
         mask = (lambda p: (p != 0).float()) if keep_zeros else (lambda p: torch.ones_like(p, dtype=torch.float))
-        if self.linear:
+        if isinstance(head, nn.Linear):  # self.linear
             self.mean, self.std = z.mean(0), z.std(0).clamp_min(1e-8)
             weight = head.weight.detach().float()
             self.start = {"weight": torch.zeros_like(weight), "bias": torch.zeros(weight.shape[0], dtype=torch.float)}
@@ -74,7 +74,7 @@ class _Problem:
     def penalty(self, params: dict[str, Tensor]) -> Tensor:
         if self.linear:
             return (params["weight"] ** 2).sum()
-        return sum(((params[n] - self.start[n]) ** 2).sum() for n in params)
+        return cast(Tensor, sum(((params[n] - self.start[n]) ** 2).sum() for n in params))
 
     def head_parameters(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """The fitted parameters in the head's own terms (a Linear's standardisation folded into its weights)."""

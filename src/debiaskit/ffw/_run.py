@@ -35,11 +35,13 @@ from ..errors import ConfigError, DataError, NoImprovementError, RunExistsError
 from ..models import collect_outputs
 from ..runs import FFWRecord, check_signing_key, load_run, package_versions, read_record, save_weights, write_record
 from ._adversary import ADVERSARIES
+from ._checkpoint import CHECKPOINT_FILE
+from ._config import SELECTIONS, FFWConfig
 from ._export import count_parameters, inference_time, save_masks
 from ._folders import FFW_FOLDER
+from ._pipeline import FFWResult, find_fantastic_weights
 from ._presets import DEFAULT_PRESET
 from ._save import load_pruned_model
-from ._search import CHECKPOINT_FILE, SELECTIONS, FFWConfig, FFWResult, find_fantastic_weights
 
 FFW_FILE = "ffw.json"
 
@@ -320,9 +322,9 @@ def final_val_task(result: FFWResult) -> float | None:
     """D^u_val task accuracy of the exported model after the weight tuning, the eraser and the head refit (None:
     the gates alone)."""
     for step in (result.head_refit, result.eraser):
-        if step:
-            return step["val_task_after"]
-    return result.tune["val_after"]["task"] if result.tune else None
+        if step is not None:
+            return step.val_task_after
+    return result.tune.val_after["task"] if result.tune else None
 
 
 def ffw_run(
@@ -487,7 +489,7 @@ def _with_diagnosis(exc: NoImprovementError, before: dict[str, Any], *, mode: st
         mode=mode,
         final_val_task=final_val_task(result),
         head_refit=result.head_refit is not None,
-        tuned_val_task=result.tune["val_after"]["task"] if result.tune else None,
+        tuned_val_task=result.tune.val_after["task"] if result.tune else None,
     )
     record = {**exc.record, "diagnosis": notes}
     text = str(exc) + "".join(f"\nDiagnosis: {n}" for n in notes)
@@ -611,7 +613,12 @@ def _ffw_info(
         "run": str(Path(run_dir)),
         "mode": mode,
         "bias_labels": bias_labels,
-        "model": {**run.meta["model"], "shapes": result.shapes, "head": result.head, "eraser": result.eraser},
+        "model": {
+            **run.meta["model"],
+            "shapes": result.shapes,
+            "head": result.head,
+            "eraser": result.eraser and result.eraser.to_json(),
+        },
         "data": run.meta["data"],
         "vanilla_train_time_s": run.meta.get("wall_time_s"),
         "search": result.summary(),
@@ -627,7 +634,7 @@ def _ffw_info(
             mode=mode,
             final_val_task=final_val_task(result),
             head_refit=result.head_refit is not None,
-            tuned_val_task=result.tune["val_after"]["task"] if result.tune else None,
+            tuned_val_task=result.tune.val_after["task"] if result.tune else None,
         ),
         "parameters": {
             "before": count_parameters(run.model),
@@ -635,7 +642,7 @@ def _ffw_info(
             "nonzero_after": sum(int((p != 0).sum()) for p in result.model.parameters()),
         },
         "inference": speed,
-        "search_time_s": result.wall_time_s,
+        "search_time_s": result.search_time_s,
         "wall_time_s": wall,
         "selection": SELECTIONS[config.selection],
         "adversary": ADVERSARIES[config.adversary],

@@ -57,7 +57,7 @@ def _model_record(result, model: str | Callable | None, model_args: dict | None)
     spec.setdefault("num_classes", getattr(head, "out_features", None))
     spec["head"] = result.head
     spec["shapes"] = result.shapes
-    spec["eraser"] = result.eraser
+    spec["eraser"] = None if result.eraser is None else result.eraser.to_json()
     return spec
 
 
@@ -124,6 +124,7 @@ def load_pruned_model(
     record, trust = read_trusted_record(
         folder / FFW_FILE, FFWRecord, default_kind="ffw", trust_code=trust_code, model_given=model is not None
     )
+    assert isinstance(record, FFWRecord)  # read as the class asked for
     weights = weights_file(folder, record.weights, file=folder / FFW_FILE)
     state, _ = read_weights(weights, sha256=record.weights_sha256, record=folder / FFW_FILE)
 
@@ -134,4 +135,13 @@ def load_pruned_model(
             attach_empty_eraser(net, record.model.eraser)
         load_state(net, state, weights)
 
-    return rebuild_from_record(record, trust=trust, load=load, source_changed=source_changed, model=model).eval()
+    # runs.rebuild_from_record is annotated with a module only; it hands ``model`` to rebuild_model, which also
+    # takes a factory (runs.py is not type-checked yet: docs/design/static-checks.md)
+    rebuild = rebuild_from_record(
+        record,
+        trust=trust,
+        load=load,
+        source_changed=source_changed,
+        model=model,  # type: ignore[arg-type]
+    )
+    return rebuild.eval()

@@ -342,6 +342,13 @@ class _Spaces:
         sid, fan = self.of[node]
         return self.data[self.find(sid)], fan
 
+    def space(self, node: fx.Node) -> _Space:
+        """The space of a node that has one (``get`` without the fan)."""
+        got = self.get(node)
+        if got is None:
+            raise TypeError(f"{node} carries no channel space")
+        return got[0]
+
     def assign(self, node: fx.Node, sid: int, fan: int = 1) -> None:
         self.of[node] = (self.find(sid), fan)
         self.data[self.find(sid)].members.append(node)
@@ -364,6 +371,22 @@ def _shape(node: Any) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
+def _dims(node: Any) -> tuple[int, ...]:
+    """The recorded shape of a node the analysis reads a shape from (shape propagation gave every tensor node one;
+    the TypeError of ``len(None)`` otherwise, as before this helper)."""
+    shape = _shape(node)
+    if shape is None:
+        raise TypeError(f"torch.fx recorded no shape for {node}")
+    return shape
+
+
+def _name(node: fx.Node) -> str:
+    """The module name a ``call_module`` node calls (fx types ``target`` as a name or a function)."""
+    if not isinstance(node.target, str):
+        raise TypeError(f"{node} calls {node.target!r}, not a module by name")
+    return node.target
+
+
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
     args = list(node.args) + list(node.kwargs.values())
     flat: list[Any] = []
@@ -375,7 +398,7 @@ def _tensor_args(node: fx.Node) -> list[fx.Node]:
 def _kind(node: fx.Node, modules: dict[str, nn.Module], opaque: dict[str, str]) -> str:
     """How a node treats the channels of its tensor inputs (see the module docstring)."""
     if node.op == "call_module":
-        m = modules[node.target]
+        m = modules[_name(node)]
         if node.target in opaque:
             return "block"
         if isinstance(m, CONV_TYPES):
@@ -439,7 +462,7 @@ def _kind(node: fx.Node, modules: dict[str, nn.Module], opaque: dict[str, str]) 
 
 def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
-        return f"{node.target} ({type(modules[node.target]).__name__})"
+        return f"{node.target} ({type(modules[_name(node)]).__name__})"
     name = getattr(node.target, "__name__", str(node.target))
     return f"{name}() in forward()" if node.op == "call_function" else f".{name}() in forward()"
 
@@ -499,7 +522,7 @@ def _build_spaces(
         if node.op == "output":
             for a in _tensor_args(node):
                 got = spaces.get(a)
-                if got is not None and not any(in_head(p.target) for p in got[0].producers):
+                if got is not None and not any(in_head(_name(p)) for p in got[0].producers):
                     got[0].blocked.append("it is part of the model's output")
             continue
         kind = _kind(node, modules, opaque)
@@ -530,9 +553,9 @@ def _build_spaces(
                     )
                 elif shared:
                     sp.blocked.append(f"it is read by {desc}, which is called {calls[node.target]} times")
-                elif isinstance(m, nn.Linear) and len(_shape(args[0])) != 2:
+                elif isinstance(m, nn.Linear) and len(_dims(args[0])) != 2:
                     sp.blocked.append(
-                        f"it is read by {desc} on a {len(_shape(args[0]))}-d input (units on the "
+                        f"it is read by {desc} on a {len(_dims(args[0]))}-d input (units on the "
                         "last dimension; structured FFW gates dimension 1)"
                     )
                 elif isinstance(m, CONV_TYPES) and fan != 1:
@@ -580,20 +603,20 @@ def _build_spaces(
                     )
                 elif node.target not in sp.channel_modules:
                     sp.channel_modules.append(node.target)
-            if shape[1:2] != _shape(args[0])[1:2] or shape[0] != _shape(args[0])[0]:
+            if shape[1:2] != _dims(args[0])[1:2] or shape[0] != _dims(args[0])[0]:
                 sp.blocked.append(f"{desc} changes its channel layout")
             spaces.assign(node, sid, fan)
         elif kind == "reduce":
             dims = _reduce_dims(node)
             dims = (dims,) if isinstance(dims, int) else dims
-            nd = len(_shape(args[0]))
+            nd = len(_dims(args[0]))
             if dims is None or not isinstance(dims, (tuple, list)) or any((d % nd) in (0, 1) for d in dims) or fan != 1:
                 sp.blocked.append(f"it is reduced over its channels or batch by {desc}")
                 fresh_blocked(node, f"it is written by {desc}")
             else:
                 spaces.assign(node, sid, fan)
         elif kind == "flatten":
-            new_fan = _is_flatten(_shape(args[0]), shape, fan)
+            new_fan = _is_flatten(_dims(args[0]), shape, fan)
             if new_fan is None:
                 sp.blocked.append(f"it is reshaped by {desc} into {tuple(shape)}")
                 fresh_blocked(node, f"it is written by {desc}")
@@ -607,11 +630,13 @@ def _build_spaces(
                 a_shape = _shape(a)
                 if got is None:
                     continue
-                if a_shape == shape or (len(a_shape) == len(shape) and a_shape[1:2] == shape[1:2] and got[1] == fan):
+                if a_shape == shape or (
+                    a_shape is not None and len(a_shape) == len(shape) and a_shape[1:2] == shape[1:2] and got[1] == fan
+                ):
                     if got[1] != fan:
                         ok = False
                     joined = spaces.union(joined, spaces.of[a][0])
-                elif len(a_shape) >= 2 and a_shape[1] == 1 and len(a_shape) == len(shape):
+                elif a_shape is not None and len(a_shape) >= 2 and a_shape[1] == 1 and len(a_shape) == len(shape):
                     continue  # broadcast over channels (e.g. a spatial attention map): not channel-indexed
                 else:
                     ok = False
@@ -635,7 +660,7 @@ def _data_users(node: fx.Node, kinds: dict[fx.Node, str]) -> list[fx.Node]:
 def _zero_preserving(node: fx.Node, kinds: dict[fx.Node, str], modules: dict[str, nn.Module]) -> bool:
     kind = kinds.get(node)
     if kind == "depthwise":
-        return modules[node.target].bias is None
+        return modules[_name(node)].bias is None
     return kind in ("zero", "flatten", "reduce")
 
 
@@ -669,13 +694,13 @@ def _site(
     def hookable(n: fx.Node) -> bool:
         return (
             n.op == "call_module"
-            and calls.get(n.target, 0) == 1
-            and not (n.target == head or n.target.startswith(head + "."))
+            and calls.get(_name(n), 0) == 1
+            and not (n.target == head or _name(n).startswith(head + "."))
         )
 
     valid = [n for n in chain[last_shift:] if hookable(n)]
     for n in valid:
-        if isinstance(modules[n.target], ACTIVATION_TYPES):
+        if isinstance(modules[_name(n)], ACTIVATION_TYPES):
             return n, ""
     if valid:
         return valid[0], ""
@@ -792,12 +817,14 @@ def analyse_structure(model: nn.Module, example: Tensor, head: str) -> Structure
     for node in gm.graph.nodes:
         if node not in spaces.of or kinds.get(node) not in ("layer", "grouped"):
             continue
-        space, _ = spaces.get(node)
+        got = spaces.get(node)
+        assert got is not None  # node is in spaces.of
+        space, _ = got
         key = id(space)
         if key in done:
             continue
         done.add(key)
-        producers = [p.target for p in sorted(space.producers, key=position.__getitem__)]
+        producers = [_name(p) for p in sorted(space.producers, key=position.__getitem__)]
         if any(p == head or p.startswith(head + ".") for p in producers):
             continue
         why = space.blocked[0] if space.blocked else ""
@@ -814,15 +841,15 @@ def analyse_structure(model: nn.Module, example: Tensor, head: str) -> Structure
         if not why:
             why = _prove_zero(space, set(sites), kinds, modules, position)
         if why:
-            for p in producers:
-                ungated.setdefault(p, f"not gated: {why}")
+            for producer in producers:
+                ungated.setdefault(producer, f"not gated: {why}")
             continue
         fans = {name: fan for node, name, fan in sorted(space.consumers, key=lambda c: position[c[0]])}
         sites.sort(key=position.__getitem__)
         points[producers[0]] = GatePoint(
             layer=producers[0],
             producers=tuple(producers),
-            sites=tuple(dict.fromkeys(s.target for s in sites)),
+            sites=tuple(dict.fromkeys(_name(s) for s in sites)),
             units=space.units,
             channel_modules=tuple(sorted(set(space.channel_modules), key=order.__getitem__)),
             consumers=tuple(dict.fromkeys(fans)),
@@ -835,7 +862,7 @@ def analyse_structure(model: nn.Module, example: Tensor, head: str) -> Structure
                 continue
             ungated[name] = _uncalled(name, opaque, called, modules)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and n in spaces.of]
-    readers = [name for n in inputs for _, name, _ in spaces.get(n)[0].consumers]
+    readers = [name for n in inputs for _, name, _ in spaces.space(n).consumers]
     input_layers = tuple(
         dict.fromkeys(r for r in sorted(readers, key=order.__getitem__) if not (r == head or r.startswith(head + ".")))
     )

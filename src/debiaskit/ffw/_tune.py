@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -34,7 +35,31 @@ from torch import Tensor, nn
 from .. import _dist
 from ..data import iterate_batches
 from ..models import batch_memory_format, collect_outputs, forward_with_bottleneck, head_shape, laid_out
-from ._adversary import bias_columns, lda_readability, probe_free_penalty, probe_free_term
+from ._adversary import bias_columns, labelled, lda_readability, probe_free_penalty, probe_free_term
+
+
+@dataclass
+class TuneRecord:
+    """What the weight tuning did: its settings, the epoch kept (0: the gates' state), the D^u_val numbers before
+    and after (``val_before`` / ``val_after``: task, ce, dependence, objective, selection_score), every epoch's
+    record, how many pruned weights were held at zero, why it stopped early (None: it did not) and its time."""
+
+    epochs: int
+    chosen_epoch: int
+    gamma: float
+    lr: float
+    batch_size: int
+    shift: int
+    val_before: dict[str, float]
+    val_after: dict[str, float]
+    history: list[dict[str, Any]]
+    held_zero: int
+    stopped: str | None
+    selection: str
+    time_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def shift_images(x: Tensor, offsets: Tensor, k: int) -> Tensor:
@@ -60,7 +85,7 @@ def tuning_memory(cfg) -> int:
 
 def _zeros_held(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
     """(weight, mask) of every weight matrix / kernel with exact zeros: the pruned weights, held at zero."""
-    held = []
+    held: list[tuple[Tensor, Tensor]] = []
     for p in model.parameters():
         if p.dim() > 1:
             mask = p.detach() != 0
@@ -75,16 +100,17 @@ def _score_val(model: nn.Module, search, device) -> dict[str, float]:
     readability under selection='readability') and the selection score."""
     cfg, cards = search.cfg, search.bias_cardinalities
     out = collect_outputs(model, search.val, head=search.head, device=device)
-    given = out.y if cfg.condition_on_target else None
-    dependence = sum(
-        lda_readability(out.z, col, k, ridge=cfg.lda_ridge, given=given) for col, k in zip(bias_columns(out.b), cards)
+    _, z, y, b = labelled(out)
+    given = y if cfg.condition_on_target else None
+    dependence: float = sum(
+        lda_readability(z, col, k, ridge=cfg.lda_ridge, given=given) for col, k in zip(bias_columns(b), cards)
     )
-    ce = float(F.cross_entropy(out.logits, out.y))
-    task = float((out.logits.argmax(1) == out.y).float().mean())
+    ce = float(F.cross_entropy(out.logits, y))
+    task = float((out.logits.argmax(1) == y).float().mean())
     rec = {"task": task, "ce": ce, "dependence": dependence, "objective": ce + cfg.gamma * dependence}
     if cfg.selection == "readability":  # as the search's rule: the reading not conditioned on the target
         rec["readability"] = sum(
-            lda_readability(out.z, col, k, ridge=cfg.lda_ridge) for col, k in zip(bias_columns(out.b), cards)
+            lda_readability(z, col, k, ridge=cfg.lda_ridge) for col, k in zip(bias_columns(b), cards)
         )
     rec["selection_score"] = search.selection_score(rec)  # the search's own rule
     return rec
@@ -100,7 +126,7 @@ def _preferred(search, val: dict[str, float], best: dict[str, float]) -> bool:
 
 def tune_kept_weights(
     exported: nn.Module, search, *, callback: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any] | None:
+) -> TuneRecord | None:
     """Train ``exported`` (in place) for ``tune_epochs`` epochs under J on D^u_train and keep its best state on
     D^u_val (see the module docstring). Returns what it did (None when ``tune_epochs`` is 0)."""
     cfg = search.cfg
@@ -122,10 +148,10 @@ def tune_kept_weights(
     term = probe_free_term(
         dataclasses.replace(cfg, memory=tuning_memory(cfg)), d, "mmd" if cfg.adversary == "mmd" else "lda"
     )
-    term.fit(collect_outputs(exported, search.train, head=search.head, device=device).z)
+    term.fit(labelled(collect_outputs(exported, search.train, head=search.head, device=device)).z)
     cards, cond = search.bias_cardinalities, cfg.condition_on_target
     rank, world = _dist.rank_and_world()
-    history = [{"epoch": 0, "val": _score_val(exported, search, device)}]
+    history: list[dict[str, Any]] = [{"epoch": 0, "val": _score_val(exported, search, device)}]
     best, best_state = history[0], copy.deepcopy(exported.state_dict())
     for p in params:
         p.requires_grad_(True)
@@ -156,7 +182,7 @@ def tune_kept_weights(
             if train.get("diverged"):  # keep the best state so far; say so
                 stopped = f"the loss became non-finite in epoch {epoch} (try a lower tune_lr): stopped there"
                 break
-            rec = {
+            rec: dict[str, Any] = {
                 "epoch": epoch,
                 **train,
                 "val": _score_val(exported, search, device),
@@ -171,21 +197,21 @@ def tune_kept_weights(
         for p in params:
             p.requires_grad_(False)
     exported.load_state_dict(best_state)
-    return {
-        "epochs": cfg.tune_epochs,
-        "chosen_epoch": best["epoch"],
-        "gamma": cfg.tune_gamma,
-        "lr": cfg.tune_lr,
-        "batch_size": batch,
-        "shift": cfg.tune_shift,
-        "val_before": history[0]["val"],
-        "val_after": best["val"],
-        "history": history,
-        "held_zero": sum(int((m == 0).sum()) for _, m in held),
-        "stopped": stopped,
-        "selection": f"the epoch (0: the gates' state) with the best D^u_val selection score ({cfg.selection})",
-        "time_s": time.perf_counter() - start,
-    }
+    return TuneRecord(
+        epochs=cfg.tune_epochs,
+        chosen_epoch=best["epoch"],
+        gamma=cfg.tune_gamma,
+        lr=cfg.tune_lr,
+        batch_size=batch,
+        shift=cfg.tune_shift,
+        val_before=history[0]["val"],
+        val_after=best["val"],
+        history=history,
+        held_zero=sum(int((m == 0).sum()) for _, m in held),
+        stopped=stopped,
+        selection=f"the epoch (0: the gates' state) with the best D^u_val selection score ({cfg.selection})",
+        time_s=time.perf_counter() - start,
+    )
 
 
 def _tune_epoch(
@@ -222,6 +248,7 @@ def _tune_epoch(
         x = shift_images(batch.x, offsets[batch.index], cfg.tune_shift)
         logits, z = forward_with_bottleneck(model, laid_out(x, fmt), search.head)
         ce = F.cross_entropy(logits, batch.y)
+        assert batch.b is not None, "FFW's data has bias labels (checked on entry)"
         z_all, b_all, y_all = z, batch.b, batch.y
         if world > 1:  # D on the global batch, in the 1-rank order (gradient back to each rank's own rows)
             order = _dist.global_batch_order(place[batch.index]).to(z.device)

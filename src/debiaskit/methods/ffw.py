@@ -77,8 +77,8 @@ def apply_ffw(
         "selected": result.selected,
         "sparsity": result.sparsity,
         "stop_reason": result.stop_reason,
-        "search_time_s": result.wall_time_s,
-        "no_harm": result.no_harm,
+        "search_time_s": result.search_time_s,
+        "no_harm": None if result.no_harm is None else result.no_harm.to_json(),
     }
     return result.model, info
 

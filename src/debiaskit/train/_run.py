@@ -7,7 +7,7 @@ import contextlib
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -157,21 +157,17 @@ def train_run(
         record = RunRecord(
             kind="train",
             created=_now(),
-            model=cast(
-                ModelRecord,
-                ModelRecord.from_dict(
-                    {
-                        **model_spec,
-                        "num_classes": splits.num_classes,
-                        "input_shape": list(splits.train.input_shape),
-                        "head": head,
-                    },
-                    file="the model's record",
-                    prefix="model",
-                ),
+            model=ModelRecord.from_dict(
+                {
+                    **model_spec,
+                    "num_classes": splits.num_classes,
+                    "input_shape": list(splits.train.input_shape),
+                    "head": head,
+                },
+                file="the model's record",
+                prefix="model",
             ),
-            # from_dict returns an instance of cls: typed Record until _schema types it Self (then drop the casts)
-            data=cast(DataRecord, DataRecord.from_dict(splits.spec, file="the splits' spec", prefix="data")),
+            data=DataRecord.from_dict(splits.spec, file="the splits' spec", prefix="data"),
             data_summary={name: split.summary() for name, split in splits.items()},
             train=TrainRecord(
                 epochs=config.epochs,
