@@ -23,11 +23,15 @@ from .._io import PARTIAL_FILES, json_safe, log, real_dir, remove_owned, tensors
 from .._validate import SEED, require
 from ..audit import (
     PROBES,
+    WHERE_MARGIN,
     AuditReport,
     audit_into,
     audit_model,
+    most_read,
+    point_label,
     probe_suite,
     readable,
+    readable_upstream,
 )
 from ..data import BiasDataset, iterate_batches, splits_from_spec
 from ..discover import load_pseudo_bias, with_pseudo_bias
@@ -775,6 +779,117 @@ def probe_lines(info: dict[str, Any]) -> list[str]:
     return lines + ["", pr["verdict"]["text"]]
 
 
+def where_lines(info: dict[str, Any]) -> list[str]:
+    """Markdown: where the bias is read before and after FFW (one linear probe per block / stage and at the
+    bottleneck, and within each target class; the audits' ``where``), then the sentences derived from that table."""
+    before, after = info["before"].get("where"), info["after"].get("where")
+    if not after:
+        return []
+    b_points = {p["point"]: p for p in (before or {}).get("points") or []}
+    a_points = after.get("points") or []
+    order = [n for n in b_points if n not in {p["point"] for p in a_points}] + [p["point"] for p in a_points]
+    a_by = {p["point"]: p for p in a_points}
+    lines = [
+        "## Where is the bias read? (unbiased test, first bias attribute)",
+        "",
+        f"Probe: {after['probe']}; the same probe before and after, at every point. A point reads the bias when it "
+        f"beats chance (the most frequent bias value's share) by more than {100 * WHERE_MARGIN:.0f} points.",
+        "",
+        "| point | dims (before / after) | before (vanilla) | after (FFW) | chance |",
+        "|---|---|---|---|---|",
+    ]
+    for name in order:
+        b, a = b_points.get(name), a_by.get(name)
+        dims = f"{b['dims'] if b else '-'} / {a['dims'] if a else '-'}"
+        chance = (a or b or {})["chance"]
+        lines.append(
+            f"| {point_label(name)} | {dims} | {_pct(b and b['accuracy'])} | {_pct(a and a['accuracy'])} "
+            f"| {_pct(chance)} |"
+        )
+    bc, ac = (before or {}).get("per_class"), after.get("per_class")
+    if ac:
+        lines.append(
+            f"| within each class, mean (bottleneck) | - | {_pct(bc and bc['mean_accuracy'])} "
+            f"| {_pct(ac['mean_accuracy'])} | {_pct(ac['mean_chance'])} |"
+        )
+        lines.append(
+            f"| within class {ac['worst_class']}, read most after FFW (bottleneck) | - "
+            f"| {_pct(_class_accuracy(bc, ac['worst_class']))} | {_pct(ac['worst_accuracy'])} "
+            f"| {_pct(ac['worst_chance'])} |"
+        )
+    return lines + ["", where_verdict(before, after, eraser=bool(info["search"].get("eraser")))]
+
+
+def _class_accuracy(per_class: dict[str, Any] | None, target: int) -> float | None:
+    """The per-class probe's accuracy in class ``target`` (None: not measured there)."""
+    for c in (per_class or {}).get("classes") or []:
+        if c["target"] == target:
+            return c["accuracy"]
+    return None
+
+
+def where_verdict(before: dict[str, Any] | None, after: dict[str, Any], *, eraser: bool = False) -> str:
+    """The sentences of :func:`where_lines`, each derived from its table (after FFW, compared with before where the
+    same point was read) and naming the point it was read at."""
+    points, b_points = after.get("points") or [], {p["point"]: p for p in (before or {}).get("points") or []}
+    sentences = []
+    top = most_read(points)
+    if top is not None:
+        was = b_points.get(top["point"])
+        then = f"; before FFW {100 * was['accuracy']:.1f} %" if was else ""
+        if top["readable"]:
+            sentences.append(
+                f"After FFW the bias is read most at {point_label(top['point'])}: {100 * top['accuracy']:.1f} % "
+                f"(chance {100 * top['chance']:.1f} %{then})."
+            )
+        else:
+            sentences.append(
+                f"After FFW this probe reads the bias within {100 * WHERE_MARGIN:.0f} points of chance at every point "
+                f"(highest: {point_label(top['point'])}, {100 * top['accuracy']:.1f} %, chance "
+                f"{100 * top['chance']:.1f} %{then}); a stronger probe may read more."
+            )
+    up = readable_upstream(points)
+    if up:
+        neck = next(p for p in points if p["point"] == "bottleneck")
+        sentences.append(
+            f"Readable upstream: after FFW the bottleneck reads {100 * neck['accuracy']:.1f} % (near chance, "
+            f"{100 * neck['chance']:.1f} %), but "
+            + ", ".join(f"{point_label(p['point'])} reads {100 * p['accuracy']:.1f} %" for p in up)
+            + ": the bias is still in the network before the head"
+            + (" (the eraser acts on the bottleneck only)" if eraser else "")
+            + ", where a new head or fine-tuning can read it again."
+        )
+    more = [
+        (p, b_points[p["point"]])
+        for p in points
+        if p["point"] in b_points and p["accuracy"] > b_points[p["point"]]["accuracy"]
+    ]
+    if more:
+        sentences.append(
+            "Read more after FFW than before: "
+            + ", ".join(
+                f"{point_label(a['point'])} {100 * b['accuracy']:.1f} -> {100 * a['accuracy']:.1f} %" for a, b in more
+            )
+            + "."
+        )
+    pc, bc = after.get("per_class"), (before or {}).get("per_class")
+    if pc:
+        then = f" (before FFW {100 * bc['mean_accuracy']:.1f} %)" if bc else ""
+        sentences.append(
+            f"Within each target class (a probe fitted per class at the bottleneck, classes weighted equally) after "
+            f"FFW: {100 * pc['mean_accuracy']:.1f} % on average{then} vs chance {100 * pc['mean_chance']:.1f} %; "
+            f"read most in class {pc['worst_class']} ({100 * pc['worst_accuracy']:.1f} %, chance "
+            f"{100 * pc['worst_chance']:.1f} %)."
+        )
+        neck = [p for p in points if p["point"] == "bottleneck"]
+        if pc["readable"] and neck and not neck[0]["readable"]:
+            sentences.append(
+                "Readable within classes: after FFW the probe over all classes reads near chance at the bottleneck, "
+                "the per-class probes do not - the bias is encoded differently in each class."
+            )
+    return " ".join(sentences)
+
+
 def eraser_lines(eraser: dict[str, Any] | None) -> list[str]:
     """What the eraser (FFWConfig.erase) did, in words, with its effect on D^u_val."""
     if not eraser:
@@ -928,6 +1043,9 @@ def report_markdown(info: dict[str, Any]) -> str:
     ]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in before_after_rows(info)]
     lines += ["", *probe_lines(info)]
+    where = where_lines(info)
+    if where:
+        lines += ["", *where]
     lines += ["", *tune_lines(s.get("tune"))]
     lines += ["", *eraser_lines(s.get("eraser"))]
     lines += ["", *head_refit_lines(s.get("head_refit"))]
