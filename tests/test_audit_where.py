@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from debiaskit.audit import audit_model, to_markdown
 from debiaskit.audit._where import probe_points, where_sentences
-from debiaskit.ffw._run import where_lines, where_verdict
+from debiaskit.ffw._run import probe_verdict, where_lines, where_verdict
 from debiaskit.models import build_model
 
 
@@ -290,3 +290,26 @@ def test_ffw_report_table_has_every_point_before_and_after():
     assert "| within class 1, read most after FFW (bottleneck) | - | 70.00 | 64.00 | 50.00 |" in md
     assert "64.5 % on average (before FFW 60.0 %)" in md and "Readable within classes" in md
     assert where_lines({"before": {}, "after": {}, "search": {}}) == []  # records without it: no section
+
+
+def test_the_bottleneck_claim_is_withheld_when_a_class_still_reads_the_bias():
+    per_class = {
+        "mean_accuracy": 0.16,
+        "mean_chance": 0.10,
+        "worst_class": 1,
+        "worst_accuracy": 0.29,
+        "worst_chance": 0.10,
+        "readable": True,
+        "classes": [{"target": 1, "accuracy": 0.29, "chance": 0.10, "samples": 100}],
+    }
+    quiet = {"sgd5": 0.11, "linear": 0.12}
+    where = _where(_point("extracter.2", 0.72), _point("bottleneck", 0.11), per_class=per_class)
+    v = probe_verdict(quiet, num_bias=10, before={"sgd5": 0.9, "linear": 0.99}, task=(0.5, 0.9), where=where)
+    assert not v["bias_unreadable"] and v["readable_within_class"] and v["readable_upstream"] == ["extracter.2"]
+    assert "no longer" not in v["text"] and "within target class 1 reads it there (29.0 %" in v["text"]
+    assert "Earlier blocks still read it" in v["text"] and "`extracter.2` 72.0 %" in v["text"]
+    # nothing read within a class or upstream: the claim stands, naming the bottleneck
+    clean = _where(_point("extracter.2", 0.12), _point("bottleneck", 0.11), per_class={**per_class, "readable": False})
+    v = probe_verdict(quiet, num_bias=10, before={"sgd5": 0.9, "linear": 0.99}, task=(0.5, 0.9), where=clean)
+    assert v["bias_unreadable"] and "can no longer be read at the bottleneck" in v["text"]
+    assert "Earlier blocks" not in v["text"]

@@ -327,6 +327,7 @@ INTERNAL = {
         "point_label",
         "readable_upstream",
         "where_sentences",
+        "within_class_text",
     },
     "train": {
         "DYNAMICS_FILE",

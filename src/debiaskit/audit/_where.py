@@ -443,11 +443,30 @@ def where_sentences(where: dict[str, Any], *, split: str = "evaluation") -> list
         )
         neck = [p for p in points if p["point"] == BOTTLENECK]
         if pc["readable"] and neck and not neck[0]["readable"]:
-            out.append(
-                "Readable within classes: the pooled bottleneck probe reads near chance, the per-class probes do "
-                "not - the bias is encoded differently in each class, so a probe over all classes misses it."
-            )
+            out.append(f"Readable within classes: {within_class_text(pc)}.")
     return out
+
+
+def within_class_text(pc: dict[str, Any]) -> str:
+    """Which per-class probes read the bias (the three read most, by margin over their chance), beside the probe over
+    all classes at the bottleneck, which reads it near chance."""
+    hits = sorted(
+        (c for c in pc.get("classes") or [] if c["accuracy"] > c["chance"] + WHERE_MARGIN),
+        key=lambda c: c["chance"] - c["accuracy"],
+    )
+    named = ", ".join(f"{c['target']} ({_pct(c['accuracy'])}, chance {_pct(c['chance'])})" for c in hits[:3])
+    more = f" and {len(hits) - 3} more" if len(hits) > 3 else ""
+    where = (
+        f"the probes fitted within class(es) {named}{more} read it"
+        if hits
+        else (
+            f"the per-class probes read it on average ({_pct(pc['mean_accuracy'])}, chance {_pct(pc['mean_chance'])})"
+        )
+    )
+    return (
+        f"the probe over all classes reads near chance at the bottleneck, but {where} - the bias is still there, "
+        "in a form that differs between classes"
+    )
 
 
 def point_label(point: str) -> str:

@@ -32,6 +32,7 @@ from ..audit import (
     probe_suite,
     readable,
     readable_upstream,
+    within_class_text,
 )
 from ..data import BiasDataset, iterate_batches, splits_from_spec
 from ..discover import load_pseudo_bias, with_pseudo_bias
@@ -162,9 +163,12 @@ def probe_verdict(
     before: dict[str, float] | None = None,
     task: tuple[float, float] | None = None,
     counterfactual: tuple[float | None, float | None] | None = None,
+    where: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report's sentence about the bias, derived from its own table (every probe's reading before and after,
     the unbiased test's task accuracy and counterfactual bias before and after: all on the unbiased test split).
+    ``where``: the after-audit's where table (``AuditReport.headline()["where"]``): a per-class probe that reads the
+    bias at the bottleneck withholds "can no longer be read" there too, and earlier blocks that read it are named.
 
     "The bias can no longer be read" only when every probe reads within READABLE_MARGIN of chance AND the task
     accuracy is at least the input model's (``task`` = (before, after); a network that reads less of the task
@@ -178,8 +182,11 @@ def probe_verdict(
     task_kept = task is not None and task[1] >= task[0]
     cf_before, cf_after = counterfactual or (None, None)
     cf_rose = cf_before is not None and cf_after is not None and cf_after > cf_before
+    per_class = (where or {}).get("per_class")
+    within = bool(per_class and per_class["readable"])
+    upstream = readable_upstream((where or {}).get("points") or [])
     sentences = []
-    if not still and task_kept and not cf_rose:
+    if not still and task_kept and not cf_rose and not within:
         sentences.append(
             f"The bias can no longer be read {WHERE}: every probe stays within "
             f"{100 * READABLE_MARGIN:.0f} points of chance ({100 * chance:.0f} %), with the task "
@@ -205,6 +212,13 @@ def probe_verdict(
                 f"the counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}): the predictions depend "
                 "more on the bias than before"
             )
+        if within:
+            why.append(
+                f"a probe fitted within target class {per_class['worst_class']} reads it there "
+                f"({100 * per_class['worst_accuracy']:.1f} %, chance {100 * per_class['worst_chance']:.1f} %; mean "
+                f"over classes {100 * per_class['mean_accuracy']:.1f} %): the bias is still at the bottleneck, "
+                "read class by class"
+            )
         sentences.append(
             f"Every probe reads within {100 * READABLE_MARGIN:.0f} points of chance "
             f"({100 * chance:.0f} %) {WHERE}, but " + "; ".join(why) + ": this does not show that the bias was removed."
@@ -218,6 +232,12 @@ def probe_verdict(
         )
         if cf_rose:
             sentences.append(f"The counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}, unbiased test).")
+    if upstream:
+        sentences.append(
+            "Earlier blocks still read it (readable upstream, same split): "
+            + ", ".join(f"{point_label(p['point'])} {100 * p['accuracy']:.1f} %" for p in upstream)
+            + " (see 'Where is the bias read?')."
+        )
     if more:
         sentences.append(
             "After FFW these probes read the bias more than before, "
@@ -227,7 +247,9 @@ def probe_verdict(
             + "."
         )
     return {
-        "bias_unreadable": not still and task_kept and not cf_rose,
+        "bias_unreadable": not still and task_kept and not cf_rose and not within,
+        "readable_within_class": within,
+        "readable_upstream": [p["point"] for p in upstream],
         "readable_by": sorted(still),
         "reads_more": sorted(more),
         "task_kept": task_kept,
@@ -573,6 +595,7 @@ def _search_and_audit(
             before=probes["before"],
             task=(before_h["task_accuracy"], after_h["task_accuracy"]),
             counterfactual=(before_h.get("counterfactual_bias"), after_h.get("counterfactual_bias")),
+            where=after_h.get("where"),
         )
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
     return result, before, after, _speed(result, run.model, x), probes
@@ -883,10 +906,7 @@ def where_verdict(before: dict[str, Any] | None, after: dict[str, Any], *, erase
         )
         neck = [p for p in points if p["point"] == "bottleneck"]
         if pc["readable"] and neck and not neck[0]["readable"]:
-            sentences.append(
-                "Readable within classes: after FFW the probe over all classes reads near chance at the bottleneck, "
-                "the per-class probes do not - the bias is encoded differently in each class."
-            )
+            sentences.append(f"Readable within classes after FFW: {within_class_text(pc)}.")
     return " ".join(sentences)
 
 
