@@ -3,6 +3,7 @@ and the sentences of the audit's and FFW's reports derived from those tables."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -313,3 +314,15 @@ def test_the_bottleneck_claim_is_withheld_when_a_class_still_reads_the_bias():
     v = probe_verdict(quiet, num_bias=10, before={"sgd5": 0.9, "linear": 0.99}, task=(0.5, 0.9), where=clean)
     assert v["bias_unreadable"] and "can no longer be read at the bottleneck" in v["text"]
     assert "Earlier blocks" not in v["text"]
+
+
+def test_debiaskit_audit_prints_and_writes_where_the_bias_is_read(toy_run_dir, cli, tmp_path):
+    code, out = cli("audit", toy_run_dir, "--out", tmp_path / "audit")
+    assert code == 0, out
+    assert "Where the bias is read: " in out and "feature.2" in out and "bottleneck" in out
+    record = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    points = record["attributes"][0]["points"]
+    assert [p["point"] for p in points] == ["feature.2", "feature.4", "feature.6", "bottleneck"]
+    assert record["attributes"][0]["per_class"]["worst_class"] in range(10)
+    md = (tmp_path / "audit" / "report.md").read_text()
+    assert "| point | dims | probe accuracy | chance |" in md and "The bias is read most at" in md
