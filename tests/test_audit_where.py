@@ -245,7 +245,15 @@ def test_where_can_be_turned_off():
 
 
 def _point(name, acc, *, chance=0.1, dims=16):
-    return {"point": name, "dims": dims, "accuracy": acc, "chance": chance, "readable": acc > chance + 0.1}
+    kind = "bottleneck" if name == "bottleneck" else "block"
+    return {
+        "point": name,
+        "dims": dims,
+        "accuracy": acc,
+        "chance": chance,
+        "readable": acc > chance + 0.1,
+        "kind": kind,
+    }
 
 
 def _where(*points, per_class=None):
@@ -326,3 +334,20 @@ def test_debiaskit_audit_prints_and_writes_where_the_bias_is_read(toy_run_dir, c
     assert record["attributes"][0]["per_class"]["worst_class"] in range(10)
     md = (tmp_path / "audit" / "report.md").read_text()
     assert "| point | dims | probe accuracy | chance |" in md and "The bias is read most at" in md
+
+
+def test_a_module_named_bottleneck_is_a_block_beside_the_head_input():
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bottleneck = nn.Linear(12, 6)
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.bottleneck(x)))
+
+    report = _audit(Named(), "fc", _planted)
+    rows = [(p["point"], p["kind"], p["dims"]) for p in report.headline()["where"]["points"]]
+    assert rows == [("bottleneck", "block", 6), ("bottleneck", "bottleneck", 6)]
+    md = to_markdown(report)
+    assert "| `bottleneck` | 6 |" in md and "| the bottleneck (the head's input) | 6 |" in md

@@ -22,7 +22,16 @@ from ._report import (
     write_report_files,
 )
 from ._run import audit_into, audit_run
-from ._where import WHERE_MARGIN, most_read, point_label, readable_upstream, where_sentences, within_class_text
+from ._where import (
+    WHERE_MARGIN,
+    bottleneck_of,
+    most_read,
+    point_key,
+    point_label,
+    readable_upstream,
+    where_sentences,
+    within_class_text,
+)
 
 __all__ = [
     "audit_model",

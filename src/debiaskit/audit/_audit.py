@@ -16,7 +16,6 @@ from ..models import Outputs, collect_outputs, resolve_head
 from ._metrics import GroupMetrics, group_metrics
 from ._probe import probe_bias
 from ._where import (
-    BOTTLENECK,
     PerClassProbe,
     PointProbe,
     per_class_probe,
@@ -162,7 +161,7 @@ def _collect(model: nn.Module, data, **kwargs) -> Outputs:
 
 
 def _collect_points(
-    model: nn.Module, data, points: list[str], *, seed: int = 0, **kwargs
+    model: nn.Module, data, points: list[str], *, head_name: str, seed: int = 0, **kwargs
 ) -> tuple[Outputs, dict[str, Tensor], dict[str, tuple[int, ...]]]:
     """:func:`_collect`, and the features at ``points`` read in the same forward passes (hooks on every point at
     once), gathered the same way: (outputs, features of the points that ran before the head in the order they ran,
@@ -170,7 +169,7 @@ def _collect_points(
     seen: dict[str, Any] = {}
 
     def compute(index: Tensor) -> tuple:
-        with tap_points(model, points, head=kwargs.get("head"), seed=seed) as taps:
+        with tap_points(model, points, head=head_name, seed=seed) as taps:
             out = collect_outputs(model, data, indices=index, **kwargs)
         feats = taps.features(len(index))
         seen.update(order=taps.before_head(), shapes=taps.shapes)
@@ -225,9 +224,11 @@ def audit_model(
     probe = unbiased_train is not None and unbiased_val is not None
     kw: dict[str, Any] = dict(head=head, batch_size=batch_size, device=device)
     if probe and where:  # one pass per split reads the bottleneck and every point at once
-        points = spaced(probe_points(model, resolve_head(model, head)[0]))
+        head_name = resolve_head(model, head)[0]
+        points = spaced(probe_points(model, head_name))
         (out, f_test, shapes), (tr, f_tr, _), (va, f_va, _) = (
-            _collect_points(model, d, points, seed=seed, **kw) for d in (test, unbiased_train, unbiased_val)
+            _collect_points(model, d, points, head_name=head_name, seed=seed, **kw)
+            for d in (test, unbiased_train, unbiased_val)
         )
     else:
         out = _collect(model, test, **kw)
@@ -266,15 +267,7 @@ def audit_model(
             att.privacy_head_val_accuracy = res.val_accuracy
         if probe and where:
             bs = (col(tr.b), col(va.b), b)
-            att.points = point_probes(
-                {**f_tr, BOTTLENECK: tr.z},
-                {**f_va, BOTTLENECK: va.z},
-                {**f_test, BOTTLENECK: out.z},
-                bs,
-                num_bias=k,
-                shapes=shapes,
-                widths={p: s[0] for p, s in shapes.items()},
-            )
+            att.points = point_probes(f_tr, f_va, f_test, bs, bottleneck=(tr.z, va.z, out.z), num_bias=k, shapes=shapes)
             att.per_class = per_class_probe((tr.z, va.z, out.z), (tr.y, va.y, out.y), bs, num_bias=k)
         if counterfactual and test.render is not None:
             att.counterfactual_bias = counterfactual_bias(model, test, attribute=a, seed=seed, device=device)

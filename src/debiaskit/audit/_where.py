@@ -16,9 +16,10 @@ Which points are read (:func:`probe_points`; forward hooks, so a model torch.fx 
 - only points that run before the head in the forward pass are kept, at most ``MAX_POINTS`` (evenly spaced, the
   last always kept).
 
-Each point's output is read as (N, d): a map of more than two dimensions is global-average-pooled over every
-dimension after the second (channels first: (N, C, H, W) -> (N, C)); more than ``MAX_DIMS`` dimensions are
-projected to ``MAX_DIMS`` by a fixed Gaussian random projection (seeded; linear readability is about kept).
+Each point's output is read as (N, d), as ``debiaskit.discover`` reads layers: an image map is global-average-pooled
+((N, C, H, W) -> (N, C)), a token sequence (N, L, C) averaged over its tokens, anything else flattened; more than
+``MAX_DIMS`` dimensions are projected to ``MAX_DIMS`` by a fixed Gaussian random projection (seeded; linear
+readability is about kept).
 
 The probe (:func:`ridge_probe`): a ridge-regularised least-squares linear read-out of the one-hot bias on
 standardised features (closed form: one SVD, then every L2 strength of ``RIDGE_GRID`` for free), fitted on
@@ -55,13 +56,15 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalRe
 class PointProbe:
     """The bias read at one point of the network: a block's / stage's output, or the bottleneck (the head's input)."""
 
-    point: str  # module name, or "bottleneck"
+    point: str  # module name; "bottleneck" for the head's input
     dims: int  # features the probe reads (after pooling / projection)
     accuracy: float  # probe accuracy on the evaluation split
     chance: float  # the majority bias value's share of the evaluation split
     readable: bool  # accuracy > chance + WHERE_MARGIN
     pooled: bool = False  # a spatial map, global-average-pooled
     projected_from: int | None = None  # dims before the random projection (None: not projected)
+    kind: str = "block"  # "block" (a block's / stage's output) or "bottleneck" (the head's input; a module may be
+    # named "bottleneck" too: the kind tells them apart)
 
 
 @dataclass
@@ -203,8 +206,7 @@ class PointTaps:
             if not self.passes or name in self.passes[-1] or not isinstance(output, Tensor) or output.ndim < 2:
                 return  # a module called twice in a pass: its first output (the block's)
             self.shapes.setdefault(name, tuple(output.shape[1:]))
-            z = output.detach().float()
-            z = z.mean(dim=tuple(range(2, z.ndim))) if z.ndim > 2 else z
+            z = pool(output)
             self.passes[-1][name] = self._project(name, z).cpu()
 
         return hook
@@ -238,6 +240,17 @@ class PointTaps:
             return {}
         passes = self.passes[first:]
         return {p: torch.cat([x[p] for x in passes]) for p in self.points if all(p in x for x in passes)}
+
+
+def pool(t: Tensor) -> Tensor:
+    """(N, d) features of a point's output, as debiaskit.discover reads layers: an image map (N, C, H, W) averaged
+    over its positions, a token sequence (N, L, C) over its tokens, anything else flattened."""
+    t = t.detach().float()
+    if t.ndim == 4:
+        return t.mean((2, 3))
+    if t.ndim == 3:
+        return t.mean(1)
+    return t.flatten(1)
 
 
 @contextmanager
@@ -288,31 +301,37 @@ def point_probes(
     test: dict[str, Tensor],
     b: tuple[Tensor, Tensor, Tensor],
     *,
+    bottleneck: tuple[Tensor, Tensor, Tensor],
     num_bias: int,
     shapes: dict[str, tuple[int, ...]],
-    widths: dict[str, int],
 ) -> list[PointProbe]:
-    """One :class:`PointProbe` per point present in all three splits (in their order), bias labels ``b`` =
-    (train, val, eval); ``widths``: each point's dims before any projection."""
+    """One :class:`PointProbe` per point present in all three splits (in their order), then the bottleneck's
+    (``bottleneck`` = its train, val and eval features); bias labels ``b`` = (train, val, eval); ``shapes``: each
+    point's output shape before pooling (its width before any projection)."""
     chance = majority_share(b[2])
-    rows = []
-    for name in test:
-        if name not in train or name not in val or len(torch.unique(b[0])) < 2:
-            continue
-        acc = ridge_probe(train[name], b[0], val[name], b[1], test[name], b[2], num_bias=num_bias)
-        dims = test[name].shape[1]
-        rows.append(
-            PointProbe(
-                point=name,
-                dims=dims,
-                accuracy=acc,
-                chance=chance,
-                readable=acc > chance + WHERE_MARGIN,
-                pooled=len(shapes.get(name, ())) > 1,
-                projected_from=widths[name] if widths.get(name, dims) != dims else None,
-            )
+
+    def row(feats: tuple[Tensor, Tensor, Tensor], *, name: str, kind: str, shape: tuple[int, ...]) -> PointProbe:
+        acc = ridge_probe(feats[0], b[0], feats[1], b[1], feats[2], b[2], num_bias=num_bias)
+        dims = feats[2].shape[1]
+        return PointProbe(
+            point=name,
+            dims=dims,
+            accuracy=acc,
+            chance=chance,
+            readable=acc > chance + WHERE_MARGIN,
+            pooled=len(shape) > 1,
+            projected_from=shape[0] if shape and shape[0] != dims else None,
+            kind=kind,
         )
-    return rows
+
+    if len(torch.unique(b[0])) < 2:  # nothing to fit (the privacy head refuses such data first)
+        return []
+    rows = [
+        row((train[n], val[n], test[n]), name=n, kind="block", shape=shapes.get(n, ()))
+        for n in test
+        if n in train and n in val
+    ]
+    return rows + [row(bottleneck, name=BOTTLENECK, kind=BOTTLENECK, shape=())]
 
 
 def per_class_probe(
@@ -368,7 +387,7 @@ def where_rows(where: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for p in where.get("points") or []:
         dims = str(p["dims"]) + (" (pooled)" if p.get("pooled") else "")
         dims += f" (projected from {p['projected_from']})" if p.get("projected_from") else ""
-        rows.append((point_label(p["point"]), dims, f"{100 * p['accuracy']:.1f}", f"{100 * p['chance']:.1f}"))
+        rows.append((point_label(p), dims, f"{100 * p['accuracy']:.1f}", f"{100 * p['chance']:.1f}"))
     pc = where.get("per_class")
     if pc:
         rows.append(
@@ -397,10 +416,10 @@ def most_read(points: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def readable_upstream(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The upstream points that read the bias when the bottleneck does not (empty otherwise)."""
-    neck = [p for p in points if p["point"] == BOTTLENECK]
-    if not neck or neck[0]["readable"]:
+    neck = bottleneck_of(points)
+    if neck is None or neck["readable"]:
         return []
-    return [p for p in points if p["point"] != BOTTLENECK and p["readable"]]
+    return [p for p in points if p is not neck and p["readable"]]
 
 
 def _pct(v: float) -> str:
@@ -416,22 +435,23 @@ def where_sentences(where: dict[str, Any], *, split: str = "evaluation") -> list
     if top is not None:
         if top["readable"]:
             out.append(
-                f"The bias is read most at {point_label(top['point'])}: {_pct(top['accuracy'])} "
+                f"The bias is read most at {point_label(top)}: {_pct(top['accuracy'])} "
                 f"(chance {_pct(top['chance'])}, {split} split)."
             )
         else:
             out.append(
                 f"No point read reads the bias more than {100 * WHERE_MARGIN:.0f} points above chance with this "
-                f"linear probe (highest: {point_label(top['point'])}, {_pct(top['accuracy'])}, chance "
+                f"linear probe (highest: {point_label(top)}, {_pct(top['accuracy'])}, chance "
                 f"{_pct(top['chance'])}, {split} split); a stronger probe may read more."
             )
     up = readable_upstream(points)
     if up:
-        neck = next(p for p in points if p["point"] == BOTTLENECK)
+        neck = bottleneck_of(points)
+        assert neck is not None
         out.append(
             f"Readable upstream: the bottleneck reads {_pct(neck['accuracy'])} (not more than "
             f"{100 * WHERE_MARGIN:.0f} points above chance, {_pct(neck['chance'])}), but "
-            + ", ".join(f"{point_label(p['point'])} reads {_pct(p['accuracy'])}" for p in up)
+            + ", ".join(f"{point_label(p)} reads {_pct(p['accuracy'])}" for p in up)
             + ": the bias is still in the network before the head."
         )
     if per_class:
@@ -441,8 +461,8 @@ def where_sentences(where: dict[str, Any], *, split: str = "evaluation") -> list
             f"{_pct(pc['mean_accuracy'])} on average vs chance {_pct(pc['mean_chance'])}; read most in class "
             f"{pc['worst_class']} ({_pct(pc['worst_accuracy'])}, chance {_pct(pc['worst_chance'])})."
         )
-        neck = [p for p in points if p["point"] == BOTTLENECK]
-        if pc["readable"] and neck and not neck[0]["readable"]:
+        neck = bottleneck_of(points)
+        if pc["readable"] and neck is not None and not neck["readable"]:
             out.append(f"Readable within classes: {within_class_text(pc)}.")
     return out
 
@@ -469,6 +489,16 @@ def within_class_text(pc: dict[str, Any]) -> str:
     )
 
 
-def point_label(point: str) -> str:
+def point_label(p: dict[str, Any]) -> str:
     """A point's name in a sentence or a table."""
-    return "the bottleneck (the head's input)" if point == BOTTLENECK else f"`{point}`"
+    return "the bottleneck (the head's input)" if p.get("kind") == BOTTLENECK else f"`{p['point']}`"
+
+
+def point_key(p: dict[str, Any]) -> tuple[str, str]:
+    """What matches a point before and after FFW: its kind and its module name."""
+    return (p.get("kind", "block"), p["point"])
+
+
+def bottleneck_of(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The bottleneck's row of a where table (None: not read)."""
+    return next((p for p in points if p.get("kind") == BOTTLENECK), None)

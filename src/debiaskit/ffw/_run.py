@@ -27,7 +27,9 @@ from ..audit import (
     AuditReport,
     audit_into,
     audit_model,
+    bottleneck_of,
     most_read,
+    point_key,
     point_label,
     probe_suite,
     readable,
@@ -235,7 +237,7 @@ def probe_verdict(
     if upstream:
         sentences.append(
             "Earlier blocks still read it (readable upstream, same split): "
-            + ", ".join(f"{point_label(p['point'])} {100 * p['accuracy']:.1f} %" for p in upstream)
+            + ", ".join(f"{point_label(p)} {100 * p['accuracy']:.1f} %" for p in upstream)
             + " (see 'Where is the bias read?')."
         )
     if more:
@@ -808,10 +810,9 @@ def where_lines(info: dict[str, Any]) -> list[str]:
     before, after = info["before"].get("where"), info["after"].get("where")
     if not after:
         return []
-    b_points = {p["point"]: p for p in (before or {}).get("points") or []}
-    a_points = after.get("points") or []
-    order = [n for n in b_points if n not in {p["point"] for p in a_points}] + [p["point"] for p in a_points]
-    a_by = {p["point"]: p for p in a_points}
+    b_points = {point_key(p): p for p in (before or {}).get("points") or []}
+    a_by = {point_key(p): p for p in after.get("points") or []}
+    order = [k for k in b_points if k not in a_by] + list(a_by)  # a point only FFW's export lacks, first
     lines = [
         "## Where is the bias read? (unbiased test, first bias attribute)",
         "",
@@ -821,12 +822,12 @@ def where_lines(info: dict[str, Any]) -> list[str]:
         "| point | dims (before / after) | before (vanilla) | after (FFW) | chance |",
         "|---|---|---|---|---|",
     ]
-    for name in order:
-        b, a = b_points.get(name), a_by.get(name)
+    for key in order:
+        b, a = b_points.get(key), a_by.get(key)
         dims = f"{b['dims'] if b else '-'} / {a['dims'] if a else '-'}"
         chance = (a or b or {})["chance"]
         lines.append(
-            f"| {point_label(name)} | {dims} | {_pct(b and b['accuracy'])} | {_pct(a and a['accuracy'])} "
+            f"| {point_label(a or b or {})} | {dims} | {_pct(b and b['accuracy'])} | {_pct(a and a['accuracy'])} "
             f"| {_pct(chance)} |"
         )
     bc, ac = (before or {}).get("per_class"), after.get("per_class")
@@ -854,45 +855,43 @@ def _class_accuracy(per_class: dict[str, Any] | None, target: int) -> float | No
 def where_verdict(before: dict[str, Any] | None, after: dict[str, Any], *, eraser: bool = False) -> str:
     """The sentences of :func:`where_lines`, each derived from its table (after FFW, compared with before where the
     same point was read) and naming the point it was read at."""
-    points, b_points = after.get("points") or [], {p["point"]: p for p in (before or {}).get("points") or []}
+    points, b_points = after.get("points") or [], {point_key(p): p for p in (before or {}).get("points") or []}
     sentences = []
     top = most_read(points)
     if top is not None:
-        was = b_points.get(top["point"])
+        was = b_points.get(point_key(top))
         then = f"; before FFW {100 * was['accuracy']:.1f} %" if was else ""
         if top["readable"]:
             sentences.append(
-                f"After FFW the bias is read most at {point_label(top['point'])}: {100 * top['accuracy']:.1f} % "
+                f"After FFW the bias is read most at {point_label(top)}: {100 * top['accuracy']:.1f} % "
                 f"(chance {100 * top['chance']:.1f} %{then})."
             )
         else:
             sentences.append(
                 f"After FFW this probe reads the bias within {100 * WHERE_MARGIN:.0f} points of chance at every point "
-                f"(highest: {point_label(top['point'])}, {100 * top['accuracy']:.1f} %, chance "
+                f"(highest: {point_label(top)}, {100 * top['accuracy']:.1f} %, chance "
                 f"{100 * top['chance']:.1f} %{then}); a stronger probe may read more."
             )
     up = readable_upstream(points)
     if up:
-        neck = next(p for p in points if p["point"] == "bottleneck")
+        neck = bottleneck_of(points) or {}
         sentences.append(
             f"Readable upstream: after FFW the bottleneck reads {100 * neck['accuracy']:.1f} % (near chance, "
             f"{100 * neck['chance']:.1f} %), but "
-            + ", ".join(f"{point_label(p['point'])} reads {100 * p['accuracy']:.1f} %" for p in up)
+            + ", ".join(f"{point_label(p)} reads {100 * p['accuracy']:.1f} %" for p in up)
             + ": the bias is still in the network before the head"
             + (" (the eraser acts on the bottleneck only)" if eraser else "")
             + ", where a new head or fine-tuning can read it again."
         )
     more = [
-        (p, b_points[p["point"]])
+        (p, b_points[point_key(p)])
         for p in points
-        if p["point"] in b_points and p["accuracy"] > b_points[p["point"]]["accuracy"]
+        if point_key(p) in b_points and p["accuracy"] > b_points[point_key(p)]["accuracy"]
     ]
     if more:
         sentences.append(
             "Read more after FFW than before: "
-            + ", ".join(
-                f"{point_label(a['point'])} {100 * b['accuracy']:.1f} -> {100 * a['accuracy']:.1f} %" for a, b in more
-            )
+            + ", ".join(f"{point_label(a)} {100 * b['accuracy']:.1f} -> {100 * a['accuracy']:.1f} %" for a, b in more)
             + "."
         )
     pc, bc = after.get("per_class"), (before or {}).get("per_class")
@@ -904,8 +903,8 @@ def where_verdict(before: dict[str, Any] | None, after: dict[str, Any], *, erase
             f"read most in class {pc['worst_class']} ({100 * pc['worst_accuracy']:.1f} %, chance "
             f"{100 * pc['worst_chance']:.1f} %)."
         )
-        neck = [p for p in points if p["point"] == "bottleneck"]
-        if pc["readable"] and neck and not neck[0]["readable"]:
+        neck = bottleneck_of(points)
+        if pc["readable"] and neck is not None and not neck["readable"]:
             sentences.append(f"Readable within classes after FFW: {within_class_text(pc)}.")
     return " ".join(sentences)
 
