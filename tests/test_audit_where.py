@@ -351,3 +351,18 @@ def test_a_module_named_bottleneck_is_a_block_beside_the_head_input():
     assert rows == [("bottleneck", "block", 6), ("bottleneck", "bottleneck", 6)]
     md = to_markdown(report)
     assert "| `bottleneck` | 6 |" in md and "| the bottleneck (the head's input) | 6 |" in md
+
+
+def test_a_token_sequence_is_averaged_over_its_tokens():
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = nn.Linear(4, 6)  # (N, 3, 4) -> (N, 3, 6): three tokens of width 6
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.fc(self.mix(x.view(-1, 3, 4)).mean(1))
+
+    report = _audit(Tokens(), "fc", _planted)
+    mix = report.attributes[0].points[0]
+    assert (mix.point, mix.dims, mix.pooled, mix.projected_from) == ("mix", 6, True, None)

@@ -162,22 +162,22 @@ def _collect(model: nn.Module, data, **kwargs) -> Outputs:
 
 def _collect_points(
     model: nn.Module, data, points: list[str], *, head_name: str, seed: int = 0, **kwargs
-) -> tuple[Outputs, dict[str, Tensor], dict[str, tuple[int, ...]]]:
+) -> tuple[Outputs, dict[str, Tensor], dict[str, tuple[bool, int]]]:
     """:func:`_collect`, and the features at ``points`` read in the same forward passes (hooks on every point at
     once), gathered the same way: (outputs, features of the points that ran before the head in the order they ran,
-    each point's output shape before pooling)."""
+    per point whether it was pooled and its width before any projection)."""
     seen: dict[str, Any] = {}
 
     def compute(index: Tensor) -> tuple:
         with tap_points(model, points, head=head_name, seed=seed) as taps:
             out = collect_outputs(model, data, indices=index, **kwargs)
         feats = taps.features(len(index))
-        seen.update(order=taps.before_head(), shapes=taps.shapes)
+        seen.update(order=taps.before_head(), read=taps.read)
         return (*out, *(feats.get(p) for p in points))
 
     rows = map_shards(len(data), compute)
     feats = {p: rows[4 + points.index(p)] for p in seen["order"] if rows[4 + points.index(p)] is not None}
-    return Outputs(*rows[:4]), feats, seen["shapes"]
+    return Outputs(*rows[:4]), feats, seen["read"]
 
 
 def audit_model(
@@ -226,7 +226,7 @@ def audit_model(
     if probe and where:  # one pass per split reads the bottleneck and every point at once
         head_name = resolve_head(model, head)[0]
         points = spaced(probe_points(model, head_name))
-        (out, f_test, shapes), (tr, f_tr, _), (va, f_va, _) = (
+        (out, f_test, read), (tr, f_tr, _), (va, f_va, _) = (
             _collect_points(model, d, points, head_name=head_name, seed=seed, **kw)
             for d in (test, unbiased_train, unbiased_val)
         )
@@ -267,7 +267,7 @@ def audit_model(
             att.privacy_head_val_accuracy = res.val_accuracy
         if probe and where:
             bs = (col(tr.b), col(va.b), b)
-            att.points = point_probes(f_tr, f_va, f_test, bs, bottleneck=(tr.z, va.z, out.z), num_bias=k, shapes=shapes)
+            att.points = point_probes(f_tr, f_va, f_test, bs, bottleneck=(tr.z, va.z, out.z), num_bias=k, read=read)
             att.per_class = per_class_probe((tr.z, va.z, out.z), (tr.y, va.y, out.y), bs, num_bias=k)
         if counterfactual and test.render is not None:
             att.counterfactual_bias = counterfactual_bias(model, test, attribute=a, seed=seed, device=device)

@@ -97,7 +97,7 @@ def probe_points(model: nn.Module, head: str) -> list[str]:
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     points = _points_in(model, "", head)
-    if len(points) == 1 and points[0] != "":  # a wrapper around one backbone: its own stages
+    if len(points) == 1:  # a wrapper around one backbone: its own stages
         inner = _points_in(model.get_submodule(points[0]), points[0] + ".", head)
         points = inner if len(inner) > 1 else points
     return points
@@ -183,7 +183,7 @@ class PointTaps:
         self.points, self.seed, self.max_dims = points, seed, max_dims
         self.passes: list[dict[str, Tensor]] = []
         self.sizes: list[int] = []
-        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.read: dict[str, tuple[bool, int]] = {}  # per point: pooled?, its width before any projection
         self.projections: dict[str, Tensor] = {}
         self.fired: dict[str, int] = {}  # when each point first ran (a count of hook calls), the head included
         self._handles = [model.register_forward_pre_hook(self._start)]
@@ -205,8 +205,8 @@ class PointTaps:
             self.fired.setdefault(name, len(self.fired))
             if not self.passes or name in self.passes[-1] or not isinstance(output, Tensor) or output.ndim < 2:
                 return  # a module called twice in a pass: its first output (the block's)
-            self.shapes.setdefault(name, tuple(output.shape[1:]))
             z = pool(output)
+            self.read.setdefault(name, (output.ndim > 2, z.shape[1]))
             self.passes[-1][name] = self._project(name, z).cpu()
 
         return hook
@@ -303,35 +303,32 @@ def point_probes(
     *,
     bottleneck: tuple[Tensor, Tensor, Tensor],
     num_bias: int,
-    shapes: dict[str, tuple[int, ...]],
+    read: dict[str, tuple[bool, int]],
 ) -> list[PointProbe]:
     """One :class:`PointProbe` per point present in all three splits (in their order), then the bottleneck's
-    (``bottleneck`` = its train, val and eval features); bias labels ``b`` = (train, val, eval); ``shapes``: each
-    point's output shape before pooling (its width before any projection)."""
+    (``bottleneck`` = its train, val and eval features); bias labels ``b`` = (train, val, eval); ``read``: per point,
+    whether its output was pooled and its width before any projection (``PointTaps.read``)."""
     chance = majority_share(b[2])
 
-    def row(feats: tuple[Tensor, Tensor, Tensor], *, name: str, kind: str, shape: tuple[int, ...]) -> PointProbe:
+    def row(feats: tuple[Tensor, Tensor, Tensor], *, name: str, kind: str) -> PointProbe:
         acc = ridge_probe(feats[0], b[0], feats[1], b[1], feats[2], b[2], num_bias=num_bias)
         dims = feats[2].shape[1]
+        pooled, width = read.get(name, (False, dims)) if kind == "block" else (False, dims)
         return PointProbe(
             point=name,
             dims=dims,
             accuracy=acc,
             chance=chance,
             readable=acc > chance + WHERE_MARGIN,
-            pooled=len(shape) > 1,
-            projected_from=shape[0] if shape and shape[0] != dims else None,
+            pooled=pooled,
+            projected_from=width if width != dims else None,
             kind=kind,
         )
 
     if len(torch.unique(b[0])) < 2:  # nothing to fit (the privacy head refuses such data first)
         return []
-    rows = [
-        row((train[n], val[n], test[n]), name=n, kind="block", shape=shapes.get(n, ()))
-        for n in test
-        if n in train and n in val
-    ]
-    return rows + [row(bottleneck, name=BOTTLENECK, kind=BOTTLENECK, shape=())]
+    rows = [row((train[n], val[n], test[n]), name=n, kind="block") for n in test if n in train and n in val]
+    return rows + [row(bottleneck, name=BOTTLENECK, kind=BOTTLENECK)]
 
 
 def per_class_probe(
