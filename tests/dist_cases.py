@@ -89,7 +89,12 @@ def audit_case(model, splits) -> dict[str, float]:
         seed=0,
         counterfactual=False,
     )
-    return {k: v for k, v in report.headline().items() if v is not None}
+    headline = report.headline()
+    where = headline.pop("where")  # flat numbers: one per point read, and the per-class mean
+    out = {k: v for k, v in headline.items() if v is not None}
+    out.update({f"where {p['point']}": p["accuracy"] for p in where["points"]})
+    out["where per-class mean"] = where["per_class"]["mean_accuracy"]
+    return out
 
 
 def ffw_case(model, splits) -> dict[str, torch.Tensor]:

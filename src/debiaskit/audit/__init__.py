@@ -12,8 +12,26 @@ from ._audit import AttributeAudit, AuditReport, audit_model, below_majority_tex
 from ._folders import AUDIT_FOLDER
 from ._metrics import CHANCE_MARGIN, GroupMetrics, chance_floor, group_metrics, normalized_mutual_information
 from ._probe import PROBES, ProbeResult, logits_accuracy, probe_bias, probe_suite, readable, train_privacy_head
-from ._report import CONVENTIONS, render_table, summary_rows, to_markdown, write_report, write_report_files
+from ._report import (
+    CONVENTIONS,
+    render_table,
+    render_where,
+    summary_rows,
+    to_markdown,
+    write_report,
+    write_report_files,
+)
 from ._run import audit_into, audit_run
+from ._where import (
+    WHERE_MARGIN,
+    bottleneck_of,
+    most_read,
+    point_key,
+    point_label,
+    readable_upstream,
+    where_sentences,
+    within_class_text,
+)
 
 __all__ = [
     "audit_model",

@@ -12,9 +12,19 @@ from torch import Tensor, nn
 from .._dist import map_shards
 from ..data import BiasDataset, as_bias_datasets, bias_strength, is_attribute_bias
 from ..errors import DataError
-from ..models import Outputs, collect_outputs
+from ..models import Outputs, collect_outputs, resolve_head
 from ._metrics import GroupMetrics, group_metrics
 from ._probe import probe_bias
+from ._where import (
+    PerClassProbe,
+    PointProbe,
+    per_class_probe,
+    point_probes,
+    probe_points,
+    spaced,
+    tap_points,
+    where_table,
+)
 
 
 @dataclass
@@ -32,6 +42,10 @@ class AttributeAudit:
     # a protected attribute (y and b have different value sets: no aligned / conflicting): P(y = 1 | b) per
     # value and Cramer's V of (y, b) in the evaluation split (data.bias_strength)
     bias_strength: dict[str, Any] | None = None
+    # where the bias is read (audit/_where.py): one linear probe at each block's / stage's output and at the
+    # bottleneck (last), and probes fitted within each target class at the bottleneck (None: not measured)
+    points: list[PointProbe] | None = None
+    per_class: PerClassProbe | None = None
 
 
 @dataclass
@@ -94,6 +108,8 @@ class AuditReport:
                 }
                 for x in self.attributes
             }
+        if a.points is not None:  # where the first attribute's bias is read (FFW's report reads it before / after)
+            out["where"] = where_table(a.points, a.per_class)
         return out
 
 
@@ -144,6 +160,26 @@ def _collect(model: nn.Module, data, **kwargs) -> Outputs:
     return Outputs(*map_shards(len(data), lambda index: tuple(collect_outputs(model, data, indices=index, **kwargs))))
 
 
+def _collect_points(
+    model: nn.Module, data, points: list[str], *, head_name: str, seed: int = 0, **kwargs
+) -> tuple[Outputs, dict[str, Tensor], dict[str, tuple[bool, int]]]:
+    """:func:`_collect`, and the features at ``points`` read in the same forward passes (hooks on every point at
+    once), gathered the same way: (outputs, features of the points that ran before the head in the order they ran,
+    per point whether it was pooled and its width before any projection)."""
+    seen: dict[str, Any] = {}
+
+    def compute(index: Tensor) -> tuple:
+        with tap_points(model, points, head=head_name, seed=seed) as taps:
+            out = collect_outputs(model, data, indices=index, **kwargs)
+        feats = taps.features(len(index))
+        seen.update(order=taps.before_head(), read=taps.read)
+        return (*out, *(feats.get(p) for p in points))
+
+    rows = map_shards(len(data), compute)
+    feats = {p: rows[4 + points.index(p)] for p in seen["order"] if rows[4 + points.index(p)] is not None}
+    return Outputs(*rows[:4]), feats, seen["read"]
+
+
 def audit_model(
     model: nn.Module,
     *,
@@ -157,6 +193,7 @@ def audit_model(
     counterfactual: bool = True,
     eval_split: str = "test",
     probe_kwargs: dict | None = None,
+    where: bool = True,
 ) -> AuditReport:
     """Audit ``model`` for bias.
 
@@ -168,6 +205,10 @@ def audit_model(
     Under torchrun the forward passes are split across ranks and the bottleneck features gathered; the
     privacy head is then fitted on every rank from the same gathered features (same seed: the same head),
     so every rank returns the same report.
+    ``where`` (with the unbiased sets): where the bias is read - one linear probe at the output of each block /
+    stage before the head and at the bottleneck, read in the same forward passes, and probes fitted within each
+    target class at the bottleneck (``AttributeAudit.points`` / ``per_class``; which points and how: the
+    docstring of ``debiaskit/audit/_where.py``).
 
     Example::
 
@@ -180,14 +221,22 @@ def audit_model(
     test, unbiased_train, unbiased_val = as_bias_datasets(test, unbiased_train, unbiased_val)
     if test.b is None:
         raise DataError(f"{test.name} has no bias labels; discover pseudo-bias labels first (debiaskit discover)")
-    out = _collect(model, test, head=head, batch_size=batch_size, device=device)
-    pred = out.logits.argmax(1)
     probe = unbiased_train is not None and unbiased_val is not None
-    if probe:
-        tr = _collect(model, unbiased_train, head=head, batch_size=batch_size, device=device)
-        va = _collect(model, unbiased_val, head=head, batch_size=batch_size, device=device)
-        if tr.b is None or va.b is None:
-            raise DataError("the unbiased train/val sets need bias labels to train the privacy head")
+    kw: dict[str, Any] = dict(head=head, batch_size=batch_size, device=device)
+    if probe and where:  # one pass per split reads the bottleneck and every point at once
+        head_name = resolve_head(model, head)[0]
+        points = spaced(probe_points(model, head_name))
+        (out, f_test, read), (tr, f_tr, _), (va, f_va, _) = (
+            _collect_points(model, d, points, head_name=head_name, seed=seed, **kw)
+            for d in (test, unbiased_train, unbiased_val)
+        )
+    else:
+        out = _collect(model, test, **kw)
+        if probe:
+            tr, va = _collect(model, unbiased_train, **kw), _collect(model, unbiased_val, **kw)
+    pred = out.logits.argmax(1)
+    if probe and (tr.b is None or va.b is None):
+        raise DataError("the unbiased train/val sets need bias labels to train the privacy head")
     attributes = []
     n_attr = 1 if test.b.ndim == 1 else test.b.shape[1]
     for a in range(n_attr):
@@ -216,6 +265,10 @@ def audit_model(
             res = probe_bias(tr.z, col(tr.b), va.z, col(va.b), out.z, b, num_bias=k, seed=seed, **(probe_kwargs or {}))
             att.bias_extractability, att.bias_mutual_information = res.bias_extractability, res.mutual_information
             att.privacy_head_val_accuracy = res.val_accuracy
+        if probe and where:
+            bs = (col(tr.b), col(va.b), b)
+            att.points = point_probes(f_tr, f_va, f_test, bs, bottleneck=(tr.z, va.z, out.z), num_bias=k, read=read)
+            att.per_class = per_class_probe((tr.z, va.z, out.z), (tr.y, va.y, out.y), bs, num_bias=k)
         if counterfactual and test.render is not None:
             att.counterfactual_bias = counterfactual_bias(model, test, attribute=a, seed=seed, device=device)
         attributes.append(att)

@@ -11,6 +11,7 @@ import torch
 from .._io import atomic_folder, write_json, write_text
 from ._audit import AuditReport
 from ._folders import AUDIT_FOLDER
+from ._where import WHERE_MARGIN, where_rows, where_sentences, where_table
 
 CONVENTIONS = (
     "accuracy = sample-weighted over the evaluation split; mean group = unweighted mean over "
@@ -118,10 +119,58 @@ def to_markdown(report: AuditReport, *, title: str = "Bias audit") -> str:
         for i, row in enumerate(g.group_accuracy):
             cells = [f"{pct(v)} ({g.group_counts[i][j]})" for j, v in enumerate(row)]
             lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    for a in report.attributes:
+        lines += where_lines(a, split=report.eval_split)
     lines += ["", f"Conventions: {CONVENTIONS}.", ""]
     for k, v in report.meta.items():
         lines.append(f"- {k}: {v}")
     return "\n".join(lines) + "\n"
+
+
+def where_lines(a, *, split: str) -> list[str]:
+    """Markdown: where attribute ``a``'s bias is read (one probe per block / stage and at the bottleneck, and
+    within each target class), then the sentences derived from that table; nothing when it was not measured."""
+    where = where_table(a.points, a.per_class)
+    if where is None:
+        return []
+    lines = [
+        "",
+        f"## Where the bias is read: {a.name} (probe accuracy, %; {split} split)",
+        "",
+        f"Probe: {where['probe']}. A point reads the bias when it beats chance (the most frequent bias value's "
+        f"share) by more than {100 * WHERE_MARGIN:.0f} points.",
+        "",
+        "| point | dims | probe accuracy | chance |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {' | '.join(r)} |" for r in where_rows(where)]
+    return lines + ["", *where_sentences(where, split=split)]
+
+
+def render_where(report: AuditReport):
+    """The terminal tables of where each attribute's bias is read, with their sentences as captions (empty when
+    not measured)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    tables = []
+    for a in report.attributes:
+        where = where_table(a.points, a.per_class)
+        if where is None:
+            continue
+        table = Table(title=f"Where the bias is read: {a.name} ({report.eval_split} split)")
+        for name, justify in (
+            ("point", "left"),
+            ("dims", "right"),
+            ("probe accuracy %", "right"),
+            ("chance %", "right"),
+        ):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for row in where_rows(where):
+            table.add_row(*(Text(c) for c in row))
+        table.caption = " ".join(where_sentences(where, split=report.eval_split))
+        tables.append(table)
+    return tables
 
 
 def plot_group_heatmap(report: AuditReport, path: Path) -> None:

@@ -271,7 +271,7 @@ def audit(
 ) -> None:
     """Audit a trained run (or an FFW folder's exported model) for bias: table on the terminal, JSON + Markdown +
     plots on disk."""
-    from ..audit import audit_run, render_table
+    from ..audit import audit_run, render_table, render_where
 
     if (run_dir / "ffw.json").is_file():  # an FFW folder: its exported network, on the run's data
         from ..ffw import audit_ffw_folder
@@ -282,6 +282,8 @@ def audit(
     else:
         report, folder = audit_run(run_dir, out=out, seed=seed, device=device, force=force, trust_code=trust_code)
     console.print(render_table(report, title=f"Bias audit of {esc(run_dir)}"))
+    for table in render_where(report):  # where the bias is read: blocks, bottleneck, within each class
+        console.print(table)
     if report.below_majority():
         console.print(f"[bold yellow]warning:[/bold yellow] {esc(report.below_majority())}", highlight=False)
     console.print(

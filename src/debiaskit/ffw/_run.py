@@ -23,11 +23,18 @@ from .._io import PARTIAL_FILES, folder_identity, json_safe, log, real_dir, remo
 from .._validate import SEED, require
 from ..audit import (
     PROBES,
+    WHERE_MARGIN,
     AuditReport,
     audit_into,
     audit_model,
+    bottleneck_of,
+    most_read,
+    point_key,
+    point_label,
     probe_suite,
     readable,
+    readable_upstream,
+    within_class_text,
 )
 from ..data import BiasDataset, iterate_batches, splits_from_spec
 from ..discover import load_pseudo_bias, with_pseudo_bias
@@ -160,9 +167,12 @@ def probe_verdict(
     before: dict[str, float] | None = None,
     task: tuple[float, float] | None = None,
     counterfactual: tuple[float | None, float | None] | None = None,
+    where: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report's sentence about the bias, derived from its own table (every probe's reading before and after,
     the unbiased test's task accuracy and counterfactual bias before and after: all on the unbiased test split).
+    ``where``: the after-audit's where table (``AuditReport.headline()["where"]``): a per-class probe that reads the
+    bias at the bottleneck withholds "can no longer be read" there too, and earlier blocks that read it are named.
 
     "The bias can no longer be read" only when every probe reads within READABLE_MARGIN of chance AND the task
     accuracy is at least the input model's (``task`` = (before, after); a network that reads less of the task
@@ -176,8 +186,11 @@ def probe_verdict(
     task_kept = task is not None and task[1] >= task[0]
     cf_before, cf_after = counterfactual or (None, None)
     cf_rose = cf_before is not None and cf_after is not None and cf_after > cf_before
+    per_class = (where or {}).get("per_class")
+    within = bool(per_class and per_class["readable"])
+    upstream = readable_upstream((where or {}).get("points") or [])
     sentences = []
-    if not still and task_kept and not cf_rose:
+    if not still and task_kept and not cf_rose and not within:
         sentences.append(
             f"The bias can no longer be read {WHERE}: every probe stays within "
             f"{100 * READABLE_MARGIN:.0f} points of chance ({100 * chance:.0f} %), with the task "
@@ -203,6 +216,13 @@ def probe_verdict(
                 f"the counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}): the predictions depend "
                 "more on the bias than before"
             )
+        if within:
+            why.append(
+                f"a probe fitted within target class {per_class['worst_class']} reads it there "
+                f"({100 * per_class['worst_accuracy']:.1f} %, chance {100 * per_class['worst_chance']:.1f} %; mean "
+                f"over classes {100 * per_class['mean_accuracy']:.1f} %): the bias is still at the bottleneck, "
+                "read class by class"
+            )
         sentences.append(
             f"Every probe reads within {100 * READABLE_MARGIN:.0f} points of chance "
             f"({100 * chance:.0f} %) {WHERE}, but " + "; ".join(why) + ": this does not show that the bias was removed."
@@ -216,6 +236,12 @@ def probe_verdict(
         )
         if cf_rose:
             sentences.append(f"The counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}, unbiased test).")
+    if upstream:
+        sentences.append(
+            "Earlier blocks still read it (readable upstream, same split): "
+            + ", ".join(f"{point_label(p)} {100 * p['accuracy']:.1f} %" for p in upstream)
+            + " (see 'Where is the bias read?')."
+        )
     if more:
         sentences.append(
             "After FFW these probes read the bias more than before, "
@@ -225,7 +251,9 @@ def probe_verdict(
             + "."
         )
     return {
-        "bias_unreadable": not still and task_kept and not cf_rose,
+        "bias_unreadable": not still and task_kept and not cf_rose and not within,
+        "readable_within_class": within,
+        "readable_upstream": [p["point"] for p in upstream],
         "readable_by": sorted(still),
         "reads_more": sorted(more),
         "task_kept": task_kept,
@@ -571,6 +599,7 @@ def _search_and_audit(
             before=probes["before"],
             task=(before_h["task_accuracy"], after_h["task_accuracy"]),
             counterfactual=(before_h.get("counterfactual_bias"), after_h.get("counterfactual_bias")),
+            where=after_h.get("where"),
         )
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
     return result, before, after, _speed(result, run.model, x), probes
@@ -784,6 +813,111 @@ def probe_lines(info: dict[str, Any]) -> list[str]:
     return lines + ["", pr["verdict"]["text"]]
 
 
+def where_lines(info: dict[str, Any]) -> list[str]:
+    """Markdown: where the bias is read before and after FFW (one linear probe per block / stage and at the
+    bottleneck, and within each target class; the audits' ``where``), then the sentences derived from that table."""
+    before, after = info["before"].get("where"), info["after"].get("where")
+    if not after:
+        return []
+    b_points = {point_key(p): p for p in (before or {}).get("points") or []}
+    a_by = {point_key(p): p for p in after.get("points") or []}
+    order = [k for k in b_points if k not in a_by] + list(a_by)  # a point only FFW's export lacks, first
+    lines = [
+        "## Where is the bias read? (unbiased test, first bias attribute)",
+        "",
+        f"Probe: {after['probe']}; the same probe before and after, at every point. A point reads the bias when it "
+        f"beats chance (the most frequent bias value's share) by more than {100 * WHERE_MARGIN:.0f} points.",
+        "",
+        "| point | dims (before / after) | before (vanilla) | after (FFW) | chance |",
+        "|---|---|---|---|---|",
+    ]
+    for key in order:
+        b, a = b_points.get(key), a_by.get(key)
+        dims = f"{b['dims'] if b else '-'} / {a['dims'] if a else '-'}"
+        chance = (a or b or {})["chance"]
+        lines.append(
+            f"| {point_label(a or b or {})} | {dims} | {_pct(b and b['accuracy'])} | {_pct(a and a['accuracy'])} "
+            f"| {_pct(chance)} |"
+        )
+    bc, ac = (before or {}).get("per_class"), after.get("per_class")
+    if ac:
+        lines.append(
+            f"| within each class, mean (bottleneck) | - | {_pct(bc and bc['mean_accuracy'])} "
+            f"| {_pct(ac['mean_accuracy'])} | {_pct(ac['mean_chance'])} |"
+        )
+        lines.append(
+            f"| within class {ac['worst_class']}, read most after FFW (bottleneck) | - "
+            f"| {_pct(_class_accuracy(bc, ac['worst_class']))} | {_pct(ac['worst_accuracy'])} "
+            f"| {_pct(ac['worst_chance'])} |"
+        )
+    return lines + ["", where_verdict(before, after, eraser=bool(info["search"].get("eraser")))]
+
+
+def _class_accuracy(per_class: dict[str, Any] | None, target: int) -> float | None:
+    """The per-class probe's accuracy in class ``target`` (None: not measured there)."""
+    for c in (per_class or {}).get("classes") or []:
+        if c["target"] == target:
+            return c["accuracy"]
+    return None
+
+
+def where_verdict(before: dict[str, Any] | None, after: dict[str, Any], *, eraser: bool = False) -> str:
+    """The sentences of :func:`where_lines`, each derived from its table (after FFW, compared with before where the
+    same point was read) and naming the point it was read at."""
+    points, b_points = after.get("points") or [], {point_key(p): p for p in (before or {}).get("points") or []}
+    sentences = []
+    top = most_read(points)
+    if top is not None:
+        was = b_points.get(point_key(top))
+        then = f"; before FFW {100 * was['accuracy']:.1f} %" if was else ""
+        if top["readable"]:
+            sentences.append(
+                f"After FFW the bias is read most at {point_label(top)}: {100 * top['accuracy']:.1f} % "
+                f"(chance {100 * top['chance']:.1f} %{then})."
+            )
+        else:
+            sentences.append(
+                f"After FFW this probe reads the bias within {100 * WHERE_MARGIN:.0f} points of chance at every point "
+                f"(highest: {point_label(top)}, {100 * top['accuracy']:.1f} %, chance "
+                f"{100 * top['chance']:.1f} %{then}); a stronger probe may read more."
+            )
+    up = readable_upstream(points)
+    if up:
+        neck = bottleneck_of(points) or {}
+        sentences.append(
+            f"Readable upstream: after FFW the bottleneck reads {100 * neck['accuracy']:.1f} % (near chance, "
+            f"{100 * neck['chance']:.1f} %), but "
+            + ", ".join(f"{point_label(p)} reads {100 * p['accuracy']:.1f} %" for p in up)
+            + ": the bias is still in the network before the head"
+            + (" (the eraser acts on the bottleneck only)" if eraser else "")
+            + ", where a new head or fine-tuning can read it again."
+        )
+    more = [
+        (p, b_points[point_key(p)])
+        for p in points
+        if point_key(p) in b_points and p["accuracy"] > b_points[point_key(p)]["accuracy"]
+    ]
+    if more:
+        sentences.append(
+            "Read more after FFW than before: "
+            + ", ".join(f"{point_label(a)} {100 * b['accuracy']:.1f} -> {100 * a['accuracy']:.1f} %" for a, b in more)
+            + "."
+        )
+    pc, bc = after.get("per_class"), (before or {}).get("per_class")
+    if pc:
+        then = f" (before FFW {100 * bc['mean_accuracy']:.1f} %)" if bc else ""
+        sentences.append(
+            f"Within each target class (a probe fitted per class at the bottleneck, classes weighted equally) after "
+            f"FFW: {100 * pc['mean_accuracy']:.1f} % on average{then} vs chance {100 * pc['mean_chance']:.1f} %; "
+            f"read most in class {pc['worst_class']} ({100 * pc['worst_accuracy']:.1f} %, chance "
+            f"{100 * pc['worst_chance']:.1f} %)."
+        )
+        neck = bottleneck_of(points)
+        if pc["readable"] and neck is not None and not neck["readable"]:
+            sentences.append(f"Readable within classes after FFW: {within_class_text(pc)}.")
+    return " ".join(sentences)
+
+
 def eraser_lines(eraser: dict[str, Any] | None) -> list[str]:
     """What the eraser (FFWConfig.erase) did, in words, with its effect on D^u_val."""
     if not eraser:
@@ -937,6 +1071,9 @@ def report_markdown(info: dict[str, Any]) -> str:
     ]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in before_after_rows(info)]
     lines += ["", *probe_lines(info)]
+    where = where_lines(info)
+    if where:
+        lines += ["", *where]
     lines += ["", *tune_lines(s.get("tune"))]
     lines += ["", *eraser_lines(s.get("eraser"))]
     lines += ["", *head_refit_lines(s.get("head_refit"))]
