@@ -289,6 +289,7 @@ INTERNAL = {
         "text_params",
     },
     "models": {
+        "pool_features",
         "build_user_model",
         "describe_import",
         "import_path_reference",

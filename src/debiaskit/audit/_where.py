@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models import pool_features
+
 MAX_POINTS = 8  # blocks / stages read at most (evenly spaced, the last always kept)
 MAX_DIMS = 2048  # a point wider than this after pooling is randomly projected to it
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # L2 strength x number of samples, chosen on D^u_val
@@ -205,7 +207,7 @@ class PointTaps:
             self.fired.setdefault(name, len(self.fired))
             if not self.passes or name in self.passes[-1] or not isinstance(output, Tensor) or output.ndim < 2:
                 return  # a module called twice in a pass: its first output (the block's)
-            z = pool(output)
+            z = pool_features(output)
             self.read.setdefault(name, (output.ndim > 2, z.shape[1]))
             self.passes[-1][name] = self._project(name, z).cpu()
 
@@ -240,17 +242,6 @@ class PointTaps:
             return {}
         passes = self.passes[first:]
         return {p: torch.cat([x[p] for x in passes]) for p in self.points if all(p in x for x in passes)}
-
-
-def pool(t: Tensor) -> Tensor:
-    """(N, d) features of a point's output, as debiaskit.discover reads layers: an image map (N, C, H, W) averaged
-    over its positions, a token sequence (N, L, C) over its tokens, anything else flattened."""
-    t = t.detach().float()
-    if t.ndim == 4:
-        return t.mean((2, 3))
-    if t.ndim == 3:
-        return t.mean(1)
-    return t.flatten(1)
 
 
 @contextmanager

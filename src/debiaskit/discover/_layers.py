@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..data import iterate_batches
 from ..errors import ConfigError
-from ..models import resolve_head
+from ..models import pool_features, resolve_head
 
 ACTIVATIONS = (
     nn.ReLU,
@@ -71,15 +71,6 @@ def candidate_layers(model: nn.Module, *, head: str | None = None) -> list[str]:
     return out + [BOTTLENECK]
 
 
-def _pool(t: Tensor) -> Tensor:
-    t = t.detach().float()
-    if t.ndim == 4:
-        return t.mean((2, 3))
-    if t.ndim == 3:
-        return t.mean(1)
-    return t.flatten(1)
-
-
 @torch.no_grad()
 def collect_layer_features(
     model: nn.Module,
@@ -122,7 +113,7 @@ def collect_layer_features(
             hooks.append(
                 modules[name].register_forward_hook(
                     lambda m, args, out, name=name: (
-                        store[name].append(_pool(out).cpu()) if isinstance(out, Tensor) else None
+                        store[name].append(pool_features(out).cpu()) if isinstance(out, Tensor) else None
                     )
                 )
             )

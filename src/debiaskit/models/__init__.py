@@ -19,7 +19,7 @@ from ._head import (
     tap_bottleneck,
 )
 from ._layout import batch_memory_format, laid_out
-from ._predict import Outputs, accuracy, collect_outputs
+from ._predict import Outputs, accuracy, collect_outputs, pool_features
 from ._user import (
     SourceChangedWarning,
     build_user_model,

@@ -88,3 +88,15 @@ def accuracy(model: nn.Module, dataset, *, batch_size: int = 512, device: str | 
     if out.y is None:
         raise DataError("accuracy needs targets: pass a dataset, not a tensor of inputs")
     return float((out.logits.argmax(1) == out.y).float().mean())
+
+
+def pool_features(t: Tensor) -> Tensor:
+    """(N, d) features of a layer's output, as debiaskit reads layers (``discover``'s layer choice, the audit's
+    per-block probes): an image map (N, C, H, W) averaged over its positions, a token sequence (N, L, C) over its
+    tokens, anything else flattened."""
+    t = t.detach().float()
+    if t.ndim == 4:
+        return t.mean((2, 3))
+    if t.ndim == 3:
+        return t.mean(1)
+    return t.flatten(1)
