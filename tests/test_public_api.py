@@ -345,6 +345,7 @@ INTERNAL = {
         "partial_dir",
         "print_epoch",
         "progress_line",
+        "vanilla_readings",
     },
     "methods": {"REFERENCE_METHOD", "UNLEARN_FOLDER", "dataset_family", "defaults_note"},
     "bench": {

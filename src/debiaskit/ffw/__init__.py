@@ -56,6 +56,7 @@ from ._run import (
     load_ffw_model,
     no_harm_lines,
     partial_dir,
+    vanilla_readings,
 )
 from ._save import load_pruned_model, save_result
 from ._search import FFWConfig, FFWResult, ffw_step, find_fantastic_weights, mutual_information
