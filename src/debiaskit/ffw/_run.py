@@ -558,6 +558,10 @@ def ffw_run(
 
     ``preset`` (``FFW_PRESETS``: "default", "paper"): the settings ``overrides`` are laid over; a keyword given here
     wins over the preset. The preset is recorded in ``ffw.json`` (``preset``) and the report.
+
+    The input model's audit and stronger-probe readings are not computed again when its run recorded them
+    (``debiaskit train`` does: :func:`vanilla_readings`) in a run.json signed with your key, for the same weights,
+    data, seed, counterfactual audit and device; otherwise they are computed (``ffw.json``: ``before_readings``).
     """
     if bias_labels not in ("true", "discovered"):
         raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
