@@ -175,6 +175,9 @@ PUBLIC = {
     },
     "audit": {
         "audit_model",
+        "PointProbe",
+        "PerClassProbe",
+        "ClassProbe",
         "audit_run",
         "AuditReport",
         "AttributeAudit",
@@ -355,6 +358,7 @@ INTERNAL = {
         "partial_dir",
         "print_epoch",
         "progress_line",
+        "vanilla_readings",
     },
     "methods": {"REFERENCE_METHOD", "UNLEARN_FOLDER", "dataset_family", "defaults_note"},
     "bench": {

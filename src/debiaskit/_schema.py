@@ -307,6 +307,9 @@ class RunRecord(Record):
     backend: str | None = opt(TEXT)
     per_rank_batch: int | None = opt(POSITIVE_INT)
     parent_run: str | None = opt(TEXT)
+    # the trained model's own audit headline and probe readings (`debiaskit train`, ffw.vanilla_readings), keyed by
+    # what they depend on; `debiaskit ffw` reuses them only from a record signed with this user's key
+    readings: dict | None = opt(OBJECT)
     signature: dict | None = opt(OBJECT)  # this user's HMAC of the record (debiaskit._trust); absent: unsigned
     other: dict = field(default_factory=dict)
 

@@ -305,6 +305,9 @@ class Run:
     given_splits: Any = None  # the splits passed to load_run (a run trained on data given in Python)
     identity: FolderIdentity | None = None  # the folder as read: a command writing from it re-checks it at commit
     weights_sha256: str | None = None  # of the weights file loaded (what an FFW checkpoint is tied to)
+    # run.json as read carries this user's valid signature; checked only for a record holding readings, the one
+    # thing a command reuses from it instead of recomputing (ffw's vanilla audit and probes)
+    signed: bool = False
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -342,9 +345,8 @@ def load_run(
     folder = Path(folder)
     identity = folder_identity(folder, RUN_FILE)
     read_run_record(folder)  # the folder's own errors first (missing, not a run, unfinished)
-    record, trust = read_trusted_record(
-        folder / RUN_FILE, RunRecord, default_kind="train", trust_code=trust_code, model_given=model is not None
-    )
+    record, raw = _read_record(folder / RUN_FILE, RunRecord, "train")
+    trust = require_trusted(folder / RUN_FILE, raw, record.model, trust_code=trust_code, model_given=model is not None)
     weights = weights_file(folder, record.weights, file=folder / RUN_FILE)
     state, digest = read_weights(weights, sha256=record.weights_sha256, record=folder / RUN_FILE)
     net = rebuild_from_record(
@@ -353,7 +355,17 @@ def load_run(
     net.eval()
     if folder_identity(folder, RUN_FILE) != identity:
         raise DataError(f"{folder} was moved or replaced while debiaskit was reading it; run the command again")
-    return Run(folder=folder, record=record, model=net, given_splits=splits, identity=identity, weights_sha256=digest)
+    # only recorded readings need the signature checked (it reads, and on first use creates, the user's key)
+    signed = record.readings is not None and _trust.signature_state(raw) == "signed"
+    return Run(
+        folder=folder,
+        record=record,
+        model=net,
+        given_splits=splits,
+        identity=identity,
+        weights_sha256=digest,
+        signed=signed,
+    )
 
 
 # -- debiaskit trust FOLDER ------------------------------------------------------------------------------------------

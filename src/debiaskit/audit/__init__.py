@@ -24,6 +24,9 @@ from ._report import (
 from ._run import audit_into, audit_run
 from ._where import (
     WHERE_MARGIN,
+    ClassProbe,
+    PerClassProbe,
+    PointProbe,
     bottleneck_of,
     most_read,
     point_key,
@@ -35,6 +38,9 @@ from ._where import (
 
 __all__ = [
     "audit_model",
+    "PointProbe",
+    "PerClassProbe",
+    "ClassProbe",
     "audit_run",
     "AuditReport",
     "AttributeAudit",

@@ -72,6 +72,9 @@ class AuditReport:
     _y: Tensor | None = field(default=None, repr=False)
     _pred: Tensor | None = field(default=None, repr=False)
     _b: Tensor | None = field(default=None, repr=False)
+    # the outputs collected per split ("test", and "unbiased_train" / "unbiased_val" when probed): FFW's stronger
+    # probes read the same bottleneck features instead of running the model again
+    _outputs: dict[str, Outputs] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -284,4 +287,5 @@ def audit_model(
         _y=out.y,
         _pred=pred,
         _b=test.bias(0),
+        _outputs={"test": out, **({"unbiased_train": tr, "unbiased_val": va} if probe else {})},
     )

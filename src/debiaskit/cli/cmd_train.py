@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -104,6 +105,12 @@ def train(
     amp: str = typer.Option(
         "off", help="mixed precision of the training steps: off, bf16 or fp16 (fp16 scales the loss)"
     ),
+    record_readings: bool = typer.Option(
+        True,
+        help="audit the trained model at the end (the audit and the stronger probes, as `debiaskit ffw` reads its "
+        "input model) and record the numbers in run.json, signed: `debiaskit ffw RUN` reuses them instead of "
+        "computing them again; not counted in the training's wall time",
+    ),
     sync_bn: bool = typer.Option(
         False,
         "--sync-bn",
@@ -116,6 +123,7 @@ def train(
     from .._dist import check_sync_bn
     from .._validate import check_device
     from ..data import param_names, text_params
+    from ..ffw import vanilla_readings
     from ..models import parse_model_args
     from ..train import TrainConfig, partial_dir, train_run
 
@@ -166,6 +174,7 @@ def train(
             progress=progress,
             record_dynamics=record_dynamics,
             resume=resume,
+            readings=partial(vanilla_readings, device=device) if record_readings else None,
         )
     except KeyboardInterrupt:
         if (partial_dir(out) / "checkpoint.safetensors").is_file():

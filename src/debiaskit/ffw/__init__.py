@@ -58,6 +58,7 @@ from ._run import (
     load_ffw_model,
     no_harm_lines,
     partial_dir,
+    vanilla_readings,
 )
 from ._save import load_pruned_model, save_result
 from ._stages import StagesResult, apply_stages  # internal: the development suite's gate-free pipelines

@@ -8,7 +8,9 @@ sibling ``.NAME.partial/`` (safetensors + JSON); it is removed once the folder i
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,12 @@ from .._validate import SEED, require
 from ..audit import (
     PROBES,
     WHERE_MARGIN,
+    AttributeAudit,
     AuditReport,
+    ClassProbe,
+    GroupMetrics,
+    PerClassProbe,
+    PointProbe,
     audit_into,
     audit_model,
     bottleneck_of,
@@ -39,7 +46,7 @@ from ..audit import (
 from ..data import BiasDataset, iterate_batches, splits_from_spec
 from ..discover import load_pseudo_bias, with_pseudo_bias
 from ..errors import ConfigError, DataError, NoImprovementError, RunExistsError
-from ..models import collect_outputs
+from ..models import Outputs, collect_outputs
 from ..runs import FFWRecord, check_signing_key, load_run, package_versions, read_record, save_weights, write_record
 from ._adversary import ADVERSARIES
 from ._checkpoint import CHECKPOINT_FILE
@@ -97,12 +104,17 @@ class FFWRun:
     info: dict[str, Any]
 
 
+# seconds of forward passes per network timed (3 to 20 passes after a warm-up): a median of several passes is what
+# the report needs, and the default half second per network was a noticeable share of the command
+SPEED_BUDGET_S = 0.15
+
+
 def _speed(result: FFWResult, original: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Median forward time of the hard-masked original-size network vs the exported one."""
     result.gated.state.hard = True
-    masked = inference_time(result.gated.model, x)
-    exported = inference_time(result.model, x)
-    dense = inference_time(original, x)
+    masked = inference_time(result.gated.model, x, budget_s=SPEED_BUDGET_S)
+    exported = inference_time(result.model, x, budget_s=SPEED_BUDGET_S)
+    dense = inference_time(original, x, budget_s=SPEED_BUDGET_S)
     return {
         "batch": len(x),
         "original_s": dense,
@@ -128,11 +140,16 @@ def probe_readings(
     seed: int = 0,
     device: str = "cpu",
     probes: tuple[str, ...] = ("sgd5", "mlp", "linear"),
+    outputs: dict[str, Outputs] | None = None,
 ) -> dict[str, float]:
     """Bias extractability of ``model``'s bottleneck on the unbiased test under the stronger probes of
-    ``debiaskit.audit.PROBES`` (learnt on D^u_train, selected on D^u_val; first bias attribute)."""
+    ``debiaskit.audit.PROBES`` (learnt on D^u_train, selected on D^u_val; first bias attribute).
+
+    ``outputs``: the model's outputs already collected per split (an audit's, keyed "unbiased_train",
+    "unbiased_val", "test"): read instead of running the model again; a split missing there is collected."""
+    outputs = outputs or {}
     outs = [
-        collect_outputs(model, getattr(splits, k), head=head, device=device)
+        outputs[k] if k in outputs else collect_outputs(model, getattr(splits, k), head=head, device=device)
         for k in ("unbiased_train", "unbiased_val", "test")
     ]
     col = [o.b if o.b.ndim == 1 else o.b[:, 0] for o in outs]
@@ -155,6 +172,186 @@ def first_attribute_classes(splits) -> int:
     test = splits.test
     of = getattr(test, "num_bias_classes_of", None)
     return int(of(0)) if of is not None else int(test.num_bias_classes)
+
+
+# -- the input model's readings: audited and probed once, at the end of its training, reused by every FFW run ---------
+
+STRONG_PROBES = ("sgd5", "mlp", "linear")  # read beside the audit's own probe (PROBES["audit"])
+# bump when the audit or a probe changes what it computes: readings recorded before are then recomputed, not reused
+READINGS_VERSION = 2  # 2: the audit reads the bias at every block and within each class (audit/_where.py)
+_AUDITED = ("test", "unbiased_train", "unbiased_val")
+
+
+def readings_key(
+    model: nn.Module, splits, *, head: str, seed: int, device: str, counterfactual: bool
+) -> dict[str, Any] | None:
+    """Everything a model's audit and probe readings depend on, as recorded beside them: the weights, the head, the
+    audited splits' contents (inputs, targets, bias labels, normalisation) and recipe, the seed, the counterfactual
+    audit, the device, the processes and the versions. None for data that cannot be fingerprinted (never reused)."""
+    if torch.device(device).type not in ("cpu", "cuda"):  # the random state is recorded for these only
+        return None
+    tensors: dict[str, torch.Tensor] = {}
+    norm = {}
+    for name in _AUDITED:
+        data = getattr(splits, name, None)
+        for field in ("images", "y", "b"):
+            value = getattr(data, field, None)
+            if not isinstance(value, torch.Tensor):
+                return None
+            tensors[f"{name}.{field}"] = value
+        norm[name] = [getattr(data, "mean", None), getattr(data, "std", None)]
+    return json_safe(
+        {
+            "version": READINGS_VERSION,
+            "weights": tensors_sha256(model.state_dict()),
+            "head": head,
+            "data": tensors_sha256(tensors),
+            "normalisation": norm,
+            "spec": getattr(splits, "spec", None),
+            "seed": seed,
+            "counterfactual": counterfactual,
+            "device": str(device),
+            "world_size": _dist.rank_and_world()[1],
+            "versions": {k: v for k, v in package_versions().items() if k in ("debiaskit", "torch")},
+        }
+    )
+
+
+def _rng_state(device: str) -> dict[str, torch.Tensor]:
+    """The global random state (CPU, and the device's own on a GPU)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: str) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _encode_rng(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    return {k: base64.b64encode(v.numpy().tobytes()).decode() for k, v in state.items()}
+
+
+def _decode_rng(state: dict[str, str]) -> dict[str, torch.Tensor]:
+    return {
+        k: torch.frombuffer(bytearray(base64.b64decode(v, validate=True)), dtype=torch.uint8) for k, v in state.items()
+    }
+
+
+def _audit_and_probe(
+    model: nn.Module, splits, *, head: str, seed: int, device: str, counterfactual: bool, probes: tuple[str, ...]
+) -> tuple[AuditReport, dict[str, float], dict[str, torch.Tensor]]:
+    """The audit of ``model`` and its stronger probes, on one collection of its outputs per split, and the global
+    random state the audit leaves behind (its privacy head seeds it), which the probes, run after it, do not change:
+    the search that follows starts from that state whether these readings are computed or reused, so a setting that
+    draws from the global state draws the same numbers (the default settings seed their own generators)."""
+    report = audit_model(
+        model,
+        test=splits.test,
+        unbiased_train=splits.unbiased_train,
+        unbiased_val=splits.unbiased_val,
+        head=head,
+        seed=seed,
+        counterfactual=counterfactual,
+        device=device,
+    )
+    rng = _rng_state(device)
+    if not probes:
+        return report, {}, rng
+    # the audit's own outputs (an attribute the audit keeps for this): the probes read the same bottleneck
+    read = probe_readings(model, splits, head=head, seed=seed, device=device, probes=probes, outputs=report._outputs)
+    _set_rng_state(rng, device)
+    return report, read, rng
+
+
+def vanilla_readings(
+    model: nn.Module,
+    splits,
+    *,
+    head: str,
+    seed: int = 0,
+    device: str = "cpu",
+    counterfactual: bool = True,
+    probes: tuple[str, ...] = STRONG_PROBES,
+) -> dict[str, Any] | None:
+    """A trained model's audit and stronger-probe readings as ``debiaskit ffw`` reads its input model (its defaults:
+    seed 0, the counterfactual audit, every stronger probe), with their :func:`readings_key`: what ``debiaskit train``
+    records in run.json (``train_run(readings=...)``) so that FFW reuses them instead of recomputing them. None for
+    data that cannot be fingerprinted."""
+    key = readings_key(model, splits, head=head, seed=seed, device=device, counterfactual=counterfactual)
+    if key is None:
+        return None
+    report, read, rng = _audit_and_probe(
+        model, splits, head=head, seed=seed, device=device, counterfactual=counterfactual, probes=probes
+    )
+    return json_safe(
+        {
+            "key": key,
+            "audit": report.as_dict(),
+            "probes": read,
+            "rng_after_audit": _encode_rng(rng),
+        }
+    )
+
+
+def _report_from_dict(d: dict[str, Any]) -> AuditReport:
+    """An AuditReport from its recorded ``as_dict()`` (JSON: NaN was written as null, a tuple as a list)."""
+    attributes = []
+    for a in d["attributes"]:
+        g = dict(a["groups"])
+        g["group_accuracy"] = [[math.nan if v is None else v for v in row] for row in g["group_accuracy"]]
+        g["worst_group"] = tuple(g["worst_group"])
+        where = {}
+        if a.get("points") is not None:
+            where["points"] = [PointProbe(**pt) for pt in a["points"]]
+        if a.get("per_class") is not None:
+            pc = dict(a["per_class"])
+            where["per_class"] = PerClassProbe(**{**pc, "classes": [ClassProbe(**c) for c in pc.get("classes", [])]})
+        attributes.append(AttributeAudit(**{**a, "groups": GroupMetrics(**g), **where}))
+    return AuditReport(**{**d, "attributes": attributes})
+
+
+def _recorded_readings(run, splits, *, seed: int, device: str, counterfactual: bool, probes: tuple[str, ...]):
+    """(audit report, probe readings) of the input model as its run recorded them, or None when they may not be
+    reused: none recorded, a run.json not signed with this user's key (or changed since: a folder's numbers are
+    data, trusted only when signed; docs/reliability.md), or recorded for other weights, data or settings."""
+    recorded = run.record.readings
+    if recorded is None:
+        return None
+    if not run.signed:
+        log.warning(
+            "%s records its model's audit, but its run.json is not signed with your key or was changed after it was "
+            "signed: the audit and probes are computed again, not read from it",
+            run.folder,
+        )
+        return None
+    key = readings_key(run.model, splits, head=run.head, seed=seed, device=device, counterfactual=counterfactual)
+    got = recorded.get("probes") or {}
+    if key is None or recorded.get("key") != key or any(not isinstance(got.get(p), float) for p in probes):
+        log.info("%s recorded its model's readings for other weights, data or settings: computed again", run.folder)
+        return None
+    try:
+        report, rng = _report_from_dict(recorded["audit"]), _decode_rng(recorded["rng_after_audit"])
+    except (KeyError, TypeError, ValueError, AttributeError):  # signed, but of another layout: compute
+        return None
+    return report, {p: got[p] for p in probes}, rng
+
+
+def _input_readings(run, splits, *, seed: int, device: str, counterfactual: bool, probes: tuple[str, ...]):
+    """The input model's audit and probe readings (reused: True when read from its run); computed when its run
+    recorded none that may be reused."""
+    recorded = _recorded_readings(run, splits, seed=seed, device=device, counterfactual=counterfactual, probes=probes)
+    if recorded is not None:
+        report, read, rng = recorded
+        _set_rng_state(rng, device)  # as if the audit had just run (see _audit_and_probe)
+        return report, read, True
+    report, read, _ = _audit_and_probe(
+        run.model, splits, head=run.head, seed=seed, device=device, counterfactual=counterfactual, probes=probes
+    )
+    return report, read, False
 
 
 WHERE = "at the bottleneck (the head's input), on the unbiased test split, first bias attribute"
@@ -400,6 +597,10 @@ def ffw_run(
 
     ``preset`` (``FFW_PRESETS``: "default", "paper"): the settings ``overrides`` are laid over; a keyword given here
     wins over the preset. The preset is recorded in ``ffw.json`` (``preset``) and the report.
+
+    The input model's audit and stronger-probe readings are not computed again when its run recorded them
+    (``debiaskit train`` does: :func:`vanilla_readings`) in a run.json signed with your key, for the same weights,
+    data, seed, counterfactual audit and device; otherwise they are computed (``ffw.json``: ``before_readings``).
     """
     if bias_labels not in ("true", "discovered"):
         raise ConfigError(f"--bias-labels must be 'true' or 'discovered', got {bias_labels!r}")
@@ -547,12 +748,14 @@ def _search_and_audit(
         test=splits.test,
         unbiased_train=splits.unbiased_train,
         unbiased_val=splits.unbiased_val,
-        head=run.head,
         seed=seed,
         counterfactual=audit_counterfactual,
         device=device,
     )
-    before = audit_model(run.model, **audit_kw)
+    wanted = STRONG_PROBES if strong_probes else ()
+    before, before_read, reused = _input_readings(
+        run, splits, seed=seed, device=device, counterfactual=audit_counterfactual, probes=wanted
+    )
     try:
         result = find_fantastic_weights(
             run.model,
@@ -578,19 +781,17 @@ def _search_and_audit(
         if _dist.is_main_process() and not has_checkpoint(partial):
             remove_owned(partial, PARTIAL_FILES, what=_PARTIAL)  # e.g. a full disk at the first checkpoint
         raise
-    after = result.audit(**{k: v for k, v in audit_kw.items() if k != "head"})
+    after = result.audit(**audit_kw)
     before_h, after_h = before.headline(), after.headline()
     probes = None
     if strong_probes:  # the audit's probe is one reading; the claim must also hold for stronger ones
+        # the after-audit's outputs (an attribute the audit keeps for this): the exported model runs once per split
+        after_read = probe_readings(
+            result.model, splits, head=result.head, seed=seed, device=device, outputs=after._outputs
+        )
         probes = {
-            "before": {
-                "audit": before_h["bias_extractability"],
-                **probe_readings(run.model, splits, head=run.head, seed=seed, device=device),
-            },
-            "after": {
-                "audit": after_h["bias_extractability"],
-                **probe_readings(result.model, splits, head=result.head, seed=seed, device=device),
-            },
+            "before": {"audit": before_h["bias_extractability"], **before_read},
+            "after": {"audit": after_h["bias_extractability"], **after_read},
             "descriptions": PROBES,
         }
         probes["verdict"] = probe_verdict(
@@ -602,6 +803,7 @@ def _search_and_audit(
             where=after_h.get("where"),
         )
     x = next(iter(iterate_batches(splits.test, batch_size=256))).x
+    before.meta["readings"] = "reused from run.json (recorded by debiaskit train, signed)" if reused else "computed"
     return result, before, after, _speed(result, run.model, x), probes
 
 
@@ -653,6 +855,7 @@ def _ffw_info(
         "search": result.summary(),
         "history": result.history,
         "before": before_h,
+        "before_readings": before.meta.get("readings"),  # the input model's audit and probes: reused or computed
         "after": after_h,
         "probes": probes,
         "diagnosis": diagnose(

@@ -6,17 +6,19 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .. import _dist
 from .._io import PARTIAL_FILES, real_dir, remove_owned
 from .._io import log as _log
 from ..data import Splits, make_splits
 from ..discover import DYNAMICS_FILE, save_dynamics
-from ..errors import ConfigError, RunExistsError
+from ..errors import ConfigError, DebiaskitError, RunExistsError
 from ..models import infer_head, instantiate, resolve_head
 from ..runs import DataRecord, MethodRecord, ModelRecord, RunRecord, TrainRecord, check_signing_key, save_run
 from ._dynamics import DynamicsRecorder
@@ -49,6 +51,7 @@ def train_run(
     progress: bool = True,
     record_dynamics: bool = False,
     resume: bool = False,
+    readings: Callable[..., dict[str, Any] | None] | None = None,
 ) -> tuple[Path, FitResult]:
     """Train ``model`` on ``dataset`` and write ``out`` atomically.
 
@@ -76,6 +79,12 @@ def train_run(
                                 config=TrainConfig(epochs=5, seed=0))
         out, result = train_run(dataset="tensors:my-data.safetensors", model="mynets:resnet",
                                 model_args={"width": 32}, head="classifier", out=Path("runs/mine"))
+
+    ``readings``: called as ``readings(model, splits, head=head)`` once training is done (on every rank: it may run
+    collectives); what it returns is recorded in run.json (``readings``, signed with the record). ``debiaskit train``
+    passes FFW's ``vanilla_readings`` (the model's audit and probe readings, which ``debiaskit ffw`` then reuses
+    instead of recomputing them; training never imports the audit itself: layers). A readings function that refuses
+    the data (a debiaskit error, e.g. no bias labels) is logged and nothing is recorded: the run is written.
     """
     out = Path(out)
     config = config or TrainConfig()
@@ -146,6 +155,7 @@ def train_run(
             (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.history))
         if recorder is not None:
             recorder.close()
+        recorded = _readings(readings, result.model, splits, head)
         if staging is None:
             return out, result  # rank0_folder waits for rank 0 to publish the folder
         if recorder is not None:
@@ -200,10 +210,25 @@ def train_run(
             backend=_dist.backend(),
             per_rank_batch=per_rank_batch,
             dynamics=DYNAMICS_FILE if recorder is not None else None,
+            readings=recorded,
         )
         save_run(staging, model=result.model, record=record)
     _remove_partial(partial_dir(out))  # the finished folder supersedes its checkpoint
     return out, result
+
+
+def _readings(
+    fn: Callable[..., dict[str, Any] | None] | None, model: nn.Module, splits: Splits, head: str
+) -> dict[str, Any] | None:
+    """What ``fn`` records about the trained model (None without one, or when it refuses the data: the run the
+    training produced is worth more than its readings, which a later command can compute)."""
+    if fn is None:
+        return None
+    try:
+        return fn(model, splits, head=head)
+    except DebiaskitError as exc:
+        _log.warning("the trained model's readings were not recorded (%s); commands that need them compute them", exc)
+        return None
 
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
