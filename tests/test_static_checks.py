@@ -36,7 +36,6 @@ NOT_YET = {
     "debiaskit.data._user_files",
     "debiaskit.data._compas",
     "debiaskit.models._user",
-    "debiaskit.ffw._run",  # changing on other branches
 }
 
 

@@ -26,7 +26,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy
 import safetensors
@@ -185,7 +185,10 @@ def _read_record(path: Path, cls: type[Record], default_kind: str) -> tuple[Reco
     return cls.from_dict(obj, file=path), raw
 
 
-def read_record(path: Path, cls: type[Record], *, default_kind: str) -> Record:
+_R = TypeVar("_R", bound=Record)  # read_record returns the record class it is given
+
+
+def read_record(path: Path, cls: type[_R], *, default_kind: str) -> _R:
     """Read, migrate and validate one record file (``run.json``, ``ffw.json``)."""
     return _read_record(path, cls, default_kind)[0]
 

@@ -152,13 +152,17 @@ def probe_readings(
         outputs[k] if k in outputs else collect_outputs(model, getattr(splits, k), head=head, device=device)
         for k in ("unbiased_train", "unbiased_val", "test")
     ]
-    col = [o.b if o.b.ndim == 1 else o.b[:, 0] for o in outs]
+    z, col = [], []
+    for o in outs:  # collected with the bottleneck and the bias labels (the splits are bias datasets)
+        assert o.z is not None and o.b is not None
+        z.append(o.z)
+        col.append(o.b if o.b.ndim == 1 else o.b[:, 0])
     return probe_suite(
-        outs[0].z,
+        z[0],
         col[0],
-        outs[1].z,
+        z[1],
         col[1],
-        outs[2].z,
+        z[2],
         col[2],
         num_bias=first_attribute_classes(splits),
         seed=seed,
@@ -304,7 +308,7 @@ def _report_from_dict(d: dict[str, Any]) -> AuditReport:
         g = dict(a["groups"])
         g["group_accuracy"] = [[math.nan if v is None else v for v in row] for row in g["group_accuracy"]]
         g["worst_group"] = tuple(g["worst_group"])
-        where = {}
+        where: dict[str, Any] = {}
         if a.get("points") is not None:
             where["points"] = [PointProbe(**pt) for pt in a["points"]]
         if a.get("per_class") is not None:
@@ -381,6 +385,7 @@ def probe_verdict(
     before = before or {}
     more = {k: (before[k], v) for k, v in after.items() if before.get(k) is not None and v > before[k]}
     task_kept = task is not None and task[1] >= task[0]
+    t0, t1 = task if task is not None else (math.nan, math.nan)
     cf_before, cf_after = counterfactual or (None, None)
     cf_rose = cf_before is not None and cf_after is not None and cf_after > cf_before
     per_class = (where or {}).get("per_class")
@@ -391,7 +396,7 @@ def probe_verdict(
         sentences.append(
             f"The bias can no longer be read {WHERE}: every probe stays within "
             f"{100 * READABLE_MARGIN:.0f} points of chance ({100 * chance:.0f} %), with the task "
-            f"accuracy kept ({100 * task[0]:.1f} -> {100 * task[1]:.1f} %)"
+            f"accuracy kept ({100 * t0:.1f} -> {100 * t1:.1f} %)"
             + (
                 ""
                 if cf_after is None
@@ -405,7 +410,7 @@ def probe_verdict(
             why.append("the task accuracy was not compared")
         elif not task_kept:
             why.append(
-                f"the task accuracy fell ({100 * task[0]:.1f} -> {100 * task[1]:.1f} %), and a network that "
+                f"the task accuracy fell ({100 * t0:.1f} -> {100 * t1:.1f} %), and a network that "
                 "reads less of the task hides the bias too"
             )
         if cf_rose:
@@ -413,7 +418,7 @@ def probe_verdict(
                 f"the counterfactual bias rose ({cf_before:.4f} -> {cf_after:.4f}): the predictions depend "
                 "more on the bias than before"
             )
-        if within:
+        if within and per_class is not None:
             why.append(
                 f"a probe fitted within target class {per_class['worst_class']} reads it there "
                 f"({100 * per_class['worst_accuracy']:.1f} %, chance {100 * per_class['worst_chance']:.1f} %; mean "
@@ -607,7 +612,7 @@ def ffw_run(
     # fail fast (an unknown preset included)
     config = FFWConfig.from_preset(preset, mode=mode, gamma=gamma, include_head=include_head, seed=seed, **overrides)
     start = time.perf_counter()
-    device = _dist.check_device(device)  # this rank's GPU under torchrun, before any collective
+    device = str(_dist.check_device(device))  # this rank's GPU under torchrun, before any collective
     check_signing_key()  # ffw.json is signed at the end: a bad key is said now, not after the search
     out = (
         Path(out)
@@ -621,7 +626,7 @@ def ffw_run(
     with _dist.rank0_folder(
         out, kind=FFW_FOLDER, force=force, inputs=(Path(run_dir),), pinned=(run.identity,)
     ) as staging:
-        main = staging is not None
+        main = staging is not None  # staging: this rank's folder to write, None on the other ranks
         resume = _dist.broadcast_object(
             _prepare_partial(partial_dir(out), resume=resume, force=force) if main else None
         )
@@ -654,7 +659,7 @@ def ffw_run(
             wall=time.perf_counter() - start,
         )
         info["preset"] = preset
-        if main:
+        if staging is not None:
             info["weights_sha256"] = save_weights(result.model, staging / "model.safetensors")
             info["masks_sha256"] = save_masks(result.masks, staging / "masks.safetensors")
             write_record(staging / FFW_FILE, FFWRecord.from_dict(info, file=staging / FFW_FILE))
@@ -919,7 +924,7 @@ def audit_ffw_folder(
     record) or a model given as a Python object; ``trust_code``: import a user model named by an unsigned
     ``ffw.json`` (see :func:`load_pruned_model`)."""
     require("seed", seed, SEED)
-    device = _dist.check_device(device)
+    device = str(_dist.check_device(device))
     folder = Path(folder)
     if not (folder / FFW_FILE).is_file():
         raise DataError(f"{folder} is not a finished FFW folder (no {FFW_FILE})")
@@ -930,12 +935,13 @@ def audit_ffw_folder(
             f"{folder} records no data (saved from Python with save_result): audit its model in Python, "
             "`debiaskit.ffw.audit_ffw_folder(FOLDER, splits=...)` or `result.audit(...)`"
         )
+    data = record.data  # None only with splits given (refused above otherwise)
     net = load_pruned_model(folder, model=model, trust_code=trust_code)
     target = Path(out) if out is not None else folder / "audit"
     return audit_into(
         net,
         head=record.model.head,
-        splits=lambda: splits if splits is not None else splits_from_spec(record.data.spec()),
+        splits=lambda: splits if splits is not None or data is None else splits_from_spec(data.spec()),
         target=target,
         force=force,
         inputs=(folder,),
@@ -1106,7 +1112,8 @@ def where_verdict(before: dict[str, Any] | None, after: dict[str, Any], *, erase
             + ", ".join(f"{point_label(a)} {100 * b['accuracy']:.1f} -> {100 * a['accuracy']:.1f} %" for a, b in more)
             + "."
         )
-    pc, bc = after.get("per_class"), (before or {}).get("per_class")
+    pc: dict[str, Any] | None = after.get("per_class")
+    bc: dict[str, Any] | None = (before or {}).get("per_class")
     if pc:
         then = f" (before FFW {100 * bc['mean_accuracy']:.1f} %)" if bc else ""
         sentences.append(
@@ -1115,8 +1122,8 @@ def where_verdict(before: dict[str, Any] | None, after: dict[str, Any], *, erase
             f"read most in class {pc['worst_class']} ({100 * pc['worst_accuracy']:.1f} %, chance "
             f"{100 * pc['worst_chance']:.1f} %)."
         )
-        neck = bottleneck_of(points)
-        if pc["readable"] and neck is not None and not neck["readable"]:
+        at_neck = bottleneck_of(points)
+        if pc["readable"] and at_neck is not None and not at_neck["readable"]:
             sentences.append(f"Readable within classes after FFW: {within_class_text(pc)}.")
     return " ".join(sentences)
 
