@@ -329,6 +329,7 @@ INTERNAL = {
         "WHERE_MARGIN",
         "bottleneck_of",
         "most_read",
+        "per_class_sentences",
         "point_key",
         "point_label",
         "readable_upstream",

@@ -29,6 +29,7 @@ from ._where import (
     PointProbe,
     bottleneck_of,
     most_read,
+    per_class_sentences,
     point_key,
     point_label,
     readable_upstream,

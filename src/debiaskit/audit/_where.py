@@ -443,15 +443,25 @@ def where_sentences(where: dict[str, Any], *, split: str = "evaluation") -> list
             + ": the bias is still in the network before the head."
         )
     if per_class:
-        pc = per_class
-        out.append(
-            f"Within each target class (a probe fitted per class at the bottleneck, classes weighted equally): "
-            f"{_pct(pc['mean_accuracy'])} on average vs chance {_pct(pc['mean_chance'])}; read most in class "
-            f"{pc['worst_class']} ({_pct(pc['worst_accuracy'])}, chance {_pct(pc['worst_chance'])})."
-        )
-        neck = bottleneck_of(points)
-        if pc["readable"] and neck is not None and not neck["readable"]:
-            out.append(f"Readable within classes: {within_class_text(pc)}.")
+        out += per_class_sentences(per_class, points)
+    return out
+
+
+def per_class_sentences(
+    pc: dict[str, Any], points: list[dict[str, Any]], *, when: str = "", before: dict[str, Any] | None = None
+) -> list[str]:
+    """The per-class probes in words (the audit's and FFW's reports): their mean and the class read most, and
+    "Readable within classes" when they read the bias while the bottleneck probe over all classes does not.
+    ``when``: e.g. " after FFW"; ``before``: the per-class record before, whose mean is quoted beside."""
+    then = f" (before FFW {_pct(before['mean_accuracy'])})" if before else ""
+    out = [
+        f"Within each target class (a probe fitted per class at the bottleneck, classes weighted equally){when}: "
+        f"{_pct(pc['mean_accuracy'])} on average{then} vs chance {_pct(pc['mean_chance'])}; read most in class "
+        f"{pc['worst_class']} ({_pct(pc['worst_accuracy'])}, chance {_pct(pc['worst_chance'])})."
+    ]
+    neck = bottleneck_of(points)
+    if pc["readable"] and neck is not None and not neck["readable"]:
+        out.append(f"Readable within classes{when}: {within_class_text(pc)}.")
     return out
 
 

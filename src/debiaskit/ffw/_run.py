@@ -36,12 +36,12 @@ from ..audit import (
     audit_model,
     bottleneck_of,
     most_read,
+    per_class_sentences,
     point_key,
     point_label,
     probe_suite,
     readable,
     readable_upstream,
-    within_class_text,
 )
 from ..data import BiasDataset, iterate_batches, splits_from_spec
 from ..discover import load_pseudo_bias, with_pseudo_bias
@@ -1115,16 +1115,7 @@ def where_verdict(before: dict[str, Any] | None, after: dict[str, Any], *, erase
     pc: dict[str, Any] | None = after.get("per_class")
     bc: dict[str, Any] | None = (before or {}).get("per_class")
     if pc:
-        then = f" (before FFW {100 * bc['mean_accuracy']:.1f} %)" if bc else ""
-        sentences.append(
-            f"Within each target class (a probe fitted per class at the bottleneck, classes weighted equally) after "
-            f"FFW: {100 * pc['mean_accuracy']:.1f} % on average{then} vs chance {100 * pc['mean_chance']:.1f} %; "
-            f"read most in class {pc['worst_class']} ({100 * pc['worst_accuracy']:.1f} %, chance "
-            f"{100 * pc['worst_chance']:.1f} %)."
-        )
-        at_neck = bottleneck_of(points)
-        if pc["readable"] and at_neck is not None and not at_neck["readable"]:
-            sentences.append(f"Readable within classes after FFW: {within_class_text(pc)}.")
+        sentences += per_class_sentences(pc, points, when=" after FFW", before=bc)
     return " ".join(sentences)
 
 
