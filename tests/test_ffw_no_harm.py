@@ -289,3 +289,27 @@ def test_a_model_below_the_majority_class_rate_is_flagged_in_the_audit_report():
         ).below_majority()
         is None
     )
+
+
+def test_a_structured_search_that_keeps_the_ungated_candidate_saves_a_folder_that_loads_back(
+    toy_run_dir, collapse, cli, tmp_path
+):
+    # structured mode: the ungated candidate is the full-width input network plus the eraser and the refit head;
+    # its folder records no new shapes, every unit mask is 1, and the model loads back with the same predictions
+    out = tmp_path / "ffw"
+    code, text = cli("ffw", toy_run_dir, "--mode", "structured", "--out", out, "--tune-epochs", "0", *FAST)
+    assert code == 0, text
+    info = json.loads((out / "ffw.json").read_text())
+    assert info["search"]["choice"]["kept"] == "ungated" and info["model"]["shapes"] is None
+    from debiaskit.data import iterate_batches
+    from debiaskit.ffw import load_ffw_model, load_masks
+    from debiaskit.runs import load_run
+
+    assert all(bool((m == 1).all()) for m in load_masks(out / "masks.safetensors").values())
+    net, run = load_ffw_model(out), load_run(toy_run_dir)
+    x = next(iter(iterate_batches(run.splits().test, batch_size=64))).x
+    with torch.no_grad():
+        assert net(x).shape == run.model(x).shape
+    # the full width (nothing removed), plus the eraser in front of the head when one was kept
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in run.model.parameters())
+    assert info["parameters"]["after"] >= info["parameters"]["before"]
