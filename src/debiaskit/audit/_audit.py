@@ -18,6 +18,7 @@ from ._probe import probe_bias
 from ._where import (
     PerClassProbe,
     PointProbe,
+    majority_share,
     per_class_probe,
     point_probes,
     probe_points,
@@ -275,7 +276,7 @@ def audit_model(
         if counterfactual and test.render is not None:
             att.counterfactual_bias = counterfactual_bias(model, test, attribute=a, seed=seed, device=device)
         attributes.append(att)
-    majority = float(torch.bincount(out.y.long()).max()) / len(out.y)
+    majority = majority_share(out.y)
     return AuditReport(
         task_accuracy=float((pred == out.y).float().mean()),
         attributes=attributes,

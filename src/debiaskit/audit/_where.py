@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import pool_features
+from ._probe import _standardise
 
 MAX_POINTS = 8  # blocks / stages read at most (evenly spaced, the last always kept)
 MAX_DIMS = 2048  # a point wider than this after pooling is randomly projected to it
@@ -264,9 +265,7 @@ def ridge_probe(
 ) -> float:
     """Accuracy on (eval) of a ridge least-squares read-out of one-hot ``b`` from standardised features, fitted on
     (train), its L2 strength (x number of samples, :data:`RIDGE_GRID`) chosen on (val); ties keep the stronger L2."""
-    z_train, z_val, z_eval = (z.double() for z in (z_train, z_val, z_eval))
-    mean, std = z_train.mean(0), z_train.std(0).clamp(min=1e-6)
-    s_train, s_val, s_eval = ((z - mean) / std for z in (z_train, z_val, z_eval))
+    s_train, s_val, s_eval = _standardise(z_train.double(), z_val.double(), z_eval.double())
     target = F.one_hot(b_train.long(), num_bias).double()
     offset = target.mean(0)
     # ridge through the eigen-decomposition of the smaller Gram matrix: every strength then costs two products

@@ -433,11 +433,12 @@ def _no_harm_stage(work: _Work) -> StageRecord:
     kept it. Only the verdict: refusing (``no_harm``) happens once the result exists."""
     start, choice = time.perf_counter(), work.choice
     gated_kept = choice is None or choice.kept == "gated"
-    final = work.measures[-1] if choice is None or choice.kept == "ungated" else work.measures[-2]
-    if gated_kept:
-        unchanged = _unchanged(work.search, work.tune, work.eraser, work.head_refit)
-    else:
-        unchanged = work.eraser is None and (work.head_refit is None or work.head_refit.kept_lam is None)
+    final = choice.gated if choice is not None and gated_kept else work.measures[-1]
+    # the output is the input unchanged when no stage after the gates changed it and - for the gated candidate - the
+    # gates and the tuning kept the input as it was (the ungated candidate starts from the input itself)
+    unchanged = _after_gates_kept(work.eraser, work.head_refit) and not (
+        gated_kept and _gated_changed(work.search, work.tune)
+    )
     work.verdict = judged = verdict(work.measures, work.search.floor, unchanged=unchanged, final=final)
     did = "accepted" if judged.accepted else f"refused ({judged.reason})"
     return _record("no_harm", did, start, final)
@@ -492,18 +493,16 @@ def _run_stages(
     return result
 
 
-def _unchanged(
-    search: _Search, tune: TuneRecord | None, eraser: EraserRecord | None, head_refit: RefitRecord | None
-) -> bool:
-    """The exported model is the input model: the gates kept every weight (epoch 0 selected) and no later step
-    changed anything (no tuned epoch chosen, no eraser, the head refit kept the head)."""
+def _gated_changed(search: _Search, tune: TuneRecord | None) -> bool:
+    """The gated pipeline changed the input before the after-gate stages: a gated epoch was selected, or a tuned
+    epoch was kept."""
     assert search.best is not None
-    return (
-        search.best["epoch"] == 0
-        and (tune is None or tune.chosen_epoch == 0)
-        and eraser is None
-        and (head_refit is None or head_refit.kept_lam is None)
-    )
+    return search.best["epoch"] > 0 or (tune is not None and tune.chosen_epoch > 0)
+
+
+def _after_gates_kept(eraser: EraserRecord | None, head_refit: RefitRecord | None) -> bool:
+    """The after-gate stages changed nothing: no eraser, and the head refit (if on) kept the head as it was."""
+    return eraser is None and (head_refit is None or head_refit.kept_lam is None)
 
 
 def _steps_name(eraser: EraserRecord | None, head_refit: RefitRecord | None) -> str:
@@ -516,8 +515,7 @@ def _ungated_differs(search: _Search, tune: TuneRecord | None) -> bool:
     cfg = search.cfg
     if not cfg.compare_ungated or (cfg.erase == "none" and not cfg.refit_head):
         return False
-    assert search.best is not None
-    return search.best["epoch"] > 0 or (tune is not None and tune.chosen_epoch > 0)
+    return _gated_changed(search, tune)
 
 
 def _ungated_candidate(
