@@ -10,12 +10,12 @@ FFW calls (a part nested in another is included in it). Run with one thread and 
 
     OMP_NUM_THREADS=1 DEBIASKIT_DATA=... python benchmarks/ffw_cost.py --out /tmp/ffw-cost
     OMP_NUM_THREADS=1 DEBIASKIT_DATA=... python benchmarks/ffw_cost.py --out /tmp/ffw-cost-demo --epochs 6 --train-size 0
+    OMP_NUM_THREADS=1 DEBIASKIT_DATA=... python benchmarks/ffw_cost.py --out runs/cost --epochs 10 --train-size 0 \
+        --variant preset=fast
 
-Measured (shared 2-core CPU, 1 thread, load 2-7; ffw / the training's fit, wall and CPU seconds of this process):
-make demo's size: before the readings were reused 0.73x wall / 0.73x CPU (load 3.8); reused 0.52x wall / 0.63x CPU
-(load 3.6), of which find_fantastic_weights alone 0.44x / 0.54x. The bench dev size (20,000 samples, 5 epochs):
-before 1.60x / 2.22x; reused 1.24x / 1.80x, find_fantastic_weights alone 1.07x / 1.56x. Recording the readings
-costs the train command 0.08x (demo) / 0.24x (dev) of its training.
+``--variant preset=fast`` (or any ffw_run keywords, ``--variant tune_epochs=4,tune_lr=0.004``) also times FFW
+with those settings on the same run, readings reused. The results and the machine they were measured on:
+BENCHMARKS.md, "Cost: the whole FFW call against the vanilla training".
 """
 
 from __future__ import annotations
@@ -93,6 +93,22 @@ def report(title: str, vanilla: tuple[float, float]) -> None:
     TIMES.clear(), CPU.clear(), CALLS.clear()
 
 
+def stages(info: dict) -> None:
+    """The pipeline's own record of each stage: its wall time and D^u_val group mean after it."""
+    for st in info["search"].get("stages", []):
+        mean = st.get("val_group_mean")
+        shown = "-" if mean is None else f"{100 * mean:.2f}"
+        print(f"  stage {st['name']:8s} {st['wall_time_s']:6.1f} s  D^u_val group mean {shown}")
+
+
+def _value(text: str):
+    """A --variant value: JSON (4, 0.004, true) or else the text itself (fast)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def untimed(obj):
     if isinstance(obj, dict):
         return {k: untimed(v) for k, v in obj.items() if not k.endswith("time_s") and k != "inference"}
@@ -106,6 +122,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--epochs", type=int, default=5, help="vanilla epochs (5: the bench dev cell; 6: make demo)")
     p.add_argument("--train-size", type=int, default=20000, help="biased training samples (0: all, as make demo)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE[,FIELD=VALUE]",
+        help="also time FFW with these ffw_run keywords (readings reused): --variant preset=fast, "
+        "--variant tune_epochs=4,tune_lr=0.004",
+    )
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     instrument()
@@ -142,9 +166,20 @@ def main() -> None:
     for name, folder in phases:
         start, cpu = time.perf_counter(), time.process_time()
         infos[name] = ffw_run(folder, out=args.out / f"ffw-{name}", force=True).info
+        stages(infos[name])
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         report(
             f"ffw, input readings {name}: wall {wall:.1f} s = {wall / vanilla[0]:.3f}x the training's, "
+            f"cpu {cpu:.1f} s = {cpu / vanilla[1]:.3f}x",
+            vanilla,
+        )
+    for spec in args.variant:
+        overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in spec.split(","))}
+        start, cpu = time.perf_counter(), time.process_time()
+        stages(ffw_run(run_dir, out=args.out / f"ffw-{spec}", force=True, **overrides).info)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        report(
+            f"ffw {spec}, input readings reused: wall {wall:.1f} s = {wall / vanilla[0]:.3f}x the training's, "
             f"cpu {cpu:.1f} s = {cpu / vanilla[1]:.3f}x",
             vanilla,
         )

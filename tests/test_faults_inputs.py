@@ -141,6 +141,8 @@ def run(tmp_path, toy_run_dir):
         (["ffw", "{run}", "--mode", "structured", "--patience", "-1"], "patience is -1, expected an integer >= 0"),
         (["ffw", "{run}", "--mode", "structured", "--gamma", "-1"], "gamma is -1.0, expected a finite number >= 0"),
         (["ffw", "{run}", "--mode", "structured", "--tau-decay", "1"], "tau_decay is 1.0, expected a number in (0, 1)"),
+        (["ffw", "{run}", "--mode", "structured", "--tau-init", "0"], "tau_init is 0.0, expected a finite number > 0"),
+        (["ffw", "{run}", "--mode", "unstructured", "--tau-init", "0.001"], "tau_final must lie in (0, tau_init]"),
         (["ffw", "{run}", "--mode", "structured", "--max-levels", "0"], "max_levels is 0, expected a positive integer"),
         (["ffw", "{run}", "--mode", "structured", "--seed", "-1"], "seed is -1, expected an integer"),
         (["ffw", "{run}", "--mode", "pruned"], "mode must be 'unstructured' or 'structured'"),

@@ -168,6 +168,7 @@ def test_the_cli_defaults_are_the_library_defaults():
     cfg = FFWConfig()
     for name in (
         "gamma",
+        "tau_init",
         "tau_decay",
         "max_epochs",
         "max_levels",

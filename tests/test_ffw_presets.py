@@ -51,6 +51,23 @@ def test_the_paper_preset_is_the_papers_gates_alone(mode):
 
 
 @pytest.mark.parametrize("mode", ["unstructured", "structured"])
+def test_the_fast_preset_is_the_default_pipeline_with_fewer_epochs(mode):
+    fast, default = FFWConfig.from_preset("fast", mode=mode), FFWConfig(mode=mode)
+    # the same stages (tuning, eraser, refit, the choice) and bias term; fewer search and tuning epochs
+    assert (fast.tune_epochs, fast.erase, fast.refit_head, fast.compare_ungated, fast.adversary) == (
+        3,
+        default.erase,
+        True,
+        True,
+        default.adversary,
+    )
+    assert fast.max_epochs is not None and default.max_epochs is not None and fast.max_epochs < default.max_epochs
+    assert fast.tune_epochs < default.tune_epochs and fast.tau_init < default.tau_init
+    # the budget still reaches the same near-hard temperature, one epoch per level
+    assert fast.planned_levels() == fast.max_epochs and fast.level_cap() == 1 and fast.tau_final == default.tau_final
+
+
+@pytest.mark.parametrize("mode", ["unstructured", "structured"])
 def test_the_default_preset_is_ffwconfigs_defaults(mode):
     assert FFWConfig.from_preset("default", mode=mode) == FFWConfig(mode=mode)
     assert FFWConfig.from_preset() == FFWConfig() and dict(FFW_PRESETS["default"]) == {}
@@ -69,7 +86,7 @@ def test_presets_name_config_fields_and_keep_the_signature_defaults():
 def test_an_override_wins_over_the_preset_and_an_unknown_preset_is_refused():
     cfg = FFWConfig.from_preset("paper", adversary="lda", tune_epochs=2, max_epochs=4)
     assert (cfg.adversary, cfg.tune_epochs, cfg.max_epochs, cfg.erase) == ("lda", 2, 4, "none")
-    with pytest.raises(ConfigError, match=r"unknown FFW preset 'bogus'.*default, paper"):
+    with pytest.raises(ConfigError, match=r"unknown FFW preset 'bogus'.*default, paper, fast"):
         FFWConfig.from_preset("bogus")
 
 
@@ -149,6 +166,15 @@ def test_cli_options_typed_win_over_the_preset_and_the_rest_is_the_presets(monke
     assert built[-1].max_epochs is None  # 0 still means no budget
 
 
+def test_cli_fast_preset_and_a_typed_tau_init(monkeypatch, tmp_path):
+    built = _configs_built(monkeypatch)
+    args = ["ffw", str(tmp_path), "--mode", "unstructured", "--no-progress", "--preset", "fast"]
+    assert isinstance(runner.invoke(app, args).exception, _Stop)
+    assert asdict(built[-1]) == asdict(FFWConfig.from_preset("fast", mode="unstructured"))
+    assert isinstance(runner.invoke(app, [*args, "--tau-init", "1"]).exception, _Stop)
+    assert built[-1].tau_init == 1.0 and built[-1].tune_epochs == FFW_PRESETS["fast"]["tune_epochs"]
+
+
 def test_an_unknown_preset_exits_2_before_any_compute(monkeypatch, capsys, tmp_path):
     built = _configs_built(monkeypatch)
     monkeypatch.setattr(sys, "argv", ["debiaskit", "ffw", str(tmp_path), "--mode", "unstructured", "--preset", "bogus"])
@@ -157,7 +183,7 @@ def test_an_unknown_preset_exits_2_before_any_compute(monkeypatch, capsys, tmp_p
         main()  # the console script: a ConfigError is one line and exit code 2
     out, err = capsys.readouterr()
     assert exc.value.code == 2, out + err
-    assert "unknown FFW preset 'bogus'; the presets are: default, paper" in err
+    assert "unknown FFW preset 'bogus'; the presets are: default, paper, fast" in err
     assert not built and "Traceback" not in out + err  # refused before the config, the run or the search
 
 

@@ -9,7 +9,8 @@ tabular biases on a plain CNN, an MLP, a torchvision-style ResNet and a user-sty
 Per (cell, seed) one vanilla model is trained (a run folder, resumable) and every pipeline (:data:`VARIANTS`) starts
 from it with the same data access: D^u_train to learn, D^u_val to choose, the unbiased test only reported.
 
-* FFW as the library ships it: ``ffw-default`` (unstructured) and ``ffw-structured``;
+* FFW as the library ships it: ``ffw-default`` (unstructured) and ``ffw-structured``, and its cheaper preset
+  ``fast`` (``ffw-fast``, ``ffw-fast-structured``);
 * its stages added one by one: ``gates-only`` (the search alone), ``gates+tune``, ``gates+tune+erase``,
   ``gates+tune+erase+refit`` - each later stage run by :func:`debiaskit.ffw.apply_stages` on the model of the
   stage before (the code find_fantastic_weights runs after its gates, same config; one search per cell and seed
@@ -54,7 +55,7 @@ from .._io import open_root, report_lock
 from ..audit import group_metrics, probe_suite
 from ..data import as_bias_datasets
 from ..errors import ConfigError, DebiaskitError
-from ..ffw import FFWConfig, apply_stages, find_fantastic_weights
+from ..ffw import FFW_PRESETS, FFWConfig, apply_stages, find_fantastic_weights
 from ..models import collect_outputs
 from ..runs import is_finished, load_run, read_json, write_json, write_text
 from ..train import TrainConfig, partial_dir, train_run
@@ -228,6 +229,22 @@ VARIANTS: dict[str, Variant] = {
             "ffw",
             {"mode": "structured"},
             "find_fantastic_weights, mode structured",
+            guarded=True,
+        ),
+        Variant(
+            "ffw-fast",
+            "vanilla",
+            "ffw",
+            dict(FFW_PRESETS["fast"]),
+            "find_fantastic_weights, preset fast (unstructured)",
+            guarded=True,
+        ),
+        Variant(
+            "ffw-fast-structured",
+            "vanilla",
+            "ffw",
+            {**FFW_PRESETS["fast"], "mode": "structured"},
+            "find_fantastic_weights, preset fast, mode structured",
             guarded=True,
         ),
         Variant(

@@ -16,7 +16,7 @@ from .cmd_bench import bench_app, invoked_command
 class _D:
     """The CLI's defaults: FFWConfig's (a test checks they agree; importing FFWConfig here would load torch)."""
 
-    gamma, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 0.5, 10, 20, 10, 1
+    gamma, tau_init, tau_decay, max_epochs, max_levels, max_epochs_per_level, patience = 10.0, 1.0, 0.5, 10, 20, 10, 1
     gate_lr, adversary, selection, erase, refine_patience, refit_head = 0.1, "lda", "objective", "conditional", 0, True
     tune_epochs, tune_gamma, tune_lr, tune_schedule, tune_batch_size, tune_shift = 8, 3.0, 2e-3, "cosine", 128, 1
     compare_ungated = True
@@ -25,6 +25,7 @@ class _D:
 # the options a preset sets (ffw/_presets.py): passed to ffw_run only when typed on the command line, so that the
 # preset's value holds otherwise (their typer defaults are the "default" preset's, shown in --help)
 _PRESET_OPTIONS = (
+    "tau_init",
     "tau_decay",
     "max_epochs",
     "max_levels",
@@ -89,6 +90,7 @@ def ffw(
         help="'true' bias labels of D^u, or 'discovered' pseudo-bias labels "
         "from RUN_DIR/discover/pseudo_bias.safetensors",
     ),
+    tau_init: float = typer.Option(_D.tau_init, help="the gates' first temperature (paper 1; --preset fast: 0.25)"),
     tau_decay: float = typer.Option(_D.tau_decay, help="tau *= this at each plateau (paper 0.5)"),
     max_epochs: int = typer.Option(
         _D.max_epochs,
@@ -158,9 +160,10 @@ def ffw(
     trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
     preset: str = typer.Option(
         "default",
-        help="named settings: default (the defaults shown here) or paper (the paper's FFW: privacy-head MI, tau "
-        "halved at each plateau until soft and hard agree, no epoch budget, gates alone - no tuning, eraser or head "
-        "refit); an option typed here wins over the preset's value",
+        help="named settings: default (the defaults shown here), fast (the default pipeline within 0.3x the vanilla "
+        "training: tau from 0.25, 8 search epochs, 3 tuning epochs at 5e-3; a lower D^u_val on the development suite) "
+        "or paper (the paper's FFW: privacy-head MI, tau halved at each plateau until soft and hard agree, no epoch "
+        "budget, gates alone - no tuning, eraser or head refit); an option typed here wins over the preset's value",
     ),
     seed: int = 0,
     device: str = "cpu",

@@ -5,7 +5,7 @@ small unbiased set D^u, and exports the hard-masked network; no weight changes. 
 lets the comparison harness run it on each cell's vanilla model (``apply``); training with it is
 refused: train a vanilla model, then run ``debiaskit ffw RUN_DIR --mode unstructured|structured``.
 
-``debiaskit ffw`` reads the named presets of ``debiaskit.ffw.FFW_PRESETS`` (``--preset default|paper``): ``default``
+``debiaskit ffw`` reads the named presets of ``debiaskit.ffw.FFW_PRESETS`` (``--preset default|fast|paper``): ``default``
 is FFWConfig's defaults (gates, then weight tuning, eraser, head refit, and the choice between that pipeline and
 the eraser + refit on the ungated model, the better on D^u_val kept), ``paper`` the paper's FFW (privacy-head MI,
 tau halved at each plateau until soft and hard agree, the gates alone). The harness here runs the pruned sub-network
@@ -109,7 +109,7 @@ register_method(
     MethodInfo(
         name="ffw",
         description="FFW: gates on the frozen vanilla weights so the bottleneck carries no bias "
-        "(`debiaskit ffw --preset default|paper`)",
+        "(`debiaskit ffw --preset default|fast|paper`)",
         factory=_refuse_training,
         uses_bias_labels=True,
         uses_unbiased_data=True,
@@ -128,7 +128,7 @@ register_method(
     MethodInfo(
         name="ffw-structured",
         description="FFW, structured: gates on whole units (channels / neurons), smaller export "
-        "(`debiaskit ffw --mode structured --preset default|paper`)",
+        "(`debiaskit ffw --mode structured --preset default|fast|paper`)",
         factory=_refuse_training,
         uses_bias_labels=True,
         uses_unbiased_data=True,
