@@ -14,7 +14,7 @@ from debiaskit.audit import AuditReport, chance_floor, to_markdown
 from debiaskit.data import make_splits
 from debiaskit.errors import NO_IMPROVEMENT_EXIT, NoImprovementError
 from debiaskit.ffw import FFW_FOLDER, FFWConfig, _pipeline, _search, find_fantastic_weights, save_result
-from debiaskit.ffw._harm import group_accuracy, verdict
+from debiaskit.ffw._harm import ChanceFloor, ValMeasure, group_accuracy, verdict
 from debiaskit.ffw._run import probe_verdict, report_markdown
 from debiaskit.train import TrainConfig, train_run
 from test_ffw_search import Planted, _planted
@@ -105,14 +105,18 @@ def test_the_ungated_candidate_replaces_a_collapsed_gated_pipeline_and_says_so(t
 
 
 def test_the_choice_rule_keeps_the_gated_pipeline_on_a_tie_and_never_a_near_chance_candidate():
-    floor = {"floor": 0.3}
-    gated = {"stage": "g", "group_mean": 0.8, "accuracy": 0.8}
-    assert _pipeline._choose(gated, {**gated, "stage": "u"}, floor).kept == "gated"
-    assert _pipeline._choose(gated, {"stage": "u", "group_mean": 0.81, "accuracy": 0.8}, floor).kept == "ungated"
-    collapsed = {"stage": "u", "group_mean": 0.9, "accuracy": 0.2}  # a higher group mean, but near chance
+    floor = ChanceFloor(chance=0.1, majority_rate=0.1, base=0.1, margin=0.2, floor=0.3)
+    gated = _measure("g", 0.8, acc=0.8)
+    assert _pipeline._choose(gated, _measure("u", 0.8, acc=0.8), floor).kept == "gated"
+    assert _pipeline._choose(gated, _measure("u", 0.81, acc=0.8), floor).kept == "ungated"
+    collapsed = _measure("u", 0.9, acc=0.2)  # a higher group mean, but near chance
     assert _pipeline._choose(gated, collapsed, floor).kept == "gated"
-    low = {"stage": "g", "group_mean": 0.95, "accuracy": 0.1}
-    assert _pipeline._choose(low, {"stage": "u", "group_mean": 0.5, "accuracy": 0.6}, floor).kept == "ungated"
+    low = _measure("g", 0.95, acc=0.1)
+    assert _pipeline._choose(low, _measure("u", 0.5, acc=0.6), floor).kept == "ungated"
+
+
+def _measure(stage: str, mean: float, *, acc: float = 0.9) -> ValMeasure:
+    return ValMeasure(stage=stage, group_mean=mean, group_mean_se=0.02, groups=4, smallest_group=2, accuracy=acc)
 
 
 def _good_planted():
@@ -172,7 +176,7 @@ def test_the_python_api_accepts_a_real_improvement(tmp_path, cli):
         progress=False,
     )
     rec = result.no_harm
-    assert rec.accepted and rec.stages[-1]["group_mean"] > rec.stages[0]["group_mean"] + 0.3
+    assert rec.accepted and rec.stages[-1].group_mean > rec.stages[0].group_mean + 0.3
     save_result(result, tmp_path / "saved")  # from Python: no data record, so the CLI cannot rebuild the data
     code, text = cli("audit", tmp_path / "saved")
     assert code == 2 and "records no data" in text and not (tmp_path / "saved" / "audit").exists()
@@ -182,15 +186,18 @@ def test_the_tolerance_is_one_smoothed_standard_error_of_the_input_s_group_mean(
     y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     b = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
     pred = torch.tensor([0, 1, 0, 0, 1, 1, 0, 0])  # groups (0,0) 1/2, (0,1) 2/2, (1,0) 2/2, (1,1) 0/2
-    g = group_accuracy(pred, y, b)
-    assert g["group_mean"] == pytest.approx(0.625) and g["accuracy"] == pytest.approx(5 / 8) and g["groups"] == 4
+    g = group_accuracy(pred, y, b, stage="s")
+    assert g.group_mean == pytest.approx(0.625) and g.accuracy == pytest.approx(5 / 8) and g.groups == 4
     q = torch.tensor([2 / 4, 3 / 4, 3 / 4, 1 / 4])
-    assert g["group_mean_se"] == pytest.approx(float((q * (1 - q) / 2).sum().sqrt() / 4))
-    floor = chance_floor(y, 2)
-    assert floor["base"] == 0.5 and floor["floor"] == pytest.approx(0.5 + 2 * (0.25 / 8) ** 0.5)
+    assert g.group_mean_se == pytest.approx(float((q * (1 - q) / 2).sum().sqrt() / 4))
+    # the records ffw.json holds: today's keys, in today's order
+    assert list(g.to_json()) == ["stage", "group_mean", "group_mean_se", "groups", "smallest_group", "accuracy"]
+    floor = ChanceFloor.of(y, 2)
+    assert floor.base == 0.5 and floor.floor == pytest.approx(0.5 + 2 * (0.25 / 8) ** 0.5)
+    assert floor.to_json() == chance_floor(y, 2) and list(floor.to_json()) == list(chance_floor(y, 2))
 
     def stage(mean, acc=0.9):
-        return {"stage": "s", "group_mean": mean, "accuracy": acc, "group_mean_se": 0.02, "groups": 4}
+        return _measure("s", mean, acc=acc)
 
     assert verdict([stage(0.80), stage(0.785)], floor, unchanged=False).accepted  # within one SE
     worse = verdict([stage(0.80), stage(0.77)], floor, unchanged=False)
@@ -205,7 +212,7 @@ def test_the_selection_excludes_near_chance_candidates_before_comparing_j():
         history=[],
         best=None,
         best_gates=None,
-        floor=chance_floor(torch.arange(1000) % 10, 10),  # floor 12 %
+        floor=ChanceFloor.of(torch.arange(1000) % 10, 10),  # floor 12 %
         gated=SimpleNamespace(gate_tensors=lambda: {"g": torch.zeros(1)}),
     )
     for name in ("selection_score", "_score", "_keeps_task", "usable"):

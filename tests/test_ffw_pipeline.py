@@ -55,11 +55,11 @@ def test_every_stage_runs_in_order_with_its_record_and_the_wall_time_covers_them
     assert gates.ran and tune.ran and erase.ran and refit.ran and no_harm.ran  # every default stage is on
     # each stage's D^u_val numbers are those of the record it kept: the do-no-harm measures, the eraser's own
     measures = result.no_harm.stages
-    assert gates.val_group_mean == measures[1]["group_mean"] and gates.val_accuracy == measures[1]["accuracy"]
-    assert tune.val_group_mean == measures[2]["group_mean"]
+    assert gates.val_group_mean == measures[1].group_mean and gates.val_accuracy == measures[1].accuracy
+    assert tune.val_group_mean == measures[2].group_mean
     assert erase.val_accuracy == pytest.approx(result.eraser.val_task_after, abs=1e-6)
-    assert refit.val_group_mean == measures[3]["group_mean"]
-    assert no_harm.val_group_mean == result.no_harm.final["group_mean"]
+    assert refit.val_group_mean == measures[3].group_mean
+    assert no_harm.val_group_mean == result.no_harm.final.group_mean
     assert no_harm.did == ("accepted" if result.no_harm.accepted else f"refused ({result.no_harm.reason})")
     # the whole call: the search, then every stage after it
     assert result.search_time_s is not None and gates.wall_time_s >= result.search_time_s

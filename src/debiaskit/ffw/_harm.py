@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..audit import below_majority_text
+from ..audit import below_majority_text, chance_floor
 from ..errors import NoImprovementError
 
 REMEDIES = (
@@ -46,28 +46,68 @@ REMEDIES = (
 )
 
 
-def group_accuracy(pred: Tensor, y: Tensor, b: Tensor) -> dict[str, Any]:
-    """D^u_val group-mean accuracy of predictions ``pred``: the mean over the (y, b) groups present of each group's
-    accuracy (``b`` (N,) or (N, A): a group is a target and a whole bias row), its standard error (module
-    docstring) and the sample-weighted accuracy."""
+@dataclass(frozen=True)
+class ValMeasure:
+    """One D^u_val measure of the do-no-harm record (:func:`group_accuracy`): the network measured (``stage``), its
+    group-mean accuracy, that mean's standard error (module docstring), the number of (y, b) groups present, the
+    smallest one's size and the sample-weighted accuracy. ``to_json()``: one entry of ffw.json's
+    ``search.no_harm.stages``."""
+
+    stage: str
+    group_mean: float
+    group_mean_se: float
+    groups: int
+    smallest_group: int
+    accuracy: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ChanceFloor:
+    """The near-chance floor on D^u_val (module docstring; :func:`debiaskit.audit.chance_floor`'s numbers): 1 / C,
+    the majority-class rate, their max (``base``), the margin above it and ``floor = base + margin``.
+    ``to_json()``: ffw.json's ``search.no_harm.floor``."""
+
+    chance: float
+    majority_rate: float
+    base: float
+    margin: float
+    floor: float
+
+    @classmethod
+    def of(cls, y: Tensor, num_classes: int) -> ChanceFloor:
+        """The floor a model must clear on labels ``y`` of ``num_classes`` classes."""
+        return cls(**chance_floor(y, num_classes))
+
+    def to_json(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def group_accuracy(pred: Tensor, y: Tensor, b: Tensor, *, stage: str) -> ValMeasure:
+    """D^u_val group-mean accuracy of predictions ``pred`` (of the network named ``stage``): the mean over the
+    (y, b) groups present of each group's accuracy (``b`` (N,) or (N, A): a group is a target and a whole bias row),
+    its standard error (module docstring) and the sample-weighted accuracy."""
     keys = torch.cat([y.view(-1, 1).long().cpu(), b.view(len(y), -1).long().cpu()], dim=1)
     _, group, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
     right = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, group, (pred.cpu() == y.cpu()).double())
     n = counts.double()
     p, q = right / n, (right + 1) / (n + 2)  # q: smoothed, so that an all-right / all-wrong group is not certain
     se = float(torch.sqrt((q * (1 - q) / n).sum()) / len(counts))
-    return {
-        "group_mean": float(p.mean()),
-        "group_mean_se": se,
-        "groups": int(len(counts)),
-        "smallest_group": int(counts.min()),
-        "accuracy": float((pred.cpu() == y.cpu()).double().mean()),
-    }
+    return ValMeasure(
+        stage=stage,
+        group_mean=float(p.mean()),
+        group_mean_se=se,
+        groups=int(len(counts)),
+        smallest_group=int(counts.min()),
+        accuracy=float((pred.cpu() == y.cpu()).double().mean()),
+    )
 
 
-def near_chance(accuracy: float, floor: dict[str, float]) -> bool:
+def near_chance(accuracy: float, floor: ChanceFloor) -> bool:
     """Whether a D^u_val accuracy is below the floor: a collapsed (constant-like) network."""
-    return accuracy < floor["floor"]
+    return accuracy < floor.floor
 
 
 RULE = (
@@ -82,18 +122,17 @@ RULE = (
 @dataclass
 class NoHarmVerdict:
     """The do-no-harm verdict: ``accepted``, why not (``reason``: "unchanged", "near_chance", "worse"; None when
-    accepted), every D^u_val measure compared (``stages``, the input first: {"stage", "group_mean", "accuracy",
-    ...}), the one judged (``final``: the output), the tolerance, the group mean required, the near-chance floor and
+    accepted), every D^u_val measure compared (``stages``, the input first), the one judged (``final``: the output), the tolerance, the group mean required, the near-chance floor and
     whether the input itself is below the majority-class rate. ``to_json()``: the record of ffw.json's
     ``search.no_harm`` (and of :class:`NoImprovementError`'s ``record``)."""
 
     accepted: bool
     reason: str | None
-    stages: list[dict[str, Any]]
-    final: dict[str, Any]
+    stages: list[ValMeasure]
+    final: ValMeasure
     tolerance: float
     required_group_mean: float
-    floor: dict[str, float]
+    floor: ChanceFloor
     input_below_majority: bool
     rule: str = RULE
 
@@ -102,15 +141,15 @@ class NoHarmVerdict:
 
 
 def verdict(
-    stages: list[dict[str, Any]], floor: dict[str, float], *, unchanged: bool, final: dict[str, Any] | None = None
+    stages: list[ValMeasure], floor: ChanceFloor, *, unchanged: bool, final: ValMeasure | None = None
 ) -> NoHarmVerdict:
-    """Accept or refuse ``final`` (default: the last of ``stages``, each {"stage", "group_mean", "accuracy", ...};
-    the first is the input): see the module docstring."""
+    """Accept or refuse ``final`` (default: the last of ``stages``; the first is the input): see the module
+    docstring."""
     given = stages[0]
     final = stages[-1] if final is None else final
-    tolerance = given["group_mean_se"]
-    worse = final["group_mean"] < given["group_mean"] - tolerance
-    collapsed = near_chance(final["accuracy"], floor)
+    tolerance = given.group_mean_se
+    worse = final.group_mean < given.group_mean - tolerance
+    collapsed = near_chance(final.accuracy, floor)
     reason = None
     if unchanged:
         reason = "unchanged"
@@ -124,9 +163,9 @@ def verdict(
         stages=stages,
         final=final,
         tolerance=tolerance,
-        required_group_mean=given["group_mean"] - tolerance,
+        required_group_mean=given.group_mean - tolerance,
         floor=floor,
-        input_below_majority=given["accuracy"] < floor["majority_rate"],
+        input_below_majority=given.accuracy < floor.majority_rate,
     )
 
 
@@ -134,33 +173,33 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f} %"
 
 
-def refusal_message(record: dict[str, Any]) -> str:
+def refusal_message(judged: NoHarmVerdict) -> str:
     """What was tried, why nothing qualified and what to do: the text of :class:`NoImprovementError`."""
-    stages, floor = record["stages"], record["floor"]
-    given, final = stages[0], record.get("final", stages[-1])
-    if record["reason"] == "unchanged":
+    stages, floor, final = judged.stages, judged.floor, judged.final
+    given = stages[0]
+    if judged.reason == "unchanged":
         head = "FFW found no sub-network better than your model; nothing was changed, so no model is written."
-    elif record["reason"] == "near_chance":
+    elif judged.reason == "near_chance":
         head = (
-            f"FFW's output is near chance: its D^u_val accuracy {_pct(final['accuracy'])} does not clear "
-            f"{_pct(floor['floor'])} (max(chance {_pct(floor['chance'])}, majority-class rate "
-            f"{_pct(floor['majority_rate'])}) + {_pct(floor['margin'])}); a collapsed network hides any bias. "
+            f"FFW's output is near chance: its D^u_val accuracy {_pct(final.accuracy)} does not clear "
+            f"{_pct(floor.floor)} (max(chance {_pct(floor.chance)}, majority-class rate "
+            f"{_pct(floor.majority_rate)}) + {_pct(floor.margin)}); a collapsed network hides any bias. "
             "No model is written."
         )
     else:
         head = (
-            f"FFW's output is worse than your model: D^u_val group-mean accuracy {_pct(final['group_mean'])} "
-            f"vs the input's {_pct(given['group_mean'])} (tolerance one standard error, "
-            f"{_pct(record['tolerance'])}). No model is written."
+            f"FFW's output is worse than your model: D^u_val group-mean accuracy {_pct(final.group_mean)} "
+            f"vs the input's {_pct(given.group_mean)} (tolerance one standard error, "
+            f"{_pct(judged.tolerance)}). No model is written."
         )
-    tried = "; ".join(f"{s['stage']} {_pct(s['group_mean'])}" for s in stages[1:])
+    tried = "; ".join(f"{s.stage} {_pct(s.group_mean)}" for s in stages[1:])
     lines = [
         head,
-        f"Tried (D^u_val group-mean accuracy; your model {_pct(given['group_mean'])} over {given['groups']} "
-        f"(y, b) groups, accuracy {_pct(given['accuracy'])}): {tried}.",
+        f"Tried (D^u_val group-mean accuracy; your model {_pct(given.group_mean)} over {given.groups} "
+        f"(y, b) groups, accuracy {_pct(given.accuracy)}): {tried}.",
     ]
-    if record.get("input_below_majority"):
-        lines.append(below_majority_text(given["accuracy"], floor["majority_rate"], split="D^u_val"))
+    if judged.input_below_majority:
+        lines.append(below_majority_text(given.accuracy, floor.majority_rate, split="D^u_val"))
     lines.append("What you can do: " + REMEDIES + ".")
     return "\n".join(lines)
 
@@ -168,5 +207,4 @@ def refusal_message(record: dict[str, Any]) -> str:
 def enforce(judged: NoHarmVerdict, result: Any) -> None:
     """Raise :class:`NoImprovementError` when the verdict refuses the output (its ``record``: the verdict's JSON)."""
     if not judged.accepted:
-        record = judged.to_json()
-        raise NoImprovementError(refusal_message(record), record=record, result=result)
+        raise NoImprovementError(refusal_message(judged), record=judged.to_json(), result=result)

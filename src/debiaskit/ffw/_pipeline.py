@@ -33,7 +33,7 @@ from ..models import collect_outputs, head_shape, resolve_head
 from ._config import FFWConfig
 from ._export import apply_unstructured_masks, prune_structured, structured_sparsity, unstructured_sparsity
 from ._gates import GatedModel, freeze
-from ._harm import NoHarmVerdict, enforce, group_accuracy, near_chance, verdict
+from ._harm import ChanceFloor, NoHarmVerdict, ValMeasure, enforce, group_accuracy, near_chance, verdict
 from ._presets import DEFAULT_PRESET
 from ._progress import print_epoch
 from ._search import _Search
@@ -262,13 +262,14 @@ class StageRecord:
 @dataclass
 class ChoiceRecord:
     """compare_ungated's choice (``UNGATED_RULE``): which candidate was kept ("gated" or "ungated") and both
-    candidates' D^u_val measures ({"stage", "group_mean", "accuracy", ...})."""
+    candidates' D^u_val measures. ``gated_pipeline``: when the ungated one is kept, the gated candidate's own stage
+    records ("tune", "eraser", "head_refit": each its ``to_json()``, or None), kept for the record only."""
 
     kept: str
-    gated: dict[str, Any]
-    ungated: dict[str, Any]
+    gated: ValMeasure
+    ungated: ValMeasure
     rule: str = UNGATED_RULE
-    gated_pipeline: dict[str, Any] | None = None  # when the ungated one is kept: the gated candidate's own stages
+    gated_pipeline: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -282,7 +283,7 @@ class _Work:
     search: _Search
     model: nn.Module  # the input network, never changed by a stage
     search_time_s: float
-    measures: list[dict[str, Any]]
+    measures: list[ValMeasure]
     exported: nn.Module | None = None
     head: str = ""
     masks: dict[str, Tensor] = field(default_factory=dict)
@@ -301,23 +302,23 @@ class _Work:
         return self.exported
 
 
-def _measure(name: str, model: nn.Module, search: _Search) -> dict[str, Any]:
+def _measure(name: str, model: nn.Module, search: _Search) -> ValMeasure:
     """One D^u_val measure of the do-no-harm record: ``model``'s group-mean accuracy, its standard error, accuracy."""
     device = next(model.parameters()).device
     with torch.no_grad():
         out = collect_outputs(model, search.val, with_bottleneck=False, device=device)
     assert out.y is not None and out.b is not None, "FFW's D^u_val has targets and bias labels (checked on entry)"
-    return {"stage": name, **group_accuracy(out.logits.argmax(1), out.y, out.b)}
+    return group_accuracy(out.logits.argmax(1), out.y, out.b, stage=name)
 
 
-def _record(name: str, did: str | None, start: float, measure: dict[str, Any] | None = None) -> StageRecord:
+def _record(name: str, did: str | None, start: float, measure: ValMeasure | None = None) -> StageRecord:
     """A stage's record (``did`` None: the stage did not run), timed from ``start``."""
     return StageRecord(
         name=name,
         ran=did is not None,
         did=did if did is not None else "off",
-        val_group_mean=None if measure is None else measure["group_mean"],
-        val_accuracy=None if measure is None else measure["accuracy"],
+        val_group_mean=None if measure is None else measure.group_mean,
+        val_accuracy=None if measure is None else measure.accuracy,
         wall_time_s=time.perf_counter() - start,
     )
 
@@ -388,7 +389,7 @@ def _erase_stage(work: _Work) -> StageRecord:
     if eraser is None or bn is None:
         return _record("erase", None, start)
     work.head = bn.head
-    effect = group_accuracy(bn.val_logits.argmax(1), bn.val.y, bn.val.b)
+    effect = group_accuracy(bn.val_logits.argmax(1), bn.val.y, bn.val.b, stage="eraser")
     return _record("erase", f"{eraser.kind} eraser of rank {eraser.rank} in front of {eraser.head}", start, effect)
 
 
@@ -520,7 +521,7 @@ def _ungated_differs(search: _Search, tune: TuneRecord | None) -> bool:
 
 def _ungated_candidate(
     model: nn.Module, search: _Search
-) -> tuple[nn.Module, str, EraserRecord | None, RefitRecord | None, dict[str, Any]]:
+) -> tuple[nn.Module, str, EraserRecord | None, RefitRecord | None, ValMeasure]:
     """The after-gate stages (eraser, head refit) on a copy of the input network, no gate and no tuning: the other
     candidate of compare_ungated. Returns the network, its head, the eraser / refit records and its D^u_val measure."""
     plain = copy.deepcopy(model).to(search.device).eval()
@@ -530,10 +531,10 @@ def _ungated_candidate(
     return plain, head, eraser, head_refit, _measure(f"no gates: {steps} on the input model", plain, search)
 
 
-def _choose(gated: dict[str, Any], ungated: dict[str, Any], floor: dict[str, float]) -> ChoiceRecord:
+def _choose(gated: ValMeasure, ungated: ValMeasure, floor: ChanceFloor) -> ChoiceRecord:
     """compare_ungated's rule (``UNGATED_RULE``) on the two candidates' D^u_val measures."""
-    gated_ok, ungated_ok = not near_chance(gated["accuracy"], floor), not near_chance(ungated["accuracy"], floor)
-    better = ungated["group_mean"] > gated["group_mean"]
+    gated_ok, ungated_ok = not near_chance(gated.accuracy, floor), not near_chance(ungated.accuracy, floor)
+    better = ungated.group_mean > gated.group_mean
     kept = "ungated" if ungated_ok and (better or not gated_ok) else "gated"
     return ChoiceRecord(kept=kept, gated=gated, ungated=ungated)
 

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _dist
-from ..audit import chance_floor
 from ..data import iterate_batches
 from ..errors import ModelError
 from ..models import batch_memory_format, forward_with_bottleneck, head_shape, laid_out
@@ -51,6 +50,7 @@ from ._adversary import (
 from ._checkpoint import _Checkpoint
 from ._config import FFWConfig, _check_data
 from ._gates import GateState, freeze, install_gates
+from ._harm import ChanceFloor
 from ._schedule import _Schedule
 from ._selection import _Selection
 from ._step import ffw_step, fit_log_temperature, mutual_information
@@ -84,7 +84,7 @@ class _Search(_Selection, _Schedule, _Checkpoint):
         )
         d, num_classes = head_shape(self.work, head)
         # below this D^u_val accuracy a candidate is collapsed (ffw/_harm.py): never selected, never handed back
-        self.floor = chance_floor(val.y, max(num_classes, 2))
+        self.floor = ChanceFloor.of(val.y, max(num_classes, 2))
         torch.manual_seed(config.seed)
         self.heads = [nn.Linear(d, k).to(self.device) for k in self.bias_cardinalities]
         self.head_opts = [

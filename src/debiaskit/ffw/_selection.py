@@ -8,14 +8,14 @@ from torch import Tensor
 
 from ._config import FFWConfig
 from ._gates import GatedModel
-from ._harm import near_chance
+from ._harm import ChanceFloor, near_chance
 
 
 class _Selection:
     """The search's selection rule (a mixin of ``_Search``; the weight tuning reuses ``selection_score``)."""
 
     cfg: FFWConfig
-    floor: dict[str, float]
+    floor: ChanceFloor
     history: list[dict[str, Any]]
     best: dict[str, Any] | None
     best_gates: dict[str, Tensor] | None
