@@ -20,6 +20,7 @@ from torch import nn
 from debiaskit.ffw import find_fantastic_weights
 from debiaskit.ffw._config import FFWConfig
 from debiaskit.ffw._gates import freeze, install_gates
+from debiaskit.ffw._harm import ChanceFloor
 from debiaskit.ffw._search import _Search
 from debiaskit.ffw._step import ffw_step, fit_log_temperature
 
@@ -88,7 +89,8 @@ def _fake_search():
         history=[],
         best=None,
         best_gates=None,
-        floor={"floor": 0.0},  # no candidate is near chance here (test_ffw_no_harm.py: when one is)
+        # no candidate is near chance here (test_ffw_no_harm.py: when one is)
+        floor=ChanceFloor(chance=0.0, majority_rate=0.0, base=0.0, margin=0.0, floor=0.0),
         gated=SimpleNamespace(gate_tensors=lambda: {"g": torch.zeros(1)}),
     )
     s.usable = lambda v: _Search.usable(s, v)
