@@ -101,6 +101,21 @@ def stages(info: dict) -> None:
         print(f"  stage {st['name']:8s} {st['wall_time_s']:6.1f} s  D^u_val group mean {shown}")
 
 
+def timed_ffw(label: str, folder: Path, out: Path, vanilla: tuple[float, float], **overrides) -> dict:
+    """Run FFW on ``folder`` as `debiaskit ffw` does, then print its parts and stages against the training's time;
+    returns ffw.json's contents."""
+    start, cpu = time.perf_counter(), time.process_time()
+    info = ffw_run(folder, out=out, force=True, **overrides).info
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    report(
+        f"ffw, {label}: wall {wall:.1f} s = {wall / vanilla[0]:.3f}x the training's, "
+        f"cpu {cpu:.1f} s = {cpu / vanilla[1]:.3f}x",
+        vanilla,
+    )
+    stages(info)
+    return info
+
+
 def _value(text: str):
     """A --variant value: JSON (4, 0.004, true) or else the text itself (fast)."""
     try:
@@ -164,25 +179,10 @@ def main() -> None:
     infos = {}
     phases = (("computed", plain), ("reused", run_dir)) if hasattr(run_mod, "vanilla_readings") else (("main", plain),)
     for name, folder in phases:
-        start, cpu = time.perf_counter(), time.process_time()
-        infos[name] = ffw_run(folder, out=args.out / f"ffw-{name}", force=True).info
-        stages(infos[name])
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        report(
-            f"ffw, input readings {name}: wall {wall:.1f} s = {wall / vanilla[0]:.3f}x the training's, "
-            f"cpu {cpu:.1f} s = {cpu / vanilla[1]:.3f}x",
-            vanilla,
-        )
+        infos[name] = timed_ffw(f"input readings {name}", folder, args.out / f"ffw-{name}", vanilla)
     for spec in args.variant:
         overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in spec.split(","))}
-        start, cpu = time.perf_counter(), time.process_time()
-        stages(ffw_run(run_dir, out=args.out / f"ffw-{spec}", force=True, **overrides).info)
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        report(
-            f"ffw {spec}, input readings reused: wall {wall:.1f} s = {wall / vanilla[0]:.3f}x the training's, "
-            f"cpu {cpu:.1f} s = {cpu / vanilla[1]:.3f}x",
-            vanilla,
-        )
+        timed_ffw(f"{spec}, input readings reused", run_dir, args.out / f"ffw-{spec}", vanilla, **overrides)
     if len(infos) < 2:
         return
     same = all(

@@ -191,8 +191,8 @@ class FFWConfig:
 
     @classmethod
     def from_preset(cls, name: str = DEFAULT_PRESET, **overrides) -> FFWConfig:
-        """The config of a named preset (``FFW_PRESETS``: "default", "fast", "paper") with ``overrides`` laid over it:
-        a field given here wins over the preset's. ``FFWConfig.from_preset("paper", gamma=5)``."""
+        """The config of a named preset (``FFW_PRESETS``: "default", "fast", "paper") with ``overrides`` laid over
+        it: a field given here wins over the preset's. ``FFWConfig.from_preset("paper", gamma=5)``."""
         return cls(**{**preset_settings(name), **overrides})
 
     def planned_levels(self) -> int:

@@ -122,8 +122,9 @@ RULE = (
 @dataclass
 class NoHarmVerdict:
     """The do-no-harm verdict: ``accepted``, why not (``reason``: "unchanged", "near_chance", "worse"; None when
-    accepted), every D^u_val measure compared (``stages``, the input first), the one judged (``final``: the output), the tolerance, the group mean required, the near-chance floor and
-    whether the input itself is below the majority-class rate. ``to_json()``: the record of ffw.json's
+    accepted), every D^u_val measure compared (``stages``, the input first), the one judged (``final``: the
+    output), the tolerance, the group mean required, the near-chance floor and whether the input itself is below
+    the majority-class rate. ``to_json()``: the record of ffw.json's
     ``search.no_harm`` (and of :class:`NoImprovementError`'s ``record``)."""
 
     accepted: bool

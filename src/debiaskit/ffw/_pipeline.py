@@ -149,8 +149,8 @@ def find_fantastic_weights(
     own number of classes, the data's ``bias_cardinalities``). ``head``: name
     of the classifier module (default ``model.head_name``); the bottleneck is its input. Keyword
     ``overrides`` set any :class:`FFWConfig` field (or pass ``config``); ``preset`` (``FFW_PRESETS``: "default",
-    "fast", "paper") names the settings they are laid over - a keyword given here wins over the preset (``config`` ignores
-    both). ``checkpoint_dir``: write a
+    "fast", "paper") names the settings they are laid over - a keyword given here wins over the preset
+    (``config`` ignores both). ``checkpoint_dir``: write a
     resumable checkpoint there after every epoch (also kept when interrupted with Ctrl-C);
     ``resume=True`` continues from it - only a search of the same model (its weights' digest) and of the same
     ``checkpoint_meta`` (JSON identifying the input: ``debiaskit ffw`` records the run's weights file, model and

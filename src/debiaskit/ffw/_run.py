@@ -600,8 +600,8 @@ def ffw_run(
     interrupted-search folder is removed: the search finished). ``no_harm=False`` (the benchmark harness) writes
     the folder all the same, with the verdict in ``ffw.json`` (``search.no_harm``) and in the report.
 
-    ``preset`` (``FFW_PRESETS``: "default", "fast", "paper"): the settings ``overrides`` are laid over; a keyword given here
-    wins over the preset. The preset is recorded in ``ffw.json`` (``preset``) and the report.
+    ``preset`` (``FFW_PRESETS``: "default", "fast", "paper"): the settings ``overrides`` are laid over; a keyword
+    given here wins over the preset. The preset is recorded in ``ffw.json`` (``preset``) and the report.
 
     The input model's audit and stronger-probe readings are not computed again when its run recorded them
     (``debiaskit train`` does: :func:`vanilla_readings`) in a run.json signed with your key, for the same weights,

@@ -5,10 +5,11 @@ small unbiased set D^u, and exports the hard-masked network; no weight changes. 
 lets the comparison harness run it on each cell's vanilla model (``apply``); training with it is
 refused: train a vanilla model, then run ``debiaskit ffw RUN_DIR --mode unstructured|structured``.
 
-``debiaskit ffw`` reads the named presets of ``debiaskit.ffw.FFW_PRESETS`` (``--preset default|fast|paper``): ``default``
-is FFWConfig's defaults (gates, then weight tuning, eraser, head refit, and the choice between that pipeline and
-the eraser + refit on the ungated model, the better on D^u_val kept), ``paper`` the paper's FFW (privacy-head MI,
-tau halved at each plateau until soft and hard agree, the gates alone). The harness here runs the pruned sub-network
+``debiaskit ffw`` reads the named presets of ``debiaskit.ffw.FFW_PRESETS`` (``--preset default|fast|paper``):
+``default`` is FFWConfig's defaults (gates, then weight tuning, eraser, head refit, and the choice between that
+pipeline and the eraser + refit on the ungated model, the better on D^u_val kept), ``fast`` the same pipeline in
+fewer epochs, ``paper`` the paper's FFW (privacy-head MI, tau halved at each plateau until soft and hard agree, the
+gates alone). The harness here runs the pruned sub-network
 alone, as the paper preset does (no weight tuning, eraser or head refit), with the probe-free bias term and the
 bounded budget of FFWConfig's defaults.
 
